@@ -1,0 +1,3 @@
+// The typed MLX binding: import * as mx from "../mlx".
+export * from "./array";
+export * from "./ops";

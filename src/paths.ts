@@ -1,0 +1,32 @@
+// Where Pensieve keeps things on disk. Everything else asks here.
+import { existsSync } from "node:fs";
+import { homedir } from "node:os";
+import { join, resolve } from "node:path";
+
+/** The source checkout (this file lives in <repo>/src). */
+export const REPO_ROOT = resolve(import.meta.dir, "..");
+
+/** True when running from a source checkout (not a compiled binary). */
+export const FROM_SOURCE = existsSync(join(REPO_ROOT, "package.json"));
+
+/**
+ * Pensieve's data folder: models, prompt caches, runtime libraries.
+ * PENSIEVE_HOME wins; a source checkout keeps its data inside the checkout so a
+ * fresh clone is self-contained; an installed binary uses ~/.local/share/pensieve.
+ */
+export function pensieveHome(env: Record<string, string | undefined> = process.env): string {
+  if (env.PENSIEVE_HOME) return resolve(env.PENSIEVE_HOME);
+  if (FROM_SOURCE) return join(REPO_ROOT, ".pensieve");
+  const xdg = env.XDG_DATA_HOME || join(homedir(), ".local", "share");
+  return join(xdg, "pensieve");
+}
+
+export function modelsDir(env: Record<string, string | undefined> = process.env): string {
+  return join(pensieveHome(env), "models");
+}
+
+/** Unpacked MLX backend wheels, one folder per backend and version. */
+export const VENDOR_DIR = join(REPO_ROOT, "vendor");
+
+/** Build outputs (the shim), one folder per backend and version. */
+export const BUILD_DIR = join(REPO_ROOT, "build");
