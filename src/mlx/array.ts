@@ -232,13 +232,19 @@ function collectArrays(value: unknown, into: Set<MxArray>, depth = 0): void {
   if (value instanceof MxArray) {
     into.add(value);
   } else if (depth < 4 && value !== null && typeof value === "object") {
-    for (const v of Array.isArray(value) ? value : Object.values(value)) collectArrays(v, into, depth + 1);
+    const children =
+      Array.isArray(value) || value instanceof Set
+        ? value
+        : value instanceof Map
+          ? value.values()
+          : Object.values(value);
+    for (const v of children) collectArrays(v, into, depth + 1);
   }
 }
 
 /**
  * Runs fn in a new scope. Arrays it creates are freed when it returns, except
- * those in its result (searched through arrays and plain objects), which move
+ * those in its result (searched through arrays, maps, sets and plain objects), which move
  * to the enclosing scope. fn must be synchronous.
  */
 export function tidy<T>(fn: () => T): T {

@@ -1,0 +1,157 @@
+// Token generation for one sequence: chunked prefill, then decode steps
+// pipelined with async_eval (step n+1 is queued before step n's token is read).
+// The text side (detokenizing, stop strings) lives in src/text; the batched,
+// multi-request path in scheduler.ts reuses prefill() and the sampler.
+import * as mx from "../mlx";
+import type { MxArray } from "../mlx";
+import type { LanguageModel } from "../models/types";
+import { KVCache } from "./kv-cache";
+import {
+  readStep,
+  type SampledStep,
+  type SamplingParams,
+  SequenceSampler,
+  type StepValues,
+  stepArrays,
+} from "./sampling";
+
+export const DEFAULT_PREFILL_CHUNK = 512;
+
+export function cacheFor(model: LanguageModel, batchSize = 1): KVCache {
+  const c = model.config;
+  return new KVCache(
+    { numLayers: c.numLayers, numKvHeads: c.numKvHeads, headDim: c.headDim, dtype: model.dtype },
+    batchSize,
+  );
+}
+
+/**
+ * Runs `tokens` through the model into `cache` (one row) in chunks, and
+ * returns the last position's logits [1, 1, V], lazily. `ropeLength` is the
+ * sequence length that selects the RoPE regime (the whole prompt).
+ */
+export function prefill(
+  model: LanguageModel,
+  cache: KVCache,
+  tokens: readonly number[],
+  options: { chunk?: number; ropeLength?: number } = {},
+): MxArray {
+  if (tokens.length === 0) throw new Error("prefill needs at least one token");
+  const chunk = Math.max(1, options.chunk ?? DEFAULT_PREFILL_CHUNK);
+  const ropeLength = options.ropeLength ?? cache.rowLengths()[0]! + tokens.length;
+  let start = 0;
+  while (tokens.length - start > chunk) {
+    const part = tokens.slice(start, start + chunk);
+    mx.tidy(() => {
+      model.forward(mx.int32(part, [1, part.length]), cache, { logits: "none", ropeLengths: [ropeLength] });
+      mx.evaluate(...cache.arrays());
+    });
+    start += chunk;
+  }
+  const last = tokens.slice(start);
+  return model.forward(mx.int32(last, [1, last.length]), cache, { logits: "last", ropeLengths: [ropeLength] });
+}
+
+export interface GenerateOptions {
+  maxTokens: number;
+  sampling: SamplingParams;
+  /** Generation ends (without yielding) on these ids. */
+  stopTokenIds?: Iterable<number>;
+  prefillChunk?: number;
+  /** Checked between steps: an aborted signal ends generation with "cancelled". */
+  signal?: AbortSignal;
+}
+
+export type FinishReason = "stop" | "length" | "cancelled";
+
+export interface GenerationResult {
+  finishReason: FinishReason;
+  promptTokens: number;
+  completionTokens: number;
+  /** Times in ms: prefill (to the first token) and the whole run. */
+  prefillMs: number;
+  totalMs: number;
+}
+
+function keepStep(step: SampledStep): SampledStep {
+  for (const a of stepArrays(step)) mx.keep(a);
+  return step;
+}
+
+function disposeStep(step: SampledStep | null): void {
+  if (step) for (const a of stepArrays(step)) a.dispose();
+}
+
+/**
+ * Yields one StepValues per generated token. Returns why it stopped.
+ * Phi-3 LongRoPE: when the sequence grows past the original context, the KV
+ * cache is recomputed once with the long factors, so every step equals an
+ * uncached forward pass of the whole sequence.
+ */
+export function* generateTokens(
+  model: LanguageModel,
+  promptTokens: readonly number[],
+  options: GenerateOptions,
+): Generator<StepValues, GenerationResult> {
+  const started = performance.now();
+  const stops = new Set(options.stopTokenIds ?? []);
+  const cache = cacheFor(model);
+  const sampler = new SequenceSampler(options.sampling, model.config.vocabSize, promptTokens);
+  const tokens = [...promptTokens];
+  let regime = model.ropeRegime(tokens.length);
+  let step: SampledStep | null = null;
+  let next: SampledStep | null = null;
+  let prefillMs = 0;
+  let generated = 0;
+  const result = (finishReason: FinishReason): GenerationResult => ({
+    finishReason,
+    promptTokens: promptTokens.length,
+    completionTokens: generated,
+    prefillMs,
+    totalMs: performance.now() - started,
+  });
+  try {
+    if (options.maxTokens <= 0) return result("length");
+    step = keepStep(mx.tidy(() => sampler.sample(prefill(model, cache, tokens, { chunk: options.prefillChunk }))));
+    mx.asyncEval(...stepArrays(step));
+    while (true) {
+      if (options.signal?.aborted) return result("cancelled");
+      const current: SampledStep = step;
+      const length = tokens.length + 1;
+      const last = generated + 1 >= options.maxTokens;
+      let values: StepValues | null = null;
+      if (!last && model.ropeRegime(length) !== regime) {
+        // Crossing into another RoPE regime: recompute the whole cache with it.
+        values = readStep(current);
+        if (stops.has(values.token)) return result("stop");
+        tokens.push(values.token);
+        regime = model.ropeRegime(tokens.length);
+        cache.reset();
+        next = keepStep(mx.tidy(() => sampler.sample(prefill(model, cache, tokens, { chunk: options.prefillChunk }))));
+        mx.asyncEval(...stepArrays(next));
+      } else if (!last) {
+        next = keepStep(
+          mx.tidy(() => sampler.sample(model.forward(mx.reshape(current.token, [1, 1]), cache, { logits: "last" }))),
+        );
+        mx.asyncEval(...stepArrays(next));
+      }
+      if (!values) {
+        values = readStep(current);
+        if (stops.has(values.token)) return result("stop");
+        tokens.push(values.token);
+      }
+      if (generated === 0) prefillMs = performance.now() - started;
+      disposeStep(current);
+      step = next;
+      next = null;
+      generated++;
+      yield values;
+      if (last) return result("length");
+    }
+  } finally {
+    disposeStep(step);
+    disposeStep(next);
+    cache.dispose();
+    sampler.dispose();
+  }
+}

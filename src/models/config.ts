@@ -1,0 +1,248 @@
+// A model's architecture, normalized from a Hugging Face config.json or from
+// GGUF metadata. Architectures read only this, never the raw files.
+
+export type RopeScaling =
+  | {
+      /** Phi-3 "su" (April 2024) or "longrope" (July 2024): per-pair factors, short below the original context. */
+      type: "longrope";
+      shortFactor: number[];
+      longFactor: number[];
+      originalMaxPositionEmbeddings: number;
+      /** Multiplier applied to q and k (cos/sin) when extending the context. */
+      attentionFactor: number;
+    }
+  | {
+      type: "llama3";
+      factor: number;
+      lowFreqFactor: number;
+      highFreqFactor: number;
+      originalMaxPositionEmbeddings: number;
+    }
+  | { type: "linear"; factor: number };
+
+export interface QuantizationConfig {
+  groupSize: number;
+  bits: number;
+}
+
+export interface ModelConfig {
+  /** model_type: selects the architecture file in src/models/. */
+  modelType: string;
+  hiddenSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  intermediateSize: number;
+  vocabSize: number;
+  rmsNormEps: number;
+  ropeTheta: number;
+  ropeTraditional: boolean;
+  ropeScaling: RopeScaling | null;
+  maxPositionEmbeddings: number;
+  tieWordEmbeddings: boolean;
+  attentionBias: boolean;
+  mlpBias: boolean;
+  /** Default quantization from config.json; each tensor is checked on its own. */
+  quantization: QuantizationConfig | null;
+  bosTokenId: number | null;
+  eosTokenIds: number[];
+}
+
+type Json = Record<string, unknown>;
+
+function num(c: Json, key: string, fallback?: number): number {
+  const v = c[key];
+  if (typeof v === "number" && Number.isFinite(v)) return v;
+  if (fallback !== undefined) return fallback;
+  throw new Error(`config.json: "${key}" is missing or not a number`);
+}
+
+function numList(v: unknown, what: string): number[] {
+  if (!Array.isArray(v) || v.some((x) => typeof x !== "number"))
+    throw new Error(`config.json: ${what} must be a list of numbers`);
+  return v as number[];
+}
+
+function idList(v: unknown): number[] {
+  if (typeof v === "number") return [v];
+  if (Array.isArray(v)) return v.filter((x): x is number => typeof x === "number");
+  return [];
+}
+
+function parseRopeScaling(c: Json, headDim: number): RopeScaling | null {
+  const rs = (c.rope_scaling ?? c.rope_parameters) as Json | null | undefined;
+  if (!rs || typeof rs !== "object") return null;
+  const type = String(rs.type ?? rs.rope_type ?? "");
+  if (type === "su" || type === "longrope") {
+    const shortFactor = numList(rs.short_factor, "rope_scaling.short_factor");
+    const longFactor = numList(rs.long_factor, "rope_scaling.long_factor");
+    if (shortFactor.length !== headDim / 2 || longFactor.length !== headDim / 2) {
+      throw new Error(`config.json: rope_scaling factors need ${headDim / 2} values (head_dim / 2)`);
+    }
+    const original = num(c, "original_max_position_embeddings", num(rs, "original_max_position_embeddings", 4096));
+    const max = num(c, "max_position_embeddings");
+    const scale = max / original;
+    const attentionFactor =
+      typeof rs.attention_factor === "number"
+        ? rs.attention_factor
+        : scale <= 1
+          ? 1
+          : Math.sqrt(1 + Math.log(scale) / Math.log(original));
+    return { type: "longrope", shortFactor, longFactor, originalMaxPositionEmbeddings: original, attentionFactor };
+  }
+  if (type === "llama3") {
+    return {
+      type: "llama3",
+      factor: num(rs, "factor"),
+      lowFreqFactor: num(rs, "low_freq_factor", 1),
+      highFreqFactor: num(rs, "high_freq_factor", 4),
+      originalMaxPositionEmbeddings: num(rs, "original_max_position_embeddings", 8192),
+    };
+  }
+  if (type === "linear") return { type: "linear", factor: num(rs, "factor") };
+  if (type === "default" || type === "") return null;
+  throw new Error(`config.json: unsupported rope_scaling type "${type}"`);
+}
+
+/** Normalizes a Hugging Face / MLX config.json. */
+export function configFromHf(c: Json, generationConfig: Json | null = null): ModelConfig {
+  const modelType = String(c.model_type ?? "");
+  if (!modelType) throw new Error('config.json: "model_type" is missing');
+  const hiddenSize = num(c, "hidden_size");
+  const numHeads = num(c, "num_attention_heads");
+  const headDim = num(c, "head_dim", hiddenSize / numHeads);
+  if (!Number.isInteger(headDim)) throw new Error("config.json: hidden_size is not a multiple of num_attention_heads");
+  const q = c.quantization as Json | undefined;
+  const eos = idList(generationConfig?.eos_token_id);
+  for (const id of idList(c.eos_token_id)) if (!eos.includes(id)) eos.push(id);
+  const bos = typeof c.bos_token_id === "number" ? c.bos_token_id : null;
+  return {
+    modelType,
+    hiddenSize,
+    numLayers: num(c, "num_hidden_layers"),
+    numHeads,
+    numKvHeads: num(c, "num_key_value_heads", numHeads),
+    headDim,
+    intermediateSize: num(c, "intermediate_size"),
+    vocabSize: num(c, "vocab_size"),
+    rmsNormEps: num(c, "rms_norm_eps", 1e-5),
+    ropeTheta: num(c, "rope_theta", 10000),
+    ropeTraditional: c.rope_traditional === true,
+    ropeScaling: parseRopeScaling(c, headDim),
+    maxPositionEmbeddings: num(c, "max_position_embeddings", 4096),
+    tieWordEmbeddings: c.tie_word_embeddings === true,
+    attentionBias: c.attention_bias === true,
+    mlpBias: c.mlp_bias === true,
+    quantization: q ? { groupSize: num(q, "group_size"), bits: num(q, "bits") } : null,
+    bosTokenId: bos,
+    eosTokenIds: eos,
+  };
+}
+
+/** The config.json that describes a config (the inverse of configFromHf), for `convert`. */
+export function configToHf(cfg: ModelConfig): Json {
+  const out: Json = {
+    model_type: cfg.modelType,
+    architectures: [cfg.modelType === "phi3" ? "Phi3ForCausalLM" : "LlamaForCausalLM"],
+    hidden_size: cfg.hiddenSize,
+    num_hidden_layers: cfg.numLayers,
+    num_attention_heads: cfg.numHeads,
+    num_key_value_heads: cfg.numKvHeads,
+    head_dim: cfg.headDim,
+    intermediate_size: cfg.intermediateSize,
+    vocab_size: cfg.vocabSize,
+    rms_norm_eps: cfg.rmsNormEps,
+    rope_theta: cfg.ropeTheta,
+    max_position_embeddings: cfg.maxPositionEmbeddings,
+    tie_word_embeddings: cfg.tieWordEmbeddings,
+    attention_bias: cfg.attentionBias,
+    mlp_bias: cfg.mlpBias,
+    hidden_act: "silu",
+  };
+  if (cfg.bosTokenId !== null) out.bos_token_id = cfg.bosTokenId;
+  if (cfg.eosTokenIds.length) out.eos_token_id = cfg.eosTokenIds.length === 1 ? cfg.eosTokenIds[0] : cfg.eosTokenIds;
+  const rs = cfg.ropeScaling;
+  if (rs?.type === "longrope") {
+    out.rope_scaling = { type: "longrope", short_factor: rs.shortFactor, long_factor: rs.longFactor };
+    out.original_max_position_embeddings = rs.originalMaxPositionEmbeddings;
+  } else if (rs?.type === "llama3") {
+    out.rope_scaling = {
+      rope_type: "llama3",
+      factor: rs.factor,
+      low_freq_factor: rs.lowFreqFactor,
+      high_freq_factor: rs.highFreqFactor,
+      original_max_position_embeddings: rs.originalMaxPositionEmbeddings,
+    };
+  } else if (rs?.type === "linear") {
+    out.rope_scaling = { type: "linear", factor: rs.factor };
+  }
+  if (cfg.quantization) out.quantization = { group_size: cfg.quantization.groupSize, bits: cfg.quantization.bits };
+  return out;
+}
+
+type GgufMeta = Map<string, unknown>;
+
+function metaNum(meta: GgufMeta, key: string, fallback?: number): number {
+  const v = meta.get(key);
+  if (typeof v === "number") return v;
+  if (typeof v === "bigint") return Number(v);
+  if (fallback !== undefined) return fallback;
+  throw new Error(`GGUF metadata: "${key}" is missing`);
+}
+
+/** Normalizes GGUF metadata (values as plain numbers/strings/arrays) into a config. */
+export function configFromGguf(meta: GgufMeta, vocabSizeFromTensor: number): ModelConfig {
+  const arch = String(meta.get("general.architecture") ?? "");
+  if (arch !== "llama" && arch !== "phi3") {
+    throw new Error(`unsupported GGUF architecture "${arch}": Pensieve runs llama and phi3`);
+  }
+  const p = (k: string) => `${arch}.${k}`;
+  const hiddenSize = metaNum(meta, p("embedding_length"));
+  const numHeads = metaNum(meta, p("attention.head_count"));
+  const headDim = metaNum(meta, p("attention.key_length"), hiddenSize / numHeads);
+  const eos = metaNum(meta, "tokenizer.ggml.eos_token_id", -1);
+  const bos = metaNum(meta, "tokenizer.ggml.bos_token_id", -1);
+  const contextLength = metaNum(meta, p("context_length"), 4096);
+  let ropeScaling: RopeScaling | null = null;
+  if (arch === "phi3") {
+    const longF = meta.get("phi3.rope.scaling.long_factor");
+    const shortF = meta.get("phi3.rope.scaling.short_factor");
+    const original = metaNum(meta, p("rope.scaling.original_context_length"), contextLength);
+    if (Array.isArray(longF) && Array.isArray(shortF) && contextLength > original) {
+      const scale = contextLength / original;
+      ropeScaling = {
+        type: "longrope",
+        shortFactor: shortF as number[],
+        longFactor: longF as number[],
+        originalMaxPositionEmbeddings: original,
+        attentionFactor: metaNum(
+          meta,
+          p("rope.scaling.attn_factor"),
+          Math.sqrt(1 + Math.log(scale) / Math.log(original)),
+        ),
+      };
+    }
+  }
+  return {
+    modelType: arch,
+    hiddenSize,
+    numLayers: metaNum(meta, p("block_count")),
+    numHeads,
+    numKvHeads: metaNum(meta, p("attention.head_count_kv"), numHeads),
+    headDim,
+    intermediateSize: metaNum(meta, p("feed_forward_length")),
+    vocabSize: vocabSizeFromTensor,
+    rmsNormEps: metaNum(meta, p("attention.layer_norm_rms_epsilon"), 1e-5),
+    ropeTheta: metaNum(meta, p("rope.freq_base"), 10000),
+    ropeTraditional: false,
+    ropeScaling,
+    maxPositionEmbeddings: contextLength,
+    tieWordEmbeddings: false,
+    attentionBias: false,
+    mlpBias: false,
+    quantization: null,
+    bosTokenId: bos >= 0 ? bos : null,
+    eosTokenIds: eos >= 0 ? [eos] : [],
+  };
+}

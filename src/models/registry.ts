@@ -1,0 +1,32 @@
+// Architectures by model_type. Add a file per architecture and register it here.
+import type { ModelConfig } from "./config";
+import { buildLlama } from "./llama";
+import { buildPhi3 } from "./phi3";
+import type { LanguageModel } from "./types";
+import type { WeightStore } from "./weights";
+
+export interface BuildOptions {
+  alwaysLongRope?: boolean;
+}
+
+type Builder = (config: ModelConfig, store: WeightStore, options: BuildOptions) => LanguageModel;
+
+const ARCHITECTURES: Record<string, Builder> = {
+  llama: (c, s) => buildLlama(c, s),
+  mistral: (c, s) => buildLlama(c, s),
+  phi3: (c, s, o) => buildPhi3(c, s, { alwaysLongRope: o.alwaysLongRope }),
+};
+
+export function supportedArchitectures(): string[] {
+  return Object.keys(ARCHITECTURES);
+}
+
+export function buildArchitecture(config: ModelConfig, store: WeightStore, options: BuildOptions = {}): LanguageModel {
+  const build = ARCHITECTURES[config.modelType];
+  if (!build) {
+    throw new Error(
+      `unsupported architecture "${config.modelType}": Pensieve runs ${supportedArchitectures().join(", ")}`,
+    );
+  }
+  return build(config, store, options);
+}

@@ -1,0 +1,84 @@
+// RoPE variants: plain (base), linear scaling, Llama 3 frequency smoothing, and
+// Phi-3 LongRoPE ("su"/"longrope") with its length-dependent factors.
+import * as mx from "../mlx";
+import type { MxArray } from "../mlx";
+import type { ModelConfig } from "./config";
+
+/** Applies RoPE to q or k [B, H, L, D] for one forward; `regimes` has one entry per row. */
+export type RopeFn = (x: MxArray, offset: number | MxArray, regimes: number[]) => MxArray;
+
+/** base^(2i/dims) for i < dims/2, computed in MLX float32 as mlx-lm does. */
+function baseWavelengths(base: number, dims: number): MxArray {
+  return mx.power(mx.scalar(base), mx.divide(mx.arange(0, dims, 2, mx.Dtype.float32), dims));
+}
+
+function llama3Wavelengths(c: ModelConfig, dims: number): MxArray {
+  const rs = c.ropeScaling;
+  if (rs?.type !== "llama3") throw new Error("llama3 RoPE without llama3 scaling");
+  const lowWavelen = rs.originalMaxPositionEmbeddings / rs.lowFreqFactor;
+  const highWavelen = rs.originalMaxPositionEmbeddings / rs.highFreqFactor;
+  const freqs = baseWavelengths(c.ropeTheta, dims);
+  const wavelens = mx.multiply(freqs, 2 * Math.PI);
+  const scaled = mx.where(mx.greater(wavelens, lowWavelen), mx.multiply(freqs, rs.factor), freqs);
+  const medium = mx.logicalAnd(mx.greater(wavelens, highWavelen), mx.less(wavelens, lowWavelen));
+  const smooth = mx.divide(
+    mx.subtract(mx.divide(rs.originalMaxPositionEmbeddings, wavelens), rs.lowFreqFactor),
+    rs.highFreqFactor - rs.lowFreqFactor,
+  );
+  const smoothFreqs = mx.divide(scaled, mx.add(mx.divide(mx.subtract(1, smooth), rs.factor), smooth));
+  return mx.where(medium, smoothFreqs, scaled);
+}
+
+export interface Rope {
+  apply: RopeFn;
+  regime: (length: number) => number;
+  /** Arrays the RoPE owns (freed with the model). */
+  arrays: MxArray[];
+}
+
+/** RoPE for Llama-family configs (plain, linear, llama3). */
+export function standardRope(c: ModelConfig): Rope {
+  const dims = c.headDim;
+  const rs = c.ropeScaling;
+  if (rs?.type === "llama3") {
+    const freqs = mx.keep(llama3Wavelengths(c, dims));
+    return {
+      apply: (x, offset) => mx.rope(x, { dims, traditional: c.ropeTraditional, freqs, offset }),
+      regime: () => 0,
+      arrays: [freqs],
+    };
+  }
+  if (rs?.type === "longrope") return longRope(c);
+  const scale = rs?.type === "linear" ? 1 / rs.factor : 1;
+  return {
+    apply: (x, offset) => mx.rope(x, { dims, traditional: c.ropeTraditional, base: c.ropeTheta, scale, offset }),
+    regime: () => 0,
+    arrays: [],
+  };
+}
+
+/**
+ * Phi-3 LongRoPE with the Hugging Face rule: short factors while the sequence
+ * is at most original_max_position_embeddings long, long factors beyond (regime
+ * 1). q and k are scaled by the attention factor. A batch whose rows are in
+ * different regimes gets both rotations and picks per row.
+ */
+export function longRope(c: ModelConfig, options: { alwaysLong?: boolean } = {}): Rope {
+  const rs = c.ropeScaling;
+  if (rs?.type !== "longrope") throw new Error("LongRoPE without longrope scaling");
+  const dims = c.headDim;
+  const base = mx.keep(baseWavelengths(c.ropeTheta, dims));
+  const short = mx.keep(mx.multiply(mx.float32(rs.shortFactor), base));
+  const long = mx.keep(mx.multiply(mx.float32(rs.longFactor), base));
+  const factor = rs.attentionFactor;
+  const regime = (length: number) => (options.alwaysLong || length > rs.originalMaxPositionEmbeddings ? 1 : 0);
+  const rotate = (x: MxArray, offset: number | MxArray, freqs: MxArray) =>
+    mx.rope(factor === 1 ? x : mx.multiply(x, factor), { dims, traditional: false, freqs, offset });
+  const apply: RopeFn = (x, offset, regimes) => {
+    const first = regimes[0] ?? 0;
+    if (regimes.every((r) => r === first)) return rotate(x, offset, first === 1 ? long : short);
+    const isLong = mx.reshape(mx.int32(regimes), [regimes.length, 1, 1, 1]);
+    return mx.where(mx.equal(isLong, 1), rotate(x, offset, long), rotate(x, offset, short));
+  };
+  return { apply, regime, arrays: [base, short, long] };
+}

@@ -1,0 +1,58 @@
+// The contract between architectures (src/models) and whoever drives them
+// (src/engine): what a model needs from a KV cache, and what it offers.
+import type { MxArray } from "../mlx";
+import type { ModelConfig } from "./config";
+
+/** What one forward pass gets from the cache for attention. */
+export interface ForwardView {
+  /** RoPE position of each row's first new token: a number when all rows agree, else int32 [B]. */
+  ropeOffset: number | MxArray;
+  /** Attention mask over [cached + new] keys: "causal", a bool keep-mask [B, 1, L, S], or none. */
+  mask: "causal" | MxArray | null;
+}
+
+/**
+ * A batch of sequences with their KV cache. The model calls begin() once per
+ * forward, update() once per layer, and end() after the last layer.
+ */
+export interface AttentionBatch {
+  /** Number of rows (sequences). */
+  readonly batchSize: number;
+  /** Tokens already cached for each row. */
+  rowLengths(): number[];
+  begin(newTokens: number): ForwardView;
+  /** Stores this layer's new keys/values [B, Hkv, L, D]; returns every key/value to attend to. */
+  update(layer: number, keys: MxArray, values: MxArray): [MxArray, MxArray];
+  end(): void;
+}
+
+export interface ForwardOptions {
+  /** Which positions need logits: "last" (generation), "all" (scoring) or "none" (prefill chunks). */
+  logits?: "last" | "all" | "none";
+  /**
+   * Per row, the sequence length that selects length-dependent RoPE (Phi-3
+   * short/long factors). Defaults to cached + new tokens. During a chunked
+   * prefill pass the whole prompt's length, so every chunk agrees with one
+   * uncached forward pass.
+   */
+  ropeLengths?: number[];
+}
+
+export interface LanguageModel {
+  readonly config: ModelConfig;
+  /** The float dtype activations and the KV cache use. */
+  readonly dtype: import("../mlx").Dtype;
+  /**
+   * tokens: int32 [B, L]. Returns logits [B, L', vocab] (L' = 1 for "last") in
+   * float32, or the final hidden state when logits is "none".
+   */
+  forward(tokens: MxArray, batch: AttentionBatch, options?: ForwardOptions): MxArray;
+  /**
+   * Models whose RoPE depends on the sequence length (Phi-3 LongRoPE) return the
+   * regime for a length; when a sequence moves to another regime its KV cache
+   * must be recomputed. Others return 0 always.
+   */
+  ropeRegime(sequenceLength: number): number;
+  /** Frees the weights. */
+  dispose(): void;
+}

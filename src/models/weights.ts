@@ -1,0 +1,143 @@
+// Named weights and the two layer kinds every architecture builds on: Linear
+// and Embedding, each either plain (float) or MLX-quantized (affine, per tensor).
+import * as mx from "../mlx";
+import type { MxArray } from "../mlx";
+
+/** A weight matrix [out, in], plain or quantized (bits and group size per tensor). */
+export type LinearWeight =
+  | { kind: "dense"; weight: MxArray; bias: MxArray | null }
+  | { kind: "quantized"; q: mx.QuantizedWeight; bias: MxArray | null };
+
+export function linear(x: MxArray, w: LinearWeight): MxArray {
+  const y = w.kind === "dense" ? mx.matmul(x, mx.transpose(w.weight, [1, 0])) : mx.quantizedMatmul(x, w.q);
+  return w.bias ? mx.add(y, w.bias) : y;
+}
+
+/** Rows of an embedding table: plain take, or take the quantized rows then dequantize. */
+export function embed(ids: MxArray, w: LinearWeight, dtype: mx.Dtype): MxArray {
+  if (w.kind === "dense") return mx.astype(mx.take(w.weight, ids, 0), dtype);
+  const rows = (a: MxArray) => mx.take(a, ids, 0);
+  const q = w.q;
+  return mx.dequantize(
+    {
+      weight: rows(q.weight),
+      scales: rows(q.scales),
+      biases: q.biases ? rows(q.biases) : null,
+      groupSize: q.groupSize,
+      bits: q.bits,
+    },
+    dtype,
+  );
+}
+
+/** Output features of a linear weight. */
+export function outFeatures(w: LinearWeight): number {
+  return w.kind === "dense" ? w.weight.dim(0) : w.q.weight.dim(0);
+}
+
+/** Input features of a linear weight. */
+export function inFeatures(w: LinearWeight): number {
+  if (w.kind === "dense") return w.weight.dim(1);
+  return (w.q.weight.dim(1) * 32) / w.q.bits;
+}
+
+/**
+ * The weights of one model by name, with the float dtype the model computes in.
+ * Architectures take what they need; `assertAllUsed` reports leftovers.
+ */
+export class WeightStore {
+  readonly #arrays: Map<string, MxArray>;
+  readonly #used = new Set<string>();
+  readonly dtype: mx.Dtype;
+  readonly source: string;
+
+  constructor(arrays: Map<string, MxArray>, dtype: mx.Dtype, source: string) {
+    this.#arrays = arrays;
+    this.dtype = dtype;
+    this.source = source;
+  }
+
+  has(name: string): boolean {
+    return this.#arrays.has(name);
+  }
+
+  names(): string[] {
+    return [...this.#arrays.keys()];
+  }
+
+  /** A required tensor, converted to the compute dtype when it is a float tensor. */
+  get(name: string): MxArray {
+    const a = this.#arrays.get(name);
+    if (!a) throw new Error(`${this.source}: missing tensor "${name}"`);
+    this.#used.add(name);
+    return mx.isFloating(a.dtype) ? this.#cast(name, a) : a;
+  }
+
+  #cast(name: string, a: MxArray): MxArray {
+    if (a.dtype === this.dtype) return a;
+    const c = mx.keep(mx.astype(a, this.dtype));
+    a.dispose();
+    this.#arrays.set(name, c);
+    return c;
+  }
+
+  optional(name: string): MxArray | null {
+    return this.#arrays.has(name) ? this.get(name) : null;
+  }
+
+  /**
+   * A linear layer at `prefix` (prefix.weight [+ .scales/.biases] [+ .bias]).
+   * Quantized when `.scales` exists; bits come from the packed width and the
+   * group size from the scales, checked against the expected input size.
+   */
+  linear(prefix: string, inFeaturesExpected?: number): LinearWeight {
+    const bias = this.optional(`${prefix}.bias`);
+    if (!this.has(`${prefix}.scales`)) {
+      const weight = this.get(`${prefix}.weight`);
+      if (weight.ndim !== 2) throw new Error(`${this.source}: "${prefix}.weight" must be 2-D, got [${weight.shape}]`);
+      if (inFeaturesExpected !== undefined && weight.dim(1) !== inFeaturesExpected) {
+        throw new Error(
+          `${this.source}: "${prefix}.weight" has ${weight.dim(1)} input features, the config says ${inFeaturesExpected}`,
+        );
+      }
+      return { kind: "dense", weight, bias };
+    }
+    const weight = this.get(`${prefix}.weight`);
+    const scales = this.get(`${prefix}.scales`);
+    const biases = this.optional(`${prefix}.biases`);
+    if (weight.dtype !== mx.Dtype.uint32 || weight.ndim !== 2 || scales.ndim !== 2) {
+      throw new Error(`${this.source}: "${prefix}" is not an MLX-quantized weight (uint32 [out, in*bits/32] + scales)`);
+    }
+    const [outW, words] = weight.shape as [number, number];
+    const [outS, groups] = scales.shape as [number, number];
+    if (outW !== outS) throw new Error(`${this.source}: "${prefix}" scales have ${outS} rows, weight has ${outW}`);
+    const inputs = inFeaturesExpected;
+    let bits: number;
+    let groupSize: number;
+    if (inputs !== undefined) {
+      bits = (words * 32) / inputs;
+      groupSize = inputs / groups;
+    } else {
+      // Without a known input size, assume the most common packing: 4 bits.
+      bits = 4;
+      groupSize = (words * 8) / groups;
+    }
+    if (![2, 3, 4, 5, 6, 8].includes(bits) || ![32, 64, 128].includes(groupSize)) {
+      throw new Error(
+        `${this.source}: "${prefix}" has an unsupported quantization (bits ${bits}, group size ${groupSize}) for ${inputs} inputs`,
+      );
+    }
+    return { kind: "quantized", q: { weight, scales, biases, groupSize, bits }, bias };
+  }
+
+  /** Names never asked for (unexpected tensors in the file). */
+  unused(): string[] {
+    return this.names().filter((n) => !this.#used.has(n));
+  }
+
+  /** Every array, for disposal when the model is unloaded. */
+  dispose(): void {
+    for (const a of this.#arrays.values()) a.dispose();
+    this.#arrays.clear();
+  }
+}

@@ -1,0 +1,108 @@
+// Small random models in the real MLX format, written by our own code, for
+// tests and for the reference fixtures (scripts/fixtures/). The same spec and
+// seed always give the same weights.
+import { createHash } from "node:crypto";
+import { existsSync, readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { REPO_ROOT } from "../../src/paths";
+import { type RandomModelSpec, shrinkConfig, writeRandomModel } from "../../src/models/random";
+
+export const SHARED_FIXTURES = join(REPO_ROOT, "..", "shared", "fixtures");
+export const PHI3_FILES = join(SHARED_FIXTURES, "phi3-mini-128k");
+export const EMBEDDED_MODEL = join(REPO_ROOT, ".pensieve", "models", "SmolLM2-135M-Instruct.Q4_1.gguf");
+export const TEST_TMP = join(REPO_ROOT, "test", ".tmp");
+
+/** Tiny models. Phi-3 keeps head_dim 96 so the real 48 LongRoPE factors apply. */
+export const TINY_SPECS: Record<string, () => RandomModelSpec> = {
+  // Phi-3 128K config shrunk; original context 64 and max 2048 keep the real ratio (32x).
+  "tiny-phi3": () => ({
+    config: shrinkConfig(join(PHI3_FILES, "config.json"), {
+      hidden_size: 192,
+      num_hidden_layers: 2,
+      num_attention_heads: 2,
+      num_key_value_heads: 2,
+      intermediate_size: 256,
+      original_max_position_embeddings: 64,
+      max_position_embeddings: 2048,
+    }),
+    tokenizerFrom: PHI3_FILES,
+    seed: 1,
+  }),
+  // Llama 3.x shape: grouped-query attention, tied embeddings, llama3 RoPE scaling.
+  "tiny-llama": () => ({
+    config: {
+      architectures: ["LlamaForCausalLM"],
+      model_type: "llama",
+      hidden_size: 128,
+      num_hidden_layers: 2,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      head_dim: 32,
+      intermediate_size: 256,
+      vocab_size: 32064,
+      rms_norm_eps: 1e-5,
+      rope_theta: 500000,
+      max_position_embeddings: 4096,
+      tie_word_embeddings: true,
+      rope_scaling: {
+        rope_type: "llama3",
+        factor: 8,
+        low_freq_factor: 1,
+        high_freq_factor: 4,
+        original_max_position_embeddings: 64,
+      },
+      bos_token_id: 1,
+      eos_token_id: 32000,
+      quantization: { group_size: 32, bits: 4 },
+    },
+    tokenizerFrom: PHI3_FILES,
+    seed: 2,
+  }),
+  // Plain float16 weights (no quantization), untied head.
+  "tiny-llama-f16": () => ({
+    config: {
+      architectures: ["LlamaForCausalLM"],
+      model_type: "llama",
+      hidden_size: 64,
+      num_hidden_layers: 2,
+      num_attention_heads: 4,
+      num_key_value_heads: 4,
+      intermediate_size: 128,
+      vocab_size: 32064,
+      rms_norm_eps: 1e-6,
+      rope_theta: 10000,
+      max_position_embeddings: 2048,
+      tie_word_embeddings: false,
+      bos_token_id: 1,
+      eos_token_id: 32000,
+    },
+    tokenizerFrom: PHI3_FILES,
+    seed: 3,
+  }),
+};
+
+function specDigest(spec: RandomModelSpec): string {
+  return createHash("sha256").update(JSON.stringify(spec)).digest("hex").slice(0, 16);
+}
+
+/** Writes (once) and returns the folder of a tiny model. */
+export function tinyModel(name: keyof typeof TINY_SPECS | string, root = join(TEST_TMP, "models")): string {
+  const make = TINY_SPECS[name];
+  if (!make) throw new Error(`no tiny model "${name}"`);
+  const spec = make();
+  const dir = join(root, name);
+  const stamp = join(dir, ".spec");
+  const digest = specDigest(spec);
+  if (existsSync(stamp) && readFileSync(stamp, "utf8") === digest) return dir;
+  rmSync(dir, { recursive: true, force: true });
+  writeRandomModel(dir, spec);
+  Bun.write(stamp, digest);
+  return dir;
+}
+
+/** sha256 of a model's weights file (fixtures record it to catch generator drift). */
+export function weightsDigest(dir: string): string {
+  return createHash("sha256")
+    .update(readFileSync(join(dir, "model.safetensors")))
+    .digest("hex");
+}
