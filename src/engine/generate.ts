@@ -114,13 +114,12 @@ export function* generateTokens(
     if (options.maxTokens <= 0) return result("length");
     step = keepStep(mx.tidy(() => sampler.sample(prefill(model, cache, tokens, { chunk: options.prefillChunk }))));
     mx.asyncEval(...stepArrays(step));
-    while (true) {
+    while (step) {
       if (options.signal?.aborted) return result("cancelled");
       const current: SampledStep = step;
-      const length = tokens.length + 1;
       const last = generated + 1 >= options.maxTokens;
       let values: StepValues | null = null;
-      if (!last && model.ropeRegime(length) !== regime) {
+      if (!last && model.ropeRegime(tokens.length + 1) !== regime) {
         // Crossing into another RoPE regime: recompute the whole cache with it.
         values = readStep(current);
         if (stops.has(values.token)) return result("stop");
@@ -146,8 +145,8 @@ export function* generateTokens(
       next = null;
       generated++;
       yield values;
-      if (last) return result("length");
     }
+    return result("length");
   } finally {
     disposeStep(step);
     disposeStep(next);
