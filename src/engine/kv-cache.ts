@@ -119,6 +119,102 @@ export class KVCache implements AttentionBatch {
     return [...this.#keys, ...this.#values].filter((a): a is MxArray => a !== null);
   }
 
+  /**
+   * Appends the rows of `other` (which is consumed). Both sides are
+   * left-padded to the longer one so the batch keeps one write position.
+   */
+  appendRows(other: KVCache): void {
+    const T = this.#offset;
+    const U = other.#offset;
+    const width = Math.max(T, U);
+    mx.tidy(() => {
+      for (const buffers of ["keys", "values"] as const) {
+        const mine = buffers === "keys" ? this.#keys : this.#values;
+        const theirs = buffers === "keys" ? other.#keys : other.#values;
+        for (let l = 0; l < this.shape.numLayers; l++) {
+          const a = mine[l] ?? null;
+          const b = theirs[l] ?? null;
+          if (!a || !b) throw new Error("appendRows: both caches need every layer filled");
+          const merged = mx.concatenate([leftPadded(a, T, width), leftPadded(b, U, width)], 0);
+          a.dispose();
+          mine[l] = mx.keep(merged);
+        }
+      }
+    });
+    this.#leftPadding = [
+      ...this.#leftPadding.map((p) => p + width - T),
+      ...other.#leftPadding.map((p) => p + width - U),
+    ];
+    this.#offset = width;
+    this.#capacity = width;
+    other.dispose();
+  }
+
+  /** Keeps only the given rows (in that order), then trims padding they no longer need. */
+  keepRows(rows: readonly number[]): void {
+    if (rows.length === 0) {
+      this.dispose();
+      this.#leftPadding = [];
+      this.#offset = this.#capacity = 0;
+      return;
+    }
+    const pads = rows.map((r) => {
+      const p = this.#leftPadding[r];
+      if (p === undefined) throw new RangeError(`keepRows: no row ${r}`);
+      return p;
+    });
+    const trim = Math.min(...pads);
+    const width = this.#offset - trim;
+    mx.tidy(() => {
+      const index = mx.int32(rows);
+      for (const buffers of [this.#keys, this.#values]) {
+        for (let l = 0; l < buffers.length; l++) {
+          const a = buffers[l];
+          if (!a) continue;
+          const picked = mx.take(a, index, 0);
+          buffers[l] = mx.keep(mx.sliceAxis(picked, 2, trim, this.#offset));
+          a.dispose();
+        }
+      }
+    });
+    this.#leftPadding = pads.map((p) => p - trim);
+    this.#offset = width;
+    this.#capacity = width;
+  }
+
+  /** One row's keys and values per layer, exactly its length [1, Hkv, n, D] (new arrays). */
+  rowState(row: number, length?: number): { keys: MxArray[]; values: MxArray[]; length: number } {
+    const pad = this.#leftPadding[row];
+    if (pad === undefined) throw new RangeError(`rowState: no row ${row}`);
+    const n = length ?? this.#offset - pad;
+    const take = (a: MxArray | null) => {
+      if (!a) throw new Error("rowState: empty cache");
+      return mx.keep(mx.contiguous(mx.sliceAxis(mx.sliceAxis(a, 0, row, row + 1), 2, pad, pad + n)));
+    };
+    const state = mx.tidy(() => ({ keys: this.#keys.map(take), values: this.#values.map(take), length: n }));
+    // Copy now: a pending copy would pin the whole source buffer.
+    mx.asyncEval(...state.keys, ...state.values);
+    return state;
+  }
+
+  /** A one-row cache holding copies of the given per-layer state (for prefix reuse). */
+  static fromState(shape: CacheShape, state: { keys: MxArray[]; values: MxArray[]; length: number }): KVCache {
+    const cache = new KVCache(shape, 1);
+    const n = state.length;
+    mx.tidy(() => {
+      for (let l = 0; l < shape.numLayers; l++) {
+        const k = state.keys[l];
+        const v = state.values[l];
+        if (!k || !v) throw new Error("fromState: missing layer");
+        cache.#keys[l] = mx.keep(k.dim(2) === n ? mx.copy(k) : mx.sliceAxis(k, 2, 0, n));
+        cache.#values[l] = mx.keep(v.dim(2) === n ? mx.copy(v) : mx.sliceAxis(v, 2, 0, n));
+      }
+    });
+    cache.#offset = n;
+    cache.#capacity = n;
+    return cache;
+  }
+
   /** Forgets everything (keeps nothing allocated). */
   reset(): void {
     this.dispose();
@@ -132,4 +228,10 @@ export class KVCache implements AttentionBatch {
     this.#keys.fill(null);
     this.#values.fill(null);
   }
+}
+
+/** The used columns [0, used) of a buffer, left-padded with zeros to `width`. */
+function leftPadded(buffer: MxArray, used: number, width: number): MxArray {
+  const body = buffer.dim(2) === used ? buffer : mx.sliceAxis(buffer, 2, 0, used);
+  return width === used ? body : mx.pad(body, [2], [width - used], [0]);
 }

@@ -1,0 +1,443 @@
+// Continuous batching. Every active sequence shares one batched forward pass
+// per decode step, each with its own sampler and stop conditions. New requests
+// are prefilled in bounded chunks between decode steps and then join the batch;
+// finished or cancelled rows leave it at the next step. Admission is bounded by
+// a maximum of concurrent sequences and a KV-memory budget; waiting requests
+// sit in a bounded FIFO queue.
+//
+// One iteration (step):
+//   1. drop cancelled sequences;
+//   2. admit waiting requests to the prefill line;
+//   3. decode: queue step n+1 for the whole batch (async_eval), then read step
+//      n's tokens and emit them as one event; rows that finished leave;
+//   4. run one prefill chunk; a finished prefill joins the batch.
+import * as mx from "../mlx";
+import type { MxArray } from "../mlx";
+import type { LanguageModel } from "../models/types";
+import { cacheFor } from "./generate";
+import { KVCache } from "./kv-cache";
+import { disposeState, PrefixCache, type PrefixCacheStats } from "./prefix-cache";
+import { readStep, type SampledStep, type SamplingParams, SequenceSampler, type StepValues, stepArrays } from "./sampling";
+
+export interface EngineRequest {
+  id: string;
+  prompt: number[];
+  maxTokens: number;
+  sampling: SamplingParams;
+  stopTokenIds: number[];
+}
+
+export type FinishReason = "stop" | "length" | "cancelled" | "error";
+
+export interface TokenOut extends StepValues {
+  id: string;
+}
+
+export type EngineEvent =
+  | { type: "started"; id: string; promptTokens: number; cachedTokens: number; queuedMs: number }
+  | { type: "tokens"; items: TokenOut[] }
+  | { type: "finished"; id: string; reason: FinishReason; completionTokens: number; message?: string }
+  | { type: "rejected"; id: string; status: number; message: string; retryAfterSeconds?: number };
+
+export interface SchedulerOptions {
+  /** Rows decoded together. */
+  maxConcurrent: number;
+  /** Requests allowed to wait; beyond it new requests are rejected with 429. */
+  queueSize: number;
+  /** KV bytes that running and prefilling sequences may reserve. */
+  kvBudgetBytes: number;
+  /** Longest sequence (prompt + output) a request may reach. */
+  contextLength: number;
+  /** Prefill tokens per forward pass when nothing else runs. */
+  prefillChunk: number;
+  /** Prefill tokens per iteration while sequences are decoding (keeps their streams moving). */
+  interleavedPrefillChunk: number;
+  /** Byte budget of the prefix cache (0 disables it). */
+  prefixCacheBytes: number;
+}
+
+export interface SchedulerStats {
+  running: number;
+  prefilling: number;
+  waiting: number;
+  kvCacheBytes: number;
+  kvReservedBytes: number;
+  kvBudgetBytes: number;
+  prefixCache: PrefixCacheStats;
+  steps: number;
+  maxConcurrent: number;
+  queueSize: number;
+  contextLength: number;
+}
+
+interface Sequence {
+  request: EngineRequest;
+  sampler: SequenceSampler;
+  /** Prompt plus every token read so far (a final stop token included). */
+  tokens: number[];
+  generated: number;
+  /** The last sampled step: its token is the next input; `unread` until emitted. */
+  step: SampledStep | null;
+  unread: boolean;
+  regime: number;
+  cachedTokens: number;
+  reservedBytes: number;
+  enqueuedAt: number;
+  cancelled: boolean;
+  finished: FinishReason | null;
+}
+
+interface PrefillJob {
+  seq: Sequence;
+  cache: KVCache | null;
+  /** Tokens already in the cache. */
+  done: number;
+  /** A sequence that crossed into another RoPE regime, recomputing its cache. */
+  recompute: boolean;
+}
+
+export class Scheduler {
+  readonly model: LanguageModel;
+  readonly options: SchedulerOptions;
+  readonly prefixCache: PrefixCache;
+  readonly #emit: (event: EngineEvent) => void;
+  #waiting: Sequence[] = [];
+  #prefills: PrefillJob[] = [];
+  #rows: Sequence[] = [];
+  #batch: KVCache | null = null;
+  #steps = 0;
+  #tokensOut: TokenOut[] = [];
+  #finishedOut: EngineEvent[] = [];
+  readonly #bytesPerToken: number;
+
+  constructor(model: LanguageModel, options: SchedulerOptions, emit: (event: EngineEvent) => void) {
+    this.model = model;
+    this.options = options;
+    this.#emit = emit;
+    this.prefixCache = new PrefixCache(options.prefixCacheBytes);
+    const c = model.config;
+    this.#bytesPerToken = c.numLayers * 2 * c.numKvHeads * c.headDim * mx.dtypeBytes(model.dtype);
+  }
+
+  /** KV bytes one token occupies (all layers, keys and values). */
+  get bytesPerToken(): number {
+    return this.#bytesPerToken;
+  }
+
+  /** Queues a request, or rejects it at once (too long, queue full). */
+  submit(request: EngineRequest): void {
+    const o = this.options;
+    const reject = (status: number, message: string, retryAfterSeconds?: number) =>
+      this.#emit({ type: "rejected", id: request.id, status, message, retryAfterSeconds });
+    if (request.prompt.length === 0) return reject(400, "the prompt is empty");
+    if (request.prompt.length >= o.contextLength) {
+      return reject(400, `prompt is too long: ${request.prompt.length} tokens > ${o.contextLength - 1} maximum`);
+    }
+    const vocab = this.model.config.vocabSize;
+    if (request.prompt.some((t) => !Number.isInteger(t) || t < 0 || t >= vocab)) {
+      return reject(400, `the prompt has token ids outside the vocabulary (0..${vocab - 1})`);
+    }
+    if (this.#waiting.length >= o.queueSize) {
+      return reject(429, `the server is busy: ${this.#waiting.length} requests are waiting`, 1);
+    }
+    const maxTokens = Math.max(0, Math.min(request.maxTokens, o.contextLength - request.prompt.length));
+    const reservedBytes = (request.prompt.length + maxTokens) * this.#bytesPerToken;
+    if (reservedBytes > o.kvBudgetBytes) {
+      return reject(
+        400,
+        `the request needs ${request.prompt.length + maxTokens} tokens of KV cache, more than the memory budget allows (${Math.floor(o.kvBudgetBytes / this.#bytesPerToken)})`,
+      );
+    }
+    this.#waiting.push({
+      request: { ...request, maxTokens },
+      sampler: new SequenceSampler(request.sampling, vocab, request.prompt),
+      tokens: [...request.prompt],
+      generated: 0,
+      step: null,
+      unread: false,
+      regime: this.model.ropeRegime(request.prompt.length),
+      cachedTokens: 0,
+      reservedBytes,
+      enqueuedAt: performance.now(),
+      cancelled: false,
+      finished: null,
+    });
+  }
+
+  cancel(id: string): void {
+    for (const s of this.#all()) if (s.request.id === id) s.cancelled = true;
+  }
+
+  /** Cancels everything (shutdown). */
+  cancelAll(): void {
+    for (const s of this.#all()) s.cancelled = true;
+  }
+
+  hasWork(): boolean {
+    return this.#waiting.length > 0 || this.#prefills.length > 0 || this.#rows.length > 0;
+  }
+
+  *#all(): Iterable<Sequence> {
+    yield* this.#waiting;
+    for (const j of this.#prefills) yield j.seq;
+    yield* this.#rows;
+  }
+
+  stats(): SchedulerStats {
+    const reserved = [...this.#rows, ...this.#prefills.map((j) => j.seq)].reduce((n, s) => n + s.reservedBytes, 0);
+    const prefillBytes = this.#prefills.reduce((n, j) => n + (j.cache?.nbytes ?? 0), 0);
+    return {
+      running: this.#rows.length,
+      prefilling: this.#prefills.length,
+      waiting: this.#waiting.length,
+      kvCacheBytes: (this.#batch?.nbytes ?? 0) + prefillBytes,
+      kvReservedBytes: reserved,
+      kvBudgetBytes: this.options.kvBudgetBytes,
+      prefixCache: this.prefixCache.stats(),
+      steps: this.#steps,
+      maxConcurrent: this.options.maxConcurrent,
+      queueSize: this.options.queueSize,
+      contextLength: this.options.contextLength,
+    };
+  }
+
+  /** One scheduling iteration. Returns whether work remains. */
+  step(): boolean {
+    this.#steps++;
+    this.#dropCancelled();
+    this.#admit();
+    if (this.#rows.length > 0) this.#guard(() => this.#decode(), [...this.#rows], true);
+    const job = this.#prefills[0];
+    if (job) this.#guard(() => this.#prefill(job), [job.seq], false);
+    // Per sequence, events go out in order: started, tokens, finished.
+    if (this.#tokensOut.length) this.#emit({ type: "tokens", items: this.#tokensOut });
+    this.#tokensOut = [];
+    const finished = this.#finishedOut;
+    this.#finishedOut = [];
+    for (const e of finished) this.#emit(e);
+    if (!this.hasWork()) this.#idle();
+    return this.hasWork();
+  }
+
+  /**
+   * An MLX failure fails the sequences involved and leaves the engine serving.
+   * A failed decode step leaves the batch cache in an unknown state: it goes.
+   */
+  #guard(work: () => void, involved: readonly Sequence[], dropBatch: boolean): void {
+    try {
+      work();
+    } catch (e) {
+      const message = `engine error: ${(e as Error).message}`;
+      const failed = new Set(involved);
+      for (const s of failed) this.#finish(s, "error", message);
+      this.#prefills = this.#prefills.filter((j) => {
+        if (!failed.has(j.seq)) return true;
+        j.cache?.dispose();
+        return false;
+      });
+      if (dropBatch) {
+        this.#batch?.dispose();
+        this.#batch = null;
+        this.#rows = [];
+      }
+    }
+  }
+
+  #idle(): void {
+    this.#batch?.dispose();
+    this.#batch = null;
+    mx.memory.clearCache();
+  }
+
+  #finish(s: Sequence, reason: FinishReason, message?: string): void {
+    if (s.finished) return;
+    s.finished = reason;
+    this.#finishedOut.push({ type: "finished", id: s.request.id, reason, completionTokens: s.generated, message });
+    if (s.step) for (const a of stepArrays(s.step)) a.dispose();
+    s.step = null;
+    s.sampler.dispose();
+  }
+
+  #dropCancelled(): void {
+    this.#waiting = this.#waiting.filter((s) => {
+      if (s.cancelled) this.#finish(s, "cancelled");
+      return !s.cancelled;
+    });
+    this.#prefills = this.#prefills.filter((j) => {
+      if (j.seq.cancelled) {
+        j.cache?.dispose();
+        this.#finish(j.seq, "cancelled");
+      }
+      return !j.seq.cancelled;
+    });
+    const gone = this.#rows.filter((s) => s.cancelled);
+    for (const s of gone) this.#finish(s, "cancelled");
+    if (gone.length) this.#removeRows(new Set(gone));
+  }
+
+  #admit(): void {
+    const o = this.options;
+    while (this.#waiting.length > 0) {
+      const next = this.#waiting[0] as Sequence;
+      const active = this.#rows.length + this.#prefills.length;
+      const reserved = [...this.#rows, ...this.#prefills.map((j) => j.seq)].reduce((n, s) => n + s.reservedBytes, 0);
+      if (active >= o.maxConcurrent || (active > 0 && reserved + next.reservedBytes > o.kvBudgetBytes)) return;
+      this.#waiting.shift();
+      this.#prefills.push({ seq: next, cache: null, done: 0, recompute: false });
+    }
+  }
+
+  /** Removes rows from the batch (their KV goes to the prefix cache when finished normally). */
+  #removeRows(gone: Set<Sequence>): void {
+    const batch = this.#batch;
+    if (!batch) return;
+    const keep: number[] = [];
+    this.#rows.forEach((s, i) => {
+      if (!gone.has(s)) {
+        keep.push(i);
+        return;
+      }
+      if ((s.finished === "stop" || s.finished === "length") && this.prefixCache.budgetBytes > 0) {
+        const state = batch.rowState(i);
+        this.prefixCache.store(s.tokens, state, s.regime);
+      }
+    });
+    this.#rows = this.#rows.filter((s) => !gone.has(s));
+    if (this.#rows.length === 0) {
+      batch.dispose();
+      this.#batch = null;
+    } else {
+      batch.keepRows(keep);
+    }
+  }
+
+  /** Reads a sequence's unread step: emits its token or finishes it. */
+  #read(s: Sequence): void {
+    if (!s.step || !s.unread) return;
+    s.unread = false;
+    const v = readStep(s.step);
+    s.tokens.push(v.token);
+    if (s.request.stopTokenIds.includes(v.token)) {
+      this.#finish(s, "stop");
+      return;
+    }
+    s.generated++;
+    this.#tokensOut.push({ id: s.request.id, ...v });
+    if (s.generated >= s.request.maxTokens || s.tokens.length >= this.options.contextLength) this.#finish(s, "length");
+  }
+
+  #decode(): void {
+    // Rows whose next token moves them into another RoPE regime leave the
+    // batch to recompute their cache; reading them first needs a sync.
+    const crossing = this.#rows.filter((s) => this.model.ropeRegime(s.tokens.length + 1) !== s.regime);
+    if (crossing.length > 0) {
+      for (const s of this.#rows) this.#read(s);
+      const leaving = new Set(this.#rows.filter((s) => s.finished !== null));
+      for (const s of crossing) {
+        if (s.finished) continue;
+        leaving.add(s);
+        s.regime = this.model.ropeRegime(s.tokens.length);
+      }
+      const moving = crossing.filter((s) => !s.finished);
+      this.#removeRows(leaving);
+      for (const s of moving) {
+        if (s.step) for (const a of stepArrays(s.step)) a.dispose();
+        s.step = null;
+        this.#prefills.unshift({ seq: s, cache: null, done: 0, recompute: true });
+      }
+    }
+    const rows = this.#rows;
+    const batch = this.#batch;
+    if (rows.length > 0 && batch) {
+      const previous = rows.map((s) => s.step as SampledStep);
+      const next = mx.tidy(() => {
+        const input = mx.reshape(mx.concatenate(previous.map((p) => p.token), 0), [rows.length, 1]);
+        const logits = this.model.forward(input, batch, { logits: "last" });
+        return rows.map((s, i) => {
+          const row = mx.reshape(mx.sliceAxis(logits, 0, i, i + 1), [-1]);
+          return s.sampler.sample(row);
+        });
+      });
+      const all: MxArray[] = [];
+      for (const step of next) for (const a of stepArrays(step)) all.push(mx.keep(a));
+      mx.asyncEval(...all);
+      for (const s of rows) this.#read(s);
+      rows.forEach((s, i) => {
+        const old = s.step;
+        s.step = next[i] as SampledStep;
+        s.unread = true;
+        if (old) for (const a of stepArrays(old)) a.dispose();
+        if (s.finished) {
+          for (const a of stepArrays(s.step)) a.dispose();
+          s.step = null;
+        }
+      });
+      const finished = new Set(rows.filter((s) => s.finished !== null));
+      if (finished.size) this.#removeRows(finished);
+    }
+  }
+
+  #prefill(job: PrefillJob): void {
+    const s = job.seq;
+    const o = this.options;
+    if (!job.cache) {
+      const hit = this.prefixCache.budgetBytes > 0 ? this.prefixCache.lookup(s.tokens, s.regime) : null;
+      if (hit) {
+        job.cache = KVCache.fromState(cacheFor(this.model).shape, { ...hit.state, length: hit.length });
+        job.done = hit.length;
+        if (!job.recompute) s.cachedTokens = hit.length;
+      } else {
+        job.cache = cacheFor(this.model);
+        job.done = 0;
+      }
+    }
+    const cache = job.cache;
+    const budget = this.#rows.length > 0 ? o.interleavedPrefillChunk : o.prefillChunk;
+    const total = s.tokens.length;
+    const end = Math.min(total, job.done + Math.max(1, budget));
+    const part = s.tokens.slice(job.done, end);
+    if (end < total) {
+      mx.tidy(() => {
+        this.model.forward(mx.int32(part, [1, part.length]), cache, { logits: "none", ropeLengths: [total] });
+        mx.evaluate(...cache.arrays());
+      });
+      job.done = end;
+      return;
+    }
+    const step = mx.tidy(() => {
+      const logits = this.model.forward(mx.int32(part, [1, part.length]), cache, { logits: "last", ropeLengths: [total] });
+      return s.sampler.sample(logits);
+    });
+    for (const a of stepArrays(step)) mx.keep(a);
+    mx.asyncEval(...stepArrays(step));
+    this.#prefills.shift();
+    if (!job.recompute && this.prefixCache.budgetBytes > 0) {
+      this.prefixCache.store(s.tokens, cache.rowState(0), s.regime);
+    }
+    s.step = step;
+    s.unread = true;
+    if (this.#batch) this.#batch.appendRows(cache);
+    else this.#batch = cache;
+    this.#rows.push(s);
+    if (!job.recompute) {
+      this.#emit({
+        type: "started",
+        id: s.request.id,
+        promptTokens: s.request.prompt.length,
+        cachedTokens: s.cachedTokens,
+        queuedMs: performance.now() - s.enqueuedAt,
+      });
+    }
+  }
+
+  /** Frees everything (the engine is shutting down). */
+  dispose(): void {
+    this.cancelAll();
+    this.step();
+    this.#batch?.dispose();
+    this.#batch = null;
+    this.prefixCache.clear();
+  }
+}
+
+export { disposeState };

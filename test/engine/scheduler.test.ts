@@ -1,0 +1,240 @@
+// Continuous batching: requests that join a running batch at different times,
+// with different prompt lengths, give exactly their single-request outputs.
+import { describe, expect, test } from "bun:test";
+import { generateTokens } from "../../src/engine/generate";
+import { type SamplingParams, samplingParams } from "../../src/engine/sampling";
+import { type EngineEvent, type EngineRequest, Scheduler, type SchedulerOptions } from "../../src/engine/scheduler";
+import * as mx from "../../src/mlx";
+import { loadModel } from "../../src/models/loader";
+import type { LanguageModel } from "../../src/models/types";
+import { tinyModel } from "../support/models";
+import { promptIds } from "../support/reference";
+
+const OPTIONS: SchedulerOptions = {
+  maxConcurrent: 8,
+  queueSize: 16,
+  kvBudgetBytes: 1 << 30,
+  contextLength: 2048,
+  prefillChunk: 64,
+  interleavedPrefillChunk: 16,
+  prefixCacheBytes: 0,
+};
+
+function single(
+  model: LanguageModel,
+  prompt: number[],
+  maxTokens: number,
+  sampling: SamplingParams,
+  stops: number[] = [],
+) {
+  return singleWithLogprobs(model, prompt, maxTokens, sampling, stops).tokens;
+}
+
+function singleWithLogprobs(
+  model: LanguageModel,
+  prompt: number[],
+  maxTokens: number,
+  sampling: SamplingParams,
+  stops: number[] = [],
+) {
+  const tokens: number[] = [];
+  const logprobs: number[] = [];
+  for (const v of generateTokens(model, prompt, { maxTokens, sampling, stopTokenIds: stops, prefillChunk: 64 })) {
+    tokens.push(v.token);
+    logprobs.push(v.logprob ?? Number.NaN);
+  }
+  return { tokens, logprobs };
+}
+
+interface Run {
+  tokens: Map<string, number[]>;
+  logprobs: Map<string, number[]>;
+  events: EngineEvent[];
+  scheduler: Scheduler;
+}
+
+/** Submits each request at its step number and runs until everything finished. */
+function runScheduled(
+  model: LanguageModel,
+  schedule: Array<{ at: number; request: EngineRequest }>,
+  options = OPTIONS,
+): Run {
+  const events: EngineEvent[] = [];
+  const tokens = new Map<string, number[]>();
+  const logprobs = new Map<string, number[]>();
+  const scheduler = new Scheduler(model, options, (e) => {
+    events.push(e);
+    if (e.type !== "tokens") return;
+    for (const t of e.items) {
+      tokens.set(t.id, [...(tokens.get(t.id) ?? []), t.token]);
+      logprobs.set(t.id, [...(logprobs.get(t.id) ?? []), t.logprob ?? Number.NaN]);
+    }
+  });
+  let step = 0;
+  const pending = [...schedule];
+  while (pending.length > 0 || scheduler.hasWork()) {
+    for (const p of pending.filter((p) => p.at <= step)) scheduler.submit(p.request);
+    for (let i = pending.length - 1; i >= 0; i--) if ((pending[i] as { at: number }).at <= step) pending.splice(i, 1);
+    scheduler.step();
+    step++;
+    if (step > 5000) throw new Error("scheduler did not finish");
+  }
+  return { tokens, logprobs, events, scheduler };
+}
+
+function request(
+  id: string,
+  prompt: number[],
+  maxTokens: number,
+  sampling = samplingParams(),
+  stops: number[] = [],
+): EngineRequest {
+  return { id, prompt, maxTokens, sampling, stopTokenIds: stops };
+}
+
+function expectClose(actual: number[] | undefined, expected: number[], tolerance = 1e-4) {
+  expect(actual?.length).toBe(expected.length);
+  const worst = Math.max(0, ...expected.map((e, i) => Math.abs(e - ((actual as number[])[i] as number))));
+  expect(worst).toBeLessThan(tolerance);
+}
+
+const prompts = [promptIds(5, 11), promptIds(40, 12), promptIds(17, 13), promptIds(90, 14), promptIds(3, 15)];
+const lengths = [20, 12, 25, 8, 30];
+const joinAt = [0, 0, 3, 7, 15];
+
+for (const name of ["tiny-llama-f16", "tiny-llama"]) {
+  test(`${name}: greedy tokens and log-probabilities equal single-request ones, joining at different times`, () => {
+    const { model } = loadModel(tinyModel(name));
+    const greedy = samplingParams({ logprobs: true });
+    const expected = prompts.map((p, i) => singleWithLogprobs(model, p, lengths[i] as number, greedy));
+    const run = runScheduled(
+      model,
+      prompts.map((p, i) => ({ at: joinAt[i] as number, request: request(`r${i}`, p, lengths[i] as number, greedy) })),
+    );
+    prompts.forEach((_, i) => {
+      expect(run.tokens.get(`r${i}`)).toEqual(expected[i]?.tokens as number[]);
+      expectClose(run.logprobs.get(`r${i}`), expected[i]?.logprobs as number[]);
+    });
+    const finished = run.events.filter((e) => e.type === "finished");
+    expect(finished.map((e) => (e as { reason: string }).reason)).toEqual([
+      "length",
+      "length",
+      "length",
+      "length",
+      "length",
+    ]);
+    expect(run.scheduler.stats().running).toBe(0);
+    model.dispose();
+  });
+}
+
+describe("continuous batching (tiny-llama-f16, float32 CPU)", () => {
+  const { model } = loadModel(tinyModel("tiny-llama-f16"));
+
+  test("seeded sampling is reproducible and matches single-request sampling", () => {
+    const sampling = samplingParams({ temperature: 0.9, topP: 0.9, topK: 50, seed: 1234 });
+    const expected = prompts.slice(0, 3).map((p) => single(model, p, 15, sampling));
+    const run = runScheduled(
+      model,
+      prompts.slice(0, 3).map((p, i) => ({ at: i * 2, request: request(`s${i}`, p, 15, sampling) })),
+    );
+    prompts.slice(0, 3).forEach((_, i) => expect(run.tokens.get(`s${i}`)).toEqual(expected[i] as number[]));
+  });
+
+  test("stop tokens end a row without disturbing the others", () => {
+    const free = single(model, prompts[2] as number[], 25, samplingParams());
+    const stopAt = free[6] as number;
+    const expectedStopped = free.slice(0, free.indexOf(stopAt));
+    const expectedOther = single(model, prompts[1] as number[], 20, samplingParams());
+    const run = runScheduled(model, [
+      { at: 0, request: request("stopper", prompts[2] as number[], 25, samplingParams(), [stopAt]) },
+      { at: 1, request: request("other", prompts[1] as number[], 20) },
+    ]);
+    expect(run.tokens.get("stopper") ?? []).toEqual(expectedStopped);
+    expect(run.tokens.get("other")).toEqual(expectedOther);
+  });
+
+  test("a cancelled row leaves at the next step and frees its memory", () => {
+    const events: EngineEvent[] = [];
+    const s = new Scheduler(model, OPTIONS, (e) => events.push(e));
+    for (let i = 0; i < 3; i++) s.submit(request(`c${i}`, prompts[i] as number[], 200));
+    while (s.stats().running < 3) s.step();
+    for (let i = 0; i < 3; i++) s.step();
+    const before = s.stats().kvCacheBytes;
+    s.cancel("c1");
+    s.step();
+    expect(events.some((e) => e.type === "finished" && e.id === "c1" && e.reason === "cancelled")).toBe(true);
+    expect(s.stats().running).toBe(2);
+    expect(s.stats().kvCacheBytes).toBeLessThan(before);
+    s.cancel("c0");
+    s.cancel("c2");
+    s.step();
+    expect(s.stats().running).toBe(0);
+    expect(s.stats().kvCacheBytes).toBe(0);
+    expect(s.hasWork()).toBe(false);
+  });
+
+  test("admission: a full queue rejects with 429, an overlong prompt with 400", () => {
+    const events: EngineEvent[] = [];
+    const s = new Scheduler(model, { ...OPTIONS, maxConcurrent: 1, queueSize: 2, contextLength: 64 }, (e) =>
+      events.push(e),
+    );
+    s.submit(request("long", promptIds(64, 1), 4));
+    for (let i = 0; i < 4; i++) s.submit(request(`q${i}`, promptIds(4, i), 4));
+    const rejected = events.filter((e) => e.type === "rejected") as Array<Extract<EngineEvent, { type: "rejected" }>>;
+    expect(rejected.find((e) => e.id === "long")?.status).toBe(400);
+    expect(rejected.find((e) => e.id === "long")?.message).toContain("prompt is too long: 64 tokens > 63 maximum");
+    expect(rejected.filter((e) => e.status === 429).map((e) => e.id)).toEqual(["q2", "q3"]);
+    expect(s.stats().waiting).toBe(2);
+    while (s.hasWork()) s.step();
+  });
+
+  test("prefix cache: a longer prompt reuses the shared prefix and gives the same tokens", () => {
+    const base = promptIds(60, 21);
+    const extended = [...base, ...promptIds(10, 22).slice(1)];
+    const expected = single(model, extended, 10, samplingParams());
+    const run = runScheduled(
+      model,
+      [
+        { at: 0, request: request("first", base, 5) },
+        { at: 40, request: request("second", extended, 10) },
+      ],
+      { ...OPTIONS, prefixCacheBytes: 64 << 20 },
+    );
+    const started = run.events.find((e) => e.type === "started" && e.id === "second") as Extract<
+      EngineEvent,
+      { type: "started" }
+    >;
+    expect(started.cachedTokens).toBeGreaterThanOrEqual(59);
+    expect(run.tokens.get("second")).toEqual(expected);
+    expect(run.scheduler.stats().prefixCache.hits).toBeGreaterThanOrEqual(1);
+    run.scheduler.dispose();
+  });
+});
+
+describe("continuous batching with Phi-3 LongRoPE crossings", () => {
+  const { model } = loadModel(tinyModel("tiny-phi3"));
+  test("rows crossing original_max_position_embeddings mid-batch match single-request output", () => {
+    // original context is 64: these rows cross it at different steps.
+    const prompts = [promptIds(55, 31), promptIds(20, 32), promptIds(61, 33)];
+    const expected = prompts.map((p) => single(model, p, 20, samplingParams()));
+    const run = runScheduled(
+      model,
+      prompts.map((p, i) => ({ at: i, request: request(`p${i}`, p, 20) })),
+    );
+    prompts.forEach((_, i) => expect(run.tokens.get(`p${i}`)).toEqual(expected[i] as number[]));
+  });
+});
+
+test("memory: no MLX arrays leak across scheduler runs", () => {
+  const { model } = loadModel(tinyModel("tiny-llama-f16"));
+  const run = () =>
+    runScheduled(
+      model,
+      [0, 1, 2].map((i) => ({ at: i, request: request(`m${i}`, promptIds(10 + i, i), 10) })),
+    );
+  run();
+  const arrays = mx.liveArrayCount();
+  run();
+  expect(mx.liveArrayCount()).toBe(arrays);
+});
