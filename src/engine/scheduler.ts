@@ -124,11 +124,13 @@ export class Scheduler {
     return this.#bytesPerToken;
   }
 
-  /** Queues a request, or rejects it at once (too long, queue full). */
-  submit(request: EngineRequest): void {
+  /** Queues a request (true), or rejects it at once with a "rejected" event (too long, queue full). */
+  submit(request: EngineRequest): boolean {
     const o = this.options;
-    const reject = (status: number, message: string, retryAfterSeconds?: number) =>
+    const reject = (status: number, message: string, retryAfterSeconds?: number) => {
       this.#emit({ type: "rejected", id: request.id, status, message, retryAfterSeconds });
+      return false;
+    };
     if (request.prompt.length === 0) return reject(400, "the prompt is empty");
     if (request.prompt.length >= o.contextLength) {
       return reject(400, `prompt is too long: ${request.prompt.length} tokens > ${o.contextLength - 1} maximum`);
@@ -162,6 +164,7 @@ export class Scheduler {
       cancelled: false,
       finished: null,
     });
+    return true;
   }
 
   cancel(id: string): void {

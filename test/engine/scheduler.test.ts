@@ -138,7 +138,7 @@ describe("continuous batching (tiny-llama-f16, float32 CPU)", () => {
       model,
       prompts.slice(0, 3).map((p, i) => ({ at: i * 2, request: request(`s${i}`, p, 15, sampling) })),
     );
-    prompts.slice(0, 3).forEach((_, i) => expect(run.tokens.get(`s${i}`)).toEqual(expected[i] as number[]));
+    for (let i = 0; i < 3; i++) expect(run.tokens.get(`s${i}`)).toEqual(expected[i] as number[]);
   });
 
   test("stop tokens end a row without disturbing the others", () => {
@@ -222,7 +222,7 @@ describe("continuous batching with Phi-3 LongRoPE crossings", () => {
       model,
       prompts.map((p, i) => ({ at: i, request: request(`p${i}`, p, 20) })),
     );
-    prompts.forEach((_, i) => expect(run.tokens.get(`p${i}`)).toEqual(expected[i] as number[]));
+    for (let i = 0; i < prompts.length; i++) expect(run.tokens.get(`p${i}`)).toEqual(expected[i] as number[]);
   });
 });
 
