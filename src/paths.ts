@@ -7,7 +7,7 @@ import { join, resolve } from "node:path";
 export const REPO_ROOT = resolve(import.meta.dir, "..");
 
 /** True when running from a source checkout (not a compiled binary). */
-export const FROM_SOURCE = existsSync(join(REPO_ROOT, "package.json"));
+export const FROM_SOURCE = !import.meta.path.startsWith("/$bunfs") && existsSync(join(REPO_ROOT, "package.json"));
 
 /**
  * Pensieve's data folder: models, prompt caches, runtime libraries.
@@ -30,3 +30,11 @@ export const VENDOR_DIR = join(REPO_ROOT, "vendor");
 
 /** Build outputs (the shim), one folder per backend and version. */
 export const BUILD_DIR = join(REPO_ROOT, "build");
+
+/** True inside a `bun build --compile` binary (its modules live in Bun's virtual /$bunfs). */
+export const COMPILED = import.meta.path.startsWith("/$bunfs") || import.meta.path.startsWith("B:/~BUN");
+
+/** The command that runs this program again (the engine child process uses it). */
+export function selfCommand(): string[] {
+  return COMPILED ? [process.execPath] : [process.execPath, join(REPO_ROOT, "src", "cli.ts")];
+}

@@ -97,7 +97,10 @@ export class PrefixCache {
     const covered = tokens.slice(0, state.length);
     const bytes = stateBytes(state);
     const covering = this.#entries.find(
-      (e) => e.regime === regime && e.tokens.length >= covered.length && commonPrefix(e.tokens, covered, covered.length) === covered.length,
+      (e) =>
+        e.regime === regime &&
+        e.tokens.length >= covered.length &&
+        commonPrefix(e.tokens, covered, covered.length) === covered.length,
     );
     if (covered.length < this.minTokens || bytes > this.budgetBytes || covering) {
       if (covering) covering.lastUsed = ++this.#clock;
@@ -106,7 +109,9 @@ export class PrefixCache {
     }
     this.#entries = this.#entries.filter((e) => {
       const subsumed =
-        e.regime === regime && e.tokens.length <= covered.length && commonPrefix(e.tokens, covered, e.tokens.length) === e.tokens.length;
+        e.regime === regime &&
+        e.tokens.length <= covered.length &&
+        commonPrefix(e.tokens, covered, e.tokens.length) === e.tokens.length;
       if (subsumed) disposeState(e.state);
       return !subsumed;
     });

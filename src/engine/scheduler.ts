@@ -17,7 +17,14 @@ import type { LanguageModel } from "../models/types";
 import { cacheFor } from "./generate";
 import { KVCache } from "./kv-cache";
 import { disposeState, PrefixCache, type PrefixCacheStats } from "./prefix-cache";
-import { readStep, type SampledStep, type SamplingParams, SequenceSampler, type StepValues, stepArrays } from "./sampling";
+import {
+  readStep,
+  type SampledStep,
+  type SamplingParams,
+  SequenceSampler,
+  type StepValues,
+  stepArrays,
+} from "./sampling";
 
 export interface EngineRequest {
   id: string;
@@ -354,7 +361,13 @@ export class Scheduler {
     if (rows.length > 0 && batch) {
       const previous = rows.map((s) => s.step as SampledStep);
       const next = mx.tidy(() => {
-        const input = mx.reshape(mx.concatenate(previous.map((p) => p.token), 0), [rows.length, 1]);
+        const input = mx.reshape(
+          mx.concatenate(
+            previous.map((p) => p.token),
+            0,
+          ),
+          [rows.length, 1],
+        );
         const logits = this.model.forward(input, batch, { logits: "last" });
         return rows.map((s, i) => {
           const row = mx.reshape(mx.sliceAxis(logits, 0, i, i + 1), [-1]);
@@ -408,7 +421,10 @@ export class Scheduler {
       return;
     }
     const step = mx.tidy(() => {
-      const logits = this.model.forward(mx.int32(part, [1, part.length]), cache, { logits: "last", ropeLengths: [total] });
+      const logits = this.model.forward(mx.int32(part, [1, part.length]), cache, {
+        logits: "last",
+        ropeLengths: [total],
+      });
       return s.sampler.sample(logits);
     });
     for (const a of stepArrays(step)) mx.keep(a);

@@ -1,0 +1,47 @@
+#!/usr/bin/env bun
+// pensieve: the command line. Each subcommand lives in src/cli/ or its room.
+import { runEngineProcess } from "./engine/main";
+import type { EngineConfig } from "./engine/protocol";
+
+const USAGE = `usage: pensieve <command> [options]
+
+commands:
+  serve                 start the HTTP server (default model: SmolLM2-135M-Instruct)
+  generate --prompt P   generate text from the command line
+  convert IN.gguf OUT   write a GGUF model out as an MLX model folder
+  engine                (internal) the engine process the server supervises
+`;
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case "engine": {
+      const at = rest.indexOf("--config-json");
+      const json = at >= 0 ? rest[at + 1] : undefined;
+      if (!json) throw new Error("engine: --config-json is required");
+      await runEngineProcess(JSON.parse(json) as EngineConfig);
+      return 0;
+    }
+    case undefined:
+    case "help":
+    case "--help":
+    case "-h":
+      console.log(USAGE);
+      return command === undefined ? 1 : 0;
+    default:
+      console.error(`pensieve: unknown command "${command}"\n\n${USAGE}`);
+      return 2;
+  }
+}
+
+if (import.meta.main) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      if (code !== 0) process.exit(code);
+    },
+    (e: Error) => {
+      console.error(`pensieve: ${e.message}`);
+      process.exit(1);
+    },
+  );
+}

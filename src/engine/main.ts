@@ -1,0 +1,48 @@
+// Entry of the engine child process (`pensieve engine --config-json '{...}'`).
+// It loads the model, then serves generate/cancel/stats messages over IPC
+// until told to shut down or until its parent goes away.
+import { Engine } from "./engine";
+import type { EngineConfig, FromEngine, ToEngine } from "./protocol";
+
+function send(message: FromEngine): void {
+  process.send?.(message);
+}
+
+export async function runEngineProcess(config: EngineConfig): Promise<void> {
+  if (!process.send) throw new Error("the engine runs as a child of `pensieve serve` (no IPC channel)");
+  let engine: Engine;
+  try {
+    engine = new Engine(config, (event) => send(event));
+  } catch (e) {
+    send({ type: "load-failed", message: (e as Error).message });
+    // Give the IPC message time to leave before exiting.
+    setTimeout(() => process.exit(3), 100);
+    return;
+  }
+  process.on("message", (raw) => {
+    const m = raw as ToEngine;
+    switch (m.type) {
+      case "generate":
+        engine.submit(m.request);
+        break;
+      case "cancel":
+        engine.cancel(m.id);
+        break;
+      case "stats":
+        send({ type: "stats", nonce: m.nonce, stats: engine.stats() });
+        break;
+      case "shutdown":
+        engine.stop();
+        setTimeout(() => process.exit(0), 50);
+        break;
+    }
+  });
+  // An orphaned engine must not linger: exit when the parent disconnects or dies.
+  const parent = process.ppid;
+  process.on("disconnect", () => process.exit(0));
+  setInterval(() => {
+    if (process.ppid !== parent) process.exit(0);
+  }, 1000).unref();
+  send({ type: "ready", info: engine.info });
+  await engine.run();
+}

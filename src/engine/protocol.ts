@@ -1,0 +1,66 @@
+// Messages between the server process and the engine process (IPC). The
+// engine sends one "tokens" message per decode step, for every sequence that
+// produced a token in it. No MLX here: both sides import this file.
+import type { EngineEvent, EngineRequest, SchedulerStats } from "./scheduler";
+
+export type { EngineEvent, EngineRequest, FinishReason, TokenOut } from "./scheduler";
+
+/** How the engine process is configured (serialized into its command line). */
+export interface EngineConfig {
+  /** Model folder or .gguf file. */
+  model: string;
+  /** "cpu" or "gpu"; default: gpu when the MLX build has one. */
+  device?: "cpu" | "gpu";
+  /** Cap on prompt + output tokens per sequence; default from memory. */
+  maxContext?: number | null;
+  kvBudgetBytes?: number | null;
+  maxConcurrent?: number;
+  queueSize?: number;
+  prefillChunk?: number;
+  interleavedPrefillChunk?: number;
+  prefixCacheBytes?: number | null;
+  /** Phi-3: long_factor at every length, as mlx-lm (comparisons only). */
+  alwaysLongRope?: boolean;
+  /** Test hook: fail the forward pass when a prompt contains this token id. */
+  faultTokenId?: number | null;
+}
+
+export interface EngineInfo {
+  modelPath: string;
+  modelName: string;
+  format: "folder" | "gguf";
+  modelType: string;
+  vocabSize: number;
+  /** Longest sequence (prompt + output) a request may reach. */
+  contextLength: number;
+  maxPositionEmbeddings: number;
+  dtype: string;
+  device: "cpu" | "gpu";
+  mlxVersion: string;
+  weightBytes: number;
+  kvBytesPerToken: number;
+  loadMs: number;
+  pid: number;
+}
+
+export interface MemorySnapshot {
+  activeBytes: number;
+  peakBytes: number;
+  cacheBytes: number;
+}
+
+export interface EngineStats extends SchedulerStats {
+  memory: MemorySnapshot;
+}
+
+export type ToEngine =
+  | { type: "generate"; request: EngineRequest }
+  | { type: "cancel"; id: string }
+  | { type: "stats"; nonce: number }
+  | { type: "shutdown" };
+
+export type FromEngine =
+  | EngineEvent
+  | { type: "ready"; info: EngineInfo }
+  | { type: "load-failed"; message: string }
+  | { type: "stats"; nonce: number; stats: EngineStats };

@@ -1,0 +1,341 @@
+// The server side of the engine: starts the engine child process, routes its
+// per-step messages to per-request streams, and restarts it when it dies. A
+// native crash in MLX then costs the in-flight requests (they end with a 503
+// error), never the server. Runs in the server process: no MLX imports here.
+import type { Subprocess } from "bun";
+import type {
+  EngineConfig,
+  EngineInfo,
+  EngineRequest,
+  EngineStats,
+  FinishReason,
+  FromEngine,
+  ToEngine,
+} from "./protocol";
+import type { SamplingParams } from "./sampling";
+
+export type StreamEvent =
+  | { type: "started"; promptTokens: number; cachedTokens: number; queuedMs: number }
+  | { type: "token"; token: number; logprob: number | null; top: Array<{ token: number; logprob: number }> | null }
+  | { type: "finished"; reason: FinishReason; completionTokens: number; message?: string }
+  | { type: "error"; status: number; message: string; retryAfterSeconds?: number };
+
+export interface GenerateInput {
+  prompt: number[];
+  maxTokens: number;
+  sampling: SamplingParams;
+  stopTokenIds: number[];
+}
+
+/** One request's events, in order; ends after "finished" or "error". */
+export class GenerationStream implements AsyncIterable<StreamEvent> {
+  readonly id: string;
+  #queue: StreamEvent[] = [];
+  #waiter: (() => void) | null = null;
+  #ended = false;
+  #onCancel: () => void;
+
+  constructor(id: string, onCancel: () => void) {
+    this.id = id;
+    this.#onCancel = onCancel;
+  }
+
+  get ended(): boolean {
+    return this.#ended;
+  }
+
+  push(event: StreamEvent): void {
+    if (this.#ended) return;
+    this.#queue.push(event);
+    if (event.type === "finished" || event.type === "error") this.#ended = true;
+    this.#waiter?.();
+  }
+
+  /** Stops generation (the engine frees the sequence at its next step). */
+  cancel(): void {
+    if (!this.#ended) this.#onCancel();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<StreamEvent> {
+    while (true) {
+      const next = this.#queue.shift();
+      if (next) {
+        yield next;
+        if (next.type === "finished" || next.type === "error") return;
+        continue;
+      }
+      if (this.#ended) return;
+      await new Promise<void>((resolve) => {
+        this.#waiter = resolve;
+      });
+      this.#waiter = null;
+    }
+  }
+}
+
+export type EngineState = "starting" | "ready" | "restarting" | "stopped" | "failed";
+
+export interface SupervisorOptions {
+  engine: EngineConfig;
+  /** Command that starts the engine; `--config-json <json>` is appended. */
+  command: string[];
+  restartDelayMs?: number;
+  maxRestartDelayMs?: number;
+  /** Every message from the engine, for metrics and logs. */
+  onMessage?: (message: FromEngine) => void;
+  /** Lifecycle notes (started, crashed, restarting). */
+  onLifecycle?: (event: { state: EngineState; detail: string }) => void;
+}
+
+export class EngineSupervisor {
+  readonly options: SupervisorOptions;
+  #child: Subprocess | null = null;
+  #state: EngineState = "stopped";
+  #info: EngineInfo | null = null;
+  #lastError: string | null = null;
+  #streams = new Map<string, GenerationStream>();
+  #stats = new Map<number, { resolve: (s: EngineStats) => void; reject: (e: Error) => void }>();
+  #nonce = 0;
+  #counter = 0;
+  #restarts = 0;
+  #delay: number;
+  #firstReady: { resolve: (i: EngineInfo) => void; reject: (e: Error) => void } | null = null;
+  #restartTimer: ReturnType<typeof setTimeout> | null = null;
+
+  constructor(options: SupervisorOptions) {
+    this.options = options;
+    this.#delay = options.restartDelayMs ?? 500;
+  }
+
+  get state(): EngineState {
+    return this.#state;
+  }
+
+  get info(): EngineInfo | null {
+    return this.#info;
+  }
+
+  get lastError(): string | null {
+    return this.#lastError;
+  }
+
+  get restarts(): number {
+    return this.#restarts;
+  }
+
+  get pid(): number | null {
+    return this.#child?.pid ?? null;
+  }
+
+  /** Requests the server is streaming now. */
+  get activeStreams(): number {
+    return this.#streams.size;
+  }
+
+  /** Starts the engine; resolves when the model is loaded, rejects if it cannot load. */
+  start(): Promise<EngineInfo> {
+    const ready = new Promise<EngineInfo>((resolve, reject) => {
+      this.#firstReady = { resolve, reject };
+    });
+    this.#spawn("starting");
+    return ready;
+  }
+
+  #spawn(state: EngineState): void {
+    this.#state = state;
+    const argv = [...this.options.command, "--config-json", JSON.stringify(this.options.engine)];
+    const child = Bun.spawn(argv, {
+      stdin: "ignore",
+      stdout: "inherit",
+      stderr: "inherit",
+      serialization: "json",
+      ipc: (message) => this.#onMessage(message as FromEngine),
+      onExit: (proc, code, signal) => this.#onExit(proc, code, signal),
+    });
+    this.#child = child;
+    this.options.onLifecycle?.({ state, detail: `engine process ${child.pid} starting` });
+  }
+
+  #send(message: ToEngine): boolean {
+    if (!this.#child || this.#state !== "ready") return false;
+    try {
+      this.#child.send(message);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  #onMessage(m: FromEngine): void {
+    this.options.onMessage?.(m);
+    switch (m.type) {
+      case "ready":
+        this.#info = m.info;
+        this.#state = "ready";
+        this.#lastError = null;
+        this.#delay = this.options.restartDelayMs ?? 500;
+        this.options.onLifecycle?.({
+          state: "ready",
+          detail: `model ${m.info.modelName} loaded in ${Math.round(m.info.loadMs)} ms`,
+        });
+        this.#firstReady?.resolve(m.info);
+        this.#firstReady = null;
+        break;
+      case "load-failed":
+        this.#lastError = m.message;
+        if (this.#firstReady) {
+          this.#state = "failed";
+          this.#firstReady.reject(new Error(m.message));
+          this.#firstReady = null;
+        }
+        break;
+      case "started":
+        this.#streams.get(m.id)?.push({
+          type: "started",
+          promptTokens: m.promptTokens,
+          cachedTokens: m.cachedTokens,
+          queuedMs: m.queuedMs,
+        });
+        break;
+      case "tokens":
+        for (const t of m.items) {
+          this.#streams.get(t.id)?.push({ type: "token", token: t.token, logprob: t.logprob, top: t.top });
+        }
+        break;
+      case "finished": {
+        const s = this.#streams.get(m.id);
+        this.#streams.delete(m.id);
+        if (m.reason === "error") s?.push({ type: "error", status: 500, message: m.message ?? "engine error" });
+        else s?.push({ type: "finished", reason: m.reason, completionTokens: m.completionTokens });
+        break;
+      }
+      case "rejected": {
+        const s = this.#streams.get(m.id);
+        this.#streams.delete(m.id);
+        s?.push({ type: "error", status: m.status, message: m.message, retryAfterSeconds: m.retryAfterSeconds });
+        break;
+      }
+      case "stats": {
+        const waiter = this.#stats.get(m.nonce);
+        this.#stats.delete(m.nonce);
+        waiter?.resolve(m.stats);
+        break;
+      }
+    }
+  }
+
+  #onExit(proc: Subprocess, code: number | null, signal: number | string | null): void {
+    if (proc !== this.#child) return;
+    this.#child = null;
+    const how = signal ? `signal ${signal}` : `exit code ${code}`;
+    const lost = this.#streams.size;
+    for (const s of this.#streams.values()) {
+      s.push({
+        type: "error",
+        status: 503,
+        message: `the engine process stopped unexpectedly (${how}); the request was lost, please retry`,
+        retryAfterSeconds: 1,
+      });
+    }
+    this.#streams.clear();
+    for (const w of this.#stats.values()) w.reject(new Error(`engine process stopped (${how})`));
+    this.#stats.clear();
+    if (this.#state === "stopped" || this.#state === "failed") return;
+    if (this.#firstReady) {
+      this.#state = "failed";
+      this.#firstReady.reject(new Error(this.#lastError ?? `the engine process exited while loading (${how})`));
+      this.#firstReady = null;
+      return;
+    }
+    this.#restarts++;
+    this.#lastError = `engine process stopped (${how})`;
+    this.#state = "restarting";
+    this.options.onLifecycle?.({
+      state: "restarting",
+      detail: `engine process stopped (${how}), ${lost} request(s) failed; restarting in ${this.#delay} ms`,
+    });
+    this.#restartTimer = setTimeout(() => {
+      this.#restartTimer = null;
+      if (this.#state === "restarting") this.#spawn("restarting");
+    }, this.#delay);
+    this.#delay = Math.min(this.#delay * 2, this.options.maxRestartDelayMs ?? 30_000);
+  }
+
+  /** Starts a generation. The stream reports an error at once when the engine is not ready. */
+  generate(input: GenerateInput, signal?: AbortSignal): GenerationStream {
+    const id = `g${++this.#counter}`;
+    const stream = new GenerationStream(id, () => this.#send({ type: "cancel", id }));
+    if (this.#state !== "ready") {
+      const loading = this.#state === "starting" || this.#state === "restarting";
+      stream.push({
+        type: "error",
+        status: 503,
+        message: loading
+          ? "the model is loading, retry shortly"
+          : `the engine is not available: ${this.#lastError ?? this.#state}`,
+        retryAfterSeconds: loading ? 2 : undefined,
+      });
+      return stream;
+    }
+    if (signal?.aborted) {
+      stream.push({ type: "finished", reason: "cancelled", completionTokens: 0 });
+      return stream;
+    }
+    this.#streams.set(id, stream);
+    const request: EngineRequest = { id, ...input };
+    if (!this.#send({ type: "generate", request })) {
+      this.#streams.delete(id);
+      stream.push({ type: "error", status: 503, message: "the engine is not available", retryAfterSeconds: 1 });
+      return stream;
+    }
+    signal?.addEventListener("abort", () => stream.cancel(), { once: true });
+    return stream;
+  }
+
+  /** The engine's scheduler and memory statistics. */
+  stats(timeoutMs = 5000): Promise<EngineStats> {
+    const nonce = ++this.#nonce;
+    return new Promise<EngineStats>((resolve, reject) => {
+      if (!this.#send({ type: "stats", nonce })) {
+        reject(new Error(`the engine is ${this.#state}`));
+        return;
+      }
+      const timer = setTimeout(() => {
+        this.#stats.delete(nonce);
+        reject(new Error("the engine did not answer in time"));
+      }, timeoutMs);
+      this.#stats.set(nonce, {
+        resolve: (s) => {
+          clearTimeout(timer);
+          resolve(s);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      });
+    });
+  }
+
+  /** Stops the engine (graceful: a shutdown message, then a kill after `graceMs`). */
+  async stop(graceMs = 3000): Promise<void> {
+    this.#state = "stopped";
+    if (this.#restartTimer) clearTimeout(this.#restartTimer);
+    const child = this.#child;
+    if (!child) return;
+    try {
+      child.send({ type: "shutdown" } satisfies ToEngine);
+    } catch {
+      // already gone
+    }
+    const exited = child.exited.then(() => true);
+    const timedOut = new Promise<boolean>((resolve) => setTimeout(() => resolve(false), graceMs));
+    if (!(await Promise.race([exited, timedOut]))) child.kill("SIGKILL");
+    await child.exited;
+  }
+
+  /** Kills the engine process abruptly (tests use it to simulate a native crash). */
+  kill(signal: NodeJS.Signals = "SIGKILL"): void {
+    this.#child?.kill(signal);
+  }
+}
