@@ -1,5 +1,7 @@
 #!/usr/bin/env bun
 // pensieve: the command line. Each subcommand lives in src/cli/ or its room.
+import { runGenerate } from "./cli/generate";
+import { runServe } from "./cli/serve";
 import { runEngineProcess } from "./engine/main";
 import type { EngineConfig } from "./engine/protocol";
 
@@ -15,6 +17,10 @@ commands:
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
+    case "serve":
+      return runServe(rest);
+    case "generate":
+      return runGenerate(rest);
     case "engine": {
       const at = rest.indexOf("--config-json");
       const json = at >= 0 ? rest[at + 1] : undefined;

@@ -1,0 +1,239 @@
+// The loaded model as the HTTP layer sees it: its tokenizer and chat template
+// (text lives in the server process), and the engine that turns prompt tokens
+// into generated tokens. generateText() is the one text pipeline every API
+// (OpenAI, Anthropic, WebSocket) uses: detokenizing, stop strings, usage.
+import { basename } from "node:path";
+import type { SamplingParams } from "../engine/sampling";
+import type { EngineSupervisor, StreamEvent } from "../engine/supervisor";
+import { applyChatTemplate, type ChatMessage, ChatTemplateError, StopMatcher, StreamingDetokenizer, Tokenizer } from "../text";
+import { ApiError, apiErrorFromStatus, badRequest } from "./errors";
+import type { ServerMetrics } from "./metrics";
+
+export interface TokenLogprob {
+  token: number;
+  text: string;
+  logprob: number;
+  top: Array<{ token: number; text: string; logprob: number }>;
+}
+
+export type TextEvent =
+  | { type: "started"; promptTokens: number; cachedTokens: number }
+  | { type: "text"; text: string; logprobs: TokenLogprob[] }
+  /** Emitted while a long prompt is prefilled, so streams can send keep-alives. */
+  | { type: "waiting" }
+  | {
+      type: "done";
+      /** "stop": an end-of-turn token; "stop_string": one of the request's stop strings; "length": max tokens or context. */
+      reason: "stop" | "stop_string" | "length" | "cancelled";
+      stopString: string | null;
+      usage: Usage;
+    };
+
+export interface Usage {
+  promptTokens: number;
+  cachedTokens: number;
+  completionTokens: number;
+}
+
+export interface TextRequest {
+  prompt: number[];
+  /** Requested maximum; clamped to the context left. */
+  maxTokens: number | null;
+  sampling: SamplingParams;
+  stop?: string[];
+  /** Extra token ids that end generation (the model's end-of-turn ids always do). */
+  stopTokenIds?: number[];
+  signal?: AbortSignal;
+  /** Keep special tokens in the text (raw completions may want them). */
+  keepSpecialTokens?: boolean;
+  /** Emit a "waiting" event at this interval until the first token (SSE keep-alives). */
+  keepAliveMs?: number;
+}
+
+export class ModelSession {
+  readonly tokenizer: Tokenizer;
+  readonly engine: EngineSupervisor;
+  /** The id clients see in /v1/models. */
+  readonly modelId: string;
+  readonly metrics: ServerMetrics | null;
+
+  constructor(tokenizer: Tokenizer, engine: EngineSupervisor, modelId: string, metrics: ServerMetrics | null = null) {
+    this.tokenizer = tokenizer;
+    this.engine = engine;
+    this.modelId = modelId;
+    this.metrics = metrics;
+  }
+
+  /** Tokenizer for a model folder or GGUF file. */
+  static loadTokenizer(modelPath: string): Tokenizer {
+    return modelPath.toLowerCase().endsWith(".gguf") ? Tokenizer.fromGguf(modelPath) : Tokenizer.fromHfFolder(modelPath);
+  }
+
+  static defaultModelId(modelPath: string): string {
+    return basename(modelPath).replace(/\.gguf$/i, "");
+  }
+
+  /** Longest prompt + output the engine accepts (null until the engine has loaded). */
+  get contextLength(): number | null {
+    return this.engine.info?.contextLength ?? null;
+  }
+
+  /** Renders a conversation through the model's chat template and tokenizes it. */
+  chatPrompt(messages: ChatMessage[], options: { tools?: unknown[]; addGenerationPrompt?: boolean; variables?: Record<string, unknown> } = {}): {
+    text: string;
+    tokens: number[];
+  } {
+    let text: string;
+    try {
+      text = applyChatTemplate(this.tokenizer, messages, {
+        addGenerationPrompt: options.addGenerationPrompt ?? true,
+        tools: options.tools,
+        variables: options.variables,
+      });
+    } catch (e) {
+      if (e instanceof ChatTemplateError && e.raisedByTemplate) throw badRequest(`the model's chat template rejected the conversation: ${e.message}`, "messages");
+      throw badRequest(`cannot render the conversation: ${(e as Error).message}`, "messages");
+    }
+    // The template already places BOS where the model wants it.
+    return { text, tokens: this.tokenizer.encode(text, { addSpecialTokens: false }) };
+  }
+
+  /** Tokenizes a raw prompt (completions API): BOS as the tokenizer config says. */
+  rawPrompt(text: string): number[] {
+    return this.tokenizer.encode(text, { addSpecialTokens: true });
+  }
+
+  /** 400 when the prompt leaves no room to generate, in the words Claude Code understands. */
+  checkPromptLength(promptTokens: number): void {
+    const context = this.contextLength;
+    if (context !== null && promptTokens >= context) {
+      throw badRequest(`prompt is too long: ${promptTokens} tokens > ${context - 1} maximum`, "messages");
+    }
+  }
+
+  /** The request's max tokens as an upper bound within the context left. */
+  clampMaxTokens(promptTokens: number, requested: number | null): number {
+    const left = Math.max(0, (this.contextLength ?? promptTokens + 1) - promptTokens);
+    return requested === null ? left : Math.max(0, Math.min(requested, left));
+  }
+
+  tokenText(id: number): string {
+    return this.tokenizer.decode([id]);
+  }
+
+  /**
+   * Generates text: yields started, text deltas (with log-probabilities when
+   * asked) and done. Throws ApiError for engine failures before any text.
+   */
+  async *generateText(req: TextRequest): AsyncGenerator<TextEvent> {
+    this.checkPromptLength(req.prompt.length);
+    const maxTokens = this.clampMaxTokens(req.prompt.length, req.maxTokens);
+    const stopIds = [...new Set([...this.tokenizer.eosIds, ...(req.stopTokenIds ?? [])])];
+    const stream = this.engine.generate(
+      { prompt: req.prompt, maxTokens, sampling: req.sampling, stopTokenIds: stopIds },
+      req.signal,
+    );
+    const detok = new StreamingDetokenizer(this.tokenizer, {
+      skipSpecialTokens: !req.keepSpecialTokens,
+      contextIds: req.prompt.slice(-4),
+    });
+    const stops = new StopMatcher(req.stop ?? []);
+    const wantLogprobs = req.sampling.logprobs || req.sampling.topLogprobs > 0;
+    const started = performance.now();
+    let lastToken = 0;
+    let usage: Usage = { promptTokens: req.prompt.length, cachedTokens: 0, completionTokens: 0 };
+    let pendingLogprobs: TokenLogprob[] = [];
+    let firstToken = true;
+    const metrics = this.metrics;
+    try {
+      for await (const e of withKeepAlive(stream, req.keepAliveMs)) {
+        if (e === null) {
+          yield { type: "waiting" };
+          continue;
+        }
+        if (e.type === "started") {
+          usage = { ...usage, cachedTokens: e.cachedTokens };
+          metrics?.queueWait.observe(e.queuedMs / 1000);
+          yield { type: "started", promptTokens: e.promptTokens, cachedTokens: e.cachedTokens };
+        } else if (e.type === "token") {
+          const now = performance.now();
+          if (firstToken) metrics?.timeToFirstToken.observe((now - started) / 1000);
+          else metrics?.interTokenLatency.observe((now - lastToken) / 1000);
+          firstToken = false;
+          lastToken = now;
+          usage.completionTokens++;
+          if (wantLogprobs && e.logprob !== null) {
+            pendingLogprobs.push({
+              token: e.token,
+              text: this.tokenText(e.token),
+              logprob: e.logprob,
+              top: (e.top ?? []).map((t) => ({ ...t, text: this.tokenText(t.token) })),
+            });
+          }
+          const { text, stop } = stops.push(detok.push(e.token));
+          if (text || stop !== undefined) {
+            yield { type: "text", text, logprobs: pendingLogprobs };
+            pendingLogprobs = [];
+          }
+          if (stop !== undefined) {
+            stream.cancel();
+            yield { type: "done", reason: "stop_string", stopString: stop, usage };
+            return;
+          }
+        } else if (e.type === "finished") {
+          const tail = stops.push(detok.flush());
+          const rest = tail.stop === undefined ? tail.text + stops.flush() : tail.text;
+          if (rest || pendingLogprobs.length) yield { type: "text", text: rest, logprobs: pendingLogprobs };
+          if (tail.stop !== undefined) {
+            yield { type: "done", reason: "stop_string", stopString: tail.stop, usage };
+            return;
+          }
+          const reason = e.reason === "error" ? "stop" : e.reason;
+          yield { type: "done", reason, stopString: null, usage };
+          return;
+        } else if (e.type === "error") {
+          throw apiErrorFromStatus(e.status, e.message, e.retryAfterSeconds);
+        }
+      }
+    } finally {
+      // A consumer that stops early (client gone) cancels the engine's work.
+      stream.cancel();
+      metrics?.promptTokens.inc({}, usage.promptTokens);
+      metrics?.cachedTokens.inc({}, usage.cachedTokens);
+      metrics?.completionTokens.inc({}, usage.completionTokens);
+      metrics?.requestDuration.observe((performance.now() - started) / 1000);
+    }
+  }
+}
+
+/** Interleaves `null` every `intervalMs` until the stream's first event arrives. */
+async function* withKeepAlive(stream: AsyncIterable<StreamEvent>, intervalMs?: number): AsyncGenerator<StreamEvent | null> {
+  const it = stream[Symbol.asyncIterator]();
+  let next = it.next();
+  let gotFirstToken = false;
+  while (true) {
+    if (!intervalMs || gotFirstToken) {
+      const r = await next;
+      if (r.done) return;
+      yield r.value;
+      next = it.next();
+      continue;
+    }
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const tick = new Promise<"tick">((resolve) => {
+      timer = setTimeout(() => resolve("tick"), intervalMs);
+    });
+    const r = await Promise.race([next, tick]);
+    clearTimeout(timer);
+    if (r === "tick") {
+      yield null;
+      continue;
+    }
+    if (r.done) return;
+    if (r.value.type === "token") gotFirstToken = true;
+    yield r.value;
+    next = it.next();
+  }
+}
+
+export { ApiError };

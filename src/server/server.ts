@@ -1,0 +1,98 @@
+// Starts Pensieve: the engine child process (supervised), the tokenizer, and
+// the HTTP server on 127.0.0.1:7777 by default. SIGTERM/SIGINT shut down
+// gracefully: stop accepting, let streams finish (bounded), stop the engine.
+import type { EngineConfig } from "../engine/protocol";
+import { EngineSupervisor } from "../engine/supervisor";
+import { selfCommand } from "../paths";
+import { type AppContext, createApp, DEFAULT_SERVER_OPTIONS, modelResolver, type RoutePlugin, type ServerOptions } from "./app";
+import { createLogger, type Logger } from "./log";
+import { ServerMetrics } from "./metrics";
+import { ModelSession } from "./model-session";
+import { serverRoutes } from "./routes";
+
+export interface StartOptions {
+  host?: string;
+  port?: number;
+  /** Resolved model folder or .gguf file. */
+  modelPath: string;
+  /** The id clients see; default from the file name. */
+  modelId?: string;
+  engine?: Omit<EngineConfig, "model">;
+  server?: Partial<ServerOptions>;
+  log?: Logger;
+  /** Wait for the model before resolving (default true); false serves /health 503 while loading. */
+  waitForModel?: boolean;
+  routes?: RoutePlugin[];
+  /** Install SIGTERM/SIGINT handlers (default false; the CLI turns it on). */
+  handleSignals?: boolean;
+}
+
+export interface RunningServer {
+  url: string;
+  port: number;
+  session: ModelSession;
+  engine: EngineSupervisor;
+  ready: Promise<unknown>;
+  /** Graceful stop: new requests refused, streams get `graceMs` to finish, then the engine stops. */
+  stop(graceMs?: number): Promise<void>;
+}
+
+export async function startServer(opts: StartOptions): Promise<RunningServer> {
+  const log = opts.log ?? createLogger();
+  const metrics = new ServerMetrics();
+  const options: ServerOptions = { ...DEFAULT_SERVER_OPTIONS, ...opts.server };
+  const tokenizer = ModelSession.loadTokenizer(opts.modelPath);
+  const engine = new EngineSupervisor({
+    engine: { ...opts.engine, model: opts.modelPath },
+    command: [...selfCommand(), "engine"],
+    onLifecycle: (e) => log.info("engine", { state: e.state, detail: e.detail }),
+  });
+  const session = new ModelSession(tokenizer, engine, opts.modelId ?? ModelSession.defaultModelId(opts.modelPath), metrics);
+  const ctx: AppContext = {
+    session,
+    options,
+    log,
+    metrics,
+    resolveModel: modelResolver(session, options.strictModelNames),
+  };
+  const app = createApp(ctx, opts.routes ?? serverRoutes());
+  const ready = engine.start();
+  ready.catch((e: Error) => log.error("the model failed to load", { model: opts.modelPath, error: e.message }));
+  if (opts.waitForModel !== false) await ready;
+
+  app.listen({
+    hostname: opts.host ?? "127.0.0.1",
+    port: opts.port ?? 7777,
+    // A second process must not silently share the port.
+    reusePort: false,
+    // Long generations: no idle timeout cuts a live stream (keep-alives also flow).
+    idleTimeout: 0,
+    maxRequestBodySize: options.bodyLimitBytes + 1024,
+  });
+  const server = app.server;
+  if (!server) throw new Error("the HTTP server did not start");
+  const url = `http://${server.hostname}:${server.port}`;
+  log.info("listening", { url, model: session.modelId });
+
+  let stopping: Promise<void> | null = null;
+  const stop = (graceMs = 10_000) => {
+    stopping ??= (async () => {
+      log.info("shutting down", { openStreams: engine.activeStreams });
+      const drained = app.stop(false);
+      const timeout = new Promise<void>((resolve) => setTimeout(resolve, graceMs));
+      await Promise.race([drained, timeout]);
+      await app.stop(true);
+      await engine.stop();
+      log.info("stopped");
+    })();
+    return stopping;
+  };
+  if (opts.handleSignals) {
+    for (const signal of ["SIGTERM", "SIGINT"] as const) {
+      process.once(signal, () => {
+        stop().then(() => process.exit(0));
+      });
+    }
+  }
+  return { url, port: server.port as number, session, engine, ready, stop };
+}
