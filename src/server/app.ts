@@ -83,7 +83,10 @@ export function createApp(ctx: AppContext, routes: RoutePlugin[] = []) {
       if (origin) {
         if (!originAllowed(origin, request.headers.get("host"), options.corsOrigins)) {
           set.status = 403;
-          return errorBody(new ApiError(403, "permission", `origin ${origin} is not allowed (see corsOrigins)`), url.pathname);
+          return errorBody(
+            new ApiError(403, "permission", `origin ${origin} is not allowed (see corsOrigins)`),
+            url.pathname,
+          );
         }
         set.headers["access-control-allow-origin"] = origin;
         set.headers.vary = "Origin";
@@ -107,7 +110,11 @@ export function createApp(ctx: AppContext, routes: RoutePlugin[] = []) {
       if (length > options.bodyLimitBytes) {
         set.status = 413;
         return errorBody(
-          new ApiError(413, "request_too_large", `request body of ${length} bytes exceeds the ${options.bodyLimitBytes} byte limit`),
+          new ApiError(
+            413,
+            "request_too_large",
+            `request body of ${length} bytes exceeds the ${options.bodyLimitBytes} byte limit`,
+          ),
           url.pathname,
         );
       }
@@ -120,7 +127,8 @@ export function createApp(ctx: AppContext, routes: RoutePlugin[] = []) {
         const { message, param } = validationMessage(error);
         apiError = badRequest(message, param);
       } else if (code === "PARSE") apiError = badRequest("the request body is not valid JSON");
-      else if (code === "NOT_FOUND") apiError = new ApiError(404, "not_found", `no route for ${request.method} ${path}`);
+      else if (code === "NOT_FOUND")
+        apiError = new ApiError(404, "not_found", `no route for ${request.method} ${path}`);
       else {
         log.error("unhandled error", { path, error: (error as Error)?.stack ?? String(error) });
         apiError = new ApiError(500, "api_error", "internal server error");
@@ -143,7 +151,11 @@ export function createApp(ctx: AppContext, routes: RoutePlugin[] = []) {
       if (engine.state !== "ready" || !info) {
         set.status = 503;
         set.headers["retry-after"] = "2";
-        return { status: engine.state === "failed" ? "failed" : "loading", engine: engine.state, error: engine.lastError };
+        return {
+          status: engine.state === "failed" ? "failed" : "loading",
+          engine: engine.state,
+          error: engine.lastError,
+        };
       }
       return { status: "ok", model: ctx.session.modelId, contextLength: info.contextLength, device: info.device };
     })
@@ -200,9 +212,16 @@ async function refreshEngineGauges(ctx: AppContext): Promise<void> {
 /** The model-name rule shared by every API. */
 export function modelResolver(session: ModelSession, strict: boolean): (requested: unknown) => string {
   return (requested) => {
-    if (requested === undefined || requested === null || requested === "" || requested === session.modelId) return session.modelId;
+    if (requested === undefined || requested === null || requested === "" || requested === session.modelId)
+      return session.modelId;
     if (typeof requested !== "string") throw badRequest("model must be a string", "model");
-    if (strict) throw new ApiError(404, "not_found", `model "${requested}" is not served here; this server serves "${session.modelId}"`, "model");
+    if (strict)
+      throw new ApiError(
+        404,
+        "not_found",
+        `model "${requested}" is not served here; this server serves "${session.modelId}"`,
+        "model",
+      );
     return session.modelId;
   };
 }

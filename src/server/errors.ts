@@ -18,7 +18,13 @@ export class ApiError extends Error {
   readonly param: string | null;
   readonly retryAfterSeconds: number | undefined;
 
-  constructor(status: number, kind: ErrorKind, message: string, param: string | null = null, retryAfterSeconds?: number) {
+  constructor(
+    status: number,
+    kind: ErrorKind,
+    message: string,
+    param: string | null = null,
+    retryAfterSeconds?: number,
+  ) {
     super(message);
     this.name = "ApiError";
     this.status = status;

@@ -6,7 +6,9 @@ type Labels = Record<string, string>;
 
 function labelKey(labels: Labels): string {
   const keys = Object.keys(labels).sort();
-  return keys.map((k) => `${k}="${String(labels[k]).replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n")}"`).join(",");
+  return keys
+    .map((k) => `${k}="${String(labels[k]).replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n")}"`)
+    .join(",");
 }
 
 abstract class Metric {
@@ -75,7 +77,11 @@ export class Histogram extends Metric {
   }
   lines(): string[] {
     const out = this.buckets.map((b, i) => `${this.name}_bucket{le="${b}"} ${this.#counts[i]}`);
-    out.push(`${this.name}_bucket{le="+Inf"} ${this.#count}`, `${this.name}_sum ${this.#sum}`, `${this.name}_count ${this.#count}`);
+    out.push(
+      `${this.name}_bucket{le="+Inf"} ${this.#count}`,
+      `${this.name}_sum ${this.#sum}`,
+      `${this.name}_count ${this.#count}`,
+    );
     return out;
   }
 }
@@ -85,8 +91,14 @@ const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
 /** Every metric Pensieve exports. */
 export class ServerMetrics {
   readonly requests = new Counter("pensieve_requests_total", "HTTP and WebSocket requests by endpoint and status.");
-  readonly promptTokens = new Counter("pensieve_prompt_tokens_total", "Prompt tokens processed (including cached ones).");
-  readonly cachedTokens = new Counter("pensieve_cached_prompt_tokens_total", "Prompt tokens served from the prefix cache.");
+  readonly promptTokens = new Counter(
+    "pensieve_prompt_tokens_total",
+    "Prompt tokens processed (including cached ones).",
+  );
+  readonly cachedTokens = new Counter(
+    "pensieve_cached_prompt_tokens_total",
+    "Prompt tokens served from the prefix cache.",
+  );
   readonly completionTokens = new Counter("pensieve_completion_tokens_total", "Tokens generated.");
   readonly timeToFirstToken = new Histogram(
     "pensieve_time_to_first_token_seconds",
@@ -103,7 +115,11 @@ export class ServerMetrics {
     "Time a request waited in the engine before its prefill started or finished.",
     LATENCY_BUCKETS,
   );
-  readonly requestDuration = new Histogram("pensieve_request_duration_seconds", "Whole generation requests.", LATENCY_BUCKETS);
+  readonly requestDuration = new Histogram(
+    "pensieve_request_duration_seconds",
+    "Whole generation requests.",
+    LATENCY_BUCKETS,
+  );
   readonly queueDepth = new Gauge("pensieve_queue_depth", "Requests waiting for admission in the engine.");
   readonly activeSequences = new Gauge("pensieve_active_sequences", "Sequences decoding in the batch.");
   readonly prefilling = new Gauge("pensieve_prefilling_sequences", "Sequences being prefilled.");

@@ -5,7 +5,14 @@
 import { basename } from "node:path";
 import type { SamplingParams } from "../engine/sampling";
 import type { EngineSupervisor, StreamEvent } from "../engine/supervisor";
-import { applyChatTemplate, type ChatMessage, ChatTemplateError, StopMatcher, StreamingDetokenizer, Tokenizer } from "../text";
+import {
+  applyChatTemplate,
+  type ChatMessage,
+  ChatTemplateError,
+  StopMatcher,
+  StreamingDetokenizer,
+  Tokenizer,
+} from "../text";
 import { ApiError, apiErrorFromStatus, badRequest } from "./errors";
 import type { ServerMetrics } from "./metrics";
 
@@ -66,7 +73,9 @@ export class ModelSession {
 
   /** Tokenizer for a model folder or GGUF file. */
   static loadTokenizer(modelPath: string): Tokenizer {
-    return modelPath.toLowerCase().endsWith(".gguf") ? Tokenizer.fromGguf(modelPath) : Tokenizer.fromHfFolder(modelPath);
+    return modelPath.toLowerCase().endsWith(".gguf")
+      ? Tokenizer.fromGguf(modelPath)
+      : Tokenizer.fromHfFolder(modelPath);
   }
 
   static defaultModelId(modelPath: string): string {
@@ -79,7 +88,10 @@ export class ModelSession {
   }
 
   /** Renders a conversation through the model's chat template and tokenizes it. */
-  chatPrompt(messages: ChatMessage[], options: { tools?: unknown[]; addGenerationPrompt?: boolean; variables?: Record<string, unknown> } = {}): {
+  chatPrompt(
+    messages: ChatMessage[],
+    options: { tools?: unknown[]; addGenerationPrompt?: boolean; variables?: Record<string, unknown> } = {},
+  ): {
     text: string;
     tokens: number[];
   } {
@@ -91,7 +103,8 @@ export class ModelSession {
         variables: options.variables,
       });
     } catch (e) {
-      if (e instanceof ChatTemplateError && e.raisedByTemplate) throw badRequest(`the model's chat template rejected the conversation: ${e.message}`, "messages");
+      if (e instanceof ChatTemplateError && e.raisedByTemplate)
+        throw badRequest(`the model's chat template rejected the conversation: ${e.message}`, "messages");
       throw badRequest(`cannot render the conversation: ${(e as Error).message}`, "messages");
     }
     // The template already places BOS where the model wants it.
@@ -207,7 +220,10 @@ export class ModelSession {
 }
 
 /** Interleaves `null` every `intervalMs` until the stream's first event arrives. */
-async function* withKeepAlive(stream: AsyncIterable<StreamEvent>, intervalMs?: number): AsyncGenerator<StreamEvent | null> {
+async function* withKeepAlive(
+  stream: AsyncIterable<StreamEvent>,
+  intervalMs?: number,
+): AsyncGenerator<StreamEvent | null> {
   const it = stream[Symbol.asyncIterator]();
   let next = it.next();
   let gotFirstToken = false;

@@ -4,7 +4,14 @@
 import type { EngineConfig } from "../engine/protocol";
 import { EngineSupervisor } from "../engine/supervisor";
 import { selfCommand } from "../paths";
-import { type AppContext, createApp, DEFAULT_SERVER_OPTIONS, modelResolver, type RoutePlugin, type ServerOptions } from "./app";
+import {
+  type AppContext,
+  createApp,
+  DEFAULT_SERVER_OPTIONS,
+  modelResolver,
+  type RoutePlugin,
+  type ServerOptions,
+} from "./app";
 import { createLogger, type Logger } from "./log";
 import { ServerMetrics } from "./metrics";
 import { ModelSession } from "./model-session";
@@ -47,7 +54,12 @@ export async function startServer(opts: StartOptions): Promise<RunningServer> {
     command: [...selfCommand(), "engine"],
     onLifecycle: (e) => log.info("engine", { state: e.state, detail: e.detail }),
   });
-  const session = new ModelSession(tokenizer, engine, opts.modelId ?? ModelSession.defaultModelId(opts.modelPath), metrics);
+  const session = new ModelSession(
+    tokenizer,
+    engine,
+    opts.modelId ?? ModelSession.defaultModelId(opts.modelPath),
+    metrics,
+  );
   const ctx: AppContext = {
     session,
     options,
@@ -78,10 +90,10 @@ export async function startServer(opts: StartOptions): Promise<RunningServer> {
   const stop = (graceMs = 10_000) => {
     stopping ??= (async () => {
       log.info("shutting down", { openStreams: engine.activeStreams });
-      const drained = app.stop(false);
-      const timeout = new Promise<void>((resolve) => setTimeout(resolve, graceMs));
-      await Promise.race([drained, timeout]);
-      await app.stop(true);
+      // Stop accepting; open streams get graceMs to finish, then are cut.
+      const drained = server.stop(false).then(() => true);
+      const timeout = new Promise<boolean>((resolve) => setTimeout(() => resolve(false), graceMs));
+      if (!(await Promise.race([drained, timeout]))) await server.stop(true);
       await engine.stop();
       log.info("stopped");
     })();

@@ -1,0 +1,7 @@
+// Routes of this API (being built): mounted by src/server/routes.ts.
+import { Elysia } from "elysia";
+import type { AppContext } from "../app";
+
+export function webRoutes(_ctx: AppContext) {
+  return new Elysia();
+}
