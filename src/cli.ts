@@ -3,6 +3,7 @@
 import { runGenerate } from "./cli/generate";
 import { runServe } from "./cli/serve";
 import { runEngineProcess } from "./engine/main";
+import { convertGguf } from "./models/convert";
 import type { EngineConfig } from "./engine/protocol";
 
 const USAGE = `usage: pensieve <command> [options]
@@ -21,6 +22,14 @@ async function main(argv: string[]): Promise<number> {
       return runServe(rest);
     case "generate":
       return runGenerate(rest);
+    case "convert": {
+      const [input, output] = rest;
+      if (!input || !output) throw new Error("usage: pensieve convert IN.gguf OUT_DIR");
+      const r = convertGguf(input, output);
+      const q = r.quantization ? `${r.quantization.bits}-bit, group ${r.quantization.groupSize}` : "not quantized";
+      console.log(`wrote ${output}: ${r.tensors} tensors, ${(r.bytes / 2 ** 20).toFixed(1)} MiB (${q})`);
+      return 0;
+    }
     case "engine": {
       const at = rest.indexOf("--config-json");
       const json = at >= 0 ? rest[at + 1] : undefined;

@@ -196,7 +196,11 @@ function metaToPlain(meta: Map<string, mx.GgufMetaValue>): Map<string, unknown> 
   return out;
 }
 
-export function loadGgufModel(path: string, options: LoadOptions = {}): LoadedModel {
+/**
+ * A GGUF file's weights under Hugging Face names (llama q/k rows un-permuted),
+ * with its config. The caller owns the arrays.
+ */
+export function readGgufWeights(path: string): { config: ModelConfig; arrays: Map<string, MxArray> } {
   let loaded: mx.LoadedFile;
   try {
     loaded = mx.tidy(() => mx.loadGguf(path));
@@ -215,8 +219,9 @@ export function loadGgufModel(path: string, options: LoadOptions = {}): LoadedMo
       a.dispose();
     }
   }
-  const disposeAll = () => {
+  const fail = (message: string): never => {
     for (const a of arrays.values()) a.dispose();
+    throw new ModelLoadError(`${path}: ${message}`);
   };
   let config: ModelConfig;
   try {
@@ -224,13 +229,9 @@ export function loadGgufModel(path: string, options: LoadOptions = {}): LoadedMo
     if (!embed) throw new Error("no token_embd tensor");
     config = configFromGguf(meta, embed.dim(0));
   } catch (e) {
-    disposeAll();
-    throw new ModelLoadError(`${path}: ${(e as Error).message}`);
+    return fail((e as Error).message);
   }
-  if (unknown.length) {
-    disposeAll();
-    throw new ModelLoadError(`${path}: unexpected tensors ${unknown.slice(0, 5).join(", ")}`);
-  }
+  if (unknown.length) fail(`unexpected tensors ${unknown.slice(0, 5).join(", ")}`);
   config.tieWordEmbeddings = !arrays.has("lm_head.weight");
   if (arch === "llama") {
     // Undo llama.cpp's q/k row permutation (rows only: quantization groups run along columns).
@@ -252,6 +253,11 @@ export function loadGgufModel(path: string, options: LoadOptions = {}): LoadedMo
       }
     });
   }
+  return { config, arrays };
+}
+
+export function loadGgufModel(path: string, options: LoadOptions = {}): LoadedModel {
+  const { config, arrays } = readGgufWeights(path);
   const weightBytes = totalBytes(arrays);
   const model = build(config, arrays, path, options);
   return { model, config, format: "gguf", path, weightBytes };
