@@ -23,6 +23,8 @@ export type RopeScaling =
 export interface QuantizationConfig {
   groupSize: number;
   bits: number;
+  /** Per-module exceptions (module prefix → its own spec), as mlx-lm writes them. */
+  overrides?: Record<string, { groupSize: number; bits: number }>;
 }
 
 export interface ModelConfig {
@@ -105,6 +107,17 @@ function parseRopeScaling(c: Json, headDim: number): RopeScaling | null {
   throw new Error(`config.json: unsupported rope_scaling type "${type}"`);
 }
 
+function parseQuantization(q: Json): QuantizationConfig {
+  const overrides: Record<string, { groupSize: number; bits: number }> = {};
+  for (const [key, value] of Object.entries(q)) {
+    if (value && typeof value === "object" && !Array.isArray(value)) {
+      const v = value as Json;
+      overrides[key] = { groupSize: num(v, "group_size"), bits: num(v, "bits") };
+    }
+  }
+  return { groupSize: num(q, "group_size"), bits: num(q, "bits"), overrides };
+}
+
 /** Normalizes a Hugging Face / MLX config.json. */
 export function configFromHf(c: Json, generationConfig: Json | null = null): ModelConfig {
   const modelType = String(c.model_type ?? "");
@@ -134,7 +147,7 @@ export function configFromHf(c: Json, generationConfig: Json | null = null): Mod
     tieWordEmbeddings: c.tie_word_embeddings === true,
     attentionBias: c.attention_bias === true,
     mlpBias: c.mlp_bias === true,
-    quantization: q ? { groupSize: num(q, "group_size"), bits: num(q, "bits") } : null,
+    quantization: q ? parseQuantization(q) : null,
     bosTokenId: bos,
     eosTokenIds: eos,
   };
@@ -177,7 +190,13 @@ export function configToHf(cfg: ModelConfig): Json {
   } else if (rs?.type === "linear") {
     out.rope_scaling = { type: "linear", factor: rs.factor };
   }
-  if (cfg.quantization) out.quantization = { group_size: cfg.quantization.groupSize, bits: cfg.quantization.bits };
+  if (cfg.quantization) {
+    const block: Json = { group_size: cfg.quantization.groupSize, bits: cfg.quantization.bits };
+    for (const [prefix, o] of Object.entries(cfg.quantization.overrides ?? {})) {
+      block[prefix] = { group_size: o.groupSize, bits: o.bits };
+    }
+    out.quantization = block;
+  }
   return out;
 }
 

@@ -19,7 +19,11 @@ export interface ConvertResult {
 }
 
 /** Bits and group size of each quantized module (prefix → spec). */
-function quantizedModules(arrays: Map<string, MxArray>, hidden: number, ffn: number): Map<string, { groupSize: number; bits: number }> {
+function quantizedModules(
+  arrays: Map<string, MxArray>,
+  hidden: number,
+  ffn: number,
+): Map<string, { groupSize: number; bits: number }> {
   const out = new Map<string, { groupSize: number; bits: number }>();
   for (const [name, scales] of arrays) {
     if (!name.endsWith(".scales")) continue;

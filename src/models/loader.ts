@@ -109,7 +109,7 @@ function materialize(arrays: Map<string, MxArray>, source: string): void {
 }
 
 function build(config: ModelConfig, arrays: Map<string, MxArray>, source: string, options: LoadOptions) {
-  const store = new WeightStore(arrays, options.dtype ?? defaultDtype(arrays), source);
+  const store = new WeightStore(arrays, options.dtype ?? defaultDtype(arrays), source, config.quantization);
   try {
     const model = buildArchitecture(config, store, options);
     materialize(arrays, source);

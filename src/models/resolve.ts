@@ -20,5 +20,7 @@ export function resolveLocalModel(spec: string | undefined): string {
   }
   const path = resolve(spec);
   if (existsSync(path)) return path;
-  throw new Error(`no model at "${spec}": give a model folder, a .gguf file, or run \`pensieve setup --model ${spec}\``);
+  throw new Error(
+    `no model at "${spec}": give a model folder, a .gguf file, or run \`pensieve setup --model ${spec}\``,
+  );
 }

@@ -2,6 +2,7 @@
 // and Embedding, each either plain (float) or MLX-quantized (affine, per tensor).
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
+import type { QuantizationConfig } from "./config";
 
 /** A weight matrix [out, in], plain or quantized (bits and group size per tensor). */
 export type LinearWeight =
@@ -50,11 +51,19 @@ export class WeightStore {
   readonly #used = new Set<string>();
   readonly dtype: mx.Dtype;
   readonly source: string;
+  /** What config.json declares; null when the file does not say (GGUF): then it is inferred per tensor. */
+  readonly quantization: QuantizationConfig | null;
 
-  constructor(arrays: Map<string, MxArray>, dtype: mx.Dtype, source: string) {
+  constructor(
+    arrays: Map<string, MxArray>,
+    dtype: mx.Dtype,
+    source: string,
+    quantization: QuantizationConfig | null = null,
+  ) {
     this.#arrays = arrays;
     this.dtype = dtype;
     this.source = source;
+    this.quantization = quantization;
   }
 
   has(name: string): boolean {
@@ -114,7 +123,17 @@ export class WeightStore {
     const inputs = inFeaturesExpected;
     let bits: number;
     let groupSize: number;
-    if (inputs !== undefined) {
+    const declared = this.quantization ? (this.quantization.overrides?.[prefix] ?? this.quantization) : null;
+    if (declared && inputs !== undefined) {
+      // The config says how this module is packed: the shapes must agree with it.
+      bits = declared.bits;
+      groupSize = declared.groupSize;
+      if (words * 32 !== inputs * bits || groups * groupSize !== inputs) {
+        throw new Error(
+          `${this.source}: "${prefix}" is packed as [${outW}, ${words}] with ${groups} groups, which does not match ${inputs} input features at ${bits} bits, group size ${groupSize}`,
+        );
+      }
+    } else if (inputs !== undefined) {
       bits = (words * 32) / inputs;
       groupSize = inputs / groups;
     } else {
