@@ -1,0 +1,10 @@
+// `bun run bench [generate|load] [options]`: the benchmarks (see bench/README.md).
+import { benchGenerate } from "./generate";
+
+const [which = "generate", ...rest] = process.argv.slice(2);
+if (which === "generate") await benchGenerate(rest);
+else if (which === "load") await (await import("./load")).benchLoad(rest);
+else {
+  console.error("usage: bun run bench [generate|load] [options]");
+  process.exit(2);
+}
