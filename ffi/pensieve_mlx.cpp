@@ -14,12 +14,17 @@
 
 namespace mx = mlx::core;
 
+namespace pensieve {
+mx::array cpu_quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
+                               int group, int bits);
+}
+
 namespace {
 
 thread_local std::string last_error;
 std::atomic<int64_t> live_handles{0};
 
-constexpr int kAbiVersion = 1;
+constexpr int kAbiVersion = 2;
 
 pv_array wrap(mx::array a) {
   live_handles.fetch_add(1, std::memory_order_relaxed);
@@ -416,6 +421,12 @@ pv_array pv_quantized_matmul(pv_array x, pv_array w, pv_array scales, pv_array b
   return guard_array([&] {
     return mx::quantized_matmul(unwrap(x), unwrap(w), unwrap(scales), optional_of(biases), transpose != 0, group_size,
                                 bits, "affine");
+  });
+}
+pv_array pv_quantized_matmul_cpu(pv_array x, pv_array w, pv_array scales, pv_array biases, int group_size, int bits) {
+  return guard_array([&] {
+    if (biases == nullptr) throw std::invalid_argument("cpu qmm: biases are required (affine quantization)");
+    return pensieve::cpu_quantized_matmul(unwrap(x), unwrap(w), unwrap(scales), unwrap(biases), group_size, bits);
   });
 }
 int pv_quantize(pv_array w, int group_size, int bits, pv_array* out) {

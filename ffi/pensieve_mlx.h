@@ -125,6 +125,9 @@ PV_API pv_array pv_cumsum(pv_array a, int axis, int reverse, int inclusive);
 PV_API pv_array pv_matmul(pv_array a, pv_array b);
 PV_API pv_array pv_quantized_matmul(pv_array x, pv_array w, pv_array scales, pv_array biases /*nullable*/,
                              int transpose, int group_size, int bits);
+/* The same product through Pensieve's CPU kernel (ffi/cpu_qmm.cpp): SIMD and
+   multi-threaded. float32 x, scales and biases; bits 4 or 8; group a multiple of 8. */
+PV_API pv_array pv_quantized_matmul_cpu(pv_array x, pv_array w, pv_array scales, pv_array biases, int group_size, int bits);
 /* Writes 3 handles (weight, scales, biases) into out. */
 PV_API int pv_quantize(pv_array w, int group_size, int bits, pv_array* out);
 PV_API pv_array pv_dequantize(pv_array w, pv_array scales, pv_array biases /*nullable*/, int group_size, int bits, int dtype /* -1: default */);

@@ -1,12 +1,12 @@
 // Builds ffi/ (the C shim) against an unpacked MLX wheel. Needs only that folder
 // and a C++20 compiler. Skips the build when sources and flags are unchanged.
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join, relative } from "node:path";
 import { type Backend, runtimeLayout } from "../src/mlx/backend";
 import { REPO_ROOT } from "../src/paths";
 
-const SOURCES = ["ffi/pensieve_mlx.cpp", "ffi/pensieve_mlx.h"];
+const SOURCES = ["ffi/pensieve_mlx.cpp", "ffi/cpu_qmm.cpp", "ffi/pensieve_mlx.h"];
 
 function compiler(): string {
   for (const c of [process.env.CXX, "c++", "g++", "clang++"]) {
@@ -31,12 +31,14 @@ export function shimCommand(backend: Backend): { argv: string[]; output: string 
     "-fvisibility=hidden",
     `-I${layout.includeDir}`,
     join(REPO_ROOT, "ffi", "pensieve_mlx.cpp"),
+    join(REPO_ROOT, "ffi", "cpu_qmm.cpp"),
+    "-pthread",
     `-L${layout.libDir}`,
     "-lmlx",
     `-Wl,-rpath,${rpathVendor}`,
     `-Wl,-rpath,${origin}/mlx/lib`,
     "-o",
-    layout.shimPath,
+    `${layout.shimPath}.tmp`,
   ];
   if (!darwin) argv.splice(argv.length - 2, 0, "-Wl,--enable-new-dtags");
   return { argv, output: layout.shimPath };
@@ -60,6 +62,8 @@ export function buildShim(backend: Backend, log: (s: string) => void = console.l
   log(`building the MLX shim for ${backend} (${argv[0]}) ...`);
   const r = Bun.spawnSync(argv, { stdout: "inherit", stderr: "inherit" });
   if (r.exitCode !== 0) throw new Error(`shim build failed (exit ${r.exitCode}): ${argv.join(" ")}`);
+  // Rename into place: running engines keep the old file mapped, untouched.
+  renameSync(`${output}.tmp`, output);
   writeFileSync(stamp, digest);
   return output;
 }

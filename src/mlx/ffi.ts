@@ -66,6 +66,7 @@ const symbols = {
   pv_cumsum: { args: [P, i32, i32, i32], returns: P },
   pv_matmul: { args: [P, P], returns: P },
   pv_quantized_matmul: { args: [P, P, P, P, i32, i32, i32], returns: P },
+  pv_quantized_matmul_cpu: { args: [P, P, P, P, i32, i32], returns: P },
   pv_quantize: { args: [P, i32, i32, P], returns: i32 },
   pv_dequantize: { args: [P, P, P, i32, i32, i32], returns: P },
   pv_rms_norm: { args: [P, P, f32], returns: P },
@@ -104,7 +105,7 @@ const symbols = {
   pv_live_handles: { args: [], returns: i64_fast },
 } as const;
 
-export const ABI_VERSION = 1;
+export const ABI_VERSION = 2;
 
 /** Where the shim is: PENSIEVE_SHIM, else the built shim of the installed backend. */
 export function shimPath(env: Record<string, string | undefined> = process.env): string {

@@ -416,6 +416,32 @@ export function quantizedMatmul(x: MxArray, q: QuantizedWeight, transpose = true
   );
 }
 
+/** Whether Pensieve's CPU kernel handles this weight (affine, float32 scales, 4 or 8 bits). */
+export function cpuKernelSupports(q: QuantizedWeight): boolean {
+  return (
+    (q.bits === 4 || q.bits === 8) &&
+    q.groupSize % 8 === 0 &&
+    q.biases !== null &&
+    q.scales.dtype === Dtype.float32 &&
+    q.biases.dtype === Dtype.float32
+  );
+}
+
+/** x @ dequantize(w).T through Pensieve's SIMD, multi-threaded CPU kernel (see ffi/cpu_qmm.cpp). */
+export function quantizedMatmulCpu(x: MxArray, q: QuantizedWeight): MxArray {
+  return new MxArray(
+    lib.pv_quantized_matmul_cpu(
+      x.handle,
+      q.weight.handle,
+      q.scales.handle,
+      q.biases?.handle ?? null,
+      q.groupSize,
+      q.bits,
+    ),
+    "quantized_matmul (cpu kernel)",
+  );
+}
+
 export function quantize(w: MxArray, groupSize: number, bits: number): QuantizedWeight {
   const out = new Uint32Array(6);
   checkStatus(lib.pv_quantize(w.handle, groupSize, bits, out), "quantize");

@@ -7,11 +7,24 @@ import type { QuantizationConfig } from "./config";
 /** A weight matrix [out, in], plain or quantized (bits and group size per tensor). */
 export type LinearWeight =
   | { kind: "dense"; weight: MxArray; bias: MxArray | null }
-  | { kind: "quantized"; q: mx.QuantizedWeight; bias: MxArray | null };
+  | {
+      kind: "quantized";
+      q: mx.QuantizedWeight;
+      bias: MxArray | null;
+      /** Run on Pensieve's CPU kernel (ffi/cpu_qmm.cpp) instead of MLX's scalar CPU loop. */
+      cpuKernel: boolean;
+    };
 
 export function linear(x: MxArray, w: LinearWeight): MxArray {
-  const y = w.kind === "dense" ? mx.matmul(x, mx.transpose(w.weight, [1, 0])) : mx.quantizedMatmul(x, w.q);
+  let y: MxArray;
+  if (w.kind === "dense") y = mx.matmul(x, mx.transpose(w.weight, [1, 0]));
+  else y = w.cpuKernel ? mx.quantizedMatmulCpu(x, w.q) : mx.quantizedMatmul(x, w.q);
   return w.bias ? mx.add(y, w.bias) : y;
+}
+
+/** PENSIEVE_CPU_KERNEL=0 turns the CPU kernel off (to compare with MLX's own). */
+function cpuKernelWanted(q: mx.QuantizedWeight): boolean {
+  return process.env.PENSIEVE_CPU_KERNEL !== "0" && mx.getDevice() === "cpu" && mx.cpuKernelSupports(q);
 }
 
 /** Rows of an embedding table: plain take, or take the quantized rows then dequantize. */
@@ -146,7 +159,8 @@ export class WeightStore {
         `${this.source}: "${prefix}" has an unsupported quantization (bits ${bits}, group size ${groupSize}) for ${inputs} inputs`,
       );
     }
-    return { kind: "quantized", q: { weight, scales, biases, groupSize, bits }, bias };
+    const q = { weight, scales, biases, groupSize, bits };
+    return { kind: "quantized", q, bias, cpuKernel: cpuKernelWanted(q) };
   }
 
   /** Names never asked for (unexpected tensors in the file). */
