@@ -1,0 +1,232 @@
+// Will a model fit, and how long a context can it have? A pure estimate from
+// config.json and the weight files' sizes, no MLX: the server asks before it
+// loads anything, so a model that cannot fit is refused with a message instead
+// of dying mid-request.
+//
+//   total = weights + KV cache + working memory (+ prefix cache budget)
+//   KV cache = layers × 2 (K and V) × kv_heads × head_dim × bytes/element × context × sequences
+//   working  = chunk × 4 B × (vocab + 4·hidden + 2·intermediate + (heads + 2·kv_heads)·head_dim)
+//            + heads × chunk × context × 4 B
+// where chunk = min(prefill chunk, context). The first working term is one prefill
+// chunk's float32 activations: logits over the vocabulary, the residual stream
+// and norms, the MLP's gate and up projections, and q/k/v. The second is the
+// attention score matrix of one chunk against the whole context, which an
+// unfused attention materializes (a fused kernel needs none; counted anyway so
+// the estimate stays on the safe side, e.g. on the CPU backend).
+//
+// The budget is a fraction (default 75 %) of the memory: the rest is left to
+// the OS, the runtime and other programs (on unified memory the GPU shares it).
+import { readdirSync, readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { freemem, totalmem } from "node:os";
+import { configFromHf, type ModelConfig } from "../models/config";
+import { formatBytes } from "./format";
+
+export const DEFAULT_USABLE_FRACTION = 0.75;
+/** Below this, a model is refused rather than run with a uselessly short context. */
+export const MIN_CONTEXT = 1024;
+/** Same as DEFAULT_PREFILL_CHUNK in src/engine/generate.ts (not imported: that module loads MLX). */
+export const PREFILL_CHUNK = 512;
+const ACTIVATION_BYTES = 4;
+
+export interface SystemMemory {
+  totalBytes: number;
+  /** Memory free for new allocations now (Linux: MemAvailable, which counts reclaimable page cache). */
+  availableBytes: number;
+}
+
+export function systemMemory(): SystemMemory {
+  const totalBytes = totalmem();
+  if (process.platform === "linux") {
+    try {
+      const m = /^MemAvailable:\s+(\d+)\s+kB/m.exec(readFileSync("/proc/meminfo", "utf8"));
+      if (m?.[1]) return { totalBytes, availableBytes: Number(m[1]) * 1024 };
+    } catch {
+      // no /proc: fall back to os.freemem()
+    }
+  }
+  return { totalBytes, availableBytes: freemem() };
+}
+
+/** Bytes of a model's weights on disk: a GGUF file's size, or a folder's *.safetensors (links followed). */
+export function weightFilesBytes(path: string): number {
+  const stat = statSync(path);
+  if (!stat.isDirectory()) return stat.size;
+  return readdirSync(path)
+    .filter((f) => f.endsWith(".safetensors"))
+    .reduce((n, f) => n + statSync(join(path, f)).size, 0);
+}
+
+function normalize(config: Record<string, unknown> | ModelConfig): ModelConfig {
+  return "numLayers" in config && typeof config.numLayers === "number"
+    ? (config as ModelConfig)
+    : configFromHf(config as Record<string, unknown>);
+}
+
+/** KV cache bytes per token of one sequence. Phi-3 mini, fp16: 32 × 2 × 32 × 96 × 2 = 384 KiB. */
+export function kvBytesPerToken(config: Record<string, unknown> | ModelConfig, bytesPerElement = 2): number {
+  const c = normalize(config);
+  return c.numLayers * 2 * c.numKvHeads * c.headDim * bytesPerElement;
+}
+
+/** Scratch memory of one prefill chunk at a context length (see the formula above). */
+export function workingBytes(
+  config: Record<string, unknown> | ModelConfig,
+  context: number,
+  prefillChunk = PREFILL_CHUNK,
+): number {
+  const c = normalize(config);
+  const chunk = Math.min(prefillChunk, context);
+  const perPosition =
+    c.vocabSize + 4 * c.hiddenSize + 2 * c.intermediateSize + (c.numHeads + 2 * c.numKvHeads) * c.headDim;
+  return chunk * ACTIVATION_BYTES * perPosition + c.numHeads * chunk * context * ACTIVATION_BYTES;
+}
+
+/** Context lengths worth offering: 2^k and 1.5·2^k from 256 up, and the model's own maximum. */
+export function contextSteps(maxPositionEmbeddings: number): number[] {
+  const steps = new Set<number>([maxPositionEmbeddings]);
+  for (let p = 256; p <= maxPositionEmbeddings; p *= 2) {
+    steps.add(p);
+    if (p * 1.5 <= maxPositionEmbeddings) steps.add(p * 1.5);
+  }
+  return [...steps].sort((a, b) => b - a);
+}
+
+export interface MemoryEstimateOptions {
+  /** config.json as parsed, or an already normalized config (e.g. from GGUF metadata). */
+  config: Record<string, unknown> | ModelConfig;
+  /** Sum of the weight files' sizes (safetensors or GGUF). */
+  weightBytes: number;
+  /** For messages, e.g. the repo id. */
+  name?: string;
+  /** The configured context (maxContext); null or absent: pick the largest that fits. */
+  maxContext?: number | null;
+  /** Sequences whose KV caches must fit at once at full context (maxConcurrent), default 1. */
+  sequences?: number;
+  /** 2 for float16/bfloat16 caches (GPU); 4 when the model computes in float32 (CPU backend). */
+  kvBytesPerElement?: number;
+  prefillChunk?: number;
+  /** Device memory (a CUDA card) instead of this machine's RAM. */
+  memory?: { totalBytes: number; availableBytes?: number; label?: string };
+  /** Part of the memory Pensieve may plan to use (default 0.75). */
+  usableFraction?: number;
+  /** A hard cap on the KV cache (kvBudgetBytes). */
+  kvBudgetBytes?: number | null;
+  /** Memory set aside for the prefix cache (prefixCacheBytes). */
+  prefixCacheBytes?: number | null;
+}
+
+export interface MemoryBreakdown {
+  weights: number;
+  kvCache: number;
+  working: number;
+  prefixCache: number;
+  total: number;
+}
+
+export interface MemoryEstimate {
+  fits: boolean;
+  /** One line: what was decided and why; for a refusal, what to change. */
+  message: string;
+  /** The context to use (the configured one, clamped to the model's maximum, or the automatic cap). */
+  context: number;
+  automatic: boolean;
+  maxPositionEmbeddings: number;
+  kvBytesPerToken: number;
+  breakdown: MemoryBreakdown;
+  memory: { totalBytes: number; availableBytes: number; usableBytes: number; label: string };
+  warnings: string[];
+}
+
+export function estimateMemory(options: MemoryEstimateOptions): MemoryEstimate {
+  const config = normalize(options.config);
+  const name = options.name ?? config.modelType;
+  const sequences = Math.max(1, Math.floor(options.sequences ?? 1));
+  const perToken = kvBytesPerToken(config, options.kvBytesPerElement ?? 2);
+  const maxPos = config.maxPositionEmbeddings;
+  const system = options.memory ?? systemMemory();
+  const label = options.memory?.label ?? "of RAM";
+  const totalBytes = system.totalBytes;
+  const availableBytes = system.availableBytes ?? totalBytes;
+  const fraction = options.usableFraction ?? DEFAULT_USABLE_FRACTION;
+  const usableBytes = Math.floor(totalBytes * fraction);
+  const prefix = options.prefixCacheBytes ?? 0;
+  const kvBudget = options.kvBudgetBytes ?? null;
+  const warnings: string[] = [];
+
+  const breakdown = (context: number): MemoryBreakdown => {
+    const kvCache = perToken * context * sequences;
+    const working = workingBytes(config, context, options.prefillChunk);
+    return {
+      weights: options.weightBytes,
+      kvCache,
+      working,
+      prefixCache: prefix,
+      total: options.weightBytes + kvCache + working + prefix,
+    };
+  };
+  const fits = (context: number) => {
+    const b = breakdown(context);
+    return b.total <= usableBytes && (kvBudget === null || b.kvCache <= kvBudget);
+  };
+  const steps = contextSteps(maxPos);
+  const largestFitting = (limit: number) => steps.find((s) => s <= limit && fits(s)) ?? null;
+
+  const explain = (context: number) => {
+    const b = breakdown(context);
+    const seqs = sequences === 1 ? "" : ` for ${sequences} sequences`;
+    return (
+      `context ${context} needs ${formatBytes(b.total)} (weights ${formatBytes(b.weights)} + KV cache ` +
+      `${formatBytes(b.kvCache)}${seqs} + working ${formatBytes(b.working)}` +
+      `${prefix > 0 ? ` + prefix cache ${formatBytes(prefix)}` : ""})`
+    );
+  };
+  const room =
+    `${formatBytes(usableBytes)} is usable (${Math.round(fraction * 100)}% of ${formatBytes(totalBytes)} ${label})` +
+    (kvBudget !== null ? ` with a KV budget of ${formatBytes(kvBudget)}` : "");
+  const tooBig = `${name} does not fit even at a ${Math.min(MIN_CONTEXT, maxPos)}-token context: use a smaller or more quantized model, or lower maxConcurrent`;
+
+  let context: number;
+  let ok: boolean;
+  let message: string;
+  const automatic = options.maxContext === null || options.maxContext === undefined;
+  if (!automatic) {
+    context = options.maxContext as number;
+    if (context > maxPos) {
+      warnings.push(`maxContext ${context} is above ${name}'s max_position_embeddings (${maxPos}): using ${maxPos}`);
+      context = maxPos;
+    }
+    ok = fits(context);
+    if (ok) message = `${name}: ${explain(context)}; ${room}`;
+    else {
+      const best = largestFitting(context);
+      const fix = best && best >= Math.min(MIN_CONTEXT, maxPos) ? `set maxContext to ${best} or less` : tooBig;
+      message = `${name}: ${explain(context)} but ${room}: ${fix}`;
+    }
+  } else {
+    const best = largestFitting(maxPos);
+    ok = best !== null && best >= Math.min(MIN_CONTEXT, maxPos);
+    context = best ?? Math.min(MIN_CONTEXT, maxPos);
+    message = ok
+      ? `${name}: context capped at ${context}${context < maxPos ? ` of ${maxPos}` : ""}: ${explain(context)}; ${room}`
+      : `${name}: ${explain(context)} but ${room}: ${tooBig}`;
+  }
+
+  const final = breakdown(context);
+  if (ok && final.total > availableBytes) {
+    warnings.push(
+      `only ${formatBytes(availableBytes)} is free now and ${name} may use ${formatBytes(final.total)}: other programs hold memory`,
+    );
+  }
+  return {
+    fits: ok,
+    message,
+    context,
+    automatic,
+    maxPositionEmbeddings: maxPos,
+    kvBytesPerToken: perToken,
+    breakdown: final,
+    memory: { totalBytes, availableBytes, usableBytes, label },
+    warnings,
+  };
+}
