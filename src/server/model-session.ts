@@ -55,6 +55,8 @@ export interface TextRequest {
   keepSpecialTokens?: boolean;
   /** Emit a "waiting" event at this interval until the first token (SSE keep-alives). */
   keepAliveMs?: number;
+  /** Requested output format. Not enforced yet (no constrained decoding): carried for the engine to use. */
+  responseFormat?: { type: "json_object" } | { type: "json_schema"; schema: unknown };
 }
 
 export class ModelSession {

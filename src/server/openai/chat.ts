@@ -1,0 +1,205 @@
+// POST /v1/chat/completions: one choice, streamed as SSE chunks or returned
+// whole. Tool calls are parsed out of the answer as it streams.
+import type { AppContext } from "../app";
+import { ApiError } from "../errors";
+import type { TextEvent, TokenLogprob } from "../model-session";
+import { type ToolCall, ToolCallParser } from "../tools";
+import { type ChatPlan, chatPlan } from "./convert";
+import { chatLogprobs, finishReason, responseId, unixSeconds, usageBody } from "./format";
+import { ChatCompletionRequest } from "./schema";
+import { type SseItem, sseError, sseResponse, startGeneration, streamFailure } from "./stream";
+import { requireObject, validate } from "./validate";
+
+type AnswerPiece = { type: "text"; text: string } | { type: "tool_call"; call: ToolCall };
+
+/**
+ * Reads the model's answer into text and tool calls. The answer prefix (a
+ * forced call's opening, or a continued assistant message) is read first but
+ * its text is not given back: the client has it already.
+ */
+export class AnswerReader {
+  readonly #parser: ToolCallParser | null;
+  /** Calls completed inside the answer prefix, given out with the first pieces. */
+  #pending: AnswerPiece[] = [];
+  #calls = 0;
+
+  constructor(toolNames: string[] | null, answerPrefix: string) {
+    this.#parser = toolNames ? new ToolCallParser(toolNames) : null;
+    if (this.#parser && answerPrefix) {
+      for (const piece of this.#parser.push(answerPrefix)) if (piece.type === "tool_call") this.#pending.push(piece);
+    }
+  }
+
+  get madeCalls(): boolean {
+    return this.#calls > 0;
+  }
+
+  push(text: string): AnswerPiece[] {
+    const pieces: AnswerPiece[] = this.#pending.concat(
+      this.#parser ? this.#parser.push(text) : [{ type: "text", text }],
+    );
+    this.#pending = [];
+    return this.#count(pieces);
+  }
+
+  finish(): AnswerPiece[] {
+    const pieces = this.#pending.concat(this.#parser ? this.#parser.flush() : []);
+    this.#pending = [];
+    return this.#count(pieces);
+  }
+
+  #count(pieces: AnswerPiece[]): AnswerPiece[] {
+    for (const p of pieces) if (p.type === "tool_call") this.#calls++;
+    return pieces.filter((p) => p.type === "tool_call" || p.text.length > 0);
+  }
+}
+
+function toolCallBody(call: ToolCall) {
+  return {
+    id: call.id,
+    type: "function" as const,
+    function: { name: call.name, arguments: JSON.stringify(call.arguments) },
+  };
+}
+
+export async function chatCompletions(ctx: AppContext, rawBody: unknown, request: Request): Promise<Response | object> {
+  const body = validate(ChatCompletionRequest, requireObject(rawBody));
+  const model = ctx.resolveModel(body.model);
+  const plan = chatPlan(ctx.session, body);
+  const stream = body.stream === true;
+  const events = await startGeneration(ctx.session, {
+    prompt: plan.prompt,
+    maxTokens: plan.maxTokens,
+    sampling: plan.sampling,
+    stop: plan.stop,
+    signal: request.signal,
+    keepAliveMs: stream ? ctx.options.keepAliveMs : undefined,
+    responseFormat: plan.responseFormat,
+  });
+  const meta = { id: responseId("chatcmpl"), created: unixSeconds(), model };
+  if (stream) {
+    return sseResponse(chatChunks(ctx, events, plan, meta, body.stream_options?.include_usage === true));
+  }
+  return await chatResult(ctx, events, plan, meta);
+}
+
+interface Meta {
+  id: string;
+  created: number;
+  model: string;
+}
+
+async function chatResult(ctx: AppContext, events: AsyncGenerator<TextEvent>, plan: ChatPlan, meta: Meta) {
+  const reader = new AnswerReader(plan.toolNames, plan.answerPrefix);
+  let content = "";
+  const calls: ToolCall[] = [];
+  const logprobs: TokenLogprob[] = [];
+  const take = (pieces: AnswerPiece[]) => {
+    for (const p of pieces) {
+      if (p.type === "text") content += p.text;
+      else calls.push(p.call);
+    }
+  };
+  for await (const e of events) {
+    if (e.type === "text") {
+      logprobs.push(...e.logprobs);
+      take(reader.push(e.text));
+    } else if (e.type === "done") {
+      take(reader.finish());
+      const wantLogprobs = plan.sampling.logprobs;
+      return {
+        id: meta.id,
+        object: "chat.completion",
+        created: meta.created,
+        model: meta.model,
+        system_fingerprint: null,
+        choices: [
+          {
+            index: 0,
+            message: {
+              role: "assistant",
+              // OpenAI: content is null when the answer is only tool calls.
+              content: calls.length && !content.trim() ? null : content,
+              refusal: null,
+              ...(calls.length ? { tool_calls: calls.map(toolCallBody) } : {}),
+            },
+            logprobs: wantLogprobs ? { content: chatLogprobs(ctx.session.tokenizer, logprobs), refusal: null } : null,
+            finish_reason: finishReason(e.reason, reader.madeCalls),
+          },
+        ],
+        usage: usageBody(e.usage),
+      };
+    }
+  }
+  throw new ApiError(500, "api_error", "the generation ended without a result");
+}
+
+async function* chatChunks(
+  ctx: AppContext,
+  events: AsyncGenerator<TextEvent>,
+  plan: ChatPlan,
+  meta: Meta,
+  includeUsage: boolean,
+): AsyncGenerator<SseItem> {
+  const reader = new AnswerReader(plan.toolNames, plan.answerPrefix);
+  const wantLogprobs = plan.sampling.logprobs;
+  const tokenizer = ctx.session.tokenizer;
+  let pendingLogprobs: TokenLogprob[] = [];
+  let toolIndex = 0;
+  const chunk = (delta: object, finish: string | null = null): SseItem => {
+    let logprobs = null;
+    if (wantLogprobs && (pendingLogprobs.length || finish)) {
+      logprobs = { content: chatLogprobs(tokenizer, pendingLogprobs), refusal: null };
+      pendingLogprobs = [];
+    }
+    return {
+      data: {
+        id: meta.id,
+        object: "chat.completion.chunk",
+        created: meta.created,
+        model: meta.model,
+        system_fingerprint: null,
+        choices: [{ index: 0, delta, logprobs, finish_reason: finish }],
+        ...(includeUsage ? { usage: null } : {}),
+      },
+    };
+  };
+  function* emit(pieces: AnswerPiece[]): Generator<SseItem> {
+    for (const p of pieces) {
+      if (p.type === "text") yield chunk({ content: p.text });
+      else yield chunk({ tool_calls: [{ index: toolIndex++, ...toolCallBody(p.call) }] });
+    }
+  }
+
+  yield chunk({ role: "assistant", content: "" });
+  try {
+    for await (const e of events) {
+      if (e.type === "waiting") yield { comment: "keep-alive" };
+      else if (e.type === "text") {
+        pendingLogprobs.push(...e.logprobs);
+        yield* emit(reader.push(e.text));
+      } else if (e.type === "done") {
+        yield* emit(reader.finish());
+        if (e.reason === "cancelled") return;
+        yield chunk({}, finishReason(e.reason, reader.madeCalls));
+        if (includeUsage) {
+          yield {
+            data: {
+              id: meta.id,
+              object: "chat.completion.chunk",
+              created: meta.created,
+              model: meta.model,
+              system_fingerprint: null,
+              choices: [],
+              usage: usageBody(e.usage),
+            },
+          };
+        }
+        yield { done: true };
+        return;
+      }
+    }
+  } catch (e) {
+    yield sseError(streamFailure(ctx, e));
+  }
+}
