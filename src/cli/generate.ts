@@ -62,7 +62,7 @@ export async function runGenerate(argv: string[]): Promise<number> {
   });
   let result: IteratorResult<unknown, { finishReason: string; promptTokens: number; completionTokens: number; prefillMs: number; totalMs: number }>;
   let stopped = false;
-  while (!(result = gen.next()).done) {
+  for (result = gen.next(); !result.done; result = gen.next()) {
     const step = result.value as { token: number };
     const out = stops.push(detok.push(step.token));
     process.stdout.write(out.text);

@@ -1,7 +1,7 @@
 // The HTTP application: guards (API key, CORS allowlist, body size), error
 // rendering in each API's shape, health and metrics, and the API routes
 // (OpenAI, Anthropic, WebSocket, web page) mounted from their own files.
-import { Elysia, ValidationError } from "elysia";
+import { type AnyElysia, Elysia, ValidationError } from "elysia";
 import { ApiError, apiFlavor, badRequest, errorBody } from "./errors";
 import type { Logger } from "./log";
 import type { ServerMetrics } from "./metrics";
@@ -37,7 +37,7 @@ export interface AppContext {
   resolveModel(requested: unknown): string;
 }
 
-export type RoutePlugin = (ctx: AppContext) => Elysia<any, any, any, any, any, any, any>;
+export type RoutePlugin = (ctx: AppContext) => AnyElysia;
 
 function presentedKey(request: Request, url: URL): string | null {
   const auth = request.headers.get("authorization");
