@@ -56,7 +56,7 @@ export function toolInstructions(tools: readonly ToolSpec[], choice: ToolChoice)
     `${TOOL_CALL_OPEN}`,
     '{"name": "<tool name>", "arguments": {<arguments as JSON>}}',
     `${TOOL_CALL_CLOSE}`,
-    "Results come back in <tool_response> blocks. " + rule,
+    `Results come back in <tool_response> blocks. ${rule}`,
   ].join("\n");
 }
 
