@@ -1,7 +1,11 @@
 #!/usr/bin/env bun
 // pensieve: the command line. Each subcommand lives in src/cli/ or its room.
+import { doctor, printDoctorReport } from "./cli/doctor";
 import { runGenerate } from "./cli/generate";
+import { formatModelList, listModels, removeModel } from "./cli/models";
 import { runServe } from "./cli/serve";
+import { runSetup } from "./cli/setup";
+import { configHelp } from "./config";
 import { runEngineProcess } from "./engine/main";
 import { convertGguf } from "./models/convert";
 import type { EngineConfig } from "./engine/protocol";
@@ -9,10 +13,16 @@ import type { EngineConfig } from "./engine/protocol";
 const USAGE = `usage: pensieve <command> [options]
 
 commands:
-  serve                 start the HTTP server (default model: SmolLM2-135M-Instruct)
+  setup [--model M]     prepare a model (alias, Hugging Face org/name, or path) and make it the default
+  serve                 start the HTTP server on 127.0.0.1:7777 (default model: SmolLM2-135M-Instruct)
   generate --prompt P   generate text from the command line
+  models [list]         models on this machine
+  models rm M           remove a downloaded model
+  doctor                check the backend, device, memory, versions and folders
   convert IN.gguf OUT   write a GGUF model out as an MLX model folder
   engine                (internal) the engine process the server supervises
+
+configuration (file ~/.config/pensieve/config.json or --config, then PENSIEVE_* variables, then flags):
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -20,6 +30,26 @@ async function main(argv: string[]): Promise<number> {
   switch (command) {
     case "serve":
       return runServe(rest);
+    case "setup":
+      return runSetup(rest);
+    case "models": {
+      const [sub = "list", target] = rest;
+      if (sub === "list" || sub === "ls") {
+        console.log(formatModelList(listModels()));
+        return 0;
+      }
+      if ((sub === "rm" || sub === "remove") && target) {
+        const r = removeModel(target);
+        console.log(`removed ${r.removed.join(", ")} (${(r.freedBytes / 2 ** 20).toFixed(1)} MiB freed)`);
+        return 0;
+      }
+      throw new Error("usage: pensieve models [list] | pensieve models rm MODEL");
+    }
+    case "doctor": {
+      const report = await doctor({ argv: rest, loadMlx: true });
+      printDoctorReport(report);
+      return report.ok ? 0 : 1;
+    }
     case "generate":
       return runGenerate(rest);
     case "convert": {
@@ -41,7 +71,7 @@ async function main(argv: string[]): Promise<number> {
     case "help":
     case "--help":
     case "-h":
-      console.log(USAGE);
+      console.log(USAGE + configHelp());
       return command === undefined ? 1 : 0;
     default:
       console.error(`pensieve: unknown command "${command}"\n\n${USAGE}`);

@@ -54,13 +54,19 @@ export async function runGenerate(argv: string[]): Promise<number> {
   const detok = new StreamingDetokenizer(tokenizer, { skipSpecialTokens: true, contextIds: promptTokens.slice(-4) });
   const stop = stringFlag(args, "stop");
   const stops = new StopMatcher(stop ? [stop] : []);
-  const maxTokens = Math.min(numberFlag(args, "max-tokens") ?? 256, loaded.config.maxPositionEmbeddings - promptTokens.length);
+  const maxTokens = Math.min(
+    numberFlag(args, "max-tokens") ?? 256,
+    loaded.config.maxPositionEmbeddings - promptTokens.length,
+  );
   const gen = generateTokens(loaded.model, promptTokens, {
     maxTokens,
     sampling,
     stopTokenIds: [...tokenizer.eosIds, ...loaded.config.eosTokenIds],
   });
-  let result: IteratorResult<unknown, { finishReason: string; promptTokens: number; completionTokens: number; prefillMs: number; totalMs: number }>;
+  let result: IteratorResult<
+    unknown,
+    { finishReason: string; promptTokens: number; completionTokens: number; prefillMs: number; totalMs: number }
+  >;
   let stopped = false;
   for (result = gen.next(); !result.done; result = gen.next()) {
     const step = result.value as { token: number };

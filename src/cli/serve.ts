@@ -1,28 +1,33 @@
-// pensieve serve: the HTTP server on the configured model.
+// pensieve serve: the HTTP server on the configured model. Configuration comes
+// from the file, then PENSIEVE_* variables, then flags (src/config).
+import { loadConfig } from "../config";
 import { resolveLocalModel } from "../models/resolve";
 import { createLogger } from "../server/log";
 import { startServer } from "../server/server";
-import { numberFlag, parseArgs, stringFlag } from "./args";
 
 export async function runServe(argv: string[]): Promise<number> {
-  const args = parseArgs(argv);
-  const log = createLogger({ level: "info", format: process.stderr.isTTY ? "pretty" : "json" });
-  const modelPath = resolveLocalModel(stringFlag(args, "model"));
-  const cors = stringFlag(args, "cors-origin");
-  const device = stringFlag(args, "device");
+  const { config, flags, file } = loadConfig({ argv });
+  if (flags.unknown.length) throw new Error(`serve: unknown option ${flags.unknown[0]} (see \`pensieve help\`)`);
+  const log = createLogger({ level: config.logLevel, format: config.logFormat });
+  const modelPath = resolveLocalModel(config.model);
+  log.info("starting", { model: config.model, path: modelPath, config: file ?? "defaults, environment and flags" });
   await startServer({
-    host: stringFlag(args, "host") ?? "127.0.0.1",
-    port: numberFlag(args, "port") ?? 7777,
+    host: config.host,
+    port: config.port,
     modelPath,
     engine: {
-      device: device === "cpu" || device === "gpu" ? device : undefined,
-      maxContext: numberFlag(args, "max-context") ?? null,
-      maxConcurrent: numberFlag(args, "max-concurrent"),
-      queueSize: numberFlag(args, "queue-size"),
+      device: config.backend === "cpu" ? "cpu" : undefined,
+      maxContext: config.maxContext,
+      kvBudgetBytes: config.kvBudgetBytes,
+      maxConcurrent: config.maxConcurrent,
+      queueSize: config.queueSize,
+      prefixCacheBytes: config.prefixCacheBytes,
     },
     server: {
-      apiKey: stringFlag(args, "api-key") ?? process.env.PENSIEVE_API_KEY ?? null,
-      corsOrigins: cors ? cors.split(",") : [],
+      apiKey: config.apiKey,
+      corsOrigins: config.corsOrigins,
+      bodyLimitBytes: config.bodyLimitBytes,
+      strictModelNames: config.strictModelNames,
     },
     log,
     waitForModel: false,

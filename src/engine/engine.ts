@@ -1,17 +1,18 @@
 // The engine: a loaded model plus its scheduler, driven by a loop that yields
 // to the event loop between steps (so IPC messages and cancellations arrive).
 // All MLX work happens on this one thread.
-import { freemem, totalmem } from "node:os";
 import { basename } from "node:path";
+import { DEFAULT_USABLE_FRACTION, estimateMemory } from "../hub/memory";
 import * as mx from "../mlx";
-import { type LoadedModel, loadModel } from "../models/loader";
+import type { ModelConfig } from "../models/config";
+import { type LoadedModel, loadModel, readModelConfig } from "../models/loader";
 import type { EngineConfig, EngineInfo, EngineStats } from "./protocol";
 import { type EngineEvent, type EngineRequest, Scheduler, type SchedulerOptions } from "./scheduler";
 
 const GiB = 1024 ** 3;
 
-/** Device memory the engine may plan with: GPU memory (CUDA), else system memory. */
-export function deviceMemoryBytes(device: "cpu" | "gpu"): number {
+/** Device memory the engine may plan with: GPU memory (CUDA), else system memory (also Apple's unified memory). */
+export function deviceMemoryBytes(device: "cpu" | "gpu"): number | null {
   if (device === "gpu" && process.platform === "linux") {
     const r = Bun.spawnSync(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"], {
       stdout: "pipe",
@@ -20,37 +21,56 @@ export function deviceMemoryBytes(device: "cpu" | "gpu"): number {
     const mib = Number.parseInt(r.stdout.toString().trim().split("\n")[0] ?? "", 10);
     if (r.exitCode === 0 && Number.isFinite(mib)) return mib * 1024 * 1024;
   }
-  return totalmem();
+  return null;
 }
 
 /**
- * Scheduler limits from the config, with defaults derived from memory: the KV
- * budget is what is left after the weights, within a fraction of the device
- * (a quarter of system RAM on the CPU, which also holds everything else).
+ * The context and KV budget, decided before any weight is loaded (src/hub/memory.ts):
+ * a model that cannot fit is refused with the estimate's message. The KV budget
+ * is what remains after weights, working memory and the prefix cache.
  */
+export function planMemory(
+  config: EngineConfig,
+  model: ModelConfig,
+  weightBytes: number,
+  device: "cpu" | "gpu",
+  bytesPerElement: number,
+) {
+  const gpuMemory = deviceMemoryBytes(device);
+  const memory = gpuMemory === null ? undefined : { totalBytes: gpuMemory, label: "of GPU memory" };
+  const usableFraction = device === "gpu" && gpuMemory !== null ? 0.9 : DEFAULT_USABLE_FRACTION;
+  const base = {
+    config: model,
+    weightBytes,
+    kvBytesPerElement: bytesPerElement,
+    memory,
+    usableFraction,
+    maxContext: config.maxContext ?? null,
+  };
+  const first = estimateMemory(base);
+  if (!first.fits) throw new Error(first.message);
+  const spare = first.memory.usableBytes - first.breakdown.weights - first.breakdown.working;
+  const prefixCacheBytes = config.prefixCacheBytes ?? Math.max(0, Math.min(4 * GiB, Math.floor(spare * 0.2)));
+  const plan = estimateMemory({ ...base, prefixCacheBytes, kvBudgetBytes: config.kvBudgetBytes ?? null });
+  if (!plan.fits) throw new Error(plan.message);
+  const left = plan.memory.usableBytes - plan.breakdown.weights - plan.breakdown.working - prefixCacheBytes;
+  const kvBudgetBytes = config.kvBudgetBytes ?? Math.max(plan.breakdown.kvCache, left);
+  return { contextLength: plan.context, kvBudgetBytes, prefixCacheBytes, estimate: plan };
+}
+
 export function schedulerOptions(
   config: EngineConfig,
-  loaded: LoadedModel,
+  plan: ReturnType<typeof planMemory>,
   device: "cpu" | "gpu",
-  bytesPerToken: number,
 ): SchedulerOptions {
-  const memory = deviceMemoryBytes(device);
-  const share = device === "gpu" ? 0.85 : 0.25;
-  const free = device === "cpu" ? Math.min(memory * share, freemem() * 0.6) : memory * share;
-  const autoBudget = Math.max(256 * 1024 ** 2, free - loaded.weightBytes);
-  const kvBudgetBytes = config.kvBudgetBytes ?? Math.floor(autoBudget * 0.8);
-  const maxPositions = loaded.config.maxPositionEmbeddings;
-  // Default context: what the model supports, capped so one sequence fits the budget.
-  const fits = Math.floor(kvBudgetBytes / bytesPerToken);
-  const contextLength = Math.max(16, Math.min(maxPositions, config.maxContext ?? fits, fits));
   return {
     maxConcurrent: config.maxConcurrent ?? (device === "gpu" ? 64 : 16),
     queueSize: config.queueSize ?? 256,
-    kvBudgetBytes,
-    contextLength,
+    kvBudgetBytes: plan.kvBudgetBytes,
+    contextLength: plan.contextLength,
     prefillChunk: config.prefillChunk ?? 512,
-    interleavedPrefillChunk: config.interleavedPrefillChunk ?? (device === "gpu" ? 256 : 32),
-    prefixCacheBytes: config.prefixCacheBytes ?? Math.min(4 * GiB, Math.floor(autoBudget * 0.2)),
+    interleavedPrefillChunk: config.interleavedPrefillChunk ?? (device === "gpu" ? 256 : 64),
+    prefixCacheBytes: plan.prefixCacheBytes,
   };
 }
 
@@ -66,10 +86,13 @@ export class Engine {
     const started = performance.now();
     const device = config.device ?? (mx.gpuAvailable() ? "gpu" : "cpu");
     mx.setDevice(device);
+    // Plan memory before loading: refuse what cannot fit.
+    const planned = readModelConfig(config.model);
+    const plan = planMemory(config, planned.config, planned.weightBytes, device, device === "cpu" ? 4 : 2);
     this.loaded = loadModel(config.model, { alwaysLongRope: config.alwaysLongRope });
     const c = this.loaded.config;
     const bytesPerToken = c.numLayers * 2 * c.numKvHeads * c.headDim * mx.dtypeBytes(this.loaded.model.dtype);
-    const options = schedulerOptions(config, this.loaded, device, bytesPerToken);
+    const options = schedulerOptions(config, plan, device);
     const fault = config.faultTokenId ?? null;
     if (fault !== null) this.#installFault(fault);
     this.scheduler = new Scheduler(this.loaded.model, options, emit);

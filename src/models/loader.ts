@@ -5,6 +5,7 @@ import { basename, join } from "node:path";
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { configFromGguf, configFromHf, type ModelConfig } from "./config";
+import { readGguf } from "./gguf";
 import { buildArchitecture } from "./registry";
 import type { LanguageModel } from "./types";
 import { WeightStore } from "./weights";
@@ -261,6 +262,43 @@ export function loadGgufModel(path: string, options: LoadOptions = {}): LoadedMo
   const weightBytes = totalBytes(arrays);
   const model = build(config, arrays, path, options);
   return { model, config, format: "gguf", path, weightBytes };
+}
+
+/**
+ * A model's config and weight size without loading any weights (the engine
+ * plans memory with it before it loads).
+ */
+export function readModelConfig(path: string): { config: ModelConfig; weightBytes: number } {
+  if (!existsSync(path)) throw new ModelLoadError(`no model at ${path}`);
+  if (statSync(path).isDirectory()) {
+    const configPath = join(path, "config.json");
+    if (!existsSync(configPath)) throw new ModelLoadError(`${path} has no config.json`);
+    const genPath = join(path, "generation_config.json");
+    let config: ModelConfig;
+    try {
+      config = configFromHf(readJson(configPath), existsSync(genPath) ? readJson(genPath) : null);
+    } catch (e) {
+      if (e instanceof ModelLoadError) throw e;
+      throw new ModelLoadError(`${configPath}: ${(e as Error).message}`);
+    }
+    const weightBytes = safetensorsFiles(path).reduce((n, f) => n + statSync(f).size, 0);
+    return { config, weightBytes };
+  }
+  let info: ReturnType<typeof readGguf>;
+  try {
+    info = readGguf(path, { allowMissingData: true });
+  } catch (e) {
+    throw new ModelLoadError(`cannot read GGUF ${path}: ${(e as Error).message}`);
+  }
+  const embed = info.tensors.find((t) => t.name === "token_embd.weight");
+  if (!embed) throw new ModelLoadError(`${path}: no token_embd tensor`);
+  const meta = new Map<string, unknown>();
+  for (const [k, v] of info.metadata) meta.set(k, typeof v === "bigint" ? Number(v) : v);
+  try {
+    return { config: configFromGguf(meta, embed.shape[0] as number), weightBytes: statSync(path).size };
+  } catch (e) {
+    throw new ModelLoadError(`${path}: ${(e as Error).message}`);
+  }
 }
 
 /** A model folder or a .gguf file. */

@@ -1,26 +1,35 @@
-// Turns what a user names (nothing, an alias, a path) into a local model path.
-import { existsSync } from "node:fs";
-import { join, resolve } from "node:path";
-import { readLock } from "../mlx/backend";
-import { modelsDir } from "../paths";
+// Turns what a user names (nothing, an alias, a path, a Hugging Face repo id)
+// into a local model path: the embedded default, a folder or .gguf on disk, or
+// a snapshot in the Hugging Face cache that `pensieve setup` downloaded.
+import { join } from "node:path";
+import { DEFAULT_MODEL_ALIAS, resolveModelSpec } from "../hub/aliases";
+import { findCachedSnapshot, modelFolderProblems } from "../hub/cache";
+import { hubSettings } from "../hub/settings";
 
-export const DEFAULT_MODEL_ALIAS = "smollm2-135m";
-
-/** The embedded default model's file (extracted by set-up). */
-export function defaultModelPath(): string {
-  return join(modelsDir(), readLock().defaultModel.file);
-}
+export { DEFAULT_MODEL_ALIAS };
 
 /** A local model path for `spec`, or an error that says how to get it. */
-export function resolveLocalModel(spec: string | undefined): string {
-  if (spec === undefined || spec === DEFAULT_MODEL_ALIAS) {
-    const path = defaultModelPath();
-    if (!existsSync(path)) throw new Error(`the default model is not extracted yet (${path}): run \`npm run setup\``);
-    return path;
+export function resolveLocalModel(
+  spec: string | undefined,
+  env: Record<string, string | undefined> = process.env,
+): string {
+  const name = spec ?? DEFAULT_MODEL_ALIAS;
+  const resolved = resolveModelSpec(name, { env });
+  const target = resolved.kind === "alias" ? resolved.target : resolved;
+  if (target.kind === "local") {
+    if (target.exists) return target.path;
+    if (resolved.kind === "alias")
+      throw new Error(`the default model is not extracted yet (${target.path}): run \`npm run setup\``);
+    throw new Error(`no model at "${name}": give a model folder, a .gguf file, an alias or a Hugging Face repo id`);
   }
-  const path = resolve(spec);
-  if (existsSync(path)) return path;
-  throw new Error(
-    `no model at "${spec}": give a model folder, a .gguf file, or run \`pensieve setup --model ${spec}\``,
-  );
+  const snapshot = findCachedSnapshot(hubSettings(env).cacheDir, target.repoId, target.revision);
+  if (!snapshot) throw new Error(`model "${name}" is not downloaded yet: run \`pensieve setup --model ${name}\``);
+  if (target.filename) return join(snapshot.dir, target.filename);
+  const problems = modelFolderProblems(snapshot.dir);
+  if (problems.length) {
+    throw new Error(
+      `the download of "${name}" is incomplete (${problems.join("; ")}): run \`pensieve setup --model ${name}\` again`,
+    );
+  }
+  return snapshot.dir;
 }

@@ -45,6 +45,8 @@ test("bad inputs are errors, not crashes", () => {
     };
     expect(() => mx.quantizedMatmulCpu(mx.zeros([1, 63]), q)).toThrow(/x has 63 features, the weight expects 64/);
     expect(() => mx.quantizedMatmulCpu(mx.zeros([1, 64]), { ...q, bits: 3 })).toThrow(/bits must be 4 or 8/);
-    expect(() => mx.quantizedMatmulCpu(mx.zeros([1, 64]), { ...q, scales: mx.astype(packed.scales, mx.Dtype.float16) })).toThrow(/float32/);
+    expect(() =>
+      mx.quantizedMatmulCpu(mx.zeros([1, 64]), { ...q, scales: mx.astype(packed.scales, mx.Dtype.float16) }),
+    ).toThrow(/float32/);
   });
 });

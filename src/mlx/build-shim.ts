@@ -3,8 +3,8 @@
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join, relative } from "node:path";
-import { type Backend, runtimeLayout } from "../src/mlx/backend";
-import { REPO_ROOT } from "../src/paths";
+import { REPO_ROOT } from "../paths";
+import { type Backend, runtimeLayout } from "./backend";
 
 const SOURCES = ["ffi/pensieve_mlx.cpp", "ffi/cpu_qmm.cpp", "ffi/pensieve_mlx.h"];
 
@@ -69,7 +69,7 @@ export function buildShim(backend: Backend, log: (s: string) => void = console.l
 }
 
 if (import.meta.main) {
-  const { chooseBackend } = await import("../src/mlx/backend");
+  const { chooseBackend } = await import("./backend");
   const backend = chooseBackend(process.argv[2]).backend;
   console.log(buildShim(backend));
 }
