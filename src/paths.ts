@@ -1,10 +1,20 @@
 // Where Pensieve keeps things on disk. Everything else asks here.
 import { existsSync } from "node:fs";
 import { homedir } from "node:os";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 
-/** The source checkout (this file lives in <repo>/src). */
-export const REPO_ROOT = resolve(import.meta.dir, "..");
+/**
+ * The source checkout: the nearest folder above this module with a
+ * package.json (this file lives in <repo>/src, or in a bundle under <repo>/dist).
+ */
+function findRepoRoot(start: string): string {
+  for (let dir = start; ; dir = dirname(dir)) {
+    if (existsSync(join(dir, "package.json"))) return dir;
+    if (dirname(dir) === dir) return resolve(start, "..");
+  }
+}
+
+export const REPO_ROOT = findRepoRoot(import.meta.dir);
 
 /** True when running from a source checkout (not a compiled binary). */
 export const FROM_SOURCE = !import.meta.path.startsWith("/$bunfs") && existsSync(join(REPO_ROOT, "package.json"));
@@ -34,7 +44,12 @@ export const BUILD_DIR = join(REPO_ROOT, "build");
 /** True inside a `bun build --compile` binary (its modules live in Bun's virtual /$bunfs). */
 export const COMPILED = import.meta.path.startsWith("/$bunfs") || import.meta.path.startsWith("B:/~BUN");
 
-/** The command that runs this program again (the engine child process uses it). */
+/**
+ * The command that runs this program again (the engine child process uses it):
+ * the compiled binary itself, else Bun with the CLI entry (PENSIEVE_CLI names a
+ * bundled entry, e.g. dist/pensieve.js on a machine without node_modules).
+ */
 export function selfCommand(): string[] {
-  return COMPILED ? [process.execPath] : [process.execPath, join(REPO_ROOT, "src", "cli.ts")];
+  if (COMPILED) return [process.execPath];
+  return [process.execPath, process.env.PENSIEVE_CLI ?? join(REPO_ROOT, "src", "cli.ts")];
 }

@@ -1,14 +1,16 @@
 // One single-stream generation with Pensieve's engine (in process), timed.
 // Prints one JSON line. Used by bench/generate.ts; the peers have twins in this folder.
-//   bun bench/engines/pensieve-generate.ts MODEL PROMPT_IDS_JSON GEN_TOKENS [cpu|gpu]
+//   bun bench/engines/pensieve-generate.ts MODEL PROMPT_IDS_JSON GEN_TOKENS [cpu|gpu] [--profile]
+// --profile adds host vs device time per decode step, measured on unpipelined steps.
 import { readFileSync } from "node:fs";
-import { generateTokens } from "../../src/engine/generate";
+import { cacheFor, generateTokens, prefill } from "../../src/engine/generate";
 import { samplingParams } from "../../src/engine/sampling";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";
 import { peakRssBytes } from "./rss";
 
-const [modelPath, promptFile, genArg, device] = process.argv.slice(2);
+const [modelPath, promptFile, genArg, device] = process.argv.slice(2).filter((a) => !a.startsWith("--"));
+const profile = process.argv.includes("--profile");
 if (!modelPath || !promptFile || !genArg) throw new Error("usage: MODEL PROMPT_IDS_JSON GEN_TOKENS [cpu|gpu]");
 mx.setDevice(device === "gpu" ? "gpu" : "cpu");
 const prompt = JSON.parse(readFileSync(promptFile, "utf8")) as number[];
@@ -30,10 +32,37 @@ function run(tokens: number[], n: number) {
   return { ttftMs: first - start, decodeMs: end - first, count };
 }
 
+/**
+ * Host time (building the graph in TypeScript and handing it to MLX) and
+ * device time (waiting for the evaluation) of decode steps run one at a time.
+ */
+function profileSteps(tokens: number[], steps: number) {
+  const cache = cacheFor(model);
+  try {
+    let token = mx.tidy(() => mx.argmax(prefill(model, cache, tokens), -1).item());
+    let host = 0;
+    let device = 0;
+    for (let i = 0; i < steps; i++) {
+      const t0 = performance.now();
+      const next = mx.tidy(() => mx.argmax(model.forward(mx.int32([token], [1, 1]), cache), -1));
+      const t1 = performance.now();
+      mx.evaluate(next);
+      token = next.item();
+      next.dispose();
+      host += t1 - t0;
+      device += performance.now() - t1;
+    }
+    return { hostMsPerStep: host / steps, deviceMsPerStep: device / steps };
+  } finally {
+    cache.dispose();
+  }
+}
+
 run(prompt.slice(0, 8), 4); // warm-up
 mx.memory.resetPeak();
 t = performance.now();
 const r = run(prompt, gen);
+const steps = profile ? profileSteps(prompt, 32) : null;
 console.log(
   JSON.stringify({
     engine: "pensieve",
@@ -45,5 +74,6 @@ console.log(
     decodeTokPerS: (r.count - 1) / (r.decodeMs / 1000),
     peakMlxBytes: mx.memory.peak(),
     peakRssBytes: peakRssBytes(),
+    ...(steps ?? {}),
   }),
 );

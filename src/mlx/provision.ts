@@ -2,7 +2,17 @@
 // from scripts/mlx.lock.json, unpacked under vendor/) and the shim built
 // against it. Idempotent: finished steps are skipped.
 import { createHash } from "node:crypto";
-import { createReadStream, existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import {
+  cpSync,
+  createReadStream,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { BUILD_DIR, VENDOR_DIR } from "../paths";
 import { type Backend, chooseBackend, readLock, runtimeLayout } from "./backend";
@@ -59,34 +69,74 @@ export function unzip(archive: string, dest: string, members: string[] = []): vo
   if (r.exitCode !== 0) throw new Error(`unzip ${archive} failed (exit ${r.exitCode}); is unzip installed?`);
 }
 
-/** The backend wheel, unpacked under vendor/ (reused when present). */
-export async function ensureMlx(backend: Backend, log?: Log): Promise<string> {
+/**
+ * The backend wheel, unpacked under vendor/ (reused when present). `fromDir`:
+ * an already unpacked wheel (a machine with no network gets it carried in).
+ */
+export async function ensureMlx(backend: Backend, log?: Log, fromDir?: string): Promise<string> {
   const lock = readLock();
   const layout = runtimeLayout(backend, lock);
   const done = join(layout.wheelDir, ".complete");
   if (!existsSync(done)) {
     const wheel = lock.mlx.wheels[backend];
-    const host = backend === "cpu" && process.platform === "linux" && process.arch === "x64";
-    const archive = await downloadWheel(wheel.package, lock.mlx.version, wheel.file, wheel.sha256, {
-      platform: host ? undefined : wheel.platform,
-      log,
-    });
     const tmp = `${layout.wheelDir}.partial`;
     rmSync(tmp, { recursive: true, force: true });
-    unzip(archive, tmp);
+    if (fromDir) {
+      cpSync(fromDir, tmp, { recursive: true });
+    } else {
+      const host = backend === "cpu" && process.platform === "linux" && process.arch === "x64";
+      const archive = await downloadWheel(wheel.package, lock.mlx.version, wheel.file, wheel.sha256, {
+        platform: host ? undefined : wheel.platform,
+        log,
+      });
+      unzip(archive, tmp);
+    }
     rmSync(layout.wheelDir, { recursive: true, force: true });
     renameSync(tmp, layout.wheelDir);
-    writeFileSync(done, `${wheel.file}\n${wheel.sha256}\n`);
+    writeFileSync(done, `${wheel.file}\n${fromDir ? `unpacked from ${fromDir}` : wheel.sha256}\n`);
     log?.(`MLX ${lock.mlx.version} (${wheel.package}) unpacked in ${layout.wheelDir}`);
   }
+  if (backend === "cuda") linkNvidiaLibraries(layout.wheelDir, log);
   return layout.wheelDir;
 }
 
+/** Where Python's nvidia-* packages live (site-packages/nvidia), if any. */
+export function pythonNvidiaDir(): string | null {
+  for (const py of [process.env.PYTHON, "python3", "python"]) {
+    if (!py || !Bun.which(py)) continue;
+    const r = Bun.spawnSync([py, "-c", "import nvidia, os; print(list(nvidia.__path__)[0])"], {
+      stdout: "pipe",
+      stderr: "ignore",
+    });
+    const dir = r.stdout.toString().trim();
+    if (r.exitCode === 0 && dir && existsSync(dir)) return dir;
+  }
+  return null;
+}
+
+/**
+ * libmlx (CUDA) looks for the NVIDIA libraries at $ORIGIN/../../nvidia/<pkg>/lib,
+ * the site-packages layout. Link that folder beside the unpacked wheel to the
+ * Python nvidia-* packages when there are some; otherwise the system CUDA
+ * (ld.so's paths) must provide them.
+ */
+export function linkNvidiaLibraries(wheelDir: string, log?: Log): void {
+  const link = join(wheelDir, "nvidia");
+  if (existsSync(link)) return;
+  const found = pythonNvidiaDir();
+  if (found) {
+    symlinkSync(found, link);
+    log?.(`NVIDIA libraries: ${found} (Python nvidia-* packages)`);
+  } else {
+    log?.("NVIDIA libraries: no Python nvidia-* packages; relying on the system CUDA libraries");
+  }
+}
+
 /** MLX and the shim for the chosen backend; records it as the installed one. */
-export async function provisionMlx(explicitBackend?: string, log: Log = () => {}) {
+export async function provisionMlx(explicitBackend?: string, log: Log = () => {}, fromDir?: string) {
   const choice = chooseBackend(explicitBackend);
   log(`backend: ${choice.backend} (${choice.reason})`);
-  await ensureMlx(choice.backend, log);
+  await ensureMlx(choice.backend, log, fromDir);
   const shim = buildShim(choice.backend, log);
   mkdirSync(BUILD_DIR, { recursive: true });
   writeFileSync(join(BUILD_DIR, "backend"), `${choice.backend}\n`);

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Runs on the lent GPU machine, from the repository root, one phase per call
+# (the machine stays warm between calls; /tmp and ignored folders persist):
+#
+#   bash bench/gpu/device.sh unpack    # call 1 (carries .device/bun.xz, .device/mlx-cuda.part.a)
+#   bash bench/gpu/device.sh prepare   # call 2 (carries .device/mlx-cuda.part.b, .device/wheels, .device/phi3, dist)
+#   bash bench/gpu/device.sh single    # single-stream decode and time to first token (512, 4096)
+#   bash bench/gpu/device.sh load      # 1, 8, 32, 64 concurrent streams over HTTP
+#
+# Pack the carried files first with bench/gpu/pack.sh. Results go to $OUT.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+W=/tmp/pv
+OUT=${OUT:-$W/out}
+mkdir -p "$W/bin" "$OUT"
+export PATH="$W/bin:$PATH"
+export PENSIEVE_CLI="$PWD/dist/src/cli.js"
+export PENSIEVE_BACKEND=cuda
+PY=python3
+MODEL=$W/phi3-mini-128k-4bit-random
+BAN=32000,32001,32007   # end-of-turn ids: random weights must not stop early
+log() { echo "[device $(date +%T)] $*"; }
+# transformers 5 (which mlx_lm.server's tokenizer loading runs) wants
+# original_max_position_embeddings inside rope_scaling too; Pensieve reads either.
+rope_compat() {
+  $PY -c "import json,sys; p=sys.argv[1]; c=json.load(open(p)); c['rope_scaling']['original_max_position_embeddings']=c['original_max_position_embeddings']; json.dump(c,open(p,'w'),indent=2)" "$1/config.json"
+}
+
+case "${1:?phase}" in
+unpack)
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv | tee "$OUT/gpu.txt"
+  { echo "kernel: $(uname -r)"; $PY -V; $PY -c "import torch; print('torch', torch.__version__)" || true;
+    which g++ nvcc || true; g++ --version | head -1; nvcc --version | tail -2 || true;
+    ls -d /usr/local/cuda* 2>/dev/null || true;
+    $PY -c "import nvidia, os; d=list(nvidia.__path__)[0]; print(d); print(sorted(os.listdir(d)))"; } | tee "$OUT/machine.txt"
+  xz -dc .device/bun.xz > "$W/bin/bun" && chmod +x "$W/bin/bun"
+  cp .device/mlx-cuda.part.a "$W/"
+  log "bun $(bun --version); part a stored"
+  ;;
+prepare)
+  if [ ! -d "$W/wheel/mlx" ]; then
+    cat "$W/mlx-cuda.part.a" .device/mlx-cuda.part.b | xz -dc | (mkdir -p "$W/wheel" && tar -xf - -C "$W/wheel")
+    log "mlx-cuda-13 unpacked"
+  fi
+  # mlx-lm for the baseline: the mlx front end and mlx-lm wheels, with the CUDA backend files beside them.
+  site=$($PY -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  $PY -m pip install -q --no-deps --no-index .device/wheels/*.whl
+  cp -r "$W/wheel/mlx/." "$site/mlx/" && cp -r "$W/wheel/mlx_cuda_13.libs" "$site/"
+  $PY -c "import mlx.core as mx, mlx_lm; a = mx.ones((256, 256)); print('mlx', mx.__version__, mx.default_device(), float((a @ a).sum()), 'mlx-lm', mlx_lm.__version__)" | tee -a "$OUT/machine.txt"
+  # Pensieve: the same wheel, unpacked by set-up (no network), NVIDIA libraries linked, shim built.
+  bun dist/scripts/setup.js --backend cuda --no-model --wheel-dir "$W/wheel"
+  bun dist/src/cli.js doctor | tee -a "$OUT/machine.txt" || true
+  # A tiny model first: a quick end-to-end check on the GPU.
+  bun dist/scripts/make-random-model.js --config .device/phi3/config.json --tokenizer-from .device/phi3 --out "$W/tiny" \
+    --device gpu --override '{"num_hidden_layers":2,"hidden_size":192,"num_attention_heads":2,"num_key_value_heads":2,"intermediate_size":256}'
+  bun dist/src/cli.js generate --model "$W/tiny" --raw --prompt "Hello there" --max-tokens 16 --device gpu
+  # The full-size Phi-3-mini-128k in the mlx-community 4-bit format, random weights, made here by our own code.
+  [ -f "$MODEL/model.safetensors" ] || bun dist/scripts/make-random-model.js --config .device/phi3/config.json \
+    --tokenizer-from .device/phi3 --out "$MODEL" --device gpu --seed 1
+  rope_compat "$MODEL"
+  ls -la "$MODEL" | tee -a "$OUT/machine.txt"
+  bun dist/src/cli.js generate --model "$MODEL" --raw --prompt "Hello there" --max-tokens 64 --device gpu
+  ;;
+single)
+  for p in 128 512 4096; do
+    gen=256; [ "$p" -gt 128 ] && gen=16
+    bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve,mlx-lm --python $PY \
+      --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt $p --gen $gen --repeat 3 --profile --out-dir "$OUT"
+  done
+  ;;
+load)
+  bun dist/bench/run.js load --model "$MODEL" --device gpu --levels "${LEVELS:-1,8,32,64}" --servers pensieve,mlx-lm \
+    --python $PY --requests-per-client "${REQUESTS:-2}" --out-tokens 128 --prompt-tokens 128,256,512 \
+    --ban-tokens $BAN --out-dir "$OUT"
+  ;;
+*)
+  echo "unknown phase $1" >&2
+  exit 2
+  ;;
+esac

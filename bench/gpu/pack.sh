@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Packs what the GPU machine needs into .device/ and dist/ (both ignored), to
+# be carried by the device tool in parts under its 64 MiB limit:
+#   call 1 carries .device/bun.xz and .device/mlx-cuda.part.a
+#   call 2 carries .device/mlx-cuda.part.b, .device/wheels, .device/phi3 and dist
+# Nothing can be downloaded there; see bench/gpu/README.md.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+mkdir -p .device/wheels .device/phi3
+lock=scripts/mlx.lock.json
+ver=$(bun -e "console.log(require('./$lock').mlx.version)")
+# Bun itself (the npm package's binary), compressed.
+[ -f .device/bun.xz ] || xz -T2 -9 -c node_modules/bun/bin/bun.exe > .device/bun.xz
+# The mlx-cuda-13 wheel's contents (libmlx, headers), compressed and split.
+if [ ! -f .device/mlx-cuda.part.b ]; then
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_35_x86_64 --python-version 3.12 \
+    "mlx-cuda-13==$ver" "mlx==$ver" "mlx-lm==0.32.2" -d "$tmp"
+  (cd "$tmp" && mkdir w && cd w && unzip -q ../mlx_cuda_13-*.whl && tar -cf - mlx mlx_cuda_13.libs | xz -T2 -6 > ../mlx-cuda.tar.xz)
+  split -b 24000000 "$tmp/mlx-cuda.tar.xz" .device/mlx-cuda.part.
+  mv .device/mlx-cuda.part.aa .device/mlx-cuda.part.a
+  cat .device/mlx-cuda.part.a? > /dev/null 2>&1 || true
+  cat $(ls .device/mlx-cuda.part.* | grep -v 'part\.a$') > .device/mlx-cuda.part.b.tmp
+  rm -f $(ls .device/mlx-cuda.part.* | grep -v 'part\.a$' | grep -v 'part\.b\.tmp$')
+  mv .device/mlx-cuda.part.b.tmp .device/mlx-cuda.part.b
+  cp "$tmp"/mlx-"$ver"-cp312-*.whl "$tmp"/mlx_lm-*.whl .device/wheels/
+  rm -rf "$tmp"
+fi
+# The flagship's tokenizer and config (../shared does not travel).
+cp ../shared/fixtures/phi3-mini-128k/{config.json,tokenizer.json,tokenizer_config.json,generation_config.json} .device/phi3/
+chmod u+w .device/phi3/*
+# Pensieve and the bench harness as Bun bundles (no node_modules there).
+rm -rf dist
+bun build --target=bun --splitting --external playwright-core --outdir dist \
+  src/cli.ts bench/run.ts bench/engines/pensieve-generate.ts scripts/make-random-model.ts scripts/setup.ts > /dev/null
+du -sh .device/* dist
