@@ -224,7 +224,7 @@ async function waitReady(url: string, proc: Subprocess, timeoutMs = 600_000): Pr
 interface ServerUnderTest {
   name: string;
   version: string;
-  start(port: number): { proc: Subprocess; ready: string };
+  start(port: number, logFile: string): { proc: Subprocess; ready: string };
 }
 
 function servers(o: LoadOptions, paths: { pensieveModel: string; mlxFolder: string }, python: string | null) {
@@ -232,7 +232,7 @@ function servers(o: LoadOptions, paths: { pensieveModel: string; mlxFolder: stri
     pensieve: {
       name: "pensieve",
       version: "this checkout",
-      start: (port) => ({
+      start: (port, logFile) => ({
         proc: Bun.spawn(
           [
             ...selfCommand(),
@@ -247,7 +247,7 @@ function servers(o: LoadOptions, paths: { pensieveModel: string; mlxFolder: stri
             "--queue-size",
             "1024",
           ],
-          { stdout: "ignore", stderr: "ignore" },
+          { stdout: "ignore", stderr: Bun.file(logFile) },
         ),
         ready: `http://127.0.0.1:${port}/health`,
       }),
@@ -255,7 +255,7 @@ function servers(o: LoadOptions, paths: { pensieveModel: string; mlxFolder: stri
     "mlx-lm": {
       name: "mlx_lm.server",
       version: `mlx-lm ${MLX_LM_VERSION}`,
-      start: (port) => ({
+      start: (port, logFile) => ({
         proc: Bun.spawn(
           [
             python as string,
@@ -273,7 +273,7 @@ function servers(o: LoadOptions, paths: { pensieveModel: string; mlxFolder: stri
             "--log-level",
             "WARNING",
           ],
-          { stdout: "ignore", stderr: "ignore" },
+          { stdout: "ignore", stderr: Bun.file(logFile) },
         ),
         ready: `http://127.0.0.1:${port}/v1/models`,
       }),
@@ -322,12 +322,17 @@ export async function benchLoad(argv: string[]): Promise<void> {
   for (const s of servers(o, { pensieveModel: modelPath, mlxFolder }, python)) {
     port++;
     console.error(`[load] starting ${s.name} on port ${port}`);
-    const { proc, ready } = s.start(port);
+    mkdirSync(o.outDir, { recursive: true });
+    const { proc, ready } = s.start(port, join(o.outDir, `${s.name}.log`));
     try {
       await waitReady(ready, proc);
       const base = `http://127.0.0.1:${port}`;
-      // One short warm-up request outside the measurement.
-      await streamOne(base, MODEL_NAME, { id: -1, content: "Warm up.", maxTokens: 4 }, []);
+      // Warm-up outside the measurement: a burst at the highest concurrency, so
+      // kernels for every batch size are compiled (GPU JIT) before timing.
+      const top = Math.max(...o.levels);
+      await Promise.all(
+        workload(top, { ...o, outTokens: [8], seed: 999 }).map((r) => streamOne(base, MODEL_NAME, r, o.banTokens)),
+      );
       const levels: LevelResult[] = [];
       for (const level of o.levels) {
         console.error(`[load] ${s.name}: ${level} concurrent`);

@@ -24,7 +24,7 @@ namespace {
 thread_local std::string last_error;
 std::atomic<int64_t> live_handles{0};
 
-constexpr int kAbiVersion = 2;
+constexpr int kAbiVersion = 3;
 
 pv_array wrap(mx::array a) {
   live_handles.fetch_add(1, std::memory_order_relaxed);
@@ -476,6 +476,23 @@ pv_array pv_sdpa(pv_array q, pv_array k, pv_array v, float scale, int mask_mode,
       throw std::invalid_argument("sdpa: unknown mask mode");
     }
     return mx::fast::scaled_dot_product_attention(unwrap(q), unwrap(k), unwrap(v), scale, mode, m);
+  });
+}
+
+namespace {
+std::vector<mx::array> swiglu_impl(const std::vector<mx::array>& in) {
+  const auto& g = in[0];
+  return {mx::multiply(mx::multiply(g, mx::sigmoid(g)), in[1])};
+}
+}  // namespace
+
+pv_array pv_swiglu(pv_array gate, pv_array up, int fused) {
+  return guard_array([&] {
+    if (fused) {
+      static auto compiled = mx::compile(swiglu_impl, /*shapeless=*/true);
+      return compiled({unwrap(gate), unwrap(up)})[0];
+    }
+    return swiglu_impl({unwrap(gate), unwrap(up)})[0];
   });
 }
 

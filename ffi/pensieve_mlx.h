@@ -141,6 +141,10 @@ PV_API pv_array pv_rope(pv_array x, int dims, int traditional, float base, int h
 /* mask_mode: 0 none, 1 causal, 2 array (mask non-NULL: bool keep-mask or additive float). */
 PV_API pv_array pv_sdpa(pv_array q, pv_array k, pv_array v, float scale, int mask_mode, pv_array mask);
 
+/* silu(gate) * up. fused != 0: one compiled kernel (mx::compile, shapeless);
+   the GPU wants it; on the CPU compile would run a C++ compiler at run time. */
+PV_API pv_array pv_swiglu(pv_array gate, pv_array up, int fused);
+
 /* ---- random ---- */
 PV_API pv_array pv_random_key(uint64_t seed);
 /* Writes num keys into out[0..num). */

@@ -7,6 +7,7 @@ import * as mx from "../mlx";
 import type { ModelConfig } from "../models/config";
 import { type LoadedModel, loadModel, readModelConfig } from "../models/loader";
 import type { EngineConfig, EngineInfo, EngineStats } from "./protocol";
+import { defaultPrefillChunk } from "./generate";
 import { type EngineEvent, type EngineRequest, Scheduler, type SchedulerOptions } from "./scheduler";
 
 const GiB = 1024 ** 3;
@@ -68,7 +69,7 @@ export function schedulerOptions(
     queueSize: config.queueSize ?? 256,
     kvBudgetBytes: plan.kvBudgetBytes,
     contextLength: plan.contextLength,
-    prefillChunk: config.prefillChunk ?? 512,
+    prefillChunk: config.prefillChunk ?? defaultPrefillChunk(),
     interleavedPrefillChunk: config.interleavedPrefillChunk ?? (device === "gpu" ? 256 : 64),
     prefixCacheBytes: plan.prefixCacheBytes,
   };

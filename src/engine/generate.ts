@@ -15,7 +15,10 @@ import {
   stepArrays,
 } from "./sampling";
 
-export const DEFAULT_PREFILL_CHUNK = 512;
+/** Prefill tokens per forward pass: the GPU keeps its matrix units busier with larger chunks. */
+export function defaultPrefillChunk(): number {
+  return mx.getDevice() === "gpu" ? 2048 : 512;
+}
 
 export function cacheFor(model: LanguageModel, batchSize = 1): KVCache {
   const c = model.config;
@@ -37,7 +40,7 @@ export function prefill(
   options: { chunk?: number; ropeLength?: number } = {},
 ): MxArray {
   if (tokens.length === 0) throw new Error("prefill needs at least one token");
-  const chunk = Math.max(1, options.chunk ?? DEFAULT_PREFILL_CHUNK);
+  const chunk = Math.max(1, options.chunk ?? defaultPrefillChunk());
   const ropeLength = options.ropeLength ?? cache.rowLengths()[0]! + tokens.length;
   let start = 0;
   while (tokens.length - start > chunk) {

@@ -106,6 +106,11 @@ export class SequenceSampler {
     }
   }
 
+  /** Greedy with nothing that changes the logits: a batch can take one argmax for such rows. */
+  get plainGreedy(): boolean {
+    return this.params.temperature <= 0 && !this.#bias && !this.#seen && !this.#counts;
+  }
+
   /** Samples from logits [V] (float32) and records the token for the penalties. */
   sample(rawLogits: MxArray): SampledStep {
     const p = this.params;

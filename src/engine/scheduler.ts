@@ -17,14 +17,7 @@ import type { LanguageModel } from "../models/types";
 import { cacheFor } from "./generate";
 import { KVCache } from "./kv-cache";
 import { disposeState, PrefixCache, type PrefixCacheStats } from "./prefix-cache";
-import {
-  readStep,
-  type SampledStep,
-  type SamplingParams,
-  SequenceSampler,
-  type StepValues,
-  stepArrays,
-} from "./sampling";
+import { type SampledStep, type SamplingParams, SequenceSampler, type StepValues } from "./sampling";
 
 export interface EngineRequest {
   id: string;
@@ -84,7 +77,7 @@ interface Sequence {
   tokens: number[];
   generated: number;
   /** The last sampled step: its token is the next input; `unread` until emitted. */
-  step: SampledStep | null;
+  step: RowStep | null;
   unread: boolean;
   regime: number;
   cachedTokens: number;
@@ -101,6 +94,101 @@ interface PrefillJob {
   done: number;
   /** A sequence that crossed into another RoPE regime, recomputing its cache. */
   recompute: boolean;
+}
+
+/**
+ * One decode step's results for a whole batch, as lazy arrays: token ids
+ * (int32 [n]) and, when any row asked, their log-probabilities. Read from the
+ * device once for all rows.
+ */
+class BatchStep {
+  readonly tokens: MxArray;
+  readonly logprobs: MxArray | null;
+  #hostTokens: Int32Array | null = null;
+  #hostLogprobs: Float32Array | null = null;
+  #refs = 0;
+
+  constructor(tokens: MxArray, logprobs: MxArray | null) {
+    this.tokens = mx.keep(tokens);
+    this.logprobs = logprobs ? mx.keep(logprobs) : null;
+  }
+
+  get size(): number {
+    return this.tokens.dim(0);
+  }
+
+  arrays(): MxArray[] {
+    return this.logprobs ? [this.tokens, this.logprobs] : [this.tokens];
+  }
+
+  value(i: number): { token: number; logprob: number | null } {
+    if (!this.#hostTokens) {
+      this.#hostTokens = this.tokens.read() as Int32Array;
+      this.#hostLogprobs = this.logprobs ? (this.logprobs.read() as Float32Array) : null;
+    }
+    return {
+      token: this.#hostTokens[i] as number,
+      logprob: this.#hostLogprobs ? (this.#hostLogprobs[i] as number) : null,
+    };
+  }
+
+  retain(): this {
+    this.#refs++;
+    return this;
+  }
+
+  release(): void {
+    if (--this.#refs > 0) return;
+    for (const a of this.arrays()) a.dispose();
+  }
+}
+
+/**
+ * The next forward's input [B, 1]: the previous step's tokens as they are when
+ * the rows are exactly that step's rows, else gathered row by row.
+ */
+function nextInput(previous: RowStep[]): MxArray {
+  const first = previous[0]?.batch;
+  const same = first && first.size === previous.length && previous.every((p, i) => p.batch === first && p.index === i);
+  const tokens = same
+    ? first.tokens
+    : mx.concatenate(
+        previous.map((p) => mx.sliceAxis(p.batch.tokens, 0, p.index, p.index + 1)),
+        0,
+      );
+  return mx.reshape(tokens, [previous.length, 1]);
+}
+
+/** A row's part of a batch step, plus its top alternatives when it asked for them. */
+interface RowStep {
+  batch: BatchStep;
+  index: number;
+  topIds: MxArray | null;
+  topLogprobs: MxArray | null;
+}
+
+function rowStepFromSampled(step: SampledStep): RowStep {
+  const batch = new BatchStep(step.token, step.logprob).retain();
+  return {
+    batch,
+    index: 0,
+    topIds: step.topIds ? mx.keep(step.topIds) : null,
+    topLogprobs: step.topLogprobs ? mx.keep(step.topLogprobs) : null,
+  };
+}
+
+function releaseRowStep(step: RowStep | null): void {
+  if (!step) return;
+  step.batch.release();
+  step.topIds?.dispose();
+  step.topLogprobs?.dispose();
+}
+
+function rowStepArrays(step: RowStep): MxArray[] {
+  const out = step.batch.arrays();
+  if (step.topIds) out.push(step.topIds);
+  if (step.topLogprobs) out.push(step.topLogprobs);
+  return out;
 }
 
 export class Scheduler {
@@ -263,7 +351,7 @@ export class Scheduler {
     if (s.finished) return;
     s.finished = reason;
     this.#finishedOut.push({ type: "finished", id: s.request.id, reason, completionTokens: s.generated, message });
-    if (s.step) for (const a of stepArrays(s.step)) a.dispose();
+    releaseRowStep(s.step);
     s.step = null;
     s.sampler.dispose();
   }
@@ -325,7 +413,15 @@ export class Scheduler {
   #read(s: Sequence): void {
     if (!s.step || !s.unread) return;
     s.unread = false;
-    const v = readStep(s.step);
+    const step = s.step;
+    const { token, logprob } = step.batch.value(step.index);
+    let top: StepValues["top"] = null;
+    if (step.topIds && step.topLogprobs) {
+      const ids = step.topIds.read() as Int32Array;
+      const lps = step.topLogprobs.read() as Float32Array;
+      top = Array.from(ids, (id, i) => ({ token: id, logprob: lps[i] as number }));
+    }
+    const v: StepValues = { token, logprob, top };
     s.tokens.push(v.token);
     if (s.request.stopTokenIds.includes(v.token)) {
       this.#finish(s, "stop");
@@ -351,7 +447,7 @@ export class Scheduler {
       const moving = crossing.filter((s) => !s.finished);
       this.#removeRows(leaving);
       for (const s of moving) {
-        if (s.step) for (const a of stepArrays(s.step)) a.dispose();
+        releaseRowStep(s.step);
         s.step = null;
         this.#prefills.unshift({ seq: s, cache: null, done: 0, recompute: true });
       }
@@ -359,38 +455,63 @@ export class Scheduler {
     const rows = this.#rows;
     const batch = this.#batch;
     if (rows.length > 0 && batch) {
-      const previous = rows.map((s) => s.step as SampledStep);
-      const next = mx.tidy(() => {
-        const input = mx.reshape(
-          mx.concatenate(
-            previous.map((p) => p.token),
-            0,
-          ),
-          [rows.length, 1],
-        );
-        const logits = this.model.forward(input, batch, { logits: "last" });
-        return rows.map((s, i) => {
-          const row = mx.reshape(mx.sliceAxis(logits, 0, i, i + 1), [-1]);
-          return s.sampler.sample(row);
-        });
-      });
-      const all: MxArray[] = [];
-      for (const step of next) for (const a of stepArrays(step)) all.push(mx.keep(a));
-      mx.asyncEval(...all);
+      const previous = rows.map((s) => s.step as RowStep);
+      const next = mx.tidy(() =>
+        this.#sampleBatch(rows, this.model.forward(nextInput(previous), batch, { logits: "last" })),
+      );
+      mx.asyncEval(...next.flatMap(rowStepArrays));
       for (const s of rows) this.#read(s);
       rows.forEach((s, i) => {
-        const old = s.step;
-        s.step = next[i] as SampledStep;
+        releaseRowStep(s.step);
+        s.step = next[i] as RowStep;
         s.unread = true;
-        if (old) for (const a of stepArrays(old)) a.dispose();
         if (s.finished) {
-          for (const a of stepArrays(s.step)) a.dispose();
+          releaseRowStep(s.step);
           s.step = null;
         }
       });
       const finished = new Set(rows.filter((s) => s.finished !== null));
       if (finished.size) this.#removeRows(finished);
     }
+  }
+
+  /**
+   * Samples every row of logits [B, 1, V] in one graph: one argmax for the
+   * rows that decode greedily without penalties or biases, their own sampler
+   * for the others, and log-probabilities for all rows at once when any asked.
+   */
+  #sampleBatch(rows: Sequence[], logits: MxArray): RowStep[] {
+    const B = rows.length;
+    const flat = mx.reshape(logits, [B, -1]);
+    const greedy = mx.astype(mx.argmax(flat, -1), mx.Dtype.int32);
+    const custom = rows.map((s, i) =>
+      s.sampler.plainGreedy ? null : s.sampler.sample(mx.sliceAxis(flat, 0, i, i + 1)),
+    );
+    const tokens = custom.every((c) => c === null)
+      ? greedy
+      : mx.concatenate(
+          custom.map((c, i) => c?.token ?? mx.sliceAxis(greedy, 0, i, i + 1)),
+          0,
+        );
+    const wantLogprobs = rows.some((s) => s.sampler.params.logprobs || s.sampler.params.topLogprobs > 0);
+    let logprobs: MxArray | null = null;
+    let all: MxArray | null = null;
+    if (wantLogprobs) {
+      all = mx.subtract(flat, mx.logsumexp(flat, -1, true));
+      logprobs = mx.reshape(mx.takeAlongAxis(all, mx.reshape(tokens, [B, 1]), 1), [B]);
+    }
+    const step = new BatchStep(tokens, logprobs);
+    return rows.map((s, i) => {
+      const k = Math.min(s.sampler.params.topLogprobs, s.sampler.vocabSize);
+      let topIds: MxArray | null = null;
+      let topLogprobs: MxArray | null = null;
+      if (k > 0 && all) {
+        const row = mx.reshape(mx.sliceAxis(all, 0, i, i + 1), [-1]);
+        topIds = mx.keep(mx.astype(mx.sliceAxis(mx.argsort(mx.neg(row), -1), 0, 0, k), mx.Dtype.int32));
+        topLogprobs = mx.keep(mx.take(row, topIds, 0));
+      }
+      return { batch: step.retain(), index: i, topIds, topLogprobs };
+    });
   }
 
   #prefill(job: PrefillJob): void {
@@ -425,10 +546,9 @@ export class Scheduler {
         logits: "last",
         ropeLengths: [total],
       });
-      return s.sampler.sample(logits);
+      return rowStepFromSampled(s.sampler.sample(logits));
     });
-    for (const a of stepArrays(step)) mx.keep(a);
-    mx.asyncEval(...stepArrays(step));
+    mx.asyncEval(...rowStepArrays(step));
     this.#prefills.shift();
     if (!job.recompute && this.prefixCache.budgetBytes > 0) {
       this.prefixCache.store(s.tokens, cache.rowState(0), s.regime);

@@ -93,8 +93,9 @@ export class MxArray {
     this.#handle = handle as Pointer;
     const scope = scopes[scopes.length - 1] ?? null;
     this.scope = scope;
-    scope?.arrays.push(this);
-    finalizer.register(this, handle as Pointer, this);
+    // Scoped arrays are freed by their scope; only unowned ones need the safety net.
+    if (scope) scope.arrays.push(this);
+    else finalizer.register(this, handle as Pointer, this);
     liveArrays++;
   }
 
@@ -139,6 +140,13 @@ export class MxArray {
     return this.size * dtypeBytes(this.dtype);
   }
 
+  /** Leaves its scope: the caller owns it now (the finalizer is the safety net). */
+  release(): void {
+    if (this.scope === null || this.#handle === 0) return;
+    this.scope = null;
+    finalizer.register(this, this.#handle, this);
+  }
+
   /** Dimension i (negative counts from the end). */
   dim(i: number): number {
     const s = this.shape;
@@ -149,7 +157,7 @@ export class MxArray {
 
   dispose(): void {
     if (this.#handle === 0) return;
-    finalizer.unregister(this);
+    if (this.scope === null) finalizer.unregister(this);
     lib.pv_free(this.#handle);
     this.#handle = 0;
     this.scope = null;
@@ -263,8 +271,10 @@ export function tidy<T>(fn: () => T): T {
     for (const a of scope.arrays) {
       if (a.scope !== scope) continue;
       if (survivors.has(a)) {
-        a.scope = parent;
-        parent?.arrays.push(a);
+        if (parent) {
+          a.scope = parent;
+          parent.arrays.push(a);
+        } else a.release();
       } else {
         a.dispose();
       }
@@ -275,7 +285,7 @@ export function tidy<T>(fn: () => T): T {
 
 /** Takes arrays out of every scope: the caller now owns them and must dispose them. */
 export function keep<T extends MxArray | MxArray[]>(value: T): T {
-  for (const a of Array.isArray(value) ? value : [value]) a.scope = null;
+  for (const a of Array.isArray(value) ? value : [value]) a.release();
   return value;
 }
 

@@ -73,6 +73,7 @@ const symbols = {
   pv_layer_norm: { args: [P, P, P, f32], returns: P },
   pv_rope: { args: [P, i32, i32, f32, i32, f32, i32, P, P], returns: P },
   pv_sdpa: { args: [P, P, P, f32, i32, P], returns: P },
+  pv_swiglu: { args: [P, P, i32], returns: P },
   pv_random_key: { args: [u64], returns: P },
   pv_random_split: { args: [P, i32, P], returns: i32 },
   pv_random_categorical: { args: [P, i32, P], returns: P },
@@ -105,7 +106,7 @@ const symbols = {
   pv_live_handles: { args: [], returns: i64_fast },
 } as const;
 
-export const ABI_VERSION = 2;
+export const ABI_VERSION = 3;
 
 /** Where the shim is: PENSIEVE_SHIM, else the built shim of the installed backend. */
 export function shimPath(env: Record<string, string | undefined> = process.env): string {

@@ -510,6 +510,11 @@ export function sdpa(q: MxArray, k: MxArray, v: MxArray, scale: number, mask: "c
   return new MxArray(lib.pv_sdpa(q.handle, k.handle, v.handle, scale, mode, m), "scaled_dot_product_attention");
 }
 
+/** silu(gate) * up; `fused` compiles it into one kernel (use on the GPU). */
+export function swiglu(gate: MxArray, up: MxArray, fused: boolean): MxArray {
+  return new MxArray(lib.pv_swiglu(gate.handle, up.handle, fused ? 1 : 0), "swiglu");
+}
+
 // ---- random ----
 
 export function randomKey(seed: number | bigint): MxArray {

@@ -33,6 +33,8 @@ export class DecoderModel implements LanguageModel {
   readonly #store: WeightStore;
   readonly #rope: Rope;
   readonly #scale: number;
+  /** Fused (compiled) elementwise kernels: worth it on the GPU, where each kernel launch costs. */
+  readonly #fused: boolean;
 
   constructor(config: ModelConfig, store: WeightStore, weights: DecoderWeights, rope: Rope) {
     this.config = config;
@@ -40,7 +42,8 @@ export class DecoderModel implements LanguageModel {
     this.#store = store;
     this.#weights = weights;
     this.#rope = rope;
-    this.#scale = 1 / Math.sqrt(config.headDim);
+    this.#scale = rope.scoreScale / Math.sqrt(config.headDim);
+    this.#fused = mx.getDevice() === "gpu";
     const unused = store.unused().filter((n) => !n.endsWith("rotary_emb.inv_freq"));
     if (unused.length) {
       throw new Error(`${store.source}: unexpected tensors for ${config.modelType}: ${unused.slice(0, 5).join(", ")}`);
@@ -71,7 +74,7 @@ export class DecoderModel implements LanguageModel {
       h = mx.add(h, linear(merged, layer.out));
       const y = mx.rmsNorm(h, layer.postAttentionNorm, c.rmsNormEps);
       const [gate, up] = layer.gateUp(y);
-      h = mx.add(h, linear(mx.multiply(mx.silu(gate), up), layer.down));
+      h = mx.add(h, linear(mx.swiglu(gate, up, this.#fused), layer.down));
     }
     batch.end();
     const mode = options.logits ?? "last";

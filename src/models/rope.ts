@@ -32,6 +32,8 @@ function llama3Wavelengths(c: ModelConfig, dims: number): MxArray {
 export interface Rope {
   apply: RopeFn;
   regime: (length: number) => number;
+  /** Multiplies the attention scale (LongRoPE's factor on q and k, folded into q·k). */
+  scoreScale: number;
   /** Arrays the RoPE owns (freed with the model). */
   arrays: MxArray[];
 }
@@ -45,6 +47,7 @@ export function standardRope(c: ModelConfig): Rope {
     return {
       apply: (x, offset) => mx.rope(x, { dims, traditional: c.ropeTraditional, freqs, offset }),
       regime: () => 0,
+      scoreScale: 1,
       arrays: [freqs],
     };
   }
@@ -53,6 +56,7 @@ export function standardRope(c: ModelConfig): Rope {
   return {
     apply: (x, offset) => mx.rope(x, { dims, traditional: c.ropeTraditional, base: c.ropeTheta, scale, offset }),
     regime: () => 0,
+    scoreScale: 1,
     arrays: [],
   };
 }
@@ -60,8 +64,10 @@ export function standardRope(c: ModelConfig): Rope {
 /**
  * Phi-3 LongRoPE with the Hugging Face rule: short factors while the sequence
  * is at most original_max_position_embeddings long, long factors beyond (regime
- * 1). q and k are scaled by the attention factor. A batch whose rows are in
- * different regimes gets both rotations and picks per row.
+ * 1). q and k are both scaled by the attention factor; since RoPE is linear,
+ * that is the factor squared on q·k, folded into the attention scale (two
+ * fewer kernels per layer). A batch whose rows are in different regimes gets
+ * both rotations and picks per row.
  */
 export function longRope(c: ModelConfig, options: { alwaysLong?: boolean } = {}): Rope {
   const rs = c.ropeScaling;
@@ -73,12 +79,12 @@ export function longRope(c: ModelConfig, options: { alwaysLong?: boolean } = {})
   const factor = rs.attentionFactor;
   const regime = (length: number) => (options.alwaysLong || length > rs.originalMaxPositionEmbeddings ? 1 : 0);
   const rotate = (x: MxArray, offset: number | MxArray, freqs: MxArray) =>
-    mx.rope(factor === 1 ? x : mx.multiply(x, factor), { dims, traditional: false, freqs, offset });
+    mx.rope(x, { dims, traditional: false, freqs, offset });
   const apply: RopeFn = (x, offset, regimes) => {
     const first = regimes[0] ?? 0;
     if (regimes.every((r) => r === first)) return rotate(x, offset, first === 1 ? long : short);
     const isLong = mx.reshape(mx.int32(regimes), [regimes.length, 1, 1, 1]);
     return mx.where(mx.equal(isLong, 1), rotate(x, offset, long), rotate(x, offset, short));
   };
-  return { apply, regime, arrays: [base, short, long] };
+  return { apply, regime, scoreScale: factor * factor, arrays: [base, short, long] };
 }
