@@ -18,7 +18,9 @@ export PENSIEVE_CLI="$PWD/dist/src/cli.js"
 export PENSIEVE_BACKEND=cuda
 PY=python3
 MODEL=$W/phi3-mini-128k-4bit-random
-BAN=32000,32001,32007   # end-of-turn ids: random weights must not stop early
+# Random weights must not stop early (end-of-turn ids) nor pick the embedding's
+# padding rows 32011-32063, which have no token (mlx_lm.server crashes on them).
+BAN="32000,32001,32007,$(seq -s, 32011 32063)"
 log() { echo "[device $(date +%T)] $*"; }
 # transformers 5 (which mlx_lm.server's tokenizer loading runs) wants
 # original_max_position_embeddings inside rope_scaling too; Pensieve reads either.

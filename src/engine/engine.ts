@@ -70,7 +70,8 @@ export function schedulerOptions(
     kvBudgetBytes: plan.kvBudgetBytes,
     contextLength: plan.contextLength,
     prefillChunk: config.prefillChunk ?? defaultPrefillChunk(),
-    interleavedPrefillChunk: config.interleavedPrefillChunk ?? (device === "gpu" ? 256 : 64),
+    interleavedPrefillChunk: config.interleavedPrefillChunk ?? (device === "gpu" ? 512 : 64),
+    maxPrefillBatch: config.maxPrefillBatch ?? (device === "gpu" ? 16 : 4),
     prefixCacheBytes: plan.prefixCacheBytes,
   };
 }

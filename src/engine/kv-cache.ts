@@ -197,6 +197,16 @@ export class KVCache implements AttentionBatch {
     return state;
   }
 
+  /**
+   * An empty cache for a batch of prompts of different lengths that are
+   * prefilled together: row i is left-padded by leftPadding[i] columns.
+   */
+  static padded(shape: CacheShape, leftPadding: readonly number[]): KVCache {
+    const cache = new KVCache(shape, leftPadding.length);
+    cache.#leftPadding = [...leftPadding];
+    return cache;
+  }
+
   /** A one-row cache holding copies of the given per-layer state (for prefix reuse). */
   static fromState(shape: CacheShape, state: { keys: MxArray[]; values: MxArray[]; length: number }): KVCache {
     const cache = new KVCache(shape, 1);

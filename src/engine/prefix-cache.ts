@@ -88,6 +88,15 @@ export class PrefixCache {
     return { state: best.state, length: bestLength };
   }
 
+  /** The cached prefix length lookup() would give, without counting it as a hit or miss. */
+  peek(prompt: readonly number[], regime: number): number {
+    let best = 0;
+    for (const e of this.#entries) {
+      if (e.regime === regime) best = Math.max(best, commonPrefix(e.tokens, prompt, prompt.length - 1));
+    }
+    return best >= this.minTokens ? best : 0;
+  }
+
   /**
    * Stores KV for `tokens` (state.length of them). Takes ownership of the
    * arrays. An entry that is a prefix of the new one is replaced; nothing is

@@ -18,6 +18,7 @@ export interface EngineConfig {
   queueSize?: number;
   prefillChunk?: number;
   interleavedPrefillChunk?: number;
+  maxPrefillBatch?: number;
   prefixCacheBytes?: number | null;
   /** Phi-3: long_factor at every length, as mlx-lm (comparisons only). */
   alwaysLongRope?: boolean;

@@ -106,9 +106,17 @@ export class SequenceSampler {
     }
   }
 
-  /** Greedy with nothing that changes the logits: a batch can take one argmax for such rows. */
-  get plainGreedy(): boolean {
-    return this.params.temperature <= 0 && !this.#bias && !this.#seen && !this.#counts;
+  /**
+   * Greedy with at most a fixed logit bias: a batch takes one argmax over all
+   * such rows (biases stacked), instead of a graph per row.
+   */
+  get batchableGreedy(): boolean {
+    return this.params.temperature <= 0 && !this.#seen && !this.#counts;
+  }
+
+  /** The logit bias over the vocabulary [V], or null. */
+  get biasVector(): MxArray | null {
+    return this.#bias;
   }
 
   /** Samples from logits [V] (float32) and records the token for the penalties. */

@@ -52,6 +52,8 @@ export interface SchedulerOptions {
   prefillChunk: number;
   /** Prefill tokens per iteration while sequences are decoding (keeps their streams moving). */
   interleavedPrefillChunk: number;
+  /** Prompts prefilled together in one forward pass (at most). */
+  maxPrefillBatch?: number;
   /** Byte budget of the prefix cache (0 disables it). */
   prefixCacheBytes: number;
 }
@@ -89,11 +91,23 @@ interface Sequence {
 
 interface PrefillJob {
   seq: Sequence;
-  cache: KVCache | null;
-  /** Tokens already in the cache. */
-  done: number;
   /** A sequence that crossed into another RoPE regime, recomputing its cache. */
   recompute: boolean;
+}
+
+/**
+ * Prompts prefilled together: left-padded to one width so they share each
+ * forward pass (one larger matrix product instead of several small ones),
+ * and join the decode batch together when done.
+ */
+interface PrefillGroup {
+  jobs: PrefillJob[];
+  cache: KVCache;
+  /** Row-major [jobs, width] token ids, each row left-padded with zeros. */
+  tokens: Int32Array;
+  width: number;
+  /** Columns already in the cache (for a prefix-cache hit: the cached tokens). */
+  done: number;
 }
 
 /**
@@ -198,6 +212,7 @@ export class Scheduler {
   readonly #emit: (event: EngineEvent) => void;
   #waiting: Sequence[] = [];
   #prefills: PrefillJob[] = [];
+  #group: PrefillGroup | null = null;
   #rows: Sequence[] = [];
   #batch: KVCache | null = null;
   #steps = 0;
@@ -272,21 +287,23 @@ export class Scheduler {
   }
 
   hasWork(): boolean {
-    return this.#waiting.length > 0 || this.#prefills.length > 0 || this.#rows.length > 0;
+    return this.#waiting.length > 0 || this.#prefills.length > 0 || this.#group !== null || this.#rows.length > 0;
   }
 
   *#all(): Iterable<Sequence> {
     yield* this.#waiting;
     for (const j of this.#prefills) yield j.seq;
+    for (const j of this.#group?.jobs ?? []) yield j.seq;
     yield* this.#rows;
   }
 
   stats(): SchedulerStats {
-    const reserved = [...this.#rows, ...this.#prefills.map((j) => j.seq)].reduce((n, s) => n + s.reservedBytes, 0);
-    const prefillBytes = this.#prefills.reduce((n, j) => n + (j.cache?.nbytes ?? 0), 0);
+    const prefilling = this.#prefilling();
+    const reserved = [...this.#rows, ...prefilling].reduce((n, s) => n + s.reservedBytes, 0);
+    const prefillBytes = this.#group?.cache.nbytes ?? 0;
     return {
       running: this.#rows.length,
-      prefilling: this.#prefills.length,
+      prefilling: prefilling.length,
       waiting: this.#waiting.length,
       kvCacheBytes: (this.#batch?.nbytes ?? 0) + prefillBytes,
       kvReservedBytes: reserved,
@@ -305,8 +322,15 @@ export class Scheduler {
     this.#dropCancelled();
     this.#admit();
     if (this.#rows.length > 0) this.#guard(() => this.#decode(), [...this.#rows], true);
-    const job = this.#prefills[0];
-    if (job) this.#guard(() => this.#prefill(job), [job.seq], false);
+    if (!this.#group) this.#group = this.#formGroup();
+    const group = this.#group;
+    if (group) {
+      this.#guard(
+        () => this.#prefillStep(group),
+        group.jobs.map((j) => j.seq),
+        false,
+      );
+    }
     // Per sequence, events go out in order: started, tokens, finished.
     if (this.#tokensOut.length) this.#emit({ type: "tokens", items: this.#tokensOut });
     this.#tokensOut = [];
@@ -328,11 +352,11 @@ export class Scheduler {
       const message = `engine error: ${(e as Error).message}`;
       const failed = new Set(involved);
       for (const s of failed) this.#finish(s, "error", message);
-      this.#prefills = this.#prefills.filter((j) => {
-        if (!failed.has(j.seq)) return true;
-        j.cache?.dispose();
-        return false;
-      });
+      this.#prefills = this.#prefills.filter((j) => !failed.has(j.seq));
+      if (this.#group?.jobs.some((j) => failed.has(j.seq))) {
+        this.#group.cache.dispose();
+        this.#group = null;
+      }
       if (dropBatch) {
         this.#batch?.dispose();
         this.#batch = null;
@@ -362,12 +386,11 @@ export class Scheduler {
       return !s.cancelled;
     });
     this.#prefills = this.#prefills.filter((j) => {
-      if (j.seq.cancelled) {
-        j.cache?.dispose();
-        this.#finish(j.seq, "cancelled");
-      }
+      if (j.seq.cancelled) this.#finish(j.seq, "cancelled");
       return !j.seq.cancelled;
     });
+    // A cancelled row of a prefill group finishes now and leaves when the group joins.
+    for (const j of this.#group?.jobs ?? []) if (j.seq.cancelled) this.#finish(j.seq, "cancelled");
     const gone = this.#rows.filter((s) => s.cancelled);
     for (const s of gone) this.#finish(s, "cancelled");
     if (gone.length) this.#removeRows(new Set(gone));
@@ -377,11 +400,12 @@ export class Scheduler {
     const o = this.options;
     while (this.#waiting.length > 0) {
       const next = this.#waiting[0] as Sequence;
-      const active = this.#rows.length + this.#prefills.length;
-      const reserved = [...this.#rows, ...this.#prefills.map((j) => j.seq)].reduce((n, s) => n + s.reservedBytes, 0);
+      const prefilling = this.#prefilling();
+      const active = this.#rows.length + prefilling.length;
+      const reserved = [...this.#rows, ...prefilling].reduce((n, s) => n + s.reservedBytes, 0);
       if (active >= o.maxConcurrent || (active > 0 && reserved + next.reservedBytes > o.kvBudgetBytes)) return;
       this.#waiting.shift();
-      this.#prefills.push({ seq: next, cache: null, done: 0, recompute: false });
+      this.#prefills.push({ seq: next, recompute: false });
     }
   }
 
@@ -449,7 +473,7 @@ export class Scheduler {
       for (const s of moving) {
         releaseRowStep(s.step);
         s.step = null;
-        this.#prefills.unshift({ seq: s, cache: null, done: 0, recompute: true });
+        this.#prefills.unshift({ seq: s, recompute: true });
       }
     }
     const rows = this.#rows;
@@ -477,15 +501,22 @@ export class Scheduler {
 
   /**
    * Samples every row of logits [B, 1, V] in one graph: one argmax for the
-   * rows that decode greedily without penalties or biases, their own sampler
-   * for the others, and log-probabilities for all rows at once when any asked.
+   * rows that decode greedily without penalties (their logit biases stacked
+   * into one [B, V] addition), their own sampler for the others, and
+   * log-probabilities for all rows at once when any asked.
    */
   #sampleBatch(rows: Sequence[], logits: MxArray): RowStep[] {
     const B = rows.length;
     const flat = mx.reshape(logits, [B, -1]);
-    const greedy = mx.astype(mx.argmax(flat, -1), mx.Dtype.int32);
+    let greedyInput = flat;
+    if (rows.some((s) => s.sampler.batchableGreedy && s.sampler.biasVector)) {
+      const zero = mx.zeros([flat.dim(1)]);
+      const biases = rows.map((s) => (s.sampler.batchableGreedy ? s.sampler.biasVector : null) ?? zero);
+      greedyInput = mx.add(flat, mx.stack(biases));
+    }
+    const greedy = mx.astype(mx.argmax(greedyInput, -1), mx.Dtype.int32);
     const custom = rows.map((s, i) =>
-      s.sampler.plainGreedy ? null : s.sampler.sample(mx.sliceAxis(flat, 0, i, i + 1)),
+      s.sampler.batchableGreedy ? null : s.sampler.sample(mx.sliceAxis(flat, 0, i, i + 1)),
     );
     const tokens = custom.every((c) => c === null)
       ? greedy
@@ -514,59 +545,119 @@ export class Scheduler {
     });
   }
 
-  #prefill(job: PrefillJob): void {
-    const s = job.seq;
-    const o = this.options;
-    if (!job.cache) {
-      const hit = this.prefixCache.budgetBytes > 0 ? this.prefixCache.lookup(s.tokens, s.regime) : null;
-      if (hit) {
-        job.cache = KVCache.fromState(cacheFor(this.model).shape, { ...hit.state, length: hit.length });
-        job.done = hit.length;
-        if (!job.recompute) s.cachedTokens = hit.length;
-      } else {
-        job.cache = cacheFor(this.model);
-        job.done = 0;
-      }
+  #prefilling(): Sequence[] {
+    return [...this.#prefills.map((j) => j.seq), ...(this.#group?.jobs.map((j) => j.seq) ?? [])];
+  }
+
+  /**
+   * The next prefill group from the head of the line: a prefix-cache hit or a
+   * recompute goes alone (its cache starts elsewhere); otherwise following
+   * prompts without a hit join, while padding stays modest.
+   */
+  #formGroup(): PrefillGroup | null {
+    const first = this.#prefills.shift();
+    if (!first) return null;
+    const shape = cacheFor(this.model).shape;
+    const s = first.seq;
+    const hit = this.prefixCache.budgetBytes > 0 ? this.prefixCache.lookup(s.tokens, s.regime) : null;
+    if (hit || first.recompute) {
+      if (hit && !first.recompute) s.cachedTokens = hit.length;
+      return {
+        jobs: [first],
+        cache: hit ? KVCache.fromState(shape, { ...hit.state, length: hit.length }) : KVCache.padded(shape, [0]),
+        tokens: Int32Array.from(s.tokens),
+        width: s.tokens.length,
+        done: hit?.length ?? 0,
+      };
     }
-    const cache = job.cache;
+    const jobs = [first];
+    const limit = this.options.maxPrefillBatch ?? 1;
+    let width = s.tokens.length;
+    let real = s.tokens.length;
+    while (jobs.length < limit && this.#prefills.length > 0) {
+      const next = this.#prefills[0] as PrefillJob;
+      if (next.recompute || next.seq.regime !== s.regime) break;
+      if (this.prefixCache.budgetBytes > 0 && this.prefixCache.peek(next.seq.tokens, next.seq.regime) > 0) break;
+      const w = Math.max(width, next.seq.tokens.length);
+      // Stop before padding exceeds half of the real tokens.
+      if (w * (jobs.length + 1) > 1.5 * (real + next.seq.tokens.length)) break;
+      jobs.push(this.#prefills.shift() as PrefillJob);
+      width = w;
+      real += next.seq.tokens.length;
+    }
+    const tokens = new Int32Array(jobs.length * width);
+    jobs.forEach((j, i) => tokens.set(j.seq.tokens, i * width + width - j.seq.tokens.length));
+    return {
+      jobs,
+      cache: KVCache.padded(
+        shape,
+        jobs.map((j) => width - j.seq.tokens.length),
+      ),
+      tokens,
+      width,
+      done: 0,
+    };
+  }
+
+  /** One chunk of the group's prefill; the last one samples each row's first token and joins the batch. */
+  #prefillStep(group: PrefillGroup): void {
+    const o = this.options;
+    const n = group.jobs.length;
     const budget = this.#rows.length > 0 ? o.interleavedPrefillChunk : o.prefillChunk;
-    const total = s.tokens.length;
-    const end = Math.min(total, job.done + Math.max(1, budget));
-    const part = s.tokens.slice(job.done, end);
-    if (end < total) {
+    const columns = Math.max(1, Math.floor(budget / n));
+    const end = Math.min(group.width, group.done + columns);
+    const part = new Int32Array(n * (end - group.done));
+    for (let i = 0; i < n; i++) {
+      part.set(group.tokens.subarray(i * group.width + group.done, i * group.width + end), i * (end - group.done));
+    }
+    const cache = group.cache;
+    const ropeLengths = group.jobs.map((j) => j.seq.tokens.length);
+    const input = () => mx.fromData(part, [n, end - group.done], mx.Dtype.int32);
+    if (end < group.width) {
       mx.tidy(() => {
-        this.model.forward(mx.int32(part, [1, part.length]), cache, { logits: "none", ropeLengths: [total] });
+        this.model.forward(input(), cache, { logits: "none", ropeLengths });
         mx.evaluate(...cache.arrays());
       });
-      job.done = end;
+      group.done = end;
       return;
     }
-    const step = mx.tidy(() => {
-      const logits = this.model.forward(mx.int32(part, [1, part.length]), cache, {
-        logits: "last",
-        ropeLengths: [total],
-      });
-      return rowStepFromSampled(s.sampler.sample(logits));
+    const steps = mx.tidy(() => {
+      const logits = this.model.forward(input(), cache, { logits: "last", ropeLengths });
+      return group.jobs.map((j, i) => rowStepFromSampled(j.seq.sampler.sample(mx.sliceAxis(logits, 0, i, i + 1))));
     });
-    mx.asyncEval(...rowStepArrays(step));
-    this.#prefills.shift();
-    if (!job.recompute && this.prefixCache.budgetBytes > 0) {
-      this.prefixCache.store(s.tokens, cache.rowState(0), s.regime);
+    mx.asyncEval(...steps.flatMap(rowStepArrays));
+    this.#group = null;
+    const keep: number[] = [];
+    group.jobs.forEach((j, i) => {
+      const s = j.seq;
+      const step = steps[i] as RowStep;
+      if (s.finished) {
+        releaseRowStep(step);
+        return;
+      }
+      keep.push(i);
+      if (!j.recompute && this.prefixCache.budgetBytes > 0)
+        this.prefixCache.store(s.tokens, cache.rowState(i), s.regime);
+      s.step = step;
+      s.unread = true;
+      this.#rows.push(s);
+      if (!j.recompute) {
+        this.#emit({
+          type: "started",
+          id: s.request.id,
+          promptTokens: s.request.prompt.length,
+          cachedTokens: s.cachedTokens,
+          queuedMs: performance.now() - s.enqueuedAt,
+        });
+      }
+    });
+    if (keep.length === 0) {
+      cache.dispose();
+      return;
     }
-    s.step = step;
-    s.unread = true;
+    if (keep.length < n) cache.keepRows(keep);
     if (this.#batch) this.#batch.appendRows(cache);
     else this.#batch = cache;
-    this.#rows.push(s);
-    if (!job.recompute) {
-      this.#emit({
-        type: "started",
-        id: s.request.id,
-        promptTokens: s.request.prompt.length,
-        cachedTokens: s.cachedTokens,
-        queuedMs: performance.now() - s.enqueuedAt,
-      });
-    }
   }
 
   /** Frees everything (the engine is shutting down). */

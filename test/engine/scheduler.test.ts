@@ -18,6 +18,7 @@ const OPTIONS: SchedulerOptions = {
   prefillChunk: 64,
   interleavedPrefillChunk: 16,
   prefixCacheBytes: 0,
+  maxPrefillBatch: 4,
 };
 
 function single(
@@ -131,6 +132,25 @@ for (const name of ["tiny-llama-f16", "tiny-llama"]) {
 describe("continuous batching (tiny-llama-f16, float32 CPU)", () => {
   const { model } = loadModel(tinyModel("tiny-llama-f16"));
 
+  test("prompts arriving together are prefilled as one padded group and match single-request output", () => {
+    const group = [promptIds(30, 41), promptIds(24, 42), promptIds(33, 43), promptIds(28, 44), promptIds(31, 45)];
+    const greedy = samplingParams({ logprobs: true });
+    const expected = group.map((p) => singleWithLogprobs(model, p, 12, greedy));
+    const run = runScheduled(
+      model,
+      group.map((p, i) => ({ at: 0, request: request(`g${i}`, p, 12, greedy) })),
+    );
+    for (let i = 0; i < group.length; i++) {
+      expect(run.tokens.get(`g${i}`)).toEqual(expected[i]?.tokens as number[]);
+      expectClose(run.logprobs.get(`g${i}`), expected[i]?.logprobs as number[]);
+    }
+    // The first four (maxPrefillBatch) started together, as one group: consecutive events.
+    const startedAt = (id: string) => run.events.findIndex((e) => e.type === "started" && e.id === id);
+    const first = startedAt("g0");
+    expect([1, 2, 3].map((i) => startedAt(`g${i}`) - first)).toEqual([1, 2, 3]);
+    expect(startedAt("g4")).toBeGreaterThan(first + 3);
+  });
+
   test("seeded sampling is reproducible and matches single-request sampling", () => {
     const sampling = samplingParams({ temperature: 0.9, topP: 0.9, topK: 50, seed: 1234 });
     const expected = prompts.slice(0, 3).map((p) => single(model, p, 15, sampling));
@@ -139,6 +159,22 @@ describe("continuous batching (tiny-llama-f16, float32 CPU)", () => {
       prompts.slice(0, 3).map((p, i) => ({ at: i * 2, request: request(`s${i}`, p, 15, sampling) })),
     );
     for (let i = 0; i < 3; i++) expect(run.tokens.get(`s${i}`)).toEqual(expected[i] as number[]);
+  });
+
+  test("greedy rows with logit biases batch together and match single-request output", () => {
+    const free = single(model, prompts[0] as number[], 10, samplingParams());
+    const banned = samplingParams({ logitBias: { [free[0] as number]: -100, [free[1] as number]: -100 } });
+    const expected = [
+      single(model, prompts[0] as number[], 10, banned),
+      single(model, prompts[1] as number[], 10, samplingParams()),
+    ];
+    const run = runScheduled(model, [
+      { at: 0, request: request("biased", prompts[0] as number[], 10, banned) },
+      { at: 0, request: request("plain", prompts[1] as number[], 10) },
+    ]);
+    expect(run.tokens.get("biased")).toEqual(expected[0] as number[]);
+    expect(run.tokens.get("biased")?.[0]).not.toBe(free[0]);
+    expect(run.tokens.get("plain")).toEqual(expected[1] as number[]);
   });
 
   test("stop tokens end a row without disturbing the others", () => {
