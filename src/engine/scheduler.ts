@@ -586,7 +586,9 @@ export class Scheduler {
       real += next.seq.tokens.length;
     }
     const tokens = new Int32Array(jobs.length * width);
-    jobs.forEach((j, i) => tokens.set(j.seq.tokens, i * width + width - j.seq.tokens.length));
+    jobs.forEach((j, i) => {
+      tokens.set(j.seq.tokens, i * width + width - j.seq.tokens.length);
+    });
     return {
       jobs,
       cache: KVCache.padded(
