@@ -87,6 +87,8 @@ interface Sequence {
   enqueuedAt: number;
   cancelled: boolean;
   finished: FinishReason | null;
+  /** In the decode batch. A finished row stays there, idle, until the batch is compacted. */
+  inBatch: boolean;
 }
 
 interface PrefillJob {
@@ -273,6 +275,7 @@ export class Scheduler {
       enqueuedAt: performance.now(),
       cancelled: false,
       finished: null,
+      inBatch: false,
     });
     return true;
   }
@@ -302,7 +305,7 @@ export class Scheduler {
     const reserved = [...this.#rows, ...prefilling].reduce((n, s) => n + s.reservedBytes, 0);
     const prefillBytes = this.#group?.cache.nbytes ?? 0;
     return {
-      running: this.#rows.length,
+      running: this.#rows.filter((r) => r.finished === null).length,
       prefilling: prefilling.length,
       waiting: this.#waiting.length,
       kvCacheBytes: (this.#batch?.nbytes ?? 0) + prefillBytes,
@@ -358,6 +361,11 @@ export class Scheduler {
         this.#group = null;
       }
       if (dropBatch) {
+        for (const r of this.#rows) {
+          r.inBatch = false;
+          releaseRowStep(r.step);
+          r.step = null;
+        }
         this.#batch?.dispose();
         this.#batch = null;
         this.#rows = [];
@@ -375,9 +383,29 @@ export class Scheduler {
     if (s.finished) return;
     s.finished = reason;
     this.#finishedOut.push({ type: "finished", id: s.request.id, reason, completionTokens: s.generated, message });
-    releaseRowStep(s.step);
-    s.step = null;
     s.sampler.dispose();
+    const row = s.inBatch ? this.#rows.indexOf(s) : -1;
+    if (row >= 0 && this.#batch && (reason === "stop" || reason === "length") && this.prefixCache.budgetBytes > 0) {
+      // Its KV stays in the batch until compaction: keep a copy for the prefix cache now.
+      this.prefixCache.store(s.tokens, this.#batch.rowState(row), s.regime);
+    }
+    // A batch row keeps its last step: its token still fills the row's input until compaction.
+    if (row < 0) {
+      releaseRowStep(s.step);
+      s.step = null;
+    }
+    s.unread = false;
+  }
+
+  /**
+   * Takes finished rows out of the batch. Each compaction copies the whole KV
+   * cache, so it waits until a quarter of the rows are idle (or `force`).
+   */
+  #compact(force = false): void {
+    const dead = this.#rows.filter((r) => r.finished !== null);
+    if (dead.length === 0) return;
+    if (!force && dead.length * 4 < this.#rows.length) return;
+    this.#removeRows(new Set(dead));
   }
 
   #dropCancelled(): void {
@@ -391,9 +419,8 @@ export class Scheduler {
     });
     // A cancelled row of a prefill group finishes now and leaves when the group joins.
     for (const j of this.#group?.jobs ?? []) if (j.seq.cancelled) this.#finish(j.seq, "cancelled");
-    const gone = this.#rows.filter((s) => s.cancelled);
-    for (const s of gone) this.#finish(s, "cancelled");
-    if (gone.length) this.#removeRows(new Set(gone));
+    for (const s of this.#rows) if (s.cancelled) this.#finish(s, "cancelled");
+    this.#compact();
   }
 
   #admit(): void {
@@ -409,7 +436,7 @@ export class Scheduler {
     }
   }
 
-  /** Removes rows from the batch (their KV goes to the prefix cache when finished normally). */
+  /** Removes rows from the batch now (one copy of the KV cache). */
   #removeRows(gone: Set<Sequence>): void {
     const batch = this.#batch;
     if (!batch) return;
@@ -419,9 +446,10 @@ export class Scheduler {
         keep.push(i);
         return;
       }
-      if ((s.finished === "stop" || s.finished === "length") && this.prefixCache.budgetBytes > 0) {
-        const state = batch.rowState(i);
-        this.prefixCache.store(s.tokens, state, s.regime);
+      s.inBatch = false;
+      if (s.finished !== null) {
+        releaseRowStep(s.step);
+        s.step = null;
       }
     });
     this.#rows = this.#rows.filter((s) => !gone.has(s));
@@ -488,14 +516,9 @@ export class Scheduler {
       rows.forEach((s, i) => {
         releaseRowStep(s.step);
         s.step = next[i] as RowStep;
-        s.unread = true;
-        if (s.finished) {
-          releaseRowStep(s.step);
-          s.step = null;
-        }
+        s.unread = s.finished === null;
       });
-      const finished = new Set(rows.filter((s) => s.finished !== null));
-      if (finished.size) this.#removeRows(finished);
+      this.#compact();
     }
   }
 
@@ -509,14 +532,16 @@ export class Scheduler {
     const B = rows.length;
     const flat = mx.reshape(logits, [B, -1]);
     let greedyInput = flat;
-    if (rows.some((s) => s.sampler.batchableGreedy && s.sampler.biasVector)) {
+    // Finished rows waiting for compaction take the plain greedy path; their output is ignored.
+    const live = (s: Sequence) => s.finished === null;
+    const bias = (s: Sequence) => (live(s) && s.sampler.batchableGreedy ? s.sampler.biasVector : null);
+    if (rows.some((s) => bias(s) !== null)) {
       const zero = mx.zeros([flat.dim(1)]);
-      const biases = rows.map((s) => (s.sampler.batchableGreedy ? s.sampler.biasVector : null) ?? zero);
-      greedyInput = mx.add(flat, mx.stack(biases));
+      greedyInput = mx.add(flat, mx.stack(rows.map((s) => bias(s) ?? zero)));
     }
     const greedy = mx.astype(mx.argmax(greedyInput, -1), mx.Dtype.int32);
     const custom = rows.map((s, i) =>
-      s.sampler.batchableGreedy ? null : s.sampler.sample(mx.sliceAxis(flat, 0, i, i + 1)),
+      !live(s) || s.sampler.batchableGreedy ? null : s.sampler.sample(mx.sliceAxis(flat, 0, i, i + 1)),
     );
     const tokens = custom.every((c) => c === null)
       ? greedy
@@ -524,7 +549,7 @@ export class Scheduler {
           custom.map((c, i) => c?.token ?? mx.sliceAxis(greedy, 0, i, i + 1)),
           0,
         );
-    const wantLogprobs = rows.some((s) => s.sampler.params.logprobs || s.sampler.params.topLogprobs > 0);
+    const wantLogprobs = rows.some((s) => live(s) && (s.sampler.params.logprobs || s.sampler.params.topLogprobs > 0));
     let logprobs: MxArray | null = null;
     let all: MxArray | null = null;
     if (wantLogprobs) {
@@ -533,7 +558,7 @@ export class Scheduler {
     }
     const step = new BatchStep(tokens, logprobs);
     return rows.map((s, i) => {
-      const k = Math.min(s.sampler.params.topLogprobs, s.sampler.vocabSize);
+      const k = live(s) ? Math.min(s.sampler.params.topLogprobs, s.sampler.vocabSize) : 0;
       let topIds: MxArray | null = null;
       let topLogprobs: MxArray | null = null;
       if (k > 0 && all) {
@@ -642,7 +667,7 @@ export class Scheduler {
         this.prefixCache.store(s.tokens, cache.rowState(i), s.regime);
       s.step = step;
       s.unread = true;
-      this.#rows.push(s);
+      s.inBatch = true;
       if (!j.recompute) {
         this.#emit({
           type: "started",
@@ -658,6 +683,9 @@ export class Scheduler {
       return;
     }
     if (keep.length < n) cache.keepRows(keep);
+    // Joining copies the batch anyway: drop its idle rows in the same go.
+    this.#compact(true);
+    for (const i of keep) this.#rows.push((group.jobs[i] as PrefillJob).seq);
     if (this.#batch) this.#batch.appendRows(cache);
     else this.#batch = cache;
   }
