@@ -6,6 +6,7 @@ import { DEFAULT_USABLE_FRACTION, estimateMemory } from "../hub/memory";
 import * as mx from "../mlx";
 import type { ModelConfig } from "../models/config";
 import { type LoadedModel, loadModel, readModelConfig } from "../models/loader";
+import { denseCopyBytes } from "../models/weights";
 import type { EngineConfig, EngineInfo, EngineStats } from "./protocol";
 import { defaultPrefillChunk } from "./generate";
 import { type EngineEvent, type EngineRequest, Scheduler, type SchedulerOptions } from "./scheduler";
@@ -90,8 +91,22 @@ export class Engine {
     mx.setDevice(device);
     // Plan memory before loading: refuse what cannot fit.
     const planned = readModelConfig(config.model);
-    const plan = planMemory(config, planned.config, planned.weightBytes, device, device === "cpu" ? 4 : 2);
-    this.loaded = loadModel(config.model, { alwaysLongRope: config.alwaysLongRope });
+    const elementBytes = device === "cpu" ? 4 : 2;
+    let plan = planMemory(config, planned.config, planned.weightBytes, device, elementBytes);
+    // On the GPU, dequantized copies of the weights make batched steps and
+    // prefill dense products (read once for all rows); only when they fit.
+    let denseCopies = false;
+    const q = planned.config.quantization;
+    if (device === "gpu" && q && config.denseWeights !== false) {
+      const withDense = planned.weightBytes + denseCopyBytes(planned.weightBytes, q);
+      try {
+        plan = planMemory(config, planned.config, withDense, device, elementBytes);
+        denseCopies = true;
+      } catch {
+        // Not enough memory for the copies: the quantized kernels serve every batch size.
+      }
+    }
+    this.loaded = loadModel(config.model, { alwaysLongRope: config.alwaysLongRope, denseCopies });
     const c = this.loaded.config;
     const bytesPerToken = c.numLayers * 2 * c.numKvHeads * c.headDim * mx.dtypeBytes(this.loaded.model.dtype);
     const options = schedulerOptions(config, plan, device);

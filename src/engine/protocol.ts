@@ -20,6 +20,8 @@ export interface EngineConfig {
   interleavedPrefillChunk?: number;
   maxPrefillBatch?: number;
   prefixCacheBytes?: number | null;
+  /** GPU: keep dequantized copies of the weights for batched products (default: when memory allows). */
+  denseWeights?: boolean;
   /** Phi-3: long_factor at every length, as mlx-lm (comparisons only). */
   alwaysLongRope?: boolean;
   /** Test hook: fail the forward pass when a prompt contains this token id. */

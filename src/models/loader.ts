@@ -15,6 +15,8 @@ export interface LoadOptions {
   dtype?: mx.Dtype;
   /** Phi-3: use long_factor at every length, as mlx-lm does (comparison tests only). */
   alwaysLongRope?: boolean;
+  /** Keep dequantized copies of quantized weights for batched products (GPU; see weights.ts). */
+  denseCopies?: boolean;
 }
 
 export interface LoadedModel {
@@ -110,7 +112,13 @@ function materialize(arrays: Map<string, MxArray>, source: string): void {
 }
 
 function build(config: ModelConfig, arrays: Map<string, MxArray>, source: string, options: LoadOptions) {
-  const store = new WeightStore(arrays, options.dtype ?? defaultDtype(arrays), source, config.quantization);
+  const store = new WeightStore(
+    arrays,
+    options.dtype ?? defaultDtype(arrays),
+    source,
+    config.quantization,
+    options.denseCopies ?? false,
+  );
   try {
     const model = buildArchitecture(config, store, options);
     materialize(arrays, source);

@@ -13,13 +13,29 @@ export type LinearWeight =
       bias: MxArray | null;
       /** Run on Pensieve's CPU kernel (ffi/cpu_qmm.cpp) instead of MLX's scalar CPU loop. */
       cpuKernel: boolean;
+      /**
+       * The same weight dequantized (GPU, when memory allows): products with
+       * many rows (batched decode, prefill) run as dense matrix products, which
+       * read the weight once for all rows; a single row keeps the 4-bit kernel.
+       */
+      dense: MxArray | null;
     };
+
+/** Rows from which a dequantized copy beats the quantized kernel. */
+export const DENSE_MIN_ROWS = 4;
 
 export function linear(x: MxArray, w: LinearWeight): MxArray {
   let y: MxArray;
   if (w.kind === "dense") y = mx.matmul(x, mx.transpose(w.weight, [1, 0]));
+  else if (w.dense && x.size / x.dim(-1) >= DENSE_MIN_ROWS) y = mx.matmul(x, mx.transpose(w.dense, [1, 0]));
   else y = w.cpuKernel ? mx.quantizedMatmulCpu(x, w.q) : mx.quantizedMatmul(x, w.q);
   return w.bias ? mx.add(y, w.bias) : y;
+}
+
+/** Bytes a model's quantized weights take once dequantized to 16 bits (for memory planning). */
+export function denseCopyBytes(quantizedBytes: number, q: { bits: number; groupSize: number }): number {
+  // Per weight: bits/8 for the value plus a 16-bit scale and bias per group.
+  return Math.ceil((quantizedBytes * 2) / (q.bits / 8 + 4 / q.groupSize));
 }
 
 /** PENSIEVE_CPU_KERNEL=0 turns the CPU kernel off (to compare with MLX's own). */
@@ -66,17 +82,22 @@ export class WeightStore {
   readonly source: string;
   /** What config.json declares; null when the file does not say (GGUF): then it is inferred per tensor. */
   readonly quantization: QuantizationConfig | null;
+  /** Keep a dequantized copy of every quantized linear weight (see LinearWeight.dense). */
+  readonly denseCopies: boolean;
+  readonly #extra: MxArray[] = [];
 
   constructor(
     arrays: Map<string, MxArray>,
     dtype: mx.Dtype,
     source: string,
     quantization: QuantizationConfig | null = null,
+    denseCopies = false,
   ) {
     this.#arrays = arrays;
     this.dtype = dtype;
     this.source = source;
     this.quantization = quantization;
+    this.denseCopies = denseCopies;
   }
 
   has(name: string): boolean {
@@ -160,7 +181,13 @@ export class WeightStore {
       );
     }
     const q = { weight, scales, biases, groupSize, bits };
-    return { kind: "quantized", q, bias, cpuKernel: cpuKernelWanted(q) };
+    let dense: MxArray | null = null;
+    if (this.denseCopies) {
+      dense = mx.keep(mx.dequantize(q, this.dtype));
+      mx.evaluate(dense);
+      this.#extra.push(dense);
+    }
+    return { kind: "quantized", q, bias, cpuKernel: cpuKernelWanted(q), dense };
   }
 
   /** Names never asked for (unexpected tensors in the file). */
@@ -170,7 +197,8 @@ export class WeightStore {
 
   /** Every array, for disposal when the model is unloaded. */
   dispose(): void {
-    for (const a of this.#arrays.values()) a.dispose();
+    for (const a of [...this.#arrays.values(), ...this.#extra]) a.dispose();
     this.#arrays.clear();
+    this.#extra.length = 0;
   }
 }

@@ -28,6 +28,14 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   return m;
 }
 
+test("dequantized copies for batched products (the GPU's path) give the same logits", () => {
+  const ref = readReference("tiny-phi3", "hf-rule");
+  const loaded = loadModel(tinyModel("tiny-phi3"), { denseCopies: true });
+  for (const r of ref.results)
+    expect(maxAbsDiff(lastLogits(loaded.model, r.prompt), r.lastLogits)).toBeLessThan(LOGITS_TOLERANCE);
+  loaded.model.dispose();
+});
+
 for (const c of REFERENCE_CASES) {
   describe(`${c.model} vs ${c.oracle}`, () => {
     const ref = readReference(c.model, c.oracle);
