@@ -19,6 +19,8 @@ async function fetchModel(spec: string): Promise<string> {
   if (target.kind === "local") {
     if (target.exists) return target.path;
     if (resolved.kind === "alias") {
+      const { extractEmbeddedModel } = await import("../mlx/runtime");
+      if (extractEmbeddedModel(target.path)) return target.path;
       const { ensureEmbeddedModel } = await import("../models/embedded");
       return ensureEmbeddedModel(say);
     }

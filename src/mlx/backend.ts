@@ -2,7 +2,8 @@
 // No FFI here: set-up, doctor and the engine all read it.
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { BUILD_DIR, REPO_ROOT, VENDOR_DIR } from "../paths";
+import lockFile from "../../scripts/mlx.lock.json";
+import { BUILD_DIR, VENDOR_DIR } from "../paths";
 
 export type Backend = "cpu" | "cuda" | "metal";
 export const BACKENDS: readonly Backend[] = ["cpu", "cuda", "metal"];
@@ -29,8 +30,9 @@ export interface Lock {
   };
 }
 
+/** The pinned versions and hashes (bundled in, so a compiled binary has them too). */
 export function readLock(): Lock {
-  return JSON.parse(readFileSync(join(REPO_ROOT, "scripts", "mlx.lock.json"), "utf8")) as Lock;
+  return lockFile as Lock;
 }
 
 /** The NVIDIA driver's major version, or null when there is no NVIDIA driver. */

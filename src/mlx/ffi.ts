@@ -2,7 +2,9 @@
 // everything else uses the typed wrappers in array.ts and ops.ts.
 import { dlopen, FFIType } from "bun:ffi";
 import { existsSync } from "node:fs";
+import { COMPILED } from "../paths";
 import { installedBackend, runtimeLayout } from "./backend";
+import { extractRuntime } from "./runtime";
 
 const P = FFIType.ptr;
 const i32 = FFIType.i32;
@@ -108,9 +110,16 @@ const symbols = {
 
 export const ABI_VERSION = 3;
 
-/** Where the shim is: PENSIEVE_SHIM, else the built shim of the installed backend. */
+/**
+ * Where the shim is: PENSIEVE_SHIM, else (compiled binary) the embedded runtime
+ * written out to the cache, else the built shim of the installed backend.
+ */
 export function shimPath(env: Record<string, string | undefined> = process.env): string {
   if (env.PENSIEVE_SHIM) return env.PENSIEVE_SHIM;
+  if (COMPILED) {
+    const extracted = extractRuntime(env);
+    if (extracted) return extracted;
+  }
   const backend = installedBackend();
   if (!backend) throw new Error("MLX is not set up: run `npm run setup` (or `bun scripts/setup.ts`) first");
   return runtimeLayout(backend).shimPath;

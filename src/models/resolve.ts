@@ -5,6 +5,8 @@ import { join } from "node:path";
 import { DEFAULT_MODEL_ALIAS, resolveModelSpec } from "../hub/aliases";
 import { findCachedSnapshot, modelFolderProblems } from "../hub/cache";
 import { hubSettings } from "../hub/settings";
+import { extractEmbeddedModel } from "../mlx/runtime";
+import { COMPILED } from "../paths";
 
 export { DEFAULT_MODEL_ALIAS };
 
@@ -18,6 +20,8 @@ export function resolveLocalModel(
   const target = resolved.kind === "alias" ? resolved.target : resolved;
   if (target.kind === "local") {
     if (target.exists) return target.path;
+    // A compiled binary carries the default model: write it out on first use.
+    if (resolved.kind === "alias" && COMPILED && extractEmbeddedModel(target.path)) return target.path;
     if (resolved.kind === "alias")
       throw new Error(`the default model is not extracted yet (${target.path}): run \`npm run setup\``);
     throw new Error(`no model at "${name}": give a model folder, a .gguf file, an alias or a Hugging Face repo id`);
