@@ -84,55 +84,86 @@ __attribute__((target("avx2,fma"))) static inline float hsum256(__m256 v) {
 }
 
 // 8 weights as floats: one word of 4-bit values, or two words of 8-bit values.
-__attribute__((target("avx2,fma"))) static inline __m256 unpack8(const uint32_t* p, int bits) {
-  if (bits == 4) {
+template <int BITS>
+__attribute__((target("avx2,fma"))) static inline __m256 unpack8(const uint32_t* p) {
+  if constexpr (BITS == 4) {
     const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
     __m256i q = _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(p[0])), shifts);
     return _mm256_cvtepi32_ps(_mm256_and_si256(q, _mm256_set1_epi32(0xF)));
+  } else {
+    __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
   }
-  __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
-  return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
 }
 
-__attribute__((target("avx2,fma"))) static void qmm_rows_avx2(const float* x, const float* xsum, const uint32_t* w,
-                                                             const float* scales, const float* biases, float* y,
-                                                             const QmmShape& s, int n0, int n1) {
+// A tile of NR weight rows × ROWS rows of x. Each unpacked weight vector,
+// scaled by its group's scale, serves all ROWS rows; each x vector serves NR
+// weight rows. The bias term needs only the per-group sums of x.
+template <int BITS, int ROWS, int NR>
+__attribute__((target("avx2,fma"))) static void tile_avx2(const float* x, const float* xsum, const uint32_t* w,
+                                                         const float* scales, const float* biases, float* y,
+                                                         const QmmShape& s, int n, int m0) {
   const int groups = s.K / s.group;
-  const int words_per_row = s.K * s.bits / 32;
-  const int words_per_8 = s.bits / 4;  // words holding 8 values
-  for (int n = n0; n < n1; ++n) {
-    const uint32_t* wr = w + static_cast<size_t>(n) * words_per_row;
-    const float* sc = scales + static_cast<size_t>(n) * groups;
-    const float* bi = biases + static_cast<size_t>(n) * groups;
-    for (int m0 = 0; m0 < s.M; m0 += kRowBlock) {
-      const int rows = std::min(kRowBlock, s.M - m0);
-      __m256 acc[kRowBlock];
-      float bias_acc[kRowBlock];
-      for (int r = 0; r < kRowBlock; ++r) {
-        acc[r] = _mm256_setzero_ps();
-        bias_acc[r] = 0.f;
-      }
-      for (int g = 0; g < groups; ++g) {
-        __m256 dot[kRowBlock];
-        for (int r = 0; r < kRowBlock; ++r) dot[r] = _mm256_setzero_ps();
-        const uint32_t* wg = wr + static_cast<size_t>(g) * (s.group / 8) * words_per_8;
-        for (int j = 0; j < s.group / 8; ++j) {
-          __m256 q = unpack8(wg + j * words_per_8, s.bits);
-          const size_t col = static_cast<size_t>(g) * s.group + j * 8;
-          for (int r = 0; r < rows; ++r) {
-            __m256 xv = _mm256_loadu_ps(x + static_cast<size_t>(m0 + r) * s.K + col);
-            dot[r] = _mm256_fmadd_ps(q, xv, dot[r]);
-          }
-        }
-        __m256 scale = _mm256_set1_ps(sc[g]);
-        for (int r = 0; r < rows; ++r) {
-          acc[r] = _mm256_fmadd_ps(scale, dot[r], acc[r]);
-          bias_acc[r] += bi[g] * xsum[static_cast<size_t>(m0 + r) * groups + g];
-        }
-      }
-      for (int r = 0; r < rows; ++r) y[static_cast<size_t>(m0 + r) * s.N + n] = hsum256(acc[r]) + bias_acc[r];
+  const size_t words_per_row = static_cast<size_t>(s.K) * BITS / 32;
+  constexpr int words_per_8 = BITS / 4;
+  __m256 acc[NR][ROWS];
+  float bias_acc[NR][ROWS];
+  for (int t = 0; t < NR; ++t) {
+    for (int r = 0; r < ROWS; ++r) {
+      acc[t][r] = _mm256_setzero_ps();
+      bias_acc[t][r] = 0.f;
     }
   }
+  for (int g = 0; g < groups; ++g) {
+    __m256 scale[NR];
+    for (int t = 0; t < NR; ++t) scale[t] = _mm256_set1_ps(scales[static_cast<size_t>(n + t) * groups + g]);
+    for (int j = 0; j < s.group / 8; ++j) {
+      const size_t col = static_cast<size_t>(g) * s.group + static_cast<size_t>(j) * 8;
+      __m256 xv[ROWS];
+      for (int r = 0; r < ROWS; ++r) xv[r] = _mm256_loadu_ps(x + static_cast<size_t>(m0 + r) * s.K + col);
+      for (int t = 0; t < NR; ++t) {
+        const uint32_t* wp = w + static_cast<size_t>(n + t) * words_per_row + (col / 8) * words_per_8;
+        __m256 q = _mm256_mul_ps(unpack8<BITS>(wp), scale[t]);
+        for (int r = 0; r < ROWS; ++r) acc[t][r] = _mm256_fmadd_ps(q, xv[r], acc[t][r]);
+      }
+    }
+    for (int t = 0; t < NR; ++t) {
+      const float b = biases[static_cast<size_t>(n + t) * groups + g];
+      for (int r = 0; r < ROWS; ++r) bias_acc[t][r] += b * xsum[static_cast<size_t>(m0 + r) * groups + g];
+    }
+  }
+  for (int t = 0; t < NR; ++t) {
+    for (int r = 0; r < ROWS; ++r) y[static_cast<size_t>(m0 + r) * s.N + n + t] = hsum256(acc[t][r]) + bias_acc[t][r];
+  }
+}
+
+template <int BITS, int NR>
+__attribute__((target("avx2,fma"))) static void rows_avx2(const float* x, const float* xsum, const uint32_t* w,
+                                                         const float* scales, const float* biases, float* y,
+                                                         const QmmShape& s, int n) {
+  int m0 = 0;
+  for (; m0 + kRowBlock <= s.M; m0 += kRowBlock) tile_avx2<BITS, kRowBlock, NR>(x, xsum, w, scales, biases, y, s, n, m0);
+  switch (s.M - m0) {
+    case 3: tile_avx2<BITS, 3, NR>(x, xsum, w, scales, biases, y, s, n, m0); break;
+    case 2: tile_avx2<BITS, 2, NR>(x, xsum, w, scales, biases, y, s, n, m0); break;
+    case 1: tile_avx2<BITS, 1, NR>(x, xsum, w, scales, biases, y, s, n, m0); break;
+    default: break;
+  }
+}
+
+template <int BITS>
+__attribute__((target("avx2,fma"))) static void qmm_rows_avx2_bits(const float* x, const float* xsum, const uint32_t* w,
+                                                                  const float* scales, const float* biases, float* y,
+                                                                  const QmmShape& s, int n0, int n1) {
+  int n = n0;
+  for (; n + 2 <= n1; n += 2) rows_avx2<BITS, 2>(x, xsum, w, scales, biases, y, s, n);
+  if (n < n1) rows_avx2<BITS, 1>(x, xsum, w, scales, biases, y, s, n);
+}
+
+static void qmm_rows_avx2(const float* x, const float* xsum, const uint32_t* w, const float* scales,
+                          const float* biases, float* y, const QmmShape& s, int n0, int n1) {
+  if (s.bits == 4) qmm_rows_avx2_bits<4>(x, xsum, w, scales, biases, y, s, n0, n1);
+  else qmm_rows_avx2_bits<8>(x, xsum, w, scales, biases, y, s, n0, n1);
 }
 
 static bool cpu_has_avx2_fma() {

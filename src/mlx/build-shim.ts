@@ -25,7 +25,7 @@ export function shimCommand(backend: Backend): { argv: string[]; output: string 
   const argv = [
     compiler(),
     "-std=c++20",
-    "-O2",
+    "-O3",
     "-fPIC",
     "-shared",
     "-fvisibility=hidden",
