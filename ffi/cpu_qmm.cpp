@@ -25,11 +25,7 @@
 #define PV_X86 1
 #endif
 
-#include "mlx/backend/cpu/encoder.h"
-#include "mlx/mlx.h"
-#include "mlx/primitives.h"
-
-namespace mx = mlx::core;
+#include "cpu_common.h"
 
 namespace pensieve {
 
@@ -172,90 +168,6 @@ static bool cpu_has_avx2_fma() {
 }
 #endif
 
-// ---- a small persistent pool: the calling thread plus (cores - 1) workers ----
-// Each run gets its own counters, so a worker that wakes late for an old run
-// finds nothing left to do there instead of taking parts of the next one.
-class Pool {
- public:
-  static Pool& get() {
-    static Pool* pool = new Pool();  // never destroyed: workers live as long as the process
-    return *pool;
-  }
-
-  int size() const { return workers_ + 1; }
-
-  // Runs fn(part, parts) for part in [0, parts) across the pool and waits.
-  void run(int parts, const std::function<void(int, int)>& fn) {
-    if (parts <= 1 || workers_ == 0) {
-      for (int p = 0; p < parts; ++p) fn(p, parts);
-      return;
-    }
-    auto job = std::make_shared<Job>(&fn, parts);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      current_ = job;
-      ++generation_;
-    }
-    cv_.notify_all();
-    execute(*job);
-    {
-      std::unique_lock<std::mutex> lock(job->mu);
-      job->done.wait(lock, [&] { return job->pending.load() == 0; });
-    }
-    std::lock_guard<std::mutex> lock(mu_);
-    if (current_ == job) current_.reset();
-  }
-
- private:
-  struct Job {
-    Job(const std::function<void(int, int)>* f, int n) : fn(f), parts(n), pending(n) {}
-    const std::function<void(int, int)>* fn;
-    const int parts;
-    std::atomic<int> next{0};
-    std::atomic<int> pending;
-    std::mutex mu;
-    std::condition_variable done;
-  };
-
-  Pool() {
-    unsigned n = std::thread::hardware_concurrency();
-    workers_ = static_cast<int>(std::min(8u, n == 0 ? 1u : n)) - 1;
-    for (int i = 0; i < workers_; ++i) std::thread([this] { loop(); }).detach();
-  }
-
-  static void execute(Job& job) {
-    while (true) {
-      const int p = job.next.fetch_add(1);
-      if (p >= job.parts) return;
-      (*job.fn)(p, job.parts);
-      if (job.pending.fetch_sub(1) == 1) {
-        std::lock_guard<std::mutex> lock(job.mu);
-        job.done.notify_all();
-      }
-    }
-  }
-
-  void loop() {
-    uint64_t seen = 0;
-    while (true) {
-      std::shared_ptr<Job> job;
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return generation_ != seen; });
-        seen = generation_;
-        job = current_;
-      }
-      if (job) execute(*job);
-    }
-  }
-
-  int workers_ = 0;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::shared_ptr<Job> current_;
-  uint64_t generation_ = 0;
-};
-
 void qmm_cpu(const float* x, const uint32_t* w, const float* scales, const float* biases, float* y, QmmShape s) {
   const int groups = s.K / s.group;
   // Per row and group, the sum of x: the bias term needs only that.
@@ -292,10 +204,15 @@ class CpuQuantizedMatmul : public mx::UnaryPrimitive {
     for (const auto& in : inputs) encoder.set_input_array(in);
     encoder.set_output_array(out);
     const auto& x = inputs[0];
-    QmmShape s{static_cast<int>(x.shape(0)), static_cast<int>(out.shape(1)), static_cast<int>(x.shape(1)), group_, bits_};
-    // The task holds references so the buffers outlive it.
+    const int K = static_cast<int>(x.shape(-1));
+    const int N = static_cast<int>(out.shape(-1));
+    QmmShape s{static_cast<int>(x.size() / K), N, K, group_, bits_};
+    // The task holds references so the buffers outlive it. Inputs are taken as
+    // they are (no contiguous() op in the graph): strided ones are gathered here.
     encoder.dispatch([x = inputs[0], w = inputs[1], sc = inputs[2], bi = inputs[3], out, s]() mutable {
-      qmm_cpu(x.data<float>(), w.data<uint32_t>(), sc.data<float>(), bi.data<float>(), out.data<float>(), s);
+      std::vector<float> xs, ss, bs;
+      std::vector<uint32_t> ws;
+      qmm_cpu(row_major(x, xs), row_major(w, ws), row_major(sc, ss), row_major(bi, bs), out.data<float>(), s);
     });
   }
 
@@ -334,17 +251,10 @@ mx::array cpu_quantized_matmul(const mx::array& x_in, const mx::array& w, const 
     throw std::invalid_argument("cpu qmm: scales/biases do not match the weight and group size");
   }
   auto cpu = mx::default_stream(mx::Device::cpu);
-  mx::Shape lead(x_in.shape().begin(), x_in.shape().end() - 1);
-  int M = 1;
-  for (auto d : lead) M *= d;
-  auto x = mx::contiguous(mx::reshape(mx::astype(x_in, mx::float32, cpu), {M, K}, cpu), false, cpu);
-  auto w_c = mx::contiguous(w, false, cpu);
-  auto s_c = mx::contiguous(scales, false, cpu);
-  auto b_c = mx::contiguous(biases, false, cpu);
-  mx::array out({M, N}, mx::float32, std::make_shared<CpuQuantizedMatmul>(cpu, group, bits), {x, w_c, s_c, b_c});
-  mx::Shape out_shape = lead;
+  mx::Shape out_shape(x_in.shape().begin(), x_in.shape().end() - 1);
   out_shape.push_back(N);
-  return mx::reshape(out, out_shape, cpu);
+  auto x = x_in.dtype() == mx::float32 ? x_in : mx::astype(x_in, mx::float32, cpu);
+  return mx::array(out_shape, mx::float32, std::make_shared<CpuQuantizedMatmul>(cpu, group, bits), {x, w, scales, biases});
 }
 
 }  // namespace pensieve

@@ -17,6 +17,11 @@ namespace mx = mlx::core;
 namespace pensieve {
 mx::array cpu_quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
                                int group, int bits);
+bool cpu_kernels_apply(const std::vector<mx::array>& arrays);
+mx::array cpu_rope(const mx::array& x, int dims, bool traditional, std::optional<float> base, float scale, int offset,
+                   const std::optional<mx::array>& offset_array, const std::optional<mx::array>& freqs);
+mx::array cpu_sdpa(const mx::array& q, const mx::array& k, const mx::array& v, float scale, int mask_mode,
+                   const std::optional<mx::array>& mask);
 }
 
 namespace {
@@ -456,6 +461,11 @@ pv_array pv_rope(pv_array x, int dims, int traditional, float base, int has_base
   return guard_array([&] {
     std::optional<float> b;
     if (has_base) b = base;
+    // On the CPU in float32, Pensieve's own primitive (ffi/cpu_attention.cpp).
+    if (pensieve::cpu_kernels_apply({unwrap(x)})) {
+      return pensieve::cpu_rope(unwrap(x), dims, traditional != 0, b, scale, offset, optional_of(offset_arr),
+                                optional_of(freqs));
+    }
     if (offset_arr != nullptr) {
       return mx::fast::rope(unwrap(x), dims, traditional != 0, b, scale, unwrap(offset_arr), optional_of(freqs));
     }
@@ -474,6 +484,10 @@ pv_array pv_sdpa(pv_array q, pv_array k, pv_array v, float scale, int mask_mode,
       m = unwrap(mask);
     } else if (mask_mode != 0) {
       throw std::invalid_argument("sdpa: unknown mask mode");
+    }
+    const bool bool_mask = mask_mode != 2 || m->dtype() == mx::bool_;
+    if (bool_mask && pensieve::cpu_kernels_apply({unwrap(q), unwrap(k), unwrap(v)})) {
+      return pensieve::cpu_sdpa(unwrap(q), unwrap(k), unwrap(v), scale, mask_mode, m);
     }
     return mx::fast::scaled_dot_product_attention(unwrap(q), unwrap(k), unwrap(v), scale, mode, m);
   });

@@ -35,6 +35,21 @@ for (const [m, k, n, group, bits] of CASES) {
   });
 }
 
+test("a strided x (a transposed view) gives the same product", () => {
+  const relative = mx.tidy(() => {
+    const packed = mx.quantize(mx.randomNormal([96, 128], mx.Dtype.float32, 0, 0.05, mx.randomKey(3)), 32, 4);
+    const q = {
+      ...packed,
+      scales: mx.astype(packed.scales, mx.Dtype.float32),
+      biases: mx.astype(packed.biases as mx.MxArray, mx.Dtype.float32),
+    };
+    const x = mx.transpose(mx.randomNormal([128, 5], mx.Dtype.float32, 0, 1, mx.randomKey(4)), [1, 0]);
+    const ref = mx.quantizedMatmul(mx.contiguous(x), q);
+    return mx.max(mx.abs(mx.subtract(ref, mx.quantizedMatmulCpu(x, q)))).item() / mx.max(mx.abs(ref)).item();
+  });
+  expect(relative).toBeLessThan(1e-5);
+});
+
 test("bad inputs are errors, not crashes", () => {
   mx.tidy(() => {
     const packed = mx.quantize(mx.randomNormal([16, 64]), 32, 4);

@@ -1,0 +1,142 @@
+// Shared by Pensieve's CPU primitives (cpu_qmm.cpp, cpu_attention.cpp): a small
+// persistent thread pool and a row-major view of evaluated arrays.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/mlx.h"
+#include "mlx/primitives.h"
+
+namespace mx = mlx::core;
+
+namespace pensieve {
+
+// ---- a small persistent pool: the calling thread plus (cores - 1) workers ----
+// Each run gets its own counters, so a worker that wakes late for an old run
+// finds nothing left to do there instead of taking parts of the next one.
+class Pool {
+ public:
+  static Pool& get() {
+    static Pool* pool = new Pool();  // never destroyed: workers live as long as the process
+    return *pool;
+  }
+
+  int size() const { return workers_ + 1; }
+
+  // Runs fn(part, parts) for part in [0, parts) across the pool and waits.
+  void run(int parts, const std::function<void(int, int)>& fn) {
+    if (parts <= 1 || workers_ == 0) {
+      for (int p = 0; p < parts; ++p) fn(p, parts);
+      return;
+    }
+    auto job = std::make_shared<Job>(&fn, parts);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      current_ = job;
+      ++generation_;
+    }
+    cv_.notify_all();
+    execute(*job);
+    {
+      std::unique_lock<std::mutex> lock(job->mu);
+      job->done.wait(lock, [&] { return job->pending.load() == 0; });
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (current_ == job) current_.reset();
+  }
+
+ private:
+  struct Job {
+    Job(const std::function<void(int, int)>* f, int n) : fn(f), parts(n), pending(n) {}
+    const std::function<void(int, int)>* fn;
+    const int parts;
+    std::atomic<int> next{0};
+    std::atomic<int> pending;
+    std::mutex mu;
+    std::condition_variable done;
+  };
+
+  Pool() {
+    unsigned n = std::thread::hardware_concurrency();
+    workers_ = static_cast<int>(std::min(8u, n == 0 ? 1u : n)) - 1;
+    for (int i = 0; i < workers_; ++i) std::thread([this] { loop(); }).detach();
+  }
+
+  static void execute(Job& job) {
+    while (true) {
+      const int p = job.next.fetch_add(1);
+      if (p >= job.parts) return;
+      (*job.fn)(p, job.parts);
+      if (job.pending.fetch_sub(1) == 1) {
+        std::lock_guard<std::mutex> lock(job.mu);
+        job.done.notify_all();
+      }
+    }
+  }
+
+  void loop() {
+    uint64_t seen = 0;
+    while (true) {
+      std::shared_ptr<Job> job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return generation_ != seen; });
+        seen = generation_;
+        job = current_;
+      }
+      if (job) execute(*job);
+    }
+  }
+
+  int workers_ = 0;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::shared_ptr<Job> current_;
+  uint64_t generation_ = 0;
+};
+
+
+// The elements of an evaluated array in row-major order: its own buffer when it
+// is row-contiguous, else a strided gather into `scratch` (kernels take plain rows).
+template <typename T>
+const T* row_major(const mx::array& a, std::vector<T>& scratch) {
+  if (a.flags().row_contiguous) return a.data<T>();
+  scratch.resize(a.size());
+  const T* src = a.data<T>();
+  const auto& shape = a.shape();
+  const auto& strides = a.strides();
+  const int nd = static_cast<int>(a.ndim());
+  std::vector<int64_t> index(nd, 0);
+  for (size_t i = 0; i < a.size(); ++i) {
+    int64_t offset = 0;
+    for (int d = 0; d < nd; ++d) offset += index[d] * strides[d];
+    scratch[i] = src[offset];
+    for (int d = nd - 1; d >= 0; --d) {
+      if (++index[d] < shape[d]) break;
+      index[d] = 0;
+    }
+  }
+  return scratch.data();
+}
+
+
+/** PENSIEVE_CPU_KERNEL=0 turns Pensieve's CPU kernels off (to compare with MLX's own). */
+inline bool cpu_kernels_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("PENSIEVE_CPU_KERNEL");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return on;
+}
+
+}  // namespace pensieve

@@ -1,0 +1,127 @@
+// Pensieve's CPU RoPE and attention primitives (ffi/cpu_attention.cpp) against
+// the same math written with plain MLX ops (cos/sin, matmul, softmax).
+import { describe, expect, test } from "bun:test";
+import * as mx from "../../src/mlx";
+import type { MxArray } from "../../src/mlx";
+
+function maxRelDiff(a: MxArray, b: MxArray): number {
+  return mx.max(mx.abs(mx.subtract(a, b))).item() / Math.max(1e-6, mx.max(mx.abs(b)).item());
+}
+
+/** x [B, H, L, D]; positions start at offset (per batch row when an array). */
+function ropeReference(
+  x: MxArray,
+  dims: number,
+  traditional: boolean,
+  invFreq: MxArray,
+  offsets: number[],
+  scale: number,
+) {
+  const [B, H, L, D] = x.shape as [number, number, number, number];
+  const half = dims / 2;
+  const pos = mx.add(
+    mx.reshape(mx.float32(offsets), [offsets.length === 1 ? 1 : B, 1, 1, 1]),
+    mx.reshape(mx.arange(0, L, 1, mx.Dtype.float32), [1, 1, L, 1]),
+  );
+  const theta = mx.multiply(mx.multiply(pos, scale), mx.reshape(invFreq, [1, 1, 1, half]));
+  const cos = mx.cos(theta);
+  const sin = mx.sin(theta);
+  let x1: MxArray;
+  let x2: MxArray;
+  if (traditional) {
+    const pairs = mx.reshape(mx.sliceAxis(x, 3, 0, dims), [B, H, L, half, 2]);
+    x1 = mx.reshape(mx.sliceAxis(pairs, 4, 0, 1), [B, H, L, half]);
+    x2 = mx.reshape(mx.sliceAxis(pairs, 4, 1, 2), [B, H, L, half]);
+  } else {
+    x1 = mx.sliceAxis(x, 3, 0, half);
+    x2 = mx.sliceAxis(x, 3, half, dims);
+  }
+  const o1 = mx.subtract(mx.multiply(x1, cos), mx.multiply(x2, sin));
+  const o2 = mx.add(mx.multiply(x1, sin), mx.multiply(x2, cos));
+  const rotated = traditional ? mx.reshape(mx.stack([o1, o2], 4), [B, H, L, dims]) : mx.concatenate([o1, o2], 3);
+  return dims === D ? rotated : mx.concatenate([rotated, mx.sliceAxis(x, 3, dims, D)], 3);
+}
+
+describe("CPU RoPE", () => {
+  const cases = [
+    { traditional: false, dims: 64, offset: 0, base: 10000 },
+    { traditional: true, dims: 64, offset: 17, base: 500000 },
+    { traditional: false, dims: 32, offset: 5, base: 10000 },
+  ];
+  for (const c of cases) {
+    test(`traditional=${c.traditional} dims=${c.dims} offset=${c.offset} base=${c.base}`, () => {
+      const err = mx.tidy(() => {
+        // q arrives transposed, as in the models: [B, L, H, D] → [B, H, L, D].
+        const x = mx.transpose(mx.randomNormal([2, 5, 3, 64], mx.Dtype.float32, 0, 1, mx.randomKey(1)), [0, 2, 1, 3]);
+        const invFreq = mx.power(c.base, mx.divide(mx.arange(0, -c.dims, -2, mx.Dtype.float32), c.dims));
+        const ours = mx.rope(x, { dims: c.dims, traditional: c.traditional, base: c.base, scale: 1, offset: c.offset });
+        return maxRelDiff(ours, ropeReference(x, c.dims, c.traditional, invFreq, [c.offset], 1));
+      });
+      expect(err).toBeLessThan(1e-5);
+    });
+  }
+
+  test("frequencies instead of a base, one offset per batch row, a position scale", () => {
+    const err = mx.tidy(() => {
+      const x = mx.randomNormal([3, 2, 4, 96], mx.Dtype.float32, 0, 1, mx.randomKey(2));
+      const freqs = mx.multiply(mx.power(10000, mx.divide(mx.arange(0, 96, 2, mx.Dtype.float32), 96)), 1.3);
+      const offsets = [0, 7, 100];
+      const ours = mx.rope(x, { dims: 96, traditional: false, freqs, scale: 0.5, offset: mx.int32(offsets) });
+      return maxRelDiff(ours, ropeReference(x, 96, false, mx.reciprocal(freqs), offsets, 0.5));
+    });
+    expect(err).toBeLessThan(1e-5);
+  });
+});
+
+function sdpaReference(q: MxArray, k: MxArray, v: MxArray, scale: number, keep: MxArray | null): MxArray {
+  const group = q.dim(1) / k.dim(1);
+  const expand = (t: MxArray) =>
+    group === 1 ? t : mx.take(t, mx.int32(Array.from({ length: q.dim(1) }, (_, h) => Math.floor(h / group))), 1);
+  let scores = mx.multiply(mx.matmul(q, mx.transpose(expand(k), [0, 1, 3, 2])), scale);
+  if (keep) scores = mx.where(keep, scores, Number.NEGATIVE_INFINITY);
+  return mx.matmul(mx.softmax(scores, -1), expand(v));
+}
+
+describe("CPU attention", () => {
+  const rand = (shape: number[], seed: number) => mx.randomNormal(shape, mx.Dtype.float32, 0, 1, mx.randomKey(seed));
+
+  test("decode, grouped-query heads, no mask", () => {
+    const err = mx.tidy(() => {
+      const q = rand([2, 8, 1, 64], 1);
+      const k = rand([2, 2, 37, 64], 2);
+      const v = rand([2, 2, 37, 64], 3);
+      return maxRelDiff(mx.sdpa(q, k, v, 0.125, null), sdpaReference(q, k, v, 0.125, null));
+    });
+    expect(err).toBeLessThan(1e-5);
+  });
+
+  test("prefill with a causal mask aligned bottom-right (cached keys before the queries)", () => {
+    const err = mx.tidy(() => {
+      const q = rand([1, 4, 6, 32], 4);
+      const k = rand([1, 4, 10, 32], 5);
+      const v = rand([1, 4, 10, 32], 6);
+      const cols = mx.reshape(mx.arange(0, 10), [1, 1, 1, 10]);
+      const rows = mx.reshape(mx.arange(4, 10), [1, 1, 6, 1]);
+      return maxRelDiff(mx.sdpa(q, k, v, 0.2, "causal"), sdpaReference(q, k, v, 0.2, mx.lessEqual(cols, rows)));
+    });
+    expect(err).toBeLessThan(1e-5);
+  });
+
+  test("a left-padded batch with a boolean keep-mask, strided keys from a cache buffer", () => {
+    const err = mx.tidy(() => {
+      // q strided (a transposed view): [B 2, Hq 6, L 3, D 16]; 3 key heads (grouped-query).
+      const q = mx.transpose(rand([2, 3, 6, 16], 7), [0, 2, 1, 3]);
+      const buffer = rand([2, 3, 32, 16], 8);
+      const k = mx.sliceAxis(buffer, 2, 0, 12);
+      const v = mx.sliceAxis(rand([2, 3, 32, 16], 9), 2, 0, 12);
+      const cols = mx.reshape(mx.arange(0, 12), [1, 1, 1, 12]);
+      const pads = mx.reshape(mx.int32([0, 5]), [2, 1, 1, 1]);
+      const keep = mx.logicalAnd(
+        mx.greaterEqual(cols, pads),
+        mx.lessEqual(cols, mx.reshape(mx.arange(9, 12), [1, 1, 3, 1])),
+      );
+      return maxRelDiff(mx.sdpa(q, k, v, 0.25, keep), sdpaReference(q, k, v, 0.25, keep));
+    });
+    expect(err).toBeLessThan(1e-5);
+  });
+});
