@@ -130,17 +130,21 @@ function build(config: ModelConfig, arrays: Map<string, MxArray>, source: string
   }
 }
 
-export function loadFolder(dir: string, options: LoadOptions = {}): LoadedModel {
+/** A folder's config.json (with generation_config.json's stop ids), normalized. */
+function folderConfig(dir: string): ModelConfig {
   const configPath = join(dir, "config.json");
   if (!existsSync(configPath)) throw new ModelLoadError(`${dir} has no config.json`);
   const genPath = join(dir, "generation_config.json");
-  let config: ModelConfig;
   try {
-    config = configFromHf(readJson(configPath), existsSync(genPath) ? readJson(genPath) : null);
+    return configFromHf(readJson(configPath), existsSync(genPath) ? readJson(genPath) : null);
   } catch (e) {
     if (e instanceof ModelLoadError) throw e;
     throw new ModelLoadError(`${configPath}: ${(e as Error).message}`);
   }
+}
+
+export function loadFolder(dir: string, options: LoadOptions = {}): LoadedModel {
+  const config = folderConfig(dir);
   const arrays = loadTensors(safetensorsFiles(dir));
   const weightBytes = totalBytes(arrays);
   const model = build(config, arrays, dir, options);
@@ -279,16 +283,7 @@ export function loadGgufModel(path: string, options: LoadOptions = {}): LoadedMo
 export function readModelConfig(path: string): { config: ModelConfig; weightBytes: number } {
   if (!existsSync(path)) throw new ModelLoadError(`no model at ${path}`);
   if (statSync(path).isDirectory()) {
-    const configPath = join(path, "config.json");
-    if (!existsSync(configPath)) throw new ModelLoadError(`${path} has no config.json`);
-    const genPath = join(path, "generation_config.json");
-    let config: ModelConfig;
-    try {
-      config = configFromHf(readJson(configPath), existsSync(genPath) ? readJson(genPath) : null);
-    } catch (e) {
-      if (e instanceof ModelLoadError) throw e;
-      throw new ModelLoadError(`${configPath}: ${(e as Error).message}`);
-    }
+    const config = folderConfig(path);
     const weightBytes = safetensorsFiles(path).reduce((n, f) => n + statSync(f).size, 0);
     return { config, weightBytes };
   }
