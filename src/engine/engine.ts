@@ -7,9 +7,18 @@ import * as mx from "../mlx";
 import type { ModelConfig } from "../models/config";
 import { type LoadedModel, loadModel, readModelConfig } from "../models/loader";
 import { denseCopyBytes } from "../models/weights";
+import { type ConstraintSpec, JsonConstraintFactory } from "../text/json-constraint";
+import { tokenByteTable } from "../text/token-bytes";
+import { loadTokenizer } from "../text/tokenizer";
 import type { EngineConfig, EngineInfo, EngineStats } from "./protocol";
 import { defaultPrefillChunk } from "./generate";
-import { type EngineEvent, type EngineRequest, Scheduler, type SchedulerOptions } from "./scheduler";
+import {
+  type EngineEvent,
+  type EngineRequest,
+  Scheduler,
+  type SchedulerOptions,
+  type TokenConstraint,
+} from "./scheduler";
 
 const GiB = 1024 ** 3;
 
@@ -82,6 +91,8 @@ export class Engine {
   readonly scheduler: Scheduler;
   readonly info: EngineInfo;
   #wake: (() => void) | null = null;
+  /** Built when the first constrained request arrives: most servers never need the tokenizer here. */
+  #constraints: JsonConstraintFactory | null = null;
   #running = false;
   #stopped = false;
 
@@ -112,7 +123,9 @@ export class Engine {
     const options = schedulerOptions(config, plan, device);
     const fault = config.faultTokenId ?? null;
     if (fault !== null) this.#installFault(fault);
-    this.scheduler = new Scheduler(this.loaded.model, options, emit);
+    this.scheduler = new Scheduler(this.loaded.model, options, emit, (spec, endIds) =>
+      this.#constraint(config.model, spec, endIds),
+    );
     this.info = {
       modelPath: config.model,
       modelName: basename(config.model).replace(/\.gguf$/i, ""),
@@ -129,6 +142,11 @@ export class Engine {
       loadMs: performance.now() - started,
       pid: process.pid,
     };
+  }
+
+  #constraint(modelPath: string, spec: ConstraintSpec, endIds: readonly number[]): TokenConstraint {
+    this.#constraints ??= new JsonConstraintFactory(tokenByteTable(loadTokenizer(modelPath)));
+    return this.#constraints.create(spec, endIds);
   }
 
   /** Test hook: a prompt containing `token` makes the forward pass throw, as an MLX failure would. */

@@ -3,6 +3,7 @@
 // produced a token in it. No MLX here: both sides import this file.
 import type { EngineEvent, EngineRequest, SchedulerStats } from "./scheduler";
 
+export type { ConstraintSpec } from "../text/json-constraint";
 export type { EngineEvent, EngineRequest, FinishReason, TokenOut } from "./scheduler";
 
 /** How the engine process is configured (serialized into its command line). */

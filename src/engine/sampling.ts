@@ -3,9 +3,9 @@
 // pipelining): penalties use on-device token counts, seeds use explicit keys.
 //
 // Order (as llama.cpp and vLLM): logit bias → repetition, presence and
-// frequency penalties → greedy, or temperature → top-k → top-p → min-p →
-// categorical draw. Log-probabilities are those of the model's own
-// distribution (raw logits), as OpenAI reports them.
+// frequency penalties → constraint mask (constrained decoding) → greedy, or
+// temperature → top-k → top-p → min-p → categorical draw. Log-probabilities
+// are those of the model's own distribution (raw logits), as OpenAI reports them.
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 
@@ -119,8 +119,11 @@ export class SequenceSampler {
     return this.#bias;
   }
 
-  /** Samples from logits [V] (float32) and records the token for the penalties. */
-  sample(rawLogits: MxArray): SampledStep {
+  /**
+   * Samples from logits [V] (float32) and records the token for the penalties.
+   * `allowed` (bool [V]), when given, rules out every other token (constrained decoding).
+   */
+  sample(rawLogits: MxArray, allowed: MxArray | null = null): SampledStep {
     const p = this.params;
     const logits0 = mx.reshape(rawLogits, [this.vocabSize]);
     let logits = logits0;
@@ -141,6 +144,8 @@ export class SequenceSampler {
         mx.add(mx.multiply(present, p.presencePenalty), mx.multiply(this.#counts, p.frequencyPenalty)),
       );
     }
+    // After the penalties, which could lift a ruled-out token back (repetition divides by a factor).
+    if (allowed) logits = mx.where(allowed, logits, NEG_INF);
     const token = mx.reshape(p.temperature > 0 ? this.#draw(logits) : mx.argmax(logits, -1), [1]);
     const tokenI32 = mx.astype(token, mx.Dtype.int32);
     this.#record(tokenI32);

@@ -11,9 +11,15 @@
 //   3. decode: queue step n+1 for the whole batch (async_eval), then read step
 //      n's tokens and emit them as one event; rows that finished leave;
 //   4. run one prefill chunk; a finished prefill joins the batch.
+//
+// Constrained decoding (response_format): a constrained row's next mask
+// depends on the token just sampled, so while any such row runs, step n's
+// tokens are read before step n+1 is built (no pipelining for that batch);
+// without one, the path is unchanged.
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { LanguageModel } from "../models/types";
+import type { ConstraintSpec } from "../text/json-constraint";
 import { cacheFor } from "./generate";
 import { KVCache } from "./kv-cache";
 import { disposeState, PrefixCache, type PrefixCacheStats } from "./prefix-cache";
@@ -25,7 +31,24 @@ export interface EngineRequest {
   maxTokens: number;
   sampling: SamplingParams;
   stopTokenIds: number[];
+  /** Constrained decoding: only tokens that keep the output valid; once complete, only a stop token. */
+  constraint?: ConstraintSpec;
 }
+
+/** One sequence's constrained decoding state (src/text/json-constraint.ts). */
+export interface TokenConstraint {
+  /** Advances by a generated token; false if the token was not allowed. */
+  accept(token: number): boolean;
+  /** Marks the allowed next tokens with 1 in `out` (zeroed); returns how many. */
+  allowed(out: Uint8Array): number;
+  /** Complete, and nothing but the end may follow. */
+  readonly done: boolean;
+  /** Complete (it may still go on, e.g. a top-level number). */
+  readonly complete: boolean;
+}
+
+/** Builds a request's constraint; `endIds` are its stop tokens. Throws a SchemaError (→ 400) for a bad spec. */
+export type ConstraintFactory = (spec: ConstraintSpec, endIds: readonly number[]) => TokenConstraint;
 
 export type FinishReason = "stop" | "length" | "cancelled" | "error";
 
@@ -75,6 +98,9 @@ export interface SchedulerStats {
 interface Sequence {
   request: EngineRequest;
   sampler: SequenceSampler;
+  constraint: TokenConstraint | null;
+  /** The constraint's mask for the next token (model vocabulary long), reused every step. */
+  mask: Uint8Array | null;
   /** Prompt plus every token read so far (a final stop token included). */
   tokens: number[];
   generated: number;
@@ -183,6 +209,11 @@ interface RowStep {
   topLogprobs: MxArray | null;
 }
 
+/** A constraint's host mask as a device bool array (within a tidy scope). */
+function maskArray(mask: Uint8Array | null): MxArray | null {
+  return mask ? mx.fromData(mask, [mask.length], mx.Dtype.bool) : null;
+}
+
 function rowStepFromSampled(step: SampledStep): RowStep {
   const batch = new BatchStep(step.token, step.logprob).retain();
   return {
@@ -221,11 +252,18 @@ export class Scheduler {
   #tokensOut: TokenOut[] = [];
   #finishedOut: EngineEvent[] = [];
   readonly #bytesPerToken: number;
+  readonly #constrain: ConstraintFactory | null;
 
-  constructor(model: LanguageModel, options: SchedulerOptions, emit: (event: EngineEvent) => void) {
+  constructor(
+    model: LanguageModel,
+    options: SchedulerOptions,
+    emit: (event: EngineEvent) => void,
+    constrain: ConstraintFactory | null = null,
+  ) {
     this.model = model;
     this.options = options;
     this.#emit = emit;
+    this.#constrain = constrain;
     this.prefixCache = new PrefixCache(options.prefixCacheBytes);
     const c = model.config;
     this.#bytesPerToken = c.numLayers * 2 * c.numKvHeads * c.headDim * mx.dtypeBytes(model.dtype);
@@ -262,9 +300,23 @@ export class Scheduler {
         `the request needs ${request.prompt.length + maxTokens} tokens of KV cache, more than the memory budget allows (${Math.floor(o.kvBudgetBytes / this.#bytesPerToken)})`,
       );
     }
+    let constraint: TokenConstraint | null = null;
+    if (request.constraint) {
+      if (!this.#constrain) return reject(400, "constrained decoding (response_format) is not available");
+      try {
+        const endIds = request.stopTokenIds.filter((t) => Number.isInteger(t) && t >= 0 && t < vocab);
+        constraint = this.#constrain(request.constraint, endIds);
+      } catch (e) {
+        // A bad schema is the client's; anything else (the tokenizer failed to load) is ours.
+        const bad = (e as Error).name === "SchemaError";
+        return reject(bad ? 400 : 500, `response_format: ${(e as Error).message}`);
+      }
+    }
     this.#waiting.push({
       request: { ...request, maxTokens },
       sampler: new SequenceSampler(request.sampling, vocab, request.prompt),
+      constraint,
+      mask: constraint ? new Uint8Array(vocab) : null,
       tokens: [...request.prompt],
       generated: 0,
       step: null,
@@ -481,7 +533,32 @@ export class Scheduler {
     }
     s.generated++;
     this.#tokensOut.push({ id: s.request.id, ...v });
+    if (s.constraint) {
+      if (!s.constraint.accept(v.token)) {
+        this.#finish(s, "error", `constrained decoding: token ${v.token} is not allowed here`);
+        return;
+      }
+      // Only a stop token may follow: end now rather than spend a step on it.
+      if (s.constraint.done) {
+        this.#finish(s, "stop");
+        return;
+      }
+    }
     if (s.generated >= s.request.maxTokens || s.tokens.length >= this.options.contextLength) this.#finish(s, "length");
+  }
+
+  /**
+   * The constraint's mask for a row's next token (null: unconstrained). A row
+   * with no token allowed ends here: "stop" when its value is complete (a
+   * grammar with no stop token), else "error" (a schema nothing satisfies).
+   */
+  #nextMask(s: Sequence): Uint8Array | null {
+    if (!s.constraint || !s.mask || s.finished !== null) return null;
+    s.mask.fill(0);
+    if (s.constraint.allowed(s.mask) > 0) return s.mask;
+    if (s.constraint.complete) this.#finish(s, "stop");
+    else this.#finish(s, "error", "constrained decoding: no token can continue the response format");
+    return null;
   }
 
   #decode(): void {
@@ -507,9 +584,19 @@ export class Scheduler {
     const rows = this.#rows;
     const batch = this.#batch;
     if (rows.length > 0 && batch) {
+      let masks: Array<Uint8Array | null> | null = null;
+      if (rows.some((s) => s.constraint && s.finished === null)) {
+        // The masks need the tokens of the step in flight: read it now (a sync).
+        for (const s of rows) this.#read(s);
+        masks = rows.map((s) => this.#nextMask(s));
+        if (rows.every((s) => s.finished !== null)) {
+          this.#compact();
+          return;
+        }
+      }
       const previous = rows.map((s) => s.step as RowStep);
       const next = mx.tidy(() =>
-        this.#sampleBatch(rows, this.model.forward(nextInput(previous), batch, { logits: "last" })),
+        this.#sampleBatch(rows, this.model.forward(nextInput(previous), batch, { logits: "last" }), masks),
       );
       mx.asyncEval(...next.flatMap(rowStepArrays));
       for (const s of rows) this.#read(s);
@@ -528,20 +615,23 @@ export class Scheduler {
    * into one [B, V] addition), their own sampler for the others, and
    * log-probabilities for all rows at once when any asked.
    */
-  #sampleBatch(rows: Sequence[], logits: MxArray): RowStep[] {
+  #sampleBatch(rows: Sequence[], logits: MxArray, masks: Array<Uint8Array | null> | null = null): RowStep[] {
     const B = rows.length;
     const flat = mx.reshape(logits, [B, -1]);
     let greedyInput = flat;
     // Finished rows waiting for compaction take the plain greedy path; their output is ignored.
     const live = (s: Sequence) => s.finished === null;
-    const bias = (s: Sequence) => (live(s) && s.sampler.batchableGreedy ? s.sampler.biasVector : null);
-    if (rows.some((s) => bias(s) !== null)) {
+    // A constrained row samples on its own, its mask applied.
+    const masked = (i: number) => (live(rows[i] as Sequence) ? (masks?.[i] ?? null) : null);
+    const own = (s: Sequence, i: number) => live(s) && (!s.sampler.batchableGreedy || masked(i) !== null);
+    const bias = (s: Sequence, i: number) => (live(s) && !own(s, i) ? s.sampler.biasVector : null);
+    if (rows.some((s, i) => bias(s, i) !== null)) {
       const zero = mx.zeros([flat.dim(1)]);
-      greedyInput = mx.add(flat, mx.stack(rows.map((s) => bias(s) ?? zero)));
+      greedyInput = mx.add(flat, mx.stack(rows.map((s, i) => bias(s, i) ?? zero)));
     }
     const greedy = mx.astype(mx.argmax(greedyInput, -1), mx.Dtype.int32);
     const custom = rows.map((s, i) =>
-      !live(s) || s.sampler.batchableGreedy ? null : s.sampler.sample(mx.sliceAxis(flat, 0, i, i + 1)),
+      own(s, i) ? s.sampler.sample(mx.sliceAxis(flat, 0, i, i + 1), maskArray(masked(i))) : null,
     );
     const tokens = custom.every((c) => c === null)
       ? greedy
@@ -648,9 +738,12 @@ export class Scheduler {
       group.done = end;
       return;
     }
+    const masks = group.jobs.map((j) => this.#nextMask(j.seq));
     const steps = mx.tidy(() => {
       const logits = this.model.forward(input(), cache, { logits: "last", ropeLengths });
-      return group.jobs.map((j, i) => rowStepFromSampled(j.seq.sampler.sample(mx.sliceAxis(logits, 0, i, i + 1))));
+      return group.jobs.map((j, i) =>
+        rowStepFromSampled(j.seq.sampler.sample(mx.sliceAxis(logits, 0, i, i + 1), maskArray(masks[i] ?? null))),
+      );
     });
     mx.asyncEval(...steps.flatMap(rowStepArrays));
     this.#group = null;

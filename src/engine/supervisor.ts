@@ -12,6 +12,7 @@ import type {
   FromEngine,
   ToEngine,
 } from "./protocol";
+import type { ConstraintSpec } from "../text/json-constraint";
 import type { SamplingParams } from "./sampling";
 
 export type StreamEvent =
@@ -25,6 +26,8 @@ export interface GenerateInput {
   maxTokens: number;
   sampling: SamplingParams;
   stopTokenIds: number[];
+  /** Constrained decoding (response_format); the engine loads the tokenizer the first time. */
+  constraint?: ConstraintSpec;
 }
 
 /** One request's events, in order; ends after "finished" or "error". */

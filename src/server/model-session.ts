@@ -4,14 +4,16 @@
 // (OpenAI, Anthropic, WebSocket) uses: detokenizing, stop strings, usage.
 import { basename } from "node:path";
 import type { SamplingParams } from "../engine/sampling";
+import type { ConstraintSpec } from "../text/json-constraint";
 import type { EngineSupervisor, StreamEvent } from "../engine/supervisor";
 import {
   applyChatTemplate,
   type ChatMessage,
   ChatTemplateError,
+  loadTokenizer,
   StopMatcher,
   StreamingDetokenizer,
-  Tokenizer,
+  type Tokenizer,
 } from "../text";
 import { ApiError, apiErrorFromStatus, badRequest } from "./errors";
 import type { ServerMetrics } from "./metrics";
@@ -55,8 +57,24 @@ export interface TextRequest {
   keepSpecialTokens?: boolean;
   /** Emit a "waiting" event at this interval until the first token (SSE keep-alives). */
   keepAliveMs?: number;
-  /** Requested output format. Not enforced yet (no constrained decoding): carried for the engine to use. */
-  responseFormat?: { type: "json_object" } | { type: "json_schema"; schema: unknown };
+  /**
+   * Output format, enforced by constrained decoding in the engine: json_object
+   * guarantees a JSON object, json_schema JSON that follows the schema (a
+   * subset of JSON Schema: src/text/json-schema-grammar.ts). Generation that
+   * reaches max_tokens first ends with "length" and a valid prefix.
+   */
+  responseFormat?: ResponseFormat;
+  /** Text of the answer already in the prompt (a continued message): the format applies from its start. */
+  answerPrefix?: string;
+}
+
+export type ResponseFormat = { type: "json_object" } | { type: "json_schema"; schema: unknown };
+
+/** The engine's constraint for a response format. */
+export function constraintFor(format: ResponseFormat, answerPrefix = ""): ConstraintSpec {
+  const spec: ConstraintSpec =
+    format.type === "json_object" ? { kind: "json" } : { kind: "json_schema", schema: format.schema };
+  return answerPrefix ? { ...spec, prefix: answerPrefix } : spec;
 }
 
 export class ModelSession {
@@ -75,9 +93,7 @@ export class ModelSession {
 
   /** Tokenizer for a model folder or GGUF file. */
   static loadTokenizer(modelPath: string): Tokenizer {
-    return modelPath.toLowerCase().endsWith(".gguf")
-      ? Tokenizer.fromGguf(modelPath)
-      : Tokenizer.fromHfFolder(modelPath);
+    return loadTokenizer(modelPath);
   }
 
   static defaultModelId(modelPath: string): string {
@@ -145,7 +161,13 @@ export class ModelSession {
     const maxTokens = this.clampMaxTokens(req.prompt.length, req.maxTokens);
     const stopIds = [...new Set([...this.tokenizer.eosIds, ...(req.stopTokenIds ?? [])])];
     const stream = this.engine.generate(
-      { prompt: req.prompt, maxTokens, sampling: req.sampling, stopTokenIds: stopIds },
+      {
+        prompt: req.prompt,
+        maxTokens,
+        sampling: req.sampling,
+        stopTokenIds: stopIds,
+        constraint: req.responseFormat ? constraintFor(req.responseFormat, req.answerPrefix) : undefined,
+      },
       req.signal,
     );
     const detok = new StreamingDetokenizer(this.tokenizer, {

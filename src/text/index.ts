@@ -4,5 +4,6 @@ export * from "./chat-template.ts";
 export * from "./detokenizer.ts";
 export * from "./gguf-tokenizer.ts";
 export * from "./stop.ts";
+export * from "./token-bytes.ts";
 export * from "./tokenizer.ts";
 export * from "./tokenizer-json.ts";

@@ -123,6 +123,8 @@ export class Tokenizer {
   readonly eosIds: ReadonlySet<number>;
   /** Ids of special tokens: added tokens marked special, bos/eos/unk/pad, additional_special_tokens. */
   readonly specialIds: ReadonlySet<number>;
+  /** Ids of added tokens (special or not): decode writes their content as is, not through the model's decoder. */
+  readonly addedIds: ReadonlySet<number>;
   /** Number of token ids the tokenizer knows (the model's embedding may have more rows). */
   readonly vocabSize: number;
   /** Whether encode() with addSpecialTokens puts BOS first. */
@@ -172,7 +174,12 @@ export class Tokenizer {
     }
 
     const specialIds = new Set<number>();
-    for (const [id, token] of this.hf.get_added_tokens_decoder()) if (token.special) specialIds.add(id);
+    const addedIds = new Set<number>();
+    for (const [id, token] of this.hf.get_added_tokens_decoder()) {
+      addedIds.add(id);
+      if (token.special) specialIds.add(id);
+    }
+    this.addedIds = addedIds;
     for (const id of [parts.bosId, parts.eosId, parts.unkId, parts.padId, ...(parts.extraSpecialIds ?? [])]) {
       if (id !== undefined) specialIds.add(id);
     }
@@ -350,4 +357,9 @@ export class Tokenizer {
   isEos(id: number): boolean {
     return this.eosIds.has(id);
   }
+}
+
+/** The tokenizer of a model folder (tokenizer.json) or a GGUF file (its metadata). */
+export function loadTokenizer(modelPath: string): Tokenizer {
+  return modelPath.toLowerCase().endsWith(".gguf") ? Tokenizer.fromGguf(modelPath) : Tokenizer.fromHfFolder(modelPath);
 }

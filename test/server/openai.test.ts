@@ -269,7 +269,7 @@ describe("chat completions", () => {
     expect(penalized).not.toBe(plain);
   });
 
-  test("response_format json_object and json_schema are accepted (instructions only: no constrained decoding yet)", async () => {
+  test("response_format json_object and json_schema add the JSON instruction and travel as the constraint", async () => {
     const body: ChatCompletionBody = {
       messages: ask("Give me a person"),
       response_format: {

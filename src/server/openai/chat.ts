@@ -74,7 +74,8 @@ export async function chatCompletions(ctx: AppContext, rawBody: unknown, request
     stop: plan.stop,
     signal: request.signal,
     keepAliveMs: stream ? ctx.options.keepAliveMs : undefined,
-    responseFormat: plan.responseFormat,
+    responseFormat: plan.enforcedFormat,
+    answerPrefix: plan.answerPrefix,
   });
   const meta = { id: responseId("chatcmpl"), created: unixSeconds(), model };
   if (stream) {

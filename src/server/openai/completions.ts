@@ -26,6 +26,7 @@ export async function completions(ctx: AppContext, rawBody: unknown, request: Re
     stop: plan.stop,
     signal: request.signal,
     keepAliveMs: stream ? ctx.options.keepAliveMs : undefined,
+    responseFormat: plan.responseFormat,
   });
   const meta = { id: responseId("cmpl"), created: unixSeconds(), model };
   if (stream)

@@ -4,8 +4,9 @@
 // the WebSocket protocol.
 import { samplingParams, type SamplingParams } from "../../engine/sampling";
 import { applyChatTemplate, type ChatMessage } from "../../text";
+import { grammarFor, isValidPrefix, SchemaError } from "../../text/json-constraint";
 import { badRequest } from "../errors";
-import type { ModelSession, TextRequest } from "../model-session";
+import { constraintFor, type ModelSession, type ResponseFormat, type TextRequest } from "../model-session";
 import {
   renderToolCalls,
   renderToolResult,
@@ -52,7 +53,13 @@ export interface ChatPlan extends GenerationPlan {
    * parser reads it first; it is not sent back as content.
    */
   answerPrefix: string;
+  /** The requested format (its instruction is in the prompt). */
   responseFormat: TextRequest["responseFormat"];
+  /**
+   * The format the engine enforces: the requested one, except with tools in
+   * play, where forcing JSON would rule out tool calls (instruction only then).
+   */
+  enforcedFormat: TextRequest["responseFormat"];
 }
 
 /** OpenAI's default temperature (1) unless the caller picks another default. */
@@ -200,6 +207,33 @@ function toolChoice(body: ChatCompletionBody, names: string[]): ToolChoice {
   return { type: "tool", name };
 }
 
+/** The request's response_format as ours (null for text), checked: a malformed schema is a 400. */
+function responseFormatOf(
+  rf: ChatCompletionBody["response_format"],
+  param = "response_format",
+): ResponseFormat | undefined {
+  let format: ResponseFormat | undefined;
+  if (rf?.type === "json_object") format = { type: "json_object" };
+  else if (rf?.type === "json_schema") format = { type: "json_schema", schema: rf.json_schema.schema ?? null };
+  if (format) grammarOf(format, "", `${param}${format.type === "json_schema" ? ".json_schema.schema" : ""}`);
+  return format;
+}
+
+function grammarOf(format: ResponseFormat, answerPrefix: string, param: string) {
+  try {
+    const grammar = grammarFor(constraintFor(format));
+    if (answerPrefix && !isValidPrefix(grammar, answerPrefix))
+      throw badRequest(
+        "continue_final_message: the assistant message is not a valid start of the response_format's JSON",
+        "continue_final_message",
+      );
+    return grammar;
+  } catch (e) {
+    if (e instanceof SchemaError) throw badRequest(`${param}: ${e.message}`, param);
+    throw e;
+  }
+}
+
 function jsonInstruction(format: NonNullable<TextRequest["responseFormat"]>): string {
   const base = "Answer with one valid JSON value and nothing else: no prose before or after it, no code fences.";
   if (format.type === "json_object") return base.replace("JSON value", "JSON object");
@@ -220,10 +254,7 @@ export function chatPlan(session: ModelSession, body: ChatCompletionBody): ChatP
   const useTools = tools.length > 0 && choice.type !== "none";
   const nativeTools = useTools && templateSupportsTools(session.tokenizer.chatTemplate);
 
-  let responseFormat: ChatPlan["responseFormat"];
-  const rf = body.response_format;
-  if (rf?.type === "json_object") responseFormat = { type: "json_object" };
-  else if (rf?.type === "json_schema") responseFormat = { type: "json_schema", schema: rf.json_schema.schema ?? null };
+  const responseFormat = responseFormatOf(body.response_format);
 
   let history = body.messages;
   let answerPrefix = "";
@@ -252,6 +283,9 @@ export function chatPlan(session: ModelSession, body: ChatCompletionBody): ChatP
     answerPrefix = `${TOOL_CALL_OPEN}\n{"name": "`;
   }
 
+  const enforcedFormat = useTools ? undefined : responseFormat;
+  if (enforcedFormat && answerPrefix) grammarOf(enforcedFormat, answerPrefix, "response_format");
+
   const messages = renderMessages(history, nativeTools);
   const instructions: string[] = [];
   if (useTools && !nativeTools) instructions.push(toolInstructions(toolSpecs(tools), choice));
@@ -274,6 +308,7 @@ export function chatPlan(session: ModelSession, body: ChatCompletionBody): ChatP
     toolNames: useTools ? names : null,
     answerPrefix,
     responseFormat,
+    enforcedFormat,
   };
 }
 
@@ -360,6 +395,8 @@ export interface CompletionPlan extends GenerationPlan {
   echo: boolean;
   /** Legacy logprobs: alternatives per token (null: none). */
   logprobs: number | null;
+  /** Extension (as vLLM): output constrained to JSON; no instruction is added to a raw prompt. */
+  responseFormat: TextRequest["responseFormat"];
 }
 
 export function completionPlan(session: ModelSession, body: CompletionBody): CompletionPlan {
@@ -403,5 +440,6 @@ export function completionPlan(session: ModelSession, body: CompletionBody): Com
     stop: stopStrings(body.stop),
     echo: body.echo === true,
     logprobs,
+    responseFormat: responseFormatOf(body.response_format),
   };
 }

@@ -1,6 +1,6 @@
 // Pieces of OpenAI responses: ids, usage, finish reasons and log-probabilities
 // (token text and raw bytes, as OpenAI reports them).
-import type { Tokenizer } from "../../text";
+import { tokenBytes as rawTokenBytes, type Tokenizer } from "../../text";
 import type { TokenLogprob, Usage } from "../model-session";
 
 export function responseId(prefix: "chatcmpl" | "cmpl"): string {
@@ -37,65 +37,16 @@ export function finishReason(
 
 // ---- token bytes ----
 
-type PieceStyle = "byte-level" | "sentencepiece" | "plain";
-const styles = new WeakMap<Tokenizer, PieceStyle>();
-
-/** How the vocabulary writes bytes: GPT-2 byte-level ("Ġ" for a space), SentencePiece ("▁", <0xNN>), or plain text. */
-function pieceStyle(tokenizer: Tokenizer): PieceStyle {
-  let style = styles.get(tokenizer);
-  if (!style) {
-    const pieces = tokenizer.encode(" a b", { addSpecialTokens: false }).map((id) => tokenizer.idToToken(id) ?? "");
-    style = pieces.some((p) => p.includes("\u2581"))
-      ? "sentencepiece"
-      : pieces.some((p) => p.includes("\u0120"))
-        ? "byte-level"
-        : "plain";
-    styles.set(tokenizer, style);
-  }
-  return style;
-}
-
-/** GPT-2's byte → printable character table, inverted. */
-const byteLevelDecoder: Map<string, number> = (() => {
-  const printable = (b: number) => (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
-  const map = new Map<string, number>();
-  let extra = 0;
-  for (let b = 0; b < 256; b++) {
-    const code = printable(b) ? b : 256 + extra++;
-    map.set(String.fromCodePoint(code), b);
-  }
-  return map;
-})();
-
-const utf8 = new TextEncoder();
 const utf8Lenient = new TextDecoder("utf-8", { fatal: false });
 
 /** The raw bytes one token stands for. */
 export function tokenBytes(tokenizer: Tokenizer, id: number): number[] {
-  const piece = tokenizer.idToToken(id);
-  if (piece === undefined) return [];
-  if (tokenizer.isSpecial(id)) return [...utf8.encode(piece)];
-  const style = pieceStyle(tokenizer);
-  if (style === "byte-level") {
-    const bytes: number[] = [];
-    for (const ch of piece) {
-      const b = byteLevelDecoder.get(ch);
-      if (b === undefined) return [...utf8.encode(piece)];
-      bytes.push(b);
-    }
-    return bytes;
-  }
-  if (style === "sentencepiece") {
-    const byte = /^<0x([0-9A-Fa-f]{2})>$/.exec(piece);
-    if (byte) return [Number.parseInt(byte[1] as string, 16)];
-    return [...utf8.encode(piece.replaceAll("\u2581", " "))];
-  }
-  return [...utf8.encode(piece)];
+  return [...rawTokenBytes(tokenizer, id)];
 }
 
 /** A token's text as OpenAI shows it: its bytes as UTF-8 (a partial character shows as U+FFFD). */
 export function tokenString(tokenizer: Tokenizer, id: number): string {
-  return utf8Lenient.decode(new Uint8Array(tokenBytes(tokenizer, id)));
+  return utf8Lenient.decode(rawTokenBytes(tokenizer, id));
 }
 
 /** JSON has no -Infinity; a token the model rules out gets a very low finite value. */

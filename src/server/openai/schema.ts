@@ -121,6 +121,8 @@ export const CompletionRequest = T.Object({
   logprobs: nullable(T.Integer({ minimum: 0, maximum: 20 })),
   echo: nullable(T.Boolean()),
   suffix: nullable(T.String()),
+  /** Extension (as vLLM): constrained JSON output for raw completions too. */
+  response_format: nullable(ResponseFormatSchema),
   user: nullable(T.String()),
 });
 export type CompletionBody = Static<typeof CompletionRequest>;
