@@ -5,7 +5,15 @@ import { ApiError } from "../errors";
 import type { TextEvent, TokenLogprob } from "../model-session";
 import { type ToolCall, ToolCallParser } from "../tools";
 import { type ChatPlan, chatPlan } from "./convert";
-import { chatLogprobs, finishReason, responseId, unixSeconds, usageBody } from "./format";
+import {
+  chatLogprobs,
+  finishReason,
+  type ResponseMeta,
+  responseId,
+  streamChunk,
+  unixSeconds,
+  usageBody,
+} from "./format";
 import { ChatCompletionRequest } from "./schema";
 import { type SseItem, sseError, sseResponse, startGeneration, streamFailure } from "./stream";
 import { requireObject, validate } from "./validate";
@@ -84,11 +92,7 @@ export async function chatCompletions(ctx: AppContext, rawBody: unknown, request
   return await chatResult(ctx, events, plan, meta);
 }
 
-interface Meta {
-  id: string;
-  created: number;
-  model: string;
-}
+type Meta = ResponseMeta;
 
 async function chatResult(ctx: AppContext, events: AsyncGenerator<TextEvent>, plan: ChatPlan, meta: Meta) {
   const reader = new AnswerReader(plan.toolNames, plan.answerPrefix);
@@ -153,17 +157,12 @@ async function* chatChunks(
       logprobs = { content: chatLogprobs(tokenizer, pendingLogprobs), refusal: null };
       pendingLogprobs = [];
     }
-    return {
-      data: {
-        id: meta.id,
-        object: "chat.completion.chunk",
-        created: meta.created,
-        model: meta.model,
-        system_fingerprint: null,
-        choices: [{ index: 0, delta, logprobs, finish_reason: finish }],
-        ...(includeUsage ? { usage: null } : {}),
-      },
-    };
+    return streamChunk(
+      meta,
+      "chat.completion.chunk",
+      [{ index: 0, delta, logprobs, finish_reason: finish }],
+      includeUsage ? null : undefined,
+    );
   };
   function* emit(pieces: AnswerPiece[]): Generator<SseItem> {
     for (const p of pieces) {
@@ -183,19 +182,7 @@ async function* chatChunks(
         yield* emit(reader.finish());
         if (e.reason === "cancelled") return;
         yield chunk({}, finishReason(e.reason, reader.madeCalls));
-        if (includeUsage) {
-          yield {
-            data: {
-              id: meta.id,
-              object: "chat.completion.chunk",
-              created: meta.created,
-              model: meta.model,
-              system_fingerprint: null,
-              choices: [],
-              usage: usageBody(e.usage),
-            },
-          };
-        }
+        if (includeUsage) yield streamChunk(meta, "chat.completion.chunk", [], usageBody(e.usage));
         yield { done: true };
         return;
       }

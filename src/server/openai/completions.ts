@@ -3,16 +3,20 @@ import type { AppContext } from "../app";
 import { ApiError } from "../errors";
 import type { TextEvent, TokenLogprob } from "../model-session";
 import { type CompletionPlan, completionPlan } from "./convert";
-import { finishReason, legacyLogprobs, responseId, unixSeconds, usageBody } from "./format";
+import {
+  finishReason,
+  legacyLogprobs,
+  type ResponseMeta,
+  responseId,
+  streamChunk,
+  unixSeconds,
+  usageBody,
+} from "./format";
 import { CompletionRequest } from "./schema";
 import { type SseItem, sseError, sseResponse, startGeneration, streamFailure } from "./stream";
 import { requireObject, validate } from "./validate";
 
-interface Meta {
-  id: string;
-  created: number;
-  model: string;
-}
+type Meta = ResponseMeta;
 
 export async function completions(ctx: AppContext, rawBody: unknown, request: Request): Promise<Response | object> {
   const body = validate(CompletionRequest, requireObject(rawBody));
@@ -75,17 +79,12 @@ async function* completionChunks(
   const chunk = (text: string, entries: TokenLogprob[], finish: string | null): SseItem => {
     const logprobs = plan.logprobs === null ? null : legacyLogprobs(tokenizer, entries, offset);
     offset += text.length;
-    return {
-      data: {
-        id: meta.id,
-        object: "text_completion",
-        created: meta.created,
-        model: meta.model,
-        system_fingerprint: null,
-        choices: [{ index: 0, text, logprobs, finish_reason: finish }],
-        ...(includeUsage ? { usage: null } : {}),
-      },
-    };
+    return streamChunk(
+      meta,
+      "text_completion",
+      [{ index: 0, text, logprobs, finish_reason: finish }],
+      includeUsage ? null : undefined,
+    );
   };
   if (plan.echo && plan.promptText) yield chunk(plan.promptText, [], null);
   try {
@@ -96,19 +95,7 @@ async function* completionChunks(
       } else if (e.type === "done") {
         if (e.reason === "cancelled") return;
         yield chunk("", [], finishReason(e.reason, false));
-        if (includeUsage) {
-          yield {
-            data: {
-              id: meta.id,
-              object: "text_completion",
-              created: meta.created,
-              model: meta.model,
-              system_fingerprint: null,
-              choices: [],
-              usage: usageBody(e.usage),
-            },
-          };
-        }
+        if (includeUsage) yield streamChunk(meta, "text_completion", [], usageBody(e.usage));
         yield { done: true };
         return;
       }

@@ -9,6 +9,36 @@ export function responseId(prefix: "chatcmpl" | "cmpl"): string {
 
 export const unixSeconds = () => Math.floor(Date.now() / 1000);
 
+/** What every response of one request repeats: its id, creation time and model name. */
+export interface ResponseMeta {
+  id: string;
+  created: number;
+  model: string;
+}
+
+/**
+ * One streamed chunk (`chat.completion.chunk` or `text_completion`). With
+ * include_usage, every chunk has `usage: null` and a last one carries the usage.
+ */
+export function streamChunk(
+  meta: ResponseMeta,
+  object: "chat.completion.chunk" | "text_completion",
+  choices: unknown[],
+  usage: OpenAIUsage | null | undefined,
+): { data: object } {
+  return {
+    data: {
+      id: meta.id,
+      object,
+      created: meta.created,
+      model: meta.model,
+      system_fingerprint: null,
+      choices,
+      ...(usage !== undefined ? { usage } : {}),
+    },
+  };
+}
+
 export interface OpenAIUsage {
   prompt_tokens: number;
   completion_tokens: number;
