@@ -333,6 +333,8 @@ export async function benchLoad(argv: string[]): Promise<void> {
       await Promise.all(
         workload(top, { ...o, outTokens: [8], seed: 999 }).map((r) => streamOne(base, MODEL_NAME, r, o.banTokens)),
       );
+      // A lone request too: single-row prefill shapes differ from grouped ones.
+      for (const r of workload(1, { ...o, outTokens: [8], seed: 998 })) await streamOne(base, MODEL_NAME, r, o.banTokens);
       const levels: LevelResult[] = [];
       for (const level of o.levels) {
         console.error(`[load] ${s.name}: ${level} concurrent`);

@@ -62,7 +62,7 @@ export const ConfigSchema = Type.Object(
       minimum: 0,
       maximum: 1_000_000,
       default: 64,
-      description: "Requests waiting beyond maxConcurrent before 503",
+      description: "Requests waiting beyond maxConcurrent; more get 429 with Retry-After",
     }),
     prefixCacheBytes: nullable(Type.Integer({ minimum: 0 }), "Memory for the prefix cache; null: automatic"),
     strictModelNames: Type.Boolean({
