@@ -12,6 +12,7 @@ import { tokenByteTable } from "../text/token-bytes";
 import { loadTokenizer } from "../text/tokenizer";
 import type { EngineConfig, EngineInfo, EngineStats } from "./protocol";
 import { defaultPrefillChunk } from "./generate";
+import { samplingParams } from "./sampling";
 import {
   type EngineEvent,
   type EngineRequest,
@@ -83,7 +84,26 @@ export function schedulerOptions(
     interleavedPrefillChunk: config.interleavedPrefillChunk ?? (device === "gpu" ? 512 : 64),
     maxPrefillBatch: config.maxPrefillBatch ?? (device === "gpu" ? 16 : 4),
     prefixCacheBytes: plan.prefixCacheBytes,
+    prefillWidthMultiple: config.prefillWidthMultiple ?? (device === "gpu" ? 64 : 1),
   };
+}
+
+const WARMUP_ID = "\u0000warmup-";
+const WARMUP_QUIET_MS = 250;
+
+/**
+ * With padded prompt widths (the GPU), one prompt per width up to a prefill
+ * chunk: run while idle, each builds that shape's attention graph and matmul
+ * plans before a real prompt needs them. One short of the width, so that the
+ * row is padded as almost every real prompt is.
+ */
+export function warmupLengths(options: SchedulerOptions): number[] {
+  const multiple = options.prefillWidthMultiple ?? 1;
+  if (multiple <= 1) return [];
+  const top = Math.min(options.prefillChunk, options.contextLength - 2);
+  const out: number[] = [];
+  for (let width = multiple; width <= top; width += multiple) out.push(width - 1);
+  return out;
 }
 
 export class Engine {
@@ -95,9 +115,14 @@ export class Engine {
   #constraints: JsonConstraintFactory | null = null;
   #running = false;
   #stopped = false;
+  readonly #cacheReleaseIdleMs: number;
+  /** Prompt lengths still to prefill once while idle, so that real prompts find their shapes built. */
+  #warmups: number[] = [];
+  #warmupCount = 0;
 
   constructor(config: EngineConfig, emit: (event: EngineEvent) => void) {
     const started = performance.now();
+    this.#cacheReleaseIdleMs = config.cacheReleaseIdleMs ?? 5000;
     const device = config.device ?? (mx.gpuAvailable() ? "gpu" : "cpu");
     mx.setDevice(device);
     // Plan memory before loading: refuse what cannot fit.
@@ -123,9 +148,13 @@ export class Engine {
     const options = schedulerOptions(config, plan, device);
     const fault = config.faultTokenId ?? null;
     if (fault !== null) this.#installFault(fault);
-    this.scheduler = new Scheduler(this.loaded.model, options, emit, (spec, endIds) =>
-      this.#constraint(config.model, spec, endIds),
+    this.scheduler = new Scheduler(
+      this.loaded.model,
+      options,
+      (e) => this.#forward(e, emit),
+      (spec, endIds) => this.#constraint(config.model, spec, endIds),
     );
+    this.#warmups = warmupLengths(options);
     this.info = {
       modelPath: config.model,
       modelName: basename(config.model).replace(/\.gguf$/i, ""),
@@ -142,6 +171,36 @@ export class Engine {
       loadMs: performance.now() - started,
       pid: process.pid,
     };
+  }
+
+  /** Passes events on, less those of the engine's own warm-up requests. */
+  #forward(e: EngineEvent, emit: (event: EngineEvent) => void): void {
+    if (e.type === "tokens") {
+      const items = e.items.filter((t) => !t.id.startsWith(WARMUP_ID));
+      if (items.length > 0) emit(items.length === e.items.length ? e : { ...e, items });
+      return;
+    }
+    if (!e.id.startsWith(WARMUP_ID)) emit(e);
+  }
+
+  /** Warm-up prefills not yet run. */
+  get warmupsLeft(): number {
+    return this.#warmups.length;
+  }
+
+  /** Queues the next warm-up prefill (true), if any is left. */
+  #warmNext(): boolean {
+    const length = this.#warmups.shift();
+    if (length === undefined) return false;
+    this.scheduler.submit({
+      id: `${WARMUP_ID}${this.#warmupCount++}`,
+      prompt: new Array(length).fill(0),
+      maxTokens: 1,
+      sampling: samplingParams(),
+      stopTokenIds: [],
+      internal: true,
+    });
+    return true;
   }
 
   #constraint(modelPath: string, spec: ConstraintSpec, endIds: readonly number[]): TokenConstraint {
@@ -182,19 +241,41 @@ export class Engine {
   async run(): Promise<void> {
     if (this.#running) return;
     this.#running = true;
+    let cacheHeld = false;
     while (!this.#stopped) {
-      if (!this.scheduler.hasWork()) {
-        await new Promise<void>((resolve) => {
-          this.#wake = resolve;
-        });
-        this.#wake = null;
+      if (!this.scheduler.hasWork() && this.#warmups.length > 0) {
+        // Warm-ups only in a quiet spell: between a client's back-to-back requests they would delay the next.
+        if (!(await this.#sleep(WARMUP_QUIET_MS))) this.#warmNext();
         continue;
       }
+      if (!this.scheduler.hasWork()) {
+        // Idle: keep MLX's buffer cache for the next request, unless none comes for a while.
+        const woken = await this.#sleep(cacheHeld ? this.#cacheReleaseIdleMs : null);
+        if (!woken && cacheHeld) {
+          mx.memory.clearCache();
+          cacheHeld = false;
+        }
+        continue;
+      }
+      cacheHeld = true;
       this.scheduler.step();
       // Let messages (new requests, cancellations) in between steps.
       await new Promise((resolve) => setImmediate(resolve));
     }
     this.#running = false;
+  }
+
+  /** Waits for work (true) or for `timeoutMs` to pass (false). */
+  #sleep(timeoutMs: number | null): Promise<boolean> {
+    return new Promise<boolean>((resolve) => {
+      const timer = timeoutMs === null ? null : setTimeout(() => done(false), timeoutMs);
+      const done = (woken: boolean) => {
+        if (timer) clearTimeout(timer);
+        this.#wake = null;
+        resolve(woken);
+      };
+      this.#wake = () => done(true);
+    });
   }
 
   stop(): void {

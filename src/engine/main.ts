@@ -11,7 +11,10 @@ function send(message: FromEngine): void {
 export async function runEngineProcess(config: EngineConfig): Promise<void> {
   if (!process.send) throw new Error("the engine runs as a child of `pensieve serve` (no IPC channel)");
   let engine: Engine;
+  // Benchmarks and investigations only: engine settings the server has no flag for.
+  const overrides = process.env.PENSIEVE_ENGINE_OVERRIDES;
   try {
+    if (overrides) config = { ...config, ...(JSON.parse(overrides) as Partial<EngineConfig>) };
     engine = new Engine(config, (event) => send(event));
   } catch (e) {
     send({ type: "load-failed", message: (e as Error).message });

@@ -21,8 +21,15 @@ export interface EngineConfig {
   interleavedPrefillChunk?: number;
   maxPrefillBatch?: number;
   prefixCacheBytes?: number | null;
+  /** Prompts left-padded to a multiple of this (default 64 on the GPU, 1 on the CPU). */
+  prefillWidthMultiple?: number;
   /** GPU: keep dequantized copies of the weights for batched products (default: when memory allows). */
   denseWeights?: boolean;
+  /**
+   * Idle time after which MLX's buffer cache goes back to the system (default 5000 ms).
+   * Freeing it at once made every lone request allocate device memory afresh.
+   */
+  cacheReleaseIdleMs?: number;
   /** Phi-3: long_factor at every length, as mlx-lm (comparisons only). */
   alwaysLongRope?: boolean;
   /** Test hook: fail the forward pass when a prompt contains this token id. */

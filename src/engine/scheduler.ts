@@ -33,6 +33,8 @@ export interface EngineRequest {
   stopTokenIds: number[];
   /** Constrained decoding: only tokens that keep the output valid; once complete, only a stop token. */
   constraint?: ConstraintSpec;
+  /** The engine's own (kernel warm-up): kept out of the prefix cache. */
+  internal?: boolean;
 }
 
 /** One sequence's constrained decoding state (src/text/json-constraint.ts). */
@@ -79,6 +81,12 @@ export interface SchedulerOptions {
   maxPrefillBatch?: number;
   /** Byte budget of the prefix cache (0 disables it). */
   prefixCacheBytes: number;
+  /**
+   * Prompts are left-padded to a multiple of this many tokens (default 1: none).
+   * On CUDA every new prefill shape builds a cuDNN attention graph and matmul
+   * plans (50-500 ms); a few widths keep those cached.
+   */
+  prefillWidthMultiple?: number;
 }
 
 export interface SchedulerStats {
@@ -425,10 +433,10 @@ export class Scheduler {
     }
   }
 
+  /** Nothing left to run. MLX's buffer cache stays: the engine frees it after a quiet spell. */
   #idle(): void {
     this.#batch?.dispose();
     this.#batch = null;
-    mx.memory.clearCache();
   }
 
   #finish(s: Sequence, reason: FinishReason, message?: string): void {
@@ -437,7 +445,7 @@ export class Scheduler {
     this.#finishedOut.push({ type: "finished", id: s.request.id, reason, completionTokens: s.generated, message });
     s.sampler.dispose();
     const row = s.inBatch ? this.#rows.indexOf(s) : -1;
-    if (row >= 0 && this.#batch && (reason === "stop" || reason === "length") && this.prefixCache.budgetBytes > 0) {
+    if (row >= 0 && this.#batch && (reason === "stop" || reason === "length") && this.#caches(s)) {
       // Its KV stays in the batch until compaction: keep a copy for the prefix cache now.
       this.prefixCache.store(s.tokens, this.#batch.rowState(row), s.regime);
     }
@@ -660,6 +668,11 @@ export class Scheduler {
     });
   }
 
+  /** Whether a sequence takes part in the prefix cache. */
+  #caches(s: Sequence): boolean {
+    return this.prefixCache.budgetBytes > 0 && !s.request.internal;
+  }
+
   #prefilling(): Sequence[] {
     return [...this.#prefills.map((j) => j.seq), ...(this.#group?.jobs.map((j) => j.seq) ?? [])];
   }
@@ -674,7 +687,7 @@ export class Scheduler {
     if (!first) return null;
     const shape = cacheFor(this.model).shape;
     const s = first.seq;
-    const hit = this.prefixCache.budgetBytes > 0 ? this.prefixCache.lookup(s.tokens, s.regime) : null;
+    const hit = this.#caches(s) ? this.prefixCache.lookup(s.tokens, s.regime) : null;
     if (hit || first.recompute) {
       if (hit && !first.recompute) s.cachedTokens = hit.length;
       return {
@@ -692,7 +705,7 @@ export class Scheduler {
     while (jobs.length < limit && this.#prefills.length > 0) {
       const next = this.#prefills[0] as PrefillJob;
       if (next.recompute || next.seq.regime !== s.regime) break;
-      if (this.prefixCache.budgetBytes > 0 && this.prefixCache.peek(next.seq.tokens, next.seq.regime) > 0) break;
+      if (this.#caches(next.seq) && this.prefixCache.peek(next.seq.tokens, next.seq.regime) > 0) break;
       const w = Math.max(width, next.seq.tokens.length);
       // Stop before padding exceeds half of the real tokens.
       if (w * (jobs.length + 1) > 1.5 * (real + next.seq.tokens.length)) break;
@@ -700,6 +713,8 @@ export class Scheduler {
       width = w;
       real += next.seq.tokens.length;
     }
+    const multiple = this.options.prefillWidthMultiple ?? 1;
+    width = Math.ceil(width / multiple) * multiple;
     const tokens = new Int32Array(jobs.length * width);
     jobs.forEach((j, i) => {
       tokens.set(j.seq.tokens, i * width + width - j.seq.tokens.length);
@@ -756,8 +771,7 @@ export class Scheduler {
         return;
       }
       keep.push(i);
-      if (!j.recompute && this.prefixCache.budgetBytes > 0)
-        this.prefixCache.store(s.tokens, cache.rowState(i), s.regime);
+      if (!j.recompute && this.#caches(s)) this.prefixCache.store(s.tokens, cache.rowState(i), s.regime);
       s.step = step;
       s.unread = true;
       s.inBatch = true;
@@ -775,7 +789,8 @@ export class Scheduler {
       cache.dispose();
       return;
     }
-    if (keep.length < n) cache.keepRows(keep);
+    // Padding every row shares goes now (a lone row then decodes without a mask).
+    if (keep.length < n || Math.min(...keep.map((i) => cache.leftPadding[i] ?? 0)) > 0) cache.keepRows(keep);
     // Joining copies the batch anyway: drop its idle rows in the same go.
     this.#compact(true);
     for (const i of keep) this.#rows.push((group.jobs[i] as PrefillJob).seq);

@@ -149,6 +149,8 @@ export class EngineSupervisor {
     const argv = [...this.options.command, "--config-json", JSON.stringify(this.options.engine)];
     const child = Bun.spawn(argv, {
       stdin: "ignore",
+      // MLX reads it once, natively: cuDNN attention graphs kept (one per prefill shape; MLX keeps 16).
+      env: { MLX_CUDA_SDPA_CACHE_SIZE: "256", ...process.env },
       stdout: "inherit",
       stderr: "inherit",
       serialization: "json",

@@ -103,14 +103,21 @@ const prompts = [promptIds(5, 11), promptIds(40, 12), promptIds(17, 13), promptI
 const lengths = [20, 12, 25, 8, 30];
 const joinAt = [0, 0, 3, 7, 15];
 
-for (const name of ["tiny-llama-f16", "tiny-llama"]) {
-  test(`${name}: greedy tokens and log-probabilities equal single-request ones, joining at different times`, () => {
+// Width 16: prompts left-padded as on the GPU (lone rows too), which must not change any output.
+for (const [name, prefillWidthMultiple] of [
+  ["tiny-llama-f16", 1],
+  ["tiny-llama", 1],
+  ["tiny-llama", 16],
+] as const) {
+  const padded = prefillWidthMultiple > 1 ? `, prompts padded to multiples of ${prefillWidthMultiple}` : "";
+  test(`${name}: greedy tokens and log-probabilities equal single-request ones, joining at different times${padded}`, () => {
     const { model } = loadModel(tinyModel(name));
     const greedy = samplingParams({ logprobs: true });
     const expected = prompts.map((p, i) => singleWithLogprobs(model, p, lengths[i] as number, greedy));
     const run = runScheduled(
       model,
       prompts.map((p, i) => ({ at: joinAt[i] as number, request: request(`r${i}`, p, lengths[i] as number, greedy) })),
+      { ...OPTIONS, prefillWidthMultiple },
     );
     prompts.forEach((_, i) => {
       expect(run.tokens.get(`r${i}`)).toEqual(expected[i]?.tokens as number[]);

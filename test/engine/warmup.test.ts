@@ -1,0 +1,73 @@
+// Padded prompt widths and the idle warm-up (the GPU's defaults), run here on
+// the CPU with a tiny model: warm-ups stay invisible to clients and out of the
+// prefix cache, and a real request afterwards gives plain generation's tokens.
+import { expect, test } from "bun:test";
+import { Engine, warmupLengths } from "../../src/engine/engine";
+import { generateTokens } from "../../src/engine/generate";
+import { samplingParams } from "../../src/engine/sampling";
+import type { EngineEvent } from "../../src/engine/scheduler";
+import { tinyModel } from "../support/models";
+import { promptIds } from "../support/reference";
+
+test("warm-up lengths: one per padded width up to a prefill chunk, one short of it", () => {
+  const base = { maxConcurrent: 4, queueSize: 4, kvBudgetBytes: 1 << 30, contextLength: 512, prefixCacheBytes: 0 };
+  expect(warmupLengths({ ...base, prefillChunk: 64, interleavedPrefillChunk: 16, prefillWidthMultiple: 16 })).toEqual([
+    15, 31, 47, 63,
+  ]);
+  expect(warmupLengths({ ...base, prefillChunk: 64, interleavedPrefillChunk: 16 })).toEqual([]);
+  expect(
+    warmupLengths({
+      ...base,
+      contextLength: 40,
+      prefillChunk: 64,
+      interleavedPrefillChunk: 16,
+      prefillWidthMultiple: 16,
+    }),
+  ).toEqual([15, 31]);
+});
+
+test("the engine warms each width while idle; clients see none of it, and outputs are unchanged", async () => {
+  const events: EngineEvent[] = [];
+  const engine = new Engine(
+    {
+      model: tinyModel("tiny-llama"),
+      device: "cpu",
+      maxContext: 512,
+      prefillChunk: 64,
+      prefillWidthMultiple: 16,
+      prefixCacheBytes: 64 << 20,
+      cacheReleaseIdleMs: 50,
+    },
+    (e) => events.push(e),
+  );
+  const running = engine.run();
+  try {
+    expect(engine.warmupsLeft).toBe(4);
+    const deadline = Date.now() + 60_000;
+    while ((engine.warmupsLeft > 0 || engine.scheduler.hasWork()) && Date.now() < deadline) await Bun.sleep(20);
+    expect(engine.warmupsLeft).toBe(0);
+    expect(events).toEqual([]);
+    expect(engine.scheduler.prefixCache.stats().entries).toBe(0);
+
+    const prompt = promptIds(21, 3);
+    const expected = [...generateTokens(engine.loaded.model, prompt, { maxTokens: 6, sampling: samplingParams() })].map(
+      (v) => v.token,
+    );
+    const done = new Promise<void>((resolve) => {
+      const check = setInterval(() => {
+        if (events.some((e) => e.type === "finished")) {
+          clearInterval(check);
+          resolve();
+        }
+      }, 10);
+    });
+    engine.submit({ id: "real", prompt, maxTokens: 6, sampling: samplingParams(), stopTokenIds: [] });
+    await done;
+    const tokens = events.flatMap((e) => (e.type === "tokens" ? e.items.map((t) => t.token) : []));
+    expect(tokens).toEqual(expected);
+    expect(events.every((e) => e.type === "tokens" || e.id === "real")).toBe(true);
+  } finally {
+    engine.stop();
+    await running;
+  }
+});
