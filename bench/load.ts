@@ -32,6 +32,8 @@ interface LoadOptions {
   banTokens: number[];
   /** A Python that already has mlx-lm (machines without network). */
   python: string | undefined;
+  /** Idle time given to each server between ready and the first request. */
+  settleMs: number;
   /** Where results go (default bench/results). */
   outDir: string;
 }
@@ -304,6 +306,7 @@ function parseOptions(argv: string[]): LoadOptions {
     banTokens: list("ban-tokens", []),
     python: get("python"),
     outDir: get("out-dir") ?? join(BENCH_DIR, "results"),
+    settleMs: Number(get("settle-ms") ?? 10_000),
   };
 }
 
@@ -326,6 +329,8 @@ export async function benchLoad(argv: string[]): Promise<void> {
     const { proc, ready } = s.start(port, join(o.outDir, `${s.name}.log`));
     try {
       await waitReady(ready, proc);
+      // Idle time after start, as a server started before use gets (Pensieve warms prompt shapes then on a GPU).
+      await Bun.sleep(o.settleMs);
       const base = `http://127.0.0.1:${port}`;
       // Warm-up outside the measurement: a burst at the highest concurrency, so
       // kernels for every batch size are compiled (GPU JIT) before timing.
@@ -334,7 +339,8 @@ export async function benchLoad(argv: string[]): Promise<void> {
         workload(top, { ...o, outTokens: [8], seed: 999 }).map((r) => streamOne(base, MODEL_NAME, r, o.banTokens)),
       );
       // A lone request too: single-row prefill shapes differ from grouped ones.
-      for (const r of workload(1, { ...o, outTokens: [8], seed: 998 })) await streamOne(base, MODEL_NAME, r, o.banTokens);
+      for (const r of workload(1, { ...o, outTokens: [8], seed: 998 }))
+        await streamOne(base, MODEL_NAME, r, o.banTokens);
       const levels: LevelResult[] = [];
       for (const level of o.levels) {
         console.error(`[load] ${s.name}: ${level} concurrent`);

@@ -6,6 +6,8 @@
 #   bash bench/gpu/device.sh prepare   # call 2 (carries .device/mlx-cuda.part.b, .device/wheels, .device/phi3, dist)
 #   bash bench/gpu/device.sh single    # single-stream decode and time to first token (512, 4096)
 #   bash bench/gpu/device.sh load      # 1, 8, 32, 64 concurrent streams over HTTP
+#   AB='{"prefillWidthMultiple":1}' bash bench/gpu/device.sh ab   # Pensieve: defaults vs engine overrides
+#   bash bench/gpu/device.sh lone      # lone requests' time to first token: scheduler vs plain generation
 #
 # Pack the carried files first with bench/gpu/pack.sh. Results go to $OUT.
 set -euo pipefail
@@ -74,6 +76,20 @@ load)
   bun dist/bench/run.js load --model "$MODEL" --device gpu --levels "${LEVELS:-1,8,32,64}" --servers pensieve,mlx-lm \
     --python $PY --requests-per-client "${REQUESTS:-2}" --out-tokens 128 --prompt-tokens 128,256,512 \
     --ban-tokens $BAN --out-dir "$OUT"
+  ;;
+ab)
+  # Pensieve alone, default engine settings against PENSIEVE_ENGINE_OVERRIDES=$AB, same machine.
+  for o in '{}' "${AB:?AB=json}"; do
+    PENSIEVE_ENGINE_OVERRIDES="$o" bun dist/bench/run.js load --model "$MODEL" --device gpu --levels "${LEVELS:-1,8,16,32}" \
+      --servers pensieve --requests-per-client "${REQUESTS:-2}" --out-tokens 128 --prompt-tokens 128,256,512 \
+      --ban-tokens $BAN --out-dir "$OUT/ab-$(echo "$o" | tr -dc 'a-zA-Z0-9')" 2>&1 | grep '^| pensieve'
+  done
+  ;;
+lone)
+  export MLX_CUDA_SDPA_CACHE_SIZE=256 # as the server sets it for its engine process
+  for cfg in '{"prefillWidthMultiple":1}' '{}' '{"prefillWidthMultiple":1,"denseWeights":false}'; do
+    bun dist/bench/engines/lone-ttft.js "$MODEL" gpu --engine-config "$cfg"
+  done 2>&1 | grep -v '^\[' | tee "$OUT/lone-ttft.txt"
   ;;
 *)
   echo "unknown phase $1" >&2

@@ -32,5 +32,5 @@ chmod u+w .device/phi3/*
 # Pensieve and the bench harness as Bun bundles (no node_modules there).
 rm -rf dist
 bun build --target=bun --splitting --external playwright-core --outdir dist \
-  src/cli.ts bench/run.ts bench/engines/pensieve-generate.ts scripts/make-random-model.ts scripts/setup.ts > /dev/null
+  src/cli.ts bench/run.ts bench/engines/pensieve-generate.ts bench/engines/lone-ttft.ts scripts/make-random-model.ts scripts/setup.ts > /dev/null
 du -sh .device/* dist
