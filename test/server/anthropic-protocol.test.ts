@@ -305,6 +305,35 @@ describe("Anthropic API protocol (tiny Phi-3)", () => {
       ).toStartWith("max_tokens");
     }, 30_000);
 
+    test("deep nesting anywhere (a tool's schema, content, unknown fields): a quick 400, never a 5xx", async () => {
+      const deep = (n: number) => `${'{"a":'.repeat(n)}1${"}".repeat(n)}`;
+      const head = '{"model":"m","max_tokens":2,';
+      for (const [path, body, starts] of [
+        ["/v1/messages", `${head}"messages":[{"role":7,"content":${deep(1_000_000)}}]}`, "the request"],
+        ["/v1/messages", `${head}"messages":[{"role":"user","content":"hi"}],"metadata":${deep(200)}}`, "the request"],
+        [
+          "/v1/messages",
+          `${head}"messages":[{"role":"user","content":"hi"}],"tools":[{"name":"x","input_schema":${deep(1_000_000)}}]}`,
+          "the request",
+        ],
+        [
+          "/v1/messages/count_tokens",
+          `{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"name":"x","input_schema":${deep(1_000_000)}}]}`,
+          "the request",
+        ],
+      ] as const) {
+        const message = await expectAnthropicError(await postJson(server, path, body), 400, "invalid_request_error");
+        expect(message).toStartWith(starts);
+      }
+      // A realistic tool schema (a few levels) is fine.
+      const ok = await postJson(
+        server,
+        "/v1/messages/count_tokens",
+        `{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"name":"x","input_schema":${deep(20)}}]}`,
+      );
+      expect(ok.status).toBe(200);
+    }, 60_000);
+
     test("wrong types", async () => {
       const cases: Array<[Record<string, unknown>, string]> = [
         [{ max_tokens: "many" }, "max_tokens"],

@@ -126,6 +126,21 @@ describe("request errors", () => {
     expect(plain.status).toBe(400);
   });
 
+  test("deep nesting in a tool's parameters or a response schema: 400, never a 5xx", async () => {
+    // Within this server's 64 KiB body limit; the Anthropic tests send a million levels.
+    const deep = `${'{"a":'.repeat(5000)}1${"}".repeat(5000)}`;
+    const head = '{"model":"m","max_tokens":2,"messages":[{"role":"user","content":"hi"}],';
+    for (const tail of [
+      `"tools":[{"type":"function","function":{"name":"x","parameters":${deep}}}]}`,
+      `"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":${deep}}}}`,
+    ]) {
+      const res = await post("/v1/chat/completions", head + tail);
+      expect(res.status).toBe(400);
+      const body = (await res.json()) as { error: { message: string } };
+      expect(body.error.message).toContain("deeper than 128 levels");
+    }
+  }, 60_000);
+
   test("each wrong field is named in message and param", async () => {
     const cases: Array<[unknown, string]> = [
       [{}, "messages"],

@@ -1,11 +1,11 @@
-// Request bodies of the Anthropic Messages API, as TypeBox schemas for Elysia.
+// Request bodies of the Anthropic Messages API, as TypeBox schemas (checked by ../validate.ts).
 //
-// Only the fields Pensieve reads are declared: Elysia drops the others
-// (thinking, output_config, context_management, metadata, ...), so clients that
-// send more than we use are never rejected. Message content is free-form here
+// Only the fields Pensieve reads are declared; the others (thinking,
+// output_config, context_management, metadata, ...) are ignored, so clients
+// that send more than we use are never rejected. Message content is free-form here
 // and checked block by block in convert.ts, which names the exact field at fault
 // (a TypeBox union would only say "should be one of").
-import { type Static, t } from "elysia";
+import { type Static, Type as t } from "@sinclair/typebox";
 
 const Message = t.Object({
   role: t.String(),

@@ -16,7 +16,7 @@ import {
 } from "./format";
 import { ChatCompletionRequest } from "./schema";
 import { type SseItem, sseError, sseResponse, startGeneration, streamFailure } from "./stream";
-import { requireObject, validate } from "./validate";
+import { requireObject, validate } from "../validate";
 
 type AnswerPiece = { type: "text"; text: string } | { type: "tool_call"; call: ToolCall };
 

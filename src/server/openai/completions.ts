@@ -14,7 +14,7 @@ import {
 } from "./format";
 import { CompletionRequest } from "./schema";
 import { type SseItem, sseError, sseResponse, startGeneration, streamFailure } from "./stream";
-import { requireObject, validate } from "./validate";
+import { requireObject, validate } from "../validate";
 
 type Meta = ResponseMeta;
 

@@ -12,7 +12,7 @@ import { ApiError } from "../errors";
 import type { TextEvent } from "../model-session";
 import { chatPlan } from "../openai/convert";
 import { startGeneration } from "../openai/stream";
-import { validate } from "../openai/validate";
+import { requireShallow, validate } from "../validate";
 import { CancelRequest, ChatRequest, CLIENT_MESSAGE_TYPES, PingRequest, type ServerMessage } from "./protocol";
 
 /** What a connection needs from the socket (Bun's ServerWebSocket.send, or a test double). */
@@ -64,6 +64,7 @@ export class Connection {
     const rawId = (value as { id?: unknown }).id;
     const id = typeof rawId === "string" ? rawId : undefined;
     try {
+      requireShallow(value);
       if (type === "ping") {
         validate(PingRequest, value);
         this.#reply({ type: "pong" });

@@ -6,7 +6,7 @@
 import type { Static, TSchema } from "@sinclair/typebox";
 import { TypeCompiler, type TypeCheck } from "@sinclair/typebox/compiler";
 import { type ValueError, ValueErrorType } from "@sinclair/typebox/errors";
-import { badRequest } from "../errors";
+import { badRequest } from "./errors";
 
 const compiled = new WeakMap<TSchema, TypeCheck<TSchema>>();
 
@@ -19,12 +19,15 @@ function checker<S extends TSchema>(schema: S): TypeCheck<S> {
   return check as TypeCheck<S>;
 }
 
-/** "/messages/0/content" → "messages[0].content" (OpenAI's `param` style). */
-export function fieldName(pointer: string, prefix = ""): string {
+/** How a field is named in errors: "messages[0].content" (OpenAI's `param`) or "messages.0.content" (Anthropic's). */
+export type FieldStyle = "brackets" | "dots";
+
+/** "/messages/0/content" → "messages[0].content" or "messages.0.content". */
+export function fieldName(pointer: string, prefix = "", style: FieldStyle = "brackets"): string {
   let out = prefix;
   for (const raw of pointer.split("/").slice(1)) {
     const part = raw.replace(/~1/g, "/").replace(/~0/g, "~");
-    if (/^\d+$/.test(part)) out += `[${part}]`;
+    if (style === "brackets" && /^\d+$/.test(part)) out += `[${part}]`;
     else out += out ? `.${part}` : part;
   }
   return out;
@@ -74,13 +77,18 @@ function deepestUnionError(error: ValueError, depth = 0): ValueError {
 }
 
 /** Checks `value` against `schema`; throws a 400 naming the first bad field. */
-export function validate<S extends TSchema>(schema: S, value: unknown, prefix = ""): Static<S> {
+export function validate<S extends TSchema>(
+  schema: S,
+  value: unknown,
+  prefix = "",
+  style: FieldStyle = "brackets",
+): Static<S> {
   const check = checker(schema);
   if (check.Check(value)) return value as Static<S>;
   const found = check.Errors(value).First();
   if (!found) throw badRequest("invalid request body");
   const first = deepestUnionError(found);
-  const field = fieldName(first.path, prefix);
+  const field = fieldName(first.path, prefix, style);
   let what: string;
   if (first.type === ValueErrorType.Union) {
     what = `expected ${describe(first.schema)}`;
@@ -93,9 +101,33 @@ export function validate<S extends TSchema>(schema: S, value: unknown, prefix = 
   throw badRequest(`${field}: ${what}`, field);
 }
 
-/** Elysia hands over whatever the body parsed to (a string for text/plain): only a JSON object is a request. */
+/**
+ * Deepest nesting a request may have. Real ones (JSON Schemas of tools
+ * included) stay far below; a deeper one would overflow the stack of
+ * JSON.stringify and of recursive checks further on.
+ */
+export const MAX_NESTING = 128;
+
+/** Throws a 400 when arrays and objects in `value` nest deeper than `max` (iterative: no recursion). */
+export function requireShallow(value: unknown, max = MAX_NESTING): void {
+  const stack: Array<[unknown, number]> = [[value, 1]];
+  while (stack.length > 0) {
+    const [v, depth] = stack.pop() as [unknown, number];
+    if (!v || typeof v !== "object") continue;
+    if (depth > max) throw badRequest(`the request nests arrays and objects deeper than ${max} levels`);
+    for (const child of Array.isArray(v) ? v : Object.values(v)) {
+      if (child && typeof child === "object") stack.push([child, depth + 1]);
+    }
+  }
+}
+
+/**
+ * Elysia hands over whatever the body parsed to (a string for text/plain):
+ * only a JSON object is a request, and only a reasonably shallow one.
+ */
 export function requireObject(body: unknown): Record<string, unknown> {
   if (!body || typeof body !== "object" || Array.isArray(body))
     throw badRequest("the request body must be a JSON object (Content-Type: application/json)");
+  requireShallow(body);
   return body as Record<string, unknown>;
 }
