@@ -20,6 +20,8 @@ import {
   readLock,
   runtimeLayout,
 } from "../mlx/backend";
+import type { ModelConfig } from "../models/config";
+import { readModelConfig } from "../models/model-files";
 import { FROM_SOURCE, modelsDir, pensieveHome, REPO_ROOT } from "../paths";
 
 export type CheckStatus = "ok" | "info" | "warn" | "fail";
@@ -265,6 +267,26 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
   }
   if (loaded) {
     const spec = loaded.config.model;
+    const settings = loaded.config;
+    /** The same estimate `setup` and the engine make, for the configured context and budgets. */
+    const addMemoryCheck = (config: Record<string, unknown> | ModelConfig, weightBytes: number) => {
+      const estimate = estimateMemory({
+        config,
+        weightBytes,
+        name: spec,
+        maxContext: settings.maxContext,
+        kvBudgetBytes: settings.kvBudgetBytes,
+        prefixCacheBytes: settings.prefixCacheBytes,
+        kvBytesPerElement: backendInfo.choice === "cpu" ? 4 : 2,
+      });
+      add({
+        id: "model-memory",
+        title: "Model memory",
+        status: estimate.fits ? "ok" : "fail",
+        detail: estimate.message,
+        fix: estimate.fits ? undefined : "lower maxContext, or choose a smaller model",
+      });
+    };
     try {
       const resolved = resolveModelSpec(spec, { env });
       const t = resolved.kind === "alias" ? resolved.target : resolved;
@@ -280,28 +302,21 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
                 fix: resolved.kind === "alias" ? `run \`${SETUP}\`` : "fix the model path in the configuration",
               },
         );
+        if (t.exists) {
+          try {
+            const { config, weightBytes } = readModelConfig(t.path);
+            addMemoryCheck(config, weightBytes);
+          } catch (e) {
+            add({ id: "model-memory", title: "Model memory", status: "fail", detail: (e as Error).message });
+          }
+        }
       } else {
         const snap = t.filename ? null : findCachedSnapshot(hub.cacheDir, t.repoId, t.revision);
         const problems = snap ? modelFolderProblems(snap.dir) : [];
         if (snap && problems.length === 0) {
           add({ id: "model", title: "Configured model", status: "ok", detail: `${spec}: cached in ${snap.dir}` });
           const config = JSON.parse(readFileSync(join(snap.dir, "config.json"), "utf8")) as Record<string, unknown>;
-          const estimate = estimateMemory({
-            config,
-            weightBytes: weightFilesBytes(snap.dir),
-            name: spec,
-            maxContext: loaded.config.maxContext,
-            kvBudgetBytes: loaded.config.kvBudgetBytes,
-            prefixCacheBytes: loaded.config.prefixCacheBytes,
-            kvBytesPerElement: backendInfo.choice === "cpu" ? 4 : 2,
-          });
-          add({
-            id: "model-memory",
-            title: "Model memory",
-            status: estimate.fits ? "ok" : "fail",
-            detail: estimate.message,
-            fix: estimate.fits ? undefined : "lower maxContext, or choose a smaller model",
-          });
+          addMemoryCheck(config, weightFilesBytes(snap.dir));
         } else {
           const where = t.filename ? `${t.repoId}/${t.filename}` : t.repoId;
           add({

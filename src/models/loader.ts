@@ -1,14 +1,16 @@
 // Loads a model from a Hugging Face / MLX folder (config.json + safetensors) or
 // from a single GGUF file, into an architecture from the registry.
-import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
-import { basename, join } from "node:path";
-import * as mx from "../mlx";
+import { existsSync, statSync } from "node:fs";
+import { basename } from "node:path";
 import type { MxArray } from "../mlx";
-import { configFromGguf, configFromHf, type ModelConfig } from "./config";
-import { readGguf } from "./gguf";
+import * as mx from "../mlx";
+import { configFromGguf, type ModelConfig } from "./config";
+import { folderConfig, ModelLoadError, safetensorsFiles } from "./model-files";
 import { buildArchitecture } from "./registry";
 import type { LanguageModel } from "./types";
 import { WeightStore } from "./weights";
+
+export { ModelLoadError, readModelConfig, safetensorsFiles } from "./model-files";
 
 export interface LoadOptions {
   /** Compute dtype; default float32 on the CPU, float16 (or the weights' bfloat16) on a GPU. */
@@ -27,48 +29,6 @@ export interface LoadedModel {
   path: string;
   /** Bytes of weights as stored in memory. */
   weightBytes: number;
-}
-
-export class ModelLoadError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "ModelLoadError";
-  }
-}
-
-function readJson(path: string): Record<string, unknown> {
-  let text: string;
-  try {
-    text = readFileSync(path, "utf8");
-  } catch (e) {
-    throw new ModelLoadError(`cannot read ${path}: ${(e as Error).message}`);
-  }
-  try {
-    const v = JSON.parse(text);
-    if (typeof v !== "object" || v === null || Array.isArray(v)) throw new Error("not a JSON object");
-    return v as Record<string, unknown>;
-  } catch (e) {
-    throw new ModelLoadError(`${path} is not valid JSON: ${(e as Error).message}`);
-  }
-}
-
-/** The safetensors files of a folder: from the index when there is one, else every *.safetensors. */
-export function safetensorsFiles(dir: string): string[] {
-  const index = join(dir, "model.safetensors.index.json");
-  if (existsSync(index)) {
-    const map = readJson(index).weight_map as Record<string, string> | undefined;
-    if (!map || typeof map !== "object") throw new ModelLoadError(`${index}: "weight_map" is missing`);
-    const files = [...new Set(Object.values(map))];
-    for (const f of files) {
-      if (!existsSync(join(dir, f))) throw new ModelLoadError(`${index} names ${f}, which is not in ${dir}`);
-    }
-    return files.map((f) => join(dir, f));
-  }
-  const files = readdirSync(dir)
-    .filter((f) => f.endsWith(".safetensors"))
-    .sort();
-  if (files.length === 0) throw new ModelLoadError(`no .safetensors weights in ${dir}`);
-  return files.map((f) => join(dir, f));
 }
 
 function defaultDtype(arrays: Map<string, MxArray>): mx.Dtype {
@@ -127,19 +87,6 @@ function build(config: ModelConfig, arrays: Map<string, MxArray>, source: string
     store.dispose();
     if (e instanceof ModelLoadError) throw e;
     throw new ModelLoadError(`${source}: ${(e as Error).message}`);
-  }
-}
-
-/** A folder's config.json (with generation_config.json's stop ids), normalized. */
-function folderConfig(dir: string): ModelConfig {
-  const configPath = join(dir, "config.json");
-  if (!existsSync(configPath)) throw new ModelLoadError(`${dir} has no config.json`);
-  const genPath = join(dir, "generation_config.json");
-  try {
-    return configFromHf(readJson(configPath), existsSync(genPath) ? readJson(genPath) : null);
-  } catch (e) {
-    if (e instanceof ModelLoadError) throw e;
-    throw new ModelLoadError(`${configPath}: ${(e as Error).message}`);
   }
 }
 
@@ -274,34 +221,6 @@ export function loadGgufModel(path: string, options: LoadOptions = {}): LoadedMo
   const weightBytes = totalBytes(arrays);
   const model = build(config, arrays, path, options);
   return { model, config, format: "gguf", path, weightBytes };
-}
-
-/**
- * A model's config and weight size without loading any weights (the engine
- * plans memory with it before it loads).
- */
-export function readModelConfig(path: string): { config: ModelConfig; weightBytes: number } {
-  if (!existsSync(path)) throw new ModelLoadError(`no model at ${path}`);
-  if (statSync(path).isDirectory()) {
-    const config = folderConfig(path);
-    const weightBytes = safetensorsFiles(path).reduce((n, f) => n + statSync(f).size, 0);
-    return { config, weightBytes };
-  }
-  let info: ReturnType<typeof readGguf>;
-  try {
-    info = readGguf(path, { allowMissingData: true });
-  } catch (e) {
-    throw new ModelLoadError(`cannot read GGUF ${path}: ${(e as Error).message}`);
-  }
-  const embed = info.tensors.find((t) => t.name === "token_embd.weight");
-  if (!embed) throw new ModelLoadError(`${path}: no token_embd tensor`);
-  const meta = new Map<string, unknown>();
-  for (const [k, v] of info.metadata) meta.set(k, typeof v === "bigint" ? Number(v) : v);
-  try {
-    return { config: configFromGguf(meta, embed.shape[0] as number), weightBytes: statSync(path).size };
-  } catch (e) {
-    throw new ModelLoadError(`${path}: ${(e as Error).message}`);
-  }
 }
 
 /** A model folder or a .gguf file. */

@@ -116,6 +116,21 @@ describe("doctor", () => {
     const report = await doctor({ env });
     expect(check(report, "default-model")?.status).toBe("ok");
     expect(check(report, "model")?.status).toBe("ok");
+    // That file is no GGUF: its memory cannot be sized, and doctor says why.
+    expect(check(report, "model-memory")).toMatchObject({ status: "fail" });
+    expect(check(report, "model-memory")?.detail).toContain("cannot read GGUF");
+  });
+
+  test("a local model (GGUF file or folder) gets a memory estimate too", async () => {
+    const gguf = join(REPO_ROOT, ".pensieve", "models", "SmolLM2-135M-Instruct.Q4_1.gguf");
+    const folder = join(root.path, "local-model");
+    makeModelFolder(folder);
+    for (const model of [gguf, folder]) {
+      const report = await doctor({ env: { ...env, PENSIEVE_MODEL: model, PENSIEVE_MAX_CONTEXT: "2048" } });
+      expect(check(report, "model")).toMatchObject({ status: "ok" });
+      expect(check(report, "model-memory")).toMatchObject({ status: "ok" });
+      expect(check(report, "model-memory")?.detail).toContain("context 2048 needs");
+    }
   });
 
   test("printDoctorReport writes the formatted text", async () => {
