@@ -3,7 +3,18 @@
 // file holds the owner's pid and host; a lock whose process is gone is stale.
 // (huggingface_hub locks with flock() on .locks/…/<etag>.lock; our file has
 // another name so neither side mistakes the other's lock file for its own.)
-import { mkdirSync, openSync, readFileSync, rmSync, statSync, writeSync, closeSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import {
+  closeSync,
+  linkSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
 import { hostname } from "node:os";
 import { dirname } from "node:path";
 
@@ -37,7 +48,29 @@ function isStale(path: string): boolean {
   }
 }
 
+/**
+ * Creates the lock with its content in one step: written to a private file,
+ * then hard-linked into place (fails if the lock exists). A lock file is never
+ * seen empty, so a waiter never mistakes a fresh lock for a stale one.
+ */
 function tryAcquire(path: string): boolean {
+  const mine = `${path}.${process.pid}.${randomBytes(4).toString("hex")}`;
+  writeFileSync(mine, `${process.pid} ${hostname()}\n`);
+  try {
+    linkSync(mine, path);
+    return true;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "EEXIST") return false;
+    if (code === "EPERM" || code === "ENOTSUP" || code === "EOPNOTSUPP") return tryCreate(path);
+    throw e;
+  } finally {
+    rmSync(mine, { force: true });
+  }
+}
+
+/** Where hard links are not allowed: create, then write (a waiter may see it empty for an instant). */
+function tryCreate(path: string): boolean {
   try {
     const fd = openSync(path, "wx");
     writeSync(fd, `${process.pid} ${hostname()}\n`);
@@ -49,13 +82,31 @@ function tryAcquire(path: string): boolean {
   }
 }
 
+/**
+ * Removes a stale lock under a second lock, so that of several waiters that
+ * all saw it stale only one removes it, after checking again: the others
+ * would otherwise remove the fresh lock the first one took meanwhile.
+ */
+function removeIfStale(path: string): boolean {
+  const guard = `${path}.takeover`;
+  if (!tryAcquire(guard)) {
+    if (!isStale(guard)) return false; // another waiter is taking over
+    rmSync(guard, { force: true }); // its taker died mid-takeover
+    return true;
+  }
+  try {
+    if (!isStale(path)) return false;
+    rmSync(path, { force: true });
+    return true;
+  } finally {
+    rmSync(guard, { force: true });
+  }
+}
+
 export async function withFileLock<T>(path: string, fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
   mkdirSync(dirname(path), { recursive: true });
   while (!tryAcquire(path)) {
-    if (isStale(path)) {
-      rmSync(path, { force: true });
-      continue;
-    }
+    if (isStale(path) && removeIfStale(path)) continue;
     if (signal?.aborted) throw signal.reason;
     await Bun.sleep(POLL_MS);
   }

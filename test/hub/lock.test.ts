@@ -55,3 +55,34 @@ test("releases the lock when the work fails, and stops waiting on abort", async 
   setTimeout(() => controller.abort(new Error("cancelled")), 100);
   await expect(withFileLock(path, async () => {}, controller.signal)).rejects.toThrow("cancelled");
 });
+
+test("several processes taking over one stale lock: one holder at a time", async () => {
+  const path = join(dir, "blob.lock");
+  const log = join(dir, "log");
+  const child = `
+    import { appendFileSync } from "node:fs";
+    import { withFileLock } from ${JSON.stringify(join(import.meta.dir, "../../src/hub/lock"))};
+    await withFileLock(${JSON.stringify(path)}, async () => {
+      appendFileSync(${JSON.stringify(log)}, "enter " + process.pid + "\\n");
+      await Bun.sleep(30);
+      appendFileSync(${JSON.stringify(log)}, "exit " + process.pid + "\\n");
+    });
+  `;
+  const gone = Bun.spawn(["true"]);
+  await gone.exited;
+  for (let round = 0; round < 3; round++) {
+    writeFileSync(path, `${gone.pid} ${hostname()}\n`);
+    writeFileSync(log, "");
+    const procs = Array.from({ length: 6 }, () => Bun.spawn([process.execPath, "-e", child], { stderr: "pipe" }));
+    const codes = await Promise.all(procs.map((p) => p.exited));
+    expect(codes).toEqual(procs.map(() => 0));
+    const lines = (await Bun.file(log).text()).trim().split("\n");
+    expect(lines).toHaveLength(12);
+    // Every "enter" is followed by the same process's "exit": no two holders overlap.
+    for (let i = 0; i < lines.length; i += 2) {
+      expect(lines[i]?.startsWith("enter ")).toBe(true);
+      expect(lines[i + 1]).toBe(`exit ${lines[i]?.slice(6)}`);
+    }
+    expect(existsSync(path)).toBe(false);
+  }
+}, 60_000);
