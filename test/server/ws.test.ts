@@ -94,6 +94,41 @@ describe("protocol", () => {
     ws.close();
   });
 
+  test("response_format: the conversation's text is a document of the schema, as over HTTP", async () => {
+    const response_format = {
+      type: "json_schema",
+      json_schema: {
+        name: "answer",
+        schema: {
+          type: "object",
+          properties: { answer: { enum: ["yes", "no"] } },
+          required: ["answer"],
+          additionalProperties: false,
+        },
+      },
+    };
+    const ws = await TestSocket.open(wsUrl);
+    ws.send(chat("j1", "Yes or no?", { max_tokens: 300, response_format }));
+    const done = await ws.next((m) => m.type === "done" && m.id === "j1");
+    expect(done.finish_reason).toBe("stop");
+    const value = JSON.parse(ws.text("j1")) as { answer: string };
+    expect(Object.keys(value)).toEqual(["answer"]);
+    expect(["yes", "no"]).toContain(value.answer);
+    const res = await fetch(`${server.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({
+        messages: [{ role: "user", content: "Yes or no?" }],
+        temperature: 0,
+        max_tokens: 300,
+        response_format,
+      }),
+    });
+    const body = (await res.json()) as { choices: Array<{ message: { content: string } }> };
+    expect(ws.text("j1")).toBe(body.choices[0]!.message.content);
+    ws.close();
+  });
+
   test("several conversations at once on one socket, multiplexed by id", async () => {
     const ws = await TestSocket.open(wsUrl);
     ws.send(chat("a", "First conversation", { max_tokens: 40 }));

@@ -129,6 +129,7 @@ export class Connection {
         sampling: plan.sampling,
         stop: plan.stop,
         signal: abort.signal,
+        responseFormat: plan.enforcedFormat,
       });
       if (!(await this.#send({ type: "start", id, model }))) return this.#lost(id, abort);
       for await (const e of events) {

@@ -1,7 +1,7 @@
 // The WebSocket protocol's messages (see PROTOCOL.md): client messages as
 // TypeBox schemas, server messages as types.
 import { type Static, Type as T } from "@sinclair/typebox";
-import { MessageSchema, SamplingFields } from "../openai/schema";
+import { MessageSchema, ResponseFormatSchema, SamplingFields } from "../openai/schema";
 
 export const ConversationId = T.String({ minLength: 1, maxLength: 128 });
 
@@ -11,6 +11,7 @@ export const ChatRequest = T.Object({
   model: T.Optional(T.Union([T.String(), T.Null()])),
   messages: T.Array(MessageSchema, { minItems: 1 }),
   ...SamplingFields,
+  response_format: T.Optional(T.Union([ResponseFormatSchema, T.Null()])),
 });
 export type ChatRequest = Static<typeof ChatRequest>;
 
