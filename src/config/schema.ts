@@ -10,7 +10,7 @@
 //   model             PENSIEVE_MODEL                --model               "smollm2-135m"
 //   maxContext        PENSIEVE_MAX_CONTEXT          --max-context         null (automatic)
 //   kvBudgetBytes     PENSIEVE_KV_BUDGET_BYTES      --kv-budget-bytes     null (automatic)
-//   maxConcurrent     PENSIEVE_MAX_CONCURRENT       --max-concurrent      8
+//   maxConcurrent     PENSIEVE_MAX_CONCURRENT       --max-concurrent      8 (CPU), 32 (GPU)
 //   queueSize         PENSIEVE_QUEUE_SIZE           --queue-size          64
 //   prefixCacheBytes  PENSIEVE_PREFIX_CACHE_BYTES   --prefix-cache-bytes  null (automatic)
 //   strictModelNames  PENSIEVE_STRICT_MODEL_NAMES   --strict-model-names  false
@@ -52,12 +52,10 @@ export const ConfigSchema = Type.Object(
       "Context length cap (sizes the KV cache); null: the largest that fits in memory",
     ),
     kvBudgetBytes: nullable(Type.Integer({ minimum: 1 }), "Memory for KV caches; null: automatic"),
-    maxConcurrent: Type.Integer({
-      minimum: 1,
-      maximum: 1024,
-      default: 8,
-      description: "Sequences generated at once",
-    }),
+    maxConcurrent: nullable(
+      Type.Integer({ minimum: 1, maximum: 1024 }),
+      "Sequences generated at once; null: 8 on the CPU, 32 on a GPU",
+    ),
     queueSize: Type.Integer({
       minimum: 0,
       maximum: 1_000_000,

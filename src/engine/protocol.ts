@@ -15,7 +15,8 @@ export interface EngineConfig {
   /** Cap on prompt + output tokens per sequence; default from memory. */
   maxContext?: number | null;
   kvBudgetBytes?: number | null;
-  maxConcurrent?: number;
+  /** Rows decoded together; default (also for null) 8 on the CPU, 32 on a GPU. */
+  maxConcurrent?: number | null;
   queueSize?: number;
   prefillChunk?: number;
   interleavedPrefillChunk?: number;

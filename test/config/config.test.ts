@@ -51,7 +51,7 @@ describe("defaults", () => {
       model: "smollm2-135m",
       maxContext: null,
       kvBudgetBytes: null,
-      maxConcurrent: 8,
+      maxConcurrent: null,
       queueSize: 64,
       prefixCacheBytes: null,
       strictModelNames: false,
@@ -201,7 +201,7 @@ describe("errors name the key, the source and the reason", () => {
     const path = join(dir, "c.json");
     writeJson(path, { maxConcurrent: 0 });
     const e = errorOf(() => loadConfig({ env, configPath: path }));
-    expect(e.message).toBe(`config: maxConcurrent (from ${path}): expected an integer between 1 and 1024, got 0`);
+    expect(e.message).toBe(`config: maxConcurrent (from ${path}): expected an integer between 1 and 1024 or null, got 0`);
     writeJson(path, { corsOrigins: "http://x" });
     expect(errorOf(() => loadConfig({ env, configPath: path })).message).toBe(
       `config: corsOrigins (from ${path}): expected a list of non-empty strings, got "http://x"`,
