@@ -1,7 +1,8 @@
 // Named weights and the two layer kinds every architecture builds on: Linear
 // and Embedding, each either plain (float) or MLX-quantized (affine, per tensor).
-import * as mx from "../mlx";
+
 import type { MxArray } from "../mlx";
+import * as mx from "../mlx";
 import type { QuantizationConfig } from "./config";
 
 /** A weight matrix [out, in], plain or quantized (bits and group size per tensor). */
@@ -188,6 +189,73 @@ export class WeightStore {
       this.#extra.push(dense);
     }
     return { kind: "quantized", q, bias, cpuKernel: cpuKernelWanted(q), dense };
+  }
+
+  /**
+   * Linear layers that read the same input, as one with their output rows
+   * stacked (q|k|v, gate|up): one product instead of several, so fewer
+   * kernels and CPU thread-pool rounds per step. Null when the parts differ
+   * in kind or packing (then use them apart). The parts' arrays are released.
+   */
+  fuse(parts: LinearWeight[]): LinearWeight | null {
+    const first = parts[0];
+    if (!first || parts.length < 2) return null;
+    const allBias = parts.every((p) => p.bias !== null);
+    if (!allBias && parts.some((p) => p.bias !== null)) return null;
+    const created: MxArray[] = [];
+    const stack = (arrays: MxArray[]) => {
+      const a = mx.keep(mx.concatenate(arrays, 0));
+      created.push(a);
+      return a;
+    };
+    let fused: LinearWeight;
+    if (first.kind === "dense") {
+      if (!parts.every((p) => p.kind === "dense")) return null;
+      const dense = parts as Array<Extract<LinearWeight, { kind: "dense" }>>;
+      fused = { kind: "dense", weight: stack(dense.map((p) => p.weight)), bias: null };
+    } else {
+      const quantized = parts as Array<Extract<LinearWeight, { kind: "quantized" }>>;
+      const same = (p: LinearWeight) =>
+        p.kind === "quantized" &&
+        p.q.bits === first.q.bits &&
+        p.q.groupSize === first.q.groupSize &&
+        p.q.weight.dim(1) === first.q.weight.dim(1) &&
+        p.q.scales.dtype === first.q.scales.dtype &&
+        (p.q.biases === null) === (first.q.biases === null) &&
+        (p.dense === null) === (first.dense === null) &&
+        p.cpuKernel === first.cpuKernel;
+      if (!parts.every(same)) return null;
+      const q = {
+        weight: stack(quantized.map((p) => p.q.weight)),
+        scales: stack(quantized.map((p) => p.q.scales)),
+        biases: first.q.biases ? stack(quantized.map((p) => p.q.biases as MxArray)) : null,
+        groupSize: first.q.groupSize,
+        bits: first.q.bits,
+      };
+      const dense = first.dense ? stack(quantized.map((p) => p.dense as MxArray)) : null;
+      fused = { kind: "quantized", q, bias: null, cpuKernel: first.cpuKernel, dense };
+    }
+    if (allBias) fused.bias = stack(parts.map((p) => p.bias as MxArray));
+    // Computed now, so that the parts can go.
+    mx.evaluate(...created);
+    this.#extra.push(...created);
+    this.#release(parts);
+    return fused;
+  }
+
+  /** Frees the arrays of linear layers that were fused into another. */
+  #release(parts: LinearWeight[]): void {
+    const gone = new Set<MxArray>();
+    for (const p of parts) {
+      if (p.bias) gone.add(p.bias);
+      if (p.kind === "dense") gone.add(p.weight);
+      else {
+        for (const a of [p.q.weight, p.q.scales, p.q.biases, p.dense]) if (a) gone.add(a);
+      }
+    }
+    for (const [name, a] of this.#arrays) if (gone.has(a)) this.#arrays.delete(name);
+    for (let i = this.#extra.length - 1; i >= 0; i--) if (gone.has(this.#extra[i] as MxArray)) this.#extra.splice(i, 1);
+    for (const a of gone) a.dispose();
   }
 
   /** Names never asked for (unexpected tensors in the file). */
