@@ -35,11 +35,11 @@ const chat = (id: string, content: string, extra: Record<string, unknown> = {}) 
 });
 
 /** The same request over HTTP, for comparison. */
-async function httpText(content: string, maxTokens: number): Promise<string> {
+async function httpText(content: string, maxTokens: number, extra: Record<string, unknown> = {}): Promise<string> {
   const res = await fetch(`${server.url}/v1/chat/completions`, {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify({ messages: [{ role: "user", content }], temperature: 0, max_tokens: maxTokens }),
+    body: JSON.stringify({ messages: [{ role: "user", content }], temperature: 0, max_tokens: maxTokens, ...extra }),
   });
   const body = (await res.json()) as { choices: Array<{ message: { content: string } }> };
   return body.choices[0]!.message.content;
@@ -114,18 +114,7 @@ describe("protocol", () => {
     const value = JSON.parse(ws.text("j1")) as { answer: string };
     expect(Object.keys(value)).toEqual(["answer"]);
     expect(["yes", "no"]).toContain(value.answer);
-    const res = await fetch(`${server.url}/v1/chat/completions`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({
-        messages: [{ role: "user", content: "Yes or no?" }],
-        temperature: 0,
-        max_tokens: 300,
-        response_format,
-      }),
-    });
-    const body = (await res.json()) as { choices: Array<{ message: { content: string } }> };
-    expect(ws.text("j1")).toBe(body.choices[0]!.message.content);
+    expect(ws.text("j1")).toBe(await httpText("Yes or no?", 300, { response_format }));
     ws.close();
   });
 
