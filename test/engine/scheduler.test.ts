@@ -3,23 +3,13 @@
 import { describe, expect, test } from "bun:test";
 import { generateTokens } from "../../src/engine/generate";
 import { type SamplingParams, samplingParams } from "../../src/engine/sampling";
-import { type EngineEvent, type EngineRequest, Scheduler, type SchedulerOptions } from "../../src/engine/scheduler";
+import { type EngineEvent, type EngineRequest, Scheduler } from "../../src/engine/scheduler";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";
 import type { LanguageModel } from "../../src/models/types";
 import { tinyModel } from "../support/models";
 import { promptIds } from "../support/reference";
-
-const OPTIONS: SchedulerOptions = {
-  maxConcurrent: 8,
-  queueSize: 16,
-  kvBudgetBytes: 1 << 30,
-  contextLength: 2048,
-  prefillChunk: 64,
-  interleavedPrefillChunk: 16,
-  prefixCacheBytes: 0,
-  maxPrefillBatch: 4,
-};
+import { TEST_SCHEDULER_OPTIONS } from "../support/scheduler";
 
 function single(
   model: LanguageModel,
@@ -58,7 +48,7 @@ interface Run {
 function runScheduled(
   model: LanguageModel,
   schedule: Array<{ at: number; request: EngineRequest }>,
-  options = OPTIONS,
+  options = TEST_SCHEDULER_OPTIONS,
 ): Run {
   const events: EngineEvent[] = [];
   const tokens = new Map<string, number[]>();
@@ -117,7 +107,7 @@ for (const [name, prefillWidthMultiple] of [
     const run = runScheduled(
       model,
       prompts.map((p, i) => ({ at: joinAt[i] as number, request: request(`r${i}`, p, lengths[i] as number, greedy) })),
-      { ...OPTIONS, prefillWidthMultiple },
+      { ...TEST_SCHEDULER_OPTIONS, prefillWidthMultiple },
     );
     prompts.forEach((_, i) => {
       expect(run.tokens.get(`r${i}`)).toEqual(expected[i]?.tokens as number[]);
@@ -199,7 +189,7 @@ describe("continuous batching (tiny-llama-f16, float32 CPU)", () => {
 
   test("a cancelled row leaves at the next step and frees its memory", () => {
     const events: EngineEvent[] = [];
-    const s = new Scheduler(model, OPTIONS, (e) => events.push(e));
+    const s = new Scheduler(model, TEST_SCHEDULER_OPTIONS, (e) => events.push(e));
     for (let i = 0; i < 3; i++) s.submit(request(`c${i}`, prompts[i] as number[], 200));
     while (s.stats().running < 3) s.step();
     for (let i = 0; i < 3; i++) s.step();
@@ -219,8 +209,10 @@ describe("continuous batching (tiny-llama-f16, float32 CPU)", () => {
 
   test("admission: a full queue rejects with 429, an overlong prompt with 400", () => {
     const events: EngineEvent[] = [];
-    const s = new Scheduler(model, { ...OPTIONS, maxConcurrent: 1, queueSize: 2, contextLength: 64 }, (e) =>
-      events.push(e),
+    const s = new Scheduler(
+      model,
+      { ...TEST_SCHEDULER_OPTIONS, maxConcurrent: 1, queueSize: 2, contextLength: 64 },
+      (e) => events.push(e),
     );
     s.submit(request("long", promptIds(64, 1), 4));
     for (let i = 0; i < 4; i++) s.submit(request(`q${i}`, promptIds(4, i), 4));
@@ -242,7 +234,7 @@ describe("continuous batching (tiny-llama-f16, float32 CPU)", () => {
         { at: 0, request: request("first", base, 5) },
         { at: 40, request: request("second", extended, 10) },
       ],
-      { ...OPTIONS, prefixCacheBytes: 64 << 20 },
+      { ...TEST_SCHEDULER_OPTIONS, prefixCacheBytes: 64 << 20 },
     );
     const started = run.events.find((e) => e.type === "started" && e.id === "second") as Extract<
       EngineEvent,

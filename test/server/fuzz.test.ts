@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { RunningServer } from "../../src/server/server";
 import { waitForEngineIdle } from "../support/engine-idle";
 import { tinyModel } from "../support/models";
+import { mulberry32 } from "../support/random";
 import { startTestServer } from "../support/server";
 import { TestSocket } from "../support/ws-client";
 
@@ -32,16 +33,8 @@ afterAll(async () => {
   await server?.stop();
 });
 
-/** mulberry32: a small seeded PRNG. */
 function prng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = mulberry32(seed);
   const int = (n: number) => Math.floor(next() * n);
   const pick = <T>(items: readonly T[]): T => items[int(items.length)] as T;
   return { next, int, pick };

@@ -6,7 +6,7 @@
 import { describe, expect, test } from "bun:test";
 import { generateTokens } from "../../src/engine/generate";
 import { type SamplingParams, samplingParams } from "../../src/engine/sampling";
-import { type EngineEvent, type EngineRequest, Scheduler, type SchedulerOptions } from "../../src/engine/scheduler";
+import { type EngineEvent, type EngineRequest, Scheduler } from "../../src/engine/scheduler";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";
 import type { LanguageModel } from "../../src/models/types";
@@ -22,18 +22,8 @@ import { tokenByteTable } from "../../src/text/token-bytes";
 import { loadTokenizer, type Tokenizer } from "../../src/text/tokenizer";
 import { tinyModel } from "../support/models";
 import { promptIds } from "../support/reference";
+import { TEST_SCHEDULER_OPTIONS } from "../support/scheduler";
 import { validate } from "../text/json-schema-check";
-
-const OPTIONS: SchedulerOptions = {
-  maxConcurrent: 8,
-  queueSize: 16,
-  kvBudgetBytes: 1 << 30,
-  contextLength: 2048,
-  prefillChunk: 64,
-  interleavedPrefillChunk: 16,
-  prefixCacheBytes: 0,
-  maxPrefillBatch: 4,
-};
 
 const SCHEMA = {
   type: "object",
@@ -78,7 +68,7 @@ function run(l: Loaded, schedule: Array<{ at: number; request: EngineRequest }>)
   const out: Run = { tokens: new Map(), logprobs: new Map(), finished: new Map() };
   const scheduler = new Scheduler(
     l.model,
-    OPTIONS,
+    TEST_SCHEDULER_OPTIONS,
     (e: EngineEvent) => {
       if (e.type === "tokens") {
         for (const t of e.items) {

@@ -49,6 +49,14 @@ const personFormat = {
   json_schema: { name: "person", strict: true, schema: PERSON as unknown as Record<string, unknown> },
 };
 
+/** A whole answer that must end by itself (finish_reason "stop"): its text, parsed. */
+async function finishedJson(client: OpenAI, params: OpenAI.ChatCompletionCreateParamsNonStreaming) {
+  const r = await client.chat.completions.create(params);
+  const choice = r.choices[0]!;
+  expect(choice.finish_reason).toBe("stop");
+  return { text: choice.message.content!, value: JSON.parse(choice.message.content!) as unknown };
+}
+
 async function streamed(client: OpenAI, params: OpenAI.ChatCompletionCreateParamsStreaming) {
   const stream = await client.chat.completions.create(params);
   let text = "";
@@ -73,17 +81,15 @@ describe("SmolLM2 (real weights)", () => {
   test(
     "json_object: the answer parses to an object and ends with stop",
     async () => {
-      const r = await smolClient.chat.completions.create({
+      const { text, value } = await finishedJson(smolClient, {
         model: "m",
         messages: ask,
         response_format: { type: "json_object" },
         temperature: 0,
         max_tokens: 60,
       });
-      const choice = r.choices[0]!;
-      expect(choice.finish_reason).toBe("stop");
-      answer = choice.message.content!;
-      expect(isObject(JSON.parse(answer))).toBe(true);
+      answer = text;
+      expect(isObject(value)).toBe(true);
     },
     LONG,
   );
@@ -113,7 +119,7 @@ describe("SmolLM2 (real weights)", () => {
     test(
       `json_schema at temperature ${temperature}: the answer follows the schema`,
       async () => {
-        const r = await smolClient.chat.completions.create({
+        const { value } = await finishedJson(smolClient, {
           model: "m",
           messages: ask,
           response_format: { type: "json_schema", json_schema: { name: "cat", schema: catSchema } },
@@ -121,9 +127,7 @@ describe("SmolLM2 (real weights)", () => {
           seed,
           max_tokens: 40,
         });
-        const choice = r.choices[0]!;
-        expect(choice.finish_reason).toBe("stop");
-        expect(validate(JSON.parse(choice.message.content!), catSchema)).toEqual([]);
+        expect(validate(value, catSchema)).toEqual([]);
       },
       LONG,
     );
@@ -152,7 +156,7 @@ describe("a tiny model with random weights", () => {
     [1, 3],
   ] as const) {
     test(`json_object at temperature ${temperature}${seed ? ` (seed ${seed})` : ""}: parses to an object`, async () => {
-      const r = await tinyClient.chat.completions.create({
+      const { value } = await finishedJson(tinyClient, {
         model: "m",
         messages: ask,
         response_format: { type: "json_object" },
@@ -161,13 +165,11 @@ describe("a tiny model with random weights", () => {
         max_tokens: 300,
         logit_bias: closers(),
       });
-      const choice = r.choices[0]!;
-      expect(choice.finish_reason).toBe("stop");
-      expect(isObject(JSON.parse(choice.message.content!))).toBe(true);
+      expect(isObject(value)).toBe(true);
     });
 
     test(`json_schema at temperature ${temperature}${seed ? ` (seed ${seed})` : ""}: parses and validates`, async () => {
-      const r = await tinyClient.chat.completions.create({
+      const { value } = await finishedJson(tinyClient, {
         model: "m",
         messages: ask,
         response_format: personFormat,
@@ -175,9 +177,7 @@ describe("a tiny model with random weights", () => {
         seed,
         max_tokens: 600,
       });
-      const choice = r.choices[0]!;
-      expect(choice.finish_reason).toBe("stop");
-      expect(validate(JSON.parse(choice.message.content!), PERSON)).toEqual([]);
+      expect(validate(value, PERSON)).toEqual([]);
     });
   }
 

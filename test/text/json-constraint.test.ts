@@ -13,6 +13,7 @@ import {
   SchemaError,
   step,
 } from "../../src/text/json-constraint";
+import { mulberry32 } from "../support/random";
 import { validate } from "./json-schema-check";
 
 const json = grammarFor({ kind: "json" });
@@ -290,17 +291,6 @@ describe("json_schema", () => {
 
 // ---- random walks: whatever the automaton lets through must parse and validate ----
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** Bytes the automaton allows next, printable ASCII and a few UTF-8 leads (to keep walks readable). */
 const CANDIDATE_BYTES = [
   ...Array.from({ length: 95 }, (_, i) => 0x20 + i),
@@ -373,7 +363,7 @@ describe("random walks through the automaton", () => {
   for (const [name, s] of schemas) {
     test(`${name}: every finished walk parses${s ? " and validates" : " to an object"}`, () => {
       const grammar = s === null ? json : schema(s);
-      const random = rng(name.length * 7919);
+      const random = mulberry32(name.length * 7919);
       let finished = 0;
       for (let i = 0; i < 300; i++) {
         const text = randomWalk(grammar, random, 20 + (i % 60));
@@ -388,7 +378,7 @@ describe("random walks through the automaton", () => {
   }
 
   test("JSON.stringify output of random values is accepted, compact and pretty", () => {
-    const random = rng(42);
+    const random = mulberry32(42);
     const value = (depth: number): unknown => {
       const r = random();
       if (depth > 3 || r < 0.3) {

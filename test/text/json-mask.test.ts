@@ -16,21 +16,11 @@ import {
 } from "../../src/text/json-constraint";
 import { type PieceStyle, pieceStyle, tokenByteTable } from "../../src/text/token-bytes";
 import type { Tokenizer } from "../../src/text/tokenizer";
+import { mulberry32 } from "../support/random";
 import { phi3, smollm2 } from "./helpers";
 
 // ignoreBOM: keep a U+FEFF token's character (the tokenizer does).
 const strict = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
-
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const CLOSING = new Set([...' \n"}]0123456789,:'].map((c) => c.charCodeAt(0)));
 
@@ -112,7 +102,7 @@ for (const [name, load, style] of vocabularies) {
         const trie = trieOf(name, tokenizer);
         const table = trie.bytes;
         const eos = [...tokenizer.eosIds];
-        const random = rng(gname.length + name.length);
+        const random = mulberry32(gname.length + name.length);
         let checks = 0;
         for (let run = 0; run < 3; run++) {
           const c = new JsonConstraint(grammar, trie, eos);
