@@ -119,7 +119,8 @@ export class Engine {
   readonly #cacheReleaseIdleMs: number;
   /** Prompt lengths still to prefill once while idle, so that real prompts find their shapes built. */
   #warmups: number[] = [];
-  #warmupCount = 0;
+  /** Id of the warm-up request in flight, whose events clients must not see. */
+  #warming: string | null = null;
 
   constructor(config: EngineConfig, emit: (event: EngineEvent) => void) {
     const started = performance.now();
@@ -174,14 +175,19 @@ export class Engine {
     };
   }
 
-  /** Passes events on, less those of the engine's own warm-up requests. */
+  /** Passes events on, less those of the warm-up in flight (at most one runs at a time). */
   #forward(e: EngineEvent, emit: (event: EngineEvent) => void): void {
-    if (e.type === "tokens") {
-      const items = e.items.filter((t) => !t.id.startsWith(WARMUP_ID));
+    const warming = this.#warming;
+    if (warming === null) {
+      emit(e);
+    } else if (e.type === "tokens") {
+      const items = e.items.filter((t) => t.id !== warming);
       if (items.length > 0) emit(items.length === e.items.length ? e : { ...e, items });
-      return;
+    } else if (e.id !== warming) {
+      emit(e);
+    } else if (e.type === "finished" || e.type === "rejected") {
+      this.#warming = null;
     }
-    if (!e.id.startsWith(WARMUP_ID)) emit(e);
   }
 
   /** Warm-up prefills not yet run. */
@@ -189,19 +195,19 @@ export class Engine {
     return this.#warmups.length;
   }
 
-  /** Queues the next warm-up prefill (true), if any is left. */
-  #warmNext(): boolean {
+  /** Queues the next warm-up prefill. */
+  #warmNext(): void {
     const length = this.#warmups.shift();
-    if (length === undefined) return false;
+    if (length === undefined) return;
+    this.#warming = `${WARMUP_ID}${length}`;
     this.scheduler.submit({
-      id: `${WARMUP_ID}${this.#warmupCount++}`,
+      id: this.#warming,
       prompt: new Array(length).fill(0),
       maxTokens: 1,
       sampling: samplingParams(),
       stopTokenIds: [],
       internal: true,
     });
-    return true;
   }
 
   #constraint(modelPath: string, spec: ConstraintSpec, endIds: readonly number[]): TokenConstraint {
@@ -244,15 +250,14 @@ export class Engine {
     this.#running = true;
     let cacheHeld = false;
     while (!this.#stopped) {
-      if (!this.scheduler.hasWork() && this.#warmups.length > 0) {
-        // Warm-ups only in a quiet spell: between a client's back-to-back requests they would delay the next.
-        if (!(await this.#sleep(WARMUP_QUIET_MS))) this.#warmNext();
-        continue;
-      }
       if (!this.scheduler.hasWork()) {
-        // Idle: keep MLX's buffer cache for the next request, unless none comes for a while.
-        const woken = await this.#sleep(cacheHeld ? this.#cacheReleaseIdleMs : null);
-        if (!woken && cacheHeld) {
+        // Idle. Warm-ups go in a quiet spell (between a client's back-to-back requests they would
+        // delay the next); MLX's buffer cache stays for the next request unless none comes for a while.
+        const warm = this.#warmups.length > 0;
+        const woken = await this.#sleep(warm ? WARMUP_QUIET_MS : cacheHeld ? this.#cacheReleaseIdleMs : null);
+        if (woken) continue;
+        if (warm) this.#warmNext();
+        else {
           mx.memory.clearCache();
           cacheHeld = false;
         }
