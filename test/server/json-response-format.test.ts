@@ -76,18 +76,19 @@ describe("SmolLM2 (real weights)", () => {
     required: ["name", "age"],
     additionalProperties: false,
   };
+  const jsonObjectRequest = {
+    model: "m",
+    messages: ask,
+    response_format: { type: "json_object" as const },
+    temperature: 0,
+    max_tokens: 60,
+  };
   let answer = "";
 
   test(
     "json_object: the answer parses to an object and ends with stop",
     async () => {
-      const { text, value } = await finishedJson(smolClient, {
-        model: "m",
-        messages: ask,
-        response_format: { type: "json_object" },
-        temperature: 0,
-        max_tokens: 60,
-      });
+      const { text, value } = await finishedJson(smolClient, jsonObjectRequest);
       answer = text;
       expect(isObject(value)).toBe(true);
     },
@@ -97,14 +98,7 @@ describe("SmolLM2 (real weights)", () => {
   test(
     "json_object, streamed: the chunks concatenate to the same object",
     async () => {
-      const { text, finish } = await streamed(smolClient, {
-        model: "m",
-        messages: ask,
-        response_format: { type: "json_object" },
-        temperature: 0,
-        max_tokens: 60,
-        stream: true,
-      });
+      const { text, finish } = await streamed(smolClient, { ...jsonObjectRequest, stream: true });
       expect(finish).toBe("stop");
       expect(text).toBe(answer);
       expect(isObject(JSON.parse(text))).toBe(true);
