@@ -9,6 +9,31 @@ import type { AttentionBatch, ForwardView } from "../models/types";
 /** Capacity grows by this many positions at a time. */
 export const KV_STEP = 256;
 
+/**
+ * A row's KV over a token range: per layer, the cache's storage arrays, each
+ * with the token axis at 2 ([1, Hkv, length, X]); float caches store [k, v].
+ */
+export interface KVState {
+  parts: MxArray[][];
+  length: number;
+}
+
+export function disposeState(state: KVState): void {
+  for (const layer of state.parts) for (const a of layer) a.dispose();
+}
+
+export function stateBytes(state: KVState): number {
+  let n = 0;
+  for (const layer of state.parts) for (const a of layer) n += a.nbytes;
+  return n;
+}
+
+/** Lazy views of a state's tokens [start, end) (new handles; no copy until evaluated). */
+export function sliceState(state: KVState, start: number, end: number): KVState {
+  if (start === 0 && end === state.length) return state;
+  return { parts: state.parts.map((layer) => layer.map((a) => mx.sliceAxis(a, 2, start, end))), length: end - start };
+}
+
 export interface CacheShape {
   numLayers: number;
   numKvHeads: number;
@@ -182,18 +207,24 @@ export class KVCache implements AttentionBatch {
     this.#capacity = width;
   }
 
-  /** One row's keys and values per layer, exactly its length [1, Hkv, n, D] (new arrays). */
-  rowState(row: number, length?: number): { keys: MxArray[]; values: MxArray[]; length: number } {
+  /**
+   * One row's tokens [start, end) as contiguous copies: per layer the cache's
+   * storage arrays ([k, v]), each [1, Hkv, end - start, D] (new arrays).
+   */
+  rowState(row: number, start = 0, end?: number): KVState {
     const pad = this.#leftPadding[row];
     if (pad === undefined) throw new RangeError(`rowState: no row ${row}`);
-    const n = length ?? this.#offset - pad;
+    const stop = end ?? this.#offset - pad;
     const take = (a: MxArray | null) => {
       if (!a) throw new Error("rowState: empty cache");
-      return mx.keep(mx.contiguous(mx.sliceAxis(mx.sliceAxis(a, 0, row, row + 1), 2, pad, pad + n)));
+      return mx.keep(mx.contiguous(mx.sliceAxis(mx.sliceAxis(a, 0, row, row + 1), 2, pad + start, pad + stop)));
     };
-    const state = mx.tidy(() => ({ keys: this.#keys.map(take), values: this.#values.map(take), length: n }));
+    const state = mx.tidy(() => ({
+      parts: this.#keys.map((k, l) => [take(k), take(this.#values[l] ?? null)]),
+      length: stop - start,
+    }));
     // Copy now: a pending copy would pin the whole source buffer.
-    mx.asyncEval(...state.keys, ...state.values);
+    mx.asyncEval(...state.parts.flat());
     return state;
   }
 
@@ -207,17 +238,20 @@ export class KVCache implements AttentionBatch {
     return cache;
   }
 
-  /** A one-row cache holding copies of the given per-layer state (for prefix reuse). */
-  static fromState(shape: CacheShape, state: { keys: MxArray[]; values: MxArray[]; length: number }): KVCache {
+  /** A one-row cache holding the concatenation of consecutive states (prefix reuse). */
+  static fromStates(shape: CacheShape, states: readonly KVState[]): KVCache {
     const cache = new KVCache(shape, 1);
-    const n = state.length;
+    const n = states.reduce((t, s) => t + s.length, 0);
     mx.tidy(() => {
       for (let l = 0; l < shape.numLayers; l++) {
-        const k = state.keys[l];
-        const v = state.values[l];
-        if (!k || !v) throw new Error("fromState: missing layer");
-        cache.#keys[l] = mx.keep(k.dim(2) === n ? mx.copy(k) : mx.sliceAxis(k, 2, 0, n));
-        cache.#values[l] = mx.keep(v.dim(2) === n ? mx.copy(v) : mx.sliceAxis(v, 2, 0, n));
+        const layer = states.map((s) => s.parts[l]);
+        if (layer.some((p) => p?.length !== 2)) throw new Error("fromStates: missing layer");
+        const join = (i: number) => {
+          const arrays = layer.map((p) => (p as MxArray[])[i] as MxArray);
+          return mx.keep(arrays.length === 1 ? mx.copy(arrays[0] as MxArray) : mx.concatenate(arrays, 2));
+        };
+        cache.#keys[l] = join(0);
+        cache.#values[l] = join(1);
       }
     });
     cache.#offset = n;

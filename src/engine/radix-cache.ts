@@ -81,7 +81,8 @@ export class RadixCache<T> {
   #evictions = 0;
 
   constructor(ops: PayloadOps<T>, blockTokens = 16) {
-    if (!Number.isInteger(blockTokens) || blockTokens < 1) throw new RangeError("blockTokens must be a positive integer");
+    if (!Number.isInteger(blockTokens) || blockTokens < 1)
+      throw new RangeError("blockTokens must be a positive integer");
     this.#ops = ops;
     this.blockTokens = blockTokens;
   }
@@ -144,7 +145,12 @@ export class RadixCache<T> {
    * cached; shared ranges are not produced again. Returns the tokens newly
    * stored.
    */
-  insert(tokens: readonly number[], regime: number, length: number, produce: (start: number, end: number) => T): number {
+  insert(
+    tokens: readonly number[],
+    regime: number,
+    length: number,
+    produce: (start: number, end: number) => T,
+  ): number {
     const total = this.#floor(Math.min(length, tokens.length));
     if (total === 0) return 0;
     let node = this.#root(regime, true) as Node<T>;
