@@ -2,7 +2,8 @@
 // to the event loop between steps (so IPC messages and cancellations arrive).
 // All MLX work happens on this one thread.
 import { basename } from "node:path";
-import { DEFAULT_USABLE_FRACTION, estimateMemory } from "../hub/memory";
+import { formatBytes } from "../hub/format";
+import { DEFAULT_USABLE_FRACTION, estimateMemory, kvBytesPerToken, PREFILL_CHUNK } from "../hub/memory";
 import * as mx from "../mlx";
 import type { ModelConfig } from "../models/config";
 import { type LoadedModel, loadModel, readModelConfig } from "../models/loader";
@@ -12,6 +13,8 @@ import { tokenByteTable } from "../text/token-bytes";
 import { loadTokenizer } from "../text/tokenizer";
 import type { EngineConfig, EngineInfo, EngineStats } from "./protocol";
 import { defaultPrefillChunk } from "./generate";
+import { KV_STEP } from "./kv-cache";
+import { concurrentFit, type KvPoolShape, maxLoneTokens } from "./kv-pool";
 import { samplingParams } from "./sampling";
 import {
   type EngineEvent,
@@ -21,7 +24,6 @@ import {
   type TokenConstraint,
 } from "./scheduler";
 
-const GiB = 1024 ** 3;
 
 /** Device memory the engine may plan with: GPU memory (CUDA), else system memory (also Apple's unified memory). */
 export function deviceMemoryBytes(device: "cpu" | "gpu"): number | null {
@@ -36,10 +38,14 @@ export function deviceMemoryBytes(device: "cpu" | "gpu"): number | null {
   return null;
 }
 
+/** Tokens of one Claude Code session (its ~20K-token first request and room to answer), for the plan's message. */
+export const CLAUDE_CODE_SESSION_TOKENS = 24_576;
+
 /**
- * The context and KV budget, decided before any weight is loaded (src/hub/memory.ts):
- * a model that cannot fit is refused with the estimate's message. The KV budget
- * is what remains after weights, working memory and the prefix cache.
+ * The context and the KV pool, decided before any weight is loaded (src/hub/memory.ts):
+ * a model that cannot fit is refused with the estimate's message. The pool is
+ * what remains after the weights (dense copies included, when the caller counts
+ * them) and working memory; cached prefixes live inside it.
  */
 export function planMemory(
   config: EngineConfig,
@@ -51,23 +57,36 @@ export function planMemory(
   const gpuMemory = deviceMemoryBytes(device);
   const memory = gpuMemory === null ? undefined : { totalBytes: gpuMemory, label: "of GPU memory" };
   const usableFraction = device === "gpu" && gpuMemory !== null ? 0.9 : DEFAULT_USABLE_FRACTION;
-  const base = {
+  const prefillChunk = config.prefillChunk ?? (device === "gpu" ? 2048 : PREFILL_CHUNK);
+  const plan = estimateMemory({
     config: model,
     weightBytes,
     kvBytesPerElement: bytesPerElement,
     memory,
     usableFraction,
     maxContext: config.maxContext ?? null,
-  };
-  const first = estimateMemory(base);
-  if (!first.fits) throw new Error(first.message);
-  const spare = first.memory.usableBytes - first.breakdown.weights - first.breakdown.working;
-  const prefixCacheBytes = config.prefixCacheBytes ?? Math.max(0, Math.min(4 * GiB, Math.floor(spare * 0.2)));
-  const plan = estimateMemory({ ...base, prefixCacheBytes, kvBudgetBytes: config.kvBudgetBytes ?? null });
+    kvBudgetBytes: config.kvBudgetBytes ?? null,
+    prefillChunk,
+    // Fused causal attention for long prompts on the GPU (see src/hub/memory.ts).
+    scoreColumns: device === "gpu" ? prefillChunk : undefined,
+  });
   if (!plan.fits) throw new Error(plan.message);
-  const left = plan.memory.usableBytes - plan.breakdown.weights - plan.breakdown.working - prefixCacheBytes;
+  const left = plan.memory.usableBytes - plan.breakdown.weights - plan.breakdown.working;
   const kvBudgetBytes = config.kvBudgetBytes ?? Math.max(plan.breakdown.kvCache, left);
-  return { contextLength: plan.context, kvBudgetBytes, prefixCacheBytes, estimate: plan };
+  const pool: KvPoolShape = {
+    budgetBytes: kvBudgetBytes,
+    bytesPerToken: kvBytesPerToken(model, bytesPerElement),
+    numLayers: model.numLayers,
+    growthStep: KV_STEP,
+  };
+  const sessions = concurrentFit(pool, Math.min(CLAUDE_CODE_SESSION_TOKENS, plan.context));
+  const message =
+    `${plan.message}; KV pool ${formatBytes(kvBudgetBytes)} (running sequences and cached prefixes): ` +
+    `${sessions} sequence${sessions === 1 ? "" : "s"} of ${Math.min(CLAUDE_CODE_SESSION_TOKENS, plan.context)} tokens at once, ` +
+    `one of ${maxLoneTokens(pool)} tokens`;
+  // null: the pool alone bounds the prefix cache.
+  const prefixCacheBytes = config.prefixCacheBytes ?? null;
+  return { contextLength: plan.context, kvBudgetBytes, prefixCacheBytes, estimate: { ...plan, message }, sessions };
 }
 
 export function schedulerOptions(
