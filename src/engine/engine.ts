@@ -1,7 +1,8 @@
 // The engine: a loaded model plus its scheduler, driven by a loop that yields
 // to the event loop between steps (so IPC messages and cancellations arrive).
 // All MLX work happens on this one thread.
-import { basename } from "node:path";
+import { mkdirSync, statfsSync } from "node:fs";
+import { basename, join } from "node:path";
 import { formatBytes } from "../hub/format";
 import { DEFAULT_USABLE_FRACTION, estimateMemory, kvBytesPerToken, PREFILL_CHUNK } from "../hub/memory";
 import * as mx from "../mlx";
@@ -9,12 +10,14 @@ import type { ModelConfig } from "../models/config";
 import { type LoadedModel, loadModel, readModelConfig } from "../models/loader";
 import { denseCopyBytes } from "../models/weights";
 import { type ConstraintSpec, JsonConstraintFactory } from "../text/json-constraint";
+import { pensieveHome } from "../paths";
 import { tokenByteTable } from "../text/token-bytes";
 import { loadTokenizer } from "../text/tokenizer";
 import type { EngineConfig, EngineInfo, EngineStats } from "./protocol";
 import { defaultPrefillChunk } from "./generate";
 import { KV_STEP } from "./kv-cache";
 import { concurrentFit, type KvPoolShape, maxLoneTokens } from "./kv-pool";
+import { fileIdentity, modelKey, PrefixStore } from "./prefix-store";
 import { samplingParams } from "./sampling";
 import {
   type EngineEvent,
@@ -108,6 +111,38 @@ export function schedulerOptions(
   };
 }
 
+const GiB = 1024 ** 3;
+/** At shutdown, cached prefixes are written for at most this long (the supervisor's grace is 3 s). */
+const SHUTDOWN_PERSIST_MS = 2000;
+
+/** The disk budget for cached prefixes: the setting, or up to 16 GiB and a quarter of the free disk. */
+export function prefixDiskBudget(setting: number | null, dir: string): number {
+  if (setting !== null) return setting;
+  try {
+    const fs = statfsSync(dir);
+    return Math.min(16 * GiB, Math.floor((fs.bavail * fs.bsize) / 4));
+  } catch {
+    return 0;
+  }
+}
+
+/** The prefix cache on disk for this model, or null when off or unavailable. */
+function openPrefixStore(config: EngineConfig, loaded: LoadedModel): PrefixStore | null {
+  if (config.prefixDiskBytes === undefined || config.prefixDiskBytes === 0) return null;
+  const root = config.prefixDiskDir ?? join(pensieveHome(), "prefix-cache");
+  try {
+    const c = loaded.config;
+    const layout = `${mx.dtypeName(loaded.model.dtype)}:L${c.numLayers}:H${c.numKvHeads}:D${c.headDim}`;
+    const key = modelKey({ model: fileIdentity(config.model), layout, rope: config.alwaysLongRope ? "long" : "hf" });
+    mkdirSync(root, { recursive: true });
+    const budget = prefixDiskBudget(config.prefixDiskBytes, root);
+    return budget > 0 ? new PrefixStore(root, key, budget, layout, c.numLayers) : null;
+  } catch {
+    // A read-only or missing data folder costs the feature, not the engine.
+    return null;
+  }
+}
+
 const WARMUP_ID = "\u0000warmup-";
 const WARMUP_QUIET_MS = 250;
 
@@ -175,6 +210,7 @@ export class Engine {
       (e) => this.#forward(e, emit),
       (spec, endIds) => this.#constraint(config.model, spec, endIds),
     );
+    this.scheduler.attachPrefixStore(openPrefixStore(config, this.loaded));
     this.#warmups = warmupLengths(options);
     this.info = {
       modelPath: config.model,
@@ -279,6 +315,7 @@ export class Engine {
         else {
           mx.memory.clearCache();
           cacheHeld = false;
+          await this.#persistQuietly();
         }
         continue;
       }
@@ -288,6 +325,19 @@ export class Engine {
       await new Promise((resolve) => setImmediate(resolve));
     }
     this.#running = false;
+  }
+
+  /** Writes cached prefixes to disk, one node at a time, while nothing else needs the engine. */
+  async #persistQuietly(): Promise<void> {
+    while (!this.#stopped && !this.scheduler.hasWork()) {
+      try {
+        if (!this.scheduler.persistStep()) return;
+      } catch (e) {
+        console.error(`[engine] writing the prefix cache failed: ${(e as Error).message}`);
+        return;
+      }
+      await new Promise((resolve) => setImmediate(resolve));
+    }
   }
 
   /** Waits for work (true) or for `timeoutMs` to pass (false). */
@@ -305,6 +355,14 @@ export class Engine {
 
   stop(): void {
     this.#stopped = true;
+    this.scheduler.cancelAll();
+    this.scheduler.step();
+    const deadline = performance.now() + SHUTDOWN_PERSIST_MS;
+    try {
+      while (performance.now() < deadline && this.scheduler.persistStep()) {}
+    } catch (e) {
+      console.error(`[engine] writing the prefix cache failed: ${(e as Error).message}`);
+    }
     this.scheduler.dispose();
     this.#wake?.();
   }

@@ -22,6 +22,14 @@ export interface EngineConfig {
   interleavedPrefillChunk?: number;
   maxPrefillBatch?: number;
   prefixCacheBytes?: number | null;
+  /**
+   * Disk budget for cached prefixes kept across restarts: null, automatic
+   * (up to 16 GiB, at most a quarter of the free disk); absent or 0, off
+   * (tests and benchmarks that start an engine directly).
+   */
+  prefixDiskBytes?: number | null;
+  /** Folder for them (default: <data folder>/prefix-cache). */
+  prefixDiskDir?: string;
   /** Prompts left-padded to a multiple of this (default 64 on the GPU, 1 on the CPU). */
   prefillWidthMultiple?: number;
   /** GPU: keep dequantized copies of the weights for batched products (default: when memory allows). */

@@ -31,7 +31,8 @@ import {
   maxLoneTokens,
   projectedBytes,
 } from "./kv-pool";
-import { disposeState, PrefixCache, type PrefixCacheStats } from "./prefix-cache";
+import { disposeState, type KVState, PrefixCache, type PrefixCacheStats } from "./prefix-cache";
+import type { PrefixStore, PrefixStoreStats } from "./prefix-store";
 import { type SampledStep, type SamplingParams, SequenceSampler, type StepValues } from "./sampling";
 
 export interface EngineRequest {
@@ -109,6 +110,8 @@ export interface SchedulerStats {
   kvReservedBytes: number;
   kvBudgetBytes: number;
   prefixCache: PrefixCacheStats;
+  /** The prefix cache on disk (null: off). */
+  prefixDisk: PrefixStoreStats | null;
   steps: number;
   maxConcurrent: number;
   queueSize: number;
@@ -273,6 +276,7 @@ export class Scheduler {
   readonly #bytesPerToken: number;
   readonly #pool: KvPoolShape;
   readonly #constrain: ConstraintFactory | null;
+  #disk: PrefixStore | null = null;
 
   constructor(
     model: LanguageModel,
@@ -297,6 +301,25 @@ export class Scheduler {
       numLayers: c.numLayers,
       growthStep: KV_STEP,
     };
+  }
+
+  /** Keeps cached prefixes on disk too (src/engine/prefix-store.ts). */
+  attachPrefixStore(store: PrefixStore | null): void {
+    this.#disk = store;
+  }
+
+  /**
+   * Writes one cached prefix node that the disk lacks (quiet moments and
+   * shutdown). Returns whether more remain.
+   */
+  persistStep(): boolean {
+    if (!this.#disk || !this.prefixCache.enabled) return false;
+    const pending = this.#disk.plan(this.prefixCache.entries(), (st) =>
+      st.parts.reduce((n, layer) => n + layer.reduce((m, a) => m + a.nbytes, 0), 0),
+    );
+    const next = pending[0];
+    if (next) this.#disk.write(next);
+    return pending.length > 1;
   }
 
   /** KV bytes one token occupies (all layers, keys and values). */
@@ -392,6 +415,7 @@ export class Scheduler {
       kvReservedBytes: reserved,
       kvBudgetBytes: this.options.kvBudgetBytes,
       prefixCache: this.prefixCache.stats(),
+      prefixDisk: this.#disk?.stats() ?? null,
       steps: this.#steps,
       maxConcurrent: this.options.maxConcurrent,
       queueSize: this.options.queueSize,
@@ -532,6 +556,43 @@ export class Scheduler {
   #trimCache(): void {
     const reserved = projectedBytes(this.#pool, this.#footprint(), this.#prefilling().map(demand));
     this.prefixCache.evictTo(this.options.kvBudgetBytes - reserved);
+  }
+
+  /**
+   * Brings a prompt's prefix from disk into the prefix cache when the disk
+   * holds more of it than memory does: one radix node per file, so the nodes
+   * keep the files' boundaries (and their names) when written back.
+   */
+  #loadFromDisk(s: Sequence): void {
+    const disk = this.#disk;
+    if (!disk) return;
+    const limit = s.tokens.length - 1;
+    const inMemory = this.prefixCache.peek(s.tokens, s.regime);
+    const found = disk.match(s.tokens, s.regime, limit, this.prefixCache.blockTokens);
+    if (found.length <= inMemory || found.length < this.prefixCache.minTokens) return;
+    const reserved = projectedBytes(this.#pool, this.#footprint(), this.#prefilling().map(demand));
+    const fileBytes = found.chain.reduce((n, c) => n + c.bytes, 0);
+    this.prefixCache.evictTo(this.options.kvBudgetBytes - reserved - fileBytes);
+    const states = disk.load(found.chain);
+    if (!states) return;
+    const used = new Set<KVState>();
+    let end = 0;
+    for (const state of states) {
+      const start = end;
+      end = Math.min(end + state.length, found.length);
+      this.prefixCache.store(s.tokens, s.regime, end, (a, b) => {
+        if (a === start && b - a === state.length) {
+          used.add(state);
+          return state;
+        }
+        return mx.tidy(() => ({
+          parts: state.parts.map((layer) => layer.map((x) => mx.keep(mx.contiguous(mx.sliceAxis(x, 2, a - start, b - start))))),
+          length: b - a,
+        }));
+      });
+    }
+    for (const state of states) if (!used.has(state)) disposeState(state);
+    this.#trimCache();
   }
 
   /** Stores a row's KV [0, length) in the prefix cache, copying only what is not cached yet. */
@@ -734,6 +795,7 @@ export class Scheduler {
     if (!first) return null;
     const shape = cacheFor(this.model).shape;
     const s = first.seq;
+    if (this.#caches(s) && !first.recompute) this.#loadFromDisk(s);
     const hit = this.#caches(s) ? this.prefixCache.lookup(s.tokens, s.regime) : null;
     if (hit || first.recompute || s.tokens.length > this.options.prefillChunk) {
       // Alone and unpadded: a causal mask keeps attention fused (no score matrix over a long context).

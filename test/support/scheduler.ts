@@ -54,6 +54,7 @@ export function runScheduled(
   model: LanguageModel,
   schedule: Array<{ at: number; request: EngineRequest }>,
   options = TEST_SCHEDULER_OPTIONS,
+  setup?: (scheduler: Scheduler) => void,
 ): Run {
   const events: EngineEvent[] = [];
   const tokens = new Map<string, number[]>();
@@ -66,6 +67,7 @@ export function runScheduled(
       logprobs.set(t.id, [...(logprobs.get(t.id) ?? []), t.logprob ?? Number.NaN]);
     }
   });
+  setup?.(scheduler);
   let step = 0;
   const pending = [...schedule];
   while (pending.length > 0 || scheduler.hasWork()) {
