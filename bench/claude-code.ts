@@ -258,6 +258,24 @@ interface Options {
   outDir: string;
   concurrent: number;
   home: string;
+  /** Tokens of a long text prompt sent after the restart (0: none). */
+  long: number;
+}
+
+const WORDS = "the of and a to in is you that it he was for on are as with his they at be this have from or one had by word but not what all were we when your can said there use an each which she do how their if will up other about out many then them".split(" ");
+
+/** About `tokens` tokens of text; shrunk and sent again while the server says it is too long. */
+async function longPrompt(base: string, tokens: number): Promise<Step> {
+  let words = Math.round(tokens * 0.9);
+  let step: Step | null = null;
+  for (let attempt = 0; attempt < 4; attempt++) {
+    const text = Array.from({ length: words }, (_, i) => WORDS[(i * 7 + (i >> 3)) % WORDS.length]).join(" ");
+    step = await completion(base, `long prompt (~${tokens} tokens)`, text);
+    if (step.status !== 400 || !step.error?.includes("too long")) return step;
+    const m = /(\d+) tokens > (\d+)/.exec(step.error ?? "");
+    words = m ? Math.floor((words * Number(m[2])) / Number(m[1]) * 0.98) : Math.floor(words * 0.9);
+  }
+  return step as Step;
 }
 
 function startPensieve(o: Options, port: number, log: string): Subprocess {
@@ -330,6 +348,7 @@ async function replayPensieve(
   proc = startPensieve(o, port, join(o.outDir, "pensieve-claude-code-restart.log"));
   await waitReady(`${base}/health`, proc);
   log(await messages(base, "after restart: turn 1", body));
+  if (o.long > 0) log(await longPrompt(base, o.long));
   const peak = await metric(base, "pensieve_mlx_peak_memory_bytes");
   await stop(proc);
   return { health, prefixDiskFiles: files, prefixDiskBytes: diskBytes, peakMlxBytesAfterRestart: peak };
@@ -391,6 +410,7 @@ export async function benchClaudeCode(argv: string[]): Promise<void> {
     outDir: get("out-dir") ?? join(BENCH_DIR, "results"),
     concurrent: Number(get("concurrent") ?? 8),
     home: get("home") ?? join(CACHE_DIR, "claude-code-home"),
+    long: Number(get("long") ?? 0),
   };
   mkdirSync(o.outDir, { recursive: true });
   const captured = JSON.parse(readFileSync(o.request, "utf8")) as Captured;

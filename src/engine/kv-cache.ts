@@ -161,7 +161,11 @@ export class KVCache implements AttentionBatch {
           const b = theirs[l] ?? null;
           if (!a || !b) throw new Error("appendRows: both caches need every layer filled");
           const merged = mx.concatenate([leftPadded(a, T, width), leftPadded(b, U, width)], 0);
+          // One layer at a time: the old buffers go before the next layer's copy (the KV pool counts one layer extra).
+          mx.evaluate(merged);
           a.dispose();
+          b.dispose();
+          theirs[l] = null;
           mine[l] = mx.keep(merged);
         }
       }
@@ -196,8 +200,9 @@ export class KVCache implements AttentionBatch {
         for (let l = 0; l < buffers.length; l++) {
           const a = buffers[l];
           if (!a) continue;
-          const picked = mx.take(a, index, 0);
-          buffers[l] = mx.keep(mx.sliceAxis(picked, 2, trim, this.#offset));
+          const picked = mx.contiguous(mx.sliceAxis(mx.take(a, index, 0), 2, trim, this.#offset));
+          mx.evaluate(picked);
+          buffers[l] = mx.keep(picked);
           a.dispose();
         }
       }
