@@ -3,13 +3,9 @@
 // and clients that resend one long system prompt (Claude Code: ~20K tokens of
 // system prompt and tools every turn) then prefill only what is new.
 // An LRU under a byte budget.
-import type { MxArray } from "../mlx";
+import { disposeState, type KVState, stateBytes } from "./kv-cache";
 
-export interface KVState {
-  keys: MxArray[];
-  values: MxArray[];
-  length: number;
-}
+export { disposeState, type KVState };
 
 interface Entry {
   tokens: number[];
@@ -40,12 +36,6 @@ function commonPrefix(a: readonly number[], b: readonly number[], limit: number)
   let i = 0;
   while (i < n && a[i] === b[i]) i++;
   return i;
-}
-
-function stateBytes(state: KVState): number {
-  let n = 0;
-  for (const a of [...state.keys, ...state.values]) n += a.nbytes;
-  return n;
 }
 
 export class PrefixCache {
@@ -162,8 +152,4 @@ export class PrefixCache {
     for (const e of this.#entries) disposeState(e.state);
     this.#entries = [];
   }
-}
-
-export function disposeState(state: KVState): void {
-  for (const a of [...state.keys, ...state.values]) a.dispose();
 }

@@ -20,7 +20,8 @@ import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { LanguageModel } from "../models/types";
 import type { ConstraintSpec } from "../text/json-constraint";
-import { cacheFor } from "./generate";
+import type { KvBits } from "./attention-plan";
+import { cacheShape } from "./generate";
 import { KVCache } from "./kv-cache";
 import { disposeState, PrefixCache, type PrefixCacheStats } from "./prefix-cache";
 import { type SampledStep, type SamplingParams, SequenceSampler, type StepValues } from "./sampling";
@@ -87,6 +88,8 @@ export interface SchedulerOptions {
    * plans (50-500 ms); a few widths keep those cached.
    */
   prefillWidthMultiple?: number;
+  /** KV cache storage: 0 (default) float, 8 or 4 group-quantized bits. */
+  kvBits?: KvBits;
 }
 
 export interface SchedulerStats {
@@ -273,8 +276,7 @@ export class Scheduler {
     this.#emit = emit;
     this.#constrain = constrain;
     this.prefixCache = new PrefixCache(options.prefixCacheBytes);
-    const c = model.config;
-    this.#bytesPerToken = c.numLayers * 2 * c.numKvHeads * c.headDim * mx.dtypeBytes(model.dtype);
+    this.#bytesPerToken = KVCache.bytesPerToken(cacheShape(model, options.kvBits));
   }
 
   /** KV bytes one token occupies (all layers, keys and values). */
@@ -685,14 +687,14 @@ export class Scheduler {
   #formGroup(): PrefillGroup | null {
     const first = this.#prefills.shift();
     if (!first) return null;
-    const shape = cacheFor(this.model).shape;
+    const shape = cacheShape(this.model, this.options.kvBits);
     const s = first.seq;
     const hit = this.#caches(s) ? this.prefixCache.lookup(s.tokens, s.regime) : null;
     if (hit || first.recompute) {
       if (hit && !first.recompute) s.cachedTokens = hit.length;
       return {
         jobs: [first],
-        cache: hit ? KVCache.fromState(shape, { ...hit.state, length: hit.length }) : KVCache.padded(shape, [0]),
+        cache: hit ? KVCache.fromStates(shape, [{ ...hit.state, length: hit.length }]) : KVCache.padded(shape, [0]),
         tokens: Int32Array.from(s.tokens),
         width: s.tokens.length,
         done: hit?.length ?? 0,
