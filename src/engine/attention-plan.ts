@@ -19,13 +19,19 @@ export function isKvBits(n: unknown): n is KvBits {
 
 /**
  * Quantization group along head_dim: 64 where head_dim allows, else 32 (Phi-3's
- * head_dim 96). mlx-lm's default kv_group_size is 64 whatever the head size, and
- * mx.quantize refuses 96 with it, so mlx-lm needs --kv-group-size 32 there.
+ * head_dim 96); null when neither divides it (MLX quantizes in groups of 32, 64
+ * or 128). mlx-lm's default kv_group_size is 64 whatever the head size, and
+ * mx.quantize refuses head_dim 96 with it, so mlx-lm needs --kv-group-size 32 there.
  */
-export function kvGroupSize(headDim: number): number {
+export function kvGroupSize(headDim: number): number | null {
   if (headDim % 64 === 0) return 64;
   if (headDim % 32 === 0) return 32;
-  throw new Error(`a quantized KV cache needs head_dim divisible by 32 (got ${headDim})`);
+  return null;
+}
+
+/** The KV storage a model gets: the requested bits, or float where no quantization group divides head_dim. */
+export function effectiveKvBits(requested: KvBits, headDim: number): KvBits {
+  return requested !== 0 && kvGroupSize(headDim) !== null ? requested : 0;
 }
 
 export interface KvLayout {
@@ -44,7 +50,7 @@ export function kvTokenBytes(layout: KvLayout, floatBytes: number, bits: KvBits 
   const perHead =
     bits === 0
       ? layout.headDim * floatBytes
-      : (layout.headDim * bits) / 8 + 2 * (layout.headDim / (groupSize ?? kvGroupSize(layout.headDim))) * floatBytes;
+      : (layout.headDim * bits) / 8 + 2 * (layout.headDim / (groupSize ?? kvGroupSize(layout.headDim) ?? layout.headDim)) * floatBytes;
   return layout.numLayers * 2 * layout.numKvHeads * perHead;
 }
 

@@ -5,7 +5,7 @@
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { LanguageModel } from "../models/types";
-import { type KvBits, kvGroupSize } from "./attention-plan";
+import { effectiveKvBits, type KvBits, kvGroupSize } from "./attention-plan";
 import { type CacheShape, KVCache } from "./kv-cache";
 import {
   readStep,
@@ -21,16 +21,20 @@ export function defaultPrefillChunk(): number {
   return mx.getDevice() === "gpu" ? 2048 : 512;
 }
 
-/** The cache layout for a model: its dtype, and float (kvBits 0) or quantized KV. */
-export function cacheShape(model: LanguageModel, kvBits: KvBits = 0): CacheShape {
+/**
+ * The cache layout for a model: its dtype, and float (kvBits 0) or quantized KV.
+ * A model whose head_dim no quantization group divides keeps float KV.
+ */
+export function cacheShape(model: LanguageModel, requested: KvBits = 0): CacheShape {
   const c = model.config;
+  const kvBits = effectiveKvBits(requested, c.headDim);
   return {
     numLayers: c.numLayers,
     numKvHeads: c.numKvHeads,
     headDim: c.headDim,
     dtype: model.dtype,
     kvBits,
-    kvGroupSize: kvBits === 0 ? 0 : kvGroupSize(c.headDim),
+    kvGroupSize: kvBits === 0 ? 0 : (kvGroupSize(c.headDim) as number),
   };
 }
 
