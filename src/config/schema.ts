@@ -13,6 +13,7 @@
 //   maxConcurrent     PENSIEVE_MAX_CONCURRENT       --max-concurrent      8 (CPU), 32 (GPU)
 //   queueSize         PENSIEVE_QUEUE_SIZE           --queue-size          64
 //   prefixCacheBytes  PENSIEVE_PREFIX_CACHE_BYTES   --prefix-cache-bytes  null (automatic)
+//   kvBits            PENSIEVE_KV_BITS              --kv-bits             null (automatic: float for now)
 //   strictModelNames  PENSIEVE_STRICT_MODEL_NAMES   --strict-model-names  false
 //   logLevel          PENSIEVE_LOG_LEVEL            --log-level           "info"
 //   logFormat         PENSIEVE_LOG_FORMAT           --log-format          "json"
@@ -63,6 +64,10 @@ export const ConfigSchema = Type.Object(
       description: "Requests waiting beyond maxConcurrent; more get 429 with Retry-After",
     }),
     prefixCacheBytes: nullable(Type.Integer({ minimum: 0 }), "Memory for the prefix cache; null: automatic"),
+    kvBits: nullable(
+      Type.Union([Type.Literal(0), Type.Literal(8), Type.Literal(4)]),
+      "KV cache storage: 0 float, 8 or 4 group-quantized bits; null: automatic",
+    ),
     strictModelNames: Type.Boolean({
       default: false,
       description: "Reject requests naming another model (default: serve the loaded one)",
@@ -110,6 +115,7 @@ const KINDS: Record<ConfigKey, ValueKind> = {
   maxConcurrent: "integer",
   queueSize: "integer",
   prefixCacheBytes: "bytes",
+  kvBits: "integer",
   strictModelNames: "boolean",
   logLevel: "enum",
   logFormat: "enum",

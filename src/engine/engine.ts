@@ -10,8 +10,10 @@ import { denseCopyBytes } from "../models/weights";
 import { type ConstraintSpec, JsonConstraintFactory } from "../text/json-constraint";
 import { tokenByteTable } from "../text/token-bytes";
 import { loadTokenizer } from "../text/tokenizer";
+import { effectiveKvBits, type KvBits, kvGroupSize } from "./attention-plan";
 import type { EngineConfig, EngineInfo, EngineStats } from "./protocol";
-import { defaultPrefillChunk } from "./generate";
+import { cacheShape, defaultPrefillChunk } from "./generate";
+import { KVCache } from "./kv-cache";
 import { samplingParams } from "./sampling";
 import {
   type EngineEvent,
@@ -36,6 +38,22 @@ export function deviceMemoryBytes(device: "cpu" | "gpu"): number | null {
   return null;
 }
 
+// ---- KV storage (kvBits) ----
+/**
+ * KV storage when the configuration leaves it open (null): float for now on
+ * every device; the measurements behind the choice are in the kv-quant note.
+ */
+export function defaultKvBits(_device: "cpu" | "gpu"): KvBits {
+  return 0;
+}
+
+/** The KV storage a model gets: configured or default bits, float where head_dim cannot be quantized. */
+export function resolveKvBits(config: EngineConfig, device: "cpu" | "gpu", model: ModelConfig) {
+  const bits = effectiveKvBits(config.kvBits ?? defaultKvBits(device), model.headDim);
+  return { kvBits: bits, kvGroupSize: bits === 0 ? undefined : (kvGroupSize(model.headDim) ?? undefined) };
+}
+// ---- end KV storage ----
+
 /**
  * The context and KV budget, decided before any weight is loaded (src/hub/memory.ts):
  * a model that cannot fit is refused with the estimate's message. The KV budget
@@ -55,6 +73,7 @@ export function planMemory(
     config: model,
     weightBytes,
     kvBytesPerElement: bytesPerElement,
+    ...resolveKvBits(config, device, model), // kvBits, kvGroupSize
     memory,
     usableFraction,
     maxContext: config.maxContext ?? null,
@@ -67,7 +86,7 @@ export function planMemory(
   if (!plan.fits) throw new Error(plan.message);
   const left = plan.memory.usableBytes - plan.breakdown.weights - plan.breakdown.working - prefixCacheBytes;
   const kvBudgetBytes = config.kvBudgetBytes ?? Math.max(plan.breakdown.kvCache, left);
-  return { contextLength: plan.context, kvBudgetBytes, prefixCacheBytes, estimate: plan };
+  return { contextLength: plan.context, kvBudgetBytes, prefixCacheBytes, estimate: plan, kvBits: base.kvBits };
 }
 
 export function schedulerOptions(
@@ -86,6 +105,7 @@ export function schedulerOptions(
     maxPrefillBatch: config.maxPrefillBatch ?? (device === "gpu" ? 16 : 4),
     prefixCacheBytes: plan.prefixCacheBytes,
     prefillWidthMultiple: config.prefillWidthMultiple ?? (device === "gpu" ? 64 : 1),
+    kvBits: plan.kvBits,
   };
 }
 
@@ -146,8 +166,8 @@ export class Engine {
     }
     this.loaded = loadModel(config.model, { alwaysLongRope: config.alwaysLongRope, denseCopies });
     const c = this.loaded.config;
-    const bytesPerToken = c.numLayers * 2 * c.numKvHeads * c.headDim * mx.dtypeBytes(this.loaded.model.dtype);
     const options = schedulerOptions(config, plan, device);
+    const bytesPerToken = KVCache.bytesPerToken(cacheShape(this.loaded.model, options.kvBits));
     const fault = config.faultTokenId ?? null;
     if (fault !== null) this.#installFault(fault);
     this.scheduler = new Scheduler(
@@ -170,6 +190,7 @@ export class Engine {
       mlxVersion: mx.mlxVersion(),
       weightBytes: this.loaded.weightBytes,
       kvBytesPerToken: bytesPerToken,
+      kvBits: options.kvBits ?? 0,
       loadMs: performance.now() - started,
       pid: process.pid,
     };
