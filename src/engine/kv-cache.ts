@@ -14,7 +14,7 @@
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { AttentionBatch, ForwardView } from "../models/types";
-import { type KvBits, kvTokenBytes, queryChunk } from "./attention-plan";
+import { ATTENTION_SCORE_BOUND_BYTES, type KvBits, kvTokenBytes, queryChunk } from "./attention-plan";
 
 /** Capacity grows by this many positions at a time. */
 export const KV_STEP = 256;
@@ -64,8 +64,12 @@ export class KVCache implements AttentionBatch {
   #capacity = 0;
   #leftPadding: number[];
   #pending = 0;
-  /** Whether float attention runs in a fused kernel (no score matrix); see #fusedFloat. */
-  readonly #fused: boolean;
+  /**
+   * How attention bounds its score matrix: `fused` (float KV in a fused kernel,
+   * no score matrix: queries are not split), else queries split so each call's
+   * float32 scores stay within `bytes`. Tests lower the bound to check splitting.
+   */
+  scoreBound: { bytes: number; fused: boolean };
 
   constructor(shape: CacheShape, batchSize = 1) {
     if (shape.kvBits !== 0 && shape.headDim % shape.kvGroupSize !== 0) {
@@ -74,7 +78,10 @@ export class KVCache implements AttentionBatch {
     this.shape = shape;
     this.#parts = new Array(shape.numLayers).fill(null);
     this.#leftPadding = new Array(batchSize).fill(0);
-    this.#fused = shape.kvBits === 0 && fusedFloatAttention(shape);
+    this.scoreBound = {
+      bytes: ATTENTION_SCORE_BOUND_BYTES,
+      fused: shape.kvBits === 0 && fusedFloatAttention(shape),
+    };
   }
 
   /** KV bytes of one token of one row (all layers, keys and values). */
@@ -136,7 +143,7 @@ export class KVCache implements AttentionBatch {
     const parts = this.#store(layer, keys, values);
     const [B, H, L] = q.shape as [number, number, number];
     const S = this.#offset + L;
-    const step = this.#fused ? L : queryChunk(B, H, S);
+    const step = this.scoreBound.fused ? L : queryChunk(B, H, S, this.scoreBound.bytes);
     if (step >= L) return this.#attend(q, parts, scale, mask);
     const outs: MxArray[] = [];
     for (let a = 0; a < L; a += step) {
