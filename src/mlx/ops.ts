@@ -429,6 +429,8 @@ export function cpuKernelSupports(q: QuantizedWeight): boolean {
 
 /** x @ dequantize(w).T through Pensieve's SIMD, multi-threaded CPU kernel (see ffi/cpu_qmm.cpp). */
 export function quantizedMatmulCpu(x: MxArray, q: QuantizedWeight): MxArray {
+  // The kernel takes 2-D weights; batched ones (a quantized KV cache's) go to MLX's own op.
+  if (q.weight.ndim !== 2) return quantizedMatmul(x, q);
   return new MxArray(
     lib.pv_quantized_matmul_cpu(
       x.handle,

@@ -4,6 +4,7 @@
 // the scheduler (batched greedy tokens equal single-request ones).
 import { describe, expect, test } from "bun:test";
 import { type KvBits, kvTokenBytes } from "../../src/engine/attention-plan";
+import { Engine } from "../../src/engine/engine";
 import { cacheFor, cacheShape, generateTokens, prefill } from "../../src/engine/generate";
 import { disposeState, type KVCache, KVCache as KVCacheClass, stateBytes } from "../../src/engine/kv-cache";
 import { samplingParams } from "../../src/engine/sampling";
@@ -199,5 +200,51 @@ describe("quantized KV in the scheduler: batched greedy tokens equal single-requ
         model.dispose();
       });
     }
+  }
+});
+
+test("the engine with kvBits 8: planned and scheduled bytes per token, prefix-cache reuse, plain generation's tokens", async () => {
+  const events: EngineEvent[] = [];
+  const engine = new Engine(
+    {
+      model: tinyModel("tiny-llama"),
+      device: "cpu",
+      maxContext: 512,
+      prefillChunk: 64,
+      prefixCacheBytes: 64 << 20,
+      kvBits: 8,
+    },
+    (e) => events.push(e),
+  );
+  const running = engine.run();
+  try {
+    const c = engine.loaded.config;
+    const perToken = c.numLayers * 2 * c.numKvHeads * ((c.headDim * 8) / 8 + 2 * (c.headDim / 32) * 4);
+    expect(engine.info.kvBits).toBe(8);
+    expect(engine.info.kvBytesPerToken).toBe(perToken);
+    expect(engine.scheduler.bytesPerToken).toBe(perToken);
+    const shared = promptIds(60, 51);
+    const prompts = [shared, [...shared, ...promptIds(20, 52).slice(1)]];
+    const expected = prompts.map((p) =>
+      [...generateTokens(engine.loaded.model, p, { maxTokens: 8, sampling: samplingParams(), kvBits: 8 })].map(
+        (s) => s.token,
+      ),
+    );
+    for (const [i, p] of prompts.entries()) {
+      engine.submit({ id: `k${i}`, prompt: p, maxTokens: 8, sampling: samplingParams(), stopTokenIds: [] });
+      const deadline = Date.now() + 60_000;
+      while (!events.some((e) => e.type === "finished" && e.id === `k${i}`) && Date.now() < deadline)
+        await Bun.sleep(10);
+    }
+    const tokensOf = (id: string) =>
+      events.flatMap((e) => (e.type === "tokens" ? e.items.filter((t) => t.id === id).map((t) => t.token) : []));
+    expect(tokensOf("k0")).toEqual(expected[0] as number[]);
+    expect(tokensOf("k1")).toEqual(expected[1] as number[]);
+    // The second prompt started from the first one's stored (quantized) KV.
+    const started = events.find((e) => e.type === "started" && e.id === "k1") as { cachedTokens: number };
+    expect(started.cachedTokens).toBeGreaterThanOrEqual(60);
+  } finally {
+    engine.stop();
+    await running;
   }
 });
