@@ -2,9 +2,12 @@
 // src/hub/memory.ts runs before anything is loaded):
 //   - KV bytes per token, float or group-quantized (kvBits 8 or 4);
 //   - the bound on the attention score matrix: where scores [B, H, L, S] are
-//     materialized (quantized KV; float KV on a path without a fused kernel),
-//     the cache splits a forward's queries into sub-chunks of at most
-//     ATTENTION_SCORE_BOUND_BYTES of float32 scores (src/engine/kv-cache.ts).
+//     materialized (quantized KV through quantized matmuls; float KV on a path
+//     without a fused kernel), the cache splits a forward's queries into
+//     sub-chunks of at most ATTENTION_SCORE_BOUND_BYTES of float32 scores
+//     (src/engine/kv-cache.ts);
+//   - the transient float copy of one layer's K/V where quantized KV is
+//     dequantized for a fused kernel (the CPU).
 
 /** Float32 scores of one attention call at most (one query sub-chunk against all keys). */
 export const ATTENTION_SCORE_BOUND_BYTES = 256 * 1024 ** 2;
@@ -62,6 +65,21 @@ export function queryChunk(
   boundBytes = ATTENTION_SCORE_BOUND_BYTES,
 ): number {
   return Math.max(1, Math.floor(boundBytes / (batch * heads * Math.max(1, keys) * SCORE_BYTES)));
+}
+
+/**
+ * Quantized KV attended through a float copy (the CPU default, kv-cache.ts
+ * `quantizedAttention: "dequantize"`): the transient copy of one layer's keys
+ * and values, batch × 2 × kv_heads × head_dim × keys × floatBytes.
+ */
+export function dequantizedLayerBytes(o: {
+  batch: number;
+  kvHeads: number;
+  headDim: number;
+  keys: number;
+  floatBytes: number;
+}): number {
+  return o.batch * 2 * o.kvHeads * o.headDim * o.keys * o.floatBytes;
 }
 
 /**

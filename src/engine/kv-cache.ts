@@ -65,11 +65,20 @@ export class KVCache implements AttentionBatch {
   #leftPadding: number[];
   #pending = 0;
   /**
-   * How attention bounds its score matrix: `fused` (float KV in a fused kernel,
-   * no score matrix: queries are not split), else queries split so each call's
-   * float32 scores stay within `bytes`. Tests lower the bound to check splitting.
+   * How attention bounds its score matrix: `fused`: float attention runs in a
+   * fused kernel (no score matrix), so float KV (and dequantized quantized KV)
+   * is attended in one call; otherwise queries are split so each call's float32
+   * scores stay within `bytes`. Tests lower the bound to check splitting.
    */
   scoreBound: { bytes: number; fused: boolean };
+  /**
+   * Quantized KV only: how attention reads it. "matmul": quantized_matmul over
+   * the packed keys and values (mlx-lm's way; materializes scores). "dequantize":
+   * a float copy of this layer's keys and values, then the fused sdpa (no score
+   * matrix; the copy is transient). Default: "dequantize" where a fused float
+   * kernel exists on the CPU (MLX's CPU quantized_matmul is a scalar loop), else "matmul".
+   */
+  quantizedAttention: "matmul" | "dequantize";
 
   constructor(shape: CacheShape, batchSize = 1) {
     if (shape.kvBits !== 0 && shape.headDim % shape.kvGroupSize !== 0) {
@@ -78,9 +87,11 @@ export class KVCache implements AttentionBatch {
     this.shape = shape;
     this.#parts = new Array(shape.numLayers).fill(null);
     this.#leftPadding = new Array(batchSize).fill(0);
+    const fusedFloat = fusedFloatAttention(shape);
+    this.quantizedAttention = mx.getDevice() === "cpu" && fusedFloat ? "dequantize" : "matmul";
     this.scoreBound = {
       bytes: ATTENTION_SCORE_BOUND_BYTES,
-      fused: shape.kvBits === 0 && fusedFloatAttention(shape),
+      fused: fusedFloat,
     };
   }
 
@@ -143,7 +154,8 @@ export class KVCache implements AttentionBatch {
     const parts = this.#store(layer, keys, values);
     const [B, H, L] = q.shape as [number, number, number];
     const S = this.#offset + L;
-    const step = this.scoreBound.fused ? L : queryChunk(B, H, S, this.scoreBound.bytes);
+    const fused = this.scoreBound.fused && (this.shape.kvBits === 0 || this.quantizedAttention === "dequantize");
+    const step = fused ? L : queryChunk(B, H, S, this.scoreBound.bytes);
     if (step >= L) return this.#attend(q, parts, scale, mask);
     const outs: MxArray[] = [];
     for (let a = 0; a < L; a += step) {
@@ -162,13 +174,13 @@ export class KVCache implements AttentionBatch {
     if (this.shape.kvBits === 0) return mx.sdpa(q, k, v, scale, mask);
     const { kvBits: bits, kvGroupSize: groupSize } = this.shape;
     const [kq, ks, kb, vq, vs, vb] = parts as [MxArray, MxArray, MxArray, MxArray, MxArray, MxArray];
-    return mx.quantizedSdpa(
-      q,
-      { weight: kq, scales: ks, biases: kb, groupSize, bits },
-      { weight: vq, scales: vs, biases: vb, groupSize, bits },
-      scale,
-      mask,
-    );
+    const keys: mx.QuantizedWeight = { weight: kq, scales: ks, biases: kb, groupSize, bits };
+    const values: mx.QuantizedWeight = { weight: vq, scales: vs, biases: vb, groupSize, bits };
+    if (this.quantizedAttention === "dequantize") {
+      const dtype = this.shape.dtype;
+      return mx.sdpa(q, mx.dequantize(keys, dtype), mx.dequantize(values, dtype), scale, mask);
+    }
+    return mx.quantizedSdpa(q, keys, values, scale, mask);
   }
 
   /** Writes the new keys/values of a layer; returns every part's used columns [B, Hkv, offset + L, X]. */
