@@ -23,6 +23,7 @@ export async function runServe(argv: string[]): Promise<number> {
       queueSize: config.queueSize,
       prefixCacheBytes: config.prefixCacheBytes,
       prefixDiskBytes: config.prefixDiskBytes,
+      kvBits: config.kvBits,
     },
     server: {
       apiKey: config.apiKey,

@@ -13,9 +13,10 @@ import { type ConstraintSpec, JsonConstraintFactory } from "../text/json-constra
 import { pensieveHome } from "../paths";
 import { tokenByteTable } from "../text/token-bytes";
 import { loadTokenizer } from "../text/tokenizer";
+import { effectiveKvBits, type KvBits, kvGroupSize } from "./attention-plan";
 import type { EngineConfig, EngineInfo, EngineStats } from "./protocol";
-import { defaultPrefillChunk } from "./generate";
-import { KV_STEP } from "./kv-cache";
+import { cacheShape, defaultPrefillChunk } from "./generate";
+import { KV_STEP, KVCache } from "./kv-cache";
 import { concurrentFit, type KvPoolShape, maxLoneTokens } from "./kv-pool";
 import { fileIdentity, modelKey, PrefixStore } from "./prefix-store";
 import { samplingParams } from "./sampling";
@@ -26,7 +27,6 @@ import {
   type SchedulerOptions,
   type TokenConstraint,
 } from "./scheduler";
-
 
 /** Device memory the engine may plan with: GPU memory (CUDA), else system memory (also Apple's unified memory). */
 export function deviceMemoryBytes(device: "cpu" | "gpu"): number | null {
@@ -43,6 +43,22 @@ export function deviceMemoryBytes(device: "cpu" | "gpu"): number | null {
 
 /** Tokens of one Claude Code session (its ~20K-token first request and room to answer), for the plan's message. */
 export const CLAUDE_CODE_SESSION_TOKENS = 24_576;
+
+// ---- KV storage (kvBits) ----
+/**
+ * KV storage when the configuration leaves it open (null): float for now on
+ * every device; the measurements behind the choice are in the kv-quant note.
+ */
+export function defaultKvBits(_device: "cpu" | "gpu"): KvBits {
+  return 0;
+}
+
+/** The KV storage a model gets: configured or default bits, float where head_dim cannot be quantized. */
+export function resolveKvBits(config: EngineConfig, device: "cpu" | "gpu", model: ModelConfig) {
+  const bits = effectiveKvBits(config.kvBits ?? defaultKvBits(device), model.headDim);
+  return { kvBits: bits, kvGroupSize: bits === 0 ? undefined : (kvGroupSize(model.headDim) ?? undefined) };
+}
+// ---- end KV storage ----
 
 /**
  * The context and the KV pool, decided before any weight is loaded (src/hub/memory.ts):
@@ -61,10 +77,12 @@ export function planMemory(
   const memory = gpuMemory === null ? undefined : { totalBytes: gpuMemory, label: "of GPU memory" };
   const usableFraction = device === "gpu" && gpuMemory !== null ? 0.9 : DEFAULT_USABLE_FRACTION;
   const prefillChunk = config.prefillChunk ?? (device === "gpu" ? 2048 : PREFILL_CHUNK);
+  const kv = resolveKvBits(config, device, model);
   const plan = estimateMemory({
     config: model,
     weightBytes,
     kvBytesPerElement: bytesPerElement,
+    ...kv,
     memory,
     usableFraction,
     maxContext: config.maxContext ?? null,
@@ -78,7 +96,7 @@ export function planMemory(
   const kvBudgetBytes = config.kvBudgetBytes ?? Math.max(plan.breakdown.kvCache, left);
   const pool: KvPoolShape = {
     budgetBytes: kvBudgetBytes,
-    bytesPerToken: kvBytesPerToken(model, bytesPerElement),
+    bytesPerToken: kvBytesPerToken(model, bytesPerElement, kv.kvBits, kv.kvGroupSize),
     numLayers: model.numLayers,
     growthStep: KV_STEP,
   };
@@ -89,7 +107,14 @@ export function planMemory(
     `one of ${maxLoneTokens(pool)} tokens`;
   // null: the pool alone bounds the prefix cache.
   const prefixCacheBytes = config.prefixCacheBytes ?? null;
-  return { contextLength: plan.context, kvBudgetBytes, prefixCacheBytes, estimate: { ...plan, message }, sessions };
+  return {
+    contextLength: plan.context,
+    kvBudgetBytes,
+    prefixCacheBytes,
+    estimate: { ...plan, message },
+    sessions,
+    kvBits: kv.kvBits,
+  };
 }
 
 export function schedulerOptions(
@@ -108,6 +133,7 @@ export function schedulerOptions(
     maxPrefillBatch: config.maxPrefillBatch ?? (device === "gpu" ? 16 : 4),
     prefixCacheBytes: plan.prefixCacheBytes,
     prefillWidthMultiple: config.prefillWidthMultiple ?? (device === "gpu" ? 64 : 1),
+    kvBits: plan.kvBits,
   };
 }
 
@@ -127,12 +153,12 @@ export function prefixDiskBudget(setting: number | null, dir: string): number {
 }
 
 /** The prefix cache on disk for this model, or null when off or unavailable. */
-function openPrefixStore(config: EngineConfig, loaded: LoadedModel): PrefixStore | null {
+function openPrefixStore(config: EngineConfig, loaded: LoadedModel, kvBits: KvBits): PrefixStore | null {
   if (config.prefixDiskBytes === undefined || config.prefixDiskBytes === 0) return null;
   const root = config.prefixDiskDir ?? join(pensieveHome(), "prefix-cache");
   try {
     const c = loaded.config;
-    const layout = `${mx.dtypeName(loaded.model.dtype)}:L${c.numLayers}:H${c.numKvHeads}:D${c.headDim}`;
+    const layout = `${mx.dtypeName(loaded.model.dtype)}:L${c.numLayers}:H${c.numKvHeads}:D${c.headDim}:kv${kvBits}`;
     const key = modelKey({ model: fileIdentity(config.model), layout, rope: config.alwaysLongRope ? "long" : "hf" });
     mkdirSync(root, { recursive: true });
     const budget = prefixDiskBudget(config.prefixDiskBytes, root);
@@ -200,8 +226,8 @@ export class Engine {
     }
     this.loaded = loadModel(config.model, { alwaysLongRope: config.alwaysLongRope, denseCopies });
     const c = this.loaded.config;
-    const bytesPerToken = c.numLayers * 2 * c.numKvHeads * c.headDim * mx.dtypeBytes(this.loaded.model.dtype);
     const options = schedulerOptions(config, plan, device);
+    const bytesPerToken = KVCache.bytesPerToken(cacheShape(this.loaded.model, options.kvBits));
     const fault = config.faultTokenId ?? null;
     if (fault !== null) this.#installFault(fault);
     this.scheduler = new Scheduler(
@@ -210,7 +236,7 @@ export class Engine {
       (e) => this.#forward(e, emit),
       (spec, endIds) => this.#constraint(config.model, spec, endIds),
     );
-    this.scheduler.attachPrefixStore(openPrefixStore(config, this.loaded));
+    this.scheduler.attachPrefixStore(openPrefixStore(config, this.loaded, options.kvBits ?? 0));
     this.#warmups = warmupLengths(options);
     this.info = {
       modelPath: config.model,
@@ -225,6 +251,7 @@ export class Engine {
       mlxVersion: mx.mlxVersion(),
       weightBytes: this.loaded.weightBytes,
       kvBytesPerToken: bytesPerToken,
+      kvBits: options.kvBits ?? 0,
       loadMs: performance.now() - started,
       pid: process.pid,
     };

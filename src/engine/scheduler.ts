@@ -20,7 +20,8 @@ import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { LanguageModel } from "../models/types";
 import type { ConstraintSpec } from "../text/json-constraint";
-import { cacheFor } from "./generate";
+import type { KvBits } from "./attention-plan";
+import { cacheShape } from "./generate";
 import { KV_STEP, KVCache, sliceState } from "./kv-cache";
 import {
   admit,
@@ -99,6 +100,8 @@ export interface SchedulerOptions {
    * plans (50-500 ms); a few widths keep those cached.
    */
   prefillWidthMultiple?: number;
+  /** KV cache storage: 0 (default) float, 8 or 4 group-quantized bits. */
+  kvBits?: KvBits;
 }
 
 export interface SchedulerStats {
@@ -294,7 +297,7 @@ export class Scheduler {
       blockTokens: options.prefixBlockTokens,
     });
     const c = model.config;
-    this.#bytesPerToken = c.numLayers * 2 * c.numKvHeads * c.headDim * mx.dtypeBytes(model.dtype);
+    this.#bytesPerToken = KVCache.bytesPerToken(cacheShape(model, options.kvBits));
     this.#pool = {
       budgetBytes: options.kvBudgetBytes,
       bytesPerToken: this.#bytesPerToken,
@@ -586,7 +589,9 @@ export class Scheduler {
           return state;
         }
         return mx.tidy(() => ({
-          parts: state.parts.map((layer) => layer.map((x) => mx.keep(mx.contiguous(mx.sliceAxis(x, 2, a - start, b - start))))),
+          parts: state.parts.map((layer) =>
+            layer.map((x) => mx.keep(mx.contiguous(mx.sliceAxis(x, 2, a - start, b - start)))),
+          ),
           length: b - a,
         }));
       });
@@ -793,7 +798,7 @@ export class Scheduler {
   #formGroup(): PrefillGroup | null {
     const first = this.#prefills.shift();
     if (!first) return null;
-    const shape = cacheFor(this.model).shape;
+    const shape = cacheShape(this.model, this.options.kvBits);
     const s = first.seq;
     if (this.#caches(s) && !first.recompute) this.#loadFromDisk(s);
     const hit = this.#caches(s) ? this.prefixCache.lookup(s.tokens, s.regime) : null;

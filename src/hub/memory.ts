@@ -22,6 +22,7 @@
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { freemem, totalmem } from "node:os";
+import { type KvBits, kvTokenBytes } from "../engine/attention-plan";
 import { configFromHf, type ModelConfig } from "../models/config";
 import { formatBytes } from "./format";
 
@@ -66,10 +67,18 @@ function normalize(config: Record<string, unknown> | ModelConfig): ModelConfig {
     : configFromHf(config as Record<string, unknown>);
 }
 
-/** KV cache bytes per token of one sequence. Phi-3 mini, fp16: 32 × 2 × 32 × 96 × 2 = 384 KiB. */
-export function kvBytesPerToken(config: Record<string, unknown> | ModelConfig, bytesPerElement = 2): number {
-  const c = normalize(config);
-  return c.numLayers * 2 * c.numKvHeads * c.headDim * bytesPerElement;
+/**
+ * KV cache bytes per token of one sequence. Phi-3 mini, fp16: 32 × 2 × 32 × 96 × 2 = 384 KiB.
+ * Quantized KV (bits 8 or 4): head_dim·bits/8 bytes plus a scale and a bias per
+ * group in the float dtype (bytesPerElement): 216 KiB (8-bit), 120 KiB (4-bit).
+ */
+export function kvBytesPerToken(
+  config: Record<string, unknown> | ModelConfig,
+  bytesPerElement = 2,
+  bits: KvBits = 0,
+  groupSize?: number,
+): number {
+  return kvTokenBytes(normalize(config), bytesPerElement, bits, groupSize);
 }
 
 /** Scratch memory of one prefill chunk at a context length (see the formula above). */
@@ -111,6 +120,9 @@ export interface MemoryEstimateOptions {
   sequences?: number;
   /** 2 for float16/bfloat16 caches (GPU); 4 when the model computes in float32 (CPU backend). */
   kvBytesPerElement?: number;
+  /** Quantized KV cache: 8 or 4 bits per element plus a scale and bias per group (kvGroupSize); 0: float. */
+  kvBits?: KvBits;
+  kvGroupSize?: number;
   prefillChunk?: number;
   /** Columns of the largest attention score matrix a prefill chunk builds (default: the context). */
   scoreColumns?: number;
@@ -150,7 +162,7 @@ export function estimateMemory(options: MemoryEstimateOptions): MemoryEstimate {
   const config = normalize(options.config);
   const name = options.name ?? config.modelType;
   const sequences = Math.max(1, Math.floor(options.sequences ?? 1));
-  const perToken = kvBytesPerToken(config, options.kvBytesPerElement ?? 2);
+  const perToken = kvBytesPerToken(config, options.kvBytesPerElement ?? 2, options.kvBits ?? 0, options.kvGroupSize);
   const maxPos = config.maxPositionEmbeddings;
   const system = options.memory ?? systemMemory();
   const label = options.memory?.label ?? "of RAM";

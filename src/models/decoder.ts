@@ -68,8 +68,7 @@ export class DecoderModel implements LanguageModel {
       const heads = (t: MxArray, n: number) => mx.transpose(mx.reshape(t, [B, L, n, c.headDim]), [0, 2, 1, 3]);
       const q = this.#rope.apply(heads(q0, c.numHeads), view.ropeOffset, regimes);
       const k = this.#rope.apply(heads(k0, c.numKvHeads), view.ropeOffset, regimes);
-      const [keys, values] = batch.update(i, k, heads(v0, c.numKvHeads));
-      const attn = mx.sdpa(q, keys, values, this.#scale, view.mask);
+      const attn = batch.attention(i, q, k, heads(v0, c.numKvHeads), this.#scale, view.mask);
       const merged = mx.reshape(mx.transpose(attn, [0, 2, 1, 3]), [B, L, c.numHeads * c.headDim]);
       h = mx.add(h, linear(merged, layer.out));
       const y = mx.rmsNorm(h, layer.postAttentionNorm, c.rmsNormEps);

@@ -7,9 +7,19 @@ import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";
 import { tinyModel } from "../support/models";
 import { promptIds } from "../support/reference";
-import { request, runScheduled, single, singleWithLogprobs, TEST_SCHEDULER_OPTIONS } from "../support/scheduler";
+import {
+  request,
+  runScheduled,
+  single,
+  singleWithLogprobs,
+  TEST_KV_BITS,
+  TEST_SCHEDULER_OPTIONS,
+} from "../support/scheduler";
 
-function expectClose(actual: number[] | undefined, expected: number[], tolerance = 1e-4) {
+// A quantized KV cache sums attention in another order when rows are padded: slightly looser.
+const LOGPROB_TOLERANCE = TEST_KV_BITS === 0 ? 1e-4 : 1e-3;
+
+function expectClose(actual: number[] | undefined, expected: number[], tolerance = LOGPROB_TOLERANCE) {
   expect(actual?.length).toBe(expected.length);
   const worst = Math.max(0, ...expected.map((e, i) => Math.abs(e - ((actual as number[])[i] as number))));
   expect(worst).toBeLessThan(tolerance);

@@ -1,9 +1,21 @@
 // Scheduler settings for tests on tiny models: small chunks, so that prefill
 // is chunked and interleaved with decode within a few dozen tokens.
+// PENSIEVE_TEST_KV_BITS=8 (or 4) runs the scheduler tests over a quantized KV cache.
+import { isKvBits, type KvBits } from "../../src/engine/attention-plan";
 import { generateTokens } from "../../src/engine/generate";
 import { type SamplingParams, samplingParams } from "../../src/engine/sampling";
 import { type EngineEvent, type EngineRequest, Scheduler, type SchedulerOptions } from "../../src/engine/scheduler";
 import type { LanguageModel } from "../../src/models/types";
+
+function testKvBits(): KvBits {
+  const text = process.env.PENSIEVE_TEST_KV_BITS;
+  const n = text ? Number(text) : 0;
+  if (!isKvBits(n)) throw new Error(`PENSIEVE_TEST_KV_BITS must be 0, 4 or 8 (got ${text})`);
+  return n;
+}
+
+/** KV storage the scheduler tests use (float unless PENSIEVE_TEST_KV_BITS says otherwise). */
+export const TEST_KV_BITS = testKvBits();
 
 export const TEST_SCHEDULER_OPTIONS: SchedulerOptions = {
   maxConcurrent: 8,
@@ -14,6 +26,7 @@ export const TEST_SCHEDULER_OPTIONS: SchedulerOptions = {
   interleavedPrefillChunk: 16,
   prefixCacheBytes: 0,
   maxPrefillBatch: 4,
+  kvBits: TEST_KV_BITS,
 };
 
 export function single(
@@ -35,7 +48,13 @@ export function singleWithLogprobs(
 ) {
   const tokens: number[] = [];
   const logprobs: number[] = [];
-  for (const v of generateTokens(model, prompt, { maxTokens, sampling, stopTokenIds: stops, prefillChunk: 64 })) {
+  for (const v of generateTokens(model, prompt, {
+    maxTokens,
+    sampling,
+    stopTokenIds: stops,
+    prefillChunk: 64,
+    kvBits: TEST_KV_BITS,
+  })) {
     tokens.push(v.token);
     logprobs.push(v.logprob ?? Number.NaN);
   }
