@@ -446,6 +446,8 @@ export async function benchClaudeCode(argv: string[]): Promise<void> {
     model: o.model,
     device: o.device,
     mlxLm: MLX_LM_VERSION,
+    /** Pensieve's KV storage for this run (PENSIEVE_KV_BITS; unset: the default). */
+    kvBits: process.env.PENSIEVE_KV_BITS ?? "default",
     command: `bun run bench claude-code ${argv.join(" ")}`,
     results,
     extra,
@@ -461,7 +463,7 @@ export async function benchClaudeCode(argv: string[]): Promise<void> {
   writeFileSync(
     `${base}.md`,
     [
-      `# Claude Code replay (${o.device}${report.gpu ? `, ${report.gpu}` : ""})`,
+      `# Claude Code replay (${o.device}${report.gpu ? `, ${report.gpu}` : ""}, Pensieve KV ${report.kvBits})`,
       "",
       `Claude Code ${captured.claudeCodeVersion}'s first request, replayed with max_tokens 32, greedy; model ${o.model}; default settings.`,
       `Command: \`${report.command}\``,
