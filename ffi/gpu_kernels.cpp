@@ -1,0 +1,157 @@
+// Custom GPU kernels through MLX's own fast::cuda_kernel (NVRTC at run time) or,
+// on Metal builds, fast::metal_kernel: one calling shape for both. The kernel
+// sources live in TypeScript (src/mlx/kernels*.ts); this file only forwards.
+// See pensieve_mlx.h for the ABI rules. No exception leaves these functions.
+
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "mlx/backend/cuda/cuda.h"
+#include "mlx/backend/metal/metal.h"
+#include "mlx/fast.h"
+#include "mlx/mlx.h"
+#include "pensieve_mlx.h"
+
+namespace mx = mlx::core;
+
+namespace pensieve::abi {
+pv_array wrap_array(mx::array a);
+mx::array& unwrap_array(pv_array h);
+void set_last_error(const char* what);
+}  // namespace pensieve::abi
+
+namespace {
+
+enum Language { kNone = 0, kCuda = 1, kMetal = 2 };
+
+int language() {
+  if (mx::cu::is_available()) return kCuda;
+  if (mx::metal::is_available()) return kMetal;
+  return kNone;
+}
+
+struct Kernel {
+  std::string name;
+  size_t n_inputs;
+  size_t n_outputs;
+  mx::fast::CustomKernelFunction fn;
+};
+
+std::vector<std::string> split_names(const char* list) {
+  std::vector<std::string> out;
+  if (list == nullptr || *list == 0) return out;
+  std::stringstream ss(list);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) throw std::invalid_argument("empty name in a comma-separated list");
+    out.push_back(item);
+  }
+  return out;
+}
+
+mx::Dtype dtype_of(int code) {
+  static const mx::Dtype table[] = {mx::bool_,   mx::uint8,   mx::uint16,  mx::uint32,  mx::uint64,
+                                    mx::int8,    mx::int16,   mx::int32,   mx::int64,   mx::float16,
+                                    mx::float32, mx::float64, mx::bfloat16, mx::complex64};
+  if (code < 0 || code > PV_COMPLEX64) throw std::invalid_argument("unknown dtype code " + std::to_string(code));
+  return table[code];
+}
+
+template <typename F, typename R>
+R guarded(F&& f, R fallback) {
+  try {
+    return f();
+  } catch (const std::exception& e) {
+    pensieve::abi::set_last_error(e.what());
+  } catch (...) {
+    pensieve::abi::set_last_error("unknown C++ exception in a custom kernel");
+  }
+  return fallback;
+}
+
+}  // namespace
+
+extern "C" {
+
+int pv_kernel_language(void) {
+  return guarded([] { return language(); }, 0);
+}
+
+pv_kernel pv_kernel_new(const char* name, const char* input_names, const char* output_names, const char* source,
+                        const char* header, int ensure_row_contiguous, int shared_memory) {
+  return guarded(
+      [&]() -> pv_kernel {
+        if (name == nullptr || source == nullptr) throw std::invalid_argument("kernel name and source are required");
+        auto inputs = split_names(input_names);
+        auto outputs = split_names(output_names);
+        if (outputs.empty()) throw std::invalid_argument("a kernel needs at least one output");
+        std::string head = header ? header : "";
+        mx::fast::CustomKernelFunction fn;
+        switch (language()) {
+          case kCuda:
+            fn = mx::fast::cuda_kernel(name, inputs, outputs, source, head, ensure_row_contiguous != 0, shared_memory);
+            break;
+          case kMetal:
+            fn = mx::fast::metal_kernel(name, inputs, outputs, source, head, ensure_row_contiguous != 0);
+            break;
+          default:
+            throw std::runtime_error("custom GPU kernels are not available: this MLX build has no CUDA or Metal backend");
+        }
+        return new Kernel{name, inputs.size(), outputs.size(), std::move(fn)};
+      },
+      static_cast<pv_kernel>(nullptr));
+}
+
+void pv_kernel_free(pv_kernel k) { delete static_cast<Kernel*>(k); }
+
+int pv_kernel_call(pv_kernel k, pv_array* inputs, int n_inputs, const int32_t* out_shapes, const int32_t* out_ndims,
+                   const int32_t* out_dtypes, int n_outputs, const int32_t* grid, const int32_t* threadgroup,
+                   const char* template_names, const int32_t* template_kinds, const int32_t* template_values,
+                   int n_template, float init_value, int has_init_value, int verbose, pv_array* out) {
+  return guarded(
+      [&]() -> int {
+        if (k == nullptr) throw std::invalid_argument("null kernel handle");
+        auto& kernel = *static_cast<Kernel*>(k);
+        if (n_inputs < 0 || static_cast<size_t>(n_inputs) != kernel.n_inputs)
+          throw std::invalid_argument(kernel.name + ": expected " + std::to_string(kernel.n_inputs) + " inputs");
+        if (n_outputs < 0 || static_cast<size_t>(n_outputs) != kernel.n_outputs)
+          throw std::invalid_argument(kernel.name + ": expected " + std::to_string(kernel.n_outputs) + " outputs");
+        if (grid == nullptr || threadgroup == nullptr || out == nullptr || (n_outputs > 0 && (!out_ndims || !out_dtypes)))
+          throw std::invalid_argument("null pointer argument");
+        std::vector<mx::array> in;
+        in.reserve(n_inputs);
+        for (int i = 0; i < n_inputs; ++i) in.push_back(pensieve::abi::unwrap_array(inputs[i]));
+        std::vector<mx::Shape> shapes;
+        std::vector<mx::Dtype> dtypes;
+        const int32_t* dims = out_shapes;
+        for (int i = 0; i < n_outputs; ++i) {
+          int nd = out_ndims[i];
+          if (nd < 0 || (nd > 0 && dims == nullptr)) throw std::invalid_argument("bad output shape");
+          shapes.emplace_back(dims, dims + nd);
+          dims += nd;
+          dtypes.push_back(dtype_of(out_dtypes[i]));
+        }
+        auto names = split_names(template_names);
+        if (n_template < 0 || names.size() != static_cast<size_t>(n_template))
+          throw std::invalid_argument("template argument names and count differ");
+        std::vector<std::pair<std::string, mx::fast::TemplateArg>> targs;
+        for (int i = 0; i < n_template; ++i) {
+          switch (template_kinds[i]) {
+            case 0: targs.emplace_back(names[i], static_cast<int>(template_values[i])); break;
+            case 1: targs.emplace_back(names[i], template_values[i] != 0); break;
+            case 2: targs.emplace_back(names[i], dtype_of(template_values[i])); break;
+            default: throw std::invalid_argument("template argument kind must be 0 (int), 1 (bool) or 2 (dtype)");
+          }
+        }
+        std::optional<float> init;
+        if (has_init_value) init = init_value;
+        auto results = kernel.fn(in, shapes, dtypes, {grid[0], grid[1], grid[2]},
+                                 {threadgroup[0], threadgroup[1], threadgroup[2]}, targs, init, verbose != 0, {});
+        for (size_t i = 0; i < results.size(); ++i) out[i] = pensieve::abi::wrap_array(std::move(results[i]));
+        return 0;
+      },
+      -1);
+}
+
+}  // extern "C"

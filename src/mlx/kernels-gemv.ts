@@ -1,0 +1,215 @@
+// A 4-bit GEMV for decode on CUDA (W4A16): y[m, n] = sum_k x[m, k] * w[n, k]
+// with w in MLX's affine format (uint32 words of 8 nibbles, element k of a word
+// at bits [4k, 4k+4); fp16/bf16 scale and bias per group: w = s*q + b).
+//
+// One warp owns ROWS output rows. Each lane streams 16-byte chunks of a row
+// (32 weights, 4 words): lane l reads chunk l, l+32, ... so a warp's loads are
+// coalesced, and up to 8 chunks per lane are loaded before the first is used.
+// Nibbles become 16-bit floats by the magic-number trick (q | 0x6400 is the
+// half 1024+q; 0x4300 the bfloat16 128+q), minus 1024+8 (128+8), so the packed
+// products (q-8)*x stay small; each word's 8 products are summed in packed
+// 16-bit arithmetic, then in float. Per chunk (inside one group):
+//   sum_k (s*q_k + b) x_k = s * sum_k (q_k - 8) x_k + (b + 8 s) * sum_k x_k.
+import { Dtype, type MxArray } from "./array";
+import { CustomKernel, kernelLanguage } from "./kernels";
+import type { QuantizedWeight } from "./ops";
+
+const HEADER = String.raw`
+template <typename T> struct PvOps;
+template <> struct PvOps<__half> {
+  using T2 = __half2;
+  static constexpr uint32_t MAGIC = 0x64006400u;  // 1024 in each half
+  static __device__ __forceinline__ T2 offset() { return __half2half2(__ushort_as_half((unsigned short)0x6408)); }  // 1032
+  static __device__ __forceinline__ float2 to_float2(T2 v) { return __half22float2(v); }
+  static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half from_float(float v) { return __float2half(v); }
+};
+template <> struct PvOps<__nv_bfloat16> {
+  using T2 = __nv_bfloat162;
+  static constexpr uint32_t MAGIC = 0x43004300u;  // 128 in each half
+  static __device__ __forceinline__ T2 offset() { return __bfloat162bfloat162(__ushort_as_bfloat16((unsigned short)0x4308)); }  // 136
+  static __device__ __forceinline__ float2 to_float2(T2 v) { return __bfloat1622float2(v); }
+  static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16(v); }
+};
+
+template <typename T2>
+__device__ __forceinline__ T2 pv_bits(uint32_t u) {
+  return *reinterpret_cast<const T2*>(&u);
+}
+
+// 16 bytes of weights, read once: no L1 allocation.
+__device__ __forceinline__ uint4 pv_load_stream(const uint4* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
+// sum over a word's 8 nibbles of (q - 8) * x; xp holds x as pairs (k, k+4).
+template <typename T>
+__device__ __forceinline__ float pv_dot8(uint32_t w, const typename PvOps<T>::T2 (&xp)[4]) {
+  using Ops = PvOps<T>;
+  using T2 = typename Ops::T2;
+  const T2 off = Ops::offset();
+  const T2 q0 = __hsub2(pv_bits<T2>((w & 0x000F000Fu) | Ops::MAGIC), off);
+  const T2 q1 = __hsub2(pv_bits<T2>(((w >> 4) & 0x000F000Fu) | Ops::MAGIC), off);
+  const T2 q2 = __hsub2(pv_bits<T2>(((w >> 8) & 0x000F000Fu) | Ops::MAGIC), off);
+  const T2 q3 = __hsub2(pv_bits<T2>(((w >> 12) & 0x000F000Fu) | Ops::MAGIC), off);
+  T2 a = __hmul2(q0, xp[0]);
+  a = __hfma2(q1, xp[1], a);
+  a = __hfma2(q2, xp[2], a);
+  a = __hfma2(q3, xp[3], a);
+  const float2 f = Ops::to_float2(a);
+  return f.x + f.y;
+}
+`;
+
+// Template constants: T (x/scales/output type), M (rows of x), N, K, ROWS (per
+// warp), WARPS (per block), GROUP (quantization group size).
+const SOURCE = String.raw`
+  using Ops = PvOps<T>;
+  using T2 = typename Ops::T2;
+  constexpr int CHUNKS = K / 32;              // 16-byte weight chunks per row
+  constexpr int ITERS = (CHUNKS + 31) / 32;   // chunks per lane
+  constexpr int U0 = 8 / ROWS;
+  constexpr int U = U0 < 1 ? 1 : (U0 > ITERS ? ITERS : U0);  // chunks per lane in flight
+  constexpr int GROUPS = K / GROUP;
+  const int lane = threadIdx.x & 31;
+  const int row0 = (blockIdx.x * WARPS + (threadIdx.x >> 5)) * ROWS;
+  if (row0 >= N) return;
+  float acc[M][ROWS];
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) acc[m][r] = 0.f;
+  const uint4* wrows = reinterpret_cast<const uint4*>(w) + (size_t)row0 * CHUNKS;
+#pragma unroll
+  for (int it0 = 0; it0 < ITERS; it0 += U) {
+    uint4 wv[U][ROWS];
+    float sc[U][ROWS];
+    float bo[U][ROWS];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = (it0 + u) * 32 + lane;
+      if (it0 + u < ITERS && (CHUNKS % 32 == 0 || c < CHUNKS)) {
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+          wv[u][r] = pv_load_stream(wrows + (size_t)r * CHUNKS + c);
+          const size_t g = (size_t)(row0 + r) * GROUPS + (c * 32) / GROUP;
+          const float s = Ops::to_float(scales[g]);
+          sc[u][r] = s;
+          bo[u][r] = Ops::to_float(biases[g]) + 8.f * s;
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = (it0 + u) * 32 + lane;
+      if (it0 + u < ITERS && (CHUNKS % 32 == 0 || c < CHUNKS)) {
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+          const uint4* xc = reinterpret_cast<const uint4*>(x + (size_t)m * K) + c * 4;
+          T2 xp[4][4];
+          float xsum = 0.f;
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const uint4 v = __ldg(xc + j);
+            xp[j][0] = pv_bits<T2>(__byte_perm(v.x, v.z, 0x5410));
+            xp[j][1] = pv_bits<T2>(__byte_perm(v.x, v.z, 0x7632));
+            xp[j][2] = pv_bits<T2>(__byte_perm(v.y, v.w, 0x5410));
+            xp[j][3] = pv_bits<T2>(__byte_perm(v.y, v.w, 0x7632));
+            const float2 f = Ops::to_float2(__hadd2(__hadd2(xp[j][0], xp[j][1]), __hadd2(xp[j][2], xp[j][3])));
+            xsum += f.x + f.y;
+          }
+#pragma unroll
+          for (int r = 0; r < ROWS; ++r) {
+            const float d = pv_dot8<T>(wv[u][r].x, xp[0]) + pv_dot8<T>(wv[u][r].y, xp[1]) +
+                            pv_dot8<T>(wv[u][r].z, xp[2]) + pv_dot8<T>(wv[u][r].w, xp[3]);
+            acc[m][r] += sc[u][r] * d + bo[u][r] * xsum;
+          }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+      float v = acc[m][r];
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      acc[m][r] = v;
+    }
+  if (lane == 0) {
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r) y[(size_t)m * N + row0 + r] = Ops::from_float(acc[m][r]);
+  }
+`;
+
+/** The most rows of x one launch takes (registers hold every row's sums). */
+export const GEMV_MAX_ROWS = 8;
+
+export interface GemvConfig {
+  /** Output rows per warp. */
+  rows: number;
+  /** Warps per block. */
+  warps: number;
+}
+
+/** Rows per warp: as many as keep at least ~2048 warps (16 per SM on an H100) busy. */
+export function gemvConfig(n: number): GemvConfig {
+  for (const rows of [4, 2]) if (n % rows === 0 && n / rows >= 2048) return { rows, warps: 4 };
+  return { rows: n % 2 === 0 && n >= 2048 ? 2 : 1, warps: 4 };
+}
+
+/** The source as MLX compiles it (for tests that compile it elsewhere). */
+export const GEMV_KERNEL = {
+  name: "pv_gemv_w4",
+  header: HEADER,
+  source: SOURCE,
+  inputs: ["x", "w", "scales", "biases"],
+};
+
+let kernel: CustomKernel | null = null;
+
+/** Whether the GEMV handles this weight: CUDA, 4 bits, affine with biases, fp16/bf16 scales. */
+export function gemvSupports(q: QuantizedWeight): boolean {
+  const k = (q.weight.dim(1) * 32) / q.bits;
+  return (
+    q.bits === 4 &&
+    [32, 64, 128].includes(q.groupSize) &&
+    q.biases !== null &&
+    (q.scales.dtype === Dtype.float16 || q.scales.dtype === Dtype.bfloat16) &&
+    q.biases.dtype === q.scales.dtype &&
+    k % 32 === 0 &&
+    kernelLanguage() === "cuda"
+  );
+}
+
+/** x [..., K] @ dequantize(q).T for at most GEMV_MAX_ROWS rows of x (x in the scales' dtype). */
+export function quantizedGemv(x: MxArray, q: QuantizedWeight, config?: GemvConfig): MxArray {
+  const n = q.weight.dim(0);
+  const k = (q.weight.dim(1) * 32) / q.bits;
+  const m = x.size / k;
+  if (x.dim(-1) !== k) throw new Error(`quantizedGemv: x has ${x.dim(-1)} features, the weight ${k}`);
+  if (!Number.isInteger(m) || m < 1 || m > GEMV_MAX_ROWS)
+    throw new Error(`quantizedGemv: ${m} rows (1..${GEMV_MAX_ROWS})`);
+  if (x.dtype !== q.scales.dtype) throw new Error("quantizedGemv: x must have the scales' dtype");
+  if (!q.biases) throw new Error("quantizedGemv: the weight has no biases");
+  const { rows, warps } = config ?? gemvConfig(n);
+  if (n % rows !== 0) throw new Error(`quantizedGemv: ${n} outputs is not a multiple of ${rows} rows per warp`);
+  kernel ??= new CustomKernel({ ...GEMV_KERNEL, outputs: ["y"] });
+  const blocks = Math.ceil(n / rows / warps);
+  const [y] = kernel.call({
+    inputs: [x, q.weight, q.scales, q.biases],
+    outputs: [{ shape: [...x.shape.slice(0, -1), n], dtype: x.dtype }],
+    grid: [blocks * warps * 32, 1, 1],
+    threadgroup: [warps * 32, 1, 1],
+    template: { T: { dtype: x.dtype }, M: m, N: n, K: k, ROWS: rows, WARPS: warps, GROUP: q.groupSize },
+  });
+  return y as MxArray;
+}
