@@ -158,6 +158,8 @@ export interface GemvConfig {
   rows: number;
   /** Warps per block. */
   warps: number;
+  /** Fill the output with NaN first (tests: every element must be written). */
+  poison?: boolean;
 }
 
 /** Rows per warp: as many as keep at least ~2048 warps (16 per SM on an H100) busy. */
@@ -200,7 +202,7 @@ export function quantizedGemv(x: MxArray, q: QuantizedWeight, config?: GemvConfi
     throw new Error(`quantizedGemv: ${m} rows (1..${GEMV_MAX_ROWS})`);
   if (x.dtype !== q.scales.dtype) throw new Error("quantizedGemv: x must have the scales' dtype");
   if (!q.biases) throw new Error("quantizedGemv: the weight has no biases");
-  const { rows, warps } = config ?? gemvConfig(n);
+  const { rows, warps, poison } = config ?? gemvConfig(n);
   if (n % rows !== 0) throw new Error(`quantizedGemv: ${n} outputs is not a multiple of ${rows} rows per warp`);
   kernel ??= new CustomKernel({ ...GEMV_KERNEL, outputs: ["y"] });
   const blocks = Math.ceil(n / rows / warps);
@@ -210,6 +212,7 @@ export function quantizedGemv(x: MxArray, q: QuantizedWeight, config?: GemvConfi
     grid: [blocks * warps * 32, 1, 1],
     threadgroup: [warps * 32, 1, 1],
     template: { T: { dtype: x.dtype }, M: m, N: n, K: k, ROWS: rows, WARPS: warps, GROUP: q.groupSize },
+    initValue: poison ? Number.NaN : undefined,
   });
   return y as MxArray;
 }

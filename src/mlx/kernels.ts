@@ -114,7 +114,7 @@ export class CustomKernel {
       spec.sharedMemory ?? 0,
     );
     if (!handle) throw new MlxError(`kernel ${spec.name}`, lastError());
-    this.#handle = handle;
+    this.#handle = handle as Pointer;
   }
 
   call(c: KernelCall): MxArray[] {
