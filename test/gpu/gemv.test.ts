@@ -48,7 +48,7 @@ describe.skipIf(!cuda)("4-bit GEMV on the GPU", () => {
   let seed = 100;
   for (const dtype of [mx.Dtype.float16, mx.Dtype.bfloat16]) {
     for (const [n, k] of shapes) {
-      for (const m of [1, 3, 8]) {
+      for (const m of n * k > 1e6 ? [1, 8] : [1, 3, 8]) {
         const s = seed++;
         test(`${dtype === mx.Dtype.float16 ? "fp16" : "bf16"} [${m}, ${k}] x [${n}, ${k}]^T equals quantized_matmul`, () => {
           mx.tidy(() => {
@@ -74,7 +74,7 @@ describe.skipIf(!cuda)("4-bit GEMV on the GPU", () => {
       const x = mx.randomNormal([1, 3072], mx.Dtype.float16, 0, 1, mx.randomKey(8));
       const ref = mx.quantizedMatmul(x, q);
       for (const rows of [1, 2, 4]) {
-        for (const warps of [2, 4, 8]) {
+        for (const warps of [4, 8]) {
           expect(relativeDistance(quantizedGemv(x, q, { rows, warps, poison: true }), ref)).toBeLessThan(3e-3);
         }
       }

@@ -1,0 +1,59 @@
+// The shim's custom-kernel calls (ffi/gpu_kernels.cpp, src/mlx/kernels.ts):
+// on a build without a GPU backend they report "not available" cleanly; on
+// CUDA a small kernel with template arguments of each kind, two outputs and a
+// fill value runs inside MLX's graph.
+import { describe, expect, test } from "bun:test";
+import * as mx from "../../src/mlx";
+import { CustomKernel, kernelLanguage, kernelsUnavailableReason } from "../../src/mlx/kernels";
+
+const language = kernelLanguage();
+
+describe.skipIf(language !== "none")("custom kernels without a GPU backend", () => {
+  test("report not available, with a reason, and create nothing", () => {
+    expect(kernelsUnavailableReason()).toContain("no CUDA or Metal backend");
+    const live = mx.liveHandleCount();
+    expect(() => new CustomKernel({ name: "k", inputs: ["a"], outputs: ["b"], source: "b[0] = a[0];" })).toThrow(
+      /not available/,
+    );
+    expect(mx.liveHandleCount()).toBe(live);
+  });
+});
+
+describe.skipIf(language !== "cuda" || !mx.gpuAvailable())("custom kernels on CUDA", () => {
+  test("template arguments, two outputs and a fill value", () => {
+    mx.setDevice("gpu");
+    const kernel = new CustomKernel({
+      name: "pv_test_axpy",
+      inputs: ["a", "b"],
+      outputs: ["y", "flag"],
+      source: `
+        const int i = blockIdx.x * blockDim.x + threadIdx.x;
+        if (i < SIZE) y[i] = static_cast<T>(SCALE * static_cast<float>(a[i]) + static_cast<float>(b[i]));
+        if (i == 0 && NEGATE) flag[0] = -1.f;`,
+    });
+    try {
+      mx.tidy(() => {
+        const n = 1000;
+        const a = mx.arange(0, n, 1, mx.Dtype.float32);
+        const b = mx.full([n], 2, mx.Dtype.float32);
+        const [y, flag] = kernel.call({
+          inputs: [a, b],
+          outputs: [
+            { shape: [n], dtype: mx.Dtype.float32 },
+            { shape: [2], dtype: mx.Dtype.float32 },
+          ],
+          grid: [n, 1, 1],
+          threadgroup: [256, 1, 1],
+          template: { T: { dtype: mx.Dtype.float32 }, SIZE: n, SCALE: 3, NEGATE: true },
+          initValue: 5,
+        }) as [mx.MxArray, mx.MxArray];
+        const got = Array.from(y.read() as Float32Array);
+        expect(got.slice(0, 3)).toEqual([2, 5, 8]);
+        expect(got[n - 1]).toBe(3 * (n - 1) + 2);
+        expect(Array.from(flag.read() as Float32Array)).toEqual([-1, 5]);
+      });
+    } finally {
+      kernel.dispose();
+    }
+  });
+});
