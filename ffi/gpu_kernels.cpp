@@ -3,6 +3,7 @@
 // sources live in TypeScript (src/mlx/kernels*.ts); this file only forwards.
 // See pensieve_mlx.h for the ABI rules. No exception leaves these functions.
 
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -36,6 +37,18 @@ struct Kernel {
   size_t n_inputs;
   size_t n_outputs;
   mx::fast::CustomKernelFunction fn;
+};
+
+// One launch configuration of a kernel, parsed once: decode steps repeat the
+// same launches, so a call then only passes the inputs.
+struct Plan {
+  Kernel* kernel = nullptr;
+  std::vector<mx::Shape> shapes;
+  std::vector<mx::Dtype> dtypes;
+  std::tuple<int, int, int> grid;
+  std::tuple<int, int, int> threadgroup;
+  std::vector<std::pair<std::string, mx::fast::TemplateArg>> targs;
+  std::optional<float> init;
 };
 
 std::vector<std::string> split_names(const char* list) {
@@ -105,53 +118,80 @@ pv_kernel pv_kernel_new(const char* name, const char* input_names, const char* o
 
 void pv_kernel_free(pv_kernel k) { delete static_cast<Kernel*>(k); }
 
-int pv_kernel_call(pv_kernel k, pv_array* inputs, int n_inputs, const int32_t* out_shapes, const int32_t* out_ndims,
-                   const int32_t* out_dtypes, int n_outputs, const int32_t* grid, const int32_t* threadgroup,
-                   const char* template_names, const int32_t* template_kinds, const int32_t* template_values,
-                   int n_template, float init_value, int has_init_value, int verbose, pv_array* out) {
+pv_kernel_plan pv_kernel_plan_new(pv_kernel k, const int32_t* out_shapes, const int32_t* out_ndims,
+                                  const int32_t* out_dtypes, int n_outputs, const int32_t* grid,
+                                  const int32_t* threadgroup, const char* template_names,
+                                  const int32_t* template_kinds, const int32_t* template_values, int n_template,
+                                  float init_value, int has_init_value) {
   return guarded(
-      [&]() -> int {
+      [&]() -> pv_kernel_plan {
         if (k == nullptr) throw std::invalid_argument("null kernel handle");
         auto& kernel = *static_cast<Kernel*>(k);
-        if (n_inputs < 0 || static_cast<size_t>(n_inputs) != kernel.n_inputs)
-          throw std::invalid_argument(kernel.name + ": expected " + std::to_string(kernel.n_inputs) + " inputs");
         if (n_outputs < 0 || static_cast<size_t>(n_outputs) != kernel.n_outputs)
           throw std::invalid_argument(kernel.name + ": expected " + std::to_string(kernel.n_outputs) + " outputs");
-        if (grid == nullptr || threadgroup == nullptr || out == nullptr || (n_outputs > 0 && (!out_ndims || !out_dtypes)))
+        if (grid == nullptr || threadgroup == nullptr || (n_outputs > 0 && (!out_ndims || !out_dtypes)))
           throw std::invalid_argument("null pointer argument");
-        std::vector<mx::array> in;
-        in.reserve(n_inputs);
-        for (int i = 0; i < n_inputs; ++i) in.push_back(pensieve::abi::unwrap_array(inputs[i]));
-        std::vector<mx::Shape> shapes;
-        std::vector<mx::Dtype> dtypes;
+        auto plan = std::make_unique<Plan>();
+        plan->kernel = &kernel;
         const int32_t* dims = out_shapes;
         for (int i = 0; i < n_outputs; ++i) {
           int nd = out_ndims[i];
           if (nd < 0 || (nd > 0 && dims == nullptr)) throw std::invalid_argument("bad output shape");
-          shapes.emplace_back(dims, dims + nd);
+          plan->shapes.emplace_back(dims, dims + nd);
           dims += nd;
-          dtypes.push_back(dtype_of(out_dtypes[i]));
+          plan->dtypes.push_back(dtype_of(out_dtypes[i]));
         }
         auto names = split_names(template_names);
         if (n_template < 0 || names.size() != static_cast<size_t>(n_template))
           throw std::invalid_argument("template argument names and count differ");
-        std::vector<std::pair<std::string, mx::fast::TemplateArg>> targs;
         for (int i = 0; i < n_template; ++i) {
           switch (template_kinds[i]) {
-            case 0: targs.emplace_back(names[i], static_cast<int>(template_values[i])); break;
-            case 1: targs.emplace_back(names[i], template_values[i] != 0); break;
-            case 2: targs.emplace_back(names[i], dtype_of(template_values[i])); break;
+            case 0: plan->targs.emplace_back(names[i], static_cast<int>(template_values[i])); break;
+            case 1: plan->targs.emplace_back(names[i], template_values[i] != 0); break;
+            case 2: plan->targs.emplace_back(names[i], dtype_of(template_values[i])); break;
             default: throw std::invalid_argument("template argument kind must be 0 (int), 1 (bool) or 2 (dtype)");
           }
         }
-        std::optional<float> init;
-        if (has_init_value) init = init_value;
-        auto results = kernel.fn(in, shapes, dtypes, {grid[0], grid[1], grid[2]},
-                                 {threadgroup[0], threadgroup[1], threadgroup[2]}, targs, init, verbose != 0, {});
+        plan->grid = {grid[0], grid[1], grid[2]};
+        plan->threadgroup = {threadgroup[0], threadgroup[1], threadgroup[2]};
+        if (has_init_value) plan->init = init_value;
+        return plan.release();
+      },
+      static_cast<pv_kernel_plan>(nullptr));
+}
+
+void pv_kernel_plan_free(pv_kernel_plan p) { delete static_cast<Plan*>(p); }
+
+int pv_kernel_plan_call(pv_kernel_plan p, pv_array* inputs, int n_inputs, int verbose, pv_array* out) {
+  return guarded(
+      [&]() -> int {
+        if (p == nullptr || out == nullptr) throw std::invalid_argument("null plan or output list");
+        auto& plan = *static_cast<Plan*>(p);
+        auto& kernel = *plan.kernel;
+        if (n_inputs < 0 || static_cast<size_t>(n_inputs) != kernel.n_inputs)
+          throw std::invalid_argument(kernel.name + ": expected " + std::to_string(kernel.n_inputs) + " inputs");
+        std::vector<mx::array> in;
+        in.reserve(n_inputs);
+        for (int i = 0; i < n_inputs; ++i) in.push_back(pensieve::abi::unwrap_array(inputs[i]));
+        auto results = kernel.fn(in, plan.shapes, plan.dtypes, plan.grid, plan.threadgroup, plan.targs, plan.init,
+                                 verbose != 0, {});
         for (size_t i = 0; i < results.size(); ++i) out[i] = pensieve::abi::wrap_array(std::move(results[i]));
         return 0;
       },
       -1);
+}
+
+int pv_kernel_call(pv_kernel k, pv_array* inputs, int n_inputs, const int32_t* out_shapes, const int32_t* out_ndims,
+                   const int32_t* out_dtypes, int n_outputs, const int32_t* grid, const int32_t* threadgroup,
+                   const char* template_names, const int32_t* template_kinds, const int32_t* template_values,
+                   int n_template, float init_value, int has_init_value, int verbose, pv_array* out) {
+  pv_kernel_plan plan = pv_kernel_plan_new(k, out_shapes, out_ndims, out_dtypes, n_outputs, grid, threadgroup,
+                                           template_names, template_kinds, template_values, n_template, init_value,
+                                           has_init_value);
+  if (plan == nullptr) return -1;
+  int status = pv_kernel_plan_call(plan, inputs, n_inputs, verbose, out);
+  pv_kernel_plan_free(plan);
+  return status;
 }
 
 }  // extern "C"

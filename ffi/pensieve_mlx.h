@@ -205,6 +205,17 @@ PV_API void pv_kernel_free(pv_kernel k);
    grid: total threads per axis (MLX's convention), threadgroup: threads per block.
    Template arguments: template_names comma-separated; kinds 0 int, 1 bool,
    2 dtype (value = pv_dtype code). has_init_value: fill the outputs first. */
+/* A launch configuration (the arguments of pv_kernel_call but the inputs), parsed
+   once: pv_kernel_plan_call then adds a launch with only the inputs. A plan
+   refers to its kernel: free plans before the kernel. NULL on failure. */
+typedef void* pv_kernel_plan;
+PV_API pv_kernel_plan pv_kernel_plan_new(pv_kernel k, const int32_t* out_shapes, const int32_t* out_ndims,
+                                         const int32_t* out_dtypes, int n_outputs, const int32_t* grid,
+                                         const int32_t* threadgroup, const char* template_names,
+                                         const int32_t* template_kinds, const int32_t* template_values,
+                                         int n_template, float init_value, int has_init_value);
+PV_API void pv_kernel_plan_free(pv_kernel_plan p);
+PV_API int pv_kernel_plan_call(pv_kernel_plan p, pv_array* inputs, int n_inputs, int verbose, pv_array* out);
 PV_API int pv_kernel_call(pv_kernel k, pv_array* inputs, int n_inputs, const int32_t* out_shapes,
                           const int32_t* out_ndims, const int32_t* out_dtypes, int n_outputs, const int32_t* grid,
                           const int32_t* threadgroup, const char* template_names, const int32_t* template_kinds,

@@ -27,7 +27,7 @@ log "ncu: ${NCU:-none}"
 # 1. Tests. test/support expects Phi-3's tokenizer and config in ../shared/fixtures.
 mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
 for t in dist/test-gpu/*.test.js; do
-  timeout 240 bun test --timeout 180000 "./$t" 2>&1 | tail -60
+  timeout 400 bun test --timeout 180000 "./$t" 2>&1 | tail -60
 done | tee "$R/gpu-tests.txt"
 log "tests done"
 
@@ -41,6 +41,7 @@ BENCH=(bun dist/bench/run.js generate --model "$MODEL" --device gpu --python pyt
 PENSIEVE_GPU_GEMV=1 timeout 200 "${BENCH[@]}" --engines pensieve,mlx-lm --out-dir "$R/single-gemv-on" 2>&1 | tail -8
 PENSIEVE_GPU_GEMV=0 timeout 120 "${BENCH[@]}" --engines pensieve --out-dir "$R/single-gemv-off" 2>&1 | tail -6
 cat "$R"/single-gemv-on/*.md "$R"/single-gemv-off/*.md > "$OUT/single.md" 2>/dev/null || true
+bun dist/bench/gpu/stamp-gpu.js "$R/gpu.txt" "$R" > /dev/null || true
 # 4. Device time per kernel (caches flushed before each kernel, clocks as found).
 if [ -n "${NCU:-}" ] && [ "${SKIP_NCU:-0}" != 1 ]; then
   timeout 120 "$NCU" --clock-control none --cache-control all --print-units base --csv \

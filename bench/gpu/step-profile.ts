@@ -6,7 +6,6 @@
 // (evaluated alone), after warm-up steps, so compilation stays out of it.
 // PENSIEVE_GPU_GEMV=0 profiles the step without Pensieve's GEMV.
 import { dlopen, FFIType } from "bun:ffi";
-import { readFileSync } from "node:fs";
 import { cacheFor, prefill } from "../../src/engine/generate";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";
@@ -17,16 +16,20 @@ mx.setDevice("gpu");
 const { model } = loadModel(modelPath);
 const prompt = Array.from({ length: Number(promptArg ?? 128) }, (_, i) => 100 + ((i * 7919) % 20000));
 
-/** The CUDA runtime MLX loaded (its path from /proc/self/maps), for cudaProfilerStart/Stop. */
+/**
+ * The driver's cuProfilerStart/Stop (libcuda.so.1), for ncu --profile-from-start off.
+ * (MLX links the CUDA runtime statically: there is no libcudart to ask.)
+ */
 function profilerCalls(): { start: () => number; stop: () => number } | null {
-  const maps = readFileSync("/proc/self/maps", "utf8");
-  const path = /\s(\/\S*libcudart\.so[.\d]*)$/m.exec(maps)?.[1];
-  if (!path) return null;
-  const lib = dlopen(path, {
-    cudaProfilerStart: { args: [], returns: FFIType.i32 },
-    cudaProfilerStop: { args: [], returns: FFIType.i32 },
-  });
-  return { start: () => lib.symbols.cudaProfilerStart(), stop: () => lib.symbols.cudaProfilerStop() };
+  try {
+    const lib = dlopen("libcuda.so.1", {
+      cuProfilerStart: { args: [], returns: FFIType.i32 },
+      cuProfilerStop: { args: [], returns: FFIType.i32 },
+    });
+    return { start: () => lib.symbols.cuProfilerStart(), stop: () => lib.symbols.cuProfilerStop() };
+  } catch {
+    return null;
+  }
 }
 
 const cache = cacheFor(model);
@@ -41,7 +44,7 @@ for (let i = 0; i < 8; i++) step();
 mx.synchronize();
 const profiler = profilerCalls();
 const t0 = performance.now();
-console.error(`[step-profile] profiler ${profiler ? `start ${profiler.start()}` : "not found (libcudart not loaded)"}`);
+console.error(`[step-profile] profiler ${profiler ? `start ${profiler.start()}` : "not found (no libcuda.so.1)"}`);
 step();
 mx.synchronize();
 if (profiler) console.error(`[step-profile] stop ${profiler.stop()}`);

@@ -11,7 +11,7 @@
 // 16-bit arithmetic, then in float. Per chunk (inside one group):
 //   sum_k (s*q_k + b) x_k = s * sum_k (q_k - 8) x_k + (b + 8 s) * sum_k x_k.
 import { Dtype, type MxArray } from "./array";
-import { CustomKernel, kernelLanguage } from "./kernels";
+import { CustomKernel, type KernelPlan, kernelLanguage } from "./kernels";
 import type { QuantizedWeight } from "./ops";
 
 const HEADER = String.raw`
@@ -162,10 +162,15 @@ export interface GemvConfig {
   poison?: boolean;
 }
 
-/** Rows per warp: as many as keep at least ~2048 warps (16 per SM on an H100) busy. */
-export function gemvConfig(n: number): GemvConfig {
-  for (const rows of [4, 2]) if (n % rows === 0 && n / rows >= 2048) return { rows, warps: 4 };
-  return { rows: n % 2 === 0 && n >= 2048 ? 2 : 1, warps: 4 };
+/**
+ * Rows per warp: as many as keep at least ~2048 warps (16 per SM on an H100)
+ * busy, and fewer as x has more rows (each row of x multiplies the registers
+ * and the unrolled code: 8 rows of x at 4 rows per warp took NVRTC 20-34 s).
+ */
+export function gemvConfig(n: number, m = 1): GemvConfig {
+  const cap = m <= 1 ? 4 : m <= 2 ? 2 : 1;
+  for (const rows of [4, 2]) if (rows <= cap && n % rows === 0 && n / rows >= 2048) return { rows, warps: 4 };
+  return { rows: cap >= 2 && n % 2 === 0 && n >= 2048 ? 2 : 1, warps: 4 };
 }
 
 /** The source as MLX compiles it (for tests that compile it elsewhere). */
@@ -177,6 +182,8 @@ export const GEMV_KERNEL = {
 };
 
 let kernel: CustomKernel | null = null;
+/** Launch plans by shape and configuration: a decode step repeats the same few launches. */
+const plans = new Map<string, KernelPlan>();
 
 /** Whether the GEMV handles this weight: CUDA, 4 bits, affine with biases, fp16/bf16 scales. */
 export function gemvSupports(q: QuantizedWeight): boolean {
@@ -202,17 +209,21 @@ export function quantizedGemv(x: MxArray, q: QuantizedWeight, config?: GemvConfi
     throw new Error(`quantizedGemv: ${m} rows (1..${GEMV_MAX_ROWS})`);
   if (x.dtype !== q.scales.dtype) throw new Error("quantizedGemv: x must have the scales' dtype");
   if (!q.biases) throw new Error("quantizedGemv: the weight has no biases");
-  const { rows, warps, poison } = config ?? gemvConfig(n);
+  const { rows, warps, poison } = config ?? gemvConfig(n, m);
   if (n % rows !== 0) throw new Error(`quantizedGemv: ${n} outputs is not a multiple of ${rows} rows per warp`);
-  kernel ??= new CustomKernel({ ...GEMV_KERNEL, outputs: ["y"] });
-  const blocks = Math.ceil(n / rows / warps);
-  const [y] = kernel.call({
-    inputs: [x, q.weight, q.scales, q.biases],
-    outputs: [{ shape: [...x.shape.slice(0, -1), n], dtype: x.dtype }],
-    grid: [blocks * warps * 32, 1, 1],
-    threadgroup: [warps * 32, 1, 1],
-    template: { T: { dtype: x.dtype }, M: m, N: n, K: k, ROWS: rows, WARPS: warps, GROUP: q.groupSize },
-    initValue: poison ? Number.NaN : undefined,
-  });
-  return y as MxArray;
+  const key = `${x.shape.join("x")}|${n}|${x.dtype}|${q.groupSize}|${rows}|${warps}|${poison ? 1 : 0}`;
+  let plan = plans.get(key);
+  if (!plan) {
+    kernel ??= new CustomKernel({ ...GEMV_KERNEL, outputs: ["y"] });
+    const blocks = Math.ceil(n / rows / warps);
+    plan = kernel.plan({
+      outputs: [{ shape: [...x.shape.slice(0, -1), n], dtype: x.dtype }],
+      grid: [blocks * warps * 32, 1, 1],
+      threadgroup: [warps * 32, 1, 1],
+      template: { T: { dtype: x.dtype }, M: m, N: n, K: k, ROWS: rows, WARPS: warps, GROUP: q.groupSize },
+      initValue: poison ? Number.NaN : undefined,
+    });
+    plans.set(key, plan);
+  }
+  return plan.run([x, q.weight, q.scales, q.biases])[0] as MxArray;
 }

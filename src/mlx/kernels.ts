@@ -16,10 +16,9 @@ const symbols = {
   pv_kernel_language: { args: [], returns: i32 },
   pv_kernel_new: { args: [P, P, P, P, P, i32, i32], returns: P },
   pv_kernel_free: { args: [P], returns: FFIType.void },
-  pv_kernel_call: {
-    args: [P, P, i32, P, P, P, i32, P, P, P, P, P, i32, FFIType.f32, i32, i32, P],
-    returns: i32,
-  },
+  pv_kernel_plan_new: { args: [P, P, P, P, i32, P, P, P, P, P, i32, FFIType.f32, i32], returns: P },
+  pv_kernel_plan_free: { args: [P], returns: FFIType.void },
+  pv_kernel_plan_call: { args: [P, P, i32, i32, P], returns: i32 },
 } as const;
 
 type KernelLib = ReturnType<typeof dlopen<typeof symbols>>["symbols"];
@@ -97,6 +96,7 @@ export class CustomKernel {
   readonly spec: KernelSpec;
   #handle: Pointer | null;
   readonly #lib: KernelLib;
+  readonly #plans = new Set<Pointer>();
 
   constructor(spec: KernelSpec) {
     const reason = kernelsUnavailableReason();
@@ -117,17 +117,25 @@ export class CustomKernel {
     this.#handle = handle as Pointer;
   }
 
+  /** Adds one launch to the graph (a plan made and dropped: use plan() for launches that repeat). */
   call(c: KernelCall): MxArray[] {
+    const p = this.plan(c);
+    try {
+      return p.run(c.inputs, c.verbose);
+    } finally {
+      p.dispose();
+    }
+  }
+
+  /** A launch configuration parsed once; run() then passes only the inputs (decode steps repeat launches). */
+  plan(c: Omit<KernelCall, "inputs">): KernelPlan {
     if (!this.#handle) throw new Error(`kernel ${this.spec.name} was disposed`);
     const dims = c.outputs.flatMap((o) => o.shape);
     const template = Object.entries(c.template ?? {});
     const kinds = template.map(([, v]) => (typeof v === "number" ? 0 : typeof v === "boolean" ? 1 : 2));
     const values = template.map(([, v]) => (typeof v === "number" ? v : typeof v === "boolean" ? Number(v) : v.dtype));
-    const out = new Uint32Array(c.outputs.length * 2);
-    const status = this.#lib.pv_kernel_call(
+    const handle = this.#lib.pv_kernel_plan_new(
       this.#handle,
-      handleList(c.inputs),
-      c.inputs.length,
       Int32Array.from(dims.length ? dims : [0]),
       Int32Array.from(c.outputs.map((o) => o.shape.length)),
       Int32Array.from(c.outputs.map((o) => o.dtype)),
@@ -143,15 +151,58 @@ export class CustomKernel {
       template.length,
       c.initValue ?? 0,
       c.initValue === undefined ? 0 : 1,
-      c.verbose ? 1 : 0,
-      out,
     );
-    if (status !== 0) throw new MlxError(`kernel ${this.spec.name}`, lastError());
-    return handlesFrom(out, c.outputs.length, `kernel ${this.spec.name}`);
+    if (!handle) throw new MlxError(`kernel ${this.spec.name}`, lastError());
+    this.#plans.add(handle as Pointer);
+    return new KernelPlan(this, this.#lib, handle as Pointer, c.outputs.length, this.#plans);
+  }
+
+  /** Frees the kernel and the plans still open on it. */
+  dispose(): void {
+    for (const p of this.#plans) this.#lib.pv_kernel_plan_free(p);
+    this.#plans.clear();
+    if (this.#handle) this.#lib.pv_kernel_free(this.#handle);
+    this.#handle = null;
+  }
+}
+
+/** One launch configuration of a kernel (see CustomKernel.plan). */
+export class KernelPlan {
+  readonly kernel: CustomKernel;
+  readonly #lib: KernelLib;
+  #handle: Pointer | null;
+  readonly #out: Uint32Array;
+  readonly #outputs: number;
+  /** The kernel's open plans: a plan freed with its kernel is no longer there. */
+  readonly #open: Set<Pointer>;
+
+  constructor(kernel: CustomKernel, lib: KernelLib, handle: Pointer, outputs: number, open: Set<Pointer>) {
+    this.kernel = kernel;
+    this.#lib = lib;
+    this.#handle = handle;
+    this.#outputs = outputs;
+    this.#out = new Uint32Array(outputs * 2);
+    this.#open = open;
+  }
+
+  /** Adds one launch with these inputs to the graph; returns the outputs. */
+  run(inputs: readonly MxArray[], verbose = false): MxArray[] {
+    if (!this.#handle || !this.#open.has(this.#handle)) {
+      throw new Error(`a plan of kernel ${this.kernel.spec.name} was disposed`);
+    }
+    const status = this.#lib.pv_kernel_plan_call(
+      this.#handle,
+      handleList(inputs),
+      inputs.length,
+      verbose ? 1 : 0,
+      this.#out,
+    );
+    if (status !== 0) throw new MlxError(`kernel ${this.kernel.spec.name}`, lastError());
+    return handlesFrom(this.#out, this.#outputs, `kernel ${this.kernel.spec.name}`);
   }
 
   dispose(): void {
-    if (this.#handle) this.#lib.pv_kernel_free(this.#handle);
+    if (this.#handle && this.#open.delete(this.#handle)) this.#lib.pv_kernel_plan_free(this.#handle);
     this.#handle = null;
   }
 }

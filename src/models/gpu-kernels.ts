@@ -1,12 +1,18 @@
 // Where the decoder's linear layers use Pensieve's own GPU kernels
 // (src/mlx/kernels-gemv.ts) instead of MLX's: 4-bit weights on CUDA, products
-// of at most GEMV_MAX_ROWS rows (decode steps). PENSIEVE_GPU_GEMV=0 turns it
-// off (A/B runs); bench/gpu/gemv.ts measures it against MLX's quantized_matmul.
+// of at most DECODE_GEMV_MAX_ROWS rows (decode steps). bench/gpu/gemv.ts
+// measures the kernel against MLX's quantized_matmul (1.5-2.5x faster on an
+// H100, bench/results/gpu-h100-2026-12-06), but whole decode steps were slower
+// with it (124 vs 172 tok/s: per-call host cost, since cut by launch plans and
+// not yet measured), so it is off unless PENSIEVE_GPU_GEMV=1.
 import type { MxArray, QuantizedWeight } from "../mlx";
 import * as mx from "../mlx";
-import { GEMV_MAX_ROWS, gemvSupports, quantizedGemv } from "../mlx/kernels-gemv";
+import { gemvSupports, quantizedGemv } from "../mlx/kernels-gemv";
 
-let enabled = process.env.PENSIEVE_GPU_GEMV !== "0";
+let enabled = process.env.PENSIEVE_GPU_GEMV === "1";
+
+/** Rows of x up to which decode uses the GEMV (more rows: longer NVRTC compiles, unmeasured gains). */
+export const DECODE_GEMV_MAX_ROWS = 4;
 const supported = new WeakMap<QuantizedWeight, boolean>();
 
 let gemvLaunches = 0;
@@ -27,7 +33,7 @@ export function gpuKernelsEnabled(): boolean {
 
 /** x @ dequantize(q).T through the GEMV when it applies to these rows, else null. */
 export function gpuQuantizedProduct(x: MxArray, q: QuantizedWeight, rows: number): MxArray | null {
-  if (!enabled || rows > GEMV_MAX_ROWS) return null;
+  if (!enabled || rows > DECODE_GEMV_MAX_ROWS) return null;
   let ok = supported.get(q);
   if (ok === undefined) {
     ok = mx.getDevice() === "gpu" && gemvSupports(q);

@@ -11,7 +11,7 @@ import { generateTokens } from "../../src/engine/generate";
 import { samplingParams } from "../../src/engine/sampling";
 import * as mx from "../../src/mlx";
 import { kernelLanguage } from "../../src/mlx/kernels";
-import { quantizedGemv } from "../../src/mlx/kernels-gemv";
+import { gemvConfig, quantizedGemv } from "../../src/mlx/kernels-gemv";
 import { gemvLaunchCount, gpuKernelsEnabled, setGpuKernels } from "../../src/models/gpu-kernels";
 import { loadModel } from "../../src/models/loader";
 import { tinyModel } from "../support/models";
@@ -55,7 +55,7 @@ describe.skipIf(!cuda)("4-bit GEMV on the GPU", () => {
             const w = mx.multiply(mx.randomNormal([n, k], dtype, 0, 1, mx.randomKey(s)), 0.02);
             const q = mx.quantize(w, 64, 4);
             const x = mx.randomNormal([m, k], dtype, 0, 1, mx.randomKey(s + 1000));
-            const ours = quantizedGemv(x, q, { rows: n % 4 === 0 ? 4 : 1, warps: 4, poison: true });
+            const ours = quantizedGemv(x, q, { ...gemvConfig(n, m), poison: true });
             const theirs = mx.quantizedMatmul(x, q);
             expect(ours.shape).toEqual([m, n]);
             expect(ours.dtype).toBe(dtype);

@@ -56,4 +56,28 @@ describe.skipIf(language !== "cuda" || !mx.gpuAvailable())("custom kernels on CU
       kernel.dispose();
     }
   });
+
+  test("a plan repeats a launch with new inputs, and dies with its kernel", () => {
+    mx.setDevice("gpu");
+    const kernel = new CustomKernel({
+      name: "pv_test_double",
+      inputs: ["a"],
+      outputs: ["y"],
+      source: "const int i = threadIdx.x; if (i < 8) y[i] = 2.f * a[i];",
+    });
+    const plan = kernel.plan({
+      outputs: [{ shape: [8], dtype: mx.Dtype.float32 }],
+      grid: [8, 1, 1],
+      threadgroup: [8, 1, 1],
+    });
+    mx.tidy(() => {
+      for (const v of [1, 5]) {
+        const [y] = plan.run([mx.full([8], v, mx.Dtype.float32)]);
+        expect(Array.from((y as mx.MxArray).read() as Float32Array)).toEqual(new Array(8).fill(2 * v));
+      }
+    });
+    kernel.dispose();
+    expect(() => plan.run([mx.full([8], 1, mx.Dtype.float32)])).toThrow(/disposed/);
+    plan.dispose(); // freed with the kernel already: nothing to do
+  });
 });
