@@ -40,7 +40,12 @@ struct Kernel {
 };
 
 // One launch configuration of a kernel, parsed once: decode steps repeat the
-// same launches, so a call then only passes the inputs.
+// same launches, so a call then only passes the inputs. After the first call
+// the plan keeps MLX's primitive (the kernel's generated source, grid and
+// arguments) and gives it to the next calls' outputs, as MLX gives one
+// primitive to sibling outputs: MLX's cuda_kernel would otherwise write the
+// whole source string again for every launch. Inputs whose dtypes or ranks
+// differ from the first call's (the generated signature) get a new primitive.
 struct Plan {
   Kernel* kernel = nullptr;
   std::vector<mx::Shape> shapes;
@@ -49,6 +54,8 @@ struct Plan {
   std::tuple<int, int, int> threadgroup;
   std::vector<std::pair<std::string, mx::fast::TemplateArg>> targs;
   std::optional<float> init;
+  std::shared_ptr<mx::Primitive> primitive;
+  std::vector<std::pair<mx::Dtype, int>> signature;  // the inputs' dtypes and ranks the primitive was made for
 };
 
 std::vector<std::string> split_names(const char* list) {
@@ -173,8 +180,18 @@ int pv_kernel_plan_call(pv_kernel_plan p, pv_array* inputs, int n_inputs, int ve
         std::vector<mx::array> in;
         in.reserve(n_inputs);
         for (int i = 0; i < n_inputs; ++i) in.push_back(pensieve::abi::unwrap_array(inputs[i]));
-        auto results = kernel.fn(in, plan.shapes, plan.dtypes, plan.grid, plan.threadgroup, plan.targs, plan.init,
-                                 verbose != 0, {});
+        std::vector<std::pair<mx::Dtype, int>> signature;
+        signature.reserve(in.size());
+        for (auto& a : in) signature.emplace_back(a.dtype(), static_cast<int>(a.ndim()));
+        std::vector<mx::array> results;
+        if (plan.primitive && signature == plan.signature && !verbose) {
+          results = mx::array::make_arrays(plan.shapes, plan.dtypes, plan.primitive, in);
+        } else {
+          results = kernel.fn(in, plan.shapes, plan.dtypes, plan.grid, plan.threadgroup, plan.targs, plan.init,
+                              verbose != 0, {});
+          plan.primitive = results.empty() ? nullptr : results[0].primitive_ptr();
+          plan.signature = std::move(signature);
+        }
         for (size_t i = 0; i < results.size(); ++i) out[i] = pensieve::abi::wrap_array(std::move(results[i]));
         return 0;
       },
