@@ -103,6 +103,8 @@ interface Row {
   pensieveGBps: number;
   mlxGBps: number;
   speedup: number;
+  /** The same product through a dequantized float16 copy (rows >= 2). */
+  denseUs: number | null;
   config: GemvConfig;
   sweep: Array<{ rows: number; warps: number; us: number }>;
 }
@@ -126,7 +128,7 @@ for (const s of SHAPES) {
   for (const m of rowCounts) {
     const x = mx.keep(mx.randomNormal([m, s.k], mx.Dtype.float16, 0, 1, mx.randomKey(m)));
     mx.evaluate(x);
-    const config = gemvConfig(s.n);
+    const config = gemvConfig(s.n, m);
     const count = ncu ? 3 : sets * Math.ceil(192 / sets);
     const ours = (c: GemvConfig) => (i: number) => quantizedGemv(x, weights[i % sets] as mx.QuantizedWeight, c);
     const theirs = (i: number) => mx.quantizedMatmul(x, weights[i % sets] as mx.QuantizedWeight);
@@ -138,6 +140,23 @@ for (const s of SHAPES) {
     for (let r = 0; r < (ncu ? 1 : 7); r++) {
       a.push(timeProducts(ours(config), count));
       b.push(timeProducts(theirs, count));
+    }
+    // Several rows of x: also the dequantized float16 copy (what batched decode uses today, weights.ts).
+    let denseUs: number | null = null;
+    if (!ncu && m >= 2) {
+      const denseSets = Math.min(sets, Math.max(2, Math.ceil(256e6 / (s.n * s.k * 2))));
+      const dense = mx.tidy(() =>
+        weights.slice(0, denseSets).map((q) => {
+          const d = mx.keep(mx.dequantize(q, mx.Dtype.float16));
+          mx.evaluate(d);
+          return d;
+        }),
+      );
+      const run = (i: number) => mx.matmul(x, mx.transpose(dense[i % denseSets] as mx.MxArray, [1, 0]));
+      const n = denseSets * Math.ceil(96 / denseSets);
+      timeProducts(run, denseSets);
+      denseUs = 1e6 * median([0, 1, 2, 3, 4].map(() => timeProducts(run, n)));
+      for (const d of dense) d.dispose();
     }
     const sweep: Row["sweep"] = [];
     if (!ncu && m === 1) {
@@ -164,6 +183,7 @@ for (const s of SHAPES) {
       pensieveGBps: bytes / pt / 1e9,
       mlxGBps: bytes / mt / 1e9,
       speedup: mt / pt,
+      denseUs,
       config,
       sweep,
     });
@@ -180,11 +200,11 @@ const lines = [
   `GPU: ${gpu}. MLX ${mx.mlxVersion()}. Copy ceiling through MLX (1 GiB add, read + write): ${ceiling.toFixed(0)} GB/s; datasheet ${H100_PEAK_GBPS} GB/s.`,
   "Per product: wall time of one evaluated graph of ~200 products over >= 256 MB of distinct weights, divided by the count (median of 7).",
   "",
-  "| shape | N x K | rows | MB read | Pensieve us | MLX us | Pensieve GB/s | MLX GB/s | Pensieve / datasheet | speed-up | rows/warp, warps |",
-  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+  "| shape | N x K | rows | MB read | Pensieve us | MLX us | Pensieve GB/s | MLX GB/s | Pensieve / datasheet | speed-up | fp16 copy us | rows/warp, warps |",
+  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
   ...results.map(
     (r) =>
-      `| ${r.shape} | ${r.n} x ${r.k} | ${r.m} | ${(r.bytes / 1e6).toFixed(2)} | ${r.pensieveUs.toFixed(2)} | ${r.mlxUs.toFixed(2)} | ${r.pensieveGBps.toFixed(0)} | ${r.mlxGBps.toFixed(0)} | ${((100 * r.pensieveGBps) / H100_PEAK_GBPS).toFixed(0)}% | ${r.speedup.toFixed(2)}x | ${r.config.rows}, ${r.config.warps} |`,
+      `| ${r.shape} | ${r.n} x ${r.k} | ${r.m} | ${(r.bytes / 1e6).toFixed(2)} | ${r.pensieveUs.toFixed(2)} | ${r.mlxUs.toFixed(2)} | ${r.pensieveGBps.toFixed(0)} | ${r.mlxGBps.toFixed(0)} | ${((100 * r.pensieveGBps) / H100_PEAK_GBPS).toFixed(0)}% | ${r.speedup.toFixed(2)}x | ${r.denseUs?.toFixed(2) ?? "-"} | ${r.config.rows}, ${r.config.warps} |`,
   ),
   "",
   "Sweep (1 row of x; us per product, median of 3): rows/warp x warps/block",

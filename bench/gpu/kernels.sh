@@ -32,7 +32,7 @@ done | tee "$R/gpu-tests.txt"
 log "tests done"
 
 # 2. Micro-benchmark.
-timeout 240 bun dist/bench/gpu/gemv.js --out "$R" --rows "${GEMV_ROWS:-1,4}" 2>&1 | tee "$R/gemv.txt"
+timeout 240 bun dist/bench/gpu/gemv.js --out "$R" --rows "${GEMV_ROWS:-1,2,4}" 2>&1 | tee "$R/gemv.txt"
 cp "$R"/gemv-*.md "$OUT/" 2>/dev/null || true
 
 # 3. Single stream, in process (the harness's own 128 -> 256 run, 3 repeats, engines interleaved).
