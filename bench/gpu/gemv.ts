@@ -13,7 +13,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as mx from "../../src/mlx";
 import { kernelLanguage } from "../../src/mlx/kernels";
-import { type GemvConfig, gemvConfig, quantizedGemv } from "../../src/mlx/kernels-gemv";
+import { type GemvConfig, gemvConfig, quantizedGemv, quantizedGemvRmsNorm } from "../../src/mlx/kernels-gemv";
 
 const args = process.argv.slice(2);
 const flag = (name: string) => {
@@ -105,6 +105,8 @@ interface Row {
   speedup: number;
   /** The same product through a dequantized float16 copy (rows >= 2). */
   denseUs: number | null;
+  /** RMSNorm then the product: MLX's two ops, rms_norm + the GEMV, and the fused kernel (1 row). */
+  norm: { mlxUs: number; splitUs: number; fusedUs: number } | null;
   config: GemvConfig;
   sweep: Array<{ rows: number; warps: number; us: number }>;
 }
@@ -158,6 +160,24 @@ for (const s of SHAPES) {
       denseUs = 1e6 * median([0, 1, 2, 3, 4].map(() => timeProducts(run, n)));
       for (const d of dense) d.dispose();
     }
+    // The products that follow an RMSNorm in a decoder layer: the norm fused into the GEMV,
+    // against rms_norm then either product (two launches).
+    let norm: Row["norm"] = null;
+    if (!ncu && m === 1 && s.name !== "o" && s.name !== "down") {
+      const g = mx.keep(mx.add(mx.randomUniform([s.k], mx.Dtype.float16, mx.randomKey(5)), 0.5));
+      const w = (i: number) => weights[i % sets] as mx.QuantizedWeight;
+      const variants = {
+        mlx: (i: number) => mx.quantizedMatmul(mx.rmsNorm(x, g, 1e-5), w(i)),
+        split: (i: number) => quantizedGemv(mx.rmsNorm(x, g, 1e-5), w(i)),
+        fused: (i: number) => quantizedGemvRmsNorm(x, g, 1e-5, w(i)),
+      };
+      for (const f of Object.values(variants)) timeProducts(f, sets);
+      const t = { mlx: [] as number[], split: [] as number[], fused: [] as number[] };
+      for (let r = 0; r < 5; r++)
+        for (const [k, f] of Object.entries(variants)) t[k as keyof typeof t].push(timeProducts(f, count));
+      norm = { mlxUs: 1e6 * median(t.mlx), splitUs: 1e6 * median(t.split), fusedUs: 1e6 * median(t.fused) };
+      g.dispose();
+    }
     const sweep: Row["sweep"] = [];
     if (!ncu && m === 1) {
       for (const rows of [1, 2, 4]) {
@@ -184,6 +204,7 @@ for (const s of SHAPES) {
       mlxGBps: bytes / mt / 1e9,
       speedup: mt / pt,
       denseUs,
+      norm,
       config,
       sweep,
     });
@@ -206,6 +227,14 @@ const lines = [
     (r) =>
       `| ${r.shape} | ${r.n} x ${r.k} | ${r.m} | ${(r.bytes / 1e6).toFixed(2)} | ${r.pensieveUs.toFixed(2)} | ${r.mlxUs.toFixed(2)} | ${r.pensieveGBps.toFixed(0)} | ${r.mlxGBps.toFixed(0)} | ${((100 * r.pensieveGBps) / H100_PEAK_GBPS).toFixed(0)}% | ${r.speedup.toFixed(2)}x | ${r.denseUs?.toFixed(2) ?? "-"} | ${r.config.rows}, ${r.config.warps} |`,
   ),
+  "",
+  "RMSNorm then the product, 1 row of x (us per pair, median of 5): MLX rms_norm + quantized_matmul | rms_norm + GEMV | fused",
+  ...results
+    .filter((r) => r.norm)
+    .map(
+      (r) =>
+        `- ${r.shape}: ${r.norm?.mlxUs.toFixed(2)} | ${r.norm?.splitUs.toFixed(2)} | ${r.norm?.fusedUs.toFixed(2)}`,
+    ),
   "",
   "Sweep (1 row of x; us per product, median of 3): rows/warp x warps/block",
   ...results

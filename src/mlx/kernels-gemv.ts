@@ -14,7 +14,7 @@ import { Dtype, type MxArray } from "./array";
 import { CustomKernel, type KernelPlan, kernelLanguage } from "./kernels";
 import type { QuantizedWeight } from "./ops";
 
-const HEADER = String.raw`
+const HEADER = `
 template <typename T> struct PvOps;
 template <> struct PvOps<__half> {
   using T2 = __half2;
@@ -23,6 +23,7 @@ template <> struct PvOps<__half> {
   static __device__ __forceinline__ float2 to_float2(T2 v) { return __half22float2(v); }
   static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
   static __device__ __forceinline__ __half from_float(float v) { return __float2half(v); }
+  static __device__ __forceinline__ T2 splat(float v) { return __float2half2_rn(v); }
 };
 template <> struct PvOps<__nv_bfloat16> {
   using T2 = __nv_bfloat162;
@@ -31,11 +32,29 @@ template <> struct PvOps<__nv_bfloat16> {
   static __device__ __forceinline__ float2 to_float2(T2 v) { return __bfloat1622float2(v); }
   static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
   static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16(v); }
+  static __device__ __forceinline__ T2 splat(float v) { return __float2bfloat162_rn(v); }
 };
 
 template <typename T2>
 __device__ __forceinline__ T2 pv_bits(uint32_t u) {
   return *reinterpret_cast<const T2*>(&u);
+}
+
+template <typename T2>
+__device__ __forceinline__ uint32_t pv_word(T2 v) {
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// 8 values of T times 8 values of T, elementwise, then times s (packed 16-bit).
+template <typename T>
+__device__ __forceinline__ uint4 pv_mul8(uint4 a, uint4 b, typename PvOps<T>::T2 s) {
+  using T2 = typename PvOps<T>::T2;
+  uint4 r;
+  r.x = pv_word(__hmul2(__hmul2(pv_bits<T2>(a.x), pv_bits<T2>(b.x)), s));
+  r.y = pv_word(__hmul2(__hmul2(pv_bits<T2>(a.y), pv_bits<T2>(b.y)), s));
+  r.z = pv_word(__hmul2(__hmul2(pv_bits<T2>(a.z), pv_bits<T2>(b.z)), s));
+  r.w = pv_word(__hmul2(__hmul2(pv_bits<T2>(a.w), pv_bits<T2>(b.w)), s));
+  return r;
 }
 
 // 16 bytes of weights, read once: no L1 allocation.
@@ -67,8 +86,51 @@ __device__ __forceinline__ float pv_dot8(uint32_t w, const typename PvOps<T>::T2
 `;
 
 // Template constants: T (x/scales/output type), M (rows of x), N, K, ROWS (per
-// warp), WARPS (per block), GROUP (quantization group size).
-const SOURCE = String.raw`
+// warp), WARPS (per block), GROUP (quantization group size); with the RMSNorm
+// prologue also EPS_BITS (epsilon's float32 bits) and the input `norm` [K].
+// The prologue: each block sums x^2 per row of x (all its threads, then shared
+// memory), and x is used as x * norm * rsqrt(mean(x^2) + eps) in 16-bit.
+const NORM_PROLOGUE = `
+  T2 rms2[M];
+  {
+    __shared__ float pv_red[M][WARPS];
+    const uint4* xs = reinterpret_cast<const uint4*>(x);
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      float ss = 0.f;
+      for (int i = threadIdx.x; i < K / 8; i += WARPS * 32) {
+        const uint4 v = __ldg(xs + (size_t)m * (K / 8) + i);
+        const float2 a = Ops::to_float2(pv_bits<T2>(v.x));
+        const float2 b = Ops::to_float2(pv_bits<T2>(v.y));
+        const float2 c2 = Ops::to_float2(pv_bits<T2>(v.z));
+        const float2 d = Ops::to_float2(pv_bits<T2>(v.w));
+        ss += a.x * a.x + a.y * a.y + b.x * b.x + b.y * b.y + c2.x * c2.x + c2.y * c2.y + d.x * d.x + d.y * d.y;
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+      if ((threadIdx.x & 31) == 0) pv_red[m][threadIdx.x >> 5] = ss;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      float ss = 0.f;
+#pragma unroll
+      for (int i = 0; i < WARPS; ++i) ss += pv_red[m][i];
+      rms2[m] = Ops::splat(rsqrtf(ss / K + __int_as_float(EPS_BITS)));
+    }
+  }
+`;
+
+function gemvSource(norm: boolean): string {
+  return SOURCE.replace("  if (row0 >= N) return;\n", `${norm ? NORM_PROLOGUE : ""}  if (row0 >= N) return;\n`).replace(
+    "            const uint4 v = __ldg(xc + j);\n",
+    norm
+      ? "            const uint4 v = pv_mul8<T>(__ldg(xc + j), __ldg(reinterpret_cast<const uint4*>(norm) + c * 4 + j), rms2[m]);\n"
+      : "            const uint4 v = __ldg(xc + j);\n",
+  );
+}
+
+const SOURCE = `
   using Ops = PvOps<T>;
   using T2 = typename Ops::T2;
   constexpr int CHUNKS = K / 32;              // 16-byte weight chunks per row
@@ -173,16 +235,23 @@ export function gemvConfig(n: number, m = 1): GemvConfig {
   return { rows: cap >= 2 && n % 2 === 0 && n >= 2048 ? 2 : 1, warps: 4 };
 }
 
-/** The source as MLX compiles it (for tests that compile it elsewhere). */
+/** The sources as MLX compiles them (for tests that compile them elsewhere). */
 export const GEMV_KERNEL = {
   name: "pv_gemv_w4",
   header: HEADER,
-  source: SOURCE,
+  source: gemvSource(false),
   inputs: ["x", "w", "scales", "biases"],
 };
+/** The GEMV with RMSNorm of x fused in front: y = rms_norm(x, norm, eps) @ dequantize(w).T. */
+export const GEMV_RMS_NORM_KERNEL = {
+  name: "pv_gemv_w4_rms_norm",
+  header: HEADER,
+  source: gemvSource(true),
+  inputs: ["x", "w", "scales", "biases", "norm"],
+};
 
-let kernel: CustomKernel | null = null;
-/** Launch plans by shape and configuration: a decode step repeats the same few launches. */
+const kernels = new Map<string, CustomKernel>();
+/** Launch plans by kernel, shape and configuration: a decode step repeats the same few launches. */
 const plans = new Map<string, KernelPlan>();
 
 /** Whether the GEMV handles this weight: CUDA, 4 bits, affine with biases, fp16/bf16 scales. */
@@ -201,29 +270,72 @@ export function gemvSupports(q: QuantizedWeight): boolean {
 
 /** x [..., K] @ dequantize(q).T for at most GEMV_MAX_ROWS rows of x (x in the scales' dtype). */
 export function quantizedGemv(x: MxArray, q: QuantizedWeight, config?: GemvConfig): MxArray {
+  return launch(GEMV_KERNEL, x, q, [], {}, config);
+}
+
+/**
+ * rms_norm(x, norm, eps) @ dequantize(q).T in one kernel: the normed x is never
+ * written out (one launch instead of two). norm [K] in x's dtype.
+ */
+export function quantizedGemvRmsNorm(
+  x: MxArray,
+  norm: MxArray,
+  eps: number,
+  q: QuantizedWeight,
+  config?: GemvConfig,
+): MxArray {
+  if (norm.ndim !== 1 || norm.dim(0) !== x.dim(-1) || norm.dtype !== x.dtype) {
+    throw new Error("quantizedGemvRmsNorm: norm must be [K] in x's dtype");
+  }
+  const epsBits = new Int32Array(Float32Array.of(eps).buffer)[0] as number;
+  return launch(GEMV_RMS_NORM_KERNEL, x, q, [norm], { EPS_BITS: epsBits }, config);
+}
+
+function launch(
+  spec: typeof GEMV_KERNEL,
+  x: MxArray,
+  q: QuantizedWeight,
+  extra: MxArray[],
+  extraTemplate: Record<string, number>,
+  config?: GemvConfig,
+): MxArray {
   const n = q.weight.dim(0);
   const k = (q.weight.dim(1) * 32) / q.bits;
   const m = x.size / k;
-  if (x.dim(-1) !== k) throw new Error(`quantizedGemv: x has ${x.dim(-1)} features, the weight ${k}`);
+  if (x.dim(-1) !== k) throw new Error(`${spec.name}: x has ${x.dim(-1)} features, the weight ${k}`);
   if (!Number.isInteger(m) || m < 1 || m > GEMV_MAX_ROWS)
-    throw new Error(`quantizedGemv: ${m} rows (1..${GEMV_MAX_ROWS})`);
-  if (x.dtype !== q.scales.dtype) throw new Error("quantizedGemv: x must have the scales' dtype");
-  if (!q.biases) throw new Error("quantizedGemv: the weight has no biases");
+    throw new Error(`${spec.name}: ${m} rows (1..${GEMV_MAX_ROWS})`);
+  if (x.dtype !== q.scales.dtype) throw new Error(`${spec.name}: x must have the scales' dtype`);
+  if (!q.biases) throw new Error(`${spec.name}: the weight has no biases`);
   const { rows, warps, poison } = config ?? gemvConfig(n, m);
-  if (n % rows !== 0) throw new Error(`quantizedGemv: ${n} outputs is not a multiple of ${rows} rows per warp`);
-  const key = `${x.shape.join("x")}|${n}|${x.dtype}|${q.groupSize}|${rows}|${warps}|${poison ? 1 : 0}`;
+  if (n % rows !== 0) throw new Error(`${spec.name}: ${n} outputs is not a multiple of ${rows} rows per warp`);
+  const extraKey = Object.values(extraTemplate).join(",");
+  const key = `${spec.name}|${x.shape.join("x")}|${n}|${x.dtype}|${q.groupSize}|${rows}|${warps}|${poison ? 1 : 0}|${extraKey}`;
   let plan = plans.get(key);
   if (!plan) {
-    kernel ??= new CustomKernel({ ...GEMV_KERNEL, outputs: ["y"] });
+    let kernel = kernels.get(spec.name);
+    if (!kernel) {
+      kernel = new CustomKernel({ ...spec, outputs: ["y"] });
+      kernels.set(spec.name, kernel);
+    }
     const blocks = Math.ceil(n / rows / warps);
     plan = kernel.plan({
       outputs: [{ shape: [...x.shape.slice(0, -1), n], dtype: x.dtype }],
       grid: [blocks * warps * 32, 1, 1],
       threadgroup: [warps * 32, 1, 1],
-      template: { T: { dtype: x.dtype }, M: m, N: n, K: k, ROWS: rows, WARPS: warps, GROUP: q.groupSize },
+      template: {
+        T: { dtype: x.dtype },
+        M: m,
+        N: n,
+        K: k,
+        ROWS: rows,
+        WARPS: warps,
+        GROUP: q.groupSize,
+        ...extraTemplate,
+      },
       initValue: poison ? Number.NaN : undefined,
     });
     plans.set(key, plan);
   }
-  return plan.run([x, q.weight, q.scales, q.biases])[0] as MxArray;
+  return plan.run([x, q.weight, q.scales, q.biases, ...extra])[0] as MxArray;
 }

@@ -6,7 +6,7 @@
 import { describe, expect, test } from "bun:test";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { GEMV_KERNEL } from "../../src/mlx/kernels-gemv";
+import { GEMV_KERNEL, GEMV_RMS_NORM_KERNEL } from "../../src/mlx/kernels-gemv";
 
 const compiler = ["g++", "c++", "clang++"].find((c) => Bun.which(c));
 const dir = join(import.meta.dir, "..", ".tmp", "gemv-emulated");
@@ -19,15 +19,21 @@ interface Case {
   rows: number;
   warps: number;
   group: number;
+  /** RMSNorm fused in front (GEMV_RMS_NORM_KERNEL). */
+  norm?: boolean;
 }
+
+const EPS = 1e-5;
+const EPS_BITS = new Int32Array(Float32Array.of(EPS).buffer)[0];
 
 function program(c: Case): string {
   const T = c.dtype === "bf16" ? "__nv_bfloat16" : "__half";
-  const header = GEMV_KERNEL.header.replace(
+  const spec = c.norm ? GEMV_RMS_NORM_KERNEL : GEMV_KERNEL;
+  const header = spec.header.replace(
     /__device__ __forceinline__ uint4 pv_load_stream\(const uint4\* p\) \{[\s\S]*?\n\}\n/,
     "__device__ __forceinline__ uint4 pv_load_stream(const uint4* p) { return *p; }\n",
   );
-  if (header === GEMV_KERNEL.header) throw new Error("pv_load_stream not found in the kernel header");
+  if (header === spec.header) throw new Error("pv_load_stream not found in the kernel header");
   const toF = c.dtype === "bf16" ? "__bfloat162float" : "__half2float";
   const fromF = c.dtype === "bf16" ? "__float2bfloat16" : "__float2half";
   return `#include "${join(import.meta.dir, "cuda-emulation.h")}"
@@ -35,10 +41,12 @@ function program(c: Case): string {
 #include <random>
 ${header}
 namespace mlx::core::cu {
-void kernel(const ${T}* x, const uint32_t* w, const ${T}* scales, const ${T}* biases, ${T}* y) {
+void kernel(const ${T}* x, const uint32_t* w, const ${T}* scales, const ${T}* biases, const ${T}* norm, ${T}* y) {
   using T = ${T};
   constexpr int M = ${c.m}, N = ${c.n}, K = ${c.k}, ROWS = ${c.rows}, WARPS = ${c.warps}, GROUP = ${c.group};
-${GEMV_KERNEL.source}
+  constexpr int EPS_BITS = ${EPS_BITS};
+  (void)norm;
+${spec.source}
 }
 }  // namespace mlx::core::cu
 int main() {
@@ -46,9 +54,10 @@ int main() {
   std::mt19937 rng(7);
   std::normal_distribution<float> normal(0.f, 1.f);
   std::uniform_real_distribution<float> uni(0.f, 1.f);
-  std::vector<${T}> x(M * K), s(N * (K / GROUP)), b(N * (K / GROUP)), y(M * N);
+  std::vector<${T}> x(M * K), s(N * (K / GROUP)), b(N * (K / GROUP)), y(M * N), g(K);
   std::vector<uint32_t> w(N * (K / 8));
-  for (auto& v : x) v = ${fromF}(normal(rng));
+  for (auto& v : x) v = ${fromF}(${c.norm ? "4.f * normal(rng) + 1.f" : "normal(rng)"});
+  for (auto& v : g) v = ${fromF}(0.5f + uni(rng));
   for (auto& v : w) v = rng();
   for (size_t i = 0; i < s.size(); ++i) {
     s[i] = ${fromF}(0.005f + 0.025f * uni(rng));
@@ -57,22 +66,27 @@ int main() {
   for (auto& v : y) v = ${fromF}(NAN);
   const int warps_total = N / ROWS;
   const unsigned blocks = (warps_total + WARPS - 1) / WARPS;
-  emu_launch(blocks * WARPS * 32, WARPS * 32, [&] { mlx::core::cu::kernel(x.data(), w.data(), s.data(), b.data(), y.data()); });
+  emu_launch(blocks * WARPS * 32, WARPS * 32, [&] { mlx::core::cu::kernel(x.data(), w.data(), s.data(), b.data(), g.data(), y.data()); });
   double err = 0, ref2 = 0;
   int unwritten = 0;
-  for (int m = 0; m < M; ++m)
+  for (int m = 0; m < M; ++m) {
+    double ss = 0;
+    for (int k = 0; k < K; ++k) ss += double(${toF}(x[m * K + k])) * double(${toF}(x[m * K + k]));
+    const double r = ${c.norm ? `1.0 / std::sqrt(ss / K + ${EPS})` : "1.0"};
     for (int n = 0; n < N; ++n) {
       double ref = 0;
       for (int k = 0; k < K; ++k) {
         const uint32_t q = (w[n * (K / 8) + k / 8] >> (4 * (k % 8))) & 15u;
-        const int g = n * (K / GROUP) + k / GROUP;
-        ref += (double(${toF}(s[g])) * q + double(${toF}(b[g]))) * double(${toF}(x[m * K + k]));
+        const int gi = n * (K / GROUP) + k / GROUP;
+        const double xn = double(${toF}(x[m * K + k])) * ${c.norm ? `double(${toF}(g[k])) * r` : "1.0"};
+        ref += (double(${toF}(s[gi])) * q + double(${toF}(b[gi]))) * xn;
       }
       const double got = ${toF}(y[m * N + n]);
       if (std::isnan(got)) { unwritten++; continue; }
       err += (got - ref) * (got - ref);
       ref2 += ref * ref;
     }
+  }
   std::printf("{\\"rel\\": %.3e, \\"unwritten\\": %d}\\n", std::sqrt(err / ref2), unwritten);
 }
 `;
@@ -80,7 +94,7 @@ int main() {
 
 function run(c: Case): { rel: number; unwritten: number } {
   mkdirSync(dir, { recursive: true });
-  const name = `${c.dtype}-${c.m}-${c.n}-${c.k}-${c.rows}-${c.group}`;
+  const name = `${c.dtype}-${c.m}-${c.n}-${c.k}-${c.rows}-${c.group}${c.norm ? "-norm" : ""}`;
   const src = join(dir, `${name}.cpp`);
   const exe = join(dir, name);
   writeFileSync(src, program(c));
@@ -102,9 +116,12 @@ describe.skipIf(!compiler)("4-bit GEMV source, emulated on the CPU", () => {
     { dtype: "f16", m: 2, n: 20, k: 1088, rows: 2, warps: 4, group: 64 }, // ragged chunks (34 per row), idle warps
     { dtype: "bf16", m: 3, n: 8, k: 8192, rows: 2, warps: 4, group: 128 }, // 8 chunks per lane, loads in two rounds
     { dtype: "f16", m: 1, n: 16, k: 256, rows: 4, warps: 2, group: 32 },
+    // RMSNorm in front: x with mean 1 and spread 4 (not normed), norm weights 0.5..1.5.
+    { dtype: "f16", m: 2, n: 40, k: 3072, rows: 2, warps: 4, group: 64, norm: true }, // 20 warps: idle warps in the last block
+    { dtype: "bf16", m: 1, n: 16, k: 1088, rows: 4, warps: 2, group: 64, norm: true },
   ];
   for (const c of cases) {
-    test(`${c.dtype} M=${c.m} N=${c.n} K=${c.k} rows/warp ${c.rows} group ${c.group}`, () => {
+    test(`${c.dtype} M=${c.m} N=${c.n} K=${c.k} rows/warp ${c.rows} group ${c.group}${c.norm ? ", RMSNorm fused" : ""}`, () => {
       const r = run(c);
       expect(r.unwritten).toBe(0);
       expect(r.rel).toBeLessThan(TOLERANCE[c.dtype]);

@@ -11,7 +11,7 @@ import { generateTokens } from "../../src/engine/generate";
 import { samplingParams } from "../../src/engine/sampling";
 import * as mx from "../../src/mlx";
 import { kernelLanguage } from "../../src/mlx/kernels";
-import { gemvConfig, quantizedGemv } from "../../src/mlx/kernels-gemv";
+import { gemvConfig, quantizedGemv, quantizedGemvRmsNorm } from "../../src/mlx/kernels-gemv";
 import { gemvLaunchCount, gpuKernelsEnabled, setGpuKernels } from "../../src/models/gpu-kernels";
 import { loadModel } from "../../src/models/loader";
 import { tinyModel } from "../support/models";
@@ -62,6 +62,30 @@ describe.skipIf(!cuda)("4-bit GEMV on the GPU", () => {
             // NaN poison: an unwritten element makes the distance NaN, which fails.
             const dist = relativeDistance(ours, theirs);
             expect(dist).toBeLessThan(TOLERANCE[dtype] as number);
+          });
+        });
+      }
+    }
+  }
+
+  // RMSNorm fused in front: against MLX's rms_norm then quantized_matmul. The normed x is
+  // rounded to 16 bits twice (x*norm, then *rsqrt) where MLX rounds once: fp16 under 5e-3.
+  for (const dtype of [mx.Dtype.float16, mx.Dtype.bfloat16]) {
+    for (const [n, k] of [
+      [9216, 3072],
+      [16384, 3072],
+      [96, 1088],
+    ] as Array<[number, number]>) {
+      for (const m of [1, 2]) {
+        const s = seed++;
+        test(`${dtype === mx.Dtype.float16 ? "fp16" : "bf16"} [${m}, ${k}] RMSNorm fused into [${n}, ${k}] equals rms_norm + quantized_matmul`, () => {
+          mx.tidy(() => {
+            const q = mx.quantize(mx.multiply(mx.randomNormal([n, k], dtype, 0, 1, mx.randomKey(s)), 0.02), 64, 4);
+            const x = mx.add(mx.multiply(mx.randomNormal([m, k], dtype, 0, 1, mx.randomKey(s + 1)), 4), 1);
+            const g = mx.add(mx.randomUniform([k], dtype, mx.randomKey(s + 2)), 0.5);
+            const ours = quantizedGemvRmsNorm(x, g, 1e-5, q, { ...gemvConfig(n, m), poison: true });
+            const theirs = mx.quantizedMatmul(mx.rmsNorm(x, g, 1e-5), q);
+            expect(relativeDistance(ours, theirs)).toBeLessThan(dtype === mx.Dtype.float16 ? 5e-3 : 3e-2);
           });
         });
       }
