@@ -10,6 +10,10 @@
 // products (q-8)*x stay small; each word's 8 products are summed in packed
 // 16-bit arithmetic, then in float. Per chunk (inside one group):
 //   sum_k (s*q_k + b) x_k = s * sum_k (q_k - 8) x_k + (b + 8 s) * sum_k x_k.
+// x and the weight are read 16 bytes at a time: each row must start 16-byte
+// aligned. MLX's allocations are; a contiguous slice of x passed as it is (MLX
+// copies only non-contiguous inputs) must start at a multiple of 8 elements,
+// as the q|k|v and gate|up splits of real models do.
 import { Dtype, type MxArray } from "./array";
 import { CustomKernel, type KernelPlan, kernelLanguage } from "./kernels";
 import type { QuantizedWeight } from "./ops";
