@@ -5,8 +5,8 @@
 //   bun bench/engines/lone-ttft.ts MODEL [cpu|gpu] [--lengths 200,420,...] [--engine-config JSON]
 import { generateTokens } from "../../src/engine/generate";
 import { Engine } from "../../src/engine/engine";
-import { samplingParams } from "../../src/engine/sampling";
-import type { EngineEvent } from "../../src/engine/scheduler";
+import { samplingParams } from "../../src/engine/protocol";
+import type { EngineEvent } from "../../src/engine/protocol";
 
 const args = process.argv.slice(2);
 const flag = (name: string) => {

@@ -4,7 +4,7 @@
 // --profile adds host vs device time per decode step, measured on unpipelined steps.
 import { readFileSync } from "node:fs";
 import { cacheFor, generateTokens, prefill } from "../../src/engine/generate";
-import { samplingParams } from "../../src/engine/sampling";
+import { samplingParams } from "../../src/engine/protocol";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";
 import { peakRssBytes } from "./rss";

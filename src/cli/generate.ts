@@ -1,6 +1,6 @@
 // pensieve generate: streams an answer to stdout from an in-process engine.
 import { generateTokens } from "../engine/generate";
-import { samplingParams } from "../engine/sampling";
+import { samplingParams } from "../engine/protocol";
 import * as mx from "../mlx";
 import { loadModel } from "../models/loader";
 import { resolveLocalModel } from "../models/resolve";

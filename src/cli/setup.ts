@@ -103,7 +103,7 @@ async function validate(path: string, device: "cpu" | "gpu"): Promise<string> {
   const mx = await import("../mlx");
   const { loadModel } = await import("../models/loader");
   const { generateTokens } = await import("../engine/generate");
-  const { samplingParams } = await import("../engine/sampling");
+  const { samplingParams } = await import("../engine/protocol");
   const { ModelSession } = await import("../server/model-session");
   const { encodeChat, StreamingDetokenizer } = await import("../text");
   mx.setDevice(device);

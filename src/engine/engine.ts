@@ -10,16 +10,16 @@ import { denseCopyBytes } from "../models/weights";
 import { type ConstraintSpec, JsonConstraintFactory } from "../text/json-constraint";
 import { tokenByteTable } from "../text/token-bytes";
 import { loadTokenizer } from "../text/tokenizer";
-import type { EngineConfig, EngineInfo, EngineStats } from "./protocol";
-import { defaultPrefillChunk } from "./generate";
-import { samplingParams } from "./sampling";
 import {
+  type EngineConfig,
   type EngineEvent,
+  type EngineInfo,
   type EngineRequest,
-  Scheduler,
-  type SchedulerOptions,
-  type TokenConstraint,
-} from "./scheduler";
+  type EngineStats,
+  samplingParams,
+} from "./protocol";
+import { defaultPrefillChunk } from "./generate";
+import { Scheduler, type SchedulerOptions, type TokenConstraint } from "./scheduler";
 
 const GiB = 1024 ** 3;
 

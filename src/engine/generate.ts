@@ -6,14 +6,8 @@ import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { LanguageModel } from "../models/types";
 import { KVCache } from "./kv-cache";
-import {
-  readStep,
-  type SampledStep,
-  type SamplingParams,
-  SequenceSampler,
-  type StepValues,
-  stepArrays,
-} from "./sampling";
+import type { SamplingParams, StepValues } from "./protocol";
+import { readStep, type SampledStep, SequenceSampler, stepArrays } from "./sampling";
 
 /** Prefill tokens per forward pass: the GPU keeps its matrix units busier with larger chunks. */
 export function defaultPrefillChunk(): number {

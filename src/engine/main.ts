@@ -1,7 +1,9 @@
 // Entry of the engine child process (`pensieve engine --config-json '{...}'`).
 // It loads the model, then serves generate/cancel/stats messages over IPC
-// until told to shut down or until its parent goes away.
-import { Engine } from "./engine";
+// until told to shut down or until its parent goes away. MLX is imported
+// inside the load step, so that a shim that cannot load (missing, wrong ABI,
+// broken library) is reported to the server as a load failure.
+import type { Engine } from "./engine";
 import type { EngineConfig, FromEngine, ToEngine } from "./protocol";
 
 function send(message: FromEngine): void {
@@ -15,6 +17,7 @@ export async function runEngineProcess(config: EngineConfig): Promise<void> {
   const overrides = process.env.PENSIEVE_ENGINE_OVERRIDES;
   try {
     if (overrides) config = { ...config, ...(JSON.parse(overrides) as Partial<EngineConfig>) };
+    const { Engine } = await import("./engine");
     engine = new Engine(config, (event) => send(event));
   } catch (e) {
     send({ type: "load-failed", message: (e as Error).message });

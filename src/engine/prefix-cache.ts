@@ -4,6 +4,7 @@
 // system prompt and tools every turn) then prefill only what is new.
 // An LRU under a byte budget.
 import type { MxArray } from "../mlx";
+import type { PrefixCacheStats } from "./protocol";
 
 export interface KVState {
   keys: MxArray[];
@@ -24,15 +25,6 @@ export interface PrefixHit {
   state: KVState;
   /** Tokens of the prompt covered by the cached KV. */
   length: number;
-}
-
-export interface PrefixCacheStats {
-  entries: number;
-  bytes: number;
-  budgetBytes: number;
-  hits: number;
-  misses: number;
-  reusedTokens: number;
 }
 
 function commonPrefix(a: readonly number[], b: readonly number[], limit: number): number {

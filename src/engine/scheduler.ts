@@ -22,20 +22,9 @@ import type { LanguageModel } from "../models/types";
 import type { ConstraintSpec } from "../text/json-constraint";
 import { cacheFor } from "./generate";
 import { KVCache } from "./kv-cache";
-import { disposeState, PrefixCache, type PrefixCacheStats } from "./prefix-cache";
-import { type SampledStep, type SamplingParams, SequenceSampler, type StepValues } from "./sampling";
-
-export interface EngineRequest {
-  id: string;
-  prompt: number[];
-  maxTokens: number;
-  sampling: SamplingParams;
-  stopTokenIds: number[];
-  /** Constrained decoding: only tokens that keep the output valid; once complete, only a stop token. */
-  constraint?: ConstraintSpec;
-  /** The engine's own (kernel warm-up): kept out of the prefix cache. */
-  internal?: boolean;
-}
+import { disposeState, PrefixCache } from "./prefix-cache";
+import type { EngineEvent, EngineRequest, FinishReason, SchedulerStats, StepValues, TokenOut } from "./protocol";
+import { type SampledStep, SequenceSampler } from "./sampling";
 
 /** One sequence's constrained decoding state (src/text/json-constraint.ts). */
 export interface TokenConstraint {
@@ -51,18 +40,6 @@ export interface TokenConstraint {
 
 /** Builds a request's constraint; `endIds` are its stop tokens. Throws a SchemaError (→ 400) for a bad spec. */
 export type ConstraintFactory = (spec: ConstraintSpec, endIds: readonly number[]) => TokenConstraint;
-
-export type FinishReason = "stop" | "length" | "cancelled" | "error";
-
-export interface TokenOut extends StepValues {
-  id: string;
-}
-
-export type EngineEvent =
-  | { type: "started"; id: string; promptTokens: number; cachedTokens: number; queuedMs: number }
-  | { type: "tokens"; items: TokenOut[] }
-  | { type: "finished"; id: string; reason: FinishReason; completionTokens: number; message?: string }
-  | { type: "rejected"; id: string; status: number; message: string; retryAfterSeconds?: number };
 
 export interface SchedulerOptions {
   /** Rows decoded together. */
@@ -87,20 +64,6 @@ export interface SchedulerOptions {
    * plans (50-500 ms); a few widths keep those cached.
    */
   prefillWidthMultiple?: number;
-}
-
-export interface SchedulerStats {
-  running: number;
-  prefilling: number;
-  waiting: number;
-  kvCacheBytes: number;
-  kvReservedBytes: number;
-  kvBudgetBytes: number;
-  prefixCache: PrefixCacheStats;
-  steps: number;
-  maxConcurrent: number;
-  queueSize: number;
-  contextLength: number;
 }
 
 interface Sequence {

@@ -4,16 +4,16 @@
 // error), never the server. Runs in the server process: no MLX imports here.
 import type { Subprocess } from "bun";
 import type {
+  ConstraintSpec,
   EngineConfig,
   EngineInfo,
   EngineRequest,
   EngineStats,
   FinishReason,
+  SamplingParams,
   FromEngine,
   ToEngine,
 } from "./protocol";
-import type { ConstraintSpec } from "../text/json-constraint";
-import type { SamplingParams } from "./sampling";
 
 export type StreamEvent =
   | { type: "started"; promptTokens: number; cachedTokens: number; queuedMs: number }

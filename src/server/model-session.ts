@@ -3,8 +3,7 @@
 // into generated tokens. generateText() is the one text pipeline every API
 // (OpenAI, Anthropic, WebSocket) uses: detokenizing, stop strings, usage.
 import { basename } from "node:path";
-import type { SamplingParams } from "../engine/sampling";
-import type { ConstraintSpec } from "../text/json-constraint";
+import type { ConstraintSpec, SamplingParams } from "../engine/protocol";
 import type { EngineSupervisor, StreamEvent } from "../engine/supervisor";
 import {
   applyChatTemplate,

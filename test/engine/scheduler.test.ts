@@ -2,8 +2,9 @@
 // with different prompt lengths, give exactly their single-request outputs.
 import { describe, expect, test } from "bun:test";
 import { generateTokens } from "../../src/engine/generate";
-import { type SamplingParams, samplingParams } from "../../src/engine/sampling";
-import { type EngineEvent, type EngineRequest, Scheduler } from "../../src/engine/scheduler";
+import { type SamplingParams, samplingParams } from "../../src/engine/protocol";
+import type { EngineEvent, EngineRequest } from "../../src/engine/protocol";
+import { Scheduler } from "../../src/engine/scheduler";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";
 import type { LanguageModel } from "../../src/models/types";

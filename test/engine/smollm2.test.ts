@@ -5,7 +5,7 @@ import { describe, expect, test } from "bun:test";
 import { existsSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { generateTokens } from "../../src/engine/generate";
-import { samplingParams } from "../../src/engine/sampling";
+import { samplingParams } from "../../src/engine/protocol";
 import { convertGguf } from "../../src/models/convert";
 import { loadModel } from "../../src/models/loader";
 import { encodeChat, StreamingDetokenizer, Tokenizer } from "../../src/text";

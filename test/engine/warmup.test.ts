@@ -4,8 +4,8 @@
 import { expect, test } from "bun:test";
 import { Engine, warmupLengths } from "../../src/engine/engine";
 import { generateTokens } from "../../src/engine/generate";
-import { samplingParams } from "../../src/engine/sampling";
-import type { EngineEvent } from "../../src/engine/scheduler";
+import { samplingParams } from "../../src/engine/protocol";
+import type { EngineEvent } from "../../src/engine/protocol";
 import { tinyModel } from "../support/models";
 import { promptIds } from "../support/reference";
 

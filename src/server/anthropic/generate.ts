@@ -1,7 +1,7 @@
 // One Messages request through the engine: the prompt, the sampling
 // parameters, and the reply as events both routes share (the streaming route
 // sends them as SSE, the other collects them into one message).
-import { samplingParams } from "../../engine/sampling";
+import { samplingParams } from "../../engine/protocol";
 import type { AppContext } from "../app";
 import type { TextEvent, Usage } from "../model-session";
 import { buildPrompt, type PromptPlan } from "./convert";

@@ -2,7 +2,7 @@
 // tool rendering, JSON instructions), the sampling parameters, stop strings
 // and the token budget. Shared by /v1/chat/completions, /v1/completions and
 // the WebSocket protocol.
-import { samplingParams, type SamplingParams } from "../../engine/sampling";
+import { type SamplingParams, samplingParams } from "../../engine/protocol";
 import { applyChatTemplate, type ChatMessage } from "../../text";
 import { grammarFor, isValidPrefix, SchemaError } from "../../text/json-constraint";
 import { badRequest } from "../errors";
