@@ -63,7 +63,7 @@ export function samplingParams(partial: Partial<SamplingParams> = {}): SamplingP
 export function samplingProblem(p: SamplingParams, vocabSize: number): string | null {
   const finite = (v: number) => Number.isFinite(v);
   if (!finite(p.temperature) || p.temperature < 0) return "temperature must be a number ≥ 0";
-  if (!finite(p.topP) || p.topP <= 0 || p.topP > 1) return "top_p must be in (0, 1]";
+  if (!finite(p.topP) || p.topP < 0 || p.topP > 1) return "top_p must be in [0, 1]";
   if (!Number.isInteger(p.topK) || p.topK < 0) return "top_k must be an integer ≥ 0";
   if (!finite(p.minP) || p.minP < 0 || p.minP > 1) return "min_p must be in [0, 1]";
   if (!finite(p.repetitionPenalty) || p.repetitionPenalty <= 0) return "repetition_penalty must be > 0";

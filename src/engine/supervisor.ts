@@ -3,16 +3,17 @@
 // native crash in MLX then costs the in-flight requests (they end with a 503
 // error), never the server. Runs in the server process: no MLX imports here.
 import type { Subprocess } from "bun";
-import type {
-  ConstraintSpec,
-  EngineConfig,
-  EngineInfo,
-  EngineRequest,
-  EngineStats,
-  FinishReason,
-  SamplingParams,
-  FromEngine,
-  ToEngine,
+import {
+  type ConstraintSpec,
+  type EngineConfig,
+  type EngineInfo,
+  type EngineRequest,
+  type EngineStats,
+  type FinishReason,
+  type SamplingParams,
+  type FromEngine,
+  samplingProblem,
+  type ToEngine,
 } from "./protocol";
 
 export type StreamEvent =
@@ -280,6 +281,11 @@ export class EngineSupervisor {
           : `the engine is not available: ${this.#lastError ?? this.#state}`,
         retryAfterSeconds: loading ? 2 : undefined,
       });
+      return stream;
+    }
+    const problem = samplingProblem(input.sampling, this.#info?.vocabSize ?? Number.MAX_SAFE_INTEGER);
+    if (problem) {
+      stream.push({ type: "error", status: 400, message: `sampling: ${problem}` });
       return stream;
     }
     if (signal?.aborted) {
