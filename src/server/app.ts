@@ -17,6 +17,8 @@ export interface ServerOptions {
   strictModelNames: boolean;
   /** SSE comment interval while a stream waits for its first token. */
   keepAliveMs: number;
+  /** Threads that build prompts (template, tokenizing); null: one per core the engine leaves, 1 to 4; 0: none (measurements only). */
+  promptWorkers: number | null;
 }
 
 export const DEFAULT_SERVER_OPTIONS: ServerOptions = {
@@ -25,6 +27,7 @@ export const DEFAULT_SERVER_OPTIONS: ServerOptions = {
   bodyLimitBytes: 8 * 1024 * 1024,
   strictModelNames: false,
   keepAliveMs: 10_000,
+  promptWorkers: null,
 };
 
 /** What route modules get: the model, the options, logs and metrics. */

@@ -58,6 +58,8 @@ interface TokenizerParts {
   warnings: string[];
   /** id → token for vocabularies with duplicate texts (GGUF), which the vocab map alone loses. */
   idToTokenOverride?: string[];
+  /** The pipeline before the model neither drops nor shrinks input text (see keepsInputBytes). */
+  keepsInputBytes: boolean;
 }
 
 const SPECIAL_TOKEN_KEYS = ["bos_token", "eos_token", "unk_token", "pad_token"] as const;
@@ -136,6 +138,12 @@ export class Tokenizer {
   readonly namedChatTemplates: ReadonlyMap<string, string>;
   /** Notes about guesses made while loading (unknown GGUF pre-tokenizer...), for logging. */
   readonly warnings: readonly string[];
+  /**
+   * Every input byte reaches a token piece: the normalizer and pre-tokenizer
+   * only prepend, map spaces to "▁" or split, and unknown text cannot fuse
+   * into one token. Then a token covers at most its piece's bytes of input.
+   */
+  readonly keepsInputBytes: boolean;
 
   private readonly hf: HfTokenizer;
   private readonly ownSpecialTokens: boolean;
@@ -159,6 +167,7 @@ export class Tokenizer {
     this.chatTemplate = parts.chatTemplate;
     this.namedChatTemplates = parts.namedChatTemplates;
     this.warnings = parts.warnings;
+    this.keepsInputBytes = parts.keepsInputBytes;
 
     this.tokenToIdTable = this.hf.get_vocab(true);
     const table: (string | undefined)[] = parts.idToTokenOverride ? [...parts.idToTokenOverride] : [];
@@ -283,6 +292,7 @@ export class Tokenizer {
       namedChatTemplates,
       cleanUpTokenizationSpaces,
       warnings: [],
+      keepsInputBytes: keepsInputBytes(tokenizerJson),
     });
   }
 
@@ -319,6 +329,7 @@ export class Tokenizer {
       cleanUpTokenizationSpaces: false,
       warnings: spec.warnings,
       idToTokenOverride: spec.tokens,
+      keepsInputBytes: keepsInputBytes(spec.tokenizerJson),
     });
   }
 
@@ -360,6 +371,40 @@ export class Tokenizer {
 }
 
 /** The tokenizer of a model folder (tokenizer.json) or a GGUF file (its metadata). */
+type Step = { type?: string; [key: string]: unknown } | null | undefined;
+
+/** Normalizers that keep every input byte: prepending "▁", and spaces written as "▁" (SentencePiece). */
+function normalizerKeepsBytes(step: Step): boolean {
+  if (!step) return true;
+  if (step.type === "Sequence") return ((step.normalizers as Step[]) ?? []).every(normalizerKeepsBytes);
+  if (step.type === "Prepend") return true;
+  if (step.type === "Replace") {
+    const pattern = step.pattern as { String?: string } | undefined;
+    return pattern?.String === " " && step.content === "\u2581";
+  }
+  // NFC/NFKC compose, Lowercase and StripAccents may shrink text, Strip drops it.
+  return false;
+}
+
+/** Pre-tokenizers that split without dropping anything. */
+function preTokenizerKeepsBytes(step: Step): boolean {
+  if (!step) return true;
+  if (step.type === "Sequence") return ((step.pretokenizers as Step[]) ?? []).every(preTokenizerKeepsBytes);
+  if (step.type === "Split") return step.behavior !== "Removed";
+  // Whitespace, WhitespaceSplit and BertPreTokenizer drop the spaces.
+  return ["ByteLevel", "Metaspace", "Digits", "Punctuation", "UnicodeScripts"].includes(step.type ?? "");
+}
+
+/** Whether a token covers at most its piece's bytes of input (the exact prompt-length bound rests on it). */
+export function keepsInputBytes(json: TokenizerJson): boolean {
+  const model = json.model as { type?: string; byte_fallback?: boolean; fuse_unk?: boolean } | undefined;
+  const preTokenizer = json.pre_tokenizer as Step;
+  const byteLevel = JSON.stringify(preTokenizer ?? null).includes('"ByteLevel"');
+  // A fused unknown token may stand for any run of characters it cannot spell.
+  const unknownFuses = model?.type !== "BPE" || (model.fuse_unk === true && !model.byte_fallback && !byteLevel);
+  return !unknownFuses && normalizerKeepsBytes(json.normalizer as Step) && preTokenizerKeepsBytes(preTokenizer);
+}
+
 export function loadTokenizer(modelPath: string): Tokenizer {
   return modelPath.toLowerCase().endsWith(".gguf") ? Tokenizer.fromGguf(modelPath) : Tokenizer.fromHfFolder(modelPath);
 }

@@ -12,8 +12,9 @@
 //
 // A final assistant turn is a prefill: the reply continues it. tool_choice
 // "any"/"tool" is served the same way, by opening the tool call in the prompt.
-import { applyChatTemplate, type ChatMessage, ChatTemplateError, type Tokenizer } from "../../text";
+import { applyChatTemplate, type ChatMessage, type Tokenizer } from "../../text";
 import { type ApiError, badRequest } from "../errors";
+import { encodePrompt, renderChat } from "../prompt";
 import {
   renderToolCalls,
   renderToolResult,
@@ -316,18 +317,15 @@ function placeSystemTurns(turns: ChatMessage[], traits: TemplateTraits): ChatMes
   return out;
 }
 
-function render(tokenizer: Tokenizer, turns: ChatMessage[], tools: unknown[] | undefined): string {
-  try {
-    return applyChatTemplate(tokenizer, turns, { addGenerationPrompt: true, tools });
-  } catch (e) {
-    if (e instanceof ChatTemplateError && e.raisedByTemplate)
-      throw badRequest(`the model's chat template rejected the conversation: ${e.message}`, "messages");
-    throw badRequest(`cannot render the conversation: ${(e as Error).message}`, "messages");
-  }
-}
-
-/** The prompt for a Messages (or count_tokens) request. */
-export function buildPrompt(request: ConversationRequest, tokenizer: Tokenizer): PromptPlan {
+/**
+ * The prompt for a Messages (or count_tokens) request. With `contextLength`,
+ * a prompt that cannot fit is a 400 (count_tokens passes null: it only counts).
+ */
+export function buildPrompt(
+  request: ConversationRequest,
+  tokenizer: Tokenizer,
+  contextLength: number | null = null,
+): PromptPlan {
   const traits = templateTraits(tokenizer);
   const toolFormat = traits.tools ? "template" : "documented";
   const declared = request.tools ?? [];
@@ -365,11 +363,12 @@ export function buildPrompt(request: ConversationRequest, tokenizer: Tokenizer):
     continuation = `${continuation}${gap}${TOOL_CALL_OPEN}\n${forcedCallJson}`;
   }
 
-  const text = render(tokenizer, chat, templateTools) + continuation;
+  const text = renderChat(tokenizer, chat, { tools: templateTools }) + continuation;
+  const context = { tokenizer, contextLength, vocabSize: tokenizer.vocabSize };
   return {
     text,
     // The template already places BOS where the model wants it.
-    tokens: tokenizer.encode(text, { addSpecialTokens: false }),
+    tokens: encodePrompt(context, text, { addSpecialTokens: false, check: contextLength !== null }),
     continuation,
     toolNames: toolsOn ? [...names] : [],
     forcedCallJson,

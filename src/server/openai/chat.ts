@@ -4,7 +4,7 @@ import type { AppContext } from "../app";
 import { ApiError } from "../errors";
 import type { TextEvent, TokenLogprob } from "../model-session";
 import { type ToolCall, ToolCallParser } from "../tools";
-import { type ChatPlan, chatPlan } from "./convert";
+import type { ChatPlan } from "./convert";
 import {
   chatLogprobs,
   finishReason,
@@ -73,7 +73,7 @@ function toolCallBody(call: ToolCall) {
 export async function chatCompletions(ctx: AppContext, rawBody: unknown, request: Request): Promise<Response | object> {
   const body = validate(ChatCompletionRequest, requireObject(rawBody));
   const model = ctx.resolveModel(body.model);
-  const plan = chatPlan(ctx.session, body);
+  const plan = await ctx.session.prompts.run({ op: "chat", body });
   const stream = body.stream === true;
   const events = await startGeneration(ctx.session, {
     prompt: plan.prompt,

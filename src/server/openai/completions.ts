@@ -2,7 +2,7 @@
 import type { AppContext } from "../app";
 import { ApiError } from "../errors";
 import type { TextEvent, TokenLogprob } from "../model-session";
-import { type CompletionPlan, completionPlan } from "./convert";
+import type { CompletionPlan } from "./convert";
 import {
   finishReason,
   legacyLogprobs,
@@ -21,7 +21,7 @@ type Meta = ResponseMeta;
 export async function completions(ctx: AppContext, rawBody: unknown, request: Request): Promise<Response | object> {
   const body = validate(CompletionRequest, requireObject(rawBody));
   const model = ctx.resolveModel(body.model);
-  const plan = completionPlan(ctx.session, body);
+  const plan = await ctx.session.prompts.run({ op: "completion", body });
   const stream = body.stream === true;
   const events = await startGeneration(ctx.session, {
     prompt: plan.prompt,
