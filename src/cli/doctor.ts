@@ -227,14 +227,14 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
                 fix: `unset PENSIEVE_SHIM (setup builds the shim at ${layout.shimPath}) or point it at a built shim`,
               }
           : existsSync(layout.shimPath)
-          ? { id: "shim", title: "MLX shim", status: "ok", detail: layout.shimPath }
-          : {
-              id: "shim",
-              title: "MLX shim",
-              status: "fail",
-              detail: `the shim is not built (${layout.shimPath})`,
-              fix: `run \`${setupCmd}\` (needs a C++ compiler)`,
-            },
+            ? { id: "shim", title: "MLX shim", status: "ok", detail: layout.shimPath }
+            : {
+                id: "shim",
+                title: "MLX shim",
+                status: "fail",
+                detail: `the shim is not built (${layout.shimPath})`,
+                fix: `run \`${setupCmd}\` (needs a C++ compiler)`,
+              },
       );
       if (backendInfo.installed && backendInfo.installed !== backendInfo.choice) {
         add({
@@ -429,9 +429,7 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
         title: "MLX load",
         status: "fail",
         detail: mlx.error ?? "failed",
-        fix: env.PENSIEVE_SHIM
-          ? `unset PENSIEVE_SHIM or point it at a shim \`${SETUP}\` built`
-          : `run \`${SETUP}\``,
+        fix: env.PENSIEVE_SHIM ? `unset PENSIEVE_SHIM or point it at a shim \`${SETUP}\` built` : `run \`${SETUP}\``,
       });
     }
   }

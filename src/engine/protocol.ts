@@ -75,7 +75,8 @@ export function samplingProblem(p: SamplingParams, vocabSize: number): string | 
     return `top_logprobs must be an integer in [0, ${MAX_TOP_LOGPROBS}]`;
   for (const [id, bias] of Object.entries(p.logitBias ?? {})) {
     const i = Number(id);
-    if (!Number.isInteger(i) || i < 0 || i >= vocabSize) return `logit_bias: ${id} is not a token id (0..${vocabSize - 1})`;
+    if (!Number.isInteger(i) || i < 0 || i >= vocabSize)
+      return `logit_bias: ${id} is not a token id (0..${vocabSize - 1})`;
     if (!finite(bias)) return `logit_bias: the bias of ${id} must be a finite number`;
   }
   return null;

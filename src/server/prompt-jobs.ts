@@ -50,7 +50,12 @@ export function runPromptJob(ctx: PromptContext, job: PromptJob): PromptResults[
 
 export function jobError(e: unknown): JobError {
   if (e instanceof ApiError) return { status: e.status, kind: e.kind, message: e.message, param: e.param };
-  return { status: 500, kind: "api_error", message: `building the prompt failed: ${(e as Error)?.message ?? e}`, param: null };
+  return {
+    status: 500,
+    kind: "api_error",
+    message: `building the prompt failed: ${(e as Error)?.message ?? e}`,
+    param: null,
+  };
 }
 
 export function apiErrorOf(e: JobError): ApiError {

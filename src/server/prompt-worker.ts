@@ -6,7 +6,9 @@ import { jobError, type PromptJob, type PromptLimits, runPromptJob } from "./pro
 
 declare const self: Worker;
 
-export type ToWorker = { type: "load"; modelPath: string } | { type: "job"; id: number; job: PromptJob; limits: PromptLimits };
+export type ToWorker =
+  | { type: "load"; modelPath: string }
+  | { type: "job"; id: number; job: PromptJob; limits: PromptLimits };
 export type FromWorker =
   | { type: "loaded" }
   | { type: "load-failed"; message: string }

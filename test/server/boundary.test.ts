@@ -19,7 +19,14 @@ function freePort(): number {
 
 function mappedMlx(pid: number): string[] {
   const maps = readFileSync(`/proc/${pid}/maps`, "utf8");
-  return [...new Set(maps.split("\n").filter((l) => MLX_LIBRARY.test(l)).map((l) => l.split(/\s+/).at(-1) as string))];
+  return [
+    ...new Set(
+      maps
+        .split("\n")
+        .filter((l) => MLX_LIBRARY.test(l))
+        .map((l) => l.split(/\s+/).at(-1) as string),
+    ),
+  ];
 }
 
 function childrenOf(pid: number): number[] {

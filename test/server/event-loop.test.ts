@@ -45,10 +45,17 @@ test("a running stream keeps flowing while multi-megabyte prompts are refused or
   const chat = utf8.encode(JSON.stringify({ messages: [{ role: "user", content: big }], max_tokens: 4 }));
   const chatMid = utf8.encode(JSON.stringify({ messages: [{ role: "user", content: mid }], max_tokens: 4 }));
   const completion = utf8.encode(JSON.stringify({ prompt: big, max_tokens: 4 }));
-  const messages = utf8.encode(JSON.stringify({ model: "m", max_tokens: 4, messages: [{ role: "user", content: big }] }));
+  const messages = utf8.encode(
+    JSON.stringify({ model: "m", max_tokens: 4, messages: [{ role: "user", content: big }] }),
+  );
   const count = utf8.encode(JSON.stringify({ model: "m", messages: [{ role: "user", content: mid }] }));
   const countBig = utf8.encode(JSON.stringify({ model: "m", messages: [{ role: "user", content: big }] }));
-  const wsChat = JSON.stringify({ type: "chat", id: "huge", messages: [{ role: "user", content: big }], max_tokens: 4 });
+  const wsChat = JSON.stringify({
+    type: "chat",
+    id: "huge",
+    messages: [{ role: "user", content: big }],
+    max_tokens: 4,
+  });
   const post = (path: string, body: Uint8Array<ArrayBuffer>) =>
     fetch(`${url}${path}`, { method: "POST", headers: { "content-type": "application/json" }, body });
   const socket = await TestSocket.open(`${url.replace("http", "ws")}/v1/ws`);

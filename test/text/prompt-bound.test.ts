@@ -40,7 +40,9 @@ function stressTexts(t: Tokenizer, bound: number): string[] {
     specials.join(""),
   ];
   for (let i = 0; i < 20; i++) {
-    out.push(Array.from({ length: 200 }, () => pick([...longest, ...specials, " ", "a", "é", "😀", "\u0301"])).join(""));
+    out.push(
+      Array.from({ length: 200 }, () => pick([...longest, ...specials, " ", "a", "é", "😀", "\u0301"])).join(""),
+    );
   }
   return out.filter((s) => s.length > 0);
 }
@@ -54,7 +56,8 @@ describe.each(tokenizers)("%s", (_name, load) => {
       const tokens = t.encode(text, { addSpecialTokens: false }).length;
       const bytes = utf8Length(text);
       expect(bytes).toBe(new TextEncoder().encode(text).length);
-      if (bytes > tokens * (bound as number)) throw new Error(`${JSON.stringify(text.slice(0, 60))}: ${bytes} bytes in ${tokens} tokens`);
+      if (bytes > tokens * (bound as number))
+        throw new Error(`${JSON.stringify(text.slice(0, 60))}: ${bytes} bytes in ${tokens} tokens`);
     }
   });
 
@@ -71,7 +74,7 @@ describe.each(tokenizers)("%s", (_name, load) => {
 
 test("pipelines that may drop or shrink text get no bound", () => {
   const base = { added_tokens: [], post_processor: null, decoder: null, model: { type: "BPE", vocab: {}, merges: [] } };
-  const json = (normalizer: unknown, pre_tokenizer: unknown, model = base.model) =>
+  const json = (normalizer: unknown, pre_tokenizer: unknown, model: TokenizerJson["model"] = base.model) =>
     ({ ...base, normalizer, pre_tokenizer, model }) as TokenizerJson;
   expect(keepsInputBytes(json(null, { type: "ByteLevel" }))).toBe(true);
   expect(keepsInputBytes(json({ type: "Sequence", normalizers: [{ type: "Prepend", prepend: "\u2581" }] }, null))).toBe(
