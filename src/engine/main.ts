@@ -19,6 +19,10 @@ export async function runEngineProcess(config: EngineConfig): Promise<void> {
     if (overrides) config = { ...config, ...(JSON.parse(overrides) as Partial<EngineConfig>) };
     const { Engine } = await import("./engine");
     engine = new Engine(config, (event) => send(event));
+    if (config.memoryHeadroomBytes != null) {
+      const { capMemory } = await import("./memory-cap");
+      console.error(`[engine] ${capMemory(config.memoryHeadroomBytes)}`);
+    }
   } catch (e) {
     send({ type: "load-failed", message: (e as Error).message });
     // Give the IPC message time to leave before exiting.

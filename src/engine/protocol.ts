@@ -170,6 +170,12 @@ export interface EngineConfig {
   cacheReleaseIdleMs?: number;
   /** Phi-3: long_factor at every length, as mlx-lm (comparisons only). */
   alwaysLongRope?: boolean;
+  /**
+   * Test hook: after loading, cap the engine's memory at what it uses plus
+   * this many bytes (MLX's limit, and on Linux the process's data limit), so
+   * that a request that cannot fit meets a real allocation failure.
+   */
+  memoryHeadroomBytes?: number | null;
   /** Test hook: fail the forward pass when a prompt contains this token id. */
   faultTokenId?: number | null;
 }

@@ -54,6 +54,10 @@ export async function startServer(opts: StartOptions): Promise<RunningServer> {
     engine: { ...opts.engine, model: opts.modelPath },
     command: [...selfCommand(), "engine"],
     onLifecycle: (e) => log.info("engine", { state: e.state, detail: e.detail }),
+    // A request the engine failed (an MLX error, out of memory): the engine goes on; the reason is logged.
+    onMessage: (m) => {
+      if (m.type === "finished" && m.reason === "error") log.error("engine request failed", { error: m.message });
+    },
   });
   // promptWorkers 0 builds prompts on the event loop (only to measure what the workers save).
   const prompts =
