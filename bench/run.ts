@@ -1,10 +1,11 @@
-// `bun run bench [generate|load] [options]`: the benchmarks (see bench/README.md).
+// `bun run bench [generate|load|soak] [options]`: the benchmarks (see bench/README.md).
 import { benchGenerate } from "./generate";
 
 const [which = "generate", ...rest] = process.argv.slice(2);
 if (which === "generate") await benchGenerate(rest);
 else if (which === "load") await (await import("./load")).benchLoad(rest);
+else if (which === "soak") await (await import("./soak")).benchSoak(rest);
 else {
-  console.error("usage: bun run bench [generate|load] [options]");
+  console.error("usage: bun run bench [generate|load|soak] [options]");
   process.exit(2);
 }

@@ -29,6 +29,14 @@ export async function runEngineProcess(config: EngineConfig): Promise<void> {
     setTimeout(() => process.exit(3), 100);
     return;
   }
+  const { liveHandleCount } = await import("../mlx");
+  const { startIdleTrim } = await import("./idle-trim");
+  startIdleTrim(() => engine.scheduler.hasWork());
+  const processStats = () => ({
+    pid: process.pid,
+    rssBytes: process.memoryUsage.rss(),
+    liveHandles: liveHandleCount(),
+  });
   process.on("message", (raw) => {
     const m = raw as ToEngine;
     switch (m.type) {
@@ -39,7 +47,7 @@ export async function runEngineProcess(config: EngineConfig): Promise<void> {
         engine.cancel(m.id);
         break;
       case "stats":
-        send({ type: "stats", nonce: m.nonce, stats: engine.stats() });
+        send({ type: "stats", nonce: m.nonce, stats: { ...engine.stats(), process: processStats() } });
         break;
       case "shutdown":
         engine.stop();

@@ -204,8 +204,17 @@ export interface MemorySnapshot {
   cacheBytes: number;
 }
 
+/** The engine process itself (leak checks, the soak). */
+export interface EngineProcessStats {
+  pid: number;
+  rssBytes: number;
+  /** MLX array handles alive in the shim. */
+  liveHandles: number;
+}
+
 export interface EngineStats extends SchedulerStats {
   memory: MemorySnapshot;
+  process?: EngineProcessStats;
 }
 
 export type ToEngine =

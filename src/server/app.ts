@@ -193,6 +193,7 @@ async function refreshEngineGauges(ctx: AppContext): Promise<void> {
   const engine = session.engine;
   metrics.engineUp.set(engine.state === "ready" ? 1 : 0);
   metrics.streamsOpen.set(engine.activeStreams);
+  metrics.serverRssBytes.set(process.memoryUsage.rss());
   const restarts = engine.restarts - metrics.engineRestarts.get();
   if (restarts > 0) metrics.engineRestarts.inc({}, restarts);
   if (engine.state !== "ready") return;
@@ -207,6 +208,10 @@ async function refreshEngineGauges(ctx: AppContext): Promise<void> {
     metrics.mlxActiveBytes.set(s.memory.activeBytes);
     metrics.mlxPeakBytes.set(s.memory.peakBytes);
     metrics.mlxCacheBytes.set(s.memory.cacheBytes);
+    if (s.process) {
+      metrics.mlxLiveHandles.set(s.process.liveHandles);
+      metrics.engineRssBytes.set(s.process.rssBytes);
+    }
   } catch {
     // The engine is restarting: keep the last values.
   }
