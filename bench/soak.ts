@@ -5,7 +5,10 @@
 // processes' resident memory, MLX active memory, live MLX handles and open
 // sequences over time (from /metrics), and passes when, after the run and an
 // idle second, they are back within 5% of the post-warm-up baseline, with no
-// 5xx and no hung request. Writes JSON, markdown and a PNG chart.
+// 5xx and no hung request (open sequences and streams: back to zero). The
+// warm-up is every route and feature once, then a fifth of the run's mix (at
+// least 100 requests) so that garbage-collected heaps reach their working
+// size. Writes JSON, markdown and a PNG chart.
 //
 //   bun run bench soak [--requests 1000] [--max-concurrent 4] [--queue-size 2] [--model PATH] [--seed 1]
 import { mkdirSync, writeFileSync } from "node:fs";
@@ -28,6 +31,8 @@ export interface SoakOptions {
   sampleMs: number;
   /** Relative tolerance of the memory checks. */
   tolerance: number;
+  /** Relative tolerance for resident memory (the suite's short soak uses a wider one: see its test). */
+  rssTolerance: number;
   /** Each request's max_tokens is drawn from this range. */
   maxTokens: [number, number];
   log: (line: string) => void;
@@ -43,6 +48,7 @@ export const DEFAULT_SOAK: SoakOptions = {
   hangMs: 60_000,
   sampleMs: 250,
   tolerance: 0.05,
+  rssTolerance: 0.05,
   maxTokens: [4, 32],
   log: console.log,
 };
@@ -72,6 +78,8 @@ interface Spec {
 interface Outcome {
   spec: Spec;
   status: number;
+  /** The error's text for a 5xx. */
+  error?: string;
   abandoned: boolean;
   hung: boolean;
   ms: number;
@@ -221,6 +229,7 @@ async function httpRequest(base: string, s: Spec, hangMs: number): Promise<Omit<
       body: JSON.stringify(body),
       signal: abort.signal,
     });
+    if (res.status >= 500) return { status: res.status, abandoned: false, hung, error: await res.text() };
     const abandoned = await consume(res, s.stream ? s.abandonAfterChunks : null, abort);
     return { status: res.status, abandoned, hung };
   } catch (e) {
@@ -251,11 +260,11 @@ function wsRequest(base: string, s: Spec, hangMs: number): Promise<Omit<Outcome,
       socket.send(JSON.stringify({ type: "chat", id: "soak", ...body }));
     };
     socket.onmessage = (event) => {
-      const m = JSON.parse(String(event.data)) as { type: string; status?: number };
+      const m = JSON.parse(String(event.data)) as { type: string; status?: number; message?: string };
       if (m.type === "delta" && s.abandonAfterChunks !== null && ++deltas >= s.abandonAfterChunks)
         done({ status: 200, abandoned: true, hung: false });
       else if (m.type === "done") done({ status: 200, abandoned: false, hung: false });
-      else if (m.type === "error") done({ status: m.status ?? 500, abandoned: false, hung: false });
+      else if (m.type === "error") done({ status: m.status ?? 500, abandoned: false, hung: false, error: m.message });
     };
     socket.onerror = () => done({ status: 599, abandoned: false, hung: false });
   });
@@ -306,6 +315,31 @@ async function sample(base: string, t0: number): Promise<Sample> {
     openSequences:
       value("pensieve_active_sequences") + value("pensieve_prefilling_sequences") + value("pensieve_queue_depth"),
     openStreams: value("pensieve_open_streams"),
+  };
+}
+
+/**
+ * The state after an idle second: the median of four samples through it
+ * (resident memory of a garbage-collected process moves by several percent
+ * from one collection to the next; one sample would measure that).
+ */
+async function idleSecond(base: string, t0: number): Promise<Sample> {
+  const samples: Sample[] = [];
+  for (let i = 0; i < 4; i++) {
+    await Bun.sleep(250);
+    samples.push(await sample(base, t0));
+  }
+  const median = (key: keyof Sample) => {
+    const sorted = samples.map((s) => s[key]).sort((a, b) => a - b);
+    return ((sorted[1] as number) + (sorted[2] as number)) / 2;
+  };
+  const last = samples.at(-1) as Sample;
+  return {
+    ...last,
+    serverRssBytes: median("serverRssBytes"),
+    engineRssBytes: median("engineRssBytes"),
+    mlxActiveBytes: median("mlxActiveBytes"),
+    liveHandles: median("liveHandles"),
   };
 }
 
@@ -384,10 +418,9 @@ export async function runSoak(base: string, options: Partial<SoakOptions> = {}):
   for (const s of warm) await (s.route === "ws" ? wsRequest(base, s, o.hangMs) : httpRequest(base, s, o.hangMs));
   // Then a slice of the mixed load itself (another seed), so that both processes' heaps have grown to
   // their working size: a leak is growth over the run, not the first expansion of a garbage-collected heap.
-  const mixed = workload({ ...o, requests: Math.max(50, Math.round(o.requests / 10)), seed: o.seed + 1000 });
+  const mixed = workload({ ...o, requests: Math.max(100, Math.round(o.requests / 5)), seed: o.seed + 1000 });
   await drive(base, mixed, o, () => {});
-  await Bun.sleep(1000);
-  const baseline = await sample(base, t0);
+  const baseline = await idleSecond(base, t0);
   o.log(`baseline after warm-up: ${JSON.stringify(baseline)}`);
 
   const started = performance.now();
@@ -395,8 +428,7 @@ export async function runSoak(base: string, options: Partial<SoakOptions> = {}):
     if (n % 100 === 0) o.log(`${n}/${specs.length} requests`);
   });
   const durationMs = performance.now() - started;
-  await Bun.sleep(1000);
-  const final = await sample(base, t0);
+  const final = await idleSecond(base, t0);
   sampling = false;
   await sampler;
   samples.push(final);
@@ -416,16 +448,23 @@ export async function runSoak(base: string, options: Partial<SoakOptions> = {}):
   }
 
   const failures: string[] = [];
-  if (counts["5xx"]) failures.push(`${counts["5xx"]} responses with a 5xx status`);
+  if (counts["5xx"])
+    failures.push(
+      `${counts["5xx"]} responses with a 5xx status: ${outcomes
+        .filter((r) => r.status >= 500)
+        .slice(0, 3)
+        .map((r) => `${r.spec.route} ${r.status} ${r.error?.slice(0, 300)}`)
+        .join("; ")}`,
+    );
   if (counts.hung) failures.push(`${counts.hung} hung requests`);
   if (final.openSequences !== 0) failures.push(`${final.openSequences} sequences still open`);
   if (final.openStreams !== 0) failures.push(`${final.openStreams} streams still open`);
-  const within = (name: string, before: number, after: number) => {
-    if (!(after <= before * (1 + o.tolerance)))
-      failures.push(`${name}: ${after} after vs ${before} at the baseline (over ${o.tolerance * 100}%)`);
+  const within = (name: string, before: number, after: number, tolerance = o.tolerance) => {
+    if (!(after <= before * (1 + tolerance)))
+      failures.push(`${name}: ${after} after vs ${before} at the baseline (over ${tolerance * 100}%)`);
   };
-  within("server resident memory", baseline.serverRssBytes, final.serverRssBytes);
-  within("engine resident memory", baseline.engineRssBytes, final.engineRssBytes);
+  within("server resident memory", baseline.serverRssBytes, final.serverRssBytes, o.rssTolerance);
+  within("engine resident memory", baseline.engineRssBytes, final.engineRssBytes, o.rssTolerance);
   within("MLX active memory", baseline.mlxActiveBytes, final.mlxActiveBytes);
   within("live MLX handles", baseline.liveHandles, final.liveHandles);
   return { ok: failures.length === 0, failures, durationMs, counts, byRoute, baseline, final, samples };

@@ -98,7 +98,9 @@ export class SequenceSampler {
     }
     // After the penalties, which could lift a ruled-out token back (repetition divides by a factor).
     if (allowed) logits = mx.where(allowed, logits, NEG_INF);
-    const token = mx.reshape(p.temperature > 0 ? this.#draw(logits) : mx.argmax(logits, -1), [1]);
+    // A disposed sampler (its sequence finished, e.g. cancelled while in a prefill group that still
+    // samples every row) answers greedily: the scheduler ignores that token.
+    const token = mx.reshape(p.temperature > 0 && this.#key ? this.#draw(logits) : mx.argmax(logits, -1), [1]);
     const tokenI32 = mx.astype(token, mx.Dtype.int32);
     this.#record(tokenI32);
 
