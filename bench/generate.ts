@@ -7,8 +7,8 @@
 //   bun run bench generate [--model smollm2-135m] [--prompt 256] [--gen 128] [--repeat 3]
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { convertGguf } from "../src/models/convert";
-import { resolveLocalModel } from "../src/models/resolve";
+import { convertGguf } from "../src/models/gguf-to-mlx";
+import { resolveLocalModel } from "../src/hub/resolve";
 import { Tokenizer } from "../src/text";
 import {
   BENCH_DIR,

@@ -10,8 +10,8 @@
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
-import { convertGguf } from "../src/models/convert";
-import { resolveLocalModel } from "../src/models/resolve";
+import { convertGguf } from "../src/models/gguf-to-mlx";
+import { resolveLocalModel } from "../src/hub/resolve";
 import { selfCommand } from "../src/paths";
 import { renderChartPng } from "./chart";
 import { BENCH_DIR, CACHE_DIR, ensureMlxLm, machine, MLX_LM_VERSION } from "./peers";

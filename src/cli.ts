@@ -52,7 +52,7 @@ async function main(argv: string[]): Promise<number> {
     case "convert": {
       const [input, output] = rest;
       if (!input || !output) throw new Error("usage: pensieve convert IN.gguf OUT_DIR");
-      const { convertGguf } = await import("./models/convert");
+      const { convertGguf } = await import("./models/gguf-to-mlx");
       const r = convertGguf(input, output);
       const q = r.quantization ? `${r.quantization.bits}-bit, group ${r.quantization.groupSize}` : "not quantized";
       console.log(`wrote ${output}: ${r.tensors} tensors, ${(r.bytes / 2 ** 20).toFixed(1)} MiB (${q})`);

@@ -3,7 +3,7 @@
 // HTTP and IPC) and through plain generation on the same loaded model. Tells
 // scheduler costs from per-shape costs (GPU kernel compilation, allocation).
 //   bun bench/engines/lone-ttft.ts MODEL [cpu|gpu] [--lengths 200,420,...] [--engine-config JSON]
-import { generateTokens } from "../../src/engine/generate";
+import { generateTokens } from "../../src/engine/one-sequence";
 import { Engine } from "../../src/engine/engine";
 import { samplingParams } from "../../src/engine/protocol";
 import type { EngineEvent } from "../../src/engine/protocol";

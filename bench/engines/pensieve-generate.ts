@@ -3,7 +3,7 @@
 //   bun bench/engines/pensieve-generate.ts MODEL PROMPT_IDS_JSON GEN_TOKENS [cpu|gpu] [--profile]
 // --profile adds host vs device time per decode step, measured on unpipelined steps.
 import { readFileSync } from "node:fs";
-import { cacheFor, generateTokens, prefill } from "../../src/engine/generate";
+import { cacheFor, generateTokens, prefill } from "../../src/engine/one-sequence";
 import { samplingParams } from "../../src/engine/protocol";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";

@@ -102,7 +102,7 @@ export async function runSetup(argv: string[]): Promise<number> {
 async function validate(path: string, device: "cpu" | "gpu"): Promise<string> {
   const mx = await import("../mlx");
   const { loadModel } = await import("../models/loader");
-  const { generateTokens } = await import("../engine/generate");
+  const { generateTokens } = await import("../engine/one-sequence");
   const { samplingParams } = await import("../engine/protocol");
   const { ModelSession } = await import("../server/model-session");
   const { encodeChat, StreamingDetokenizer } = await import("../text");

@@ -18,7 +18,7 @@ import {
   type EngineStats,
   samplingParams,
 } from "./protocol";
-import { defaultPrefillChunk } from "./generate";
+import { defaultPrefillChunk } from "./one-sequence";
 import { Scheduler, type SchedulerOptions, type TokenConstraint } from "./scheduler";
 
 const GiB = 1024 ** 3;

@@ -20,7 +20,7 @@ import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { LanguageModel } from "../models/types";
 import type { ConstraintSpec } from "../text/json-constraint";
-import { cacheFor } from "./generate";
+import { cacheFor } from "./one-sequence";
 import { KVCache } from "./kv-cache";
 import { disposeState, PrefixCache } from "./prefix-cache";
 import type { EngineEvent, EngineRequest, FinishReason, SchedulerStats, StepValues, TokenOut } from "./protocol";

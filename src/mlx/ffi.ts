@@ -135,5 +135,8 @@ function open() {
   return lib.symbols;
 }
 
-/** The shim's symbols, opened on first use. */
+/**
+ * The shim's symbols, opened when this module is first imported: only the
+ * engine process (and tools that mean to run MLX) may import src/mlx.
+ */
 export const lib: ReturnType<typeof open> = open();

@@ -4,7 +4,7 @@
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { configFromGguf, configFromHf, type ModelConfig } from "./config";
-import { readGguf } from "./gguf";
+import { readGguf } from "../formats/gguf";
 
 export class ModelLoadError extends Error {
   constructor(message: string) {

@@ -3,7 +3,7 @@
 // into generated tokens. generateText() is the one text pipeline every API
 // (OpenAI, Anthropic, WebSocket) uses: detokenizing, stop strings, usage.
 import { basename } from "node:path";
-import type { ConstraintSpec, SamplingParams } from "../engine/protocol";
+import type { ConstraintSpec, FinishReason, SamplingParams } from "../engine/protocol";
 import type { EngineSupervisor, StreamEvent } from "../engine/supervisor";
 import { loadTokenizer, StopMatcher, StreamingDetokenizer, type Tokenizer } from "../text";
 import { ApiError, apiErrorFromStatus } from "./errors";
@@ -25,8 +25,8 @@ export type TextEvent =
   | { type: "waiting" }
   | {
       type: "done";
-      /** "stop": an end-of-turn token; "stop_string": one of the request's stop strings; "length": max tokens or context. */
-      reason: "stop" | "stop_string" | "length" | "cancelled";
+      /** The engine's reason (an engine error comes as an ApiError instead), or "stop_string": one of the request's stop strings. */
+      reason: Exclude<FinishReason, "error"> | "stop_string";
       stopString: string | null;
       usage: Usage;
     };

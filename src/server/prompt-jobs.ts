@@ -2,10 +2,10 @@
 // (template probes, tool rendering, response_format grammars, tokenizing and
 // the length checks). runPromptJob() is the same code in a worker and in
 // process; errors come back as data (ApiError fields) across the worker line.
-import { buildPrompt, type PromptPlan } from "./anthropic/convert";
+import { buildPrompt, type PromptPlan } from "./anthropic/prompt-plan";
 import type { ConversationRequest } from "./anthropic/schema";
 import { ApiError, type ErrorKind } from "./errors";
-import { type ChatPlan, type CompletionPlan, chatPlan, completionPlan } from "./openai/convert";
+import { type ChatPlan, type CompletionPlan, chatPlan, completionPlan } from "./openai/request-plan";
 import type { ChatCompletionBody, CompletionBody } from "./openai/schema";
 import type { PromptContext } from "./prompt";
 

@@ -4,7 +4,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
-import { type GgufValue, readGguf } from "../models/gguf.ts";
+import { type GgufValue, readGguf } from "../formats/gguf.ts";
 import { tokenizerSpecFromGguf } from "./gguf-tokenizer.ts";
 import {
   type AddedTokenJson,

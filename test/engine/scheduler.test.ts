@@ -1,7 +1,7 @@
 // Continuous batching: requests that join a running batch at different times,
 // with different prompt lengths, give exactly their single-request outputs.
 import { describe, expect, test } from "bun:test";
-import { generateTokens } from "../../src/engine/generate";
+import { generateTokens } from "../../src/engine/one-sequence";
 import { type SamplingParams, samplingParams } from "../../src/engine/protocol";
 import type { EngineEvent, EngineRequest } from "../../src/engine/protocol";
 import { Scheduler } from "../../src/engine/scheduler";

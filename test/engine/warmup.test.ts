@@ -3,7 +3,7 @@
 // prefix cache, and a real request afterwards gives plain generation's tokens.
 import { expect, test } from "bun:test";
 import { Engine, warmupLengths } from "../../src/engine/engine";
-import { generateTokens } from "../../src/engine/generate";
+import { generateTokens } from "../../src/engine/one-sequence";
 import { samplingParams } from "../../src/engine/protocol";
 import type { EngineEvent } from "../../src/engine/protocol";
 import { tinyModel } from "../support/models";

@@ -4,7 +4,7 @@
 // the LongRoPE boundary), unconstrained rows sharing the batch are unchanged,
 // and nothing leaks.
 import { describe, expect, test } from "bun:test";
-import { generateTokens } from "../../src/engine/generate";
+import { generateTokens } from "../../src/engine/one-sequence";
 import { type SamplingParams, samplingParams } from "../../src/engine/protocol";
 import type { EngineEvent, EngineRequest } from "../../src/engine/protocol";
 import { Scheduler } from "../../src/engine/scheduler";

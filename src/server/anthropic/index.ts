@@ -10,11 +10,12 @@
 // splits them (their sum is the prompt length).
 import { Elysia } from "elysia";
 import type { AppContext } from "../app";
-import { newMessageId, startGeneration } from "./generate";
+import { newMessageId, startGeneration } from "./messages";
 import { anthropicUsage } from "./reply";
 import { requireObject, validate } from "../validate";
 import { CountTokensBody, MessagesBody } from "./schema";
-import { replyStream, sseResponse } from "./stream";
+import { sseResponse } from "../sse";
+import { replyStream } from "./stream";
 
 export function anthropicRoutes(ctx: AppContext) {
   return new Elysia()

@@ -4,7 +4,7 @@ import type { AppContext } from "../app";
 import { ApiError } from "../errors";
 import type { TextEvent, TokenLogprob } from "../model-session";
 import { type ToolCall, ToolCallParser } from "../tools";
-import type { ChatPlan } from "./convert";
+import type { ChatPlan } from "./request-plan";
 import {
   chatLogprobs,
   finishReason,
@@ -15,7 +15,8 @@ import {
   usageBody,
 } from "./format";
 import { ChatCompletionRequest } from "./schema";
-import { type SseItem, sseError, sseResponse, startGeneration, streamFailure } from "./stream";
+import { type SseItem, sseResponse } from "../sse";
+import { sseError, startGeneration, streamFailure } from "./stream";
 import { requireObject, validate } from "../validate";
 
 type AnswerPiece = { type: "text"; text: string } | { type: "tool_call"; call: ToolCall };

@@ -2,7 +2,7 @@
 import type { AppContext } from "../app";
 import { ApiError } from "../errors";
 import type { TextEvent, TokenLogprob } from "../model-session";
-import type { CompletionPlan } from "./convert";
+import type { CompletionPlan } from "./request-plan";
 import {
   finishReason,
   legacyLogprobs,
@@ -13,7 +13,8 @@ import {
   usageBody,
 } from "./format";
 import { CompletionRequest } from "./schema";
-import { type SseItem, sseError, sseResponse, startGeneration, streamFailure } from "./stream";
+import { type SseItem, sseResponse } from "../sse";
+import { sseError, startGeneration, streamFailure } from "./stream";
 import { requireObject, validate } from "../validate";
 
 type Meta = ResponseMeta;

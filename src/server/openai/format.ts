@@ -55,12 +55,13 @@ export function usageBody(u: Usage): OpenAIUsage {
   };
 }
 
-export type FinishReason = "stop" | "length" | "tool_calls";
+/** OpenAI's finish_reason on the wire. */
+type OpenAIFinishReason = "stop" | "length" | "tool_calls";
 
 export function finishReason(
   reason: "stop" | "stop_string" | "length" | "cancelled",
   madeCalls: boolean,
-): FinishReason {
+): OpenAIFinishReason {
   if (madeCalls) return "tool_calls";
   return reason === "length" ? "length" : "stop";
 }

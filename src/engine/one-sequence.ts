@@ -1,12 +1,13 @@
-// Token generation for one sequence: chunked prefill, then decode steps
-// pipelined with async_eval (step n+1 is queued before step n's token is read).
-// The text side (detokenizing, stop strings) lives in src/text; the batched,
-// multi-request path in scheduler.ts reuses prefill() and the sampler.
+// Token generation for one sequence, no batching: chunked prefill, then decode
+// steps pipelined with async_eval (step n+1 is queued before step n's token is
+// read). Used by `pensieve generate`, setup's smoke test and the benchmarks;
+// the server's path is the scheduler (scheduler.ts), which takes cacheFor()
+// and defaultPrefillChunk() from here. The text side lives in src/text.
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { LanguageModel } from "../models/types";
 import { KVCache } from "./kv-cache";
-import type { SamplingParams, StepValues } from "./protocol";
+import type { FinishReason, SamplingParams, StepValues } from "./protocol";
 import { readStep, type SampledStep, SequenceSampler, stepArrays } from "./sampling";
 
 /** Prefill tokens per forward pass: the GPU keeps its matrix units busier with larger chunks. */
@@ -59,7 +60,7 @@ export interface GenerateOptions {
   signal?: AbortSignal;
 }
 
-export type FinishReason = "stop" | "length" | "cancelled";
+
 
 export interface GenerationResult {
   finishReason: FinishReason;

@@ -9,7 +9,7 @@ import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import { tokenizerSpecFromGguf } from "../text/gguf-tokenizer";
 import { configToHf } from "./config";
-import { readGguf } from "./gguf";
+import { readGguf } from "../formats/gguf";
 import { readGgufWeights } from "./loader";
 
 export interface ConvertResult {

@@ -4,7 +4,7 @@
 import { samplingParams } from "../../engine/protocol";
 import type { AppContext } from "../app";
 import type { TextEvent, Usage } from "../model-session";
-import type { PromptPlan } from "./convert";
+import type { PromptPlan } from "./prompt-plan";
 import { type BlockEvent, type ContentBlock, ReplyAssembler, type StopReason } from "./reply";
 import type { MessagesRequest } from "./schema";
 

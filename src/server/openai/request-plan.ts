@@ -3,18 +3,18 @@
 // and the token budget. Shared by /v1/chat/completions, /v1/completions and
 // the WebSocket protocol.
 import { type SamplingParams, samplingParams } from "../../engine/protocol";
-import { applyChatTemplate, type ChatMessage } from "../../text";
+import type { ChatMessage } from "../../text";
 import { grammarFor, isValidPrefix, SchemaError } from "../../text/json-constraint";
 import { badRequest } from "../errors";
 import { constraintFor, type ResponseFormat, type TextRequest } from "../model-session";
 import { checkPromptLength, encodePrompt, type PromptContext, renderChat } from "../prompt";
+import { templateTraits } from "../template-traits";
 import {
   renderToolCalls,
   renderToolResult,
   TOOL_CALL_OPEN,
   type ToolChoice,
   type ToolSpec,
-  templateSupportsTools,
   toolInstructions,
 } from "../tools";
 import type { ChatCompletionBody, CompletionBody, OpenAIMessage, OpenAITool } from "./schema";
@@ -148,32 +148,6 @@ function callArguments(args: string | Record<string, unknown> | undefined, field
   return value as Record<string, unknown>;
 }
 
-const systemProbe = new Map<string, boolean>();
-
-/**
- * Whether the chat template renders system messages. Some (Phi-3's) silently
- * drop them; then the system text goes at the top of the first user message
- * so that instructions (tools, JSON) still reach the model.
- */
-function templateRendersSystem(session: PromptContext): boolean {
-  const key = session.tokenizer.chatTemplate ?? "";
-  let known = systemProbe.get(key);
-  if (known === undefined) {
-    const marker = "\u2063system-probe\u2063";
-    try {
-      const text = applyChatTemplate(session.tokenizer, [
-        { role: "system", content: marker },
-        { role: "user", content: "hi" },
-      ]);
-      known = text.includes(marker);
-    } catch {
-      known = false;
-    }
-    systemProbe.set(key, known);
-  }
-  return known;
-}
-
 function toolSpecs(tools: OpenAITool[]): ToolSpec[] {
   return tools.map((t) => ({
     name: t.function.name,
@@ -239,7 +213,7 @@ export function chatPlan(session: PromptContext, body: ChatCompletionBody): Chat
   const names = tools.map((t) => t.function.name);
   const choice = toolChoice(body, names);
   const useTools = tools.length > 0 && choice.type !== "none";
-  const nativeTools = useTools && templateSupportsTools(session.tokenizer.chatTemplate);
+  const nativeTools = useTools && templateTraits(session.tokenizer).tools;
 
   const responseFormat = responseFormatOf(body.response_format);
 
@@ -278,7 +252,8 @@ export function chatPlan(session: PromptContext, body: ChatCompletionBody): Chat
   if (useTools && !nativeTools) instructions.push(toolInstructions(toolSpecs(tools), choice));
   if (responseFormat) instructions.push(jsonInstruction(responseFormat));
   addSystemText(messages, instructions.join("\n\n"));
-  if (!templateRendersSystem(session)) foldSystemIntoUser(messages);
+  // Some templates drop system turns (Phi-3's April 2024 one): instructions must still reach the model.
+  if (!templateTraits(session.tokenizer).leadingSystem) foldSystemIntoUser(messages);
 
   const promptText = renderChat(session.tokenizer, messages, { tools: nativeTools ? tools : undefined }) + answerPrefix;
   // The template already places BOS where the model wants it.
