@@ -8,7 +8,7 @@ import { ModelSession } from "../server/model-session";
 import { applyChatTemplate, type ChatMessage, StopMatcher, StreamingDetokenizer } from "../text";
 import { numberFlag, parseArgs, stringFlag } from "./args";
 
-export const GENERATE_USAGE = `usage: pensieve generate --prompt TEXT [options]
+const GENERATE_USAGE = `usage: pensieve generate --prompt TEXT [options]
   --model PATH|ALIAS     model folder, .gguf file or alias (default: smollm2-135m)
   --system TEXT          system message
   --raw                  send the prompt as is (no chat template)

@@ -32,7 +32,7 @@ export interface GenerateInput {
 }
 
 /** One request's events, in order; ends after "finished" or "error". */
-export class GenerationStream implements AsyncIterable<StreamEvent> {
+class GenerationStream implements AsyncIterable<StreamEvent> {
   readonly id: string;
   #queue: StreamEvent[] = [];
   #waiter: (() => void) | null = null;

@@ -22,7 +22,7 @@ function compiler(): string {
   throw new Error("no C++ compiler found: install g++ (Debian: apt-get install g++) or set CXX");
 }
 
-export function shimCommand(backend: Backend): { argv: string[]; output: string } {
+function shimCommand(backend: Backend): { argv: string[]; output: string } {
   const layout = runtimeLayout(backend);
   const darwin = process.platform === "darwin";
   const origin = darwin ? "@loader_path" : "$ORIGIN";

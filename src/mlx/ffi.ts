@@ -108,7 +108,7 @@ const symbols = {
   pv_live_handles: { args: [], returns: i64_fast },
 } as const;
 
-export const ABI_VERSION = 3;
+const ABI_VERSION = 3;
 
 /**
  * Where the shim is: PENSIEVE_SHIM, else (compiled binary) the embedded runtime

@@ -58,7 +58,7 @@ function timingSafeEqual(a: string, b: string): boolean {
 }
 
 /** Is this browser origin allowed? Same-origin (the page we serve) always is. */
-export function originAllowed(origin: string, host: string | null, allow: readonly string[]): boolean {
+function originAllowed(origin: string, host: string | null, allow: readonly string[]): boolean {
   if (allow.includes("*") || allow.includes(origin)) return true;
   try {
     return host !== null && new URL(origin).host === host;

@@ -23,7 +23,7 @@ abstract class Metric {
   }
 }
 
-export class Counter extends Metric {
+class Counter extends Metric {
   #values = new Map<string, number>();
   constructor(name: string, help: string) {
     super(name, help, "counter");
@@ -41,7 +41,7 @@ export class Counter extends Metric {
   }
 }
 
-export class Gauge extends Metric {
+class Gauge extends Metric {
   #values = new Map<string, number>();
   constructor(name: string, help: string) {
     super(name, help, "gauge");
@@ -55,7 +55,7 @@ export class Gauge extends Metric {
   }
 }
 
-export class Histogram extends Metric {
+class Histogram extends Metric {
   readonly buckets: number[];
   #counts: number[];
   #sum = 0;

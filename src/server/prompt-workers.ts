@@ -23,7 +23,7 @@ export interface PromptBuilder {
   close(): Promise<void>;
 }
 
-export function defaultPromptWorkers(): number {
+function defaultPromptWorkers(): number {
   return Math.max(1, Math.min(4, availableParallelism() - 1));
 }
 

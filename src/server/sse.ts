@@ -14,14 +14,14 @@ export type SseItem =
 
 const encoder = new TextEncoder();
 
-export function encodeSse(item: SseItem): Uint8Array {
+function encodeSse(item: SseItem): Uint8Array {
   if ("comment" in item) return encoder.encode(`: ${item.comment}\n\n`);
   if ("done" in item) return encoder.encode("data: [DONE]\n\n");
   const data = `data: ${JSON.stringify(item.data)}\n\n`;
   return encoder.encode(item.event ? `event: ${item.event}\n${data}` : data);
 }
 
-export const SSE_HEADERS = {
+const SSE_HEADERS = {
   "content-type": "text/event-stream; charset=utf-8",
   "cache-control": "no-cache",
   // Reverse proxies (nginx) must not buffer a token stream.

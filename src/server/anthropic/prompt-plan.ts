@@ -101,7 +101,7 @@ function toolResultText(content: unknown, at: string): string {
     .join("\n");
 }
 
-export function systemText(system: unknown): string {
+function systemText(system: unknown): string {
   if (system === undefined || system === null) return "";
   return plainText(system, "system");
 }

@@ -26,7 +26,7 @@ type AnswerPiece = { type: "text"; text: string } | { type: "tool_call"; call: T
  * forced call's opening, or a continued assistant message) is read first but
  * its text is not given back: the client has it already.
  */
-export class AnswerReader {
+class AnswerReader {
   readonly #parser: ToolCallParser | null;
   /** Calls completed inside the answer prefix, given out with the first pieces. */
   #pending: AnswerPiece[] = [];

@@ -76,7 +76,7 @@ export function tokenBytes(tokenizer: Tokenizer, id: number): number[] {
 }
 
 /** A token's text as OpenAI shows it: its bytes as UTF-8 (a partial character shows as U+FFFD). */
-export function tokenString(tokenizer: Tokenizer, id: number): string {
+function tokenString(tokenizer: Tokenizer, id: number): string {
   return utf8Lenient.decode(rawTokenBytes(tokenizer, id));
 }
 

@@ -64,7 +64,7 @@ export interface ChatPlan extends GenerationPlan {
 }
 
 /** OpenAI's default temperature (1) unless the caller picks another default. */
-export function samplingFromBody(
+function samplingFromBody(
   session: PromptContext,
   body: SamplingBody,
   logprobs: { logprobs: boolean; topLogprobs: number } = { logprobs: false, topLogprobs: 0 },
@@ -111,7 +111,7 @@ function logitBias(
   return Object.keys(out).length ? out : null;
 }
 
-export function stopStrings(stop: string | string[] | null | undefined): string[] {
+function stopStrings(stop: string | string[] | null | undefined): string[] {
   if (stop === null || stop === undefined) return [];
   return (typeof stop === "string" ? [stop] : stop).filter((s) => s.length > 0);
 }
