@@ -11,6 +11,9 @@
 // size. Writes JSON, markdown and a PNG chart.
 //
 //   bun run bench soak [--requests 1000] [--max-concurrent 4] [--queue-size 2] [--model PATH] [--seed 1]
+//
+// Over 400 lines: one procedure (workload, its three clients, sampling, the
+// checks, the report) that reads top to bottom; the suite's test imports it.
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Subprocess } from "bun";

@@ -5,8 +5,8 @@
 // to pack many bytes into few tokens.
 import { describe, expect, test } from "bun:test";
 import { maxInputBytesPerToken } from "../../src/text/token-bytes";
-import { keepsInputBytes, type Tokenizer } from "../../src/text/tokenizer";
-import type { TokenizerJson } from "../../src/text/tokenizer-json";
+import type { Tokenizer } from "../../src/text/tokenizer";
+import { keepsInputBytes, type TokenizerJson } from "../../src/text/tokenizer-json";
 import { mulberry32 } from "../support/random";
 import { checkPromptBytes, utf8Length } from "../../src/server/prompt";
 import { phi3, phi3Gguf, smollm2, testStrings } from "./helpers";
