@@ -60,8 +60,6 @@ export interface GenerateOptions {
   signal?: AbortSignal;
 }
 
-
-
 export interface GenerationResult {
   finishReason: FinishReason;
   promptTokens: number;
