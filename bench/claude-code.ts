@@ -18,7 +18,7 @@ import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { selfCommand } from "../src/paths";
 import { ensureClaudeCode, runClaude } from "../test/support/anthropic-claude-code";
-import { BENCH_DIR, CACHE_DIR, machine, MLX_LM_VERSION } from "./peers";
+import { BENCH_DIR, CACHE_DIR, MLX_LM_VERSION, machine } from "./peers";
 
 const REQUEST_FILE = join(CACHE_DIR, "claude-code-request.json");
 

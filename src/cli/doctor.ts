@@ -213,16 +213,28 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
               fix: `run \`${setupCmd}\``,
             },
       );
+      const override = env.PENSIEVE_SHIM;
+      if (override) backendInfo.shimPath = override;
       add(
-        existsSync(layout.shimPath)
-          ? { id: "shim", title: "MLX shim", status: "ok", detail: layout.shimPath }
-          : {
-              id: "shim",
-              title: "MLX shim",
-              status: "fail",
-              detail: `the shim is not built (${layout.shimPath})`,
-              fix: `run \`${setupCmd}\` (needs a C++ compiler)`,
-            },
+        override
+          ? existsSync(override)
+            ? { id: "shim", title: "MLX shim", status: "ok", detail: `${override} (PENSIEVE_SHIM)` }
+            : {
+                id: "shim",
+                title: "MLX shim",
+                status: "fail",
+                detail: `PENSIEVE_SHIM names ${override}, which does not exist`,
+                fix: `unset PENSIEVE_SHIM (setup builds the shim at ${layout.shimPath}) or point it at a built shim`,
+              }
+          : existsSync(layout.shimPath)
+            ? { id: "shim", title: "MLX shim", status: "ok", detail: layout.shimPath }
+            : {
+                id: "shim",
+                title: "MLX shim",
+                status: "fail",
+                detail: `the shim is not built (${layout.shimPath})`,
+                fix: `run \`${setupCmd}\` (needs a C++ compiler)`,
+              },
       );
       if (backendInfo.installed && backendInfo.installed !== backendInfo.choice) {
         add({
@@ -417,7 +429,7 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
         title: "MLX load",
         status: "fail",
         detail: mlx.error ?? "failed",
-        fix: `run \`${SETUP}\``,
+        fix: env.PENSIEVE_SHIM ? `unset PENSIEVE_SHIM or point it at a shim \`${SETUP}\` built` : `run \`${SETUP}\``,
       });
     }
   }

@@ -4,35 +4,29 @@
 import { mkdirSync, statfsSync } from "node:fs";
 import { basename, join } from "node:path";
 import { formatBytes } from "../hub/format";
-import {
-  DEFAULT_USABLE_FRACTION,
-  estimateMemory,
-  kvBytesPerToken,
-  PREFILL_CHUNK,
-  systemMemory,
-} from "../hub/memory";
+import { DEFAULT_USABLE_FRACTION, estimateMemory, kvBytesPerToken, PREFILL_CHUNK, systemMemory } from "../hub/memory";
 import * as mx from "../mlx";
 import type { ModelConfig } from "../models/config";
 import { type LoadedModel, loadModel, readModelConfig } from "../models/loader";
 import { denseCopyBytes } from "../models/weights";
-import { type ConstraintSpec, JsonConstraintFactory } from "../text/json-constraint";
 import { pensieveHome } from "../paths";
+import { type ConstraintSpec, JsonConstraintFactory } from "../text/json-constraint";
 import { tokenByteTable } from "../text/token-bytes";
 import { loadTokenizer } from "../text/tokenizer";
 import { effectiveKvBits, type KvBits, kvGroupSize } from "./attention-plan";
-import type { EngineConfig, EngineInfo, EngineStats } from "./protocol";
-import { cacheShape, defaultPrefillChunk } from "./generate";
 import { KV_STEP, KVCache } from "./kv-cache";
 import { concurrentFit, type KvPoolShape, maxLoneTokens } from "./kv-pool";
+import { cacheShape, defaultPrefillChunk } from "./one-sequence";
 import { fileIdentity, modelKey, PrefixStore } from "./prefix-store";
-import { samplingParams } from "./sampling";
 import {
+  type EngineConfig,
   type EngineEvent,
+  type EngineInfo,
   type EngineRequest,
-  Scheduler,
-  type SchedulerOptions,
-  type TokenConstraint,
-} from "./scheduler";
+  type EngineStats,
+  samplingParams,
+} from "./protocol";
+import { Scheduler, type SchedulerOptions, type TokenConstraint } from "./scheduler";
 
 /** Device memory the engine may plan with: GPU memory (CUDA), else system memory (also Apple's unified memory). */
 export function deviceMemoryBytes(device: "cpu" | "gpu"): number | null {

@@ -11,8 +11,9 @@
 // one with no padding. The cache also decides how to attend (attention()):
 // fused sdpa over float KV, or quantized matmuls over quantized KV, with the
 // queries split so that no score matrix exceeds a bound (attention-plan.ts).
-import * as mx from "../mlx";
+
 import type { MxArray } from "../mlx";
+import * as mx from "../mlx";
 import type { AttentionBatch, ForwardView } from "../models/types";
 import { ATTENTION_SCORE_BOUND_BYTES, type KvBits, kvTokenBytes, queryChunk } from "./attention-plan";
 

@@ -77,7 +77,7 @@ export const MODEL_ALIASES: readonly ModelAlias[] = [
   },
 ];
 
-export function findAlias(name: string): ModelAlias | null {
+function findAlias(name: string): ModelAlias | null {
   const lower = name.trim().toLowerCase();
   return MODEL_ALIASES.find((a) => a.name === lower) ?? null;
 }

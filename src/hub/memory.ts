@@ -20,8 +20,8 @@
 // The budget is a fraction (default 75 %) of the memory: the rest is left to
 // the OS, the runtime and other programs (on unified memory the GPU shares it).
 import { readdirSync, readFileSync, statSync } from "node:fs";
-import { join } from "node:path";
 import { freemem, totalmem } from "node:os";
+import { join } from "node:path";
 import { type KvBits, kvTokenBytes } from "../engine/attention-plan";
 import { configFromHf, type ModelConfig } from "../models/config";
 import { formatBytes } from "./format";

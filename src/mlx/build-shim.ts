@@ -10,6 +10,7 @@ const SOURCES = [
   "ffi/pensieve_mlx.cpp",
   "ffi/cpu_qmm.cpp",
   "ffi/cpu_attention.cpp",
+  "ffi/allocator_guard.cpp",
   "ffi/cpu_common.h",
   "ffi/pensieve_mlx.h",
   "ffi/gpu_kernels.cpp",
@@ -22,7 +23,7 @@ function compiler(): string {
   throw new Error("no C++ compiler found: install g++ (Debian: apt-get install g++) or set CXX");
 }
 
-export function shimCommand(backend: Backend): { argv: string[]; output: string } {
+function shimCommand(backend: Backend): { argv: string[]; output: string } {
   const layout = runtimeLayout(backend);
   const darwin = process.platform === "darwin";
   const origin = darwin ? "@loader_path" : "$ORIGIN";
@@ -41,6 +42,7 @@ export function shimCommand(backend: Backend): { argv: string[]; output: string 
     join(REPO_ROOT, "ffi", "cpu_qmm.cpp"),
     join(REPO_ROOT, "ffi", "cpu_attention.cpp"),
     join(REPO_ROOT, "ffi", "gpu_kernels.cpp"),
+    join(REPO_ROOT, "ffi", "allocator_guard.cpp"),
     "-pthread",
     `-L${layout.libDir}`,
     "-lmlx",

@@ -108,7 +108,7 @@ const symbols = {
   pv_live_handles: { args: [], returns: i64_fast },
 } as const;
 
-export const ABI_VERSION = 3;
+const ABI_VERSION = 3;
 
 /**
  * Where the shim is: PENSIEVE_SHIM, else (compiled binary) the embedded runtime
@@ -135,5 +135,8 @@ function open() {
   return lib.symbols;
 }
 
-/** The shim's symbols, opened on first use. */
+/**
+ * The shim's symbols, opened when this module is first imported: only the
+ * engine process (and tools that mean to run MLX) may import src/mlx.
+ */
 export const lib: ReturnType<typeof open> = open();

@@ -1,8 +1,9 @@
 // Typed MLX operations. Each returns a new MxArray owned by the current scope
 // (see array.ts). Numbers passed where arrays are expected become scalars of
 // the other operand's dtype, as in MLX's Python API.
-import { checkStatus, Dtype, handleList, handlesFrom, isFloating, MlxError, MxArray } from "./array";
+
 import { type Pointer, ptr } from "bun:ffi";
+import { checkStatus, Dtype, handleList, handlesFrom, isFloating, MlxError, MxArray } from "./array";
 import { lib } from "./ffi";
 
 /** An array, or a number that becomes a scalar of the other operand's dtype. */

@@ -1,8 +1,9 @@
 // The decoder-only transformer skeleton shared by the architectures: pre-norm
 // blocks of attention (GQA, RoPE, KV cache) and a SwiGLU MLP. An architecture
 // file supplies how its weights map to q/k/v and gate/up, and its RoPE.
-import * as mx from "../mlx";
+
 import type { MxArray } from "../mlx";
+import * as mx from "../mlx";
 import type { ModelConfig } from "./config";
 import type { Rope } from "./rope";
 import type { AttentionBatch, ForwardOptions, LanguageModel } from "./types";

@@ -74,13 +74,13 @@ export function renderToolResult(name: string | null, content: string, isError =
 }
 
 let callCounter = 0;
-export function newToolCallId(prefix = "call"): string {
+function newToolCallId(prefix = "call"): string {
   callCounter = (callCounter + 1) % 1_000_000;
   return `${prefix}_${Date.now().toString(36)}${callCounter.toString(36).padStart(4, "0")}${Math.random().toString(36).slice(2, 8)}`;
 }
 
 /** Parses {"name", "arguments"|"parameters"|"input"} JSON into a call, or null. */
-export function parseToolCallJson(text: string, idPrefix = "call"): ToolCall | null {
+function parseToolCallJson(text: string, idPrefix = "call"): ToolCall | null {
   let value: unknown;
   try {
     value = JSON.parse(text.trim());

@@ -5,10 +5,10 @@
 import { describe, expect, test } from "bun:test";
 import { type KvBits, kvTokenBytes } from "../../src/engine/attention-plan";
 import { Engine } from "../../src/engine/engine";
-import { cacheFor, cacheShape, generateTokens, prefill } from "../../src/engine/generate";
 import { disposeState, type KVCache, KVCache as KVCacheClass, stateBytes } from "../../src/engine/kv-cache";
-import { samplingParams } from "../../src/engine/sampling";
-import { type EngineEvent, type EngineRequest, Scheduler } from "../../src/engine/scheduler";
+import { cacheFor, cacheShape, generateTokens, prefill } from "../../src/engine/one-sequence";
+import { type EngineEvent, type EngineRequest, samplingParams } from "../../src/engine/protocol";
+import { Scheduler } from "../../src/engine/scheduler";
 import { kvBytesPerToken } from "../../src/hub/memory";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";

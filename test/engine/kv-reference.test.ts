@@ -3,8 +3,8 @@
 // size, float32 on the CPU. Fixtures: test/fixtures/reference/*.mlx-lm-kv.json
 // (regenerate: bun scripts/fixtures/make-kv-reference.ts).
 import { describe, expect, test } from "bun:test";
-import { cacheFor, generateTokens, prefill } from "../../src/engine/generate";
-import { samplingParams } from "../../src/engine/sampling";
+import { cacheFor, generateTokens, prefill } from "../../src/engine/one-sequence";
+import { samplingParams } from "../../src/engine/protocol";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";
 import type { LanguageModel } from "../../src/models/types";

@@ -2,8 +2,8 @@
 // mlx-lm, and an independent NumPy Phi-3 with the Hugging Face LongRoPE rule.
 // Fixtures: test/fixtures/reference/ (regenerate: bun scripts/fixtures/make-reference.ts).
 import { describe, expect, test } from "bun:test";
-import { cacheFor, generateTokens, prefill } from "../../src/engine/generate";
-import { samplingParams } from "../../src/engine/sampling";
+import { cacheFor, generateTokens, prefill } from "../../src/engine/one-sequence";
+import { samplingParams } from "../../src/engine/protocol";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";
 import { tinyModel, weightsDigest } from "../support/models";

@@ -8,9 +8,9 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import * as mx from "../../src/mlx";
+import { silentLogger } from "../../src/server/log";
 import type { RunningServer } from "../../src/server/server";
 import { startServer } from "../../src/server/server";
-import { silentLogger } from "../../src/server/log";
 
 const model = process.env.PENSIEVE_GPU_PHI3 ?? "";
 const ready = mx.gpuAvailable() && model !== "" && existsSync(join(model, "config.json"));

@@ -3,8 +3,9 @@
 import type { AppContext } from "../app";
 import { ApiError } from "../errors";
 import type { TextEvent, TokenLogprob } from "../model-session";
+import { type SseItem, sseResponse } from "../sse";
 import { type ToolCall, ToolCallParser } from "../tools";
-import { type ChatPlan, chatPlan } from "./convert";
+import { requireObject, validate } from "../validate";
 import {
   chatLogprobs,
   finishReason,
@@ -14,9 +15,9 @@ import {
   unixSeconds,
   usageBody,
 } from "./format";
+import type { ChatPlan } from "./request-plan";
 import { ChatCompletionRequest } from "./schema";
-import { type SseItem, sseError, sseResponse, startGeneration, streamFailure } from "./stream";
-import { requireObject, validate } from "../validate";
+import { sseError, startGeneration, streamFailure } from "./stream";
 
 type AnswerPiece = { type: "text"; text: string } | { type: "tool_call"; call: ToolCall };
 
@@ -25,7 +26,7 @@ type AnswerPiece = { type: "text"; text: string } | { type: "tool_call"; call: T
  * forced call's opening, or a continued assistant message) is read first but
  * its text is not given back: the client has it already.
  */
-export class AnswerReader {
+class AnswerReader {
   readonly #parser: ToolCallParser | null;
   /** Calls completed inside the answer prefix, given out with the first pieces. */
   #pending: AnswerPiece[] = [];
@@ -73,7 +74,7 @@ function toolCallBody(call: ToolCall) {
 export async function chatCompletions(ctx: AppContext, rawBody: unknown, request: Request): Promise<Response | object> {
   const body = validate(ChatCompletionRequest, requireObject(rawBody));
   const model = ctx.resolveModel(body.model);
-  const plan = chatPlan(ctx.session, body);
+  const plan = await ctx.session.prompts.run({ op: "chat", body });
   const stream = body.stream === true;
   const events = await startGeneration(ctx.session, {
     prompt: plan.prompt,
