@@ -293,7 +293,8 @@ export class KVCache implements AttentionBatch {
       for (let l = 0; l < this.#parts.length; l++) {
         this.#parts[l] =
           this.#parts[l]?.map((a) => {
-            const picked = mx.keep(mx.contiguous(mx.sliceAxis(mx.take(a, index, 0), 2, trim, this.#offset)));
+            const picked = mx.keep(mx.sliceAxis(mx.take(a, index, 0), 2, trim, this.#offset));
+            // One layer at a time (the KV pool counts one layer extra while rows leave).
             mx.evaluate(picked);
             a.dispose();
             return picked;
