@@ -49,6 +49,30 @@ export interface ModelConfig {
   quantization: QuantizationConfig | null;
   bosTokenId: number | null;
   eosTokenIds: number[];
+  /** Leading dimensions of each head that RoPE rotates (head_dim × partial_rotary_factor). */
+  rotaryDims: number;
+  /** Keys a windowed layer attends to (itself included); which layers are windowed is the family's rule. */
+  slidingWindow: number | null;
+  /** Per-layer attention kinds as config.json lists them ("sliding_attention" / "full_attention"). */
+  layerTypes: string[] | null;
+  /** Gemma 3: every Nth layer is global, the others windowed. */
+  slidingWindowPattern: number | null;
+  /** Gemma 3: RoPE base of the windowed layers. */
+  ropeLocalTheta: number | null;
+  /** Gemma: attention scale is this^-1/2 instead of head_dim^-1/2. */
+  queryPreAttnScalar: number | null;
+  moe: MoeConfig | null;
+}
+
+/** Qwen3-MoE routed experts. */
+export interface MoeConfig {
+  numExperts: number;
+  topK: number;
+  expertIntermediateSize: number;
+  normTopkProb: boolean;
+  /** Layer i is sparse when (i + 1) % decoderSparseStep == 0 and i is not in mlpOnlyLayers. */
+  decoderSparseStep: number;
+  mlpOnlyLayers: number[];
 }
 
 type Json = Record<string, unknown>;
@@ -72,15 +96,15 @@ function idList(v: unknown): number[] {
   return [];
 }
 
-function parseRopeScaling(c: Json, headDim: number): RopeScaling | null {
+function parseRopeScaling(c: Json, rotaryDims: number): RopeScaling | null {
   const rs = (c.rope_scaling ?? c.rope_parameters) as Json | null | undefined;
   if (!rs || typeof rs !== "object") return null;
   const type = String(rs.type ?? rs.rope_type ?? "");
   if (type === "su" || type === "longrope") {
     const shortFactor = numList(rs.short_factor, "rope_scaling.short_factor");
     const longFactor = numList(rs.long_factor, "rope_scaling.long_factor");
-    if (shortFactor.length !== headDim / 2 || longFactor.length !== headDim / 2) {
-      throw new Error(`config.json: rope_scaling factors need ${headDim / 2} values (head_dim / 2)`);
+    if (shortFactor.length !== rotaryDims / 2 || longFactor.length !== rotaryDims / 2) {
+      throw new Error(`config.json: rope_scaling factors need ${rotaryDims / 2} values (rotary dims / 2)`);
     }
     const original = num(c, "original_max_position_embeddings", num(rs, "original_max_position_embeddings", 4096));
     const max = num(c, "max_position_embeddings");
@@ -118,14 +142,69 @@ function parseQuantization(q: Json): QuantizationConfig {
   return { groupSize: num(q, "group_size"), bits: num(q, "bits"), overrides };
 }
 
+/**
+ * Gemma 3 configs leave out what equals the defaults of transformers'
+ * Gemma3TextConfig (as mlx-lm's gemma3_text ModelArgs repeats them).
+ */
+const GEMMA3_TEXT_DEFAULTS: Json = {
+  hidden_size: 2304,
+  num_hidden_layers: 26,
+  intermediate_size: 9216,
+  num_attention_heads: 8,
+  num_key_value_heads: 4,
+  head_dim: 256,
+  rms_norm_eps: 1e-6,
+  vocab_size: 262208,
+  rope_theta: 1_000_000,
+  rope_local_base_freq: 10_000,
+  query_pre_attn_scalar: 256,
+  sliding_window: 512,
+  sliding_window_pattern: 6,
+  max_position_embeddings: 131072,
+};
+
+/** The text model's config: Gemma 3's multimodal config nests it under text_config. */
+function textConfig(c: Json): Json {
+  if (c.model_type === "gemma3" && c.text_config && typeof c.text_config === "object") {
+    const text = c.text_config as Json;
+    return {
+      ...GEMMA3_TEXT_DEFAULTS,
+      ...text,
+      model_type: "gemma3",
+      vocab_size: c.vocab_size ?? text.vocab_size ?? GEMMA3_TEXT_DEFAULTS.vocab_size,
+      quantization: c.quantization,
+      eos_token_id: c.eos_token_id ?? text.eos_token_id,
+      bos_token_id: c.bos_token_id ?? text.bos_token_id,
+    };
+  }
+  if (c.model_type === "gemma3_text") return { ...GEMMA3_TEXT_DEFAULTS, ...c };
+  return c;
+}
+
+function parseMoe(c: Json): MoeConfig | null {
+  if (typeof c.num_experts !== "number" || c.num_experts <= 0) return null;
+  return {
+    numExperts: num(c, "num_experts"),
+    topK: num(c, "num_experts_per_tok"),
+    expertIntermediateSize: num(c, "moe_intermediate_size"),
+    normTopkProb: c.norm_topk_prob === true,
+    decoderSparseStep: num(c, "decoder_sparse_step", 1),
+    mlpOnlyLayers: Array.isArray(c.mlp_only_layers) ? numList(c.mlp_only_layers, "mlp_only_layers") : [],
+  };
+}
+
 /** Normalizes a Hugging Face / MLX config.json. */
-export function configFromHf(c: Json, generationConfig: Json | null = null): ModelConfig {
+export function configFromHf(raw: Json, generationConfig: Json | null = null): ModelConfig {
+  const c = textConfig(raw);
   const modelType = String(c.model_type ?? "");
   if (!modelType) throw new Error('config.json: "model_type" is missing');
   const hiddenSize = num(c, "hidden_size");
   const numHeads = num(c, "num_attention_heads");
   const headDim = num(c, "head_dim", hiddenSize / numHeads);
   if (!Number.isInteger(headDim)) throw new Error("config.json: hidden_size is not a multiple of num_attention_heads");
+  const rotaryDims = Math.round(headDim * num(c, "partial_rotary_factor", 1));
+  const slidingWindow =
+    typeof c.sliding_window === "number" && c.use_sliding_window !== false ? c.sliding_window : null;
   const q = c.quantization as Json | undefined;
   const eos = idList(generationConfig?.eos_token_id);
   for (const id of idList(c.eos_token_id)) if (!eos.includes(id)) eos.push(id);
@@ -142,7 +221,7 @@ export function configFromHf(c: Json, generationConfig: Json | null = null): Mod
     rmsNormEps: num(c, "rms_norm_eps", 1e-5),
     ropeTheta: num(c, "rope_theta", 10000),
     ropeTraditional: c.rope_traditional === true,
-    ropeScaling: parseRopeScaling(c, headDim),
+    ropeScaling: parseRopeScaling(c, rotaryDims),
     maxPositionEmbeddings: num(c, "max_position_embeddings", 4096),
     tieWordEmbeddings: c.tie_word_embeddings === true,
     attentionBias: c.attention_bias === true,
@@ -150,6 +229,13 @@ export function configFromHf(c: Json, generationConfig: Json | null = null): Mod
     quantization: q ? parseQuantization(q) : null,
     bosTokenId: bos,
     eosTokenIds: eos,
+    rotaryDims,
+    slidingWindow,
+    layerTypes: Array.isArray(c.layer_types) ? c.layer_types.map(String) : null,
+    slidingWindowPattern: typeof c.sliding_window_pattern === "number" ? c.sliding_window_pattern : null,
+    ropeLocalTheta: typeof c.rope_local_base_freq === "number" ? c.rope_local_base_freq : null,
+    queryPreAttnScalar: typeof c.query_pre_attn_scalar === "number" ? c.query_pre_attn_scalar : null,
+    moe: parseMoe(c),
   };
 }
 
@@ -263,5 +349,12 @@ export function configFromGguf(meta: GgufMeta, vocabSizeFromTensor: number): Mod
     quantization: null,
     bosTokenId: bos >= 0 ? bos : null,
     eosTokenIds: eos >= 0 ? [eos] : [],
+    rotaryDims: headDim,
+    slidingWindow: null,
+    layerTypes: null,
+    slidingWindowPattern: null,
+    ropeLocalTheta: null,
+    queryPreAttnScalar: null,
+    moe: null,
   };
 }
