@@ -87,11 +87,15 @@ export class DecoderModel implements LanguageModel {
     const maskFor = (window: number | null | undefined) => {
       if (!window) return view.mask;
       let m = windowMasks.get(window);
-      if (m === undefined) windowMasks.set(window, (m = slidingWindowMask(view, cached, L, window)));
+      if (m === undefined) {
+        m = slidingWindowMask(view, cached, L, window);
+        windowMasks.set(window, m);
+      }
       return m;
     };
     let h = embed(tokens, this.#weights.embedding, this.dtype);
-    if (this.#weights.embedScale !== undefined) h = mx.multiply(h, mx.astype(mx.scalar(this.#weights.embedScale), this.dtype));
+    if (this.#weights.embedScale !== undefined)
+      h = mx.multiply(h, mx.astype(mx.scalar(this.#weights.embedScale), this.dtype));
     for (let i = 0; i < this.#weights.layers.length; i++) {
       const layer = this.#weights.layers[i] as DecoderLayerWeights;
       let a = this.#attention(i, layer, layer.inputNorm(h), batch, view.ropeOffset, maskFor(layer.window), regimes);

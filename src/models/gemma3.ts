@@ -36,16 +36,20 @@ export function isSlidingLayer(c: ModelConfig, i: number): boolean {
 /** √hidden as Gemma computes it: rounded to bfloat16. */
 function embeddingScale(hidden: number): number {
   return mx.tidy(
-    () => (mx.astype(mx.astype(mx.scalar(Math.sqrt(hidden)), mx.Dtype.bfloat16), mx.Dtype.float32).read() as Float32Array)[0] as number,
+    () =>
+      (
+        mx.astype(mx.astype(mx.scalar(Math.sqrt(hidden)), mx.Dtype.bfloat16), mx.Dtype.float32).read() as Float32Array
+      )[0] as number,
   );
 }
 
 export function buildGemma3(config: ModelConfig, store: WeightStore): LanguageModel {
   const c = config;
   // The multimodal checkpoints: the text model under language_model., a vision tower beside it.
-  const root = store.has("language_model.model.embed_tokens.weight") || store.has("language_model.model.embed_tokens.scales")
-    ? "language_model."
-    : "";
+  const root =
+    store.has("language_model.model.embed_tokens.weight") || store.has("language_model.model.embed_tokens.scales")
+      ? "language_model."
+      : "";
   if (root) store.discard((n) => !n.startsWith(root));
   const norm = (name: string): Norm => {
     const w = store.derived(name, (a) => mx.astype(mx.add(a, 1), a.dtype));

@@ -43,7 +43,10 @@ export interface Rope {
  * rotaryDims of each head. `base` and `scaling` override the config's (Gemma's
  * local layers: their own base, no scaling).
  */
-export function standardRope(c: ModelConfig, override: { base?: number; scaling?: ModelConfig["ropeScaling"] } = {}): Rope {
+export function standardRope(
+  c: ModelConfig,
+  override: { base?: number; scaling?: ModelConfig["ropeScaling"] } = {},
+): Rope {
   const dims = c.rotaryDims;
   const rs = override.scaling === undefined ? c.ropeScaling : override.scaling;
   const base = override.base ?? c.ropeTheta;

@@ -225,10 +225,15 @@ export class WeightStore {
    * `.scales` exists; or, from Hugging Face's per-expert layout
    * (`${expertsPrefix}.{e}.${name}`), stacked here.
    */
-  experts(prefix: string, inFeaturesExpected: number, perExpert?: { prefix: string; name: string; count: number }): ExpertWeight {
+  experts(
+    prefix: string,
+    inFeaturesExpected: number,
+    perExpert?: { prefix: string; name: string; count: number },
+  ): ExpertWeight {
     if (!this.has(`${prefix}.weight`) && perExpert) {
       const parts: MxArray[] = [];
-      for (let e = 0; e < perExpert.count; e++) parts.push(this.get(`${perExpert.prefix}.${e}.${perExpert.name}.weight`));
+      for (let e = 0; e < perExpert.count; e++)
+        parts.push(this.get(`${perExpert.prefix}.${e}.${perExpert.name}.weight`));
       const weight = mx.keep(mx.stack(parts, 0));
       mx.evaluate(weight);
       this.#extra.push(weight);
@@ -240,7 +245,9 @@ export class WeightStore {
     if (weight.ndim !== 3) throw new Error(`${this.source}: "${prefix}.weight" must be 3-D [experts, out, in]`);
     if (!this.has(`${prefix}.scales`)) {
       if (weight.dim(2) !== inFeaturesExpected) {
-        throw new Error(`${this.source}: "${prefix}.weight" has ${weight.dim(2)} input features, expected ${inFeaturesExpected}`);
+        throw new Error(
+          `${this.source}: "${prefix}.weight" has ${weight.dim(2)} input features, expected ${inFeaturesExpected}`,
+        );
       }
       return { kind: "dense", weight };
     }
@@ -250,7 +257,9 @@ export class WeightStore {
     const bits = declared?.bits ?? (weight.dim(2) * 32) / inFeaturesExpected;
     const groupSize = declared?.groupSize ?? inFeaturesExpected / scales.dim(2);
     if (weight.dim(2) * 32 !== inFeaturesExpected * bits || scales.dim(2) * groupSize !== inFeaturesExpected) {
-      throw new Error(`${this.source}: "${prefix}" is not packed for ${inFeaturesExpected} inputs at ${bits} bits, group ${groupSize}`);
+      throw new Error(
+        `${this.source}: "${prefix}" is not packed for ${inFeaturesExpected} inputs at ${bits} bits, group ${groupSize}`,
+      );
     }
     return { kind: "quantized", q: { weight, scales, biases, groupSize, bits } };
   }
