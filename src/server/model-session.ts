@@ -134,11 +134,18 @@ export class ModelSession {
     return this.tokenizer.encode(text, { addSpecialTokens: true });
   }
 
-  /** 400 when the prompt leaves no room to generate, in the words Claude Code understands. */
+  /**
+   * 400 when the prompt leaves no room to generate, in the words Claude Code
+   * understands ("prompt is too long: …" first), then which model is loaded,
+   * its context, and a model alias that holds the prompt.
+   */
   checkPromptLength(promptTokens: number): void {
     const context = this.contextLength;
     if (context !== null && promptTokens >= context) {
-      throw badRequest(`prompt is too long: ${promptTokens} tokens > ${context - 1} maximum`, "messages");
+      throw badRequest(
+        `prompt is too long: ${promptTokens} tokens > ${context - 1} maximum. ${longerContextHint(this.modelId, context, promptTokens)}`,
+        "messages",
+      );
     }
   }
 
@@ -277,3 +284,17 @@ async function* withKeepAlive(
 }
 
 export { ApiError };
+
+/**
+ * Longer-context aliases of `pensieve setup` (src/hub/aliases.ts; the server
+ * does not load the hub module) with the context they hold: the flagship.
+ */
+const LONG_CONTEXT_ALIASES: ReadonlyArray<[alias: string, context: number]> = [["phi3-mini-mlx", 131072]];
+
+/** What the 400 for an over-long prompt adds: the loaded model's context and an alias that holds the prompt. */
+export function longerContextHint(modelId: string, context: number, promptTokens: number): string {
+  const loaded = `The loaded model, ${modelId}, holds ${context} tokens`;
+  const fit = LONG_CONTEXT_ALIASES.find(([, n]) => n > promptTokens + 1024 && n > context);
+  if (!fit) return `${loaded}: shorten the conversation.`;
+  return `${loaded} (Claude Code's first request alone is about 20K): run one with a longer context, e.g. \`pensieve setup --model ${fit[0]}\`.`;
+}
