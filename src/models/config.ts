@@ -296,11 +296,29 @@ function metaNum(meta: GgufMeta, key: string, fallback?: number): number {
   throw new Error(`GGUF metadata: "${key}" is missing`);
 }
 
-/** Normalizes GGUF metadata (values as plain numbers/strings/arrays) into a config. */
+/** GGUF architectures and the model_type each becomes (see GGUF_ARCHITECTURES in loader.ts). */
+const GGUF_MODEL_TYPES: Record<string, string> = {
+  llama: "llama",
+  phi3: "phi3",
+  qwen2: "qwen2",
+  qwen3: "qwen3",
+  qwen3moe: "qwen3_moe",
+  gemma3: "gemma3_text",
+};
+
+/**
+ * Normalizes GGUF metadata (values as plain numbers/strings/arrays) into a
+ * config, reading what llama.cpp reads for each architecture (and its fixed
+ * defaults where the file is silent: Gemma 3's window pattern of 6, local RoPE
+ * base 10000, attention scale head_dim^-1/2 except the 62-layer 27B).
+ */
 export function configFromGguf(meta: GgufMeta, vocabSizeFromTensor: number): ModelConfig {
   const arch = String(meta.get("general.architecture") ?? "");
-  if (arch !== "llama" && arch !== "phi3") {
-    throw new Error(`unsupported GGUF architecture "${arch}": Pensieve runs llama and phi3`);
+  const modelType = GGUF_MODEL_TYPES[arch];
+  if (!modelType) {
+    throw new Error(
+      `unsupported GGUF architecture "${arch}": Pensieve runs ${Object.keys(GGUF_MODEL_TYPES).join(", ")}`,
+    );
   }
   const p = (k: string) => `${arch}.${k}`;
   const hiddenSize = metaNum(meta, p("embedding_length"));
@@ -309,6 +327,8 @@ export function configFromGguf(meta: GgufMeta, vocabSizeFromTensor: number): Mod
   const eos = metaNum(meta, "tokenizer.ggml.eos_token_id", -1);
   const bos = metaNum(meta, "tokenizer.ggml.bos_token_id", -1);
   const contextLength = metaNum(meta, p("context_length"), 4096);
+  const numLayers = metaNum(meta, p("block_count"));
+  const rotaryDims = metaNum(meta, p("rope.dimension_count"), headDim);
   let ropeScaling: RopeScaling | null = null;
   if (arch === "phi3") {
     const longF = meta.get("phi3.rope.scaling.long_factor");
@@ -328,15 +348,23 @@ export function configFromGguf(meta: GgufMeta, vocabSizeFromTensor: number): Mod
         ),
       };
     }
+  } else if (meta.get(p("rope.scaling.type")) === "linear") {
+    ropeScaling = { type: "linear", factor: metaNum(meta, p("rope.scaling.factor")) };
   }
+  const window = metaNum(meta, p("attention.sliding_window"), 0);
+  const pattern = meta.get(p("attention.sliding_window_pattern"));
+  let layerTypes: string[] | null = null;
+  if (Array.isArray(pattern)) layerTypes = pattern.map((w) => (w ? "sliding_attention" : "full_attention"));
+  const gemma = arch === "gemma3";
+  const experts = metaNum(meta, p("expert_count"), 0);
   return {
-    modelType: arch,
+    modelType,
     hiddenSize,
-    numLayers: metaNum(meta, p("block_count")),
+    numLayers,
     numHeads,
     numKvHeads: metaNum(meta, p("attention.head_count_kv"), numHeads),
     headDim,
-    intermediateSize: metaNum(meta, p("feed_forward_length")),
+    intermediateSize: metaNum(meta, p("feed_forward_length"), 0),
     vocabSize: vocabSizeFromTensor,
     rmsNormEps: metaNum(meta, p("attention.layer_norm_rms_epsilon"), 1e-5),
     ropeTheta: metaNum(meta, p("rope.freq_base"), 10000),
@@ -349,12 +377,23 @@ export function configFromGguf(meta: GgufMeta, vocabSizeFromTensor: number): Mod
     quantization: null,
     bosTokenId: bos >= 0 ? bos : null,
     eosTokenIds: eos >= 0 ? [eos] : [],
-    rotaryDims: headDim,
-    slidingWindow: null,
-    layerTypes: null,
-    slidingWindowPattern: null,
-    ropeLocalTheta: null,
-    queryPreAttnScalar: null,
-    moe: null,
+    rotaryDims,
+    slidingWindow: window > 0 ? window : null,
+    layerTypes,
+    slidingWindowPattern: gemma && !layerTypes ? (typeof pattern === "number" ? pattern : 6) : null,
+    ropeLocalTheta: gemma ? metaNum(meta, p("rope.freq_base_swa"), 10000) : null,
+    queryPreAttnScalar: gemma ? (numLayers === 62 ? hiddenSize / numHeads : headDim) : null,
+    moe:
+      experts > 0
+        ? {
+            numExperts: experts,
+            topK: metaNum(meta, p("expert_used_count")),
+            expertIntermediateSize: metaNum(meta, p("expert_feed_forward_length")),
+            // llama.cpp's qwen3moe always renormalizes the top-k weights.
+            normTopkProb: true,
+            decoderSparseStep: 1,
+            mlpOnlyLayers: [],
+          }
+        : null,
   };
 }
