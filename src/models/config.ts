@@ -239,11 +239,22 @@ export function configFromHf(raw: Json, generationConfig: Json | null = null): M
   };
 }
 
+/** transformers' class for each model_type, written into config.json's "architectures". */
+const HF_ARCHITECTURES: Record<string, string> = {
+  llama: "LlamaForCausalLM",
+  mistral: "MistralForCausalLM",
+  phi3: "Phi3ForCausalLM",
+  qwen2: "Qwen2ForCausalLM",
+  qwen3: "Qwen3ForCausalLM",
+  qwen3_moe: "Qwen3MoeForCausalLM",
+  gemma3_text: "Gemma3ForCausalLM",
+};
+
 /** The config.json that describes a config (the inverse of configFromHf), for `convert`. */
 export function configToHf(cfg: ModelConfig): Json {
   const out: Json = {
     model_type: cfg.modelType,
-    architectures: [cfg.modelType === "phi3" ? "Phi3ForCausalLM" : "LlamaForCausalLM"],
+    architectures: [HF_ARCHITECTURES[cfg.modelType] ?? "LlamaForCausalLM"],
     hidden_size: cfg.hiddenSize,
     num_hidden_layers: cfg.numLayers,
     num_attention_heads: cfg.numHeads,
@@ -274,7 +285,22 @@ export function configToHf(cfg: ModelConfig): Json {
       original_max_position_embeddings: rs.originalMaxPositionEmbeddings,
     };
   } else if (rs?.type === "linear") {
-    out.rope_scaling = { type: "linear", factor: rs.factor };
+    out.rope_scaling = { type: "linear", rope_type: "linear", factor: rs.factor };
+  }
+  if (cfg.rotaryDims !== cfg.headDim) out.partial_rotary_factor = cfg.rotaryDims / cfg.headDim;
+  if (cfg.slidingWindow !== null) out.sliding_window = cfg.slidingWindow;
+  if (cfg.layerTypes) out.layer_types = cfg.layerTypes;
+  if (cfg.slidingWindowPattern !== null) out.sliding_window_pattern = cfg.slidingWindowPattern;
+  if (cfg.ropeLocalTheta !== null) out.rope_local_base_freq = cfg.ropeLocalTheta;
+  if (cfg.queryPreAttnScalar !== null) out.query_pre_attn_scalar = cfg.queryPreAttnScalar;
+  if (cfg.modelType === "gemma3_text") out.hidden_activation = "gelu_pytorch_tanh";
+  if (cfg.moe) {
+    out.num_experts = cfg.moe.numExperts;
+    out.num_experts_per_tok = cfg.moe.topK;
+    out.moe_intermediate_size = cfg.moe.expertIntermediateSize;
+    out.norm_topk_prob = cfg.moe.normTopkProb;
+    out.decoder_sparse_step = cfg.moe.decoderSparseStep;
+    out.mlp_only_layers = cfg.moe.mlpOnlyLayers;
   }
   if (cfg.quantization) {
     const block: Json = { group_size: cfg.quantization.groupSize, bits: cfg.quantization.bits };

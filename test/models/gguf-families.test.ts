@@ -3,14 +3,21 @@
 // (scripts/fixtures/families/write_tiny_gguf.py; llama's permuted q/k, Gemma's
 // 1 + w norms, Qwen3-MoE's stacked experts), and the greedy tokens llama.cpp
 // (node-llama-cpp) generates from them (gen_llamacpp_gguf_tokens.mjs).
-// Regenerate: bash scripts/fixtures/families/make-gguf.sh
+// `pensieve convert` writes each family so mlx-lm loads it: mlx-lm 0.32.2 ran
+// the converted folders (make-convert-reference.ts); Pensieve's own load of the
+// folder it converts must give mlx-lm's logits (1e-4) and greedy tokens.
+// Regenerate: bash scripts/fixtures/families/make-gguf.sh, then
+// bun scripts/fixtures/families/make-convert-reference.ts
 import { describe, expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
+import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { generateTokens } from "../../src/engine/generate";
+import { cacheFor, generateTokens, prefill } from "../../src/engine/generate";
+import * as mx from "../../src/mlx";
+import { convertGguf } from "../../src/models/convert";
 import { samplingParams } from "../../src/engine/sampling";
 import { loadModel } from "../../src/models/loader";
 import { REPO_ROOT } from "../../src/paths";
+import { TEST_TMP } from "../support/models";
 
 const GGUF_DIR = join(REPO_ROOT, "test", "fixtures", "gguf");
 const fixture = JSON.parse(
@@ -41,6 +48,42 @@ describe(`GGUF models vs ${fixture.oracle}`, () => {
             sampling: samplingParams(),
             prefillChunk: 16,
           })) {
+            tokens.push(step.token);
+          }
+          expect(tokens).toEqual(r.greedy);
+        }
+      } finally {
+        loaded.model.dispose();
+      }
+    });
+  }
+});
+
+const converted = JSON.parse(
+  readFileSync(join(REPO_ROOT, "test", "fixtures", "reference", "gguf-converted.mlx-lm.json"), "utf8"),
+) as { oracle: string; models: Record<string, Array<{ prompt: number[]; last_logits_f32: string; greedy: number[] }>> };
+
+describe(`pensieve convert: the folders it writes, as ${converted.oracle} runs them`, () => {
+  for (const [file, results] of Object.entries(converted.models)) {
+    test(`${file} → MLX folder: last logits within 1e-4 and 32 greedy tokens identical to mlx-lm's`, () => {
+      const dir = join(TEST_TMP, "converted-families", file.replace(/\.gguf$/, ""));
+      rmSync(dir, { recursive: true, force: true });
+      convertGguf(join(GGUF_DIR, file), dir);
+      const loaded = loadModel(dir);
+      try {
+        expect(loaded.config.modelType).toBe(EXPECTED_TYPES[file] as string);
+        for (const r of results) {
+          const bytes = Buffer.from(r.last_logits_f32, "base64");
+          const expected = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+          const cache = cacheFor(loaded.model);
+          const ours = mx.tidy(() => prefill(loaded.model, cache, r.prompt).read() as Float32Array);
+          cache.dispose();
+          let worst = 0;
+          for (let i = 0; i < expected.length; i++)
+            worst = Math.max(worst, Math.abs((ours[i] as number) - (expected[i] as number)));
+          expect(worst).toBeLessThan(1e-4);
+          const tokens: number[] = [];
+          for (const step of generateTokens(loaded.model, r.prompt, { maxTokens: 32, sampling: samplingParams() })) {
             tokens.push(step.token);
           }
           expect(tokens).toEqual(r.greedy);
