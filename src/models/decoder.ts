@@ -50,6 +50,8 @@ export interface DecoderWeights {
   lmHead: LinearWeight;
   /** Attention scale before the RoPE factor; default head_dim^-1/2. */
   attentionScale?: number;
+  /** The residual sum (default h + y; Gemma clips it in float16). */
+  residual?: (h: MxArray, y: MxArray) => MxArray;
 }
 
 export class DecoderModel implements LanguageModel {
@@ -93,6 +95,7 @@ export class DecoderModel implements LanguageModel {
       }
       return m;
     };
+    const residual = this.#weights.residual ?? mx.add;
     let h = embed(tokens, this.#weights.embedding, this.dtype);
     if (this.#weights.embedScale !== undefined)
       h = mx.multiply(h, mx.astype(mx.scalar(this.#weights.embedScale), this.dtype));
@@ -100,10 +103,10 @@ export class DecoderModel implements LanguageModel {
       const layer = this.#weights.layers[i] as DecoderLayerWeights;
       let a = this.#attention(i, layer, layer.inputNorm(h), batch, view.ropeOffset, maskFor(layer.window), regimes);
       if (layer.attentionOutputNorm) a = layer.attentionOutputNorm(a);
-      h = mx.add(h, a);
+      h = residual(h, a);
       let m = layer.mlp(layer.mlpNorm(h));
       if (layer.mlpOutputNorm) m = layer.mlpOutputNorm(m);
-      h = mx.add(h, m);
+      h = residual(h, m);
     }
     batch.end();
     const mode = options.logits ?? "last";

@@ -9,9 +9,9 @@
 //   every sliding_window_pattern-th layer global (rope_theta and its scaling),
 //   or as config.json's layer_types says;
 // - GELU (tanh approximation) gating: down(gelu(gate) · up).
+// - in float16 the residual sum is clipped to float16's range (computed in
+//   float32), as mlx-lm's clip_residual does: Gemma's activations overflow it.
 // Windowed layers keep the full KV cache and mask (see decoder.ts).
-// Not done: mlx-lm clips the residual sum in float16 (Gemma overflows it); we
-// compute in float32 on the CPU and in the weights' bfloat16 on a GPU.
 import * as mx from "../mlx";
 import type { ModelConfig } from "./config";
 import {
@@ -31,6 +31,17 @@ export function isSlidingLayer(c: ModelConfig, i: number): boolean {
   if (c.layerTypes) return c.layerTypes[i] === "sliding_attention";
   const pattern = c.slidingWindowPattern ?? 6;
   return (i + 1) % pattern !== 0;
+}
+
+/** h + y, clipped to float16's range when computing in float16 (mlx-lm's clip_residual). */
+function clippedResidual(dtype: mx.Dtype) {
+  if (dtype !== mx.Dtype.float16) return mx.add;
+  const bound = 65504;
+  return (h: mx.MxArray, y: mx.MxArray) =>
+    mx.astype(
+      mx.clip(mx.add(mx.astype(h, mx.Dtype.float32), mx.astype(y, mx.Dtype.float32)), -bound, bound),
+      mx.Dtype.float16,
+    );
 }
 
 /** √hidden as Gemma computes it: rounded to bfloat16. */
@@ -93,6 +104,7 @@ export function buildGemma3(config: ModelConfig, store: WeightStore): LanguageMo
       norm: norm(`${root}model.norm.weight`),
       lmHead,
       attentionScale: (c.queryPreAttnScalar ?? c.headDim) ** -0.5,
+      residual: clippedResidual(store.dtype),
     },
     globalRope,
   );

@@ -3,7 +3,7 @@
 // nesting, Qwen3-MoE's sparse layers; and Qwen3-MoE weights in Hugging Face's
 // per-expert layout give the same model as mlx-community's stacked one.
 import { describe, expect, test } from "bun:test";
-import { copyFileSync, mkdirSync, rmSync } from "node:fs";
+import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { cacheFor, prefill } from "../../src/engine/generate";
 import * as mx from "../../src/mlx";
@@ -14,7 +14,8 @@ import { llamaWindows } from "../../src/models/llama";
 import { loadModel } from "../../src/models/loader";
 import { REPO_ROOT } from "../../src/paths";
 import { isSparseLayer } from "../../src/models/qwen3-moe";
-import { TEST_TMP } from "../support/models";
+import { TEST_TMP, tinyModel } from "../support/models";
+import { promptIds } from "../support/reference";
 
 const base = {
   hidden_size: 64,
@@ -169,4 +170,46 @@ test("Qwen3-MoE weights in Hugging Face's per-expert layout load as the stacked 
     return out;
   };
   expect(Array.from(logits(perExpert))).toEqual(Array.from(logits(stacked)));
+});
+
+/** Last-position logits of a prompt. */
+function lastLogits(dir: string, prompt: number[], dtype?: mx.Dtype): Float32Array {
+  const { model } = loadModel(dir, dtype ? { dtype } : {});
+  const cache = cacheFor(model);
+  const out = mx.tidy(() => prefill(model, cache, prompt).read() as Float32Array);
+  cache.dispose();
+  model.dispose();
+  return out;
+}
+
+test("Gemma 3 multimodal checkpoints: the text model under language_model., the vision tower dropped, same logits", () => {
+  const text = tinyModel("tiny-gemma3");
+  const multimodal = join(TEST_TMP, "gemma3-multimodal");
+  rmSync(multimodal, { recursive: true, force: true });
+  mkdirSync(multimodal, { recursive: true });
+  const { quantization, ...textConfig } = JSON.parse(readFileSync(join(text, "config.json"), "utf8"));
+  const config = { model_type: "gemma3", vocab_size: textConfig.vocab_size, quantization, text_config: textConfig };
+  writeFileSync(join(multimodal, "config.json"), JSON.stringify(config));
+  copyFileSync(join(text, "tokenizer.json"), join(multimodal, "tokenizer.json"));
+  mx.tidy(() => {
+    const loaded = mx.loadSafetensors(join(text, "model.safetensors"));
+    const renamed = new Map<string, mx.MxArray>();
+    for (const [name, a] of loaded.arrays) renamed.set(`language_model.${name}`, a);
+    renamed.set("vision_tower.vision_model.embeddings.patch_embedding.weight", mx.zeros([8, 3, 2, 2]));
+    renamed.set("multi_modal_projector.mm_input_projection_weight", mx.zeros([8, 128]));
+    mx.saveSafetensors(join(multimodal, "model.safetensors"), renamed, { format: "mlx" });
+  });
+  const prompt = promptIds(40, 3);
+  expect(Array.from(lastLogits(multimodal, prompt))).toEqual(Array.from(lastLogits(text, prompt)));
+});
+
+test("Gemma 3 in float16: the residual is clipped as mlx-lm does; logits stay finite and near float32's", () => {
+  const dir = tinyModel("tiny-gemma3");
+  const prompt = promptIds(40, 3);
+  const f32 = lastLogits(dir, prompt);
+  const f16 = lastLogits(dir, prompt, mx.Dtype.float16);
+  let worst = 0;
+  for (let i = 0; i < f32.length; i++) worst = Math.max(worst, Math.abs((f32[i] as number) - (f16[i] as number)));
+  expect(f16.every(Number.isFinite)).toBe(true);
+  expect(worst).toBeLessThan(0.05);
 });
