@@ -33,10 +33,47 @@ const EXPECTED_TYPES: Record<string, string> = {
   "tiny-qwen3.gguf": "qwen3",
   "tiny-qwen3moe.gguf": "qwen3_moe",
   "tiny-gemma3.gguf": "gemma3_text",
+  // Every matrix in Q8_0 blocks (3-D expert tensors included), and their float32 twins.
+  "tiny-qwen3moe-q8_0.gguf": "qwen3_moe",
+  "tiny-gemma3-q8_0.gguf": "gemma3_text",
+  "tiny-qwen3moe-q8_0-dequant.gguf": "qwen3_moe",
+  "tiny-gemma3-q8_0-dequant.gguf": "gemma3_text",
 };
 
+/**
+ * Q8_0 files: llama.cpp also quantizes the activations to 8 bits for its Q8_0
+ * products, so near-ties (and, in the MoE, close router scores) can go another
+ * way than in float. Pensieve dequantizes the weights exactly and multiplies
+ * float activations: its tokens on a Q8_0 file must equal llama.cpp's on the
+ * file's float32 twin (the same dequantized values, "-dequant").
+ */
+describe(`Q8_0 GGUF models vs ${fixture.oracle} on their float32 twins`, () => {
+  for (const file of Object.keys(fixture.models).filter((f) => f.endsWith("-q8_0.gguf"))) {
+    const twin = file.replace(/\.gguf$/, "-dequant.gguf");
+    test(`${file}: loads as ${EXPECTED_TYPES[file]}, 32 greedy tokens identical to llama.cpp's on ${twin}`, () => {
+      const loaded = loadModel(join(GGUF_DIR, file));
+      try {
+        expect(loaded.config.modelType).toBe(EXPECTED_TYPES[file] as string);
+        for (const r of fixture.models[twin] ?? []) {
+          const tokens: number[] = [];
+          for (const step of generateTokens(loaded.model, r.prompt, {
+            maxTokens: r.greedy.length,
+            sampling: samplingParams(),
+            prefillChunk: 16,
+          })) {
+            tokens.push(step.token);
+          }
+          expect(tokens).toEqual(r.greedy);
+        }
+      } finally {
+        loaded.model.dispose();
+      }
+    });
+  }
+});
+
 describe(`GGUF models vs ${fixture.oracle}`, () => {
-  for (const [file, results] of Object.entries(fixture.models)) {
+  for (const [file, results] of Object.entries(fixture.models).filter(([f]) => !f.endsWith("-q8_0.gguf"))) {
     test(`${file}: loads as ${EXPECTED_TYPES[file]}, 32 greedy tokens identical to llama.cpp's`, () => {
       const loaded = loadModel(join(GGUF_DIR, file));
       try {
