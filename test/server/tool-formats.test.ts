@@ -3,6 +3,7 @@
 // <|tool_call|>, Mistral [TOOL_CALLS] (array and name[ARGS] forms), Llama 3.x
 // <|python_tag|> and bare JSON with "parameters", Gemma's instructed JSON.
 import { describe, expect, test } from "bun:test";
+import { AnswerReader } from "../../src/server/openai/chat";
 import { type ParsedPiece, ToolCallParser, wholeAnswerAsCalls } from "../../src/server/tools";
 
 const TOOLS = ["get_weather", "read_file"];
@@ -109,5 +110,30 @@ describe("tool calls in each family's format", () => {
     expect(array?.map((c) => c.name)).toEqual(["get_weather", "read_file"]);
     expect(wholeAnswerAsCalls("[1, 2]", TOOLS)).toBeNull();
     expect(wholeAnswerAsCalls("The answer is 4.", TOOLS)).toBeNull();
+  });
+});
+
+describe("OpenAI answers (AnswerReader): bare calls once special markers are left out of the text", () => {
+  const read = (chunks: string[]) => {
+    const reader = new AnswerReader(TOOLS, "");
+    const pieces = [...chunks.flatMap((c) => reader.push(c)), ...reader.finish()];
+    return { pieces, calls: reader.madeCalls };
+  };
+
+  test("Mistral's / Phi-4-mini's bare JSON array, streamed, becomes calls", () => {
+    const out =
+      '[{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "read_file", "arguments": {"path": "x"}}]';
+    const { pieces, calls } = read(out.match(/.{1,5}/gs) ?? []);
+    expect(calls).toBe(true);
+    expect(pieces.map((p) => (p.type === "tool_call" ? p.call.name : p.text))).toEqual(["get_weather", "read_file"]);
+  });
+
+  test("Llama's bare object with parameters becomes a call; prose streams at once; JSON that is no call stays text", () => {
+    expect(read(['{"name": "read_file", ', '"parameters": {"path": "a"}}']).calls).toBe(true);
+    const reader = new AnswerReader(TOOLS, "");
+    expect(reader.push("Hello")).toEqual([{ type: "text", text: "Hello" }]);
+    const json = read(['  {"answer": ', "42}"]);
+    expect(json.calls).toBe(false);
+    expect(json.pieces).toEqual([{ type: "text", text: '  {"answer": 42}' }]);
   });
 });
