@@ -192,6 +192,13 @@ export function readGgufWeights(path: string): { config: ModelConfig; arrays: Ma
   const arrays = new Map<string, MxArray>();
   const unknown: string[] = [];
   for (const [name, a] of loaded.arrays) {
+    // Phi-3 LongRoPE: llama.cpp stores the factors as tensors; they become the config's.
+    const factors = /^rope_factors_(long|short)\.weight$/.exec(name);
+    if (factors) {
+      meta.set(`${arch}.rope.scaling.${factors[1]}_factor`, Array.from(a.read() as Float32Array));
+      a.dispose();
+      continue;
+    }
     const hf = hfNameForGguf(name, arch);
     if (hf) arrays.set(hf, mx.keep(a));
     else {
