@@ -115,7 +115,7 @@ export class DecoderModel implements LanguageModel {
     return mx.astype(linear(this.#weights.norm(h), this.#weights.lmHead), mx.Dtype.float32);
   }
 
-  /** One layer's attention: projections, q/k norms, RoPE, cache update, scaled dot-product, output projection. */
+  /** One layer's attention: projections, q/k norms, RoPE, the cache's attention (stores k/v, attends), output projection. */
   #attention(
     index: number,
     layer: DecoderLayerWeights,
@@ -136,8 +136,7 @@ export class DecoderModel implements LanguageModel {
     };
     const q = rope.apply(heads(q0, c.numHeads, w.qNorm), ropeOffset, regimes);
     const k = rope.apply(heads(k0, c.numKvHeads, w.kNorm), ropeOffset, regimes);
-    const [keys, values] = batch.update(index, k, heads(v0, c.numKvHeads));
-    const attn = mx.sdpa(q, keys, values, rope.scoreScale * this.#baseScale, mask);
+    const attn = batch.attention(index, q, k, heads(v0, c.numKvHeads), rope.scoreScale * this.#baseScale, mask);
     const merged = mx.reshape(mx.transpose(attn, [0, 2, 1, 3]), [B, L, c.numHeads * c.headDim]);
     return linear(merged, w.out);
   }

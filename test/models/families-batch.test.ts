@@ -4,57 +4,14 @@
 // greedy tokens, and log-probabilities within 1e-4. For Qwen3-MoE every row
 // routes its own tokens; for the windowed models (Gemma 3, Mistral with a
 // window of 16) the prompts run well past the window, so the window mask meets
-// left padding, chunked prefill and reused prefixes.
+// left padding, chunked prefill and reused prefixes (and, with PENSIEVE_TEST_KV_BITS, a quantized KV cache).
 import { describe, expect, test } from "bun:test";
-import { generateTokens } from "../../src/engine/generate";
-import { type SamplingParams, samplingParams } from "../../src/engine/sampling";
-import { type EngineEvent, type EngineRequest, Scheduler } from "../../src/engine/scheduler";
+import { samplingParams } from "../../src/engine/sampling";
+import type { EngineEvent } from "../../src/engine/scheduler";
 import { loadModel } from "../../src/models/loader";
-import type { LanguageModel } from "../../src/models/types";
 import { tinyModel } from "../support/models";
 import { promptIds } from "../support/reference";
-import { TEST_SCHEDULER_OPTIONS } from "../support/scheduler";
-
-function single(model: LanguageModel, prompt: number[], maxTokens: number, sampling: SamplingParams) {
-  const tokens: number[] = [];
-  const logprobs: number[] = [];
-  for (const v of generateTokens(model, prompt, { maxTokens, sampling, prefillChunk: 64 })) {
-    tokens.push(v.token);
-    logprobs.push(v.logprob ?? Number.NaN);
-  }
-  return { tokens, logprobs };
-}
-
-function runScheduled(
-  model: LanguageModel,
-  schedule: Array<{ at: number; request: EngineRequest }>,
-  options = TEST_SCHEDULER_OPTIONS,
-) {
-  const events: EngineEvent[] = [];
-  const tokens = new Map<string, number[]>();
-  const logprobs = new Map<string, number[]>();
-  const scheduler = new Scheduler(model, options, (e) => {
-    events.push(e);
-    if (e.type !== "tokens") return;
-    for (const t of e.items) {
-      tokens.set(t.id, [...(tokens.get(t.id) ?? []), t.token]);
-      logprobs.set(t.id, [...(logprobs.get(t.id) ?? []), t.logprob ?? Number.NaN]);
-    }
-  });
-  let step = 0;
-  const pending = [...schedule];
-  while (pending.length > 0 || scheduler.hasWork()) {
-    for (let i = pending.length - 1; i >= 0; i--) {
-      const p = pending[i] as { at: number; request: EngineRequest };
-      if (p.at > step) continue;
-      scheduler.submit(p.request);
-      pending.splice(i, 1);
-    }
-    scheduler.step();
-    if (++step > 5000) throw new Error("scheduler did not finish");
-  }
-  return { tokens, logprobs, events, scheduler };
-}
+import { runScheduled, singleWithLogprobs as single, TEST_SCHEDULER_OPTIONS } from "../support/scheduler";
 
 function expectClose(actual: number[] | undefined, expected: number[], tolerance = 1e-4) {
   expect(actual?.length).toBe(expected.length);
@@ -108,7 +65,8 @@ for (const name of ["tiny-qwen3-moe", "tiny-gemma3", "tiny-mistral-swa"]) {
         EngineEvent,
         { type: "started" }
       >;
-      expect(started.cachedTokens).toBeGreaterThanOrEqual(59);
+      // Whole 16-token blocks of the radix cache: 48 of the 59 shared tokens (well past the window of 16).
+      expect(started.cachedTokens).toBeGreaterThanOrEqual(48);
       expect(run.tokens.get("second")).toEqual(expected.tokens);
       expectClose(run.logprobs.get("second"), expected.logprobs);
       run.scheduler.dispose();
