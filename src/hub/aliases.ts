@@ -32,8 +32,12 @@ export interface ModelAlias {
 
 /** Tokens in Claude Code's first request (system prompt and tool definitions), measured as about 20K. */
 export const CLAUDE_CODE_FIRST_REQUEST_TOKENS = 20_000;
-/** The context a model needs for Claude Code: its first request plus room to answer and go on a few turns. */
-export const CLAUDE_CODE_MIN_CONTEXT = 32_768;
+/**
+ * The context a model needs for Claude Code: its first request plus room to
+ * answer (the same as CLAUDE_CODE_SESSION_TOKENS in src/engine/engine.ts, which
+ * this module cannot import: that one loads MLX).
+ */
+export const CLAUDE_CODE_MIN_CONTEXT = 24_576;
 
 /** Aliases whose model holds a Claude Code session (by their own context; memory may cap it lower). */
 export function claudeCodeAliases(): ModelAlias[] {

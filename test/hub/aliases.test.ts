@@ -40,7 +40,7 @@ describe("aliases", () => {
     }
   });
 
-  test("Claude Code: the aliases that hold it have at least a 32K context; the embedded SmolLM2 does not", () => {
+  test("Claude Code: the aliases that hold it have at least a 24K context; the embedded SmolLM2 does not", () => {
     const holding = claudeCodeAliases().map((a) => a.name);
     expect(holding).toContain(FLAGSHIP_MODEL_ALIAS);
     expect(holding).toContain("qwen3-30b-a3b-mlx");
