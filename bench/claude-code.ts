@@ -260,9 +260,14 @@ interface Options {
   home: string;
   /** Tokens of a long text prompt sent after the restart (0: none). */
   long: number;
+  /** Only turn 1, the same again and the restart. */
+  quick: boolean;
 }
 
-const WORDS = "the of and a to in is you that it he was for on are as with his they at be this have from or one had by word but not what all were we when your can said there use an each which she do how their if will up other about out many then them".split(" ");
+const WORDS =
+  "the of and a to in is you that it he was for on are as with his they at be this have from or one had by word but not what all were we when your can said there use an each which she do how their if will up other about out many then them".split(
+    " ",
+  );
 
 /** About `tokens` tokens of text; shrunk and sent again while the server says it is too long. */
 async function longPrompt(base: string, tokens: number): Promise<Step> {
@@ -273,7 +278,7 @@ async function longPrompt(base: string, tokens: number): Promise<Step> {
     step = await completion(base, `long prompt (~${tokens} tokens)`, text);
     if (step.status !== 400 || !step.error?.includes("too long")) return step;
     const m = /(\d+) tokens > (\d+)/.exec(step.error ?? "");
-    words = m ? Math.floor((words * Number(m[2])) / Number(m[1]) * 0.98) : Math.floor(words * 0.9);
+    words = m ? Math.floor(((words * Number(m[2])) / Number(m[1])) * 0.98) : Math.floor(words * 0.9);
   }
   return step as Step;
 }
@@ -314,27 +319,9 @@ async function replayPensieve(
   const t1 = await messages(base, "turn 1", body);
   log(t1);
   log(await messages(base, "same again", body));
-  log(await messages(base, "follow-up", followUp(body, t1.text)));
-  log(await messages(base, "second session", secondSession(body, 2)));
-  const together = await Promise.all(
-    Array.from({ length: o.concurrent }, (_, i) =>
-      messages(base, `concurrent ${i + 1}/${o.concurrent}`, secondSession(body, 100 + i)),
-    ),
-  );
-  for (const s of together) log(s);
-  // The same turns as text over /v1/completions, for the side-by-side with mlx_lm.server.
-  const text = phi3Text(body);
-  log(await completion(base, "text: turn 1", text));
-  log(await completion(base, "text: same again", text));
-  log(
-    await completion(
-      base,
-      "text: follow-up",
-      `${text}Hello! How can I help?<|end|>\n<|user|>\nNow list the files.<|end|>\n<|assistant|>\n`,
-    ),
-  );
+  if (!o.quick) await moreTurns(o, base, body, t1.text, log);
   // Restart: wait until the idle engine has written the cache to disk, then stop and start again.
-  const until = Date.now() + 180_000;
+  const until = Date.now() + 120_000;
   let files = 0;
   let stable = 0;
   while (Date.now() < until && stable < 3) {
@@ -344,6 +331,7 @@ async function replayPensieve(
     files = now;
   }
   const diskBytes = await metric(base, "pensieve_prefix_disk_bytes");
+  console.log(`[pensieve] disk before the restart: ${files} files, ${diskBytes} bytes`);
   await stop(proc);
   proc = startPensieve(o, port, join(o.outDir, "pensieve-claude-code-restart.log"));
   await waitReady(`${base}/health`, proc);
@@ -352,6 +340,35 @@ async function replayPensieve(
   const peak = await metric(base, "pensieve_mlx_peak_memory_bytes");
   await stop(proc);
   return { health, prefixDiskFiles: files, prefixDiskBytes: diskBytes, peakMlxBytesAfterRestart: peak };
+}
+
+/** The follow-up, a second session, N sessions at once, and the text turns. */
+async function moreTurns(
+  o: Options,
+  base: string,
+  body: Record<string, unknown>,
+  answer: string,
+  log: (s: Step) => void,
+) {
+  log(await messages(base, "follow-up", followUp(body, answer)));
+  log(await messages(base, "second session", secondSession(body, 2)));
+  const together = await Promise.all(
+    Array.from({ length: o.concurrent }, (_, i) =>
+      messages(base, `concurrent ${i + 1}/${o.concurrent}`, secondSession(body, 100 + i)),
+    ),
+  );
+  for (const s of together) log(s);
+  // The same turns as text over /v1/completions, for the side-by-side with mlx_lm.server.
+  await textTurns(base, body, log);
+}
+
+/** Turn 1, the same again and a follow-up as rendered Phi-3 text over /v1/completions (either server). */
+async function textTurns(base: string, body: Record<string, unknown>, log: (s: Step) => void) {
+  const text = phi3Text(body);
+  log(await completion(base, "text: turn 1", text));
+  log(await completion(base, "text: same again", text));
+  const followUpText = `${text}Hello! How can I help?<|end|>\n<|user|>\nNow list the files.<|end|>\n<|assistant|>\n`;
+  log(await completion(base, "text: follow-up", followUpText));
 }
 
 async function replayMlxLm(o: Options, captured: Captured, log: (s: Step) => void): Promise<void> {
@@ -366,16 +383,7 @@ async function replayMlxLm(o: Options, captured: Captured, log: (s: Step) => voi
   );
   try {
     await waitReady(`${base}/v1/models`, proc);
-    const text = phi3Text(captured.body);
-    log(await completion(base, "text: turn 1", text));
-    log(await completion(base, "text: same again", text));
-    log(
-      await completion(
-        base,
-        "text: follow-up",
-        `${text}Hello! How can I help?<|end|>\n<|user|>\nNow list the files.<|end|>\n<|assistant|>\n`,
-      ),
-    );
+    await textTurns(base, captured.body, log);
   } finally {
     await stop(proc);
   }
@@ -411,6 +419,7 @@ export async function benchClaudeCode(argv: string[]): Promise<void> {
     concurrent: Number(get("concurrent") ?? 8),
     home: get("home") ?? join(CACHE_DIR, "claude-code-home"),
     long: Number(get("long") ?? 0),
+    quick: argv.includes("--quick"),
   };
   mkdirSync(o.outDir, { recursive: true });
   const captured = JSON.parse(readFileSync(o.request, "utf8")) as Captured;

@@ -4,7 +4,13 @@
 import { mkdirSync, statfsSync } from "node:fs";
 import { basename, join } from "node:path";
 import { formatBytes } from "../hub/format";
-import { DEFAULT_USABLE_FRACTION, estimateMemory, kvBytesPerToken, PREFILL_CHUNK } from "../hub/memory";
+import {
+  DEFAULT_USABLE_FRACTION,
+  estimateMemory,
+  kvBytesPerToken,
+  PREFILL_CHUNK,
+  systemMemory,
+} from "../hub/memory";
 import * as mx from "../mlx";
 import type { ModelConfig } from "../models/config";
 import { type LoadedModel, loadModel, readModelConfig } from "../models/loader";
@@ -92,7 +98,8 @@ export function planMemory(
     scoreColumns: device === "gpu" ? prefillChunk : undefined,
   });
   if (!plan.fits) throw new Error(plan.message);
-  const left = plan.memory.usableBytes - plan.breakdown.weights - plan.breakdown.working;
+  // MLX's buffer cache may hold this much of the rest (see bufferCacheLimit).
+  const left = plan.memory.usableBytes - plan.breakdown.weights - plan.breakdown.working - bufferCacheLimit(device);
   const kvBudgetBytes = config.kvBudgetBytes ?? Math.max(plan.breakdown.kvCache, left);
   const pool: KvPoolShape = {
     budgetBytes: kvBudgetBytes,
@@ -138,6 +145,12 @@ export function schedulerOptions(
 }
 
 const GiB = 1024 ** 3;
+
+/** MLX's buffer cache: small buffers reused every step stay; at most 4 GiB or 5% of the memory. */
+export function bufferCacheLimit(device: "cpu" | "gpu"): number {
+  const total = deviceMemoryBytes(device) ?? systemMemory().totalBytes;
+  return Math.min(4 * GiB, Math.floor(total * 0.05));
+}
 /** At shutdown, cached prefixes are written for at most this long (the supervisor's grace is 3 s). */
 const SHUTDOWN_PERSIST_MS = 2000;
 
@@ -207,6 +220,9 @@ export class Engine {
     this.#cacheReleaseIdleMs = config.cacheReleaseIdleMs ?? 5000;
     const device = config.device ?? (mx.gpuAvailable() ? "gpu" : "cpu");
     mx.setDevice(device);
+    // Freed buffers above this go back to the device: a long prompt's KV growth otherwise fills the card
+    // with cached buffers no later allocation fits (an H100 ran out at 120K tokens).
+    mx.memory.setCacheLimit(bufferCacheLimit(device));
     // Plan memory before loading: refuse what cannot fit.
     const planned = readModelConfig(config.model);
     const elementBytes = device === "cpu" ? 4 : 2;

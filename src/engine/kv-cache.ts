@@ -94,7 +94,9 @@ export class KVCache implements AttentionBatch {
     this.#parts = new Array(shape.numLayers).fill(null);
     this.#leftPadding = new Array(batchSize).fill(0);
     const fusedFloat = fusedFloatAttention(shape);
-    this.quantizedAttention = mx.getDevice() === "cpu" && fusedFloat ? "dequantize" : "matmul";
+    // MLX 0.32.4's CUDA quantized_matmul has no kernel for Phi-3's head_dim 96 in groups of 32 (measured on an
+    // H100: "No implementation for problem shape"), so wherever a fused float kernel exists the layer is dequantized.
+    this.quantizedAttention = fusedFloat ? "dequantize" : "matmul";
     this.scoreBound = {
       bytes: ATTENTION_SCORE_BOUND_BYTES,
       fused: fusedFloat,
@@ -327,6 +329,14 @@ export class KVCache implements AttentionBatch {
    * An empty cache for a batch of prompts of different lengths that are
    * prefilled together: row i is left-padded by leftPadding[i] columns.
    */
+  /**
+   * Sizes the buffers for `columns` at their next write, so a long prefill
+   * allocates once instead of growing (and copying) at every chunk.
+   */
+  reserve(columns: number): void {
+    this.#capacity = Math.max(this.#capacity, Math.ceil(columns / KV_STEP) * KV_STEP);
+  }
+
   static padded(shape: CacheShape, leftPadding: readonly number[]): KVCache {
     const cache = new KVCache(shape, leftPadding.length);
     cache.#leftPadding = [...leftPadding];

@@ -805,16 +805,19 @@ export class Scheduler {
     if (hit || first.recompute || s.tokens.length > this.options.prefillChunk) {
       // Alone and unpadded: a causal mask keeps attention fused (no score matrix over a long context).
       if (hit && !first.recompute) s.cachedTokens = hit.length;
+      const cache = hit
+        ? mx.tidy(() =>
+            KVCache.fromStates(
+              shape,
+              hit.segments.map((g) => sliceState(g.state, 0, g.tokens)),
+            ),
+          )
+        : KVCache.padded(shape, [0]);
+      // One allocation for the whole prompt (growing chunk by chunk copies the cache each time).
+      cache.reserve(s.tokens.length + 1);
       return {
         jobs: [first],
-        cache: hit
-          ? mx.tidy(() =>
-              KVCache.fromStates(
-                shape,
-                hit.segments.map((g) => sliceState(g.state, 0, g.tokens)),
-              ),
-            )
-          : KVCache.padded(shape, [0]),
+        cache,
         tokens: Int32Array.from(s.tokens),
         width: s.tokens.length,
         done: hit?.length ?? 0,

@@ -6,7 +6,14 @@ import { join, relative } from "node:path";
 import { REPO_ROOT } from "../paths";
 import { type Backend, runtimeLayout } from "./backend";
 
-const SOURCES = ["ffi/pensieve_mlx.cpp", "ffi/cpu_qmm.cpp", "ffi/cpu_attention.cpp", "ffi/cpu_common.h", "ffi/pensieve_mlx.h"];
+const SOURCES = [
+  "ffi/pensieve_mlx.cpp",
+  "ffi/cpu_qmm.cpp",
+  "ffi/cpu_attention.cpp",
+  "ffi/cpu_common.h",
+  "ffi/pensieve_mlx.h",
+  "ffi/gpu_kernels.cpp",
+];
 
 function compiler(): string {
   for (const c of [process.env.CXX, "c++", "g++", "clang++"]) {
@@ -33,6 +40,7 @@ export function shimCommand(backend: Backend): { argv: string[]; output: string 
     join(REPO_ROOT, "ffi", "pensieve_mlx.cpp"),
     join(REPO_ROOT, "ffi", "cpu_qmm.cpp"),
     join(REPO_ROOT, "ffi", "cpu_attention.cpp"),
+    join(REPO_ROOT, "ffi", "gpu_kernels.cpp"),
     "-pthread",
     `-L${layout.libDir}`,
     "-lmlx",
