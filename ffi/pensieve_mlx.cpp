@@ -442,6 +442,19 @@ pv_array pv_quantized_matmul_cpu(pv_array x, pv_array w, pv_array scales, pv_arr
     return pensieve::cpu_quantized_matmul(unwrap(x), unwrap(w), unwrap(scales), unwrap(biases), group_size, bits);
   });
 }
+// ---- mixture of experts (issue 15): per-row expert products ----
+pv_array pv_gather_mm(pv_array a, pv_array b, pv_array rhs_indices, int sorted_indices) {
+  return guard_array(
+      [&] { return mx::gather_mm(unwrap(a), unwrap(b), std::nullopt, unwrap(rhs_indices), sorted_indices != 0); });
+}
+pv_array pv_gather_qmm(pv_array x, pv_array w, pv_array scales, pv_array biases, pv_array rhs_indices, int transpose,
+                       int group_size, int bits, int sorted_indices) {
+  return guard_array([&] {
+    return mx::gather_qmm(unwrap(x), unwrap(w), unwrap(scales), optional_of(biases), std::nullopt,
+                          unwrap(rhs_indices), transpose != 0, group_size, bits, "affine", std::nullopt,
+                          sorted_indices != 0);
+  });
+}
 int pv_quantize(pv_array w, int group_size, int bits, pv_array* out) {
   return guard_status([&] {
     auto parts = mx::quantize(unwrap(w), group_size, bits, "affine");

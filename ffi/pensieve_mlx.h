@@ -132,6 +132,13 @@ PV_API pv_array pv_quantized_matmul_cpu(pv_array x, pv_array w, pv_array scales,
 PV_API int pv_quantize(pv_array w, int group_size, int bits, pv_array* out);
 PV_API pv_array pv_dequantize(pv_array w, pv_array scales, pv_array biases /*nullable*/, int group_size, int bits, int dtype /* -1: default */);
 
+/* ---- mixture of experts (issue 15): per-row expert products ---- */
+/* x [..., M, K] times b [E, K, N] (or quantized w [E, N, K*bits/32] with
+   transpose): each leading index of x uses the expert rhs_indices names. */
+PV_API pv_array pv_gather_mm(pv_array a, pv_array b, pv_array rhs_indices, int sorted_indices);
+PV_API pv_array pv_gather_qmm(pv_array x, pv_array w, pv_array scales, pv_array biases /*nullable*/,
+                              pv_array rhs_indices, int transpose, int group_size, int bits, int sorted_indices);
+
 /* ---- fast transformer ops ---- */
 PV_API pv_array pv_rms_norm(pv_array x, pv_array weight /*nullable*/, float eps);
 PV_API pv_array pv_layer_norm(pv_array x, pv_array weight /*nullable*/, pv_array bias /*nullable*/, float eps);

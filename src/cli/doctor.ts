@@ -6,7 +6,13 @@ import { accessSync, constants, existsSync, readFileSync, statfsSync } from "nod
 import { availableParallelism, cpus } from "node:os";
 import { dirname, join } from "node:path";
 import { type LoadedConfig, loadConfig } from "../config";
-import { resolveModelSpec } from "../hub/aliases";
+import {
+  CLAUDE_CODE_FIRST_REQUEST_TOKENS,
+  CLAUDE_CODE_MIN_CONTEXT,
+  claudeCodeAliases,
+  FLAGSHIP_MODEL_ALIAS,
+  resolveModelSpec,
+} from "../hub/aliases";
 import { findCachedSnapshot, modelFolderProblems } from "../hub/cache";
 import { formatBytes } from "../hub/format";
 import { estimateMemory, systemMemory, weightFilesBytes } from "../hub/memory";
@@ -298,6 +304,7 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
         detail: estimate.message,
         fix: estimate.fits ? undefined : "lower maxContext, or choose a smaller model",
       });
+      if (estimate.fits) add(claudeCodeCheck(spec, estimate.context));
     };
     try {
       const resolved = resolveModelSpec(spec, { env });
@@ -481,4 +488,21 @@ export function formatDoctorReport(report: DoctorReport): string {
 
 export function printDoctorReport(report: DoctorReport, stream: { write(s: string): unknown } = process.stdout): void {
   stream.write(`${formatDoctorReport(report)}\n`);
+}
+
+/** Whether the configured model's context (as memory caps it) holds a Claude Code session. */
+export function claudeCodeCheck(spec: string, context: number): DoctorCheck {
+  if (context >= CLAUDE_CODE_MIN_CONTEXT) {
+    return { id: "claude-code", title: "Claude Code", status: "ok", detail: `${spec} holds ${context} tokens` };
+  }
+  const fitting = claudeCodeAliases().map((a) => a.name);
+  return {
+    id: "claude-code",
+    title: "Claude Code",
+    status: "warn",
+    detail:
+      `${spec} holds ${context} tokens here; Claude Code's first request alone is about ` +
+      `${Math.round(CLAUDE_CODE_FIRST_REQUEST_TOKENS / 1000)}K tokens and a session needs ${CLAUDE_CODE_MIN_CONTEXT}`,
+    fix: `for Claude Code run \`pensieve setup --model ${FLAGSHIP_MODEL_ALIAS}\` (models that hold it: ${fitting.join(", ")}), or raise maxContext if memory allows`,
+  };
 }

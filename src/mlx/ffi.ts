@@ -71,6 +71,9 @@ const symbols = {
   pv_quantized_matmul_cpu: { args: [P, P, P, P, i32, i32], returns: P },
   pv_quantize: { args: [P, i32, i32, P], returns: i32 },
   pv_dequantize: { args: [P, P, P, i32, i32, i32], returns: P },
+  // mixture of experts (issue 15)
+  pv_gather_mm: { args: [P, P, P, i32], returns: P },
+  pv_gather_qmm: { args: [P, P, P, P, P, i32, i32, i32, i32], returns: P },
   pv_rms_norm: { args: [P, P, f32], returns: P },
   pv_layer_norm: { args: [P, P, P, f32], returns: P },
   pv_rope: { args: [P, i32, i32, f32, i32, f32, i32, P, P], returns: P },

@@ -445,6 +445,31 @@ export function quantizedMatmulCpu(x: MxArray, q: QuantizedWeight): MxArray {
   );
 }
 
+// ---- mixture of experts (issue 15): per-row expert products ----
+
+/** a [..., M, K] @ b[rhsIndices] where b is [E, K, N]; indices broadcast with a's leading axes. */
+export function gatherMm(a: MxArray, b: MxArray, rhsIndices: MxArray, sortedIndices = false): MxArray {
+  return new MxArray(lib.pv_gather_mm(a.handle, b.handle, rhsIndices.handle, sortedIndices ? 1 : 0), "gather_mm");
+}
+
+/** The quantized form: x @ w[rhsIndices]^T for w [E, N, K*bits/32] with per-expert scales/biases. */
+export function gatherQmm(x: MxArray, q: QuantizedWeight, rhsIndices: MxArray, sortedIndices = false): MxArray {
+  return new MxArray(
+    lib.pv_gather_qmm(
+      x.handle,
+      q.weight.handle,
+      q.scales.handle,
+      q.biases?.handle ?? null,
+      rhsIndices.handle,
+      1,
+      q.groupSize,
+      q.bits,
+      sortedIndices ? 1 : 0,
+    ),
+    "gather_qmm",
+  );
+}
+
 export function quantize(w: MxArray, groupSize: number, bits: number): QuantizedWeight {
   const out = new Uint32Array(6);
   checkStatus(lib.pv_quantize(w.handle, groupSize, bits, out), "quantize");

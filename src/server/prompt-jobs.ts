@@ -26,6 +26,7 @@ export interface PromptResults {
 export interface PromptLimits {
   contextLength: number | null;
   vocabSize: number;
+  modelId?: string;
 }
 
 export interface JobError {

@@ -13,6 +13,8 @@ export interface PromptContext {
   readonly contextLength: number | null;
   /** Token ids the engine's model knows. */
   readonly vocabSize: number;
+  /** The loaded model's name, for the over-long prompt's hint. */
+  readonly modelId?: string;
 }
 
 /** UTF-8 length without encoding (a surrogate pair: 4 bytes; a lone surrogate counts 2, never more than it encodes to). */
@@ -29,7 +31,10 @@ export function utf8Length(text: string): number {
 export function checkPromptLength(ctx: PromptContext, promptTokens: number, param = "messages"): void {
   const context = ctx.contextLength;
   if (context !== null && promptTokens >= context)
-    throw badRequest(`prompt is too long: ${promptTokens} tokens > ${context - 1} maximum`, param);
+    throw badRequest(
+      `prompt is too long: ${promptTokens} tokens > ${context - 1} maximum${ctx.modelId ? `. ${longerContextHint(ctx.modelId, context, promptTokens)}` : ""}`,
+      param,
+    );
 }
 
 /**
@@ -81,4 +86,18 @@ export function renderChat(
       throw badRequest(`the model's chat template rejected the conversation: ${e.message}`, "messages");
     throw badRequest(`cannot render the conversation: ${(e as Error).message}`, "messages");
   }
+}
+
+/**
+ * Longer-context aliases of `pensieve setup` (src/hub/aliases.ts; the server
+ * does not load the hub module) with the context they hold: the flagship.
+ */
+const LONG_CONTEXT_ALIASES: ReadonlyArray<[alias: string, context: number]> = [["phi3-mini-mlx", 131072]];
+
+/** What the 400 for an over-long prompt adds: the loaded model's context and an alias that holds the prompt. */
+export function longerContextHint(modelId: string, context: number, promptTokens: number): string {
+  const loaded = `The loaded model, ${modelId}, holds ${context} tokens`;
+  const fit = LONG_CONTEXT_ALIASES.find(([, n]) => n > promptTokens + 1024 && n > context);
+  if (!fit) return `${loaded}: shorten the conversation.`;
+  return `${loaded} (Claude Code's first request alone is about 20K): run one with a longer context, e.g. \`pensieve setup --model ${fit[0]}\`.`;
 }

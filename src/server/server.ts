@@ -65,7 +65,11 @@ export async function startServer(opts: StartOptions): Promise<RunningServer> {
       ? null
       : new PromptWorkers(
           opts.modelPath,
-          () => ({ contextLength: engine.info?.contextLength ?? null, vocabSize: session.vocabSize }),
+          () => ({
+            contextLength: engine.info?.contextLength ?? null,
+            vocabSize: session.vocabSize,
+            modelId: session.modelId,
+          }),
           options.promptWorkers ?? undefined,
         );
   const session = new ModelSession(
