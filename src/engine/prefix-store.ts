@@ -113,7 +113,7 @@ function readHeader(file: string): Header {
 
 function readTokens(file: string, header: Header): number[] {
   const t = header.tensors.tokens;
-  if (!t || t.dtype !== "I32" || t.shape.length !== 1) throw new Error("no tokens");
+  if (t?.dtype !== "I32" || t.shape.length !== 1) throw new Error("no tokens");
   const [a, b] = t.data_offsets;
   const buf = Buffer.alloc(b - a);
   const fd = openSync(file, "r");
