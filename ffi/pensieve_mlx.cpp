@@ -18,6 +18,13 @@ namespace pensieve {
 mx::array cpu_quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
                                int group, int bits);
 bool cpu_kernels_apply(const std::vector<mx::array>& arrays);
+mx::array cpu_quantized_matmul_int8(const mx::array& x, const mx::array& w, const mx::array& scales,
+                                    const mx::array& biases, int group, int bits);
+bool cpu_set_isa(int isa);
+int cpu_isa_in_use();
+bool cpu_isa_supported(int isa);
+void cpu_set_threads(int threads);
+int cpu_threads();
 mx::array cpu_rope(const mx::array& x, int dims, bool traditional, std::optional<float> base, float scale, int offset,
                    const std::optional<mx::array>& offset_array, const std::optional<mx::array>& freqs);
 mx::array cpu_sdpa(const mx::array& q, const mx::array& k, const mx::array& v, float scale, int mask_mode,
@@ -434,6 +441,22 @@ pv_array pv_quantized_matmul_cpu(pv_array x, pv_array w, pv_array scales, pv_arr
     return pensieve::cpu_quantized_matmul(unwrap(x), unwrap(w), unwrap(scales), unwrap(biases), group_size, bits);
   });
 }
+pv_array pv_quantized_matmul_cpu_int8(pv_array x, pv_array w, pv_array scales, pv_array biases, int group_size,
+                                      int bits) {
+  return guard_array([&] {
+    if (biases == nullptr) throw std::invalid_argument("cpu int8 qmm: biases are required (affine quantization)");
+    return pensieve::cpu_quantized_matmul_int8(unwrap(x), unwrap(w), unwrap(scales), unwrap(biases), group_size, bits);
+  });
+}
+int pv_cpu_set_isa(int isa) {
+  return guard_status([&] {
+    if (!pensieve::cpu_set_isa(isa)) throw std::invalid_argument("this CPU lacks instruction set " + std::to_string(isa));
+  });
+}
+int pv_cpu_isa(void) { return pensieve::cpu_isa_in_use(); }
+int pv_cpu_isa_supported(int isa) { return pensieve::cpu_isa_supported(isa) ? 1 : 0; }
+void pv_cpu_set_threads(int threads) { pensieve::cpu_set_threads(threads); }
+int pv_cpu_threads(void) { return pensieve::cpu_threads(); }
 int pv_quantize(pv_array w, int group_size, int bits, pv_array* out) {
   return guard_status([&] {
     auto parts = mx::quantize(unwrap(w), group_size, bits, "affine");
