@@ -80,21 +80,38 @@ int cpu_threads() { return Pool::get().size(); }
 
 // ---- activations, quantized once per call ----
 // Per row m and group g: dx = max|x|/127, xq = round(x/dx) as int8, the exact
-// float sum of x, and the sum of xq (the AVX2 8-bit path's correction). For
-// 4-bit weights each 32-block of xq is stored as [even elements | odd
-// elements], the order in which a block's low and high nibbles unpack.
+// float sum of x, and the sum of xq (the AVX2 8-bit path's correction). 8-bit
+// weights take xq in natural order. For 4-bit weights xq is laid out in the
+// order the nibbles unpack: kLayoutBlock32 (scalar, AVX2) stores each 32-block
+// as [even elements | odd elements]; kLayoutVnni pairs blocks (see
+// cpu_qmm_int8_vnni.inc) and also fills dxb, each block's dx in the VNNI
+// tiles' lane order.
+enum Layout : int { kLayoutBlock32 = 0, kLayoutVnni = 1 };
+
 struct ActQ {
-  int M, K, group, groups;
+  int M, K, group, groups, layout;
   std::vector<int8_t> q;
-  std::vector<float> d, xsum;
+  std::vector<float> d, xsum, dxb;
   std::vector<int32_t> qsum;
 };
 
+// Where input k of a row goes in xq.
+static inline int xq_position(int k, int bits, int layout, int blocks) {
+  if (bits == 8) return k;
+  const int b = k >> 5, j = k & 31;
+  if (layout == kLayoutVnni && (b | 1) < blocks) return (b >> 1) * 64 + (j & 1) * 32 + (b & 1) * 16 + (j >> 1);
+  return b * 32 + (j & 1) * 16 + (j >> 1);
+}
+
 static void quantize_rows(const float* x, ActQ& a, int bits, int m0, int m1) {
+  const int blocks = a.K / 32;
+  const int full = blocks / 8 * 8;
+  const int per = a.group / 32;
+  static constexpr int kOrder4[8] = {0, 2, 4, 6, 1, 3, 5, 7};
   for (int m = m0; m < m1; ++m) {
+    int8_t* qrow = a.q.data() + static_cast<size_t>(m) * a.K;
     for (int g = 0; g < a.groups; ++g) {
       const float* xg = x + static_cast<size_t>(m) * a.K + static_cast<size_t>(g) * a.group;
-      int8_t* qg = a.q.data() + static_cast<size_t>(m) * a.K + static_cast<size_t>(g) * a.group;
       float amax = 0.f, sum = 0.f;
       for (int k = 0; k < a.group; ++k) {
         amax = std::max(amax, std::fabs(xg[k]));
@@ -106,14 +123,20 @@ static void quantize_rows(const float* x, ActQ& a, int bits, int m0, int m1) {
       for (int k = 0; k < a.group; ++k) {
         const int v = static_cast<int>(std::floor(xg[k] * id + 0.5f));  // |v| <= 127: exact
         qs += v;
-        // 4-bit: within each 32-block, element 2j goes to j and 2j+1 to 16+j.
-        const int at = bits == 4 ? (k & ~31) + ((k & 31) >> 1) + ((k & 1) << 4) : k;
-        qg[at] = static_cast<int8_t>(v);
+        qrow[xq_position(g * a.group + k, bits, a.layout, blocks)] = static_cast<int8_t>(v);
       }
       const size_t i = static_cast<size_t>(m) * a.groups + g;
       a.d[i] = d;
       a.xsum[i] = sum;
       a.qsum[i] = qs;
+    }
+    if (a.layout == kLayoutVnni) {
+      float* dxb = a.dxb.data() + static_cast<size_t>(m) * blocks;
+      const float* dg = a.d.data() + static_cast<size_t>(m) * a.groups;
+      for (int b = 0; b < blocks; ++b) {
+        const int block = b < full && bits == 4 ? (b & ~7) + kOrder4[b & 7] : b;
+        dxb[b] = dg[block / per];
+      }
     }
   }
 }
@@ -178,15 +201,13 @@ static void rows_scalar(const ActQ& a, const uint32_t* w, const float* scales, f
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace avx2 {
-constexpr bool kVnni = false;
-#include "cpu_qmm_int8_tiles.inc"
+#include "cpu_qmm_int8_avx2.inc"
 }  // namespace avx2
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")
 namespace vnni {
-constexpr bool kVnni = true;
-#include "cpu_qmm_int8_tiles.inc"
+#include "cpu_qmm_int8_vnni.inc"
 }  // namespace vnni
 #pragma GCC pop_options
 #endif
@@ -202,6 +223,8 @@ void qmm_int8_cpu(const float* x, const uint32_t* w, const float* scales, const 
   a.d.resize(static_cast<size_t>(s.M) * a.groups);
   a.xsum.resize(a.d.size());
   a.qsum.resize(a.d.size());
+  a.layout = isa == kIsaVnni ? kLayoutVnni : kLayoutBlock32;
+  if (a.layout == kLayoutVnni) a.dxb.resize(static_cast<size_t>(s.M) * (s.K / 32));
   auto& pool = Pool::get();
   if (s.M >= 16) {
     pool.run(std::min(pool.size(), s.M / 8), [&](int p, int total) {

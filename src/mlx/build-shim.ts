@@ -6,7 +6,7 @@ import { join, relative } from "node:path";
 import { REPO_ROOT } from "../paths";
 import { type Backend, runtimeLayout } from "./backend";
 
-const SOURCES = ["ffi/pensieve_mlx.cpp", "ffi/cpu_qmm.cpp", "ffi/cpu_qmm_int8.cpp", "ffi/cpu_qmm_int8_tiles.inc", "ffi/cpu_attention.cpp", "ffi/cpu_common.h", "ffi/pensieve_mlx.h"];
+const SOURCES = ["ffi/pensieve_mlx.cpp", "ffi/cpu_qmm.cpp", "ffi/cpu_qmm_int8.cpp", "ffi/cpu_qmm_int8_avx2.inc", "ffi/cpu_qmm_int8_vnni.inc", "ffi/cpu_attention.cpp", "ffi/cpu_common.h", "ffi/pensieve_mlx.h"];
 
 function compiler(): string {
   for (const c of [process.env.CXX, "c++", "g++", "clang++"]) {
