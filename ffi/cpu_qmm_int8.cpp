@@ -84,14 +84,15 @@ int cpu_threads() { return Pool::get().size(); }
 // weights take xq in natural order. For 4-bit weights xq is laid out in the
 // order the nibbles unpack: kLayoutBlock32 (scalar, AVX2) stores each 32-block
 // as [even elements | odd elements]; kLayoutVnni pairs blocks (see
-// cpu_qmm_int8_vnni.inc) and also fills dxb, each block's dx in the VNNI
-// tiles' lane order.
+// cpu_qmm_int8_vnni.inc) and also fills dxb and xsb in the VNNI tiles' lane
+// order: each block's dx, and its group's sum of x on the group's first block
+// (0 on the others, so that the bias term counts each group once).
 enum Layout : int { kLayoutBlock32 = 0, kLayoutVnni = 1 };
 
 struct ActQ {
   int M, K, group, groups, layout;
   std::vector<int8_t> q;
-  std::vector<float> d, xsum, dxb;
+  std::vector<float> d, xsum, dxb, xsb;
   std::vector<int32_t> qsum;
 };
 
@@ -133,9 +134,12 @@ static void quantize_rows(const float* x, ActQ& a, int bits, int m0, int m1) {
     if (a.layout == kLayoutVnni) {
       float* dxb = a.dxb.data() + static_cast<size_t>(m) * blocks;
       const float* dg = a.d.data() + static_cast<size_t>(m) * a.groups;
+      float* xsb = a.xsb.data() + static_cast<size_t>(m) * blocks;
+      const float* xs = a.xsum.data() + static_cast<size_t>(m) * a.groups;
       for (int b = 0; b < blocks; ++b) {
         const int block = b < full && bits == 4 ? (b & ~7) + kOrder4[b & 7] : b;
         dxb[b] = dg[block / per];
+        xsb[b] = block % per == 0 ? xs[block / per] : 0.f;
       }
     }
   }
@@ -154,8 +158,13 @@ static void add_bias_terms(const ActQ& a, const float* scales, const float* bias
     const int32_t* qs = a.qsum.data() + static_cast<size_t>(m) * a.groups;
     for (int n = n0; n < n1; ++n) {
       const float* bi = biases + static_cast<size_t>(n) * a.groups;
-      float t = 0.f;
-      for (int g = 0; g < a.groups; ++g) t += bi[g] * xs[g];
+      // Four sums: a single one would wait on each add's latency.
+      float t4[4] = {0.f, 0.f, 0.f, 0.f};
+      int g = 0;
+      for (; g + 4 <= a.groups; g += 4)
+        for (int j = 0; j < 4; ++j) t4[j] += bi[g + j] * xs[g + j];
+      float t = (t4[0] + t4[1]) + (t4[2] + t4[3]);
+      for (; g < a.groups; ++g) t += bi[g] * xs[g];
       if (signed_correction) {
         const float* sc = scales + static_cast<size_t>(n) * a.groups;
         for (int g = 0; g < a.groups; ++g) t += sc[g] * (128.0f * dd[g] * static_cast<float>(qs[g]));
@@ -224,7 +233,10 @@ void qmm_int8_cpu(const float* x, const uint32_t* w, const float* scales, const 
   a.xsum.resize(a.d.size());
   a.qsum.resize(a.d.size());
   a.layout = isa == kIsaVnni ? kLayoutVnni : kLayoutBlock32;
-  if (a.layout == kLayoutVnni) a.dxb.resize(static_cast<size_t>(s.M) * (s.K / 32));
+  if (a.layout == kLayoutVnni) {
+    a.dxb.resize(static_cast<size_t>(s.M) * (s.K / 32));
+    a.xsb.resize(a.dxb.size());
+  }
   auto& pool = Pool::get();
   if (s.M >= 16) {
     pool.run(std::min(pool.size(), s.M / 8), [&](int p, int total) {
@@ -237,8 +249,7 @@ void qmm_int8_cpu(const float* x, const uint32_t* w, const float* scales, const 
   Rows rows = &rows_scalar;
   bool signed_correction = false;
 #ifdef PV_X86
-  if (isa == kIsaVnni) rows = s.bits == 4 ? &vnni::rows<4> : &vnni::rows<8>;
-  else if (isa == kIsaAvx2) {
+  if (isa == kIsaAvx2) {
     rows = s.bits == 4 ? &avx2::rows<4> : &avx2::rows<8>;
     signed_correction = s.bits == 8;
   }
@@ -250,6 +261,12 @@ void qmm_int8_cpu(const float* x, const uint32_t* w, const float* scales, const 
     const int n0 = static_cast<int>(static_cast<int64_t>(s.N / 4) * p / total) * 4;
     const int n1 = p + 1 == total ? s.N : static_cast<int>(static_cast<int64_t>(s.N / 4) * (p + 1) / total) * 4;
     if (n1 <= n0) return;
+    if (isa == kIsaVnni) {
+#ifdef PV_X86
+      (s.bits == 4 ? vnni::rows<4> : vnni::rows<8>)(a, w, scales, biases, y, s, n0, n1);
+#endif
+      return;
+    }
     rows(a, w, scales, y, s, n0, n1);
     add_bias_terms(a, scales, biases, y, s, n0, n1, signed_correction);
   });
