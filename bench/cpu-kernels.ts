@@ -57,13 +57,14 @@ function time(fn: () => mx.MxArray): number {
 }
 
 const lines: string[] = [];
-for (const [group, bits] of [
+const PACKINGS: Array<[group: number, bits: number]> = [
   [32, 4],
   [64, 4],
   [32, 8],
-]) {
+];
+for (const [group, bits] of PACKINGS) {
   for (const m of [1, rows]) {
-    const ws = shapes.map(([, n, k]) => weight(n, k, group as number, bits as number));
+    const ws = shapes.map(([, n, k]) => weight(n, k, group, bits));
     const xs = shapes.map(([, , k]) => mx.keep(mx.randomNormal([m, k], mx.Dtype.float32, 0, 1, mx.randomKey(k))));
     const bytes = ws.reduce((s, w) => s + w.weight.size * 4 + w.scales.size * 8, 0);
     for (const threads of [1, 2]) {

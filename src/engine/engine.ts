@@ -127,6 +127,7 @@ export class Engine {
     this.#cacheReleaseIdleMs = config.cacheReleaseIdleMs ?? 5000;
     const device = config.device ?? (mx.gpuAvailable() ? "gpu" : "cpu");
     mx.setDevice(device);
+    if (config.threads) mx.setCpuThreads(config.threads);
     // Plan memory before loading: refuse what cannot fit.
     const planned = readModelConfig(config.model);
     const elementBytes = device === "cpu" ? 4 : 2;
