@@ -6,9 +6,8 @@
 // call, to int8 in blocks of the weight's group size (32/64/128), and each
 // group's dot product is a u8 × s8 integer dot (vpdpbusd with AVX-512 VNNI,
 // maddubs with AVX2), so a weight byte is touched by one or two instructions:
-//   y[m,n] = sum_g s[n,g] * dx[m,g] * sum_{k in g} q[n,k] xq[m,k]  +  b[n,g] * sum_{k in g} x[m,k]
-// The bias term uses the exact float sums of x; only the scale term sees the
-// int8 rounding of x. Paths: VNNI (AVX-512 VL + VNNI, 256-bit vectors: same
+//   y[m,n] = sum_g s[n,g] * dx[m,g] * sum_{k in g} q[n,k] xq[m,k]  +  b[n,g] * dx[m,g] * sum_{k in g} xq[m,k]
+// which is exactly dequantize(w) · x̂ with x̂ = dx·xq (up to float rounding). Paths: VNNI (AVX-512 VL + VNNI, 256-bit vectors: same
 // throughput per element as 512-bit on Zen 4, and no tail cases), AVX2, scalar.
 // All three quantize activations the same way, so their integer dots are equal.
 // The path is picked at run time; pv_cpu_set_isa forces one (tests, bench).
@@ -79,8 +78,9 @@ void cpu_set_threads(int threads) { Pool::get().set_threads(threads); }
 int cpu_threads() { return Pool::get().size(); }
 
 // ---- activations, quantized once per call ----
-// Per row m and group g: dx = max|x|/127, xq = round(x/dx) as int8, the exact
-// float sum of x, and the sum of xq (the AVX2 8-bit path's correction). 8-bit
+// Per row m and group g: dx = max|x|/127, xq = round(x/dx) as int8, the sum
+// of x̂ = dx·xq (the bias term), and the sum of xq (also the AVX2 8-bit path's
+// correction). 8-bit
 // weights take xq in natural order. For 4-bit weights xq is laid out in the
 // order the nibbles unpack: kLayoutBlock32 (scalar, AVX2) stores each 32-block
 // as [even elements | odd elements]; kLayoutVnni pairs blocks (see
@@ -113,11 +113,8 @@ static void quantize_rows(const float* x, ActQ& a, int bits, int m0, int m1) {
     int8_t* qrow = a.q.data() + static_cast<size_t>(m) * a.K;
     for (int g = 0; g < a.groups; ++g) {
       const float* xg = x + static_cast<size_t>(m) * a.K + static_cast<size_t>(g) * a.group;
-      float amax = 0.f, sum = 0.f;
-      for (int k = 0; k < a.group; ++k) {
-        amax = std::max(amax, std::fabs(xg[k]));
-        sum += xg[k];
-      }
+      float amax = 0.f;
+      for (int k = 0; k < a.group; ++k) amax = std::max(amax, std::fabs(xg[k]));
       const float d = amax / 127.0f;
       const float id = d != 0.f ? 1.0f / d : 0.f;
       int32_t qs = 0;
@@ -128,7 +125,11 @@ static void quantize_rows(const float* x, ActQ& a, int bits, int m0, int m1) {
       }
       const size_t i = static_cast<size_t>(m) * a.groups + g;
       a.d[i] = d;
-      a.xsum[i] = sum;
+      // The bias term takes the sum of the rounded x: then the product is
+      // exactly dequantize(w) · x̂, whose error Σ w (x̂ - x) involves the
+      // centered weight; the exact sum would leave s·Σ q (x̂ - x), with q
+      // in [0, 2^bits) several times larger.
+      a.xsum[i] = d * static_cast<float>(qs);
       a.qsum[i] = qs;
     }
     if (a.layout == kLayoutVnni) {

@@ -2,8 +2,8 @@
 // instruction-set path, for every weight format we load, against MLX's own
 // dequantize + matmul:
 //  - exactly (to float rounding) against the same arithmetic written in MLX
-//    ops: x quantized per group to int8 (round half up of x·127/max|x|), the
-//    dequantized weight, and the bias term on the unrounded sums of x;
+//    ops: x quantized per group to int8 (round half up of x·127/max|x|), times
+//    the dequantized weight;
 //  - loosely against the unquantized product (what int8 activations cost).
 import { afterAll, describe, expect, test } from "bun:test";
 import * as mx from "../../src/mlx";
@@ -76,10 +76,7 @@ function int8Reference(x: mx.MxArray, q: mx.QuantizedWeight): mx.MxArray {
   const id = mx.where(mx.greater(d, 0), mx.divide(1, d), 0);
   const xhat = mx.multiply(mx.floor(mx.add(mx.multiply(xg, id), 0.5)), d);
   const w = mx.dequantize(q, mx.Dtype.float32);
-  const y = mx.matmul(mx.reshape(xhat, [m, k]), mx.transpose(w, [1, 0]));
-  // The kernel's bias term uses the sums of x itself, not of its rounding.
-  const lost = mx.subtract(mx.sum(xg, -1), mx.sum(xhat, -1));
-  return mx.add(y, mx.matmul(lost, mx.transpose(q.biases as mx.MxArray, [1, 0])));
+  return mx.matmul(mx.reshape(xhat, [m, k]), mx.transpose(w, [1, 0]));
 }
 
 function relativeError(ref: mx.MxArray, ours: mx.MxArray): number {
@@ -112,7 +109,7 @@ for (const isa of ISAS) {
           // int8 activations: each x moves by up to max|x|/254 of its group;
           // with this input's outliers that is a few percent of a product
           // (the model-level cost is measured as perplexity in test/models).
-          expect(vsFloat).toBeLessThan(6e-2);
+          expect(vsFloat).toBeLessThan(3e-2);
         });
       }
     }
