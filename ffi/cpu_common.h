@@ -38,8 +38,14 @@ class Pool {
   /** Threads the pool has (hardware threads, at most 8). */
   int capacity() const { return workers_ + 1; }
 
-  /** Uses n threads from now on (clamped to [1, capacity]); 0: all of them. */
-  void set_threads(int n) { active_.store(n <= 0 ? capacity() : std::clamp(n, 1, capacity())); }
+  /** Uses n threads from now on (clamped to [1, capacity]); 0: all of them, chosen per product (automatic). */
+  void set_threads(int n) {
+    active_.store(n <= 0 ? capacity() : std::clamp(n, 1, capacity()));
+    automatic_.store(n <= 0);
+  }
+
+  /** No thread count was set: small products run on the calling thread alone (see parallel_min_work). */
+  bool automatic() const { return automatic_.load(std::memory_order_relaxed); }
 
   // Runs fn(part, parts) for part in [0, parts) across the pool and waits.
   void run(int parts, const std::function<void(int, int)>& fn) {
@@ -113,6 +119,7 @@ class Pool {
 
   int workers_ = 0;
   std::atomic<int> active_{1};
+  std::atomic<bool> automatic_{true};
   std::mutex mu_;
   std::condition_variable cv_;
   std::shared_ptr<Job> current_;
