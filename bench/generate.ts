@@ -9,7 +9,8 @@
 // A GGUF model is converted to an MLX folder (cached per file: path, size and
 // modification time) for mlx-lm, and for a Pensieve row on that folder when
 // mlx-lm runs too or with --converted. --pensieve-threads adds one Pensieve row
-// per thread count (PENSIEVE_THREADS); default: one row, automatic threads.
+// per thread count (PENSIEVE_THREADS; "auto" for the automatic choice); default:
+// one row, automatic threads.
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, realpathSync, statSync, writeFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
@@ -131,7 +132,7 @@ function parseGenerateOptions(argv: string[]): GenerateOptions {
     pensieveThreads: (get("pensieve-threads") ?? "")
       .split(",")
       .filter((t) => t !== "")
-      .map(Number),
+      .map((t) => (t === "auto" ? 0 : Number(t))),
     converted: argv.includes("--converted"),
   };
 }
@@ -162,7 +163,11 @@ export async function benchGenerate(argv: string[]) {
   if (o.engines.includes("pensieve")) {
     const threadRows = o.pensieveThreads.length ? o.pensieveThreads : [0];
     for (const threads of threadRows) {
-      const suffix = threads ? `, ${threads} thread${threads > 1 ? "s" : ""}` : "";
+      const suffix = threads
+        ? `, ${threads} thread${threads > 1 ? "s" : ""}`
+        : o.pensieveThreads.length
+          ? ", auto threads"
+          : "";
       const env: Record<string, string> = threads ? { PENSIEVE_THREADS: String(threads) } : {};
       if (gguf) {
         engines.push({ name: `pensieve (GGUF${suffix})`, argv: [...pensieve, gguf, promptFile, String(gen), ...extra], env });
