@@ -48,26 +48,55 @@ class Bytes {
 }
 
 function writeValue(b: Bytes, type: GgufValueType, v: GgufValue, arrayType?: GgufValueType): void {
+  const fixed = (size: number, put: (x: Buffer) => void) => {
+    const x = Buffer.alloc(size);
+    put(x);
+    b.parts.push(x);
+  };
   switch (type) {
-    case GgufValueType.UINT8: return b.u8(v as number);
-    case GgufValueType.INT8: { const x = Buffer.alloc(1); x.writeInt8(v as number); b.parts.push(x); return; }
-    case GgufValueType.UINT16: { const x = Buffer.alloc(2); x.writeUInt16LE(v as number); b.parts.push(x); return; }
-    case GgufValueType.INT16: { const x = Buffer.alloc(2); x.writeInt16LE(v as number); b.parts.push(x); return; }
-    case GgufValueType.UINT32: return b.u32(v as number);
-    case GgufValueType.INT32: return b.i32(v as number);
-    case GgufValueType.FLOAT32: return b.f32(v as number);
-    case GgufValueType.BOOL: return b.u8(v ? 1 : 0);
-    case GgufValueType.STRING: return b.str(v as string);
-    case GgufValueType.UINT64: return b.u64(v as number | bigint);
-    case GgufValueType.INT64: { const x = Buffer.alloc(8); x.writeBigInt64LE(BigInt(v as number)); b.parts.push(x); return; }
-    case GgufValueType.FLOAT64: { const x = Buffer.alloc(8); x.writeDoubleLE(v as number); b.parts.push(x); return; }
+    case GgufValueType.UINT8:
+      b.u8(v as number);
+      break;
+    case GgufValueType.INT8:
+      fixed(1, (x) => x.writeInt8(v as number));
+      break;
+    case GgufValueType.UINT16:
+      fixed(2, (x) => x.writeUInt16LE(v as number));
+      break;
+    case GgufValueType.INT16:
+      fixed(2, (x) => x.writeInt16LE(v as number));
+      break;
+    case GgufValueType.UINT32:
+      b.u32(v as number);
+      break;
+    case GgufValueType.INT32:
+      b.i32(v as number);
+      break;
+    case GgufValueType.FLOAT32:
+      b.f32(v as number);
+      break;
+    case GgufValueType.BOOL:
+      b.u8(v ? 1 : 0);
+      break;
+    case GgufValueType.STRING:
+      b.str(v as string);
+      break;
+    case GgufValueType.UINT64:
+      b.u64(v as number | bigint);
+      break;
+    case GgufValueType.INT64:
+      fixed(8, (x) => x.writeBigInt64LE(BigInt(v as number)));
+      break;
+    case GgufValueType.FLOAT64:
+      fixed(8, (x) => x.writeDoubleLE(v as number));
+      break;
     case GgufValueType.ARRAY: {
       const items = v as GgufValue[];
       if (arrayType === undefined) throw new Error("array without element type");
       b.u32(arrayType);
       b.u64(items.length);
       for (const item of items) writeValue(b, arrayType, item);
-      return;
+      break;
     }
   }
 }
