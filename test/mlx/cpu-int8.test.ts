@@ -7,6 +7,7 @@
 //  - loosely against the unquantized product (what int8 activations cost).
 import { afterAll, describe, expect, test } from "bun:test";
 import * as mx from "../../src/mlx";
+import { REPO_ROOT } from "../../src/paths";
 import { mulberry32 } from "../support/random";
 
 interface Format {
@@ -159,4 +160,15 @@ test("bad inputs are errors, not crashes", () => {
     expect(() => mx.quantizedMatmulCpuInt8(mx.zeros([1, 128]), { ...q, bits: 3 })).toThrow(/bits must be 4 or 8/);
   });
   if (!mx.cpuIsaSupported("vnni")) expect(() => mx.setCpuIsa("vnni")).toThrow(/lacks/);
+});
+
+test("PENSIEVE_CPU_ISA forces a path from the start; PENSIEVE_THREADS sets the pool", () => {
+  const script = 'import * as mx from "./src/mlx"; console.log(mx.cpuIsa(), mx.cpuThreads());';
+  for (const isa of ISAS.filter((i) => mx.cpuIsaSupported(i))) {
+    const r = Bun.spawnSync([process.execPath, "-e", script], {
+      cwd: REPO_ROOT,
+      env: { ...process.env, PENSIEVE_CPU_ISA: isa, PENSIEVE_THREADS: "1" },
+    });
+    expect(r.stdout.toString().trim()).toBe(`${isa} 1`);
+  }
 });
