@@ -25,6 +25,8 @@ int cpu_isa_in_use();
 bool cpu_isa_supported(int isa);
 void cpu_set_threads(int threads);
 int cpu_threads();
+mx::array cpu_rms_norm(const mx::array& x, const std::optional<mx::array>& weight, float eps);
+mx::array cpu_swiglu(const mx::array& gate, const mx::array& up);
 mx::array cpu_rope(const mx::array& x, int dims, bool traditional, std::optional<float> base, float scale, int offset,
                    const std::optional<mx::array>& offset_array, const std::optional<mx::array>& freqs);
 mx::array cpu_sdpa(const mx::array& q, const mx::array& k, const mx::array& v, float scale, int mask_mode,
@@ -474,7 +476,14 @@ pv_array pv_dequantize(pv_array w, pv_array scales, pv_array biases, int group_s
 
 // ---- fast transformer ops ----
 pv_array pv_rms_norm(pv_array x, pv_array weight, float eps) {
-  return guard_array([&] { return mx::fast::rms_norm(unwrap(x), optional_of(weight), eps); });
+  return guard_array([&] {
+    // On the CPU in float32, one primitive (ffi/cpu_norm.cpp) instead of MLX's chain of ops.
+    auto w = optional_of(weight);
+    if (pensieve::cpu_kernels_apply({unwrap(x)}) && (!w || w->dtype() == mx::float32)) {
+      return pensieve::cpu_rms_norm(unwrap(x), w, eps);
+    }
+    return mx::fast::rms_norm(unwrap(x), w, eps);
+  });
 }
 pv_array pv_layer_norm(pv_array x, pv_array weight, pv_array bias, float eps) {
   return guard_array([&] { return mx::fast::layer_norm(unwrap(x), optional_of(weight), optional_of(bias), eps); });
@@ -525,6 +534,7 @@ std::vector<mx::array> swiglu_impl(const std::vector<mx::array>& in) {
 
 pv_array pv_swiglu(pv_array gate, pv_array up, int fused) {
   return guard_array([&] {
+    if (pensieve::cpu_kernels_apply({unwrap(gate), unwrap(up)})) return pensieve::cpu_swiglu(unwrap(gate), unwrap(up));
     if (fused) {
       static auto compiled = mx::compile(swiglu_impl, /*shapeless=*/true);
       return compiled({unwrap(gate), unwrap(up)})[0];

@@ -6,7 +6,7 @@ import { join, relative } from "node:path";
 import { REPO_ROOT } from "../paths";
 import { type Backend, runtimeLayout } from "./backend";
 
-const SOURCES = ["ffi/pensieve_mlx.cpp", "ffi/cpu_qmm.cpp", "ffi/cpu_qmm_int8.cpp", "ffi/cpu_qmm_int8_avx2.inc", "ffi/cpu_qmm_int8_vnni.inc", "ffi/cpu_attention.cpp", "ffi/cpu_common.h", "ffi/pensieve_mlx.h"];
+const SOURCES = ["ffi/pensieve_mlx.cpp", "ffi/cpu_qmm.cpp", "ffi/cpu_qmm_int8.cpp", "ffi/cpu_qmm_int8_avx2.inc", "ffi/cpu_qmm_int8_vnni.inc", "ffi/cpu_attention.cpp", "ffi/cpu_norm.cpp", "ffi/cpu_common.h", "ffi/pensieve_mlx.h"];
 
 function compiler(): string {
   for (const c of [process.env.CXX, "c++", "g++", "clang++"]) {
@@ -34,6 +34,7 @@ export function shimCommand(backend: Backend): { argv: string[]; output: string 
     join(REPO_ROOT, "ffi", "cpu_qmm.cpp"),
     join(REPO_ROOT, "ffi", "cpu_qmm_int8.cpp"),
     join(REPO_ROOT, "ffi", "cpu_attention.cpp"),
+    join(REPO_ROOT, "ffi", "cpu_norm.cpp"),
     "-pthread",
     `-L${layout.libDir}`,
     "-lmlx",
