@@ -3,11 +3,17 @@
 //
 // Why: the float kernel (cpu_qmm.cpp) spends most of its time turning 4-bit
 // weights into floats. Here the activations are quantized instead, once per
-// call, to int8 in blocks of the weight's group size (32/64/128), and each
-// group's dot product is a u8 × s8 integer dot (vpdpbusd with AVX-512 VNNI,
-// maddubs with AVX2), so a weight byte is touched by one or two instructions:
-//   y[m,n] = sum_g s[n,g] * dx[m,g] * sum_{k in g} q[n,k] xq[m,k]  +  b[n,g] * dx[m,g] * sum_{k in g} xq[m,k]
-// which is exactly dequantize(w) · x̂ with x̂ = dx·xq (up to float rounding). Paths: VNNI (AVX-512 VL + VNNI, 256-bit vectors: same
+// call, in blocks of the weight's group size (32/64/128), and each group's
+// dot product is a u8 × s8 integer dot (vpdpbusd with AVX-512 VNNI, maddubs
+// with AVX2), so a weight byte is touched by a few instructions.
+// Activations are split in two int8 parts: x ≈ dl·(256·xh + xl), with
+// xh = round(x·127/max|x|) and xl the rounded remainder in steps 256 times
+// finer (about 15 bits in all). One int8 part alone (llama.cpp's Q8 blocks)
+// flipped SmolLM2's first answer token on "What is the capital of France?":
+// blocks holding one large activation round every other value to 0. The two
+// dots combine in int32 as (Σ q·xh << 8) + Σ q·xl:
+//   y[m,n] = sum_g s[n,g]·dl[m,g]·Σ_k q[n,k]·X[m,k]  +  b[n,g]·dl[m,g]·Σ_k X[m,k],   X = 256·xh + xl
+// which is exactly dequantize(w) · x̂ with x̂ = dl·X (up to float rounding). Paths: VNNI (AVX-512 VL + VNNI, 256-bit vectors: same
 // throughput per element as 512-bit on Zen 4, and no tail cases), AVX2, scalar.
 // All three quantize activations the same way, so their integer dots are equal.
 // The path is picked at run time; pv_cpu_set_isa forces one (tests, bench).
@@ -78,9 +84,10 @@ void cpu_set_threads(int threads) { Pool::get().set_threads(threads); }
 int cpu_threads() { return Pool::get().size(); }
 
 // ---- activations, quantized once per call ----
-// Per row m and group g: dx = max|x|/127, xq = round(x/dx) as int8, the sum
-// of x̂ = dx·xq (the bias term), and the sum of xq (also the AVX2 8-bit path's
-// correction). 8-bit
+// Per row m and group g: dh = max|x|/127, xh = round(x/dh), dl = dh/256,
+// xl = round((x - dh·xh)/dl) clamped to ±127, both int8; d holds dl. Also the
+// sum of X = 256·xh + xl (qsum: the AVX2 8-bit path's correction) and of
+// x̂ = dl·X (xsum: the bias term). 8-bit
 // weights take xq in natural order. For 4-bit weights xq is laid out in the
 // order the nibbles unpack: kLayoutBlock32 (scalar, AVX2) stores each 32-block
 // as [even elements | odd elements]; kLayoutVnni pairs blocks (see
@@ -91,7 +98,7 @@ enum Layout : int { kLayoutBlock32 = 0, kLayoutVnni = 1 };
 
 struct ActQ {
   int M, K, group, groups, layout;
-  std::vector<int8_t> q;
+  std::vector<int8_t> q, ql;  // xh and xl, in the same layout
   std::vector<float> d, xsum, dxb, xsb;
   std::vector<int32_t> qsum;
 };
@@ -111,17 +118,24 @@ static void quantize_rows(const float* x, ActQ& a, int bits, int m0, int m1) {
   static constexpr int kOrder4[8] = {0, 2, 4, 6, 1, 3, 5, 7};
   for (int m = m0; m < m1; ++m) {
     int8_t* qrow = a.q.data() + static_cast<size_t>(m) * a.K;
+    int8_t* lrow = a.ql.data() + static_cast<size_t>(m) * a.K;
     for (int g = 0; g < a.groups; ++g) {
       const float* xg = x + static_cast<size_t>(m) * a.K + static_cast<size_t>(g) * a.group;
       float amax = 0.f;
       for (int k = 0; k < a.group; ++k) amax = std::max(amax, std::fabs(xg[k]));
-      const float d = amax / 127.0f;
-      const float id = d != 0.f ? 1.0f / d : 0.f;
+      const float dh = amax / 127.0f;
+      const float ih = dh != 0.f ? 1.0f / dh : 0.f;
+      const float d = dh / 256.0f;
+      const float il = d != 0.f ? 1.0f / d : 0.f;
       int32_t qs = 0;
       for (int k = 0; k < a.group; ++k) {
-        const int v = static_cast<int>(std::floor(xg[k] * id + 0.5f));  // |v| <= 127: exact
-        qs += v;
-        qrow[xq_position(g * a.group + k, bits, a.layout, blocks)] = static_cast<int8_t>(v);
+        const int v = static_cast<int>(std::floor(xg[k] * ih + 0.5f));  // |v| <= 127: exact
+        const float rest = xg[k] - static_cast<float>(v) * dh;
+        const int lo = std::clamp(static_cast<int>(std::floor(rest * il + 0.5f)), -127, 127);
+        qs += 256 * v + lo;
+        const int at = xq_position(g * a.group + k, bits, a.layout, blocks);
+        qrow[at] = static_cast<int8_t>(v);
+        lrow[at] = static_cast<int8_t>(lo);
       }
       const size_t i = static_cast<size_t>(m) * a.groups + g;
       a.d[i] = d;
@@ -195,11 +209,16 @@ static void rows_scalar(const ActQ& a, const uint32_t* w, const float* scales, f
     const float* sc = scales + static_cast<size_t>(n) * a.groups;
     for (int m = 0; m < s.M; ++m) {
       const int8_t* xq = a.q.data() + static_cast<size_t>(m) * s.K;
+      const int8_t* xl = a.ql.data() + static_cast<size_t>(m) * s.K;
       const float* dd = a.d.data() + static_cast<size_t>(m) * a.groups;
       float acc = 0.f;
       for (int g = 0; g < a.groups; ++g) {
-        int32_t dot = 0;
-        for (int k = g * s.group; k < (g + 1) * s.group; ++k) dot += static_cast<int32_t>(row[k]) * xq[k];
+        int32_t hi = 0, lo = 0;
+        for (int k = g * s.group; k < (g + 1) * s.group; ++k) {
+          hi += static_cast<int32_t>(row[k]) * xq[k];
+          lo += static_cast<int32_t>(row[k]) * xl[k];
+        }
+        const int32_t dot = hi * 256 + lo;
         acc += sc[g] * dd[g] * static_cast<float>(dot);
       }
       y[static_cast<size_t>(m) * s.N + n] = acc;
@@ -230,6 +249,7 @@ void qmm_int8_cpu(const float* x, const uint32_t* w, const float* scales, const 
   a.group = s.group;
   a.groups = s.K / s.group;
   a.q.resize(static_cast<size_t>(s.M) * s.K);
+  a.ql.resize(a.q.size());
   a.d.resize(static_cast<size_t>(s.M) * a.groups);
   a.xsum.resize(a.d.size());
   a.qsum.resize(a.d.size());
