@@ -369,6 +369,7 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
     status: "info",
     detail: `${availableParallelism()} × ${cpuModel} (${process.platform}/${process.arch})`,
   });
+  add({ id: "threads", title: "CPU kernel threads", status: "info", detail: cpuKernelSummary(loaded?.config ?? null) });
   add(
     memory.totalBytes < LOW_MEMORY_BYTES
       ? {
@@ -505,4 +506,39 @@ export function claudeCodeCheck(spec: string, context: number): DoctorCheck {
       `${Math.round(CLAUDE_CODE_FIRST_REQUEST_TOKENS / 1000)}K tokens and a session needs ${CLAUDE_CODE_MIN_CONTEXT}`,
     fix: `for Claude Code run \`pensieve setup --model ${FLAGSHIP_MODEL_ALIAS}\` (models that hold it: ${fitting.join(", ")}), or raise maxContext if memory allows`,
   };
+}
+
+/**
+ * The CPU kernels' threads and matmul path, without loading MLX: the configured
+ * thread count (--threads / PENSIEVE_THREADS) or the automatic rule, and the
+ * instruction set the int8 matmul picks from the CPU's flags.
+ */
+function cpuKernelSummary(config: LoadedConfig["config"] | null): string {
+  const threads = config?.threads ?? null;
+  const cores = Math.min(8, availableParallelism());
+  const count = threads
+    ? `${Math.min(threads, cores)} (configured${threads > cores ? `, capped at ${cores} cores` : ""})`
+    : `automatic: ${cores} for large products, 1 for small ones`;
+  let flags = "";
+  try {
+    flags =
+      readFileSync("/proc/cpuinfo", "utf8")
+        .split("\n")
+        .find((l) => l.startsWith("flags")) ?? "";
+  } catch {}
+  const has = (f: string) => new RegExp(`\\b${f}\\b`).test(flags);
+  const isa =
+    process.env.PENSIEVE_CPU_ISA ??
+    (has("avx512_vnni") && has("avx512vl")
+      ? "AVX-512 VNNI"
+      : has("avx2")
+        ? "AVX2"
+        : flags
+          ? "scalar"
+          : "by CPU at run time");
+  const matmul =
+    process.env.PENSIEVE_CPU_MATMUL === "exact"
+      ? "exact float (PENSIEVE_CPU_MATMUL=exact)"
+      : `int8 activations, ${isa}`;
+  return `${count}; quantized matmul: ${matmul}`;
 }

@@ -24,6 +24,7 @@ export async function runServe(argv: string[]): Promise<number> {
       prefixCacheBytes: config.prefixCacheBytes,
       prefixDiskBytes: config.prefixDiskBytes,
       kvBits: config.kvBits,
+      threads: config.threads,
     },
     server: {
       apiKey: config.apiKey,

@@ -217,6 +217,7 @@ export class Engine {
     // Freed buffers above this go back to the device: a long prompt's KV growth otherwise fills the card
     // with cached buffers no later allocation fits (an H100 ran out at 120K tokens).
     mx.memory.setCacheLimit(bufferCacheLimit(device));
+    if (config.threads) mx.setCpuThreads(config.threads);
     // Plan memory before loading: refuse what cannot fit.
     const planned = readModelConfig(config.model);
     const elementBytes = device === "cpu" ? 4 : 2;

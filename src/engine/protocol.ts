@@ -198,6 +198,8 @@ export interface EngineConfig {
    * Freeing it at once made every lone request allocate device memory afresh.
    */
   cacheReleaseIdleMs?: number;
+  /** Threads of the CPU kernels; null/absent: automatic (see ffi/cpu_common.h). */
+  threads?: number | null;
   /** Phi-3: long_factor at every length, as mlx-lm (comparisons only). */
   alwaysLongRope?: boolean;
   /**

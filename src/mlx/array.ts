@@ -289,6 +289,13 @@ export function keep<T extends MxArray | MxArray[]>(value: T): T {
   return value;
 }
 
+/** Disposes every array in a value (arrays, plain objects). */
+export function disposeAll(value: unknown): void {
+  const set = new Set<MxArray>();
+  collectArrays(value, set);
+  for (const a of set) a.dispose();
+}
+
 /** Arrays alive on the JS side (for leak tests). */
 export function liveArrayCount(): number {
   return liveArrays;

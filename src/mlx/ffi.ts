@@ -69,6 +69,12 @@ const symbols = {
   pv_matmul: { args: [P, P], returns: P },
   pv_quantized_matmul: { args: [P, P, P, P, i32, i32, i32], returns: P },
   pv_quantized_matmul_cpu: { args: [P, P, P, P, i32, i32], returns: P },
+  pv_quantized_matmul_cpu_int8: { args: [P, P, P, P, i32, i32], returns: P },
+  pv_cpu_set_isa: { args: [i32], returns: i32 },
+  pv_cpu_isa: { args: [], returns: i32 },
+  pv_cpu_isa_supported: { args: [i32], returns: i32 },
+  pv_cpu_set_threads: { args: [i32], returns: V },
+  pv_cpu_threads: { args: [], returns: i32 },
   pv_quantize: { args: [P, i32, i32, P], returns: i32 },
   pv_dequantize: { args: [P, P, P, i32, i32, i32], returns: P },
   // mixture of experts (issue 15)
