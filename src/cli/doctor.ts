@@ -15,6 +15,7 @@ import {
 } from "../hub/aliases";
 import { findCachedSnapshot, modelFolderProblems } from "../hub/cache";
 import { formatBytes } from "../hub/format";
+import { describePool, type KvPoolShape } from "../engine/kv-pool";
 import { estimateMemory, systemMemory, weightFilesBytes } from "../hub/memory";
 import { type Env, hubSettings } from "../hub/settings";
 import {
@@ -294,14 +295,22 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
         name: spec,
         maxContext: settings.maxContext,
         kvBudgetBytes: settings.kvBudgetBytes,
-        prefixCacheBytes: settings.prefixCacheBytes,
         kvBytesPerElement: backendInfo.choice === "cpu" ? 4 : 2,
+        kvBits: settings.kvBits ?? 0,
       });
+      // The KV pool the engine would plan: what weights and working memory leave (src/engine/kv-pool.ts).
+      const b = estimate.breakdown;
+      const pool: KvPoolShape = {
+        budgetBytes: settings.kvBudgetBytes ?? Math.max(b.kvCache, estimate.memory.usableBytes - b.weights - b.working),
+        bytesPerToken: estimate.kvBytesPerToken,
+        numLayers: "numLayers" in config ? Number(config.numLayers) : Number(config.num_hidden_layers ?? 1),
+        growthStep: 256,
+      };
       add({
         id: "model-memory",
         title: "Model memory",
         status: estimate.fits ? "ok" : "fail",
-        detail: estimate.message,
+        detail: estimate.fits ? `${estimate.message}; ${describePool(pool, estimate.context)}` : estimate.message,
         fix: estimate.fits ? undefined : "lower maxContext, or choose a smaller model",
       });
       if (estimate.fits) add(claudeCodeCheck(spec, estimate.context));

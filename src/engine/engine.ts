@@ -3,7 +3,6 @@
 // All MLX work happens on this one thread.
 import { mkdirSync, statfsSync } from "node:fs";
 import { basename, join } from "node:path";
-import { formatBytes } from "../hub/format";
 import { DEFAULT_USABLE_FRACTION, estimateMemory, kvBytesPerToken, PREFILL_CHUNK, systemMemory } from "../hub/memory";
 import * as mx from "../mlx";
 import type { ModelConfig } from "../models/config";
@@ -15,7 +14,7 @@ import { tokenByteTable } from "../text/token-bytes";
 import { loadTokenizer } from "../text/tokenizer";
 import { effectiveKvBits, type KvBits, kvGroupSize } from "./attention-plan";
 import { KV_STEP, KVCache } from "./kv-cache";
-import { concurrentFit, type KvPoolShape, maxLoneTokens } from "./kv-pool";
+import { CLAUDE_CODE_SESSION_TOKENS, concurrentFit, describePool, type KvPoolShape } from "./kv-pool";
 import { cacheShape, defaultPrefillChunk } from "./one-sequence";
 import { fileIdentity, modelKey, PrefixStore } from "./prefix-store";
 import {
@@ -41,8 +40,6 @@ export function deviceMemoryBytes(device: "cpu" | "gpu"): number | null {
   return null;
 }
 
-/** Tokens of one Claude Code session (its ~20K-token first request and room to answer), for the plan's message. */
-export const CLAUDE_CODE_SESSION_TOKENS = 24_576;
 
 // ---- KV storage (kvBits) ----
 /**
@@ -102,10 +99,7 @@ export function planMemory(
     growthStep: KV_STEP,
   };
   const sessions = concurrentFit(pool, Math.min(CLAUDE_CODE_SESSION_TOKENS, plan.context));
-  const message =
-    `${plan.message}; KV pool ${formatBytes(kvBudgetBytes)} (running sequences and cached prefixes): ` +
-    `${sessions} sequence${sessions === 1 ? "" : "s"} of ${Math.min(CLAUDE_CODE_SESSION_TOKENS, plan.context)} tokens at once, ` +
-    `one of ${maxLoneTokens(pool)} tokens`;
+  const message = `${plan.message}; ${describePool(pool, plan.context)}`;
   // null: the pool alone bounds the prefix cache.
   const prefixCacheBytes = config.prefixCacheBytes ?? null;
   return {

@@ -43,7 +43,7 @@ export function runPromptJob(ctx: PromptContext, job: PromptJob): PromptResults[
     case "completion":
       return completionPlan(ctx, job.body);
     case "messages":
-      return buildPrompt(job.body, ctx.tokenizer, ctx.contextLength);
+      return buildPrompt(job.body, ctx.tokenizer, ctx.contextLength, ctx.modelId);
     case "count":
       return buildPrompt(job.body, ctx.tokenizer, null).tokens.length;
   }

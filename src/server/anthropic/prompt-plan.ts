@@ -272,6 +272,7 @@ export function buildPrompt(
   request: ConversationRequest,
   tokenizer: Tokenizer,
   contextLength: number | null = null,
+  modelId?: string,
 ): PromptPlan {
   const traits = templateTraits(tokenizer);
   const toolFormat = traits.tools ? "template" : "documented";
@@ -311,7 +312,7 @@ export function buildPrompt(
   }
 
   const text = renderChat(tokenizer, chat, { tools: templateTools }) + continuation;
-  const context = { tokenizer, contextLength, vocabSize: tokenizer.vocabSize };
+  const context = { tokenizer, contextLength, vocabSize: tokenizer.vocabSize, modelId };
   return {
     text,
     // The template already places BOS where the model wants it.
