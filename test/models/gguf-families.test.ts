@@ -8,7 +8,7 @@
 // folder it converts must give mlx-lm's logits (1e-4) and greedy tokens.
 // Regenerate: bash scripts/fixtures/families/make-gguf.sh, then
 // bun scripts/fixtures/families/make-convert-reference.ts
-import { describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { cacheFor, generateTokens, prefill } from "../../src/engine/one-sequence";
@@ -20,6 +20,11 @@ import { REPO_ROOT } from "../../src/paths";
 import { TEST_TMP } from "../support/models";
 
 const GGUF_DIR = join(REPO_ROOT, "test", "fixtures", "gguf");
+
+// The oracles run float products: so does Pensieve here (the exact CPU kernel, not int8 activations).
+const modeBefore = mx.cpuMatmul();
+beforeAll(() => mx.setCpuMatmul("exact"));
+afterAll(() => mx.setCpuMatmul(modeBefore));
 const fixture = JSON.parse(
   readFileSync(join(REPO_ROOT, "test", "fixtures", "reference", "gguf-llamacpp.json"), "utf8"),
 ) as {
