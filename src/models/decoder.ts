@@ -63,17 +63,23 @@ export class DecoderModel implements LanguageModel {
     let h = embed(tokens, this.#weights.embedding, this.dtype);
     for (let i = 0; i < this.#weights.layers.length; i++) {
       const layer = this.#weights.layers[i] as DecoderLayerWeights;
-      const x = mx.rmsNorm(h, layer.inputNorm, c.rmsNormEps);
-      const [q0, k0, v0] = layer.qkv(x);
-      const heads = (t: MxArray, n: number) => mx.transpose(mx.reshape(t, [B, L, n, c.headDim]), [0, 2, 1, 3]);
-      const q = this.#rope.apply(heads(q0, c.numHeads), view.ropeOffset, regimes);
-      const k = this.#rope.apply(heads(k0, c.numKvHeads), view.ropeOffset, regimes);
-      const attn = batch.attention(i, q, k, heads(v0, c.numKvHeads), this.#scale, view.mask);
-      const merged = mx.reshape(mx.transpose(attn, [0, 2, 1, 3]), [B, L, c.numHeads * c.headDim]);
-      h = mx.add(h, linear(merged, layer.out));
-      const y = mx.rmsNorm(h, layer.postAttentionNorm, c.rmsNormEps);
-      const [gate, up] = layer.gateUp(y);
-      h = mx.add(h, linear(mx.swiglu(gate, up, this.#fused), layer.down));
+      const input = h;
+      // One scope per layer: our handles to its intermediates go when it is built,
+      // so MLX frees each once used (else a forward holds every layer's activations).
+      h = mx.tidy(() => {
+        const x = mx.rmsNorm(input, layer.inputNorm, c.rmsNormEps);
+        const [q0, k0, v0] = layer.qkv(x);
+        const heads = (t: MxArray, n: number) => mx.transpose(mx.reshape(t, [B, L, n, c.headDim]), [0, 2, 1, 3]);
+        const q = this.#rope.apply(heads(q0, c.numHeads), view.ropeOffset, regimes);
+        const k = this.#rope.apply(heads(k0, c.numKvHeads), view.ropeOffset, regimes);
+        const attn = batch.attention(i, q, k, heads(v0, c.numKvHeads), this.#scale, view.mask);
+        const merged = mx.reshape(mx.transpose(attn, [0, 2, 1, 3]), [B, L, c.numHeads * c.headDim]);
+        const mid = mx.add(input, linear(merged, layer.out));
+        const y = mx.rmsNorm(mid, layer.postAttentionNorm, c.rmsNormEps);
+        const [gate, up] = layer.gateUp(y);
+        return mx.add(mid, linear(mx.swiglu(gate, up, this.#fused), layer.down));
+      });
+      if (i > 0) input.dispose();
     }
     batch.end();
     const mode = options.logits ?? "last";
