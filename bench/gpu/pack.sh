@@ -17,7 +17,7 @@ if [ ! -f .device/mlx-cuda.part.b ]; then
   python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_35_x86_64 --python-version 3.12 \
     "mlx-cuda-13==$ver" "mlx==$ver" "mlx-lm==0.32.2" -d "$tmp"
   (cd "$tmp" && mkdir w && cd w && unzip -q ../mlx_cuda_13-*.whl && tar -cf - mlx mlx_cuda_13.libs | xz -T2 -6 > ../mlx-cuda.tar.xz)
-  split -b 24000000 "$tmp/mlx-cuda.tar.xz" .device/mlx-cuda.part.
+  split -b 20000000 "$tmp/mlx-cuda.tar.xz" .device/mlx-cuda.part.
   mv .device/mlx-cuda.part.aa .device/mlx-cuda.part.a
   cat .device/mlx-cuda.part.a? > /dev/null 2>&1 || true
   cat $(ls .device/mlx-cuda.part.* | grep -v 'part\.a$') > .device/mlx-cuda.part.b.tmp

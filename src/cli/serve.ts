@@ -22,6 +22,7 @@ export async function runServe(argv: string[]): Promise<number> {
       maxConcurrent: config.maxConcurrent,
       queueSize: config.queueSize,
       prefixCacheBytes: config.prefixCacheBytes,
+      prefixDiskBytes: config.prefixDiskBytes,
       kvBits: config.kvBits,
     },
     server: {

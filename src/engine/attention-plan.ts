@@ -53,7 +53,8 @@ export function kvTokenBytes(layout: KvLayout, floatBytes: number, bits: KvBits 
   const perHead =
     bits === 0
       ? layout.headDim * floatBytes
-      : (layout.headDim * bits) / 8 + 2 * (layout.headDim / (groupSize ?? kvGroupSize(layout.headDim) ?? layout.headDim)) * floatBytes;
+      : (layout.headDim * bits) / 8 +
+        2 * (layout.headDim / (groupSize ?? kvGroupSize(layout.headDim) ?? layout.headDim)) * floatBytes;
   return layout.numLayers * 2 * layout.numKvHeads * perHead;
 }
 

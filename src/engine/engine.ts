@@ -1,19 +1,24 @@
 // The engine: a loaded model plus its scheduler, driven by a loop that yields
 // to the event loop between steps (so IPC messages and cancellations arrive).
 // All MLX work happens on this one thread.
-import { basename } from "node:path";
-import { DEFAULT_USABLE_FRACTION, estimateMemory } from "../hub/memory";
+import { mkdirSync, statfsSync } from "node:fs";
+import { basename, join } from "node:path";
+import { formatBytes } from "../hub/format";
+import { DEFAULT_USABLE_FRACTION, estimateMemory, kvBytesPerToken, PREFILL_CHUNK } from "../hub/memory";
 import * as mx from "../mlx";
 import type { ModelConfig } from "../models/config";
 import { type LoadedModel, loadModel, readModelConfig } from "../models/loader";
 import { denseCopyBytes } from "../models/weights";
 import { type ConstraintSpec, JsonConstraintFactory } from "../text/json-constraint";
+import { pensieveHome } from "../paths";
 import { tokenByteTable } from "../text/token-bytes";
 import { loadTokenizer } from "../text/tokenizer";
 import { effectiveKvBits, type KvBits, kvGroupSize } from "./attention-plan";
 import type { EngineConfig, EngineInfo, EngineStats } from "./protocol";
 import { cacheShape, defaultPrefillChunk } from "./generate";
-import { KVCache } from "./kv-cache";
+import { KV_STEP, KVCache } from "./kv-cache";
+import { concurrentFit, type KvPoolShape, maxLoneTokens } from "./kv-pool";
+import { fileIdentity, modelKey, PrefixStore } from "./prefix-store";
 import { samplingParams } from "./sampling";
 import {
   type EngineEvent,
@@ -22,8 +27,6 @@ import {
   type SchedulerOptions,
   type TokenConstraint,
 } from "./scheduler";
-
-const GiB = 1024 ** 3;
 
 /** Device memory the engine may plan with: GPU memory (CUDA), else system memory (also Apple's unified memory). */
 export function deviceMemoryBytes(device: "cpu" | "gpu"): number | null {
@@ -37,6 +40,9 @@ export function deviceMemoryBytes(device: "cpu" | "gpu"): number | null {
   }
   return null;
 }
+
+/** Tokens of one Claude Code session (its ~20K-token first request and room to answer), for the plan's message. */
+export const CLAUDE_CODE_SESSION_TOKENS = 24_576;
 
 // ---- KV storage (kvBits) ----
 /**
@@ -55,9 +61,10 @@ export function resolveKvBits(config: EngineConfig, device: "cpu" | "gpu", model
 // ---- end KV storage ----
 
 /**
- * The context and KV budget, decided before any weight is loaded (src/hub/memory.ts):
- * a model that cannot fit is refused with the estimate's message. The KV budget
- * is what remains after weights, working memory and the prefix cache.
+ * The context and the KV pool, decided before any weight is loaded (src/hub/memory.ts):
+ * a model that cannot fit is refused with the estimate's message. The pool is
+ * what remains after the weights (dense copies included, when the caller counts
+ * them) and working memory; cached prefixes live inside it.
  */
 export function planMemory(
   config: EngineConfig,
@@ -69,24 +76,45 @@ export function planMemory(
   const gpuMemory = deviceMemoryBytes(device);
   const memory = gpuMemory === null ? undefined : { totalBytes: gpuMemory, label: "of GPU memory" };
   const usableFraction = device === "gpu" && gpuMemory !== null ? 0.9 : DEFAULT_USABLE_FRACTION;
-  const base = {
+  const prefillChunk = config.prefillChunk ?? (device === "gpu" ? 2048 : PREFILL_CHUNK);
+  const kv = resolveKvBits(config, device, model);
+  const plan = estimateMemory({
     config: model,
     weightBytes,
     kvBytesPerElement: bytesPerElement,
-    ...resolveKvBits(config, device, model), // kvBits, kvGroupSize
+    ...kv,
     memory,
     usableFraction,
     maxContext: config.maxContext ?? null,
-  };
-  const first = estimateMemory(base);
-  if (!first.fits) throw new Error(first.message);
-  const spare = first.memory.usableBytes - first.breakdown.weights - first.breakdown.working;
-  const prefixCacheBytes = config.prefixCacheBytes ?? Math.max(0, Math.min(4 * GiB, Math.floor(spare * 0.2)));
-  const plan = estimateMemory({ ...base, prefixCacheBytes, kvBudgetBytes: config.kvBudgetBytes ?? null });
+    kvBudgetBytes: config.kvBudgetBytes ?? null,
+    prefillChunk,
+    // Fused causal attention for long prompts on the GPU (see src/hub/memory.ts).
+    scoreColumns: device === "gpu" ? prefillChunk : undefined,
+  });
   if (!plan.fits) throw new Error(plan.message);
-  const left = plan.memory.usableBytes - plan.breakdown.weights - plan.breakdown.working - prefixCacheBytes;
+  const left = plan.memory.usableBytes - plan.breakdown.weights - plan.breakdown.working;
   const kvBudgetBytes = config.kvBudgetBytes ?? Math.max(plan.breakdown.kvCache, left);
-  return { contextLength: plan.context, kvBudgetBytes, prefixCacheBytes, estimate: plan, kvBits: base.kvBits };
+  const pool: KvPoolShape = {
+    budgetBytes: kvBudgetBytes,
+    bytesPerToken: kvBytesPerToken(model, bytesPerElement, kv.kvBits, kv.kvGroupSize),
+    numLayers: model.numLayers,
+    growthStep: KV_STEP,
+  };
+  const sessions = concurrentFit(pool, Math.min(CLAUDE_CODE_SESSION_TOKENS, plan.context));
+  const message =
+    `${plan.message}; KV pool ${formatBytes(kvBudgetBytes)} (running sequences and cached prefixes): ` +
+    `${sessions} sequence${sessions === 1 ? "" : "s"} of ${Math.min(CLAUDE_CODE_SESSION_TOKENS, plan.context)} tokens at once, ` +
+    `one of ${maxLoneTokens(pool)} tokens`;
+  // null: the pool alone bounds the prefix cache.
+  const prefixCacheBytes = config.prefixCacheBytes ?? null;
+  return {
+    contextLength: plan.context,
+    kvBudgetBytes,
+    prefixCacheBytes,
+    estimate: { ...plan, message },
+    sessions,
+    kvBits: kv.kvBits,
+  };
 }
 
 export function schedulerOptions(
@@ -107,6 +135,38 @@ export function schedulerOptions(
     prefillWidthMultiple: config.prefillWidthMultiple ?? (device === "gpu" ? 64 : 1),
     kvBits: plan.kvBits,
   };
+}
+
+const GiB = 1024 ** 3;
+/** At shutdown, cached prefixes are written for at most this long (the supervisor's grace is 3 s). */
+const SHUTDOWN_PERSIST_MS = 2000;
+
+/** The disk budget for cached prefixes: the setting, or up to 16 GiB and a quarter of the free disk. */
+export function prefixDiskBudget(setting: number | null, dir: string): number {
+  if (setting !== null) return setting;
+  try {
+    const fs = statfsSync(dir);
+    return Math.min(16 * GiB, Math.floor((fs.bavail * fs.bsize) / 4));
+  } catch {
+    return 0;
+  }
+}
+
+/** The prefix cache on disk for this model, or null when off or unavailable. */
+function openPrefixStore(config: EngineConfig, loaded: LoadedModel, kvBits: KvBits): PrefixStore | null {
+  if (config.prefixDiskBytes === undefined || config.prefixDiskBytes === 0) return null;
+  const root = config.prefixDiskDir ?? join(pensieveHome(), "prefix-cache");
+  try {
+    const c = loaded.config;
+    const layout = `${mx.dtypeName(loaded.model.dtype)}:L${c.numLayers}:H${c.numKvHeads}:D${c.headDim}:kv${kvBits}`;
+    const key = modelKey({ model: fileIdentity(config.model), layout, rope: config.alwaysLongRope ? "long" : "hf" });
+    mkdirSync(root, { recursive: true });
+    const budget = prefixDiskBudget(config.prefixDiskBytes, root);
+    return budget > 0 ? new PrefixStore(root, key, budget, layout, c.numLayers) : null;
+  } catch {
+    // A read-only or missing data folder costs the feature, not the engine.
+    return null;
+  }
 }
 
 const WARMUP_ID = "\u0000warmup-";
@@ -176,6 +236,7 @@ export class Engine {
       (e) => this.#forward(e, emit),
       (spec, endIds) => this.#constraint(config.model, spec, endIds),
     );
+    this.scheduler.attachPrefixStore(openPrefixStore(config, this.loaded, options.kvBits ?? 0));
     this.#warmups = warmupLengths(options);
     this.info = {
       modelPath: config.model,
@@ -281,6 +342,7 @@ export class Engine {
         else {
           mx.memory.clearCache();
           cacheHeld = false;
+          await this.#persistQuietly();
         }
         continue;
       }
@@ -290,6 +352,19 @@ export class Engine {
       await new Promise((resolve) => setImmediate(resolve));
     }
     this.#running = false;
+  }
+
+  /** Writes cached prefixes to disk, one node at a time, while nothing else needs the engine. */
+  async #persistQuietly(): Promise<void> {
+    while (!this.#stopped && !this.scheduler.hasWork()) {
+      try {
+        if (!this.scheduler.persistStep()) return;
+      } catch (e) {
+        console.error(`[engine] writing the prefix cache failed: ${(e as Error).message}`);
+        return;
+      }
+      await new Promise((resolve) => setImmediate(resolve));
+    }
   }
 
   /** Waits for work (true) or for `timeoutMs` to pass (false). */
@@ -307,6 +382,14 @@ export class Engine {
 
   stop(): void {
     this.#stopped = true;
+    this.scheduler.cancelAll();
+    this.scheduler.step();
+    const deadline = performance.now() + SHUTDOWN_PERSIST_MS;
+    try {
+      while (performance.now() < deadline && this.scheduler.persistStep()) {}
+    } catch (e) {
+      console.error(`[engine] writing the prefix cache failed: ${(e as Error).message}`);
+    }
     this.scheduler.dispose();
     this.#wake?.();
   }

@@ -53,6 +53,12 @@ export function stateBytes(state: KVState): number {
   return n;
 }
 
+/** Lazy views of a state's tokens [start, end) (new handles; no copy until evaluated). */
+export function sliceState(state: KVState, start: number, end: number): KVState {
+  if (start === 0 && end === state.length) return state;
+  return { parts: state.parts.map((layer) => layer.map((a) => mx.sliceAxis(a, 2, start, end))), length: end - start };
+}
+
 const partCount = (shape: CacheShape) => (shape.kvBits === 0 ? 2 : 6);
 
 export class KVCache implements AttentionBatch {
@@ -247,9 +253,13 @@ export class KVCache implements AttentionBatch {
         if (!mine || !theirs) throw new Error("appendRows: both caches need every layer filled");
         this.#parts[l] = mine.map((a, i) => {
           const merged = mx.concatenate([leftPadded(a, T, width), leftPadded(theirs[i] as MxArray, U, width)], 0);
+          // One layer at a time: the old buffers go before the next copy (the KV pool counts one layer extra).
+          mx.evaluate(merged);
           a.dispose();
+          (theirs[i] as MxArray).dispose();
           return mx.keep(merged);
         });
+        other.#parts[l] = null;
       }
     });
     this.#leftPadding = [
@@ -281,7 +291,8 @@ export class KVCache implements AttentionBatch {
       for (let l = 0; l < this.#parts.length; l++) {
         this.#parts[l] =
           this.#parts[l]?.map((a) => {
-            const picked = mx.keep(mx.sliceAxis(mx.take(a, index, 0), 2, trim, this.#offset));
+            const picked = mx.keep(mx.contiguous(mx.sliceAxis(mx.take(a, index, 0), 2, trim, this.#offset)));
+            mx.evaluate(picked);
             a.dispose();
             return picked;
           }) ?? null;

@@ -22,6 +22,14 @@ export interface EngineConfig {
   interleavedPrefillChunk?: number;
   maxPrefillBatch?: number;
   prefixCacheBytes?: number | null;
+  /**
+   * Disk budget for cached prefixes kept across restarts: null, automatic
+   * (up to 16 GiB, at most a quarter of the free disk); absent or 0, off
+   * (tests and benchmarks that start an engine directly).
+   */
+  prefixDiskBytes?: number | null;
+  /** Folder for them (default: <data folder>/prefix-cache). */
+  prefixDiskDir?: string;
   /** KV cache storage: 0 float, 8 or 4 group-quantized bits; null/absent: automatic (defaultKvBits in engine.ts). */
   kvBits?: 0 | 4 | 8 | null;
   /** Prompts left-padded to a multiple of this (default 64 on the GPU, 1 on the CPU). */

@@ -54,6 +54,7 @@ describe("defaults", () => {
       maxConcurrent: null,
       queueSize: 64,
       prefixCacheBytes: null,
+      prefixDiskBytes: null,
       kvBits: null,
       strictModelNames: false,
       logLevel: "info",

@@ -2,7 +2,10 @@
 // is chunked and interleaved with decode within a few dozen tokens.
 // PENSIEVE_TEST_KV_BITS=8 (or 4) runs the scheduler tests over a quantized KV cache.
 import { isKvBits, type KvBits } from "../../src/engine/attention-plan";
-import type { SchedulerOptions } from "../../src/engine/scheduler";
+import { generateTokens } from "../../src/engine/generate";
+import { type SamplingParams, samplingParams } from "../../src/engine/sampling";
+import { type EngineEvent, type EngineRequest, Scheduler, type SchedulerOptions } from "../../src/engine/scheduler";
+import type { LanguageModel } from "../../src/models/types";
 
 function testKvBits(): KvBits {
   const text = process.env.PENSIEVE_TEST_KV_BITS;
@@ -25,3 +28,83 @@ export const TEST_SCHEDULER_OPTIONS: SchedulerOptions = {
   maxPrefillBatch: 4,
   kvBits: TEST_KV_BITS,
 };
+
+export function single(
+  model: LanguageModel,
+  prompt: number[],
+  maxTokens: number,
+  sampling: SamplingParams,
+  stops: number[] = [],
+) {
+  return singleWithLogprobs(model, prompt, maxTokens, sampling, stops).tokens;
+}
+
+export function singleWithLogprobs(
+  model: LanguageModel,
+  prompt: number[],
+  maxTokens: number,
+  sampling: SamplingParams,
+  stops: number[] = [],
+) {
+  const tokens: number[] = [];
+  const logprobs: number[] = [];
+  for (const v of generateTokens(model, prompt, {
+    maxTokens,
+    sampling,
+    stopTokenIds: stops,
+    prefillChunk: 64,
+    kvBits: TEST_KV_BITS,
+  })) {
+    tokens.push(v.token);
+    logprobs.push(v.logprob ?? Number.NaN);
+  }
+  return { tokens, logprobs };
+}
+
+export interface Run {
+  tokens: Map<string, number[]>;
+  logprobs: Map<string, number[]>;
+  events: EngineEvent[];
+  scheduler: Scheduler;
+}
+
+/** Submits each request at its step number and runs until everything finished. */
+export function runScheduled(
+  model: LanguageModel,
+  schedule: Array<{ at: number; request: EngineRequest }>,
+  options = TEST_SCHEDULER_OPTIONS,
+  setup?: (scheduler: Scheduler) => void,
+): Run {
+  const events: EngineEvent[] = [];
+  const tokens = new Map<string, number[]>();
+  const logprobs = new Map<string, number[]>();
+  const scheduler = new Scheduler(model, options, (e) => {
+    events.push(e);
+    if (e.type !== "tokens") return;
+    for (const t of e.items) {
+      tokens.set(t.id, [...(tokens.get(t.id) ?? []), t.token]);
+      logprobs.set(t.id, [...(logprobs.get(t.id) ?? []), t.logprob ?? Number.NaN]);
+    }
+  });
+  setup?.(scheduler);
+  let step = 0;
+  const pending = [...schedule];
+  while (pending.length > 0 || scheduler.hasWork()) {
+    for (const p of pending.filter((p) => p.at <= step)) scheduler.submit(p.request);
+    for (let i = pending.length - 1; i >= 0; i--) if ((pending[i] as { at: number }).at <= step) pending.splice(i, 1);
+    scheduler.step();
+    step++;
+    if (step > 5000) throw new Error("scheduler did not finish");
+  }
+  return { tokens, logprobs, events, scheduler };
+}
+
+export function request(
+  id: string,
+  prompt: number[],
+  maxTokens: number,
+  sampling = samplingParams(),
+  stops: number[] = [],
+): EngineRequest {
+  return { id, prompt, maxTokens, sampling, stopTokenIds: stops };
+}
