@@ -14,6 +14,7 @@
 // verse numbers removed, one paragraph per chapter.
 //
 //   bun bench/kv-quality.ts [--models smollm2,tiny-llama] [--gen 128] [--skip-memory]
+//     [--text-tokens N (default all)] [--speed-context 1024] [--rounds 2]
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus } from "node:os";
 import { join } from "node:path";
@@ -33,6 +34,9 @@ const { values: args } = parseArgs({
     models: { type: "string", default: "smollm2,tiny-llama" },
     gen: { type: "string", default: "128" },
     chunk: { type: "string", default: "256" },
+    "text-tokens": { type: "string", default: "0" },
+    "speed-context": { type: "string", default: "1024" },
+    rounds: { type: "string", default: "2" },
     "skip-memory": { type: "boolean", default: false },
   },
 });
@@ -52,7 +56,7 @@ const PROMPTS = [
   "The capital of France is Paris. The capital of Italy is",
   // Long prompts: most of the attention is over stored keys.
   `${TEXT.slice(0, 2000)}\n\nSummary of the passage above:`,
-  `${TEXT.slice(0, 9000)}\n\nThe names of the people in this text are`,
+  `${TEXT.slice(0, 4500)}\n\nThe names of the people in this text are`,
 ];
 
 interface ModelCase {
@@ -187,7 +191,8 @@ const md: string[] = [];
 for (const m of modelCases()) {
   const { model } = loadModel(m.path);
   const tokenizer = loadTokenizer(m.tokenizerPath);
-  const text = tokenizer.encode(TEXT, { addSpecialTokens: true });
+  const all = tokenizer.encode(TEXT, { addSpecialTokens: true });
+  const text = Number(args["text-tokens"]) > 0 ? all.slice(0, Number(args["text-tokens"])) : all;
   const prompts = PROMPTS.map((p) => tokenizer.encode(p, { addSpecialTokens: true }));
   console.log(`${m.name}: text ${text.length} tokens; prompts ${prompts.map((p) => p.length).join(", ")} tokens`);
 
@@ -203,10 +208,12 @@ for (const m of modelCases()) {
   );
   for (const b of [8, 4]) console.log(`  kv ${b}: greedy common prefix ${agreement[b]?.join(", ")} of ${GEN}`);
 
-  const long = text.slice(0, 1024);
-  // Two rounds, ways interleaved (the machine is shared and drifts); the second round is reported.
+  const long = all.slice(0, Number(args["speed-context"]));
+  // Rounds with the ways interleaved (the machine is shared and drifts); the last round is reported.
   let speeds: Record<string, ReturnType<typeof speed>> = {};
-  for (let round = 0; round < 2; round++) speeds = Object.fromEntries(ATTENDS.map((a) => [a, speed(model, long, a)]));
+  for (let round = 0; round < Number(args.rounds); round++) {
+    speeds = Object.fromEntries(ATTENDS.map((a) => [a, speed(model, long, a)]));
+  }
   for (const a of ATTENDS) console.log(`  ${a}: ${JSON.stringify(speeds[a])}`);
 
   let memory: Record<string, number> | null = null;
@@ -238,7 +245,7 @@ for (const m of modelCases()) {
   });
   const base = ppl[0]?.ppl as number;
   md.push(
-    `### ${m.name} (text ${text.length} tokens in chunks of ${CHUNK})`,
+    `### ${m.name} (perplexity over ${text.length} of the text's ${all.length} tokens, in chunks of ${CHUNK})`,
     "",
     `| KV | perplexity | Δ vs float | greedy common prefix with float (10 prompts, of ${GEN}) | mean |`,
     "| --- | --- | --- | --- | --- |",
@@ -250,7 +257,7 @@ for (const m of modelCases()) {
       return `| ${b === 0 ? "float" : `${b}-bit`} | ${p.toFixed(4)} | ${delta} | ${agree ? agree.join(", ") : "—"} | ${mean} |`;
     }),
     "",
-    `Speed at a ${long.length}-token context (second of two interleaved rounds; wall ms / process CPU ms):`,
+    `Speed at a ${long.length}-token context (last of ${args.rounds} interleaved rounds; wall ms / process CPU ms):`,
     "",
     "| KV, attention | prefill (256-token chunks) | decode, per step |",
     "| --- | --- | --- |",
