@@ -101,12 +101,20 @@ export class DecoderModel implements LanguageModel {
       h = mx.multiply(h, mx.astype(mx.scalar(this.#weights.embedScale), this.dtype));
     for (let i = 0; i < this.#weights.layers.length; i++) {
       const layer = this.#weights.layers[i] as DecoderLayerWeights;
-      let a = this.#attention(i, layer, layer.inputNorm(h), batch, view.ropeOffset, maskFor(layer.window), regimes);
-      if (layer.attentionOutputNorm) a = layer.attentionOutputNorm(a);
-      h = residual(h, a);
-      let m = layer.mlp(layer.mlpNorm(h));
-      if (layer.mlpOutputNorm) m = layer.mlpOutputNorm(m);
-      h = residual(h, m);
+      const input = h;
+      // Window masks are built outside the layer's scope: later layers reuse them.
+      const mask = maskFor(layer.window);
+      // One scope per layer: our handles to its intermediates go when it is built,
+      // so MLX frees each once used (else a forward holds every layer's activations).
+      h = mx.tidy(() => {
+        let a = this.#attention(i, layer, layer.inputNorm(input), batch, view.ropeOffset, mask, regimes);
+        if (layer.attentionOutputNorm) a = layer.attentionOutputNorm(a);
+        const mid = residual(input, a);
+        let m = layer.mlp(layer.mlpNorm(mid));
+        if (layer.mlpOutputNorm) m = layer.mlpOutputNorm(m);
+        return residual(mid, m);
+      });
+      if (i > 0) input.dispose();
     }
     batch.end();
     const mode = options.logits ?? "last";
