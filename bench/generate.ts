@@ -7,17 +7,17 @@
 //   bun run bench generate [--model smollm2-135m] [--prompt 256] [--gen 128] [--repeat 3]
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { convertGguf } from "../src/models/gguf-to-mlx";
 import { resolveLocalModel } from "../src/hub/resolve";
+import { convertGguf } from "../src/models/gguf-to-mlx";
 import { Tokenizer } from "../src/text";
 import {
   BENCH_DIR,
   CACHE_DIR,
   ensureMlxLm,
   ensureNodeLlamaCpp,
+  MLX_LM_VERSION,
   machine,
   NODE_LLAMA_CPP_VERSION,
-  MLX_LM_VERSION,
 } from "./peers";
 
 export interface GenerateResult {

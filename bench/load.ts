@@ -10,11 +10,11 @@
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
-import { convertGguf } from "../src/models/gguf-to-mlx";
 import { resolveLocalModel } from "../src/hub/resolve";
+import { convertGguf } from "../src/models/gguf-to-mlx";
 import { selfCommand } from "../src/paths";
 import { renderChartPng } from "./chart";
-import { BENCH_DIR, CACHE_DIR, ensureMlxLm, machine, MLX_LM_VERSION } from "./peers";
+import { BENCH_DIR, CACHE_DIR, ensureMlxLm, MLX_LM_VERSION, machine } from "./peers";
 
 /** mlx_lm.server serves its --model under this name; Pensieve answers any name with its model. */
 const MODEL_NAME = "default_model";

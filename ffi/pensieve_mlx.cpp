@@ -124,6 +124,14 @@ const T& at_index(const std::vector<T>& v, int i) {
 
 }  // namespace
 
+// ---- bridge for ffi/gpu_kernels.cpp (custom GPU kernels): the handle and error
+// helpers above, so that its exports count handles and report errors alike ----
+namespace pensieve::abi {
+pv_array wrap_array(mx::array a) { return wrap(std::move(a)); }
+mx::array& unwrap_array(pv_array h) { return unwrap(h); }
+void set_last_error(const char* what) { set_error(what); }
+}  // namespace pensieve::abi
+
 extern "C" {
 
 // ---- errors and library ----

@@ -187,6 +187,41 @@ PV_API int pv_clear_cache(void);
 /* Live handles created through this ABI and not yet freed (a leak detector). */
 PV_API int64_t pv_live_handles(void);
 
+/* ---- custom GPU kernels (ffi/gpu_kernels.cpp) ----
+   MLX's fast::cuda_kernel (CUDA source compiled at run time by NVRTC); the same
+   calls admit fast::metal_kernel on Metal builds. A kernel's results are
+   ordinary lazy arrays in the graph. */
+typedef void* pv_kernel;
+/* The kernel language this MLX build runs: 0 none (CPU build), 1 CUDA, 2 Metal. */
+PV_API int pv_kernel_language(void);
+/* A kernel from its body (MLX writes the signature: inputs as `const T* name`,
+   outputs as `T* name`). input_names/output_names: comma-separated identifiers.
+   NULL on failure, and always when pv_kernel_language() is 0. shared_memory: CUDA only. */
+PV_API pv_kernel pv_kernel_new(const char* name, const char* input_names, const char* output_names,
+                               const char* source, const char* header, int ensure_row_contiguous, int shared_memory);
+PV_API void pv_kernel_free(pv_kernel k);
+/* Adds one launch to the graph and writes n_outputs handles into out.
+   out_shapes: all outputs' dims back to back, out_ndims[i] of them for output i.
+   grid: total threads per axis (MLX's convention), threadgroup: threads per block.
+   Template arguments: template_names comma-separated; kinds 0 int, 1 bool,
+   2 dtype (value = pv_dtype code). has_init_value: fill the outputs first. */
+/* A launch configuration (the arguments of pv_kernel_call but the inputs), parsed
+   once: pv_kernel_plan_call then adds a launch with only the inputs. A plan
+   refers to its kernel: free plans before the kernel. NULL on failure. */
+typedef void* pv_kernel_plan;
+PV_API pv_kernel_plan pv_kernel_plan_new(pv_kernel k, const int32_t* out_shapes, const int32_t* out_ndims,
+                                         const int32_t* out_dtypes, int n_outputs, const int32_t* grid,
+                                         const int32_t* threadgroup, const char* template_names,
+                                         const int32_t* template_kinds, const int32_t* template_values,
+                                         int n_template, float init_value, int has_init_value);
+PV_API void pv_kernel_plan_free(pv_kernel_plan p);
+PV_API int pv_kernel_plan_call(pv_kernel_plan p, pv_array* inputs, int n_inputs, int verbose, pv_array* out);
+PV_API int pv_kernel_call(pv_kernel k, pv_array* inputs, int n_inputs, const int32_t* out_shapes,
+                          const int32_t* out_ndims, const int32_t* out_dtypes, int n_outputs, const int32_t* grid,
+                          const int32_t* threadgroup, const char* template_names, const int32_t* template_kinds,
+                          const int32_t* template_values, int n_template, float init_value, int has_init_value,
+                          int verbose, pv_array* out);
+
 #ifdef __cplusplus
 }
 #endif

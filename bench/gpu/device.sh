@@ -8,6 +8,7 @@
 #   bash bench/gpu/device.sh load      # 1, 8, 32, 64 concurrent streams over HTTP
 #   AB='{"prefillWidthMultiple":1}' bash bench/gpu/device.sh ab   # Pensieve: defaults vs engine overrides
 #   bash bench/gpu/device.sh lone      # lone requests' time to first token: scheduler vs plain generation
+#   bash bench/gpu/device.sh kv        # issue 10: Claude Code replay (carry .device/claude-code-request.json), long prompts
 #
 # Pack the carried files first with bench/gpu/pack.sh. Results go to $OUT.
 set -euo pipefail
@@ -76,6 +77,30 @@ load)
   bun dist/bench/run.js load --model "$MODEL" --device gpu --levels "${LEVELS:-1,8,32,64}" --servers pensieve,mlx-lm \
     --python $PY --requests-per-client "${REQUESTS:-2}" --out-tokens 128 --prompt-tokens 128,256,512 \
     --ban-tokens $BAN --out-dir "$OUT"
+  ;;
+kvcheck)
+  # A short check in two calls (unpack first): set-up without mlx-lm, the full model, then turn 1, the same
+  # again and a restart (the prefix cache from disk). Carry .device/mlx-cuda.part.b, dist and the request.
+  if [ ! -d "$W/wheel/mlx" ]; then
+    cat "$W/mlx-cuda.part.a" .device/mlx-cuda.part.b | xz -dc | (mkdir -p "$W/wheel" && tar -xf - -C "$W/wheel")
+  fi
+  bun dist/scripts/setup.js --backend cuda --no-model --wheel-dir "$W/wheel" | tail -2
+  [ -f "$MODEL/model.safetensors" ] || bun dist/scripts/make-random-model.js --config .device/phi3/config.json \
+    --tokenizer-from .device/phi3 --out "$MODEL" --device gpu --seed 1
+  bun dist/bench/run.js claude-code --model "$MODEL" --device gpu --servers pensieve --quick \
+    --request .device/claude-code-request.json --out-dir "$OUT" --home "$W/home"
+  ;;
+kv)
+  # Issue 10: Claude Code's real first request (carried in .device/, never committed) replayed at default
+  # settings, then a long prompt over HTTP; and the long prompt in process against mlx-lm (peak memory, first token).
+  [ -f dist/test-gpu/long-context.test.js ] && PENSIEVE_GPU_PHI3="$MODEL" timeout 580 bun test --timeout 600000 \
+    ./dist/test-gpu/long-context.test.js 2>&1 | tail -20 | tee "$OUT/long-context-test.txt"
+  bun dist/bench/run.js claude-code --model "$MODEL" --device gpu --servers "${SERVERS:-pensieve,mlx-lm}" --python $PY \
+    --request .device/claude-code-request.json --out-dir "$OUT" --home "$W/home" --long "${LONG:-120000}"
+  for p in ${LONG_PROMPTS:-120000}; do
+    bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve,mlx-lm --python $PY \
+      --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt $p --gen 4 --repeat 1 --out-dir "$OUT"
+  done
   ;;
 ab)
   # Pensieve alone, default engine settings against PENSIEVE_ENGINE_OVERRIDES=$AB, same machine.

@@ -17,7 +17,7 @@ if [ ! -f .device/mlx-cuda.part.b ]; then
   python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_35_x86_64 --python-version 3.12 \
     "mlx-cuda-13==$ver" "mlx==$ver" "mlx-lm==0.32.2" -d "$tmp"
   (cd "$tmp" && mkdir w && cd w && unzip -q ../mlx_cuda_13-*.whl && tar -cf - mlx mlx_cuda_13.libs | xz -T2 -6 > ../mlx-cuda.tar.xz)
-  split -b 24000000 "$tmp/mlx-cuda.tar.xz" .device/mlx-cuda.part.
+  split -b 20000000 "$tmp/mlx-cuda.tar.xz" .device/mlx-cuda.part.
   mv .device/mlx-cuda.part.aa .device/mlx-cuda.part.a
   cat .device/mlx-cuda.part.a? > /dev/null 2>&1 || true
   cat $(ls .device/mlx-cuda.part.* | grep -v 'part\.a$') > .device/mlx-cuda.part.b.tmp
@@ -32,5 +32,8 @@ chmod u+w .device/phi3/*
 # Pensieve and the bench harness as Bun bundles (no node_modules there).
 rm -rf dist
 bun build --target=bun --splitting --external playwright-core --outdir dist \
-  src/cli.ts bench/run.ts bench/engines/pensieve-generate.ts bench/engines/lone-ttft.ts scripts/make-random-model.ts scripts/setup.ts > /dev/null
+  src/cli.ts bench/run.ts bench/engines/pensieve-generate.ts bench/engines/lone-ttft.ts scripts/make-random-model.ts scripts/setup.ts \
+  bench/gpu/gemv.ts bench/gpu/step-profile.ts bench/gpu/ncu-summary.ts bench/gpu/stamp-gpu.ts > /dev/null
+# The GPU tests, bundled (bench/gpu/kernels.sh runs them there with `bun test`).
+bun build --target=bun --outdir dist/test-gpu test/gpu/gemv.test.ts test/gpu/kernels-abi.test.ts test/gpu/long-context.test.ts > /dev/null
 du -sh .device/* dist

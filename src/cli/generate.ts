@@ -1,9 +1,9 @@
 // pensieve generate: streams an answer to stdout from an in-process engine.
 import { generateTokens } from "../engine/one-sequence";
 import { samplingParams } from "../engine/protocol";
+import { resolveLocalModel } from "../hub/resolve";
 import * as mx from "../mlx";
 import { loadModel } from "../models/loader";
-import { resolveLocalModel } from "../hub/resolve";
 import { ModelSession } from "../server/model-session";
 import { applyChatTemplate, type ChatMessage, StopMatcher, StreamingDetokenizer } from "../text";
 import { numberFlag, parseArgs, stringFlag } from "./args";

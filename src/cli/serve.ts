@@ -22,6 +22,8 @@ export async function runServe(argv: string[]): Promise<number> {
       maxConcurrent: config.maxConcurrent,
       queueSize: config.queueSize,
       prefixCacheBytes: config.prefixCacheBytes,
+      prefixDiskBytes: config.prefixDiskBytes,
+      kvBits: config.kvBits,
     },
     server: {
       apiKey: config.apiKey,

@@ -6,9 +6,9 @@
 //   4. a load and a few generated tokens as validation,
 //   5. the config file that `pensieve serve` reads.
 import { defaultConfigPath, loadConfig, writeConfig } from "../config";
-import { type DoctorReport, doctor } from "./doctor";
 import { downloadModel, downloadRepoFile, formatBytes, ProgressRenderer, resolveModelSpec } from "../hub";
 import { FROM_SOURCE } from "../paths";
+import { type DoctorReport, doctor } from "./doctor";
 
 const say = (line: string) => process.stderr.write(`[setup] ${line}\n`);
 

@@ -12,7 +12,9 @@
 //   kvBudgetBytes     PENSIEVE_KV_BUDGET_BYTES      --kv-budget-bytes     null (automatic)
 //   maxConcurrent     PENSIEVE_MAX_CONCURRENT       --max-concurrent      8 (CPU), 32 (GPU)
 //   queueSize         PENSIEVE_QUEUE_SIZE           --queue-size          64
-//   prefixCacheBytes  PENSIEVE_PREFIX_CACHE_BYTES   --prefix-cache-bytes  null (automatic)
+//   prefixCacheBytes  PENSIEVE_PREFIX_CACHE_BYTES   --prefix-cache-bytes  null (the KV pool bounds it)
+//   prefixDiskBytes   PENSIEVE_PREFIX_DISK_BYTES    --prefix-disk-bytes   null (automatic)
+//   kvBits            PENSIEVE_KV_BITS              --kv-bits             null (automatic: float for now)
 //   strictModelNames  PENSIEVE_STRICT_MODEL_NAMES   --strict-model-names  false
 //   logLevel          PENSIEVE_LOG_LEVEL            --log-level           "info"
 //   logFormat         PENSIEVE_LOG_FORMAT           --log-format          "json"
@@ -62,7 +64,18 @@ export const ConfigSchema = Type.Object(
       default: 64,
       description: "Requests waiting beyond maxConcurrent; more get 429 with Retry-After",
     }),
-    prefixCacheBytes: nullable(Type.Integer({ minimum: 0 }), "Memory for the prefix cache; null: automatic"),
+    prefixCacheBytes: nullable(
+      Type.Integer({ minimum: 0 }),
+      "Cap on cached prefixes inside the KV pool; null: the pool alone bounds them; 0: no prefix cache",
+    ),
+    prefixDiskBytes: nullable(
+      Type.Integer({ minimum: 0 }),
+      "Disk for cached prefixes kept across restarts; null: up to 16 GiB and a quarter of the free disk; 0: off",
+    ),
+    kvBits: nullable(
+      Type.Union([Type.Literal(0), Type.Literal(8), Type.Literal(4)]),
+      "KV cache storage: 0 float, 8 or 4 group-quantized bits; null: automatic",
+    ),
     strictModelNames: Type.Boolean({
       default: false,
       description: "Reject requests naming another model (default: serve the loaded one)",
@@ -110,6 +123,8 @@ const KINDS: Record<ConfigKey, ValueKind> = {
   maxConcurrent: "integer",
   queueSize: "integer",
   prefixCacheBytes: "bytes",
+  prefixDiskBytes: "bytes",
+  kvBits: "integer",
   strictModelNames: "boolean",
   logLevel: "enum",
   logFormat: "enum",

@@ -1,15 +1,23 @@
 // The engine: a loaded model plus its scheduler, driven by a loop that yields
 // to the event loop between steps (so IPC messages and cancellations arrive).
 // All MLX work happens on this one thread.
-import { basename } from "node:path";
-import { DEFAULT_USABLE_FRACTION, estimateMemory } from "../hub/memory";
+import { mkdirSync, statfsSync } from "node:fs";
+import { basename, join } from "node:path";
+import { formatBytes } from "../hub/format";
+import { DEFAULT_USABLE_FRACTION, estimateMemory, kvBytesPerToken, PREFILL_CHUNK, systemMemory } from "../hub/memory";
 import * as mx from "../mlx";
 import type { ModelConfig } from "../models/config";
 import { type LoadedModel, loadModel, readModelConfig } from "../models/loader";
 import { denseCopyBytes } from "../models/weights";
+import { pensieveHome } from "../paths";
 import { type ConstraintSpec, JsonConstraintFactory } from "../text/json-constraint";
 import { tokenByteTable } from "../text/token-bytes";
 import { loadTokenizer } from "../text/tokenizer";
+import { effectiveKvBits, type KvBits, kvGroupSize } from "./attention-plan";
+import { KV_STEP, KVCache } from "./kv-cache";
+import { concurrentFit, type KvPoolShape, maxLoneTokens } from "./kv-pool";
+import { cacheShape, defaultPrefillChunk } from "./one-sequence";
+import { fileIdentity, modelKey, PrefixStore } from "./prefix-store";
 import {
   type EngineConfig,
   type EngineEvent,
@@ -18,10 +26,7 @@ import {
   type EngineStats,
   samplingParams,
 } from "./protocol";
-import { defaultPrefillChunk } from "./one-sequence";
 import { Scheduler, type SchedulerOptions, type TokenConstraint } from "./scheduler";
-
-const GiB = 1024 ** 3;
 
 /** Device memory the engine may plan with: GPU memory (CUDA), else system memory (also Apple's unified memory). */
 export function deviceMemoryBytes(device: "cpu" | "gpu"): number | null {
@@ -36,10 +41,30 @@ export function deviceMemoryBytes(device: "cpu" | "gpu"): number | null {
   return null;
 }
 
+/** Tokens of one Claude Code session (its ~20K-token first request and room to answer), for the plan's message. */
+export const CLAUDE_CODE_SESSION_TOKENS = 24_576;
+
+// ---- KV storage (kvBits) ----
 /**
- * The context and KV budget, decided before any weight is loaded (src/hub/memory.ts):
- * a model that cannot fit is refused with the estimate's message. The KV budget
- * is what remains after weights, working memory and the prefix cache.
+ * KV storage when the configuration leaves it open (null): float for now on
+ * every device; the measurements behind the choice are in the kv-quant note.
+ */
+export function defaultKvBits(_device: "cpu" | "gpu"): KvBits {
+  return 0;
+}
+
+/** The KV storage a model gets: configured or default bits, float where head_dim cannot be quantized. */
+export function resolveKvBits(config: EngineConfig, device: "cpu" | "gpu", model: ModelConfig) {
+  const bits = effectiveKvBits(config.kvBits ?? defaultKvBits(device), model.headDim);
+  return { kvBits: bits, kvGroupSize: bits === 0 ? undefined : (kvGroupSize(model.headDim) ?? undefined) };
+}
+// ---- end KV storage ----
+
+/**
+ * The context and the KV pool, decided before any weight is loaded (src/hub/memory.ts):
+ * a model that cannot fit is refused with the estimate's message. The pool is
+ * what remains after the weights (dense copies included, when the caller counts
+ * them) and working memory; cached prefixes live inside it.
  */
 export function planMemory(
   config: EngineConfig,
@@ -51,23 +76,46 @@ export function planMemory(
   const gpuMemory = deviceMemoryBytes(device);
   const memory = gpuMemory === null ? undefined : { totalBytes: gpuMemory, label: "of GPU memory" };
   const usableFraction = device === "gpu" && gpuMemory !== null ? 0.9 : DEFAULT_USABLE_FRACTION;
-  const base = {
+  const prefillChunk = config.prefillChunk ?? (device === "gpu" ? 2048 : PREFILL_CHUNK);
+  const kv = resolveKvBits(config, device, model);
+  const plan = estimateMemory({
     config: model,
     weightBytes,
     kvBytesPerElement: bytesPerElement,
+    ...kv,
     memory,
     usableFraction,
     maxContext: config.maxContext ?? null,
-  };
-  const first = estimateMemory(base);
-  if (!first.fits) throw new Error(first.message);
-  const spare = first.memory.usableBytes - first.breakdown.weights - first.breakdown.working;
-  const prefixCacheBytes = config.prefixCacheBytes ?? Math.max(0, Math.min(4 * GiB, Math.floor(spare * 0.2)));
-  const plan = estimateMemory({ ...base, prefixCacheBytes, kvBudgetBytes: config.kvBudgetBytes ?? null });
+    kvBudgetBytes: config.kvBudgetBytes ?? null,
+    prefillChunk,
+    // Fused causal attention for long prompts on the GPU (see src/hub/memory.ts).
+    scoreColumns: device === "gpu" ? prefillChunk : undefined,
+  });
   if (!plan.fits) throw new Error(plan.message);
-  const left = plan.memory.usableBytes - plan.breakdown.weights - plan.breakdown.working - prefixCacheBytes;
+  // MLX's buffer cache may hold this much of the rest (see bufferCacheLimit).
+  const left = plan.memory.usableBytes - plan.breakdown.weights - plan.breakdown.working - bufferCacheLimit(device);
   const kvBudgetBytes = config.kvBudgetBytes ?? Math.max(plan.breakdown.kvCache, left);
-  return { contextLength: plan.context, kvBudgetBytes, prefixCacheBytes, estimate: plan };
+  const pool: KvPoolShape = {
+    budgetBytes: kvBudgetBytes,
+    bytesPerToken: kvBytesPerToken(model, bytesPerElement, kv.kvBits, kv.kvGroupSize),
+    numLayers: model.numLayers,
+    growthStep: KV_STEP,
+  };
+  const sessions = concurrentFit(pool, Math.min(CLAUDE_CODE_SESSION_TOKENS, plan.context));
+  const message =
+    `${plan.message}; KV pool ${formatBytes(kvBudgetBytes)} (running sequences and cached prefixes): ` +
+    `${sessions} sequence${sessions === 1 ? "" : "s"} of ${Math.min(CLAUDE_CODE_SESSION_TOKENS, plan.context)} tokens at once, ` +
+    `one of ${maxLoneTokens(pool)} tokens`;
+  // null: the pool alone bounds the prefix cache.
+  const prefixCacheBytes = config.prefixCacheBytes ?? null;
+  return {
+    contextLength: plan.context,
+    kvBudgetBytes,
+    prefixCacheBytes,
+    estimate: { ...plan, message },
+    sessions,
+    kvBits: kv.kvBits,
+  };
 }
 
 export function schedulerOptions(
@@ -86,7 +134,46 @@ export function schedulerOptions(
     maxPrefillBatch: config.maxPrefillBatch ?? (device === "gpu" ? 16 : 4),
     prefixCacheBytes: plan.prefixCacheBytes,
     prefillWidthMultiple: config.prefillWidthMultiple ?? (device === "gpu" ? 64 : 1),
+    kvBits: plan.kvBits,
   };
+}
+
+const GiB = 1024 ** 3;
+
+/** MLX's buffer cache: small buffers reused every step stay; at most 4 GiB or 5% of the memory. */
+export function bufferCacheLimit(device: "cpu" | "gpu"): number {
+  const total = deviceMemoryBytes(device) ?? systemMemory().totalBytes;
+  return Math.min(4 * GiB, Math.floor(total * 0.05));
+}
+/** At shutdown, cached prefixes are written for at most this long (the supervisor's grace is 3 s). */
+const SHUTDOWN_PERSIST_MS = 2000;
+
+/** The disk budget for cached prefixes: the setting, or up to 16 GiB and a quarter of the free disk. */
+export function prefixDiskBudget(setting: number | null, dir: string): number {
+  if (setting !== null) return setting;
+  try {
+    const fs = statfsSync(dir);
+    return Math.min(16 * GiB, Math.floor((fs.bavail * fs.bsize) / 4));
+  } catch {
+    return 0;
+  }
+}
+
+/** The prefix cache on disk for this model, or null when off or unavailable. */
+function openPrefixStore(config: EngineConfig, loaded: LoadedModel, kvBits: KvBits): PrefixStore | null {
+  if (config.prefixDiskBytes === undefined || config.prefixDiskBytes === 0) return null;
+  const root = config.prefixDiskDir ?? join(pensieveHome(), "prefix-cache");
+  try {
+    const c = loaded.config;
+    const layout = `${mx.dtypeName(loaded.model.dtype)}:L${c.numLayers}:H${c.numKvHeads}:D${c.headDim}:kv${kvBits}`;
+    const key = modelKey({ model: fileIdentity(config.model), layout, rope: config.alwaysLongRope ? "long" : "hf" });
+    mkdirSync(root, { recursive: true });
+    const budget = prefixDiskBudget(config.prefixDiskBytes, root);
+    return budget > 0 ? new PrefixStore(root, key, budget, layout, c.numLayers) : null;
+  } catch {
+    // A read-only or missing data folder costs the feature, not the engine.
+    return null;
+  }
 }
 
 const WARMUP_ID = "\u0000warmup-";
@@ -127,6 +214,9 @@ export class Engine {
     this.#cacheReleaseIdleMs = config.cacheReleaseIdleMs ?? 5000;
     const device = config.device ?? (mx.gpuAvailable() ? "gpu" : "cpu");
     mx.setDevice(device);
+    // Freed buffers above this go back to the device: a long prompt's KV growth otherwise fills the card
+    // with cached buffers no later allocation fits (an H100 ran out at 120K tokens).
+    mx.memory.setCacheLimit(bufferCacheLimit(device));
     // Plan memory before loading: refuse what cannot fit.
     const planned = readModelConfig(config.model);
     const elementBytes = device === "cpu" ? 4 : 2;
@@ -146,8 +236,8 @@ export class Engine {
     }
     this.loaded = loadModel(config.model, { alwaysLongRope: config.alwaysLongRope, denseCopies });
     const c = this.loaded.config;
-    const bytesPerToken = c.numLayers * 2 * c.numKvHeads * c.headDim * mx.dtypeBytes(this.loaded.model.dtype);
     const options = schedulerOptions(config, plan, device);
+    const bytesPerToken = KVCache.bytesPerToken(cacheShape(this.loaded.model, options.kvBits));
     const fault = config.faultTokenId ?? null;
     if (fault !== null) this.#installFault(fault);
     this.scheduler = new Scheduler(
@@ -156,6 +246,7 @@ export class Engine {
       (e) => this.#forward(e, emit),
       (spec, endIds) => this.#constraint(config.model, spec, endIds),
     );
+    this.scheduler.attachPrefixStore(openPrefixStore(config, this.loaded, options.kvBits ?? 0));
     this.#warmups = warmupLengths(options);
     this.info = {
       modelPath: config.model,
@@ -170,6 +261,7 @@ export class Engine {
       mlxVersion: mx.mlxVersion(),
       weightBytes: this.loaded.weightBytes,
       kvBytesPerToken: bytesPerToken,
+      kvBits: options.kvBits ?? 0,
       loadMs: performance.now() - started,
       pid: process.pid,
     };
@@ -260,6 +352,7 @@ export class Engine {
         else {
           mx.memory.clearCache();
           cacheHeld = false;
+          await this.#persistQuietly();
         }
         continue;
       }
@@ -269,6 +362,19 @@ export class Engine {
       await new Promise((resolve) => setImmediate(resolve));
     }
     this.#running = false;
+  }
+
+  /** Writes cached prefixes to disk, one node at a time, while nothing else needs the engine. */
+  async #persistQuietly(): Promise<void> {
+    while (!this.#stopped && !this.scheduler.hasWork()) {
+      try {
+        if (!this.scheduler.persistStep()) return;
+      } catch (e) {
+        console.error(`[engine] writing the prefix cache failed: ${(e as Error).message}`);
+        return;
+      }
+      await new Promise((resolve) => setImmediate(resolve));
+    }
   }
 
   /** Waits for work (true) or for `timeoutMs` to pass (false). */
@@ -286,6 +392,14 @@ export class Engine {
 
   stop(): void {
     this.#stopped = true;
+    this.scheduler.cancelAll();
+    this.scheduler.step();
+    const deadline = performance.now() + SHUTDOWN_PERSIST_MS;
+    try {
+      while (performance.now() < deadline && this.scheduler.persistStep()) {}
+    } catch (e) {
+      console.error(`[engine] writing the prefix cache failed: ${(e as Error).message}`);
+    }
     this.scheduler.dispose();
     this.#wake?.();
   }

@@ -1,10 +1,21 @@
-// The KV cache: one buffer pair per layer, [B, Hkv, capacity, D], grown in
-// steps and written in place with slice_update. Rows are left-padded so that a
-// batch shares one write position; each row's own length is `offset -
-// leftPadding[row]`. A single sequence is the batch of one with no padding.
-import * as mx from "../mlx";
+// The KV cache: per layer a list of storage arrays ("parts"), each
+// [B, Hkv, capacity, X] with the token axis at 2, grown in steps and written in
+// place with slice_update. Float KV: parts [keys, values] (X = head_dim).
+// Quantized KV (kvBits 8 or 4, mlx-lm's QuantizedKVCache layout): parts
+// [keys packed uint32, key scales, key biases, values packed, scales, biases]
+// (X = head_dim·bits/32 or head_dim/group). Every part has the token axis at 2,
+// so slicing, padding and concatenation treat them alike.
+//
+// Rows are left-padded so that a batch shares one write position; each row's
+// own length is `offset - leftPadding[row]`. A single sequence is the batch of
+// one with no padding. The cache also decides how to attend (attention()):
+// fused sdpa over float KV, or quantized matmuls over quantized KV, with the
+// queries split so that no score matrix exceeds a bound (attention-plan.ts).
+
 import type { MxArray } from "../mlx";
+import * as mx from "../mlx";
 import type { AttentionBatch, ForwardView } from "../models/types";
+import { ATTENTION_SCORE_BOUND_BYTES, type KvBits, kvTokenBytes, queryChunk } from "./attention-plan";
 
 /** Capacity grows by this many positions at a time. */
 export const KV_STEP = 256;
@@ -13,24 +24,89 @@ export interface CacheShape {
   numLayers: number;
   numKvHeads: number;
   headDim: number;
+  /** The float dtype of keys and values (and of quantization scales and biases). */
   dtype: mx.Dtype;
+  /** 0: float KV; 8 or 4: group-quantized. */
+  kvBits: KvBits;
+  /** Quantization group along head_dim (kvGroupSize(headDim)); unused for float KV. */
+  kvGroupSize: number;
 }
+
+/**
+ * One row's KV for a token range: parts[layer] holds the cache's storage
+ * arrays for that layer, each [1, Hkv, length, X] (token axis 2): float →
+ * [k, v]; quantized → [kq, kscales, kbiases, vq, vscales, vbiases].
+ */
+export interface KVState {
+  parts: MxArray[][];
+  length: number;
+}
+
+/** Frees every part of a state. */
+export function disposeState(state: KVState): void {
+  for (const layer of state.parts) for (const a of layer) a.dispose();
+}
+
+/** Bytes a state holds. */
+export function stateBytes(state: KVState): number {
+  let n = 0;
+  for (const layer of state.parts) for (const a of layer) n += a.nbytes;
+  return n;
+}
+
+/** Lazy views of a state's tokens [start, end) (new handles; no copy until evaluated). */
+export function sliceState(state: KVState, start: number, end: number): KVState {
+  if (start === 0 && end === state.length) return state;
+  return { parts: state.parts.map((layer) => layer.map((a) => mx.sliceAxis(a, 2, start, end))), length: end - start };
+}
+
+const partCount = (shape: CacheShape) => (shape.kvBits === 0 ? 2 : 6);
 
 export class KVCache implements AttentionBatch {
   readonly shape: CacheShape;
-  #keys: (MxArray | null)[];
-  #values: (MxArray | null)[];
+  /** parts[layer]: the layer's storage arrays (see the header), or null before the first write. */
+  #parts: (MxArray[] | null)[];
   /** Columns written so far (shared by every row). */
   #offset = 0;
   #capacity = 0;
   #leftPadding: number[];
   #pending = 0;
+  /**
+   * How attention bounds its score matrix: `fused`: float attention runs in a
+   * fused kernel (no score matrix), so float KV (and dequantized quantized KV)
+   * is attended in one call; otherwise queries are split so each call's float32
+   * scores stay within `bytes`. Tests lower the bound to check splitting.
+   */
+  scoreBound: { bytes: number; fused: boolean };
+  /**
+   * Quantized KV only: how attention reads it. "matmul": quantized_matmul over
+   * the packed keys and values (mlx-lm's way; materializes scores). "dequantize":
+   * a float copy of this layer's keys and values, then the fused sdpa (no score
+   * matrix; the copy is transient). Default: "dequantize" where a fused float
+   * kernel exists on the CPU (MLX's CPU quantized_matmul is a scalar loop), else "matmul".
+   */
+  quantizedAttention: "matmul" | "dequantize";
 
   constructor(shape: CacheShape, batchSize = 1) {
+    if (shape.kvBits !== 0 && shape.headDim % shape.kvGroupSize !== 0) {
+      throw new Error(`KV group size ${shape.kvGroupSize} does not divide head_dim ${shape.headDim}`);
+    }
     this.shape = shape;
-    this.#keys = new Array(shape.numLayers).fill(null);
-    this.#values = new Array(shape.numLayers).fill(null);
+    this.#parts = new Array(shape.numLayers).fill(null);
     this.#leftPadding = new Array(batchSize).fill(0);
+    const fusedFloat = fusedFloatAttention(shape);
+    // MLX 0.32.4's CUDA quantized_matmul has no kernel for Phi-3's head_dim 96 in groups of 32 (measured on an
+    // H100: "No implementation for problem shape"), so wherever a fused float kernel exists the layer is dequantized.
+    this.quantizedAttention = fusedFloat ? "dequantize" : "matmul";
+    this.scoreBound = {
+      bytes: ATTENTION_SCORE_BOUND_BYTES,
+      fused: fusedFloat,
+    };
+  }
+
+  /** KV bytes of one token of one row (all layers, keys and values). */
+  static bytesPerToken(shape: CacheShape): number {
+    return kvTokenBytes(shape, mx.dtypeBytes(shape.dtype), shape.kvBits, shape.kvGroupSize);
   }
 
   get batchSize(): number {
@@ -53,7 +129,7 @@ export class KVCache implements AttentionBatch {
   /** Bytes held by the buffers (capacity, not just the used part). */
   get nbytes(): number {
     let n = 0;
-    for (const a of [...this.#keys, ...this.#values]) if (a) n += a.nbytes;
+    for (const a of this.arrays()) n += a.nbytes;
     return n;
   }
 
@@ -77,36 +153,81 @@ export class KVCache implements AttentionBatch {
     return mx.logicalAnd(mx.lessEqual(cols, rows), mx.greaterEqual(cols, pads));
   }
 
-  update(layer: number, keys: MxArray, values: MxArray): [MxArray, MxArray] {
-    const L = this.#pending;
-    const end = this.#offset + L;
-    if (end > this.#capacity) this.#grow(end);
-    const k = this.#write(this.#keys, layer, keys, keys.dim(1), keys.dim(3));
-    const v = this.#write(this.#values, layer, values, values.dim(1), values.dim(3));
-    return [k, v];
+  /**
+   * Stores this layer's new keys/values [B, Hkv, L, D] and returns the attention
+   * output [B, H, L, D] of queries q [B, H, L, D] over every cached key. `mask`
+   * is the view's from begin(): causal in structure (query i never sees a key
+   * after it), which lets a query sub-chunk skip the keys after its last query.
+   */
+  attention(layer: number, q: MxArray, keys: MxArray, values: MxArray, scale: number, mask: ForwardView["mask"]) {
+    const parts = this.#store(layer, keys, values);
+    const [B, H, L] = q.shape as [number, number, number];
+    const S = this.#offset + L;
+    const fused = this.scoreBound.fused && (this.shape.kvBits === 0 || this.quantizedAttention === "dequantize");
+    const step = fused ? L : queryChunk(B, H, S, this.scoreBound.bytes);
+    if (step >= L) return this.#attend(q, parts, scale, mask);
+    const outs: MxArray[] = [];
+    for (let a = 0; a < L; a += step) {
+      const b = Math.min(L, a + step);
+      const end = S - L + b; // keys up to this sub-chunk's last query
+      const sub = mx.sliceAxis(q, 2, a, b);
+      const visible = parts.map((p) => mx.sliceAxis(p, 2, 0, end));
+      const m = mask === null || mask === "causal" ? mask : mx.sliceAxis(mx.sliceAxis(mask, 2, a, b), 3, 0, end);
+      outs.push(this.#attend(sub, visible, scale, m));
+    }
+    return mx.concatenate(outs, 2);
   }
 
-  #write(buffers: (MxArray | null)[], layer: number, update: MxArray, heads: number, dim: number): MxArray {
+  #attend(q: MxArray, parts: MxArray[], scale: number, mask: ForwardView["mask"]): MxArray {
+    const [k, v] = parts as [MxArray, MxArray];
+    if (this.shape.kvBits === 0) return mx.sdpa(q, k, v, scale, mask);
+    const { kvBits: bits, kvGroupSize: groupSize } = this.shape;
+    const [kq, ks, kb, vq, vs, vb] = parts as [MxArray, MxArray, MxArray, MxArray, MxArray, MxArray];
+    const keys: mx.QuantizedWeight = { weight: kq, scales: ks, biases: kb, groupSize, bits };
+    const values: mx.QuantizedWeight = { weight: vq, scales: vs, biases: vb, groupSize, bits };
+    if (this.quantizedAttention === "dequantize") {
+      const dtype = this.shape.dtype;
+      return mx.sdpa(q, mx.dequantize(keys, dtype), mx.dequantize(values, dtype), scale, mask);
+    }
+    return mx.quantizedSdpa(q, keys, values, scale, mask);
+  }
+
+  /** Writes the new keys/values of a layer; returns every part's used columns [B, Hkv, offset + L, X]. */
+  #store(layer: number, keys: MxArray, values: MxArray): MxArray[] {
+    const end = this.#offset + this.#pending;
+    if (end > this.#capacity) this.#capacity = Math.ceil(end / KV_STEP) * KV_STEP;
+    const { dtype, kvBits, kvGroupSize } = this.shape;
+    let updates: MxArray[];
+    if (kvBits === 0) updates = [mx.astype(keys, dtype), mx.astype(values, dtype)];
+    else {
+      const quantized = (a: MxArray) => {
+        const q = mx.quantize(mx.astype(a, dtype), kvGroupSize, kvBits);
+        return [q.weight, q.scales, q.biases as MxArray];
+      };
+      updates = [...quantized(keys), ...quantized(values)];
+    }
+    const old = this.#parts[layer] ?? null;
+    const next = updates.map((u, i) => this.#write(old?.[i] ?? null, u));
+    this.#parts[layer] = next;
+    return next.map((p) => mx.sliceAxis(p, 2, 0, end));
+  }
+
+  /** Writes `update` at the write position of a part (grown to capacity first); disposes the old part. */
+  #write(part: MxArray | null, update: MxArray): MxArray {
     const B = this.batchSize;
-    let buf = buffers[layer] ?? null;
+    const [heads, width] = [update.dim(1), update.dim(3)];
+    let buf = part;
     if (buf === null || buf.dim(2) < this.#capacity) {
-      const fresh = mx.zeros([B, heads, this.#capacity, dim], this.shape.dtype);
-      buf = buf === null ? fresh : mx.sliceUpdate(fresh, buf, [0, 0, 0, 0], [B, heads, buf.dim(2), dim]);
+      const fresh = mx.zeros([B, heads, this.#capacity, width], update.dtype);
+      buf = buf === null ? fresh : mx.sliceUpdate(fresh, buf, [0, 0, 0, 0], [B, heads, buf.dim(2), width]);
     }
     const start = this.#offset;
     const end = start + this.#pending;
-    const next = mx.keep(
-      mx.sliceUpdate(buf, mx.astype(update, this.shape.dtype), [0, 0, start, 0], [B, heads, end, dim]),
-    );
+    const next = mx.keep(mx.sliceUpdate(buf, update, [0, 0, start, 0], [B, heads, end, width]));
     // Drop our handle to the old buffer now, so MLX can write the new one in place.
-    buffers[layer]?.dispose();
-    if (buf !== buffers[layer]) buf.dispose();
-    buffers[layer] = next;
-    return mx.slice(next, [0, 0, 0, 0], [B, heads, end, dim]);
-  }
-
-  #grow(needed: number): void {
-    this.#capacity = Math.ceil(needed / KV_STEP) * KV_STEP;
+    part?.dispose();
+    if (buf !== part) buf.dispose();
+    return next;
   }
 
   end(): void {
@@ -116,7 +237,7 @@ export class KVCache implements AttentionBatch {
 
   /** The current buffers (for evaluation after a prefill chunk). */
   arrays(): MxArray[] {
-    return [...this.#keys, ...this.#values].filter((a): a is MxArray => a !== null);
+    return this.#parts.flatMap((p) => p ?? []);
   }
 
   /**
@@ -128,17 +249,19 @@ export class KVCache implements AttentionBatch {
     const U = other.#offset;
     const width = Math.max(T, U);
     mx.tidy(() => {
-      for (const buffers of ["keys", "values"] as const) {
-        const mine = buffers === "keys" ? this.#keys : this.#values;
-        const theirs = buffers === "keys" ? other.#keys : other.#values;
-        for (let l = 0; l < this.shape.numLayers; l++) {
-          const a = mine[l] ?? null;
-          const b = theirs[l] ?? null;
-          if (!a || !b) throw new Error("appendRows: both caches need every layer filled");
-          const merged = mx.concatenate([leftPadded(a, T, width), leftPadded(b, U, width)], 0);
+      for (let l = 0; l < this.shape.numLayers; l++) {
+        const mine = this.#parts[l] ?? null;
+        const theirs = other.#parts[l] ?? null;
+        if (!mine || !theirs) throw new Error("appendRows: both caches need every layer filled");
+        this.#parts[l] = mine.map((a, i) => {
+          const merged = mx.concatenate([leftPadded(a, T, width), leftPadded(theirs[i] as MxArray, U, width)], 0);
+          // One layer at a time: the old buffers go before the next copy (the KV pool counts one layer extra).
+          mx.evaluate(merged);
           a.dispose();
-          mine[l] = mx.keep(merged);
-        }
+          (theirs[i] as MxArray).dispose();
+          return mx.keep(merged);
+        });
+        other.#parts[l] = null;
       }
     });
     this.#leftPadding = [
@@ -167,14 +290,14 @@ export class KVCache implements AttentionBatch {
     const width = this.#offset - trim;
     mx.tidy(() => {
       const index = mx.int32(rows);
-      for (const buffers of [this.#keys, this.#values]) {
-        for (let l = 0; l < buffers.length; l++) {
-          const a = buffers[l];
-          if (!a) continue;
-          const picked = mx.take(a, index, 0);
-          buffers[l] = mx.keep(mx.sliceAxis(picked, 2, trim, this.#offset));
-          a.dispose();
-        }
+      for (let l = 0; l < this.#parts.length; l++) {
+        this.#parts[l] =
+          this.#parts[l]?.map((a) => {
+            const picked = mx.keep(mx.contiguous(mx.sliceAxis(mx.take(a, index, 0), 2, trim, this.#offset)));
+            mx.evaluate(picked);
+            a.dispose();
+            return picked;
+          }) ?? null;
       }
     });
     this.#leftPadding = pads.map((p) => p - trim);
@@ -182,47 +305,78 @@ export class KVCache implements AttentionBatch {
     this.#capacity = width;
   }
 
-  /** One row's keys and values per layer, exactly its length [1, Hkv, n, D] (new arrays). */
-  rowState(row: number, length?: number): { keys: MxArray[]; values: MxArray[]; length: number } {
+  /** Copies of one row's tokens [start, end) of its own positions, every part [1, Hkv, end - start, X]. */
+  rowState(row: number, start = 0, end?: number): KVState {
     const pad = this.#leftPadding[row];
     if (pad === undefined) throw new RangeError(`rowState: no row ${row}`);
-    const n = length ?? this.#offset - pad;
-    const take = (a: MxArray | null) => {
-      if (!a) throw new Error("rowState: empty cache");
-      return mx.keep(mx.contiguous(mx.sliceAxis(mx.sliceAxis(a, 0, row, row + 1), 2, pad, pad + n)));
-    };
-    const state = mx.tidy(() => ({ keys: this.#keys.map(take), values: this.#values.map(take), length: n }));
+    const stop = end ?? this.#offset - pad;
+    if (start < 0 || stop < start || pad + stop > this.#offset) {
+      throw new RangeError(`rowState: tokens [${start}, ${stop}) outside row ${row} (${this.#offset - pad} tokens)`);
+    }
+    const take = (a: MxArray) =>
+      mx.keep(mx.contiguous(mx.sliceAxis(mx.sliceAxis(a, 0, row, row + 1), 2, pad + start, pad + stop)));
+    const parts = mx.tidy(() =>
+      this.#parts.map((layer) => {
+        if (!layer) throw new Error("rowState: empty cache");
+        return layer.map(take);
+      }),
+    );
     // Copy now: a pending copy would pin the whole source buffer.
-    mx.asyncEval(...state.keys, ...state.values);
-    return state;
+    mx.asyncEval(...parts.flat());
+    return { parts, length: stop - start };
   }
 
   /**
    * An empty cache for a batch of prompts of different lengths that are
    * prefilled together: row i is left-padded by leftPadding[i] columns.
    */
+  /**
+   * Sizes the buffers for `columns` at their next write, so a long prefill
+   * allocates once instead of growing (and copying) at every chunk.
+   */
+  reserve(columns: number): void {
+    this.#capacity = Math.max(this.#capacity, Math.ceil(columns / KV_STEP) * KV_STEP);
+  }
+
   static padded(shape: CacheShape, leftPadding: readonly number[]): KVCache {
     const cache = new KVCache(shape, leftPadding.length);
     cache.#leftPadding = [...leftPadding];
     return cache;
   }
 
-  /** A one-row cache holding copies of the given per-layer state (for prefix reuse). */
-  static fromState(shape: CacheShape, state: { keys: MxArray[]; values: MxArray[]; length: number }): KVCache {
+  /**
+   * A one-row cache holding the concatenation (token axis) of consecutive
+   * states, the first `length` tokens of each (their arrays may hold more).
+   * The states stay the caller's.
+   */
+  static fromStates(shape: CacheShape, states: readonly KVState[]): KVCache {
     const cache = new KVCache(shape, 1);
-    const n = state.length;
+    const count = partCount(shape);
+    const n = states.reduce((sum, s) => sum + s.length, 0);
     mx.tidy(() => {
       for (let l = 0; l < shape.numLayers; l++) {
-        const k = state.keys[l];
-        const v = state.values[l];
-        if (!k || !v) throw new Error("fromState: missing layer");
-        cache.#keys[l] = mx.keep(k.dim(2) === n ? mx.copy(k) : mx.sliceAxis(k, 2, 0, n));
-        cache.#values[l] = mx.keep(v.dim(2) === n ? mx.copy(v) : mx.sliceAxis(v, 2, 0, n));
+        const layer: MxArray[] = [];
+        for (let i = 0; i < count; i++) {
+          const pieces = states.map((s) => {
+            const a = s.parts[l]?.[i];
+            if (!a || (s.parts[l] as MxArray[]).length !== count) {
+              throw new Error(`fromStates: layer ${l} needs ${count} parts (kvBits ${shape.kvBits})`);
+            }
+            return a.dim(2) === s.length ? a : mx.sliceAxis(a, 2, 0, s.length);
+          });
+          layer.push(mx.keep(pieces.length === 1 ? mx.copy(pieces[0] as MxArray) : mx.concatenate(pieces, 2)));
+        }
+        cache.#parts[l] = layer;
       }
     });
     cache.#offset = n;
     cache.#capacity = n;
     return cache;
+  }
+
+  /** A one-row cache holding copies of one state (for prefix reuse). */
+  static fromState(shape: CacheShape, state: KVState): KVCache {
+    return KVCache.fromStates(shape, [state]);
   }
 
   /** Forgets everything (keeps nothing allocated). */
@@ -234,10 +388,23 @@ export class KVCache implements AttentionBatch {
   }
 
   dispose(): void {
-    for (const a of [...this.#keys, ...this.#values]) a?.dispose();
-    this.#keys.fill(null);
-    this.#values.fill(null);
+    for (const a of this.arrays()) a.dispose();
+    this.#parts.fill(null);
   }
+}
+
+/**
+ * Whether float attention over this cache runs in a fused kernel that needs no
+ * score matrix, following the shim's pv_sdpa dispatch: on the CPU, Pensieve's
+ * float32 kernel (ffi/cpu_attention.cpp: one score row per thread) unless
+ * PENSIEVE_CPU_KERNEL=0; on CUDA, cuDNN or the vector kernel for float16/bfloat16
+ * with head_dim a multiple of 8 up to 128. Elsewhere MLX's fallback builds the
+ * scores [B, H, L, S] and the queries are split.
+ */
+function fusedFloatAttention(shape: CacheShape): boolean {
+  if (mx.getDevice() === "cpu") return shape.dtype === mx.Dtype.float32 && process.env.PENSIEVE_CPU_KERNEL !== "0";
+  const half = shape.dtype === mx.Dtype.float16 || shape.dtype === mx.Dtype.bfloat16;
+  return half && shape.headDim % 8 === 0 && shape.headDim <= 128;
 }
 
 /** The used columns [0, used) of a buffer, left-padded with zeros to `width`. */

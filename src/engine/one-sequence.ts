@@ -3,10 +3,12 @@
 // read). Used by `pensieve generate`, setup's smoke test and the benchmarks;
 // the server's path is the scheduler (scheduler.ts), which takes cacheFor()
 // and defaultPrefillChunk() from here. The text side lives in src/text.
-import * as mx from "../mlx";
+
 import type { MxArray } from "../mlx";
+import * as mx from "../mlx";
 import type { LanguageModel } from "../models/types";
-import { KVCache } from "./kv-cache";
+import { effectiveKvBits, type KvBits, kvGroupSize } from "./attention-plan";
+import { type CacheShape, KVCache } from "./kv-cache";
 import type { FinishReason, SamplingParams, StepValues } from "./protocol";
 import { readStep, type SampledStep, SequenceSampler, stepArrays } from "./sampling";
 
@@ -15,12 +17,25 @@ export function defaultPrefillChunk(): number {
   return mx.getDevice() === "gpu" ? 2048 : 512;
 }
 
-export function cacheFor(model: LanguageModel, batchSize = 1): KVCache {
+/**
+ * The cache layout for a model: its dtype, and float (kvBits 0) or quantized KV.
+ * A model whose head_dim no quantization group divides keeps float KV.
+ */
+export function cacheShape(model: LanguageModel, requested: KvBits = 0): CacheShape {
   const c = model.config;
-  return new KVCache(
-    { numLayers: c.numLayers, numKvHeads: c.numKvHeads, headDim: c.headDim, dtype: model.dtype },
-    batchSize,
-  );
+  const kvBits = effectiveKvBits(requested, c.headDim);
+  return {
+    numLayers: c.numLayers,
+    numKvHeads: c.numKvHeads,
+    headDim: c.headDim,
+    dtype: model.dtype,
+    kvBits,
+    kvGroupSize: kvBits === 0 ? 0 : (kvGroupSize(c.headDim) as number),
+  };
+}
+
+export function cacheFor(model: LanguageModel, batchSize = 1, kvBits: KvBits = 0): KVCache {
+  return new KVCache(cacheShape(model, kvBits), batchSize);
 }
 
 /**
@@ -58,6 +73,8 @@ export interface GenerateOptions {
   prefillChunk?: number;
   /** Checked between steps: an aborted signal ends generation with "cancelled". */
   signal?: AbortSignal;
+  /** KV cache storage: 0 (default) float, 8 or 4 group-quantized bits. */
+  kvBits?: KvBits;
 }
 
 export interface GenerationResult {
@@ -91,7 +108,7 @@ export function* generateTokens(
 ): Generator<StepValues, GenerationResult> {
   const started = performance.now();
   const stops = new Set(options.stopTokenIds ?? []);
-  const cache = cacheFor(model);
+  const cache = cacheFor(model, 1, options.kvBits);
   const sampler = new SequenceSampler(options.sampling, model.config.vocabSize, promptTokens);
   const tokens = [...promptTokens];
   let regime = model.ropeRegime(tokens.length);

@@ -1,58 +1,73 @@
-// Prefix cache: KV state of earlier prompts (and finished conversations),
-// reused for the longest shared token prefix of a new prompt. Multi-turn chats
-// and clients that resend one long system prompt (Claude Code: ~20K tokens of
-// system prompt and tools every turn) then prefill only what is new.
-// An LRU under a byte budget.
-import type { MxArray } from "../mlx";
+// Prefix cache: the KV of earlier prompts and finished conversations, kept in
+// the KV pool (src/engine/kv-pool.ts) and reused for the longest shared prefix
+// of a new prompt. Multi-turn chats and clients that resend one long system
+// prompt (Claude Code: ~20K tokens of system prompt and tools every turn) then
+// prefill only what is new, and sessions that share a prefix share its blocks
+// (a radix tree over token blocks, src/engine/radix-cache.ts).
+//
+// It has no budget of its own: the scheduler evicts least recently used
+// leaves whenever running sequences need the memory. An optional cap
+// (prefixCacheBytes) bounds it further.
+import * as mx from "../mlx";
+import { disposeState, type KVState, stateBytes } from "./kv-cache";
 import type { PrefixCacheStats } from "./protocol";
+import { type PayloadOps, RadixCache, type RadixEntry } from "./radix-cache";
 
-export interface KVState {
-  keys: MxArray[];
-  values: MxArray[];
-  length: number;
-}
-
-interface Entry {
-  tokens: number[];
-  state: KVState;
-  /** RoPE regime the KV was computed in (Phi-3: short or long factors). */
-  regime: number;
-  bytes: number;
-  lastUsed: number;
-}
+export type { KVState };
+export { disposeState };
 
 export interface PrefixHit {
-  state: KVState;
+  /** Consecutive cached states covering the prefix: the first `tokens` of each are used. Owned by the cache. */
+  segments: { state: KVState; tokens: number }[];
   /** Tokens of the prompt covered by the cached KV. */
   length: number;
 }
 
-function commonPrefix(a: readonly number[], b: readonly number[], limit: number): number {
-  const n = Math.min(a.length, b.length, limit);
-  let i = 0;
-  while (i < n && a[i] === b[i]) i++;
-  return i;
+export interface PrefixCacheOptions {
+  enabled: boolean;
+  /** Upper bound on cached bytes; null: only the KV pool's budget. */
+  capBytes: number | null;
+  /** Node boundaries fall on multiples of this many tokens. */
+  blockTokens?: number;
+  /** Shortest prefix worth reusing. */
+  minTokens?: number;
 }
 
-function stateBytes(state: KVState): number {
-  let n = 0;
-  for (const a of [...state.keys, ...state.values]) n += a.nbytes;
-  return n;
-}
+const kvOps: PayloadOps<KVState> = {
+  bytes: stateBytes,
+  split(state, at, length) {
+    const copy = (start: number, end: number): KVState =>
+      mx.tidy(() => ({
+        parts: state.parts.map((layer) => layer.map((a) => mx.keep(mx.contiguous(mx.sliceAxis(a, 2, start, end))))),
+        length: end - start,
+      }));
+    const head = copy(0, at);
+    const tail = copy(at, length);
+    mx.evaluate(...head.parts.flat(), ...tail.parts.flat());
+    disposeState(state);
+    return [head, tail];
+  },
+  dispose: disposeState,
+};
 
 export class PrefixCache {
-  readonly budgetBytes: number;
-  /** Shortest prefix worth keeping or reusing. */
+  readonly enabled: boolean;
+  readonly capBytes: number | null;
   readonly minTokens: number;
-  #entries: Entry[] = [];
-  #clock = 0;
+  readonly #radix: RadixCache<KVState>;
   #hits = 0;
   #misses = 0;
   #reused = 0;
 
-  constructor(budgetBytes: number, minTokens = 16) {
-    this.budgetBytes = Math.max(0, budgetBytes);
-    this.minTokens = minTokens;
+  constructor(options: PrefixCacheOptions) {
+    this.capBytes = options.capBytes;
+    this.enabled = options.enabled && (options.capBytes === null || options.capBytes > 0);
+    this.minTokens = options.minTokens ?? 16;
+    this.#radix = new RadixCache(kvOps, options.blockTokens ?? 16);
+  }
+
+  get blockTokens(): number {
+    return this.#radix.blockTokens;
   }
 
   /**
@@ -60,102 +75,68 @@ export class PrefixCache {
    * one prompt token is always left to compute (its logits start decoding).
    */
   lookup(prompt: readonly number[], regime: number): PrefixHit | null {
-    let best: Entry | null = null;
-    let bestLength = 0;
-    for (const e of this.#entries) {
-      if (e.regime !== regime) continue;
-      const n = commonPrefix(e.tokens, prompt, prompt.length - 1);
-      if (n > bestLength) {
-        best = e;
-        bestLength = n;
-      }
-    }
-    if (!best || bestLength < this.minTokens) {
+    const m = this.enabled ? this.#radix.match(prompt, regime, prompt.length - 1) : { length: 0, segments: [] };
+    if (m.length < this.minTokens) {
       this.#misses++;
       return null;
     }
-    best.lastUsed = ++this.#clock;
     this.#hits++;
-    this.#reused += bestLength;
-    return { state: best.state, length: bestLength };
+    this.#reused += m.length;
+    return { segments: m.segments.map((s) => ({ state: s.payload, tokens: s.tokens })), length: m.length };
   }
 
-  /** The cached prefix length lookup() would give, without counting it as a hit or miss. */
+  /** The cached prefix length lookup() would give, without counting it or touching the LRU order. */
   peek(prompt: readonly number[], regime: number): number {
-    let best = 0;
-    for (const e of this.#entries) {
-      if (e.regime === regime) best = Math.max(best, commonPrefix(e.tokens, prompt, prompt.length - 1));
-    }
-    return best >= this.minTokens ? best : 0;
+    if (!this.enabled) return 0;
+    const n = this.#radix.match(prompt, regime, prompt.length - 1, false).length;
+    return n >= this.minTokens ? n : 0;
   }
 
   /**
-   * Stores KV for `tokens` (state.length of them). Takes ownership of the
-   * arrays. An entry that is a prefix of the new one is replaced; nothing is
-   * stored when an existing entry already covers it.
+   * Stores the KV of `tokens[0, length)`: `produce(start, end)` copies a range
+   * not yet cached out of the sequence's cache. Returns tokens newly stored.
    */
-  store(tokens: readonly number[], state: KVState, regime: number): void {
-    const covered = tokens.slice(0, state.length);
-    const bytes = stateBytes(state);
-    const covering = this.#entries.find(
-      (e) =>
-        e.regime === regime &&
-        e.tokens.length >= covered.length &&
-        commonPrefix(e.tokens, covered, covered.length) === covered.length,
-    );
-    if (covered.length < this.minTokens || bytes > this.budgetBytes || covering) {
-      if (covering) covering.lastUsed = ++this.#clock;
-      disposeState(state);
-      return;
-    }
-    this.#entries = this.#entries.filter((e) => {
-      const subsumed =
-        e.regime === regime &&
-        e.tokens.length <= covered.length &&
-        commonPrefix(e.tokens, covered, e.tokens.length) === e.tokens.length;
-      if (subsumed) disposeState(e.state);
-      return !subsumed;
-    });
-    this.#entries.push({ tokens: covered, state, regime, bytes, lastUsed: ++this.#clock });
-    this.#evict();
+  store(
+    tokens: readonly number[],
+    regime: number,
+    length: number,
+    produce: (start: number, end: number) => KVState,
+  ): number {
+    if (!this.enabled || length < this.minTokens) return 0;
+    const added = this.#radix.insert(tokens, regime, length, produce);
+    if (this.capBytes !== null) this.#radix.evictTo(this.capBytes);
+    return added;
   }
 
-  #evict(): void {
-    let total = this.bytes;
-    while (total > this.budgetBytes && this.#entries.length > 0) {
-      let oldest = 0;
-      for (let i = 1; i < this.#entries.length; i++) {
-        if ((this.#entries[i] as Entry).lastUsed < (this.#entries[oldest] as Entry).lastUsed) oldest = i;
-      }
-      const [gone] = this.#entries.splice(oldest, 1);
-      if (gone) {
-        total -= gone.bytes;
-        disposeState(gone.state);
-      }
-    }
+  /** Evicts least recently used leaves until at most `bytes` remain. Returns the bytes freed. */
+  evictTo(bytes: number): number {
+    return this.#radix.evictTo(Math.max(0, bytes));
   }
 
   get bytes(): number {
-    return this.#entries.reduce((n, e) => n + e.bytes, 0);
+    return this.#radix.bytes;
+  }
+
+  /** Every node with its full prefix, most used first (persistence). */
+  entries(): RadixEntry<KVState>[] {
+    return this.#radix.entries();
   }
 
   stats(): PrefixCacheStats {
+    const r = this.#radix.stats();
     return {
-      entries: this.#entries.length,
-      bytes: this.bytes,
-      budgetBytes: this.budgetBytes,
+      entries: r.nodes,
+      bytes: r.bytes,
+      tokens: r.tokens,
+      budgetBytes: this.capBytes ?? -1,
       hits: this.#hits,
       misses: this.#misses,
       reusedTokens: this.#reused,
+      evictions: r.evictions,
     };
   }
 
   clear(): void {
-    for (const e of this.#entries) disposeState(e.state);
-    this.#entries = [];
+    this.#radix.clear();
   }
-}
-
-export function disposeState(state: KVState): void {
-  for (const a of [...state.keys, ...state.values]) a.dispose();
 }

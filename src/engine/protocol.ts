@@ -119,12 +119,28 @@ export type EngineEvent =
 // ---- statistics ----
 
 export interface PrefixCacheStats {
+  /** Radix nodes. */
   entries: number;
   bytes: number;
+  /** Tokens held (shared prefixes once). */
+  tokens: number;
+  /** The cap (prefixCacheBytes), or -1 when only the KV pool bounds it. */
   budgetBytes: number;
   hits: number;
   misses: number;
   reusedTokens: number;
+  evictions: number;
+}
+
+/** The prefix cache on disk (src/engine/prefix-store.ts). */
+export interface PrefixStoreStats {
+  files: number;
+  bytes: number;
+  budgetBytes: number;
+  written: number;
+  loaded: number;
+  loadedTokens: number;
+  removed: number;
 }
 
 export interface SchedulerStats {
@@ -132,9 +148,13 @@ export interface SchedulerStats {
   prefilling: number;
   waiting: number;
   kvCacheBytes: number;
+  /** What running and prefilling sequences will hold at their longest (the KV pool's reservation). */
   kvReservedBytes: number;
+  /** The KV pool: running sequences and cached prefixes together. */
   kvBudgetBytes: number;
   prefixCache: PrefixCacheStats;
+  /** The prefix cache on disk (null: off). */
+  prefixDisk: PrefixStoreStats | null;
   steps: number;
   maxConcurrent: number;
   queueSize: number;
@@ -159,6 +179,16 @@ export interface EngineConfig {
   interleavedPrefillChunk?: number;
   maxPrefillBatch?: number;
   prefixCacheBytes?: number | null;
+  /**
+   * Disk budget for cached prefixes kept across restarts: null, automatic
+   * (up to 16 GiB, at most a quarter of the free disk); absent or 0, off
+   * (tests and benchmarks that start an engine directly).
+   */
+  prefixDiskBytes?: number | null;
+  /** Folder for them (default: <data folder>/prefix-cache). */
+  prefixDiskDir?: string;
+  /** KV cache storage: 0 float, 8 or 4 group-quantized bits; null/absent: automatic (defaultKvBits in engine.ts). */
+  kvBits?: 0 | 4 | 8 | null;
   /** Prompts left-padded to a multiple of this (default 64 on the GPU, 1 on the CPU). */
   prefillWidthMultiple?: number;
   /** GPU: keep dequantized copies of the weights for batched products (default: when memory allows). */
@@ -194,6 +224,8 @@ export interface EngineInfo {
   mlxVersion: string;
   weightBytes: number;
   kvBytesPerToken: number;
+  /** KV cache storage in use: 0 float, 8 or 4 bits (float where the model's head_dim cannot be quantized). */
+  kvBits: number;
   loadMs: number;
   pid: number;
 }

@@ -6,8 +6,9 @@
 // frequency penalties → constraint mask (constrained decoding) → greedy, or
 // temperature → top-k → top-p → min-p → categorical draw. Log-probabilities
 // are those of the model's own distribution (raw logits), as OpenAI reports them.
-import * as mx from "../mlx";
+
 import type { MxArray } from "../mlx";
+import * as mx from "../mlx";
 import type { SamplingParams, StepValues } from "./protocol";
 
 /** One step's result for one sequence, as lazy arrays (read after evaluation). */

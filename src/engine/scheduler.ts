@@ -16,13 +16,25 @@
 // depends on the token just sampled, so while any such row runs, step n's
 // tokens are read before step n+1 is built (no pipelining for that batch);
 // without one, the path is unchanged.
-import * as mx from "../mlx";
+
 import type { MxArray } from "../mlx";
+import * as mx from "../mlx";
 import type { LanguageModel } from "../models/types";
 import type { ConstraintSpec } from "../text/json-constraint";
-import { cacheFor } from "./one-sequence";
-import { KVCache } from "./kv-cache";
-import { disposeState, PrefixCache } from "./prefix-cache";
+import type { KvBits } from "./attention-plan";
+import { KV_STEP, KVCache, sliceState } from "./kv-cache";
+import {
+  admit,
+  type BatchFootprint,
+  type KvDemand,
+  type KvPoolShape,
+  loneBytes,
+  maxLoneTokens,
+  projectedBytes,
+} from "./kv-pool";
+import { cacheShape } from "./one-sequence";
+import { disposeState, type KVState, PrefixCache } from "./prefix-cache";
+import type { PrefixStore } from "./prefix-store";
 import type { EngineEvent, EngineRequest, FinishReason, SchedulerStats, StepValues, TokenOut } from "./protocol";
 import { type SampledStep, SequenceSampler } from "./sampling";
 
@@ -46,7 +58,7 @@ export interface SchedulerOptions {
   maxConcurrent: number;
   /** Requests allowed to wait; beyond it new requests are rejected with 429. */
   queueSize: number;
-  /** KV bytes that running and prefilling sequences may reserve. */
+  /** The KV pool: bytes for running and prefilling sequences and cached prefixes together. */
   kvBudgetBytes: number;
   /** Longest sequence (prompt + output) a request may reach. */
   contextLength: number;
@@ -56,14 +68,18 @@ export interface SchedulerOptions {
   interleavedPrefillChunk: number;
   /** Prompts prefilled together in one forward pass (at most). */
   maxPrefillBatch?: number;
-  /** Byte budget of the prefix cache (0 disables it). */
-  prefixCacheBytes: number;
+  /** Cap on the prefix cache inside the KV pool: null, only the pool bounds it; 0 disables it. */
+  prefixCacheBytes: number | null;
+  /** Prefix-cache node boundaries fall on multiples of this many tokens (default 16). */
+  prefixBlockTokens?: number;
   /**
    * Prompts are left-padded to a multiple of this many tokens (default 1: none).
    * On CUDA every new prefill shape builds a cuDNN attention graph and matmul
    * plans (50-500 ms); a few widths keep those cached.
    */
   prefillWidthMultiple?: number;
+  /** KV cache storage: 0 (default) float, 8 or 4 group-quantized bits. */
+  kvBits?: KvBits;
 }
 
 interface Sequence {
@@ -80,7 +96,6 @@ interface Sequence {
   unread: boolean;
   regime: number;
   cachedTokens: number;
-  reservedBytes: number;
   enqueuedAt: number;
   cancelled: boolean;
   finished: FinishReason | null;
@@ -223,7 +238,9 @@ export class Scheduler {
   #tokensOut: TokenOut[] = [];
   #finishedOut: EngineEvent[] = [];
   readonly #bytesPerToken: number;
+  readonly #pool: KvPoolShape;
   readonly #constrain: ConstraintFactory | null;
+  #disk: PrefixStore | null = null;
 
   constructor(
     model: LanguageModel,
@@ -235,9 +252,38 @@ export class Scheduler {
     this.options = options;
     this.#emit = emit;
     this.#constrain = constrain;
-    this.prefixCache = new PrefixCache(options.prefixCacheBytes);
+    this.prefixCache = new PrefixCache({
+      enabled: options.prefixCacheBytes !== 0,
+      capBytes: options.prefixCacheBytes,
+      blockTokens: options.prefixBlockTokens,
+    });
     const c = model.config;
-    this.#bytesPerToken = c.numLayers * 2 * c.numKvHeads * c.headDim * mx.dtypeBytes(model.dtype);
+    this.#bytesPerToken = KVCache.bytesPerToken(cacheShape(model, options.kvBits));
+    this.#pool = {
+      budgetBytes: options.kvBudgetBytes,
+      bytesPerToken: this.#bytesPerToken,
+      numLayers: c.numLayers,
+      growthStep: KV_STEP,
+    };
+  }
+
+  /** Keeps cached prefixes on disk too (src/engine/prefix-store.ts). */
+  attachPrefixStore(store: PrefixStore | null): void {
+    this.#disk = store;
+  }
+
+  /**
+   * Writes one cached prefix node that the disk lacks (quiet moments and
+   * shutdown). Returns whether more remain.
+   */
+  persistStep(): boolean {
+    if (!this.#disk || !this.prefixCache.enabled) return false;
+    const pending = this.#disk.plan(this.prefixCache.entries(), (st) =>
+      st.parts.reduce((n, layer) => n + layer.reduce((m, a) => m + a.nbytes, 0), 0),
+    );
+    const next = pending[0];
+    if (next) this.#disk.write(next);
+    return pending.length > 1;
   }
 
   /** KV bytes one token occupies (all layers, keys and values). */
@@ -264,11 +310,10 @@ export class Scheduler {
       return reject(429, `the server is busy: ${this.#waiting.length} requests are waiting`, 1);
     }
     const maxTokens = Math.max(0, Math.min(request.maxTokens, o.contextLength - request.prompt.length));
-    const reservedBytes = (request.prompt.length + maxTokens) * this.#bytesPerToken;
-    if (reservedBytes > o.kvBudgetBytes) {
+    if (loneBytes(this.#pool, { tokens: request.prompt.length, remaining: maxTokens }) > o.kvBudgetBytes) {
       return reject(
         400,
-        `the request needs ${request.prompt.length + maxTokens} tokens of KV cache, more than the memory budget allows (${Math.floor(o.kvBudgetBytes / this.#bytesPerToken)})`,
+        `the request needs ${request.prompt.length + maxTokens} tokens of KV cache, more than the memory budget allows (${maxLoneTokens(this.#pool)}); lower max_tokens or shorten the prompt`,
       );
     }
     let constraint: TokenConstraint | null = null;
@@ -294,7 +339,6 @@ export class Scheduler {
       unread: false,
       regime: this.model.ropeRegime(request.prompt.length),
       cachedTokens: 0,
-      reservedBytes,
       enqueuedAt: performance.now(),
       cancelled: false,
       finished: null,
@@ -325,7 +369,7 @@ export class Scheduler {
 
   stats(): SchedulerStats {
     const prefilling = this.#prefilling();
-    const reserved = [...this.#rows, ...prefilling].reduce((n, s) => n + s.reservedBytes, 0);
+    const reserved = projectedBytes(this.#pool, this.#footprint(), prefilling.map(demand));
     const prefillBytes = this.#group?.cache.nbytes ?? 0;
     return {
       running: this.#rows.filter((r) => r.finished === null).length,
@@ -335,6 +379,7 @@ export class Scheduler {
       kvReservedBytes: reserved,
       kvBudgetBytes: this.options.kvBudgetBytes,
       prefixCache: this.prefixCache.stats(),
+      prefixDisk: this.#disk?.stats() ?? null,
       steps: this.#steps,
       maxConcurrent: this.options.maxConcurrent,
       queueSize: this.options.queueSize,
@@ -409,8 +454,9 @@ export class Scheduler {
     s.sampler.dispose();
     const row = s.inBatch ? this.#rows.indexOf(s) : -1;
     if (row >= 0 && this.#batch && (reason === "stop" || reason === "length") && this.#caches(s)) {
-      // Its KV stays in the batch until compaction: keep a copy for the prefix cache now.
-      this.prefixCache.store(s.tokens, this.#batch.rowState(row), s.regime);
+      // Its KV stays in the batch until compaction: copy what the prefix cache lacks now.
+      const length = Math.min(s.tokens.length, this.#batch.rowLengths()[row] ?? 0);
+      this.#store(s, this.#batch, row, length);
     }
     // A batch row keeps its last step: its token still fills the row's input until compaction.
     if (row < 0) {
@@ -451,12 +497,77 @@ export class Scheduler {
     while (this.#waiting.length > 0) {
       const next = this.#waiting[0] as Sequence;
       const prefilling = this.#prefilling();
-      const active = this.#rows.length + prefilling.length;
-      const reserved = [...this.#rows, ...prefilling].reduce((n, s) => n + s.reservedBytes, 0);
-      if (active >= o.maxConcurrent || (active > 0 && reserved + next.reservedBytes > o.kvBudgetBytes)) return;
+      if (this.#rows.length + prefilling.length >= o.maxConcurrent) return;
+      const verdict = admit(this.#pool, this.#footprint(), prefilling.map(demand), demand(next));
+      if (!verdict.admit) return;
+      // Cached prefixes give way to the sequence (least recently used first).
+      this.prefixCache.evictTo(verdict.cacheLimit);
       this.#waiting.shift();
       this.#prefills.push({ seq: next, recompute: false });
     }
+  }
+
+  /** The decode batch as the KV pool sees it (rows waiting for compaction included: they hold memory). */
+  #footprint(): BatchFootprint | null {
+    const batch = this.#batch;
+    if (!batch || this.#rows.length === 0) return null;
+    let remaining = 0;
+    for (const s of this.#rows) if (s.finished === null) remaining = Math.max(remaining, demand(s).remaining);
+    return { rows: this.#rows.length, columns: batch.offset, remaining };
+  }
+
+  /** Shrinks the prefix cache to what the pool leaves it. */
+  #trimCache(): void {
+    const reserved = projectedBytes(this.#pool, this.#footprint(), this.#prefilling().map(demand));
+    this.prefixCache.evictTo(this.options.kvBudgetBytes - reserved);
+  }
+
+  /**
+   * Brings a prompt's prefix from disk into the prefix cache when the disk
+   * holds more of it than memory does: one radix node per file, so the nodes
+   * keep the files' boundaries (and their names) when written back.
+   */
+  #loadFromDisk(s: Sequence): void {
+    const disk = this.#disk;
+    if (!disk) return;
+    const limit = s.tokens.length - 1;
+    const inMemory = this.prefixCache.peek(s.tokens, s.regime);
+    const found = disk.match(s.tokens, s.regime, limit, this.prefixCache.blockTokens);
+    if (found.length <= inMemory || found.length < this.prefixCache.minTokens) return;
+    const reserved = projectedBytes(this.#pool, this.#footprint(), this.#prefilling().map(demand));
+    const fileBytes = found.chain.reduce((n, c) => n + c.bytes, 0);
+    this.prefixCache.evictTo(this.options.kvBudgetBytes - reserved - fileBytes);
+    const states = disk.load(found.chain);
+    if (!states) return;
+    const used = new Set<KVState>();
+    let end = 0;
+    for (const state of states) {
+      const start = end;
+      end = Math.min(end + state.length, found.length);
+      this.prefixCache.store(s.tokens, s.regime, end, (a, b) => {
+        if (a === start && b - a === state.length) {
+          used.add(state);
+          return state;
+        }
+        return mx.tidy(() => ({
+          parts: state.parts.map((layer) =>
+            layer.map((x) => mx.keep(mx.contiguous(mx.sliceAxis(x, 2, a - start, b - start)))),
+          ),
+          length: b - a,
+        }));
+      });
+    }
+    for (const state of states) if (!used.has(state)) disposeState(state);
+    this.#trimCache();
+  }
+
+  /** Stores a row's KV [0, length) in the prefix cache, copying only what is not cached yet. */
+  #store(s: Sequence, cache: KVCache, row: number, length: number): void {
+    // Room first: the copy is new memory.
+    const reserved = projectedBytes(this.#pool, this.#footprint(), this.#prefilling().map(demand));
+    this.prefixCache.evictTo(this.options.kvBudgetBytes - reserved - length * this.#bytesPerToken);
+    this.prefixCache.store(s.tokens, s.regime, length, (start, end) => cache.rowState(row, start, end));
+    this.#trimCache();
   }
 
   /** Removes rows from the batch now (one copy of the KV cache). */
@@ -633,7 +744,7 @@ export class Scheduler {
 
   /** Whether a sequence takes part in the prefix cache. */
   #caches(s: Sequence): boolean {
-    return this.prefixCache.budgetBytes > 0 && !s.request.internal;
+    return this.prefixCache.enabled && !s.request.internal;
   }
 
   #prefilling(): Sequence[] {
@@ -648,14 +759,26 @@ export class Scheduler {
   #formGroup(): PrefillGroup | null {
     const first = this.#prefills.shift();
     if (!first) return null;
-    const shape = cacheFor(this.model).shape;
+    const shape = cacheShape(this.model, this.options.kvBits);
     const s = first.seq;
+    if (this.#caches(s) && !first.recompute) this.#loadFromDisk(s);
     const hit = this.#caches(s) ? this.prefixCache.lookup(s.tokens, s.regime) : null;
-    if (hit || first.recompute) {
+    if (hit || first.recompute || s.tokens.length > this.options.prefillChunk) {
+      // Alone and unpadded: a causal mask keeps attention fused (no score matrix over a long context).
       if (hit && !first.recompute) s.cachedTokens = hit.length;
+      const cache = hit
+        ? mx.tidy(() =>
+            KVCache.fromStates(
+              shape,
+              hit.segments.map((g) => sliceState(g.state, 0, g.tokens)),
+            ),
+          )
+        : KVCache.padded(shape, [0]);
+      // One allocation for the whole prompt (growing chunk by chunk copies the cache each time).
+      cache.reserve(s.tokens.length + 1);
       return {
         jobs: [first],
-        cache: hit ? KVCache.fromState(shape, { ...hit.state, length: hit.length }) : KVCache.padded(shape, [0]),
+        cache,
         tokens: Int32Array.from(s.tokens),
         width: s.tokens.length,
         done: hit?.length ?? 0,
@@ -669,6 +792,7 @@ export class Scheduler {
       const next = this.#prefills[0] as PrefillJob;
       if (next.recompute || next.seq.regime !== s.regime) break;
       if (this.#caches(next.seq) && this.prefixCache.peek(next.seq.tokens, next.seq.regime) > 0) break;
+      if (next.seq.tokens.length > this.options.prefillChunk) break;
       const w = Math.max(width, next.seq.tokens.length);
       // Stop before padding exceeds half of the real tokens.
       if (w * (jobs.length + 1) > 1.5 * (real + next.seq.tokens.length)) break;
@@ -734,7 +858,7 @@ export class Scheduler {
         return;
       }
       keep.push(i);
-      if (!j.recompute && this.#caches(s)) this.prefixCache.store(s.tokens, cache.rowState(i), s.regime);
+      if (!j.recompute && this.#caches(s)) this.#store(s, cache, i, s.tokens.length);
       s.step = step;
       s.unread = true;
       s.inBatch = true;
@@ -772,3 +896,9 @@ export class Scheduler {
 }
 
 export { disposeState };
+
+/** A sequence's KV demand: tokens in its cache once prefilled, and tokens it may still add. */
+function demand(s: Sequence): KvDemand {
+  const prompt = s.request.prompt.length;
+  return { tokens: s.tokens.length, remaining: Math.max(0, prompt + s.request.maxTokens - s.tokens.length) };
+}

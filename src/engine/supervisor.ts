@@ -10,8 +10,8 @@ import {
   type EngineRequest,
   type EngineStats,
   type FinishReason,
-  type SamplingParams,
   type FromEngine,
+  type SamplingParams,
   samplingProblem,
   type ToEngine,
 } from "./protocol";

@@ -3,29 +3,33 @@
 // loads anything, so a model that cannot fit is refused with a message instead
 // of dying mid-request.
 //
-//   total = weights + KV cache + working memory (+ prefix cache budget)
+//   total = weights (+ dense copies, counted in by the caller) + KV pool + working memory
 //   KV cache = layers × 2 (K and V) × kv_heads × head_dim × bytes/element × context × sequences
 //   working  = chunk × 4 B × (vocab + 4·hidden + 2·intermediate + (heads + 2·kv_heads)·head_dim)
-//            + heads × chunk × context × 4 B
+//            + heads × chunk × scoreColumns × 4 B
 // where chunk = min(prefill chunk, context). The first working term is one prefill
 // chunk's float32 activations: logits over the vocabulary, the residual stream
-// and norms, the MLP's gate and up projections, and q/k/v. The second is the
-// attention score matrix of one chunk against the whole context, which an
-// unfused attention materializes (a fused kernel needs none; counted anyway so
-// the estimate stays on the safe side, e.g. on the CPU backend).
+// and norms, the MLP's gate and up projections, and q/k/v. The second is an
+// attention score matrix of one chunk, which unfused attention materializes:
+// over the whole context by default (safe everywhere); the engine passes the
+// prefill chunk on the GPU, where a prompt longer than one chunk is prefilled
+// alone with fused causal attention and only short padded groups go unfused.
+// Cached prefixes live inside the KV pool (src/engine/kv-pool.ts): they take
+// no memory of their own.
 //
 // The budget is a fraction (default 75 %) of the memory: the rest is left to
 // the OS, the runtime and other programs (on unified memory the GPU shares it).
 import { readdirSync, readFileSync, statSync } from "node:fs";
-import { join } from "node:path";
 import { freemem, totalmem } from "node:os";
+import { join } from "node:path";
+import { type KvBits, kvTokenBytes } from "../engine/attention-plan";
 import { configFromHf, type ModelConfig } from "../models/config";
 import { formatBytes } from "./format";
 
 export const DEFAULT_USABLE_FRACTION = 0.75;
 /** Below this, a model is refused rather than run with a uselessly short context. */
 export const MIN_CONTEXT = 1024;
-/** Same as DEFAULT_PREFILL_CHUNK in src/engine/generate.ts (not imported: that module loads MLX). */
+/** The CPU's prefill chunk, defaultPrefillChunk() in src/engine/generate.ts (not imported: that module loads MLX). */
 export const PREFILL_CHUNK = 512;
 const ACTIVATION_BYTES = 4;
 
@@ -63,10 +67,18 @@ function normalize(config: Record<string, unknown> | ModelConfig): ModelConfig {
     : configFromHf(config as Record<string, unknown>);
 }
 
-/** KV cache bytes per token of one sequence. Phi-3 mini, fp16: 32 × 2 × 32 × 96 × 2 = 384 KiB. */
-export function kvBytesPerToken(config: Record<string, unknown> | ModelConfig, bytesPerElement = 2): number {
-  const c = normalize(config);
-  return c.numLayers * 2 * c.numKvHeads * c.headDim * bytesPerElement;
+/**
+ * KV cache bytes per token of one sequence. Phi-3 mini, fp16: 32 × 2 × 32 × 96 × 2 = 384 KiB.
+ * Quantized KV (bits 8 or 4): head_dim·bits/8 bytes plus a scale and a bias per
+ * group in the float dtype (bytesPerElement): 216 KiB (8-bit), 120 KiB (4-bit).
+ */
+export function kvBytesPerToken(
+  config: Record<string, unknown> | ModelConfig,
+  bytesPerElement = 2,
+  bits: KvBits = 0,
+  groupSize?: number,
+): number {
+  return kvTokenBytes(normalize(config), bytesPerElement, bits, groupSize);
 }
 
 /** Scratch memory of one prefill chunk at a context length (see the formula above). */
@@ -74,12 +86,15 @@ export function workingBytes(
   config: Record<string, unknown> | ModelConfig,
   context: number,
   prefillChunk = PREFILL_CHUNK,
+  scoreColumns = context,
 ): number {
   const c = normalize(config);
   const chunk = Math.min(prefillChunk, context);
   const perPosition =
     c.vocabSize + 4 * c.hiddenSize + 2 * c.intermediateSize + (c.numHeads + 2 * c.numKvHeads) * c.headDim;
-  return chunk * ACTIVATION_BYTES * perPosition + c.numHeads * chunk * context * ACTIVATION_BYTES;
+  return (
+    chunk * ACTIVATION_BYTES * perPosition + c.numHeads * chunk * Math.min(scoreColumns, context) * ACTIVATION_BYTES
+  );
 }
 
 /** Context lengths worth offering: 2^k and 1.5·2^k from 256 up, and the model's own maximum. */
@@ -105,7 +120,12 @@ export interface MemoryEstimateOptions {
   sequences?: number;
   /** 2 for float16/bfloat16 caches (GPU); 4 when the model computes in float32 (CPU backend). */
   kvBytesPerElement?: number;
+  /** Quantized KV cache: 8 or 4 bits per element plus a scale and bias per group (kvGroupSize); 0: float. */
+  kvBits?: KvBits;
+  kvGroupSize?: number;
   prefillChunk?: number;
+  /** Columns of the largest attention score matrix a prefill chunk builds (default: the context). */
+  scoreColumns?: number;
   /** Device memory (a CUDA card) instead of this machine's RAM. */
   memory?: { totalBytes: number; availableBytes?: number; label?: string };
   /** Part of the memory Pensieve may plan to use (default 0.75). */
@@ -142,7 +162,7 @@ export function estimateMemory(options: MemoryEstimateOptions): MemoryEstimate {
   const config = normalize(options.config);
   const name = options.name ?? config.modelType;
   const sequences = Math.max(1, Math.floor(options.sequences ?? 1));
-  const perToken = kvBytesPerToken(config, options.kvBytesPerElement ?? 2);
+  const perToken = kvBytesPerToken(config, options.kvBytesPerElement ?? 2, options.kvBits ?? 0, options.kvGroupSize);
   const maxPos = config.maxPositionEmbeddings;
   const system = options.memory ?? systemMemory();
   const label = options.memory?.label ?? "of RAM";
@@ -156,7 +176,7 @@ export function estimateMemory(options: MemoryEstimateOptions): MemoryEstimate {
 
   const breakdown = (context: number): MemoryBreakdown => {
     const kvCache = perToken * context * sequences;
-    const working = workingBytes(config, context, options.prefillChunk);
+    const working = workingBytes(config, context, options.prefillChunk, options.scoreColumns);
     return {
       weights: options.weightBytes,
       kvCache,

@@ -13,6 +13,7 @@ const SOURCES = [
   "ffi/allocator_guard.cpp",
   "ffi/cpu_common.h",
   "ffi/pensieve_mlx.h",
+  "ffi/gpu_kernels.cpp",
 ];
 
 function compiler(): string {
@@ -40,6 +41,7 @@ function shimCommand(backend: Backend): { argv: string[]; output: string } {
     join(REPO_ROOT, "ffi", "pensieve_mlx.cpp"),
     join(REPO_ROOT, "ffi", "cpu_qmm.cpp"),
     join(REPO_ROOT, "ffi", "cpu_attention.cpp"),
+    join(REPO_ROOT, "ffi", "gpu_kernels.cpp"),
     join(REPO_ROOT, "ffi", "allocator_guard.cpp"),
     "-pthread",
     `-L${layout.libDir}`,

@@ -1,8 +1,9 @@
 // Typed MLX operations. Each returns a new MxArray owned by the current scope
 // (see array.ts). Numbers passed where arrays are expected become scalars of
 // the other operand's dtype, as in MLX's Python API.
-import { checkStatus, Dtype, handleList, handlesFrom, isFloating, MlxError, MxArray } from "./array";
+
 import { type Pointer, ptr } from "bun:ffi";
+import { checkStatus, Dtype, handleList, handlesFrom, isFloating, MlxError, MxArray } from "./array";
 import { lib } from "./ffi";
 
 /** An array, or a number that becomes a scalar of the other operand's dtype. */
@@ -429,6 +430,8 @@ export function cpuKernelSupports(q: QuantizedWeight): boolean {
 
 /** x @ dequantize(w).T through Pensieve's SIMD, multi-threaded CPU kernel (see ffi/cpu_qmm.cpp). */
 export function quantizedMatmulCpu(x: MxArray, q: QuantizedWeight): MxArray {
+  // The kernel takes 2-D weights; batched ones (a quantized KV cache's) go to MLX's own op.
+  if (q.weight.ndim !== 2) return quantizedMatmul(x, q);
   return new MxArray(
     lib.pv_quantized_matmul_cpu(
       x.handle,
@@ -508,6 +511,58 @@ export function sdpa(q: MxArray, k: MxArray, v: MxArray, scale: number, mask: "c
   const mode = mask === null ? 0 : mask === "causal" ? 1 : 2;
   const m = mask instanceof MxArray ? mask.handle : null;
   return new MxArray(lib.pv_sdpa(q.handle, k.handle, v.handle, scale, mode, m), "scaled_dot_product_attention");
+}
+
+// ---- attention over a quantized KV cache ----
+
+/** Most negative finite value of a float dtype (masked scores, as mlx-lm's finfo(dtype).min). */
+function lowestFinite(dtype: Dtype): number {
+  return dtype === Dtype.float16 ? -65504 : dtype === Dtype.bfloat16 ? -3.3895313892515355e38 : -3.4028234663852886e38;
+}
+
+/**
+ * Attention over group-quantized keys and values [B, Hkv, S, X] (packed uint32,
+ * scales, biases), as mlx-lm's quantized_scaled_dot_product_attention:
+ * scores = (q·scale) @ Kᵀ through quantized_matmul (transpose), a precise
+ * softmax, then @ V (no transpose). Grouped-query heads: q [B, H, L, D] becomes
+ * [B, Hkv, H/Hkv, L, D] against K and V with a broadcast axis. mask: "causal"
+ * (bottom-right aligned), a bool keep-mask broadcastable to [B, 1, L, S], or
+ * null. Materializes the scores [B, H, L, S]: callers bound L.
+ */
+export function quantizedSdpa(
+  q: MxArray,
+  k: QuantizedWeight,
+  v: QuantizedWeight,
+  scale: number,
+  mask: "causal" | MxArray | null,
+): MxArray {
+  const [B, H, L, D] = q.shape as [number, number, number, number];
+  const Hkv = k.weight.dim(1);
+  const S = k.weight.dim(2);
+  const repeats = H / Hkv;
+  let queries = multiply(q, scale);
+  let keys = k;
+  let values = v;
+  if (repeats > 1) {
+    queries = reshape(queries, [B, Hkv, repeats, L, D]);
+    const broadcast = (w: QuantizedWeight): QuantizedWeight => ({
+      ...w,
+      weight: expandDims(w.weight, 2),
+      scales: expandDims(w.scales, 2),
+      biases: w.biases ? expandDims(w.biases, 2) : null,
+    });
+    keys = broadcast(k);
+    values = broadcast(v);
+  }
+  let scores = quantizedMatmul(queries, keys, true);
+  if (mask !== null) {
+    let keepMask =
+      mask === "causal" ? greaterEqual(reshape(arange(S - L, S), [L, 1]), reshape(arange(0, S), [1, S])) : mask;
+    if (repeats > 1 && keepMask.ndim > 3) keepMask = expandDims(keepMask, 2);
+    scores = where(keepMask, scores, lowestFinite(scores.dtype));
+  }
+  const out = quantizedMatmul(softmax(scores, -1, true), values, false);
+  return repeats > 1 ? reshape(out, [B, H, L, values.weight.dim(-1) * (32 / v.bits)]) : out;
 }
 
 /** silu(gate) * up; `fused` compiles it into one kernel (use on the GPU). */

@@ -1,8 +1,9 @@
 // The decoder-only transformer skeleton shared by the architectures: pre-norm
 // blocks of attention (GQA, RoPE, KV cache) and a SwiGLU MLP. An architecture
 // file supplies how its weights map to q/k/v and gate/up, and its RoPE.
-import * as mx from "../mlx";
+
 import type { MxArray } from "../mlx";
+import * as mx from "../mlx";
 import type { ModelConfig } from "./config";
 import type { Rope } from "./rope";
 import type { AttentionBatch, ForwardOptions, LanguageModel } from "./types";
@@ -68,8 +69,7 @@ export class DecoderModel implements LanguageModel {
       const heads = (t: MxArray, n: number) => mx.transpose(mx.reshape(t, [B, L, n, c.headDim]), [0, 2, 1, 3]);
       const q = this.#rope.apply(heads(q0, c.numHeads), view.ropeOffset, regimes);
       const k = this.#rope.apply(heads(k0, c.numKvHeads), view.ropeOffset, regimes);
-      const [keys, values] = batch.update(i, k, heads(v0, c.numKvHeads));
-      const attn = mx.sdpa(q, keys, values, this.#scale, view.mask);
+      const attn = batch.attention(i, q, k, heads(v0, c.numKvHeads), this.#scale, view.mask);
       const merged = mx.reshape(mx.transpose(attn, [0, 2, 1, 3]), [B, L, c.numHeads * c.headDim]);
       h = mx.add(h, linear(merged, layer.out));
       const y = mx.rmsNorm(h, layer.postAttentionNorm, c.rmsNormEps);

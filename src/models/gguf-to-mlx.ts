@@ -5,11 +5,11 @@
 // generation_config.json). Q4_0/Q4_1/Q8_0 stay quantized as MLX affine groups of 32.
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import * as mx from "../mlx";
+import { readGguf } from "../formats/gguf";
 import type { MxArray } from "../mlx";
+import * as mx from "../mlx";
 import { tokenizerSpecFromGguf } from "../text/gguf-tokenizer";
 import { configToHf } from "./config";
-import { readGguf } from "../formats/gguf";
 import { readGgufWeights } from "./loader";
 
 export interface ConvertResult {

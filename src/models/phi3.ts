@@ -2,7 +2,7 @@
 // split at run time; LongRoPE ("su"/"longrope") for the 128K variants.
 import * as mx from "../mlx";
 import type { ModelConfig } from "./config";
-import { DecoderModel, type DecoderLayerWeights, embeddingAndHead } from "./decoder";
+import { type DecoderLayerWeights, DecoderModel, embeddingAndHead } from "./decoder";
 import { longRope, standardRope } from "./rope";
 import type { LanguageModel } from "./types";
 import { linear, type WeightStore } from "./weights";

@@ -5,8 +5,8 @@
 // the same call writes the same bytes.
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
+import * as mx from "../mlx";
 
 export interface RandomModelSpec {
   /** The config.json to write (Hugging Face keys; `quantization` decides the format). */

@@ -1,7 +1,8 @@
 // RoPE variants: plain (base), linear scaling, Llama 3 frequency smoothing, and
 // Phi-3 LongRoPE ("su"/"longrope") with its length-dependent factors.
-import * as mx from "../mlx";
+
 import type { MxArray } from "../mlx";
+import * as mx from "../mlx";
 import type { ModelConfig } from "./config";
 
 /** Applies RoPE to q or k [B, H, L, D] for one forward; `regimes` has one entry per row. */

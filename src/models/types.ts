@@ -13,7 +13,9 @@ export interface ForwardView {
 
 /**
  * A batch of sequences with their KV cache. The model calls begin() once per
- * forward, update() once per layer, and end() after the last layer.
+ * forward, attention() once per layer, and end() after the last layer. The
+ * cache decides how keys and values are stored (float or quantized) and how
+ * attention runs over them (fused kernel, quantized matmuls, query sub-chunks).
  */
 export interface AttentionBatch {
   /** Number of rows (sequences). */
@@ -21,8 +23,19 @@ export interface AttentionBatch {
   /** Tokens already cached for each row. */
   rowLengths(): number[];
   begin(newTokens: number): ForwardView;
-  /** Stores this layer's new keys/values [B, Hkv, L, D]; returns every key/value to attend to. */
-  update(layer: number, keys: MxArray, values: MxArray): [MxArray, MxArray];
+  /**
+   * Stores this layer's new keys/values [B, Hkv, L, D] and returns the attention
+   * output [B, H, L, D] of the queries q [B, H, L, D] (RoPE applied) over all
+   * cached keys, scores scaled by `scale`, under the view's `mask`.
+   */
+  attention(
+    layer: number,
+    q: MxArray,
+    keys: MxArray,
+    values: MxArray,
+    scale: number,
+    mask: ForwardView["mask"],
+  ): MxArray;
   end(): void;
 }
 

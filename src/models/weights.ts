@@ -4,6 +4,7 @@
 import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
 import type { QuantizationConfig } from "./config";
+import { gpuQuantizedProduct } from "./gpu-kernels";
 
 /** A weight matrix [out, in], plain or quantized (bits and group size per tensor). */
 export type LinearWeight =
@@ -27,9 +28,11 @@ export const DENSE_MIN_ROWS = 4;
 
 export function linear(x: MxArray, w: LinearWeight): MxArray {
   let y: MxArray;
+  const rows = x.size / x.dim(-1);
   if (w.kind === "dense") y = mx.matmul(x, mx.transpose(w.weight, [1, 0]));
-  else if (w.dense && x.size / x.dim(-1) >= DENSE_MIN_ROWS) y = mx.matmul(x, mx.transpose(w.dense, [1, 0]));
-  else y = w.cpuKernel ? mx.quantizedMatmulCpu(x, w.q) : mx.quantizedMatmul(x, w.q);
+  else if (w.dense && rows >= DENSE_MIN_ROWS) y = mx.matmul(x, mx.transpose(w.dense, [1, 0]));
+  else if (w.cpuKernel) y = mx.quantizedMatmulCpu(x, w.q);
+  else y = gpuQuantizedProduct(x, w.q, rows) ?? mx.quantizedMatmul(x, w.q);
   return w.bias ? mx.add(y, w.bias) : y;
 }
 

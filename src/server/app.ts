@@ -205,6 +205,9 @@ async function refreshEngineGauges(ctx: AppContext): Promise<void> {
     metrics.kvCacheBytes.set(s.kvCacheBytes);
     metrics.kvBudgetBytes.set(s.kvBudgetBytes);
     metrics.prefixCacheBytes.set(s.prefixCache.bytes);
+    metrics.kvReservedBytes.set(s.kvReservedBytes);
+    metrics.prefixDiskBytes.set(s.prefixDisk?.bytes ?? 0);
+    metrics.prefixDiskFiles.set(s.prefixDisk?.files ?? 0);
     metrics.mlxActiveBytes.set(s.memory.activeBytes);
     metrics.mlxPeakBytes.set(s.memory.peakBytes);
     metrics.mlxCacheBytes.set(s.memory.cacheBytes);

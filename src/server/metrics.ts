@@ -125,7 +125,13 @@ export class ServerMetrics {
   readonly prefilling = new Gauge("pensieve_prefilling_sequences", "Sequences being prefilled.");
   readonly kvCacheBytes = new Gauge("pensieve_kv_cache_bytes", "Bytes held by KV caches of live sequences.");
   readonly kvBudgetBytes = new Gauge("pensieve_kv_budget_bytes", "KV memory budget for admission.");
-  readonly prefixCacheBytes = new Gauge("pensieve_prefix_cache_bytes", "Bytes held by the prefix cache.");
+  readonly prefixCacheBytes = new Gauge("pensieve_prefix_cache_bytes", "Bytes of cached prefixes in the KV pool.");
+  readonly kvReservedBytes = new Gauge(
+    "pensieve_kv_reserved_bytes",
+    "KV bytes running and prefilling sequences hold at their longest.",
+  );
+  readonly prefixDiskBytes = new Gauge("pensieve_prefix_disk_bytes", "Bytes of cached prefixes written to disk.");
+  readonly prefixDiskFiles = new Gauge("pensieve_prefix_disk_files", "Cached prefix nodes written to disk.");
   readonly mlxActiveBytes = new Gauge("pensieve_mlx_active_memory_bytes", "MLX active memory.");
   readonly mlxPeakBytes = new Gauge("pensieve_mlx_peak_memory_bytes", "MLX peak memory.");
   readonly mlxCacheBytes = new Gauge("pensieve_mlx_cache_memory_bytes", "MLX buffer cache.");

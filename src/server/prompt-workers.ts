@@ -6,8 +6,8 @@
 import { availableParallelism } from "node:os";
 import { COMPILED } from "../paths";
 import { ApiError } from "./errors";
-import { apiErrorOf, type PromptJob, type PromptLimits, type PromptResults, runPromptJob } from "./prompt-jobs";
 import type { PromptContext } from "./prompt";
+import { apiErrorOf, type PromptJob, type PromptLimits, type PromptResults, runPromptJob } from "./prompt-jobs";
 import type { FromWorker, ToWorker } from "./prompt-worker";
 
 type Op = PromptJob["op"];

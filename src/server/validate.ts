@@ -4,7 +4,7 @@
 // schema, whose error builds a pretty-printed copy of the whole body: for a
 // deeply nested body that is hundreds of megabytes and seconds of CPU.
 import type { Static, TSchema } from "@sinclair/typebox";
-import { TypeCompiler, type TypeCheck } from "@sinclair/typebox/compiler";
+import { type TypeCheck, TypeCompiler } from "@sinclair/typebox/compiler";
 import { type ValueError, ValueErrorType } from "@sinclair/typebox/errors";
 import { badRequest } from "./errors";
 

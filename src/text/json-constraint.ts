@@ -42,12 +42,11 @@ import {
   OBJ,
   type ObjNode,
   REF,
+  SchemaError,
   STR,
   type StrNode,
   UNION,
 } from "./json-schema-grammar.ts";
-
-import { SchemaError } from "./json-schema-grammar.ts";
 
 export { SchemaError };
 

@@ -54,6 +54,8 @@ describe("defaults", () => {
       maxConcurrent: null,
       queueSize: 64,
       prefixCacheBytes: null,
+      prefixDiskBytes: null,
+      kvBits: null,
       strictModelNames: false,
       logLevel: "info",
       logFormat: "json",
@@ -162,6 +164,17 @@ describe("layers", () => {
     expect(config.maxContext).toBeNull();
     expect(config.apiKey).toBeNull();
     expect(sources.apiKey).toEqual({ kind: "env", name: "PENSIEVE_API_KEY" });
+  });
+
+  test("kvBits: 0, 8 or 4 from the file, PENSIEVE_KV_BITS or --kv-bits; auto is null; other widths are refused", () => {
+    writeJson(join(dir, "c.json"), { kvBits: 4 });
+    expect(loadConfig({ env, configPath: join(dir, "c.json") }).config.kvBits).toBe(4);
+    expect(loadConfig({ env: { ...env, PENSIEVE_KV_BITS: "8" } }).config.kvBits).toBe(8);
+    expect(loadConfig({ env, argv: ["--kv-bits", "0"] }).config.kvBits).toBe(0);
+    expect(loadConfig({ env: { ...env, PENSIEVE_KV_BITS: "8" }, argv: ["--kv-bits=auto"] }).config.kvBits).toBeNull();
+    expect(errorOf(() => parseFlags(["--kv-bits", "6"])).message).toBe(
+      "config: kvBits (from --kv-bits): expected one of 0, 8, 4 or null, got 6",
+    );
   });
 
   test("sizes in the file may carry units", () => {

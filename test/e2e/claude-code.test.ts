@@ -9,7 +9,7 @@
 //     exits; the server stays healthy.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { RunningServer } from "../../src/server/server";
-import { ensureClaudeCode, type Exchange, recordingProxy, runClaude } from "../support/anthropic-claude-code";
+import { type Exchange, ensureClaudeCode, recordingProxy, runClaude } from "../support/anthropic-claude-code";
 import { tinyPhi3ForClaudeCode } from "../support/anthropic-models";
 import { parseSse, waitForIdleEngine } from "../support/anthropic-sse";
 import { startTestServer } from "../support/server";

@@ -1,90 +1,26 @@
 // Continuous batching: requests that join a running batch at different times,
 // with different prompt lengths, give exactly their single-request outputs.
 import { describe, expect, test } from "bun:test";
-import { generateTokens } from "../../src/engine/one-sequence";
-import { type SamplingParams, samplingParams } from "../../src/engine/protocol";
-import type { EngineEvent, EngineRequest } from "../../src/engine/protocol";
+import type { EngineEvent } from "../../src/engine/protocol";
+import { samplingParams } from "../../src/engine/protocol";
 import { Scheduler } from "../../src/engine/scheduler";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";
-import type { LanguageModel } from "../../src/models/types";
 import { tinyModel } from "../support/models";
 import { promptIds } from "../support/reference";
-import { TEST_SCHEDULER_OPTIONS } from "../support/scheduler";
+import {
+  request,
+  runScheduled,
+  single,
+  singleWithLogprobs,
+  TEST_KV_BITS,
+  TEST_SCHEDULER_OPTIONS,
+} from "../support/scheduler";
 
-function single(
-  model: LanguageModel,
-  prompt: number[],
-  maxTokens: number,
-  sampling: SamplingParams,
-  stops: number[] = [],
-) {
-  return singleWithLogprobs(model, prompt, maxTokens, sampling, stops).tokens;
-}
+// A quantized KV cache sums attention in another order when rows are padded: slightly looser.
+const LOGPROB_TOLERANCE = TEST_KV_BITS === 0 ? 1e-4 : 1e-3;
 
-function singleWithLogprobs(
-  model: LanguageModel,
-  prompt: number[],
-  maxTokens: number,
-  sampling: SamplingParams,
-  stops: number[] = [],
-) {
-  const tokens: number[] = [];
-  const logprobs: number[] = [];
-  for (const v of generateTokens(model, prompt, { maxTokens, sampling, stopTokenIds: stops, prefillChunk: 64 })) {
-    tokens.push(v.token);
-    logprobs.push(v.logprob ?? Number.NaN);
-  }
-  return { tokens, logprobs };
-}
-
-interface Run {
-  tokens: Map<string, number[]>;
-  logprobs: Map<string, number[]>;
-  events: EngineEvent[];
-  scheduler: Scheduler;
-}
-
-/** Submits each request at its step number and runs until everything finished. */
-function runScheduled(
-  model: LanguageModel,
-  schedule: Array<{ at: number; request: EngineRequest }>,
-  options = TEST_SCHEDULER_OPTIONS,
-): Run {
-  const events: EngineEvent[] = [];
-  const tokens = new Map<string, number[]>();
-  const logprobs = new Map<string, number[]>();
-  const scheduler = new Scheduler(model, options, (e) => {
-    events.push(e);
-    if (e.type !== "tokens") return;
-    for (const t of e.items) {
-      tokens.set(t.id, [...(tokens.get(t.id) ?? []), t.token]);
-      logprobs.set(t.id, [...(logprobs.get(t.id) ?? []), t.logprob ?? Number.NaN]);
-    }
-  });
-  let step = 0;
-  const pending = [...schedule];
-  while (pending.length > 0 || scheduler.hasWork()) {
-    for (const p of pending.filter((p) => p.at <= step)) scheduler.submit(p.request);
-    for (let i = pending.length - 1; i >= 0; i--) if ((pending[i] as { at: number }).at <= step) pending.splice(i, 1);
-    scheduler.step();
-    step++;
-    if (step > 5000) throw new Error("scheduler did not finish");
-  }
-  return { tokens, logprobs, events, scheduler };
-}
-
-function request(
-  id: string,
-  prompt: number[],
-  maxTokens: number,
-  sampling = samplingParams(),
-  stops: number[] = [],
-): EngineRequest {
-  return { id, prompt, maxTokens, sampling, stopTokenIds: stops };
-}
-
-function expectClose(actual: number[] | undefined, expected: number[], tolerance = 1e-4) {
+function expectClose(actual: number[] | undefined, expected: number[], tolerance = LOGPROB_TOLERANCE) {
   expect(actual?.length).toBe(expected.length);
   const worst = Math.max(0, ...expected.map((e, i) => Math.abs(e - ((actual as number[])[i] as number))));
   expect(worst).toBeLessThan(tolerance);
@@ -241,7 +177,8 @@ describe("continuous batching (tiny-llama-f16, float32 CPU)", () => {
       EngineEvent,
       { type: "started" }
     >;
-    expect(started.cachedTokens).toBeGreaterThanOrEqual(59);
+    // Whole 16-token blocks: 48 of the 59 shared tokens.
+    expect(started.cachedTokens).toBeGreaterThanOrEqual(48);
     expect(run.tokens.get("second")).toEqual(expected);
     expect(run.scheduler.stats().prefixCache.hits).toBeGreaterThanOrEqual(1);
     run.scheduler.dispose();

@@ -4,8 +4,8 @@
 import { expect, test } from "bun:test";
 import { Engine, warmupLengths } from "../../src/engine/engine";
 import { generateTokens } from "../../src/engine/one-sequence";
-import { samplingParams } from "../../src/engine/protocol";
 import type { EngineEvent } from "../../src/engine/protocol";
+import { samplingParams } from "../../src/engine/protocol";
 import { tinyModel } from "../support/models";
 import { promptIds } from "../support/reference";
 

@@ -27,6 +27,21 @@ describe("per-token and working memory", () => {
     expect(kvBytesPerToken(phi3, 4)).toBe(768 * 1024);
   });
 
+  test("quantized KV: bits/8 bytes an element plus a float scale and bias per group (Phi-3: group 32)", () => {
+    // 8-bit: per head 96 B + 2 × 3 groups × 2 B = 108 B, against 192 B in fp16.
+    expect(kvBytesPerToken(phi3, 2, 8, 32)).toBe(32 * 2 * 32 * (96 + 2 * 3 * 2));
+    expect(kvBytesPerToken(phi3, 2, 8)).toBe(216 * 1024);
+    expect(kvBytesPerToken(phi3, 2, 4)).toBe(120 * 1024);
+    // Claude Code's 20K-token prefix: 7.5 GiB in fp16, 4.2 GiB at 8 bits, 2.3 GiB at 4 bits.
+    expect((kvBytesPerToken(phi3, 2, 8) * 20480) / GiB).toBeCloseTo(4.22, 2);
+    // Float32 scales and biases on the CPU.
+    expect(kvBytesPerToken(phi3, 4, 8)).toBe(32 * 2 * 32 * (96 + 2 * 3 * 4));
+    // The plan uses it: more context fits in the same memory.
+    const on16 = (kvBits: 0 | 8) =>
+      estimateMemory({ config: phi3, weightBytes: PHI3_WEIGHTS, memory: { totalBytes: 16 * GiB }, kvBits }).context;
+    expect(on16(8)).toBeGreaterThan(on16(0));
+  });
+
   test("grouped-query attention shrinks the cache by kv_heads / heads", () => {
     const llama = { ...phi3, model_type: "llama", num_key_value_heads: 8, rope_scaling: null };
     expect(kvBytesPerToken(llama)).toBe(kvBytesPerToken(phi3) / 4);

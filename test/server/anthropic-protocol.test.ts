@@ -3,8 +3,9 @@
 // request shapes Claude Code sends, stop reasons, tool turns, count_tokens,
 // keep-alives, cancellation, authentication, strict model names, and every
 // error path in Anthropic's error shape.
-import Anthropic from "@anthropic-ai/sdk";
+
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import Anthropic from "@anthropic-ai/sdk";
 import type { RunningServer } from "../../src/server/server";
 import { expectAnthropicError, parseSse, postJson, waitForIdleEngine } from "../support/anthropic-sse";
 import { tinyModel } from "../support/models";

@@ -5,8 +5,8 @@
 // and nothing leaks.
 import { describe, expect, test } from "bun:test";
 import { generateTokens } from "../../src/engine/one-sequence";
-import { type SamplingParams, samplingParams } from "../../src/engine/protocol";
 import type { EngineEvent, EngineRequest } from "../../src/engine/protocol";
+import { type SamplingParams, samplingParams } from "../../src/engine/protocol";
 import { Scheduler } from "../../src/engine/scheduler";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";

@@ -4,8 +4,8 @@
 import { createHash } from "node:crypto";
 import { existsSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { REPO_ROOT } from "../../src/paths";
 import { type RandomModelSpec, shrinkConfig, writeRandomModel } from "../../src/models/random";
+import { REPO_ROOT } from "../../src/paths";
 
 export const SHARED_FIXTURES = join(REPO_ROOT, "..", "shared", "fixtures");
 export const PHI3_FILES = join(SHARED_FIXTURES, "phi3-mini-128k");

@@ -4,11 +4,11 @@
 // BPE, SentencePiece BPE with byte fallback, their GGUF forms) over texts built
 // to pack many bytes into few tokens.
 import { describe, expect, test } from "bun:test";
+import { checkPromptBytes, utf8Length } from "../../src/server/prompt";
 import { maxInputBytesPerToken } from "../../src/text/token-bytes";
 import type { Tokenizer } from "../../src/text/tokenizer";
 import { keepsInputBytes, type TokenizerJson } from "../../src/text/tokenizer-json";
 import { mulberry32 } from "../support/random";
-import { checkPromptBytes, utf8Length } from "../../src/server/prompt";
 import { phi3, phi3Gguf, smollm2, testStrings } from "./helpers";
 
 const tokenizers: Array<[string, () => Tokenizer]> = [

@@ -10,11 +10,11 @@
 // splits them (their sum is the prompt length).
 import { Elysia } from "elysia";
 import type { AppContext } from "../app";
+import { sseResponse } from "../sse";
+import { requireObject, validate } from "../validate";
 import { newMessageId, startGeneration } from "./messages";
 import { anthropicUsage } from "./reply";
-import { requireObject, validate } from "../validate";
 import { CountTokensBody, MessagesBody } from "./schema";
-import { sseResponse } from "../sse";
 import { replyStream } from "./stream";
 
 export function anthropicRoutes(ctx: AppContext) {

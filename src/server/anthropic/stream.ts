@@ -4,10 +4,11 @@
 // `ping` may come at any time: Pensieve also sends it while a long prompt is
 // prefilled, so proxies and clients see a live connection. An error after
 // the stream began is an `error` event in the API's error shape.
-import type { Logger } from "../log";
-import type { SseItem } from "../sse";
+
 import { ApiError, anthropicErrorBody } from "../errors";
+import type { Logger } from "../log";
 import type { Usage } from "../model-session";
+import type { SseItem } from "../sse";
 import type { Generation } from "./messages";
 import { anthropicUsage } from "./reply";
 

@@ -3,8 +3,9 @@
 import type { AppContext } from "../app";
 import { ApiError } from "../errors";
 import type { TextEvent, TokenLogprob } from "../model-session";
+import { type SseItem, sseResponse } from "../sse";
 import { type ToolCall, ToolCallParser } from "../tools";
-import type { ChatPlan } from "./request-plan";
+import { requireObject, validate } from "../validate";
 import {
   chatLogprobs,
   finishReason,
@@ -14,10 +15,9 @@ import {
   unixSeconds,
   usageBody,
 } from "./format";
+import type { ChatPlan } from "./request-plan";
 import { ChatCompletionRequest } from "./schema";
-import { type SseItem, sseResponse } from "../sse";
 import { sseError, startGeneration, streamFailure } from "./stream";
-import { requireObject, validate } from "../validate";
 
 type AnswerPiece = { type: "text"; text: string } | { type: "tool_call"; call: ToolCall };
 

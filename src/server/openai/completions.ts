@@ -2,7 +2,8 @@
 import type { AppContext } from "../app";
 import { ApiError } from "../errors";
 import type { TextEvent, TokenLogprob } from "../model-session";
-import type { CompletionPlan } from "./request-plan";
+import { type SseItem, sseResponse } from "../sse";
+import { requireObject, validate } from "../validate";
 import {
   finishReason,
   legacyLogprobs,
@@ -12,10 +13,9 @@ import {
   unixSeconds,
   usageBody,
 } from "./format";
+import type { CompletionPlan } from "./request-plan";
 import { CompletionRequest } from "./schema";
-import { type SseItem, sseResponse } from "../sse";
 import { sseError, startGeneration, streamFailure } from "./stream";
-import { requireObject, validate } from "../validate";
 
 type Meta = ResponseMeta;
 

@@ -2,7 +2,7 @@
 // fields are allowed (clients send many we ignore); known fields are checked
 // for type and range here, and for meaning in convert.ts. Most optional fields
 // also accept null, as several SDKs send null for "unset".
-import { type Static, type TSchema, Type as T } from "@sinclair/typebox";
+import { type Static, Type as T, type TSchema } from "@sinclair/typebox";
 
 const nullable = <S extends TSchema>(schema: S) => T.Optional(T.Union([schema, T.Null()]));
 

@@ -1,0 +1,141 @@
+// The KV pool: one budget for running sequences and cached prefixes. The
+// arithmetic is plain data; the scheduler tests run a tiny model on the CPU
+// with budgets small enough that eviction and queueing happen.
+import { describe, expect, test } from "bun:test";
+import { admit, concurrentFit, type KvPoolShape, loneBytes, projectedBytes } from "../../src/engine/kv-pool";
+import type { EngineEvent } from "../../src/engine/protocol";
+import { loadModel } from "../../src/models/loader";
+import { tinyModel } from "../support/models";
+import { promptIds } from "../support/reference";
+import { request, runScheduled, single, TEST_SCHEDULER_OPTIONS } from "../support/scheduler";
+
+const shape: KvPoolShape = { budgetBytes: 1000 * 100, bytesPerToken: 100, numLayers: 4, growthStep: 16 };
+
+describe("pool arithmetic", () => {
+  test("a batch holds rows × (longest start + most remaining), rounded to the growth step, plus one layer while joining", () => {
+    expect(projectedBytes(shape, null, [])).toBe(0);
+    // 10 + 5 → 16 columns; one row: 1600 + 400.
+    expect(loneBytes(shape, { tokens: 10, remaining: 5 })).toBe(2000);
+    // Left padding: a short row joining a long one occupies the long one's width.
+    const batch = { rows: 1, columns: 100, remaining: 10 };
+    expect(projectedBytes(shape, batch, [{ tokens: 3, remaining: 2 }])).toBe(2 * 112 * 100 * 1.25);
+  });
+
+  test("cached prefixes never block admission; the verdict says how far to shrink them", () => {
+    const v = admit(shape, null, [], { tokens: 400, remaining: 0 });
+    expect(v).toEqual({ admit: true, cacheLimit: 100_000 - 400 * 100 * 1.25 });
+    // Two rows of 400 fill the pool exactly; of 410 (416 columns) they do not.
+    expect(admit(shape, { rows: 1, columns: 400, remaining: 0 }, [], { tokens: 400, remaining: 0 }).admit).toBe(true);
+    expect(admit(shape, { rows: 1, columns: 410, remaining: 0 }, [], { tokens: 410, remaining: 0 }).admit).toBe(false);
+    expect(concurrentFit(shape, 410)).toBe(1);
+    expect(concurrentFit(shape, 100)).toBe(7);
+  });
+});
+
+describe("the KV pool in the scheduler (tiny-llama-f16, float32 CPU)", () => {
+  const { model } = loadModel(tinyModel("tiny-llama-f16"));
+  const c = model.config;
+  const bytesPerToken = c.numLayers * 2 * c.numKvHeads * c.headDim * 4;
+
+  test("sessions that share a system prefix share its blocks, and each gets the same tokens as alone", () => {
+    const system = promptIds(96, 41);
+    const a = [...system, ...promptIds(20, 42).slice(1)];
+    const b = [...system, ...promptIds(20, 43).slice(1)];
+    const expectedB = single(model, b, 8, request("x", [], 0).sampling);
+    const run = runScheduled(
+      model,
+      [
+        { at: 0, request: request("a", a, 6) },
+        { at: 40, request: request("b", b, 8) },
+      ],
+      { ...TEST_SCHEDULER_OPTIONS, prefixCacheBytes: null },
+    );
+    const started = run.events.find((e) => e.type === "started" && e.id === "b") as Extract<
+      EngineEvent,
+      { type: "started" }
+    >;
+    expect(started.cachedTokens).toBe(96);
+    expect(run.tokens.get("b")).toEqual(expectedB);
+    const stats = run.scheduler.stats().prefixCache;
+    // a's prompt+output and b's prompt+output, the 96 shared tokens once.
+    expect(stats.tokens).toBeLessThan(a.length + b.length + 14 - 96 + 16);
+    expect(stats.tokens).toBeGreaterThanOrEqual(96 + 2 * 16);
+    expect(stats.bytes).toBe(stats.tokens * bytesPerToken);
+    run.scheduler.dispose();
+  });
+
+  test("a prefix larger than any cache budget of its own is kept: only the pool bounds it", () => {
+    const prompt = promptIds(300, 44);
+    const run = runScheduled(
+      model,
+      [
+        { at: 0, request: request("first", prompt, 4) },
+        { at: 30, request: request("again", prompt, 4) },
+      ],
+      { ...TEST_SCHEDULER_OPTIONS, prefixCacheBytes: null, kvBudgetBytes: 2000 * bytesPerToken },
+    );
+    const again = run.events.find((e) => e.type === "started" && e.id === "again") as Extract<
+      EngineEvent,
+      { type: "started" }
+    >;
+    expect(again.cachedTokens).toBe(288);
+    expect(run.tokens.get("again")).toEqual(run.tokens.get("first") as number[]);
+    run.scheduler.dispose();
+  });
+
+  test("a new sequence evicts cached prefixes (least recently used first) instead of waiting", () => {
+    // Room for one 200-token sequence at a time (256 columns, +50% while joining: 2 layers), not for a cached one beside it.
+    const budget = 500 * bytesPerToken;
+    const p1 = promptIds(200, 45);
+    const p2 = promptIds(200, 46);
+    const run = runScheduled(
+      model,
+      [
+        { at: 0, request: request("one", p1, 4) },
+        { at: 40, request: request("two", p2, 4) },
+        { at: 80, request: request("one-again", p1, 4) },
+      ],
+      { ...TEST_SCHEDULER_OPTIONS, prefixCacheBytes: null, kvBudgetBytes: budget, maxConcurrent: 1 },
+    );
+    const finished = run.events.filter((e) => e.type === "finished").map((e) => e.id);
+    expect(finished).toEqual(["one", "two", "one-again"]);
+    const again = run.events.find((e) => e.type === "started" && e.id === "one-again") as Extract<
+      EngineEvent,
+      { type: "started" }
+    >;
+    // "two" took the room, so "one" was evicted.
+    expect(again.cachedTokens).toBe(0);
+    expect(run.scheduler.stats().prefixCache.evictions).toBeGreaterThan(0);
+    expect(run.scheduler.stats().prefixCache.bytes).toBeLessThanOrEqual(budget);
+    run.scheduler.dispose();
+  });
+
+  test("requests that do not fit together queue, and all complete", () => {
+    const budget = 500 * bytesPerToken;
+    const schedule = [0, 1, 2, 3].map((i) => ({ at: 0, request: request(`q${i}`, promptIds(100, 50 + i), 6) }));
+    const expected = schedule.map((s) => single(model, s.request.prompt, 6, s.request.sampling));
+    const run = runScheduled(model, schedule, {
+      ...TEST_SCHEDULER_OPTIONS,
+      prefixCacheBytes: null,
+      kvBudgetBytes: budget,
+    });
+    expect(run.events.filter((e) => e.type === "rejected")).toEqual([]);
+    schedule.forEach((s, i) => {
+      expect(run.tokens.get(s.request.id)).toEqual(expected[i] as number[]);
+    });
+    run.scheduler.dispose();
+  });
+
+  test("a request larger than the whole pool is refused before prefill", () => {
+    const run = runScheduled(model, [{ at: 0, request: request("huge", promptIds(300, 60), 100) }], {
+      ...TEST_SCHEDULER_OPTIONS,
+      kvBudgetBytes: 500 * bytesPerToken,
+    });
+    const rejected = run.events.find((e) => e.type === "rejected") as Extract<EngineEvent, { type: "rejected" }>;
+    expect(rejected.status).toBe(400);
+    expect(rejected.message).toContain(
+      "the request needs 400 tokens of KV cache, more than the memory budget allows (256)",
+    );
+    expect(run.events.some((e) => e.type === "started")).toBe(false);
+  });
+});
