@@ -314,7 +314,8 @@ async function sample(base: string, t0: number): Promise<Sample> {
   return {
     ms: Math.round(performance.now() - t0),
     serverRssBytes: value("pensieve_server_resident_bytes"),
-    engineRssBytes: value("pensieve_engine_resident_bytes"),
+    // Less MLX's buffer cache: freed buffers kept for reuse (capped, and released after 5 s idle), not a leak.
+    engineRssBytes: value("pensieve_engine_resident_bytes") - (value("pensieve_mlx_cache_memory_bytes") || 0),
     mlxActiveBytes: value("pensieve_mlx_active_memory_bytes"),
     prefixCacheBytes: value("pensieve_prefix_cache_bytes"),
     liveHandles: value("pensieve_mlx_live_handles"),
