@@ -16,7 +16,7 @@ import {
 import { findCachedSnapshot, modelFolderProblems } from "../hub/cache";
 import { formatBytes } from "../hub/format";
 import { describePool, type KvPoolShape } from "../engine/kv-pool";
-import { estimateMemory, systemMemory, weightFilesBytes } from "../hub/memory";
+import { estimateMemory, systemMemory, weightFilesBytes } from "../engine/memory-plan";
 import { type Env, hubSettings } from "../hub/settings";
 import {
   type Backend,

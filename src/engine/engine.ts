@@ -3,7 +3,7 @@
 // All MLX work happens on this one thread.
 import { mkdirSync, statfsSync } from "node:fs";
 import { basename, join } from "node:path";
-import { DEFAULT_USABLE_FRACTION, estimateMemory, kvBytesPerToken, PREFILL_CHUNK, systemMemory } from "../hub/memory";
+import { DEFAULT_USABLE_FRACTION, estimateMemory, kvBytesPerToken, PREFILL_CHUNK, systemMemory } from "./memory-plan";
 import * as mx from "../mlx";
 import type { ModelConfig } from "../models/config";
 import { type LoadedModel, loadModel, readModelConfig } from "../models/loader";
@@ -40,7 +40,6 @@ export function deviceMemoryBytes(device: "cpu" | "gpu"): number | null {
   return null;
 }
 
-
 // ---- KV storage (kvBits) ----
 /**
  * KV storage when the configuration leaves it open (null): float for now on
@@ -58,7 +57,7 @@ export function resolveKvBits(config: EngineConfig, device: "cpu" | "gpu", model
 // ---- end KV storage ----
 
 /**
- * The context and the KV pool, decided before any weight is loaded (src/hub/memory.ts):
+ * The context and the KV pool, decided before any weight is loaded (src/engine/memory-plan.ts):
  * a model that cannot fit is refused with the estimate's message. The pool is
  * what remains after the weights (dense copies included, when the caller counts
  * them) and working memory; cached prefixes live inside it.
@@ -85,7 +84,7 @@ export function planMemory(
     maxContext: config.maxContext ?? null,
     kvBudgetBytes: config.kvBudgetBytes ?? null,
     prefillChunk,
-    // Fused causal attention for long prompts on the GPU (see src/hub/memory.ts).
+    // Fused causal attention for long prompts on the GPU (see src/engine/memory-plan.ts).
     scoreColumns: device === "gpu" ? prefillChunk : undefined,
   });
   if (!plan.fits) throw new Error(plan.message);

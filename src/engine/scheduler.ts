@@ -843,17 +843,20 @@ export class Scheduler {
     const masks = group.jobs.map((j) => this.#nextMask(j.seq));
     const steps = mx.tidy(() => {
       const logits = this.model.forward(input(), cache, { logits: "last", ropeLengths });
+      // A row finished meanwhile (cancelled) has no sampler left: it samples nothing.
       return group.jobs.map((j, i) =>
-        rowStepFromSampled(j.seq.sampler.sample(mx.sliceAxis(logits, 0, i, i + 1), maskArray(masks[i] ?? null))),
+        j.seq.finished
+          ? null
+          : rowStepFromSampled(j.seq.sampler.sample(mx.sliceAxis(logits, 0, i, i + 1), maskArray(masks[i] ?? null))),
       );
     });
-    mx.asyncEval(...steps.flatMap(rowStepArrays));
+    mx.asyncEval(...steps.flatMap((step) => (step ? rowStepArrays(step) : [])));
     this.#group = null;
     const keep: number[] = [];
     group.jobs.forEach((j, i) => {
       const s = j.seq;
-      const step = steps[i] as RowStep;
-      if (s.finished) {
+      const step = steps[i] ?? null;
+      if (s.finished || !step) {
         releaseRowStep(step);
         return;
       }

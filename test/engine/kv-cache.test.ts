@@ -9,7 +9,7 @@ import { disposeState, type KVCache, KVCache as KVCacheClass, stateBytes } from 
 import { cacheFor, cacheShape, generateTokens, prefill } from "../../src/engine/one-sequence";
 import { type EngineEvent, type EngineRequest, samplingParams } from "../../src/engine/protocol";
 import { Scheduler } from "../../src/engine/scheduler";
-import { kvBytesPerToken } from "../../src/hub/memory";
+import { kvBytesPerToken } from "../../src/engine/memory-plan";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";
 import type { LanguageModel } from "../../src/models/types";

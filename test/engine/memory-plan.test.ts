@@ -9,7 +9,7 @@ import {
   systemMemory,
   weightFilesBytes,
   workingBytes,
-} from "../../src/hub/memory";
+} from "../../src/engine/memory-plan";
 import { configFromHf } from "../../src/models/config";
 import { REPO_ROOT } from "../../src/paths";
 

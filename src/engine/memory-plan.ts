@@ -1,4 +1,4 @@
-// Will a model fit, and how long a context can it have? A pure estimate from
+// The memory plan: will a model fit, and how long a context can it have? A pure estimate from
 // config.json and the weight files' sizes, no MLX: the server asks before it
 // loads anything, so a model that cannot fit is refused with a message instead
 // of dying mid-request.
@@ -28,14 +28,14 @@
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { freemem, totalmem } from "node:os";
 import { join } from "node:path";
-import { type KvBits, kvTokenBytes } from "../engine/attention-plan";
+import { type KvBits, kvTokenBytes } from "./attention-plan";
 import { configFromHf, type ModelConfig } from "../models/config";
-import { formatBytes } from "./format";
+import { formatBytes } from "../hub/format";
 
 export const DEFAULT_USABLE_FRACTION = 0.75;
 /** Below this, a model is refused rather than run with a uselessly short context. */
 export const MIN_CONTEXT = 1024;
-/** The CPU's prefill chunk, defaultPrefillChunk() in src/engine/generate.ts (not imported: that module loads MLX). */
+/** The CPU's prefill chunk, defaultPrefillChunk() in src/engine/one-sequence.ts (not imported: that module loads MLX). */
 export const PREFILL_CHUNK = 512;
 const ACTIVATION_BYTES = 4;
 
