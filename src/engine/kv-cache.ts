@@ -81,8 +81,9 @@ export class KVCache implements AttentionBatch {
    * Quantized KV only: how attention reads it. "matmul": quantized_matmul over
    * the packed keys and values (mlx-lm's way; materializes scores). "dequantize":
    * a float copy of this layer's keys and values, then the fused sdpa (no score
-   * matrix; the copy is transient). Default: "dequantize" where a fused float
-   * kernel exists on the CPU (MLX's CPU quantized_matmul is a scalar loop), else "matmul".
+   * matrix; the copy is transient). Default: "dequantize" on the CPU where its
+   * fused float kernel runs (MLX's CPU quantized_matmul is a scalar loop) and on
+   * the GPU when head_dim % 64 != 0; else "matmul".
    */
   quantizedAttention: "matmul" | "dequantize";
 
@@ -94,7 +95,10 @@ export class KVCache implements AttentionBatch {
     this.#parts = new Array(shape.numLayers).fill(null);
     this.#leftPadding = new Array(batchSize).fill(0);
     const fusedFloat = fusedFloatAttention(shape);
-    this.quantizedAttention = mx.getDevice() === "cpu" && fusedFloat ? "dequantize" : "matmul";
+    // MLX CUDA's quantized matmul kernels take transpose=true (q·Kᵀ) only when head_dim % 64 == 0
+    // (supports_qmm_naive / _sm80): Phi-3's 96 goes through the dequantized copy and cuDNN there.
+    const cpu = mx.getDevice() === "cpu";
+    this.quantizedAttention = (cpu && fusedFloat) || (!cpu && shape.headDim % 64 !== 0) ? "dequantize" : "matmul";
     this.scoreBound = {
       bytes: ATTENTION_SCORE_BOUND_BYTES,
       fused: fusedFloat,
