@@ -128,9 +128,27 @@ PV_API pv_array pv_quantized_matmul(pv_array x, pv_array w, pv_array scales, pv_
 /* The same product through Pensieve's CPU kernel (ffi/cpu_qmm.cpp): SIMD and
    multi-threaded. float32 x, scales and biases; bits 4 or 8; group a multiple of 8. */
 PV_API pv_array pv_quantized_matmul_cpu(pv_array x, pv_array w, pv_array scales, pv_array biases, int group_size, int bits);
+/* The same product with int8 activations and integer dot products
+   (ffi/cpu_qmm_int8.cpp): group 32, 64 or 128. Not bit-exact: see the file. */
+PV_API pv_array pv_quantized_matmul_cpu_int8(pv_array x, pv_array w, pv_array scales, pv_array biases, int group_size, int bits);
+/* Instruction set of the int8 kernel: 0 auto (best available), 1 scalar, 2 AVX2,
+   3 AVX-512 VNNI. pv_cpu_set_isa fails (status) when the CPU lacks it. */
+PV_API int pv_cpu_set_isa(int isa);
+PV_API int pv_cpu_isa(void);
+PV_API int pv_cpu_isa_supported(int isa);
+/* Threads of the CPU kernels' pool (0: all; also PENSIEVE_THREADS at first use). */
+PV_API void pv_cpu_set_threads(int threads);
+PV_API int pv_cpu_threads(void);
 /* Writes 3 handles (weight, scales, biases) into out. */
 PV_API int pv_quantize(pv_array w, int group_size, int bits, pv_array* out);
 PV_API pv_array pv_dequantize(pv_array w, pv_array scales, pv_array biases /*nullable*/, int group_size, int bits, int dtype /* -1: default */);
+
+/* ---- mixture of experts (issue 15): per-row expert products ---- */
+/* x [..., M, K] times b [E, K, N] (or quantized w [E, N, K*bits/32] with
+   transpose): each leading index of x uses the expert rhs_indices names. */
+PV_API pv_array pv_gather_mm(pv_array a, pv_array b, pv_array rhs_indices, int sorted_indices);
+PV_API pv_array pv_gather_qmm(pv_array x, pv_array w, pv_array scales, pv_array biases /*nullable*/,
+                              pv_array rhs_indices, int transpose, int group_size, int bits, int sorted_indices);
 
 /* ---- fast transformer ops ---- */
 PV_API pv_array pv_rms_norm(pv_array x, pv_array weight /*nullable*/, float eps);
@@ -186,6 +204,41 @@ PV_API int64_t pv_set_cache_limit(int64_t bytes);
 PV_API int pv_clear_cache(void);
 /* Live handles created through this ABI and not yet freed (a leak detector). */
 PV_API int64_t pv_live_handles(void);
+
+/* ---- custom GPU kernels (ffi/gpu_kernels.cpp) ----
+   MLX's fast::cuda_kernel (CUDA source compiled at run time by NVRTC); the same
+   calls admit fast::metal_kernel on Metal builds. A kernel's results are
+   ordinary lazy arrays in the graph. */
+typedef void* pv_kernel;
+/* The kernel language this MLX build runs: 0 none (CPU build), 1 CUDA, 2 Metal. */
+PV_API int pv_kernel_language(void);
+/* A kernel from its body (MLX writes the signature: inputs as `const T* name`,
+   outputs as `T* name`). input_names/output_names: comma-separated identifiers.
+   NULL on failure, and always when pv_kernel_language() is 0. shared_memory: CUDA only. */
+PV_API pv_kernel pv_kernel_new(const char* name, const char* input_names, const char* output_names,
+                               const char* source, const char* header, int ensure_row_contiguous, int shared_memory);
+PV_API void pv_kernel_free(pv_kernel k);
+/* Adds one launch to the graph and writes n_outputs handles into out.
+   out_shapes: all outputs' dims back to back, out_ndims[i] of them for output i.
+   grid: total threads per axis (MLX's convention), threadgroup: threads per block.
+   Template arguments: template_names comma-separated; kinds 0 int, 1 bool,
+   2 dtype (value = pv_dtype code). has_init_value: fill the outputs first. */
+/* A launch configuration (the arguments of pv_kernel_call but the inputs), parsed
+   once: pv_kernel_plan_call then adds a launch with only the inputs. A plan
+   refers to its kernel: free plans before the kernel. NULL on failure. */
+typedef void* pv_kernel_plan;
+PV_API pv_kernel_plan pv_kernel_plan_new(pv_kernel k, const int32_t* out_shapes, const int32_t* out_ndims,
+                                         const int32_t* out_dtypes, int n_outputs, const int32_t* grid,
+                                         const int32_t* threadgroup, const char* template_names,
+                                         const int32_t* template_kinds, const int32_t* template_values,
+                                         int n_template, float init_value, int has_init_value);
+PV_API void pv_kernel_plan_free(pv_kernel_plan p);
+PV_API int pv_kernel_plan_call(pv_kernel_plan p, pv_array* inputs, int n_inputs, int verbose, pv_array* out);
+PV_API int pv_kernel_call(pv_kernel k, pv_array* inputs, int n_inputs, const int32_t* out_shapes,
+                          const int32_t* out_ndims, const int32_t* out_dtypes, int n_outputs, const int32_t* grid,
+                          const int32_t* threadgroup, const char* template_names, const int32_t* template_kinds,
+                          const int32_t* template_values, int n_template, float init_value, int has_init_value,
+                          int verbose, pv_array* out);
 
 #ifdef __cplusplus
 }

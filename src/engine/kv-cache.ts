@@ -11,8 +11,9 @@
 // one with no padding. The cache also decides how to attend (attention()):
 // fused sdpa over float KV, or quantized matmuls over quantized KV, with the
 // queries split so that no score matrix exceeds a bound (attention-plan.ts).
-import * as mx from "../mlx";
+
 import type { MxArray } from "../mlx";
+import * as mx from "../mlx";
 import type { AttentionBatch, ForwardView } from "../models/types";
 import { ATTENTION_SCORE_BOUND_BYTES, type KvBits, kvTokenBytes, queryChunk } from "./attention-plan";
 
@@ -81,9 +82,8 @@ export class KVCache implements AttentionBatch {
    * Quantized KV only: how attention reads it. "matmul": quantized_matmul over
    * the packed keys and values (mlx-lm's way; materializes scores). "dequantize":
    * a float copy of this layer's keys and values, then the fused sdpa (no score
-   * matrix; the copy is transient). Default: "dequantize" on the CPU where its
-   * fused float kernel runs (MLX's CPU quantized_matmul is a scalar loop) and on
-   * the GPU when head_dim % 64 != 0; else "matmul".
+   * matrix; the copy is transient). Default: "dequantize" where a fused float
+   * kernel exists on the CPU (MLX's CPU quantized_matmul is a scalar loop), else "matmul".
    */
   quantizedAttention: "matmul" | "dequantize";
 
@@ -95,10 +95,9 @@ export class KVCache implements AttentionBatch {
     this.#parts = new Array(shape.numLayers).fill(null);
     this.#leftPadding = new Array(batchSize).fill(0);
     const fusedFloat = fusedFloatAttention(shape);
-    // MLX CUDA's quantized matmul kernels take transpose=true (q·Kᵀ) only when head_dim % 64 == 0
-    // (supports_qmm_naive / _sm80): Phi-3's 96 goes through the dequantized copy and cuDNN there.
-    const cpu = mx.getDevice() === "cpu";
-    this.quantizedAttention = (cpu && fusedFloat) || (!cpu && shape.headDim % 64 !== 0) ? "dequantize" : "matmul";
+    // MLX 0.32.4's CUDA quantized_matmul has no kernel for Phi-3's head_dim 96 in groups of 32 (measured on an
+    // H100: "No implementation for problem shape"), so wherever a fused float kernel exists the layer is dequantized.
+    this.quantizedAttention = fusedFloat ? "dequantize" : "matmul";
     this.scoreBound = {
       bytes: ATTENTION_SCORE_BOUND_BYTES,
       fused: fusedFloat,
@@ -166,16 +165,15 @@ export class KVCache implements AttentionBatch {
     const S = this.#offset + L;
     const fused = this.scoreBound.fused && (this.shape.kvBits === 0 || this.quantizedAttention === "dequantize");
     const step = fused ? L : queryChunk(B, H, S, this.scoreBound.bytes);
-    if (step >= L) return mx.tidy(() => this.#attend(q, parts, scale, mask));
-    const visible = (end: number) => parts.map((p) => mx.sliceAxis(p, 2, 0, end));
-    const m = (a: number, b: number, end: number) =>
-      mask === null || mask === "causal" ? mask : mx.sliceAxis(mx.sliceAxis(mask, 2, a, b), 3, 0, end);
+    if (step >= L) return this.#attend(q, parts, scale, mask);
     const outs: MxArray[] = [];
     for (let a = 0; a < L; a += step) {
       const b = Math.min(L, a + step);
       const end = S - L + b; // keys up to this sub-chunk's last query
-      // Our handles to a sub-chunk's scores go now, so MLX frees each once used.
-      outs.push(mx.tidy(() => this.#attend(mx.sliceAxis(q, 2, a, b), visible(end), scale, m(a, b, end))));
+      const sub = mx.sliceAxis(q, 2, a, b);
+      const visible = parts.map((p) => mx.sliceAxis(p, 2, 0, end));
+      const m = mask === null || mask === "causal" ? mask : mx.sliceAxis(mx.sliceAxis(mask, 2, a, b), 3, 0, end);
+      outs.push(this.#attend(sub, visible, scale, m));
     }
     return mx.concatenate(outs, 2);
   }
@@ -295,7 +293,8 @@ export class KVCache implements AttentionBatch {
       for (let l = 0; l < this.#parts.length; l++) {
         this.#parts[l] =
           this.#parts[l]?.map((a) => {
-            const picked = mx.keep(mx.contiguous(mx.sliceAxis(mx.take(a, index, 0), 2, trim, this.#offset)));
+            const picked = mx.keep(mx.sliceAxis(mx.take(a, index, 0), 2, trim, this.#offset));
+            // One layer at a time (the KV pool counts one layer extra while rows leave).
             mx.evaluate(picked);
             a.dispose();
             return picked;
@@ -332,6 +331,14 @@ export class KVCache implements AttentionBatch {
    * An empty cache for a batch of prompts of different lengths that are
    * prefilled together: row i is left-padded by leftPadding[i] columns.
    */
+  /**
+   * Sizes the buffers for `columns` at their next write, so a long prefill
+   * allocates once instead of growing (and copying) at every chunk.
+   */
+  reserve(columns: number): void {
+    this.#capacity = Math.max(this.#capacity, Math.ceil(columns / KV_STEP) * KV_STEP);
+  }
+
   static padded(shape: CacheShape, leftPadding: readonly number[]): KVCache {
     const cache = new KVCache(shape, leftPadding.length);
     cache.#leftPadding = [...leftPadding];

@@ -16,12 +16,12 @@
 // depends on the token just sampled, so while any such row runs, step n's
 // tokens are read before step n+1 is built (no pipelining for that batch);
 // without one, the path is unchanged.
-import * as mx from "../mlx";
+
 import type { MxArray } from "../mlx";
+import * as mx from "../mlx";
 import type { LanguageModel } from "../models/types";
 import type { ConstraintSpec } from "../text/json-constraint";
 import type { KvBits } from "./attention-plan";
-import { cacheShape } from "./generate";
 import { KV_STEP, KVCache, sliceState } from "./kv-cache";
 import {
   admit,
@@ -32,21 +32,11 @@ import {
   maxLoneTokens,
   projectedBytes,
 } from "./kv-pool";
-import { disposeState, type KVState, PrefixCache, type PrefixCacheStats } from "./prefix-cache";
-import type { PrefixStore, PrefixStoreStats } from "./prefix-store";
-import { type SampledStep, type SamplingParams, SequenceSampler, type StepValues } from "./sampling";
-
-export interface EngineRequest {
-  id: string;
-  prompt: number[];
-  maxTokens: number;
-  sampling: SamplingParams;
-  stopTokenIds: number[];
-  /** Constrained decoding: only tokens that keep the output valid; once complete, only a stop token. */
-  constraint?: ConstraintSpec;
-  /** The engine's own (kernel warm-up): kept out of the prefix cache. */
-  internal?: boolean;
-}
+import { cacheShape } from "./one-sequence";
+import { disposeState, type KVState, PrefixCache } from "./prefix-cache";
+import type { PrefixStore } from "./prefix-store";
+import type { EngineEvent, EngineRequest, FinishReason, SchedulerStats, StepValues, TokenOut } from "./protocol";
+import { type SampledStep, SequenceSampler } from "./sampling";
 
 /** One sequence's constrained decoding state (src/text/json-constraint.ts). */
 export interface TokenConstraint {
@@ -62,18 +52,6 @@ export interface TokenConstraint {
 
 /** Builds a request's constraint; `endIds` are its stop tokens. Throws a SchemaError (→ 400) for a bad spec. */
 export type ConstraintFactory = (spec: ConstraintSpec, endIds: readonly number[]) => TokenConstraint;
-
-export type FinishReason = "stop" | "length" | "cancelled" | "error";
-
-export interface TokenOut extends StepValues {
-  id: string;
-}
-
-export type EngineEvent =
-  | { type: "started"; id: string; promptTokens: number; cachedTokens: number; queuedMs: number }
-  | { type: "tokens"; items: TokenOut[] }
-  | { type: "finished"; id: string; reason: FinishReason; completionTokens: number; message?: string }
-  | { type: "rejected"; id: string; status: number; message: string; retryAfterSeconds?: number };
 
 export interface SchedulerOptions {
   /** Rows decoded together. */
@@ -102,23 +80,6 @@ export interface SchedulerOptions {
   prefillWidthMultiple?: number;
   /** KV cache storage: 0 (default) float, 8 or 4 group-quantized bits. */
   kvBits?: KvBits;
-}
-
-export interface SchedulerStats {
-  running: number;
-  prefilling: number;
-  waiting: number;
-  kvCacheBytes: number;
-  /** What running and prefilling sequences will hold at their longest (the pool's reservation). */
-  kvReservedBytes: number;
-  kvBudgetBytes: number;
-  prefixCache: PrefixCacheStats;
-  /** The prefix cache on disk (null: off). */
-  prefixDisk: PrefixStoreStats | null;
-  steps: number;
-  maxConcurrent: number;
-  queueSize: number;
-  contextLength: number;
 }
 
 interface Sequence {
@@ -805,16 +766,19 @@ export class Scheduler {
     if (hit || first.recompute || s.tokens.length > this.options.prefillChunk) {
       // Alone and unpadded: a causal mask keeps attention fused (no score matrix over a long context).
       if (hit && !first.recompute) s.cachedTokens = hit.length;
+      const cache = hit
+        ? mx.tidy(() =>
+            KVCache.fromStates(
+              shape,
+              hit.segments.map((g) => sliceState(g.state, 0, g.tokens)),
+            ),
+          )
+        : KVCache.padded(shape, [0]);
+      // One allocation for the whole prompt (growing chunk by chunk copies the cache each time).
+      cache.reserve(s.tokens.length + 1);
       return {
         jobs: [first],
-        cache: hit
-          ? mx.tidy(() =>
-              KVCache.fromStates(
-                shape,
-                hit.segments.map((g) => sliceState(g.state, 0, g.tokens)),
-              ),
-            )
-          : KVCache.padded(shape, [0]),
+        cache,
         tokens: Int32Array.from(s.tokens),
         width: s.tokens.length,
         done: hit?.length ?? 0,

@@ -60,6 +60,7 @@ describe("defaults", () => {
       logLevel: "info",
       logFormat: "json",
       backend: "auto",
+      threads: null,
     });
     expect(file).toBeNull();
     expect(Object.values(sources).every((s) => s.kind === "default")).toBe(true);
@@ -214,7 +215,9 @@ describe("errors name the key, the source and the reason", () => {
     const path = join(dir, "c.json");
     writeJson(path, { maxConcurrent: 0 });
     const e = errorOf(() => loadConfig({ env, configPath: path }));
-    expect(e.message).toBe(`config: maxConcurrent (from ${path}): expected an integer between 1 and 1024 or null, got 0`);
+    expect(e.message).toBe(
+      `config: maxConcurrent (from ${path}): expected an integer between 1 and 1024 or null, got 0`,
+    );
     writeJson(path, { corsOrigins: "http://x" });
     expect(errorOf(() => loadConfig({ env, configPath: path })).message).toBe(
       `config: corsOrigins (from ${path}): expected a list of non-empty strings, got "http://x"`,

