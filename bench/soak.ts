@@ -36,6 +36,8 @@ export interface SoakOptions {
   tolerance: number;
   /** Relative tolerance for resident memory (the suite's short soak uses a wider one: see its test). */
   rssTolerance: number;
+  /** The idle time before the baseline and the final state are read (the issue's "idle second"). */
+  idleMs: number;
   /** Each request's max_tokens is drawn from this range. */
   maxTokens: [number, number];
   log: (line: string) => void;
@@ -53,6 +55,7 @@ export const DEFAULT_SOAK: SoakOptions = {
   tolerance: 0.05,
   rssTolerance: 0.05,
   maxTokens: [4, 32],
+  idleMs: 1000,
   log: console.log,
 };
 
@@ -322,14 +325,15 @@ async function sample(base: string, t0: number): Promise<Sample> {
 }
 
 /**
- * The state after an idle second: the median of four samples through it
+ * The state after an idle second: the median of four samples in its last 800 ms
  * (resident memory of a garbage-collected process moves by several percent
  * from one collection to the next; one sample would measure that).
  */
-async function idleSecond(base: string, t0: number): Promise<Sample> {
+async function idleSecond(base: string, t0: number, idleMs: number): Promise<Sample> {
   const samples: Sample[] = [];
+  await Bun.sleep(idleMs / 5);
   for (let i = 0; i < 4; i++) {
-    await Bun.sleep(250);
+    await Bun.sleep(idleMs / 5);
     samples.push(await sample(base, t0));
   }
   const median = (key: keyof Sample) => {
@@ -423,7 +427,7 @@ export async function runSoak(base: string, options: Partial<SoakOptions> = {}):
   // their working size: a leak is growth over the run, not the first expansion of a garbage-collected heap.
   const mixed = workload({ ...o, requests: Math.max(100, Math.round(o.requests / 5)), seed: o.seed + 1000 });
   await drive(base, mixed, o, () => {});
-  const baseline = await idleSecond(base, t0);
+  const baseline = await idleSecond(base, t0, o.idleMs);
   o.log(`baseline after warm-up: ${JSON.stringify(baseline)}`);
 
   const started = performance.now();
@@ -431,7 +435,7 @@ export async function runSoak(base: string, options: Partial<SoakOptions> = {}):
     if (n % 100 === 0) o.log(`${n}/${specs.length} requests`);
   });
   const durationMs = performance.now() - started;
-  const final = await idleSecond(base, t0);
+  const final = await idleSecond(base, t0, o.idleMs);
   sampling = false;
   await sampler;
   samples.push(final);

@@ -10,7 +10,7 @@
 // where it belongs, next to MLX's cache release).
 import { dlopen, FFIType } from "bun:ffi";
 
-export function startIdleTrim(busy: () => boolean, idleMs = 500): () => void {
+export function startIdleTrim(busy: () => boolean, idleMs = 250): () => void {
   if (process.platform !== "linux") return () => {};
   let trim: () => number;
   try {

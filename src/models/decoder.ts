@@ -101,9 +101,9 @@ export class DecoderModel implements LanguageModel {
       h = mx.multiply(h, mx.astype(mx.scalar(this.#weights.embedScale), this.dtype));
     for (let i = 0; i < this.#weights.layers.length; i++) {
       const layer = this.#weights.layers[i] as DecoderLayerWeights;
-      // Window masks are shared by layers: made outside a layer's scope.
-      const mask = maskFor(layer.window);
       const input = h;
+      // Window masks are built outside the layer's scope: later layers reuse them.
+      const mask = maskFor(layer.window);
       // One scope per layer: our handles to its intermediates go when it is built,
       // so MLX frees each once used (else a forward holds every layer's activations).
       h = mx.tidy(() => {

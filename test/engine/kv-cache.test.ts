@@ -2,7 +2,7 @@
 // parts, the KVState contract (rowState ranges, fromStates concatenation),
 // bytes per token, query sub-chunks under a score bound, and quantized KV in
 // the scheduler (batched greedy tokens equal single-request ones).
-import { describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { type KvBits, kvTokenBytes } from "../../src/engine/attention-plan";
 import { Engine } from "../../src/engine/engine";
 import { disposeState, type KVCache, KVCache as KVCacheClass, stateBytes } from "../../src/engine/kv-cache";
@@ -16,6 +16,12 @@ import type { LanguageModel } from "../../src/models/types";
 import { tinyModel } from "../support/models";
 import { promptIds } from "../support/reference";
 import { TEST_SCHEDULER_OPTIONS } from "../support/scheduler";
+
+// The attention paths are compared with one another to float rounding: the exact CPU matmul kernel under them
+// (int8 activations, the CPU default, move K and V by more than these tolerances).
+const modeBefore = mx.cpuMatmul();
+beforeAll(() => mx.setCpuMatmul("exact"));
+afterAll(() => mx.setCpuMatmul(modeBefore));
 
 const BITS: KvBits[] = [0, 8, 4];
 

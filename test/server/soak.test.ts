@@ -25,6 +25,7 @@ test("200 mixed requests leave nothing behind", async () => {
     model: tinyModel("tiny-llama"),
     maxTokens: [1, 8] as [number, number],
     rssTolerance: 0.25,
+    idleMs: 2000,
   };
   const server = await startSoakServer(options);
   proc = server.proc;
