@@ -5,7 +5,7 @@
 // end-of-sequence ignored.
 //
 //   bun run bench generate [--model smollm2-135m] [--prompt 256] [--gen 128] [--repeat 3]
-//     [--engines pensieve,mlx-lm,llama.cpp] [--pensieve-threads 1,2] [--converted]
+//     [--engines pensieve,mlx-lm,llama.cpp] [--pensieve-threads 1,2] [--llama-threads 1,2] [--converted]
 // A GGUF model is converted to an MLX folder (cached per file: path, size and
 // modification time) for mlx-lm, and for a Pensieve row on that folder when
 // mlx-lm runs too or with --converted. --pensieve-threads adds one Pensieve row
@@ -92,6 +92,8 @@ interface GenerateOptions {
   pensieveThreads: number[];
   /** Also run Pensieve on the converted MLX folder of a GGUF (always when mlx-lm runs). */
   converted: boolean;
+  /** llama.cpp thread counts, one row each (default 1 and 2). */
+  llamaThreads: number[];
 }
 
 /** The MLX folder a GGUF converts to: one per file (its real path, size and modification time). */
@@ -136,6 +138,7 @@ function parseGenerateOptions(argv: string[]): GenerateOptions {
       .filter((t) => t !== "")
       .map((t) => (t === "auto" ? 0 : Number(t))),
     converted: argv.includes("--converted"),
+    llamaThreads: (get("llama-threads") ?? "1,2").split(",").map(Number),
   };
 }
 
@@ -195,8 +198,9 @@ export async function benchGenerate(argv: string[]) {
   if (o.engines.includes("llama.cpp") && gguf) {
     ensureNodeLlamaCpp();
     const script = join(BENCH_DIR, "engines", "llamacpp-generate.mjs");
-    engines.push({ name: "llama.cpp 1 thread", argv: ["node", script, gguf, promptFile, String(gen), "1"] });
-    engines.push({ name: "llama.cpp 2 threads", argv: ["node", script, gguf, promptFile, String(gen), "2"] });
+    for (const t of o.llamaThreads) {
+      engines.push({ name: `llama.cpp ${t} thread${t > 1 ? "s" : ""}`, argv: ["node", script, gguf, promptFile, String(gen), String(t)] });
+    }
   }
   const results: Array<GenerateResult & { label: string; runs: GenerateResult[] }> = [];
   // Interleave engines across repeats so drift on the machine hits all of them alike.
