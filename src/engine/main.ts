@@ -31,7 +31,11 @@ export async function runEngineProcess(config: EngineConfig): Promise<void> {
   }
   const { liveHandleCount } = await import("../mlx");
   const { startIdleTrim } = await import("./idle-trim");
-  startIdleTrim(() => engine.scheduler.hasWork());
+  // Busy while any sequence runs, prefills or waits (finished rows may sit in the batch until compaction).
+  startIdleTrim(() => {
+    const s = engine.stats();
+    return s.running + s.prefilling + s.waiting > 0;
+  });
   const processStats = () => ({
     pid: process.pid,
     rssBytes: process.memoryUsage.rss(),
