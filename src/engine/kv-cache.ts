@@ -242,7 +242,9 @@ export class KVCache implements AttentionBatch {
   truncate(columns: number): void {
     if (this.#pending !== 0) throw new Error("KVCache.truncate inside a forward pass");
     if (columns > this.#offset || columns < Math.max(0, ...this.#leftPadding)) {
-      throw new RangeError(`truncate: ${columns} columns outside [${Math.max(0, ...this.#leftPadding)}, ${this.#offset}]`);
+      throw new RangeError(
+        `truncate: ${columns} columns outside [${Math.max(0, ...this.#leftPadding)}, ${this.#offset}]`,
+      );
     }
     this.#offset = columns;
   }

@@ -32,6 +32,12 @@ export interface SamplingParams {
   logprobs: boolean;
   /** Also return this many most likely tokens per step (0–20). */
   topLogprobs: number;
+  /**
+   * Prompt-lookup speculation (scheduler.ts): false, never; true, wherever it
+   * applies (seeded sampling too); null, the server's setting, which leaves
+   * seeded sampling out (its tokens stay those of decoding in a batch).
+   */
+  speculative: boolean | null;
 }
 
 export const DEFAULT_SAMPLING: SamplingParams = {
@@ -46,6 +52,7 @@ export const DEFAULT_SAMPLING: SamplingParams = {
   seed: null,
   logprobs: false,
   topLogprobs: 0,
+  speculative: null,
 };
 
 export function samplingParams(partial: Partial<SamplingParams> = {}): SamplingParams {

@@ -48,12 +48,6 @@ export interface EngineRequest {
   constraint?: ConstraintSpec;
   /** The engine's own (kernel warm-up): kept out of the prefix cache. */
   internal?: boolean;
-  /**
-   * Prompt-lookup speculation (speculation.ts): false, never; true, whenever
-   * it applies (seeded sampling too); absent, the scheduler's setting, which
-   * leaves seeded sampled requests out (their tokens stay those of a batch).
-   */
-  speculative?: boolean;
 }
 
 /** One sequence's constrained decoding state (src/text/json-constraint.ts). */
@@ -759,11 +753,12 @@ export class Scheduler {
 
   /** Whether a request may speculate at all. */
   #speculates(request: EngineRequest, sampler: SequenceSampler, constraint: TokenConstraint | null): boolean {
-    if (this.options.speculative === false || request.speculative === false || request.internal) return false;
+    const asked = request.sampling.speculative;
+    if (this.options.speculative === false || asked === false || request.internal) return false;
     // A constraint's mask and the penalties follow every token: those rows decode one token at a time.
     if (constraint || sampler.penalized) return false;
     // Seeded sampling draws differently when it speculates: it keeps the tokens a batch gives unless asked.
-    return request.speculative === true || sampler.params.temperature <= 0 || sampler.params.seed === null;
+    return asked === true || sampler.params.temperature <= 0 || sampler.params.seed === null;
   }
 
   /** One verify pass in place of a lone row's decode step; false: decode as usual. */
@@ -797,7 +792,12 @@ export class Scheduler {
     // The last token is the next input, already taken here (a read step).
     releaseRowStep(s.step);
     const next = (values[values.length - 1] as StepValues).token;
-    s.step = { batch: mx.tidy(() => new BatchStep(mx.int32([next]), null)).retain(), index: 0, topIds: null, topLogprobs: null };
+    s.step = {
+      batch: mx.tidy(() => new BatchStep(mx.int32([next]), null)).retain(),
+      index: 0,
+      topIds: null,
+      topLogprobs: null,
+    };
     s.unread = false;
     for (const v of values) if (s.finished === null) this.#accept(s, v);
     this.#compact();

@@ -139,7 +139,10 @@ export class PromptLookup {
  * i-th token (targets.length = draft.length + 1). Keeps the draft while it
  * agrees, then the model's own token: the tokens greedy decoding gives.
  */
-export function acceptGreedy(draft: readonly number[], targets: ArrayLike<number>): { tokens: number[]; accepted: number } {
+export function acceptGreedy(
+  draft: readonly number[],
+  targets: ArrayLike<number>,
+): { tokens: number[]; accepted: number } {
   let a = 0;
   while (a < draft.length && draft[a] === targets[a]) a++;
   return { tokens: [...draft.slice(0, a), targets[a] as number], accepted: a };

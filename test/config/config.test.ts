@@ -56,6 +56,7 @@ describe("defaults", () => {
       prefixCacheBytes: null,
       prefixDiskBytes: null,
       kvBits: null,
+      speculative: true,
       strictModelNames: false,
       logLevel: "info",
       logFormat: "json",
@@ -166,6 +167,16 @@ describe("layers", () => {
     expect(sources.apiKey).toEqual({ kind: "env", name: "PENSIEVE_API_KEY" });
   });
 
+  test("speculative: on by default; PENSIEVE_SPECULATIVE=0 or --no-speculative turns it off", () => {
+    expect(loadConfig({ env: { ...env, PENSIEVE_SPECULATIVE: "0" } }).config.speculative).toBe(false);
+    expect(loadConfig({ env, argv: ["--no-speculative"] }).config.speculative).toBe(false);
+    expect(CONFIG_KEYS.map((k) => [k.key, k.env, k.flag])).toContainEqual([
+      "speculative",
+      "PENSIEVE_SPECULATIVE",
+      "--speculative",
+    ]);
+  });
+
   test("kvBits: 0, 8 or 4 from the file, PENSIEVE_KV_BITS or --kv-bits; auto is null; other widths are refused", () => {
     writeJson(join(dir, "c.json"), { kvBits: 4 });
     expect(loadConfig({ env, configPath: join(dir, "c.json") }).config.kvBits).toBe(4);
@@ -214,7 +225,9 @@ describe("errors name the key, the source and the reason", () => {
     const path = join(dir, "c.json");
     writeJson(path, { maxConcurrent: 0 });
     const e = errorOf(() => loadConfig({ env, configPath: path }));
-    expect(e.message).toBe(`config: maxConcurrent (from ${path}): expected an integer between 1 and 1024 or null, got 0`);
+    expect(e.message).toBe(
+      `config: maxConcurrent (from ${path}): expected an integer between 1 and 1024 or null, got 0`,
+    );
     writeJson(path, { corsOrigins: "http://x" });
     expect(errorOf(() => loadConfig({ env, configPath: path })).message).toBe(
       `config: corsOrigins (from ${path}): expected a list of non-empty strings, got "http://x"`,

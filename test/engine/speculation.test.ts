@@ -1,13 +1,7 @@
 // Prompt-lookup speculation as plain data: the n-gram lookup, the adaptation
 // of draft and n-gram lengths, and the greedy and sampled acceptance rules.
 import { describe, expect, test } from "bun:test";
-import {
-  acceptGreedy,
-  acceptSampled,
-  continuation,
-  DEFAULT_LOOKUP,
-  PromptLookup,
-} from "../../src/engine/speculation";
+import { acceptGreedy, acceptSampled, continuation, DEFAULT_LOOKUP, PromptLookup } from "../../src/engine/speculation";
 
 describe("continuation", () => {
   test("follows the most recent earlier occurrence of the last n tokens", () => {

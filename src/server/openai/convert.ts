@@ -31,6 +31,7 @@ type SamplingBody = Pick<
   | "seed"
   | "stop"
   | "max_tokens"
+  | "speculative"
 >;
 
 /** What every API turns its request into before generating. */
@@ -82,6 +83,7 @@ export function samplingFromBody(
     seed: body.seed === null || body.seed === undefined ? null : normalizeSeed(body.seed),
     logprobs: logprobs.logprobs,
     topLogprobs: logprobs.topLogprobs,
+    speculative: body.speculative ?? null,
   });
 }
 
