@@ -195,7 +195,7 @@ describe("sampled speculation keeps the distribution (tiny-llama, chi-square at 
   const prompt = promptIds(20, 3);
   // Samples per side: top-p sorts the vocabulary at every draw (slow on 2 shared cores).
   const cases: Array<[string, Partial<SamplingParams>, number]> = [
-    ["temperature", { temperature: 0.05 }, 2000],
+    ["temperature", { temperature: 0.1 }, 2000],
     ["top-k", { temperature: 0.3, topK: 5 }, 1500],
     ["top-p", { temperature: 0.08, topP: 0.8 }, 600],
   ];
@@ -257,7 +257,7 @@ describe("sampled speculation keeps the distribution (tiny-llama, chi-square at 
       console.log(
         `${name}: first token chi2 ${first.statistic.toFixed(1)} (df ${first.df}), second ${second.statistic.toFixed(1)} (df ${second.df}), accepted ${accepted}`,
       );
-      expect(first.df).toBeGreaterThan(1);
+      expect(first.df).toBeGreaterThanOrEqual(2);
       expect(first.statistic).toBeLessThan(critical(first.df));
       expect(second.statistic).toBeLessThan(critical(Math.max(1, second.df)));
       expect(accepted).toBeGreaterThan(N / 4);
