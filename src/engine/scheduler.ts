@@ -120,6 +120,8 @@ export interface SchedulerStats {
   /** The prefix cache on disk (null: off). */
   prefixDisk: PrefixStoreStats | null;
   steps: number;
+  /** Prompt-lookup verify passes so far (speculation.ts). */
+  speculation: SpeculationStats;
   maxConcurrent: number;
   queueSize: number;
   contextLength: number;
@@ -430,6 +432,7 @@ export class Scheduler {
       prefixCache: this.prefixCache.stats(),
       prefixDisk: this.#disk?.stats() ?? null,
       steps: this.#steps,
+      speculation: { ...this.speculation },
       maxConcurrent: this.options.maxConcurrent,
       queueSize: this.options.queueSize,
       contextLength: this.options.contextLength,
