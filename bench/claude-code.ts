@@ -18,7 +18,7 @@ import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { selfCommand } from "../src/paths";
 import { ensureClaudeCode, runClaude } from "../test/support/anthropic-claude-code";
-import { BENCH_DIR, CACHE_DIR, machine, MLX_LM_VERSION } from "./peers";
+import { BENCH_DIR, CACHE_DIR, MLX_LM_VERSION, machine } from "./peers";
 
 const REQUEST_FILE = join(CACHE_DIR, "claude-code-request.json");
 
@@ -359,16 +359,16 @@ async function moreTurns(
   );
   for (const s of together) log(s);
   // The same turns as text over /v1/completions, for the side-by-side with mlx_lm.server.
+  await textTurns(base, body, log);
+}
+
+/** Turn 1, the same again and a follow-up as rendered Phi-3 text over /v1/completions (either server). */
+async function textTurns(base: string, body: Record<string, unknown>, log: (s: Step) => void) {
   const text = phi3Text(body);
   log(await completion(base, "text: turn 1", text));
   log(await completion(base, "text: same again", text));
-  log(
-    await completion(
-      base,
-      "text: follow-up",
-      `${text}Hello! How can I help?<|end|>\n<|user|>\nNow list the files.<|end|>\n<|assistant|>\n`,
-    ),
-  );
+  const followUpText = `${text}Hello! How can I help?<|end|>\n<|user|>\nNow list the files.<|end|>\n<|assistant|>\n`;
+  log(await completion(base, "text: follow-up", followUpText));
 }
 
 async function replayMlxLm(o: Options, captured: Captured, log: (s: Step) => void): Promise<void> {
@@ -383,16 +383,7 @@ async function replayMlxLm(o: Options, captured: Captured, log: (s: Step) => voi
   );
   try {
     await waitReady(`${base}/v1/models`, proc);
-    const text = phi3Text(captured.body);
-    log(await completion(base, "text: turn 1", text));
-    log(await completion(base, "text: same again", text));
-    log(
-      await completion(
-        base,
-        "text: follow-up",
-        `${text}Hello! How can I help?<|end|>\n<|user|>\nNow list the files.<|end|>\n<|assistant|>\n`,
-      ),
-    );
+    await textTurns(base, captured.body, log);
   } finally {
     await stop(proc);
   }

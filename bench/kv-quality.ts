@@ -4,8 +4,9 @@
 //     cache in chunks (later chunks attend to stored, quantized keys);
 //   - greedy agreement: 10 prompts × 128 tokens, the common prefix with the
 //     float run's tokens;
-//   - decode speed at a ~1K-token context and peak memory of a long prefill
-//     with and without the score bound (attention-plan.ts).
+//   - prefill and decode cost at a 1K-token context (float; 8-bit dequantized
+//     or through quantized matmuls; 4-bit) and peak memory of a long prefill
+//     forward, with and without the score bound (attention-plan.ts).
 // Writes bench/results/kv-quality-<device>-<time>.{json,md}.
 //
 // Text: test/fixtures/text/perplexity-kv.txt — Genesis 1-4, King James
@@ -13,13 +14,14 @@
 // verse numbers removed, one paragraph per chapter.
 //
 //   bun bench/kv-quality.ts [--models smollm2,tiny-llama] [--gen 128] [--skip-memory]
+//     [--text-tokens N (default all)] [--speed-context 1024] [--rounds 2]
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import type { KvBits } from "../src/engine/attention-plan";
-import { cacheFor, generateTokens } from "../src/engine/generate";
-import { samplingParams } from "../src/engine/sampling";
+import { cacheFor, generateTokens } from "../src/engine/one-sequence";
+import { samplingParams } from "../src/engine/protocol";
 import * as mx from "../src/mlx";
 import { loadModel } from "../src/models/loader";
 import type { LanguageModel } from "../src/models/types";
@@ -32,6 +34,9 @@ const { values: args } = parseArgs({
     models: { type: "string", default: "smollm2,tiny-llama" },
     gen: { type: "string", default: "128" },
     chunk: { type: "string", default: "256" },
+    "text-tokens": { type: "string", default: "0" },
+    "speed-context": { type: "string", default: "1024" },
+    rounds: { type: "string", default: "2" },
     "skip-memory": { type: "boolean", default: false },
   },
 });
@@ -51,7 +56,7 @@ const PROMPTS = [
   "The capital of France is Paris. The capital of Italy is",
   // Long prompts: most of the attention is over stored keys.
   `${TEXT.slice(0, 2000)}\n\nSummary of the passage above:`,
-  `${TEXT.slice(0, 9000)}\n\nThe names of the people in this text are`,
+  `${TEXT.slice(0, 4500)}\n\nThe names of the people in this text are`,
 ];
 
 interface ModelCase {
@@ -121,23 +126,55 @@ function commonPrefix(a: number[], b: number[]): number {
   return i;
 }
 
-/** Decode tok/s after a ~1K-token prompt (prefill excluded). */
-function decodeSpeed(model: LanguageModel, prompt: number[], kvBits: KvBits, steps = 48): number {
-  let first = 0;
-  let n = 0;
-  for (const _ of generateTokens(model, prompt, { maxTokens: steps + 1, sampling: samplingParams(), kvBits })) {
-    if (n === 0) first = performance.now();
-    n++;
-  }
-  return (steps / (performance.now() - first)) * 1000;
+type Attend = "float" | "8-dequantize" | "8-matmul" | "4-dequantize";
+const ATTENDS: Attend[] = ["float", "8-dequantize", "8-matmul", "4-dequantize"];
+
+function attendCache(model: LanguageModel, attend: Attend) {
+  const cache = cacheFor(model, 1, attend === "float" ? 0 : attend.startsWith("8") ? 8 : 4);
+  if (attend !== "float") cache.quantizedAttention = attend.endsWith("matmul") ? "matmul" : "dequantize";
+  return cache;
 }
 
-/** Peak MLX memory of one prefill chunk of `tokens` (scores of every layer materialized unless bounded). */
-function prefillPeak(model: LanguageModel, tokens: number[], kvBits: KvBits, boundBytes: number | null): number {
+const cpuMs = () => {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+};
+
+/** Wall and process-CPU ms of a prefill in 256-token chunks, and per decode step after it. */
+function speed(model: LanguageModel, prompt: number[], attend: Attend, steps = 16) {
+  const cache = attendCache(model, attend);
+  let wall = performance.now();
+  let cpu = cpuMs();
+  for (let s = 0; s < prompt.length; s += 256) {
+    const part = prompt.slice(s, s + 256);
+    mx.tidy(() => {
+      model.forward(mx.int32(part, [1, part.length]), cache, { logits: "none" });
+      mx.evaluate(...cache.arrays());
+    });
+  }
+  const prefill = { wallMs: Math.round(performance.now() - wall), cpuMs: Math.round(cpuMs() - cpu) };
+  wall = performance.now();
+  cpu = cpuMs();
+  for (let i = 0; i < steps; i++) {
+    mx.tidy(() => {
+      const logits = model.forward(mx.int32([prompt[i] as number], [1, 1]), cache, { logits: "last" });
+      mx.evaluate(logits, ...cache.arrays());
+    });
+  }
+  const decode = {
+    wallMs: +((performance.now() - wall) / steps).toFixed(1),
+    cpuMs: +((cpuMs() - cpu) / steps).toFixed(1),
+  };
+  cache.dispose();
+  return { prefill, decode };
+}
+
+/** Peak MLX memory of one prefill forward of `tokens` (no logits). */
+function prefillPeak(model: LanguageModel, tokens: number[], attend: Attend, boundBytes: number | null): number {
   mx.memory.clearCache();
   mx.memory.resetPeak();
   const base = mx.memory.active();
-  const cache = cacheFor(model, 1, kvBits);
+  const cache = attendCache(model, attend);
   if (boundBytes !== null) cache.scoreBound = { ...cache.scoreBound, bytes: boundBytes };
   mx.tidy(() => {
     model.forward(mx.int32(tokens, [1, tokens.length]), cache, { logits: "none" });
@@ -148,12 +185,14 @@ function prefillPeak(model: LanguageModel, tokens: number[], kvBits: KvBits, bou
   return peak;
 }
 
+const MiB = (n: number) => `${(n / 2 ** 20).toFixed(0)} MiB`;
 const report: Record<string, unknown>[] = [];
 const md: string[] = [];
 for (const m of modelCases()) {
   const { model } = loadModel(m.path);
   const tokenizer = loadTokenizer(m.tokenizerPath);
-  const text = tokenizer.encode(TEXT, { addSpecialTokens: true });
+  const all = tokenizer.encode(TEXT, { addSpecialTokens: true });
+  const text = Number(args["text-tokens"]) > 0 ? all.slice(0, Number(args["text-tokens"])) : all;
   const prompts = PROMPTS.map((p) => tokenizer.encode(p, { addSpecialTokens: true }));
   console.log(`${m.name}: text ${text.length} tokens; prompts ${prompts.map((p) => p.length).join(", ")} tokens`);
 
@@ -169,29 +208,28 @@ for (const m of modelCases()) {
   );
   for (const b of [8, 4]) console.log(`  kv ${b}: greedy common prefix ${agreement[b]?.join(", ")} of ${GEN}`);
 
-  const long = prompts[9] as number[];
-  const speed = Object.fromEntries(BITS.map((b) => [b, decodeSpeed(model, long.slice(0, 1024), b)]));
-  for (const b of BITS) console.log(`  kv ${b}: decode ${speed[b]?.toFixed(1)} tok/s at ~1K context`);
+  const long = all.slice(0, Number(args["speed-context"]));
+  // Rounds with the ways interleaved (the machine is shared and drifts); the last round is reported.
+  let speeds: Record<string, ReturnType<typeof speed>> = {};
+  for (let round = 0; round < Number(args.rounds); round++) {
+    speeds = Object.fromEntries(ATTENDS.map((a) => [a, speed(model, long, a)]));
+  }
+  for (const a of ATTENDS) console.log(`  ${a}: ${JSON.stringify(speeds[a])}`);
 
-  let memory: {
-    tokens: number;
-    float: number;
-    kv8Bounded: number;
-    kv8Bounded32MiB: number;
-    kv8Unbounded: number;
-  } | null = null;
+  let memory: Record<string, number> | null = null;
   if (!args["skip-memory"]) {
-    const n = Math.min(text.length, 4096);
+    const tokens = text.slice(0, Math.min(text.length, 3072));
     memory = {
-      tokens: n,
-      float: prefillPeak(model, text.slice(0, n), 0, null),
-      kv8Bounded: prefillPeak(model, text.slice(0, n), 8, null),
-      kv8Bounded32MiB: prefillPeak(model, text.slice(0, n), 8, 32 * 1024 ** 2),
-      kv8Unbounded: prefillPeak(model, text.slice(0, n), 8, Number.POSITIVE_INFINITY),
+      tokens: tokens.length,
+      float: prefillPeak(model, tokens, "float", null),
+      kv8Dequantize: prefillPeak(model, tokens, "8-dequantize", null),
+      kv8MatmulBound256MiB: prefillPeak(model, tokens, "8-matmul", null),
+      kv8MatmulBound32MiB: prefillPeak(model, tokens, "8-matmul", 32 * 1024 ** 2),
+      kv8MatmulUnbounded: prefillPeak(model, tokens, "8-matmul", Number.POSITIVE_INFINITY),
     };
     console.log(
-      `  peak MiB of one ${n}-token prefill:`,
-      Object.fromEntries(Object.entries(memory).map(([k, v]) => [k, k === "tokens" ? v : (v / 2 ** 20).toFixed(0)])),
+      "  peak:",
+      Object.fromEntries(Object.entries(memory).map(([k, v]) => [k, k === "tokens" ? v : MiB(v)])),
     );
   }
 
@@ -199,29 +237,42 @@ for (const m of modelCases()) {
     model: m.name,
     path: m.path,
     textTokens: text.length,
+    promptTokens: prompts.map((p) => p.length),
     perplexity: ppl,
     agreement,
-    decodeTokPerS: speed,
+    speed: speeds,
     memory,
-    promptTokens: prompts.map((p) => p.length),
   });
+  const base = ppl[0]?.ppl as number;
   md.push(
-    `### ${m.name} (text ${text.length} tokens, chunk ${CHUNK})`,
+    `### ${m.name} (perplexity over ${text.length} of the text's ${all.length} tokens, in chunks of ${CHUNK})`,
     "",
-    "| KV | perplexity | Δ vs float | greedy common prefix (10 prompts, of " + GEN + ") | mean | decode tok/s @1K |",
-    "| --- | --- | --- | --- | --- | --- |",
+    `| KV | perplexity | Δ vs float | greedy common prefix with float (10 prompts, of ${GEN}) | mean |`,
+    "| --- | --- | --- | --- | --- |",
     ...BITS.map((b) => {
       const p = ppl[b]?.ppl as number;
-      const base = ppl[0]?.ppl as number;
       const agree = b === 0 ? null : (agreement[b] as number[]);
       const mean = agree ? (agree.reduce((s, x) => s + x, 0) / agree.length).toFixed(1) : "—";
-      return `| ${b === 0 ? "float" : `${b}-bit`} | ${p.toFixed(4)} | ${b === 0 ? "—" : `${(((p - base) / base) * 100).toFixed(2)} %`} | ${agree ? agree.join(", ") : "—"} | ${mean} | ${speed[b]?.toFixed(1)} |`;
+      const delta = b === 0 ? "—" : `${(((p - base) / base) * 100).toFixed(2)} %`;
+      return `| ${b === 0 ? "float" : `${b}-bit`} | ${p.toFixed(4)} | ${delta} | ${agree ? agree.join(", ") : "—"} | ${mean} |`;
+    }),
+    "",
+    `Speed at a ${long.length}-token context (last of ${args.rounds} interleaved rounds; wall ms / process CPU ms):`,
+    "",
+    "| KV, attention | prefill (256-token chunks) | decode, per step |",
+    "| --- | --- | --- |",
+    ...ATTENDS.map((a) => {
+      const s = speeds[a] as ReturnType<typeof speed>;
+      return `| ${a} | ${s.prefill.wallMs} / ${s.prefill.cpuMs} | ${s.decode.wallMs} / ${s.decode.cpuMs} |`;
     }),
     "",
   );
   if (memory) {
     md.push(
-      `Peak MLX memory of one ${memory.tokens}-token prefill (no logits): float ${(memory.float / 2 ** 20).toFixed(0)} MiB; 8-bit with the 256 MiB score bound ${(memory.kv8Bounded / 2 ** 20).toFixed(0)} MiB, with a 32 MiB bound ${(memory.kv8Bounded32MiB / 2 ** 20).toFixed(0)} MiB, unbounded ${(memory.kv8Unbounded / 2 ** 20).toFixed(0)} MiB.`,
+      `Peak MLX memory of one ${memory.tokens}-token prefill forward (no logits): float ${MiB(memory.float ?? 0)}; ` +
+        `8-bit dequantized for the fused kernel ${MiB(memory.kv8Dequantize ?? 0)}; 8-bit quantized matmuls with the ` +
+        `256 MiB score bound ${MiB(memory.kv8MatmulBound256MiB ?? 0)}, a 32 MiB bound ${MiB(memory.kv8MatmulBound32MiB ?? 0)}, ` +
+        `unbounded ${MiB(memory.kv8MatmulUnbounded ?? 0)}.`,
       "",
     );
   }
@@ -243,7 +294,8 @@ writeFileSync(
   [
     `# KV cache quantization: quality and cost (${device})`,
     "",
-    `\`${command}\` — MLX ${mx.mlxVersion()}, ${machine}. Shared, noisy machine: speeds are indicative.`,
+    `\`${command}\` — MLX ${mx.mlxVersion()}, ${machine}. Shared 2-core machine under load from other`,
+    "sessions: speeds are indicative; process CPU time is the steadier figure.",
     "",
     ...md,
   ].join("\n"),

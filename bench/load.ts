@@ -10,11 +10,12 @@
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
-import { convertGguf } from "../src/models/convert";
-import { resolveLocalModel } from "../src/models/resolve";
+import { resolveLocalModel } from "../src/hub/resolve";
+import { convertGguf } from "../src/models/gguf-to-mlx";
 import { selfCommand } from "../src/paths";
 import { renderChartPng } from "./chart";
-import { BENCH_DIR, CACHE_DIR, ensureMlxLm, machine, MLX_LM_VERSION } from "./peers";
+import { convertedFolder } from "./generate";
+import { BENCH_DIR, ensureMlxLm, MLX_LM_VERSION, machine } from "./peers";
 
 /** mlx_lm.server serves its --model under this name; Pensieve answers any name with its model. */
 const MODEL_NAME = "default_model";
@@ -316,7 +317,7 @@ export async function benchLoad(argv: string[]): Promise<void> {
   // mlx_lm.server loads MLX folders: a GGUF goes through `pensieve convert` first.
   let mlxFolder = modelPath;
   if (modelPath.endsWith(".gguf")) {
-    mlxFolder = join(CACHE_DIR, "smollm2-135m-mlx");
+    mlxFolder = convertedFolder(modelPath);
     if (!existsSync(join(mlxFolder, "config.json"))) convertGguf(modelPath, mlxFolder);
   }
   const python = o.servers.includes("mlx-lm") ? (o.python ?? ensureMlxLm(o.device === "gpu" ? "cuda" : "cpu")) : null;

@@ -8,11 +8,11 @@
 //   bun run bench spec [--model smollm2-135m] [--gen 256] [--repeat 2] [--only name,name]
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { samplingParams } from "../src/engine/sampling";
-import { type EngineEvent, Scheduler, type SchedulerOptions } from "../src/engine/scheduler";
+import { type EngineEvent, samplingParams } from "../src/engine/protocol";
+import { Scheduler, type SchedulerOptions } from "../src/engine/scheduler";
 import * as mx from "../src/mlx";
 import { loadModel } from "../src/models/loader";
-import { resolveLocalModel } from "../src/models/resolve";
+import { resolveLocalModel } from "../src/hub/resolve";
 import type { LanguageModel } from "../src/models/types";
 import { encodeChat, Tokenizer } from "../src/text";
 import { BENCH_DIR, machine } from "./peers";

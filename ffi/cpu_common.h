@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <functional>
+#include <string>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -31,11 +32,24 @@ class Pool {
     return *pool;
   }
 
-  int size() const { return workers_ + 1; }
+  /** Threads a run uses: the calling thread plus the active workers. */
+  int size() const { return active_.load(std::memory_order_relaxed); }
+
+  /** Threads the pool has (hardware threads, at most 8). */
+  int capacity() const { return workers_ + 1; }
+
+  /** Uses n threads from now on (clamped to [1, capacity]); 0: all of them, chosen per product (automatic). */
+  void set_threads(int n) {
+    active_.store(n <= 0 ? capacity() : std::clamp(n, 1, capacity()));
+    automatic_.store(n <= 0);
+  }
+
+  /** No thread count was set: small products run on the calling thread alone (see parallel_min_work). */
+  bool automatic() const { return automatic_.load(std::memory_order_relaxed); }
 
   // Runs fn(part, parts) for part in [0, parts) across the pool and waits.
   void run(int parts, const std::function<void(int, int)>& fn) {
-    if (parts <= 1 || workers_ == 0) {
+    if (parts <= 1 || size() <= 1) {
       for (int p = 0; p < parts; ++p) fn(p, parts);
       return;
     }
@@ -69,7 +83,11 @@ class Pool {
   Pool() {
     unsigned n = std::thread::hardware_concurrency();
     workers_ = static_cast<int>(std::min(8u, n == 0 ? 1u : n)) - 1;
-    for (int i = 0; i < workers_; ++i) std::thread([this] { loop(); }).detach();
+    // PENSIEVE_THREADS: the engine passes the configured count this way.
+    const char* env = std::getenv("PENSIEVE_THREADS");
+    const int wanted = env != nullptr ? std::atoi(env) : 0;
+    set_threads(wanted);
+    for (int i = 0; i < workers_; ++i) std::thread([this, i] { loop(i); }).detach();
   }
 
   static void execute(Job& job) {
@@ -84,7 +102,8 @@ class Pool {
     }
   }
 
-  void loop() {
+  // Worker i takes part in runs while i + 1 < size() (the caller is thread 0).
+  void loop(int index) {
     uint64_t seen = 0;
     while (true) {
       std::shared_ptr<Job> job;
@@ -94,11 +113,13 @@ class Pool {
         seen = generation_;
         job = current_;
       }
-      if (job) execute(*job);
+      if (job && index + 1 < size()) execute(*job);
     }
   }
 
   int workers_ = 0;
+  std::atomic<int> active_{1};
+  std::atomic<bool> automatic_{true};
   std::mutex mu_;
   std::condition_variable cv_;
   std::shared_ptr<Job> current_;

@@ -18,6 +18,15 @@ namespace pensieve {
 mx::array cpu_quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
                                int group, int bits);
 bool cpu_kernels_apply(const std::vector<mx::array>& arrays);
+mx::array cpu_quantized_matmul_int8(const mx::array& x, const mx::array& w, const mx::array& scales,
+                                    const mx::array& biases, int group, int bits);
+bool cpu_set_isa(int isa);
+int cpu_isa_in_use();
+bool cpu_isa_supported(int isa);
+void cpu_set_threads(int threads);
+int cpu_threads();
+mx::array cpu_rms_norm(const mx::array& x, const std::optional<mx::array>& weight, float eps);
+mx::array cpu_swiglu(const mx::array& gate, const mx::array& up);
 mx::array cpu_rope(const mx::array& x, int dims, bool traditional, std::optional<float> base, float scale, int offset,
                    const std::optional<mx::array>& offset_array, const std::optional<mx::array>& freqs);
 mx::array cpu_sdpa(const mx::array& q, const mx::array& k, const mx::array& v, float scale, int mask_mode,
@@ -442,6 +451,35 @@ pv_array pv_quantized_matmul_cpu(pv_array x, pv_array w, pv_array scales, pv_arr
     return pensieve::cpu_quantized_matmul(unwrap(x), unwrap(w), unwrap(scales), unwrap(biases), group_size, bits);
   });
 }
+// ---- mixture of experts (issue 15): per-row expert products ----
+pv_array pv_gather_mm(pv_array a, pv_array b, pv_array rhs_indices, int sorted_indices) {
+  return guard_array(
+      [&] { return mx::gather_mm(unwrap(a), unwrap(b), std::nullopt, unwrap(rhs_indices), sorted_indices != 0); });
+}
+pv_array pv_gather_qmm(pv_array x, pv_array w, pv_array scales, pv_array biases, pv_array rhs_indices, int transpose,
+                       int group_size, int bits, int sorted_indices) {
+  return guard_array([&] {
+    return mx::gather_qmm(unwrap(x), unwrap(w), unwrap(scales), optional_of(biases), std::nullopt,
+                          unwrap(rhs_indices), transpose != 0, group_size, bits, "affine", std::nullopt,
+                          sorted_indices != 0);
+  });
+}
+pv_array pv_quantized_matmul_cpu_int8(pv_array x, pv_array w, pv_array scales, pv_array biases, int group_size,
+                                      int bits) {
+  return guard_array([&] {
+    if (biases == nullptr) throw std::invalid_argument("cpu int8 qmm: biases are required (affine quantization)");
+    return pensieve::cpu_quantized_matmul_int8(unwrap(x), unwrap(w), unwrap(scales), unwrap(biases), group_size, bits);
+  });
+}
+int pv_cpu_set_isa(int isa) {
+  return guard_status([&] {
+    if (!pensieve::cpu_set_isa(isa)) throw std::invalid_argument("this CPU lacks instruction set " + std::to_string(isa));
+  });
+}
+int pv_cpu_isa(void) { return pensieve::cpu_isa_in_use(); }
+int pv_cpu_isa_supported(int isa) { return pensieve::cpu_isa_supported(isa) ? 1 : 0; }
+void pv_cpu_set_threads(int threads) { pensieve::cpu_set_threads(threads); }
+int pv_cpu_threads(void) { return pensieve::cpu_threads(); }
 int pv_quantize(pv_array w, int group_size, int bits, pv_array* out) {
   return guard_status([&] {
     auto parts = mx::quantize(unwrap(w), group_size, bits, "affine");
@@ -459,7 +497,14 @@ pv_array pv_dequantize(pv_array w, pv_array scales, pv_array biases, int group_s
 
 // ---- fast transformer ops ----
 pv_array pv_rms_norm(pv_array x, pv_array weight, float eps) {
-  return guard_array([&] { return mx::fast::rms_norm(unwrap(x), optional_of(weight), eps); });
+  return guard_array([&] {
+    // On the CPU in float32, one primitive (ffi/cpu_norm.cpp) instead of MLX's chain of ops.
+    auto w = optional_of(weight);
+    if (pensieve::cpu_kernels_apply({unwrap(x)}) && (!w || w->dtype() == mx::float32)) {
+      return pensieve::cpu_rms_norm(unwrap(x), w, eps);
+    }
+    return mx::fast::rms_norm(unwrap(x), w, eps);
+  });
 }
 pv_array pv_layer_norm(pv_array x, pv_array weight, pv_array bias, float eps) {
   return guard_array([&] { return mx::fast::layer_norm(unwrap(x), optional_of(weight), optional_of(bias), eps); });
@@ -510,6 +555,7 @@ std::vector<mx::array> swiglu_impl(const std::vector<mx::array>& in) {
 
 pv_array pv_swiglu(pv_array gate, pv_array up, int fused) {
   return guard_array([&] {
+    if (pensieve::cpu_kernels_apply({unwrap(gate), unwrap(up)})) return pensieve::cpu_swiglu(unwrap(gate), unwrap(up));
     if (fused) {
       static auto compiled = mx::compile(swiglu_impl, /*shapeless=*/true);
       return compiled({unwrap(gate), unwrap(up)})[0];

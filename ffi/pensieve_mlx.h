@@ -128,9 +128,27 @@ PV_API pv_array pv_quantized_matmul(pv_array x, pv_array w, pv_array scales, pv_
 /* The same product through Pensieve's CPU kernel (ffi/cpu_qmm.cpp): SIMD and
    multi-threaded. float32 x, scales and biases; bits 4 or 8; group a multiple of 8. */
 PV_API pv_array pv_quantized_matmul_cpu(pv_array x, pv_array w, pv_array scales, pv_array biases, int group_size, int bits);
+/* The same product with int8 activations and integer dot products
+   (ffi/cpu_qmm_int8.cpp): group 32, 64 or 128. Not bit-exact: see the file. */
+PV_API pv_array pv_quantized_matmul_cpu_int8(pv_array x, pv_array w, pv_array scales, pv_array biases, int group_size, int bits);
+/* Instruction set of the int8 kernel: 0 auto (best available), 1 scalar, 2 AVX2,
+   3 AVX-512 VNNI. pv_cpu_set_isa fails (status) when the CPU lacks it. */
+PV_API int pv_cpu_set_isa(int isa);
+PV_API int pv_cpu_isa(void);
+PV_API int pv_cpu_isa_supported(int isa);
+/* Threads of the CPU kernels' pool (0: all; also PENSIEVE_THREADS at first use). */
+PV_API void pv_cpu_set_threads(int threads);
+PV_API int pv_cpu_threads(void);
 /* Writes 3 handles (weight, scales, biases) into out. */
 PV_API int pv_quantize(pv_array w, int group_size, int bits, pv_array* out);
 PV_API pv_array pv_dequantize(pv_array w, pv_array scales, pv_array biases /*nullable*/, int group_size, int bits, int dtype /* -1: default */);
+
+/* ---- mixture of experts (issue 15): per-row expert products ---- */
+/* x [..., M, K] times b [E, K, N] (or quantized w [E, N, K*bits/32] with
+   transpose): each leading index of x uses the expert rhs_indices names. */
+PV_API pv_array pv_gather_mm(pv_array a, pv_array b, pv_array rhs_indices, int sorted_indices);
+PV_API pv_array pv_gather_qmm(pv_array x, pv_array w, pv_array scales, pv_array biases /*nullable*/,
+                              pv_array rhs_indices, int transpose, int group_size, int bits, int sorted_indices);
 
 /* ---- fast transformer ops ---- */
 PV_API pv_array pv_rms_norm(pv_array x, pv_array weight /*nullable*/, float eps);

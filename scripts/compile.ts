@@ -46,7 +46,9 @@ const manifest: RuntimeManifest = {
 mkdirSync(join(REPO_ROOT, "dist"), { recursive: true });
 const manifestPath = join(REPO_ROOT, "dist", MANIFEST_NAME);
 writeFileSync(manifestPath, JSON.stringify(manifest, null, 2));
-const argv = [process.execPath, "build", "--compile", join(REPO_ROOT, "src", "cli.ts"), "--outfile", out, "--minify"];
+// Workers are entry points of their own (src/server/prompt-workers.ts starts this one).
+const entries = [join(REPO_ROOT, "src", "cli.ts"), join(REPO_ROOT, "src", "server", "prompt-worker.ts")];
+const argv = [process.execPath, "build", "--compile", ...entries, "--outfile", out, "--minify"];
 for (const a of [...assets, manifestPath, ...(model ? [model] : [])]) argv.push("--asset", a);
 const started = performance.now();
 const r = Bun.spawnSync(argv, { stdout: "inherit", stderr: "inherit" });

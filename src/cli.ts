@@ -1,13 +1,8 @@
 #!/usr/bin/env bun
-// pensieve: the command line. Each subcommand lives in src/cli/ or its room.
-import { doctor, printDoctorReport } from "./cli/doctor";
-import { runGenerate } from "./cli/generate";
-import { formatModelList, listModels, removeModel } from "./cli/models";
-import { runServe } from "./cli/serve";
-import { runSetup } from "./cli/setup";
-import { configHelp } from "./config";
-import { runEngineProcess } from "./engine/main";
-import { convertGguf } from "./models/convert";
+// pensieve: the command line. Each subcommand lives in src/cli/ or its room
+// and is loaded only when it runs: `serve`, `models` and `doctor` must work
+// (and say what is wrong) when MLX cannot load, and only `engine`, `generate`
+// and `convert` open it.
 import type { EngineConfig } from "./engine/protocol";
 
 const USAGE = `usage: pensieve <command> [options]
@@ -29,10 +24,11 @@ async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
     case "serve":
-      return runServe(rest);
+      return (await import("./cli/serve")).runServe(rest);
     case "setup":
-      return runSetup(rest);
+      return (await import("./cli/setup")).runSetup(rest);
     case "models": {
+      const { formatModelList, listModels, removeModel } = await import("./cli/models");
       const [sub = "list", target] = rest;
       if (sub === "list" || sub === "ls") {
         console.log(formatModelList(listModels()));
@@ -46,15 +42,17 @@ async function main(argv: string[]): Promise<number> {
       throw new Error("usage: pensieve models [list] | pensieve models rm MODEL");
     }
     case "doctor": {
+      const { doctor, printDoctorReport } = await import("./cli/doctor");
       const report = await doctor({ argv: rest, loadMlx: true });
       printDoctorReport(report);
       return report.ok ? 0 : 1;
     }
     case "generate":
-      return runGenerate(rest);
+      return (await import("./cli/generate")).runGenerate(rest);
     case "convert": {
       const [input, output] = rest;
       if (!input || !output) throw new Error("usage: pensieve convert IN.gguf OUT_DIR");
+      const { convertGguf } = await import("./models/gguf-to-mlx");
       const r = convertGguf(input, output);
       const q = r.quantization ? `${r.quantization.bits}-bit, group ${r.quantization.groupSize}` : "not quantized";
       console.log(`wrote ${output}: ${r.tensors} tensors, ${(r.bytes / 2 ** 20).toFixed(1)} MiB (${q})`);
@@ -64,6 +62,7 @@ async function main(argv: string[]): Promise<number> {
       const at = rest.indexOf("--config-json");
       const json = at >= 0 ? rest[at + 1] : undefined;
       if (!json) throw new Error("engine: --config-json is required");
+      const { runEngineProcess } = await import("./engine/main");
       await runEngineProcess(JSON.parse(json) as EngineConfig);
       return 0;
     }
@@ -71,7 +70,7 @@ async function main(argv: string[]): Promise<number> {
     case "help":
     case "--help":
     case "-h":
-      console.log(USAGE + configHelp());
+      console.log(USAGE + (await import("./config")).configHelp());
       return command === undefined ? 1 : 0;
     default:
       console.error(`pensieve: unknown command "${command}"\n\n${USAGE}`);

@@ -3,10 +3,11 @@
 // HTTP and IPC) and through plain generation on the same loaded model. Tells
 // scheduler costs from per-shape costs (GPU kernel compilation, allocation).
 //   bun bench/engines/lone-ttft.ts MODEL [cpu|gpu] [--lengths 200,420,...] [--engine-config JSON]
-import { generateTokens } from "../../src/engine/generate";
+
 import { Engine } from "../../src/engine/engine";
-import { samplingParams } from "../../src/engine/sampling";
-import type { EngineEvent } from "../../src/engine/scheduler";
+import { generateTokens } from "../../src/engine/one-sequence";
+import type { EngineEvent } from "../../src/engine/protocol";
+import { samplingParams } from "../../src/engine/protocol";
 
 const args = process.argv.slice(2);
 const flag = (name: string) => {

@@ -3,8 +3,8 @@
 //   bun bench/engines/pensieve-generate.ts MODEL PROMPT_IDS_JSON GEN_TOKENS [cpu|gpu] [--profile]
 // --profile adds host vs device time per decode step, measured on unpipelined steps.
 import { readFileSync } from "node:fs";
-import { cacheFor, generateTokens, prefill } from "../../src/engine/generate";
-import { samplingParams } from "../../src/engine/sampling";
+import { cacheFor, generateTokens, prefill } from "../../src/engine/one-sequence";
+import { samplingParams } from "../../src/engine/protocol";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";
 import { peakRssBytes } from "./rss";

@@ -93,6 +93,8 @@ kvcheck)
 kv)
   # Issue 10: Claude Code's real first request (carried in .device/, never committed) replayed at default
   # settings, then a long prompt over HTTP; and the long prompt in process against mlx-lm (peak memory, first token).
+  [ -f dist/test-gpu/long-context.test.js ] && PENSIEVE_GPU_PHI3="$MODEL" timeout 580 bun test --timeout 600000 \
+    ./dist/test-gpu/long-context.test.js 2>&1 | tail -20 | tee "$OUT/long-context-test.txt"
   bun dist/bench/run.js claude-code --model "$MODEL" --device gpu --servers "${SERVERS:-pensieve,mlx-lm}" --python $PY \
     --request .device/claude-code-request.json --out-dir "$OUT" --home "$W/home" --long "${LONG:-120000}"
   for p in ${LONG_PROMPTS:-120000}; do

@@ -6,7 +6,7 @@
 // (evaluated alone), after warm-up steps, so compilation stays out of it.
 // PENSIEVE_GPU_GEMV=0 profiles the step without Pensieve's GEMV.
 import { dlopen, FFIType } from "bun:ffi";
-import { cacheFor, prefill } from "../../src/engine/generate";
+import { cacheFor, prefill } from "../../src/engine/one-sequence";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";
 

@@ -6,10 +6,17 @@ import { accessSync, constants, existsSync, readFileSync, statfsSync } from "nod
 import { availableParallelism, cpus } from "node:os";
 import { dirname, join } from "node:path";
 import { type LoadedConfig, loadConfig } from "../config";
-import { resolveModelSpec } from "../hub/aliases";
+import {
+  CLAUDE_CODE_FIRST_REQUEST_TOKENS,
+  CLAUDE_CODE_MIN_CONTEXT,
+  claudeCodeAliases,
+  FLAGSHIP_MODEL_ALIAS,
+  resolveModelSpec,
+} from "../hub/aliases";
 import { findCachedSnapshot, modelFolderProblems } from "../hub/cache";
 import { formatBytes } from "../hub/format";
-import { estimateMemory, systemMemory, weightFilesBytes } from "../hub/memory";
+import { describePool, type KvPoolShape } from "../engine/kv-pool";
+import { estimateMemory, systemMemory, weightFilesBytes } from "../engine/memory-plan";
 import { type Env, hubSettings } from "../hub/settings";
 import {
   type Backend,
@@ -213,16 +220,28 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
               fix: `run \`${setupCmd}\``,
             },
       );
+      const override = env.PENSIEVE_SHIM;
+      if (override) backendInfo.shimPath = override;
       add(
-        existsSync(layout.shimPath)
-          ? { id: "shim", title: "MLX shim", status: "ok", detail: layout.shimPath }
-          : {
-              id: "shim",
-              title: "MLX shim",
-              status: "fail",
-              detail: `the shim is not built (${layout.shimPath})`,
-              fix: `run \`${setupCmd}\` (needs a C++ compiler)`,
-            },
+        override
+          ? existsSync(override)
+            ? { id: "shim", title: "MLX shim", status: "ok", detail: `${override} (PENSIEVE_SHIM)` }
+            : {
+                id: "shim",
+                title: "MLX shim",
+                status: "fail",
+                detail: `PENSIEVE_SHIM names ${override}, which does not exist`,
+                fix: `unset PENSIEVE_SHIM (setup builds the shim at ${layout.shimPath}) or point it at a built shim`,
+              }
+          : existsSync(layout.shimPath)
+            ? { id: "shim", title: "MLX shim", status: "ok", detail: layout.shimPath }
+            : {
+                id: "shim",
+                title: "MLX shim",
+                status: "fail",
+                detail: `the shim is not built (${layout.shimPath})`,
+                fix: `run \`${setupCmd}\` (needs a C++ compiler)`,
+              },
       );
       if (backendInfo.installed && backendInfo.installed !== backendInfo.choice) {
         add({
@@ -276,16 +295,25 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
         name: spec,
         maxContext: settings.maxContext,
         kvBudgetBytes: settings.kvBudgetBytes,
-        prefixCacheBytes: settings.prefixCacheBytes,
         kvBytesPerElement: backendInfo.choice === "cpu" ? 4 : 2,
+        kvBits: settings.kvBits ?? 0,
       });
+      // The KV pool the engine would plan: what weights and working memory leave (src/engine/kv-pool.ts).
+      const b = estimate.breakdown;
+      const pool: KvPoolShape = {
+        budgetBytes: settings.kvBudgetBytes ?? Math.max(b.kvCache, estimate.memory.usableBytes - b.weights - b.working),
+        bytesPerToken: estimate.kvBytesPerToken,
+        numLayers: "numLayers" in config ? Number(config.numLayers) : Number(config.num_hidden_layers ?? 1),
+        growthStep: 256,
+      };
       add({
         id: "model-memory",
         title: "Model memory",
         status: estimate.fits ? "ok" : "fail",
-        detail: estimate.message,
+        detail: estimate.fits ? `${estimate.message}; ${describePool(pool, estimate.context)}` : estimate.message,
         fix: estimate.fits ? undefined : "lower maxContext, or choose a smaller model",
       });
+      if (estimate.fits) add(claudeCodeCheck(spec, estimate.context));
     };
     try {
       const resolved = resolveModelSpec(spec, { env });
@@ -350,6 +378,7 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
     status: "info",
     detail: `${availableParallelism()} × ${cpuModel} (${process.platform}/${process.arch})`,
   });
+  add({ id: "threads", title: "CPU kernel threads", status: "info", detail: cpuKernelSummary(loaded?.config ?? null) });
   add(
     memory.totalBytes < LOW_MEMORY_BYTES
       ? {
@@ -417,7 +446,7 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
         title: "MLX load",
         status: "fail",
         detail: mlx.error ?? "failed",
-        fix: `run \`${SETUP}\``,
+        fix: env.PENSIEVE_SHIM ? `unset PENSIEVE_SHIM or point it at a shim \`${SETUP}\` built` : `run \`${SETUP}\``,
       });
     }
   }
@@ -469,4 +498,56 @@ export function formatDoctorReport(report: DoctorReport): string {
 
 export function printDoctorReport(report: DoctorReport, stream: { write(s: string): unknown } = process.stdout): void {
   stream.write(`${formatDoctorReport(report)}\n`);
+}
+
+/** Whether the configured model's context (as memory caps it) holds a Claude Code session. */
+export function claudeCodeCheck(spec: string, context: number): DoctorCheck {
+  if (context >= CLAUDE_CODE_MIN_CONTEXT) {
+    return { id: "claude-code", title: "Claude Code", status: "ok", detail: `${spec} holds ${context} tokens` };
+  }
+  const fitting = claudeCodeAliases().map((a) => a.name);
+  return {
+    id: "claude-code",
+    title: "Claude Code",
+    status: "warn",
+    detail:
+      `${spec} holds ${context} tokens here; Claude Code's first request alone is about ` +
+      `${Math.round(CLAUDE_CODE_FIRST_REQUEST_TOKENS / 1000)}K tokens and a session needs ${CLAUDE_CODE_MIN_CONTEXT}`,
+    fix: `for Claude Code run \`pensieve setup --model ${FLAGSHIP_MODEL_ALIAS}\` (models that hold it: ${fitting.join(", ")}), or raise maxContext if memory allows`,
+  };
+}
+
+/**
+ * The CPU kernels' threads and matmul path, without loading MLX: the configured
+ * thread count (--threads / PENSIEVE_THREADS) or the automatic rule, and the
+ * instruction set the int8 matmul picks from the CPU's flags.
+ */
+function cpuKernelSummary(config: LoadedConfig["config"] | null): string {
+  const threads = config?.threads ?? null;
+  const cores = Math.min(8, availableParallelism());
+  const count = threads
+    ? `${Math.min(threads, cores)} (configured${threads > cores ? `, capped at ${cores} cores` : ""})`
+    : `automatic: ${cores} for large products, 1 for small ones`;
+  let flags = "";
+  try {
+    flags =
+      readFileSync("/proc/cpuinfo", "utf8")
+        .split("\n")
+        .find((l) => l.startsWith("flags")) ?? "";
+  } catch {}
+  const has = (f: string) => new RegExp(`\\b${f}\\b`).test(flags);
+  const isa =
+    process.env.PENSIEVE_CPU_ISA ??
+    (has("avx512_vnni") && has("avx512vl")
+      ? "AVX-512 VNNI"
+      : has("avx2")
+        ? "AVX2"
+        : flags
+          ? "scalar"
+          : "by CPU at run time");
+  const matmul =
+    process.env.PENSIEVE_CPU_MATMUL === "exact"
+      ? "exact float (PENSIEVE_CPU_MATMUL=exact)"
+      : `int8 activations, ${isa}`;
+  return `${count}; quantized matmul: ${matmul}`;
 }

@@ -1,14 +1,14 @@
 // pensieve generate: streams an answer to stdout from an in-process engine.
-import { generateTokens } from "../engine/generate";
-import { samplingParams } from "../engine/sampling";
+import { generateTokens } from "../engine/one-sequence";
+import { samplingParams } from "../engine/protocol";
+import { resolveLocalModel } from "../hub/resolve";
 import * as mx from "../mlx";
 import { loadModel } from "../models/loader";
-import { resolveLocalModel } from "../models/resolve";
 import { ModelSession } from "../server/model-session";
 import { applyChatTemplate, type ChatMessage, StopMatcher, StreamingDetokenizer } from "../text";
 import { numberFlag, parseArgs, stringFlag } from "./args";
 
-export const GENERATE_USAGE = `usage: pensieve generate --prompt TEXT [options]
+const GENERATE_USAGE = `usage: pensieve generate --prompt TEXT [options]
   --model PATH|ALIAS     model folder, .gguf file or alias (default: smollm2-135m)
   --system TEXT          system message
   --raw                  send the prompt as is (no chat template)

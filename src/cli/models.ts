@@ -6,9 +6,9 @@ import { basename, dirname, isAbsolute, join, relative, resolve } from "node:pat
 import { loadConfig } from "../config";
 import {
   EMBEDDED_MODEL_FILE,
-  MODEL_ALIASES,
   type HubModelSpec,
   type LocalModelSpec,
+  MODEL_ALIASES,
   type ResolvedModelSpec,
   resolveModelSpec,
 } from "../hub/aliases";

@@ -1,7 +1,7 @@
 // pensieve serve: the HTTP server on the configured model. Configuration comes
 // from the file, then PENSIEVE_* variables, then flags (src/config).
 import { loadConfig } from "../config";
-import { resolveLocalModel } from "../models/resolve";
+import { resolveLocalModel } from "../hub/resolve";
 import { createLogger } from "../server/log";
 import { startServer } from "../server/server";
 
@@ -25,6 +25,7 @@ export async function runServe(argv: string[]): Promise<number> {
       prefixDiskBytes: config.prefixDiskBytes,
       kvBits: config.kvBits,
       speculative: config.speculative,
+      threads: config.threads,
     },
     server: {
       apiKey: config.apiKey,

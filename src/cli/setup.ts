@@ -6,9 +6,9 @@
 //   4. a load and a few generated tokens as validation,
 //   5. the config file that `pensieve serve` reads.
 import { defaultConfigPath, loadConfig, writeConfig } from "../config";
-import { type DoctorReport, doctor } from "./doctor";
 import { downloadModel, downloadRepoFile, formatBytes, ProgressRenderer, resolveModelSpec } from "../hub";
 import { FROM_SOURCE } from "../paths";
+import { type DoctorReport, doctor } from "./doctor";
 
 const say = (line: string) => process.stderr.write(`[setup] ${line}\n`);
 
@@ -102,8 +102,8 @@ export async function runSetup(argv: string[]): Promise<number> {
 async function validate(path: string, device: "cpu" | "gpu"): Promise<string> {
   const mx = await import("../mlx");
   const { loadModel } = await import("../models/loader");
-  const { generateTokens } = await import("../engine/generate");
-  const { samplingParams } = await import("../engine/sampling");
+  const { generateTokens } = await import("../engine/one-sequence");
+  const { samplingParams } = await import("../engine/protocol");
   const { ModelSession } = await import("../server/model-session");
   const { encodeChat, StreamingDetokenizer } = await import("../text");
   mx.setDevice(device);

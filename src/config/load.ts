@@ -25,7 +25,7 @@ export type ConfigSource =
   | { kind: "env"; name: string }
   | { kind: "flag"; name: string };
 
-export function describeSource(source: ConfigSource): string {
+function describeSource(source: ConfigSource): string {
   return source.kind === "default" ? "default" : source.kind === "file" ? source.path : source.name;
 }
 
@@ -81,7 +81,7 @@ const TRUE_WORDS = new Set(["1", "true", "yes", "on"]);
 const FALSE_WORDS = new Set(["0", "false", "no", "off"]);
 
 /** Text (from the environment or a flag) → a value of the key's type; throws a ConfigError when it is not one. */
-export function parseText(info: KeyInfo, text: string, source: ConfigSource): unknown {
+function parseText(info: KeyInfo, text: string, source: ConfigSource): unknown {
   const trimmed = text.trim();
   if (info.nullable && NULL_WORDS.has(trimmed.toLowerCase())) return null;
   switch (info.kind) {
@@ -121,7 +121,7 @@ function isOrigin(origin: string): boolean {
 }
 
 /** Checks one value against its key's schema (and the few rules a schema cannot say). */
-export function checkValue(info: KeyInfo, value: unknown, source: ConfigSource): unknown {
+function checkValue(info: KeyInfo, value: unknown, source: ConfigSource): unknown {
   if (!Value.Check(info.schema, value)) expectedGot(info, source, value);
   if (info.key === "corsOrigins") {
     const origins = (value as string[]).map((o) => o.replace(/\/$/, ""));

@@ -20,6 +20,7 @@
 //   logLevel          PENSIEVE_LOG_LEVEL            --log-level           "info"
 //   logFormat         PENSIEVE_LOG_FORMAT           --log-format          "json"
 //   backend           PENSIEVE_BACKEND              --backend             "auto"
+//   threads           PENSIEVE_THREADS              --threads             null (automatic)
 //
 // Values from the environment and flags are text: numbers are decimal, sizes
 // also accept units (512MiB, 2GiB, 1.5GB; K/M/G alone are binary), booleans
@@ -98,6 +99,10 @@ export const ConfigSchema = Type.Object(
       default: "auto",
       description: "MLX backend; auto: from the hardware",
     }),
+    threads: nullable(
+      Type.Integer({ minimum: 1, maximum: 256 }),
+      "Threads of the CPU kernels; null: every core for large products, one for small ones",
+    ),
   },
   { additionalProperties: false },
 );
@@ -136,6 +141,7 @@ const KINDS: Record<ConfigKey, ValueKind> = {
   logLevel: "enum",
   logFormat: "enum",
   backend: "enum",
+  threads: "integer",
 };
 
 /** A flag is the key in kebab case, except where a repeatable flag reads better singular. */

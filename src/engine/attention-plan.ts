@@ -1,5 +1,5 @@
 // Memory arithmetic of attention, without MLX (the memory plan in
-// src/hub/memory.ts runs before anything is loaded):
+// src/engine/memory-plan.ts runs before anything is loaded):
 //   - KV bytes per token, float or group-quantized (kvBits 8 or 4);
 //   - the bound on the attention score matrix: where scores [B, H, L, S] are
 //     materialized (quantized KV through quantized matmuls; float KV on a path

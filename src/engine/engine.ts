@@ -3,36 +3,29 @@
 // All MLX work happens on this one thread.
 import { mkdirSync, statfsSync } from "node:fs";
 import { basename, join } from "node:path";
-import { formatBytes } from "../hub/format";
-import {
-  DEFAULT_USABLE_FRACTION,
-  estimateMemory,
-  kvBytesPerToken,
-  PREFILL_CHUNK,
-  systemMemory,
-} from "../hub/memory";
+import { DEFAULT_USABLE_FRACTION, estimateMemory, kvBytesPerToken, PREFILL_CHUNK, systemMemory } from "./memory-plan";
 import * as mx from "../mlx";
 import type { ModelConfig } from "../models/config";
 import { type LoadedModel, loadModel, readModelConfig } from "../models/loader";
 import { denseCopyBytes } from "../models/weights";
-import { type ConstraintSpec, JsonConstraintFactory } from "../text/json-constraint";
 import { pensieveHome } from "../paths";
+import { type ConstraintSpec, JsonConstraintFactory } from "../text/json-constraint";
 import { tokenByteTable } from "../text/token-bytes";
 import { loadTokenizer } from "../text/tokenizer";
 import { effectiveKvBits, type KvBits, kvGroupSize } from "./attention-plan";
-import type { EngineConfig, EngineInfo, EngineStats } from "./protocol";
-import { cacheShape, defaultPrefillChunk } from "./generate";
 import { KV_STEP, KVCache } from "./kv-cache";
-import { concurrentFit, type KvPoolShape, maxLoneTokens } from "./kv-pool";
+import { CLAUDE_CODE_SESSION_TOKENS, concurrentFit, describePool, type KvPoolShape } from "./kv-pool";
+import { cacheShape, defaultPrefillChunk } from "./one-sequence";
 import { fileIdentity, modelKey, PrefixStore } from "./prefix-store";
-import { samplingParams } from "./sampling";
 import {
+  type EngineConfig,
   type EngineEvent,
+  type EngineInfo,
   type EngineRequest,
-  Scheduler,
-  type SchedulerOptions,
-  type TokenConstraint,
-} from "./scheduler";
+  type EngineStats,
+  samplingParams,
+} from "./protocol";
+import { Scheduler, type SchedulerOptions, type TokenConstraint } from "./scheduler";
 
 /** Device memory the engine may plan with: GPU memory (CUDA), else system memory (also Apple's unified memory). */
 export function deviceMemoryBytes(device: "cpu" | "gpu"): number | null {
@@ -46,9 +39,6 @@ export function deviceMemoryBytes(device: "cpu" | "gpu"): number | null {
   }
   return null;
 }
-
-/** Tokens of one Claude Code session (its ~20K-token first request and room to answer), for the plan's message. */
-export const CLAUDE_CODE_SESSION_TOKENS = 24_576;
 
 // ---- KV storage (kvBits) ----
 /**
@@ -67,7 +57,7 @@ export function resolveKvBits(config: EngineConfig, device: "cpu" | "gpu", model
 // ---- end KV storage ----
 
 /**
- * The context and the KV pool, decided before any weight is loaded (src/hub/memory.ts):
+ * The context and the KV pool, decided before any weight is loaded (src/engine/memory-plan.ts):
  * a model that cannot fit is refused with the estimate's message. The pool is
  * what remains after the weights (dense copies included, when the caller counts
  * them) and working memory; cached prefixes live inside it.
@@ -94,7 +84,7 @@ export function planMemory(
     maxContext: config.maxContext ?? null,
     kvBudgetBytes: config.kvBudgetBytes ?? null,
     prefillChunk,
-    // Fused causal attention for long prompts on the GPU (see src/hub/memory.ts).
+    // Fused causal attention for long prompts on the GPU (see src/engine/memory-plan.ts).
     scoreColumns: device === "gpu" ? prefillChunk : undefined,
   });
   if (!plan.fits) throw new Error(plan.message);
@@ -108,10 +98,7 @@ export function planMemory(
     growthStep: KV_STEP,
   };
   const sessions = concurrentFit(pool, Math.min(CLAUDE_CODE_SESSION_TOKENS, plan.context));
-  const message =
-    `${plan.message}; KV pool ${formatBytes(kvBudgetBytes)} (running sequences and cached prefixes): ` +
-    `${sessions} sequence${sessions === 1 ? "" : "s"} of ${Math.min(CLAUDE_CODE_SESSION_TOKENS, plan.context)} tokens at once, ` +
-    `one of ${maxLoneTokens(pool)} tokens`;
+  const message = `${plan.message}; ${describePool(pool, plan.context)}`;
   // null: the pool alone bounds the prefix cache.
   const prefixCacheBytes = config.prefixCacheBytes ?? null;
   return {
@@ -224,6 +211,7 @@ export class Engine {
     // Freed buffers above this go back to the device: a long prompt's KV growth otherwise fills the card
     // with cached buffers no later allocation fits (an H100 ran out at 120K tokens).
     mx.memory.setCacheLimit(bufferCacheLimit(device));
+    if (config.threads) mx.setCpuThreads(config.threads);
     // Plan memory before loading: refuse what cannot fit.
     const planned = readModelConfig(config.model);
     const elementBytes = device === "cpu" ? 4 : 2;

@@ -11,8 +11,9 @@
 // one with no padding. The cache also decides how to attend (attention()):
 // fused sdpa over float KV, or quantized matmuls over quantized KV, with the
 // queries split so that no score matrix exceeds a bound (attention-plan.ts).
-import * as mx from "../mlx";
+
 import type { MxArray } from "../mlx";
+import * as mx from "../mlx";
 import type { AttentionBatch, ForwardView } from "../models/types";
 import { ATTENTION_SCORE_BOUND_BYTES, type KvBits, kvTokenBytes, queryChunk } from "./attention-plan";
 
@@ -164,15 +165,16 @@ export class KVCache implements AttentionBatch {
     const S = this.#offset + L;
     const fused = this.scoreBound.fused && (this.shape.kvBits === 0 || this.quantizedAttention === "dequantize");
     const step = fused ? L : queryChunk(B, H, S, this.scoreBound.bytes);
-    if (step >= L) return this.#attend(q, parts, scale, mask);
+    if (step >= L) return mx.tidy(() => this.#attend(q, parts, scale, mask));
+    const visible = (end: number) => parts.map((p) => mx.sliceAxis(p, 2, 0, end));
+    const m = (a: number, b: number, end: number) =>
+      mask === null || mask === "causal" ? mask : mx.sliceAxis(mx.sliceAxis(mask, 2, a, b), 3, 0, end);
     const outs: MxArray[] = [];
     for (let a = 0; a < L; a += step) {
       const b = Math.min(L, a + step);
       const end = S - L + b; // keys up to this sub-chunk's last query
-      const sub = mx.sliceAxis(q, 2, a, b);
-      const visible = parts.map((p) => mx.sliceAxis(p, 2, 0, end));
-      const m = mask === null || mask === "causal" ? mask : mx.sliceAxis(mx.sliceAxis(mask, 2, a, b), 3, 0, end);
-      outs.push(this.#attend(sub, visible, scale, m));
+      // Our handles to a sub-chunk's scores go now, so MLX frees each once used.
+      outs.push(mx.tidy(() => this.#attend(mx.sliceAxis(q, 2, a, b), visible(end), scale, m(a, b, end))));
     }
     return mx.concatenate(outs, 2);
   }
@@ -307,7 +309,8 @@ export class KVCache implements AttentionBatch {
       for (let l = 0; l < this.#parts.length; l++) {
         this.#parts[l] =
           this.#parts[l]?.map((a) => {
-            const picked = mx.keep(mx.contiguous(mx.sliceAxis(mx.take(a, index, 0), 2, trim, this.#offset)));
+            const picked = mx.keep(mx.sliceAxis(mx.take(a, index, 0), 2, trim, this.#offset));
+            // One layer at a time (the KV pool counts one layer extra while rows leave).
             mx.evaluate(picked);
             a.dispose();
             return picked;

@@ -96,3 +96,17 @@ export function concurrentFit(shape: KvPoolShape, tokens: number): number {
   }
   return n;
 }
+
+/** Tokens of one Claude Code session (its ~20K-token first request and room to answer). */
+export const CLAUDE_CODE_SESSION_TOKENS = 24_576;
+
+/** One line for the memory plan and doctor: the pool, and how many sessions of `sessionTokens` fit at once. */
+export function describePool(shape: KvPoolShape, context: number, sessionTokens = CLAUDE_CODE_SESSION_TOKENS): string {
+  const tokens = Math.min(sessionTokens, context);
+  const sessions = concurrentFit(shape, tokens);
+  const gib = (shape.budgetBytes / 1024 ** 3).toFixed(1);
+  return (
+    `KV pool ${gib} GiB (running sequences and cached prefixes): ${sessions} sequence${sessions === 1 ? "" : "s"} ` +
+    `of ${tokens} tokens at once, one of ${maxLoneTokens(shape)} tokens`
+  );
+}

@@ -1,7 +1,9 @@
 // Entry of the engine child process (`pensieve engine --config-json '{...}'`).
 // It loads the model, then serves generate/cancel/stats messages over IPC
-// until told to shut down or until its parent goes away.
-import { Engine } from "./engine";
+// until told to shut down or until its parent goes away. MLX is imported
+// inside the load step, so that a shim that cannot load (missing, wrong ABI,
+// broken library) is reported to the server as a load failure.
+import type { Engine } from "./engine";
 import type { EngineConfig, FromEngine, ToEngine } from "./protocol";
 
 function send(message: FromEngine): void {
@@ -15,13 +17,26 @@ export async function runEngineProcess(config: EngineConfig): Promise<void> {
   const overrides = process.env.PENSIEVE_ENGINE_OVERRIDES;
   try {
     if (overrides) config = { ...config, ...(JSON.parse(overrides) as Partial<EngineConfig>) };
+    const { Engine } = await import("./engine");
     engine = new Engine(config, (event) => send(event));
+    if (config.memoryHeadroomBytes != null) {
+      const { capMemory } = await import("./memory-cap");
+      console.error(`[engine] ${capMemory(config.memoryHeadroomBytes)}`);
+    }
   } catch (e) {
     send({ type: "load-failed", message: (e as Error).message });
     // Give the IPC message time to leave before exiting.
     setTimeout(() => process.exit(3), 100);
     return;
   }
+  const { liveHandleCount } = await import("../mlx");
+  const { startIdleTrim } = await import("./idle-trim");
+  startIdleTrim(() => engine.scheduler.hasWork());
+  const processStats = () => ({
+    pid: process.pid,
+    rssBytes: process.memoryUsage.rss(),
+    liveHandles: liveHandleCount(),
+  });
   process.on("message", (raw) => {
     const m = raw as ToEngine;
     switch (m.type) {
@@ -32,7 +47,7 @@ export async function runEngineProcess(config: EngineConfig): Promise<void> {
         engine.cancel(m.id);
         break;
       case "stats":
-        send({ type: "stats", nonce: m.nonce, stats: engine.stats() });
+        send({ type: "stats", nonce: m.nonce, stats: { ...engine.stats(), process: processStats() } });
         break;
       case "shutdown":
         engine.stop();

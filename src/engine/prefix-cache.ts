@@ -10,6 +10,7 @@
 // (prefixCacheBytes) bounds it further.
 import * as mx from "../mlx";
 import { disposeState, type KVState, stateBytes } from "./kv-cache";
+import type { PrefixCacheStats } from "./protocol";
 import { type PayloadOps, RadixCache, type RadixEntry } from "./radix-cache";
 
 export type { KVState };
@@ -20,20 +21,6 @@ export interface PrefixHit {
   segments: { state: KVState; tokens: number }[];
   /** Tokens of the prompt covered by the cached KV. */
   length: number;
-}
-
-export interface PrefixCacheStats {
-  /** Radix nodes. */
-  entries: number;
-  bytes: number;
-  /** Tokens held (shared prefixes once). */
-  tokens: number;
-  /** The cap (prefixCacheBytes), or -1 when only the KV pool bounds it. */
-  budgetBytes: number;
-  hits: number;
-  misses: number;
-  reusedTokens: number;
-  evictions: number;
 }
 
 export interface PrefixCacheOptions {

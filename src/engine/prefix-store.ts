@@ -25,9 +25,10 @@ import {
   statSync,
 } from "node:fs";
 import { join } from "node:path";
-import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
+import * as mx from "../mlx";
 import type { KVState } from "./kv-cache";
+import type { PrefixStoreStats } from "./protocol";
 import type { RadixEntry } from "./radix-cache";
 
 const FORMAT = "pensieve-prefix-1";
@@ -50,16 +51,6 @@ export interface DiskMatch {
   length: number;
   /** Root-to-deepest chain of files covering them. */
   chain: DiskNode[];
-}
-
-export interface PrefixStoreStats {
-  files: number;
-  bytes: number;
-  budgetBytes: number;
-  written: number;
-  loaded: number;
-  loadedTokens: number;
-  removed: number;
 }
 
 /** What identifies the model and its KV layout; any change gives another folder. */
@@ -122,7 +113,7 @@ function readHeader(file: string): Header {
 
 function readTokens(file: string, header: Header): number[] {
   const t = header.tensors.tokens;
-  if (!t || t.dtype !== "I32" || t.shape.length !== 1) throw new Error("no tokens");
+  if (t?.dtype !== "I32" || t.shape.length !== 1) throw new Error("no tokens");
   const [a, b] = t.data_offsets;
   const buf = Buffer.alloc(b - a);
   const fd = openSync(file, "r");

@@ -1,10 +1,188 @@
-// Messages between the server process and the engine process (IPC). The
-// engine sends one "tokens" message per decode step, for every sequence that
-// produced a token in it. No MLX here: both sides import this file.
-import type { EngineEvent, EngineRequest, SchedulerStats } from "./scheduler";
+// The whole contract between the server process and the engine process:
+// requests, events, finish reasons, statistics, sampling parameters (with
+// their defaults and checks) and the IPC messages. Plain data only: this file
+// imports nothing that reaches MLX, so the server, the CLI's non-engine
+// commands and the engine all import it. The engine sends one "tokens" message
+// per decode step, for every sequence that produced a token in it.
+import type { ConstraintSpec } from "../text/json-constraint";
 
-export type { ConstraintSpec } from "../text/json-constraint";
-export type { EngineEvent, EngineRequest, FinishReason, TokenOut } from "./scheduler";
+export type { ConstraintSpec };
+
+// ---- sampling ----
+
+export interface SamplingParams {
+  /** 0 means greedy. */
+  temperature: number;
+  /** 1 disables. */
+  topP: number;
+  /** 0 disables. */
+  topK: number;
+  /** 0 disables. */
+  minP: number;
+  /** 1 disables. Divides positive logits (multiplies negative) of tokens in the prompt or output. */
+  repetitionPenalty: number;
+  /** Subtracted once from every token already generated. */
+  presencePenalty: number;
+  /** Subtracted per occurrence of a generated token. */
+  frequencyPenalty: number;
+  /** Token id → bias added to its logit (-100 bans, +100 forces in practice). */
+  logitBias: Record<number, number> | null;
+  /** Same seed, same prompt, same parameters → same tokens. Null draws a random seed. */
+  seed: number | null;
+  /** Return each chosen token's log-probability. */
+  logprobs: boolean;
+  /** Also return this many most likely tokens per step (0–20). */
+  topLogprobs: number;
+  /**
+   * Prompt-lookup speculation (scheduler.ts): false, never; true, wherever it
+   * applies (seeded sampling too); null, the server's setting, which leaves
+   * seeded sampling out (its tokens stay those of decoding in a batch).
+   */
+  speculative: boolean | null;
+}
+
+export const DEFAULT_SAMPLING: Readonly<SamplingParams> = Object.freeze({
+  temperature: 0,
+  topP: 1,
+  topK: 0,
+  minP: 0,
+  repetitionPenalty: 1,
+  presencePenalty: 0,
+  frequencyPenalty: 0,
+  logitBias: null,
+  seed: null,
+  logprobs: false,
+  topLogprobs: 0,
+  speculative: null,
+});
+
+export const MAX_TOP_LOGPROBS = 20;
+
+export function samplingParams(partial: Partial<SamplingParams> = {}): SamplingParams {
+  return { ...DEFAULT_SAMPLING, ...partial };
+}
+
+/**
+ * What is wrong with sampling parameters the engine would run (null: nothing).
+ * The APIs check their own fields first with their own names; this is the
+ * engine's side of the contract, checked before a request crosses to it.
+ */
+export function samplingProblem(p: SamplingParams, vocabSize: number): string | null {
+  const finite = (v: number) => Number.isFinite(v);
+  if (!finite(p.temperature) || p.temperature < 0) return "temperature must be a number ≥ 0";
+  if (!finite(p.topP) || p.topP < 0 || p.topP > 1) return "top_p must be in [0, 1]";
+  if (!Number.isInteger(p.topK) || p.topK < 0) return "top_k must be an integer ≥ 0";
+  if (!finite(p.minP) || p.minP < 0 || p.minP > 1) return "min_p must be in [0, 1]";
+  if (!finite(p.repetitionPenalty) || p.repetitionPenalty <= 0) return "repetition_penalty must be > 0";
+  if (!finite(p.presencePenalty)) return "presence_penalty must be a finite number";
+  if (!finite(p.frequencyPenalty)) return "frequency_penalty must be a finite number";
+  if (p.seed !== null && (!Number.isInteger(p.seed) || p.seed < 0 || p.seed >= 2 ** 53))
+    return "seed must be an integer in [0, 2^53)";
+  if (!Number.isInteger(p.topLogprobs) || p.topLogprobs < 0 || p.topLogprobs > MAX_TOP_LOGPROBS)
+    return `top_logprobs must be an integer in [0, ${MAX_TOP_LOGPROBS}]`;
+  for (const [id, bias] of Object.entries(p.logitBias ?? {})) {
+    const i = Number(id);
+    if (!Number.isInteger(i) || i < 0 || i >= vocabSize)
+      return `logit_bias: ${id} is not a token id (0..${vocabSize - 1})`;
+    if (!finite(bias)) return `logit_bias: the bias of ${id} must be a finite number`;
+  }
+  return null;
+}
+
+// ---- requests and events ----
+
+export interface EngineRequest {
+  id: string;
+  prompt: number[];
+  maxTokens: number;
+  sampling: SamplingParams;
+  stopTokenIds: number[];
+  /** Constrained decoding: only tokens that keep the output valid; once complete, only a stop token. */
+  constraint?: ConstraintSpec;
+  /** The engine's own (kernel warm-up): kept out of the prefix cache. */
+  internal?: boolean;
+}
+
+/** Why a sequence ended: an end token, its token budget or the context, a cancel, or an engine error. */
+export type FinishReason = "stop" | "length" | "cancelled" | "error";
+
+/** One generated token's values. */
+export interface StepValues {
+  token: number;
+  logprob: number | null;
+  top: Array<{ token: number; logprob: number }> | null;
+}
+
+export interface TokenOut extends StepValues {
+  id: string;
+}
+
+export type EngineEvent =
+  | { type: "started"; id: string; promptTokens: number; cachedTokens: number; queuedMs: number }
+  | { type: "tokens"; items: TokenOut[] }
+  | { type: "finished"; id: string; reason: FinishReason; completionTokens: number; message?: string }
+  | { type: "rejected"; id: string; status: number; message: string; retryAfterSeconds?: number };
+
+// ---- statistics ----
+
+export interface PrefixCacheStats {
+  /** Radix nodes. */
+  entries: number;
+  bytes: number;
+  /** Tokens held (shared prefixes once). */
+  tokens: number;
+  /** The cap (prefixCacheBytes), or -1 when only the KV pool bounds it. */
+  budgetBytes: number;
+  hits: number;
+  misses: number;
+  reusedTokens: number;
+  evictions: number;
+}
+
+/** The prefix cache on disk (src/engine/prefix-store.ts). */
+export interface PrefixStoreStats {
+  files: number;
+  bytes: number;
+  budgetBytes: number;
+  written: number;
+  loaded: number;
+  loadedTokens: number;
+  removed: number;
+}
+
+export interface SchedulerStats {
+  running: number;
+  prefilling: number;
+  waiting: number;
+  kvCacheBytes: number;
+  /** What running and prefilling sequences will hold at their longest (the KV pool's reservation). */
+  kvReservedBytes: number;
+  /** The KV pool: running sequences and cached prefixes together. */
+  kvBudgetBytes: number;
+  prefixCache: PrefixCacheStats;
+  /** The prefix cache on disk (null: off). */
+  prefixDisk: PrefixStoreStats | null;
+  steps: number;
+  /** Prompt-lookup verify passes so far (src/engine/speculation.ts). */
+  speculation: SpeculationStats;
+  maxConcurrent: number;
+  queueSize: number;
+  contextLength: number;
+}
+
+/** Counters over prompt-lookup verify passes. */
+export interface SpeculationStats {
+  /** Verify passes run. */
+  passes: number;
+  /** Draft tokens proposed and verified. */
+  drafted: number;
+  /** Draft tokens accepted. */
+  accepted: number;
+  /** Tokens the passes produced (accepted + one of the model's own per pass). */
+  emitted: number;
+}
+
+// ---- the engine process ----
 
 /** How the engine process is configured (serialized into its command line). */
 export interface EngineConfig {
@@ -43,8 +221,16 @@ export interface EngineConfig {
    * Freeing it at once made every lone request allocate device memory afresh.
    */
   cacheReleaseIdleMs?: number;
+  /** Threads of the CPU kernels; null/absent: automatic (see ffi/cpu_common.h). */
+  threads?: number | null;
   /** Phi-3: long_factor at every length, as mlx-lm (comparisons only). */
   alwaysLongRope?: boolean;
+  /**
+   * Test hook: after loading, cap the engine's memory at what it uses plus
+   * this many bytes (MLX's limit, and on Linux the process's data limit), so
+   * that a request that cannot fit meets a real allocation failure.
+   */
+  memoryHeadroomBytes?: number | null;
   /** Test hook: fail the forward pass when a prompt contains this token id. */
   faultTokenId?: number | null;
 }
@@ -75,8 +261,17 @@ export interface MemorySnapshot {
   cacheBytes: number;
 }
 
+/** The engine process itself (leak checks, the soak). */
+export interface EngineProcessStats {
+  pid: number;
+  rssBytes: number;
+  /** MLX array handles alive in the shim. */
+  liveHandles: number;
+}
+
 export interface EngineStats extends SchedulerStats {
   memory: MemorySnapshot;
+  process?: EngineProcessStats;
 }
 
 export type ToEngine =

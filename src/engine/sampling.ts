@@ -6,58 +6,10 @@
 // frequency penalties → constraint mask (constrained decoding) → greedy, or
 // temperature → top-k → top-p → min-p → categorical draw. Log-probabilities
 // are those of the model's own distribution (raw logits), as OpenAI reports them.
-import * as mx from "../mlx";
+
 import type { MxArray } from "../mlx";
-
-export interface SamplingParams {
-  /** 0 means greedy. */
-  temperature: number;
-  /** 1 disables. */
-  topP: number;
-  /** 0 disables. */
-  topK: number;
-  /** 0 disables. */
-  minP: number;
-  /** 1 disables. Divides positive logits (multiplies negative) of tokens in the prompt or output. */
-  repetitionPenalty: number;
-  /** Subtracted once from every token already generated. */
-  presencePenalty: number;
-  /** Subtracted per occurrence of a generated token. */
-  frequencyPenalty: number;
-  /** Token id → bias added to its logit (-100 bans, +100 forces in practice). */
-  logitBias: Record<number, number> | null;
-  /** Same seed, same prompt, same parameters → same tokens. Null draws a random seed. */
-  seed: number | null;
-  /** Return each chosen token's log-probability. */
-  logprobs: boolean;
-  /** Also return this many most likely tokens per step (0–20). */
-  topLogprobs: number;
-  /**
-   * Prompt-lookup speculation (scheduler.ts): false, never; true, wherever it
-   * applies (seeded sampling too); null, the server's setting, which leaves
-   * seeded sampling out (its tokens stay those of decoding in a batch).
-   */
-  speculative: boolean | null;
-}
-
-export const DEFAULT_SAMPLING: SamplingParams = {
-  temperature: 0,
-  topP: 1,
-  topK: 0,
-  minP: 0,
-  repetitionPenalty: 1,
-  presencePenalty: 0,
-  frequencyPenalty: 0,
-  logitBias: null,
-  seed: null,
-  logprobs: false,
-  topLogprobs: 0,
-  speculative: null,
-};
-
-export function samplingParams(partial: Partial<SamplingParams> = {}): SamplingParams {
-  return { ...DEFAULT_SAMPLING, ...partial };
-}
+import * as mx from "../mlx";
+import type { SamplingParams, StepValues } from "./protocol";
 
 /** One step's result for one sequence, as lazy arrays (read after evaluation). */
 export interface SampledStep {
@@ -68,12 +20,6 @@ export interface SampledStep {
   /** int32 [k] and float32 [k]: the top-k alternatives (when requested). */
   topIds: MxArray | null;
   topLogprobs: MxArray | null;
-}
-
-export interface StepValues {
-  token: number;
-  logprob: number | null;
-  top: Array<{ token: number; logprob: number }> | null;
 }
 
 const NEG_INF = Number.NEGATIVE_INFINITY;
@@ -153,7 +99,9 @@ export class SequenceSampler {
     }
     // After the penalties, which could lift a ruled-out token back (repetition divides by a factor).
     if (allowed) logits = mx.where(allowed, logits, NEG_INF);
-    const token = mx.reshape(p.temperature > 0 ? this.#draw(logits) : mx.argmax(logits, -1), [1]);
+    // A disposed sampler (its sequence finished, e.g. cancelled while in a prefill group that still
+    // samples every row) answers greedily: the scheduler ignores that token.
+    const token = mx.reshape(p.temperature > 0 && this.#key ? this.#draw(logits) : mx.argmax(logits, -1), [1]);
     const tokenI32 = mx.astype(token, mx.Dtype.int32);
     this.#record(tokenI32);
 

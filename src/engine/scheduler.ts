@@ -16,12 +16,12 @@
 // depends on the token just sampled, so while any such row runs, step n's
 // tokens are read before step n+1 is built (no pipelining for that batch);
 // without one, the path is unchanged.
-import * as mx from "../mlx";
+
 import type { MxArray } from "../mlx";
+import * as mx from "../mlx";
 import type { LanguageModel } from "../models/types";
 import type { ConstraintSpec } from "../text/json-constraint";
 import type { KvBits } from "./attention-plan";
-import { cacheShape } from "./generate";
 import { KV_STEP, KVCache, sliceState } from "./kv-cache";
 import {
   admit,
@@ -32,23 +32,13 @@ import {
   maxLoneTokens,
   projectedBytes,
 } from "./kv-pool";
-import { disposeState, type KVState, PrefixCache, type PrefixCacheStats } from "./prefix-cache";
-import type { PrefixStore, PrefixStoreStats } from "./prefix-store";
-import { type SampledStep, type SamplingParams, SequenceSampler, type StepValues } from "./sampling";
+import { cacheShape } from "./one-sequence";
+import { disposeState, type KVState, PrefixCache } from "./prefix-cache";
+import type { PrefixStore } from "./prefix-store";
+import type { EngineEvent, EngineRequest, FinishReason, SchedulerStats, StepValues, TokenOut } from "./protocol";
+import { type SampledStep, SequenceSampler } from "./sampling";
 import { emptySpeculationStats, PromptLookup, type SpeculationStats } from "./speculation";
 import { verifyDraft } from "./speculative-verify";
-
-export interface EngineRequest {
-  id: string;
-  prompt: number[];
-  maxTokens: number;
-  sampling: SamplingParams;
-  stopTokenIds: number[];
-  /** Constrained decoding: only tokens that keep the output valid; once complete, only a stop token. */
-  constraint?: ConstraintSpec;
-  /** The engine's own (kernel warm-up): kept out of the prefix cache. */
-  internal?: boolean;
-}
 
 /** One sequence's constrained decoding state (src/text/json-constraint.ts). */
 export interface TokenConstraint {
@@ -64,18 +54,6 @@ export interface TokenConstraint {
 
 /** Builds a request's constraint; `endIds` are its stop tokens. Throws a SchemaError (→ 400) for a bad spec. */
 export type ConstraintFactory = (spec: ConstraintSpec, endIds: readonly number[]) => TokenConstraint;
-
-export type FinishReason = "stop" | "length" | "cancelled" | "error";
-
-export interface TokenOut extends StepValues {
-  id: string;
-}
-
-export type EngineEvent =
-  | { type: "started"; id: string; promptTokens: number; cachedTokens: number; queuedMs: number }
-  | { type: "tokens"; items: TokenOut[] }
-  | { type: "finished"; id: string; reason: FinishReason; completionTokens: number; message?: string }
-  | { type: "rejected"; id: string; status: number; message: string; retryAfterSeconds?: number };
 
 export interface SchedulerOptions {
   /** Rows decoded together. */
@@ -106,25 +84,6 @@ export interface SchedulerOptions {
   kvBits?: KvBits;
   /** Prompt-lookup speculation for a lone decoding row (default true; requests may opt out). */
   speculative?: boolean;
-}
-
-export interface SchedulerStats {
-  running: number;
-  prefilling: number;
-  waiting: number;
-  kvCacheBytes: number;
-  /** What running and prefilling sequences will hold at their longest (the pool's reservation). */
-  kvReservedBytes: number;
-  kvBudgetBytes: number;
-  prefixCache: PrefixCacheStats;
-  /** The prefix cache on disk (null: off). */
-  prefixDisk: PrefixStoreStats | null;
-  steps: number;
-  /** Prompt-lookup verify passes so far (speculation.ts). */
-  speculation: SpeculationStats;
-  maxConcurrent: number;
-  queueSize: number;
-  contextLength: number;
 }
 
 interface Sequence {
@@ -959,17 +918,20 @@ export class Scheduler {
     const masks = group.jobs.map((j) => this.#nextMask(j.seq));
     const steps = mx.tidy(() => {
       const logits = this.model.forward(input(), cache, { logits: "last", ropeLengths });
+      // A row finished meanwhile (cancelled) has no sampler left: it samples nothing.
       return group.jobs.map((j, i) =>
-        rowStepFromSampled(j.seq.sampler.sample(mx.sliceAxis(logits, 0, i, i + 1), maskArray(masks[i] ?? null))),
+        j.seq.finished
+          ? null
+          : rowStepFromSampled(j.seq.sampler.sample(mx.sliceAxis(logits, 0, i, i + 1), maskArray(masks[i] ?? null))),
       );
     });
-    mx.asyncEval(...steps.flatMap(rowStepArrays));
+    mx.asyncEval(...steps.flatMap((step) => (step ? rowStepArrays(step) : [])));
     this.#group = null;
     const keep: number[] = [];
     group.jobs.forEach((j, i) => {
       const s = j.seq;
-      const step = steps[i] as RowStep;
-      if (s.finished) {
+      const step = steps[i] ?? null;
+      if (s.finished || !step) {
         releaseRowStep(step);
         return;
       }

@@ -14,6 +14,9 @@
 // falls after a well accepted one; after a miss (no match, or nothing
 // accepted) lookups pause for 1, 2, 4, 8 steps so that novel text decodes on
 // the pipelined path at full speed.
+import type { SpeculationStats } from "./protocol";
+
+export type { SpeculationStats };
 
 export interface LookupTuning {
   /** Longest n-gram searched (longer matches are tried first). */
@@ -174,18 +177,6 @@ export function acceptSampled(
   }
   tokens.push(bonus);
   return { tokens, accepted: draft.length };
-}
-
-/** Counters over verify passes (a scheduler's, for benchmarks and stats). */
-export interface SpeculationStats {
-  /** Verify passes run. */
-  passes: number;
-  /** Draft tokens proposed and verified. */
-  drafted: number;
-  /** Draft tokens accepted. */
-  accepted: number;
-  /** Tokens the passes produced (accepted + one of the model's own per pass). */
-  emitted: number;
 }
 
 export function emptySpeculationStats(): SpeculationStats {

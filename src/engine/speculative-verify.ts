@@ -6,7 +6,8 @@ import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { LanguageModel } from "../models/types";
 import type { KVCache } from "./kv-cache";
-import type { SequenceSampler, StepValues } from "./sampling";
+import type { StepValues } from "./protocol";
+import type { SequenceSampler } from "./sampling";
 import { acceptGreedy, acceptSampled } from "./speculation";
 
 export interface Verified {

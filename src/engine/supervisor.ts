@@ -3,17 +3,18 @@
 // native crash in MLX then costs the in-flight requests (they end with a 503
 // error), never the server. Runs in the server process: no MLX imports here.
 import type { Subprocess } from "bun";
-import type {
-  EngineConfig,
-  EngineInfo,
-  EngineRequest,
-  EngineStats,
-  FinishReason,
-  FromEngine,
-  ToEngine,
+import {
+  type ConstraintSpec,
+  type EngineConfig,
+  type EngineInfo,
+  type EngineRequest,
+  type EngineStats,
+  type FinishReason,
+  type FromEngine,
+  type SamplingParams,
+  samplingProblem,
+  type ToEngine,
 } from "./protocol";
-import type { ConstraintSpec } from "../text/json-constraint";
-import type { SamplingParams } from "./sampling";
 
 export type StreamEvent =
   | { type: "started"; promptTokens: number; cachedTokens: number; queuedMs: number }
@@ -31,7 +32,7 @@ export interface GenerateInput {
 }
 
 /** One request's events, in order; ends after "finished" or "error". */
-export class GenerationStream implements AsyncIterable<StreamEvent> {
+class GenerationStream implements AsyncIterable<StreamEvent> {
   readonly id: string;
   #queue: StreamEvent[] = [];
   #waiter: (() => void) | null = null;
@@ -280,6 +281,11 @@ export class EngineSupervisor {
           : `the engine is not available: ${this.#lastError ?? this.#state}`,
         retryAfterSeconds: loading ? 2 : undefined,
       });
+      return stream;
+    }
+    const problem = samplingProblem(input.sampling, this.#info?.vocabSize ?? Number.MAX_SAFE_INTEGER);
+    if (problem) {
+      stream.push({ type: "error", status: 400, message: `sampling: ${problem}` });
       return stream;
     }
     if (signal?.aborted) {

@@ -27,7 +27,7 @@ export function repoFolderName(repoId: string): string {
 }
 
 /** The repo id of a cache folder name, or null for anything else. */
-export function repoIdFromFolder(folder: string): string | null {
+function repoIdFromFolder(folder: string): string | null {
   const m = /^models--([^-].*?)--(.+)$/.exec(folder);
   return m ? `${m[1]}/${m[2]}` : null;
 }

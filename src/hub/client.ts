@@ -14,7 +14,7 @@ export interface RetryPolicy {
   maxDelayMs: number;
 }
 
-export const DEFAULT_RETRY: RetryPolicy = { retries: 5, baseDelayMs: 1000, maxDelayMs: 30_000 };
+const DEFAULT_RETRY: RetryPolicy = { retries: 5, baseDelayMs: 1000, maxDelayMs: 30_000 };
 
 export interface HubClientOptions {
   settings?: HubSettings;
@@ -71,7 +71,7 @@ export function assertRepoFilename(filename: string): void {
 }
 
 /** huggingface_hub strips W/ and quotes so an etag can name a file. */
-export function normalizeEtag(value: string | null): string | null {
+function normalizeEtag(value: string | null): string | null {
   if (!value) return null;
   return value.trim().replace(/^W\//, "").replace(/^"|"$/g, "") || null;
 }

@@ -3,7 +3,7 @@
 // the same weights are skipped so a download is not several times too large.
 
 /** Root-level files of an MLX / safetensors model repo. */
-export const MODEL_FILE_GLOBS = [
+const MODEL_FILE_GLOBS = [
   "config.json",
   "generation_config.json",
   "tokenizer*.json",
@@ -16,7 +16,7 @@ export const MODEL_FILE_GLOBS = [
 ] as const;
 
 /** A glob as a regular expression: `*` and `?` stay within a path segment, `**` crosses them. */
-export function globToRegExp(glob: string): RegExp {
+function globToRegExp(glob: string): RegExp {
   let source = "";
   for (let i = 0; i < glob.length; i++) {
     const c = glob[i]!;
@@ -32,7 +32,7 @@ export function globToRegExp(glob: string): RegExp {
 
 export type FileFilter = (filename: string) => boolean;
 
-export function fileFilter(globs: readonly string[]): FileFilter {
+function fileFilter(globs: readonly string[]): FileFilter {
   const patterns = globs.map(globToRegExp);
   return (filename) => patterns.some((p) => p.test(filename));
 }

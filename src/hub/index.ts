@@ -1,4 +1,4 @@
-// The Hugging Face Hub client, the model cache, aliases and the memory estimate.
+// The Hugging Face Hub client, the model cache, aliases (the memory plan lives in src/engine/memory-plan.ts).
 export * from "./aliases";
 export * from "./cache";
 export * from "./client";
@@ -6,6 +6,5 @@ export * from "./download";
 export * from "./errors";
 export * from "./filter";
 export * from "./format";
-export * from "./memory";
 export * from "./progress";
 export * from "./settings";

@@ -7,7 +7,7 @@ import { join, resolve } from "node:path";
 
 export type Env = Record<string, string | undefined>;
 
-export const DEFAULT_ENDPOINT = "https://huggingface.co";
+const DEFAULT_ENDPOINT = "https://huggingface.co";
 
 export interface HubSettings {
   /** HF_ENDPOINT without a trailing slash. */
@@ -30,7 +30,7 @@ function expandHome(path: string, env: Env): string {
 }
 
 /** huggingface_hub's reading of boolean variables. */
-export function envFlag(value: string | undefined): boolean {
+function envFlag(value: string | undefined): boolean {
   return value !== undefined && ["1", "true", "yes", "on"].includes(value.trim().toLowerCase());
 }
 

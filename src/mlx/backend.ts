@@ -6,7 +6,7 @@ import lockFile from "../../scripts/mlx.lock.json";
 import { BUILD_DIR, VENDOR_DIR } from "../paths";
 
 export type Backend = "cpu" | "cuda" | "metal";
-export const BACKENDS: readonly Backend[] = ["cpu", "cuda", "metal"];
+const BACKENDS: readonly Backend[] = ["cpu", "cuda", "metal"];
 
 /** Minimum NVIDIA driver for mlx-cuda-13. */
 export const MIN_CUDA_DRIVER = 580;

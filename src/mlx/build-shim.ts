@@ -9,7 +9,12 @@ import { type Backend, runtimeLayout } from "./backend";
 const SOURCES = [
   "ffi/pensieve_mlx.cpp",
   "ffi/cpu_qmm.cpp",
+  "ffi/cpu_qmm_int8.cpp",
+  "ffi/cpu_qmm_int8_avx2.inc",
+  "ffi/cpu_qmm_int8_vnni.inc",
   "ffi/cpu_attention.cpp",
+  "ffi/cpu_norm.cpp",
+  "ffi/allocator_guard.cpp",
   "ffi/cpu_common.h",
   "ffi/pensieve_mlx.h",
   "ffi/gpu_kernels.cpp",
@@ -22,7 +27,7 @@ function compiler(): string {
   throw new Error("no C++ compiler found: install g++ (Debian: apt-get install g++) or set CXX");
 }
 
-export function shimCommand(backend: Backend): { argv: string[]; output: string } {
+function shimCommand(backend: Backend): { argv: string[]; output: string } {
   const layout = runtimeLayout(backend);
   const darwin = process.platform === "darwin";
   const origin = darwin ? "@loader_path" : "$ORIGIN";
@@ -39,8 +44,11 @@ export function shimCommand(backend: Backend): { argv: string[]; output: string 
     `-I${layout.includeDir}`,
     join(REPO_ROOT, "ffi", "pensieve_mlx.cpp"),
     join(REPO_ROOT, "ffi", "cpu_qmm.cpp"),
+    join(REPO_ROOT, "ffi", "cpu_qmm_int8.cpp"),
     join(REPO_ROOT, "ffi", "cpu_attention.cpp"),
     join(REPO_ROOT, "ffi", "gpu_kernels.cpp"),
+    join(REPO_ROOT, "ffi", "allocator_guard.cpp"),
+    join(REPO_ROOT, "ffi", "cpu_norm.cpp"),
     "-pthread",
     `-L${layout.libDir}`,
     "-lmlx",

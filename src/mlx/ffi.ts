@@ -69,8 +69,17 @@ const symbols = {
   pv_matmul: { args: [P, P], returns: P },
   pv_quantized_matmul: { args: [P, P, P, P, i32, i32, i32], returns: P },
   pv_quantized_matmul_cpu: { args: [P, P, P, P, i32, i32], returns: P },
+  pv_quantized_matmul_cpu_int8: { args: [P, P, P, P, i32, i32], returns: P },
+  pv_cpu_set_isa: { args: [i32], returns: i32 },
+  pv_cpu_isa: { args: [], returns: i32 },
+  pv_cpu_isa_supported: { args: [i32], returns: i32 },
+  pv_cpu_set_threads: { args: [i32], returns: V },
+  pv_cpu_threads: { args: [], returns: i32 },
   pv_quantize: { args: [P, i32, i32, P], returns: i32 },
   pv_dequantize: { args: [P, P, P, i32, i32, i32], returns: P },
+  // mixture of experts (issue 15)
+  pv_gather_mm: { args: [P, P, P, i32], returns: P },
+  pv_gather_qmm: { args: [P, P, P, P, P, i32, i32, i32, i32], returns: P },
   pv_rms_norm: { args: [P, P, f32], returns: P },
   pv_layer_norm: { args: [P, P, P, f32], returns: P },
   pv_rope: { args: [P, i32, i32, f32, i32, f32, i32, P, P], returns: P },
@@ -108,7 +117,7 @@ const symbols = {
   pv_live_handles: { args: [], returns: i64_fast },
 } as const;
 
-export const ABI_VERSION = 3;
+const ABI_VERSION = 3;
 
 /**
  * Where the shim is: PENSIEVE_SHIM, else (compiled binary) the embedded runtime
@@ -135,5 +144,8 @@ function open() {
   return lib.symbols;
 }
 
-/** The shim's symbols, opened on first use. */
+/**
+ * The shim's symbols, opened when this module is first imported: only the
+ * engine process (and tools that mean to run MLX) may import src/mlx.
+ */
 export const lib: ReturnType<typeof open> = open();

@@ -1,8 +1,9 @@
 // Typed MLX operations. Each returns a new MxArray owned by the current scope
 // (see array.ts). Numbers passed where arrays are expected become scalars of
 // the other operand's dtype, as in MLX's Python API.
-import { checkStatus, Dtype, handleList, handlesFrom, isFloating, MlxError, MxArray } from "./array";
+
 import { type Pointer, ptr } from "bun:ffi";
+import { checkStatus, Dtype, handleList, handlesFrom, isFloating, MlxError, MxArray } from "./array";
 import { lib } from "./ffi";
 
 /** An array, or a number that becomes a scalar of the other operand's dtype. */
@@ -427,10 +428,21 @@ export function cpuKernelSupports(q: QuantizedWeight): boolean {
   );
 }
 
-/** x @ dequantize(w).T through Pensieve's SIMD, multi-threaded CPU kernel (see ffi/cpu_qmm.cpp). */
+/**
+ * x @ dequantize(w).T through Pensieve's CPU kernels: the int8-activation one
+ * (ffi/cpu_qmm_int8.cpp) unless the exact float path is selected (see
+ * setCpuMatmul) or the group size is not 32/64/128; else ffi/cpu_qmm.cpp.
+ */
 export function quantizedMatmulCpu(x: MxArray, q: QuantizedWeight): MxArray {
   // The kernel takes 2-D weights; batched ones (a quantized KV cache's) go to MLX's own op.
   if (q.weight.ndim !== 2) return quantizedMatmul(x, q);
+  return cpuMatmulMode === "int8" && INT8_GROUPS.has(q.groupSize)
+    ? quantizedMatmulCpuInt8(x, q)
+    : quantizedMatmulCpuExact(x, q);
+}
+
+/** The float kernel (ffi/cpu_qmm.cpp): the same sums as mx.quantized_matmul, to float rounding. */
+export function quantizedMatmulCpuExact(x: MxArray, q: QuantizedWeight): MxArray {
   return new MxArray(
     lib.pv_quantized_matmul_cpu(
       x.handle,
@@ -442,6 +454,91 @@ export function quantizedMatmulCpu(x: MxArray, q: QuantizedWeight): MxArray {
     ),
     "quantized_matmul (cpu kernel)",
   );
+}
+
+/** The int8-activation kernel (ffi/cpu_qmm_int8.cpp): x quantized per group to int8, integer dots. */
+export function quantizedMatmulCpuInt8(x: MxArray, q: QuantizedWeight): MxArray {
+  return new MxArray(
+    lib.pv_quantized_matmul_cpu_int8(
+      x.handle,
+      q.weight.handle,
+      q.scales.handle,
+      q.biases?.handle ?? null,
+      q.groupSize,
+      q.bits,
+    ),
+    "quantized_matmul (cpu int8 kernel)",
+  );
+}
+
+// ---- mixture of experts (issue 15): per-row expert products ----
+
+/** a [..., M, K] @ b[rhsIndices] where b is [E, K, N]; indices broadcast with a's leading axes. */
+export function gatherMm(a: MxArray, b: MxArray, rhsIndices: MxArray, sortedIndices = false): MxArray {
+  return new MxArray(lib.pv_gather_mm(a.handle, b.handle, rhsIndices.handle, sortedIndices ? 1 : 0), "gather_mm");
+}
+
+/** The quantized form: x @ w[rhsIndices]^T for w [E, N, K*bits/32] with per-expert scales/biases. */
+export function gatherQmm(x: MxArray, q: QuantizedWeight, rhsIndices: MxArray, sortedIndices = false): MxArray {
+  return new MxArray(
+    lib.pv_gather_qmm(
+      x.handle,
+      q.weight.handle,
+      q.scales.handle,
+      q.biases?.handle ?? null,
+      rhsIndices.handle,
+      1,
+      q.groupSize,
+      q.bits,
+      sortedIndices ? 1 : 0,
+    ),
+    "gather_qmm",
+  );
+}
+
+const INT8_GROUPS = new Set([32, 64, 128]);
+
+/** "int8": activations quantized to int8 (fast; logits move slightly). "exact": float sums. */
+export type CpuMatmulMode = "int8" | "exact";
+
+let cpuMatmulMode: CpuMatmulMode = process.env.PENSIEVE_CPU_MATMUL === "exact" ? "exact" : "int8";
+
+/** Selects the CPU matmul for products built from now on (PENSIEVE_CPU_MATMUL=exact at start). */
+export function setCpuMatmul(mode: CpuMatmulMode): void {
+  cpuMatmulMode = mode;
+}
+
+export function cpuMatmul(): CpuMatmulMode {
+  return cpuMatmulMode;
+}
+
+/** Instruction sets of the int8 kernel, by the shim's numbers (pv_cpu_set_isa). */
+export const CPU_ISAS = { auto: 0, scalar: 1, avx2: 2, vnni: 3 } as const;
+export type CpuIsa = keyof typeof CPU_ISAS;
+
+export function cpuIsaSupported(isa: CpuIsa): boolean {
+  return lib.pv_cpu_isa_supported(CPU_ISAS[isa]) === 1;
+}
+
+/** Forces the int8 kernel's instruction set ("auto": the best this CPU has); throws if the CPU lacks it. */
+export function setCpuIsa(isa: CpuIsa): void {
+  checkStatus(lib.pv_cpu_set_isa(CPU_ISAS[isa]), "cpu isa");
+}
+
+/** The instruction set the int8 kernel uses now. */
+export function cpuIsa(): Exclude<CpuIsa, "auto"> {
+  const n = lib.pv_cpu_isa();
+  const name = (Object.keys(CPU_ISAS) as CpuIsa[]).find((k) => CPU_ISAS[k] === n);
+  return name && name !== "auto" ? name : "scalar";
+}
+
+/** Threads of the CPU kernels (0: every core the pool has). */
+export function setCpuThreads(threads: number): void {
+  lib.pv_cpu_set_threads(threads);
+}
+
+export function cpuThreads(): number {
+  return lib.pv_cpu_threads();
 }
 
 export function quantize(w: MxArray, groupSize: number, bits: number): QuantizedWeight {

@@ -20,7 +20,7 @@ import { buildShim } from "./build-shim";
 
 export type Log = (line: string) => void;
 
-export async function sha256File(path: string): Promise<string> {
+async function sha256File(path: string): Promise<string> {
   const hash = createHash("sha256");
   for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
   return hash.digest("hex");
@@ -73,7 +73,7 @@ export function unzip(archive: string, dest: string, members: string[] = []): vo
  * The backend wheel, unpacked under vendor/ (reused when present). `fromDir`:
  * an already unpacked wheel (a machine with no network gets it carried in).
  */
-export async function ensureMlx(backend: Backend, log?: Log, fromDir?: string): Promise<string> {
+async function ensureMlx(backend: Backend, log?: Log, fromDir?: string): Promise<string> {
   const lock = readLock();
   const layout = runtimeLayout(backend, lock);
   const done = join(layout.wheelDir, ".complete");
@@ -101,7 +101,7 @@ export async function ensureMlx(backend: Backend, log?: Log, fromDir?: string): 
 }
 
 /** Where Python's nvidia-* packages live (site-packages/nvidia), if any. */
-export function pythonNvidiaDir(): string | null {
+function pythonNvidiaDir(): string | null {
   for (const py of [process.env.PYTHON, "python3", "python"]) {
     if (!py || !Bun.which(py)) continue;
     const r = Bun.spawnSync([py, "-c", "import nvidia, os; print(list(nvidia.__path__)[0])"], {

@@ -49,6 +49,30 @@ export interface ModelConfig {
   quantization: QuantizationConfig | null;
   bosTokenId: number | null;
   eosTokenIds: number[];
+  /** Leading dimensions of each head that RoPE rotates (head_dim × partial_rotary_factor). */
+  rotaryDims: number;
+  /** Keys a windowed layer attends to (itself included); which layers are windowed is the family's rule. */
+  slidingWindow: number | null;
+  /** Per-layer attention kinds as config.json lists them ("sliding_attention" / "full_attention"). */
+  layerTypes: string[] | null;
+  /** Gemma 3: every Nth layer is global, the others windowed. */
+  slidingWindowPattern: number | null;
+  /** Gemma 3: RoPE base of the windowed layers. */
+  ropeLocalTheta: number | null;
+  /** Gemma: attention scale is this^-1/2 instead of head_dim^-1/2. */
+  queryPreAttnScalar: number | null;
+  moe: MoeConfig | null;
+}
+
+/** Qwen3-MoE routed experts. */
+export interface MoeConfig {
+  numExperts: number;
+  topK: number;
+  expertIntermediateSize: number;
+  normTopkProb: boolean;
+  /** Layer i is sparse when (i + 1) % decoderSparseStep == 0 and i is not in mlpOnlyLayers. */
+  decoderSparseStep: number;
+  mlpOnlyLayers: number[];
 }
 
 type Json = Record<string, unknown>;
@@ -72,15 +96,15 @@ function idList(v: unknown): number[] {
   return [];
 }
 
-function parseRopeScaling(c: Json, headDim: number): RopeScaling | null {
+function parseRopeScaling(c: Json, rotaryDims: number): RopeScaling | null {
   const rs = (c.rope_scaling ?? c.rope_parameters) as Json | null | undefined;
   if (!rs || typeof rs !== "object") return null;
   const type = String(rs.type ?? rs.rope_type ?? "");
   if (type === "su" || type === "longrope") {
     const shortFactor = numList(rs.short_factor, "rope_scaling.short_factor");
     const longFactor = numList(rs.long_factor, "rope_scaling.long_factor");
-    if (shortFactor.length !== headDim / 2 || longFactor.length !== headDim / 2) {
-      throw new Error(`config.json: rope_scaling factors need ${headDim / 2} values (head_dim / 2)`);
+    if (shortFactor.length !== rotaryDims / 2 || longFactor.length !== rotaryDims / 2) {
+      throw new Error(`config.json: rope_scaling factors need ${rotaryDims / 2} values (rotary dims / 2)`);
     }
     const original = num(c, "original_max_position_embeddings", num(rs, "original_max_position_embeddings", 4096));
     const max = num(c, "max_position_embeddings");
@@ -118,14 +142,69 @@ function parseQuantization(q: Json): QuantizationConfig {
   return { groupSize: num(q, "group_size"), bits: num(q, "bits"), overrides };
 }
 
+/**
+ * Gemma 3 configs leave out what equals the defaults of transformers'
+ * Gemma3TextConfig (as mlx-lm's gemma3_text ModelArgs repeats them).
+ */
+const GEMMA3_TEXT_DEFAULTS: Json = {
+  hidden_size: 2304,
+  num_hidden_layers: 26,
+  intermediate_size: 9216,
+  num_attention_heads: 8,
+  num_key_value_heads: 4,
+  head_dim: 256,
+  rms_norm_eps: 1e-6,
+  vocab_size: 262208,
+  rope_theta: 1_000_000,
+  rope_local_base_freq: 10_000,
+  query_pre_attn_scalar: 256,
+  sliding_window: 512,
+  sliding_window_pattern: 6,
+  max_position_embeddings: 131072,
+};
+
+/** The text model's config: Gemma 3's multimodal config nests it under text_config. */
+function textConfig(c: Json): Json {
+  if (c.model_type === "gemma3" && c.text_config && typeof c.text_config === "object") {
+    const text = c.text_config as Json;
+    return {
+      ...GEMMA3_TEXT_DEFAULTS,
+      ...text,
+      model_type: "gemma3",
+      vocab_size: c.vocab_size ?? text.vocab_size ?? GEMMA3_TEXT_DEFAULTS.vocab_size,
+      quantization: c.quantization,
+      eos_token_id: c.eos_token_id ?? text.eos_token_id,
+      bos_token_id: c.bos_token_id ?? text.bos_token_id,
+    };
+  }
+  if (c.model_type === "gemma3_text") return { ...GEMMA3_TEXT_DEFAULTS, ...c };
+  return c;
+}
+
+function parseMoe(c: Json): MoeConfig | null {
+  if (typeof c.num_experts !== "number" || c.num_experts <= 0) return null;
+  return {
+    numExperts: num(c, "num_experts"),
+    topK: num(c, "num_experts_per_tok"),
+    expertIntermediateSize: num(c, "moe_intermediate_size"),
+    normTopkProb: c.norm_topk_prob === true,
+    decoderSparseStep: num(c, "decoder_sparse_step", 1),
+    mlpOnlyLayers: Array.isArray(c.mlp_only_layers) ? numList(c.mlp_only_layers, "mlp_only_layers") : [],
+  };
+}
+
 /** Normalizes a Hugging Face / MLX config.json. */
-export function configFromHf(c: Json, generationConfig: Json | null = null): ModelConfig {
+export function configFromHf(raw: Json, generationConfig: Json | null = null): ModelConfig {
+  const c = textConfig(raw);
   const modelType = String(c.model_type ?? "");
   if (!modelType) throw new Error('config.json: "model_type" is missing');
   const hiddenSize = num(c, "hidden_size");
   const numHeads = num(c, "num_attention_heads");
   const headDim = num(c, "head_dim", hiddenSize / numHeads);
   if (!Number.isInteger(headDim)) throw new Error("config.json: hidden_size is not a multiple of num_attention_heads");
+  const rotaryDims = Math.round(headDim * num(c, "partial_rotary_factor", 1));
+  const slidingWindow =
+    typeof c.sliding_window === "number" && c.use_sliding_window !== false ? c.sliding_window : null;
   const q = c.quantization as Json | undefined;
   const eos = idList(generationConfig?.eos_token_id);
   for (const id of idList(c.eos_token_id)) if (!eos.includes(id)) eos.push(id);
@@ -142,7 +221,7 @@ export function configFromHf(c: Json, generationConfig: Json | null = null): Mod
     rmsNormEps: num(c, "rms_norm_eps", 1e-5),
     ropeTheta: num(c, "rope_theta", 10000),
     ropeTraditional: c.rope_traditional === true,
-    ropeScaling: parseRopeScaling(c, headDim),
+    ropeScaling: parseRopeScaling(c, rotaryDims),
     maxPositionEmbeddings: num(c, "max_position_embeddings", 4096),
     tieWordEmbeddings: c.tie_word_embeddings === true,
     attentionBias: c.attention_bias === true,
@@ -150,14 +229,32 @@ export function configFromHf(c: Json, generationConfig: Json | null = null): Mod
     quantization: q ? parseQuantization(q) : null,
     bosTokenId: bos,
     eosTokenIds: eos,
+    rotaryDims,
+    slidingWindow,
+    layerTypes: Array.isArray(c.layer_types) ? c.layer_types.map(String) : null,
+    slidingWindowPattern: typeof c.sliding_window_pattern === "number" ? c.sliding_window_pattern : null,
+    ropeLocalTheta: typeof c.rope_local_base_freq === "number" ? c.rope_local_base_freq : null,
+    queryPreAttnScalar: typeof c.query_pre_attn_scalar === "number" ? c.query_pre_attn_scalar : null,
+    moe: parseMoe(c),
   };
 }
+
+/** transformers' class for each model_type, written into config.json's "architectures". */
+const HF_ARCHITECTURES: Record<string, string> = {
+  llama: "LlamaForCausalLM",
+  mistral: "MistralForCausalLM",
+  phi3: "Phi3ForCausalLM",
+  qwen2: "Qwen2ForCausalLM",
+  qwen3: "Qwen3ForCausalLM",
+  qwen3_moe: "Qwen3MoeForCausalLM",
+  gemma3_text: "Gemma3ForCausalLM",
+};
 
 /** The config.json that describes a config (the inverse of configFromHf), for `convert`. */
 export function configToHf(cfg: ModelConfig): Json {
   const out: Json = {
     model_type: cfg.modelType,
-    architectures: [cfg.modelType === "phi3" ? "Phi3ForCausalLM" : "LlamaForCausalLM"],
+    architectures: [HF_ARCHITECTURES[cfg.modelType] ?? "LlamaForCausalLM"],
     hidden_size: cfg.hiddenSize,
     num_hidden_layers: cfg.numLayers,
     num_attention_heads: cfg.numHeads,
@@ -188,7 +285,22 @@ export function configToHf(cfg: ModelConfig): Json {
       original_max_position_embeddings: rs.originalMaxPositionEmbeddings,
     };
   } else if (rs?.type === "linear") {
-    out.rope_scaling = { type: "linear", factor: rs.factor };
+    out.rope_scaling = { type: "linear", rope_type: "linear", factor: rs.factor };
+  }
+  if (cfg.rotaryDims !== cfg.headDim) out.partial_rotary_factor = cfg.rotaryDims / cfg.headDim;
+  if (cfg.slidingWindow !== null) out.sliding_window = cfg.slidingWindow;
+  if (cfg.layerTypes) out.layer_types = cfg.layerTypes;
+  if (cfg.slidingWindowPattern !== null) out.sliding_window_pattern = cfg.slidingWindowPattern;
+  if (cfg.ropeLocalTheta !== null) out.rope_local_base_freq = cfg.ropeLocalTheta;
+  if (cfg.queryPreAttnScalar !== null) out.query_pre_attn_scalar = cfg.queryPreAttnScalar;
+  if (cfg.modelType === "gemma3_text") out.hidden_activation = "gelu_pytorch_tanh";
+  if (cfg.moe) {
+    out.num_experts = cfg.moe.numExperts;
+    out.num_experts_per_tok = cfg.moe.topK;
+    out.moe_intermediate_size = cfg.moe.expertIntermediateSize;
+    out.norm_topk_prob = cfg.moe.normTopkProb;
+    out.decoder_sparse_step = cfg.moe.decoderSparseStep;
+    out.mlp_only_layers = cfg.moe.mlpOnlyLayers;
   }
   if (cfg.quantization) {
     const block: Json = { group_size: cfg.quantization.groupSize, bits: cfg.quantization.bits };
@@ -210,11 +322,29 @@ function metaNum(meta: GgufMeta, key: string, fallback?: number): number {
   throw new Error(`GGUF metadata: "${key}" is missing`);
 }
 
-/** Normalizes GGUF metadata (values as plain numbers/strings/arrays) into a config. */
+/** GGUF architectures and the model_type each becomes (see GGUF_ARCHITECTURES in loader.ts). */
+const GGUF_MODEL_TYPES: Record<string, string> = {
+  llama: "llama",
+  phi3: "phi3",
+  qwen2: "qwen2",
+  qwen3: "qwen3",
+  qwen3moe: "qwen3_moe",
+  gemma3: "gemma3_text",
+};
+
+/**
+ * Normalizes GGUF metadata (values as plain numbers/strings/arrays) into a
+ * config, reading what llama.cpp reads for each architecture (and its fixed
+ * defaults where the file is silent: Gemma 3's window pattern of 6, local RoPE
+ * base 10000, attention scale head_dim^-1/2 except the 62-layer 27B).
+ */
 export function configFromGguf(meta: GgufMeta, vocabSizeFromTensor: number): ModelConfig {
   const arch = String(meta.get("general.architecture") ?? "");
-  if (arch !== "llama" && arch !== "phi3") {
-    throw new Error(`unsupported GGUF architecture "${arch}": Pensieve runs llama and phi3`);
+  const modelType = GGUF_MODEL_TYPES[arch];
+  if (!modelType) {
+    throw new Error(
+      `unsupported GGUF architecture "${arch}": Pensieve runs ${Object.keys(GGUF_MODEL_TYPES).join(", ")}`,
+    );
   }
   const p = (k: string) => `${arch}.${k}`;
   const hiddenSize = metaNum(meta, p("embedding_length"));
@@ -223,6 +353,8 @@ export function configFromGguf(meta: GgufMeta, vocabSizeFromTensor: number): Mod
   const eos = metaNum(meta, "tokenizer.ggml.eos_token_id", -1);
   const bos = metaNum(meta, "tokenizer.ggml.bos_token_id", -1);
   const contextLength = metaNum(meta, p("context_length"), 4096);
+  const numLayers = metaNum(meta, p("block_count"));
+  const rotaryDims = metaNum(meta, p("rope.dimension_count"), headDim);
   let ropeScaling: RopeScaling | null = null;
   if (arch === "phi3") {
     const longF = meta.get("phi3.rope.scaling.long_factor");
@@ -242,15 +374,23 @@ export function configFromGguf(meta: GgufMeta, vocabSizeFromTensor: number): Mod
         ),
       };
     }
+  } else if (meta.get(p("rope.scaling.type")) === "linear") {
+    ropeScaling = { type: "linear", factor: metaNum(meta, p("rope.scaling.factor")) };
   }
+  const window = metaNum(meta, p("attention.sliding_window"), 0);
+  const pattern = meta.get(p("attention.sliding_window_pattern"));
+  let layerTypes: string[] | null = null;
+  if (Array.isArray(pattern)) layerTypes = pattern.map((w) => (w ? "sliding_attention" : "full_attention"));
+  const gemma = arch === "gemma3";
+  const experts = metaNum(meta, p("expert_count"), 0);
   return {
-    modelType: arch,
+    modelType,
     hiddenSize,
-    numLayers: metaNum(meta, p("block_count")),
+    numLayers,
     numHeads,
     numKvHeads: metaNum(meta, p("attention.head_count_kv"), numHeads),
     headDim,
-    intermediateSize: metaNum(meta, p("feed_forward_length")),
+    intermediateSize: metaNum(meta, p("feed_forward_length"), 0),
     vocabSize: vocabSizeFromTensor,
     rmsNormEps: metaNum(meta, p("attention.layer_norm_rms_epsilon"), 1e-5),
     ropeTheta: metaNum(meta, p("rope.freq_base"), 10000),
@@ -263,5 +403,23 @@ export function configFromGguf(meta: GgufMeta, vocabSizeFromTensor: number): Mod
     quantization: null,
     bosTokenId: bos >= 0 ? bos : null,
     eosTokenIds: eos >= 0 ? [eos] : [],
+    rotaryDims,
+    slidingWindow: window > 0 ? window : null,
+    layerTypes,
+    slidingWindowPattern: gemma && !layerTypes ? (typeof pattern === "number" ? pattern : 6) : null,
+    ropeLocalTheta: gemma ? metaNum(meta, p("rope.freq_base_swa"), 10000) : null,
+    queryPreAttnScalar: gemma ? (numLayers === 62 ? hiddenSize / numHeads : headDim) : null,
+    moe:
+      experts > 0
+        ? {
+            numExperts: experts,
+            topK: metaNum(meta, p("expert_used_count")),
+            expertIntermediateSize: metaNum(meta, p("expert_feed_forward_length")),
+            // llama.cpp's qwen3moe always renormalizes the top-k weights.
+            normTopkProb: true,
+            decoderSparseStep: 1,
+            mlpOnlyLayers: [],
+          }
+        : null,
   };
 }

@@ -1,29 +1,57 @@
-// The decoder-only transformer skeleton shared by the architectures: pre-norm
-// blocks of attention (GQA, RoPE, KV cache) and a SwiGLU MLP. An architecture
-// file supplies how its weights map to q/k/v and gate/up, and its RoPE.
-import * as mx from "../mlx";
+// The decoder-only transformer skeleton shared by the architectures: blocks of
+// attention (GQA, RoPE, KV cache) and an MLP, each behind a norm. A family file
+// (llama.ts, qwen3.ts, gemma3.ts, ...) supplies the swappable pieces: its norms,
+// how weights map to q/k/v, optional q/k norms, its MLP (SwiGLU, GELU, routed
+// experts), per-layer RoPE and sliding windows.
 import type { MxArray } from "../mlx";
+import * as mx from "../mlx";
 import type { ModelConfig } from "./config";
 import type { Rope } from "./rope";
-import type { AttentionBatch, ForwardOptions, LanguageModel } from "./types";
+import type { AttentionBatch, ForwardOptions, ForwardView, LanguageModel } from "./types";
 import { embed, type LinearWeight, linear, type WeightStore } from "./weights";
 
-export interface DecoderLayerWeights {
-  inputNorm: MxArray;
-  postAttentionNorm: MxArray;
+/** A normalization over the last axis. */
+export type Norm = (x: MxArray) => MxArray;
+/** An MLP from the normed hidden state [B, L, hidden] to [B, L, hidden]. */
+export type Mlp = (x: MxArray) => MxArray;
+
+export interface AttentionWeights {
   /** Returns q [B,L,H*D], k and v [B,L,Hkv*D] from the normed input. */
   qkv: (x: MxArray) => [MxArray, MxArray, MxArray];
+  /** Per-head norms of q and k before RoPE (Qwen3, Gemma 3). */
+  qNorm?: Norm;
+  kNorm?: Norm;
   out: LinearWeight;
-  /** Returns gate and up projections from the normed input. */
-  gateUp: (x: MxArray) => [MxArray, MxArray];
-  down: LinearWeight;
+}
+
+export interface DecoderLayerWeights {
+  /** Before attention. */
+  inputNorm: Norm;
+  attention: AttentionWeights;
+  /** On the attention output, before the residual add (Gemma's post-attention norm). */
+  attentionOutputNorm?: Norm;
+  /** Before the MLP (Llama's post_attention_layernorm, Gemma's pre_feedforward_layernorm). */
+  mlpNorm: Norm;
+  mlp: Mlp;
+  /** On the MLP output, before the residual add (Gemma). */
+  mlpOutputNorm?: Norm;
+  /** This layer's RoPE when it differs from the model's (Gemma's local layers). */
+  rope?: Rope;
+  /** A windowed layer attends to the last `window` positions (itself included). */
+  window?: number | null;
 }
 
 export interface DecoderWeights {
   embedding: LinearWeight;
+  /** Multiplies the embedded tokens (Gemma: √hidden, rounded as the model does). */
+  embedScale?: number;
   layers: DecoderLayerWeights[];
-  norm: MxArray;
+  norm: Norm;
   lmHead: LinearWeight;
+  /** Attention scale before the RoPE factor; default head_dim^-1/2. */
+  attentionScale?: number;
+  /** The residual sum (default h + y; Gemma clips it in float16). */
+  residual?: (h: MxArray, y: MxArray) => MxArray;
 }
 
 export class DecoderModel implements LanguageModel {
@@ -32,9 +60,7 @@ export class DecoderModel implements LanguageModel {
   readonly #weights: DecoderWeights;
   readonly #store: WeightStore;
   readonly #rope: Rope;
-  readonly #scale: number;
-  /** Fused (compiled) elementwise kernels: worth it on the GPU, where each kernel launch costs. */
-  readonly #fused: boolean;
+  readonly #baseScale: number;
 
   constructor(config: ModelConfig, store: WeightStore, weights: DecoderWeights, rope: Rope) {
     this.config = config;
@@ -42,8 +68,7 @@ export class DecoderModel implements LanguageModel {
     this.#store = store;
     this.#weights = weights;
     this.#rope = rope;
-    this.#scale = rope.scoreScale / Math.sqrt(config.headDim);
-    this.#fused = mx.getDevice() === "gpu";
+    this.#baseScale = weights.attentionScale ?? 1 / Math.sqrt(config.headDim);
     const unused = store.unused().filter((n) => !n.endsWith("rotary_emb.inv_freq"));
     if (unused.length) {
       throw new Error(`${store.source}: unexpected tensors for ${config.modelType}: ${unused.slice(0, 5).join(", ")}`);
@@ -55,38 +80,136 @@ export class DecoderModel implements LanguageModel {
   }
 
   forward(tokens: MxArray, batch: AttentionBatch, options: ForwardOptions = {}): MxArray {
-    const c = this.config;
-    const [B, L] = tokens.shape as [number, number];
-    const lengths = options.ropeLengths ?? batch.rowLengths().map((n) => n + L);
+    const [, L] = tokens.shape as [number, number];
+    const cached = batch.rowLengths();
+    const lengths = options.ropeLengths ?? cached.map((n) => n + L);
     const regimes = lengths.map((n) => this.#rope.regime(n));
     const view = batch.begin(L);
+    const windowMasks = new Map<number, ForwardView["mask"]>();
+    const maskFor = (window: number | null | undefined) => {
+      if (!window) return view.mask;
+      let m = windowMasks.get(window);
+      if (m === undefined) {
+        m = slidingWindowMask(view, cached, L, window);
+        windowMasks.set(window, m);
+      }
+      return m;
+    };
+    const residual = this.#weights.residual ?? mx.add;
     let h = embed(tokens, this.#weights.embedding, this.dtype);
+    if (this.#weights.embedScale !== undefined)
+      h = mx.multiply(h, mx.astype(mx.scalar(this.#weights.embedScale), this.dtype));
     for (let i = 0; i < this.#weights.layers.length; i++) {
       const layer = this.#weights.layers[i] as DecoderLayerWeights;
-      const x = mx.rmsNorm(h, layer.inputNorm, c.rmsNormEps);
-      const [q0, k0, v0] = layer.qkv(x);
-      const heads = (t: MxArray, n: number) => mx.transpose(mx.reshape(t, [B, L, n, c.headDim]), [0, 2, 1, 3]);
-      const q = this.#rope.apply(heads(q0, c.numHeads), view.ropeOffset, regimes);
-      const k = this.#rope.apply(heads(k0, c.numKvHeads), view.ropeOffset, regimes);
-      const attn = batch.attention(i, q, k, heads(v0, c.numKvHeads), this.#scale, view.mask);
-      const merged = mx.reshape(mx.transpose(attn, [0, 2, 1, 3]), [B, L, c.numHeads * c.headDim]);
-      h = mx.add(h, linear(merged, layer.out));
-      const y = mx.rmsNorm(h, layer.postAttentionNorm, c.rmsNormEps);
-      const [gate, up] = layer.gateUp(y);
-      h = mx.add(h, linear(mx.swiglu(gate, up, this.#fused), layer.down));
+      const input = h;
+      // Window masks are built outside the layer's scope: later layers reuse them.
+      const mask = maskFor(layer.window);
+      // One scope per layer: our handles to its intermediates go when it is built,
+      // so MLX frees each once used (else a forward holds every layer's activations).
+      h = mx.tidy(() => {
+        let a = this.#attention(i, layer, layer.inputNorm(input), batch, view.ropeOffset, mask, regimes);
+        if (layer.attentionOutputNorm) a = layer.attentionOutputNorm(a);
+        const mid = residual(input, a);
+        let m = layer.mlp(layer.mlpNorm(mid));
+        if (layer.mlpOutputNorm) m = layer.mlpOutputNorm(m);
+        return residual(mid, m);
+      });
+      if (i > 0) input.dispose();
     }
     batch.end();
     const mode = options.logits ?? "last";
     if (mode === "last" && L > 1) h = mx.sliceAxis(h, 1, L - 1, L);
     if (mode === "none") return h;
-    const normed = mx.rmsNorm(h, this.#weights.norm, c.rmsNormEps);
-    return mx.astype(linear(normed, this.#weights.lmHead), mx.Dtype.float32);
+    return mx.astype(linear(this.#weights.norm(h), this.#weights.lmHead), mx.Dtype.float32);
+  }
+
+  /** One layer's attention: projections, q/k norms, RoPE, the cache's attention (stores k/v, attends), output projection. */
+  #attention(
+    index: number,
+    layer: DecoderLayerWeights,
+    x: MxArray,
+    batch: AttentionBatch,
+    ropeOffset: ForwardView["ropeOffset"],
+    mask: ForwardView["mask"],
+    regimes: number[],
+  ): MxArray {
+    const c = this.config;
+    const [B, L] = x.shape as [number, number];
+    const w = layer.attention;
+    const rope = layer.rope ?? this.#rope;
+    const [q0, k0, v0] = w.qkv(x);
+    const heads = (t: MxArray, n: number, norm?: Norm) => {
+      const split = mx.reshape(t, [B, L, n, c.headDim]);
+      return mx.transpose(norm ? norm(split) : split, [0, 2, 1, 3]);
+    };
+    const q = rope.apply(heads(q0, c.numHeads, w.qNorm), ropeOffset, regimes);
+    const k = rope.apply(heads(k0, c.numKvHeads, w.kNorm), ropeOffset, regimes);
+    const attn = batch.attention(index, q, k, heads(v0, c.numKvHeads), rope.scoreScale * this.#baseScale, mask);
+    const merged = mx.reshape(mx.transpose(attn, [0, 2, 1, 3]), [B, L, c.numHeads * c.headDim]);
+    return linear(merged, w.out);
   }
 
   dispose(): void {
     this.#store.dispose();
-    for (const a of this.#rope.arrays) a.dispose();
+    const ropes = new Set([this.#rope, ...this.#weights.layers.map((l) => l.rope).filter((r) => r !== undefined)]);
+    for (const r of ropes) for (const a of r.arrays) a.dispose();
   }
+}
+
+/**
+ * The keep-mask of a windowed layer: the view's own mask (causal, padding) and
+ * "the key is fewer than `window` positions before the query". Columns are
+ * cache positions; left padding shifts a row's queries and keys alike, so the
+ * distance is the same in columns. The full cache stays (no rotating buffer):
+ * exact in prefill, decode, batches and through the prefix cache.
+ */
+export function slidingWindowMask(view: ForwardView, cached: number[], L: number, window: number): ForwardView["mask"] {
+  // Without padding every row has the same length; with padding the view's mask is an array.
+  const S = view.mask instanceof mx.MxArray ? view.mask.dim(-1) : (cached[0] ?? 0) + L;
+  if (S <= window) return view.mask;
+  const cols = mx.reshape(mx.arange(0, S), [1, 1, 1, S]);
+  const rows = mx.reshape(mx.arange(S - L, S), [1, 1, L, 1]);
+  const keep = mx.logicalAnd(mx.lessEqual(cols, rows), mx.less(mx.subtract(rows, cols), window));
+  return view.mask instanceof mx.MxArray ? mx.logicalAnd(keep, view.mask) : keep;
+}
+
+/** RMSNorm with a weight vector. */
+export function rmsNorm(weight: MxArray, eps: number): Norm {
+  return (x) => mx.rmsNorm(x, weight, eps);
+}
+
+/** silu(gate) * up through a down projection; `gateUp` returns both from the normed input. */
+export function swigluMlp(gateUp: (x: MxArray) => [MxArray, MxArray], down: LinearWeight): Mlp {
+  // Fused (compiled) elementwise kernels: worth it on the GPU, where each kernel launch costs.
+  const fused = mx.getDevice() === "gpu";
+  return (x) => {
+    const [gate, up] = gateUp(x);
+    return linear(mx.swiglu(gate, up, fused), down);
+  };
+}
+
+/** Separate gate and up projections, fused into one product when their packing agrees. */
+export function gateUpProjections(store: WeightStore, prefix: string, hidden: number, ffn: number) {
+  const gate = store.linear(`${prefix}.gate_proj`, hidden);
+  const up = store.linear(`${prefix}.up_proj`, hidden);
+  const fused = store.fuse([gate, up]);
+  return fused
+    ? (x: MxArray) => mx.split(linear(x, fused), [ffn], -1) as [MxArray, MxArray]
+    : (x: MxArray) => [linear(x, gate), linear(x, up)] as [MxArray, MxArray];
+}
+
+/** Separate q, k, v projections (with biases where the file has them), fused when their packing agrees. */
+export function qkvProjections(store: WeightStore, prefix: string, c: ModelConfig) {
+  const qSize = c.numHeads * c.headDim;
+  const kvSize = c.numKvHeads * c.headDim;
+  const q = store.linear(`${prefix}.q_proj`, c.hiddenSize);
+  const k = store.linear(`${prefix}.k_proj`, c.hiddenSize);
+  const v = store.linear(`${prefix}.v_proj`, c.hiddenSize);
+  // One product for q|k|v, as Phi-3 stores them, when their packing agrees.
+  const fused = store.fuse([q, k, v]);
+  return fused
+    ? (x: MxArray) => mx.split(linear(x, fused), [qSize, qSize + kvSize], -1) as [MxArray, MxArray, MxArray]
+    : (x: MxArray) => [linear(x, q), linear(x, k), linear(x, v)] as [MxArray, MxArray, MxArray];
 }
 
 /** The embedding table, and the output head (tied to the embedding when the model says so). */

@@ -108,11 +108,31 @@ const GGUF_LAYER_NAMES: Record<string, string> = {
   attn_v: "self_attn.v_proj",
   attn_qkv: "self_attn.qkv_proj",
   attn_output: "self_attn.o_proj",
+  attn_q_norm: "self_attn.q_norm",
+  attn_k_norm: "self_attn.k_norm",
   ffn_gate: "mlp.gate_proj",
+  ffn_up: "mlp.up_proj",
   ffn_down: "mlp.down_proj",
+  // Qwen3-MoE: the router and the stacked experts, in mlx-community's switch_mlp layout.
+  ffn_gate_inp: "mlp.gate",
+  ffn_gate_exps: "mlp.switch_mlp.gate_proj",
+  ffn_up_exps: "mlp.switch_mlp.up_proj",
+  ffn_down_exps: "mlp.switch_mlp.down_proj",
 };
 
-/** llama.cpp tensor name → Hugging Face name (phi3 keeps gate|up fused in ffn_up). */
+/** Where an architecture's names differ from the table above. */
+const GGUF_ARCH_NAMES: Record<string, Record<string, string>> = {
+  // Phi-3 keeps gate|up fused in ffn_up.
+  phi3: { ffn_up: "mlp.gate_up_proj" },
+  // Gemma 3: norms before and after attention and the MLP.
+  gemma3: {
+    post_attention_norm: "post_attention_layernorm",
+    ffn_norm: "pre_feedforward_layernorm",
+    post_ffw_norm: "post_feedforward_layernorm",
+  },
+};
+
+/** llama.cpp tensor name → Hugging Face name (as mlx-community names it). */
 export function hfNameForGguf(name: string, arch: string): string | null {
   const m = /^(.*)\.(weight|scales|biases|bias)$/.exec(name);
   if (!m) return null;
@@ -123,7 +143,7 @@ export function hfNameForGguf(name: string, arch: string): string | null {
   const b = /^blk\.(\d+)\.(.+)$/.exec(base);
   if (!b) return null;
   const [, layer, part] = b as unknown as [string, string, string];
-  const mapped = part === "ffn_up" ? (arch === "phi3" ? "mlp.gate_up_proj" : "mlp.up_proj") : GGUF_LAYER_NAMES[part];
+  const mapped = GGUF_ARCH_NAMES[arch]?.[part] ?? GGUF_LAYER_NAMES[part];
   return mapped ? `model.layers.${layer}.${mapped}.${suffix}` : null;
 }
 
@@ -172,6 +192,13 @@ export function readGgufWeights(path: string): { config: ModelConfig; arrays: Ma
   const arrays = new Map<string, MxArray>();
   const unknown: string[] = [];
   for (const [name, a] of loaded.arrays) {
+    // Phi-3 LongRoPE: llama.cpp stores the factors as tensors; they become the config's.
+    const factors = /^rope_factors_(long|short)\.weight$/.exec(name);
+    if (factors) {
+      meta.set(`${arch}.rope.scaling.${factors[1]}_factor`, Array.from(a.read() as Float32Array));
+      a.dispose();
+      continue;
+    }
     const hf = hfNameForGguf(name, arch);
     if (hf) arrays.set(hf, mx.keep(a));
     else {
@@ -193,8 +220,20 @@ export function readGgufWeights(path: string): { config: ModelConfig; arrays: Ma
   }
   if (unknown.length) fail(`unexpected tensors ${unknown.slice(0, 5).join(", ")}`);
   config.tieWordEmbeddings = !arrays.has("lm_head.weight");
+  if (arch === "gemma3") {
+    // llama.cpp's converter stores Gemma's RMSNorm weights as 1 + w (it scales by the weight
+    // itself); Pensieve reads them as Hugging Face does: w, scaled by 1 + w.
+    mx.tidy(() => {
+      for (const [name, a] of arrays) {
+        if (!/norm\.weight$/.test(name)) continue;
+        arrays.set(name, mx.keep(mx.subtract(a, mx.astype(mx.scalar(1), a.dtype))));
+        a.dispose();
+      }
+    });
+  }
   if (arch === "llama") {
     // Undo llama.cpp's q/k row permutation (rows only: quantization groups run along columns).
+    // Only llama: qwen2, qwen3, qwen3moe, gemma3 and phi3 use NeoX-style RoPE, which llama.cpp stores unpermuted.
     mx.tidy(() => {
       for (const [proj, heads] of [
         ["q_proj", config.numHeads],

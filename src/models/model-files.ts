@@ -3,8 +3,8 @@
 // a GGUF file. Doctor, setup and the engine's memory plan use it before any load.
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
+import { readGguf } from "../formats/gguf";
 import { configFromGguf, configFromHf, type ModelConfig } from "./config";
-import { readGguf } from "./gguf";
 
 export class ModelLoadError extends Error {
   constructor(message: string) {

@@ -5,8 +5,8 @@
 // the same call writes the same bytes.
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
+import * as mx from "../mlx";
 
 export interface RandomModelSpec {
   /** The config.json to write (Hugging Face keys; `quantization` decides the format). */
@@ -27,36 +27,96 @@ const TOKENIZER_FILES = [
   "special_tokens_map.json",
 ];
 
-/** Tensor names and shapes [out, in] for the architecture in the config. */
-export function weightShapes(config: Record<string, unknown>): Array<[string, number[]]> {
+/**
+ * How a tensor is drawn: a matrix N(0, std) (quantized when the config says),
+ * a norm weight 1 + N(0, 0.1), a Gemma norm N(0, 0.1) (it scales by 1 + w), or
+ * a bias N(0, std).
+ */
+export type TensorKind = "matrix" | "norm" | "offset-norm" | "bias";
+
+/** Tensor names, shapes ([out, in], or [experts, out, in]) and kinds for the architecture in the config. */
+export function weightShapes(config: Record<string, unknown>): Array<[string, number[], TensorKind]> {
   const n = (k: string) => config[k] as number;
+  const type = config.model_type as string;
+  if (type === "gemma3_text") return gemmaShapes(config);
   const hidden = n("hidden_size");
   const heads = n("num_attention_heads");
   const kvHeads = (config.num_key_value_heads as number | undefined) ?? heads;
   const headDim = (config.head_dim as number | undefined) ?? hidden / heads;
   const ffn = n("intermediate_size");
   const vocab = n("vocab_size");
-  const phi3 = config.model_type === "phi3";
-  const shapes: Array<[string, number[]]> = [["model.embed_tokens", [vocab, hidden]]];
+  const phi3 = type === "phi3";
+  const shapes: Array<[string, number[], TensorKind]> = [["model.embed_tokens", [vocab, hidden], "matrix"]];
   for (let i = 0; i < n("num_hidden_layers"); i++) {
     const p = `model.layers.${i}`;
     if (phi3) {
-      shapes.push([`${p}.self_attn.qkv_proj`, [(heads + 2 * kvHeads) * headDim, hidden]]);
-      shapes.push([`${p}.mlp.gate_up_proj`, [2 * ffn, hidden]]);
+      shapes.push([`${p}.self_attn.qkv_proj`, [(heads + 2 * kvHeads) * headDim, hidden], "matrix"]);
+      shapes.push([`${p}.mlp.gate_up_proj`, [2 * ffn, hidden], "matrix"]);
     } else {
-      shapes.push([`${p}.self_attn.q_proj`, [heads * headDim, hidden]]);
-      shapes.push([`${p}.self_attn.k_proj`, [kvHeads * headDim, hidden]]);
-      shapes.push([`${p}.self_attn.v_proj`, [kvHeads * headDim, hidden]]);
-      shapes.push([`${p}.mlp.gate_proj`, [ffn, hidden]]);
-      shapes.push([`${p}.mlp.up_proj`, [ffn, hidden]]);
+      shapes.push([`${p}.self_attn.q_proj`, [heads * headDim, hidden], "matrix"]);
+      shapes.push([`${p}.self_attn.k_proj`, [kvHeads * headDim, hidden], "matrix"]);
+      shapes.push([`${p}.self_attn.v_proj`, [kvHeads * headDim, hidden], "matrix"]);
+      if (type === "qwen2") {
+        shapes.push([`${p}.self_attn.q_proj.bias`, [heads * headDim], "bias"]);
+        shapes.push([`${p}.self_attn.k_proj.bias`, [kvHeads * headDim], "bias"]);
+        shapes.push([`${p}.self_attn.v_proj.bias`, [kvHeads * headDim], "bias"]);
+      }
+      if (type === "qwen3" || type === "qwen3_moe") {
+        shapes.push([`${p}.self_attn.q_norm`, [headDim], "norm"]);
+        shapes.push([`${p}.self_attn.k_norm`, [headDim], "norm"]);
+      }
+      if (type === "qwen3_moe" && isSparse(config, i)) {
+        const experts = n("num_experts");
+        const f = n("moe_intermediate_size");
+        shapes.push([`${p}.mlp.gate`, [experts, hidden], "matrix"]);
+        shapes.push([`${p}.mlp.switch_mlp.gate_proj`, [experts, f, hidden], "matrix"]);
+        shapes.push([`${p}.mlp.switch_mlp.up_proj`, [experts, f, hidden], "matrix"]);
+        shapes.push([`${p}.mlp.switch_mlp.down_proj`, [experts, hidden, f], "matrix"]);
+      } else {
+        shapes.push([`${p}.mlp.gate_proj`, [ffn, hidden], "matrix"]);
+        shapes.push([`${p}.mlp.up_proj`, [ffn, hidden], "matrix"]);
+      }
     }
-    shapes.push([`${p}.self_attn.o_proj`, [hidden, heads * headDim]]);
-    shapes.push([`${p}.mlp.down_proj`, [hidden, ffn]]);
-    shapes.push([`${p}.input_layernorm`, [hidden]]);
-    shapes.push([`${p}.post_attention_layernorm`, [hidden]]);
+    shapes.push([`${p}.self_attn.o_proj`, [hidden, heads * headDim], "matrix"]);
+    if (!(type === "qwen3_moe" && isSparse(config, i))) shapes.push([`${p}.mlp.down_proj`, [hidden, ffn], "matrix"]);
+    shapes.push([`${p}.input_layernorm`, [hidden], "norm"]);
+    shapes.push([`${p}.post_attention_layernorm`, [hidden], "norm"]);
   }
-  shapes.push(["model.norm", [hidden]]);
-  if (config.tie_word_embeddings !== true) shapes.push(["lm_head", [vocab, hidden]]);
+  shapes.push(["model.norm", [hidden], "norm"]);
+  if (config.tie_word_embeddings !== true) shapes.push(["lm_head", [vocab, hidden], "matrix"]);
+  return shapes;
+}
+
+function isSparse(config: Record<string, unknown>, i: number): boolean {
+  const only = (config.mlp_only_layers as number[] | undefined) ?? [];
+  const step = (config.decoder_sparse_step as number | undefined) ?? 1;
+  return !only.includes(i) && (i + 1) % step === 0;
+}
+
+function gemmaShapes(config: Record<string, unknown>): Array<[string, number[], TensorKind]> {
+  const n = (k: string) => config[k] as number;
+  const hidden = n("hidden_size");
+  const heads = n("num_attention_heads");
+  const kvHeads = n("num_key_value_heads");
+  const headDim = n("head_dim");
+  const ffn = n("intermediate_size");
+  const shapes: Array<[string, number[], TensorKind]> = [["model.embed_tokens", [n("vocab_size"), hidden], "matrix"]];
+  for (let i = 0; i < n("num_hidden_layers"); i++) {
+    const p = `model.layers.${i}`;
+    shapes.push([`${p}.self_attn.q_proj`, [heads * headDim, hidden], "matrix"]);
+    shapes.push([`${p}.self_attn.k_proj`, [kvHeads * headDim, hidden], "matrix"]);
+    shapes.push([`${p}.self_attn.v_proj`, [kvHeads * headDim, hidden], "matrix"]);
+    shapes.push([`${p}.self_attn.o_proj`, [hidden, heads * headDim], "matrix"]);
+    shapes.push([`${p}.self_attn.q_norm`, [headDim], "offset-norm"]);
+    shapes.push([`${p}.self_attn.k_norm`, [headDim], "offset-norm"]);
+    shapes.push([`${p}.mlp.gate_proj`, [ffn, hidden], "matrix"]);
+    shapes.push([`${p}.mlp.up_proj`, [ffn, hidden], "matrix"]);
+    shapes.push([`${p}.mlp.down_proj`, [hidden, ffn], "matrix"]);
+    for (const norm of ["input", "post_attention", "pre_feedforward", "post_feedforward"]) {
+      shapes.push([`${p}.${norm}_layernorm`, [hidden], "offset-norm"]);
+    }
+  }
+  shapes.push(["model.norm", [hidden], "offset-norm"]);
   return shapes;
 }
 
@@ -65,7 +125,12 @@ export function writeRandomModel(dir: string, spec: RandomModelSpec): number {
   mkdirSync(dir, { recursive: true });
   const floatDtype = spec.floatDtype ?? mx.Dtype.float16;
   const std = spec.std ?? 0.02;
-  const q = spec.config.quantization as { group_size: number; bits: number } | undefined;
+  const q = spec.config.quantization as Record<string, unknown> | undefined;
+  /** The config's quantization for a module: its own override, else the default. */
+  const packing = (name: string) => {
+    const own = q?.[name] as { group_size: number; bits: number } | undefined;
+    return own ?? (q as { group_size: number; bits: number } | undefined);
+  };
   const tensors = new Map<string, MxArray>();
   let key = mx.keep(mx.randomKey(spec.seed));
   const nextKey = () => {
@@ -75,17 +140,20 @@ export function writeRandomModel(dir: string, spec: RandomModelSpec): number {
     return sub;
   };
   try {
-    for (const [name, shape] of weightShapes(spec.config)) {
+    for (const [name, shape, kind] of weightShapes(spec.config)) {
       mx.tidy(() => {
-        if (shape.length === 1) {
-          const w = mx.add(1, mx.randomNormal(shape, mx.Dtype.float32, 0, 0.1, nextKey()));
-          tensors.set(`${name}.weight`, mx.keep(mx.astype(w, floatDtype)));
-          mx.evaluate(tensors.get(`${name}.weight`) as MxArray);
+        if (kind !== "matrix") {
+          const noise = mx.randomNormal(shape, mx.Dtype.float32, 0, kind === "bias" ? std : 0.1, nextKey());
+          const w = kind === "norm" ? mx.add(1, noise) : noise;
+          const full = kind === "bias" ? name : `${name}.weight`;
+          tensors.set(full, mx.keep(mx.astype(w, floatDtype)));
+          mx.evaluate(tensors.get(full) as MxArray);
           return;
         }
         const w = mx.randomNormal(shape, mx.Dtype.float32, 0, std, nextKey());
-        if (q) {
-          const packed = mx.quantize(w, q.group_size, q.bits);
+        const pack = packing(name);
+        if (pack) {
+          const packed = mx.quantize(w, pack.group_size, pack.bits);
           const parts: Array<[string, MxArray]> = [
             [`${name}.weight`, packed.weight],
             [`${name}.scales`, mx.astype(packed.scales, floatDtype)],

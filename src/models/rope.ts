@@ -1,7 +1,8 @@
 // RoPE variants: plain (base), linear scaling, Llama 3 frequency smoothing, and
 // Phi-3 LongRoPE ("su"/"longrope") with its length-dependent factors.
-import * as mx from "../mlx";
+
 import type { MxArray } from "../mlx";
+import * as mx from "../mlx";
 import type { ModelConfig } from "./config";
 
 /** Applies RoPE to q or k [B, H, L, D] for one forward; `regimes` has one entry per row. */
@@ -38,10 +39,18 @@ export interface Rope {
   arrays: MxArray[];
 }
 
-/** RoPE for Llama-family configs (plain, linear, llama3). */
-export function standardRope(c: ModelConfig): Rope {
-  const dims = c.headDim;
-  const rs = c.ropeScaling;
+/**
+ * RoPE for Llama-family configs (plain, linear, llama3) over the first
+ * rotaryDims of each head. `base` and `scaling` override the config's (Gemma's
+ * local layers: their own base, no scaling).
+ */
+export function standardRope(
+  c: ModelConfig,
+  override: { base?: number; scaling?: ModelConfig["ropeScaling"] } = {},
+): Rope {
+  const dims = c.rotaryDims;
+  const rs = override.scaling === undefined ? c.ropeScaling : override.scaling;
+  const base = override.base ?? c.ropeTheta;
   if (rs?.type === "llama3") {
     const freqs = mx.keep(llama3Wavelengths(c, dims));
     return {
@@ -54,7 +63,7 @@ export function standardRope(c: ModelConfig): Rope {
   if (rs?.type === "longrope") return longRope(c);
   const scale = rs?.type === "linear" ? 1 / rs.factor : 1;
   return {
-    apply: (x, offset) => mx.rope(x, { dims, traditional: c.ropeTraditional, base: c.ropeTheta, scale, offset }),
+    apply: (x, offset) => mx.rope(x, { dims, traditional: c.ropeTraditional, base, scale, offset }),
     regime: () => 0,
     scoreScale: 1,
     arrays: [],
@@ -72,19 +81,31 @@ export function standardRope(c: ModelConfig): Rope {
 export function longRope(c: ModelConfig, options: { alwaysLong?: boolean } = {}): Rope {
   const rs = c.ropeScaling;
   if (rs?.type !== "longrope") throw new Error("LongRoPE without longrope scaling");
-  const dims = c.headDim;
+  const dims = c.rotaryDims;
   const base = mx.keep(baseWavelengths(c.ropeTheta, dims));
   const short = mx.keep(mx.multiply(mx.float32(rs.shortFactor), base));
   const long = mx.keep(mx.multiply(mx.float32(rs.longFactor), base));
   const factor = rs.attentionFactor;
   const regime = (length: number) => (options.alwaysLong || length > rs.originalMaxPositionEmbeddings ? 1 : 0);
+  // Partial rotary (Phi-4-mini): the factor multiplies only the rotated
+  // dimensions of q and k, so it cannot fold into the attention scale.
+  const partial = dims < c.headDim && factor !== 1;
+  const inputScale = partial
+    ? mx.keep(mx.float32(Array.from({ length: c.headDim }, (_, i) => (i < dims ? factor : 1))))
+    : null;
   const rotate = (x: MxArray, offset: number | MxArray, freqs: MxArray) =>
-    mx.rope(x, { dims, traditional: false, freqs, offset });
+    mx.rope(inputScale ? mx.multiply(x, mx.astype(inputScale, x.dtype)) : x, {
+      dims,
+      traditional: false,
+      freqs,
+      offset,
+    });
   const apply: RopeFn = (x, offset, regimes) => {
     const first = regimes[0] ?? 0;
     if (regimes.every((r) => r === first)) return rotate(x, offset, first === 1 ? long : short);
     const isLong = mx.reshape(mx.int32(regimes), [regimes.length, 1, 1, 1]);
     return mx.where(mx.equal(isLong, 1), rotate(x, offset, long), rotate(x, offset, short));
   };
-  return { apply, regime, scoreScale: factor * factor, arrays: [base, short, long] };
+  const arrays = inputScale ? [base, short, long, inputScale] : [base, short, long];
+  return { apply, regime, scoreScale: partial ? 1 : factor * factor, arrays };
 }

@@ -23,6 +23,15 @@ export type LinearWeight =
       dense: MxArray | null;
     };
 
+/** Stacked expert matrices [E, out, in] of a mixture-of-experts layer. */
+export type ExpertWeight = { kind: "dense"; weight: MxArray } | { kind: "quantized"; q: mx.QuantizedWeight };
+
+/** x [..., 1, in] through the expert each index names: [..., k, 1, out] (gather_mm / gather_qmm). */
+export function expertLinear(x: MxArray, w: ExpertWeight, indices: MxArray): MxArray {
+  if (w.kind === "quantized") return mx.gatherQmm(x, w.q, indices);
+  return mx.gatherMm(x, mx.transpose(w.weight, [0, 2, 1]), indices);
+}
+
 /** Rows from which a dequantized copy beats the quantized kernel. */
 export const DENSE_MIN_ROWS = 4;
 
@@ -128,6 +137,25 @@ export class WeightStore {
     return c;
   }
 
+  /** A tensor replaced by a function of itself (computed once at load; the store owns the result). */
+  derived(name: string, transform: (a: MxArray) => MxArray): MxArray {
+    const a = this.get(name);
+    const d = mx.keep(transform(a));
+    mx.evaluate(d);
+    a.dispose();
+    this.#arrays.set(name, d);
+    return d;
+  }
+
+  /** Frees tensors the text model does not use (a multimodal checkpoint's vision tower). */
+  discard(unwanted: (name: string) => boolean): void {
+    for (const [name, a] of [...this.#arrays]) {
+      if (!unwanted(name)) continue;
+      a.dispose();
+      this.#arrays.delete(name);
+    }
+  }
+
   optional(name: string): MxArray | null {
     return this.#arrays.has(name) ? this.get(name) : null;
   }
@@ -192,6 +220,51 @@ export class WeightStore {
       this.#extra.push(dense);
     }
     return { kind: "quantized", q, bias, cpuKernel: cpuKernelWanted(q), dense };
+  }
+
+  /**
+   * The stacked expert weights of a mixture-of-experts projection [E, out, in]
+   * at `${prefix}.weight` (mlx-community's switch_mlp layout), quantized when
+   * `.scales` exists; or, from Hugging Face's per-expert layout
+   * (`${expertsPrefix}.{e}.${name}`), stacked here.
+   */
+  experts(
+    prefix: string,
+    inFeaturesExpected: number,
+    perExpert?: { prefix: string; name: string; count: number },
+  ): ExpertWeight {
+    if (!this.has(`${prefix}.weight`) && perExpert) {
+      const parts: MxArray[] = [];
+      for (let e = 0; e < perExpert.count; e++)
+        parts.push(this.get(`${perExpert.prefix}.${e}.${perExpert.name}.weight`));
+      const weight = mx.keep(mx.stack(parts, 0));
+      mx.evaluate(weight);
+      this.#extra.push(weight);
+      for (const [name, a] of this.#arrays) if (parts.includes(a)) this.#arrays.delete(name);
+      for (const a of parts) a.dispose();
+      return { kind: "dense", weight };
+    }
+    const weight = this.get(`${prefix}.weight`);
+    if (weight.ndim !== 3) throw new Error(`${this.source}: "${prefix}.weight" must be 3-D [experts, out, in]`);
+    if (!this.has(`${prefix}.scales`)) {
+      if (weight.dim(2) !== inFeaturesExpected) {
+        throw new Error(
+          `${this.source}: "${prefix}.weight" has ${weight.dim(2)} input features, expected ${inFeaturesExpected}`,
+        );
+      }
+      return { kind: "dense", weight };
+    }
+    const scales = this.get(`${prefix}.scales`);
+    const biases = this.optional(`${prefix}.biases`);
+    const declared = this.quantization ? (this.quantization.overrides?.[prefix] ?? this.quantization) : null;
+    const bits = declared?.bits ?? (weight.dim(2) * 32) / inFeaturesExpected;
+    const groupSize = declared?.groupSize ?? inFeaturesExpected / scales.dim(2);
+    if (weight.dim(2) * 32 !== inFeaturesExpected * bits || scales.dim(2) * groupSize !== inFeaturesExpected) {
+      throw new Error(
+        `${this.source}: "${prefix}" is not packed for ${inFeaturesExpected} inputs at ${bits} bits, group ${groupSize}`,
+      );
+    }
+    return { kind: "quantized", q: { weight, scales, biases, groupSize, bits } };
   }
 
   /**

@@ -17,6 +17,8 @@ export interface ServerOptions {
   strictModelNames: boolean;
   /** SSE comment interval while a stream waits for its first token. */
   keepAliveMs: number;
+  /** Threads that build prompts (template, tokenizing); null: one per core the engine leaves, 1 to 4; 0: none (measurements only). */
+  promptWorkers: number | null;
 }
 
 export const DEFAULT_SERVER_OPTIONS: ServerOptions = {
@@ -25,6 +27,7 @@ export const DEFAULT_SERVER_OPTIONS: ServerOptions = {
   bodyLimitBytes: 8 * 1024 * 1024,
   strictModelNames: false,
   keepAliveMs: 10_000,
+  promptWorkers: null,
 };
 
 /** What route modules get: the model, the options, logs and metrics. */
@@ -55,7 +58,7 @@ function timingSafeEqual(a: string, b: string): boolean {
 }
 
 /** Is this browser origin allowed? Same-origin (the page we serve) always is. */
-export function originAllowed(origin: string, host: string | null, allow: readonly string[]): boolean {
+function originAllowed(origin: string, host: string | null, allow: readonly string[]): boolean {
   if (allow.includes("*") || allow.includes(origin)) return true;
   try {
     return host !== null && new URL(origin).host === host;
@@ -190,6 +193,7 @@ async function refreshEngineGauges(ctx: AppContext): Promise<void> {
   const engine = session.engine;
   metrics.engineUp.set(engine.state === "ready" ? 1 : 0);
   metrics.streamsOpen.set(engine.activeStreams);
+  metrics.serverRssBytes.set(process.memoryUsage.rss());
   const restarts = engine.restarts - metrics.engineRestarts.get();
   if (restarts > 0) metrics.engineRestarts.inc({}, restarts);
   if (engine.state !== "ready") return;
@@ -207,6 +211,10 @@ async function refreshEngineGauges(ctx: AppContext): Promise<void> {
     metrics.mlxActiveBytes.set(s.memory.activeBytes);
     metrics.mlxPeakBytes.set(s.memory.peakBytes);
     metrics.mlxCacheBytes.set(s.memory.cacheBytes);
+    if (s.process) {
+      metrics.mlxLiveHandles.set(s.process.liveHandles);
+      metrics.engineRssBytes.set(s.process.rssBytes);
+    }
   } catch {
     // The engine is restarting: keep the last values.
   }

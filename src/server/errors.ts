@@ -38,7 +38,7 @@ export const badRequest = (message: string, param: string | null = null) =>
   new ApiError(400, "invalid_request", message, param);
 
 /** The error kind for a status the engine or a guard reported. */
-export function kindForStatus(status: number): ErrorKind {
+function kindForStatus(status: number): ErrorKind {
   if (status === 401) return "authentication";
   if (status === 403) return "permission";
   if (status === 404) return "not_found";

@@ -23,7 +23,7 @@ abstract class Metric {
   }
 }
 
-export class Counter extends Metric {
+class Counter extends Metric {
   #values = new Map<string, number>();
   constructor(name: string, help: string) {
     super(name, help, "counter");
@@ -41,7 +41,7 @@ export class Counter extends Metric {
   }
 }
 
-export class Gauge extends Metric {
+class Gauge extends Metric {
   #values = new Map<string, number>();
   constructor(name: string, help: string) {
     super(name, help, "gauge");
@@ -55,7 +55,7 @@ export class Gauge extends Metric {
   }
 }
 
-export class Histogram extends Metric {
+class Histogram extends Metric {
   readonly buckets: number[];
   #counts: number[];
   #sum = 0;
@@ -135,6 +135,9 @@ export class ServerMetrics {
   readonly mlxActiveBytes = new Gauge("pensieve_mlx_active_memory_bytes", "MLX active memory.");
   readonly mlxPeakBytes = new Gauge("pensieve_mlx_peak_memory_bytes", "MLX peak memory.");
   readonly mlxCacheBytes = new Gauge("pensieve_mlx_cache_memory_bytes", "MLX buffer cache.");
+  readonly mlxLiveHandles = new Gauge("pensieve_mlx_live_handles", "MLX array handles alive in the engine.");
+  readonly engineRssBytes = new Gauge("pensieve_engine_resident_bytes", "Resident memory of the engine process.");
+  readonly serverRssBytes = new Gauge("pensieve_server_resident_bytes", "Resident memory of the server process.");
   readonly engineUp = new Gauge("pensieve_engine_up", "1 when the engine has a model loaded and serves.");
   readonly engineRestarts = new Counter("pensieve_engine_restarts_total", "Times the engine process was restarted.");
   readonly streamsOpen = new Gauge("pensieve_open_streams", "Requests the server is streaming now.");

@@ -3,20 +3,13 @@
 // into generated tokens. generateText() is the one text pipeline every API
 // (OpenAI, Anthropic, WebSocket) uses: detokenizing, stop strings, usage.
 import { basename } from "node:path";
-import type { SamplingParams } from "../engine/sampling";
-import type { ConstraintSpec } from "../text/json-constraint";
+import type { ConstraintSpec, FinishReason, SamplingParams } from "../engine/protocol";
 import type { EngineSupervisor, StreamEvent } from "../engine/supervisor";
-import {
-  applyChatTemplate,
-  type ChatMessage,
-  ChatTemplateError,
-  loadTokenizer,
-  StopMatcher,
-  StreamingDetokenizer,
-  type Tokenizer,
-} from "../text";
-import { ApiError, apiErrorFromStatus, badRequest } from "./errors";
+import { loadTokenizer, StopMatcher, StreamingDetokenizer, type Tokenizer } from "../text";
+import { ApiError, apiErrorFromStatus } from "./errors";
 import type { ServerMetrics } from "./metrics";
+import { checkPromptLength, type PromptContext } from "./prompt";
+import { InProcessPrompts, type PromptBuilder } from "./prompt-workers";
 
 export interface TokenLogprob {
   token: number;
@@ -32,8 +25,8 @@ export type TextEvent =
   | { type: "waiting" }
   | {
       type: "done";
-      /** "stop": an end-of-turn token; "stop_string": one of the request's stop strings; "length": max tokens or context. */
-      reason: "stop" | "stop_string" | "length" | "cancelled";
+      /** The engine's reason (an engine error comes as an ApiError instead), or "stop_string": one of the request's stop strings. */
+      reason: Exclude<FinishReason, "error"> | "stop_string";
       stopString: string | null;
       usage: Usage;
     };
@@ -77,18 +70,28 @@ export function constraintFor(format: ResponseFormat, answerPrefix = ""): Constr
   return answerPrefix ? { ...spec, prefix: answerPrefix } : spec;
 }
 
-export class ModelSession {
+export class ModelSession implements PromptContext {
+  /** The server's own copy, for detokenizing streams (prompts are built by `prompts`). */
   readonly tokenizer: Tokenizer;
   readonly engine: EngineSupervisor;
   /** The id clients see in /v1/models. */
   readonly modelId: string;
   readonly metrics: ServerMetrics | null;
+  /** Builds prompts off the event loop (prompt-workers.ts); in process when none is given. */
+  readonly prompts: PromptBuilder;
 
-  constructor(tokenizer: Tokenizer, engine: EngineSupervisor, modelId: string, metrics: ServerMetrics | null = null) {
+  constructor(
+    tokenizer: Tokenizer,
+    engine: EngineSupervisor,
+    modelId: string,
+    metrics: ServerMetrics | null = null,
+    prompts: PromptBuilder | null = null,
+  ) {
     this.tokenizer = tokenizer;
     this.engine = engine;
     this.modelId = modelId;
     this.metrics = metrics;
+    this.prompts = prompts ?? new InProcessPrompts(() => this);
   }
 
   /** Tokenizer for a model folder or GGUF file. */
@@ -105,41 +108,14 @@ export class ModelSession {
     return this.engine.info?.contextLength ?? null;
   }
 
-  /** Renders a conversation through the model's chat template and tokenizes it. */
-  chatPrompt(
-    messages: ChatMessage[],
-    options: { tools?: unknown[]; addGenerationPrompt?: boolean; variables?: Record<string, unknown> } = {},
-  ): {
-    text: string;
-    tokens: number[];
-  } {
-    let text: string;
-    try {
-      text = applyChatTemplate(this.tokenizer, messages, {
-        addGenerationPrompt: options.addGenerationPrompt ?? true,
-        tools: options.tools,
-        variables: options.variables,
-      });
-    } catch (e) {
-      if (e instanceof ChatTemplateError && e.raisedByTemplate)
-        throw badRequest(`the model's chat template rejected the conversation: ${e.message}`, "messages");
-      throw badRequest(`cannot render the conversation: ${(e as Error).message}`, "messages");
-    }
-    // The template already places BOS where the model wants it.
-    return { text, tokens: this.tokenizer.encode(text, { addSpecialTokens: false }) };
+  /** Token ids the engine's model knows (the tokenizer's count until it has loaded). */
+  get vocabSize(): number {
+    return this.engine.info?.vocabSize ?? this.tokenizer.vocabSize;
   }
 
-  /** Tokenizes a raw prompt (completions API): BOS as the tokenizer config says. */
+  /** Tokenizes a raw prompt (completions API), in process: BOS as the tokenizer config says. */
   rawPrompt(text: string): number[] {
     return this.tokenizer.encode(text, { addSpecialTokens: true });
-  }
-
-  /** 400 when the prompt leaves no room to generate, in the words Claude Code understands. */
-  checkPromptLength(promptTokens: number): void {
-    const context = this.contextLength;
-    if (context !== null && promptTokens >= context) {
-      throw badRequest(`prompt is too long: ${promptTokens} tokens > ${context - 1} maximum`, "messages");
-    }
   }
 
   /** The request's max tokens as an upper bound within the context left. */
@@ -157,7 +133,7 @@ export class ModelSession {
    * asked) and done. Throws ApiError for engine failures before any text.
    */
   async *generateText(req: TextRequest): AsyncGenerator<TextEvent> {
-    this.checkPromptLength(req.prompt.length);
+    checkPromptLength(this, req.prompt.length);
     const maxTokens = this.clampMaxTokens(req.prompt.length, req.maxTokens);
     const stopIds = [...new Set([...this.tokenizer.eosIds, ...(req.stopTokenIds ?? [])])];
     const stream = this.engine.generate(

@@ -15,6 +15,7 @@ import {
 import { createLogger, type Logger } from "./log";
 import { ServerMetrics } from "./metrics";
 import { ModelSession } from "./model-session";
+import { PromptWorkers } from "./prompt-workers";
 import { serverRoutes } from "./routes";
 
 export interface StartOptions {
@@ -53,12 +54,30 @@ export async function startServer(opts: StartOptions): Promise<RunningServer> {
     engine: { ...opts.engine, model: opts.modelPath },
     command: [...selfCommand(), "engine"],
     onLifecycle: (e) => log.info("engine", { state: e.state, detail: e.detail }),
+    // A request the engine failed (an MLX error, out of memory): the engine goes on; the reason is logged.
+    onMessage: (m) => {
+      if (m.type === "finished" && m.reason === "error") log.error("engine request failed", { error: m.message });
+    },
   });
+  // promptWorkers 0 builds prompts on the event loop (only to measure what the workers save).
+  const prompts =
+    options.promptWorkers === 0
+      ? null
+      : new PromptWorkers(
+          opts.modelPath,
+          () => ({
+            contextLength: engine.info?.contextLength ?? null,
+            vocabSize: session.vocabSize,
+            modelId: session.modelId,
+          }),
+          options.promptWorkers ?? undefined,
+        );
   const session = new ModelSession(
     tokenizer,
     engine,
     opts.modelId ?? ModelSession.defaultModelId(opts.modelPath),
     metrics,
+    prompts,
   );
   const ctx: AppContext = {
     session,
@@ -95,6 +114,7 @@ export async function startServer(opts: StartOptions): Promise<RunningServer> {
       const timeout = new Promise<boolean>((resolve) => setTimeout(() => resolve(false), graceMs));
       if (!(await Promise.race([drained, timeout]))) await server.stop(true);
       await engine.stop();
+      await session.prompts.close();
       log.info("stopped");
     })();
     return stopping;

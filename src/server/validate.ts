@@ -4,7 +4,7 @@
 // schema, whose error builds a pretty-printed copy of the whole body: for a
 // deeply nested body that is hundreds of megabytes and seconds of CPU.
 import type { Static, TSchema } from "@sinclair/typebox";
-import { TypeCompiler, type TypeCheck } from "@sinclair/typebox/compiler";
+import { type TypeCheck, TypeCompiler } from "@sinclair/typebox/compiler";
 import { type ValueError, ValueErrorType } from "@sinclair/typebox/errors";
 import { badRequest } from "./errors";
 
@@ -23,7 +23,7 @@ function checker<S extends TSchema>(schema: S): TypeCheck<S> {
 export type FieldStyle = "brackets" | "dots";
 
 /** "/messages/0/content" → "messages[0].content" or "messages.0.content". */
-export function fieldName(pointer: string, prefix = "", style: FieldStyle = "brackets"): string {
+function fieldName(pointer: string, prefix = "", style: FieldStyle = "brackets"): string {
   let out = prefix;
   for (const raw of pointer.split("/").slice(1)) {
     const part = raw.replace(/~1/g, "/").replace(/~0/g, "~");
@@ -106,7 +106,7 @@ export function validate<S extends TSchema>(
  * included) stay far below; a deeper one would overflow the stack of
  * JSON.stringify and of recursive checks further on.
  */
-export const MAX_NESTING = 128;
+const MAX_NESTING = 128;
 
 /** Throws a 400 when arrays and objects in `value` nest deeper than `max` (iterative: no recursion). */
 export function requireShallow(value: unknown, max = MAX_NESTING): void {

@@ -1,6 +1,6 @@
 // Rebuild a Hugging Face tokenizer.json (in memory) from the tokenizer stored in GGUF metadata,
 // following llama.cpp's reading of the same keys so ids match what llama.cpp would produce.
-import { type GgufValue, ggufBool, ggufNumber, ggufNumberArray, ggufString, ggufStringArray } from "../models/gguf.ts";
+import { type GgufValue, ggufBool, ggufNumber, ggufNumberArray, ggufString, ggufStringArray } from "../formats/gguf.ts";
 import type { AddedTokenJson, BpeModelJson, TokenizerJson } from "./tokenizer-json.ts";
 
 /** llama.cpp's token types (tokenizer.ggml.token_type). */

@@ -42,12 +42,11 @@ import {
   OBJ,
   type ObjNode,
   REF,
+  SchemaError,
   STR,
   type StrNode,
   UNION,
 } from "./json-schema-grammar.ts";
-
-import { SchemaError } from "./json-schema-grammar.ts";
 
 export { SchemaError };
 
@@ -99,7 +98,7 @@ const isHex = (b: number) => isDigit(b) || (b >= 0x41 && b <= 0x46) || (b >= 0x6
 const isEscape = (b: number) =>
   b === QUOTE || b === BACKSLASH || b === 0x2f || b === 0x62 || b === 0x66 || b === 0x6e || b === 0x72 || b === 0x74;
 /** Bytes a string takes as one character with no state change. */
-export const isPlainStringByte = (b: number) => b >= 0x20 && b < 0x80 && b !== QUOTE && b !== BACKSLASH;
+const isPlainStringByte = (b: number) => b >= 0x20 && b < 0x80 && b !== QUOTE && b !== BACKSLASH;
 /** UTF-8 continuation bytes a lead byte announces (0: not a lead byte). */
 const utf8Continuations = (b: number) =>
   b >= 0xc2 && b <= 0xdf ? 1 : b >= 0xe0 && b <= 0xef ? 2 : b >= 0xf0 && b <= 0xf4 ? 3 : 0;
@@ -119,7 +118,7 @@ const utf8Continuations = (b: number) =>
  *   NUM   phase as above; a = digits in the current part
  *   LIT   candidates cands[a..b) matched up to byte c
  */
-export class Frame {
+class Frame {
   constructor(
     readonly kind: number,
     readonly node: GrammarNode,
@@ -426,7 +425,7 @@ export function canEnd(f: Frame): boolean {
 }
 
 /** Whether the value is complete and nothing may follow it. */
-export function isDone(f: Frame): boolean {
+function isDone(f: Frame): boolean {
   return f.kind === F_ROOT && f.phase === 1;
 }
 

@@ -99,7 +99,7 @@ function compareBytes(a: Uint8Array, b: Uint8Array): number {
   return a.length - b.length;
 }
 
-export function literalNode(texts: string[]): LitNode {
+function literalNode(texts: string[]): LitNode {
   const unique = [...new Set(texts)];
   return { k: LIT, cands: unique.map((t) => utf8.encode(t)).sort(compareBytes) };
 }
@@ -134,7 +134,7 @@ export const ANY_OBJECT: ObjNode = emptyObject(ANY_VALUE);
 const ANY_ARRAY: ArrNode = { k: ARR, prefix: [], items: ANY_VALUE, minItems: 0, maxItems: Number.POSITIVE_INFINITY };
 
 /** Follows references (all are resolved once compiling is over). */
-export function deref(node: GrammarNode): GrammarNode {
+function deref(node: GrammarNode): GrammarNode {
   let n = node;
   for (let hops = 0; n.k === REF; hops++) {
     if (!n.target || hops > 64) throw new SchemaError("a $ref refers to itself without any schema in between");

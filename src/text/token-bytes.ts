@@ -89,3 +89,30 @@ export function tokenByteTable(tokenizer: Tokenizer): ReadonlyArray<Uint8Array |
   }
   return table;
 }
+
+const bounds = new WeakMap<Tokenizer, number | null>();
+
+/**
+ * The most input bytes one token can stand for, or null when the tokenizer's
+ * pipeline may drop or shrink text (then no bound holds). A prompt of B bytes
+ * then needs at least ⌈B / bound⌉ tokens: this is what lets the server refuse
+ * a prompt that cannot fit the context without tokenizing it. Special and
+ * added tokens count with their text; an unknown character (up to 4 bytes)
+ * may become one token.
+ */
+export function maxInputBytesPerToken(tokenizer: Tokenizer): number | null {
+  let bound = bounds.get(tokenizer);
+  if (bound === undefined) {
+    bound = null;
+    if (tokenizer.keepsInputBytes) {
+      let most = 4;
+      for (let id = 0; id < tokenizer.vocabSize; id++) {
+        const piece = tokenizer.idToToken(id);
+        if (piece !== undefined) most = Math.max(most, pieceBytes(tokenizer, id, piece).length);
+      }
+      bound = most;
+    }
+    bounds.set(tokenizer, bound);
+  }
+  return bound;
+}

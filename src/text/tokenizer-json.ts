@@ -71,3 +71,39 @@ export function configTokenContent(token: ConfigToken | undefined): string | und
   if (token === undefined || token === null) return undefined;
   return typeof token === "string" ? token : token.content;
 }
+
+// ---- what the pipeline keeps of the input ----
+
+type Step = { type?: string; [key: string]: unknown } | null | undefined;
+
+/** Normalizers that keep every input byte: prepending "▁", and spaces written as "▁" (SentencePiece). */
+function normalizerKeepsBytes(step: Step): boolean {
+  if (!step) return true;
+  if (step.type === "Sequence") return ((step.normalizers as Step[]) ?? []).every(normalizerKeepsBytes);
+  if (step.type === "Prepend") return true;
+  if (step.type === "Replace") {
+    const pattern = step.pattern as { String?: string } | undefined;
+    return pattern?.String === " " && step.content === "\u2581";
+  }
+  // NFC/NFKC compose, Lowercase and StripAccents may shrink text, Strip drops it.
+  return false;
+}
+
+/** Pre-tokenizers that split without dropping anything. */
+function preTokenizerKeepsBytes(step: Step): boolean {
+  if (!step) return true;
+  if (step.type === "Sequence") return ((step.pretokenizers as Step[]) ?? []).every(preTokenizerKeepsBytes);
+  if (step.type === "Split") return step.behavior !== "Removed";
+  // Whitespace, WhitespaceSplit and BertPreTokenizer drop the spaces.
+  return ["ByteLevel", "Metaspace", "Digits", "Punctuation", "UnicodeScripts"].includes(step.type ?? "");
+}
+
+/** Whether a token covers at most its piece's bytes of input (the exact prompt-length bound rests on it). */
+export function keepsInputBytes(json: TokenizerJson): boolean {
+  const model = json.model as { type?: string; byte_fallback?: boolean; fuse_unk?: boolean } | undefined;
+  const preTokenizer = json.pre_tokenizer as Step;
+  const byteLevel = JSON.stringify(preTokenizer ?? null).includes('"ByteLevel"');
+  // A fused unknown token may stand for any run of characters it cannot spell.
+  const unknownFuses = model?.type !== "BPE" || (model.fuse_unk === true && !model.byte_fallback && !byteLevel);
+  return !unknownFuses && normalizerKeepsBytes(json.normalizer as Step) && preTokenizerKeepsBytes(preTokenizer);
+}

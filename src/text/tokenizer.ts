@@ -4,12 +4,13 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
-import { type GgufValue, readGguf } from "../models/gguf.ts";
+import { type GgufValue, readGguf } from "../formats/gguf.ts";
 import { tokenizerSpecFromGguf } from "./gguf-tokenizer.ts";
 import {
   type AddedTokenJson,
   configTokenContent,
   type GenerationConfigJson,
+  keepsInputBytes,
   type TokenizerConfigJson,
   type TokenizerJson,
 } from "./tokenizer-json.ts";
@@ -58,6 +59,8 @@ interface TokenizerParts {
   warnings: string[];
   /** id → token for vocabularies with duplicate texts (GGUF), which the vocab map alone loses. */
   idToTokenOverride?: string[];
+  /** The pipeline before the model neither drops nor shrinks input text (see keepsInputBytes). */
+  keepsInputBytes: boolean;
 }
 
 const SPECIAL_TOKEN_KEYS = ["bos_token", "eos_token", "unk_token", "pad_token"] as const;
@@ -136,6 +139,12 @@ export class Tokenizer {
   readonly namedChatTemplates: ReadonlyMap<string, string>;
   /** Notes about guesses made while loading (unknown GGUF pre-tokenizer...), for logging. */
   readonly warnings: readonly string[];
+  /**
+   * Every input byte reaches a token piece: the normalizer and pre-tokenizer
+   * only prepend, map spaces to "▁" or split, and unknown text cannot fuse
+   * into one token. Then a token covers at most its piece's bytes of input.
+   */
+  readonly keepsInputBytes: boolean;
 
   private readonly hf: HfTokenizer;
   private readonly ownSpecialTokens: boolean;
@@ -159,6 +168,7 @@ export class Tokenizer {
     this.chatTemplate = parts.chatTemplate;
     this.namedChatTemplates = parts.namedChatTemplates;
     this.warnings = parts.warnings;
+    this.keepsInputBytes = parts.keepsInputBytes;
 
     this.tokenToIdTable = this.hf.get_vocab(true);
     const table: (string | undefined)[] = parts.idToTokenOverride ? [...parts.idToTokenOverride] : [];
@@ -283,6 +293,7 @@ export class Tokenizer {
       namedChatTemplates,
       cleanUpTokenizationSpaces,
       warnings: [],
+      keepsInputBytes: keepsInputBytes(tokenizerJson),
     });
   }
 
@@ -319,6 +330,7 @@ export class Tokenizer {
       cleanUpTokenizationSpaces: false,
       warnings: spec.warnings,
       idToTokenOverride: spec.tokens,
+      keepsInputBytes: keepsInputBytes(spec.tokenizerJson),
     });
   }
 

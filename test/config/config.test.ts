@@ -61,6 +61,7 @@ describe("defaults", () => {
       logLevel: "info",
       logFormat: "json",
       backend: "auto",
+      threads: null,
     });
     expect(file).toBeNull();
     expect(Object.values(sources).every((s) => s.kind === "default")).toBe(true);

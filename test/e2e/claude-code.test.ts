@@ -9,7 +9,7 @@
 //     exits; the server stays healthy.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { RunningServer } from "../../src/server/server";
-import { ensureClaudeCode, type Exchange, recordingProxy, runClaude } from "../support/anthropic-claude-code";
+import { type Exchange, ensureClaudeCode, recordingProxy, runClaude } from "../support/anthropic-claude-code";
 import { tinyPhi3ForClaudeCode } from "../support/anthropic-models";
 import { parseSse, waitForIdleEngine } from "../support/anthropic-sse";
 import { startTestServer } from "../support/server";
@@ -136,7 +136,9 @@ describe("Claude Code against SmolLM2 with its 8K context", () => {
       const error = JSON.parse(exchange.response) as { type: string; error: { type: string; message: string } };
       expect(error.type).toBe("error");
       expect(error.error.type).toBe("invalid_request_error");
-      expect(error.error.message).toMatch(/^prompt is too long: \d+ tokens > 8191 maximum$/);
+      expect(error.error.message).toMatch(
+        /^prompt is too long: \d+ tokens > 8191 maximum\. The loaded model, .+, holds 8192 tokens .*`pensieve setup --model phi3-mini-mlx`\.$/,
+      );
     }
     expect(run.exitCode).not.toBe(0);
     expect(`${run.stdout}${run.stderr}`.toLowerCase()).toContain("prompt is too long");

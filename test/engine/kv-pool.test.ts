@@ -3,7 +3,7 @@
 // with budgets small enough that eviction and queueing happen.
 import { describe, expect, test } from "bun:test";
 import { admit, concurrentFit, type KvPoolShape, loneBytes, projectedBytes } from "../../src/engine/kv-pool";
-import type { EngineEvent } from "../../src/engine/scheduler";
+import type { EngineEvent } from "../../src/engine/protocol";
 import { loadModel } from "../../src/models/loader";
 import { tinyModel } from "../support/models";
 import { promptIds } from "../support/reference";

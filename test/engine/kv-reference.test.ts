@@ -2,14 +2,19 @@
 // QuantizedKVCache with quantized_scaled_dot_product_attention, same group
 // size, float32 on the CPU. Fixtures: test/fixtures/reference/*.mlx-lm-kv.json
 // (regenerate: bun scripts/fixtures/make-kv-reference.ts).
-import { describe, expect, test } from "bun:test";
-import { cacheFor, generateTokens, prefill } from "../../src/engine/generate";
-import { samplingParams } from "../../src/engine/sampling";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { cacheFor, generateTokens, prefill } from "../../src/engine/one-sequence";
+import { samplingParams } from "../../src/engine/protocol";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";
 import type { LanguageModel } from "../../src/models/types";
 import { KV_REFERENCE_CASES, readKvReference } from "../support/kv-reference";
 import { tinyModel, weightsDigest } from "../support/models";
+
+// The outside oracle runs float products: so does Pensieve here (the exact CPU kernel, not int8 activations).
+const modeBefore = mx.cpuMatmul();
+beforeAll(() => mx.setCpuMatmul("exact"));
+afterAll(() => mx.setCpuMatmul(modeBefore));
 
 /**
  * Max |ours - mlx-lm| over logits and log-probabilities (float32 on the CPU).

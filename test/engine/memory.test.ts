@@ -1,7 +1,7 @@
 // Memory stays flat over hundreds of decode steps: apart from the KV cache's
 // growth, MLX active memory and live array handles do not grow.
 import { expect, test } from "bun:test";
-import { samplingParams } from "../../src/engine/sampling";
+import { samplingParams } from "../../src/engine/protocol";
 import { Scheduler } from "../../src/engine/scheduler";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";

@@ -5,7 +5,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { modelKey, PrefixStore } from "../../src/engine/prefix-store";
-import type { EngineEvent } from "../../src/engine/scheduler";
+import type { EngineEvent } from "../../src/engine/protocol";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";
 import { TEST_TMP, tinyModel } from "../support/models";

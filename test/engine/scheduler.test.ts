@@ -1,8 +1,9 @@
 // Continuous batching: requests that join a running batch at different times,
 // with different prompt lengths, give exactly their single-request outputs.
 import { describe, expect, test } from "bun:test";
-import { samplingParams } from "../../src/engine/sampling";
-import { type EngineEvent, Scheduler } from "../../src/engine/scheduler";
+import type { EngineEvent } from "../../src/engine/protocol";
+import { samplingParams } from "../../src/engine/protocol";
+import { Scheduler } from "../../src/engine/scheduler";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";
 import { tinyModel } from "../support/models";

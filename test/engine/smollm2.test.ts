@@ -4,9 +4,9 @@
 import { describe, expect, test } from "bun:test";
 import { existsSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { generateTokens } from "../../src/engine/generate";
-import { samplingParams } from "../../src/engine/sampling";
-import { convertGguf } from "../../src/models/convert";
+import { generateTokens } from "../../src/engine/one-sequence";
+import { samplingParams } from "../../src/engine/protocol";
+import { convertGguf } from "../../src/models/gguf-to-mlx";
 import { loadModel } from "../../src/models/loader";
 import { encodeChat, StreamingDetokenizer, Tokenizer } from "../../src/text";
 import { EMBEDDED_MODEL, TEST_TMP } from "../support/models";

@@ -4,10 +4,11 @@
 // KV, SmolLM2), and its sampled tokens follow the same distribution (a
 // chi-square test with fixed seeds, for temperature, top-k and top-p).
 import { describe, expect, test } from "bun:test";
-import { cacheShape } from "../../src/engine/generate";
 import { KVCache } from "../../src/engine/kv-cache";
-import { type SamplingParams, SequenceSampler, samplingParams } from "../../src/engine/sampling";
-import type { EngineRequest, SchedulerOptions } from "../../src/engine/scheduler";
+import { cacheShape } from "../../src/engine/one-sequence";
+import { type EngineRequest, type SamplingParams, samplingParams } from "../../src/engine/protocol";
+import { SequenceSampler } from "../../src/engine/sampling";
+import type { SchedulerOptions } from "../../src/engine/scheduler";
 import { verifyDraft } from "../../src/engine/speculative-verify";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";

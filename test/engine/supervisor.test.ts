@@ -2,7 +2,7 @@
 // crash isolation (kill -9 mid-stream), restart, and MLX failures that fail
 // one request while the engine keeps serving.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { samplingParams } from "../../src/engine/sampling";
+import { samplingParams } from "../../src/engine/protocol";
 import { EngineSupervisor, type StreamEvent } from "../../src/engine/supervisor";
 import { selfCommand } from "../../src/paths";
 import { tinyModel } from "../support/models";

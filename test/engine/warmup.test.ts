@@ -3,9 +3,9 @@
 // prefix cache, and a real request afterwards gives plain generation's tokens.
 import { expect, test } from "bun:test";
 import { Engine, warmupLengths } from "../../src/engine/engine";
-import { generateTokens } from "../../src/engine/generate";
-import { samplingParams } from "../../src/engine/sampling";
-import type { EngineEvent } from "../../src/engine/scheduler";
+import { generateTokens } from "../../src/engine/one-sequence";
+import type { EngineEvent } from "../../src/engine/protocol";
+import { samplingParams } from "../../src/engine/protocol";
 import { tinyModel } from "../support/models";
 import { promptIds } from "../support/reference";
 

@@ -7,8 +7,8 @@
 // terms (test/gpu/gemv-emulated.test.ts measures 4.5e-4 against float64).
 // bfloat16 keeps 8 bits of mantissa: under 2e-2.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { generateTokens } from "../../src/engine/generate";
-import { samplingParams } from "../../src/engine/sampling";
+import { generateTokens } from "../../src/engine/one-sequence";
+import { samplingParams } from "../../src/engine/protocol";
 import * as mx from "../../src/mlx";
 import { kernelLanguage } from "../../src/mlx/kernels";
 import { gemvConfig, quantizedGemv, quantizedGemvRmsNorm } from "../../src/mlx/kernels-gemv";

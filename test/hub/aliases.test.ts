@@ -3,6 +3,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
+  claudeCodeAliases,
   DEFAULT_MODEL_ALIAS,
   EMBEDDED_MODEL_FILE,
   FLAGSHIP_MODEL_ALIAS,
@@ -10,6 +11,7 @@ import {
   resolveModelSpec,
 } from "../../src/hub/aliases";
 import { readLock } from "../../src/mlx/backend";
+import { supportedArchitectures } from "../../src/models/registry";
 
 let dir: string;
 let env: Record<string, string>;
@@ -28,14 +30,22 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const resolve = (spec: string) => resolveModelSpec(spec, { env, cwd: join(dir, "work") });
 
 describe("aliases", () => {
-  test("the table: unique lowercase names, llama and phi3 only, org/name repos", () => {
+  test("the table: unique lowercase names, architectures Pensieve runs, org/name repos", () => {
     const names = MODEL_ALIASES.map((a) => a.name);
     expect(new Set(names).size).toBe(names.length);
     for (const alias of MODEL_ALIASES) {
       expect(alias.name).toBe(alias.name.toLowerCase());
-      expect(["llama", "phi3"]).toContain(alias.modelType);
+      expect(supportedArchitectures()).toContain(alias.modelType);
       if (alias.source.kind === "hub") expect(alias.source.repoId).toMatch(/^mlx-community\/[\w.-]+$/);
     }
+  });
+
+  test("Claude Code: the aliases that hold it have at least a 24K context; the embedded SmolLM2 does not", () => {
+    const holding = claudeCodeAliases().map((a) => a.name);
+    expect(holding).toContain(FLAGSHIP_MODEL_ALIAS);
+    expect(holding).toContain("qwen3-30b-a3b-mlx");
+    expect(holding).not.toContain("smollm2-135m");
+    expect(holding).not.toContain("phi3-mini-4k-mlx");
   });
 
   test("phi3-mini-mlx is the flagship Phi-3 mini 128K 4-bit", () => {

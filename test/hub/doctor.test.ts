@@ -130,6 +130,10 @@ describe("doctor", () => {
       expect(check(report, "model")).toMatchObject({ status: "ok" });
       expect(check(report, "model-memory")).toMatchObject({ status: "ok" });
       expect(check(report, "model-memory")?.detail).toContain("context 2048 needs");
+      // 2048 tokens cannot hold Claude Code's ~20K-token first request: doctor says so and what to run.
+      expect(check(report, "claude-code")).toMatchObject({ status: "warn" });
+      expect(check(report, "claude-code")?.detail).toContain("holds 2048 tokens");
+      expect(check(report, "claude-code")?.fix).toContain("pensieve setup --model phi3-mini-mlx");
     }
   });
 

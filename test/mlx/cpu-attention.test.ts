@@ -1,8 +1,8 @@
 // Pensieve's CPU RoPE and attention primitives (ffi/cpu_attention.cpp) against
 // the same math written with plain MLX ops (cos/sin, matmul, softmax).
 import { describe, expect, test } from "bun:test";
-import * as mx from "../../src/mlx";
 import type { MxArray } from "../../src/mlx";
+import * as mx from "../../src/mlx";
 
 function maxRelDiff(a: MxArray, b: MxArray): number {
   return mx.max(mx.abs(mx.subtract(a, b))).item() / Math.max(1e-6, mx.max(mx.abs(b)).item());

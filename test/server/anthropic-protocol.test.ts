@@ -3,8 +3,9 @@
 // request shapes Claude Code sends, stop reasons, tool turns, count_tokens,
 // keep-alives, cancellation, authentication, strict model names, and every
 // error path in Anthropic's error shape.
-import Anthropic from "@anthropic-ai/sdk";
+
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import Anthropic from "@anthropic-ai/sdk";
 import type { RunningServer } from "../../src/server/server";
 import { expectAnthropicError, parseSse, postJson, waitForIdleEngine } from "../support/anthropic-sse";
 import { tinyModel } from "../support/models";
@@ -461,7 +462,9 @@ describe("Anthropic API with an API key, strict model names and a 64-token conte
         400,
         "invalid_request_error",
       );
-      expect(message).toMatch(/^prompt is too long: \d+ tokens > 63 maximum$/);
+      expect(message).toMatch(
+        /^prompt is too long: \d+ tokens > 63 maximum\. The loaded model, .+, holds 64 tokens .*`pensieve setup --model phi3-mini-mlx`\.$/,
+      );
     }
     // count_tokens still counts it (clients use it to decide when to compact).
     const counted = await postJson(server, "/v1/messages/count_tokens", long, { "x-api-key": key });

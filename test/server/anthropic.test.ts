@@ -3,8 +3,9 @@
 // SSE event order, stop sequences, a tool call the model writes itself and the
 // round trip back, and usage counts (prefix-cache reads included). Greedy
 // decoding; prompts stay short (prefill runs at ~100 ms a token on this CPU).
-import Anthropic from "@anthropic-ai/sdk";
+
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import Anthropic from "@anthropic-ai/sdk";
 import type { RunningServer } from "../../src/server/server";
 import { parseSse, postJson } from "../support/anthropic-sse";
 import { startTestServer } from "../support/server";

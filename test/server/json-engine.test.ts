@@ -4,9 +4,10 @@
 // the LongRoPE boundary), unconstrained rows sharing the batch are unchanged,
 // and nothing leaks.
 import { describe, expect, test } from "bun:test";
-import { generateTokens } from "../../src/engine/generate";
-import { type SamplingParams, samplingParams } from "../../src/engine/sampling";
-import { type EngineEvent, type EngineRequest, Scheduler } from "../../src/engine/scheduler";
+import { generateTokens } from "../../src/engine/one-sequence";
+import type { EngineEvent, EngineRequest } from "../../src/engine/protocol";
+import { type SamplingParams, samplingParams } from "../../src/engine/protocol";
+import { Scheduler } from "../../src/engine/scheduler";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";
 import type { LanguageModel } from "../../src/models/types";

@@ -4,8 +4,8 @@
 // answer from the embedded SmolLM2.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import OpenAI from "openai";
-import { samplingParams } from "../../src/engine/sampling";
-import { chatPlan } from "../../src/server/openai/convert";
+import { samplingParams } from "../../src/engine/protocol";
+import { chatPlan } from "../../src/server/openai/request-plan";
 import type { ChatCompletionBody } from "../../src/server/openai/schema";
 import type { RunningServer } from "../../src/server/server";
 import { waitForEngineIdle } from "../support/engine-idle";

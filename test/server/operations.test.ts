@@ -1,10 +1,10 @@
 // Operations: /health while loading, /metrics in Prometheus text, structured
 // logs, and graceful shutdown on SIGTERM with a stream in flight.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { selfCommand } from "../../src/paths";
 import { createLogger } from "../../src/server/log";
 import type { RunningServer } from "../../src/server/server";
 import { startServer } from "../../src/server/server";
-import { selfCommand } from "../../src/paths";
 import { tinyModel } from "../support/models";
 
 describe("health, metrics and logs", () => {

@@ -38,6 +38,14 @@ export const REFERENCE_CASES: ReferenceCase[] = [
     prompts: [promptIds(12, 7), promptIds(50, 8), promptIds(90, 9)],
     greedyTokens: 32,
   },
+  // Issue 15 families. Windowed models: one prompt inside the window (16), one far beyond it.
+  { model: "tiny-qwen2", oracle: "mlx-lm", prompts: [promptIds(12, 41), promptIds(120, 42)], greedyTokens: 32 },
+  { model: "tiny-qwen3", oracle: "mlx-lm", prompts: [promptIds(12, 43), promptIds(120, 44)], greedyTokens: 32 },
+  { model: "tiny-qwen3-moe", oracle: "mlx-lm", prompts: [promptIds(12, 45), promptIds(120, 46)], greedyTokens: 32 },
+  { model: "tiny-gemma3", oracle: "mlx-lm", prompts: [promptIds(10, 47), promptIds(130, 48)], greedyTokens: 32 },
+  // mlx-lm uses long_factor everywhere: compared with Pensieve's alwaysLongRope mode.
+  { model: "tiny-phi4-mini", oracle: "mlx-lm", prompts: [promptIds(12, 49), promptIds(100, 50)], greedyTokens: 32 },
+  { model: "tiny-mistral-swa", oracle: "mlx-lm", prompts: [promptIds(10, 51), promptIds(130, 52)], greedyTokens: 32 },
 ];
 
 export interface ReferenceResult {

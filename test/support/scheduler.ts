@@ -2,9 +2,9 @@
 // is chunked and interleaved with decode within a few dozen tokens.
 // PENSIEVE_TEST_KV_BITS=8 (or 4) runs the scheduler tests over a quantized KV cache.
 import { isKvBits, type KvBits } from "../../src/engine/attention-plan";
-import { generateTokens } from "../../src/engine/generate";
-import { type SamplingParams, samplingParams } from "../../src/engine/sampling";
-import { type EngineEvent, type EngineRequest, Scheduler, type SchedulerOptions } from "../../src/engine/scheduler";
+import { generateTokens } from "../../src/engine/one-sequence";
+import { type EngineEvent, type EngineRequest, type SamplingParams, samplingParams } from "../../src/engine/protocol";
+import { Scheduler, type SchedulerOptions } from "../../src/engine/scheduler";
 import type { LanguageModel } from "../../src/models/types";
 
 function testKvBits(): KvBits {

@@ -2,7 +2,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { GgufError, GgufValueType, ggufNumber, ggufString, ggufStringArray, readGguf } from "../../src/models/gguf.ts";
+import { GgufError, GgufValueType, ggufNumber, ggufString, ggufStringArray, readGguf } from "../../src/formats/gguf.ts";
 import { FIXTURES, fixture, SMOLLM2_GGUF } from "./helpers.ts";
 
 // Expected values come from llama.cpp's gguf-py reader (scripts/fixtures/text/gen_gguf_info.py).

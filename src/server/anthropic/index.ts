@@ -10,12 +10,12 @@
 // splits them (their sum is the prompt length).
 import { Elysia } from "elysia";
 import type { AppContext } from "../app";
-import { buildPrompt } from "./convert";
-import { newMessageId, startGeneration } from "./generate";
-import { anthropicUsage } from "./reply";
+import { sseResponse } from "../sse";
 import { requireObject, validate } from "../validate";
+import { newMessageId, startGeneration } from "./messages";
+import { anthropicUsage } from "./reply";
 import { CountTokensBody, MessagesBody } from "./schema";
-import { replyStream, sseResponse } from "./stream";
+import { replyStream } from "./stream";
 
 export function anthropicRoutes(ctx: AppContext) {
   return new Elysia()
@@ -45,9 +45,9 @@ export function anthropicRoutes(ctx: AppContext) {
       set.status = 499;
       return "";
     })
-    .post("/v1/messages/count_tokens", ({ body: raw }) => {
+    .post("/v1/messages/count_tokens", async ({ body: raw }) => {
       const body = validate(CountTokensBody, requireObject(raw), "", "dots");
       ctx.resolveModel(body.model);
-      return { input_tokens: buildPrompt(body, ctx.session.tokenizer).tokens.length };
+      return { input_tokens: await ctx.session.prompts.run({ op: "count", body }) };
     });
 }

@@ -3,7 +3,7 @@
 // Tool calls are parsed from the text (<tool_call> JSON blocks, see tools.ts)
 // into tool_use blocks; the text around them stays text blocks.
 import type { Usage } from "../model-session";
-import { type ParsedPiece, TOOL_CALL_CLOSE, ToolCallParser, wholeAnswerAsCall } from "../tools";
+import { type ParsedPiece, TOOL_CALL_CLOSE, ToolCallParser, wholeAnswerAsCalls } from "../tools";
 
 export interface TextBlock {
   type: "text";
@@ -157,8 +157,11 @@ export class ReplyAssembler {
     if (this.#held !== null) {
       const held = this.#held;
       this.#held = null;
-      const call = wholeAnswerAsCall(held, this.#toolNames, "toolu");
-      events.push(...(call ? this.#call(call.id, call.name, call.arguments) : this.#emitText(held)));
+      const calls = wholeAnswerAsCalls(held, this.#toolNames, "toolu");
+      if (calls)
+        for (const call of this.#singleCall ? calls.slice(0, 1) : calls)
+          events.push(...this.#call(call.id, call.name, call.arguments));
+      else events.push(...this.#emitText(held));
     }
     if (this.#blocks.length === 0) events.push(...this.#emitText(this.#pendingSpace));
     events.push(...this.#close());

@@ -4,19 +4,21 @@
 // `ping` may come at any time: Pensieve also sends it while a long prompt is
 // prefilled, so proxies and clients see a live connection. An error after
 // the stream began is an `error` event in the API's error shape.
-import type { Logger } from "../log";
+
 import { ApiError, anthropicErrorBody } from "../errors";
+import type { Logger } from "../log";
 import type { Usage } from "../model-session";
-import type { Generation } from "./generate";
+import type { SseItem } from "../sse";
+import type { Generation } from "./messages";
 import { anthropicUsage } from "./reply";
 
-export function sseEvent(event: string, data: unknown): string {
-  return `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
+function sseEvent(event: string, data: unknown): SseItem {
+  return { event, data };
 }
 
 const PING = sseEvent("ping", { type: "ping" });
 
-function messageStart(id: string, model: string, usage: Usage): string {
+function messageStart(id: string, model: string, usage: Usage): SseItem {
   return sseEvent("message_start", {
     type: "message_start",
     message: {
@@ -32,8 +34,8 @@ function messageStart(id: string, model: string, usage: Usage): string {
   });
 }
 
-/** The SSE text of a reply, event by event. */
-export async function* replyStream(generation: Generation, id: string, log: Logger): AsyncGenerator<string> {
+/** A reply's SSE events, one by one. */
+export async function* replyStream(generation: Generation, id: string, log: Logger): AsyncGenerator<SseItem> {
   const { events, model, plan } = generation;
   let started = false;
   let pinged = false;
@@ -71,27 +73,4 @@ export async function* replyStream(generation: Generation, id: string, log: Logg
     if (!(e instanceof ApiError)) log.error("stream failed", { error: (e as Error)?.stack ?? String(e) });
     yield sseEvent("error", anthropicErrorBody(error));
   }
-}
-
-/** An SSE response that pulls events as the client reads; a client that leaves ends the generator. */
-export function sseResponse(chunks: AsyncGenerator<string>, headers: Record<string, string>): Response {
-  const encoder = new TextEncoder();
-  const body = new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      const { value, done } = await chunks.next();
-      if (done) controller.close();
-      else controller.enqueue(encoder.encode(value));
-    },
-    async cancel() {
-      await chunks.return(undefined);
-    },
-  });
-  return new Response(body, {
-    headers: {
-      "content-type": "text/event-stream; charset=utf-8",
-      "cache-control": "no-cache",
-      "x-accel-buffering": "no",
-      ...headers,
-    },
-  });
 }

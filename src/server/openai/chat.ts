@@ -3,8 +3,9 @@
 import type { AppContext } from "../app";
 import { ApiError } from "../errors";
 import type { TextEvent, TokenLogprob } from "../model-session";
-import { type ToolCall, ToolCallParser } from "../tools";
-import { type ChatPlan, chatPlan } from "./convert";
+import { type SseItem, sseResponse } from "../sse";
+import { type ToolCall, ToolCallParser, wholeAnswerAsCalls } from "../tools";
+import { requireObject, validate } from "../validate";
 import {
   chatLogprobs,
   finishReason,
@@ -14,26 +15,34 @@ import {
   unixSeconds,
   usageBody,
 } from "./format";
+import type { ChatPlan } from "./request-plan";
 import { ChatCompletionRequest } from "./schema";
-import { type SseItem, sseError, sseResponse, startGeneration, streamFailure } from "./stream";
-import { requireObject, validate } from "../validate";
+import { sseError, startGeneration, streamFailure } from "./stream";
 
 type AnswerPiece = { type: "text"; text: string } | { type: "tool_call"; call: ToolCall };
 
 /**
  * Reads the model's answer into text and tool calls. The answer prefix (a
  * forced call's opening, or a continued assistant message) is read first but
- * its text is not given back: the client has it already.
+ * its text is not given back: the client has it already. An answer that
+ * starts like bare JSON is held to the end, when it may be the call(s) whole:
+ * Mistral's and Phi-4-mini's JSON arrays once their special marker tokens are
+ * left out of the text, Llama's bare object.
  */
 export class AnswerReader {
   readonly #parser: ToolCallParser | null;
+  readonly #toolNames: string[] | null;
   /** Calls completed inside the answer prefix, given out with the first pieces. */
   #pending: AnswerPiece[] = [];
   #calls = 0;
+  /** Leading text held while the answer may be a bare JSON call; null once it is known not to be. */
+  #held: string | null = "";
 
   constructor(toolNames: string[] | null, answerPrefix: string) {
+    this.#toolNames = toolNames;
     this.#parser = toolNames ? new ToolCallParser(toolNames) : null;
     if (this.#parser && answerPrefix) {
+      this.#held = null;
       for (const piece of this.#parser.push(answerPrefix)) if (piece.type === "tool_call") this.#pending.push(piece);
     }
   }
@@ -47,13 +56,46 @@ export class AnswerReader {
       this.#parser ? this.#parser.push(text) : [{ type: "text", text }],
     );
     this.#pending = [];
-    return this.#count(pieces);
+    return this.#count(this.#hold(pieces));
   }
 
   finish(): AnswerPiece[] {
-    const pieces = this.#pending.concat(this.#parser ? this.#parser.flush() : []);
+    const pieces = this.#hold(this.#pending.concat(this.#parser ? this.#parser.flush() : []));
     this.#pending = [];
+    if (this.#held) {
+      const calls = wholeAnswerAsCalls(this.#held, this.#toolNames ?? []);
+      pieces.push(
+        ...(calls
+          ? calls.map((call) => ({ type: "tool_call" as const, call }))
+          : [{ type: "text" as const, text: this.#held }]),
+      );
+      this.#held = null;
+    }
     return this.#count(pieces);
+  }
+
+  /** Keeps back text while the answer so far is blank or starts with "{" or "["; gives it back once it cannot be a bare call. */
+  #hold(pieces: AnswerPiece[]): AnswerPiece[] {
+    if (!this.#parser || this.#held === null) return pieces;
+    const out: AnswerPiece[] = [];
+    for (const p of pieces) {
+      if (this.#held !== null && p.type === "text") {
+        const candidate: string = this.#held + p.text;
+        if (/^\s*$|^\s*[[{]/.test(candidate)) {
+          this.#held = candidate;
+          continue;
+        }
+        out.push({ type: "text", text: candidate });
+        this.#held = null;
+        continue;
+      }
+      if (this.#held !== null) {
+        if (this.#held) out.push({ type: "text", text: this.#held });
+        this.#held = null;
+      }
+      out.push(p);
+    }
+    return out;
   }
 
   #count(pieces: AnswerPiece[]): AnswerPiece[] {
@@ -73,7 +115,7 @@ function toolCallBody(call: ToolCall) {
 export async function chatCompletions(ctx: AppContext, rawBody: unknown, request: Request): Promise<Response | object> {
   const body = validate(ChatCompletionRequest, requireObject(rawBody));
   const model = ctx.resolveModel(body.model);
-  const plan = chatPlan(ctx.session, body);
+  const plan = await ctx.session.prompts.run({ op: "chat", body });
   const stream = body.stream === true;
   const events = await startGeneration(ctx.session, {
     prompt: plan.prompt,

@@ -2,7 +2,8 @@
 import type { AppContext } from "../app";
 import { ApiError } from "../errors";
 import type { TextEvent, TokenLogprob } from "../model-session";
-import { type CompletionPlan, completionPlan } from "./convert";
+import { type SseItem, sseResponse } from "../sse";
+import { requireObject, validate } from "../validate";
 import {
   finishReason,
   legacyLogprobs,
@@ -12,16 +13,16 @@ import {
   unixSeconds,
   usageBody,
 } from "./format";
+import type { CompletionPlan } from "./request-plan";
 import { CompletionRequest } from "./schema";
-import { type SseItem, sseError, sseResponse, startGeneration, streamFailure } from "./stream";
-import { requireObject, validate } from "../validate";
+import { sseError, startGeneration, streamFailure } from "./stream";
 
 type Meta = ResponseMeta;
 
 export async function completions(ctx: AppContext, rawBody: unknown, request: Request): Promise<Response | object> {
   const body = validate(CompletionRequest, requireObject(rawBody));
   const model = ctx.resolveModel(body.model);
-  const plan = completionPlan(ctx.session, body);
+  const plan = await ctx.session.prompts.run({ op: "completion", body });
   const stream = body.stream === true;
   const events = await startGeneration(ctx.session, {
     prompt: plan.prompt,

@@ -55,12 +55,13 @@ export function usageBody(u: Usage): OpenAIUsage {
   };
 }
 
-export type FinishReason = "stop" | "length" | "tool_calls";
+/** OpenAI's finish_reason on the wire. */
+type OpenAIFinishReason = "stop" | "length" | "tool_calls";
 
 export function finishReason(
   reason: "stop" | "stop_string" | "length" | "cancelled",
   madeCalls: boolean,
-): FinishReason {
+): OpenAIFinishReason {
   if (madeCalls) return "tool_calls";
   return reason === "length" ? "length" : "stop";
 }
@@ -75,7 +76,7 @@ export function tokenBytes(tokenizer: Tokenizer, id: number): number[] {
 }
 
 /** A token's text as OpenAI shows it: its bytes as UTF-8 (a partial character shows as U+FFFD). */
-export function tokenString(tokenizer: Tokenizer, id: number): string {
+function tokenString(tokenizer: Tokenizer, id: number): string {
   return utf8Lenient.decode(rawTokenBytes(tokenizer, id));
 }
 

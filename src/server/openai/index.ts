@@ -6,8 +6,9 @@
 // - max_tokens beyond the context left is clamped, not refused; a prompt that
 //   fills the context is a 400 ("prompt is too long: N tokens > M maximum").
 // - response_format json_object/json_schema: a system instruction asks for JSON
-//   (with the schema) and the format travels on TextRequest.responseFormat, but
-//   decoding is not constrained yet and the output is not validated.
+//   (with the schema) and the engine constrains decoding to it (a subset of JSON
+//   Schema, src/text/json-schema-grammar.ts); with tools in play only the
+//   instruction applies (forcing JSON would rule out tool calls).
 // - Tools use the model's template when it renders `tools`, else the documented
 //   <tool_call> format (src/server/tools.ts). A forced tool_choice starts the
 //   answer with the call's opening; without constrained decoding a small model

@@ -2,15 +2,15 @@
 // fields are allowed (clients send many we ignore); known fields are checked
 // for type and range here, and for meaning in convert.ts. Most optional fields
 // also accept null, as several SDKs send null for "unset".
-import { type Static, type TSchema, Type as T } from "@sinclair/typebox";
+import { type Static, Type as T, type TSchema } from "@sinclair/typebox";
 
 const nullable = <S extends TSchema>(schema: S) => T.Optional(T.Union([schema, T.Null()]));
 
-export const TextPart = T.Object({ type: T.String(), text: T.Optional(T.String()) });
+const TextPart = T.Object({ type: T.String(), text: T.Optional(T.String()) });
 
-export const MessageContent = T.Union([T.String(), T.Array(TextPart), T.Null()]);
+const MessageContent = T.Union([T.String(), T.Array(TextPart), T.Null()]);
 
-export const ToolCallSchema = T.Object({
+const ToolCallSchema = T.Object({
   id: T.Optional(T.String()),
   type: T.Optional(T.Literal("function")),
   function: T.Object({
@@ -36,7 +36,7 @@ export const MessageSchema = T.Object({
 });
 export type OpenAIMessage = Static<typeof MessageSchema>;
 
-export const ToolSchema = T.Object({
+const ToolSchema = T.Object({
   type: T.Literal("function"),
   function: T.Object({
     name: T.String({ minLength: 1, maxLength: 128 }),
@@ -47,7 +47,7 @@ export const ToolSchema = T.Object({
 });
 export type OpenAITool = Static<typeof ToolSchema>;
 
-export const ToolChoiceSchema = T.Union([
+const ToolChoiceSchema = T.Union([
   T.Literal("none"),
   T.Literal("auto"),
   T.Literal("required"),

@@ -10,7 +10,6 @@
 import type { AppContext } from "../app";
 import { ApiError } from "../errors";
 import type { TextEvent } from "../model-session";
-import { chatPlan } from "../openai/convert";
 import { startGeneration } from "../openai/stream";
 import { requireShallow, validate } from "../validate";
 import { CancelRequest, ChatRequest, CLIENT_MESSAGE_TYPES, PingRequest, type ServerMessage } from "./protocol";
@@ -122,7 +121,7 @@ export class Connection {
     try {
       const model = this.#ctx.resolveModel(request.model);
       const { type: _type, id: _id, ...fields } = request;
-      const plan = chatPlan(this.#ctx.session, fields);
+      const plan = await this.#ctx.session.prompts.run({ op: "chat", body: fields });
       events = await startGeneration(this.#ctx.session, {
         prompt: plan.prompt,
         maxTokens: plan.maxTokens,

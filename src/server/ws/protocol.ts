@@ -3,7 +3,7 @@
 import { type Static, Type as T } from "@sinclair/typebox";
 import { MessageSchema, ResponseFormatSchema, SamplingFields } from "../openai/schema";
 
-export const ConversationId = T.String({ minLength: 1, maxLength: 128 });
+const ConversationId = T.String({ minLength: 1, maxLength: 128 });
 
 export const ChatRequest = T.Object({
   type: T.Literal("chat"),

@@ -1,20 +1,16 @@
-// Token generation for one sequence: chunked prefill, then decode steps
-// pipelined with async_eval (step n+1 is queued before step n's token is read).
-// The text side (detokenizing, stop strings) lives in src/text; the batched,
-// multi-request path in scheduler.ts reuses prefill() and the sampler.
-import * as mx from "../mlx";
+// Token generation for one sequence, no batching: chunked prefill, then decode
+// steps pipelined with async_eval (step n+1 is queued before step n's token is
+// read). Used by `pensieve generate`, setup's smoke test and the benchmarks;
+// the server's path is the scheduler (scheduler.ts), which takes cacheFor()
+// and defaultPrefillChunk() from here. The text side lives in src/text.
+
 import type { MxArray } from "../mlx";
+import * as mx from "../mlx";
 import type { LanguageModel } from "../models/types";
 import { effectiveKvBits, type KvBits, kvGroupSize } from "./attention-plan";
 import { type CacheShape, KVCache } from "./kv-cache";
-import {
-  readStep,
-  type SampledStep,
-  type SamplingParams,
-  SequenceSampler,
-  type StepValues,
-  stepArrays,
-} from "./sampling";
+import type { FinishReason, SamplingParams, StepValues } from "./protocol";
+import { readStep, type SampledStep, SequenceSampler, stepArrays } from "./sampling";
 
 /** Prefill tokens per forward pass: the GPU keeps its matrix units busier with larger chunks. */
 export function defaultPrefillChunk(): number {
@@ -80,8 +76,6 @@ export interface GenerateOptions {
   /** KV cache storage: 0 (default) float, 8 or 4 group-quantized bits. */
   kvBits?: KvBits;
 }
-
-export type FinishReason = "stop" | "length" | "cancelled";
 
 export interface GenerationResult {
   finishReason: FinishReason;

@@ -1,10 +1,10 @@
 // One Messages request through the engine: the prompt, the sampling
 // parameters, and the reply as events both routes share (the streaming route
 // sends them as SSE, the other collects them into one message).
-import { samplingParams } from "../../engine/sampling";
+import { samplingParams } from "../../engine/protocol";
 import type { AppContext } from "../app";
 import type { TextEvent, Usage } from "../model-session";
-import { buildPrompt, type PromptPlan } from "./convert";
+import type { PromptPlan } from "./prompt-plan";
 import { type BlockEvent, type ContentBlock, ReplyAssembler, type StopReason } from "./reply";
 import type { MessagesRequest } from "./schema";
 
@@ -39,8 +39,7 @@ export async function startGeneration(ctx: AppContext, body: MessagesRequest, re
   ctx.resolveModel(body.model);
   const model = typeof body.model === "string" && body.model ? body.model : ctx.session.modelId;
   const session = ctx.session;
-  const plan = buildPrompt(body, session.tokenizer);
-  session.checkPromptLength(plan.tokens.length);
+  const plan = await session.prompts.run({ op: "messages", body });
   const maxTokens = session.clampMaxTokens(plan.tokens.length, body.max_tokens);
   const contextLimited = maxTokens < body.max_tokens;
 

@@ -9,7 +9,7 @@ import {
   systemMemory,
   weightFilesBytes,
   workingBytes,
-} from "../../src/hub/memory";
+} from "../../src/engine/memory-plan";
 import { configFromHf } from "../../src/models/config";
 import { REPO_ROOT } from "../../src/paths";
 
@@ -57,6 +57,38 @@ describe("per-token and working memory", () => {
     expect(workingBytes(phi3, 8192)).toBe(512 * 4 * perPosition + 32 * 512 * 8192 * 4);
     // A context shorter than the chunk only needs that many positions.
     expect(workingBytes(phi3, 256)).toBe(256 * 4 * perPosition + 32 * 256 * 256 * 4);
+  });
+
+  test("mixture of experts: a token's MLP is its top-k experts' width plus the router, not the dense width", () => {
+    // Qwen3-30B-A3B's shape: 128 experts of width 768, 8 per token, 48 layers, 4 KV heads of 128.
+    const moe = {
+      model_type: "qwen3_moe",
+      hidden_size: 2048,
+      num_hidden_layers: 48,
+      num_attention_heads: 32,
+      num_key_value_heads: 4,
+      head_dim: 128,
+      intermediate_size: 6144,
+      moe_intermediate_size: 768,
+      num_experts: 128,
+      num_experts_per_tok: 8,
+      norm_topk_prob: true,
+      vocab_size: 151936,
+      max_position_embeddings: 40960,
+    };
+    const c = configFromHf(moe);
+    const dense = configFromHf({ ...moe, num_experts: 0 });
+    const perPositionGap = 2 * (6144 - (8 * 768 + 128));
+    expect(workingBytes(dense, 1024) - workingBytes(c, 1024)).toBe(512 * 4 * perPositionGap);
+    // All experts resident: the weights are what the files hold; windows do not shrink the KV cache.
+    const estimate = estimateMemory({
+      config: moe,
+      weightBytes: 17_200_000_000,
+      maxContext: 4096,
+      memory: { totalBytes: 64 * GiB },
+    });
+    expect(estimate.breakdown.weights).toBe(17_200_000_000);
+    expect(estimate.kvBytesPerToken).toBe(48 * 2 * 4 * 128 * 2);
   });
 
   test("context steps are powers of two and 1.5× between, up to the model's maximum", () => {

@@ -5,11 +5,11 @@
 // generation_config.json). Q4_0/Q4_1/Q8_0 stay quantized as MLX affine groups of 32.
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import * as mx from "../mlx";
+import { readGguf } from "../formats/gguf";
 import type { MxArray } from "../mlx";
+import * as mx from "../mlx";
 import { tokenizerSpecFromGguf } from "../text/gguf-tokenizer";
-import { configToHf } from "./config";
-import { readGguf } from "./gguf";
+import { configToHf, type ModelConfig } from "./config";
 import { readGgufWeights } from "./loader";
 
 export interface ConvertResult {
@@ -18,11 +18,18 @@ export interface ConvertResult {
   quantization: { groupSize: number; bits: number } | null;
 }
 
-/** Bits and group size of each quantized module (prefix → spec). */
+/** Input features of a module, by its name (experts: the expert width for down_proj). */
+function moduleInputs(prefix: string, c: ModelConfig): number {
+  if (prefix.endsWith("switch_mlp.down_proj")) return c.moe?.expertIntermediateSize ?? c.intermediateSize;
+  if (prefix.endsWith("down_proj")) return c.intermediateSize;
+  if (prefix.endsWith("o_proj")) return c.numHeads * c.headDim;
+  return c.hiddenSize;
+}
+
+/** Bits and group size of each quantized module (prefix → spec); 3-D expert stacks read their last axes. */
 function quantizedModules(
   arrays: Map<string, MxArray>,
-  hidden: number,
-  ffn: number,
+  c: ModelConfig,
 ): Map<string, { groupSize: number; bits: number }> {
   const out = new Map<string, { groupSize: number; bits: number }>();
   for (const [name, scales] of arrays) {
@@ -30,11 +37,9 @@ function quantizedModules(
     const prefix = name.slice(0, -".scales".length);
     const weight = arrays.get(`${prefix}.weight`);
     if (!weight) continue;
-    const inputs = prefix.endsWith("down_proj") ? ffn : prefix.endsWith("o_proj") ? undefined : hidden;
-    const groups = scales.dim(1);
-    // Without a known input size (o_proj: heads*headDim) use the GGUF block size, 32.
-    const groupSize = inputs !== undefined ? inputs / groups : 32;
-    const bits = (weight.dim(1) * 32) / (groups * groupSize);
+    const inputs = moduleInputs(prefix, c);
+    const groupSize = inputs / scales.dim(-1);
+    const bits = (weight.dim(-1) * 32) / inputs;
     out.set(prefix, { groupSize, bits });
   }
   return out;
@@ -43,7 +48,7 @@ function quantizedModules(
 export function convertGguf(input: string, outDir: string): ConvertResult {
   const { config, arrays } = readGgufWeights(input);
   try {
-    const modules = quantizedModules(arrays, config.hiddenSize, config.intermediateSize);
+    const modules = quantizedModules(arrays, config);
     // The most common spec is the default; the others become per-module overrides (mlx-lm's format).
     const counts = new Map<string, number>();
     for (const q of modules.values()) counts.set(JSON.stringify(q), (counts.get(JSON.stringify(q)) ?? 0) + 1);

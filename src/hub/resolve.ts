@@ -2,11 +2,11 @@
 // into a local model path: the embedded default, a folder or .gguf on disk, or
 // a snapshot in the Hugging Face cache that `pensieve setup` downloaded.
 import { join } from "node:path";
-import { DEFAULT_MODEL_ALIAS, resolveModelSpec } from "../hub/aliases";
-import { findCachedSnapshot, modelFolderProblems } from "../hub/cache";
-import { hubSettings } from "../hub/settings";
 import { extractEmbeddedModel } from "../mlx/runtime";
 import { COMPILED } from "../paths";
+import { DEFAULT_MODEL_ALIAS, resolveModelSpec } from "./aliases";
+import { findCachedSnapshot, modelFolderProblems } from "./cache";
+import { hubSettings } from "./settings";
 
 export { DEFAULT_MODEL_ALIAS };
 

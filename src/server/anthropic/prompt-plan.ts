@@ -12,15 +12,16 @@
 //
 // A final assistant turn is a prefill: the reply continues it. tool_choice
 // "any"/"tool" is served the same way, by opening the tool call in the prompt.
-import { applyChatTemplate, type ChatMessage, ChatTemplateError, type Tokenizer } from "../../text";
+import type { ChatMessage, Tokenizer } from "../../text";
 import { type ApiError, badRequest } from "../errors";
+import { encodePrompt, renderChat } from "../prompt";
+import { type TemplateTraits, templateTraits } from "../template-traits";
 import {
   renderToolCalls,
   renderToolResult,
   TOOL_CALL_OPEN,
   type ToolChoice,
   type ToolSpec,
-  templateSupportsTools,
   toolInstructions,
 } from "../tools";
 import type { ConversationRequest, ToolChoiceParam } from "./schema";
@@ -41,59 +42,6 @@ export interface PromptPlan {
   singleCall: boolean;
   /** How tools reach the model: its chat template, or Pensieve's documented format. */
   toolFormat: "template" | "documented";
-}
-
-interface TemplateTraits {
-  /** A leading system turn shows up in the prompt. */
-  leadingSystem: boolean;
-  /** System turns after user/assistant turns show up too. */
-  systemAnywhere: boolean;
-  tools: boolean;
-  /** The template's own tool format is the <tool_call> JSON block (Qwen, Hermes). */
-  toolCallTags: boolean;
-}
-
-const PROBE = "pensieve-probe-7f3a9c";
-const traitsByTemplate = new Map<string, TemplateTraits>();
-
-function rendersProbe(tokenizer: Tokenizer, messages: ChatMessage[]): boolean {
-  try {
-    return applyChatTemplate(tokenizer, messages, { addGenerationPrompt: true }).includes(PROBE);
-  } catch {
-    return false;
-  }
-}
-
-/** What a template does with system turns and tools (probed once per template). */
-export function templateTraits(tokenizer: Tokenizer): TemplateTraits {
-  const key = tokenizer.chatTemplate ?? "";
-  let traits = traitsByTemplate.get(key);
-  if (!traits) {
-    const leadingSystem = rendersProbe(tokenizer, [
-      { role: "system", content: PROBE },
-      { role: "user", content: "hi" },
-    ]);
-    const systemAnywhere =
-      leadingSystem &&
-      rendersProbe(tokenizer, [
-        { role: "user", content: "hi" },
-        { role: "system", content: PROBE },
-      ]) &&
-      rendersProbe(tokenizer, [
-        { role: "user", content: "hi" },
-        { role: "assistant", content: "hello" },
-        { role: "system", content: PROBE },
-        { role: "user", content: "go on" },
-      ]);
-    traits = {
-      leadingSystem,
-      systemAnywhere,
-      tools: templateSupportsTools(tokenizer.chatTemplate),
-      toolCallTags: tokenizer.chatTemplate?.includes(TOOL_CALL_OPEN) ?? false,
-    };
-    traitsByTemplate.set(key, traits);
-  }
-  return traits;
 }
 
 type Block = Record<string, unknown> & { type: string };
@@ -153,7 +101,7 @@ function toolResultText(content: unknown, at: string): string {
     .join("\n");
 }
 
-export function systemText(system: unknown): string {
+function systemText(system: unknown): string {
   if (system === undefined || system === null) return "";
   return plainText(system, "system");
 }
@@ -316,18 +264,16 @@ function placeSystemTurns(turns: ChatMessage[], traits: TemplateTraits): ChatMes
   return out;
 }
 
-function render(tokenizer: Tokenizer, turns: ChatMessage[], tools: unknown[] | undefined): string {
-  try {
-    return applyChatTemplate(tokenizer, turns, { addGenerationPrompt: true, tools });
-  } catch (e) {
-    if (e instanceof ChatTemplateError && e.raisedByTemplate)
-      throw badRequest(`the model's chat template rejected the conversation: ${e.message}`, "messages");
-    throw badRequest(`cannot render the conversation: ${(e as Error).message}`, "messages");
-  }
-}
-
-/** The prompt for a Messages (or count_tokens) request. */
-export function buildPrompt(request: ConversationRequest, tokenizer: Tokenizer): PromptPlan {
+/**
+ * The prompt for a Messages (or count_tokens) request. With `contextLength`,
+ * a prompt that cannot fit is a 400 (count_tokens passes null: it only counts).
+ */
+export function buildPrompt(
+  request: ConversationRequest,
+  tokenizer: Tokenizer,
+  contextLength: number | null = null,
+  modelId?: string,
+): PromptPlan {
   const traits = templateTraits(tokenizer);
   const toolFormat = traits.tools ? "template" : "documented";
   const declared = request.tools ?? [];
@@ -365,11 +311,12 @@ export function buildPrompt(request: ConversationRequest, tokenizer: Tokenizer):
     continuation = `${continuation}${gap}${TOOL_CALL_OPEN}\n${forcedCallJson}`;
   }
 
-  const text = render(tokenizer, chat, templateTools) + continuation;
+  const text = renderChat(tokenizer, chat, { tools: templateTools }) + continuation;
+  const context = { tokenizer, contextLength, vocabSize: tokenizer.vocabSize, modelId };
   return {
     text,
     // The template already places BOS where the model wants it.
-    tokens: tokenizer.encode(text, { addSpecialTokens: false }),
+    tokens: encodePrompt(context, text, { addSpecialTokens: false, check: contextLength !== null }),
     continuation,
     toolNames: toolsOn ? [...names] : [],
     forcedCallJson,

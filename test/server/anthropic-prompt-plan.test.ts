@@ -5,10 +5,11 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { buildPrompt, templateTraits } from "../../src/server/anthropic/convert";
+import { buildPrompt } from "../../src/server/anthropic/prompt-plan";
 import type { ConversationRequest } from "../../src/server/anthropic/schema";
 import { ApiError } from "../../src/server/errors";
 import { ModelSession } from "../../src/server/model-session";
+import { templateTraits } from "../../src/server/template-traits";
 import { renderToolCalls, renderToolResult } from "../../src/server/tools";
 import { Tokenizer } from "../../src/text";
 import { EMBEDDED_MODEL, PHI3_FILES } from "../support/models";

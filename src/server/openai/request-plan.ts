@@ -2,18 +2,19 @@
 // tool rendering, JSON instructions), the sampling parameters, stop strings
 // and the token budget. Shared by /v1/chat/completions, /v1/completions and
 // the WebSocket protocol.
-import { samplingParams, type SamplingParams } from "../../engine/sampling";
-import { applyChatTemplate, type ChatMessage } from "../../text";
+import { type SamplingParams, samplingParams } from "../../engine/protocol";
+import type { ChatMessage } from "../../text";
 import { grammarFor, isValidPrefix, SchemaError } from "../../text/json-constraint";
 import { badRequest } from "../errors";
-import { constraintFor, type ModelSession, type ResponseFormat, type TextRequest } from "../model-session";
+import { constraintFor, type ResponseFormat, type TextRequest } from "../model-session";
+import { checkPromptLength, encodePrompt, type PromptContext, renderChat } from "../prompt";
+import { templateTraits } from "../template-traits";
 import {
   renderToolCalls,
   renderToolResult,
   TOOL_CALL_OPEN,
   type ToolChoice,
   type ToolSpec,
-  templateSupportsTools,
   toolInstructions,
 } from "../tools";
 import type { ChatCompletionBody, CompletionBody, OpenAIMessage, OpenAITool } from "./schema";
@@ -64,8 +65,8 @@ export interface ChatPlan extends GenerationPlan {
 }
 
 /** OpenAI's default temperature (1) unless the caller picks another default. */
-export function samplingFromBody(
-  session: ModelSession,
+function samplingFromBody(
+  session: PromptContext,
   body: SamplingBody,
   logprobs: { logprobs: boolean; topLogprobs: number } = { logprobs: false, topLogprobs: 0 },
 ): SamplingParams {
@@ -93,16 +94,12 @@ function normalizeSeed(seed: number): number {
   return ((seed % range) + range) % range;
 }
 
-function vocabSize(session: ModelSession): number {
-  return session.engine.info?.vocabSize ?? session.tokenizer.vocabSize;
-}
-
 function logitBias(
-  session: ModelSession,
+  session: PromptContext,
   bias: Record<string, number> | null | undefined,
 ): Record<number, number> | null {
   if (!bias) return null;
-  const vocab = vocabSize(session);
+  const vocab = session.vocabSize;
   const out: Record<number, number> = {};
   for (const [key, value] of Object.entries(bias)) {
     const id = /^\d{1,9}$/.test(key) ? Number(key) : -1;
@@ -116,19 +113,9 @@ function logitBias(
   return Object.keys(out).length ? out : null;
 }
 
-export function stopStrings(stop: string | string[] | null | undefined): string[] {
+function stopStrings(stop: string | string[] | null | undefined): string[] {
   if (stop === null || stop === undefined) return [];
   return (typeof stop === "string" ? [stop] : stop).filter((s) => s.length > 0);
-}
-
-/** Prompt length check with the request's own field named. */
-function checkLength(session: ModelSession, tokens: number, param: string): void {
-  try {
-    session.checkPromptLength(tokens);
-  } catch (e) {
-    if (e instanceof Error) throw badRequest(e.message, param);
-    throw e;
-  }
 }
 
 // ---- chat ----
@@ -161,32 +148,6 @@ function callArguments(args: string | Record<string, unknown> | undefined, field
   if (!value || typeof value !== "object" || Array.isArray(value))
     throw badRequest(`${field}: must be a JSON object`, field);
   return value as Record<string, unknown>;
-}
-
-const systemProbe = new Map<string, boolean>();
-
-/**
- * Whether the chat template renders system messages. Some (Phi-3's) silently
- * drop them; then the system text goes at the top of the first user message
- * so that instructions (tools, JSON) still reach the model.
- */
-function templateRendersSystem(session: ModelSession): boolean {
-  const key = session.tokenizer.chatTemplate ?? "";
-  let known = systemProbe.get(key);
-  if (known === undefined) {
-    const marker = "\u2063system-probe\u2063";
-    try {
-      const text = applyChatTemplate(session.tokenizer, [
-        { role: "system", content: marker },
-        { role: "user", content: "hi" },
-      ]);
-      known = text.includes(marker);
-    } catch {
-      known = false;
-    }
-    systemProbe.set(key, known);
-  }
-  return known;
 }
 
 function toolSpecs(tools: OpenAITool[]): ToolSpec[] {
@@ -244,7 +205,7 @@ function jsonInstruction(format: NonNullable<TextRequest["responseFormat"]>): st
 }
 
 /** A chat request as the engine's prompt, with everything needed to read the answer. */
-export function chatPlan(session: ModelSession, body: ChatCompletionBody): ChatPlan {
+export function chatPlan(session: PromptContext, body: ChatCompletionBody): ChatPlan {
   if (body.n !== null && body.n !== undefined && body.n !== 1)
     throw badRequest("n: only n=1 is supported (one choice per request)", "n");
   if ((body.top_logprobs ?? 0) > 0 && !body.logprobs)
@@ -254,7 +215,7 @@ export function chatPlan(session: ModelSession, body: ChatCompletionBody): ChatP
   const names = tools.map((t) => t.function.name);
   const choice = toolChoice(body, names);
   const useTools = tools.length > 0 && choice.type !== "none";
-  const nativeTools = useTools && templateSupportsTools(session.tokenizer.chatTemplate);
+  const nativeTools = useTools && templateTraits(session.tokenizer).tools;
 
   const responseFormat = responseFormatOf(body.response_format);
 
@@ -293,12 +254,12 @@ export function chatPlan(session: ModelSession, body: ChatCompletionBody): ChatP
   if (useTools && !nativeTools) instructions.push(toolInstructions(toolSpecs(tools), choice));
   if (responseFormat) instructions.push(jsonInstruction(responseFormat));
   addSystemText(messages, instructions.join("\n\n"));
-  if (!templateRendersSystem(session)) foldSystemIntoUser(messages);
+  // Some templates drop system turns (Phi-3's April 2024 one): instructions must still reach the model.
+  if (!templateTraits(session.tokenizer).leadingSystem) foldSystemIntoUser(messages);
 
-  const rendered = session.chatPrompt(messages, { tools: nativeTools ? tools : undefined });
-  const promptText = rendered.text + answerPrefix;
-  const prompt = answerPrefix ? session.tokenizer.encode(promptText, { addSpecialTokens: false }) : rendered.tokens;
-  checkLength(session, prompt.length, "messages");
+  const promptText = renderChat(session.tokenizer, messages, { tools: nativeTools ? tools : undefined }) + answerPrefix;
+  // The template already places BOS where the model wants it.
+  const prompt = encodePrompt(session, promptText, { addSpecialTokens: false, param: "messages" });
 
   const logprobs = { logprobs: body.logprobs === true, topLogprobs: body.logprobs ? (body.top_logprobs ?? 0) : 0 };
   return {
@@ -401,7 +362,7 @@ export interface CompletionPlan extends GenerationPlan {
   responseFormat: TextRequest["responseFormat"];
 }
 
-export function completionPlan(session: ModelSession, body: CompletionBody): CompletionPlan {
+export function completionPlan(session: PromptContext, body: CompletionBody): CompletionPlan {
   if (body.n !== null && body.n !== undefined && body.n !== 1)
     throw badRequest("n: only n=1 is supported (one choice per request)", "n");
   if (body.best_of !== null && body.best_of !== undefined && body.best_of !== 1)
@@ -418,19 +379,19 @@ export function completionPlan(session: ModelSession, body: CompletionBody): Com
     const texts = typeof p === "string" ? [p] : (p as string[]);
     if (texts.length !== 1) throw badRequest("prompt: only a single prompt per request is supported", "prompt");
     promptText = texts[0] as string;
-    prompt = session.rawPrompt(promptText);
+    prompt = encodePrompt(session, promptText, { addSpecialTokens: true, param: "prompt" });
   } else {
     const lists = Array.isArray(p[0]) ? (p as number[][]) : [p as number[]];
     if (lists.length !== 1) throw badRequest("prompt: only a single prompt per request is supported", "prompt");
     prompt = lists[0] as number[];
-    const vocab = vocabSize(session);
+    const vocab = session.vocabSize;
     const bad = prompt.find((t) => t < 0 || t >= vocab);
     if (bad !== undefined)
       throw badRequest(`prompt: token id ${bad} is outside the vocabulary (0..${vocab - 1})`, "prompt");
     promptText = session.tokenizer.decode(prompt);
   }
   if (prompt.length === 0) throw badRequest("prompt: is empty", "prompt");
-  checkLength(session, prompt.length, "prompt");
+  checkPromptLength(session, prompt.length, "prompt");
   return {
     prompt,
     promptText,

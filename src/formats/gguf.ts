@@ -59,7 +59,7 @@ export interface GgufInfo {
 }
 
 /** Block geometry of ggml tensor types: elements per block, bytes per block. */
-export const GGML_TYPES: Readonly<Record<number, { name: string; blockSize: number; typeSize: number }>> = {
+const GGML_TYPES: Readonly<Record<number, { name: string; blockSize: number; typeSize: number }>> = {
   0: { name: "F32", blockSize: 1, typeSize: 4 },
   1: { name: "F16", blockSize: 1, typeSize: 2 },
   2: { name: "Q4_0", blockSize: 32, typeSize: 18 },

@@ -1,4 +1,4 @@
-// Will a model fit, and how long a context can it have? A pure estimate from
+// The memory plan: will a model fit, and how long a context can it have? A pure estimate from
 // config.json and the weight files' sizes, no MLX: the server asks before it
 // loads anything, so a model that cannot fit is refused with a message instead
 // of dying mid-request.
@@ -17,19 +17,25 @@
 // Cached prefixes live inside the KV pool (src/engine/kv-pool.ts): they take
 // no memory of their own.
 //
+// Mixture of experts (Qwen3-MoE): every expert stays resident, so the weights
+// are the files' whole size; a token's MLP activations are its top-k experts'
+// (k × expert width for gate and up) plus the router's logits.
+// Sliding windows (Gemma 3, Mistral): windowed layers keep the full KV cache
+// (masked, not rotated), so the KV cache is counted for every layer at full length.
+//
 // The budget is a fraction (default 75 %) of the memory: the rest is left to
 // the OS, the runtime and other programs (on unified memory the GPU shares it).
 import { readdirSync, readFileSync, statSync } from "node:fs";
-import { join } from "node:path";
 import { freemem, totalmem } from "node:os";
-import { type KvBits, kvTokenBytes } from "../engine/attention-plan";
+import { join } from "node:path";
+import { type KvBits, kvTokenBytes } from "./attention-plan";
 import { configFromHf, type ModelConfig } from "../models/config";
-import { formatBytes } from "./format";
+import { formatBytes } from "../hub/format";
 
 export const DEFAULT_USABLE_FRACTION = 0.75;
 /** Below this, a model is refused rather than run with a uselessly short context. */
 export const MIN_CONTEXT = 1024;
-/** The CPU's prefill chunk, defaultPrefillChunk() in src/engine/generate.ts (not imported: that module loads MLX). */
+/** The CPU's prefill chunk, defaultPrefillChunk() in src/engine/one-sequence.ts (not imported: that module loads MLX). */
 export const PREFILL_CHUNK = 512;
 const ACTIVATION_BYTES = 4;
 
@@ -90,11 +96,17 @@ export function workingBytes(
 ): number {
   const c = normalize(config);
   const chunk = Math.min(prefillChunk, context);
-  const perPosition =
-    c.vocabSize + 4 * c.hiddenSize + 2 * c.intermediateSize + (c.numHeads + 2 * c.numKvHeads) * c.headDim;
+  const perPosition = c.vocabSize + 4 * c.hiddenSize + 2 * mlpWidth(c) + (c.numHeads + 2 * c.numKvHeads) * c.headDim;
   return (
     chunk * ACTIVATION_BYTES * perPosition + c.numHeads * chunk * Math.min(scoreColumns, context) * ACTIVATION_BYTES
   );
+}
+
+/** One token's MLP width: the dense MLP's, or (MoE) its k experts' plus the router's logits, whichever is larger. */
+export function mlpWidth(c: ModelConfig): number {
+  if (!c.moe) return c.intermediateSize;
+  const hasDense = c.moe.mlpOnlyLayers.length > 0 || c.moe.decoderSparseStep > 1;
+  return Math.max(hasDense ? c.intermediateSize : 0, c.moe.topK * c.moe.expertIntermediateSize + c.moe.numExperts);
 }
 
 /** Context lengths worth offering: 2^k and 1.5·2^k from 256 up, and the model's own maximum. */

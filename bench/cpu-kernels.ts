@@ -1,0 +1,93 @@
+// CPU quantized-matmul kernels alone: the float kernel (ffi/cpu_qmm.cpp) and
+// the int8 one (ffi/cpu_qmm_int8.cpp) on each instruction set, at 1 and 2
+// threads, on SmolLM2's and Phi-3-mini's layer shapes, decode (1 row) and
+// prefill (rows = --rows). Reports the fastest of --repeat runs (the machine
+// is shared: the minimum is the least disturbed), as ms and weight GB/s.
+//
+//   bun bench/cpu-kernels.ts [--rows 64] [--repeat 7] [--model smollm2|phi3]
+import * as mx from "../src/mlx";
+
+const args = process.argv.slice(2);
+const flag = (name: string, fallback: string) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? (args[i + 1] ?? fallback) : fallback;
+};
+const rows = Number(flag("rows", "64"));
+const repeat = Number(flag("repeat", "7"));
+const modelName = flag("model", "smollm2");
+
+// [name, N, K] of one layer's products (q|k|v and gate|up fused, as the models run them).
+const SHAPES: Record<string, Array<[string, number, number]>> = {
+  smollm2: [
+    ["qkv", 576 + 2 * 192, 576],
+    ["o", 576, 576],
+    ["gate|up", 2 * 1536, 576],
+    ["down", 576, 1536],
+  ],
+  phi3: [
+    ["qkv", 3 * 3072, 3072],
+    ["o", 3072, 3072],
+    ["gate|up", 2 * 8192, 3072],
+    ["down", 3072, 8192],
+  ],
+};
+const shapes = SHAPES[modelName] ?? SHAPES.smollm2 ?? [];
+mx.setDevice("cpu");
+
+function weight(n: number, k: number, group: number, bits: number): mx.QuantizedWeight {
+  const q = mx.quantize(mx.randomNormal([n, k], mx.Dtype.float32, 0, 0.05, mx.randomKey(n + k)), group, bits);
+  const out = {
+    ...q,
+    scales: mx.keep(mx.astype(q.scales, mx.Dtype.float32)),
+    biases: mx.keep(mx.astype(q.biases as mx.MxArray, mx.Dtype.float32)),
+    weight: mx.keep(q.weight),
+  };
+  mx.evaluate(out.weight, out.scales, out.biases);
+  return out;
+}
+
+function time(fn: () => mx.MxArray): number {
+  let best = Number.POSITIVE_INFINITY;
+  for (let i = 0; i < repeat; i++) {
+    const t = performance.now();
+    mx.tidy(() => mx.evaluate(fn()));
+    best = Math.min(best, performance.now() - t);
+  }
+  return best;
+}
+
+const lines: string[] = [];
+const PACKINGS: Array<[group: number, bits: number]> = [
+  [32, 4],
+  [64, 4],
+  [32, 8],
+];
+for (const [group, bits] of PACKINGS) {
+  for (const m of [1, rows]) {
+    const ws = shapes.map(([, n, k]) => weight(n, k, group, bits));
+    const xs = shapes.map(([, , k]) => mx.keep(mx.randomNormal([m, k], mx.Dtype.float32, 0, 1, mx.randomKey(k))));
+    const bytes = ws.reduce((s, w) => s + w.weight.size * 4 + w.scales.size * 8, 0);
+    for (const threads of [1, 2]) {
+      mx.setCpuThreads(threads);
+      const row = (name: string, fn: (x: mx.MxArray, w: mx.QuantizedWeight) => mx.MxArray) => {
+        const ms = shapes.reduce((s, _, i) => s + time(() => fn(xs[i] as mx.MxArray, ws[i] as mx.QuantizedWeight)), 0);
+        const gbs = bytes / (ms / 1000) / 1e9;
+        lines.push(
+          `| ${bits}-bit g${group} | ${m} | ${threads} | ${name} | ${ms.toFixed(2)} | ${gbs.toFixed(1)} | ${((m * bytes * 8) / bits / (ms / 1000) / 1e9).toFixed(1)} |`,
+        );
+      };
+      row("float (exact)", (x, w) => mx.quantizedMatmulCpuExact(x, w));
+      for (const isa of ["scalar", "avx2", "vnni"] as const) {
+        if (!mx.cpuIsaSupported(isa) || (isa === "scalar" && m > 1)) continue;
+        mx.setCpuIsa(isa);
+        row(`int8 ${isa}`, (x, w) => mx.quantizedMatmulCpuInt8(x, w));
+      }
+      mx.setCpuIsa("auto");
+    }
+    mx.disposeAll([ws, xs]);
+  }
+}
+console.log(`${modelName} layer (${shapes.map(([n]) => n).join(", ")}), best of ${repeat}`);
+console.log("| weights | rows | threads | kernel | ms / layer | weight GB/s | G MAC/s |");
+console.log("|---|---:|---:|---|---:|---:|---:|");
+for (const l of lines) console.log(l);
