@@ -24,6 +24,7 @@ export async function runServe(argv: string[]): Promise<number> {
       prefixCacheBytes: config.prefixCacheBytes,
       prefixDiskBytes: config.prefixDiskBytes,
       kvBits: config.kvBits,
+      speculative: config.speculative,
       threads: config.threads,
     },
     server: {

@@ -15,6 +15,7 @@
 //   prefixCacheBytes  PENSIEVE_PREFIX_CACHE_BYTES   --prefix-cache-bytes  null (the KV pool bounds it)
 //   prefixDiskBytes   PENSIEVE_PREFIX_DISK_BYTES    --prefix-disk-bytes   null (automatic)
 //   kvBits            PENSIEVE_KV_BITS              --kv-bits             null (automatic: float for now)
+//   speculative       PENSIEVE_SPECULATIVE          --speculative         true (prompt lookup for a lone stream)
 //   strictModelNames  PENSIEVE_STRICT_MODEL_NAMES   --strict-model-names  false
 //   logLevel          PENSIEVE_LOG_LEVEL            --log-level           "info"
 //   logFormat         PENSIEVE_LOG_FORMAT           --log-format          "json"
@@ -77,6 +78,11 @@ export const ConfigSchema = Type.Object(
       Type.Union([Type.Literal(0), Type.Literal(8), Type.Literal(4)]),
       "KV cache storage: 0 float, 8 or 4 group-quantized bits; null: automatic",
     ),
+    speculative: Type.Boolean({
+      default: true,
+      description:
+        "Prompt-lookup speculative decoding for a lone decoding stream (requests may opt out with speculative: false)",
+    }),
     strictModelNames: Type.Boolean({
       default: false,
       description: "Reject requests naming another model (default: serve the loaded one)",
@@ -130,6 +136,7 @@ const KINDS: Record<ConfigKey, ValueKind> = {
   prefixCacheBytes: "bytes",
   prefixDiskBytes: "bytes",
   kvBits: "integer",
+  speculative: "boolean",
   strictModelNames: "boolean",
   logLevel: "enum",
   logFormat: "enum",

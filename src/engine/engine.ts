@@ -128,6 +128,7 @@ export function schedulerOptions(
     prefixCacheBytes: plan.prefixCacheBytes,
     prefillWidthMultiple: config.prefillWidthMultiple ?? (device === "gpu" ? 64 : 1),
     kvBits: plan.kvBits,
+    speculative: config.speculative ?? true,
   };
 }
 

@@ -236,6 +236,21 @@ export class KVCache implements AttentionBatch {
     this.#pending = 0;
   }
 
+  /**
+   * Forgets the columns from `columns` on (rejected speculative drafts): the
+   * write position moves back and the next write overwrites them. Every part,
+   * float or quantized, has its token axis at 2, so nothing is copied.
+   */
+  truncate(columns: number): void {
+    if (this.#pending !== 0) throw new Error("KVCache.truncate inside a forward pass");
+    if (columns > this.#offset || columns < Math.max(0, ...this.#leftPadding)) {
+      throw new RangeError(
+        `truncate: ${columns} columns outside [${Math.max(0, ...this.#leftPadding)}, ${this.#offset}]`,
+      );
+    }
+    this.#offset = columns;
+  }
+
   /** The current buffers (for evaluation after a prefill chunk). */
   arrays(): MxArray[] {
     return this.#parts.flatMap((p) => p ?? []);

@@ -33,6 +33,12 @@ export interface SamplingParams {
   logprobs: boolean;
   /** Also return this many most likely tokens per step (0–20). */
   topLogprobs: number;
+  /**
+   * Prompt-lookup speculation (scheduler.ts): false, never; true, wherever it
+   * applies (seeded sampling too); null, the server's setting, which leaves
+   * seeded sampling out (its tokens stay those of decoding in a batch).
+   */
+  speculative: boolean | null;
 }
 
 export const DEFAULT_SAMPLING: Readonly<SamplingParams> = Object.freeze({
@@ -47,6 +53,7 @@ export const DEFAULT_SAMPLING: Readonly<SamplingParams> = Object.freeze({
   seed: null,
   logprobs: false,
   topLogprobs: 0,
+  speculative: null,
 });
 
 export const MAX_TOP_LOGPROBS = 20;
@@ -156,9 +163,23 @@ export interface SchedulerStats {
   /** The prefix cache on disk (null: off). */
   prefixDisk: PrefixStoreStats | null;
   steps: number;
+  /** Prompt-lookup verify passes so far (src/engine/speculation.ts). */
+  speculation: SpeculationStats;
   maxConcurrent: number;
   queueSize: number;
   contextLength: number;
+}
+
+/** Counters over prompt-lookup verify passes. */
+export interface SpeculationStats {
+  /** Verify passes run. */
+  passes: number;
+  /** Draft tokens proposed and verified. */
+  drafted: number;
+  /** Draft tokens accepted. */
+  accepted: number;
+  /** Tokens the passes produced (accepted + one of the model's own per pass). */
+  emitted: number;
 }
 
 // ---- the engine process ----
@@ -189,6 +210,8 @@ export interface EngineConfig {
   prefixDiskDir?: string;
   /** KV cache storage: 0 float, 8 or 4 group-quantized bits; null/absent: automatic (defaultKvBits in engine.ts). */
   kvBits?: 0 | 4 | 8 | null;
+  /** Prompt-lookup speculation for a lone decoding row (default true). */
+  speculative?: boolean;
   /** Prompts left-padded to a multiple of this (default 64 on the GPU, 1 on the CPU). */
   prefillWidthMultiple?: number;
   /** GPU: keep dequantized copies of the weights for batched products (default: when memory allows). */

@@ -120,7 +120,36 @@ export class SequenceSampler {
     return { token: tokenI32, logprob, topIds, topLogprobs };
   }
 
+  /** Greedy or sampled, with logit bias at most: no penalties (whose state follows every token). */
+  get penalized(): boolean {
+    return this.#seen !== null || this.#counts !== null;
+  }
+
+  /**
+   * The sampling distribution's logits for rows of logits [..., V]: bias,
+   * then temperature, top-k, top-p and min-p (ruled-out tokens at -inf), as a
+   * draw sees them. For an unpenalized sampler (speculative verification).
+   */
+  filtered(logits: MxArray): MxArray {
+    const biased = this.#bias ? mx.add(logits, this.#bias) : logits;
+    return this.#filter(biased);
+  }
+
+  /** A fresh random key (the sampler's own advances): speculative verification draws with it. */
+  nextKey(): MxArray {
+    const [next, sub] = mx.randomSplit(this.#key as MxArray, 2) as [MxArray, MxArray];
+    this.#key?.dispose();
+    this.#key = mx.keep(next);
+    return sub;
+  }
+
   #draw(logits: MxArray): MxArray {
+    const scaled = this.#filter(logits);
+    return mx.categorical(scaled, -1, this.nextKey());
+  }
+
+  /** Temperature, top-k, top-p, min-p over the last axis. */
+  #filter(logits: MxArray): MxArray {
     const p = this.params;
     let scaled = mx.divide(logits, p.temperature);
     const V = this.vocabSize;
@@ -134,10 +163,10 @@ export class SequenceSampler {
       if (p.topP < 1) {
         // Keep the smallest set of most likely tokens whose mass reaches top_p.
         const order = mx.argsort(mx.neg(probs), -1);
-        const sorted = mx.take(probs, order, 0);
+        const sorted = mx.takeAlongAxis(probs, order, -1);
         const before = mx.subtract(mx.cumsum(sorted, -1), sorted);
         const keepSorted = mx.less(before, p.topP);
-        const keep = mx.putAlongAxis(mx.zeros([V], mx.Dtype.bool), order, keepSorted, 0);
+        const keep = mx.putAlongAxis(mx.zeros(probs.shape, mx.Dtype.bool), order, keepSorted, -1);
         scaled = mx.where(keep, scaled, NEG_INF);
       }
       if (p.minP > 0) {
@@ -145,10 +174,7 @@ export class SequenceSampler {
         scaled = mx.where(mx.less(probs, threshold), NEG_INF, scaled);
       }
     }
-    const [next, sub] = mx.randomSplit(this.#key as MxArray, 2) as [MxArray, MxArray];
-    this.#key?.dispose();
-    this.#key = mx.keep(next);
-    return mx.categorical(scaled, -1, sub);
+    return scaled;
   }
 
   #record(token: MxArray): void {

@@ -37,6 +37,8 @@ import { disposeState, type KVState, PrefixCache } from "./prefix-cache";
 import type { PrefixStore } from "./prefix-store";
 import type { EngineEvent, EngineRequest, FinishReason, SchedulerStats, StepValues, TokenOut } from "./protocol";
 import { type SampledStep, SequenceSampler } from "./sampling";
+import { emptySpeculationStats, PromptLookup, type SpeculationStats } from "./speculation";
+import { verifyDraft } from "./speculative-verify";
 
 /** One sequence's constrained decoding state (src/text/json-constraint.ts). */
 export interface TokenConstraint {
@@ -80,6 +82,8 @@ export interface SchedulerOptions {
   prefillWidthMultiple?: number;
   /** KV cache storage: 0 (default) float, 8 or 4 group-quantized bits. */
   kvBits?: KvBits;
+  /** Prompt-lookup speculation for a lone decoding row (default true; requests may opt out). */
+  speculative?: boolean;
 }
 
 interface Sequence {
@@ -101,6 +105,8 @@ interface Sequence {
   finished: FinishReason | null;
   /** In the decode batch. A finished row stays there, idle, until the batch is compacted. */
   inBatch: boolean;
+  /** Its prompt-lookup proposer (null: it does not speculate). */
+  lookup: PromptLookup | null;
 }
 
 interface PrefillJob {
@@ -237,6 +243,8 @@ export class Scheduler {
   #steps = 0;
   #tokensOut: TokenOut[] = [];
   #finishedOut: EngineEvent[] = [];
+  /** Prompt-lookup verify passes so far (benchmarks). */
+  readonly speculation: SpeculationStats = emptySpeculationStats();
   readonly #bytesPerToken: number;
   readonly #pool: KvPoolShape;
   readonly #constrain: ConstraintFactory | null;
@@ -328,9 +336,10 @@ export class Scheduler {
         return reject(bad ? 400 : 500, `response_format: ${(e as Error).message}`);
       }
     }
+    const sampler = new SequenceSampler(request.sampling, vocab, request.prompt);
     this.#waiting.push({
       request: { ...request, maxTokens },
-      sampler: new SequenceSampler(request.sampling, vocab, request.prompt),
+      sampler,
       constraint,
       mask: constraint ? new Uint8Array(vocab) : null,
       tokens: [...request.prompt],
@@ -343,6 +352,7 @@ export class Scheduler {
       cancelled: false,
       finished: null,
       inBatch: false,
+      lookup: this.#speculates(request, sampler, constraint) ? new PromptLookup() : null,
     });
     return true;
   }
@@ -381,6 +391,7 @@ export class Scheduler {
       prefixCache: this.prefixCache.stats(),
       prefixDisk: this.#disk?.stats() ?? null,
       steps: this.#steps,
+      speculation: { ...this.speculation },
       maxConcurrent: this.options.maxConcurrent,
       queueSize: this.options.queueSize,
       contextLength: this.options.contextLength,
@@ -607,7 +618,11 @@ export class Scheduler {
       const lps = step.topLogprobs.read() as Float32Array;
       top = Array.from(ids, (id, i) => ({ token: id, logprob: lps[i] as number }));
     }
-    const v: StepValues = { token, logprob, top };
+    this.#accept(s, { token, logprob, top });
+  }
+
+  /** Takes a row's next token: emits it, or finishes the row (stop token, constraint, length). */
+  #accept(s: Sequence, v: StepValues): void {
     s.tokens.push(v.token);
     if (s.request.stopTokenIds.includes(v.token)) {
       this.#finish(s, "stop");
@@ -665,6 +680,7 @@ export class Scheduler {
     }
     const rows = this.#rows;
     const batch = this.#batch;
+    if (rows.length === 1 && batch && this.#speculate(rows[0] as Sequence, batch)) return;
     if (rows.length > 0 && batch) {
       let masks: Array<Uint8Array | null> | null = null;
       if (rows.some((s) => s.constraint && s.finished === null)) {
@@ -689,6 +705,65 @@ export class Scheduler {
       });
       this.#compact();
     }
+  }
+
+  // ---- Prompt-lookup speculation (speculation.ts, speculative-verify.ts) ----
+  // Only a lone decoding row with no prefill pending speculates. Batched rows
+  // share one left-padded write position, so per-row draft lengths would need
+  // per-row holes or masks in the cache (not built yet): with more rows, or a
+  // prefill waiting, a step decodes exactly as without speculation.
+
+  /** Whether a request may speculate at all. */
+  #speculates(request: EngineRequest, sampler: SequenceSampler, constraint: TokenConstraint | null): boolean {
+    const asked = request.sampling.speculative;
+    if (this.options.speculative === false || asked === false || request.internal) return false;
+    // A constraint's mask and the penalties follow every token: those rows decode one token at a time.
+    if (constraint || sampler.penalized) return false;
+    // Seeded sampling draws differently when it speculates: it keeps the tokens a batch gives unless asked.
+    return asked === true || sampler.params.temperature <= 0 || sampler.params.seed === null;
+  }
+
+  /** One verify pass in place of a lone row's decode step; false: decode as usual. */
+  #speculate(s: Sequence, batch: KVCache): boolean {
+    const lookup = s.lookup;
+    if (!lookup || s.finished !== null || this.#prefills.length > 0 || this.#group) return false;
+    if (!lookup.ready()) return false;
+    // The step in flight holds the newest token, the draft's context: read it (a sync).
+    this.#read(s);
+    if (s.finished !== null) {
+      this.#compact();
+      return true;
+    }
+    let k = Math.min(
+      lookup.draftLength,
+      s.request.maxTokens - s.generated - 1,
+      this.options.contextLength - s.tokens.length - 1,
+    );
+    // Within the row's RoPE regime: crossing it (Phi-3 LongRoPE) recomputes the cache, token by token.
+    while (k > 0 && this.model.ropeRegime(s.tokens.length + k + 1) !== s.regime) k--;
+    const proposal = k > 0 ? lookup.propose(s.tokens, k) : null;
+    if (!proposal) return false;
+    const last = s.tokens[s.tokens.length - 1] as number;
+    const { values, accepted } = verifyDraft(this.model, batch, s.sampler, last, proposal.draft);
+    lookup.record(proposal.draft.length, accepted);
+    const stats = this.speculation;
+    stats.passes++;
+    stats.drafted += proposal.draft.length;
+    stats.accepted += accepted;
+    stats.emitted += values.length;
+    // The last token is the next input, already taken here (a read step).
+    releaseRowStep(s.step);
+    const next = (values[values.length - 1] as StepValues).token;
+    s.step = {
+      batch: mx.tidy(() => new BatchStep(mx.int32([next]), null)).retain(),
+      index: 0,
+      topIds: null,
+      topLogprobs: null,
+    };
+    s.unread = false;
+    for (const v of values) if (s.finished === null) this.#accept(s, v);
+    this.#compact();
+    return true;
   }
 
   /**

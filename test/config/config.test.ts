@@ -56,6 +56,7 @@ describe("defaults", () => {
       prefixCacheBytes: null,
       prefixDiskBytes: null,
       kvBits: null,
+      speculative: true,
       strictModelNames: false,
       logLevel: "info",
       logFormat: "json",
@@ -165,6 +166,16 @@ describe("layers", () => {
     expect(config.maxContext).toBeNull();
     expect(config.apiKey).toBeNull();
     expect(sources.apiKey).toEqual({ kind: "env", name: "PENSIEVE_API_KEY" });
+  });
+
+  test("speculative: on by default; PENSIEVE_SPECULATIVE=0 or --no-speculative turns it off", () => {
+    expect(loadConfig({ env: { ...env, PENSIEVE_SPECULATIVE: "0" } }).config.speculative).toBe(false);
+    expect(loadConfig({ env, argv: ["--no-speculative"] }).config.speculative).toBe(false);
+    expect(CONFIG_KEYS.map((k) => [k.key, k.env, k.flag])).toContainEqual([
+      "speculative",
+      "PENSIEVE_SPECULATIVE",
+      "--speculative",
+    ]);
   });
 
   test("kvBits: 0, 8 or 4 from the file, PENSIEVE_KV_BITS or --kv-bits; auto is null; other widths are refused", () => {

@@ -56,6 +56,7 @@ export async function startGeneration(ctx: AppContext, body: MessagesRequest, re
       temperature: body.temperature ?? 1,
       topP: body.top_p ?? 1,
       topK: body.top_k ?? 0,
+      speculative: body.speculative ?? null,
     }),
     stop: stops,
     signal: AbortSignal.any([request.signal, replyComplete.signal]),

@@ -44,6 +44,8 @@ export const MessagesBody = t.Object({
   temperature: t.Optional(t.Number({ minimum: 0, maximum: 1 })),
   top_p: t.Optional(t.Number({ minimum: 0, maximum: 1 })),
   top_k: t.Optional(t.Integer({ minimum: 0 })),
+  /** Extension: false turns prompt-lookup speculation off for this request. */
+  speculative: t.Optional(t.Boolean()),
 });
 
 export const CountTokensBody = t.Object(conversationFields);

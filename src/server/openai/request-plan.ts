@@ -32,6 +32,7 @@ type SamplingBody = Pick<
   | "seed"
   | "stop"
   | "max_tokens"
+  | "speculative"
 >;
 
 /** What every API turns its request into before generating. */
@@ -83,6 +84,7 @@ function samplingFromBody(
     seed: body.seed === null || body.seed === undefined ? null : normalizeSeed(body.seed),
     logprobs: logprobs.logprobs,
     topLogprobs: logprobs.topLogprobs,
+    speculative: body.speculative ?? null,
   });
 }
 

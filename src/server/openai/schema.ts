@@ -81,6 +81,8 @@ export const SamplingFields = {
   seed: nullable(T.Integer()),
   stop: nullable(T.Union([T.String(), T.Array(T.String(), { maxItems: 16 })])),
   max_tokens: nullable(T.Integer({ minimum: 1 })),
+  /** Extension: false turns prompt-lookup speculation off for this request. */
+  speculative: nullable(T.Boolean()),
 };
 
 const StreamOptions = nullable(T.Object({ include_usage: nullable(T.Boolean()) }));

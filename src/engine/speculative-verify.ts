@@ -1,0 +1,92 @@
+// The verify pass of speculative decoding for one row: [last token, draft...]
+// through the row's KV cache in one forward pass (logits at every position),
+// the acceptance rule of speculation.ts, then the cache rolled back to the
+// accepted tokens. Called by the scheduler for a lone decoding row.
+import * as mx from "../mlx";
+import type { MxArray } from "../mlx";
+import type { LanguageModel } from "../models/types";
+import type { KVCache } from "./kv-cache";
+import type { StepValues } from "./protocol";
+import type { SequenceSampler } from "./sampling";
+import { acceptGreedy, acceptSampled } from "./speculation";
+
+export interface Verified {
+  /** The tokens to emit: the accepted draft tokens, then one of the model's own. */
+  values: StepValues[];
+  accepted: number;
+}
+
+const NEG_INF = Number.NEGATIVE_INFINITY;
+
+/**
+ * Verifies `draft` after `last` (the row's newest token, not yet in `cache`).
+ * The sampler must be unpenalized (its state would follow every token).
+ * Afterwards `cache` holds `last` and the accepted draft tokens; the last
+ * emitted token is the next input, as after a normal step.
+ */
+export function verifyDraft(
+  model: LanguageModel,
+  cache: KVCache,
+  sampler: SequenceSampler,
+  last: number,
+  draft: readonly number[],
+): Verified {
+  const k = draft.length;
+  const start = cache.offset;
+  const p = sampler.params;
+  const held: { logprobs: MxArray | null } = { logprobs: null };
+  const decision = mx.tidy(() => {
+    const logits = model.forward(mx.int32([last, ...draft], [1, k + 1]), cache, { logits: "all" });
+    const flat = mx.reshape(logits, [k + 1, -1]);
+    if (p.logprobs || p.topLogprobs > 0) held.logprobs = mx.keep(mx.subtract(flat, mx.logsumexp(flat, -1, true)));
+    if (p.temperature <= 0) {
+      const bias = sampler.biasVector;
+      const targets = mx.astype(mx.argmax(bias ? mx.add(flat, bias) : flat, -1), mx.Dtype.int32);
+      return acceptGreedy(draft, targets.read() as Int32Array);
+    }
+    const scaled = sampler.filtered(flat);
+    const head = mx.sliceAxis(scaled, 0, 0, k);
+    const ids = mx.int32(draft, [k, 1]);
+    const draftProbs = mx.reshape(mx.takeAlongAxis(mx.softmax(head, -1), ids, 1), [k]);
+    const [uKey, rKey, bKey] = mx.randomSplit(sampler.nextKey(), 3) as [MxArray, MxArray, MxArray];
+    const uniform = mx.randomUniform([k], mx.Dtype.float32, uKey);
+    const isDraft = mx.equal(mx.reshape(mx.arange(0, sampler.vocabSize), [1, -1]), ids);
+    const residual = mx.astype(mx.categorical(mx.where(isDraft, NEG_INF, head), -1, rKey), mx.Dtype.int32);
+    const bonus = mx.astype(mx.categorical(mx.sliceAxis(scaled, 0, k, k + 1), -1, bKey), mx.Dtype.int32);
+    mx.evaluate(draftProbs, uniform, residual, bonus);
+    return acceptSampled(
+      draft,
+      draftProbs.read() as Float32Array,
+      uniform.read() as Float32Array,
+      residual.read() as Int32Array,
+      bonus.item(),
+    );
+  });
+  cache.truncate(start + 1 + decision.accepted);
+  const values: StepValues[] = decision.tokens.map((token) => ({ token, logprob: null, top: null }));
+  const lp = held.logprobs;
+  if (lp) {
+    mx.tidy(() => {
+      const m = values.length;
+      const rows = mx.sliceAxis(lp, 0, 0, m);
+      const chosen = mx.takeAlongAxis(rows, mx.int32(decision.tokens, [m, 1]), 1).read() as Float32Array;
+      values.forEach((v, i) => {
+        v.logprob = chosen[i] as number;
+      });
+      const topK = Math.min(p.topLogprobs, sampler.vocabSize);
+      if (topK > 0) {
+        const order = mx.sliceAxis(mx.argsort(mx.neg(rows), -1), 1, 0, topK);
+        const ids = mx.astype(order, mx.Dtype.int32).read() as Int32Array;
+        const lps = mx.takeAlongAxis(rows, order, 1).read() as Float32Array;
+        values.forEach((v, i) => {
+          v.top = Array.from(ids.subarray(i * topK, (i + 1) * topK), (id, j) => ({
+            token: id,
+            logprob: lps[i * topK + j] as number,
+          }));
+        });
+      }
+    });
+    lp.dispose();
+  }
+  return { values, accepted: decision.accepted };
+}
