@@ -15,7 +15,7 @@
 //   prefixCacheBytes  PENSIEVE_PREFIX_CACHE_BYTES   --prefix-cache-bytes  null (the KV pool bounds it)
 //   prefixDiskBytes   PENSIEVE_PREFIX_DISK_BYTES    --prefix-disk-bytes   null (automatic)
 //   kvBits            PENSIEVE_KV_BITS              --kv-bits             null (automatic: float for now)
-//   speculative       PENSIEVE_SPECULATIVE          --speculative         true (prompt lookup for a lone stream)
+//   speculative       PENSIEVE_SPECULATIVE          --speculative         null (on: CPU; off: GPU, not yet measured there)
 //   strictModelNames  PENSIEVE_STRICT_MODEL_NAMES   --strict-model-names  false
 //   logLevel          PENSIEVE_LOG_LEVEL            --log-level           "info"
 //   logFormat         PENSIEVE_LOG_FORMAT           --log-format          "json"
@@ -78,11 +78,10 @@ export const ConfigSchema = Type.Object(
       Type.Union([Type.Literal(0), Type.Literal(8), Type.Literal(4)]),
       "KV cache storage: 0 float, 8 or 4 group-quantized bits; null: automatic",
     ),
-    speculative: Type.Boolean({
-      default: true,
-      description:
-        "Prompt-lookup speculative decoding for a lone decoding stream (requests may opt out with speculative: false)",
-    }),
+    speculative: nullable(
+      Type.Boolean(),
+      "Prompt-lookup speculative decoding for a lone decoding stream (requests may opt out with speculative: false); null: on the CPU, off on a GPU until its verify cost is measured there",
+    ),
     strictModelNames: Type.Boolean({
       default: false,
       description: "Reject requests naming another model (default: serve the loaded one)",

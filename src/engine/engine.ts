@@ -128,7 +128,8 @@ export function schedulerOptions(
     prefixCacheBytes: plan.prefixCacheBytes,
     prefillWidthMultiple: config.prefillWidthMultiple ?? (device === "gpu" ? 64 : 1),
     kvBits: plan.kvBits,
-    speculative: config.speculative ?? true,
+    // On where measured to pay (the CPU); a GPU's verify cost is not measured yet (issue 13).
+    speculative: config.speculative ?? device === "cpu",
   };
 }
 

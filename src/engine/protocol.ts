@@ -210,8 +210,8 @@ export interface EngineConfig {
   prefixDiskDir?: string;
   /** KV cache storage: 0 float, 8 or 4 group-quantized bits; null/absent: automatic (defaultKvBits in engine.ts). */
   kvBits?: 0 | 4 | 8 | null;
-  /** Prompt-lookup speculation for a lone decoding row (default true). */
-  speculative?: boolean;
+  /** Prompt-lookup speculation for a lone decoding row; null/absent: on the CPU, off on a GPU (not measured there yet). */
+  speculative?: boolean | null;
   /** Prompts left-padded to a multiple of this (default 64 on the GPU, 1 on the CPU). */
   prefillWidthMultiple?: number;
   /** GPU: keep dequantized copies of the weights for batched products (default: when memory allows). */

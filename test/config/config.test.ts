@@ -56,7 +56,7 @@ describe("defaults", () => {
       prefixCacheBytes: null,
       prefixDiskBytes: null,
       kvBits: null,
-      speculative: true,
+      speculative: null,
       strictModelNames: false,
       logLevel: "info",
       logFormat: "json",
@@ -168,7 +168,8 @@ describe("layers", () => {
     expect(sources.apiKey).toEqual({ kind: "env", name: "PENSIEVE_API_KEY" });
   });
 
-  test("speculative: on by default; PENSIEVE_SPECULATIVE=0 or --no-speculative turns it off", () => {
+  test("speculative: automatic by default; PENSIEVE_SPECULATIVE=0 or --no-speculative turns it off", () => {
+    expect(loadConfig({ env }).config.speculative).toBeNull();
     expect(loadConfig({ env: { ...env, PENSIEVE_SPECULATIVE: "0" } }).config.speculative).toBe(false);
     expect(loadConfig({ env, argv: ["--no-speculative"] }).config.speculative).toBe(false);
     expect(CONFIG_KEYS.map((k) => [k.key, k.env, k.flag])).toContainEqual([
