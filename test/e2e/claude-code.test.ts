@@ -67,7 +67,10 @@ describe("Claude Code against a tiny Phi-3 with a 32K context", () => {
     await Promise.all(exchanges.map((e) => e.done));
     // The random model ends its reply at once about one run in a hundred: then there is no text to compare.
     // A second run is quick (its prompt comes from the prefix cache).
-    if (run.exitCode === 0 && exchanges.length > 0 && streamedReply(exchanges.at(-1) as Exchange).text.trim() === "") {
+    // A sampled random reply can also make Claude Code send a second request (seen once in a fresh-clone run, with
+    // exit 0): this test is about one clean exchange, so that too gets one more run.
+    const empty = exchanges.length > 0 && streamedReply(exchanges.at(-1) as Exchange).text.trim() === "";
+    if (run.exitCode === 0 && (empty || exchanges.length !== 1)) {
       proxy.exchanges.length = 0;
       run = await runClaude(claude, proxy.url, "hello", 240_000);
       exchanges = messagesExchanges(proxy.exchanges);
