@@ -2,26 +2,23 @@
 // parts, the KVState contract (rowState ranges, fromStates concatenation),
 // bytes per token, query sub-chunks under a score bound, and quantized KV in
 // the scheduler (batched greedy tokens equal single-request ones).
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { type KvBits, kvTokenBytes } from "../../src/engine/attention-plan";
 import { Engine } from "../../src/engine/engine";
 import { disposeState, type KVCache, KVCache as KVCacheClass, stateBytes } from "../../src/engine/kv-cache";
+import { kvBytesPerToken } from "../../src/engine/memory-plan";
 import { cacheFor, cacheShape, generateTokens, prefill } from "../../src/engine/one-sequence";
 import { type EngineEvent, type EngineRequest, samplingParams } from "../../src/engine/protocol";
 import { Scheduler } from "../../src/engine/scheduler";
-import { kvBytesPerToken } from "../../src/engine/memory-plan";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";
 import type { LanguageModel } from "../../src/models/types";
 import { tinyModel } from "../support/models";
+import { useExactCpuMatmul } from "../support/oracle";
 import { promptIds } from "../support/reference";
 import { TEST_SCHEDULER_OPTIONS } from "../support/scheduler";
 
-// The attention paths are compared with one another to float rounding: the exact CPU matmul kernel under them
-// (int8 activations, the CPU default, move K and V by more than these tolerances).
-const modeBefore = mx.cpuMatmul();
-beforeAll(() => mx.setCpuMatmul("exact"));
-afterAll(() => mx.setCpuMatmul(modeBefore));
+useExactCpuMatmul();
 
 const BITS: KvBits[] = [0, 8, 4];
 

@@ -2,7 +2,7 @@
 // QuantizedKVCache with quantized_scaled_dot_product_attention, same group
 // size, float32 on the CPU. Fixtures: test/fixtures/reference/*.mlx-lm-kv.json
 // (regenerate: bun scripts/fixtures/make-kv-reference.ts).
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { cacheFor, generateTokens, prefill } from "../../src/engine/one-sequence";
 import { samplingParams } from "../../src/engine/protocol";
 import * as mx from "../../src/mlx";
@@ -10,11 +10,9 @@ import { loadModel } from "../../src/models/loader";
 import type { LanguageModel } from "../../src/models/types";
 import { KV_REFERENCE_CASES, readKvReference } from "../support/kv-reference";
 import { tinyModel, weightsDigest } from "../support/models";
+import { maxAbsDiff, useExactCpuMatmul } from "../support/oracle";
 
-// The outside oracle runs float products: so does Pensieve here (the exact CPU kernel, not int8 activations).
-const modeBefore = mx.cpuMatmul();
-beforeAll(() => mx.setCpuMatmul("exact"));
-afterAll(() => mx.setCpuMatmul(modeBefore));
+useExactCpuMatmul();
 
 /**
  * Max |ours - mlx-lm| over logits and log-probabilities (float32 on the CPU).
@@ -32,13 +30,6 @@ function lastLogits(model: LanguageModel, prompt: number[], kvBits: 8 | 4, matmu
   } finally {
     cache.dispose();
   }
-}
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs((a[i] as number) - (b[i] as number)));
-  return m;
 }
 
 for (const c of KV_REFERENCE_CASES) {

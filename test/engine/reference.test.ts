@@ -1,20 +1,16 @@
 // Pensieve's forward pass and greedy generation against outside oracles:
 // mlx-lm, and an independent NumPy Phi-3 with the Hugging Face LongRoPE rule.
 // Fixtures: test/fixtures/reference/ (regenerate: bun scripts/fixtures/make-reference.ts).
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { cacheFor, generateTokens, prefill } from "../../src/engine/one-sequence";
 import { samplingParams } from "../../src/engine/protocol";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";
 import { tinyModel, weightsDigest } from "../support/models";
+import { maxAbsDiff, useExactCpuMatmul } from "../support/oracle";
 import { REFERENCE_CASES, readReference } from "../support/reference";
 
-// The exact float CPU kernel: the int8-activation one (the default) moves
-// logits by more than this file's tolerance; its cost is measured in
-// test/models/int8-quality.test.ts instead.
-const modeBefore = mx.cpuMatmul();
-beforeAll(() => mx.setCpuMatmul("exact"));
-afterAll(() => mx.setCpuMatmul(modeBefore));
+useExactCpuMatmul();
 
 /** Max |ours - reference| over logits and log-probabilities (float32 on the CPU). */
 export const LOGITS_TOLERANCE = 1e-4;
@@ -26,13 +22,6 @@ function lastLogits(model: ReturnType<typeof loadModel>["model"], prompt: number
   } finally {
     cache.dispose();
   }
-}
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs((a[i] as number) - (b[i] as number)));
-  return m;
 }
 
 test("dequantized copies for batched products (the GPU's path) give the same logits", () => {

@@ -8,23 +8,21 @@
 // folder it converts must give mlx-lm's logits (1e-4) and greedy tokens.
 // Regenerate: bash scripts/fixtures/families/make-gguf.sh, then
 // bun scripts/fixtures/families/make-convert-reference.ts
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { cacheFor, generateTokens, prefill } from "../../src/engine/one-sequence";
+import { samplingParams } from "../../src/engine/protocol";
 import * as mx from "../../src/mlx";
 import { convertGguf } from "../../src/models/gguf-to-mlx";
-import { samplingParams } from "../../src/engine/protocol";
 import { loadModel } from "../../src/models/loader";
 import { REPO_ROOT } from "../../src/paths";
 import { TEST_TMP } from "../support/models";
+import { useExactCpuMatmul } from "../support/oracle";
 
 const GGUF_DIR = join(REPO_ROOT, "test", "fixtures", "gguf");
 
-// The oracles run float products: so does Pensieve here (the exact CPU kernel, not int8 activations).
-const modeBefore = mx.cpuMatmul();
-beforeAll(() => mx.setCpuMatmul("exact"));
-afterAll(() => mx.setCpuMatmul(modeBefore));
+useExactCpuMatmul();
 const fixture = JSON.parse(
   readFileSync(join(REPO_ROOT, "test", "fixtures", "reference", "gguf-llamacpp.json"), "utf8"),
 ) as {
