@@ -14,7 +14,7 @@ import { tokenByteTable } from "../text/token-bytes";
 import { loadTokenizer } from "../text/tokenizer";
 import { effectiveKvBits, type KvBits, kvGroupSize } from "./attention-plan";
 import { KV_STEP, KVCache } from "./kv-cache";
-import { CLAUDE_CODE_SESSION_TOKENS, concurrentFit, describePool, type KvPoolShape } from "./kv-pool";
+import { describePool, type KvPoolShape } from "./kv-pool";
 import { cacheShape, defaultPrefillChunk } from "./one-sequence";
 import { fileIdentity, modelKey, PrefixStore } from "./prefix-store";
 import {
@@ -97,7 +97,6 @@ export function planMemory(
     numLayers: model.numLayers,
     growthStep: KV_STEP,
   };
-  const sessions = concurrentFit(pool, Math.min(CLAUDE_CODE_SESSION_TOKENS, plan.context));
   const message = `${plan.message}; ${describePool(pool, plan.context)}`;
   // null: the pool alone bounds the prefix cache.
   const prefixCacheBytes = config.prefixCacheBytes ?? null;
@@ -106,7 +105,6 @@ export function planMemory(
     kvBudgetBytes,
     prefixCacheBytes,
     estimate: { ...plan, message },
-    sessions,
     kvBits: kv.kvBits,
   };
 }
