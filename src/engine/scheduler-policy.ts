@@ -1,0 +1,340 @@
+// The scheduler's policy: every decision of an iteration, as plain data in and
+// plain data out. It imports nothing that reaches MLX (kv-pool.ts and
+// protocol.ts are plain too), so test/engine/scheduler-policy.test.ts runs it
+// without a model. The device side (src/engine/scheduler.ts with
+// batch-step.ts and scheduler-prefix.ts) asks it, in this order, each
+// iteration:
+//   1. dropCancelled: which sequences leave the queue and the prefill line;
+//   2. compaction: which finished rows leave the batch now;
+//   3. planAdmissions: how many waiting requests join the prefill line, and
+//      how far the prefix cache must shrink for each (the KV pool);
+//   4. regimeCrossings: which rows recompute their cache (Phi-3 LongRoPE);
+//   5. planPrefillGroup: which prompts prefill together, at what width;
+//   6. prefillChunkEnd: how many columns the group's next forward pass takes;
+//   7. acceptToken / nextMask: what a sampled token does to its sequence.
+// Decisions come one at a time rather than as one plan up front because each
+// depends on what the device just did (a decode step finishes rows, a
+// compaction shrinks the batch's columns), and the order must stay exactly
+// that of the scheduler before the split.
+
+import { admit, type BatchFootprint, type KvDemand, type KvPoolShape, loneBytes, maxLoneTokens } from "./kv-pool";
+import type { EngineRequest, FinishReason, StepValues } from "./protocol";
+
+/** One sequence's constrained decoding state (src/text/json-constraint.ts). */
+export interface TokenConstraint {
+  /** Advances by a generated token; false if the token was not allowed. */
+  accept(token: number): boolean;
+  /** Marks the allowed next tokens with 1 in `out` (zeroed); returns how many. */
+  allowed(out: Uint8Array): number;
+  /** Complete, and nothing but the end may follow. */
+  readonly done: boolean;
+  /** Complete (it may still go on, e.g. a top-level number). */
+  readonly complete: boolean;
+}
+
+/** The limits the policy applies (a part of SchedulerOptions). */
+export interface PolicyLimits {
+  maxConcurrent: number;
+  queueSize: number;
+  contextLength: number;
+  prefillChunk: number;
+  interleavedPrefillChunk: number;
+  maxPrefillBatch?: number;
+  prefillWidthMultiple?: number;
+}
+
+/** What the policy knows of a sequence (the scheduler's Sequence adds its device state). */
+export interface SequenceState {
+  /** The request, its maxTokens already bounded by the context. */
+  request: EngineRequest;
+  /** Prompt plus every token read so far (a final stop token included). */
+  tokens: number[];
+  generated: number;
+  /** Its RoPE regime (a model's ropeRegime(length)); crossing one recomputes the cache. */
+  regime: number;
+  cancelled: boolean;
+  finished: FinishReason | null;
+  constraint: TokenConstraint | null;
+  /** The constraint's mask for the next token (vocabulary long), reused every step. */
+  mask: Uint8Array | null;
+}
+
+/** A sequence in the prefill line; `recompute`: it crossed into another RoPE regime. */
+export interface PrefillJob<S extends SequenceState = SequenceState> {
+  seq: S;
+  recompute: boolean;
+}
+
+/** A sequence's KV demand: tokens in its cache once prefilled, and tokens it may still add. */
+export function demand(s: SequenceState): KvDemand {
+  const prompt = s.request.prompt.length;
+  return { tokens: s.tokens.length, remaining: Math.max(0, prompt + s.request.maxTokens - s.tokens.length) };
+}
+
+/**
+ * The decode batch as the KV pool sees it: `columns` is the batch cache's
+ * write position, null without one. Rows waiting for compaction count: they
+ * hold memory.
+ */
+export function batchFootprint(rows: readonly SequenceState[], columns: number | null): BatchFootprint | null {
+  if (columns === null || rows.length === 0) return null;
+  let remaining = 0;
+  for (const s of rows) if (s.finished === null) remaining = Math.max(remaining, demand(s).remaining);
+  return { rows: rows.length, columns, remaining };
+}
+
+export type SubmitVerdict =
+  | { accept: true /** max_tokens bounded by the context. */; maxTokens: number }
+  | { accept: false; status: number; message: string; retryAfterSeconds?: number };
+
+/** Whether a request may queue (before its constraint is built): length, vocabulary, queue room, KV budget. */
+export function checkSubmission(
+  request: EngineRequest,
+  limits: PolicyLimits,
+  pool: KvPoolShape,
+  vocabSize: number,
+  waiting: number,
+): SubmitVerdict {
+  const reject = (status: number, message: string, retryAfterSeconds?: number): SubmitVerdict => ({
+    accept: false,
+    status,
+    message,
+    retryAfterSeconds,
+  });
+  const prompt = request.prompt;
+  if (prompt.length === 0) return reject(400, "the prompt is empty");
+  if (prompt.length >= limits.contextLength) {
+    return reject(400, `prompt is too long: ${prompt.length} tokens > ${limits.contextLength - 1} maximum`);
+  }
+  if (prompt.some((t) => !Number.isInteger(t) || t < 0 || t >= vocabSize)) {
+    return reject(400, `the prompt has token ids outside the vocabulary (0..${vocabSize - 1})`);
+  }
+  if (waiting >= limits.queueSize) return reject(429, `the server is busy: ${waiting} requests are waiting`, 1);
+  const maxTokens = Math.max(0, Math.min(request.maxTokens, limits.contextLength - prompt.length));
+  if (loneBytes(pool, { tokens: prompt.length, remaining: maxTokens }) > pool.budgetBytes) {
+    return reject(
+      400,
+      `the request needs ${prompt.length + maxTokens} tokens of KV cache, more than the memory budget allows (${maxLoneTokens(pool)}); lower max_tokens or shorten the prompt`,
+    );
+  }
+  return { accept: true, maxTokens };
+}
+
+/**
+ * Removes cancelled sequences from the queue and the prefill line (in place)
+ * and returns every cancelled sequence to finish, in the order their
+ * "finished" events go out: queue, line, prefill group, batch. Group and
+ * batch rows stay where they are: they leave when the group joins or the
+ * batch is compacted.
+ */
+export function dropCancelled<S extends SequenceState>(
+  waiting: S[],
+  line: PrefillJob<S>[],
+  group: readonly S[],
+  rows: readonly S[],
+): S[] {
+  const out: S[] = [];
+  const keepWaiting = waiting.filter((s) => !s.cancelled);
+  for (const s of waiting) if (s.cancelled) out.push(s);
+  const keepLine = line.filter((j) => !j.seq.cancelled);
+  for (const j of line) if (j.seq.cancelled) out.push(j.seq);
+  waiting.splice(0, waiting.length, ...keepWaiting);
+  line.splice(0, line.length, ...keepLine);
+  for (const s of group) if (s.cancelled) out.push(s);
+  for (const s of rows) if (s.cancelled) out.push(s);
+  return out;
+}
+
+/**
+ * Finished rows to take out of the batch now, or none. Each compaction
+ * copies the whole KV cache, so it waits until a quarter of the rows are
+ * idle (or `force`: the batch is being copied anyway).
+ */
+export function compaction<S extends SequenceState>(rows: readonly S[], force: boolean): S[] {
+  const dead = rows.filter((r) => r.finished !== null);
+  if (dead.length === 0) return [];
+  if (!force && dead.length * 4 < rows.length) return [];
+  return dead;
+}
+
+/**
+ * Admission from the head of the queue: how many waiting requests join the
+ * prefill line now, each with the size the prefix cache must shrink to first
+ * (cached prefixes count as free memory). Stops at the first that does not
+ * fit (FIFO: no overtaking), or at maxConcurrent sequences.
+ */
+export function planAdmissions(
+  limits: PolicyLimits,
+  pool: KvPoolShape,
+  batch: BatchFootprint | null,
+  rows: number,
+  prefilling: readonly SequenceState[],
+  waiting: readonly SequenceState[],
+): number[] {
+  const cacheLimits: number[] = [];
+  const pending = prefilling.map(demand);
+  for (const next of waiting) {
+    if (rows + pending.length >= limits.maxConcurrent) break;
+    const d = demand(next);
+    const verdict = admit(pool, batch, pending, d);
+    if (!verdict.admit) break;
+    cacheLimits.push(verdict.cacheLimit);
+    pending.push(d);
+  }
+  return cacheLimits;
+}
+
+/** Rows whose next token moves them into another RoPE regime (they leave the batch to recompute). */
+export function regimeCrossings<S extends SequenceState>(
+  rows: readonly S[],
+  ropeRegime: (length: number) => number,
+): S[] {
+  return rows.filter((s) => ropeRegime(s.tokens.length + 1) !== s.regime);
+}
+
+/** A prompt that might join a prefill group: its length, regime, and cached prefix (peek, 0 if none). */
+export interface GroupCandidate {
+  tokens: number;
+  regime: number;
+  recompute: boolean;
+  cachedPrefix: number;
+}
+
+export type GroupPlan =
+  /** The line's head alone and unpadded, from `done` cached tokens (a hit, a recompute, a long prompt). */
+  | { alone: true; width: number; done: number }
+  /** The first `take` of the line, left-padded to `width` (padding[i] zeros before row i). */
+  | { alone: false; take: number; width: number; padding: number[] };
+
+/**
+ * The next prefill group from the head of the line: a prefix-cache hit
+ * (`hit`, its cached tokens) or a recompute goes alone (its cache starts
+ * elsewhere), and so does a prompt longer than a chunk (a causal mask keeps
+ * attention fused); otherwise following prompts without a hit join while
+ * padding stays under half of the real tokens.
+ */
+export function planPrefillGroup(
+  limits: PolicyLimits,
+  first: GroupCandidate,
+  hit: number | null,
+  following: readonly GroupCandidate[],
+): GroupPlan {
+  if (hit !== null || first.recompute || first.tokens > limits.prefillChunk) {
+    return { alone: true, width: first.tokens, done: hit ?? 0 };
+  }
+  const lengths = [first.tokens];
+  const max = limits.maxPrefillBatch ?? 1;
+  let width = first.tokens;
+  let real = first.tokens;
+  for (const next of following) {
+    if (lengths.length >= max) break;
+    if (next.recompute || next.regime !== first.regime) break;
+    if (next.cachedPrefix > 0) break;
+    if (next.tokens > limits.prefillChunk) break;
+    const w = Math.max(width, next.tokens);
+    if (w * (lengths.length + 1) > 1.5 * (real + next.tokens)) break;
+    lengths.push(next.tokens);
+    width = w;
+    real += next.tokens;
+  }
+  const multiple = limits.prefillWidthMultiple ?? 1;
+  width = Math.ceil(width / multiple) * multiple;
+  return { alone: false, take: lengths.length, width, padding: lengths.map((n) => width - n) };
+}
+
+/**
+ * Where a prefill group's next forward pass ends (a column): a full chunk
+ * when nothing decodes, a small one while rows decode (their streams keep
+ * moving), split over the group's rows.
+ */
+export function prefillChunkEnd(
+  limits: PolicyLimits,
+  decodingRows: number,
+  groupRows: number,
+  width: number,
+  done: number,
+): number {
+  const budget = decodingRows > 0 ? limits.interleavedPrefillChunk : limits.prefillChunk;
+  const columns = Math.max(1, Math.floor(budget / groupRows));
+  return Math.min(width, done + columns);
+}
+
+export type TokenOutcome = {
+  /** Goes out to the client (a stop token does not). */
+  emit: boolean;
+  finish: { reason: FinishReason; message?: string } | null;
+};
+
+/** Takes a sequence's next token (updates its tokens, count and constraint): emitted, finished, or both. */
+export function acceptToken(s: SequenceState, v: StepValues, contextLength: number): TokenOutcome {
+  s.tokens.push(v.token);
+  if (s.request.stopTokenIds.includes(v.token)) return { emit: false, finish: { reason: "stop" } };
+  s.generated++;
+  if (s.constraint) {
+    if (!s.constraint.accept(v.token)) {
+      return {
+        emit: true,
+        finish: { reason: "error", message: `constrained decoding: token ${v.token} is not allowed here` },
+      };
+    }
+    // Only a stop token may follow: end now rather than spend a step on it.
+    if (s.constraint.done) return { emit: true, finish: { reason: "stop" } };
+  }
+  if (s.generated >= s.request.maxTokens || s.tokens.length >= contextLength) {
+    return { emit: true, finish: { reason: "length" } };
+  }
+  return { emit: true, finish: null };
+}
+
+export type MaskDecision = { mask: Uint8Array | null } | { finish: FinishReason; message?: string };
+
+/**
+ * The constraint's mask for a sequence's next token (null: unconstrained). A
+ * sequence with no token allowed ends: "stop" when its value is complete (a
+ * grammar with no stop token), else "error" (a schema nothing satisfies).
+ */
+export function nextMask(s: SequenceState): MaskDecision {
+  if (!s.constraint || !s.mask || s.finished !== null) return { mask: null };
+  s.mask.fill(0);
+  if (s.constraint.allowed(s.mask) > 0) return { mask: s.mask };
+  if (s.constraint.complete) return { finish: "stop" };
+  return { finish: "error", message: "constrained decoding: no token can continue the response format" };
+}
+
+/** What decides whether a request speculates (prompt lookup; src/engine/speculation.ts). */
+export interface SpeculationAsk {
+  /** The engine's setting (SchedulerOptions.speculative). */
+  enabled: boolean | undefined;
+  /** The request's own (sampling.speculative). */
+  asked: boolean | null | undefined;
+  internal: boolean;
+  constrained: boolean;
+  penalized: boolean;
+  temperature: number;
+  seed: number | null;
+}
+
+/** Whether a request may speculate at all. */
+export function maySpeculate(a: SpeculationAsk): boolean {
+  if (a.enabled === false || a.asked === false || a.internal) return false;
+  // A constraint's mask and the penalties follow every token: those rows decode one token at a time.
+  if (a.constrained || a.penalized) return false;
+  // Seeded sampling draws differently when it speculates: it keeps the tokens a batch gives unless asked.
+  return a.asked === true || a.temperature <= 0 || a.seed === null;
+}
+
+/**
+ * How many draft tokens a lone row may verify in one pass: within its
+ * max_tokens, the context, and its RoPE regime (crossing one, as Phi-3's
+ * LongRoPE does, recomputes the cache token by token instead).
+ */
+export function draftLength(
+  s: SequenceState,
+  longest: number,
+  contextLength: number,
+  ropeRegime: (length: number) => number,
+): number {
+  let k = Math.min(longest, s.request.maxTokens - s.generated - 1, contextLength - s.tokens.length - 1);
+  while (k > 0 && ropeRegime(s.tokens.length + k + 1) !== s.regime) k--;
+  return k;
+}
