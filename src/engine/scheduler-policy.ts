@@ -17,6 +17,7 @@
 // compaction shrinks the batch's columns), and the order must stay exactly
 // that of the scheduler before the split.
 
+import type { KvBits } from "./attention-plan";
 import { admit, type BatchFootprint, type KvDemand, type KvPoolShape, loneBytes, maxLoneTokens } from "./kv-pool";
 import type { EngineRequest, FinishReason, StepValues } from "./protocol";
 
@@ -32,16 +33,48 @@ export interface TokenConstraint {
   readonly complete: boolean;
 }
 
-/** The limits the policy applies (a part of SchedulerOptions). */
-export interface PolicyLimits {
+export interface SchedulerOptions {
+  /** Rows decoded together. */
   maxConcurrent: number;
+  /** Requests allowed to wait; beyond it new requests are rejected with 429. */
   queueSize: number;
+  /** The KV pool: bytes for running and prefilling sequences and cached prefixes together. */
+  kvBudgetBytes: number;
+  /** Longest sequence (prompt + output) a request may reach. */
   contextLength: number;
+  /** Prefill tokens per forward pass when nothing else runs. */
   prefillChunk: number;
+  /** Prefill tokens per iteration while sequences are decoding (keeps their streams moving). */
   interleavedPrefillChunk: number;
+  /** Prompts prefilled together in one forward pass (at most). */
   maxPrefillBatch?: number;
+  /** Cap on the prefix cache inside the KV pool: null, only the pool bounds it; 0 disables it. */
+  prefixCacheBytes: number | null;
+  /** Prefix-cache node boundaries fall on multiples of this many tokens (default 16). */
+  prefixBlockTokens?: number;
+  /**
+   * Prompts are left-padded to a multiple of this many tokens (default 1: none).
+   * On CUDA every new prefill shape builds a cuDNN attention graph and matmul
+   * plans (50-500 ms); a few widths keep those cached.
+   */
   prefillWidthMultiple?: number;
+  /** KV cache storage: 0 (default) float, 8 or 4 group-quantized bits. */
+  kvBits?: KvBits;
+  /** Prompt-lookup speculation for a lone decoding row (default true; requests may opt out). */
+  speculative?: boolean;
 }
+
+/** The limits the policy applies. */
+export type PolicyLimits = Pick<
+  SchedulerOptions,
+  | "maxConcurrent"
+  | "queueSize"
+  | "contextLength"
+  | "prefillChunk"
+  | "interleavedPrefillChunk"
+  | "maxPrefillBatch"
+  | "prefillWidthMultiple"
+>;
 
 /** What the policy knows of a sequence (the scheduler's Sequence adds its device state). */
 export interface SequenceState {

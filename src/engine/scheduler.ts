@@ -21,97 +21,43 @@
 // without one, the path is unchanged.
 
 import type { LanguageModel } from "../models/types";
-import type { ConstraintSpec } from "../text/json-constraint";
-import type { KvBits } from "./attention-plan";
 import {
   buildPrefillGroup,
-  type DecodingRow,
   decodeStep,
-  knownRowStep,
   type PrefillGroup,
   prefillChunk,
   type RowStep,
   readRowStep,
   releaseRowStep,
 } from "./batch-step";
+import { DecodeBatch } from "./decode-batch";
 import { KV_STEP, KVCache } from "./kv-cache";
 import { type KvPoolShape, projectedBytes } from "./kv-pool";
 import { cacheShape } from "./one-sequence";
 import { PrefixCache } from "./prefix-cache";
 import type { PrefixStore } from "./prefix-store";
 import type { EngineEvent, EngineRequest, FinishReason, SchedulerStats, StepValues, TokenOut } from "./protocol";
-import { SequenceSampler } from "./sampling";
 import {
   acceptToken,
-  batchFootprint,
   checkSubmission,
-  compaction,
   demand,
-  draftLength,
   dropCancelled,
   type GroupCandidate,
-  maySpeculate,
   nextMask,
   type PrefillJob,
   planAdmissions,
   planPrefillGroup,
   prefillChunkEnd,
   regimeCrossings,
-  type SequenceState,
+  type SchedulerOptions,
   type TokenConstraint,
 } from "./scheduler-policy";
 import { PrefixKeeper } from "./scheduler-prefix";
-import { emptySpeculationStats, PromptLookup, type SpeculationStats } from "./speculation";
-import { verifyDraft } from "./speculative-verify";
+import { type ConstraintFactory, newSequence, type Sequence } from "./scheduler-sequence";
+import { speculateLoneRow } from "./scheduler-speculation";
+import { emptySpeculationStats, type SpeculationStats } from "./speculation";
 
-export type { TokenConstraint };
-
-/** Builds a request's constraint; `endIds` are its stop tokens. Throws a SchemaError (→ 400) for a bad spec. */
-export type ConstraintFactory = (spec: ConstraintSpec, endIds: readonly number[]) => TokenConstraint;
-
-export interface SchedulerOptions {
-  /** Rows decoded together. */
-  maxConcurrent: number;
-  /** Requests allowed to wait; beyond it new requests are rejected with 429. */
-  queueSize: number;
-  /** The KV pool: bytes for running and prefilling sequences and cached prefixes together. */
-  kvBudgetBytes: number;
-  /** Longest sequence (prompt + output) a request may reach. */
-  contextLength: number;
-  /** Prefill tokens per forward pass when nothing else runs. */
-  prefillChunk: number;
-  /** Prefill tokens per iteration while sequences are decoding (keeps their streams moving). */
-  interleavedPrefillChunk: number;
-  /** Prompts prefilled together in one forward pass (at most). */
-  maxPrefillBatch?: number;
-  /** Cap on the prefix cache inside the KV pool: null, only the pool bounds it; 0 disables it. */
-  prefixCacheBytes: number | null;
-  /** Prefix-cache node boundaries fall on multiples of this many tokens (default 16). */
-  prefixBlockTokens?: number;
-  /**
-   * Prompts are left-padded to a multiple of this many tokens (default 1: none).
-   * On CUDA every new prefill shape builds a cuDNN attention graph and matmul
-   * plans (50-500 ms); a few widths keep those cached.
-   */
-  prefillWidthMultiple?: number;
-  /** KV cache storage: 0 (default) float, 8 or 4 group-quantized bits. */
-  kvBits?: KvBits;
-  /** Prompt-lookup speculation for a lone decoding row (default true; requests may opt out). */
-  speculative?: boolean;
-}
-
-/** A sequence: what the policy knows of it, plus its sampler and its last step on the device. */
-interface Sequence extends SequenceState, DecodingRow {
-  /** The last sampled step: its token is the next input; `unread` until emitted. */
-  step: RowStep | null;
-  unread: boolean;
-  cachedTokens: number;
-  enqueuedAt: number;
-  /** In the decode batch. A finished row stays there, idle, until the batch is compacted. */
-  inBatch: boolean;
-  /** Its prompt-lookup proposer (null: it does not speculate). */
-  lookup: PromptLookup | null;
-}
+export type { ConstraintFactory, SchedulerOptions, TokenConstraint };
 
 export class Scheduler {
   readonly model: LanguageModel;
@@ -121,8 +67,7 @@ export class Scheduler {
   #waiting: Sequence[] = [];
   #prefills: PrefillJob<Sequence>[] = [];
   #group: PrefillGroup<Sequence> | null = null;
-  #rows: Sequence[] = [];
-  #batch: KVCache | null = null;
+  readonly #batch = new DecodeBatch<Sequence>();
   #steps = 0;
   #tokensOut: TokenOut[] = [];
   #finishedOut: EngineEvent[] = [];
@@ -187,45 +132,9 @@ export class Scheduler {
     const vocab = this.model.config.vocabSize;
     const verdict = checkSubmission(request, this.options, this.#pool, vocab, this.#waiting.length);
     if (!verdict.accept) return reject(verdict.status, verdict.message, verdict.retryAfterSeconds);
-    let constraint: TokenConstraint | null = null;
-    if (request.constraint) {
-      if (!this.#constrain) return reject(400, "constrained decoding (response_format) is not available");
-      try {
-        const endIds = request.stopTokenIds.filter((t) => Number.isInteger(t) && t >= 0 && t < vocab);
-        constraint = this.#constrain(request.constraint, endIds);
-      } catch (e) {
-        // A bad schema is the client's; anything else (the tokenizer failed to load) is ours.
-        const bad = (e as Error).name === "SchemaError";
-        return reject(bad ? 400 : 500, `response_format: ${(e as Error).message}`);
-      }
-    }
-    const sampler = new SequenceSampler(request.sampling, vocab, request.prompt);
-    const speculates = maySpeculate({
-      enabled: this.options.speculative,
-      asked: request.sampling.speculative,
-      internal: request.internal === true,
-      constrained: constraint !== null,
-      penalized: sampler.penalized,
-      temperature: sampler.params.temperature,
-      seed: sampler.params.seed,
-    });
-    this.#waiting.push({
-      request: { ...request, maxTokens: verdict.maxTokens },
-      sampler,
-      constraint,
-      mask: constraint ? new Uint8Array(vocab) : null,
-      tokens: [...request.prompt],
-      generated: 0,
-      step: null,
-      unread: false,
-      regime: this.model.ropeRegime(request.prompt.length),
-      cachedTokens: 0,
-      enqueuedAt: performance.now(),
-      cancelled: false,
-      finished: null,
-      inBatch: false,
-      lookup: speculates ? new PromptLookup() : null,
-    });
+    const s = newSequence(this.model, this.options, request, verdict.maxTokens, this.#constrain);
+    if ("status" in s) return reject(s.status, s.message);
+    this.#waiting.push(s);
     return true;
   }
 
@@ -239,24 +148,24 @@ export class Scheduler {
   }
 
   hasWork(): boolean {
-    return this.#waiting.length > 0 || this.#prefills.length > 0 || this.#group !== null || this.#rows.length > 0;
+    return this.#waiting.length > 0 || this.#prefills.length > 0 || this.#group !== null || this.#batch.rows.length > 0;
   }
 
   *#all(): Iterable<Sequence> {
     yield* this.#waiting;
     for (const j of this.#prefills) yield j.seq;
     for (const j of this.#group?.jobs ?? []) yield j.seq;
-    yield* this.#rows;
+    yield* this.#batch.rows;
   }
 
   stats(): SchedulerStats {
     const prefilling = this.#prefilling();
     const prefillBytes = this.#group?.cache.nbytes ?? 0;
     return {
-      running: this.#rows.filter((r) => r.finished === null).length,
+      running: this.#batch.rows.filter((r) => r.finished === null).length,
       prefilling: prefilling.length,
       waiting: this.#waiting.length,
-      kvCacheBytes: (this.#batch?.nbytes ?? 0) + prefillBytes,
+      kvCacheBytes: (this.#batch.cache?.nbytes ?? 0) + prefillBytes,
       kvReservedBytes: this.#reserved(),
       kvBudgetBytes: this.options.kvBudgetBytes,
       prefixCache: this.prefixCache.stats(),
@@ -272,12 +181,12 @@ export class Scheduler {
   /** One scheduling iteration. Returns whether work remains. */
   step(): boolean {
     this.#steps++;
-    for (const s of dropCancelled(this.#waiting, this.#prefills, this.#groupSequences(), this.#rows)) {
+    for (const s of dropCancelled(this.#waiting, this.#prefills, this.#groupSequences(), this.#batch.rows)) {
       this.#finish(s, "cancelled");
     }
-    this.#compact();
+    this.#batch.compact();
     this.#admit();
-    if (this.#rows.length > 0) this.#guard(() => this.#decode(), [...this.#rows], true);
+    if (this.#batch.rows.length > 0) this.#guard(() => this.#decode(), [...this.#batch.rows], true);
     if (!this.#group) this.#group = this.#formGroup();
     const group = this.#group;
     if (group) {
@@ -313,23 +222,13 @@ export class Scheduler {
         this.#group.cache.dispose();
         this.#group = null;
       }
-      if (dropBatch) {
-        for (const r of this.#rows) {
-          r.inBatch = false;
-          releaseRowStep(r.step);
-          r.step = null;
-        }
-        this.#batch?.dispose();
-        this.#batch = null;
-        this.#rows = [];
-      }
+      if (dropBatch) this.#batch.drop();
     }
   }
 
   /** Nothing left to run. MLX's buffer cache stays: the engine frees it after a quiet spell. */
   #idle(): void {
-    this.#batch?.dispose();
-    this.#batch = null;
+    this.#batch.free();
   }
 
   #finish(s: Sequence, reason: FinishReason, message?: string): void {
@@ -337,11 +236,12 @@ export class Scheduler {
     s.finished = reason;
     this.#finishedOut.push({ type: "finished", id: s.request.id, reason, completionTokens: s.generated, message });
     s.sampler.dispose();
-    const row = s.inBatch ? this.#rows.indexOf(s) : -1;
-    if (row >= 0 && this.#batch && (reason === "stop" || reason === "length") && this.#caches(s)) {
+    const row = s.inBatch ? this.#batch.rows.indexOf(s) : -1;
+    const cache = this.#batch.cache;
+    if (row >= 0 && cache && (reason === "stop" || reason === "length") && this.#caches(s)) {
       // Its KV stays in the batch until compaction: copy what the prefix cache lacks now.
-      const length = Math.min(s.tokens.length, this.#batch.rowLengths()[row] ?? 0);
-      this.#prefix.store(s.tokens, s.regime, this.#batch, row, length);
+      const length = Math.min(s.tokens.length, cache.rowLengths()[row] ?? 0);
+      this.#prefix.store(s.tokens, s.regime, cache, row, length);
     }
     // A batch row keeps its last step: its token still fills the row's input until compaction.
     if (row < 0) {
@@ -351,18 +251,12 @@ export class Scheduler {
     s.unread = false;
   }
 
-  /** Takes finished rows out of the batch when the policy says so (or `force`). */
-  #compact(force = false): void {
-    const dead = compaction(this.#rows, force);
-    if (dead.length > 0) this.#removeRows(new Set(dead));
-  }
-
   #admit(): void {
     const cacheLimits = planAdmissions(
       this.options,
       this.#pool,
-      this.#footprint(),
-      this.#rows.length,
+      this.#batch.footprint(),
+      this.#batch.rows.length,
       this.#prefilling(),
       this.#waiting,
     );
@@ -373,38 +267,9 @@ export class Scheduler {
     }
   }
 
-  #footprint() {
-    return batchFootprint(this.#rows, this.#batch ? this.#batch.offset : null);
-  }
-
   /** KV bytes the batch and the sequences prefilling will hold at their largest. */
   #reserved(): number {
-    return projectedBytes(this.#pool, this.#footprint(), this.#prefilling().map(demand));
-  }
-
-  /** Removes rows from the batch now (one copy of the KV cache). */
-  #removeRows(gone: Set<Sequence>): void {
-    const batch = this.#batch;
-    if (!batch) return;
-    const keep: number[] = [];
-    this.#rows.forEach((s, i) => {
-      if (!gone.has(s)) {
-        keep.push(i);
-        return;
-      }
-      s.inBatch = false;
-      if (s.finished !== null) {
-        releaseRowStep(s.step);
-        s.step = null;
-      }
-    });
-    this.#rows = this.#rows.filter((s) => !gone.has(s));
-    if (this.#rows.length === 0) {
-      batch.dispose();
-      this.#batch = null;
-    } else {
-      batch.keepRows(keep);
-    }
+    return projectedBytes(this.#pool, this.#batch.footprint(), this.#prefilling().map(demand));
   }
 
   /** Reads a sequence's unread step: emits its token or finishes it. */
@@ -432,26 +297,37 @@ export class Scheduler {
   #decode(): void {
     // Rows whose next token moves them into another RoPE regime leave the
     // batch to recompute their cache; reading them first needs a sync.
-    const crossing = regimeCrossings(this.#rows, (n) => this.model.ropeRegime(n));
+    const crossing = regimeCrossings(this.#batch.rows, (n) => this.model.ropeRegime(n));
     if (crossing.length > 0) {
-      for (const s of this.#rows) this.#read(s);
-      const leaving = new Set(this.#rows.filter((s) => s.finished !== null));
+      for (const s of this.#batch.rows) this.#read(s);
+      const leaving = new Set(this.#batch.rows.filter((s) => s.finished !== null));
       for (const s of crossing) {
         if (s.finished) continue;
         leaving.add(s);
         s.regime = this.model.ropeRegime(s.tokens.length);
       }
       const moving = crossing.filter((s) => !s.finished);
-      this.#removeRows(leaving);
+      this.#batch.remove(leaving);
       for (const s of moving) {
         releaseRowStep(s.step);
         s.step = null;
         this.#prefills.unshift({ seq: s, recompute: true });
       }
     }
-    const rows = this.#rows;
-    const batch = this.#batch;
-    if (rows.length === 1 && batch && this.#speculate(rows[0] as Sequence, batch)) return;
+    const rows = this.#batch.rows;
+    const batch = this.#batch.cache;
+    // A lone row with no prefill pending may verify a draft instead (scheduler-speculation.ts).
+    if (rows.length === 1 && batch && this.#prefills.length === 0 && !this.#group) {
+      const tokens = {
+        read: (s: Sequence) => this.#read(s),
+        accept: (s: Sequence, v: StepValues) => this.#accept(s, v),
+      };
+      const lone = rows[0] as Sequence;
+      if (speculateLoneRow(this.model, this.options.contextLength, lone, batch, this.speculation, tokens)) {
+        this.#batch.compact();
+        return;
+      }
+    }
     if (rows.length > 0 && batch) {
       let masks: Array<Uint8Array | null> | null = null;
       if (rows.some((s) => s.constraint && s.finished === null)) {
@@ -459,7 +335,7 @@ export class Scheduler {
         for (const s of rows) this.#read(s);
         masks = rows.map((s) => this.#nextMask(s));
         if (rows.every((s) => s.finished !== null)) {
-          this.#compact();
+          this.#batch.compact();
           return;
         }
       }
@@ -470,45 +346,8 @@ export class Scheduler {
         s.step = next[i] as RowStep;
         s.unread = s.finished === null;
       });
-      this.#compact();
+      this.#batch.compact();
     }
-  }
-
-  // ---- Prompt-lookup speculation (speculation.ts, speculative-verify.ts) ----
-  // Only a lone decoding row with no prefill pending speculates. Batched rows
-  // share one left-padded write position, so per-row draft lengths would need
-  // per-row holes or masks in the cache (not built yet): with more rows, or a
-  // prefill waiting, a step decodes exactly as without speculation.
-
-  /** One verify pass in place of a lone row's decode step; false: decode as usual. */
-  #speculate(s: Sequence, batch: KVCache): boolean {
-    const lookup = s.lookup;
-    if (!lookup || s.finished !== null || this.#prefills.length > 0 || this.#group) return false;
-    if (!lookup.ready()) return false;
-    // The step in flight holds the newest token, the draft's context: read it (a sync).
-    this.#read(s);
-    if (s.finished !== null) {
-      this.#compact();
-      return true;
-    }
-    const k = draftLength(s, lookup.draftLength, this.options.contextLength, (n) => this.model.ropeRegime(n));
-    const proposal = k > 0 ? lookup.propose(s.tokens, k) : null;
-    if (!proposal) return false;
-    const last = s.tokens[s.tokens.length - 1] as number;
-    const { values, accepted } = verifyDraft(this.model, batch, s.sampler, last, proposal.draft);
-    lookup.record(proposal.draft.length, accepted);
-    const stats = this.speculation;
-    stats.passes++;
-    stats.drafted += proposal.draft.length;
-    stats.accepted += accepted;
-    stats.emitted += values.length;
-    // The last token is the next input, already taken here (a read step).
-    releaseRowStep(s.step);
-    s.step = knownRowStep((values[values.length - 1] as StepValues).token);
-    s.unread = false;
-    for (const v of values) if (s.finished === null) this.#accept(s, v);
-    this.#compact();
-    return true;
   }
 
   /** Whether a sequence takes part in the prefix cache. */
@@ -548,7 +387,7 @@ export class Scheduler {
   /** One chunk of the group's prefill; the last one samples each row's first token and joins the batch. */
   #prefillStep(group: PrefillGroup<Sequence>): void {
     const n = group.jobs.length;
-    const end = prefillChunkEnd(this.options, this.#rows.length, n, group.width, group.done);
+    const end = prefillChunkEnd(this.options, this.#batch.rows.length, n, group.width, group.done);
     if (end < group.width) {
       prefillChunk(this.model, group, end, []);
       return;
@@ -586,19 +425,18 @@ export class Scheduler {
     }
     // Padding every row shares goes now (a lone row then decodes without a mask).
     if (keep.length < n || Math.min(...keep.map((i) => cache.leftPadding[i] ?? 0)) > 0) cache.keepRows(keep);
-    // Joining copies the batch anyway: drop its idle rows in the same go.
-    this.#compact(true);
-    for (const i of keep) this.#rows.push((group.jobs[i] as PrefillJob<Sequence>).seq);
-    if (this.#batch) this.#batch.appendRows(cache);
-    else this.#batch = cache;
+    // Joining copies the batch anyway: its idle rows leave in the same go.
+    this.#batch.join(
+      keep.map((i) => (group.jobs[i] as PrefillJob<Sequence>).seq),
+      cache,
+    );
   }
 
   /** Frees everything (the engine is shutting down). */
   dispose(): void {
     this.cancelAll();
     this.step();
-    this.#batch?.dispose();
-    this.#batch = null;
+    this.#batch.free();
     this.prefixCache.clear();
   }
 }
