@@ -5,10 +5,14 @@
 // a maximum of concurrent sequences and a KV-memory budget; waiting requests
 // sit in a bounded FIFO queue.
 //
-// This file holds the state and runs an iteration; the decisions are the
-// policy's (scheduler-policy.ts, plain data, no MLX), the device work is
-// batch-step.ts (forward passes, sampling) and scheduler-prefix.ts (prefix
-// cache copies). One iteration (step):
+// This file holds the queues and runs an iteration. The decisions are the
+// policy's (scheduler-policy.ts: plain data, no MLX, tested without a model);
+// the device work is batch-step.ts (forward passes, sampling), decode-batch.ts
+// (the batch's rows and KV cache), scheduler-prefix.ts (prefix-cache copies)
+// and scheduler-speculation.ts (a lone row's verify pass); a request becomes
+// a sequence in scheduler-sequence.ts. It stays a little over 400 lines: a
+// sequence's lifecycle (queue → prefill line → group → batch → finished,
+// each event in order) reads in one place. One iteration (step):
 //   1. drop cancelled sequences;
 //   2. admit waiting requests to the prefill line;
 //   3. decode: queue step n+1 for the whole batch (async_eval), then read step
