@@ -10,11 +10,12 @@
 // least 100 requests) so that garbage-collected heaps reach their working
 // size. Writes JSON, markdown and a PNG chart.
 //
-//   bun run bench soak [--requests 1000] [--max-concurrent 4] [--queue-size 2] [--model PATH] [--seed 1]
+//   bun run bench soak [--requests 1000] [--max-concurrent 4] [--queue-size 2] [--model PATH] [--seed 1] [--hang-ms 60000]
 //
 // Over 400 lines: one procedure (workload, its three clients, sampling, the
 // checks, the report) that reads top to bottom; the suite's test imports it.
 import { mkdirSync, writeFileSync } from "node:fs";
+import { loadavg } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { REPO_ROOT, selfCommand } from "../src/paths";
@@ -81,7 +82,19 @@ interface Spec {
   prompt: string;
 }
 
-interface Outcome {
+/** When a request's answer arrived, in ms from its start: tells a hang (nothing for long) from a slow stream. */
+interface Timing {
+  /** Response headers (HTTP) or the socket's open (WebSocket). */
+  headersMs: number | null;
+  /** Body chunks (HTTP) or deltas (WebSocket). */
+  chunks: number;
+  firstChunkMs: number | null;
+  lastChunkMs: number | null;
+  /** The longest wait between two chunks (or from the headers to the first). */
+  maxGapMs: number;
+}
+
+interface Outcome extends Timing {
   spec: Spec;
   status: number;
   /** The error's text for a 5xx. */
@@ -89,12 +102,59 @@ interface Outcome {
   abandoned: boolean;
   hung: boolean;
   ms: number;
+  /** For a hung request: the server's state when the hang limit struck. */
+  atHang?: Pick<Sample, "openSequences" | "openStreams">;
 }
+
+type Answer = Omit<Outcome, "spec" | "ms" | keyof Timing | "atHang">;
+
+function newTiming(): Timing & { start: number; chunk(): void; headers(): void } {
+  const start = performance.now();
+  let previous: number | null = null;
+  const t = {
+    start,
+    headersMs: null as number | null,
+    chunks: 0,
+    firstChunkMs: null as number | null,
+    lastChunkMs: null as number | null,
+    maxGapMs: 0,
+    headers() {
+      t.headersMs = performance.now() - start;
+      previous = t.headersMs;
+    },
+    chunk() {
+      const now = performance.now() - start;
+      t.chunks++;
+      t.firstChunkMs ??= now;
+      t.maxGapMs = Math.max(t.maxGapMs, now - (previous ?? 0));
+      t.lastChunkMs = now;
+      previous = now;
+    },
+  };
+  return t;
+}
+
+function timingOf(t: Timing): Timing {
+  return {
+    headersMs: t.headersMs,
+    chunks: t.chunks,
+    firstChunkMs: t.firstChunkMs,
+    lastChunkMs: t.lastChunkMs,
+    maxGapMs: Math.round(t.maxGapMs),
+  };
+}
+
+/** One request's record in the results: what it was, how it ended, and when its chunks came. */
+export type RequestRecord = Omit<Outcome, "spec"> & Pick<Spec, "route" | "stream" | "feature" | "maxTokens">;
 
 export interface SoakResult {
   ok: boolean;
   failures: string[];
   durationMs: number;
+  /** The hung requests, then the slowest others (by duration), with their chunk times. */
+  slowest: RequestRecord[];
+  /** The machine's 1-minute load average at the start and the end of the run. */
+  loadAverage: [number, number];
   counts: Record<string, number>;
   byRoute: Record<string, Record<string, number>>;
   baseline: Sample;
@@ -200,11 +260,17 @@ function anthropicBody(s: Spec) {
 }
 
 /** Reads a response, abandoning it (abort) after `chunks` chunks when asked. */
-async function consume(res: Response, abandonAfter: number | null, abort: AbortController): Promise<boolean> {
+async function consume(
+  res: Response,
+  abandonAfter: number | null,
+  abort: AbortController,
+  timing: { chunk(): void },
+): Promise<boolean> {
   const reader = (res.body as ReadableStream<Uint8Array>).getReader();
   let chunks = 0;
   try {
     for (let r = await reader.read(); !r.done; r = await reader.read()) {
+      timing.chunk();
       if (abandonAfter !== null && ++chunks >= abandonAfter) {
         abort.abort();
         return true;
@@ -218,6 +284,8 @@ async function consume(res: Response, abandonAfter: number | null, abort: AbortC
 }
 
 async function httpRequest(base: string, s: Spec, hangMs: number): Promise<Omit<Outcome, "spec" | "ms">> {
+  const timing = newTiming();
+  const answer = (a: Answer) => ({ ...a, ...timingOf(timing) });
   const abort = new AbortController();
   const path = s.route === "openai" ? "/v1/chat/completions" : "/v1/messages";
   const body = s.route === "openai" ? openaiBody(s) : anthropicBody(s);
@@ -235,12 +303,13 @@ async function httpRequest(base: string, s: Spec, hangMs: number): Promise<Omit<
       body: JSON.stringify(body),
       signal: abort.signal,
     });
-    if (res.status >= 500) return { status: res.status, abandoned: false, hung, error: await res.text() };
-    const abandoned = await consume(res, s.stream ? s.abandonAfterChunks : null, abort);
-    return { status: res.status, abandoned, hung };
+    timing.headers();
+    if (res.status >= 500) return answer({ status: res.status, abandoned: false, hung, error: await res.text() });
+    const abandoned = await consume(res, s.stream ? s.abandonAfterChunks : null, abort, timing);
+    return answer({ status: res.status, abandoned, hung });
   } catch (e) {
-    if (hung) return { status: 0, abandoned: false, hung: true };
-    if (abort.signal.aborted) return { status: 0, abandoned: true, hung: false };
+    if (hung) return answer({ status: 0, abandoned: false, hung: true });
+    if (abort.signal.aborted) return answer({ status: 0, abandoned: true, hung: false });
     throw e;
   } finally {
     clearTimeout(timer);
@@ -250,23 +319,26 @@ async function httpRequest(base: string, s: Spec, hangMs: number): Promise<Omit<
 /** One conversation on its own socket; abandoning closes the socket mid-stream. */
 function wsRequest(base: string, s: Spec, hangMs: number): Promise<Omit<Outcome, "spec" | "ms">> {
   return new Promise((resolve) => {
+    const timing = newTiming();
     const socket = new WebSocket(`${base.replace(/^http/, "ws")}/v1/ws`);
     let deltas = 0;
     let settled = false;
-    const done = (r: Omit<Outcome, "spec" | "ms">) => {
+    const done = (r: Answer) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
       socket.close();
-      resolve(r);
+      resolve({ ...r, ...timingOf(timing) });
     };
     const timer = setTimeout(() => done({ status: 0, abandoned: false, hung: true }), hangMs);
     socket.onopen = () => {
+      timing.headers();
       const { stream: _stream, ...body } = openaiBody(s);
       socket.send(JSON.stringify({ type: "chat", id: "soak", ...body }));
     };
     socket.onmessage = (event) => {
       const m = JSON.parse(String(event.data)) as { type: string; status?: number; message?: string };
+      if (m.type === "delta") timing.chunk();
       if (m.type === "delta" && s.abandonAfterChunks !== null && ++deltas >= s.abandonAfterChunks)
         done({ status: 200, abandoned: true, hung: false });
       else if (m.type === "done") done({ status: 200, abandoned: false, hung: false });
@@ -289,8 +361,16 @@ function drive(base: string, specs: Spec[], o: SoakOptions, progress: (done: num
         inFlight++;
         const t = performance.now();
         (s.route === "ws" ? wsRequest(base, s, o.hangMs) : httpRequest(base, s, o.hangMs))
-          .then((r) => {
-            outcomes.push({ spec: s, ...r, ms: performance.now() - t });
+          .then(async (r) => {
+            const ms = performance.now() - t;
+            // What the server holds open when the hang limit strikes: a stream the engine already let go of is lost.
+            const atHang = r.hung
+              ? await sample(base, t).then(
+                  (x) => ({ openSequences: x.openSequences, openStreams: x.openStreams }),
+                  () => undefined,
+                )
+              : undefined;
+            outcomes.push({ spec: s, ...r, ms, ...(atHang ? { atHang } : {}) });
             progress(outcomes.length);
           }, reject)
           .finally(() => {
@@ -431,6 +511,7 @@ export async function runSoak(base: string, options: Partial<SoakOptions> = {}):
   const baseline = await idleSecond(base, t0, o.idleMs);
   o.log(`baseline after warm-up: ${JSON.stringify(baseline)}`);
 
+  const loadAtStart = loadavg()[0] as number;
   const started = performance.now();
   const outcomes = await drive(base, specs, o, (n) => {
     if (n % 100 === 0) o.log(`${n}/${specs.length} requests`);
@@ -464,7 +545,14 @@ export async function runSoak(base: string, options: Partial<SoakOptions> = {}):
         .map((r) => `${r.spec.route} ${r.status} ${r.error?.slice(0, 300)}`)
         .join("; ")}`,
     );
-  if (counts.hung) failures.push(`${counts.hung} hung requests`);
+  if (counts.hung) {
+    // Silent for the last 10 s before the limit: stuck; chunks still coming: a slow stream, not a lost one.
+    const silent = (r: Outcome) => o.hangMs - (r.lastChunkMs ?? r.headersMs ?? 0);
+    const stuck = outcomes.filter((r) => r.hung && silent(r) > 10_000).length;
+    failures.push(
+      `${counts.hung} hung requests (${stuck} silent for over 10 s before the limit, ${counts.hung - stuck} still streaming)`,
+    );
+  }
   if (final.openSequences !== 0) failures.push(`${final.openSequences} sequences still open`);
   if (final.openStreams !== 0) failures.push(`${final.openStreams} streams still open`);
   const within = (name: string, before: number, after: number, tolerance = o.tolerance) => {
@@ -475,7 +563,30 @@ export async function runSoak(base: string, options: Partial<SoakOptions> = {}):
   within("engine resident memory", baseline.engineRssBytes, final.engineRssBytes, o.rssTolerance);
   within("MLX active memory", baseline.mlxActiveBytes, final.mlxActiveBytes);
   within("live MLX handles", baseline.liveHandles, final.liveHandles);
-  return { ok: failures.length === 0, failures, durationMs, counts, byRoute, baseline, final, samples };
+  const record = (r: Outcome): RequestRecord => {
+    const { spec, ...rest } = r;
+    return { route: spec.route, stream: spec.stream, feature: spec.feature, maxTokens: spec.maxTokens, ...rest };
+  };
+  const slowest = [
+    ...outcomes.filter((r) => r.hung),
+    ...outcomes
+      .filter((r) => !r.hung)
+      .sort((a, b) => b.ms - a.ms)
+      .slice(0, 10),
+  ].map(record);
+  const loadAverage: [number, number] = [loadAtStart, loadavg()[0] as number];
+  return {
+    ok: failures.length === 0,
+    failures,
+    durationMs,
+    slowest,
+    loadAverage,
+    counts,
+    byRoute,
+    baseline,
+    final,
+    samples,
+  };
 }
 
 function parseOptions(argv: string[]): SoakOptions {
@@ -490,6 +601,7 @@ function parseOptions(argv: string[]): SoakOptions {
     maxConcurrent: num("max-concurrent", DEFAULT_SOAK.maxConcurrent),
     queueSize: num("queue-size", DEFAULT_SOAK.queueSize),
     seed: num("seed", DEFAULT_SOAK.seed),
+    hangMs: num("hang-ms", DEFAULT_SOAK.hangMs),
     model: get("model") ?? DEFAULT_SOAK.model,
   };
 }
@@ -520,7 +632,7 @@ export async function benchSoak(argv: string[]): Promise<void> {
     `# Soak, ${new Date().toISOString().slice(0, 10)} (CPU): ${result.ok ? "PASS" : "FAIL"}`,
     "",
     `Command: \`${command}\`. Model: ${o.model}. maxConcurrent ${o.maxConcurrent}, queue ${o.queueSize}, concurrency 1..${2 * o.maxConcurrent}, prefix cache off.`,
-    `Duration ${(result.durationMs / 1000).toFixed(1)} s. Counts: ${JSON.stringify(result.counts)}.`,
+    `Duration ${(result.durationMs / 1000).toFixed(1)} s. Counts: ${JSON.stringify(result.counts)}. Load average (1 min) ${result.loadAverage.map((l) => l.toFixed(1)).join(" at the start, ")} at the end.`,
     "",
     "| measure | baseline (after warm-up + 1 s idle) | after the run + 1 s idle | peak during the run |",
     "|---|---:|---:|---:|",
@@ -537,6 +649,17 @@ export async function benchSoak(argv: string[]): Promise<void> {
     ...Object.entries(result.byRoute).map(([route, c]) => `| ${route} | ${JSON.stringify(c)} |`),
     "",
     ...(result.failures.length ? ["Failures:", ...result.failures.map((f) => `- ${f}`), ""] : []),
+    "Hung requests, then the slowest others (ms from the request's start; gap: the longest wait for a chunk):",
+    "",
+    "| route | feature | max_tokens | outcome | total | headers | chunks | first chunk | last chunk | longest gap | open at the hang |",
+    "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ...result.slowest.map((r) => {
+      const ms = (n: number | null) => (n === null ? "-" : String(Math.round(n)));
+      const outcome = r.hung ? "HUNG" : r.abandoned ? "abandoned" : String(r.status);
+      const open = r.atHang ? `${r.atHang.openSequences} sequences, ${r.atHang.openStreams} streams` : "";
+      return `| ${r.route}${r.stream ? " stream" : ""} | ${r.feature} | ${r.maxTokens} | ${outcome} | ${ms(r.ms)} | ${ms(r.headersMs)} | ${r.chunks} | ${ms(r.firstChunkMs)} | ${ms(r.lastChunkMs)} | ${r.maxGapMs} | ${open} |`;
+    }),
+    "",
   ];
   writeFileSync(`${file}.md`, lines.join("\n"));
   const png = await renderTimeSeriesPng(

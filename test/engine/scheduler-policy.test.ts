@@ -118,12 +118,13 @@ describe("cancellation and compaction", () => {
 
   test("the batch is compacted once a quarter of its rows are finished, or when forced", () => {
     const rows = Array.from({ length: 8 }, (_, i) => seq(`r${i}`, 4, 4));
+    const [r3, r5] = [rows[3] as SequenceState, rows[5] as SequenceState];
     expect(compaction(rows, false)).toEqual([]);
-    (rows[3] as SequenceState).finished = "stop";
+    r3.finished = "stop";
     expect(compaction(rows, false)).toEqual([]);
-    expect(compaction(rows, true)).toEqual([rows[3]]);
-    (rows[5] as SequenceState).finished = "cancelled";
-    expect(compaction(rows, false)).toEqual([rows[3], rows[5]]);
+    expect(compaction(rows, true)).toEqual([r3]);
+    r5.finished = "cancelled";
+    expect(compaction(rows, false)).toEqual([r3, r5]);
   });
 });
 
