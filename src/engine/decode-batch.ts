@@ -18,9 +18,9 @@ export class DecodeBatch<S extends BatchRow> {
   rows: S[] = [];
   cache: KVCache | null = null;
 
-  /** The batch as the KV pool sees it. */
-  footprint(): BatchFootprint | null {
-    return batchFootprint(this.rows, this.cache ? this.cache.offset : null);
+  /** The batch as the KV pool sees it (`allowance`: SchedulerOptions.growthAllowance). */
+  footprint(allowance?: number): BatchFootprint | null {
+    return batchFootprint(this.rows, this.cache ? this.cache.offset : null, allowance);
   }
 
   /** Removes rows now (one copy of the KV cache); a finished row's last step goes with it. */

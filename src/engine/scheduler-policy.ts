@@ -9,6 +9,8 @@
 //   3. planAdmissions: how many waiting requests join the prefill line, and
 //      how far the prefix cache must shrink for each (the KV pool);
 //   4. regimeCrossings: which rows recompute their cache (Phi-3 LongRoPE);
+//      planPreemption: which rows give way when the pool runs short (only
+//      with SchedulerOptions.growthAllowance);
 //   5. planPrefillGroup: which prompts prefill together, at what width;
 //   6. prefillChunkEnd: how many columns the group's next forward pass takes;
 //   7. acceptToken / nextMask: what a sampled token does to its sequence.
@@ -18,7 +20,15 @@
 // that of the scheduler before the split.
 
 import type { KvBits } from "./attention-plan";
-import { admit, type BatchFootprint, type KvDemand, type KvPoolShape, loneBytes, maxLoneTokens } from "./kv-pool";
+import {
+  admit,
+  type BatchFootprint,
+  type KvDemand,
+  type KvPoolShape,
+  loneBytes,
+  maxLoneTokens,
+  projectedBytes,
+} from "./kv-pool";
 import type { EngineRequest, FinishReason, StepValues } from "./protocol";
 
 /** One sequence's constrained decoding state (src/text/json-constraint.ts). */
@@ -62,6 +72,14 @@ export interface SchedulerOptions {
   kvBits?: KvBits;
   /** Prompt-lookup speculation for a lone decoding row (default true; requests may opt out). */
   speculative?: boolean;
+  /**
+   * Admission by current need: the KV pool reserves a sequence's tokens plus
+   * at most this many more (not its whole max_tokens), and when the batch
+   * then runs short, the newest rows are preempted (their KV kept in the
+   * prefix cache) and resume later. Undefined (default): whole max_tokens
+   * reserved at admission, never preempted.
+   */
+  growthAllowance?: number;
 }
 
 /** The limits the policy applies. */
@@ -74,6 +92,7 @@ export type PolicyLimits = Pick<
   | "interleavedPrefillChunk"
   | "maxPrefillBatch"
   | "prefillWidthMultiple"
+  | "growthAllowance"
 >;
 
 /** What the policy knows of a sequence (the scheduler's Sequence adds its device state). */
@@ -98,10 +117,15 @@ export interface PrefillJob<S extends SequenceState = SequenceState> {
   recompute: boolean;
 }
 
-/** A sequence's KV demand: tokens in its cache once prefilled, and tokens it may still add. */
-export function demand(s: SequenceState): KvDemand {
+/**
+ * A sequence's KV demand: tokens in its cache once prefilled, and tokens it
+ * may still add (at most `allowance` of them when admission goes by current
+ * need: see SchedulerOptions.growthAllowance).
+ */
+export function demand(s: SequenceState, allowance?: number): KvDemand {
   const prompt = s.request.prompt.length;
-  return { tokens: s.tokens.length, remaining: Math.max(0, prompt + s.request.maxTokens - s.tokens.length) };
+  const remaining = Math.max(0, prompt + s.request.maxTokens - s.tokens.length);
+  return { tokens: s.tokens.length, remaining: allowance === undefined ? remaining : Math.min(remaining, allowance) };
 }
 
 /**
@@ -109,10 +133,14 @@ export function demand(s: SequenceState): KvDemand {
  * write position, null without one. Rows waiting for compaction count: they
  * hold memory.
  */
-export function batchFootprint(rows: readonly SequenceState[], columns: number | null): BatchFootprint | null {
+export function batchFootprint(
+  rows: readonly SequenceState[],
+  columns: number | null,
+  allowance?: number,
+): BatchFootprint | null {
   if (columns === null || rows.length === 0) return null;
   let remaining = 0;
-  for (const s of rows) if (s.finished === null) remaining = Math.max(remaining, demand(s).remaining);
+  for (const s of rows) if (s.finished === null) remaining = Math.max(remaining, demand(s, allowance).remaining);
   return { rows: rows.length, columns, remaining };
 }
 
@@ -205,16 +233,44 @@ export function planAdmissions(
   waiting: readonly SequenceState[],
 ): number[] {
   const cacheLimits: number[] = [];
-  const pending = prefilling.map(demand);
+  const allowance = limits.growthAllowance;
+  const pending = prefilling.map((s) => demand(s, allowance));
   for (const next of waiting) {
     if (rows + pending.length >= limits.maxConcurrent) break;
-    const d = demand(next);
+    const d = demand(next, allowance);
     const verdict = admit(pool, batch, pending, d);
     if (!verdict.admit) break;
     cacheLimits.push(verdict.cacheLimit);
     pending.push(d);
   }
   return cacheLimits;
+}
+
+/**
+ * Rows to preempt before the next decode step, newest (last in the batch)
+ * first, so that the batch's next column beside the prefilling sequences fits
+ * the pool. Finished rows are not counted (they leave in the same copy), and
+ * the last live row is never preempted: alone, a sequence always fits (the
+ * submit-time check). Only with a growth allowance: reserving whole
+ * max_tokens never runs short.
+ */
+export function planPreemption<S extends SequenceState>(
+  limits: PolicyLimits,
+  pool: KvPoolShape,
+  rows: readonly S[],
+  columns: number,
+  prefilling: readonly SequenceState[],
+): S[] {
+  const allowance = limits.growthAllowance;
+  if (allowance === undefined) return [];
+  const pending = prefilling.map((s) => demand(s, allowance));
+  const live = rows.filter((s) => s.finished === null);
+  const out: S[] = [];
+  for (let kept = live.length; kept > 1; kept--) {
+    if (projectedBytes(pool, { rows: kept, columns, remaining: 1 }, pending) <= pool.budgetBytes) break;
+    out.push(live[kept - 1] as S);
+  }
+  return out;
 }
 
 /** Rows whose next token moves them into another RoPE regime (they leave the batch to recompute). */

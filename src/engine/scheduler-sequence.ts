@@ -25,6 +25,8 @@ export interface Sequence extends SequenceState, DecodingRow {
   inBatch: boolean;
   /** Its prompt-lookup proposer (null: it does not speculate). */
   lookup: PromptLookup | null;
+  /** Preempted, waiting to resume (SchedulerOptions.growthAllowance). */
+  resumes: boolean;
 }
 
 /**
@@ -78,5 +80,6 @@ export function newSequence(
     finished: null,
     inBatch: false,
     lookup: speculates ? new PromptLookup() : null,
+    resumes: false,
   };
 }

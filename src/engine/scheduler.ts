@@ -5,18 +5,20 @@
 // a maximum of concurrent sequences and a KV-memory budget; waiting requests
 // sit in a bounded FIFO queue.
 //
-// This file holds the queues and runs an iteration. The decisions are the
+// This file holds the queue and runs an iteration. The decisions are the
 // policy's (scheduler-policy.ts: plain data, no MLX, tested without a model);
-// the device work is batch-step.ts (forward passes, sampling), decode-batch.ts
-// (the batch's rows and KV cache), scheduler-prefix.ts (prefix-cache copies)
-// and scheduler-speculation.ts (a lone row's verify pass); a request becomes
-// a sequence in scheduler-sequence.ts. It stays a little over 400 lines: a
-// sequence's lifecycle (queue → prefill line → group → batch → finished,
-// each event in order) reads in one place. One iteration (step):
+// the device work is batch-step.ts (forward passes, sampling), with
+// prefill-line.ts (admitted prompts and the group being prefilled),
+// decode-batch.ts (the batch's rows and KV cache), scheduler-prefix.ts
+// (prefix-cache copies) and scheduler-speculation.ts (a lone row's verify
+// pass); a request becomes a sequence in scheduler-sequence.ts. Slightly over
+// 400 lines: a sequence's lifecycle (queue, prefill, batch, preemption, its
+// events in order) reads in one place. One iteration (step):
 //   1. drop cancelled sequences;
 //   2. admit waiting requests to the prefill line;
 //   3. decode: queue step n+1 for the whole batch (async_eval), then read step
-//      n's tokens and emit them as one event; rows that finished leave;
+//      n's tokens and emit them as one event; rows that finished leave (with
+//      a growth allowance, rows the pool cannot hold are preempted first);
 //   4. run one prefill chunk; a finished prefill joins the batch.
 //
 // Constrained decoding (response_format): a constrained row's next mask
@@ -25,20 +27,13 @@
 // without one, the path is unchanged.
 
 import type { LanguageModel } from "../models/types";
-import {
-  buildPrefillGroup,
-  decodeStep,
-  type PrefillGroup,
-  prefillChunk,
-  type RowStep,
-  readRowStep,
-  releaseRowStep,
-} from "./batch-step";
+import { decodeStep, type RowStep, readRowStep, releaseRowStep } from "./batch-step";
 import { DecodeBatch } from "./decode-batch";
 import { KV_STEP, KVCache } from "./kv-cache";
 import { type KvPoolShape, projectedBytes } from "./kv-pool";
 import { cacheShape } from "./one-sequence";
 import { PrefixCache } from "./prefix-cache";
+import { PrefillLine } from "./prefill-line";
 import type { PrefixStore } from "./prefix-store";
 import type { EngineEvent, EngineRequest, FinishReason, SchedulerStats, StepValues, TokenOut } from "./protocol";
 import {
@@ -46,12 +41,9 @@ import {
   checkSubmission,
   demand,
   dropCancelled,
-  type GroupCandidate,
   nextMask,
-  type PrefillJob,
   planAdmissions,
-  planPrefillGroup,
-  prefillChunkEnd,
+  planPreemption,
   regimeCrossings,
   type SchedulerOptions,
   type TokenConstraint,
@@ -69,14 +61,15 @@ export class Scheduler {
   readonly prefixCache: PrefixCache;
   readonly #emit: (event: EngineEvent) => void;
   #waiting: Sequence[] = [];
-  #prefills: PrefillJob<Sequence>[] = [];
-  #group: PrefillGroup<Sequence> | null = null;
+  readonly #line: PrefillLine<Sequence>;
   readonly #batch = new DecodeBatch<Sequence>();
   #steps = 0;
   #tokensOut: TokenOut[] = [];
   #finishedOut: EngineEvent[] = [];
   /** Prompt-lookup verify passes so far (benchmarks). */
   readonly speculation: SpeculationStats = emptySpeculationStats();
+  /** Rows preempted so far (SchedulerOptions.growthAllowance). */
+  preemptions = 0;
   readonly #bytesPerToken: number;
   readonly #pool: KvPoolShape;
   readonly #constrain: ConstraintFactory | null;
@@ -107,6 +100,18 @@ export class Scheduler {
     this.#prefix = new PrefixKeeper(this.prefixCache, options.kvBudgetBytes, this.#bytesPerToken, () =>
       this.#reserved(),
     );
+    this.#line = new PrefillLine(model, options, this.#prefix, {
+      caches: (s) => this.#caches(s),
+      nextMask: (s) => this.#nextMask(s),
+      started: (s) =>
+        this.#emit({
+          type: "started",
+          id: s.request.id,
+          promptTokens: s.request.prompt.length,
+          cachedTokens: s.cachedTokens,
+          queuedMs: performance.now() - s.enqueuedAt,
+        }),
+    });
   }
 
   /** Keeps cached prefixes on disk too (src/engine/prefix-store.ts). */
@@ -152,19 +157,18 @@ export class Scheduler {
   }
 
   hasWork(): boolean {
-    return this.#waiting.length > 0 || this.#prefills.length > 0 || this.#group !== null || this.#batch.rows.length > 0;
+    return this.#waiting.length > 0 || !this.#line.empty || this.#batch.rows.length > 0;
   }
 
   *#all(): Iterable<Sequence> {
     yield* this.#waiting;
-    for (const j of this.#prefills) yield j.seq;
-    for (const j of this.#group?.jobs ?? []) yield j.seq;
+    yield* this.#line.sequences();
     yield* this.#batch.rows;
   }
 
   stats(): SchedulerStats {
-    const prefilling = this.#prefilling();
-    const prefillBytes = this.#group?.cache.nbytes ?? 0;
+    const prefilling = this.#line.sequences();
+    const prefillBytes = this.#line.group?.cache.nbytes ?? 0;
     return {
       running: this.#batch.rows.filter((r) => r.finished === null).length,
       prefilling: prefilling.length,
@@ -185,17 +189,21 @@ export class Scheduler {
   /** One scheduling iteration. Returns whether work remains. */
   step(): boolean {
     this.#steps++;
-    for (const s of dropCancelled(this.#waiting, this.#prefills, this.#groupSequences(), this.#batch.rows)) {
+    for (const s of dropCancelled(this.#waiting, this.#line.jobs, this.#line.groupSequences(), this.#batch.rows)) {
       this.#finish(s, "cancelled");
     }
     this.#batch.compact();
     this.#admit();
     if (this.#batch.rows.length > 0) this.#guard(() => this.#decode(), [...this.#batch.rows], true);
-    if (!this.#group) this.#group = this.#formGroup();
-    const group = this.#group;
+    const group = this.#line.formGroup();
     if (group) {
+      const prefill = () => {
+        const done = this.#line.runChunk(group, this.#batch.rows.length);
+        // Joining copies the batch anyway: its idle rows leave in the same go.
+        if (done) this.#batch.join(done.rows, done.cache);
+      };
       this.#guard(
-        () => this.#prefillStep(group),
+        prefill,
         group.jobs.map((j) => j.seq),
         false,
       );
@@ -221,11 +229,7 @@ export class Scheduler {
       const message = `engine error: ${(e as Error).message}`;
       const failed = new Set(involved);
       for (const s of failed) this.#finish(s, "error", message);
-      this.#prefills = this.#prefills.filter((j) => !failed.has(j.seq));
-      if (this.#group?.jobs.some((j) => failed.has(j.seq))) {
-        this.#group.cache.dispose();
-        this.#group = null;
-      }
+      this.#line.fail(failed);
       if (dropBatch) this.#batch.drop();
     }
   }
@@ -259,21 +263,29 @@ export class Scheduler {
     const cacheLimits = planAdmissions(
       this.options,
       this.#pool,
-      this.#batch.footprint(),
+      this.#batch.footprint(this.options.growthAllowance),
       this.#batch.rows.length,
-      this.#prefilling(),
+      this.#line.sequences(),
       this.#waiting,
     );
     for (const limit of cacheLimits) {
       // Cached prefixes give way to the sequence (least recently used first).
       this.prefixCache.evictTo(limit);
-      this.#prefills.push({ seq: this.#waiting.shift() as Sequence, recompute: false });
+      const seq = this.#waiting.shift() as Sequence;
+      // A preempted sequence resumes as a recompute: from the prefix cache where it can, no second "started".
+      this.#line.jobs.push({ seq, recompute: seq.resumes });
+      seq.resumes = false;
     }
   }
 
   /** KV bytes the batch and the sequences prefilling will hold at their largest. */
   #reserved(): number {
-    return projectedBytes(this.#pool, this.#batch.footprint(), this.#prefilling().map(demand));
+    const allowance = this.options.growthAllowance;
+    return projectedBytes(
+      this.#pool,
+      this.#batch.footprint(allowance),
+      this.#line.sequences().map((s) => demand(s, allowance)),
+    );
   }
 
   /** Reads a sequence's unread step: emits its token or finishes it. */
@@ -315,13 +327,17 @@ export class Scheduler {
       for (const s of moving) {
         releaseRowStep(s.step);
         s.step = null;
-        this.#prefills.unshift({ seq: s, recompute: true });
+        this.#line.jobs.unshift({ seq: s, recompute: true });
       }
     }
+    const short = this.#batch.cache
+      ? planPreemption(this.options, this.#pool, this.#batch.rows, this.#batch.cache.offset, this.#line.sequences())
+      : [];
+    if (short.length > 0) this.#preempt(short);
     const rows = this.#batch.rows;
     const batch = this.#batch.cache;
     // A lone row with no prefill pending may verify a draft instead (scheduler-speculation.ts).
-    if (rows.length === 1 && batch && this.#prefills.length === 0 && !this.#group) {
+    if (rows.length === 1 && batch && this.#line.empty) {
       const tokens = {
         read: (s: Sequence) => this.#read(s),
         accept: (s: Sequence, v: StepValues) => this.#accept(s, v),
@@ -354,86 +370,40 @@ export class Scheduler {
     }
   }
 
+  /**
+   * Takes rows out of the batch to resume later: each row's KV (prompt and
+   * tokens so far) goes to the prefix cache, and the sequence goes back to the
+   * front of the queue, where it resumes through a prefix hit (or recomputes
+   * its cache when the hit was evicted meanwhile).
+   */
+  #preempt(preempted: readonly Sequence[]): void {
+    // Their tokens in flight first: a row may finish on it (then it just leaves).
+    for (const s of preempted) this.#read(s);
+    const cache = this.#batch.cache as KVCache;
+    const leaving = new Set(this.#batch.rows.filter((s) => s.finished !== null));
+    const resuming = preempted.filter((s) => s.finished === null);
+    for (const s of resuming) {
+      const row = this.#batch.rows.indexOf(s);
+      const length = Math.min(s.tokens.length, cache.rowLengths()[row] ?? 0);
+      // Stored before the copy that removes the row; the pool's trim after it (the row's reservation gone).
+      if (this.#caches(s)) this.prefixCache.store(s.tokens, s.regime, length, (a, b) => cache.rowState(row, a, b));
+      leaving.add(s);
+    }
+    this.#batch.remove(leaving);
+    this.#prefix.trim();
+    for (const s of [...resuming].reverse()) {
+      releaseRowStep(s.step);
+      s.step = null;
+      s.unread = false;
+      s.resumes = true;
+      this.#waiting.unshift(s);
+    }
+    this.preemptions += resuming.length;
+  }
+
   /** Whether a sequence takes part in the prefix cache. */
   #caches(s: Sequence): boolean {
     return this.prefixCache.enabled && !s.request.internal;
-  }
-
-  #groupSequences(): Sequence[] {
-    return this.#group?.jobs.map((j) => j.seq) ?? [];
-  }
-
-  #prefilling(): Sequence[] {
-    return [...this.#prefills.map((j) => j.seq), ...this.#groupSequences()];
-  }
-
-  /** The next prefill group from the head of the line, as the policy plans it. */
-  #formGroup(): PrefillGroup<Sequence> | null {
-    const first = this.#prefills.shift();
-    if (!first) return null;
-    const s = first.seq;
-    if (this.#caches(s) && !first.recompute) this.#prefix.loadFromDisk(s.tokens, s.regime);
-    const hit = this.#caches(s) ? this.prefixCache.lookup(s.tokens, s.regime) : null;
-    if (hit && !first.recompute) s.cachedTokens = hit.length;
-    const candidate = (j: PrefillJob<Sequence>): GroupCandidate => ({
-      tokens: j.seq.tokens.length,
-      regime: j.seq.regime,
-      recompute: j.recompute,
-      cachedPrefix: this.#caches(j.seq) ? this.prefixCache.peek(j.seq.tokens, j.seq.regime) : 0,
-    });
-    const limit = Math.max(0, (this.options.maxPrefillBatch ?? 1) - 1);
-    const following = hit ? [] : this.#prefills.slice(0, limit).map(candidate);
-    const plan = planPrefillGroup(this.options, candidate(first), hit?.length ?? null, following);
-    const jobs = [first, ...this.#prefills.splice(0, plan.alone ? 0 : plan.take - 1)];
-    return buildPrefillGroup(cacheShape(this.model, this.options.kvBits), jobs, plan, hit?.segments ?? null);
-  }
-
-  /** One chunk of the group's prefill; the last one samples each row's first token and joins the batch. */
-  #prefillStep(group: PrefillGroup<Sequence>): void {
-    const n = group.jobs.length;
-    const end = prefillChunkEnd(this.options, this.#batch.rows.length, n, group.width, group.done);
-    if (end < group.width) {
-      prefillChunk(this.model, group, end, []);
-      return;
-    }
-    const masks = group.jobs.map((j) => this.#nextMask(j.seq));
-    const steps = prefillChunk(this.model, group, end, masks) ?? [];
-    const cache = group.cache;
-    this.#group = null;
-    const keep: number[] = [];
-    group.jobs.forEach((j, i) => {
-      const s = j.seq;
-      const step = steps[i] ?? null;
-      if (s.finished || !step) {
-        releaseRowStep(step);
-        return;
-      }
-      keep.push(i);
-      if (!j.recompute && this.#caches(s)) this.#prefix.store(s.tokens, s.regime, cache, i, s.tokens.length);
-      s.step = step;
-      s.unread = true;
-      s.inBatch = true;
-      if (!j.recompute) {
-        this.#emit({
-          type: "started",
-          id: s.request.id,
-          promptTokens: s.request.prompt.length,
-          cachedTokens: s.cachedTokens,
-          queuedMs: performance.now() - s.enqueuedAt,
-        });
-      }
-    });
-    if (keep.length === 0) {
-      cache.dispose();
-      return;
-    }
-    // Padding every row shares goes now (a lone row then decodes without a mask).
-    if (keep.length < n || Math.min(...keep.map((i) => cache.leftPadding[i] ?? 0)) > 0) cache.keepRows(keep);
-    // Joining copies the batch anyway: its idle rows leave in the same go.
-    this.#batch.join(
-      keep.map((i) => (group.jobs[i] as PrefillJob<Sequence>).seq),
-      cache,
-    );
   }
 
   /** Frees everything (the engine is shutting down). */

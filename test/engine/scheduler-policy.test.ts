@@ -20,6 +20,7 @@ import {
   type PolicyLimits,
   type PrefillJob,
   planAdmissions,
+  planPreemption,
   planPrefillGroup,
   prefillChunkEnd,
   regimeCrossings,
@@ -167,6 +168,38 @@ describe("admission through the KV pool", () => {
     const s = seq("a", 700, 0);
     expect(loneBytes(pool, demand(s))).toBeLessThanOrEqual(pool.budgetBytes);
     expect(planAdmissions(limits, pool, null, 0, [], [s])).toEqual([pool.budgetBytes - loneBytes(pool, demand(s))]);
+  });
+});
+
+describe("admission by current need, and preemption (growthAllowance)", () => {
+  const growing = { ...limits, growthAllowance: 16 };
+
+  test("the pool reserves a sequence's tokens and at most the allowance more", () => {
+    const s = seq("a", 100, 500);
+    expect(demand(s)).toEqual({ tokens: 100, remaining: 500 });
+    expect(demand(s, 16)).toEqual({ tokens: 100, remaining: 16 });
+    expect(demand(seq("b", 100, 4), 16)).toEqual({ tokens: 100, remaining: 4 });
+    // 300 + 500 each: one at a time by whole max_tokens, two by current need.
+    const waiting = [seq("a", 300, 500), seq("b", 300, 500)];
+    expect(planAdmissions(limits, pool, null, 0, [], waiting)).toHaveLength(1);
+    expect(planAdmissions(growing, pool, null, 0, [], waiting)).toHaveLength(2);
+  });
+
+  test("the newest rows give way when the next column does not fit; never the last live row", () => {
+    const rows = [seq("a", 300, 500), seq("b", 300, 500), seq("c", 300, 500)];
+    // 125 bytes per row and column (a layer's copy included): 3 rows × 208 columns fit 100,000 (column 200), × 304 do not.
+    expect(planPreemption(growing, pool, rows, 200, [])).toEqual([]);
+    expect(planPreemption(growing, pool, rows, 300, []).map((s) => s.request.id)).toEqual(["c"]);
+    expect(planPreemption(growing, pool, rows, 500, []).map((s) => s.request.id)).toEqual(["c", "b"]);
+    expect(planPreemption(growing, pool, rows, 900, []).map((s) => s.request.id)).toEqual(["c", "b"]);
+    // A finished row is not preempted (it leaves with the compaction); a prefilling sequence's need counts.
+    const done = [seq("a", 300, 500), seq("b", 300, 500, { finished: "stop" })];
+    expect(planPreemption(growing, pool, done, 300, [])).toEqual([]);
+    expect(planPreemption(growing, pool, rows.slice(0, 2), 300, [seq("p", 300, 500)]).map((s) => s.request.id)).toEqual(
+      ["b"],
+    );
+    // Reserving whole max_tokens never preempts.
+    expect(planPreemption(limits, pool, rows, 900, [])).toEqual([]);
   });
 });
 
