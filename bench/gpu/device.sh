@@ -2,8 +2,10 @@
 # Runs on the lent GPU machine, from the repository root, one phase per call
 # (the machine stays warm between calls; /tmp and ignored folders persist):
 #
-#   bash bench/gpu/device.sh unpack    # call 1 (carries .device/bun.xz, .device/mlx-cuda.part.a)
-#   bash bench/gpu/device.sh prepare   # call 2 (carries .device/mlx-cuda.part.b, .device/wheels, .device/phi3, dist)
+#   bash bench/gpu/device.sh unpack    # call 1 (carries .device/bun.xz)
+#   bash bench/gpu/device.sh stage     # call 2 (carries .device/mlx-cuda.part.a, .device/mlx-cuda.part.b1)
+#   bash bench/gpu/device.sh prepare   # call 3 (carries .device/mlx-cuda.part.b2, .device/wheels, .device/phi3, dist)
+# (The checkout's tracked files travel on every call too, ~17 MB: each call stays under 64 MiB.)
 #   bash bench/gpu/device.sh single    # single-stream decode and time to first token (512, 4096)
 #   bash bench/gpu/device.sh load      # 1, 8, 32, 64 concurrent streams over HTTP
 #   AB='{"prefillWidthMultiple":1}' bash bench/gpu/device.sh ab   # Pensieve: defaults vs engine overrides
@@ -25,6 +27,9 @@ MODEL=$W/phi3-mini-128k-4bit-random
 # padding rows 32011-32063, which have no token (mlx_lm.server crashes on them).
 BAN="32000,32001,32007,$(seq -s, 32011 32063)"
 log() { echo "[device $(date +%T)] $*"; }
+# Parts of the mlx-cuda-13 wheel carried by this call are kept for the later ones.
+for part in .device/mlx-cuda.part.*; do if [ -f "$part" ]; then cp "$part" "$W/"; fi; done
+mlx_parts() { cat "$W"/mlx-cuda.part.a "$W"/mlx-cuda.part.b1 "$W"/mlx-cuda.part.b2; }
 # transformers 5 (which mlx_lm.server's tokenizer loading runs) wants
 # original_max_position_embeddings inside rope_scaling too; Pensieve reads either.
 rope_compat() {
@@ -39,12 +44,14 @@ unpack)
     ls -d /usr/local/cuda* 2>/dev/null || true;
     $PY -c "import nvidia, os; d=list(nvidia.__path__)[0]; print(d); print(sorted(os.listdir(d)))"; } | tee "$OUT/machine.txt"
   xz -dc .device/bun.xz > "$W/bin/bun" && chmod +x "$W/bin/bun"
-  cp .device/mlx-cuda.part.a "$W/"
-  log "bun $(bun --version); part a stored"
+  log "bun $(bun --version)"
+  ;;
+stage)
+  ls -la "$W"/mlx-cuda.part.*
   ;;
 prepare)
   if [ ! -d "$W/wheel/mlx" ]; then
-    cat "$W/mlx-cuda.part.a" .device/mlx-cuda.part.b | xz -dc | (mkdir -p "$W/wheel" && tar -xf - -C "$W/wheel")
+    mlx_parts | xz -dc | (mkdir -p "$W/wheel" && tar -xf - -C "$W/wheel")
     log "mlx-cuda-13 unpacked"
   fi
   # mlx-lm for the baseline: the mlx front end and mlx-lm wheels, with the CUDA backend files beside them.
@@ -80,9 +87,9 @@ load)
   ;;
 kvcheck)
   # A short check in two calls (unpack first): set-up without mlx-lm, the full model, then turn 1, the same
-  # again and a restart (the prefix cache from disk). Carry .device/mlx-cuda.part.b, dist and the request.
+  # again and a restart (the prefix cache from disk). Carry .device/mlx-cuda.part.b2, dist and the request (after unpack and stage).
   if [ ! -d "$W/wheel/mlx" ]; then
-    cat "$W/mlx-cuda.part.a" .device/mlx-cuda.part.b | xz -dc | (mkdir -p "$W/wheel" && tar -xf - -C "$W/wheel")
+    mlx_parts | xz -dc | (mkdir -p "$W/wheel" && tar -xf - -C "$W/wheel")
   fi
   bun dist/scripts/setup.js --backend cuda --no-model --wheel-dir "$W/wheel" | tail -2
   [ -f "$MODEL/model.safetensors" ] || bun dist/scripts/make-random-model.js --config .device/phi3/config.json \
