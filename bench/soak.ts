@@ -155,6 +155,13 @@ export interface SoakResult {
   slowest: RequestRecord[];
   /** The machine's 1-minute load average at the start and the end of the run. */
   loadAverage: [number, number];
+  /**
+   * Where the time went, means in ms over the run: the server's own measures
+   * (time to first token and engine queue wait count from the prompt's
+   * hand-over to the engine, so they leave out prompt building) beside the
+   * client's first chunk of a streamed answer.
+   */
+  meanMs: Record<string, number>;
   counts: Record<string, number>;
   byRoute: Record<string, Record<string, number>>;
   baseline: Sample;
@@ -385,6 +392,24 @@ function drive(base: string, specs: Spec[], o: SoakOptions, progress: (done: num
   });
 }
 
+const SERVER_TIMES = {
+  timeToFirstToken: "pensieve_time_to_first_token_seconds",
+  engineQueueWait: "pensieve_queue_wait_seconds",
+  interTokenLatency: "pensieve_inter_token_latency_seconds",
+  requestDuration: "pensieve_request_duration_seconds",
+} as const;
+
+/** The server's latency histograms' sums and counts (seconds), to take means over the run from. */
+async function serverHistograms(base: string): Promise<Record<string, { sum: number; count: number }>> {
+  const text = await (await fetch(`${base}/metrics`)).text();
+  const read = (name: string) => Number(text.match(new RegExp(`^${name} (\\S+)$`, "m"))?.[1] ?? Number.NaN);
+  const out: Record<string, { sum: number; count: number }> = {};
+  for (const [key, name] of Object.entries(SERVER_TIMES)) {
+    out[key] = { sum: read(`${name}_sum`), count: read(`${name}_count`) };
+  }
+  return out;
+}
+
 async function sample(base: string, t0: number): Promise<Sample> {
   const text = await (await fetch(`${base}/metrics`)).text();
   const value = (name: string) => {
@@ -512,12 +537,14 @@ export async function runSoak(base: string, options: Partial<SoakOptions> = {}):
   o.log(`baseline after warm-up: ${JSON.stringify(baseline)}`);
 
   const loadAtStart = loadavg()[0] as number;
+  const histogramsBefore = await serverHistograms(base);
   const started = performance.now();
   const outcomes = await drive(base, specs, o, (n) => {
     if (n % 100 === 0) o.log(`${n}/${specs.length} requests`);
   });
   const durationMs = performance.now() - started;
   const final = await idleSecond(base, t0, o.idleMs);
+  const histogramsAfter = await serverHistograms(base);
   sampling = false;
   await sampler;
   samples.push(final);
@@ -575,12 +602,27 @@ export async function runSoak(base: string, options: Partial<SoakOptions> = {}):
       .slice(0, 10),
   ].map(record);
   const loadAverage: [number, number] = [loadAtStart, loadavg()[0] as number];
+  const meanMs: Record<string, number> = {};
+  for (const key of Object.keys(SERVER_TIMES)) {
+    const a = histogramsBefore[key] as { sum: number; count: number };
+    const b = histogramsAfter[key] as { sum: number; count: number };
+    meanMs[`server ${key}`] = Math.round(((b.sum - a.sum) / Math.max(1, b.count - a.count)) * 1000);
+  }
+  const streamed = outcomes.filter((r) => r.spec.stream && r.status === 200 && r.firstChunkMs !== null);
+  meanMs["client first chunk (streams)"] = Math.round(
+    streamed.reduce((n, r) => n + (r.firstChunkMs as number), 0) / Math.max(1, streamed.length),
+  );
+  meanMs["client total (answered 200)"] = Math.round(
+    outcomes.filter((r) => r.status === 200).reduce((n, r) => n + r.ms, 0) /
+      Math.max(1, outcomes.filter((r) => r.status === 200).length),
+  );
   return {
     ok: failures.length === 0,
     failures,
     durationMs,
     slowest,
     loadAverage,
+    meanMs,
     counts,
     byRoute,
     baseline,
@@ -649,6 +691,10 @@ export async function benchSoak(argv: string[]): Promise<void> {
     ...Object.entries(result.byRoute).map(([route, c]) => `| ${route} | ${JSON.stringify(c)} |`),
     "",
     ...(result.failures.length ? ["Failures:", ...result.failures.map((f) => `- ${f}`), ""] : []),
+    `Where the time went (means, ms): ${Object.entries(result.meanMs)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(", ")}.`,
+    "",
     "Hung requests, then the slowest others (ms from the request's start; gap: the longest wait for a chunk):",
     "",
     "| route | feature | max_tokens | outcome | total | headers | chunks | first chunk | last chunk | longest gap | open at the hang |",
