@@ -8,8 +8,9 @@ import type { ConstraintSpec } from "../text/json-constraint";
 import type { DecodingRow, RowStep } from "./batch-step";
 import type { EngineRequest } from "./protocol";
 import { SequenceSampler } from "./sampling";
-import { maySpeculate, type SchedulerOptions, type SequenceState, type TokenConstraint } from "./scheduler-policy";
+import type { SchedulerOptions, SequenceState, TokenConstraint } from "./scheduler-policy";
 import { PromptLookup } from "./speculation";
+import { maySpeculate } from "./token-policy";
 
 /** Builds a request's constraint; `endIds` are its stop tokens. Throws a SchemaError (→ 400) for a bad spec. */
 export type ConstraintFactory = (spec: ConstraintSpec, endIds: readonly number[]) => TokenConstraint;

@@ -9,8 +9,9 @@ import type { LanguageModel } from "../models/types";
 import { type DecodingRow, knownRowStep, type RowStep, releaseRowStep } from "./batch-step";
 import type { KVCache } from "./kv-cache";
 import type { SpeculationStats, StepValues } from "./protocol";
-import { draftLength, type SequenceState } from "./scheduler-policy";
+import type { SequenceState } from "./scheduler-policy";
 import type { PromptLookup } from "./speculation";
+import { draftLength } from "./token-policy";
 import { verifyDraft } from "./speculative-verify";
 
 export interface SpeculatingRow extends SequenceState, DecodingRow {

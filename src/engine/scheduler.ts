@@ -6,13 +6,14 @@
 // sit in a bounded FIFO queue.
 //
 // This file holds the queue and runs an iteration. The decisions are the
-// policy's (scheduler-policy.ts: plain data, no MLX, tested without a model);
-// the device work is batch-step.ts (forward passes, sampling), with
-// prefill-line.ts (admitted prompts and the group being prefilled),
-// decode-batch.ts (the batch's rows and KV cache), scheduler-prefix.ts
-// (prefix-cache copies) and scheduler-speculation.ts (a lone row's verify
-// pass); a request becomes a sequence in scheduler-sequence.ts. Slightly over
-// 400 lines: a sequence's lifecycle (queue, prefill, batch, preemption, its
+// policy's (scheduler-policy.ts, token-policy.ts: plain data, no MLX, tested
+// without a model); the device work is batch-step.ts (forward passes,
+// sampling), with prefill-line.ts (admitted prompts and the group being
+// prefilled), decode-batch.ts (the batch's rows and KV cache),
+// scheduler-prefix.ts (prefix-cache copies) and scheduler-speculation.ts (a
+// lone row's verify pass); a request becomes a sequence in
+// scheduler-sequence.ts. Slightly over 400 lines: a sequence's lifecycle
+// (queue, prefill, batch, preemption, its
 // events in order) reads in one place. One iteration (step):
 //   1. drop cancelled sequences;
 //   2. admit waiting requests to the prefill line;
@@ -37,11 +38,9 @@ import { PrefillLine } from "./prefill-line";
 import type { PrefixStore } from "./prefix-store";
 import type { EngineEvent, EngineRequest, FinishReason, SchedulerStats, StepValues, TokenOut } from "./protocol";
 import {
-  acceptToken,
   checkSubmission,
   demand,
   dropCancelled,
-  nextMask,
   planAdmissions,
   planPreemption,
   regimeCrossings,
@@ -52,6 +51,7 @@ import { PrefixKeeper } from "./scheduler-prefix";
 import { type ConstraintFactory, newSequence, type Sequence } from "./scheduler-sequence";
 import { speculateLoneRow } from "./scheduler-speculation";
 import { emptySpeculationStats, type SpeculationStats } from "./speculation";
+import { acceptToken, nextMask } from "./token-policy";
 
 export type { ConstraintFactory, SchedulerOptions, TokenConstraint };
 
