@@ -13,8 +13,8 @@
 // scheduler-prefix.ts (prefix-cache copies) and scheduler-speculation.ts (a
 // lone row's verify pass); a request becomes a sequence in
 // scheduler-sequence.ts. Slightly over 400 lines: a sequence's lifecycle
-// (queue, prefill, batch, preemption, its
-// events in order) reads in one place. One iteration (step):
+// (queue, prefill, batch, preemption, its events in order) reads in one
+// place. One iteration (step):
 //   1. drop cancelled sequences;
 //   2. admit waiting requests to the prefill line;
 //   3. decode: queue step n+1 for the whole batch (async_eval), then read step
