@@ -86,8 +86,14 @@ interface Spec {
 interface Timing {
   /** Response headers (HTTP) or the socket's open (WebSocket). */
   headersMs: number | null;
-  /** Body chunks (HTTP) or deltas (WebSocket). */
+  /** Body chunks with data (HTTP) or deltas (WebSocket). */
   chunks: number;
+  /**
+   * SSE keep-alive comments: the server sends one every 10 s until the first
+   * token, so a request stuck in the engine's queue still gets bytes. They do
+   * not count as chunks (nor for the times below).
+   */
+  keepAlives: number;
   firstChunkMs: number | null;
   lastChunkMs: number | null;
   /** The longest wait between two chunks (or from the headers to the first). */
@@ -108,19 +114,23 @@ interface Outcome extends Timing {
 
 type Answer = Omit<Outcome, "spec" | "ms" | keyof Timing | "atHang">;
 
-function newTiming(): Timing & { start: number; chunk(): void; headers(): void } {
+function newTiming(): Timing & { start: number; chunk(): void; keepAlive(): void; headers(): void } {
   const start = performance.now();
   let previous: number | null = null;
   const t = {
     start,
     headersMs: null as number | null,
     chunks: 0,
+    keepAlives: 0,
     firstChunkMs: null as number | null,
     lastChunkMs: null as number | null,
     maxGapMs: 0,
     headers() {
       t.headersMs = performance.now() - start;
       previous = t.headersMs;
+    },
+    keepAlive() {
+      t.keepAlives++;
     },
     chunk() {
       const now = performance.now() - start;
@@ -138,6 +148,7 @@ function timingOf(t: Timing): Timing {
   return {
     headersMs: t.headersMs,
     chunks: t.chunks,
+    keepAlives: t.keepAlives,
     firstChunkMs: t.firstChunkMs,
     lastChunkMs: t.lastChunkMs,
     maxGapMs: Math.round(t.maxGapMs),
@@ -271,13 +282,17 @@ async function consume(
   res: Response,
   abandonAfter: number | null,
   abort: AbortController,
-  timing: { chunk(): void },
+  timing: { chunk(): void; keepAlive(): void },
 ): Promise<boolean> {
   const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+  const decoder = new TextDecoder();
   let chunks = 0;
   try {
     for (let r = await reader.read(); !r.done; r = await reader.read()) {
-      timing.chunk();
+      // Only SSE comment lines (": keep-alive"): the server is waiting for the first token.
+      const text = decoder.decode(r.value, { stream: true });
+      if (/^(?:\s*:[^\n]*(?:\n|$))+\s*$/.test(text)) timing.keepAlive();
+      else timing.chunk();
       if (abandonAfter !== null && ++chunks >= abandonAfter) {
         abort.abort();
         return true;
@@ -697,13 +712,13 @@ export async function benchSoak(argv: string[]): Promise<void> {
     "",
     "Hung requests, then the slowest others (ms from the request's start; gap: the longest wait for a chunk):",
     "",
-    "| route | feature | max_tokens | outcome | total | headers | chunks | first chunk | last chunk | longest gap | open at the hang |",
-    "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    "| route | feature | max_tokens | outcome | total | headers | chunks | keep-alives | first chunk | last chunk | longest gap | open at the hang |",
+    "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ...result.slowest.map((r) => {
       const ms = (n: number | null) => (n === null ? "-" : String(Math.round(n)));
       const outcome = r.hung ? "HUNG" : r.abandoned ? "abandoned" : String(r.status);
       const open = r.atHang ? `${r.atHang.openSequences} sequences, ${r.atHang.openStreams} streams` : "";
-      return `| ${r.route}${r.stream ? " stream" : ""} | ${r.feature} | ${r.maxTokens} | ${outcome} | ${ms(r.ms)} | ${ms(r.headersMs)} | ${r.chunks} | ${ms(r.firstChunkMs)} | ${ms(r.lastChunkMs)} | ${r.maxGapMs} | ${open} |`;
+      return `| ${r.route}${r.stream ? " stream" : ""} | ${r.feature} | ${r.maxTokens} | ${outcome} | ${ms(r.ms)} | ${ms(r.headersMs)} | ${r.chunks} | ${r.keepAlives} | ${ms(r.firstChunkMs)} | ${ms(r.lastChunkMs)} | ${r.maxGapMs} | ${open} |`;
     }),
     "",
   ];
