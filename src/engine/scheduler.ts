@@ -575,10 +575,14 @@ export class Scheduler {
 
   /** Stores a row's KV [0, length) in the prefix cache, copying only what is not cached yet. */
   #store(s: Sequence, cache: KVCache, row: number, length: number): void {
-    // Room first: the copy is new memory.
+    // Room first: the copy is new memory. What the running sequences leave bounds it: a prompt near the
+    // context fills the pool alone, and copying all of it ran an H100 out of memory at 131K tokens.
     const reserved = projectedBytes(this.#pool, this.#footprint(), this.#prefilling().map(demand));
-    this.prefixCache.evictTo(this.options.kvBudgetBytes - reserved - length * this.#bytesPerToken);
-    this.prefixCache.store(s.tokens, s.regime, length, (start, end) => cache.rowState(row, start, end));
+    const room = this.options.kvBudgetBytes - reserved;
+    const kept = Math.min(length, Math.floor(Math.max(0, room) / this.#bytesPerToken));
+    if (kept < this.prefixCache.minTokens) return;
+    this.prefixCache.evictTo(room - kept * this.#bytesPerToken);
+    this.prefixCache.store(s.tokens, s.regime, kept, (start, end) => cache.rowState(row, start, end));
     this.#trimCache();
   }
 
