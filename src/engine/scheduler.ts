@@ -574,10 +574,12 @@ export class Scheduler {
   }
 
   /** Stores a row's KV [0, length) in the prefix cache, copying only what is not cached yet. */
-  #store(s: Sequence, cache: KVCache, row: number, length: number): void {
-    // Room first: the copy is new memory. What the running sequences leave bounds it: a prompt near the
-    // context fills the pool alone, and copying all of it ran an H100 out of memory at 131K tokens.
-    const reserved = projectedBytes(this.#pool, this.#footprint(), this.#prefilling().map(demand));
+  #store(s: Sequence, cache: KVCache, row: number, length: number, joining: readonly Sequence[] = []): void {
+    // Room first: the copy is new memory. What the running sequences, and a prefill group about to join them,
+    // leave bounds it: a prompt near the context fills the pool alone, and copying all of it ran an H100 out of
+    // memory at 120K tokens (the group was counted nowhere between its last chunk and joining the batch).
+    const pending = [...this.#prefilling(), ...joining];
+    const reserved = projectedBytes(this.#pool, this.#footprint(), pending.map(demand));
     const room = this.options.kvBudgetBytes - reserved;
     const kept = Math.min(length, Math.floor(Math.max(0, room) / this.#bytesPerToken));
     if (kept < this.prefixCache.minTokens) return;
@@ -923,6 +925,7 @@ export class Scheduler {
       return;
     }
     const masks = group.jobs.map((j) => this.#nextMask(j.seq));
+    const joining = group.jobs.map((j) => j.seq);
     const steps = mx.tidy(() => {
       const logits = this.model.forward(input(), cache, { logits: "last", ropeLengths });
       // A row finished meanwhile (cancelled) has no sampler left: it samples nothing.
@@ -943,7 +946,7 @@ export class Scheduler {
         return;
       }
       keep.push(i);
-      if (!j.recompute && this.#caches(s)) this.#store(s, cache, i, s.tokens.length);
+      if (!j.recompute && this.#caches(s)) this.#store(s, cache, i, s.tokens.length, joining);
       s.step = step;
       s.unread = true;
       s.inBatch = true;
