@@ -3,7 +3,7 @@
 // every family shares are mapped here; each architecture's file adds its own
 // rules (defaults, nesting, llama.cpp's fixed values) through the registry.
 import { type GgufMeta, ggufNumber as metaNum } from "./architecture";
-import { findArchitecture, findGgufArchitecture, supportedGgufArchitectures } from "./registry";
+import { architectureFor, findArchitecture, findGgufArchitecture, supportedGgufArchitectures } from "./registry";
 
 export type RopeScaling =
   | {
@@ -210,7 +210,7 @@ export function configFromHf(raw: Json, generationConfig: Json | null = null): M
 export function configToHf(cfg: ModelConfig): Json {
   const out: Json = {
     model_type: cfg.modelType,
-    architectures: [findArchitecture(cfg.modelType)?.hfClass ?? "LlamaForCausalLM"],
+    architectures: [architectureFor(cfg.modelType).hfClass],
     hidden_size: cfg.hiddenSize,
     num_hidden_layers: cfg.numLayers,
     num_attention_heads: cfg.numHeads,
@@ -249,7 +249,7 @@ export function configToHf(cfg: ModelConfig): Json {
   if (cfg.slidingWindowPattern !== null) out.sliding_window_pattern = cfg.slidingWindowPattern;
   if (cfg.ropeLocalTheta !== null) out.rope_local_base_freq = cfg.ropeLocalTheta;
   if (cfg.queryPreAttnScalar !== null) out.query_pre_attn_scalar = cfg.queryPreAttnScalar;
-  findArchitecture(cfg.modelType)?.hfWrite?.(cfg, out);
+  architectureFor(cfg.modelType).hfWrite?.(cfg, out);
   if (cfg.moe) {
     out.num_experts = cfg.moe.numExperts;
     out.num_experts_per_tok = cfg.moe.topK;
