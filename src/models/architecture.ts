@@ -77,8 +77,8 @@ export interface Architecture {
   hfClass: string;
   /** Before the common config.json mapping: the family's defaults and nesting (Gemma 3). */
   hfPrepare?(raw: Json): Json;
-  /** After the common mapping: the family's rules on what config.json means (Mistral's windows). */
-  hfAdjust?(config: ModelConfig): ModelConfig;
+  /** After the common mapping: the family's rules on what config.json means (Mistral's windows, its own keys). */
+  hfAdjust?(config: ModelConfig, raw: Json): ModelConfig;
   /** Keys `pensieve convert` writes beyond the common ones. */
   hfWrite?(config: ModelConfig, out: Json): void;
   /** Absent: no GGUF files of this architecture are read. */

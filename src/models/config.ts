@@ -203,7 +203,7 @@ export function configFromHf(raw: Json, generationConfig: Json | null = null): M
     queryPreAttnScalar: typeof c.query_pre_attn_scalar === "number" ? c.query_pre_attn_scalar : null,
     moe: parseMoe(c),
   };
-  return arch?.hfAdjust ? arch.hfAdjust(config) : config;
+  return arch?.hfAdjust ? arch.hfAdjust(config, c) : config;
 }
 
 /** The config.json that describes a config (the inverse of configFromHf), for `convert`. */

@@ -1,5 +1,5 @@
-// Llama (Llama 2/3.x, SmolLM2): the Llama-shaped block that Mistral, Qwen2,
-// Qwen3, Qwen3-MoE and Phi-3 vary (LlamaBlock says how). Separate q/k/v and
+// Llama (Llama 2/3.x, SmolLM2): the Llama-shaped block that Mistral, Mixtral,
+// Qwen2, Qwen3, Qwen3-MoE and Phi-3 vary (LlamaBlock says how). Separate q/k/v and
 // gate/up projections in the files, fused at load when their packing agrees.
 // Reads side by side with mlx-lm's models/llama.py.
 // Sliding windows: layers config.json's layer_types marks "sliding_attention"
@@ -23,13 +23,13 @@ export function llamaWindows(c: ModelConfig): Array<number | null> {
   });
 }
 
-/** A routed-experts MLP in place of the dense one at some layers (qwen3-moe.ts). */
+/** A routed-experts MLP in place of the dense one at some layers (qwen3-moe.ts, mixtral.ts). */
 export interface LlamaExperts {
   /** Whether layer i routes to experts (the others keep the dense MLP). */
   sparse(c: ModelConfig, layer: number): boolean;
-  /** The routed MLP's tensors under a layer's mlp prefix, in draw order. */
-  shapes(c: ModelConfig, prefix: string): TensorSpec[];
-  build(kit: BuildKit, c: ModelConfig, store: WeightStore, prefix: string): Mlp;
+  /** The routed MLP's tensors in a layer (prefix model.layers.N), in draw order. */
+  shapes(c: ModelConfig, layerPrefix: string): TensorSpec[];
+  build(kit: BuildKit, c: ModelConfig, store: WeightStore, layerPrefix: string): Mlp;
 }
 
 /** What a Llama-shaped family changes. The same recipe gives the build and the weight shapes. */
@@ -72,7 +72,7 @@ export function llamaShapes(c: ModelConfig, block: LlamaBlock = {}): TensorSpec[
         shapes.push([`${p}.self_attn.q_norm`, [c.headDim], "norm"]);
         shapes.push([`${p}.self_attn.k_norm`, [c.headDim], "norm"]);
       }
-      if (sparse) shapes.push(...(block.experts as LlamaExperts).shapes(c, `${p}.mlp`));
+      if (sparse) shapes.push(...(block.experts as LlamaExperts).shapes(c, p));
       else {
         shapes.push([`${p}.mlp.gate_proj`, [ffn, hidden], "matrix"]);
         shapes.push([`${p}.mlp.up_proj`, [ffn, hidden], "matrix"]);
@@ -126,7 +126,7 @@ export function buildLlama(
         out: store.linear(`${p}.self_attn.o_proj`, qSize),
       },
       mlpNorm: norm("post_attention_layernorm"),
-      mlp: block.experts?.sparse(c, i) ? block.experts.build(kit, c, store, `${p}.mlp`) : denseMlp(),
+      mlp: block.experts?.sparse(c, i) ? block.experts.build(kit, c, store, p) : denseMlp(),
       window: windows[i] ?? null,
     });
   }

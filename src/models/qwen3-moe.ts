@@ -26,7 +26,8 @@ const BLOCK: LlamaBlock = {
   windows: false,
   experts: {
     sparse: isSparseLayer,
-    shapes(c, p) {
+    shapes(c, layer) {
+      const p = `${layer}.mlp`;
       const { numExperts: E, expertIntermediateSize: F } = moeOf(c);
       const hidden = c.hiddenSize;
       return [
@@ -36,7 +37,8 @@ const BLOCK: LlamaBlock = {
         [`${p}.switch_mlp.down_proj`, [E, hidden, F], "matrix"],
       ];
     },
-    build(kit, c, store, p) {
+    build(kit, c, store, layer) {
+      const p = `${layer}.mlp`;
       const moe = moeOf(c);
       const perExpert = (name: string) => ({ prefix: `${p}.experts`, name, count: moe.numExperts });
       return kit.decoder.routedMlp(moe, {
