@@ -5,12 +5,13 @@ import type { Architecture } from "./architecture";
 import { gemma3 } from "./gemma3";
 import { llama } from "./llama";
 import { mistral } from "./mistral";
+import { mixtral } from "./mixtral";
 import { phi3 } from "./phi3";
 import { qwen2 } from "./qwen2";
 import { qwen3 } from "./qwen3";
 import { qwen3Moe } from "./qwen3-moe";
 
-const ARCHITECTURES: readonly Architecture[] = [llama, mistral, phi3, qwen2, qwen3, qwen3Moe, gemma3];
+const ARCHITECTURES: readonly Architecture[] = [llama, mistral, phi3, qwen2, qwen3, qwen3Moe, gemma3, mixtral];
 
 /** Every model_type Pensieve runs. */
 export function supportedArchitectures(): string[] {

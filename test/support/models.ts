@@ -198,6 +198,30 @@ export const TINY_SPECS: Record<string, () => RandomModelSpec> = {
       tie_word_embeddings: false,
       eos_token_id: 2,
     }),
+  // Mixtral shape: every layer routes over 4 experts (width 64), top 2; layer 0's router 8-bit by override.
+  "tiny-mixtral": () =>
+    withPhi3Tokenizer(
+      10,
+      {
+        architectures: ["MixtralForCausalLM"],
+        model_type: "mixtral",
+        ...SMALL_GQA,
+        intermediate_size: 64,
+        num_local_experts: 4,
+        num_experts_per_tok: 2,
+        rms_norm_eps: 1e-5,
+        rope_theta: 1000000,
+        max_position_embeddings: 32768,
+        sliding_window: null,
+        tie_word_embeddings: false,
+        quantization: {
+          group_size: 32,
+          bits: 4,
+          "model.layers.0.block_sparse_moe.gate": { group_size: 64, bits: 8 },
+        },
+      },
+      0.05,
+    ),
 };
 
 function specDigest(spec: RandomModelSpec): string {
