@@ -32,6 +32,54 @@ export interface LlamaExperts {
   build(kit: BuildKit, c: ModelConfig, store: WeightStore, layerPrefix: string): Mlp;
 }
 
+/**
+ * SwiGLU experts and their router under a layer's `module` (Qwen3-MoE: mlp,
+ * Mixtral: block_sparse_moe): the router `gate`, the experts stacked as
+ * mlx-community stores them (switch_mlp.{gate,up,down}_proj) or, in float
+ * checkpoints, Hugging Face's experts.N.<name> (stacked at load). Routed by
+ * decoder.ts's routedMlp.
+ */
+export function stackedExperts(
+  module: string,
+  perExpert: { gate: string; up: string; down: string },
+  sparse: LlamaExperts["sparse"],
+): LlamaExperts {
+  const moeOf = (c: ModelConfig) => {
+    if (!c.moe) throw new Error(`${c.modelType}: config.json has no experts`);
+    return c.moe;
+  };
+  return {
+    sparse,
+    shapes(c, layer) {
+      const p = `${layer}.${module}`;
+      const { numExperts: E, expertIntermediateSize: F } = moeOf(c);
+      const hidden = c.hiddenSize;
+      return [
+        [`${p}.gate`, [E, hidden], "matrix"],
+        [`${p}.switch_mlp.gate_proj`, [E, F, hidden], "matrix"],
+        [`${p}.switch_mlp.up_proj`, [E, F, hidden], "matrix"],
+        [`${p}.switch_mlp.down_proj`, [E, hidden, F], "matrix"],
+      ];
+    },
+    build(kit, c, store, layer) {
+      const p = `${layer}.${module}`;
+      const moe = moeOf(c);
+      const experts = (stacked: string, name: string, inFeatures: number) =>
+        store.experts(`${p}.switch_mlp.${stacked}`, inFeatures, {
+          prefix: `${p}.experts`,
+          name,
+          count: moe.numExperts,
+        });
+      return kit.decoder.routedMlp(moe, {
+        router: store.linear(`${p}.gate`, c.hiddenSize),
+        gate: experts("gate_proj", perExpert.gate, c.hiddenSize),
+        up: experts("up_proj", perExpert.up, c.hiddenSize),
+        down: experts("down_proj", perExpert.down, moe.expertIntermediateSize),
+      });
+    },
+  };
+}
+
 /** What a Llama-shaped family changes. The same recipe gives the build and the weight shapes. */
 export interface LlamaBlock {
   /** q|k|v stored as one qkv_proj and gate|up as one gate_up_proj (Phi-3). */

@@ -9,7 +9,7 @@
 // float only). Mixtral GGUFs say "llama" with expert tensors: not read.
 import type { Architecture } from "./architecture";
 import type { ModelConfig } from "./config";
-import { buildLlama, type LlamaBlock, llamaShapes } from "./llama";
+import { buildLlama, type LlamaBlock, llamaShapes, stackedExperts } from "./llama";
 
 function moeOf(c: ModelConfig) {
   if (!c.moe) throw new Error("mixtral: config.json has no num_local_experts");
@@ -18,35 +18,7 @@ function moeOf(c: ModelConfig) {
 
 const BLOCK: LlamaBlock = {
   windows: false,
-  experts: {
-    sparse: () => true,
-    shapes(c, layer) {
-      const p = `${layer}.block_sparse_moe`;
-      const { numExperts: E, expertIntermediateSize: F } = moeOf(c);
-      const hidden = c.hiddenSize;
-      return [
-        [`${p}.gate`, [E, hidden], "matrix"],
-        [`${p}.switch_mlp.gate_proj`, [E, F, hidden], "matrix"],
-        [`${p}.switch_mlp.up_proj`, [E, F, hidden], "matrix"],
-        [`${p}.switch_mlp.down_proj`, [E, hidden, F], "matrix"],
-      ];
-    },
-    build(kit, c, store, layer) {
-      const p = `${layer}.block_sparse_moe`;
-      const moe = moeOf(c);
-      // Stacked (mlx-lm's names), else stacked at load from Hugging Face's experts.N.w1 (gate), w3 (up), w2 (down).
-      const experts = (stacked: string, perExpert: string, inFeatures: number) =>
-        store.experts(`${p}.switch_mlp.${stacked}`, inFeatures, {
-          prefix: `${p}.experts`,
-          name: perExpert,
-          count: moe.numExperts,
-        });
-      const gate = experts("gate_proj", "w1", c.hiddenSize);
-      const up = experts("up_proj", "w3", c.hiddenSize);
-      const down = experts("down_proj", "w2", moe.expertIntermediateSize);
-      return kit.decoder.routedMlp(moe, { router: store.linear(`${p}.gate`, c.hiddenSize), gate, up, down });
-    },
-  },
+  experts: stackedExperts("block_sparse_moe", { gate: "w1", up: "w3", down: "w2" }, () => true),
 };
 
 export const mixtral: Architecture = {

@@ -2,12 +2,12 @@
 // a router over num_experts SwiGLU experts (decoder.ts's routedMlp: top-k per
 // token, renormalized when norm_topk_prob). All experts stay resident. Experts
 // load stacked (mlx-community's switch_mlp) or per expert (Hugging Face's
-// experts.N.*, float only). Reads side by side with mlx-lm's
+// experts.N.{gate,up,down}_proj, float only). Reads side by side with mlx-lm's
 // models/qwen3_moe.py and switch_layers.py (mlx-lm sorts tokens by expert for
 // long prompts, which only changes speed).
 import type { Architecture } from "./architecture";
 import type { ModelConfig } from "./config";
-import { buildLlama, type LlamaBlock, llamaShapes } from "./llama";
+import { buildLlama, type LlamaBlock, llamaShapes, stackedExperts } from "./llama";
 import { QK_NORM_TENSORS } from "./qwen3";
 
 /** Whether layer i routes to experts (the rest use the dense MLP). */
@@ -24,31 +24,7 @@ function moeOf(c: ModelConfig) {
 const BLOCK: LlamaBlock = {
   qkNorm: true,
   windows: false,
-  experts: {
-    sparse: isSparseLayer,
-    shapes(c, layer) {
-      const p = `${layer}.mlp`;
-      const { numExperts: E, expertIntermediateSize: F } = moeOf(c);
-      const hidden = c.hiddenSize;
-      return [
-        [`${p}.gate`, [E, hidden], "matrix"],
-        [`${p}.switch_mlp.gate_proj`, [E, F, hidden], "matrix"],
-        [`${p}.switch_mlp.up_proj`, [E, F, hidden], "matrix"],
-        [`${p}.switch_mlp.down_proj`, [E, hidden, F], "matrix"],
-      ];
-    },
-    build(kit, c, store, layer) {
-      const p = `${layer}.mlp`;
-      const moe = moeOf(c);
-      const perExpert = (name: string) => ({ prefix: `${p}.experts`, name, count: moe.numExperts });
-      return kit.decoder.routedMlp(moe, {
-        router: store.linear(`${p}.gate`, c.hiddenSize),
-        gate: store.experts(`${p}.switch_mlp.gate_proj`, c.hiddenSize, perExpert("gate_proj")),
-        up: store.experts(`${p}.switch_mlp.up_proj`, c.hiddenSize, perExpert("up_proj")),
-        down: store.experts(`${p}.switch_mlp.down_proj`, moe.expertIntermediateSize, perExpert("down_proj")),
-      });
-    },
-  },
+  experts: stackedExperts("mlp", { gate: "gate_proj", up: "up_proj", down: "down_proj" }, isSparseLayer),
 };
 
 export const qwen3Moe: Architecture = {
