@@ -24,6 +24,8 @@ const BLOCK: LlamaBlock = {
 export const mixtral: Architecture = {
   modelTypes: ["mixtral"],
   hfClass: "MixtralForCausalLM",
+  // transformers' MixtralConfig and mlx-lm default the RoPE base to 1e6 (Llama's is 1e4).
+  hfPrepare: (raw) => ({ rope_theta: 1_000_000, ...raw }),
   hfAdjust: (c, raw) => {
     const experts = raw.num_local_experts;
     const topK = raw.num_experts_per_tok;

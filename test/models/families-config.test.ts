@@ -177,6 +177,7 @@ test("Mixtral: every layer routes over num_local_experts; Hugging Face's experts
     decoderSparseStep: 1,
     mlpOnlyLayers: [],
   });
+  expect(c.ropeTheta).toBe(1_000_000);
   const spec = (TINY_SPECS["tiny-mixtral"] as () => RandomModelSpec)();
   const { quantization: _packed, ...floatConfig } = spec.config;
   const stacked = join(TEST_TMP, "mixtral-stacked");
