@@ -112,20 +112,31 @@ kv)
 kv-a)
   # Issue 10, second pass (split for the 600 s call limit): the advertised context over HTTP, the full replay at
   # default settings beside mlx_lm.server, then the cached turns again with cuDNN for every query count (A/B).
-  [ -f dist/test-gpu/long-context.test.js ] && PENSIEVE_GPU_PHI3="$MODEL" timeout 200 bun test --timeout 190000 \
-    ./dist/test-gpu/long-context.test.js 2>&1 | tail -20 | tee "$OUT/long-context-test.txt"
-  timeout 250 bun dist/bench/run.js claude-code --model "$MODEL" --device gpu --servers "${SERVERS:-pensieve,mlx-lm}" \
-    --python $PY --request .device/claude-code-request.json --out-dir "$OUT/replay" --home "$W/home-a"
+  timeout 330 bun dist/bench/run.js claude-code --model "$MODEL" --device gpu --servers "${SERVERS:-pensieve,mlx-lm}" \
+    --python $PY --request .device/claude-code-request.json --out-dir "$OUT/replay" --home "$W/home-a" \
+    --long "${LONG:-131000}" || true
   PENSIEVE_GPU_WRITTEN_OUT_QUERIES=0 timeout 150 bun dist/bench/run.js claude-code --model "$MODEL" --device gpu \
     --servers pensieve --quick --request .device/claude-code-request.json --out-dir "$OUT/fused-only" --home "$W/home-b"
   ;;
 kv-b)
   # Issue 10: 8-bit KV (replay, quick) and a 120K-token prompt in process against mlx-lm (peak memory, first token).
   PENSIEVE_KV_BITS=8 timeout 150 bun dist/bench/run.js claude-code --model "$MODEL" --device gpu --servers pensieve \
-    --quick --request .device/claude-code-request.json --out-dir "$OUT/kv8" --home "$W/home-c"
+    --quick --request .device/claude-code-request.json --out-dir "$OUT/kv8" --home "$W/home-c" || true
   for p in ${LONG_PROMPTS:-120000}; do
     timeout 300 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve,mlx-lm --python $PY \
-      --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt $p --gen 4 --repeat 1 --out-dir "$OUT/long"
+      --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt $p --gen 4 --repeat 1 --out-dir "$OUT/long" || true
+  done
+  ;;
+long)
+  # Issue 10: memory over time while serve prefills the advertised context (less 32), then in process at LONG_PROMPTS.
+  for n in ${SERVE_PROMPTS:-auto}; do
+    [ "$n" = auto ] && n=
+    timeout 200 bun dist/bench/gpu/long-memory.js "$MODEL" $n 2>&1 | grep -v '"/metrics"\|"/health"' | tail -80 | tee -a "$OUT/long-memory.txt" || true
+  done
+  for p in ${LONG_PROMPTS:-}; do
+    timeout 250 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines "${ENGINES:-pensieve,mlx-lm}" \
+      --python $PY --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt $p --gen 4 --repeat 1 \
+      --out-dir "$OUT/long" 2>&1 | tail -20 || true
   done
   ;;
 ab)

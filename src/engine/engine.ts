@@ -179,7 +179,7 @@ function openPrefixStore(config: EngineConfig, loaded: LoadedModel, kvBits: KvBi
     const key = modelKey({ model: fileIdentity(config.model), layout, rope: config.alwaysLongRope ? "long" : "hf" });
     mkdirSync(root, { recursive: true });
     const budget = prefixDiskBudget(config.prefixDiskBytes, root);
-    return budget > 0 ? new PrefixStore(root, key, budget, layout, c.numLayers) : null;
+    return budget > 0 ? new PrefixStore(root, key, budget, layout, c.numLayers, mx.getDevice()) : null;
   } catch {
     // A read-only or missing data folder costs the feature, not the engine.
     return null;

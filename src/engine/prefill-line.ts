@@ -101,10 +101,15 @@ export class PrefillLine<S extends Sequence> {
     const n = group.jobs.length;
     const end = prefillChunkEnd(this.#options, decodingRows, n, group.width, group.done);
     if (end < group.width) {
+      const started = performance.now();
+      const tokens = n * (end - group.done);
       prefillChunk(this.#model, group, end, []);
+      // The disk store's load-or-prefill choice learns this device's prefill rate (load-or-prefill.ts).
+      this.#prefix.disk?.choice.recordPrefill(tokens, performance.now() - started);
       return null;
     }
     const masks = group.jobs.map((j) => this.#hooks.nextMask(j.seq));
+    const joining = group.jobs.map((j) => j.seq);
     const steps = prefillChunk(this.#model, group, end, masks) ?? [];
     const cache = group.cache;
     this.group = null;
@@ -117,7 +122,9 @@ export class PrefillLine<S extends Sequence> {
         return;
       }
       keep.push(i);
-      if (!j.recompute && this.#hooks.caches(s)) this.#prefix.store(s.tokens, s.regime, cache, i, s.tokens.length);
+      if (!j.recompute && this.#hooks.caches(s)) {
+        this.#prefix.store(s.tokens, s.regime, cache, i, s.tokens.length, joining);
+      }
       s.step = step;
       s.unread = true;
       s.inBatch = true;

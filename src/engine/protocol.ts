@@ -148,6 +148,11 @@ export interface PrefixStoreStats {
   loaded: number;
   loadedTokens: number;
   removed: number;
+  /** Prefixes found on disk but prefilled instead, as quicker (src/engine/load-or-prefill.ts). */
+  skippedLoads: number;
+  /** The rates behind that choice: measured in this process, or the device's prior. */
+  prefillTokensPerS: number;
+  diskBytesPerS: number;
 }
 
 export interface SchedulerStats {

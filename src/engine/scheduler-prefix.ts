@@ -8,16 +8,25 @@ import * as mx from "../mlx";
 import type { KVCache } from "./kv-cache";
 import { disposeState, type KVState, type PrefixCache } from "./prefix-cache";
 import type { PrefixStore } from "./prefix-store";
+import type { SequenceState } from "./scheduler-policy";
 
 export class PrefixKeeper {
   readonly cache: PrefixCache;
   #disk: PrefixStore | null = null;
   readonly #budgetBytes: number;
   readonly #bytesPerToken: number;
-  /** KV bytes running and prefilling sequences hold at their largest (the pool's projection). */
-  readonly #reserved: () => number;
+  /**
+   * KV bytes running and prefilling sequences hold at their largest (the
+   * pool's projection), `joining` counted with them.
+   */
+  readonly #reserved: (joining?: readonly SequenceState[]) => number;
 
-  constructor(cache: PrefixCache, budgetBytes: number, bytesPerToken: number, reserved: () => number) {
+  constructor(
+    cache: PrefixCache,
+    budgetBytes: number,
+    bytesPerToken: number,
+    reserved: (joining?: readonly SequenceState[]) => number,
+  ) {
     this.cache = cache;
     this.#budgetBytes = budgetBytes;
     this.#bytesPerToken = bytesPerToken;
@@ -49,11 +58,26 @@ export class PrefixKeeper {
     this.cache.evictTo(this.#budgetBytes - this.#reserved());
   }
 
-  /** Stores a row's KV [0, length) in the prefix cache, copying only what is not cached yet. */
-  store(tokens: readonly number[], regime: number, batch: KVCache, row: number, length: number): void {
-    // Room first: the copy is new memory.
-    this.cache.evictTo(this.#budgetBytes - this.#reserved() - length * this.#bytesPerToken);
-    this.cache.store(tokens, regime, length, (start, end) => batch.rowState(row, start, end));
+  /**
+   * Stores a row's KV [0, length) in the prefix cache, copying only what is
+   * not cached yet; `joining`: a prefill group about to join the batch.
+   */
+  store(
+    tokens: readonly number[],
+    regime: number,
+    batch: KVCache,
+    row: number,
+    length: number,
+    joining: readonly SequenceState[] = [],
+  ): void {
+    // Room first: the copy is new memory. What the running sequences, and a prefill group about to join them,
+    // leave bounds it: a prompt near the context fills the pool alone, and copying all of it ran an H100 out of
+    // memory at 120K tokens (the group was counted nowhere between its last chunk and joining the batch).
+    const room = this.#budgetBytes - this.#reserved(joining);
+    const kept = Math.min(length, Math.floor(Math.max(0, room) / this.#bytesPerToken));
+    if (kept < this.cache.minTokens) return;
+    this.cache.evictTo(room - kept * this.#bytesPerToken);
+    this.cache.store(tokens, regime, kept, (start, end) => batch.rowState(row, start, end));
     this.trim();
   }
 
@@ -70,6 +94,7 @@ export class PrefixKeeper {
     const found = disk.match(tokens, regime, limit, this.cache.blockTokens);
     if (found.length <= inMemory || found.length < this.cache.minTokens) return;
     const fileBytes = found.chain.reduce((n, c) => n + c.bytes, 0);
+    if (!disk.choice.worthLoading(fileBytes, found.length - inMemory)) return;
     this.cache.evictTo(this.#budgetBytes - this.#reserved() - fileBytes);
     const states = disk.load(found.chain);
     if (!states) return;

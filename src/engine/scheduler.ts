@@ -45,6 +45,7 @@ import {
   planPreemption,
   regimeCrossings,
   type SchedulerOptions,
+  type SequenceState,
   type TokenConstraint,
 } from "./scheduler-policy";
 import { PrefixKeeper } from "./scheduler-prefix";
@@ -97,8 +98,8 @@ export class Scheduler {
       numLayers: model.config.numLayers,
       growthStep: KV_STEP,
     };
-    this.#prefix = new PrefixKeeper(this.prefixCache, options.kvBudgetBytes, this.#bytesPerToken, () =>
-      this.#reserved(),
+    this.#prefix = new PrefixKeeper(this.prefixCache, options.kvBudgetBytes, this.#bytesPerToken, (joining) =>
+      this.#reserved(joining),
     );
     this.#line = new PrefillLine(model, options, this.#prefix, {
       caches: (s) => this.#caches(s),
@@ -278,13 +279,14 @@ export class Scheduler {
     }
   }
 
-  /** KV bytes the batch and the sequences prefilling will hold at their largest. */
-  #reserved(): number {
+  /** KV bytes the batch and the sequences prefilling (and `joining` ones) will hold at their largest. */
+  #reserved(joining: readonly SequenceState[] = []): number {
     const allowance = this.options.growthAllowance;
+    const pending = [...this.#line.sequences(), ...joining];
     return projectedBytes(
       this.#pool,
       this.#batch.footprint(allowance),
-      this.#line.sequences().map((s) => demand(s, allowance)),
+      pending.map((s) => demand(s, allowance)),
     );
   }
 

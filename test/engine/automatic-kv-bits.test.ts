@@ -10,6 +10,8 @@ import { configFromHf } from "../../src/models/config";
 const PHI3 = join(import.meta.dir, "..", "..", "..", "shared", "fixtures", "phi3-mini-128k", "config.json");
 const phi3 = configFromHf(JSON.parse(readFileSync(PHI3, "utf8")));
 const WEIGHTS = 2.2e9; // the 4-bit file
+type Settings = Omit<Parameters<typeof planMemory>[0], "model">;
+const plan = (settings: Settings) => planMemory({ model: PHI3, ...settings }, phi3, WEIGHTS, "cpu", 2);
 const sessions = (p: ReturnType<typeof planMemory>) =>
   concurrentFit(
     { budgetBytes: p.kvBudgetBytes, bytesPerToken: p.bytesPerToken, numLayers: 32, growthStep: 256 },
@@ -17,8 +19,8 @@ const sessions = (p: ReturnType<typeof planMemory>) =>
   );
 
 test("8-bit exactly where the float pool holds fewer than two Claude Code sessions, and then it holds more", () => {
-  const float = planMemory({ kvBits: 0 }, phi3, WEIGHTS, "cpu", 2);
-  const auto = planMemory({}, phi3, WEIGHTS, "cpu", 2);
+  const float = plan({ kvBits: 0 });
+  const auto = plan({});
   expect(float.bytesPerToken).toBe(384 * 1024);
   if (sessions(float) < AUTOMATIC_KV8_BELOW_SESSIONS) {
     expect(auto.kvBits).toBe(8);
@@ -32,10 +34,10 @@ test("8-bit exactly where the float pool holds fewer than two Claude Code sessio
 
 test("a budget small enough to need it switches to 8-bit; explicit settings are kept", () => {
   // A machine whose pool holds one fp16 session: the plan's budget comes from memory, not a setting.
-  const small = planMemory({ maxContext: 32_768 }, phi3, WEIGHTS, "cpu", 2);
-  if (sessions(planMemory({ kvBits: 0, maxContext: 32_768 }, phi3, WEIGHTS, "cpu", 2)) < 2) expect(small.kvBits).toBe(8);
-  expect(planMemory({ kvBits: 0 }, phi3, WEIGHTS, "cpu", 2).kvBits).toBe(0);
-  expect(planMemory({ kvBits: 4 }, phi3, WEIGHTS, "cpu", 2).kvBits).toBe(4);
+  const small = plan({ maxContext: 32_768 });
+  if (sessions(plan({ kvBits: 0, maxContext: 32_768 })) < 2) expect(small.kvBits).toBe(8);
+  expect(plan({ kvBits: 0 }).kvBits).toBe(0);
+  expect(plan({ kvBits: 4 }).kvBits).toBe(4);
   // An explicit KV budget (the tests' small pools) keeps float unless bits are set.
-  expect(planMemory({ kvBudgetBytes: 4 * 1024 ** 3 }, phi3, WEIGHTS, "cpu", 2).kvBits).toBe(0);
+  expect(plan({ kvBudgetBytes: 4 * 1024 ** 3 }).kvBits).toBe(0);
 });
