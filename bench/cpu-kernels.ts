@@ -103,7 +103,7 @@ for (const [group, bits] of PACKINGS) {
         row(`int8 ${isa}`, (x, w) => mx.quantizedMatmulCpuInt8(x, w));
       }
       mx.setCpuIsa("auto");
-      const packed = kernelFilter.includes("packed") ? ws.map((w) => mx.cpuPackQ4(w)) : [];
+      const packed = kernelFilter.includes("packed") ? ws.map((w) => mx.cpuPack(w)) : [];
       if (packed.length && packed.every((p) => p !== null)) {
         // What the packed layout reads: 128 weight bytes + 16-bit scales (and biases) per 256 inputs and row.
         const ms = shapes.reduce(

@@ -33,12 +33,12 @@ namespace pensieve {
 
 namespace {
 
-constexpr uint32_t kMagic = 0x34515650;  // "PVQ4"
+constexpr uint32_t kMagic = 0x4b515650;  // "PVQK"
 constexpr int kHeaderBytes = 64;
 enum ScaleKind : uint32_t { kFloat16 = 1, kBfloat16 = 2 };
 
 struct PackHeader {
-  uint32_t magic, N, K, group, scale_kind, symmetric, chunk_bytes, scale_bytes;
+  uint32_t magic, N, K, group, scale_kind, symmetric, chunk_bytes, scale_bytes, bits, tail_blocks, tail_bytes;
 };
 
 // float ⇄ float16 / bfloat16, scalar (packing is once per weight; only where VNNI, hence F16C, exists).
@@ -92,17 +92,18 @@ const PackHeader* header_of(const mx::array& packed) {
 }  // namespace
 
 /**
- * The packed copy of a 4-bit affine weight, or an empty array when it cannot
- * be packed exactly (shape, or scales/biases not exact in 16 bits). Evaluates
- * its inputs.
+ * The packed copy of a 4- or 8-bit affine weight, or an empty array when it
+ * cannot be packed exactly (shape, or scales/biases not exact in 16 bits).
+ * Evaluates its inputs.
  */
-mx::array cpu_pack_q4(const mx::array& w_in, const mx::array& sc_in, const mx::array& bi_in, int group) {
+mx::array cpu_pack(const mx::array& w_in, const mx::array& sc_in, const mx::array& bi_in, int group, int bits) {
   const mx::array empty = mx::zeros({0}, mx::uint8);
   if (!cpu_isa_supported(kIsaVnni)) return empty;
   if (w_in.dtype() != mx::uint32 || w_in.ndim() != 2 || sc_in.ndim() != 2) return empty;
-  if (group != 32 && group != 64 && group != 128) return empty;
-  const int N = w_in.shape(0), K = w_in.shape(1) * 8;
-  if (N % 4 != 0 || K % 256 != 0 || sc_in.shape(0) != N || sc_in.shape(1) * group != K || bi_in.shape() != sc_in.shape())
+  if ((group != 32 && group != 64 && group != 128) || (bits != 4 && bits != 8)) return empty;
+  const int N = w_in.shape(0), K = w_in.shape(1) * 32 / bits;
+  if (N % 4 != 0 || K % group != 0 || sc_in.shape(0) != N || sc_in.shape(1) * group != K ||
+      bi_in.shape() != sc_in.shape())
     return empty;
   auto cpu = mx::default_stream(mx::Device::cpu);
   auto sc = mx::astype(sc_in, mx::float32, cpu), bi = mx::astype(bi_in, mx::float32, cpu);
@@ -112,7 +113,8 @@ mx::array cpu_pack_q4(const mx::array& w_in, const mx::array& sc_in, const mx::a
   const float* s = row_major(sc, sbuf);
   const float* b = row_major(bi, bbuf);
   const auto* wb = reinterpret_cast<const uint8_t*>(row_major(w_in, wbuf));
-  const size_t groups_total = static_cast<size_t>(N) * (K / group);
+  const int groups = K / group;
+  const size_t groups_total = static_cast<size_t>(N) * groups;
   uint32_t kind = 0;
   for (uint32_t k : {static_cast<uint32_t>(kFloat16), static_cast<uint32_t>(kBfloat16)}) {
     if (exact_in(s, groups_total, k) && exact_in(b, groups_total, k)) {
@@ -121,40 +123,56 @@ mx::array cpu_pack_q4(const mx::array& w_in, const mx::array& sc_in, const mx::a
     }
   }
   if (kind == 0) return empty;
+  const float offset = bits == 4 ? -8.0f : -128.0f;  // GGUF Q4_0 / Q8_0: bias = offset·scale
   bool symmetric = true;
-  for (size_t i = 0; i < groups_total && symmetric; ++i) symmetric = b[i] == -8.0f * s[i];
-  const int per_chunk = 256 / group;  // groups per chunk and row
+  for (size_t i = 0; i < groups_total && symmetric; ++i) symmetric = b[i] == offset * s[i];
+  const int block_bytes = 32 * bits / 8;
+  const int blocks = K / 32, chunks = blocks / 8, tail = blocks % 8;
+  const int per_chunk = 256 / group;  // a full chunk's groups per row
   const uint32_t scale_bytes = 4 * per_chunk * 2;
-  const uint32_t chunk_bytes = 512 + scale_bytes * (symmetric ? 1 : 2);
-  const int chunks = K / 256, tiles = N / 4;
-  const size_t total = kHeaderBytes + static_cast<size_t>(tiles) * chunks * chunk_bytes;
+  const uint32_t chunk_bytes = 4 * 8 * block_bytes + scale_bytes * (symmetric ? 1 : 2);
+  // The tail chunk (K not a multiple of 256): its blocks' bytes, then a 16-bit scale (and bias) per block.
+  const uint32_t tail_bytes = tail == 0 ? 0 : (4 * tail * block_bytes + 4 * tail * 2 * (symmetric ? 1 : 2) + 63) / 64 * 64;
+  const size_t tile_bytes = static_cast<size_t>(chunks) * chunk_bytes + tail_bytes;
+  const int tiles = N / 4;
+  const size_t total = kHeaderBytes + tile_bytes * tiles;
   auto* out = static_cast<uint8_t*>(std::aligned_alloc(64, (total + 63) / 64 * 64));
   if (out == nullptr) throw std::runtime_error("cpu pack: out of memory");
   std::memset(out, 0, kHeaderBytes);
-  PackHeader h{kMagic,
-               static_cast<uint32_t>(N),
-               static_cast<uint32_t>(K),
-               static_cast<uint32_t>(group),
-               kind,
-               symmetric ? 1u : 0u,
-               chunk_bytes,
-               scale_bytes};
+  PackHeader h{kMagic, static_cast<uint32_t>(N), static_cast<uint32_t>(K), static_cast<uint32_t>(group), kind,
+               symmetric ? 1u : 0u, chunk_bytes, scale_bytes, static_cast<uint32_t>(bits), static_cast<uint32_t>(tail),
+               tail_bytes};
   std::memcpy(out, &h, sizeof h);
-  const size_t row_bytes = K / 2;
-  const int groups = K / group;
-  auto put = [&](uint16_t* dst, const float* src) {
-    for (int i = 0; i < per_chunk; ++i) dst[i] = kind == kFloat16 ? to_half(src[i]) : to_bf16(src[i]);
-  };
+  const size_t row_bytes = static_cast<size_t>(K) * bits / 8;
+  auto put = [&](uint16_t* dst, float v) { *dst = kind == kFloat16 ? to_half(v) : to_bf16(v); };
   Pool::get().run(std::min(Pool::get().capacity(), tiles), [&](int p, int parts) {
     for (int tile = tiles * p / parts; tile < tiles * (p + 1) / parts; ++tile) {
+      uint8_t* base = out + kHeaderBytes + static_cast<size_t>(tile) * tile_bytes;
       for (int c = 0; c < chunks; ++c) {
-        uint8_t* dst = out + kHeaderBytes + (static_cast<size_t>(tile) * chunks + c) * chunk_bytes;
+        uint8_t* dst = base + static_cast<size_t>(c) * chunk_bytes;
+        auto* ds = reinterpret_cast<uint16_t*>(dst + 4 * 8 * block_bytes);
         for (int t = 0; t < 4; ++t) {
           const size_t n = static_cast<size_t>(tile) * 4 + t;
-          std::memcpy(dst + t * 128, wb + n * row_bytes + static_cast<size_t>(c) * 128, 128);
-          put(reinterpret_cast<uint16_t*>(dst + 512) + t * per_chunk, s + n * groups + c * per_chunk);
-          if (!symmetric)
-            put(reinterpret_cast<uint16_t*>(dst + 512 + scale_bytes) + t * per_chunk, b + n * groups + c * per_chunk);
+          std::memcpy(dst + t * 8 * block_bytes, wb + n * row_bytes + static_cast<size_t>(c) * 8 * block_bytes,
+                      8 * block_bytes);
+          for (int i = 0; i < per_chunk; ++i) {
+            put(ds + t * per_chunk + i, s[n * groups + c * per_chunk + i]);
+            if (!symmetric) put(ds + 4 * per_chunk + t * per_chunk + i, b[n * groups + c * per_chunk + i]);
+          }
+        }
+      }
+      if (tail == 0) continue;
+      uint8_t* dst = base + static_cast<size_t>(chunks) * chunk_bytes;
+      std::memset(dst, 0, tail_bytes);
+      auto* ds = reinterpret_cast<uint16_t*>(dst + 4 * tail * block_bytes);
+      for (int t = 0; t < 4; ++t) {
+        const size_t n = static_cast<size_t>(tile) * 4 + t;
+        std::memcpy(dst + t * tail * block_bytes, wb + n * row_bytes + static_cast<size_t>(chunks) * 8 * block_bytes,
+                    static_cast<size_t>(tail) * block_bytes);
+        for (int j = 0; j < tail; ++j) {
+          const int g = (chunks * 8 + j) * 32 / group;
+          put(ds + t * tail + j, s[n * groups + g]);
+          if (!symmetric) put(ds + 4 * tail + t * tail + j, b[n * groups + g]);
         }
       }
     }
@@ -182,16 +200,21 @@ class CpuQuantizedMatmulPacked : public mx::UnaryPrimitive {
     encoder.set_output_array(out);
     encoder.dispatch([x = inputs[0], packed = inputs[1], out]() mutable {
       const PackHeader* h = header_of(packed);
-      const int K = static_cast<int>(h->K);
-      QShape s{static_cast<int>(x.size() / K), static_cast<int>(h->N), K, static_cast<int>(h->group), 4};
+      const int K = static_cast<int>(h->K), bits = static_cast<int>(h->bits);
+      QShape s{static_cast<int>(x.size() / K), static_cast<int>(h->N), K, static_cast<int>(h->group), bits};
       std::vector<float> xs;
       const float* xp = row_major(x, xs);
       ActQ a;
       quantize_activations(xp, a, s, kIsaVnni);
 #ifdef PV_X86
-      packed_vnni::Packed pk{packed.data<uint8_t>() + kHeaderBytes, static_cast<int>(h->chunk_bytes),
-                             static_cast<int>(h->scale_bytes), h->scale_kind == kBfloat16, h->symmetric != 0};
-      packed_vnni::product(a, pk, out.data<float>(), s);
+      packed_vnni::Packed pk{packed.data<uint8_t>() + kHeaderBytes,
+                             static_cast<int>(h->chunk_bytes),
+                             static_cast<int>(h->scale_bytes),
+                             static_cast<int>(h->tail_blocks),
+                             static_cast<size_t>(K / 256) * h->chunk_bytes + h->tail_bytes,
+                             h->scale_kind == kBfloat16,
+                             h->symmetric != 0};
+      (bits == 4 ? packed_vnni::product<4> : packed_vnni::product<8>)(a, pk, out.data<float>(), s);
 #endif
     });
   }
@@ -207,12 +230,12 @@ class CpuQuantizedMatmulPacked : public mx::UnaryPrimitive {
   }
 };
 
-/** x [..., K] @ dequantize(w)^T from cpu_pack_q4's packed weight (VNNI path only). */
+/** x [..., K] @ dequantize(w)^T from cpu_pack's packed weight (VNNI path only). */
 mx::array cpu_quantized_matmul_packed(const mx::array& x_in, const mx::array& packed) {
   if (!cpu_isa_supported(kIsaVnni)) throw std::invalid_argument("cpu packed qmm: this CPU lacks AVX-512 VNNI");
   mx::eval({packed});
   const PackHeader* h = header_of(packed);
-  if (h == nullptr) throw std::invalid_argument("cpu packed qmm: not a packed weight (see cpu_pack_q4)");
+  if (h == nullptr) throw std::invalid_argument("cpu packed qmm: not a packed weight (see cpu_pack)");
   const int K = static_cast<int>(h->K);
   if (x_in.ndim() < 1 || x_in.shape(-1) != K) {
     throw std::invalid_argument("cpu packed qmm: x has " + std::to_string(x_in.ndim() ? x_in.shape(-1) : 0) +

@@ -441,17 +441,17 @@ export function quantizedMatmulCpu(x: MxArray, q: QuantizedWeight): MxArray {
   return packed ? quantizedMatmulCpuPacked(x, packed) : quantizedMatmulCpuInt8(x, q);
 }
 
-// Each 4-bit weight's packed copy (see cpuPackQ4), made on its first product;
+// Each 4- or 8-bit weight's packed copy (see cpuPack), made on its first product;
 // null: it cannot be packed exactly. Keyed by the weight array, so a weight
 // that goes is unpacked with it (the copy is kept, hence freed by the finalizer).
 const packedWeights = new WeakMap<MxArray, MxArray | null>();
 
 /** The packed copy the int8 VNNI path reads, when the weight packs exactly and VNNI is the path in use. */
 export function cpuPackedWeight(q: QuantizedWeight): MxArray | null {
-  if (q.bits !== 4 || !cpuPacking || cpuIsa() !== "vnni" || q.weight.ndim !== 2) return null;
+  if ((q.bits !== 4 && q.bits !== 8) || !cpuPacking || cpuIsa() !== "vnni" || q.weight.ndim !== 2) return null;
   let packed = packedWeights.get(q.weight);
   if (packed === undefined) {
-    packed = cpuPackQ4(q);
+    packed = cpuPack(q);
     packedWeights.set(q.weight, packed);
   }
   return packed;
@@ -465,21 +465,21 @@ export function setCpuPacking(on: boolean): void {
 }
 
 /**
- * A 4-bit affine weight repacked for the VNNI int8 kernel (ffi/cpu_qmm_packed.cpp):
+ * A 4- or 8-bit affine weight repacked for the VNNI int8 kernel (ffi/cpu_qmm_packed.cpp):
  * one stream per 4 rows, scales as float16/bfloat16. Null when it cannot be
  * packed exactly (shape, scales not exact in 16 bits, or no VNNI).
  */
-export function cpuPackQ4(q: QuantizedWeight): MxArray | null {
-  if (q.bits !== 4 || !q.biases) return null;
+export function cpuPack(q: QuantizedWeight): MxArray | null {
+  if ((q.bits !== 4 && q.bits !== 8) || !q.biases) return null;
   const packed = keep(
-    new MxArray(lib.pv_cpu_pack_q4(q.weight.handle, q.scales.handle, q.biases.handle, q.groupSize), "cpu pack (4-bit)"),
+    new MxArray(lib.pv_cpu_pack(q.weight.handle, q.scales.handle, q.biases.handle, q.groupSize, q.bits), "cpu pack"),
   );
   if (packed.size > 0) return packed;
   packed.dispose();
   return null;
 }
 
-/** x @ dequantize(w).T from a packed weight (cpuPackQ4): the int8 kernel's sums. */
+/** x @ dequantize(w).T from a packed weight (cpuPack): the int8 kernel's sums. */
 export function quantizedMatmulCpuPacked(x: MxArray, packed: MxArray): MxArray {
   return new MxArray(lib.pv_quantized_matmul_cpu_packed(x.handle, packed.handle), "quantized_matmul (cpu packed)");
 }
