@@ -35,6 +35,7 @@ namespace {
 
 constexpr uint32_t kMagic = 0x4b515650;  // "PVQK"
 constexpr int kHeaderBytes = 64;
+constexpr size_t kPackReserveBytes = size_t{256} << 20;  // room kept free under MLX's memory limit
 enum ScaleKind : uint32_t { kFloat16 = 1, kBfloat16 = 2 };
 
 struct PackHeader {
@@ -136,6 +137,11 @@ mx::array cpu_pack(const mx::array& w_in, const mx::array& sc_in, const mx::arra
   const size_t tile_bytes = static_cast<size_t>(chunks) * chunk_bytes + tail_bytes;
   const int tiles = N / 4;
   const size_t total = kHeaderBytes + tile_bytes * tiles;
+  // The plain arrays stay alive beside the copy: where MLX's memory limit leaves
+  // little room (an engine capped for tests or a small machine), the room is
+  // for the KV cache and activations, so the weight stays unpacked.
+  const size_t limit = mx::get_memory_limit(), active = mx::get_active_memory();
+  if (limit < active || limit - active < total + kPackReserveBytes) return empty;
   auto* out = static_cast<uint8_t*>(std::aligned_alloc(64, (total + 63) / 64 * 64));
   if (out == nullptr) throw std::runtime_error("cpu pack: out of memory");
   std::memset(out, 0, kHeaderBytes);
