@@ -28,12 +28,11 @@
 #define PV_X86 1
 #endif
 
-#include "cpu_common.h"
+#include "cpu_qmm_int8.h"
 
 namespace pensieve {
 
 // ---- which instruction set ----
-enum Isa : int { kIsaAuto = 0, kIsaScalar = 1, kIsaAvx2 = 2, kIsaVnni = 3 };
 
 bool cpu_isa_supported(int isa) {
   switch (isa) {
@@ -94,15 +93,6 @@ int cpu_threads() { return Pool::get().size(); }
 // cpu_qmm_int8_vnni.inc) and also fills dxb and xsb in the VNNI tiles' lane
 // order: each block's dx, and its group's sum of x on the group's first block
 // (0 on the others, so that the bias term counts each group once).
-enum Layout : int { kLayoutBlock32 = 0, kLayoutVnni = 1 };
-
-struct ActQ {
-  int M, K, group, groups, layout;
-  std::vector<int8_t> q, ql;  // xh and xl, in the same layout
-  std::vector<float> d, xsum, dxb, xsb;
-  std::vector<int32_t> qsum;
-};
-
 // Where input k of a row goes in xq.
 static inline int xq_position(int k, int bits, int layout, int blocks) {
   if (bits == 8) return k;
@@ -159,10 +149,6 @@ static void quantize_rows(const float* x, ActQ& a, int bits, int m0, int m1) {
     }
   }
 }
-
-struct QShape {
-  int M, N, K, group, bits;
-};
 
 // The bias term (and the AVX2 8-bit correction), added once the scale terms are in y.
 static void add_bias_terms(const ActQ& a, const float* scales, const float* biases, float* y, const QShape& s, int n0,
@@ -241,9 +227,7 @@ namespace vnni {
 #pragma GCC pop_options
 #endif
 
-void qmm_int8_cpu(const float* x, const uint32_t* w, const float* scales, const float* biases, float* y, QShape s,
-                  int isa) {
-  ActQ a;
+void quantize_activations(const float* x, ActQ& a, const QShape& s, int isa) {
   a.M = s.M;
   a.K = s.K;
   a.group = s.group;
@@ -266,6 +250,13 @@ void qmm_int8_cpu(const float* x, const uint32_t* w, const float* scales, const 
   } else {
     quantize_rows(x, a, s.bits, 0, s.M);
   }
+}
+
+void qmm_int8_cpu(const float* x, const uint32_t* w, const float* scales, const float* biases, float* y, QShape s,
+                  int isa) {
+  ActQ a;
+  quantize_activations(x, a, s, isa);
+  auto& pool = Pool::get();
   using Rows = void (*)(const ActQ&, const uint32_t*, const float*, float*, const QShape&, int, int);
   Rows rows = &rows_scalar;
   bool signed_correction = false;

@@ -20,6 +20,8 @@ mx::array cpu_quantized_matmul(const mx::array& x, const mx::array& w, const mx:
 bool cpu_kernels_apply(const std::vector<mx::array>& arrays);
 mx::array cpu_quantized_matmul_int8(const mx::array& x, const mx::array& w, const mx::array& scales,
                                     const mx::array& biases, int group, int bits);
+mx::array cpu_pack(const mx::array& w, const mx::array& scales, const mx::array& biases, int group, int bits);
+mx::array cpu_quantized_matmul_packed(const mx::array& x, const mx::array& packed);
 bool cpu_set_isa(int isa);
 int cpu_isa_in_use();
 bool cpu_isa_supported(int isa);
@@ -470,6 +472,15 @@ pv_array pv_quantized_matmul_cpu_int8(pv_array x, pv_array w, pv_array scales, p
     if (biases == nullptr) throw std::invalid_argument("cpu int8 qmm: biases are required (affine quantization)");
     return pensieve::cpu_quantized_matmul_int8(unwrap(x), unwrap(w), unwrap(scales), unwrap(biases), group_size, bits);
   });
+}
+pv_array pv_cpu_pack(pv_array w, pv_array scales, pv_array biases, int group_size, int bits) {
+  return guard_array([&] {
+    if (biases == nullptr) throw std::invalid_argument("cpu pack: biases are required (affine quantization)");
+    return pensieve::cpu_pack(unwrap(w), unwrap(scales), unwrap(biases), group_size, bits);
+  });
+}
+pv_array pv_quantized_matmul_cpu_packed(pv_array x, pv_array packed) {
+  return guard_array([&] { return pensieve::cpu_quantized_matmul_packed(unwrap(x), unwrap(packed)); });
 }
 int pv_cpu_set_isa(int isa) {
   return guard_status([&] {

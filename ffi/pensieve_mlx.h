@@ -131,6 +131,11 @@ PV_API pv_array pv_quantized_matmul_cpu(pv_array x, pv_array w, pv_array scales,
 /* The same product with int8 activations and integer dot products
    (ffi/cpu_qmm_int8.cpp): group 32, 64 or 128. Not bit-exact: see the file. */
 PV_API pv_array pv_quantized_matmul_cpu_int8(pv_array x, pv_array w, pv_array scales, pv_array biases, int group_size, int bits);
+/* A 4- or 8-bit affine weight repacked for the VNNI int8 kernel (ffi/cpu_qmm_packed.cpp):
+   a uint8 array, empty when the weight cannot be packed exactly. */
+PV_API pv_array pv_cpu_pack(pv_array w, pv_array scales, pv_array biases, int group_size, int bits);
+/* x @ dequantize(w)^T from a packed weight: the int8 kernel's sums (AVX-512 VNNI only). */
+PV_API pv_array pv_quantized_matmul_cpu_packed(pv_array x, pv_array packed);
 /* Instruction set of the int8 kernel: 0 auto (best available), 1 scalar, 2 AVX2,
    3 AVX-512 VNNI. pv_cpu_set_isa fails (status) when the CPU lacks it. */
 PV_API int pv_cpu_set_isa(int isa);

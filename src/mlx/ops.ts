@@ -3,7 +3,7 @@
 // the other operand's dtype, as in MLX's Python API.
 
 import { type Pointer, ptr } from "bun:ffi";
-import { checkStatus, Dtype, handleList, handlesFrom, isFloating, MlxError, MxArray } from "./array";
+import { checkStatus, Dtype, handleList, handlesFrom, isFloating, keep, MlxError, MxArray } from "./array";
 import { lib } from "./ffi";
 
 /** An array, or a number that becomes a scalar of the other operand's dtype. */
@@ -436,9 +436,52 @@ export function cpuKernelSupports(q: QuantizedWeight): boolean {
 export function quantizedMatmulCpu(x: MxArray, q: QuantizedWeight): MxArray {
   // The kernel takes 2-D weights; batched ones (a quantized KV cache's) go to MLX's own op.
   if (q.weight.ndim !== 2) return quantizedMatmul(x, q);
-  return cpuMatmulMode === "int8" && INT8_GROUPS.has(q.groupSize)
-    ? quantizedMatmulCpuInt8(x, q)
-    : quantizedMatmulCpuExact(x, q);
+  if (cpuMatmulMode !== "int8" || !INT8_GROUPS.has(q.groupSize)) return quantizedMatmulCpuExact(x, q);
+  const packed = cpuPackedWeight(q);
+  return packed ? quantizedMatmulCpuPacked(x, packed) : quantizedMatmulCpuInt8(x, q);
+}
+
+// Each 4- or 8-bit weight's packed copy (see cpuPack), made on its first product;
+// null: it cannot be packed exactly. Keyed by the weight array, so a weight
+// that goes is unpacked with it (the copy is kept, hence freed by the finalizer).
+const packedWeights = new WeakMap<MxArray, MxArray | null>();
+
+/** The packed copy the int8 VNNI path reads, when the weight packs exactly and VNNI is the path in use. */
+export function cpuPackedWeight(q: QuantizedWeight): MxArray | null {
+  if ((q.bits !== 4 && q.bits !== 8) || !cpuPacking || cpuIsa() !== "vnni" || q.weight.ndim !== 2) return null;
+  let packed = packedWeights.get(q.weight);
+  if (packed === undefined) {
+    packed = cpuPack(q);
+    packedWeights.set(q.weight, packed);
+  }
+  return packed;
+}
+
+let cpuPacking = process.env.PENSIEVE_CPU_PACK !== "0";
+
+/** Turns the packed path on or off for products built from now on (PENSIEVE_CPU_PACK=0 at start: off). */
+export function setCpuPacking(on: boolean): void {
+  cpuPacking = on;
+}
+
+/**
+ * A 4- or 8-bit affine weight repacked for the VNNI int8 kernel (ffi/cpu_qmm_packed.cpp):
+ * one stream per 4 rows, scales as float16/bfloat16. Null when it cannot be
+ * packed exactly (shape, scales not exact in 16 bits, or no VNNI).
+ */
+export function cpuPack(q: QuantizedWeight): MxArray | null {
+  if ((q.bits !== 4 && q.bits !== 8) || !q.biases) return null;
+  const packed = keep(
+    new MxArray(lib.pv_cpu_pack(q.weight.handle, q.scales.handle, q.biases.handle, q.groupSize, q.bits), "cpu pack"),
+  );
+  if (packed.size > 0) return packed;
+  packed.dispose();
+  return null;
+}
+
+/** x @ dequantize(w).T from a packed weight (cpuPack): the int8 kernel's sums. */
+export function quantizedMatmulCpuPacked(x: MxArray, packed: MxArray): MxArray {
+  return new MxArray(lib.pv_quantized_matmul_cpu_packed(x.handle, packed.handle), "quantized_matmul (cpu packed)");
 }
 
 /** The float kernel (ffi/cpu_qmm.cpp): the same sums as mx.quantized_matmul, to float rounding. */

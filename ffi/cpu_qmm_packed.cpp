@@ -1,0 +1,257 @@
+// 4-bit weights repacked for the VNNI int8 kernel: one sequential stream per
+// 4 output rows, with 16-bit scales (and biases).
+//
+// Why: a decode step of a large model streams every weight once, so its speed
+// is memory bandwidth. The MLX affine layout makes the kernel read 12 streams
+// per 4-row tile (4 weight rows, 4 rows of float32 scales, 4 of biases) and
+// 24 bytes per 32 Q4_0 weights; the hardware prefetcher keeps up with few of
+// them. Packed, a tile is one stream, read front to back, of
+//   [4 rows × 128 weight bytes | 4 rows × groups' scales | 4 rows × biases]
+// per 256 inputs (a "chunk"), with the scales as float16 or bfloat16 and the
+// biases left out when every bias is -8·scale (GGUF Q4_0): 18 bytes per 32
+// weights for Q4_0, 20 for Q4_1 and MLX 4-bit g32, 18 for g64.
+//
+// Numerics are unchanged: a weight is packed only when every scale and bias
+// converts to the 16-bit type and back exactly (GGUF's are float16 to begin
+// with; mlx-community's are the model's float16/bfloat16), else it keeps the
+// plain layout. The dots are the VNNI tile's of cpu_qmm_int8_vnni.inc.
+// Packed: 4-bit, N a multiple of 4, K a multiple of 256, group 32/64/128.
+
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define PV_X86 1
+#endif
+
+#include "cpu_qmm_int8.h"
+
+namespace pensieve {
+
+namespace {
+
+constexpr uint32_t kMagic = 0x4b515650;  // "PVQK"
+constexpr int kHeaderBytes = 64;
+constexpr size_t kPackReserveBytes = size_t{256} << 20;  // room kept free under MLX's memory limit
+enum ScaleKind : uint32_t { kFloat16 = 1, kBfloat16 = 2 };
+
+struct PackHeader {
+  uint32_t magic, N, K, group, scale_kind, symmetric, chunk_bytes, scale_bytes, bits, tail_blocks, tail_bytes;
+};
+
+// float ⇄ float16 / bfloat16, scalar (packing is once per weight; only where VNNI, hence F16C, exists).
+#ifdef PV_X86
+#define PV_F16C __attribute__((target("f16c")))
+#else
+#define PV_F16C
+#endif
+PV_F16C uint16_t to_half(float f) {
+#ifdef PV_X86
+  return static_cast<uint16_t>(_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT));
+#else
+  return static_cast<uint16_t>(static_cast<_Float16>(f));
+#endif
+}
+PV_F16C float from_half(uint16_t h) {
+#ifdef PV_X86
+  return _cvtsh_ss(h);
+#else
+  _Float16 v;
+  std::memcpy(&v, &h, 2);
+  return static_cast<float>(v);
+#endif
+}
+uint16_t to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return static_cast<uint16_t>(u >> 16);  // exactness is checked after, so truncation is fine
+}
+float from_bf16(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+PV_F16C bool exact_in(const float* v, size_t n, uint32_t kind) {
+  for (size_t i = 0; i < n; ++i) {
+    const float back = kind == kFloat16 ? from_half(to_half(v[i])) : from_bf16(to_bf16(v[i]));
+    if (!(back == v[i]) && !(std::isnan(v[i]) && std::isnan(back))) return false;
+  }
+  return true;
+}
+
+const PackHeader* header_of(const mx::array& packed) {
+  if (packed.dtype() != mx::uint8 || packed.ndim() != 1 || packed.size() < kHeaderBytes) return nullptr;
+  const auto* h = reinterpret_cast<const PackHeader*>(packed.data<uint8_t>());
+  return h->magic == kMagic ? h : nullptr;
+}
+
+}  // namespace
+
+/**
+ * The packed copy of a 4- or 8-bit affine weight, or an empty array when it
+ * cannot be packed exactly (shape, or scales/biases not exact in 16 bits).
+ * Evaluates its inputs.
+ */
+mx::array cpu_pack(const mx::array& w_in, const mx::array& sc_in, const mx::array& bi_in, int group, int bits) {
+  const mx::array empty = mx::zeros({0}, mx::uint8);
+  if (!cpu_isa_supported(kIsaVnni)) return empty;
+  if (w_in.dtype() != mx::uint32 || w_in.ndim() != 2 || sc_in.ndim() != 2) return empty;
+  if ((group != 32 && group != 64 && group != 128) || (bits != 4 && bits != 8)) return empty;
+  const int N = w_in.shape(0), K = w_in.shape(1) * 32 / bits;
+  if (N % 4 != 0 || K % group != 0 || sc_in.shape(0) != N || sc_in.shape(1) * group != K ||
+      bi_in.shape() != sc_in.shape())
+    return empty;
+  auto cpu = mx::default_stream(mx::Device::cpu);
+  auto sc = mx::astype(sc_in, mx::float32, cpu), bi = mx::astype(bi_in, mx::float32, cpu);
+  mx::eval({w_in, sc, bi});
+  std::vector<float> sbuf, bbuf;
+  std::vector<uint32_t> wbuf;
+  const float* s = row_major(sc, sbuf);
+  const float* b = row_major(bi, bbuf);
+  const auto* wb = reinterpret_cast<const uint8_t*>(row_major(w_in, wbuf));
+  const int groups = K / group;
+  const size_t groups_total = static_cast<size_t>(N) * groups;
+  uint32_t kind = 0;
+  for (uint32_t k : {static_cast<uint32_t>(kFloat16), static_cast<uint32_t>(kBfloat16)}) {
+    if (exact_in(s, groups_total, k) && exact_in(b, groups_total, k)) {
+      kind = k;
+      break;
+    }
+  }
+  if (kind == 0) return empty;
+  const float offset = bits == 4 ? -8.0f : -128.0f;  // GGUF Q4_0 / Q8_0: bias = offset·scale
+  bool symmetric = true;
+  for (size_t i = 0; i < groups_total && symmetric; ++i) symmetric = b[i] == offset * s[i];
+  const int block_bytes = 32 * bits / 8;
+  const int blocks = K / 32, chunks = blocks / 8, tail = blocks % 8;
+  const int per_chunk = 256 / group;  // a full chunk's groups per row
+  const uint32_t scale_bytes = 4 * per_chunk * 2;
+  const uint32_t chunk_bytes = 4 * 8 * block_bytes + scale_bytes * (symmetric ? 1 : 2);
+  // The tail chunk (K not a multiple of 256): its blocks' bytes, then a 16-bit scale (and bias) per block.
+  const uint32_t tail_bytes = tail == 0 ? 0 : (4 * tail * block_bytes + 4 * tail * 2 * (symmetric ? 1 : 2) + 63) / 64 * 64;
+  const size_t tile_bytes = static_cast<size_t>(chunks) * chunk_bytes + tail_bytes;
+  const int tiles = N / 4;
+  const size_t total = kHeaderBytes + tile_bytes * tiles;
+  // The plain arrays stay alive beside the copy: where MLX's memory limit leaves
+  // little room (an engine capped for tests or a small machine), the room is
+  // for the KV cache and activations, so the weight stays unpacked.
+  const size_t limit = mx::get_memory_limit(), active = mx::get_active_memory();
+  if (limit < active || limit - active < total + kPackReserveBytes) return empty;
+  auto* out = static_cast<uint8_t*>(std::aligned_alloc(64, (total + 63) / 64 * 64));
+  if (out == nullptr) throw std::runtime_error("cpu pack: out of memory");
+  std::memset(out, 0, kHeaderBytes);
+  PackHeader h{kMagic, static_cast<uint32_t>(N), static_cast<uint32_t>(K), static_cast<uint32_t>(group), kind,
+               symmetric ? 1u : 0u, chunk_bytes, scale_bytes, static_cast<uint32_t>(bits), static_cast<uint32_t>(tail),
+               tail_bytes};
+  std::memcpy(out, &h, sizeof h);
+  const size_t row_bytes = static_cast<size_t>(K) * bits / 8;
+  auto put = [&](uint16_t* dst, float v) { *dst = kind == kFloat16 ? to_half(v) : to_bf16(v); };
+  Pool::get().run(std::min(Pool::get().capacity(), tiles), [&](int p, int parts) {
+    for (int tile = tiles * p / parts; tile < tiles * (p + 1) / parts; ++tile) {
+      uint8_t* base = out + kHeaderBytes + static_cast<size_t>(tile) * tile_bytes;
+      for (int c = 0; c < chunks; ++c) {
+        uint8_t* dst = base + static_cast<size_t>(c) * chunk_bytes;
+        auto* ds = reinterpret_cast<uint16_t*>(dst + 4 * 8 * block_bytes);
+        for (int t = 0; t < 4; ++t) {
+          const size_t n = static_cast<size_t>(tile) * 4 + t;
+          std::memcpy(dst + t * 8 * block_bytes, wb + n * row_bytes + static_cast<size_t>(c) * 8 * block_bytes,
+                      8 * block_bytes);
+          for (int i = 0; i < per_chunk; ++i) {
+            put(ds + t * per_chunk + i, s[n * groups + c * per_chunk + i]);
+            if (!symmetric) put(ds + 4 * per_chunk + t * per_chunk + i, b[n * groups + c * per_chunk + i]);
+          }
+        }
+      }
+      if (tail == 0) continue;
+      uint8_t* dst = base + static_cast<size_t>(chunks) * chunk_bytes;
+      std::memset(dst, 0, tail_bytes);
+      auto* ds = reinterpret_cast<uint16_t*>(dst + 4 * tail * block_bytes);
+      for (int t = 0; t < 4; ++t) {
+        const size_t n = static_cast<size_t>(tile) * 4 + t;
+        std::memcpy(dst + t * tail * block_bytes, wb + n * row_bytes + static_cast<size_t>(chunks) * 8 * block_bytes,
+                    static_cast<size_t>(tail) * block_bytes);
+        for (int j = 0; j < tail; ++j) {
+          const int g = (chunks * 8 + j) * 32 / group;
+          put(ds + t * tail + j, s[n * groups + g]);
+          if (!symmetric) put(ds + 4 * tail + t * tail + j, b[n * groups + g]);
+        }
+      }
+    }
+  });
+  return mx::array(out, mx::Shape{static_cast<int>(total)}, mx::uint8, [](void* p) { std::free(p); });
+}
+
+#ifdef PV_X86
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")
+namespace packed_vnni {
+#include "cpu_qmm_packed_vnni.inc"
+}  // namespace packed_vnni
+#pragma GCC pop_options
+#endif
+
+class CpuQuantizedMatmulPacked : public mx::UnaryPrimitive {
+ public:
+  explicit CpuQuantizedMatmulPacked(mx::Stream stream) : UnaryPrimitive(stream) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (const auto& in : inputs) encoder.set_input_array(in);
+    encoder.set_output_array(out);
+    encoder.dispatch([x = inputs[0], packed = inputs[1], out]() mutable {
+      const PackHeader* h = header_of(packed);
+      const int K = static_cast<int>(h->K), bits = static_cast<int>(h->bits);
+      QShape s{static_cast<int>(x.size() / K), static_cast<int>(h->N), K, static_cast<int>(h->group), bits};
+      std::vector<float> xs;
+      const float* xp = row_major(x, xs);
+      ActQ a;
+      quantize_activations(xp, a, s, kIsaVnni);
+#ifdef PV_X86
+      packed_vnni::Packed pk{packed.data<uint8_t>() + kHeaderBytes,
+                             static_cast<int>(h->chunk_bytes),
+                             static_cast<int>(h->scale_bytes),
+                             static_cast<int>(h->tail_blocks),
+                             static_cast<size_t>(K / 256) * h->chunk_bytes + h->tail_bytes,
+                             h->scale_kind == kBfloat16,
+                             h->symmetric != 0};
+      (bits == 4 ? packed_vnni::product<4> : packed_vnni::product<8>)(a, pk, out.data<float>(), s);
+#endif
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("PensieveCpuQuantizedMatmulPacked runs on the CPU only");
+  }
+
+  const char* name() const override { return "PensieveCpuQuantizedMatmulPacked"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    return dynamic_cast<const CpuQuantizedMatmulPacked*>(&other) != nullptr;
+  }
+};
+
+/** x [..., K] @ dequantize(w)^T from cpu_pack's packed weight (VNNI path only). */
+mx::array cpu_quantized_matmul_packed(const mx::array& x_in, const mx::array& packed) {
+  if (!cpu_isa_supported(kIsaVnni)) throw std::invalid_argument("cpu packed qmm: this CPU lacks AVX-512 VNNI");
+  mx::eval({packed});
+  const PackHeader* h = header_of(packed);
+  if (h == nullptr) throw std::invalid_argument("cpu packed qmm: not a packed weight (see cpu_pack)");
+  const int K = static_cast<int>(h->K);
+  if (x_in.ndim() < 1 || x_in.shape(-1) != K) {
+    throw std::invalid_argument("cpu packed qmm: x has " + std::to_string(x_in.ndim() ? x_in.shape(-1) : 0) +
+                                " features, the weight expects " + std::to_string(K));
+  }
+  auto cpu = mx::default_stream(mx::Device::cpu);
+  mx::Shape out_shape(x_in.shape().begin(), x_in.shape().end() - 1);
+  out_shape.push_back(static_cast<int>(h->N));
+  auto x = x_in.dtype() == mx::float32 ? x_in : mx::astype(x_in, mx::float32, cpu);
+  return mx::array(out_shape, mx::float32, std::make_shared<CpuQuantizedMatmulPacked>(cpu), {x, packed});
+}
+
+}  // namespace pensieve
