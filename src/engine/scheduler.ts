@@ -37,6 +37,7 @@ import { disposeState, type KVState, PrefixCache } from "./prefix-cache";
 import type { PrefixStore } from "./prefix-store";
 import type { EngineEvent, EngineRequest, FinishReason, SchedulerStats, StepValues, TokenOut } from "./protocol";
 import { type SampledStep, SequenceSampler } from "./sampling";
+import { DraftSession } from "./draft-model";
 import { emptySpeculationStats, PromptLookup, type SpeculationStats } from "./speculation";
 import { verifyDraft } from "./speculative-verify";
 
@@ -107,6 +108,8 @@ interface Sequence {
   inBatch: boolean;
   /** Its prompt-lookup proposer (null: it does not speculate). */
   lookup: PromptLookup | null;
+  /** Its draft-model state (draft-model.ts), made at its first draft-model proposal. */
+  draft: DraftSession | null;
 }
 
 interface PrefillJob {
@@ -249,6 +252,7 @@ export class Scheduler {
   readonly #pool: KvPoolShape;
   readonly #constrain: ConstraintFactory | null;
   #disk: PrefixStore | null = null;
+  #draftModel: LanguageModel | null = null;
 
   constructor(
     model: LanguageModel,
@@ -292,6 +296,11 @@ export class Scheduler {
     const next = pending[0];
     if (next) this.#disk.write(next);
     return pending.length > 1;
+  }
+
+  /** Drafts with a second model where prompt lookup finds nothing (src/engine/draft-model.ts). */
+  attachDraftModel(model: LanguageModel | null): void {
+    this.#draftModel = model;
   }
 
   /** KV bytes one token occupies (all layers, keys and values). */
@@ -353,6 +362,7 @@ export class Scheduler {
       finished: null,
       inBatch: false,
       lookup: this.#speculates(request, sampler, constraint) ? new PromptLookup() : null,
+      draft: null,
     });
     return true;
   }
@@ -463,6 +473,8 @@ export class Scheduler {
     s.finished = reason;
     this.#finishedOut.push({ type: "finished", id: s.request.id, reason, completionTokens: s.generated, message });
     s.sampler.dispose();
+    s.draft?.dispose();
+    s.draft = null;
     const row = s.inBatch ? this.#rows.indexOf(s) : -1;
     if (row >= 0 && this.#batch && (reason === "stop" || reason === "length") && this.#caches(s)) {
       // Its KV stays in the batch until compaction: copy what the prefix cache lacks now.
@@ -727,7 +739,10 @@ export class Scheduler {
   #speculate(s: Sequence, batch: KVCache): boolean {
     const lookup = s.lookup;
     if (!lookup || s.finished !== null || this.#prefills.length > 0 || this.#group) return false;
-    if (!lookup.ready()) return false;
+    // Prompt lookup first (free when it matches); the draft model, when there is one, where it finds nothing.
+    const drafting = this.#draftModel;
+    const looks = lookup.ready();
+    if (!looks && !drafting) return false;
     // The step in flight holds the newest token, the draft's context: read it (a sync).
     this.#read(s);
     if (s.finished !== null) {
@@ -741,16 +756,36 @@ export class Scheduler {
     );
     // Within the row's RoPE regime: crossing it (Phi-3 LongRoPE) recomputes the cache, token by token.
     while (k > 0 && this.model.ropeRegime(s.tokens.length + k + 1) !== s.regime) k--;
-    const proposal = k > 0 ? lookup.propose(s.tokens, k) : null;
-    if (!proposal) return false;
+    const looked = looks && k > 0 ? lookup.propose(s.tokens, k) : null;
+    let draft = looked?.draft ?? null;
+    let q: MxArray | null = null;
+    if (!draft && drafting && k > 0) {
+      s.draft ??= new DraftSession(drafting);
+      const proposal = s.draft.propose(s.tokens, k, s.sampler, this.model.config.vocabSize);
+      draft = proposal.draft;
+      q = proposal.probs;
+    }
+    if (!draft || draft.length === 0) return false;
     const last = s.tokens[s.tokens.length - 1] as number;
-    const { values, accepted } = verifyDraft(this.model, batch, s.sampler, last, proposal.draft);
-    lookup.record(proposal.draft.length, accepted);
+    let verified: ReturnType<typeof verifyDraft>;
+    try {
+      verified = verifyDraft(this.model, batch, s.sampler, last, draft, q);
+    } finally {
+      q?.dispose();
+    }
+    const { values, accepted } = verified;
+    if (looked) lookup.record(draft.length, accepted);
+    else s.draft?.record(draft.length, accepted);
     const stats = this.speculation;
     stats.passes++;
-    stats.drafted += proposal.draft.length;
+    stats.drafted += draft.length;
     stats.accepted += accepted;
     stats.emitted += values.length;
+    if (!looked) {
+      stats.draftModelPasses++;
+      stats.draftModelDrafted += draft.length;
+      stats.draftModelAccepted += accepted;
+    }
     // The last token is the next input, already taken here (a read step).
     releaseRowStep(s.step);
     const next = (values[values.length - 1] as StepValues).token;
