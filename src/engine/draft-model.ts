@@ -27,9 +27,11 @@ export interface DraftTuning {
   minDraft: number;
   maxDraft: number;
   initialDraft: number;
+  /** Longest pause (steps) after consecutive drafts with nothing accepted. */
+  maxPause: number;
 }
 
-export const DEFAULT_DRAFT: DraftTuning = { minDraft: 1, maxDraft: 8, initialDraft: 4 };
+export const DEFAULT_DRAFT: DraftTuning = { minDraft: 1, maxDraft: 8, initialDraft: 4, maxPause: 16 };
 
 /** Tokens fed to the draft model per forward pass while it catches up (prompt, lookup-accepted text). */
 const CATCH_UP_CHUNK = 512;
@@ -86,6 +88,8 @@ export class DraftSession {
   /** The tokens whose keys and values the cache holds, in order. */
   #fed: number[] = [];
   #draft: number;
+  #pause = 0;
+  #misses = 0;
 
   constructor(model: LanguageModel, tuning: DraftTuning = DEFAULT_DRAFT) {
     this.model = model;
@@ -97,6 +101,19 @@ export class DraftSession {
   /** The draft length the next proposal aims for. */
   get draftLength(): number {
     return this.#draft;
+  }
+
+  /**
+   * Whether this step should draft (false while paused after drafts with
+   * nothing accepted, so that a draft model that does not fit the text costs
+   * little; counts the pause down).
+   */
+  ready(): boolean {
+    if (this.#pause > 0) {
+      this.#pause--;
+      return false;
+    }
+    return true;
   }
 
   /** Tokens in the draft cache (tests). */
@@ -150,6 +167,12 @@ export class DraftSession {
     const t = this.tuning;
     if (accepted === drafted) this.#draft = Math.min(t.maxDraft, this.#draft + 1);
     else if (2 * accepted < drafted) this.#draft = Math.max(t.minDraft, this.#draft - 1);
+    if (accepted > 0) {
+      this.#misses = 0;
+      return;
+    }
+    this.#pause = Math.min(t.maxPause, 2 ** this.#misses);
+    this.#misses++;
   }
 
   /** Cuts the cache back to its common prefix with tokens[0, L-1) and feeds the rest of them. */

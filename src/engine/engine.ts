@@ -189,18 +189,22 @@ export function warmupLengths(options: SchedulerOptions): number[] {
 }
 
 /**
- * Loads a draft model for `target`, refusing one whose tokenizer differs
- * (its token ids would mean other text): the error names both paths.
+ * Refuses a draft model whose tokenizer differs from the target's (its token
+ * ids would mean other text), before any weight loads: the error names both paths.
  */
-export function loadDraftModel(targetPath: string, draftPath: string, target: LoadedModel): LoadedModel {
-  const draftConfig = readModelConfig(draftPath).config;
+export function checkDraftModel(targetPath: string, draftPath: string): void {
   const problem = draftMismatch(
-    { vocabSize: target.config.vocabSize, tokenizer: loadTokenizer(targetPath) },
-    { vocabSize: draftConfig.vocabSize, tokenizer: loadTokenizer(draftPath) },
+    { vocabSize: readModelConfig(targetPath).config.vocabSize, tokenizer: loadTokenizer(targetPath) },
+    { vocabSize: readModelConfig(draftPath).config.vocabSize, tokenizer: loadTokenizer(draftPath) },
   );
   if (problem) {
     throw new Error(`draft model ${draftPath} does not share the tokenizer of ${targetPath}: ${problem}`);
   }
+}
+
+/** Loads a draft model for `target` (checkDraftModel first), in the target's dtype. */
+export function loadDraftModel(targetPath: string, draftPath: string, target: LoadedModel): LoadedModel {
+  checkDraftModel(targetPath, draftPath);
   return loadModel(draftPath, { dtype: target.model.dtype });
 }
 
@@ -232,6 +236,7 @@ export class Engine {
     if (config.threads) mx.setCpuThreads(config.threads);
     // Plan memory before loading: refuse what cannot fit.
     const planned = readModelConfig(config.model);
+    if (config.draftModel) checkDraftModel(config.model, config.draftModel);
     const drafter = config.draftModel ? readModelConfig(config.draftModel) : null;
     // The draft model's weights come out of the same memory (its small KV caches are not planned).
     const weightBytes = planned.weightBytes + (drafter?.weightBytes ?? 0);
@@ -263,7 +268,7 @@ export class Engine {
       (spec, endIds) => this.#constraint(config.model, spec, endIds),
     );
     this.scheduler.attachPrefixStore(openPrefixStore(config, this.loaded, options.kvBits ?? 0));
-    this.draft = config.draftModel ? loadDraftModel(config.model, config.draftModel, this.loaded) : null;
+    this.draft = config.draftModel ? loadModel(config.draftModel, { dtype: this.loaded.model.dtype }) : null;
     this.scheduler.attachDraftModel(this.draft?.model ?? null);
     this.#warmups = warmupLengths(options);
     this.info = {

@@ -85,6 +85,8 @@ export interface SchedulerOptions {
   kvBits?: KvBits;
   /** Prompt-lookup speculation for a lone decoding row (default true; requests may opt out). */
   speculative?: boolean;
+  /** With a draft model attached: false drafts with it alone, no prompt lookup (benchmarks, tests; default true). */
+  promptLookup?: boolean;
 }
 
 interface Sequence {
@@ -741,8 +743,10 @@ export class Scheduler {
     if (!lookup || s.finished !== null || this.#prefills.length > 0 || this.#group) return false;
     // Prompt lookup first (free when it matches); the draft model, when there is one, where it finds nothing.
     const drafting = this.#draftModel;
-    const looks = lookup.ready();
-    if (!looks && !drafting) return false;
+    const looks = (this.options.promptLookup !== false || !drafting) && lookup.ready();
+    if (drafting) s.draft ??= new DraftSession(drafting);
+    const drafts = s.draft?.ready() ?? false;
+    if (!looks && !drafts) return false;
     // The step in flight holds the newest token, the draft's context: read it (a sync).
     this.#read(s);
     if (s.finished !== null) {
@@ -750,7 +754,7 @@ export class Scheduler {
       return true;
     }
     let k = Math.min(
-      lookup.draftLength,
+      Math.max(lookup.draftLength, s.draft?.draftLength ?? 0),
       s.request.maxTokens - s.generated - 1,
       this.options.contextLength - s.tokens.length - 1,
     );
@@ -759,8 +763,7 @@ export class Scheduler {
     const looked = looks && k > 0 ? lookup.propose(s.tokens, k) : null;
     let draft = looked?.draft ?? null;
     let q: MxArray | null = null;
-    if (!draft && drafting && k > 0) {
-      s.draft ??= new DraftSession(drafting);
+    if (!draft && s.draft && drafts && k > 0) {
       const proposal = s.draft.propose(s.tokens, k, s.sampler, this.model.config.vocabSize);
       draft = proposal.draft;
       q = proposal.probs;

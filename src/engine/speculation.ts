@@ -180,5 +180,13 @@ export function acceptSampled(
 }
 
 export function emptySpeculationStats(): SpeculationStats {
-  return { passes: 0, drafted: 0, accepted: 0, emitted: 0, draftModelPasses: 0, draftModelDrafted: 0, draftModelAccepted: 0 };
+  return {
+    passes: 0,
+    drafted: 0,
+    accepted: 0,
+    emitted: 0,
+    draftModelPasses: 0,
+    draftModelDrafted: 0,
+    draftModelAccepted: 0,
+  };
 }
