@@ -9,13 +9,19 @@
 // alone), both (prompt lookup, the draft model where it finds nothing).
 //
 //   bun run bench spec [--model smollm2-135m] [--gen 256] [--repeat 2] [--only name,name]
-//                      [--draft-model PATH] [--modes off,lookup,draft,both]
+//                      [--draft-model PATH] [--modes off,lookup,tuned,draft,both] [--tuning JSON]
+//                      [--mlx-lm TARGET_DIR,DRAFT_DIR [--python PY] [--num-draft 3]]
+//   bun run bench spec --batch 8 [...]   (bench/spec-batch.ts: N streams at once)
+//
+// --mlx-lm runs mlx-lm's speculative decoding (bench/engines/mlx_lm_speculative.py)
+// on MLX folders of the same pair, same prompt ids, after Pensieve's runs.
 import { mkdirSync, writeFileSync } from "node:fs";
-import { loadavg } from "node:os";
+import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { checkDraftModel } from "../src/engine/engine";
 import { type EngineEvent, samplingParams } from "../src/engine/protocol";
 import { Scheduler, type SchedulerOptions } from "../src/engine/scheduler";
+import { DEFAULT_LOOKUP, type LookupTuning } from "../src/engine/speculation";
 import * as mx from "../src/mlx";
 import { loadModel } from "../src/models/loader";
 import { resolveLocalModel } from "../src/hub/resolve";
@@ -39,8 +45,10 @@ interface Run {
   draftModelAccepted: number;
 }
 
-export type SpecMode = "off" | "lookup" | "draft" | "both";
-const MODES: readonly SpecMode[] = ["off", "lookup", "draft", "both"];
+export type SpecMode = "off" | "lookup" | "tuned" | "draft" | "both";
+const MODES: readonly SpecMode[] = ["off", "lookup", "tuned", "draft", "both"];
+/** The "tuned" mode: prompt lookup with DEFAULT_LOOKUP overridden by --tuning JSON (to compare adaptations). */
+let tuned: LookupTuning = DEFAULT_LOOKUP;
 
 const OPTIONS: SchedulerOptions = {
   maxConcurrent: 8,
@@ -71,7 +79,12 @@ function generate(
     return (u.user + u.system) / 1000;
   };
   const tokens: number[] = [];
-  const options = { ...OPTIONS, speculative: mode !== "off", promptLookup: mode !== "draft" };
+  const options = {
+    ...OPTIONS,
+    speculative: mode !== "off",
+    promptLookup: mode !== "draft",
+    lookupTuning: mode === "tuned" ? tuned : undefined,
+  };
   const scheduler = new Scheduler(model, options, (e: EngineEvent) => {
     if (e.type !== "tokens") return;
     const now = performance.now();
@@ -110,6 +123,7 @@ function option(argv: string[], name: string): string | undefined {
 }
 
 export async function benchSpec(argv: string[]): Promise<void> {
+  if (option(argv, "batch")) return (await import("./spec-batch")).benchSpecBatch(argv, OPTIONS);
   const modelName = option(argv, "model") ?? "smollm2-135m";
   const gen = Number(option(argv, "gen") ?? 256);
   const repeat = Number(option(argv, "repeat") ?? 2);
@@ -117,6 +131,7 @@ export async function benchSpec(argv: string[]): Promise<void> {
   const draftName = option(argv, "draft-model");
   const modes = (option(argv, "modes")?.split(",") ??
     (draftName ? ["off", "lookup", "draft", "both"] : ["off", "lookup"])) as SpecMode[];
+  tuned = { ...DEFAULT_LOOKUP, ...JSON.parse(option(argv, "tuning") ?? "{}") };
   for (const m of modes) if (!MODES.includes(m)) throw new Error(`--modes: unknown mode ${m} (${MODES.join(", ")})`);
   if (!modes.includes("off")) modes.unshift("off");
   if (!draftName && modes.some((m) => m === "draft" || m === "both"))
@@ -267,7 +282,7 @@ export async function benchSpec(argv: string[]): Promise<void> {
       `| ${r.name} | ${r.kind} | ${r.generatedTokens} | off | ${f(r.decodeTokPerSOff)} | | ${f(r.decodeTokPerCpuSOff)} | | | | | |`,
       ...spec.map((mode) => {
         const m = r.modes[mode] as NonNullable<(typeof r.modes)[string]>;
-        return `| | | | ${mode} | ${f(m.decodeTokPerS)} | ${f(m.speedup, 2)}x | ${f(m.decodeTokPerCpuS)} | ${f(m.cpuSpeedup, 2)}x | ${f(100 * m.acceptance, 0)}% | ${mode === "lookup" ? "" : `${f(100 * m.draftModelAcceptance, 0)}%`} | ${f(m.tokensPerPass, 2)} | ${m.identical ? "yes" : "NO"} |`;
+        return `| | | | ${mode} | ${f(m.decodeTokPerS)} | ${f(m.speedup, 2)}x | ${f(m.decodeTokPerCpuS)} | ${f(m.cpuSpeedup, 2)}x | ${f(100 * m.acceptance, 0)}% | ${mode === "lookup" || mode === "tuned" ? "" : `${f(100 * m.draftModelAcceptance, 0)}%`} | ${f(m.tokensPerPass, 2)} | ${m.identical ? "yes" : "NO"} |`;
       }),
     ]),
     "",
@@ -281,7 +296,94 @@ export async function benchSpec(argv: string[]): Promise<void> {
     ),
     "",
   ];
+  const peer = option(argv, "mlx-lm");
+  if (peer) {
+    const [targetDir, draftDir] = peer.split(",") as [string, string];
+    const python = option(argv, "python") ?? join(BENCH_DIR, "..", ".venv-ref", "bin", "python");
+    const mlxLm = mlxLmSpeculative(
+      python,
+      targetDir,
+      draftDir,
+      encoded,
+      stops,
+      gen,
+      Number(option(argv, "num-draft") ?? 3),
+      repeat,
+    );
+    (report as Record<string, unknown>).mlxLm = {
+      targetDir,
+      draftDir,
+      ...mlxLm,
+      results: undefined,
+      perPrompt: mlxLm.perPrompt,
+    };
+    writeFileSync(`${base}.json`, `${JSON.stringify(report, null, 2)}\n`);
+    lines.push(
+      `mlx-lm speculative decoding (${mlxLm.version}, num_draft_tokens ${mlxLm.numDraftTokens}), target ${targetDir}, draft ${draftDir}; its own off/on runs taking turns, after Pensieve's:`,
+      "",
+      "| prompt | decode tok/s off | on | speedup | tok/CPU-s off | on | CPU speedup | tokens from the draft | on = off | = Pensieve off |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+      ...mlxLm.perPrompt.map((r, i) => {
+        const same =
+          JSON.stringify(r.offTokens) === JSON.stringify(summary[i] ? rows[i]?.runs.get("off")?.[0]?.tokens : null);
+        return `| ${summary[i]?.name} | ${f(r.off)} | ${f(r.on)} | ${f(r.on / r.off, 2)}x | ${f(r.cpuOff)} | ${f(r.cpuOn)} | ${f(r.cpuOn / r.cpuOff, 2)}x | ${f(100 * r.fromDraft, 0)}% | ${r.identical ? "yes" : "NO"} | ${same ? "yes" : "no"} |`;
+      }),
+      "",
+    );
+  }
   writeFileSync(`${base}.md`, lines.join("\n"));
   console.log(lines.join("\n"));
   console.log(`results: ${base}.json`);
+}
+
+interface PeerRun {
+  tokens: number[];
+  decodeTokPerS: number;
+  decodeTokPerCpuS: number;
+  fromDraft: number;
+}
+
+/** mlx-lm's speculative decoding on the same prompt ids (bench/engines/mlx_lm_speculative.py), medians per prompt. */
+function mlxLmSpeculative(
+  python: string,
+  targetDir: string,
+  draftDir: string,
+  prompts: number[][],
+  stops: number[],
+  gen: number,
+  numDraft: number,
+  repeat: number,
+) {
+  const file = join(tmpdir(), `pensieve-spec-prompts-${process.pid}.json`);
+  writeFileSync(file, JSON.stringify({ prompts, stops }));
+  const script = join(BENCH_DIR, "engines", "mlx_lm_speculative.py");
+  const r = Bun.spawnSync([python, script, targetDir, draftDir, file, String(gen), String(numDraft), String(repeat)], {
+    stdout: "pipe",
+    stderr: "inherit",
+  });
+  if (r.exitCode !== 0) throw new Error(`mlx-lm speculative run failed (${r.exitCode})`);
+  const out = JSON.parse(r.stdout.toString().trim().split("\n").pop() as string) as {
+    version: string;
+    numDraftTokens: number;
+    results: Array<{ off: PeerRun[]; on: PeerRun[] }>;
+  };
+  const median = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)] as number;
+  return {
+    version: out.version,
+    numDraftTokens: out.numDraftTokens,
+    perPrompt: out.results.map((x) => ({
+      off: median(x.off.map((y) => y.decodeTokPerS)),
+      on: median(x.on.map((y) => y.decodeTokPerS)),
+      cpuOff: median(x.off.map((y) => y.decodeTokPerCpuS)),
+      cpuOn: median(x.on.map((y) => y.decodeTokPerCpuS)),
+      fromDraft:
+        x.on.reduce((n, y) => n + y.fromDraft, 0) /
+        Math.max(
+          1,
+          x.on.reduce((n, y) => n + y.tokens.length, 0),
+        ),
+      identical: x.on.every((y) => JSON.stringify(y.tokens) === JSON.stringify(x.off[0]?.tokens)),
+      offTokens: x.off[0]?.tokens ?? [],
+    })),
+  };
 }

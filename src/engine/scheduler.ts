@@ -38,7 +38,7 @@ import type { PrefixStore } from "./prefix-store";
 import type { EngineEvent, EngineRequest, FinishReason, SchedulerStats, StepValues, TokenOut } from "./protocol";
 import { type SampledStep, SequenceSampler } from "./sampling";
 import { DraftSession } from "./draft-model";
-import { emptySpeculationStats, PromptLookup, type SpeculationStats } from "./speculation";
+import { emptySpeculationStats, type LookupTuning, PromptLookup, type SpeculationStats } from "./speculation";
 import { verifyDraft } from "./speculative-verify";
 
 /** One sequence's constrained decoding state (src/text/json-constraint.ts). */
@@ -87,6 +87,8 @@ export interface SchedulerOptions {
   speculative?: boolean;
   /** With a draft model attached: false drafts with it alone, no prompt lookup (benchmarks, tests; default true). */
   promptLookup?: boolean;
+  /** Prompt lookup's adaptation (default DEFAULT_LOOKUP; benchmarks compare others). */
+  lookupTuning?: LookupTuning;
 }
 
 interface Sequence {
@@ -363,7 +365,7 @@ export class Scheduler {
       cancelled: false,
       finished: null,
       inBatch: false,
-      lookup: this.#speculates(request, sampler, constraint) ? new PromptLookup() : null,
+      lookup: this.#speculates(request, sampler, constraint) ? new PromptLookup(this.options.lookupTuning) : null,
       draft: null,
     });
     return true;

@@ -31,6 +31,13 @@ export interface LookupTuning {
   initialDraft: number;
   /** Longest pause (steps) after consecutive misses. */
   maxPause: number;
+  /**
+   * After a fully accepted draft k grows by 2 ("add") or doubles ("double");
+   * after a rejection it shrinks by 1 ("step") or to the accepted length + 1
+   * when that is shorter ("accepted": fewer wasted rows in the next pass).
+   */
+  growth: "add" | "double";
+  shrink: "step" | "accepted";
 }
 
 export const DEFAULT_LOOKUP: LookupTuning = {
@@ -41,6 +48,8 @@ export const DEFAULT_LOOKUP: LookupTuning = {
   maxDraft: 12,
   initialDraft: 6,
   maxPause: 8,
+  growth: "add",
+  shrink: "step",
 };
 
 /**
@@ -120,8 +129,12 @@ export class PromptLookup {
   /** Adapts to a verified draft: `accepted` of its `drafted` tokens were kept. */
   record(drafted: number, accepted: number): void {
     const t = this.tuning;
-    if (accepted === drafted) this.#draft = Math.min(t.maxDraft, this.#draft + 2);
-    else this.#draft = Math.max(t.minDraft, this.#draft - 1);
+    if (accepted === drafted) {
+      this.#draft = Math.min(t.maxDraft, t.growth === "double" ? 2 * this.#draft : this.#draft + 2);
+    } else {
+      const shorter = t.shrink === "accepted" ? Math.min(this.#draft - 1, accepted + 1) : this.#draft - 1;
+      this.#draft = Math.max(t.minDraft, shorter);
+    }
     if (accepted === 0) {
       this.#minNgram = Math.min(t.minNgramCeiling, Math.max(this.#minNgram, this.#lastNgram + 1));
       this.#miss();
