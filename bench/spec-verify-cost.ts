@@ -11,6 +11,7 @@
 // (the draft's own cost is left out: prompt lookup drafts for free).
 //
 //   bun run bench spec-verify-cost [--model smollm2-135m] [--device cpu|gpu] [--prompt 512] [--ks 2,4,8,16] [--n 20]
+//                                  [--dense false] [--out-dir DIR]
 //
 // On the H100: bun dist/bench/run.js spec-verify-cost --model <full-size random Phi-3> --device gpu
 import { mkdirSync, writeFileSync } from "node:fs";
@@ -57,7 +58,9 @@ export async function benchSpecVerifyCost(argv: string[]): Promise<void> {
   const ks = (option(argv, "ks") ?? "2,4,8,16").split(",").map(Number);
   const n = Number(option(argv, "n") ?? 20);
   const modelPath = resolveLocalModel(modelName);
-  const { model } = loadModel(modelPath);
+  // As the engine loads it: on a GPU, dequantized copies for products of several rows (--dense false: none).
+  const denseCopies = device === "gpu" && option(argv, "dense") !== "false";
+  const { model } = loadModel(modelPath, { denseCopies });
   const vocab = model.config.vocabSize;
   // Token ids from a fixed generator, below 32000 (no special tokens, no padding rows).
   let seed = 12345;
@@ -107,6 +110,7 @@ export async function benchSpecVerifyCost(argv: string[]): Promise<void> {
     machine: machine(),
     loadAverage: loadavg(),
     device,
+    denseCopies,
     model: modelPath,
     promptTokens,
     samples: n,
@@ -120,7 +124,7 @@ export async function benchSpecVerifyCost(argv: string[]): Promise<void> {
   const lines = [
     `# Verify pass vs one-token step, ${device}, ${report.date.slice(0, 10)}`,
     "",
-    `Model ${modelPath}, after a ${promptTokens}-token prompt; median of ${n} alternating samples. One-token step: ${f(stepMs)} ms.`,
+    `Model ${modelPath}${denseCopies ? " (with dense copies, as the engine on a GPU)" : ""}, after a ${promptTokens}-token prompt; median of ${n} alternating samples. One-token step: ${f(stepMs)} ms.`,
     `Load average ${report.loadAverage.map((x) => x.toFixed(1)).join(", ")}. Command: \`${report.command}\`.`,
     "Implied speedup = tokens per pass at acceptance a, (1 - a^(k+1)) / (1 - a), over the cost ratio (draft cost left out).",
     "",

@@ -38,6 +38,18 @@ describe("PromptLookup", () => {
     expect(lookup.draftLength).toBe(DEFAULT_LOOKUP.maxDraft);
   });
 
+  test("tuning: k doubles after full acceptance and shrinks to the accepted length + 1", () => {
+    const lookup = new PromptLookup({ ...DEFAULT_LOOKUP, growth: "double", shrink: "accepted" });
+    const k0 = lookup.draftLength;
+    lookup.record(k0, k0);
+    expect(lookup.draftLength).toBe(Math.min(DEFAULT_LOOKUP.maxDraft, 2 * k0));
+    lookup.record(lookup.draftLength, 2);
+    expect(lookup.draftLength).toBe(3);
+    // A rejection never lengthens k.
+    lookup.record(3, 2);
+    expect(lookup.draftLength).toBe(2);
+  });
+
   test("a draft with nothing accepted raises the shortest n-gram and pauses lookups, doubling", () => {
     const lookup = new PromptLookup();
     const tokens = [7, 1, 2, 7, 1, 2, 7];
