@@ -2,8 +2,10 @@
 # Runs on the lent GPU machine, from the repository root, one phase per call
 # (the machine stays warm between calls; /tmp and ignored folders persist):
 #
-#   bash bench/gpu/device.sh unpack    # call 1 (carries .device/bun.xz, .device/mlx-cuda.part.a)
-#   bash bench/gpu/device.sh prepare   # call 2 (carries .device/mlx-cuda.part.b, .device/wheels, .device/phi3, dist)
+#   bash bench/gpu/device.sh unpack    # call 1 (carries .device/bun.xz)
+#   bash bench/gpu/device.sh stage     # call 2 (carries .device/mlx-cuda.part.a, .device/mlx-cuda.part.b1)
+#   bash bench/gpu/device.sh prepare   # call 3 (carries .device/mlx-cuda.part.b2, .device/wheels, .device/phi3, dist)
+# (The checkout's tracked files travel on every call too, ~17 MB: each call stays under 64 MiB.)
 #   bash bench/gpu/device.sh single    # single-stream decode and time to first token (512, 4096)
 #   bash bench/gpu/device.sh load      # 1, 8, 32, 64 concurrent streams over HTTP
 #   AB='{"prefillWidthMultiple":1}' bash bench/gpu/device.sh ab   # Pensieve: defaults vs engine overrides
@@ -26,6 +28,9 @@ MODEL=$W/phi3-mini-128k-4bit-random
 # padding rows 32011-32063, which have no token (mlx_lm.server crashes on them).
 BAN="32000,32001,32007,$(seq -s, 32011 32063)"
 log() { echo "[device $(date +%T)] $*"; }
+# Parts of the mlx-cuda-13 wheel carried by this call are kept for the later ones.
+for part in .device/mlx-cuda.part.*; do if [ -f "$part" ]; then cp "$part" "$W/"; fi; done
+mlx_parts() { cat "$W"/mlx-cuda.part.a "$W"/mlx-cuda.part.b1 "$W"/mlx-cuda.part.b2; }
 # transformers 5 (which mlx_lm.server's tokenizer loading runs) wants
 # original_max_position_embeddings inside rope_scaling too; Pensieve reads either.
 rope_compat() {
@@ -40,12 +45,14 @@ unpack)
     ls -d /usr/local/cuda* 2>/dev/null || true;
     $PY -c "import nvidia, os; d=list(nvidia.__path__)[0]; print(d); print(sorted(os.listdir(d)))"; } | tee "$OUT/machine.txt"
   xz -dc .device/bun.xz > "$W/bin/bun" && chmod +x "$W/bin/bun"
-  cp .device/mlx-cuda.part.a "$W/"
-  log "bun $(bun --version); part a stored"
+  log "bun $(bun --version)"
+  ;;
+stage)
+  ls -la "$W"/mlx-cuda.part.*
   ;;
 prepare)
   if [ ! -d "$W/wheel/mlx" ]; then
-    cat "$W/mlx-cuda.part.a" .device/mlx-cuda.part.b | xz -dc | (mkdir -p "$W/wheel" && tar -xf - -C "$W/wheel")
+    mlx_parts | xz -dc | (mkdir -p "$W/wheel" && tar -xf - -C "$W/wheel")
     log "mlx-cuda-13 unpacked"
   fi
   # mlx-lm for the baseline: the mlx front end and mlx-lm wheels, with the CUDA backend files beside them.
@@ -81,9 +88,9 @@ load)
   ;;
 kvcheck)
   # A short check in two calls (unpack first): set-up without mlx-lm, the full model, then turn 1, the same
-  # again and a restart (the prefix cache from disk). Carry .device/mlx-cuda.part.b, dist and the request.
+  # again and a restart (the prefix cache from disk). Carry .device/mlx-cuda.part.b2, dist and the request (after unpack and stage).
   if [ ! -d "$W/wheel/mlx" ]; then
-    cat "$W/mlx-cuda.part.a" .device/mlx-cuda.part.b | xz -dc | (mkdir -p "$W/wheel" && tar -xf - -C "$W/wheel")
+    mlx_parts | xz -dc | (mkdir -p "$W/wheel" && tar -xf - -C "$W/wheel")
   fi
   bun dist/scripts/setup.js --backend cuda --no-model --wheel-dir "$W/wheel" | tail -2
   [ -f "$MODEL/model.safetensors" ] || bun dist/scripts/make-random-model.js --config .device/phi3/config.json \
@@ -101,6 +108,33 @@ kv)
   for p in ${LONG_PROMPTS:-120000}; do
     bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve,mlx-lm --python $PY \
       --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt $p --gen 4 --repeat 1 --out-dir "$OUT"
+  done
+  ;;
+kv-a)
+  # Issue 10, second pass (split for the 600 s call limit): the advertised context over HTTP, the full replay at
+  # default settings beside mlx_lm.server, then the cached turns again with cuDNN for every query count (A/B).
+  timeout 330 bun dist/bench/run.js claude-code --model "$MODEL" --device gpu --servers "${SERVERS:-pensieve,mlx-lm}" \
+    --python $PY --request .device/claude-code-request.json --out-dir "$OUT/replay" --home "$W/home-a" \
+    --long "${LONG:-131000}" || true
+  PENSIEVE_GPU_WRITTEN_OUT_QUERIES=0 timeout 150 bun dist/bench/run.js claude-code --model "$MODEL" --device gpu \
+    --servers pensieve --quick --request .device/claude-code-request.json --out-dir "$OUT/fused-only" --home "$W/home-b"
+  ;;
+kv-b)
+  # Issue 10: 8-bit KV (replay, quick) and a 120K-token prompt in process against mlx-lm (peak memory, first token).
+  PENSIEVE_KV_BITS=8 timeout 150 bun dist/bench/run.js claude-code --model "$MODEL" --device gpu --servers pensieve \
+    --quick --request .device/claude-code-request.json --out-dir "$OUT/kv8" --home "$W/home-c" || true
+  for p in ${LONG_PROMPTS:-120000}; do
+    timeout 300 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve,mlx-lm --python $PY \
+      --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt $p --gen 4 --repeat 1 --out-dir "$OUT/long" || true
+  done
+  ;;
+long)
+  # Issue 10: memory over time while serve prefills the advertised context (less 32), then in process at LONG_PROMPTS.
+  timeout 200 bun dist/bench/gpu/long-memory.js "$MODEL" 2>&1 | grep -v '"/metrics"\|"/health"' | tail -80 | tee "$OUT/long-memory.txt" || true
+  for p in ${LONG_PROMPTS:-}; do
+    timeout 250 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines "${ENGINES:-pensieve,mlx-lm}" \
+      --python $PY --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt $p --gen 4 --repeat 1 \
+      --out-dir "$OUT/long" 2>&1 | tail -20 || true
   done
   ;;
 ab)

@@ -15,7 +15,7 @@ import {
 } from "../hub/aliases";
 import { findCachedSnapshot, modelFolderProblems } from "../hub/cache";
 import { formatBytes } from "../hub/format";
-import { describePool, type KvPoolShape } from "../engine/kv-pool";
+import { automaticKvBits, describePool, type KvPoolShape } from "../engine/kv-pool";
 import { estimateMemory, systemMemory, weightFilesBytes } from "../engine/memory-plan";
 import { type Env, hubSettings } from "../hub/settings";
 import {
@@ -289,23 +289,34 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
     const settings = loaded.config;
     /** The same estimate `setup` and the engine make, for the configured context and budgets. */
     const addMemoryCheck = (config: Record<string, unknown> | ModelConfig, weightBytes: number) => {
-      const estimate = estimateMemory({
-        config,
-        weightBytes,
-        name: spec,
-        maxContext: settings.maxContext,
-        kvBudgetBytes: settings.kvBudgetBytes,
-        kvBytesPerElement: backendInfo.choice === "cpu" ? 4 : 2,
-        kvBits: settings.kvBits ?? 0,
-      });
-      // The KV pool the engine would plan: what weights and working memory leave (src/engine/kv-pool.ts).
-      const b = estimate.breakdown;
-      const pool: KvPoolShape = {
-        budgetBytes: settings.kvBudgetBytes ?? Math.max(b.kvCache, estimate.memory.usableBytes - b.weights - b.working),
-        bytesPerToken: estimate.kvBytesPerToken,
-        numLayers: "numLayers" in config ? Number(config.numLayers) : Number(config.num_hidden_layers ?? 1),
-        growthStep: 256,
+      const plan = (kvBits: 0 | 4 | 8) => {
+        const estimate = estimateMemory({
+          config,
+          weightBytes,
+          name: spec,
+          maxContext: settings.maxContext,
+          kvBudgetBytes: settings.kvBudgetBytes,
+          kvBytesPerElement: backendInfo.choice === "cpu" ? 4 : 2,
+          kvBits,
+        });
+        // The KV pool the engine would plan: what weights and working memory leave (src/engine/kv-pool.ts).
+        const b = estimate.breakdown;
+        const pool: KvPoolShape = {
+          budgetBytes:
+            settings.kvBudgetBytes ?? Math.max(b.kvCache, estimate.memory.usableBytes - b.weights - b.working),
+          bytesPerToken: estimate.kvBytesPerToken,
+          numLayers: "numLayers" in config ? Number(config.numLayers) : Number(config.num_hidden_layers ?? 1),
+          growthStep: 256,
+        };
+        return { estimate, pool };
       };
+      let { estimate, pool } = plan(settings.kvBits ?? 0);
+      // Automatic KV storage, as the engine decides it (automaticKvBits).
+      const automatic = (settings.kvBits ?? null) === null && (settings.kvBudgetBytes ?? null) === null;
+      if (automatic && estimate.fits && automaticKvBits(pool, estimate.context) === 8) {
+        const quantized = plan(8);
+        if (quantized.estimate.kvBytesPerToken < estimate.kvBytesPerToken) ({ estimate, pool } = quantized);
+      }
       add({
         id: "model-memory",
         title: "Model memory",

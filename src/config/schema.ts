@@ -14,7 +14,7 @@
 //   queueSize         PENSIEVE_QUEUE_SIZE           --queue-size          64
 //   prefixCacheBytes  PENSIEVE_PREFIX_CACHE_BYTES   --prefix-cache-bytes  null (the KV pool bounds it)
 //   prefixDiskBytes   PENSIEVE_PREFIX_DISK_BYTES    --prefix-disk-bytes   null (automatic)
-//   kvBits            PENSIEVE_KV_BITS              --kv-bits             null (automatic: float for now)
+//   kvBits            PENSIEVE_KV_BITS              --kv-bits             null (automatic: float, 8-bit when memory is short)
 //   speculative       PENSIEVE_SPECULATIVE          --speculative         null (on: CPU; off: GPU, not yet measured there)
 //   draftModel        PENSIEVE_DRAFT_MODEL          --draft-model         null (none; prompt lookup only)
 //   strictModelNames  PENSIEVE_STRICT_MODEL_NAMES   --strict-model-names  false

@@ -14,8 +14,8 @@ import { tokenByteTable } from "../text/token-bytes";
 import { loadTokenizer } from "../text/tokenizer";
 import { effectiveKvBits, type KvBits, kvGroupSize } from "./attention-plan";
 import { KV_STEP, KVCache } from "./kv-cache";
-import { describePool, type KvPoolShape } from "./kv-pool";
 import { draftMismatch } from "./draft-model";
+import { automaticKvBits, describePool, type KvPoolShape } from "./kv-pool";
 import { cacheShape, defaultPrefillChunk } from "./one-sequence";
 import { fileIdentity, modelKey, PrefixStore } from "./prefix-store";
 import {
@@ -41,21 +41,11 @@ export function deviceMemoryBytes(device: "cpu" | "gpu"): number | null {
   return null;
 }
 
-// ---- KV storage (kvBits) ----
-/**
- * KV storage when the configuration leaves it open (null): float for now on
- * every device; the measurements behind the choice are in the kv-quant note.
- */
-export function defaultKvBits(_device: "cpu" | "gpu"): KvBits {
-  return 0;
+/** The KV storage a model gets: configured bits, float where head_dim cannot be quantized. */
+function kvStorage(bits: KvBits, model: ModelConfig) {
+  const kvBits = effectiveKvBits(bits, model.headDim);
+  return { kvBits, kvGroupSize: kvBits === 0 ? undefined : (kvGroupSize(model.headDim) ?? undefined) };
 }
-
-/** The KV storage a model gets: configured or default bits, float where head_dim cannot be quantized. */
-export function resolveKvBits(config: EngineConfig, device: "cpu" | "gpu", model: ModelConfig) {
-  const bits = effectiveKvBits(config.kvBits ?? defaultKvBits(device), model.headDim);
-  return { kvBits: bits, kvGroupSize: bits === 0 ? undefined : (kvGroupSize(model.headDim) ?? undefined) };
-}
-// ---- end KV storage ----
 
 /**
  * The context and the KV pool, decided before any weight is loaded (src/engine/memory-plan.ts):
@@ -69,12 +59,38 @@ export function planMemory(
   weightBytes: number,
   device: "cpu" | "gpu",
   bytesPerElement: number,
+): MemoryPlanResult {
+  const planned = planMemoryWith(config.kvBits ?? 0, config, model, weightBytes, device, bytesPerElement);
+  // Automatic (neither bits nor a KV budget set): 8-bit where the float pool is too small for two Claude Code
+  // sessions (kv-pool.ts). An explicit budget keeps float: the tests' small pools measure exact queueing.
+  if ((config.kvBits ?? null) !== null || (config.kvBudgetBytes ?? null) !== null) return planned;
+  const pool = {
+    budgetBytes: planned.kvBudgetBytes,
+    bytesPerToken: planned.bytesPerToken,
+    numLayers: model.numLayers,
+    growthStep: KV_STEP,
+  };
+  if (automaticKvBits(pool, planned.contextLength) === 0 || effectiveKvBits(8, model.headDim) === 0) return planned;
+  const quantized = planMemoryWith(8, config, model, weightBytes, device, bytesPerElement);
+  const note = "8-bit KV (automatic: the float pool holds fewer than 2 sequences of Claude Code's size)";
+  return { ...quantized, estimate: { ...quantized.estimate, message: `${quantized.estimate.message}; ${note}` } };
+}
+
+export type MemoryPlanResult = ReturnType<typeof planMemoryWith>;
+
+function planMemoryWith(
+  bits: KvBits,
+  config: EngineConfig,
+  model: ModelConfig,
+  weightBytes: number,
+  device: "cpu" | "gpu",
+  bytesPerElement: number,
 ) {
   const gpuMemory = deviceMemoryBytes(device);
   const memory = gpuMemory === null ? undefined : { totalBytes: gpuMemory, label: "of GPU memory" };
   const usableFraction = device === "gpu" && gpuMemory !== null ? 0.9 : DEFAULT_USABLE_FRACTION;
   const prefillChunk = config.prefillChunk ?? (device === "gpu" ? 2048 : PREFILL_CHUNK);
-  const kv = resolveKvBits(config, device, model);
+  const kv = kvStorage(bits, model);
   const plan = estimateMemory({
     config: model,
     weightBytes,
@@ -107,12 +123,13 @@ export function planMemory(
     prefixCacheBytes,
     estimate: { ...plan, message },
     kvBits: kv.kvBits,
+    bytesPerToken: pool.bytesPerToken,
   };
 }
 
 export function schedulerOptions(
   config: EngineConfig,
-  plan: ReturnType<typeof planMemory>,
+  plan: MemoryPlanResult,
   device: "cpu" | "gpu",
 ): SchedulerOptions {
   return {
@@ -163,7 +180,7 @@ function openPrefixStore(config: EngineConfig, loaded: LoadedModel, kvBits: KvBi
     const key = modelKey({ model: fileIdentity(config.model), layout, rope: config.alwaysLongRope ? "long" : "hf" });
     mkdirSync(root, { recursive: true });
     const budget = prefixDiskBudget(config.prefixDiskBytes, root);
-    return budget > 0 ? new PrefixStore(root, key, budget, layout, c.numLayers) : null;
+    return budget > 0 ? new PrefixStore(root, key, budget, layout, c.numLayers, mx.getDevice()) : null;
   } catch {
     // A read-only or missing data folder costs the feature, not the engine.
     return null;

@@ -11,11 +11,15 @@
 // one with no padding. The cache also decides how to attend (attention()):
 // fused sdpa over float KV, or quantized matmuls over quantized KV, with the
 // queries split so that no score matrix exceeds a bound (attention-plan.ts).
+// Over 400 lines because storage, growth, joins and the attention choice all
+// depend on the same private layout (parts, offset, left padding).
 
 import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
 import type { AttentionBatch, ForwardView } from "../models/types";
 import { ATTENTION_SCORE_BOUND_BYTES, type KvBits, kvTokenBytes, queryChunk } from "./attention-plan";
+
+const WRITTEN_OUT_QUERIES = Number(process.env.PENSIEVE_GPU_WRITTEN_OUT_QUERIES ?? 64);
 
 /** Capacity grows by this many positions at a time. */
 export const KV_STEP = 256;
@@ -86,6 +90,12 @@ export class KVCache implements AttentionBatch {
    * kernel exists on the CPU (MLX's CPU quantized_matmul is a scalar loop), else "matmul".
    */
   quantizedAttention: "matmul" | "dequantize";
+  /**
+   * On the GPU, forwards of 4 to this many queries over a longer cache attend
+   * through plain matmuls (#writtenOut); 0 = always the fused kernel.
+   * PENSIEVE_GPU_WRITTEN_OUT_QUERIES overrides the default of 64.
+   */
+  writtenOutQueries: number;
 
   constructor(shape: CacheShape, batchSize = 1) {
     if (shape.kvBits !== 0 && shape.headDim % shape.kvGroupSize !== 0) {
@@ -98,6 +108,7 @@ export class KVCache implements AttentionBatch {
     // MLX 0.32.4's CUDA quantized_matmul has no kernel for Phi-3's head_dim 96 in groups of 32 (measured on an
     // H100: "No implementation for problem shape"), so wherever a fused float kernel exists the layer is dequantized.
     this.quantizedAttention = fusedFloat ? "dequantize" : "matmul";
+    this.writtenOutQueries = mx.getDevice() === "gpu" ? WRITTEN_OUT_QUERIES : 0;
     this.scoreBound = {
       bytes: ATTENTION_SCORE_BOUND_BYTES,
       fused: fusedFloat,
@@ -181,7 +192,10 @@ export class KVCache implements AttentionBatch {
 
   #attend(q: MxArray, parts: MxArray[], scale: number, mask: ForwardView["mask"]): MxArray {
     const [k, v] = parts as [MxArray, MxArray];
-    if (this.shape.kvBits === 0) return mx.sdpa(q, k, v, scale, mask);
+    if (this.shape.kvBits === 0) {
+      if (this.#writtenOut(q, k.dim(2))) return mx.writtenOutSdpa(q, k, v, scale, mask);
+      return mx.sdpa(q, k, v, scale, mask);
+    }
     const { kvBits: bits, kvGroupSize: groupSize } = this.shape;
     const [kq, ks, kb, vq, vs, vb] = parts as [MxArray, MxArray, MxArray, MxArray, MxArray, MxArray];
     const keys: mx.QuantizedWeight = { weight: kq, scales: ks, biases: kb, groupSize, bits };
@@ -191,6 +205,17 @@ export class KVCache implements AttentionBatch {
       return mx.sdpa(q, mx.dequantize(keys, dtype), mx.dequantize(values, dtype), scale, mask);
     }
     return mx.quantizedSdpa(q, keys, values, scale, mask);
+  }
+
+  /**
+   * A few queries over a cached prefix on the GPU (a prefix-cache hit's
+   * remainder, a speculative verify): plain matmuls instead of cuDNN, which
+   * builds a graph for each new (queries, keys) shape. Within a quarter of the score bound.
+   */
+  #writtenOut(q: MxArray, keys: number): boolean {
+    const [B, H, L] = q.shape as [number, number, number];
+    if (this.writtenOutQueries < 4 || L < 4 || L > this.writtenOutQueries || keys <= L) return false;
+    return B * H * L * keys * 4 <= this.scoreBound.bytes / 4;
   }
 
   /** Writes the new keys/values of a layer; returns every part's used columns [B, Hkv, offset + L, X]. */

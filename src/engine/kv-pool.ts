@@ -110,3 +110,18 @@ export function describePool(shape: KvPoolShape, context: number, sessionTokens 
     `of ${tokens} tokens at once, one of ${maxLoneTokens(shape)} tokens`
   );
 }
+
+/** With fewer float sessions than this in the pool, automatic KV storage is 8-bit. */
+export const AUTOMATIC_KV8_BELOW_SESSIONS = 2;
+
+/**
+ * Automatic KV storage (kvBits unset): float while the float pool holds at
+ * least two Claude-Code-size sequences at once, else 8-bit, which holds about
+ * 1.8x as many (Phi-3: 216 vs 384 KiB a token) at no measured quality cost
+ * (perplexity within 0.1%). Float stays where memory allows because quantized
+ * KV is dequantized a layer at a time for the fused kernels, which costs decode speed.
+ */
+export function automaticKvBits(floatPool: KvPoolShape, context: number): 0 | 8 {
+  const sessions = concurrentFit(floatPool, Math.min(CLAUDE_CODE_SESSION_TOKENS, context));
+  return sessions < AUTOMATIC_KV8_BELOW_SESSIONS ? 8 : 0;
+}

@@ -28,6 +28,7 @@ import { join } from "node:path";
 import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
 import type { KVState } from "./kv-cache";
+import { LoadOrPrefill } from "./load-or-prefill";
 import type { PrefixStoreStats } from "./protocol";
 import type { RadixEntry } from "./radix-cache";
 
@@ -137,7 +138,18 @@ export class PrefixStore {
   #loadedTokens = 0;
   #removed = 0;
 
-  constructor(root: string, key: string, budgetBytes: number, layout: string, numLayers: number) {
+  /** Whether reading a prefix back beats prefilling it again (load-or-prefill.ts). */
+  readonly choice: LoadOrPrefill;
+
+  constructor(
+    root: string,
+    key: string,
+    budgetBytes: number,
+    layout: string,
+    numLayers: number,
+    device: "cpu" | "gpu" = "cpu",
+  ) {
+    this.choice = new LoadOrPrefill(device);
     this.dir = join(root, key);
     this.budgetBytes = budgetBytes;
     this.layout = layout;
@@ -251,6 +263,7 @@ export class PrefixStore {
 
   /** The chain's KV, one state per file (lazy arrays: read as they are used); null if a file fails. */
   load(chain: readonly DiskNode[]): KVState[] | null {
+    const started = performance.now();
     const states: KVState[] = [];
     try {
       for (const n of chain) {
@@ -279,6 +292,10 @@ export class PrefixStore {
     }
     this.#loaded += chain.length;
     this.#loadedTokens += chain.reduce((t, n) => t + n.tokens.length, 0);
+    this.choice.recordLoad(
+      chain.reduce((b, n) => b + n.bytes, 0),
+      performance.now() - started,
+    );
     return states;
   }
 
@@ -382,6 +399,8 @@ export class PrefixStore {
       loaded: this.#loaded,
       loadedTokens: this.#loadedTokens,
       removed: this.#removed,
+      skippedLoads: this.choice.skipped,
+      ...this.choice.rates,
     };
   }
 }

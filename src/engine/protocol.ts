@@ -148,6 +148,11 @@ export interface PrefixStoreStats {
   loaded: number;
   loadedTokens: number;
   removed: number;
+  /** Prefixes found on disk but prefilled instead, as quicker (src/engine/load-or-prefill.ts). */
+  skippedLoads: number;
+  /** The rates behind that choice: measured in this process, or the device's prior. */
+  prefillTokensPerS: number;
+  diskBytesPerS: number;
 }
 
 export interface SchedulerStats {
@@ -212,7 +217,7 @@ export interface EngineConfig {
   prefixDiskBytes?: number | null;
   /** Folder for them (default: <data folder>/prefix-cache). */
   prefixDiskDir?: string;
-  /** KV cache storage: 0 float, 8 or 4 group-quantized bits; null/absent: automatic (defaultKvBits in engine.ts). */
+  /** KV cache storage: 0 float, 8 or 4 group-quantized bits; null/absent: automatic (automaticKvBits in kv-pool.ts). */
   kvBits?: 0 | 4 | 8 | null;
   /** Prompt-lookup speculation for a lone decoding row; null/absent: on the CPU, off on a GPU (not measured there yet). */
   speculative?: boolean | null;

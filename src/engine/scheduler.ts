@@ -561,8 +561,9 @@ export class Scheduler {
     const inMemory = this.prefixCache.peek(s.tokens, s.regime);
     const found = disk.match(s.tokens, s.regime, limit, this.prefixCache.blockTokens);
     if (found.length <= inMemory || found.length < this.prefixCache.minTokens) return;
-    const reserved = projectedBytes(this.#pool, this.#footprint(), this.#prefilling().map(demand));
     const fileBytes = found.chain.reduce((n, c) => n + c.bytes, 0);
+    if (!disk.choice.worthLoading(fileBytes, found.length - inMemory)) return;
+    const reserved = projectedBytes(this.#pool, this.#footprint(), this.#prefilling().map(demand));
     this.prefixCache.evictTo(this.options.kvBudgetBytes - reserved - fileBytes);
     const states = disk.load(found.chain);
     if (!states) return;
@@ -948,10 +949,12 @@ export class Scheduler {
     const ropeLengths = group.jobs.map((j) => j.seq.tokens.length);
     const input = () => mx.fromData(part, [n, end - group.done], mx.Dtype.int32);
     if (end < group.width) {
+      const started = performance.now();
       mx.tidy(() => {
         this.model.forward(input(), cache, { logits: "none", ropeLengths });
         mx.evaluate(...cache.arrays());
       });
+      this.#disk?.choice.recordPrefill(part.length, performance.now() - started);
       group.done = end;
       return;
     }

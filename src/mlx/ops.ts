@@ -617,13 +617,41 @@ function lowestFinite(dtype: Dtype): number {
 }
 
 /**
- * Attention over group-quantized keys and values [B, Hkv, S, X] (packed uint32,
- * scales, biases), as mlx-lm's quantized_scaled_dot_product_attention:
- * scores = (q·scale) @ Kᵀ through quantized_matmul (transpose), a precise
- * softmax, then @ V (no transpose). Grouped-query heads: q [B, H, L, D] becomes
- * [B, Hkv, H/Hkv, L, D] against K and V with a broadcast axis. mask: "causal"
+ * Attention written out: scores = (q·scale) @ Kᵀ, a precise softmax, then @ V.
+ * Grouped-query heads: q [B, H, L, D] becomes [B, Hkv, H/Hkv, L, D] against K
+ * and V with a broadcast axis (`product` gets grouped = true). mask: "causal"
  * (bottom-right aligned), a bool keep-mask broadcastable to [B, 1, L, S], or
  * null. Materializes the scores [B, H, L, S]: callers bound L.
+ */
+function writtenOutAttention(
+  q: MxArray,
+  kvHeads: number,
+  keys: number,
+  scale: number,
+  mask: "causal" | MxArray | null,
+  product: { scores(queries: MxArray, grouped: boolean): MxArray; out(probs: MxArray, grouped: boolean): MxArray },
+): MxArray {
+  const [B, H, L, D] = q.shape as [number, number, number, number];
+  const repeats = H / kvHeads;
+  const grouped = repeats > 1;
+  const queries = grouped ? reshape(multiply(q, scale), [B, kvHeads, repeats, L, D]) : multiply(q, scale);
+  let scores = product.scores(queries, grouped);
+  if (mask !== null) {
+    let keepMask =
+      mask === "causal"
+        ? greaterEqual(reshape(arange(keys - L, keys), [L, 1]), reshape(arange(0, keys), [1, keys]))
+        : mask;
+    if (grouped && keepMask.ndim > 3) keepMask = expandDims(keepMask, 2);
+    scores = where(keepMask, scores, lowestFinite(scores.dtype));
+  }
+  const out = product.out(softmax(scores, -1, true), grouped);
+  return grouped ? reshape(out, [B, H, L, out.dim(-1)]) : out;
+}
+
+/**
+ * Attention over group-quantized keys and values [B, Hkv, S, X] (packed uint32,
+ * scales, biases), as mlx-lm's quantized_scaled_dot_product_attention: the
+ * products through quantized_matmul (keys transposed).
  */
 export function quantizedSdpa(
   q: MxArray,
@@ -632,33 +660,36 @@ export function quantizedSdpa(
   scale: number,
   mask: "causal" | MxArray | null,
 ): MxArray {
-  const [B, H, L, D] = q.shape as [number, number, number, number];
-  const Hkv = k.weight.dim(1);
-  const S = k.weight.dim(2);
-  const repeats = H / Hkv;
-  let queries = multiply(q, scale);
-  let keys = k;
-  let values = v;
-  if (repeats > 1) {
-    queries = reshape(queries, [B, Hkv, repeats, L, D]);
-    const broadcast = (w: QuantizedWeight): QuantizedWeight => ({
-      ...w,
-      weight: expandDims(w.weight, 2),
-      scales: expandDims(w.scales, 2),
-      biases: w.biases ? expandDims(w.biases, 2) : null,
-    });
-    keys = broadcast(k);
-    values = broadcast(v);
-  }
-  let scores = quantizedMatmul(queries, keys, true);
-  if (mask !== null) {
-    let keepMask =
-      mask === "causal" ? greaterEqual(reshape(arange(S - L, S), [L, 1]), reshape(arange(0, S), [1, S])) : mask;
-    if (repeats > 1 && keepMask.ndim > 3) keepMask = expandDims(keepMask, 2);
-    scores = where(keepMask, scores, lowestFinite(scores.dtype));
-  }
-  const out = quantizedMatmul(softmax(scores, -1, true), values, false);
-  return repeats > 1 ? reshape(out, [B, H, L, values.weight.dim(-1) * (32 / v.bits)]) : out;
+  const broadcast = (w: QuantizedWeight): QuantizedWeight => ({
+    ...w,
+    weight: expandDims(w.weight, 2),
+    scales: expandDims(w.scales, 2),
+    biases: w.biases ? expandDims(w.biases, 2) : null,
+  });
+  return writtenOutAttention(q, k.weight.dim(1), k.weight.dim(2), scale, mask, {
+    scores: (queries, grouped) => quantizedMatmul(queries, grouped ? broadcast(k) : k, true),
+    out: (probs, grouped) => quantizedMatmul(probs, grouped ? broadcast(v) : v, false),
+  });
+}
+
+/**
+ * Float attention without the fused kernel: plain matmuls. On CUDA, MLX's fused
+ * path for more than 3 queries is cuDNN, which builds a graph for every new
+ * (queries, keys) shape; a few queries over a long cached prefix (a cache hit's
+ * remainder) are cheaper this way.
+ */
+export function writtenOutSdpa(
+  q: MxArray,
+  k: MxArray,
+  v: MxArray,
+  scale: number,
+  mask: "causal" | MxArray | null,
+): MxArray {
+  const keysT = transpose(k, [0, 1, 3, 2]);
+  return writtenOutAttention(q, k.dim(1), k.dim(2), scale, mask, {
+    scores: (queries, grouped) => matmul(queries, grouped ? expandDims(keysT, 2) : keysT),
+    out: (probs, grouped) => matmul(probs, grouped ? expandDims(v, 2) : v),
+  });
 }
 
 /** silu(gate) * up; `fused` compiles it into one kernel (use on the GPU). */

@@ -53,6 +53,28 @@ interface Slot {
   pending: Map<number, Pending>;
 }
 
+/** A small hash of how a job's prompt starts (system prompt, first message or prompt text). */
+export function affinity(job: PromptJob): number {
+  const b = job.body as { system?: unknown; messages?: unknown[]; prompt?: unknown };
+  const text = firstText(b.system ?? b.messages?.[0] ?? b.prompt, 4).slice(0, 1024);
+  let h = 2166136261;
+  for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 16777619);
+  return h >>> 0;
+}
+
+/** The first string inside a value (depth-first, a few levels), without serializing it. */
+function firstText(value: unknown, depth: number): string {
+  if (typeof value === "string") return value;
+  if (depth === 0 || value === null || typeof value !== "object") return "";
+  const o = value as { content?: unknown; text?: unknown };
+  const values = Array.isArray(value) ? value : [o.content, o.text, ...Object.values(value)];
+  for (const v of values) {
+    const t = firstText(v, depth - 1);
+    if (t.length > 0) return t;
+  }
+  return "";
+}
+
 export class PromptWorkers implements PromptBuilder {
   readonly size: number;
   readonly #modelPath: string;
@@ -111,9 +133,12 @@ export class PromptWorkers implements PromptBuilder {
 
   async run<O extends Op>(job: JobOf<O>): Promise<PromptResults[O]> {
     if (this.#closed) throw new ApiError(503, "overloaded", "the server is shutting down");
-    // The least busy worker; ties go round-robin.
-    let best = this.#slots[this.#next++ % this.#slots.length] as Slot;
-    for (const s of this.#slots) if (s.pending.size < best.pending.size) best = s;
+    // The worker that built this conversation's start before (its tokenizer
+    // remembers those pieces), unless it is busier than the least busy one.
+    let least = this.#slots[this.#next++ % this.#slots.length] as Slot;
+    for (const s of this.#slots) if (s.pending.size < least.pending.size) least = s;
+    const home = this.#slots[affinity(job) % this.#slots.length] as Slot;
+    const best = home.pending.size <= least.pending.size ? home : least;
     await best.ready;
     const id = this.#next++;
     return new Promise<PromptResults[O]>((resolve, reject) => {

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { type GgufValue, readGguf } from "../formats/gguf.ts";
 import { tokenizerSpecFromGguf } from "./gguf-tokenizer.ts";
+import { PIECEWISE_MIN_CHARS, PieceCache } from "./piece-cache.ts";
 import {
   type AddedTokenJson,
   configTokenContent,
@@ -151,6 +152,10 @@ export class Tokenizer {
   private readonly cleanUpTokenizationSpaces: boolean;
   private readonly idToTokenTable: (string | undefined)[];
   private readonly tokenToIdTable: Map<string, number>;
+  /** Long prompts are tokenized piece by piece, and the pieces remembered (piece-cache.ts). */
+  readonly pieces: PieceCache;
+  /** The post-processor wraps any text as it wraps "" (BOS/EOS around it), so pieces may be wrapped here. */
+  readonly #wrapsLikeEmpty: boolean;
 
   private constructor(parts: TokenizerParts) {
     this.hf = parts.hf;
@@ -198,6 +203,11 @@ export class Tokenizer {
     const eosIds = new Set<number>(parts.extraEosIds);
     if (parts.eosId !== undefined) eosIds.add(parts.eosId);
     this.eosIds = eosIds;
+    const hf = this.hf;
+    this.pieces = new PieceCache({
+      encodePlain: (text) => hf.encode(text, { add_special_tokens: false }).ids,
+      addedTokens: () => hf.get_added_tokens_decoder().values(),
+    });
 
     if (this.ownSpecialTokens) {
       this.addBosToken = (parts.addBosToken ?? false) && parts.bosId !== undefined;
@@ -208,6 +218,15 @@ export class Tokenizer {
       this.addBosToken = parts.bosId !== undefined && wrapped[0] === parts.bosId;
       this.addEosToken = parts.eosId !== undefined && wrapped.at(-1) === parts.eosId;
     }
+    const probe = "Hello there, a short probe.";
+    const plain = this.hf.encode(probe, { add_special_tokens: false }).ids;
+    const expected = [
+      ...(this.addBosToken ? [this.bosId as number] : []),
+      ...plain,
+      ...(this.addEosToken ? [this.eosId as number] : []),
+    ];
+    const wrapped = this.hf.encode(probe, { add_special_tokens: true }).ids;
+    this.#wrapsLikeEmpty = wrapped.length === expected.length && wrapped.every((id, i) => id === expected[i]);
   }
 
   /** Load tokenizer.json (+ tokenizer_config.json, generation_config.json, special_tokens_map.json, chat_template.*) from a model folder. */
@@ -337,8 +356,12 @@ export class Tokenizer {
   /** Text → token ids. Special-token texts inside `text` (e.g. "<|end|>") become their ids, as in transformers. */
   encode(text: string, options: EncodeOptions = {}): number[] {
     const addSpecialTokens = options.addSpecialTokens ?? true;
-    if (!this.ownSpecialTokens) return this.hf.encode(text, { add_special_tokens: addSpecialTokens }).ids;
-    const ids = this.hf.encode(text, { add_special_tokens: false }).ids;
+    const long = this.pieces.enabled && text.length >= PIECEWISE_MIN_CHARS;
+    if (!this.ownSpecialTokens && !(long && this.#wrapsLikeEmpty)) {
+      return this.hf.encode(text, { add_special_tokens: addSpecialTokens }).ids;
+    }
+    // Where tokenizer.json's post-processor adds BOS/EOS, the constructor read which from an empty encode.
+    const ids = this.pieces.encode(text);
     if (addSpecialTokens && this.addBosToken && this.bosId !== undefined) ids.unshift(this.bosId);
     if (addSpecialTokens && this.addEosToken && this.eosId !== undefined) ids.push(this.eosId);
     return ids;

@@ -2,7 +2,15 @@
 // arithmetic is plain data; the scheduler tests run a tiny model on the CPU
 // with budgets small enough that eviction and queueing happen.
 import { describe, expect, test } from "bun:test";
-import { admit, concurrentFit, type KvPoolShape, loneBytes, projectedBytes } from "../../src/engine/kv-pool";
+import {
+  admit,
+  automaticKvBits,
+  CLAUDE_CODE_SESSION_TOKENS,
+  concurrentFit,
+  type KvPoolShape,
+  loneBytes,
+  projectedBytes,
+} from "../../src/engine/kv-pool";
 import type { EngineEvent } from "../../src/engine/protocol";
 import { loadModel } from "../../src/models/loader";
 import { tinyModel } from "../support/models";
@@ -29,6 +37,21 @@ describe("pool arithmetic", () => {
     expect(admit(shape, { rows: 1, columns: 410, remaining: 0 }, [], { tokens: 410, remaining: 0 }).admit).toBe(false);
     expect(concurrentFit(shape, 410)).toBe(1);
     expect(concurrentFit(shape, 100)).toBe(7);
+  });
+
+  test("automatic KV storage: 8-bit when the float pool holds fewer than two Claude Code sessions", () => {
+    // Phi-3-mini at fp16: 384 KiB a token, 32 layers.
+    const phi3 = (gib: number): KvPoolShape => ({
+      budgetBytes: gib * 1024 ** 3,
+      bytesPerToken: 384 * 1024,
+      numLayers: 32,
+      growthStep: 256,
+    });
+    expect(automaticKvBits(phi3(54), 131_072)).toBe(0); // the H100: 5 sessions at fp16
+    expect(automaticKvBits(phi3(12), 131_072)).toBe(8); // a 16-24 GB Mac: one session at fp16
+    expect(concurrentFit(phi3(12), CLAUDE_CODE_SESSION_TOKENS)).toBe(1);
+    // With 8-bit (216 KiB a token) the same pool holds two.
+    expect(concurrentFit({ ...phi3(12), bytesPerToken: 216 * 1024 }, CLAUDE_CODE_SESSION_TOKENS)).toBe(2);
   });
 });
 
