@@ -27,8 +27,8 @@ describe("PromptLookup", () => {
     expect(lookup.propose(tokens, 2)).toEqual({ draft: [4, 4], ngram: 3 });
   });
 
-  test("draft length grows with full acceptance and shrinks with rejections", () => {
-    const lookup = new PromptLookup();
+  test("draft length grows with full acceptance and shrinks with rejections (add / step)", () => {
+    const lookup = new PromptLookup({ ...DEFAULT_LOOKUP, growth: "add", shrink: "step" });
     const k0 = lookup.draftLength;
     lookup.record(k0, k0);
     expect(lookup.draftLength).toBe(k0 + 2);
@@ -39,7 +39,7 @@ describe("PromptLookup", () => {
   });
 
   test("tuning: k doubles after full acceptance and shrinks to the accepted length + 1", () => {
-    const lookup = new PromptLookup({ ...DEFAULT_LOOKUP, growth: "double", shrink: "accepted" });
+    const lookup = new PromptLookup(); // the default: double / accepted
     const k0 = lookup.draftLength;
     lookup.record(k0, k0);
     expect(lookup.draftLength).toBe(Math.min(DEFAULT_LOOKUP.maxDraft, 2 * k0));
