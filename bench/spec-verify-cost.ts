@@ -87,7 +87,7 @@ export async function benchSpecVerifyCost(argv: string[]): Promise<void> {
   const verify = ks.map(() => [] as number[]);
   for (let i = 0; i < n; i++) {
     step.push(timedPass(model, cache, [next()]));
-    passes.forEach((p, j) => verify[j]?.push(timedPass(model, cache, p)));
+    for (const [j, p] of passes.entries()) verify[j]?.push(timedPass(model, cache, p));
   }
   const median = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)] as number;
   const stepMs = median(step);
