@@ -29,9 +29,14 @@ export interface DraftTuning {
   initialDraft: number;
   /** Longest pause (steps) after consecutive drafts with nothing accepted. */
   maxPause: number;
+  /** Steps without drafting once drafting is measured slower per token than plain steps (then it probes again). */
+  slowPause: number;
 }
 
-export const DEFAULT_DRAFT: DraftTuning = { minDraft: 1, maxDraft: 8, initialDraft: 4, maxPause: 16 };
+export const DEFAULT_DRAFT: DraftTuning = { minDraft: 1, maxDraft: 8, initialDraft: 4, maxPause: 16, slowPause: 64 };
+
+/** Weight of the newest sample in the running time estimates. */
+const EWMA = 0.3;
 
 /** Tokens fed to the draft model per forward pass while it catches up (prompt, lookup-accepted text). */
 const CATCH_UP_CHUNK = 512;
@@ -90,6 +95,9 @@ export class DraftSession {
   #draft: number;
   #pause = 0;
   #misses = 0;
+  /** Running estimates (ms per token) of plain decode steps and of draft passes (proposal + verify). */
+  #plainMs: number | null = null;
+  #draftMs: number | null = null;
 
   constructor(model: LanguageModel, tuning: DraftTuning = DEFAULT_DRAFT) {
     this.model = model;
@@ -114,6 +122,26 @@ export class DraftSession {
       return false;
     }
     return true;
+  }
+
+  /** A plain decode step of this sequence took `ms` (one token). */
+  observePlain(ms: number): void {
+    this.#plainMs = this.#plainMs === null ? ms : this.#plainMs + EWMA * (ms - this.#plainMs);
+  }
+
+  /**
+   * A draft pass (proposal and verification) took `ms` for `tokens` emitted.
+   * When drafting is slower per token than plain steps (a draft model not
+   * cheap enough against its target, or text it does not predict), drafting
+   * stops for `slowPause` steps, then probes again.
+   */
+  observeDraft(ms: number, tokens: number): void {
+    const perToken = ms / Math.max(1, tokens);
+    this.#draftMs = this.#draftMs === null ? perToken : this.#draftMs + EWMA * (perToken - this.#draftMs);
+    if (this.#plainMs !== null && this.#draftMs > this.#plainMs) {
+      this.#pause = Math.max(this.#pause, this.tuning.slowPause);
+      this.#draftMs = null; // the next probe starts afresh
+    }
   }
 
   /** Tokens in the draft cache (tests). */

@@ -114,6 +114,8 @@ interface Sequence {
   lookup: PromptLookup | null;
   /** Its draft-model state (draft-model.ts), made at its first draft-model proposal. */
   draft: DraftSession | null;
+  /** When (ms, scheduler step) its last plain, not speculated, lone decode step began: the draft model's yardstick. */
+  plainSince: { at: number; step: number } | null;
 }
 
 interface PrefillJob {
@@ -367,6 +369,7 @@ export class Scheduler {
       inBatch: false,
       lookup: this.#speculates(request, sampler, constraint) ? new PromptLookup(this.options.lookupTuning) : null,
       draft: null,
+      plainSince: null,
     });
     return true;
   }
@@ -742,6 +745,18 @@ export class Scheduler {
 
   /** One verify pass in place of a lone row's decode step; false: decode as usual. */
   #speculate(s: Sequence, batch: KVCache): boolean {
+    const began = performance.now();
+    // The previous iteration was a plain step of this row alone: its time is the draft model's yardstick.
+    const plain = s.plainSince;
+    if (plain !== null && plain.step === this.#steps - 1) s.draft?.observePlain(began - plain.at);
+    s.plainSince = null;
+    const spoke = this.#speculateOnce(s, batch, began);
+    if (!spoke && s.draft && this.#prefills.length === 0 && !this.#group)
+      s.plainSince = { at: began, step: this.#steps };
+    return spoke;
+  }
+
+  #speculateOnce(s: Sequence, batch: KVCache, began: number): boolean {
     const lookup = s.lookup;
     if (!lookup || s.finished !== null || this.#prefills.length > 0 || this.#group) return false;
     // Prompt lookup first (free when it matches); the draft model, when there is one, where it finds nothing.
@@ -781,7 +796,10 @@ export class Scheduler {
     }
     const { values, accepted } = verified;
     if (looked) lookup.record(draft.length, accepted);
-    else s.draft?.record(draft.length, accepted);
+    else {
+      s.draft?.record(draft.length, accepted);
+      s.draft?.observeDraft(performance.now() - began, values.length);
+    }
     const stats = this.speculation;
     stats.passes++;
     stats.drafted += draft.length;

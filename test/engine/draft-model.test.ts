@@ -7,7 +7,7 @@
 // verified with the p/q rule keep the target distribution (chi-square).
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { DraftSession, draftMismatch } from "../../src/engine/draft-model";
+import { DEFAULT_DRAFT, DraftSession, draftMismatch } from "../../src/engine/draft-model";
 import { Engine, loadDraftModel } from "../../src/engine/engine";
 import { KVCache } from "../../src/engine/kv-cache";
 import { cacheShape } from "../../src/engine/one-sequence";
@@ -89,6 +89,18 @@ describe("greedy draft-model speculation equals decoding without it (tiny-llama)
     expect(got.tokens).toEqual(expected.tokens);
     expect(got.stats.draftModelPasses).toBeGreaterThan(0);
     expect(got.stats.passes).toBeGreaterThan(got.stats.draftModelPasses);
+  });
+
+  test("drafting pauses when measured slower per token than plain steps", () => {
+    const session = new DraftSession(close, { ...DEFAULT_DRAFT, slowPause: 3 });
+    session.observeDraft(30, 4); // no plain steps measured yet: no verdict
+    expect(session.ready()).toBe(true);
+    session.observePlain(10);
+    session.observeDraft(30, 4); // 7.5 ms a token: pays
+    expect(session.ready()).toBe(true);
+    session.observeDraft(60, 2); // running estimate 14.25 ms a token: slower than 10
+    expect([session.ready(), session.ready(), session.ready(), session.ready()]).toEqual([false, false, false, true]);
+    session.dispose();
   });
 
   test("speculative: false per request or per scheduler: no draft passes, same tokens", () => {
@@ -246,7 +258,13 @@ describe("sampled draft-model speculation keeps the distribution (chi-square at 
       });
       const start = cacheSpec.offset;
       const spec = new SequenceSampler({ ...sampling, seed: 12 }, V);
-      const session = new DraftSession(draftModel(), { minDraft: 2, maxDraft: 2, initialDraft: 2, maxPause: 0 });
+      const session = new DraftSession(draftModel(), {
+        minDraft: 2,
+        maxDraft: 2,
+        initialDraft: 2,
+        maxPause: 0,
+        slowPause: 0,
+      });
       const firstSpec = new Map<number, number>();
       const secondSpec = new Map<number, number>();
       let accepted = 0;
