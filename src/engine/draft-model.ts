@@ -37,6 +37,8 @@ export const DEFAULT_DRAFT: DraftTuning = { minDraft: 1, maxDraft: 8, initialDra
 
 /** Weight of the newest sample in the running time estimates. */
 const EWMA = 0.3;
+/** Draft passes between plain steps taken to re-measure the plain step's time (and before any: up to 2). */
+const PROBE_EVERY = 32;
 
 /** Tokens fed to the draft model per forward pass while it catches up (prompt, lookup-accepted text). */
 const CATCH_UP_CHUNK = 512;
@@ -98,6 +100,8 @@ export class DraftSession {
   /** Running estimates (ms per token) of plain decode steps and of draft passes (proposal + verify). */
   #plainMs: number | null = null;
   #draftMs: number | null = null;
+  #sinceProbe = 0;
+  #probes = 0;
 
   constructor(model: LanguageModel, tuning: DraftTuning = DEFAULT_DRAFT) {
     this.model = model;
@@ -121,6 +125,14 @@ export class DraftSession {
       this.#pause--;
       return false;
     }
+    // A plain step now and then (the first ones before drafting at all) measures what drafting must beat.
+    const probe = this.#plainMs === null ? this.#probes < 2 : this.#sinceProbe >= PROBE_EVERY;
+    if (probe) {
+      this.#probes++;
+      this.#sinceProbe = 0;
+      return false;
+    }
+    this.#sinceProbe++;
     return true;
   }
 

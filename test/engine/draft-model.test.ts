@@ -93,8 +93,9 @@ describe("greedy draft-model speculation equals decoding without it (tiny-llama)
 
   test("drafting pauses when measured slower per token than plain steps", () => {
     const session = new DraftSession(close, { ...DEFAULT_DRAFT, slowPause: 3 });
+    // Before any plain step is measured it asks for plain steps (twice at most); then drafts.
     session.observeDraft(30, 4); // no plain steps measured yet: no verdict
-    expect(session.ready()).toBe(true);
+    expect([session.ready(), session.ready(), session.ready()]).toEqual([false, false, true]);
     session.observePlain(10);
     session.observeDraft(30, 4); // 7.5 ms a token: pays
     expect(session.ready()).toBe(true);
