@@ -10,11 +10,12 @@
 // least 100 requests) so that garbage-collected heaps reach their working
 // size. Writes JSON, markdown and a PNG chart.
 //
-//   bun run bench soak [--requests 1000] [--max-concurrent 4] [--queue-size 2] [--model PATH] [--seed 1]
+//   bun run bench soak [--requests 1000] [--max-concurrent 4] [--queue-size 2] [--model PATH] [--seed 1] [--hang-ms 60000]
 //
 // Over 400 lines: one procedure (workload, its three clients, sampling, the
 // checks, the report) that reads top to bottom; the suite's test imports it.
 import { mkdirSync, writeFileSync } from "node:fs";
+import { loadavg } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { REPO_ROOT, selfCommand } from "../src/paths";
@@ -81,7 +82,25 @@ interface Spec {
   prompt: string;
 }
 
-interface Outcome {
+/** When a request's answer arrived, in ms from its start: tells a hang (nothing for long) from a slow stream. */
+interface Timing {
+  /** Response headers (HTTP) or the socket's open (WebSocket). */
+  headersMs: number | null;
+  /** Body chunks with data (HTTP) or deltas (WebSocket). */
+  chunks: number;
+  /**
+   * SSE keep-alive comments: the server sends one every 10 s until the first
+   * token, so a request stuck in the engine's queue still gets bytes. They do
+   * not count as chunks (nor for the times below).
+   */
+  keepAlives: number;
+  firstChunkMs: number | null;
+  lastChunkMs: number | null;
+  /** The longest wait between two chunks (or from the headers to the first). */
+  maxGapMs: number;
+}
+
+interface Outcome extends Timing {
   spec: Spec;
   status: number;
   /** The error's text for a 5xx. */
@@ -89,12 +108,71 @@ interface Outcome {
   abandoned: boolean;
   hung: boolean;
   ms: number;
+  /** For a hung request: the server's state when the hang limit struck. */
+  atHang?: Pick<Sample, "openSequences" | "openStreams">;
 }
+
+type Answer = Omit<Outcome, "spec" | "ms" | keyof Timing | "atHang">;
+
+function newTiming(): Timing & { start: number; chunk(): void; keepAlive(): void; headers(): void } {
+  const start = performance.now();
+  let previous: number | null = null;
+  const t = {
+    start,
+    headersMs: null as number | null,
+    chunks: 0,
+    keepAlives: 0,
+    firstChunkMs: null as number | null,
+    lastChunkMs: null as number | null,
+    maxGapMs: 0,
+    headers() {
+      t.headersMs = performance.now() - start;
+      previous = t.headersMs;
+    },
+    keepAlive() {
+      t.keepAlives++;
+    },
+    chunk() {
+      const now = performance.now() - start;
+      t.chunks++;
+      t.firstChunkMs ??= now;
+      t.maxGapMs = Math.max(t.maxGapMs, now - (previous ?? 0));
+      t.lastChunkMs = now;
+      previous = now;
+    },
+  };
+  return t;
+}
+
+function timingOf(t: Timing): Timing {
+  return {
+    headersMs: t.headersMs,
+    chunks: t.chunks,
+    keepAlives: t.keepAlives,
+    firstChunkMs: t.firstChunkMs,
+    lastChunkMs: t.lastChunkMs,
+    maxGapMs: Math.round(t.maxGapMs),
+  };
+}
+
+/** One request's record in the results: what it was, how it ended, and when its chunks came. */
+export type RequestRecord = Omit<Outcome, "spec"> & Pick<Spec, "route" | "stream" | "feature" | "maxTokens">;
 
 export interface SoakResult {
   ok: boolean;
   failures: string[];
   durationMs: number;
+  /** The hung requests, then the slowest others (by duration), with their chunk times. */
+  slowest: RequestRecord[];
+  /** The machine's 1-minute load average at the start and the end of the run. */
+  loadAverage: [number, number];
+  /**
+   * Where the time went, means in ms over the run: the server's own measures
+   * (time to first token and engine queue wait count from the prompt's
+   * hand-over to the engine, so they leave out prompt building) beside the
+   * client's first chunk of a streamed answer.
+   */
+  meanMs: Record<string, number>;
   counts: Record<string, number>;
   byRoute: Record<string, Record<string, number>>;
   baseline: Sample;
@@ -200,11 +278,21 @@ function anthropicBody(s: Spec) {
 }
 
 /** Reads a response, abandoning it (abort) after `chunks` chunks when asked. */
-async function consume(res: Response, abandonAfter: number | null, abort: AbortController): Promise<boolean> {
+async function consume(
+  res: Response,
+  abandonAfter: number | null,
+  abort: AbortController,
+  timing: { chunk(): void; keepAlive(): void },
+): Promise<boolean> {
   const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+  const decoder = new TextDecoder();
   let chunks = 0;
   try {
     for (let r = await reader.read(); !r.done; r = await reader.read()) {
+      // Only SSE comment lines (": keep-alive"): the server is waiting for the first token.
+      const text = decoder.decode(r.value, { stream: true });
+      if (/^(?:\s*:[^\n]*(?:\n|$))+\s*$/.test(text)) timing.keepAlive();
+      else timing.chunk();
       if (abandonAfter !== null && ++chunks >= abandonAfter) {
         abort.abort();
         return true;
@@ -218,6 +306,8 @@ async function consume(res: Response, abandonAfter: number | null, abort: AbortC
 }
 
 async function httpRequest(base: string, s: Spec, hangMs: number): Promise<Omit<Outcome, "spec" | "ms">> {
+  const timing = newTiming();
+  const answer = (a: Answer) => ({ ...a, ...timingOf(timing) });
   const abort = new AbortController();
   const path = s.route === "openai" ? "/v1/chat/completions" : "/v1/messages";
   const body = s.route === "openai" ? openaiBody(s) : anthropicBody(s);
@@ -235,12 +325,13 @@ async function httpRequest(base: string, s: Spec, hangMs: number): Promise<Omit<
       body: JSON.stringify(body),
       signal: abort.signal,
     });
-    if (res.status >= 500) return { status: res.status, abandoned: false, hung, error: await res.text() };
-    const abandoned = await consume(res, s.stream ? s.abandonAfterChunks : null, abort);
-    return { status: res.status, abandoned, hung };
+    timing.headers();
+    if (res.status >= 500) return answer({ status: res.status, abandoned: false, hung, error: await res.text() });
+    const abandoned = await consume(res, s.stream ? s.abandonAfterChunks : null, abort, timing);
+    return answer({ status: res.status, abandoned, hung });
   } catch (e) {
-    if (hung) return { status: 0, abandoned: false, hung: true };
-    if (abort.signal.aborted) return { status: 0, abandoned: true, hung: false };
+    if (hung) return answer({ status: 0, abandoned: false, hung: true });
+    if (abort.signal.aborted) return answer({ status: 0, abandoned: true, hung: false });
     throw e;
   } finally {
     clearTimeout(timer);
@@ -250,23 +341,26 @@ async function httpRequest(base: string, s: Spec, hangMs: number): Promise<Omit<
 /** One conversation on its own socket; abandoning closes the socket mid-stream. */
 function wsRequest(base: string, s: Spec, hangMs: number): Promise<Omit<Outcome, "spec" | "ms">> {
   return new Promise((resolve) => {
+    const timing = newTiming();
     const socket = new WebSocket(`${base.replace(/^http/, "ws")}/v1/ws`);
     let deltas = 0;
     let settled = false;
-    const done = (r: Omit<Outcome, "spec" | "ms">) => {
+    const done = (r: Answer) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
       socket.close();
-      resolve(r);
+      resolve({ ...r, ...timingOf(timing) });
     };
     const timer = setTimeout(() => done({ status: 0, abandoned: false, hung: true }), hangMs);
     socket.onopen = () => {
+      timing.headers();
       const { stream: _stream, ...body } = openaiBody(s);
       socket.send(JSON.stringify({ type: "chat", id: "soak", ...body }));
     };
     socket.onmessage = (event) => {
       const m = JSON.parse(String(event.data)) as { type: string; status?: number; message?: string };
+      if (m.type === "delta") timing.chunk();
       if (m.type === "delta" && s.abandonAfterChunks !== null && ++deltas >= s.abandonAfterChunks)
         done({ status: 200, abandoned: true, hung: false });
       else if (m.type === "done") done({ status: 200, abandoned: false, hung: false });
@@ -289,8 +383,16 @@ function drive(base: string, specs: Spec[], o: SoakOptions, progress: (done: num
         inFlight++;
         const t = performance.now();
         (s.route === "ws" ? wsRequest(base, s, o.hangMs) : httpRequest(base, s, o.hangMs))
-          .then((r) => {
-            outcomes.push({ spec: s, ...r, ms: performance.now() - t });
+          .then(async (r) => {
+            const ms = performance.now() - t;
+            // What the server holds open when the hang limit strikes: a stream the engine already let go of is lost.
+            const atHang = r.hung
+              ? await sample(base, t).then(
+                  (x) => ({ openSequences: x.openSequences, openStreams: x.openStreams }),
+                  () => undefined,
+                )
+              : undefined;
+            outcomes.push({ spec: s, ...r, ms, ...(atHang ? { atHang } : {}) });
             progress(outcomes.length);
           }, reject)
           .finally(() => {
@@ -303,6 +405,24 @@ function drive(base: string, specs: Spec[], o: SoakOptions, progress: (done: num
     if (specs.length === 0) resolve(outcomes);
     else launch();
   });
+}
+
+const SERVER_TIMES = {
+  timeToFirstToken: "pensieve_time_to_first_token_seconds",
+  engineQueueWait: "pensieve_queue_wait_seconds",
+  interTokenLatency: "pensieve_inter_token_latency_seconds",
+  requestDuration: "pensieve_request_duration_seconds",
+} as const;
+
+/** The server's latency histograms' sums and counts (seconds), to take means over the run from. */
+async function serverHistograms(base: string): Promise<Record<string, { sum: number; count: number }>> {
+  const text = await (await fetch(`${base}/metrics`)).text();
+  const read = (name: string) => Number(text.match(new RegExp(`^${name} (\\S+)$`, "m"))?.[1] ?? Number.NaN);
+  const out: Record<string, { sum: number; count: number }> = {};
+  for (const [key, name] of Object.entries(SERVER_TIMES)) {
+    out[key] = { sum: read(`${name}_sum`), count: read(`${name}_count`) };
+  }
+  return out;
 }
 
 async function sample(base: string, t0: number): Promise<Sample> {
@@ -431,12 +551,15 @@ export async function runSoak(base: string, options: Partial<SoakOptions> = {}):
   const baseline = await idleSecond(base, t0, o.idleMs);
   o.log(`baseline after warm-up: ${JSON.stringify(baseline)}`);
 
+  const loadAtStart = loadavg()[0] as number;
+  const histogramsBefore = await serverHistograms(base);
   const started = performance.now();
   const outcomes = await drive(base, specs, o, (n) => {
     if (n % 100 === 0) o.log(`${n}/${specs.length} requests`);
   });
   const durationMs = performance.now() - started;
   const final = await idleSecond(base, t0, o.idleMs);
+  const histogramsAfter = await serverHistograms(base);
   sampling = false;
   await sampler;
   samples.push(final);
@@ -464,7 +587,14 @@ export async function runSoak(base: string, options: Partial<SoakOptions> = {}):
         .map((r) => `${r.spec.route} ${r.status} ${r.error?.slice(0, 300)}`)
         .join("; ")}`,
     );
-  if (counts.hung) failures.push(`${counts.hung} hung requests`);
+  if (counts.hung) {
+    // Silent for the last 10 s before the limit: stuck; chunks still coming: a slow stream, not a lost one.
+    const silent = (r: Outcome) => o.hangMs - (r.lastChunkMs ?? r.headersMs ?? 0);
+    const stuck = outcomes.filter((r) => r.hung && silent(r) > 10_000).length;
+    failures.push(
+      `${counts.hung} hung requests (${stuck} silent for over 10 s before the limit, ${counts.hung - stuck} still streaming)`,
+    );
+  }
   if (final.openSequences !== 0) failures.push(`${final.openSequences} sequences still open`);
   if (final.openStreams !== 0) failures.push(`${final.openStreams} streams still open`);
   const within = (name: string, before: number, after: number, tolerance = o.tolerance) => {
@@ -475,7 +605,45 @@ export async function runSoak(base: string, options: Partial<SoakOptions> = {}):
   within("engine resident memory", baseline.engineRssBytes, final.engineRssBytes, o.rssTolerance);
   within("MLX active memory", baseline.mlxActiveBytes, final.mlxActiveBytes);
   within("live MLX handles", baseline.liveHandles, final.liveHandles);
-  return { ok: failures.length === 0, failures, durationMs, counts, byRoute, baseline, final, samples };
+  const record = (r: Outcome): RequestRecord => {
+    const { spec, ...rest } = r;
+    return { route: spec.route, stream: spec.stream, feature: spec.feature, maxTokens: spec.maxTokens, ...rest };
+  };
+  const slowest = [
+    ...outcomes.filter((r) => r.hung),
+    ...outcomes
+      .filter((r) => !r.hung)
+      .sort((a, b) => b.ms - a.ms)
+      .slice(0, 10),
+  ].map(record);
+  const loadAverage: [number, number] = [loadAtStart, loadavg()[0] as number];
+  const meanMs: Record<string, number> = {};
+  for (const key of Object.keys(SERVER_TIMES)) {
+    const a = histogramsBefore[key] as { sum: number; count: number };
+    const b = histogramsAfter[key] as { sum: number; count: number };
+    meanMs[`server ${key}`] = Math.round(((b.sum - a.sum) / Math.max(1, b.count - a.count)) * 1000);
+  }
+  const streamed = outcomes.filter((r) => r.spec.stream && r.status === 200 && r.firstChunkMs !== null);
+  meanMs["client first chunk (streams)"] = Math.round(
+    streamed.reduce((n, r) => n + (r.firstChunkMs as number), 0) / Math.max(1, streamed.length),
+  );
+  meanMs["client total (answered 200)"] = Math.round(
+    outcomes.filter((r) => r.status === 200).reduce((n, r) => n + r.ms, 0) /
+      Math.max(1, outcomes.filter((r) => r.status === 200).length),
+  );
+  return {
+    ok: failures.length === 0,
+    failures,
+    durationMs,
+    slowest,
+    loadAverage,
+    meanMs,
+    counts,
+    byRoute,
+    baseline,
+    final,
+    samples,
+  };
 }
 
 function parseOptions(argv: string[]): SoakOptions {
@@ -490,6 +658,7 @@ function parseOptions(argv: string[]): SoakOptions {
     maxConcurrent: num("max-concurrent", DEFAULT_SOAK.maxConcurrent),
     queueSize: num("queue-size", DEFAULT_SOAK.queueSize),
     seed: num("seed", DEFAULT_SOAK.seed),
+    hangMs: num("hang-ms", DEFAULT_SOAK.hangMs),
     model: get("model") ?? DEFAULT_SOAK.model,
   };
 }
@@ -520,7 +689,7 @@ export async function benchSoak(argv: string[]): Promise<void> {
     `# Soak, ${new Date().toISOString().slice(0, 10)} (CPU): ${result.ok ? "PASS" : "FAIL"}`,
     "",
     `Command: \`${command}\`. Model: ${o.model}. maxConcurrent ${o.maxConcurrent}, queue ${o.queueSize}, concurrency 1..${2 * o.maxConcurrent}, prefix cache off.`,
-    `Duration ${(result.durationMs / 1000).toFixed(1)} s. Counts: ${JSON.stringify(result.counts)}.`,
+    `Duration ${(result.durationMs / 1000).toFixed(1)} s. Counts: ${JSON.stringify(result.counts)}. Load average (1 min) ${result.loadAverage.map((l) => l.toFixed(1)).join(" at the start, ")} at the end.`,
     "",
     "| measure | baseline (after warm-up + 1 s idle) | after the run + 1 s idle | peak during the run |",
     "|---|---:|---:|---:|",
@@ -537,6 +706,21 @@ export async function benchSoak(argv: string[]): Promise<void> {
     ...Object.entries(result.byRoute).map(([route, c]) => `| ${route} | ${JSON.stringify(c)} |`),
     "",
     ...(result.failures.length ? ["Failures:", ...result.failures.map((f) => `- ${f}`), ""] : []),
+    `Where the time went (means, ms): ${Object.entries(result.meanMs)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(", ")}.`,
+    "",
+    "Hung requests, then the slowest others (ms from the request's start; gap: the longest wait for a chunk):",
+    "",
+    "| route | feature | max_tokens | outcome | total | headers | chunks | keep-alives | first chunk | last chunk | longest gap | open at the hang |",
+    "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ...result.slowest.map((r) => {
+      const ms = (n: number | null) => (n === null ? "-" : String(Math.round(n)));
+      const outcome = r.hung ? "HUNG" : r.abandoned ? "abandoned" : String(r.status);
+      const open = r.atHang ? `${r.atHang.openSequences} sequences, ${r.atHang.openStreams} streams` : "";
+      return `| ${r.route}${r.stream ? " stream" : ""} | ${r.feature} | ${r.maxTokens} | ${outcome} | ${ms(r.ms)} | ${ms(r.headersMs)} | ${r.chunks} | ${r.keepAlives} | ${ms(r.firstChunkMs)} | ${ms(r.lastChunkMs)} | ${r.maxGapMs} | ${open} |`;
+    }),
+    "",
   ];
   writeFileSync(`${file}.md`, lines.join("\n"));
   const png = await renderTimeSeriesPng(

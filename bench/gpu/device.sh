@@ -130,7 +130,10 @@ kv-b)
   ;;
 long)
   # Issue 10: memory over time while serve prefills the advertised context (less 32), then in process at LONG_PROMPTS.
-  timeout 200 bun dist/bench/gpu/long-memory.js "$MODEL" 2>&1 | grep -v '"/metrics"\|"/health"' | tail -80 | tee "$OUT/long-memory.txt" || true
+  for n in ${SERVE_PROMPTS:-auto}; do
+    [ "$n" = auto ] && n=
+    timeout 200 bun dist/bench/gpu/long-memory.js "$MODEL" $n 2>&1 | grep -v '"/metrics"\|"/health"' | tail -80 | tee -a "$OUT/long-memory.txt" || true
+  done
   for p in ${LONG_PROMPTS:-}; do
     timeout 250 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines "${ENGINES:-pensieve,mlx-lm}" \
       --python $PY --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt $p --gen 4 --repeat 1 \

@@ -36,13 +36,16 @@ export class LoadOrPrefill {
     this.#diskBytesPerS = mix(this.#diskBytesPerS, (bytes * 1000) / ms, this.loadsMeasured++);
   }
 
-  /** Reading `bytes` beats prefilling `tokens` (expected seconds of each). */
+  /** Reading `bytes` beats prefilling `tokens` (expected seconds of each); a read skipped is counted. */
   worthLoading(bytes: number, tokens: number): boolean {
-    const load = bytes / this.#diskBytesPerS;
-    const prefill = tokens / this.#prefillTokensPerS;
-    const worth = load < prefill;
+    const worth = this.wouldLoad(bytes, tokens);
     if (!worth) this.skipped++;
     return worth;
+  }
+
+  /** The same comparison, for asking ahead (whether writing a prefix to disk can pay back). */
+  wouldLoad(bytes: number, tokens: number): boolean {
+    return bytes / this.#diskBytesPerS < tokens / this.#prefillTokensPerS;
   }
 
   get rates(): { prefillTokensPerS: number; diskBytesPerS: number } {

@@ -310,6 +310,9 @@ export class PrefixStore {
    * budget. Files left out are removed. Returns the cached nodes to write.
    */
   plan(entries: readonly RadixEntry<KVState>[], bytesOf: (state: KVState) => number): PendingWrite[] {
+    // Where reading back would not be chosen (a fast GPU prefills quicker), writing is work that blocks the engine.
+    const sample = entries.find((e) => e.tokens.length > 0);
+    if (sample && !this.choice.wouldLoad(bytesOf(sample.payload), sample.tokens.length)) return [];
     const keep = new Set<string>();
     const out: PendingWrite[] = [];
     let total = 0;

@@ -1,5 +1,9 @@
 // A model's architecture, normalized from a Hugging Face config.json or from
-// GGUF metadata. Architectures read only this, never the raw files.
+// GGUF metadata. Architectures read only this, never the raw files. The keys
+// every family shares are mapped here; each architecture's file adds its own
+// rules (defaults, nesting, llama.cpp's fixed values) through the registry.
+import { type GgufMeta, ggufNumber as metaNum } from "./architecture";
+import { architectureFor, findArchitecture, findGgufArchitecture, supportedGgufArchitectures } from "./registry";
 
 export type RopeScaling =
   | {
@@ -142,45 +146,6 @@ function parseQuantization(q: Json): QuantizationConfig {
   return { groupSize: num(q, "group_size"), bits: num(q, "bits"), overrides };
 }
 
-/**
- * Gemma 3 configs leave out what equals the defaults of transformers'
- * Gemma3TextConfig (as mlx-lm's gemma3_text ModelArgs repeats them).
- */
-const GEMMA3_TEXT_DEFAULTS: Json = {
-  hidden_size: 2304,
-  num_hidden_layers: 26,
-  intermediate_size: 9216,
-  num_attention_heads: 8,
-  num_key_value_heads: 4,
-  head_dim: 256,
-  rms_norm_eps: 1e-6,
-  vocab_size: 262208,
-  rope_theta: 1_000_000,
-  rope_local_base_freq: 10_000,
-  query_pre_attn_scalar: 256,
-  sliding_window: 512,
-  sliding_window_pattern: 6,
-  max_position_embeddings: 131072,
-};
-
-/** The text model's config: Gemma 3's multimodal config nests it under text_config. */
-function textConfig(c: Json): Json {
-  if (c.model_type === "gemma3" && c.text_config && typeof c.text_config === "object") {
-    const text = c.text_config as Json;
-    return {
-      ...GEMMA3_TEXT_DEFAULTS,
-      ...text,
-      model_type: "gemma3",
-      vocab_size: c.vocab_size ?? text.vocab_size ?? GEMMA3_TEXT_DEFAULTS.vocab_size,
-      quantization: c.quantization,
-      eos_token_id: c.eos_token_id ?? text.eos_token_id,
-      bos_token_id: c.bos_token_id ?? text.bos_token_id,
-    };
-  }
-  if (c.model_type === "gemma3_text") return { ...GEMMA3_TEXT_DEFAULTS, ...c };
-  return c;
-}
-
 function parseMoe(c: Json): MoeConfig | null {
   if (typeof c.num_experts !== "number" || c.num_experts <= 0) return null;
   return {
@@ -195,7 +160,8 @@ function parseMoe(c: Json): MoeConfig | null {
 
 /** Normalizes a Hugging Face / MLX config.json. */
 export function configFromHf(raw: Json, generationConfig: Json | null = null): ModelConfig {
-  const c = textConfig(raw);
+  const arch = findArchitecture(String(raw.model_type ?? ""));
+  const c = arch?.hfPrepare ? arch.hfPrepare(raw) : raw;
   const modelType = String(c.model_type ?? "");
   if (!modelType) throw new Error('config.json: "model_type" is missing');
   const hiddenSize = num(c, "hidden_size");
@@ -209,7 +175,7 @@ export function configFromHf(raw: Json, generationConfig: Json | null = null): M
   const eos = idList(generationConfig?.eos_token_id);
   for (const id of idList(c.eos_token_id)) if (!eos.includes(id)) eos.push(id);
   const bos = typeof c.bos_token_id === "number" ? c.bos_token_id : null;
-  return {
+  const config: ModelConfig = {
     modelType,
     hiddenSize,
     numLayers: num(c, "num_hidden_layers"),
@@ -237,24 +203,14 @@ export function configFromHf(raw: Json, generationConfig: Json | null = null): M
     queryPreAttnScalar: typeof c.query_pre_attn_scalar === "number" ? c.query_pre_attn_scalar : null,
     moe: parseMoe(c),
   };
+  return arch?.hfAdjust ? arch.hfAdjust(config, c) : config;
 }
-
-/** transformers' class for each model_type, written into config.json's "architectures". */
-const HF_ARCHITECTURES: Record<string, string> = {
-  llama: "LlamaForCausalLM",
-  mistral: "MistralForCausalLM",
-  phi3: "Phi3ForCausalLM",
-  qwen2: "Qwen2ForCausalLM",
-  qwen3: "Qwen3ForCausalLM",
-  qwen3_moe: "Qwen3MoeForCausalLM",
-  gemma3_text: "Gemma3ForCausalLM",
-};
 
 /** The config.json that describes a config (the inverse of configFromHf), for `convert`. */
 export function configToHf(cfg: ModelConfig): Json {
   const out: Json = {
     model_type: cfg.modelType,
-    architectures: [HF_ARCHITECTURES[cfg.modelType] ?? "LlamaForCausalLM"],
+    architectures: [architectureFor(cfg.modelType).hfClass],
     hidden_size: cfg.hiddenSize,
     num_hidden_layers: cfg.numLayers,
     num_attention_heads: cfg.numHeads,
@@ -293,7 +249,7 @@ export function configToHf(cfg: ModelConfig): Json {
   if (cfg.slidingWindowPattern !== null) out.sliding_window_pattern = cfg.slidingWindowPattern;
   if (cfg.ropeLocalTheta !== null) out.rope_local_base_freq = cfg.ropeLocalTheta;
   if (cfg.queryPreAttnScalar !== null) out.query_pre_attn_scalar = cfg.queryPreAttnScalar;
-  if (cfg.modelType === "gemma3_text") out.hidden_activation = "gelu_pytorch_tanh";
+  architectureFor(cfg.modelType).hfWrite?.(cfg, out);
   if (cfg.moe) {
     out.num_experts = cfg.moe.numExperts;
     out.num_experts_per_tok = cfg.moe.topK;
@@ -312,81 +268,32 @@ export function configToHf(cfg: ModelConfig): Json {
   return out;
 }
 
-type GgufMeta = Map<string, unknown>;
-
-function metaNum(meta: GgufMeta, key: string, fallback?: number): number {
-  const v = meta.get(key);
-  if (typeof v === "number") return v;
-  if (typeof v === "bigint") return Number(v);
-  if (fallback !== undefined) return fallback;
-  throw new Error(`GGUF metadata: "${key}" is missing`);
-}
-
-/** GGUF architectures and the model_type each becomes (see GGUF_ARCHITECTURES in loader.ts). */
-const GGUF_MODEL_TYPES: Record<string, string> = {
-  llama: "llama",
-  phi3: "phi3",
-  qwen2: "qwen2",
-  qwen3: "qwen3",
-  qwen3moe: "qwen3_moe",
-  gemma3: "gemma3_text",
-};
-
 /**
  * Normalizes GGUF metadata (values as plain numbers/strings/arrays) into a
- * config, reading what llama.cpp reads for each architecture (and its fixed
- * defaults where the file is silent: Gemma 3's window pattern of 6, local RoPE
- * base 10000, attention scale head_dim^-1/2 except the 62-layer 27B).
+ * config: the keys llama.cpp reads for every architecture, then the
+ * architecture's own rules (its file's gguf.config).
  */
 export function configFromGguf(meta: GgufMeta, vocabSizeFromTensor: number): ModelConfig {
-  const arch = String(meta.get("general.architecture") ?? "");
-  const modelType = GGUF_MODEL_TYPES[arch];
-  if (!modelType) {
+  const ggufArch = String(meta.get("general.architecture") ?? "");
+  const arch = findGgufArchitecture(ggufArch);
+  if (!arch) {
     throw new Error(
-      `unsupported GGUF architecture "${arch}": Pensieve runs ${Object.keys(GGUF_MODEL_TYPES).join(", ")}`,
+      `unsupported GGUF architecture "${ggufArch}": Pensieve runs ${supportedGgufArchitectures().join(", ")}`,
     );
   }
-  const p = (k: string) => `${arch}.${k}`;
+  const p = (k: string) => `${ggufArch}.${k}`;
   const hiddenSize = metaNum(meta, p("embedding_length"));
   const numHeads = metaNum(meta, p("attention.head_count"));
   const headDim = metaNum(meta, p("attention.key_length"), hiddenSize / numHeads);
   const eos = metaNum(meta, "tokenizer.ggml.eos_token_id", -1);
   const bos = metaNum(meta, "tokenizer.ggml.bos_token_id", -1);
-  const contextLength = metaNum(meta, p("context_length"), 4096);
-  const numLayers = metaNum(meta, p("block_count"));
-  const rotaryDims = metaNum(meta, p("rope.dimension_count"), headDim);
-  let ropeScaling: RopeScaling | null = null;
-  if (arch === "phi3") {
-    const longF = meta.get("phi3.rope.scaling.long_factor");
-    const shortF = meta.get("phi3.rope.scaling.short_factor");
-    const original = metaNum(meta, p("rope.scaling.original_context_length"), contextLength);
-    if (Array.isArray(longF) && Array.isArray(shortF) && contextLength > original) {
-      const scale = contextLength / original;
-      ropeScaling = {
-        type: "longrope",
-        shortFactor: shortF as number[],
-        longFactor: longF as number[],
-        originalMaxPositionEmbeddings: original,
-        attentionFactor: metaNum(
-          meta,
-          p("rope.scaling.attn_factor"),
-          Math.sqrt(1 + Math.log(scale) / Math.log(original)),
-        ),
-      };
-    }
-  } else if (meta.get(p("rope.scaling.type")) === "linear") {
-    ropeScaling = { type: "linear", factor: metaNum(meta, p("rope.scaling.factor")) };
-  }
   const window = metaNum(meta, p("attention.sliding_window"), 0);
   const pattern = meta.get(p("attention.sliding_window_pattern"));
-  let layerTypes: string[] | null = null;
-  if (Array.isArray(pattern)) layerTypes = pattern.map((w) => (w ? "sliding_attention" : "full_attention"));
-  const gemma = arch === "gemma3";
   const experts = metaNum(meta, p("expert_count"), 0);
-  return {
-    modelType,
+  const common: ModelConfig = {
+    modelType: arch.modelTypes[0] as string,
     hiddenSize,
-    numLayers,
+    numLayers: metaNum(meta, p("block_count")),
     numHeads,
     numKvHeads: metaNum(meta, p("attention.head_count_kv"), numHeads),
     headDim,
@@ -395,31 +302,35 @@ export function configFromGguf(meta: GgufMeta, vocabSizeFromTensor: number): Mod
     rmsNormEps: metaNum(meta, p("attention.layer_norm_rms_epsilon"), 1e-5),
     ropeTheta: metaNum(meta, p("rope.freq_base"), 10000),
     ropeTraditional: false,
-    ropeScaling,
-    maxPositionEmbeddings: contextLength,
+    ropeScaling:
+      meta.get(p("rope.scaling.type")) === "linear"
+        ? { type: "linear", factor: metaNum(meta, p("rope.scaling.factor")) }
+        : null,
+    maxPositionEmbeddings: metaNum(meta, p("context_length"), 4096),
     tieWordEmbeddings: false,
     attentionBias: false,
     mlpBias: false,
     quantization: null,
     bosTokenId: bos >= 0 ? bos : null,
     eosTokenIds: eos >= 0 ? [eos] : [],
-    rotaryDims,
+    rotaryDims: metaNum(meta, p("rope.dimension_count"), headDim),
     slidingWindow: window > 0 ? window : null,
-    layerTypes,
-    slidingWindowPattern: gemma && !layerTypes ? (typeof pattern === "number" ? pattern : 6) : null,
-    ropeLocalTheta: gemma ? metaNum(meta, p("rope.freq_base_swa"), 10000) : null,
-    queryPreAttnScalar: gemma ? (numLayers === 62 ? hiddenSize / numHeads : headDim) : null,
+    layerTypes: Array.isArray(pattern) ? pattern.map((w) => (w ? "sliding_attention" : "full_attention")) : null,
+    slidingWindowPattern: null,
+    ropeLocalTheta: null,
+    queryPreAttnScalar: null,
     moe:
       experts > 0
         ? {
             numExperts: experts,
             topK: metaNum(meta, p("expert_used_count")),
             expertIntermediateSize: metaNum(meta, p("expert_feed_forward_length")),
-            // llama.cpp's qwen3moe always renormalizes the top-k weights.
+            // llama.cpp renormalizes the top-k weights of the MoE families we read (qwen3moe).
             normTopkProb: true,
             decoderSparseStep: 1,
             mlpOnlyLayers: [],
           }
         : null,
   };
+  return arch.gguf?.config ? arch.gguf.config(meta, common) : common;
 }

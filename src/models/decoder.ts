@@ -1,14 +1,16 @@
-// The decoder-only transformer skeleton shared by the architectures: blocks of
-// attention (GQA, RoPE, KV cache) and an MLP, each behind a norm. A family file
-// (llama.ts, qwen3.ts, gemma3.ts, ...) supplies the swappable pieces: its norms,
-// how weights map to q/k/v, optional q/k norms, its MLP (SwiGLU, GELU, routed
-// experts), per-layer RoPE and sliding windows.
+// The decoder-only transformer skeleton every architecture builds: blocks of
+// attention (GQA, RoPE, KV cache) and an MLP, each behind a norm. The block's
+// named places (DecoderLayerWeights) take the swappable pieces below: norms
+// (RMSNorm, Gemma's 1 + w), attention projections (separate, fused, with or
+// without biases) and q/k norms, MLPs (SwiGLU, GELU-gated, routed experts),
+// post-attention and post-MLP norms, per-layer RoPE and sliding windows. An
+// architecture file picks pieces by name (see llama.ts, gemma3.ts).
 import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
-import type { ModelConfig } from "./config";
+import type { ModelConfig, MoeConfig } from "./config";
 import type { Rope } from "./rope";
 import type { AttentionBatch, ForwardOptions, ForwardView, LanguageModel } from "./types";
-import { embed, type LinearWeight, linear, type WeightStore } from "./weights";
+import { type ExpertWeight, embed, expertLinear, type LinearWeight, linear, type WeightStore } from "./weights";
 
 /** A normalization over the last axis. */
 export type Norm = (x: MxArray) => MxArray;
@@ -178,6 +180,12 @@ export function rmsNorm(weight: MxArray, eps: number): Norm {
   return (x) => mx.rmsNorm(x, weight, eps);
 }
 
+/** Gemma's RMSNorm: scales by 1 + w (computed once at load, in the weight's dtype). */
+export function offsetRmsNorm(store: WeightStore, name: string, eps: number): Norm {
+  const w = store.derived(name, (a) => mx.astype(mx.add(a, 1), a.dtype));
+  return (x) => mx.rmsNorm(x, w, eps);
+}
+
 /** silu(gate) * up through a down projection; `gateUp` returns both from the normed input. */
 export function swigluMlp(gateUp: (x: MxArray) => [MxArray, MxArray], down: LinearWeight): Mlp {
   // Fused (compiled) elementwise kernels: worth it on the GPU, where each kernel launch costs.
@@ -186,6 +194,51 @@ export function swigluMlp(gateUp: (x: MxArray) => [MxArray, MxArray], down: Line
     const [gate, up] = gateUp(x);
     return linear(mx.swiglu(gate, up, fused), down);
   };
+}
+
+/** gelu_tanh(gate) * up through a down projection (Gemma). */
+export function geluGatedMlp(gateUp: (x: MxArray) => [MxArray, MxArray], down: LinearWeight): Mlp {
+  return (x) => {
+    const [gate, up] = gateUp(x);
+    return linear(mx.multiply(mx.geluApprox(gate), up), down);
+  };
+}
+
+/** The stacked experts of a routed MLP and its router. */
+export interface ExpertWeights {
+  router: LinearWeight;
+  gate: ExpertWeight;
+  up: ExpertWeight;
+  down: ExpertWeight;
+}
+
+/**
+ * A routed MLP (mixture of experts): each token runs its top-k SwiGLU experts
+ * (softmax over all, then the k largest, renormalized when normTopkProb) and
+ * sums their outputs by those weights. Routing is per token, so every row of a
+ * batch routes on its own. Expert products go through gather_mm / gather_qmm.
+ */
+export function routedMlp(moe: MoeConfig, w: ExpertWeights): Mlp {
+  const E = moe.numExperts;
+  const k = moe.topK;
+  const fused = mx.getDevice() === "gpu";
+  return (x: MxArray) => {
+    const [B, L, D] = x.shape as [number, number, number];
+    const gates = mx.softmax(linear(x, w.router), -1, true);
+    const inds = mx.sliceAxis(mx.argpartition(gates, E - k, 2), 2, E - k, E);
+    let scores = mx.takeAlongAxis(gates, inds, 2);
+    if (moe.normTopkProb) scores = mx.divide(scores, mx.sum(scores, -1, true));
+    const xe = mx.reshape(x, [B, L, 1, 1, D]);
+    const hidden = mx.swiglu(expertLinear(xe, w.gate, inds), expertLinear(xe, w.up, inds), fused);
+    const y = mx.squeeze(expertLinear(hidden, w.down, inds), [3]);
+    return mx.astype(mx.sum(mx.multiply(y, mx.expandDims(scores, -1)), -2), y.dtype);
+  };
+}
+
+/** One stored product split into parts along its output (Phi-3's qkv_proj, gate_up_proj); `at`: split points. */
+export function splitProjection(store: WeightStore, name: string, inFeatures: number, at: number[]) {
+  const w = store.linear(name, inFeatures);
+  return (x: MxArray) => mx.split(linear(x, w), at, -1);
 }
 
 /** Separate gate and up projections, fused into one product when their packing agrees. */
@@ -218,11 +271,4 @@ export function embeddingAndHead(store: WeightStore, config: ModelConfig, embedN
   const tied = config.tieWordEmbeddings || !store.has(`${headName}.weight`);
   const lmHead = tied ? embedding : store.linear(headName, config.hiddenSize);
   return { embedding, lmHead };
-}
-
-/** RoPE frequencies (wavelengths, as fast.rope's `freqs` takes them): factor_i * base^(2i/dims). */
-export function ropeWavelengths(base: number, dims: number, factors?: readonly number[]): Float32Array {
-  const out = new Float32Array(dims / 2);
-  for (let i = 0; i < dims / 2; i++) out[i] = (factors?.[i] ?? 1) * base ** ((2 * i) / dims);
-  return out;
 }

@@ -11,6 +11,7 @@ import * as mx from "../mlx";
 import { tokenizerSpecFromGguf } from "../text/gguf-tokenizer";
 import { configToHf, type ModelConfig } from "./config";
 import { readGgufWeights } from "./loader";
+import { architectureFor } from "./registry";
 
 export interface ConvertResult {
   tensors: number;
@@ -18,12 +19,13 @@ export interface ConvertResult {
   quantization: { groupSize: number; bits: number } | null;
 }
 
-/** Input features of a module, by its name (experts: the expert width for down_proj). */
-function moduleInputs(prefix: string, c: ModelConfig): number {
-  if (prefix.endsWith("switch_mlp.down_proj")) return c.moe?.expertIntermediateSize ?? c.intermediateSize;
-  if (prefix.endsWith("down_proj")) return c.intermediateSize;
-  if (prefix.endsWith("o_proj")) return c.numHeads * c.headDim;
-  return c.hiddenSize;
+/** Input features of each module the architecture reads (the last axis of its shape). */
+function moduleInputs(c: ModelConfig): Map<string, number> {
+  return new Map(
+    architectureFor(c.modelType)
+      .weightShapes(c)
+      .map(([name, shape]) => [name, shape.at(-1) as number]),
+  );
 }
 
 /** Bits and group size of each quantized module (prefix → spec); 3-D expert stacks read their last axes. */
@@ -32,12 +34,14 @@ function quantizedModules(
   c: ModelConfig,
 ): Map<string, { groupSize: number; bits: number }> {
   const out = new Map<string, { groupSize: number; bits: number }>();
+  const inputsOf = moduleInputs(c);
   for (const [name, scales] of arrays) {
     if (!name.endsWith(".scales")) continue;
     const prefix = name.slice(0, -".scales".length);
     const weight = arrays.get(`${prefix}.weight`);
     if (!weight) continue;
-    const inputs = moduleInputs(prefix, c);
+    // A module the architecture does not list (an untied Gemma head) reads the hidden state.
+    const inputs = inputsOf.get(prefix) ?? c.hiddenSize;
     const groupSize = inputs / scales.dim(-1);
     const bits = (weight.dim(-1) * 32) / inputs;
     out.set(prefix, { groupSize, bits });

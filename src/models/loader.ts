@@ -1,22 +1,24 @@
 // Loads a model from a Hugging Face / MLX folder (config.json + safetensors) or
-// from a single GGUF file, into an architecture from the registry.
+// from a single GGUF file, into an architecture from the registry. Nothing here
+// names an architecture: names, metadata rules and fix-ups come from its file.
 import { existsSync, statSync } from "node:fs";
 import { basename } from "node:path";
 import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
+import type { BuildKit, BuildOptions } from "./architecture";
 import { configFromGguf, type ModelConfig } from "./config";
+import * as decoder from "./decoder";
 import { folderConfig, ModelLoadError, safetensorsFiles } from "./model-files";
-import { buildArchitecture } from "./registry";
+import { architectureFor, findGgufArchitecture } from "./registry";
+import * as rope from "./rope";
 import type { LanguageModel } from "./types";
 import { WeightStore } from "./weights";
 
 export { ModelLoadError, readModelConfig, safetensorsFiles } from "./model-files";
 
-export interface LoadOptions {
+export interface LoadOptions extends BuildOptions {
   /** Compute dtype; default float32 on the CPU, float16 (or the weights' bfloat16) on a GPU. */
   dtype?: mx.Dtype;
-  /** Phi-3: use long_factor at every length, as mlx-lm does (comparison tests only). */
-  alwaysLongRope?: boolean;
   /** Keep dequantized copies of quantized weights for batched products (GPU; see weights.ts). */
   denseCopies?: boolean;
 }
@@ -71,6 +73,9 @@ function materialize(arrays: Map<string, MxArray>, source: string): void {
   }
 }
 
+/** What an architecture's build gets (its file imports MLX as types only). */
+const KIT: BuildKit = { mx, decoder, rope };
+
 function build(config: ModelConfig, arrays: Map<string, MxArray>, source: string, options: LoadOptions) {
   const store = new WeightStore(
     arrays,
@@ -80,7 +85,7 @@ function build(config: ModelConfig, arrays: Map<string, MxArray>, source: string
     options.denseCopies ?? false,
   );
   try {
-    const model = buildArchitecture(config, store, options);
+    const model = architectureFor(config.modelType).build(KIT, config, store, options);
     materialize(arrays, source);
     return model;
   } catch (e) {
@@ -100,39 +105,20 @@ export function loadFolder(dir: string, options: LoadOptions = {}): LoadedModel 
 
 // ---- GGUF ----
 
+/** llama.cpp's names for the Llama block's tensors; an architecture's file adds or replaces some (gguf.tensorNames). */
 const GGUF_LAYER_NAMES: Record<string, string> = {
   attn_norm: "input_layernorm",
   ffn_norm: "post_attention_layernorm",
   attn_q: "self_attn.q_proj",
   attn_k: "self_attn.k_proj",
   attn_v: "self_attn.v_proj",
-  attn_qkv: "self_attn.qkv_proj",
   attn_output: "self_attn.o_proj",
-  attn_q_norm: "self_attn.q_norm",
-  attn_k_norm: "self_attn.k_norm",
   ffn_gate: "mlp.gate_proj",
   ffn_up: "mlp.up_proj",
   ffn_down: "mlp.down_proj",
-  // Qwen3-MoE: the router and the stacked experts, in mlx-community's switch_mlp layout.
-  ffn_gate_inp: "mlp.gate",
-  ffn_gate_exps: "mlp.switch_mlp.gate_proj",
-  ffn_up_exps: "mlp.switch_mlp.up_proj",
-  ffn_down_exps: "mlp.switch_mlp.down_proj",
 };
 
-/** Where an architecture's names differ from the table above. */
-const GGUF_ARCH_NAMES: Record<string, Record<string, string>> = {
-  // Phi-3 keeps gate|up fused in ffn_up.
-  phi3: { ffn_up: "mlp.gate_up_proj" },
-  // Gemma 3: norms before and after attention and the MLP.
-  gemma3: {
-    post_attention_norm: "post_attention_layernorm",
-    ffn_norm: "pre_feedforward_layernorm",
-    post_ffw_norm: "post_feedforward_layernorm",
-  },
-};
-
-/** llama.cpp tensor name → Hugging Face name (as mlx-community names it). */
+/** llama.cpp tensor name → Hugging Face name (as mlx-community names it), for a GGUF general.architecture. */
 export function hfNameForGguf(name: string, arch: string): string | null {
   const m = /^(.*)\.(weight|scales|biases|bias)$/.exec(name);
   if (!m) return null;
@@ -143,23 +129,8 @@ export function hfNameForGguf(name: string, arch: string): string | null {
   const b = /^blk\.(\d+)\.(.+)$/.exec(base);
   if (!b) return null;
   const [, layer, part] = b as unknown as [string, string, string];
-  const mapped = GGUF_ARCH_NAMES[arch]?.[part] ?? GGUF_LAYER_NAMES[part];
+  const mapped = findGgufArchitecture(arch)?.gguf?.tensorNames?.[part] ?? GGUF_LAYER_NAMES[part];
   return mapped ? `model.layers.${layer}.${mapped}.${suffix}` : null;
-}
-
-/**
- * llama.cpp stores llama q/k rows interleaved per head (for its rotate-pairs
- * RoPE). Row 2i+s of a head holds Hugging Face row s*D/2+i; this index undoes it.
- */
-export function unpermuteIndex(heads: number, headDim: number): Int32Array {
-  const idx = new Int32Array(heads * headDim);
-  const half = headDim / 2;
-  for (let h = 0; h < heads; h++) {
-    for (let s = 0; s < 2; s++) {
-      for (let i = 0; i < half; i++) idx[h * headDim + s * half + i] = h * headDim + 2 * i + s;
-    }
-  }
-  return idx;
 }
 
 function metaToPlain(meta: Map<string, mx.GgufMetaValue>): Map<string, unknown> {
@@ -177,8 +148,9 @@ function metaToPlain(meta: Map<string, mx.GgufMetaValue>): Map<string, unknown> 
 }
 
 /**
- * A GGUF file's weights under Hugging Face names (llama q/k rows un-permuted),
- * with its config. The caller owns the arrays.
+ * A GGUF file's weights under Hugging Face names, llama.cpp's storage
+ * conventions undone (the architecture's gguf.fixWeights), with its config.
+ * The caller owns the arrays.
  */
 export function readGgufWeights(path: string): { config: ModelConfig; arrays: Map<string, MxArray> } {
   let loaded: mx.LoadedFile;
@@ -192,7 +164,8 @@ export function readGgufWeights(path: string): { config: ModelConfig; arrays: Ma
   const arrays = new Map<string, MxArray>();
   const unknown: string[] = [];
   for (const [name, a] of loaded.arrays) {
-    // Phi-3 LongRoPE: llama.cpp stores the factors as tensors; they become the config's.
+    // LongRoPE factors (Phi-3): llama.cpp stores them as tensors; they become the
+    // metadata keys the architecture's gguf.config reads.
     const factors = /^rope_factors_(long|short)\.weight$/.exec(name);
     if (factors) {
       meta.set(`${arch}.rope.scaling.${factors[1]}_factor`, Array.from(a.read() as Float32Array));
@@ -220,38 +193,7 @@ export function readGgufWeights(path: string): { config: ModelConfig; arrays: Ma
   }
   if (unknown.length) fail(`unexpected tensors ${unknown.slice(0, 5).join(", ")}`);
   config.tieWordEmbeddings = !arrays.has("lm_head.weight");
-  if (arch === "gemma3") {
-    // llama.cpp's converter stores Gemma's RMSNorm weights as 1 + w (it scales by the weight
-    // itself); Pensieve reads them as Hugging Face does: w, scaled by 1 + w.
-    mx.tidy(() => {
-      for (const [name, a] of arrays) {
-        if (!/norm\.weight$/.test(name)) continue;
-        arrays.set(name, mx.keep(mx.subtract(a, mx.astype(mx.scalar(1), a.dtype))));
-        a.dispose();
-      }
-    });
-  }
-  if (arch === "llama") {
-    // Undo llama.cpp's q/k row permutation (rows only: quantization groups run along columns).
-    // Only llama: qwen2, qwen3, qwen3moe, gemma3 and phi3 use NeoX-style RoPE, which llama.cpp stores unpermuted.
-    mx.tidy(() => {
-      for (const [proj, heads] of [
-        ["q_proj", config.numHeads],
-        ["k_proj", config.numKvHeads],
-      ] as const) {
-        const index = mx.int32(unpermuteIndex(heads, config.headDim));
-        for (let i = 0; i < config.numLayers; i++) {
-          for (const suffix of ["weight", "scales", "biases", "bias"]) {
-            const name = `model.layers.${i}.self_attn.${proj}.${suffix}`;
-            const a = arrays.get(name);
-            if (!a) continue;
-            arrays.set(name, mx.keep(mx.take(a, index, 0)));
-            a.dispose();
-          }
-        }
-      }
-    });
-  }
+  findGgufArchitecture(arch)?.gguf?.fixWeights?.(mx, arrays, config);
   return { config, arrays };
 }
 

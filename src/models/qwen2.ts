@@ -3,16 +3,22 @@
 // the small sizes. Reads side by side with mlx-lm's models/qwen2.py, which also
 // ignores the config's sliding window (use_sliding_window is false in the
 // released checkpoints).
-import type { ModelConfig } from "./config";
-import { buildLlama } from "./llama";
-import type { LanguageModel } from "./types";
-import type { WeightStore } from "./weights";
+import type { Architecture } from "./architecture";
+import { buildLlama, type LlamaBlock, llamaShapes } from "./llama";
 
-export function buildQwen2(config: ModelConfig, store: WeightStore): LanguageModel {
-  for (const part of ["q_proj", "k_proj", "v_proj"]) {
-    if (!store.has(`model.layers.0.self_attn.${part}.bias`)) {
-      throw new Error(`qwen2 expects a bias on ${part} (model.layers.0.self_attn.${part}.bias is missing)`);
+const BLOCK: LlamaBlock = { qkvBias: true, windows: false };
+
+export const qwen2: Architecture = {
+  modelTypes: ["qwen2"],
+  hfClass: "Qwen2ForCausalLM",
+  gguf: { architecture: "qwen2" },
+  weightShapes: (c) => llamaShapes(c, BLOCK),
+  build(kit, c, store) {
+    for (const part of ["q_proj", "k_proj", "v_proj"]) {
+      if (!store.has(`model.layers.0.self_attn.${part}.bias`)) {
+        throw new Error(`qwen2 expects a bias on ${part} (model.layers.0.self_attn.${part}.bias is missing)`);
+      }
     }
-  }
-  return buildLlama({ ...config, slidingWindow: null }, store);
-}
+    return buildLlama(kit, c, store, BLOCK);
+  },
+};

@@ -1,19 +1,14 @@
 // Qwen3-MoE (Qwen3-30B-A3B, Qwen3-Coder-30B-A3B): the Qwen3 block whose MLP is
-// a router over num_experts SwiGLU experts; each token runs its top-k experts
-// (softmax over all, then the k largest, renormalized when norm_topk_prob) and
-// sums their outputs by those weights. Every row of a batch routes on its own:
-// routing is per token. Expert products go through MLX's gather_mm /
-// gather_qmm (the shim's pv_gather_mm / pv_gather_qmm). All experts stay
-// resident. Reads side by side with mlx-lm's models/qwen3_moe.py and
-// switch_layers.py (mlx-lm sorts tokens by expert for long prompts, which only
-// changes speed).
-import * as mx from "../mlx";
-import type { MxArray } from "../mlx";
+// a router over num_experts SwiGLU experts (decoder.ts's routedMlp: top-k per
+// token, renormalized when norm_topk_prob). All experts stay resident. Experts
+// load stacked (mlx-community's switch_mlp) or per expert (Hugging Face's
+// experts.N.{gate,up,down}_proj, float only). Reads side by side with mlx-lm's
+// models/qwen3_moe.py and switch_layers.py (mlx-lm sorts tokens by expert for
+// long prompts, which only changes speed).
+import type { Architecture } from "./architecture";
 import type { ModelConfig } from "./config";
-import type { Mlp } from "./decoder";
-import { buildLlama } from "./llama";
-import type { LanguageModel } from "./types";
-import { type ExpertWeight, expertLinear, type LinearWeight, linear, type WeightStore } from "./weights";
+import { buildLlama, type LlamaBlock, llamaShapes, stackedExperts } from "./llama";
+import { QK_NORM_TENSORS } from "./qwen3";
 
 /** Whether layer i routes to experts (the rest use the dense MLP). */
 export function isSparseLayer(c: ModelConfig, i: number): boolean {
@@ -21,48 +16,34 @@ export function isSparseLayer(c: ModelConfig, i: number): boolean {
   return !!moe && !moe.mlpOnlyLayers.includes(i) && (i + 1) % moe.decoderSparseStep === 0;
 }
 
-interface Experts {
-  router: LinearWeight;
-  gate: ExpertWeight;
-  up: ExpertWeight;
-  down: ExpertWeight;
+function moeOf(c: ModelConfig) {
+  if (!c.moe) throw new Error("qwen3_moe: config.json has no num_experts");
+  return c.moe;
 }
 
-function routedMlp(c: ModelConfig, w: Experts): Mlp {
-  const moe = c.moe;
-  if (!moe) throw new Error("qwen3_moe without num_experts");
-  const E = moe.numExperts;
-  const k = moe.topK;
-  const fused = mx.getDevice() === "gpu";
-  return (x: MxArray) => {
-    const [B, L, D] = x.shape as [number, number, number];
-    const gates = mx.softmax(linear(x, w.router), -1, true);
-    const inds = mx.sliceAxis(mx.argpartition(gates, E - k, 2), 2, E - k, E);
-    let scores = mx.takeAlongAxis(gates, inds, 2);
-    if (moe.normTopkProb) scores = mx.divide(scores, mx.sum(scores, -1, true));
-    const xe = mx.reshape(x, [B, L, 1, 1, D]);
-    const hidden = mx.swiglu(expertLinear(xe, w.gate, inds), expertLinear(xe, w.up, inds), fused);
-    const y = mx.squeeze(expertLinear(hidden, w.down, inds), [3]);
-    return mx.astype(mx.sum(mx.multiply(y, mx.expandDims(scores, -1)), -2), y.dtype);
-  };
-}
+const BLOCK: LlamaBlock = {
+  qkNorm: true,
+  windows: false,
+  experts: stackedExperts("mlp", { gate: "gate_proj", up: "up_proj", down: "down_proj" }, isSparseLayer),
+};
 
-export function buildQwen3Moe(config: ModelConfig, store: WeightStore): LanguageModel {
-  const c = config;
-  const moe = c.moe;
-  if (!moe) throw new Error("qwen3_moe: config.json has no num_experts");
-  const F = moe.expertIntermediateSize;
-  return buildLlama({ ...c, slidingWindow: null }, store, {
-    qkNorm: true,
-    mlp: (i, p) => {
-      if (!isSparseLayer(c, i)) return null;
-      const perExpert = (name: string) => ({ prefix: `${p}.experts`, name, count: moe.numExperts });
-      return routedMlp(c, {
-        router: store.linear(`${p}.gate`, c.hiddenSize),
-        gate: store.experts(`${p}.switch_mlp.gate_proj`, c.hiddenSize, perExpert("gate_proj")),
-        up: store.experts(`${p}.switch_mlp.up_proj`, c.hiddenSize, perExpert("up_proj")),
-        down: store.experts(`${p}.switch_mlp.down_proj`, F, perExpert("down_proj")),
-      });
+export const qwen3Moe: Architecture = {
+  modelTypes: ["qwen3_moe"],
+  hfClass: "Qwen3MoeForCausalLM",
+  gguf: {
+    architecture: "qwen3moe",
+    // The router and the stacked experts, in mlx-community's switch_mlp layout.
+    tensorNames: {
+      ...QK_NORM_TENSORS,
+      ffn_gate_inp: "mlp.gate",
+      ffn_gate_exps: "mlp.switch_mlp.gate_proj",
+      ffn_up_exps: "mlp.switch_mlp.up_proj",
+      ffn_down_exps: "mlp.switch_mlp.down_proj",
     },
-  });
-}
+  },
+  weightShapes: (c) => llamaShapes(c, BLOCK),
+  build(kit, c, store) {
+    moeOf(c);
+    return buildLlama(kit, c, store, BLOCK);
+  },
+};

@@ -1,4 +1,5 @@
-// Writes a random-weight model folder in the real mlx-community format:
+// Writes a random-weight model folder in the real mlx-community format (the
+// tensors the architecture's file lists in weightShapes):
 // config.json (with a `quantization` block), model.safetensors (+ index),
 // tokenizer files copied from a reference folder. Tests use shrunk configs,
 // benchmarks the full-size Phi-3-mini. Weights come from a seeded MLX key, so
@@ -7,6 +8,9 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from
 import { join } from "node:path";
 import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
+import type { TensorSpec } from "./architecture";
+import { configFromHf } from "./config";
+import { architectureFor } from "./registry";
 
 export interface RandomModelSpec {
   /** The config.json to write (Hugging Face keys; `quantization` decides the format). */
@@ -27,97 +31,12 @@ const TOKENIZER_FILES = [
   "special_tokens_map.json",
 ];
 
-/**
- * How a tensor is drawn: a matrix N(0, std) (quantized when the config says),
- * a norm weight 1 + N(0, 0.1), a Gemma norm N(0, 0.1) (it scales by 1 + w), or
- * a bias N(0, std).
- */
-export type TensorKind = "matrix" | "norm" | "offset-norm" | "bias";
+export type { TensorKind } from "./architecture";
 
-/** Tensor names, shapes ([out, in], or [experts, out, in]) and kinds for the architecture in the config. */
-export function weightShapes(config: Record<string, unknown>): Array<[string, number[], TensorKind]> {
-  const n = (k: string) => config[k] as number;
-  const type = config.model_type as string;
-  if (type === "gemma3_text") return gemmaShapes(config);
-  const hidden = n("hidden_size");
-  const heads = n("num_attention_heads");
-  const kvHeads = (config.num_key_value_heads as number | undefined) ?? heads;
-  const headDim = (config.head_dim as number | undefined) ?? hidden / heads;
-  const ffn = n("intermediate_size");
-  const vocab = n("vocab_size");
-  const phi3 = type === "phi3";
-  const shapes: Array<[string, number[], TensorKind]> = [["model.embed_tokens", [vocab, hidden], "matrix"]];
-  for (let i = 0; i < n("num_hidden_layers"); i++) {
-    const p = `model.layers.${i}`;
-    if (phi3) {
-      shapes.push([`${p}.self_attn.qkv_proj`, [(heads + 2 * kvHeads) * headDim, hidden], "matrix"]);
-      shapes.push([`${p}.mlp.gate_up_proj`, [2 * ffn, hidden], "matrix"]);
-    } else {
-      shapes.push([`${p}.self_attn.q_proj`, [heads * headDim, hidden], "matrix"]);
-      shapes.push([`${p}.self_attn.k_proj`, [kvHeads * headDim, hidden], "matrix"]);
-      shapes.push([`${p}.self_attn.v_proj`, [kvHeads * headDim, hidden], "matrix"]);
-      if (type === "qwen2") {
-        shapes.push([`${p}.self_attn.q_proj.bias`, [heads * headDim], "bias"]);
-        shapes.push([`${p}.self_attn.k_proj.bias`, [kvHeads * headDim], "bias"]);
-        shapes.push([`${p}.self_attn.v_proj.bias`, [kvHeads * headDim], "bias"]);
-      }
-      if (type === "qwen3" || type === "qwen3_moe") {
-        shapes.push([`${p}.self_attn.q_norm`, [headDim], "norm"]);
-        shapes.push([`${p}.self_attn.k_norm`, [headDim], "norm"]);
-      }
-      if (type === "qwen3_moe" && isSparse(config, i)) {
-        const experts = n("num_experts");
-        const f = n("moe_intermediate_size");
-        shapes.push([`${p}.mlp.gate`, [experts, hidden], "matrix"]);
-        shapes.push([`${p}.mlp.switch_mlp.gate_proj`, [experts, f, hidden], "matrix"]);
-        shapes.push([`${p}.mlp.switch_mlp.up_proj`, [experts, f, hidden], "matrix"]);
-        shapes.push([`${p}.mlp.switch_mlp.down_proj`, [experts, hidden, f], "matrix"]);
-      } else {
-        shapes.push([`${p}.mlp.gate_proj`, [ffn, hidden], "matrix"]);
-        shapes.push([`${p}.mlp.up_proj`, [ffn, hidden], "matrix"]);
-      }
-    }
-    shapes.push([`${p}.self_attn.o_proj`, [hidden, heads * headDim], "matrix"]);
-    if (!(type === "qwen3_moe" && isSparse(config, i))) shapes.push([`${p}.mlp.down_proj`, [hidden, ffn], "matrix"]);
-    shapes.push([`${p}.input_layernorm`, [hidden], "norm"]);
-    shapes.push([`${p}.post_attention_layernorm`, [hidden], "norm"]);
-  }
-  shapes.push(["model.norm", [hidden], "norm"]);
-  if (config.tie_word_embeddings !== true) shapes.push(["lm_head", [vocab, hidden], "matrix"]);
-  return shapes;
-}
-
-function isSparse(config: Record<string, unknown>, i: number): boolean {
-  const only = (config.mlp_only_layers as number[] | undefined) ?? [];
-  const step = (config.decoder_sparse_step as number | undefined) ?? 1;
-  return !only.includes(i) && (i + 1) % step === 0;
-}
-
-function gemmaShapes(config: Record<string, unknown>): Array<[string, number[], TensorKind]> {
-  const n = (k: string) => config[k] as number;
-  const hidden = n("hidden_size");
-  const heads = n("num_attention_heads");
-  const kvHeads = n("num_key_value_heads");
-  const headDim = n("head_dim");
-  const ffn = n("intermediate_size");
-  const shapes: Array<[string, number[], TensorKind]> = [["model.embed_tokens", [n("vocab_size"), hidden], "matrix"]];
-  for (let i = 0; i < n("num_hidden_layers"); i++) {
-    const p = `model.layers.${i}`;
-    shapes.push([`${p}.self_attn.q_proj`, [heads * headDim, hidden], "matrix"]);
-    shapes.push([`${p}.self_attn.k_proj`, [kvHeads * headDim, hidden], "matrix"]);
-    shapes.push([`${p}.self_attn.v_proj`, [kvHeads * headDim, hidden], "matrix"]);
-    shapes.push([`${p}.self_attn.o_proj`, [hidden, heads * headDim], "matrix"]);
-    shapes.push([`${p}.self_attn.q_norm`, [headDim], "offset-norm"]);
-    shapes.push([`${p}.self_attn.k_norm`, [headDim], "offset-norm"]);
-    shapes.push([`${p}.mlp.gate_proj`, [ffn, hidden], "matrix"]);
-    shapes.push([`${p}.mlp.up_proj`, [ffn, hidden], "matrix"]);
-    shapes.push([`${p}.mlp.down_proj`, [hidden, ffn], "matrix"]);
-    for (const norm of ["input", "post_attention", "pre_feedforward", "post_feedforward"]) {
-      shapes.push([`${p}.${norm}_layernorm`, [hidden], "offset-norm"]);
-    }
-  }
-  shapes.push(["model.norm", [hidden], "offset-norm"]);
-  return shapes;
+/** Tensor names, shapes ([out, in], or [experts, out, in]) and kinds: what the config's architecture reads. */
+export function weightShapes(config: Record<string, unknown>): TensorSpec[] {
+  const normalized = configFromHf(config);
+  return architectureFor(normalized.modelType).weightShapes(normalized);
 }
 
 /** Writes the folder; returns the tensor count. Large models are generated tensor by tensor. */

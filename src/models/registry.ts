@@ -1,41 +1,43 @@
-// Architectures by model_type. Add a file per architecture and register it here.
-import type { ModelConfig } from "./config";
-import { buildGemma3 } from "./gemma3";
-import { buildLlama } from "./llama";
-import { buildPhi3 } from "./phi3";
-import { buildQwen2 } from "./qwen2";
-import { buildQwen3 } from "./qwen3";
-import { buildQwen3Moe } from "./qwen3-moe";
-import type { LanguageModel } from "./types";
-import type { WeightStore } from "./weights";
+// The architectures Pensieve runs, one descriptor file each (see
+// architecture.ts). A new architecture: write its file, add it here.
+// MLX-free: config mapping and doctor read it without loading MLX.
+import type { Architecture } from "./architecture";
+import { gemma3 } from "./gemma3";
+import { llama } from "./llama";
+import { mistral } from "./mistral";
+import { mixtral } from "./mixtral";
+import { phi3 } from "./phi3";
+import { qwen2 } from "./qwen2";
+import { qwen3 } from "./qwen3";
+import { qwen3Moe } from "./qwen3-moe";
 
-export interface BuildOptions {
-  alwaysLongRope?: boolean;
-}
+const ARCHITECTURES: readonly Architecture[] = [llama, mistral, phi3, qwen2, qwen3, qwen3Moe, gemma3, mixtral];
 
-type Builder = (config: ModelConfig, store: WeightStore, options: BuildOptions) => LanguageModel;
-
-const ARCHITECTURES: Record<string, Builder> = {
-  llama: (c, s) => buildLlama(c, s),
-  mistral: (c, s) => buildLlama(c, s),
-  phi3: (c, s, o) => buildPhi3(c, s, { alwaysLongRope: o.alwaysLongRope }),
-  qwen2: (c, s) => buildQwen2(c, s),
-  qwen3: (c, s) => buildQwen3(c, s),
-  qwen3_moe: (c, s) => buildQwen3Moe(c, s),
-  gemma3_text: (c, s) => buildGemma3(c, s),
-  gemma3: (c, s) => buildGemma3(c, s),
-};
-
+/** Every model_type Pensieve runs. */
 export function supportedArchitectures(): string[] {
-  return Object.keys(ARCHITECTURES);
+  return ARCHITECTURES.flatMap((a) => a.modelTypes);
 }
 
-export function buildArchitecture(config: ModelConfig, store: WeightStore, options: BuildOptions = {}): LanguageModel {
-  const build = ARCHITECTURES[config.modelType];
-  if (!build) {
-    throw new Error(
-      `unsupported architecture "${config.modelType}": Pensieve runs ${supportedArchitectures().join(", ")}`,
-    );
+/** The architecture of a config.json model_type, or null. */
+export function findArchitecture(modelType: string): Architecture | null {
+  return ARCHITECTURES.find((a) => a.modelTypes.includes(modelType)) ?? null;
+}
+
+/** The architecture of a config.json model_type; throws with the list of those Pensieve runs. */
+export function architectureFor(modelType: string): Architecture {
+  const found = findArchitecture(modelType);
+  if (!found) {
+    throw new Error(`unsupported architecture "${modelType}": Pensieve runs ${supportedArchitectures().join(", ")}`);
   }
-  return build(config, store, options);
+  return found;
+}
+
+/** The architecture of a GGUF file's general.architecture, or null. */
+export function findGgufArchitecture(ggufArchitecture: string): Architecture | null {
+  return ARCHITECTURES.find((a) => a.gguf?.architecture === ggufArchitecture) ?? null;
+}
+
+/** The general.architecture values Pensieve reads. */
+export function supportedGgufArchitectures(): string[] {
+  return ARCHITECTURES.flatMap((a) => (a.gguf ? [a.gguf.architecture] : []));
 }

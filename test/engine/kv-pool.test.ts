@@ -12,6 +12,7 @@ import {
   projectedBytes,
 } from "../../src/engine/kv-pool";
 import type { EngineEvent } from "../../src/engine/protocol";
+import { Scheduler } from "../../src/engine/scheduler";
 import { loadModel } from "../../src/models/loader";
 import { tinyModel } from "../support/models";
 import { promptIds } from "../support/reference";
@@ -85,6 +86,29 @@ describe("the KV pool in the scheduler (tiny-llama-f16, float32 CPU)", () => {
     expect(stats.tokens).toBeGreaterThanOrEqual(96 + 2 * 16);
     expect(stats.bytes).toBe(stats.tokens * bytesPerToken);
     run.scheduler.dispose();
+  });
+
+  test("a prompt that nearly fills the pool is copied into the prefix cache only as far as the pool has room", () => {
+    // 300 prompt tokens + 150 to generate: 512 columns, +50% while joining (2 layers) = 768 of 800 tokens' bytes.
+    // Before the fix, the group was counted nowhere between its last chunk and joining the batch, so all 300
+    // tokens were copied (an H100 ran out of memory this way at 120K tokens).
+    const budget = 800 * bytesPerToken;
+    let cachedAtStart = -1;
+    const scheduler = new Scheduler(
+      model,
+      { ...TEST_SCHEDULER_OPTIONS, prefixCacheBytes: null, kvBudgetBytes: budget },
+      (e) => {
+        if (e.type === "started") cachedAtStart = scheduler.stats().prefixCache.bytes;
+      },
+    );
+    scheduler.submit(request("x", promptIds(300, 47), 150));
+    for (let i = 0; i < 20 && cachedAtStart < 0; i++) scheduler.step();
+    const reserved = scheduler.stats().kvReservedBytes;
+    expect(cachedAtStart).toBeGreaterThanOrEqual(0);
+    expect(cachedAtStart + reserved).toBeLessThanOrEqual(budget);
+    scheduler.cancelAll();
+    scheduler.step();
+    scheduler.dispose();
   });
 
   test("a prefix larger than any cache budget of its own is kept: only the pool bounds it", () => {

@@ -13,6 +13,9 @@ test("on the H100 a 13K-token fp16 prefix is prefilled again, not read back", ()
   choice.recordPrefill(2048, 178);
   expect(choice.worthLoading(FP16_BYTES, PREFIX_TOKENS)).toBe(false);
   expect(choice.skipped).toBe(1);
+  // Asking ahead (the disk store's writes) counts nothing.
+  expect(choice.wouldLoad(FP16_BYTES, PREFIX_TOKENS)).toBe(false);
+  expect(choice.skipped).toBe(1);
 });
 
 test("on a CPU (or before any measurement on one) the disk wins", () => {

@@ -23,7 +23,7 @@ const prompts = [promptIds(5, 11), promptIds(40, 12), promptIds(17, 13), promptI
 const lengths = [20, 12, 25, 8, 30];
 const joinAt = [0, 0, 3, 7, 15];
 
-for (const name of ["tiny-qwen3-moe", "tiny-gemma3", "tiny-mistral-swa"]) {
+for (const name of ["tiny-qwen3-moe", "tiny-gemma3", "tiny-mistral-swa", "tiny-mixtral"]) {
   describe(name, () => {
     const { model } = loadModel(tinyModel(name));
     const greedy = samplingParams({ logprobs: true });

@@ -1,7 +1,8 @@
 // Family rules read from config.json: which layers are windowed (Mistral,
 // Gemma 3), Phi-4-mini's partial rotary, Gemma's defaults and its multimodal
-// nesting, Qwen3-MoE's sparse layers; and Qwen3-MoE weights in Hugging Face's
-// per-expert layout give the same model as mlx-community's stacked one.
+// nesting, Qwen3-MoE's sparse layers, Mixtral's experts; and MoE weights in
+// Hugging Face's per-expert layout give the same model as mlx-community's
+// stacked one.
 import { describe, expect, test } from "bun:test";
 import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -14,7 +15,8 @@ import { llamaWindows } from "../../src/models/llama";
 import { loadModel } from "../../src/models/loader";
 import { REPO_ROOT } from "../../src/paths";
 import { isSparseLayer } from "../../src/models/qwen3-moe";
-import { TEST_TMP, tinyModel } from "../support/models";
+import { type RandomModelSpec, writeRandomModel } from "../../src/models/random";
+import { TEST_TMP, TINY_SPECS, tinyModel } from "../support/models";
 import { promptIds } from "../support/reference";
 
 const base = {
@@ -62,20 +64,9 @@ describe("config rules per family", () => {
     expect(c.ropeLocalTheta).toBe(10000);
     expect(c.queryPreAttnScalar).toBe(256);
     expect(c.headDim).toBe(256);
-    expect(Array.from({ length: 12 }, (_, i) => isSlidingLayer(c, i))).toEqual([
-      true,
-      true,
-      true,
-      true,
-      true,
-      false,
-      true,
-      true,
-      true,
-      true,
-      true,
-      false,
-    ]);
+    // "s" windowed (local), "G" global: layers 6 and 12 are global.
+    const kinds = Array.from({ length: 12 }, (_, i) => (isSlidingLayer(c, i) ? "s" : "G")).join("");
+    expect(kinds).toBe("sssssGsssssG");
     const typed = configFromHf({
       ...base,
       model_type: "gemma3_text",
@@ -138,11 +129,12 @@ describe("config rules per family", () => {
   });
 });
 
-test("Qwen3-MoE weights in Hugging Face's per-expert layout load as the stacked switch_mlp ones", () => {
-  const stacked = join(TEST_TMP, "moe-stacked");
-  const perExpert = join(TEST_TMP, "moe-per-expert");
-  for (const d of [stacked, perExpert]) rmSync(d, { recursive: true, force: true });
-  convertGguf(join(REPO_ROOT, "test", "fixtures", "gguf", "tiny-qwen3moe.gguf"), stacked);
+/**
+ * Writes `stacked`'s model with each switch_mlp.<proj> stack split into
+ * Hugging Face's per-expert tensors (experts.N.<name of proj>), float only.
+ */
+function splitExperts(stacked: string, perExpert: string, names: Record<string, string>): void {
+  rmSync(perExpert, { recursive: true, force: true });
   mkdirSync(perExpert, { recursive: true });
   for (const f of ["config.json", "tokenizer.json", "tokenizer_config.json"])
     copyFileSync(join(stacked, f), join(perExpert, f));
@@ -156,20 +148,45 @@ test("Qwen3-MoE weights in Hugging Face's per-expert layout load as the stacked 
         continue;
       }
       for (let e = 0; e < a.dim(0); e++)
-        split.set(`${m[1]}.experts.${e}.${m[2]}.weight`, mx.squeeze(mx.sliceAxis(a, 0, e, e + 1), [0]));
+        split.set(
+          `${m[1]}.experts.${e}.${names[m[2] as string]}.weight`,
+          mx.squeeze(mx.sliceAxis(a, 0, e, e + 1), [0]),
+        );
     }
     mx.saveSafetensors(join(perExpert, "model.safetensors"), split, { format: "pt" });
   });
+}
+
+test("Qwen3-MoE weights in Hugging Face's per-expert layout load as the stacked switch_mlp ones", () => {
+  const stacked = join(TEST_TMP, "moe-stacked");
+  const perExpert = join(TEST_TMP, "moe-per-expert");
+  rmSync(stacked, { recursive: true, force: true });
+  convertGguf(join(REPO_ROOT, "test", "fixtures", "gguf", "tiny-qwen3moe.gguf"), stacked);
+  splitExperts(stacked, perExpert, { gate_proj: "gate_proj", up_proj: "up_proj", down_proj: "down_proj" });
   const prompt = [1, 7, 42, 300, 11, 5, 99, 250];
-  const logits = (dir: string) => {
-    const { model } = loadModel(dir);
-    const cache = cacheFor(model);
-    const out = mx.tidy(() => prefill(model, cache, prompt).read() as Float32Array);
-    cache.dispose();
-    model.dispose();
-    return out;
-  };
-  expect(Array.from(logits(perExpert))).toEqual(Array.from(logits(stacked)));
+  expect(Array.from(lastLogits(perExpert, prompt))).toEqual(Array.from(lastLogits(stacked, prompt)));
+});
+
+test("Mixtral: every layer routes over num_local_experts; Hugging Face's experts.N.w1/w3/w2 load as the stacked ones", () => {
+  const c = configFromHf({ ...base, model_type: "mixtral", num_local_experts: 8, num_experts_per_tok: 2 });
+  expect(c.moe).toEqual({
+    numExperts: 8,
+    topK: 2,
+    expertIntermediateSize: 128,
+    normTopkProb: true,
+    decoderSparseStep: 1,
+    mlpOnlyLayers: [],
+  });
+  expect(c.ropeTheta).toBe(1_000_000);
+  const spec = (TINY_SPECS["tiny-mixtral"] as () => RandomModelSpec)();
+  const { quantization: _packed, ...floatConfig } = spec.config;
+  const stacked = join(TEST_TMP, "mixtral-stacked");
+  const perExpert = join(TEST_TMP, "mixtral-per-expert");
+  rmSync(stacked, { recursive: true, force: true });
+  writeRandomModel(stacked, { ...spec, config: floatConfig });
+  splitExperts(stacked, perExpert, { gate_proj: "w1", up_proj: "w3", down_proj: "w2" });
+  const prompt = promptIds(30, 4);
+  expect(Array.from(lastLogits(perExpert, prompt))).toEqual(Array.from(lastLogits(stacked, prompt)));
 });
 
 /** Last-position logits of a prompt. */

@@ -16,6 +16,7 @@ import { samplingParams } from "../../src/engine/protocol";
 import * as mx from "../../src/mlx";
 import { convertGguf } from "../../src/models/gguf-to-mlx";
 import { loadModel } from "../../src/models/loader";
+import type { LanguageModel } from "../../src/models/types";
 import { REPO_ROOT } from "../../src/paths";
 import { TEST_TMP } from "../support/models";
 import { useExactCpuMatmul } from "../support/oracle";
@@ -29,6 +30,14 @@ const fixture = JSON.parse(
   oracle: string;
   models: Record<string, Array<{ prompt: number[]; greedy: number[] }>>;
 };
+
+/** Greedy tokens after a prompt (prefilled in chunks of `prefillChunk` when given). */
+function greedyTokens(model: LanguageModel, prompt: number[], count: number, prefillChunk?: number): number[] {
+  const tokens: number[] = [];
+  const options = { maxTokens: count, sampling: samplingParams(), ...(prefillChunk ? { prefillChunk } : {}) };
+  for (const step of generateTokens(model, prompt, options)) tokens.push(step.token);
+  return tokens;
+}
 
 const EXPECTED_TYPES: Record<string, string> = {
   "tiny-llama.gguf": "llama",
@@ -59,15 +68,7 @@ describe(`Q8_0 GGUF models vs ${fixture.oracle} on their float32 twins`, () => {
       try {
         expect(loaded.config.modelType).toBe(EXPECTED_TYPES[file] as string);
         for (const r of fixture.models[twin] ?? []) {
-          const tokens: number[] = [];
-          for (const step of generateTokens(loaded.model, r.prompt, {
-            maxTokens: r.greedy.length,
-            sampling: samplingParams(),
-            prefillChunk: 16,
-          })) {
-            tokens.push(step.token);
-          }
-          expect(tokens).toEqual(r.greedy);
+          expect(greedyTokens(loaded.model, r.prompt, r.greedy.length, 16)).toEqual(r.greedy);
         }
       } finally {
         loaded.model.dispose();
@@ -83,15 +84,7 @@ describe(`GGUF models vs ${fixture.oracle}`, () => {
       try {
         expect(loaded.config.modelType).toBe(EXPECTED_TYPES[file] as string);
         for (const r of results) {
-          const tokens: number[] = [];
-          for (const step of generateTokens(loaded.model, r.prompt, {
-            maxTokens: r.greedy.length,
-            sampling: samplingParams(),
-            prefillChunk: 16,
-          })) {
-            tokens.push(step.token);
-          }
-          expect(tokens).toEqual(r.greedy);
+          expect(greedyTokens(loaded.model, r.prompt, r.greedy.length, 16)).toEqual(r.greedy);
         }
       } finally {
         loaded.model.dispose();
@@ -124,11 +117,7 @@ describe(`pensieve convert: the folders it writes, as ${converted.oracle} runs t
           for (let i = 0; i < expected.length; i++)
             worst = Math.max(worst, Math.abs((ours[i] as number) - (expected[i] as number)));
           expect(worst).toBeLessThan(1e-4);
-          const tokens: number[] = [];
-          for (const step of generateTokens(loaded.model, r.prompt, { maxTokens: 32, sampling: samplingParams() })) {
-            tokens.push(step.token);
-          }
-          expect(tokens).toEqual(r.greedy);
+          expect(greedyTokens(loaded.model, r.prompt, 32)).toEqual(r.greedy);
         }
       } finally {
         loaded.model.dispose();

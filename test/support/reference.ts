@@ -46,6 +46,8 @@ export const REFERENCE_CASES: ReferenceCase[] = [
   // mlx-lm uses long_factor everywhere: compared with Pensieve's alwaysLongRope mode.
   { model: "tiny-phi4-mini", oracle: "mlx-lm", prompts: [promptIds(12, 49), promptIds(100, 50)], greedyTokens: 32 },
   { model: "tiny-mistral-swa", oracle: "mlx-lm", prompts: [promptIds(10, 51), promptIds(130, 52)], greedyTokens: 32 },
+  // Added as one descriptor file (src/models/mixtral.ts) and a registry line.
+  { model: "tiny-mixtral", oracle: "mlx-lm", prompts: [promptIds(12, 53), promptIds(120, 54)], greedyTokens: 32 },
 ];
 
 export interface ReferenceResult {
