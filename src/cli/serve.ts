@@ -10,6 +10,7 @@ export async function runServe(argv: string[]): Promise<number> {
   if (flags.unknown.length) throw new Error(`serve: unknown option ${flags.unknown[0]} (see \`pensieve help\`)`);
   const log = createLogger({ level: config.logLevel, format: config.logFormat });
   const modelPath = resolveLocalModel(config.model);
+  const draftModelPath = config.draftModel === null ? null : resolveLocalModel(config.draftModel);
   log.info("starting", { model: config.model, path: modelPath, config: file ?? "defaults, environment and flags" });
   await startServer({
     host: config.host,
@@ -25,6 +26,7 @@ export async function runServe(argv: string[]): Promise<number> {
       prefixDiskBytes: config.prefixDiskBytes,
       kvBits: config.kvBits,
       speculative: config.speculative,
+      draftModel: draftModelPath,
       threads: config.threads,
     },
     server: {

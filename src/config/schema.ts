@@ -16,6 +16,7 @@
 //   prefixDiskBytes   PENSIEVE_PREFIX_DISK_BYTES    --prefix-disk-bytes   null (automatic)
 //   kvBits            PENSIEVE_KV_BITS              --kv-bits             null (automatic: float, 8-bit when memory is short)
 //   speculative       PENSIEVE_SPECULATIVE          --speculative         null (on: CPU; off: GPU, not yet measured there)
+//   draftModel        PENSIEVE_DRAFT_MODEL          --draft-model         null (none; prompt lookup only)
 //   strictModelNames  PENSIEVE_STRICT_MODEL_NAMES   --strict-model-names  false
 //   logLevel          PENSIEVE_LOG_LEVEL            --log-level           "info"
 //   logFormat         PENSIEVE_LOG_FORMAT           --log-format          "json"
@@ -82,6 +83,10 @@ export const ConfigSchema = Type.Object(
       Type.Boolean(),
       "Prompt-lookup speculative decoding for a lone decoding stream (requests may opt out with speculative: false); null: on the CPU, off on a GPU until its verify cost is measured there",
     ),
+    draftModel: nullable(
+      Type.String({ minLength: 1 }),
+      "A small model of the same tokenizer that drafts tokens for speculative decoding where prompt lookup finds nothing (alias, repo id or path); null: none",
+    ),
     strictModelNames: Type.Boolean({
       default: false,
       description: "Reject requests naming another model (default: serve the loaded one)",
@@ -136,6 +141,7 @@ const KINDS: Record<ConfigKey, ValueKind> = {
   prefixDiskBytes: "bytes",
   kvBits: "integer",
   speculative: "boolean",
+  draftModel: "string",
   strictModelNames: "boolean",
   logLevel: "enum",
   logFormat: "enum",

@@ -14,6 +14,7 @@ import { tokenByteTable } from "../text/token-bytes";
 import { loadTokenizer } from "../text/tokenizer";
 import { effectiveKvBits, type KvBits, kvGroupSize } from "./attention-plan";
 import { KV_STEP, KVCache } from "./kv-cache";
+import { draftMismatch } from "./draft-model";
 import { automaticKvBits, describePool, type KvPoolShape } from "./kv-pool";
 import { cacheShape, defaultPrefillChunk } from "./one-sequence";
 import { fileIdentity, modelKey, PrefixStore } from "./prefix-store";
@@ -143,8 +144,8 @@ export function schedulerOptions(
     prefixCacheBytes: plan.prefixCacheBytes,
     prefillWidthMultiple: config.prefillWidthMultiple ?? (device === "gpu" ? 64 : 1),
     kvBits: plan.kvBits,
-    // On where measured to pay (the CPU); a GPU's verify cost is not measured yet (issue 13).
-    speculative: config.speculative ?? device === "cpu",
+    // On where measured to pay (the CPU); a GPU's verify cost is not measured yet (issue 13). A draft model asks for it.
+    speculative: config.speculative ?? (device === "cpu" || Boolean(config.draftModel)),
   };
 }
 
@@ -204,8 +205,30 @@ export function warmupLengths(options: SchedulerOptions): number[] {
   return out;
 }
 
+/**
+ * Refuses a draft model whose tokenizer differs from the target's (its token
+ * ids would mean other text), before any weight loads: the error names both paths.
+ */
+export function checkDraftModel(targetPath: string, draftPath: string): void {
+  const problem = draftMismatch(
+    { vocabSize: readModelConfig(targetPath).config.vocabSize, tokenizer: loadTokenizer(targetPath) },
+    { vocabSize: readModelConfig(draftPath).config.vocabSize, tokenizer: loadTokenizer(draftPath) },
+  );
+  if (problem) {
+    throw new Error(`draft model ${draftPath} does not share the tokenizer of ${targetPath}: ${problem}`);
+  }
+}
+
+/** Loads a draft model for `target` (checkDraftModel first), in the target's dtype. */
+export function loadDraftModel(targetPath: string, draftPath: string, target: LoadedModel): LoadedModel {
+  checkDraftModel(targetPath, draftPath);
+  return loadModel(draftPath, { dtype: target.model.dtype });
+}
+
 export class Engine {
   readonly loaded: LoadedModel;
+  /** The draft model (config.draftModel), or null. */
+  readonly draft: LoadedModel | null;
   readonly scheduler: Scheduler;
   readonly info: EngineInfo;
   #wake: (() => void) | null = null;
@@ -230,14 +253,18 @@ export class Engine {
     if (config.threads) mx.setCpuThreads(config.threads);
     // Plan memory before loading: refuse what cannot fit.
     const planned = readModelConfig(config.model);
+    if (config.draftModel) checkDraftModel(config.model, config.draftModel);
+    const drafter = config.draftModel ? readModelConfig(config.draftModel) : null;
+    // The draft model's weights come out of the same memory (its small KV caches are not planned).
+    const weightBytes = planned.weightBytes + (drafter?.weightBytes ?? 0);
     const elementBytes = device === "cpu" ? 4 : 2;
-    let plan = planMemory(config, planned.config, planned.weightBytes, device, elementBytes);
+    let plan = planMemory(config, planned.config, weightBytes, device, elementBytes);
     // On the GPU, dequantized copies of the weights make batched steps and
     // prefill dense products (read once for all rows); only when they fit.
     let denseCopies = false;
     const q = planned.config.quantization;
     if (device === "gpu" && q && config.denseWeights !== false) {
-      const withDense = planned.weightBytes + denseCopyBytes(planned.weightBytes, q);
+      const withDense = weightBytes + denseCopyBytes(planned.weightBytes, q);
       try {
         plan = planMemory(config, planned.config, withDense, device, elementBytes);
         denseCopies = true;
@@ -258,6 +285,8 @@ export class Engine {
       (spec, endIds) => this.#constraint(config.model, spec, endIds),
     );
     this.scheduler.attachPrefixStore(openPrefixStore(config, this.loaded, options.kvBits ?? 0));
+    this.draft = config.draftModel ? loadModel(config.draftModel, { dtype: this.loaded.model.dtype }) : null;
+    this.scheduler.attachDraftModel(this.draft?.model ?? null);
     this.#warmups = warmupLengths(options);
     this.info = {
       modelPath: config.model,

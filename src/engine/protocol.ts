@@ -175,7 +175,7 @@ export interface SchedulerStats {
   contextLength: number;
 }
 
-/** Counters over prompt-lookup verify passes. */
+/** Counters over verify passes (prompt lookup and the draft model together; the draft model's also apart). */
 export interface SpeculationStats {
   /** Verify passes run. */
   passes: number;
@@ -185,6 +185,10 @@ export interface SpeculationStats {
   accepted: number;
   /** Tokens the passes produced (accepted + one of the model's own per pass). */
   emitted: number;
+  /** Of those: passes over a draft model's draft, its draft tokens, and how many were accepted. */
+  draftModelPasses: number;
+  draftModelDrafted: number;
+  draftModelAccepted: number;
 }
 
 // ---- the engine process ----
@@ -217,6 +221,12 @@ export interface EngineConfig {
   kvBits?: 0 | 4 | 8 | null;
   /** Prompt-lookup speculation for a lone decoding row; null/absent: on the CPU, off on a GPU (not measured there yet). */
   speculative?: boolean | null;
+  /**
+   * A second, small model of the same tokenizer (path) that drafts for a lone
+   * decoding row where prompt lookup finds nothing (src/engine/draft-model.ts).
+   * It turns speculation on unless `speculative` is false.
+   */
+  draftModel?: string | null;
   /** Prompts left-padded to a multiple of this (default 64 on the GPU, 1 on the CPU). */
   prefillWidthMultiple?: number;
   /** GPU: keep dequantized copies of the weights for batched products (default: when memory allows). */

@@ -31,6 +31,7 @@ import {
   projectedBytes,
 } from "./kv-pool";
 import type { EngineRequest, FinishReason } from "./protocol";
+import type { LookupTuning } from "./speculation";
 
 /** One sequence's constrained decoding state (src/text/json-constraint.ts). */
 export interface TokenConstraint {
@@ -73,6 +74,10 @@ export interface SchedulerOptions {
   kvBits?: KvBits;
   /** Prompt-lookup speculation for a lone decoding row (default true; requests may opt out). */
   speculative?: boolean;
+  /** With a draft model attached: false drafts with it alone, no prompt lookup (benchmarks, tests; default true). */
+  promptLookup?: boolean;
+  /** Prompt lookup's adaptation (default DEFAULT_LOOKUP; benchmarks compare others). */
+  lookupTuning?: LookupTuning;
   /**
    * Admission by current need: the KV pool reserves a sequence's tokens plus
    * at most this many more (not its whole max_tokens), and when the batch

@@ -9,6 +9,7 @@ import type { DecodingRow, RowStep } from "./batch-step";
 import type { EngineRequest } from "./protocol";
 import { SequenceSampler } from "./sampling";
 import type { SchedulerOptions, SequenceState, TokenConstraint } from "./scheduler-policy";
+import type { DraftSession } from "./draft-model";
 import { PromptLookup } from "./speculation";
 import { maySpeculate } from "./token-policy";
 
@@ -26,6 +27,10 @@ export interface Sequence extends SequenceState, DecodingRow {
   inBatch: boolean;
   /** Its prompt-lookup proposer (null: it does not speculate). */
   lookup: PromptLookup | null;
+  /** Its draft-model state (draft-model.ts), made at its first draft-model proposal. */
+  draft: DraftSession | null;
+  /** When (ms, scheduler step) its last plain, not speculated, lone decode step began: the draft model's yardstick. */
+  plainSince: { at: number; step: number } | null;
   /** Preempted, waiting to resume (SchedulerOptions.growthAllowance). */
   resumes: boolean;
 }
@@ -80,7 +85,9 @@ export function newSequence(
     cancelled: false,
     finished: null,
     inBatch: false,
-    lookup: speculates ? new PromptLookup() : null,
+    lookup: speculates ? new PromptLookup(options.lookupTuning) : null,
+    draft: null,
+    plainSince: null,
     resumes: false,
   };
 }

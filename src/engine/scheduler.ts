@@ -65,6 +65,7 @@ export class Scheduler {
   readonly #line: PrefillLine<Sequence>;
   readonly #batch = new DecodeBatch<Sequence>();
   #steps = 0;
+  #draftModel: LanguageModel | null = null;
   #tokensOut: TokenOut[] = [];
   #finishedOut: EngineEvent[] = [];
   /** Prompt-lookup verify passes so far (benchmarks). */
@@ -118,6 +119,11 @@ export class Scheduler {
   /** Keeps cached prefixes on disk too (src/engine/prefix-store.ts). */
   attachPrefixStore(store: PrefixStore | null): void {
     this.#prefix.attach(store);
+  }
+
+  /** Drafts with a second model where prompt lookup finds nothing (src/engine/draft-model.ts). */
+  attachDraftModel(model: LanguageModel | null): void {
+    this.#draftModel = model;
   }
 
   /**
@@ -245,6 +251,8 @@ export class Scheduler {
     s.finished = reason;
     this.#finishedOut.push({ type: "finished", id: s.request.id, reason, completionTokens: s.generated, message });
     s.sampler.dispose();
+    s.draft?.dispose();
+    s.draft = null;
     const row = s.inBatch ? this.#batch.rows.indexOf(s) : -1;
     const cache = this.#batch.cache;
     if (row >= 0 && cache && (reason === "stop" || reason === "length") && this.#caches(s)) {
@@ -345,7 +353,12 @@ export class Scheduler {
         accept: (s: Sequence, v: StepValues) => this.#accept(s, v),
       };
       const lone = rows[0] as Sequence;
-      if (speculateLoneRow(this.model, this.options.contextLength, lone, batch, this.speculation, tokens)) {
+      const drafting = {
+        model: this.#draftModel,
+        promptLookup: this.options.promptLookup !== false,
+        step: this.#steps,
+      };
+      if (speculateLoneRow(this.model, this.options.contextLength, lone, batch, this.speculation, tokens, drafting)) {
         this.#batch.compact();
         return;
       }

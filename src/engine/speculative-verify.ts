@@ -1,7 +1,9 @@
 // The verify pass of speculative decoding for one row: [last token, draft...]
 // through the row's KV cache in one forward pass (logits at every position),
 // the acceptance rule of speculation.ts, then the cache rolled back to the
-// accepted tokens. Called by the scheduler for a lone decoding row.
+// accepted tokens. Called by the scheduler for a lone decoding row. A draft
+// is deterministic (prompt lookup, a greedy draft model) or drawn from a known
+// distribution q (a sampling draft model: draft-model.ts).
 import * as mx from "../mlx";
 import type { MxArray } from "../mlx";
 import type { LanguageModel } from "../models/types";
@@ -23,6 +25,10 @@ const NEG_INF = Number.NEGATIVE_INFINITY;
  * The sampler must be unpenalized (its state would follow every token).
  * Afterwards `cache` holds `last` and the accepted draft tokens; the last
  * emitted token is the next input, as after a normal step.
+ * `draftDistribution` (float32 [k, V]): the q each draft token was drawn
+ * from; d_i is then kept with probability min(1, p(d_i)/q(d_i)), and at a
+ * rejection the token is drawn from max(0, p - q) (the standard rule). Null:
+ * a deterministic draft (q one-hot).
  */
 export function verifyDraft(
   model: LanguageModel,
@@ -30,6 +36,7 @@ export function verifyDraft(
   sampler: SequenceSampler,
   last: number,
   draft: readonly number[],
+  draftDistribution: MxArray | null = null,
 ): Verified {
   const k = draft.length;
   const start = cache.offset;
@@ -47,11 +54,22 @@ export function verifyDraft(
     const scaled = sampler.filtered(flat);
     const head = mx.sliceAxis(scaled, 0, 0, k);
     const ids = mx.int32(draft, [k, 1]);
-    const draftProbs = mx.reshape(mx.takeAlongAxis(mx.softmax(head, -1), ids, 1), [k]);
+    const probs = mx.softmax(head, -1);
+    const pick = (x: MxArray) => mx.reshape(mx.takeAlongAxis(x, ids, 1), [k]);
     const [uKey, rKey, bKey] = mx.randomSplit(sampler.nextKey(), 3) as [MxArray, MxArray, MxArray];
     const uniform = mx.randomUniform([k], mx.Dtype.float32, uKey);
-    const isDraft = mx.equal(mx.reshape(mx.arange(0, sampler.vocabSize), [1, -1]), ids);
-    const residual = mx.astype(mx.categorical(mx.where(isDraft, NEG_INF, head), -1, rKey), mx.Dtype.int32);
+    let draftProbs: MxArray;
+    let residualLogits: MxArray;
+    if (draftDistribution) {
+      // Keep with probability p(d)/q(d) (uniform < ratio); else draw from max(0, p - q).
+      draftProbs = mx.divide(pick(probs), pick(draftDistribution));
+      residualLogits = mx.log(mx.maximum(mx.subtract(probs, draftDistribution), 0));
+    } else {
+      draftProbs = pick(probs);
+      const isDraft = mx.equal(mx.reshape(mx.arange(0, sampler.vocabSize), [1, -1]), ids);
+      residualLogits = mx.where(isDraft, NEG_INF, head);
+    }
+    const residual = mx.astype(mx.categorical(residualLogits, -1, rKey), mx.Dtype.int32);
     const bonus = mx.astype(mx.categorical(mx.sliceAxis(scaled, 0, k, k + 1), -1, bKey), mx.Dtype.int32);
     mx.evaluate(draftProbs, uniform, residual, bonus);
     return acceptSampled(

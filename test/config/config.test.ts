@@ -57,6 +57,7 @@ describe("defaults", () => {
       prefixDiskBytes: null,
       kvBits: null,
       speculative: null,
+      draftModel: null,
       strictModelNames: false,
       logLevel: "info",
       logFormat: "json",
@@ -176,6 +177,19 @@ describe("layers", () => {
       "speculative",
       "PENSIEVE_SPECULATIVE",
       "--speculative",
+    ]);
+  });
+
+  test("draftModel: none by default; PENSIEVE_DRAFT_MODEL or --draft-model names one", () => {
+    expect(loadConfig({ env }).config.draftModel).toBeNull();
+    expect(loadConfig({ env: { ...env, PENSIEVE_DRAFT_MODEL: "smollm2-135m" } }).config.draftModel).toBe(
+      "smollm2-135m",
+    );
+    expect(loadConfig({ env, argv: ["--draft-model", "/models/small"] }).config.draftModel).toBe("/models/small");
+    expect(CONFIG_KEYS.map((k) => [k.key, k.env, k.flag])).toContainEqual([
+      "draftModel",
+      "PENSIEVE_DRAFT_MODEL",
+      "--draft-model",
     ]);
   });
 

@@ -27,8 +27,8 @@ describe("PromptLookup", () => {
     expect(lookup.propose(tokens, 2)).toEqual({ draft: [4, 4], ngram: 3 });
   });
 
-  test("draft length grows with full acceptance and shrinks with rejections", () => {
-    const lookup = new PromptLookup();
+  test("draft length grows with full acceptance and shrinks with rejections (add / step)", () => {
+    const lookup = new PromptLookup({ ...DEFAULT_LOOKUP, growth: "add", shrink: "step" });
     const k0 = lookup.draftLength;
     lookup.record(k0, k0);
     expect(lookup.draftLength).toBe(k0 + 2);
@@ -36,6 +36,18 @@ describe("PromptLookup", () => {
     expect(lookup.draftLength).toBe(k0 + 1);
     for (let i = 0; i < 40; i++) lookup.record(12, 12);
     expect(lookup.draftLength).toBe(DEFAULT_LOOKUP.maxDraft);
+  });
+
+  test("tuning: k doubles after full acceptance and shrinks to the accepted length + 1", () => {
+    const lookup = new PromptLookup(); // the default: double / accepted
+    const k0 = lookup.draftLength;
+    lookup.record(k0, k0);
+    expect(lookup.draftLength).toBe(Math.min(DEFAULT_LOOKUP.maxDraft, 2 * k0));
+    lookup.record(lookup.draftLength, 2);
+    expect(lookup.draftLength).toBe(3);
+    // A rejection never lengthens k.
+    lookup.record(3, 2);
+    expect(lookup.draftLength).toBe(2);
   });
 
   test("a draft with nothing accepted raises the shortest n-gram and pauses lookups, doubling", () => {
