@@ -5,6 +5,7 @@ import { mkdirSync, statfsSync } from "node:fs";
 import { basename, join } from "node:path";
 import { DEFAULT_USABLE_FRACTION, estimateMemory, kvBytesPerToken, PREFILL_CHUNK, systemMemory } from "./memory-plan";
 import * as mx from "../mlx";
+import { distributedGroup } from "../mlx/distributed";
 import type { ModelConfig } from "../models/config";
 import { type LoadedModel, loadModel, readModelConfig } from "../models/loader";
 import { denseCopyBytes } from "../models/weights";
@@ -26,6 +27,7 @@ import {
   samplingParams,
 } from "./protocol";
 import { Scheduler, type SchedulerOptions, type TokenConstraint } from "./scheduler";
+import { agreeOnMinimum } from "./tensor-parallel";
 
 /** Device memory the engine may plan with: GPU memory (CUDA), else system memory (also Apple's unified memory). */
 export function deviceMemoryBytes(device: "cpu" | "gpu"): number | null {
@@ -245,7 +247,14 @@ export class Engine {
         // Not enough memory for the copies: the quantized kernels serve every batch size.
       }
     }
-    this.loaded = loadModel(config.model, { alwaysLongRope: config.alwaysLongRope, denseCopies });
+    // Tensor parallelism: this rank's share of the weights; every rank plans the same context and KV budget.
+    const group = config.tensorParallel ? distributedGroup() : null;
+    if (group) {
+      const [contextLength, budgetMiB] = agreeOnMinimum([plan.contextLength, Math.floor(plan.kvBudgetBytes / 2 ** 20)]);
+      plan = { ...plan, contextLength: contextLength as number, kvBudgetBytes: (budgetMiB as number) * 2 ** 20 };
+    }
+    const shard = group ? { rank: group.rank, size: group.size } : undefined;
+    this.loaded = loadModel(config.model, { alwaysLongRope: config.alwaysLongRope, denseCopies, shard });
     const c = this.loaded.config;
     const options = schedulerOptions(config, plan, device);
     const bytesPerToken = KVCache.bytesPerToken(cacheShape(this.loaded.model, options.kvBits));
@@ -257,7 +266,8 @@ export class Engine {
       (e) => this.#forward(e, emit),
       (spec, endIds) => this.#constraint(config.model, spec, endIds),
     );
-    this.scheduler.attachPrefixStore(openPrefixStore(config, this.loaded, options.kvBits ?? 0));
+    // A rank's cached prefixes are its share of the KV heads: no disk cache under tensor parallelism yet.
+    if (!group) this.scheduler.attachPrefixStore(openPrefixStore(config, this.loaded, options.kvBits ?? 0));
     this.#warmups = warmupLengths(options);
     this.info = {
       modelPath: config.model,

@@ -238,6 +238,11 @@ export interface EngineConfig {
   memoryHeadroomBytes?: number | null;
   /** Test hook: fail the forward pass when a prompt contains this token id. */
   faultTokenId?: number | null;
+  /**
+   * Tensor parallelism: the engine runs as `size` ranks of one MLX distributed
+   * group (src/engine/tensor-parallel.ts); the supervisor starts them.
+   */
+  tensorParallel?: { size: number; backend: "ring" | "nccl" | "mpi" | "jaccl" | "any" } | null;
 }
 
 export interface EngineInfo {

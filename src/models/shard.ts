@@ -82,7 +82,8 @@ function splitFor(name: string, c: ModelConfig): Split | null {
 
 /** A fresh copy of part of an array, so that the whole tensor's buffer can go. */
 function ownedCopy(a: mx.MxArray): mx.MxArray {
-  return mx.keep(mx.fromData(a.read(), a.shape, a.dtype));
+  const data = a.read();
+  return mx.keep(mx.fromData(new Uint8Array(data.buffer, data.byteOffset, data.byteLength), a.shape, a.dtype));
 }
 
 function shardArray(name: string, a: mx.MxArray, split: Split, spec: ShardSpec): mx.MxArray {
