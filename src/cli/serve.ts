@@ -3,9 +3,64 @@
 import { loadConfig } from "../config";
 import { resolveLocalModel } from "../hub/resolve";
 import { createLogger } from "../server/log";
+import { gpuCount, resolveReplicas } from "../server/replicas";
 import { startServer } from "../server/server";
 
-export async function runServe(argv: string[]): Promise<number> {
+const BACKENDS = ["ring", "nccl", "mpi", "jaccl", "any"] as const;
+type Backend = (typeof BACKENDS)[number];
+
+export interface ParallelFlags {
+  /** Ranks of one tensor-parallel engine (1: off). */
+  tensorParallel: number;
+  /** Their MLX distributed backend (default: nccl on a GPU, ring on the CPU). */
+  distributedBackend: Backend | null;
+  /** Engine replicas behind the router, or "auto" (one per GPU). */
+  replicas: string;
+}
+
+/**
+ * Takes the parallelism flags out of argv: --tensor-parallel N,
+ * --distributed-backend ring|nccl|mpi|any, --replicas N|auto (also --flag=value).
+ */
+export function takeParallelFlags(argv: string[]): { flags: ParallelFlags; rest: string[] } {
+  const flags: ParallelFlags = { tensorParallel: 1, distributedBackend: null, replicas: "1" };
+  const rest: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] as string;
+    const m = /^--(tensor-parallel|distributed-backend|replicas)(?:=(.*))?$/.exec(arg);
+    if (!m) {
+      rest.push(arg);
+      continue;
+    }
+    const value = m[2] ?? argv[++i];
+    if (value === undefined) throw new Error(`serve: --${m[1]} needs a value`);
+    if (m[1] === "tensor-parallel") {
+      const n = Number(value);
+      if (!Number.isInteger(n) || n < 1 || n > 64)
+        throw new Error(`serve: --tensor-parallel: expected 1-64, got ${value}`);
+      flags.tensorParallel = n;
+    } else if (m[1] === "distributed-backend") {
+      if (!(BACKENDS as readonly string[]).includes(value)) {
+        throw new Error(`serve: --distributed-backend: expected one of ${BACKENDS.join(", ")}, got ${value}`);
+      }
+      flags.distributedBackend = value as Backend;
+    } else {
+      resolveReplicas(value);
+      flags.replicas = value;
+    }
+  }
+  return { flags, rest };
+}
+
+/** NCCL where the engines run on NVIDIA GPUs, else the ring backend (TCP). */
+function defaultBackend(backend: string): Backend {
+  if (backend === "cuda") return "nccl";
+  if (backend === "auto" && process.platform === "linux" && gpuCount() > 0) return "nccl";
+  return "ring";
+}
+
+export async function runServe(args: string[]): Promise<number> {
+  const { flags: parallel, rest: argv } = takeParallelFlags(args);
   const { config, flags, file } = loadConfig({ argv });
   if (flags.unknown.length) throw new Error(`serve: unknown option ${flags.unknown[0]} (see \`pensieve help\`)`);
   const log = createLogger({ level: config.logLevel, format: config.logFormat });
@@ -26,7 +81,15 @@ export async function runServe(argv: string[]): Promise<number> {
       kvBits: config.kvBits,
       speculative: config.speculative,
       threads: config.threads,
+      tensorParallel:
+        parallel.tensorParallel > 1
+          ? {
+              size: parallel.tensorParallel,
+              backend: parallel.distributedBackend ?? defaultBackend(config.backend),
+            }
+          : null,
     },
+    replicas: resolveReplicas(parallel.replicas),
     server: {
       apiKey: config.apiKey,
       corsOrigins: config.corsOrigins,

@@ -33,7 +33,7 @@ export interface GenerateInput {
 }
 
 /** One request's events, in order; ends after "finished" or "error". */
-class GenerationStream implements AsyncIterable<StreamEvent> {
+export class GenerationStream implements AsyncIterable<StreamEvent> {
   readonly id: string;
   #queue: StreamEvent[] = [];
   #waiter: (() => void) | null = null;
@@ -94,7 +94,22 @@ export interface SupervisorOptions {
   env?: Record<string, string>;
 }
 
-export class EngineSupervisor {
+/** What the server uses of an engine: one supervised engine, or a router over replicas (src/server/replicas.ts). */
+export interface EngineHandle {
+  readonly state: EngineState;
+  readonly info: EngineInfo | null;
+  readonly lastError: string | null;
+  readonly restarts: number;
+  readonly pid: number | null;
+  readonly activeStreams: number;
+  start(): Promise<EngineInfo>;
+  generate(input: GenerateInput, signal?: AbortSignal): GenerationStream;
+  stats(timeoutMs?: number): Promise<EngineStats>;
+  stop(graceMs?: number): Promise<void>;
+  kill(signal?: NodeJS.Signals, which?: number): void;
+}
+
+export class EngineSupervisor implements EngineHandle {
   readonly options: SupervisorOptions;
   #child: Subprocess | null = null;
   /** Tensor parallelism: ranks 1..N-1 of the current group (rank 0 is #child). */
