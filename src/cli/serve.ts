@@ -1,6 +1,8 @@
 // pensieve serve: the HTTP server on the configured model. Configuration comes
 // from the file, then PENSIEVE_* variables, then flags (src/config).
+import { readFileSync } from "node:fs";
 import { loadConfig } from "../config";
+import type { GroupHost } from "../engine/group-launch";
 import { resolveLocalModel } from "../hub/resolve";
 import { createLogger } from "../server/log";
 import { gpuCount, resolveReplicas } from "../server/replicas";
@@ -16,6 +18,33 @@ export interface ParallelFlags {
   distributedBackend: Backend | null;
   /** Engine replicas behind the router, or "auto" (one per GPU). */
   replicas: string;
+  /** mlx.launch's host file: the machines of a tensor-parallel group, rank order (rank 0 is this one). */
+  hosts: string | null;
+}
+
+/** Reads an mlx.launch host file: [{"ssh": "host", "ips": ["10.0.0.2"]}, ...]; the first entry is this machine. */
+export function readHostfile(path: string): GroupHost[] {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(readFileSync(path, "utf8"));
+  } catch (e) {
+    throw new Error(`--hosts ${path}: ${(e as Error).message}`);
+  }
+  if (!Array.isArray(parsed) || parsed.length < 2)
+    throw new Error(`--hosts ${path}: expected a list of 2 or more hosts`);
+  return parsed.map((h, i) => {
+    const host = h as Partial<GroupHost>;
+    if (typeof host.ssh !== "string" || !Array.isArray(host.ips) || host.ips.some((ip) => typeof ip !== "string")) {
+      throw new Error(`--hosts ${path}: host ${i} needs "ssh" (a string) and "ips" (a list of addresses)`);
+    }
+    if (
+      host.command !== undefined &&
+      !(Array.isArray(host.command) && host.command.every((c) => typeof c === "string"))
+    ) {
+      throw new Error(`--hosts ${path}: host ${i}: "command" must be a list of strings`);
+    }
+    return host as GroupHost;
+  });
 }
 
 /**
@@ -23,11 +52,11 @@ export interface ParallelFlags {
  * --distributed-backend ring|nccl|mpi|any, --replicas N|auto (also --flag=value).
  */
 export function takeParallelFlags(argv: string[]): { flags: ParallelFlags; rest: string[] } {
-  const flags: ParallelFlags = { tensorParallel: 1, distributedBackend: null, replicas: "1" };
+  const flags: ParallelFlags = { tensorParallel: 1, distributedBackend: null, replicas: "1", hosts: null };
   const rest: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i] as string;
-    const m = /^--(tensor-parallel|distributed-backend|replicas)(?:=(.*))?$/.exec(arg);
+    const m = /^--(tensor-parallel|distributed-backend|replicas|hosts)(?:=(.*))?$/.exec(arg);
     if (!m) {
       rest.push(arg);
       continue;
@@ -44,6 +73,8 @@ export function takeParallelFlags(argv: string[]): { flags: ParallelFlags; rest:
         throw new Error(`serve: --distributed-backend: expected one of ${BACKENDS.join(", ")}, got ${value}`);
       }
       flags.distributedBackend = value as Backend;
+    } else if (m[1] === "hosts") {
+      flags.hosts = value;
     } else {
       resolveReplicas(value);
       flags.replicas = value;
@@ -62,6 +93,11 @@ function defaultBackend(backend: string): Backend {
 export async function runServe(args: string[]): Promise<number> {
   const { flags: parallel, rest: argv } = takeParallelFlags(args);
   const { config, flags, file } = loadConfig({ argv });
+  const hosts = parallel.hosts ? readHostfile(parallel.hosts) : null;
+  if (hosts && parallel.tensorParallel > 1 && parallel.tensorParallel !== hosts.length) {
+    throw new Error(`serve: --tensor-parallel ${parallel.tensorParallel} but --hosts lists ${hosts.length} machines`);
+  }
+  const ranks = hosts?.length ?? parallel.tensorParallel;
   if (flags.unknown.length) throw new Error(`serve: unknown option ${flags.unknown[0]} (see \`pensieve help\`)`);
   const log = createLogger({ level: config.logLevel, format: config.logFormat });
   const modelPath = resolveLocalModel(config.model);
@@ -82,10 +118,12 @@ export async function runServe(args: string[]): Promise<number> {
       speculative: config.speculative,
       threads: config.threads,
       tensorParallel:
-        parallel.tensorParallel > 1
+        ranks > 1
           ? {
-              size: parallel.tensorParallel,
-              backend: parallel.distributedBackend ?? defaultBackend(config.backend),
+              size: ranks,
+              // Across machines: TCP (ring) unless told otherwise; NCCL across hosts also works with --distributed-backend nccl.
+              backend: parallel.distributedBackend ?? (hosts ? "ring" : defaultBackend(config.backend)),
+              hosts,
             }
           : null,
     },

@@ -248,7 +248,7 @@ export class Engine {
       }
     }
     // Tensor parallelism: this rank's share of the weights; every rank plans the same context and KV budget.
-    const group = config.tensorParallel ? distributedGroup() : null;
+    const group = (config.tensorParallel?.size ?? 1) > 1 ? distributedGroup() : null;
     if (group) {
       const [contextLength, budgetMiB] = agreeOnMinimum([plan.contextLength, Math.floor(plan.kvBudgetBytes / 2 ** 20)]);
       plan = { ...plan, contextLength: contextLength as number, kvBudgetBytes: (budgetMiB as number) * 2 ** 20 };

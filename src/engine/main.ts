@@ -11,6 +11,7 @@ function send(message: FromEngine): void {
 }
 
 export async function runEngineProcess(config: EngineConfig): Promise<void> {
+  if (config.tensorParallel && config.tensorParallel.size <= 1) config = { ...config, tensorParallel: null };
   // Tensor parallelism: ranks other than 0 have no IPC; they follow rank 0's steps until it stops.
   const rank = config.tensorParallel ? Number(process.env.MLX_RANK ?? 0) : 0;
   if (rank > 0) return runFollower(config);

@@ -4,6 +4,7 @@
 // imports nothing that reaches MLX, so the server, the CLI's non-engine
 // commands and the engine all import it. The engine sends one "tokens" message
 // per decode step, for every sequence that produced a token in it.
+import type { GroupHost } from "./group-launch";
 import type { ConstraintSpec } from "../text/json-constraint";
 
 export type { ConstraintSpec };
@@ -242,7 +243,14 @@ export interface EngineConfig {
    * Tensor parallelism: the engine runs as `size` ranks of one MLX distributed
    * group (src/engine/tensor-parallel.ts); the supervisor starts them.
    */
-  tensorParallel?: { size: number; backend: "ring" | "nccl" | "mpi" | "jaccl" | "any" } | null;
+  tensorParallel?: {
+    size: number;
+    backend: "ring" | "nccl" | "mpi" | "jaccl" | "any";
+    /** Machines in rank order (--hosts); absent: every rank on this one. */
+    hosts?: GroupHost[] | null;
+    /** First ring port on remote machines (default 32323). */
+    startingPort?: number;
+  } | null;
 }
 
 export interface EngineInfo {

@@ -92,6 +92,8 @@ export interface SupervisorOptions {
   onLifecycle?: (event: { state: EngineState; detail: string }) => void;
   /** Extra environment for the engine (a replica's CUDA_VISIBLE_DEVICES). */
   env?: Record<string, string>;
+  /** Tensor parallelism on a GPU machine: the group's first card (a replica's share). */
+  gpuOffset?: number;
 }
 
 /** What the server uses of an engine: one supervised engine, or a router over replicas (src/server/replicas.ts). */
@@ -173,15 +175,21 @@ export class EngineSupervisor implements EngineHandle {
 
   #spawn(state: EngineState): void {
     this.#state = state;
-    const argv = [...this.options.command, "--config-json", JSON.stringify(this.options.engine)];
+    const engine = this.options.engine;
+    const engineArgv = (model?: string) => [
+      ...this.options.command,
+      "--config-json",
+      JSON.stringify(model ? { ...engine, model } : engine),
+    ];
     // MLX reads it once, natively: cuDNN attention graphs kept (one per prefill shape; MLX keeps 16).
     const base = { MLX_CUDA_SDPA_CACHE_SIZE: "256", ...process.env, ...this.options.env };
-    const tp = this.options.engine.tensorParallel;
-    const launch = tp && tp.size > 1 ? groupLaunch(tp) : null;
+    const tp = engine.tensorParallel;
+    const launch = tp && tp.size > 1 ? groupLaunch(tp, this.options.gpuOffset ?? 0) : null;
     this.#cleanupGroup = launch?.cleanup ?? null;
-    const child = Bun.spawn(argv, {
+    const leader = launch?.spawn(0, engineArgv) ?? { argv: engineArgv(), env: {} };
+    const child = Bun.spawn(leader.argv, {
       stdin: "ignore",
-      env: { ...base, ...launch?.env(0) },
+      env: { ...base, ...leader.env },
       stdout: "inherit",
       stderr: "inherit",
       serialization: "json",
@@ -191,10 +199,11 @@ export class EngineSupervisor implements EngineHandle {
     this.#child = child;
     this.#followers = [];
     for (let rank = 1; rank < (launch ? (tp?.size ?? 1) : 1); rank++) {
+      const follower = launch?.spawn(rank, engineArgv) ?? { argv: engineArgv(), env: {} };
       this.#followers.push(
-        Bun.spawn(argv, {
+        Bun.spawn(follower.argv, {
           stdin: "ignore",
-          env: { ...base, ...launch?.env(rank) },
+          env: { ...base, ...follower.env },
           stdout: "inherit",
           stderr: "inherit",
           onExit: (proc, code, signal) => this.#onExit(proc, code, signal),

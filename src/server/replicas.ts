@@ -130,12 +130,15 @@ export class ReplicaRouter implements EngineHandle {
 
   constructor(options: ReplicaRouterOptions) {
     const { replicas: count, pinGpus, onLifecycle, ...rest } = options;
+    const tp = rest.engine.tensorParallel && rest.engine.tensorParallel.size > 1 ? rest.engine.tensorParallel : null;
     this.replicas = Array.from(
       { length: count },
       (_, i) =>
         new EngineSupervisor({
           ...rest,
-          env: pinGpus ? { CUDA_VISIBLE_DEVICES: String(i) } : undefined,
+          // A tensor-parallel replica takes `size` cards from i * size; a plain one card i.
+          env: pinGpus && !tp ? { CUDA_VISIBLE_DEVICES: String(i) } : undefined,
+          gpuOffset: pinGpus && tp ? i * tp.size : 0,
           onLifecycle: (e) => onLifecycle?.({ replica: i, ...e }),
         }),
     );

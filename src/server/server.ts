@@ -67,8 +67,8 @@ export async function startServer(opts: StartOptions): Promise<RunningServer> {
       ? new ReplicaRouter({
           ...engineOptions,
           replicas,
-          // One GPU per replica; a tensor-parallel replica's ranks pick their own cards.
-          pinGpus: opts.engine?.device !== "cpu" && !opts.engine?.tensorParallel,
+          // One GPU per replica (a tensor-parallel replica: one per rank), unless its ranks span machines.
+          pinGpus: opts.engine?.device !== "cpu" && !opts.engine?.tensorParallel?.hosts,
           onLifecycle: (e) => log.info("engine", { replica: e.replica, state: e.state, detail: e.detail }),
         })
       : new EngineSupervisor({

@@ -11,17 +11,16 @@ import { PREFIX_BLOCK, PrefixShadow, resolveReplicas } from "../../src/server/re
 import { REPO_ROOT } from "../../src/paths";
 import { tinyModel } from "../support/models";
 
+const RANK_SCRIPT = join(REPO_ROOT, "test/support/distributed-rank.ts");
+
 describe("MLX ring backend through the shim", () => {
   test("init, rank, size, all_sum, all_max, all_gather, send, recv over two processes", async () => {
     const launch = groupLaunch({ size: 2, backend: "ring" });
     try {
-      const procs = [0, 1].map((rank) =>
-        Bun.spawn([process.execPath, join(REPO_ROOT, "test/support/distributed-rank.ts")], {
-          env: { ...process.env, ...launch.env(rank) },
-          stdout: "pipe",
-          stderr: "pipe",
-        }),
-      );
+      const procs = [0, 1].map((rank) => {
+        const { argv, env } = launch.spawn(rank, () => [process.execPath, RANK_SCRIPT]);
+        return Bun.spawn(argv, { env: { ...process.env, ...env }, stdout: "pipe", stderr: "pipe" });
+      });
       const timer = setTimeout(() => {
         for (const p of procs) p.kill("SIGKILL");
       }, 60_000);
@@ -50,8 +49,13 @@ describe("MLX ring backend through the shim", () => {
     const ports = freePorts(3);
     expect(new Set(ports).size).toBe(3);
     expect(ringHostfile(ports)).toEqual(ports.map((p) => [`127.0.0.1:${p}`]));
-    const nccl = groupLaunch({ size: 2, backend: "nccl" });
-    expect(nccl.env(1)).toMatchObject({ MLX_RANK: "1", MLX_WORLD_SIZE: "2", CUDA_VISIBLE_DEVICES: "1" });
+    const nccl = groupLaunch({ size: 2, backend: "nccl" }, 2);
+    expect(nccl.spawn(1, () => ["engine"]).env).toMatchObject({
+      MLX_RANK: "1",
+      MLX_WORLD_SIZE: "2",
+      NCCL_HOST_IP: "127.0.0.1",
+      CUDA_VISIBLE_DEVICES: "3",
+    });
     expect(() => groupLaunch({ size: 2, backend: "mpi" })).toThrow(/mpirun/);
   });
 });
@@ -100,7 +104,7 @@ describe("serve flags", () => {
       "auto",
     ]);
     expect(rest).toEqual(["--port", "9000"]);
-    expect(flags).toEqual({ tensorParallel: 2, distributedBackend: "ring", replicas: "auto" });
+    expect(flags).toEqual({ tensorParallel: 2, distributedBackend: "ring", replicas: "auto", hosts: null });
     expect(() => takeParallelFlags(["--replicas", "0"])).toThrow(/replicas/);
     expect(() => takeParallelFlags(["--distributed-backend", "tcp"])).toThrow(/ring, nccl/);
     expect(resolveReplicas("3")).toBe(3);

@@ -5,6 +5,8 @@
 // KV heads, 4-bit) and a Phi-3 (fused qkv and gate|up, LongRoPE). Killing one
 // rank fails the requests in flight with a 5xx and restarts the whole group.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type EngineConfig, samplingParams } from "../../src/engine/protocol";
 import { EngineSupervisor, type StreamEvent } from "../../src/engine/supervisor";
@@ -145,5 +147,51 @@ describe("a tensor-parallel group fails and restarts as a whole", () => {
     for (const pid of before) expect(after).not.toContain(pid);
     const again = await generate(two, promptIds(10, 5), 4);
     expect(again.tokens).toHaveLength(4);
+  }, 120_000);
+});
+
+describe("--hosts: rank 1 started over ssh as mlx.launch does (a stand-in ssh runs the script here)", () => {
+  let one: EngineSupervisor;
+  let two: EngineSupervisor;
+  const log = join(TEST_TMP, "fake-ssh.log");
+  const savedSsh = process.env.PENSIEVE_SSH;
+  beforeAll(async () => {
+    mkdirSync(TEST_TMP, { recursive: true });
+    const fake = join(TEST_TMP, "fake-ssh.sh");
+    // Records its arguments, then runs the last one (the remote script) through sh, as sshd would.
+    writeFileSync(
+      fake,
+      `#!/bin/sh\nprintf '%s\\n' "$*" >> '${log}'\nfor a; do last=$a; done\nexec /bin/sh -c "$last"\n`,
+    );
+    chmodSync(fake, 0o755);
+    rmSync(log, { force: true });
+    process.env.PENSIEVE_SSH = fake;
+    const model = tinyModel("tiny-llama");
+    one = supervisor(model, null);
+    two = supervisor(model, {
+      size: 2,
+      backend: "ring",
+      hosts: [
+        { ssh: "this-machine", ips: ["127.0.0.1"] },
+        { ssh: "user@second-mac", ips: ["127.0.0.1"], cwd: tmpdir() },
+      ],
+    });
+    await Promise.all([one.start(), two.start()]);
+  }, 120_000);
+  afterAll(async () => {
+    await Promise.all([one?.stop(), two?.stop()]);
+    if (savedSsh === undefined) delete process.env.PENSIEVE_SSH;
+    else process.env.PENSIEVE_SSH = savedSsh;
+  });
+
+  test("the remote rank runs through ssh -tt with MLX_RANK and the host file, and decodes as one process", async () => {
+    const calls = readFileSync(log, "utf8").trim().split("\n");
+    expect(calls).toHaveLength(1);
+    expect(calls[0]).toStartWith("-tt -o LogLevel=QUIET user@second-mac ");
+    expect(calls[0]).toContain("export MLX_RANK=1;");
+    expect(calls[0]).toContain("export MLX_HOSTFILE=");
+    const a = await generate(one, PROMPTS[1] as number[], 6);
+    const b = await generate(two, PROMPTS[1] as number[], 6);
+    expectSame(a, b);
   }, 120_000);
 });
