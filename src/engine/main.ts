@@ -85,6 +85,6 @@ async function runFollower(config: EngineConfig): Promise<void> {
   if (!config.tensorParallel) return;
   const group = tp.joinGroup(config.tensorParallel);
   const engine = new Engine(config, () => {});
-  tp.followGroup(group, engine.scheduler);
+  await tp.followGroup(group, engine.scheduler);
   process.exit(0);
 }

@@ -102,11 +102,13 @@ export function leadGroup(group: Group, scheduler: Scheduler): () => void {
 }
 
 /**
- * Ranks 1..N-1: apply rank 0's inputs and step, forever (blocking: this process
- * serves nothing else). Returns when rank 0 says the group stops.
+ * Ranks 1..N-1: apply rank 0's inputs and step until rank 0 says the group
+ * stops. Waiting for rank 0 blocks in MLX; between steps the event loop turns,
+ * so that finalizers and timers run as they do on rank 0.
  */
-export function followGroup(group: Group, scheduler: Scheduler): void {
+export async function followGroup(group: Group, scheduler: Scheduler): Promise<void> {
   while (true) {
+    await new Promise((resolve) => setImmediate(resolve));
     const message = broadcast(group, null);
     for (const input of message.inputs) {
       if (input.op === "submit") scheduler.submit(input.request);
