@@ -12,6 +12,8 @@ import { type EngineConfig, samplingParams } from "../../src/engine/protocol";
 import { EngineSupervisor, type StreamEvent } from "../../src/engine/supervisor";
 import { shrinkConfig, writeRandomModel } from "../../src/models/random";
 import { selfCommand } from "../../src/paths";
+import { silentLogger } from "../../src/server/log";
+import { type RunningServer, startServer } from "../../src/server/server";
 import { PHI3_FILES, TEST_TMP, tinyModel } from "../support/models";
 import { promptIds } from "../support/reference";
 
@@ -193,5 +195,46 @@ describe("--hosts: rank 1 started over ssh as mlx.launch does (a stand-in ssh ru
     const a = await generate(one, PROMPTS[1] as number[], 6);
     const b = await generate(two, PROMPTS[1] as number[], 6);
     expectSame(a, b);
+  }, 120_000);
+});
+
+describe("over HTTP: a tensor-parallel server whose rank dies", () => {
+  let server: RunningServer;
+  beforeAll(async () => {
+    server = await startServer({
+      host: "127.0.0.1",
+      port: 0,
+      modelPath: tinyModel("tiny-llama"),
+      modelId: "m",
+      engine: { device: "cpu", maxContext: 2048, tensorParallel: { size: 2, backend: "ring" } },
+      log: silentLogger,
+    });
+  }, 120_000);
+  afterAll(async () => {
+    await server?.stop(1000);
+  });
+
+  test("the request in flight gets a 5xx; the group restarts and serves", async () => {
+    const engine = server.engine as EngineSupervisor;
+    const body = { model: "m", messages: [{ role: "user", content: "Tell a long story." }], max_tokens: 1500 };
+    const pending = fetch(`${server.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const until = Date.now() + 30_000;
+    while (engine.activeStreams === 0 && Date.now() < until) await Bun.sleep(2);
+    engine.kill("SIGKILL", 1);
+    const response = await pending;
+    expect(response.status).toBeGreaterThanOrEqual(500);
+    const ready = Date.now() + 60_000;
+    while (engine.state !== "ready" && Date.now() < ready) await Bun.sleep(50);
+    expect(engine.restarts).toBe(1);
+    const again = await fetch(`${server.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ ...body, max_tokens: 4 }),
+    });
+    expect(again.status).toBe(200);
   }, 120_000);
 });
