@@ -247,11 +247,16 @@ export class Engine {
         // Not enough memory for the copies: the quantized kernels serve every batch size.
       }
     }
-    // Tensor parallelism: this rank's share of the weights; every rank plans the same context and KV budget.
+    // Tensor parallelism: this rank's share of the weights. Every rank's scheduler must decide alike, so all take
+    // the smallest context, KV budget and KV bits any rank planned (memory differs between machines and moments).
     const group = (config.tensorParallel?.size ?? 1) > 1 ? distributedGroup() : null;
     if (group) {
-      const [contextLength, budgetMiB] = agreeOnMinimum([plan.contextLength, Math.floor(plan.kvBudgetBytes / 2 ** 20)]);
-      plan = { ...plan, contextLength: contextLength as number, kvBudgetBytes: (budgetMiB as number) * 2 ** 20 };
+      const [contextLength, budgetMiB, kvBits] = agreeOnMinimum([
+        plan.contextLength,
+        Math.floor(plan.kvBudgetBytes / 2 ** 20),
+        plan.kvBits,
+      ]) as [number, number, KvBits];
+      plan = { ...plan, contextLength, kvBudgetBytes: budgetMiB * 2 ** 20, kvBits };
     }
     const shard = group ? { rank: group.rank, size: group.size } : undefined;
     this.loaded = loadModel(config.model, { alwaysLongRope: config.alwaysLongRope, denseCopies, shard });
