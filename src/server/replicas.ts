@@ -2,7 +2,8 @@
 // (on a GPU machine, each pinned to one card with CUDA_VISIBLE_DEVICES), behind
 // one router with the supervisor's interface. A request goes to the replica
 // whose prefix cache most likely holds the longest prefix of its prompt (so a
-// conversation stays where its KV cache is), else to the least loaded one.
+// conversation stays where its KV cache is), else to the least loaded one;
+// affinity yields to load when that replica has a batch's worth more streams.
 // "Most likely": the router keeps a plain-data shadow per replica of the prompt
 // blocks it sent there (chained hashes of 32-token blocks), instead of asking
 // the replicas: the choice is made at once, on the event loop, with no IPC
@@ -87,6 +88,12 @@ export interface ReplicaRouterOptions extends Omit<SupervisorOptions, "env" | "o
   replicas: number;
   /** Pin replica i to GPU i (CUDA_VISIBLE_DEVICES). */
   pinGpus?: boolean;
+  /**
+   * Prefix affinity yields to load when the replica holding the prefix has this many more open streams than
+   * the least loaded one (default: the engine's batch size, 8 on the CPU and 32 on a GPU): a hot shared
+   * prefix then spreads instead of queueing on one replica.
+   */
+  maxImbalance?: number;
   onLifecycle?: (event: { replica: number; state: EngineState; detail: string }) => void;
 }
 
@@ -110,6 +117,39 @@ export function resolveReplicas(value: string | number): number {
   return n;
 }
 
+export interface RouteCandidate {
+  ready: boolean;
+  /** Open streams. */
+  load: number;
+  /** Prompt tokens its shadow holds, from the start. */
+  match: number;
+}
+
+/**
+ * The longest prefix match among ready replicas; ties and misses go to the fewest open streams. Affinity yields
+ * to load when its replica has `maxImbalance` more open streams than the least loaded. None ready: replica 0
+ * (its stream carries the 503 and retry-after).
+ */
+export function chooseReplica(
+  candidates: readonly RouteCandidate[],
+  maxImbalance: number,
+): { replica: number; matchedTokens: number } {
+  let best = -1;
+  let least = -1;
+  candidates.forEach((c, i) => {
+    if (!c.ready) return;
+    const b = candidates[best];
+    if (!b || c.match > b.match || (c.match === b.match && c.load < b.load)) best = i;
+    const l = candidates[least];
+    if (!l || c.load < l.load) least = i;
+  });
+  const b = candidates[best];
+  const l = candidates[least];
+  if (!b || !l) return { replica: 0, matchedTokens: 0 };
+  if (b.match > 0 && b.load - l.load >= maxImbalance) return { replica: least, matchedTokens: 0 };
+  return { replica: best, matchedTokens: b.match };
+}
+
 /** Adds b's numbers into a's shape (stats of several replicas); contextLength stays the smallest. */
 function sumStats(a: unknown, b: unknown, key = ""): unknown {
   if (typeof a === "number" && typeof b === "number") return key === "contextLength" ? Math.min(a, b) : a + b;
@@ -127,9 +167,11 @@ export class ReplicaRouter implements EngineHandle {
   readonly #restartsSeen: number[];
   readonly #byPrefix: number[];
   readonly #byLoad: number[];
+  readonly #maxImbalance: number;
 
   constructor(options: ReplicaRouterOptions) {
-    const { replicas: count, pinGpus, onLifecycle, ...rest } = options;
+    const { replicas: count, pinGpus, onLifecycle, maxImbalance, ...rest } = options;
+    this.#maxImbalance = maxImbalance ?? rest.engine.maxConcurrent ?? (rest.engine.device === "cpu" ? 8 : 32);
     const tp = rest.engine.tensorParallel && rest.engine.tensorParallel.size > 1 ? rest.engine.tensorParallel : null;
     this.replicas = Array.from(
       { length: count },
@@ -184,29 +226,23 @@ export class ReplicaRouter implements EngineHandle {
     return infos[0] as EngineInfo;
   }
 
-  /** The replica for a prompt: the longest shadowed prefix among ready replicas, ties and misses to the least loaded. */
+  /** The replica for a prompt (see chooseReplica), and the prompt's block hashes. */
   route(prompt: readonly number[]): { replica: number; matchedTokens: number; hashes: bigint[] } {
     const hashes = PrefixShadow.hashes(prompt);
-    let best = -1;
-    let bestMatch = -1;
-    for (let i = 0; i < this.replicas.length; i++) {
-      const r = this.replicas[i] as EngineSupervisor;
+    const candidates = this.replicas.map((r, i) => {
       if (r.restarts !== this.#restartsSeen[i]) {
         // A restarted replica lost its cache.
         this.#restartsSeen[i] = r.restarts;
         this.#shadows[i]?.clear();
       }
-      if (r.state !== "ready") continue;
-      const match = (this.#shadows[i] as PrefixShadow).matchTokens(hashes);
-      const load = r.activeStreams;
-      const bestLoad = best < 0 ? Number.POSITIVE_INFINITY : (this.replicas[best] as EngineSupervisor).activeStreams;
-      if (match > bestMatch || (match === bestMatch && load < bestLoad)) {
-        best = i;
-        bestMatch = match;
-      }
-    }
-    // None ready: replica 0 answers (its stream carries the 503 and retry-after).
-    return { replica: Math.max(best, 0), matchedTokens: Math.max(bestMatch, 0), hashes };
+      const ready = r.state === "ready";
+      return {
+        ready,
+        load: r.activeStreams,
+        match: ready ? (this.#shadows[i] as PrefixShadow).matchTokens(hashes) : 0,
+      };
+    });
+    return { ...chooseReplica(candidates, this.#maxImbalance), hashes };
   }
 
   generate(input: GenerateInput, signal?: AbortSignal): GenerationStream {

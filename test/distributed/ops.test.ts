@@ -7,7 +7,7 @@ import { takeParallelFlags } from "../../src/cli/serve";
 import { freePorts, groupLaunch, ringHostfile } from "../../src/engine/group-launch";
 import { folderConfig } from "../../src/models/model-files";
 import { shardedConfig, shardProblem } from "../../src/models/shard";
-import { PREFIX_BLOCK, PrefixShadow, resolveReplicas } from "../../src/server/replicas";
+import { chooseReplica, PREFIX_BLOCK, PrefixShadow, resolveReplicas } from "../../src/server/replicas";
 import { REPO_ROOT } from "../../src/paths";
 import { tinyModel } from "../support/models";
 
@@ -89,6 +89,23 @@ describe("the router's prefix shadow", () => {
     shadow.add(PrefixShadow.hashes(Array.from({ length: 96 }, (_, i) => i)));
     expect(shadow.size).toBe(2);
     expect(shadow.matchTokens(PrefixShadow.hashes(Array.from({ length: 96 }, (_, i) => i)))).toBe(0);
+  });
+});
+
+describe("choosing a replica", () => {
+  const r = (ready: boolean, load: number, match: number) => ({ ready, load, match });
+
+  test("the longest prefix wins; ties and misses go to the least loaded; down replicas are skipped", () => {
+    expect(chooseReplica([r(true, 3, 64), r(true, 0, 32)], 8)).toEqual({ replica: 0, matchedTokens: 64 });
+    expect(chooseReplica([r(true, 3, 0), r(true, 1, 0)], 8)).toEqual({ replica: 1, matchedTokens: 0 });
+    expect(chooseReplica([r(true, 2, 32), r(true, 1, 32)], 8)).toEqual({ replica: 1, matchedTokens: 32 });
+    expect(chooseReplica([r(false, 0, 96), r(true, 5, 0)], 8)).toEqual({ replica: 1, matchedTokens: 0 });
+    expect(chooseReplica([r(false, 0, 0), r(false, 0, 0)], 8)).toEqual({ replica: 0, matchedTokens: 0 });
+  });
+
+  test("affinity yields to load past the imbalance bound", () => {
+    expect(chooseReplica([r(true, 9, 64), r(true, 2, 0)], 8)).toEqual({ replica: 0, matchedTokens: 64 });
+    expect(chooseReplica([r(true, 10, 64), r(true, 2, 0)], 8)).toEqual({ replica: 1, matchedTokens: 0 });
   });
 });
 
