@@ -82,6 +82,9 @@ export async function runEngineProcess(config: EngineConfig): Promise<void> {
 async function runFollower(config: EngineConfig): Promise<void> {
   const tp = await import("./tensor-parallel");
   const { Engine } = await import("./engine");
+  // The same settings as rank 0, overrides included: every rank's scheduler must decide alike.
+  const overrides = process.env.PENSIEVE_ENGINE_OVERRIDES;
+  if (overrides) config = { ...config, ...(JSON.parse(overrides) as Partial<EngineConfig>) };
   if (!config.tensorParallel) return;
   const group = tp.joinGroup(config.tensorParallel);
   const engine = new Engine(config, () => {});
