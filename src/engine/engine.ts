@@ -5,6 +5,7 @@ import { mkdirSync, statfsSync } from "node:fs";
 import { basename, join } from "node:path";
 import { DEFAULT_USABLE_FRACTION, estimateMemory, kvBytesPerToken, PREFILL_CHUNK, systemMemory } from "./memory-plan";
 import * as mx from "../mlx";
+import { distributedGroup } from "../mlx/distributed";
 import type { ModelConfig } from "../models/config";
 import { type LoadedModel, loadModel, readModelConfig } from "../models/loader";
 import { denseCopyBytes } from "../models/weights";
@@ -27,6 +28,7 @@ import {
   samplingParams,
 } from "./protocol";
 import { Scheduler, type SchedulerOptions, type TokenConstraint } from "./scheduler";
+import { agreeOnMinimum } from "./tensor-parallel";
 
 /** Device memory the engine may plan with: GPU memory (CUDA), else system memory (also Apple's unified memory). */
 export function deviceMemoryBytes(device: "cpu" | "gpu"): number | null {
@@ -272,7 +274,19 @@ export class Engine {
         // Not enough memory for the copies: the quantized kernels serve every batch size.
       }
     }
-    this.loaded = loadModel(config.model, { alwaysLongRope: config.alwaysLongRope, denseCopies });
+    // Tensor parallelism: this rank's share of the weights. Every rank's scheduler must decide alike, so all take
+    // the smallest context, KV budget and KV bits any rank planned (memory differs between machines and moments).
+    const group = (config.tensorParallel?.size ?? 1) > 1 ? distributedGroup() : null;
+    if (group) {
+      const [contextLength, budgetMiB, kvBits] = agreeOnMinimum([
+        plan.contextLength,
+        Math.floor(plan.kvBudgetBytes / 2 ** 20),
+        plan.kvBits,
+      ]) as [number, number, KvBits];
+      plan = { ...plan, contextLength, kvBudgetBytes: budgetMiB * 2 ** 20, kvBits };
+    }
+    const shard = group ? { rank: group.rank, size: group.size } : undefined;
+    this.loaded = loadModel(config.model, { alwaysLongRope: config.alwaysLongRope, denseCopies, shard });
     const c = this.loaded.config;
     const options = schedulerOptions(config, plan, device);
     const bytesPerToken = KVCache.bytesPerToken(cacheShape(this.loaded.model, options.kvBits));
@@ -284,8 +298,10 @@ export class Engine {
       (e) => this.#forward(e, emit),
       (spec, endIds) => this.#constraint(config.model, spec, endIds),
     );
-    this.scheduler.attachPrefixStore(openPrefixStore(config, this.loaded, options.kvBits ?? 0));
-    this.draft = config.draftModel ? loadModel(config.draftModel, { dtype: this.loaded.model.dtype }) : null;
+    // A rank's cached prefixes are its share of the KV heads: no disk cache under tensor parallelism yet.
+    if (!group) this.scheduler.attachPrefixStore(openPrefixStore(config, this.loaded, options.kvBits ?? 0));
+    // Drafting switches itself off by measured time, which ranks would not agree on: none under tensor parallelism.
+    this.draft = config.draftModel && !group ? loadModel(config.draftModel, { dtype: this.loaded.model.dtype }) : null;
     this.scheduler.attachDraftModel(this.draft?.model ?? null);
     this.#warmups = warmupLengths(options);
     this.info = {

@@ -11,14 +11,22 @@ function send(message: FromEngine): void {
 }
 
 export async function runEngineProcess(config: EngineConfig): Promise<void> {
+  if (config.tensorParallel && config.tensorParallel.size <= 1) config = { ...config, tensorParallel: null };
+  // Tensor parallelism: ranks other than 0 have no IPC; they follow rank 0's steps until it stops.
+  const rank = config.tensorParallel ? Number(process.env.MLX_RANK ?? 0) : 0;
+  if (rank > 0) return runFollower(config);
   if (!process.send) throw new Error("the engine runs as a child of `pensieve serve` (no IPC channel)");
   let engine: Engine;
+  let stopGroup: (() => void) | null = null;
   // Benchmarks and investigations only: engine settings the server has no flag for.
   const overrides = process.env.PENSIEVE_ENGINE_OVERRIDES;
   try {
     if (overrides) config = { ...config, ...(JSON.parse(overrides) as Partial<EngineConfig>) };
     const { Engine } = await import("./engine");
+    const tp = config.tensorParallel ? await import("./tensor-parallel") : null;
+    const group = tp && config.tensorParallel ? tp.joinGroup(config.tensorParallel) : null;
     engine = new Engine(config, (event) => send(event));
+    if (tp && group) stopGroup = tp.leadGroup(group, engine.scheduler);
     if (config.memoryHeadroomBytes != null) {
       const { capMemory } = await import("./memory-cap");
       console.error(`[engine] ${capMemory(config.memoryHeadroomBytes)}`);
@@ -55,6 +63,7 @@ export async function runEngineProcess(config: EngineConfig): Promise<void> {
         break;
       case "shutdown":
         engine.stop();
+        stopGroup?.();
         setTimeout(() => process.exit(0), 50);
         break;
     }
@@ -67,4 +76,18 @@ export async function runEngineProcess(config: EngineConfig): Promise<void> {
   }, 1000).unref();
   send({ type: "ready", info: engine.info });
   await engine.run();
+}
+
+/** A tensor-parallel rank other than 0: loads its share, then runs rank 0's steps (blocking) until told to stop. */
+async function runFollower(config: EngineConfig): Promise<void> {
+  const tp = await import("./tensor-parallel");
+  const { Engine } = await import("./engine");
+  // The same settings as rank 0, overrides included: every rank's scheduler must decide alike.
+  const overrides = process.env.PENSIEVE_ENGINE_OVERRIDES;
+  if (overrides) config = { ...config, ...(JSON.parse(overrides) as Partial<EngineConfig>) };
+  if (!config.tensorParallel) return;
+  const group = tp.joinGroup(config.tensorParallel);
+  const engine = new Engine(config, () => {});
+  await tp.followGroup(group, engine.scheduler);
+  process.exit(0);
 }

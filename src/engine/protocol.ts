@@ -4,6 +4,7 @@
 // imports nothing that reaches MLX, so the server, the CLI's non-engine
 // commands and the engine all import it. The engine sends one "tokens" message
 // per decode step, for every sequence that produced a token in it.
+import type { GroupHost } from "./group-launch";
 import type { ConstraintSpec } from "../text/json-constraint";
 
 export type { ConstraintSpec };
@@ -248,6 +249,18 @@ export interface EngineConfig {
   memoryHeadroomBytes?: number | null;
   /** Test hook: fail the forward pass when a prompt contains this token id. */
   faultTokenId?: number | null;
+  /**
+   * Tensor parallelism: the engine runs as `size` ranks of one MLX distributed
+   * group (src/engine/tensor-parallel.ts); the supervisor starts them.
+   */
+  tensorParallel?: {
+    size: number;
+    backend: "ring" | "nccl" | "mpi" | "jaccl" | "any";
+    /** Machines in rank order (--hosts); absent: every rank on this one. */
+    hosts?: GroupHost[] | null;
+    /** First ring port on remote machines (default 32323). */
+    startingPort?: number;
+  } | null;
 }
 
 export interface EngineInfo {

@@ -3,6 +3,7 @@
 // native crash in MLX then costs the in-flight requests (they end with a 503
 // error), never the server. Runs in the server process: no MLX imports here.
 import type { Subprocess } from "bun";
+import { groupLaunch } from "./group-launch";
 import {
   type ConstraintSpec,
   type EngineConfig,
@@ -32,7 +33,7 @@ export interface GenerateInput {
 }
 
 /** One request's events, in order; ends after "finished" or "error". */
-class GenerationStream implements AsyncIterable<StreamEvent> {
+export class GenerationStream implements AsyncIterable<StreamEvent> {
   readonly id: string;
   #queue: StreamEvent[] = [];
   #waiter: (() => void) | null = null;
@@ -89,11 +90,33 @@ export interface SupervisorOptions {
   onMessage?: (message: FromEngine) => void;
   /** Lifecycle notes (started, crashed, restarting). */
   onLifecycle?: (event: { state: EngineState; detail: string }) => void;
+  /** Extra environment for the engine (a replica's CUDA_VISIBLE_DEVICES). */
+  env?: Record<string, string>;
+  /** Tensor parallelism on a GPU machine: the group's first card (a replica's share). */
+  gpuOffset?: number;
 }
 
-export class EngineSupervisor {
+/** What the server uses of an engine: one supervised engine, or a router over replicas (src/server/replicas.ts). */
+export interface EngineHandle {
+  readonly state: EngineState;
+  readonly info: EngineInfo | null;
+  readonly lastError: string | null;
+  readonly restarts: number;
+  readonly pid: number | null;
+  readonly activeStreams: number;
+  start(): Promise<EngineInfo>;
+  generate(input: GenerateInput, signal?: AbortSignal): GenerationStream;
+  stats(timeoutMs?: number): Promise<EngineStats>;
+  stop(graceMs?: number): Promise<void>;
+  kill(signal?: NodeJS.Signals, which?: number): void;
+}
+
+export class EngineSupervisor implements EngineHandle {
   readonly options: SupervisorOptions;
   #child: Subprocess | null = null;
+  /** Tensor parallelism: ranks 1..N-1 of the current group (rank 0 is #child). */
+  #followers: Subprocess[] = [];
+  #cleanupGroup: (() => void) | null = null;
   #state: EngineState = "stopped";
   #info: EngineInfo | null = null;
   #lastError: string | null = null;
@@ -145,13 +168,28 @@ export class EngineSupervisor {
     return ready;
   }
 
+  /** Process ids of every rank (one entry without tensor parallelism). */
+  get pids(): number[] {
+    return [this.#child, ...this.#followers].flatMap((p) => (p ? [p.pid] : []));
+  }
+
   #spawn(state: EngineState): void {
     this.#state = state;
-    const argv = [...this.options.command, "--config-json", JSON.stringify(this.options.engine)];
-    const child = Bun.spawn(argv, {
+    const engine = this.options.engine;
+    const engineArgv = (model?: string) => [
+      ...this.options.command,
+      "--config-json",
+      JSON.stringify(model ? { ...engine, model } : engine),
+    ];
+    // MLX reads it once, natively: cuDNN attention graphs kept (one per prefill shape; MLX keeps 16).
+    const base = { MLX_CUDA_SDPA_CACHE_SIZE: "256", ...process.env, ...this.options.env };
+    const tp = engine.tensorParallel;
+    const launch = tp && tp.size > 1 ? groupLaunch(tp, this.options.gpuOffset ?? 0) : null;
+    this.#cleanupGroup = launch?.cleanup ?? null;
+    const leader = launch?.spawn(0, engineArgv) ?? { argv: engineArgv(), env: {} };
+    const child = Bun.spawn(leader.argv, {
       stdin: "ignore",
-      // MLX reads it once, natively: cuDNN attention graphs kept (one per prefill shape; MLX keeps 16).
-      env: { MLX_CUDA_SDPA_CACHE_SIZE: "256", ...process.env },
+      env: { ...base, ...leader.env },
       stdout: "inherit",
       stderr: "inherit",
       serialization: "json",
@@ -159,7 +197,29 @@ export class EngineSupervisor {
       onExit: (proc, code, signal) => this.#onExit(proc, code, signal),
     });
     this.#child = child;
-    this.options.onLifecycle?.({ state, detail: `engine process ${child.pid} starting` });
+    this.#followers = [];
+    for (let rank = 1; rank < (launch ? (tp?.size ?? 1) : 1); rank++) {
+      const follower = launch?.spawn(rank, engineArgv) ?? { argv: engineArgv(), env: {} };
+      this.#followers.push(
+        Bun.spawn(follower.argv, {
+          stdin: "ignore",
+          env: { ...base, ...follower.env },
+          stdout: "inherit",
+          stderr: "inherit",
+          onExit: (proc, code, signal) => this.#onExit(proc, code, signal),
+        }),
+      );
+    }
+    const ranks = this.#followers.length ? ` (${this.#followers.length + 1} ranks: ${this.pids.join(", ")})` : "";
+    this.options.onLifecycle?.({ state, detail: `engine process ${child.pid} starting${ranks}` });
+  }
+
+  /** Kills every rank of the current group but `except` (a group lives and dies as a whole). */
+  #killGroup(except: Subprocess | null): void {
+    for (const p of [this.#child, ...this.#followers]) if (p && p !== except) p.kill("SIGKILL");
+    this.#followers = [];
+    this.#cleanupGroup?.();
+    this.#cleanupGroup = null;
   }
 
   #send(message: ToEngine): boolean {
@@ -231,9 +291,11 @@ export class EngineSupervisor {
   }
 
   #onExit(proc: Subprocess, code: number | null, signal: number | string | null): void {
-    if (proc !== this.#child) return;
+    const rank = proc === this.#child ? 0 : this.#followers.indexOf(proc) + 1;
+    if (rank === 0 && proc !== this.#child) return;
+    this.#killGroup(proc);
     this.#child = null;
-    const how = signal ? `signal ${signal}` : `exit code ${code}`;
+    const how = `${rank > 0 ? `rank ${rank}: ` : ""}${signal ? `signal ${signal}` : `exit code ${code}`}`;
     const lost = this.#streams.size;
     for (const s of this.#streams.values()) {
       s.push({
@@ -339,14 +401,19 @@ export class EngineSupervisor {
     } catch {
       // already gone
     }
-    const exited = child.exited.then(() => true);
+    // Rank 0 tells the other ranks to stop; all get the grace period, then are killed.
+    const all = [child, ...this.#followers];
+    const exited = Promise.all(all.map((p) => p.exited)).then(() => true);
     const timedOut = new Promise<boolean>((resolve) => setTimeout(() => resolve(false), graceMs));
-    if (!(await Promise.race([exited, timedOut]))) child.kill("SIGKILL");
-    await child.exited;
+    if (!(await Promise.race([exited, timedOut]))) for (const p of all) p.kill("SIGKILL");
+    await Promise.all(all.map((p) => p.exited));
+    this.#followers = [];
+    this.#cleanupGroup?.();
+    this.#cleanupGroup = null;
   }
 
-  /** Kills the engine process abruptly (tests use it to simulate a native crash). */
-  kill(signal: NodeJS.Signals = "SIGKILL"): void {
-    this.#child?.kill(signal);
+  /** Kills the engine process abruptly (tests use it to simulate a native crash); `rank` picks a tensor-parallel rank. */
+  kill(signal: NodeJS.Signals = "SIGKILL", rank = 0): void {
+    (rank === 0 ? this.#child : this.#followers[rank - 1])?.kill(signal);
   }
 }

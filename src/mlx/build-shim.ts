@@ -21,6 +21,7 @@ const SOURCES = [
   "ffi/cpu_common.h",
   "ffi/pensieve_mlx.h",
   "ffi/gpu_kernels.cpp",
+  "ffi/distributed.cpp",
 ];
 
 function compiler(): string {
@@ -53,6 +54,7 @@ function shimCommand(backend: Backend): { argv: string[]; output: string } {
     join(REPO_ROOT, "ffi", "gpu_kernels.cpp"),
     join(REPO_ROOT, "ffi", "allocator_guard.cpp"),
     join(REPO_ROOT, "ffi", "cpu_norm.cpp"),
+    join(REPO_ROOT, "ffi", "distributed.cpp"),
     "-pthread",
     `-L${layout.libDir}`,
     "-lmlx",

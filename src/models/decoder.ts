@@ -63,6 +63,8 @@ export class DecoderModel implements LanguageModel {
   readonly #store: WeightStore;
   readonly #rope: Rope;
   readonly #baseScale: number;
+  /** Tensor parallelism (shard.ts): sums a sharded o_proj's / down_proj's partial output over the ranks. */
+  reducePartial: ((partial: MxArray) => MxArray) | null = null;
 
   constructor(config: ModelConfig, store: WeightStore, weights: DecoderWeights, rope: Rope) {
     this.config = config;
@@ -98,6 +100,7 @@ export class DecoderModel implements LanguageModel {
       return m;
     };
     const residual = this.#weights.residual ?? mx.add;
+    const reduce = this.reducePartial ?? ((partial: MxArray) => partial);
     let h = embed(tokens, this.#weights.embedding, this.dtype);
     if (this.#weights.embedScale !== undefined)
       h = mx.multiply(h, mx.astype(mx.scalar(this.#weights.embedScale), this.dtype));
@@ -109,10 +112,10 @@ export class DecoderModel implements LanguageModel {
       // One scope per layer: our handles to its intermediates go when it is built,
       // so MLX frees each once used (else a forward holds every layer's activations).
       h = mx.tidy(() => {
-        let a = this.#attention(i, layer, layer.inputNorm(input), batch, view.ropeOffset, mask, regimes);
+        let a = reduce(this.#attention(i, layer, layer.inputNorm(input), batch, view.ropeOffset, mask, regimes));
         if (layer.attentionOutputNorm) a = layer.attentionOutputNorm(a);
         const mid = residual(input, a);
-        let m = layer.mlp(layer.mlpNorm(mid));
+        let m = reduce(layer.mlp(layer.mlpNorm(mid)));
         if (layer.mlpOutputNorm) m = layer.mlpOutputNorm(m);
         return residual(mid, m);
       });

@@ -11,6 +11,7 @@ import * as decoder from "./decoder";
 import { folderConfig, ModelLoadError, safetensorsFiles } from "./model-files";
 import { architectureFor, findGgufArchitecture } from "./registry";
 import * as rope from "./rope";
+import { reduceAcrossShards, type ShardSpec, shardWeights } from "./shard";
 import type { LanguageModel } from "./types";
 import { WeightStore } from "./weights";
 
@@ -21,6 +22,8 @@ export interface LoadOptions extends BuildOptions {
   dtype?: mx.Dtype;
   /** Keep dequantized copies of quantized weights for batched products (GPU; see weights.ts). */
   denseCopies?: boolean;
+  /** Tensor parallelism: load only this rank's share of each layer (src/models/shard.ts). */
+  shard?: ShardSpec;
 }
 
 export interface LoadedModel {
@@ -77,6 +80,7 @@ function materialize(arrays: Map<string, MxArray>, source: string): void {
 const KIT: BuildKit = { mx, decoder, rope };
 
 function build(config: ModelConfig, arrays: Map<string, MxArray>, source: string, options: LoadOptions) {
+  if (options.shard) ({ config, arrays } = shardWeights(config, arrays, options.shard));
   const store = new WeightStore(
     arrays,
     options.dtype ?? defaultDtype(arrays),
@@ -86,6 +90,7 @@ function build(config: ModelConfig, arrays: Map<string, MxArray>, source: string
   );
   try {
     const model = architectureFor(config.modelType).build(KIT, config, store, options);
+    if (options.shard) reduceAcrossShards(model);
     materialize(arrays, source);
     return model;
   } catch (e) {

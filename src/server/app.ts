@@ -5,7 +5,9 @@ import { type AnyElysia, Elysia, ValidationError } from "elysia";
 import { ApiError, apiFlavor, badRequest, errorBody } from "./errors";
 import type { Logger } from "./log";
 import type { ServerMetrics } from "./metrics";
+import type { EngineSupervisor } from "../engine/supervisor";
 import type { ModelSession } from "./model-session";
+import { ReplicaRouter } from "./replicas";
 
 export interface ServerOptions {
   /** Required on every endpoint but /health when set (Bearer, x-api-key or ?api_key=). */
@@ -160,7 +162,14 @@ export function createApp(ctx: AppContext, routes: RoutePlugin[] = []) {
           error: engine.lastError,
         };
       }
-      return { status: "ok", model: ctx.session.modelId, contextLength: info.contextLength, device: info.device };
+      const replicas = engine instanceof ReplicaRouter ? { replicas: engine.status() } : {};
+      return {
+        status: "ok",
+        model: ctx.session.modelId,
+        contextLength: info.contextLength,
+        device: info.device,
+        ...replicas,
+      };
     })
     .get("/metrics", async ({ set }) => {
       await refreshEngineGauges(ctx);
@@ -194,6 +203,7 @@ async function refreshEngineGauges(ctx: AppContext): Promise<void> {
   metrics.engineUp.set(engine.state === "ready" ? 1 : 0);
   metrics.streamsOpen.set(engine.activeStreams);
   metrics.serverRssBytes.set(process.memoryUsage.rss());
+  if (engine instanceof ReplicaRouter) await refreshReplicaGauges(metrics, engine);
   const restarts = engine.restarts - metrics.engineRestarts.get();
   if (restarts > 0) metrics.engineRestarts.inc({}, restarts);
   if (engine.state !== "ready") return;
@@ -218,6 +228,31 @@ async function refreshEngineGauges(ctx: AppContext): Promise<void> {
   } catch {
     // The engine is restarting: keep the last values.
   }
+}
+
+/** Per-replica gauges (data parallelism). */
+async function refreshReplicaGauges(metrics: ServerMetrics, router: ReplicaRouter): Promise<void> {
+  const status = router.status();
+  await Promise.all(
+    status.map(async (r) => {
+      const replica = { replica: String(r.replica) };
+      metrics.replicaUp.set(r.state === "ready" ? 1 : 0, replica);
+      metrics.replicaStreams.set(r.activeStreams, replica);
+      metrics.replicaRestarts.set(r.restarts, replica);
+      metrics.replicaRouted.set(r.routedByPrefix, { ...replica, by: "prefix" });
+      metrics.replicaRouted.set(r.routedByLoad, { ...replica, by: "load" });
+      if (r.state !== "ready") return;
+      try {
+        const s = await (router.replicas[r.replica] as EngineSupervisor).stats(2000);
+        metrics.replicaRunning.set(s.running, replica);
+        metrics.replicaWaiting.set(s.waiting, replica);
+        metrics.replicaKvCacheBytes.set(s.kvCacheBytes, replica);
+        metrics.replicaPrefixCacheBytes.set(s.prefixCache.bytes, replica);
+      } catch {
+        // restarting: keep the last values
+      }
+    }),
+  );
 }
 
 /** The model-name rule shared by every API. */

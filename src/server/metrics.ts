@@ -141,6 +141,21 @@ export class ServerMetrics {
   readonly engineUp = new Gauge("pensieve_engine_up", "1 when the engine has a model loaded and serves.");
   readonly engineRestarts = new Counter("pensieve_engine_restarts_total", "Times the engine process was restarted.");
   readonly streamsOpen = new Gauge("pensieve_open_streams", "Requests the server is streaming now.");
+  // Data parallelism (--replicas): one series per replica.
+  readonly replicaUp = new Gauge("pensieve_replica_up", "1 when the replica's engine serves.");
+  readonly replicaStreams = new Gauge("pensieve_replica_open_streams", "Requests streaming from the replica.");
+  readonly replicaRestarts = new Gauge("pensieve_replica_restarts", "Times the replica's engine was restarted.");
+  readonly replicaRouted = new Gauge(
+    "pensieve_replica_routed",
+    "Requests routed to the replica, by prefix affinity or load.",
+  );
+  readonly replicaRunning = new Gauge("pensieve_replica_active_sequences", "Sequences decoding on the replica.");
+  readonly replicaWaiting = new Gauge("pensieve_replica_queue_depth", "Requests waiting on the replica.");
+  readonly replicaKvCacheBytes = new Gauge("pensieve_replica_kv_cache_bytes", "KV cache bytes of the replica's batch.");
+  readonly replicaPrefixCacheBytes = new Gauge(
+    "pensieve_replica_prefix_cache_bytes",
+    "Cached prefix bytes on the replica.",
+  );
 
   all(): Metric[] {
     return Object.values(this).filter((m): m is Metric => m instanceof Metric);

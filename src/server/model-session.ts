@@ -4,7 +4,7 @@
 // (OpenAI, Anthropic, WebSocket) uses: detokenizing, stop strings, usage.
 import { basename } from "node:path";
 import type { ConstraintSpec, FinishReason, SamplingParams } from "../engine/protocol";
-import type { EngineSupervisor, StreamEvent } from "../engine/supervisor";
+import type { EngineHandle, StreamEvent } from "../engine/supervisor";
 import { loadTokenizer, StopMatcher, StreamingDetokenizer, type Tokenizer } from "../text";
 import { ApiError, apiErrorFromStatus } from "./errors";
 import type { ServerMetrics } from "./metrics";
@@ -73,7 +73,7 @@ export function constraintFor(format: ResponseFormat, answerPrefix = ""): Constr
 export class ModelSession implements PromptContext {
   /** The server's own copy, for detokenizing streams (prompts are built by `prompts`). */
   readonly tokenizer: Tokenizer;
-  readonly engine: EngineSupervisor;
+  readonly engine: EngineHandle;
   /** The id clients see in /v1/models. */
   readonly modelId: string;
   readonly metrics: ServerMetrics | null;
@@ -82,7 +82,7 @@ export class ModelSession implements PromptContext {
 
   constructor(
     tokenizer: Tokenizer,
-    engine: EngineSupervisor,
+    engine: EngineHandle,
     modelId: string,
     metrics: ServerMetrics | null = null,
     prompts: PromptBuilder | null = null,

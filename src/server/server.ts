@@ -1,8 +1,8 @@
 // Starts Pensieve: the engine child process (supervised), the tokenizer, and
 // the HTTP server on 127.0.0.1:7777 by default. SIGTERM/SIGINT shut down
 // gracefully: stop accepting, let streams finish (bounded), stop the engine.
-import type { EngineConfig } from "../engine/protocol";
-import { EngineSupervisor } from "../engine/supervisor";
+import type { EngineConfig, FromEngine } from "../engine/protocol";
+import { type EngineHandle, EngineSupervisor } from "../engine/supervisor";
 import { selfCommand } from "../paths";
 import {
   type AppContext,
@@ -16,6 +16,7 @@ import { createLogger, type Logger } from "./log";
 import { ServerMetrics } from "./metrics";
 import { ModelSession } from "./model-session";
 import { PromptWorkers } from "./prompt-workers";
+import { ReplicaRouter } from "./replicas";
 import { serverRoutes } from "./routes";
 
 export interface StartOptions {
@@ -33,13 +34,15 @@ export interface StartOptions {
   routes?: RoutePlugin[];
   /** Install SIGTERM/SIGINT handlers (default false; the CLI turns it on). */
   handleSignals?: boolean;
+  /** Data parallelism: engine processes behind one router (src/server/replicas.ts); default 1. */
+  replicas?: number;
 }
 
 export interface RunningServer {
   url: string;
   port: number;
   session: ModelSession;
-  engine: EngineSupervisor;
+  engine: EngineHandle;
   ready: Promise<unknown>;
   /** Graceful stop: new requests refused, streams get `graceMs` to finish, then the engine stops. */
   stop(graceMs?: number): Promise<void>;
@@ -50,15 +53,28 @@ export async function startServer(opts: StartOptions): Promise<RunningServer> {
   const metrics = new ServerMetrics();
   const options: ServerOptions = { ...DEFAULT_SERVER_OPTIONS, ...opts.server };
   const tokenizer = ModelSession.loadTokenizer(opts.modelPath);
-  const engine = new EngineSupervisor({
+  const engineOptions = {
     engine: { ...opts.engine, model: opts.modelPath },
     command: [...selfCommand(), "engine"],
-    onLifecycle: (e) => log.info("engine", { state: e.state, detail: e.detail }),
     // A request the engine failed (an MLX error, out of memory): the engine goes on; the reason is logged.
-    onMessage: (m) => {
+    onMessage: (m: FromEngine) => {
       if (m.type === "finished" && m.reason === "error") log.error("engine request failed", { error: m.message });
     },
-  });
+  };
+  const replicas = opts.replicas ?? 1;
+  const engine: EngineHandle =
+    replicas > 1
+      ? new ReplicaRouter({
+          ...engineOptions,
+          replicas,
+          // One GPU per replica (a tensor-parallel replica: one per rank), unless its ranks span machines.
+          pinGpus: opts.engine?.device !== "cpu" && !opts.engine?.tensorParallel?.hosts,
+          onLifecycle: (e) => log.info("engine", { replica: e.replica, state: e.state, detail: e.detail }),
+        })
+      : new EngineSupervisor({
+          ...engineOptions,
+          onLifecycle: (e) => log.info("engine", { state: e.state, detail: e.detail }),
+        });
   // promptWorkers 0 builds prompts on the event loop (only to measure what the workers save).
   const prompts =
     options.promptWorkers === 0

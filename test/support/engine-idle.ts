@@ -1,6 +1,6 @@
 // Waits until the engine has nothing running, prefilling or queued: what a
 // test checks after cancelling, disconnecting or fuzzing.
-import type { EngineSupervisor } from "../../src/engine/supervisor";
+import type { EngineHandle } from "../../src/engine/supervisor";
 
 export interface EngineLoad {
   running: number;
@@ -9,13 +9,13 @@ export interface EngineLoad {
   steps: number;
 }
 
-export async function engineLoad(engine: EngineSupervisor): Promise<EngineLoad> {
+export async function engineLoad(engine: EngineHandle): Promise<EngineLoad> {
   const s = await engine.stats();
   return { running: s.running, prefilling: s.prefilling, waiting: s.waiting, steps: s.steps };
 }
 
 /** Polls stats until running + prefilling + waiting == 0; returns the last stats (the caller asserts). */
-export async function waitForEngineIdle(engine: EngineSupervisor, timeoutMs = 3000): Promise<EngineLoad> {
+export async function waitForEngineIdle(engine: EngineHandle, timeoutMs = 3000): Promise<EngineLoad> {
   const deadline = performance.now() + timeoutMs;
   while (true) {
     const load = await engineLoad(engine);
