@@ -66,9 +66,9 @@ export async function runSetup(argv: string[]): Promise<number> {
   const path = await fetchModel(spec);
 
   // 3. Memory.
-  // The same plan the engine makes when it starts (src/engine/engine.ts).
+  // The same plan the engine makes when it starts (src/engine/engine-plan.ts).
   const { readModelConfig } = await import("../models/loader");
-  const { planMemory } = await import("../engine/engine");
+  const { planMemory } = await import("../engine/engine-plan");
   const planned = readModelConfig(path);
   const mx = await import("../mlx");
   const device = config.backend === "cpu" || !mx.gpuAvailable() ? "cpu" : "gpu";

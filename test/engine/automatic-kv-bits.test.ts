@@ -3,7 +3,7 @@
 import { expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { planMemory } from "../../src/engine/engine";
+import { planMemory } from "../../src/engine/engine-plan";
 import { AUTOMATIC_KV8_BELOW_SESSIONS, CLAUDE_CODE_SESSION_TOKENS, concurrentFit } from "../../src/engine/kv-pool";
 import { configFromHf } from "../../src/models/config";
 
