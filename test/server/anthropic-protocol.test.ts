@@ -141,8 +141,10 @@ describe("Anthropic API protocol (tiny Phi-3)", () => {
     // Without the tools the prompt is shorter: count_tokens includes their descriptions.
     const { tools: _tools, ...noTools } = countBody;
     expect((await client.messages.countTokens(noTools)).input_tokens).toBeLessThan(counted.input_tokens - 50);
+    // tool_choice none: no tool call. Sampling is unseeded (temperature 1), so 3 tokens may end the turn.
     const none = await client.messages.create({ ...body, tool_choice: { type: "none" } });
-    expect(none.stop_reason).toBe("max_tokens");
+    expect(["max_tokens", "end_turn"]).toContain(none.stop_reason as string);
+    expect(none.content.every((b) => b.type !== "tool_use")).toBe(true);
   }, 30_000);
 
   test("a Claude Code request: odd fields, system blocks with cache_control, a system turn, many tools", async () => {
