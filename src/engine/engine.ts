@@ -128,7 +128,11 @@ export class Engine {
     if (config.draftModel) checkDraftModel(config.model, config.draftModel);
     const drafter = config.draftModel ? readModelConfig(config.draftModel) : null;
     // The draft model's weights come out of the same memory (its small KV caches are not planned).
-    const weightBytes = planned.weightBytes + (drafter?.weightBytes ?? 0);
+    // On the CPU, quantized weights get a packed copy for the int8 kernel beside the plain arrays (at most their size).
+    // (A GGUF's quantization is per tensor, not in its config: counted as quantized.)
+    const quantized = planned.config.quantization !== null || /\.gguf$/i.test(config.model);
+    const packedCopies = device === "cpu" && quantized && mx.cpuPackingActive();
+    const weightBytes = (planned.weightBytes + (drafter?.weightBytes ?? 0)) * (packedCopies ? 2 : 1);
     const elementBytes = device === "cpu" ? 4 : 2;
     let plan = planMemory(config, planned.config, weightBytes, device, elementBytes);
     // On the GPU, dequantized copies of the weights make batched steps and

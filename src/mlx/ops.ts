@@ -459,6 +459,11 @@ export function cpuPackedWeight(q: QuantizedWeight): MxArray | null {
 
 let cpuPacking = process.env.PENSIEVE_CPU_PACK !== "0";
 
+/** Quantized products on the CPU will make packed copies (int8 path, VNNI, packing on): the memory plan counts them. */
+export function cpuPackingActive(): boolean {
+  return cpuPacking && cpuMatmulMode === "int8" && cpuIsa() === "vnni";
+}
+
 /** Turns the packed path on or off for products built from now on (PENSIEVE_CPU_PACK=0 at start: off). */
 export function setCpuPacking(on: boolean): void {
   cpuPacking = on;
