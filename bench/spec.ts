@@ -19,7 +19,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { checkDraftModel } from "../src/engine/engine";
-import { type EngineEvent, samplingParams } from "../src/engine/protocol";
+import { type EngineEvent, type SpeculationStats, samplingParams } from "../src/engine/protocol";
 import { Scheduler, type SchedulerOptions } from "../src/engine/scheduler";
 import { DEFAULT_LOOKUP, type LookupTuning } from "../src/engine/speculation";
 import * as mx from "../src/mlx";
@@ -30,19 +30,12 @@ import { encodeChat, Tokenizer } from "../src/text";
 import { BENCH_DIR, machine } from "./peers";
 import { SPEC_PROMPTS } from "./spec-prompts";
 
-interface Run {
+interface Run extends SpeculationStats {
   tokens: number[];
   decodeTokPerS: number;
   decodeMs: number;
   /** CPU time of this process (all threads) over the same span: less sensitive to other processes' load. */
   decodeCpuMs: number;
-  passes: number;
-  drafted: number;
-  accepted: number;
-  emitted: number;
-  draftModelPasses: number;
-  draftModelDrafted: number;
-  draftModelAccepted: number;
 }
 
 export type SpecMode = "off" | "lookup" | "tuned" | "draft" | "both";

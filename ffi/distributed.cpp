@@ -13,16 +13,12 @@
 #include "mlx/distributed/distributed.h"
 #include "mlx/distributed/ops.h"
 #include "mlx/mlx.h"
+#include "abi.h"
 #include "pensieve_mlx.h"
 
 namespace mx = mlx::core;
 namespace dist = mlx::core::distributed;
 
-namespace pensieve::abi {
-pv_array wrap_array(mx::array a);
-mx::array& unwrap_array(pv_array h);
-void set_last_error(const char* what);
-}  // namespace pensieve::abi
 
 namespace {
 
@@ -35,14 +31,7 @@ const dist::Group& current_group() {
 
 template <typename F, typename R>
 R guarded(F&& f, R fallback) {
-  try {
-    return f();
-  } catch (const std::exception& e) {
-    pensieve::abi::set_last_error(e.what());
-  } catch (...) {
-    pensieve::abi::set_last_error("unknown C++ exception in MLX distributed");
-  }
-  return fallback;
+  return pensieve::abi::guarded(f, fallback, "unknown C++ exception in MLX distributed");
 }
 
 template <typename F>

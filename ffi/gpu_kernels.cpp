@@ -12,15 +12,11 @@
 #include "mlx/backend/metal/metal.h"
 #include "mlx/fast.h"
 #include "mlx/mlx.h"
+#include "abi.h"
 #include "pensieve_mlx.h"
 
 namespace mx = mlx::core;
 
-namespace pensieve::abi {
-pv_array wrap_array(mx::array a);
-mx::array& unwrap_array(pv_array h);
-void set_last_error(const char* what);
-}  // namespace pensieve::abi
 
 namespace {
 
@@ -80,14 +76,7 @@ mx::Dtype dtype_of(int code) {
 
 template <typename F, typename R>
 R guarded(F&& f, R fallback) {
-  try {
-    return f();
-  } catch (const std::exception& e) {
-    pensieve::abi::set_last_error(e.what());
-  } catch (...) {
-    pensieve::abi::set_last_error("unknown C++ exception in a custom kernel");
-  }
-  return fallback;
+  return pensieve::abi::guarded(f, fallback, "unknown C++ exception in a custom kernel");
 }
 
 }  // namespace

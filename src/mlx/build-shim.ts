@@ -20,6 +20,7 @@ const SOURCES = [
   "ffi/allocator_guard.cpp",
   "ffi/cpu_common.h",
   "ffi/pensieve_mlx.h",
+  "ffi/abi.h",
   "ffi/gpu_kernels.cpp",
   "ffi/distributed.cpp",
 ];

@@ -491,31 +491,24 @@ export function quantizedMatmulCpuPacked(x: MxArray, packed: MxArray): MxArray {
 
 /** The float kernel (ffi/cpu_qmm.cpp): the same sums as mx.quantized_matmul, to float rounding. */
 export function quantizedMatmulCpuExact(x: MxArray, q: QuantizedWeight): MxArray {
-  return new MxArray(
-    lib.pv_quantized_matmul_cpu(
-      x.handle,
-      q.weight.handle,
-      q.scales.handle,
-      q.biases?.handle ?? null,
-      q.groupSize,
-      q.bits,
-    ),
-    "quantized_matmul (cpu kernel)",
-  );
+  return cpuKernelProduct(lib.pv_quantized_matmul_cpu, x, q, "quantized_matmul (cpu kernel)");
 }
 
 /** The int8-activation kernel (ffi/cpu_qmm_int8.cpp): x quantized per group to int8, integer dots. */
 export function quantizedMatmulCpuInt8(x: MxArray, q: QuantizedWeight): MxArray {
+  return cpuKernelProduct(lib.pv_quantized_matmul_cpu_int8, x, q, "quantized_matmul (cpu int8 kernel)");
+}
+
+/** One of the shim's CPU quantized-matmul entry points (same arguments) applied to x and q. */
+function cpuKernelProduct(
+  entry: typeof lib.pv_quantized_matmul_cpu,
+  x: MxArray,
+  q: QuantizedWeight,
+  name: string,
+): MxArray {
   return new MxArray(
-    lib.pv_quantized_matmul_cpu_int8(
-      x.handle,
-      q.weight.handle,
-      q.scales.handle,
-      q.biases?.handle ?? null,
-      q.groupSize,
-      q.bits,
-    ),
-    "quantized_matmul (cpu int8 kernel)",
+    entry(x.handle, q.weight.handle, q.scales.handle, q.biases?.handle ?? null, q.groupSize, q.bits),
+    name,
   );
 }
 
