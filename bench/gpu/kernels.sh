@@ -17,6 +17,9 @@ export PATH="$W/bin:$PATH"
 export PENSIEVE_CLI="$PWD/dist/src/cli.js" PENSIEVE_BACKEND=cuda
 MODEL=$W/phi3-mini-128k-4bit-random
 log() { echo "[kernels $(date +%T)] $*"; }
+# STEPS picks parts (default all), so the parts can be split over calls under the 600 s limit.
+STEPS=" ${STEPS:-tests gemv single ncu} "
+want() { [[ "$STEPS" == *" $1 "* ]]; }
 pack() { tar -czf "$OUT/kernels-results.tgz" -C "$R" . 2>/dev/null; }
 trap pack EXIT
 
@@ -25,25 +28,29 @@ NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/
 log "ncu: ${NCU:-none}"
 
 # 1. Tests. test/support expects Phi-3's tokenizer and config in ../shared/fixtures.
-mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
-for t in dist/test-gpu/*.test.js; do
-  timeout 400 bun test --timeout 180000 "./$t" 2>&1 | tail -60
-done | tee "$R/gpu-tests.txt"
-log "tests done"
+if want tests; then
+  mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
+  for t in dist/test-gpu/*.test.js; do
+    timeout "${TEST_TIMEOUT:-400}" bun test --timeout 180000 "./$t" 2>&1 | tail -60
+  done | tee -a "$R/gpu-tests.txt"
+  log "tests done"
+fi
 
 # 2. Micro-benchmark.
-timeout 240 bun dist/bench/gpu/gemv.js --out "$R" --rows "${GEMV_ROWS:-1,2,4}" 2>&1 | tee "$R/gemv.txt"
+want gemv && timeout 240 bun dist/bench/gpu/gemv.js --out "$R" --rows "${GEMV_ROWS:-1,2,4}" 2>&1 | tee "$R/gemv.txt"
 cp "$R"/gemv-*.md "$OUT/" 2>/dev/null || true
 
 # 3. Single stream, in process (the harness's own 128 -> 256 run, 3 repeats, engines interleaved).
 BENCH=(bun dist/bench/run.js generate --model "$MODEL" --device gpu --python python3
   --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 3 --profile)
-PENSIEVE_GPU_GEMV=1 timeout 200 "${BENCH[@]}" --engines pensieve,mlx-lm --out-dir "$R/single-gemv-on" 2>&1 | tail -8
-PENSIEVE_GPU_GEMV=0 timeout 120 "${BENCH[@]}" --engines pensieve --out-dir "$R/single-gemv-off" 2>&1 | tail -6
+if want single; then
+  PENSIEVE_GPU_GEMV=1 timeout 200 "${BENCH[@]}" --engines pensieve,mlx-lm --out-dir "$R/single-gemv-on" 2>&1 | tail -8
+  PENSIEVE_GPU_GEMV=0 timeout 120 "${BENCH[@]}" --engines pensieve --out-dir "$R/single-gemv-off" 2>&1 | tail -6
+fi
 cat "$R"/single-gemv-on/*.md "$R"/single-gemv-off/*.md > "$OUT/single.md" 2>/dev/null || true
 bun dist/bench/gpu/stamp-gpu.js "$R/gpu.txt" "$R" > /dev/null || true
 # 4. Device time per kernel (caches flushed before each kernel, clocks as found).
-if [ -n "${NCU:-}" ] && [ "${SKIP_NCU:-0}" != 1 ]; then
+if [ -n "${NCU:-}" ] && want ncu; then
   timeout 120 "$NCU" --clock-control none --cache-control all --print-units base --csv \
     --kernel-name regex:'gemv|qmv|qmm|quant|affine' \
     --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \

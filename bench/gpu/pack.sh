@@ -36,5 +36,5 @@ bun build --target=bun --splitting --external playwright-core --outdir dist \
 # The prompt worker: the bundled server resolves "./prompt-worker.ts" beside its chunks (dist/).
 bun build --target=bun --outfile dist/prompt-worker.ts src/server/prompt-worker.ts > /dev/null
 # The GPU tests, bundled (bench/gpu/kernels.sh runs them there with `bun test`).
-bun build --target=bun --outdir dist/test-gpu test/gpu/gemv.test.ts test/gpu/kernels-abi.test.ts test/gpu/long-context.test.ts > /dev/null
+bun build --target=bun --outdir dist/test-gpu test/gpu/gemv.test.ts test/gpu/kernels-abi.test.ts test/gpu/long-context.test.ts test/gpu/out-of-memory.test.ts > /dev/null
 du -sh .device/* dist
