@@ -369,6 +369,24 @@ export class KVCache implements AttentionBatch {
   }
 
   /**
+   * Tokens [start, end) of a lone, unpadded row as views of its buffers (no
+   * copy: the views keep the buffers alive after this cache is disposed, and
+   * MLX never writes in place into a buffer that views share).
+   */
+  rowViews(start: number, end: number): KVState | null {
+    if (this.batchSize !== 1 || this.#leftPadding[0] !== 0 || end > this.#offset || start < 0 || end < start)
+      return null;
+    const parts = mx.tidy(() =>
+      this.#parts.map((layer) => {
+        if (!layer) throw new Error("rowViews: empty cache");
+        return layer.map((a) => mx.keep(mx.sliceAxis(a, 2, start, end)));
+      }),
+    );
+    mx.evaluate(...parts.flat());
+    return { parts, length: end - start };
+  }
+
+  /**
    * An empty cache for a batch of prompts of different lengths that are
    * prefilled together: row i is left-padded by leftPadding[i] columns.
    */

@@ -75,10 +75,36 @@ export class PrefixKeeper {
     // memory at 120K tokens (the group was counted nowhere between its last chunk and joining the batch).
     const room = this.#budgetBytes - this.#reserved(joining);
     const kept = Math.min(length, Math.floor(Math.max(0, room) / this.#bytesPerToken));
+    if (kept < length && this.#adopt(tokens, regime, batch, length, joining)) return;
     if (kept < this.cache.minTokens) return;
     this.cache.evictTo(room - kept * this.#bytesPerToken);
     this.cache.store(tokens, regime, kept, (start, end) => batch.rowState(row, start, end));
     this.trim();
+  }
+
+  /**
+   * Where a copy cannot hold the whole prefix (a prompt near the context fills
+   * the pool alone), a lone row's KV is kept as views of its own buffers,
+   * which its reservation counts until it leaves: at the end of prefill the
+   * store waits for that (a partial copy would raise the peak by the copy, 12
+   * GiB at 120K tokens on an H100); when the row finishes, its buffers become
+   * the cache entry. Admission evicts it like any other entry.
+   */
+  #adopt(
+    tokens: readonly number[],
+    regime: number,
+    batch: KVCache,
+    length: number,
+    joining: readonly SequenceState[],
+  ): boolean {
+    if (batch.batchSize !== 1 || batch.leftPadding[0] !== 0) return false;
+    if (joining.length > 0) return true;
+    this.cache.store(tokens, regime, length, (start, end) => {
+      const views = batch.rowViews(start, end);
+      if (!views) throw new Error("prefix adopt: the row is no longer lone");
+      return views;
+    });
+    return true;
   }
 
   /**

@@ -111,6 +111,36 @@ describe("the KV pool in the scheduler (tiny-llama-f16, float32 CPU)", () => {
     scheduler.dispose();
   });
 
+  test("a lone prompt too big to copy is kept, once it finishes, as views of its own buffers: a repeat finds it", () => {
+    // 250 prompt tokens + 240 to generate: 512 columns, 768 while joining, so a 1000-token pool has room to copy
+    // only 232 tokens at the end of its prefill. It is alone, so nothing is copied then (a partial copy would
+    // raise the peak by the copy) and when it finishes its buffers become the cache entry, with no copy at all.
+    const prompt = promptIds(250, 48);
+    const tokens = new Map<string, number[]>();
+    let cachedAtStart = -1;
+    let again: Extract<EngineEvent, { type: "started" }> | null = null;
+    const scheduler = new Scheduler(
+      model,
+      { ...TEST_SCHEDULER_OPTIONS, prefixCacheBytes: null, kvBudgetBytes: 1000 * bytesPerToken },
+      (e) => {
+        if (e.type === "started" && e.id === "first") cachedAtStart = scheduler.stats().prefixCache.bytes;
+        if (e.type === "started" && e.id === "again") again = e;
+        if (e.type === "tokens") for (const t of e.items) tokens.set(t.id, [...(tokens.get(t.id) ?? []), t.token]);
+      },
+    );
+    scheduler.submit(request("first", prompt, 240));
+    for (let i = 0; i < 2000 && scheduler.hasWork(); i++) scheduler.step();
+    expect(cachedAtStart).toBe(0);
+    const stats = scheduler.stats().prefixCache;
+    expect(stats.tokens).toBeGreaterThanOrEqual(480);
+    // Views share the row's buffers, so MLX holds no more than the row did.
+    scheduler.submit(request("again", prompt, 4));
+    for (let i = 0; i < 2000 && scheduler.hasWork(); i++) scheduler.step();
+    expect((again as Extract<EngineEvent, { type: "started" }> | null)?.cachedTokens).toBe(240);
+    expect(tokens.get("again")).toEqual((tokens.get("first") as number[]).slice(0, 4));
+    scheduler.dispose();
+  });
+
   test("a prefix larger than any cache budget of its own is kept: only the pool bounds it", () => {
     const prompt = promptIds(300, 44);
     const run = runScheduled(
