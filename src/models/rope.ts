@@ -37,6 +37,36 @@ export interface Rope {
   scoreScale: number;
   /** Arrays the RoPE owns (freed with the model). */
   arrays: MxArray[];
+  /**
+   * The rotation as a GPU kernel takes it (src/mlx/kernels-gemv-fused.ts), for
+   * rows all in one regime, or null where a kernel cannot do it (partial rotary,
+   * LongRoPE's input scale). Absent: never.
+   */
+  kernel?: (regime: number) => RopeKernelSpec | null;
+}
+
+/** RoPE over whole heads: theta = positionScale * position * invFreq[i] (float32 [headDim/2]). */
+export interface RopeKernelSpec {
+  invFreq: MxArray;
+  traditional: boolean;
+  positionScale: number;
+}
+
+/** 1 / wavelengths, made on first use and kept with the RoPE's arrays. */
+function kernelSpecs(
+  arrays: MxArray[],
+  wavelengths: () => MxArray[],
+  traditional: boolean,
+  positionScale: number,
+): (regime: number) => RopeKernelSpec {
+  let specs: RopeKernelSpec[] | null = null;
+  return (regime) => {
+    if (!specs) {
+      specs = wavelengths().map((w) => ({ invFreq: mx.keep(mx.divide(1, w)), traditional, positionScale }));
+      arrays.push(...specs.map((p) => p.invFreq));
+    }
+    return specs[Math.min(regime, specs.length - 1)] as RopeKernelSpec;
+  };
 }
 
 /**
@@ -53,20 +83,27 @@ export function standardRope(
   const base = override.base ?? c.ropeTheta;
   if (rs?.type === "llama3") {
     const freqs = mx.keep(llama3Wavelengths(c, dims));
+    const arrays = [freqs];
     return {
       apply: (x, offset) => mx.rope(x, { dims, traditional: c.ropeTraditional, freqs, offset }),
       regime: () => 0,
       scoreScale: 1,
-      arrays: [freqs],
+      arrays,
+      kernel: dims === c.headDim ? kernelSpecs(arrays, () => [freqs], c.ropeTraditional, 1) : undefined,
     };
   }
   if (rs?.type === "longrope") return longRope(c);
   const scale = rs?.type === "linear" ? 1 / rs.factor : 1;
+  const arrays: MxArray[] = [];
   return {
     apply: (x, offset) => mx.rope(x, { dims, traditional: c.ropeTraditional, base, scale, offset }),
     regime: () => 0,
     scoreScale: 1,
-    arrays: [],
+    arrays,
+    kernel:
+      dims === c.headDim
+        ? kernelSpecs(arrays, () => [baseWavelengths(base, dims)], c.ropeTraditional, scale)
+        : undefined,
   };
 }
 
@@ -107,5 +144,12 @@ export function longRope(c: ModelConfig, options: { alwaysLong?: boolean } = {})
     return mx.where(mx.equal(isLong, 1), rotate(x, offset, long), rotate(x, offset, short));
   };
   const arrays = inputScale ? [base, short, long, inputScale] : [base, short, long];
-  return { apply, regime, scoreScale: partial ? 1 : factor * factor, arrays };
+  const whole = dims === c.headDim && !inputScale;
+  return {
+    apply,
+    regime,
+    scoreScale: partial ? 1 : factor * factor,
+    arrays,
+    kernel: whole ? kernelSpecs(arrays, () => [short, long], false, 1) : undefined,
+  };
 }
