@@ -11,7 +11,15 @@
 // path stays within an ulp or two of MLX's.
 import type { MxArray } from "./array";
 import { Dtype } from "./array";
-import { type GemvConfig, type GemvSpec, gemvConfig, GEMV_KERNEL, gemvLaunch, gemvSource } from "./kernels-gemv";
+import {
+  type GemvConfig,
+  type GemvSpec,
+  gemvConfig,
+  GEMV_KERNEL,
+  gemvLaunch,
+  gemvLaunchAll,
+  gemvSource,
+} from "./kernels-gemv";
 import type { QuantizedWeight } from "./ops";
 
 const RESIDUAL_EPILOGUE = `
@@ -43,8 +51,9 @@ const SWIGLU_EPILOGUE = `
 // Head h's pair i: rows h*HD + i and h*HD + i + HD/2, or adjacent rows (TRADITIONAL).
 const ROPE_ROWS = `${PAIR} const int head = p / (HD / 2); const int i = p % (HD / 2);
     rowi[r] = head * HD + (TRADITIONAL ? 2 * i + half : i + half * (HD / 2));`;
-// theta = (POS_SCALE * position) * inv_freq[i], as MLX's rope computes it.
-const ROPE_EPILOGUE = `
+// theta = (POS_SCALE * position) * inv_freq[i], as MLX's rope computes it. pv_store(m, row, value) writes.
+const ropeEpilogue = (store: string) => `
+    auto pv_store = [&](int m, int row, float value) { ${store} };
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       const float position = __int_as_float(POS_SCALE_BITS) * (float)pos[m];
@@ -60,8 +69,8 @@ const ROPE_EPILOGUE = `
           b = a * s + b * c;
           a = a2;
         }
-        y[(size_t)m * N + rowi[r]] = Ops::from_float(a);
-        y[(size_t)m * N + rowi[r + ROWS / 2]] = Ops::from_float(b);
+        pv_store(m, rowi[r], a);
+        pv_store(m, rowi[r + ROWS / 2], b);
       }
     }
 `;
@@ -89,8 +98,32 @@ export const GEMV_NORM_SWIGLU_KERNEL = base(
 export const GEMV_NORM_ROPE_KERNEL = base(
   "pv_gemv_w4_rms_norm_rope",
   ["norm", "pos", "inv_freq"],
-  gemvSource({ norm: true, rows: ROPE_ROWS, epilogue: ROPE_EPILOGUE }),
+  gemvSource({
+    norm: true,
+    rows: ROPE_ROWS,
+    epilogue: ropeEpilogue("y[(size_t)m * N + row] = Ops::from_float(value);"),
+  }),
 );
+/**
+ * GEMV_NORM_ROPE_KERNEL for one new token per row (decode), written as three
+ * outputs: q [B, 1, QS], and k, v [B, Hkv, 1, HD] as the KV cache stores them
+ * (for one token the same memory order as [B, 1, KVS]). Template QS, KVS.
+ */
+export const GEMV_NORM_ROPE_QKV_KERNEL: GemvSpec = {
+  ...base(
+    "pv_gemv_w4_rms_norm_rope_qkv",
+    ["norm", "pos", "inv_freq"],
+    gemvSource({
+      norm: true,
+      rows: ROPE_ROWS,
+      epilogue: ropeEpilogue(`const T v16 = Ops::from_float(value);
+      if (row < QS) q[(size_t)m * QS + row] = v16;
+      else if (row < QS + KVS) k[(size_t)m * KVS + row - QS] = v16;
+      else v[(size_t)m * KVS + row - QS - KVS] = v16;`),
+    }),
+  ),
+  outputs: ["q", "k", "v"],
+};
 
 const floatBits = (v: number) => new Int32Array(Float32Array.of(v).buffer)[0] as number;
 
@@ -159,14 +192,8 @@ export function quantizedGemvNormRope(
 ): MxArray {
   const n = q.weight.dim(0);
   const m = x.size / x.dim(-1);
+  checkNormRope(x, norm, q, pos, rope);
   const hd = rope.headDim;
-  if (norm.ndim !== 1 || norm.dim(0) !== x.dim(-1) || norm.dtype !== x.dtype)
-    throw new Error("quantizedGemvNormRope: norm must be [K] in x's dtype");
-  if (hd % 2 !== 0 || n % hd !== 0 || rope.rotated % hd !== 0 || rope.rotated > n)
-    throw new Error(`quantizedGemvNormRope: ${n} rows are not whole heads of ${hd}`);
-  if (pos.dtype !== Dtype.int32 || pos.size !== m) throw new Error("quantizedGemvNormRope: pos must be int32 [rows]");
-  if (rope.invFreq.dtype !== Dtype.float32 || rope.invFreq.size !== hd / 2)
-    throw new Error("quantizedGemvNormRope: invFreq must be float32 [headDim/2]");
   const template = {
     EPS_BITS: floatBits(eps),
     HD: hd,
@@ -175,4 +202,66 @@ export function quantizedGemvNormRope(
     POS_SCALE_BITS: floatBits(rope.positionScale ?? 1),
   };
   return gemvLaunch(GEMV_NORM_ROPE_KERNEL, x, q, [norm, pos, rope.invFreq], template, config ?? pairedConfig(n, m));
+}
+
+/**
+ * quantizedGemvNormRope for decode (x [B, 1, K]): returns q [B, 1, H*HD] and the
+ * new token's k, v [B, Hkv, 1, HD], ready for the KV cache, from one kernel.
+ */
+export function quantizedGemvNormRopeQkv(
+  x: MxArray,
+  norm: MxArray,
+  eps: number,
+  q: QuantizedWeight,
+  pos: MxArray,
+  rope: FusedRope,
+  kvHeads: number,
+  config?: GemvConfig,
+): [MxArray, MxArray, MxArray] {
+  const n = q.weight.dim(0);
+  const [B, L] = x.shape as [number, number];
+  const hd = rope.headDim;
+  const kvs = kvHeads * hd;
+  const qs = n - 2 * kvs;
+  if (x.ndim !== 3 || L !== 1) throw new Error("quantizedGemvNormRopeQkv: x must be [B, 1, K]");
+  if (qs <= 0 || qs % hd !== 0 || rope.rotated !== qs + kvs)
+    throw new Error(`quantizedGemvNormRopeQkv: ${n} rows are not q, k, v heads of ${hd}`);
+  checkNormRope(x, norm, q, pos, rope);
+  const template = {
+    EPS_BITS: floatBits(eps),
+    HD: hd,
+    ROTATED: rope.rotated,
+    TRADITIONAL: rope.traditional,
+    POS_SCALE_BITS: floatBits(rope.positionScale ?? 1),
+    QS: qs,
+    KVS: kvs,
+  };
+  const shapes = [
+    [B, 1, qs],
+    [B, kvHeads, 1, hd],
+    [B, kvHeads, 1, hd],
+  ];
+  const outs = gemvLaunchAll(
+    GEMV_NORM_ROPE_QKV_KERNEL,
+    x,
+    q,
+    [norm, pos, rope.invFreq],
+    template,
+    config ?? pairedConfig(n, B),
+    shapes,
+  );
+  return outs as [MxArray, MxArray, MxArray];
+}
+
+function checkNormRope(x: MxArray, norm: MxArray, q: QuantizedWeight, pos: MxArray, rope: FusedRope): void {
+  const n = q.weight.dim(0);
+  const m = x.size / x.dim(-1);
+  const hd = rope.headDim;
+  if (norm.ndim !== 1 || norm.dim(0) !== x.dim(-1) || norm.dtype !== x.dtype)
+    throw new Error("quantizedGemvNormRope: norm must be [K] in x's dtype");
+  if (hd % 2 !== 0 || n % hd !== 0 || rope.rotated % hd !== 0 || rope.rotated > n)
+    throw new Error(`quantizedGemvNormRope: ${n} rows are not whole heads of ${hd}`);
+  if (pos.dtype !== Dtype.int32 || pos.size !== m) throw new Error("quantizedGemvNormRope: pos must be int32 [rows]");
+  if (rope.invFreq.dtype !== Dtype.float32 || rope.invFreq.size !== hd / 2)
+    throw new Error("quantizedGemvNormRope: invFreq must be float32 [headDim/2]");
 }

@@ -327,6 +327,8 @@ export interface GemvSpec {
   header: string;
   source: string;
   inputs: string[];
+  /** Output names (default ["y"]). */
+  outputs?: string[];
 }
 
 /**
@@ -343,6 +345,20 @@ export function gemvLaunch(
   config?: GemvConfig,
   outFeatures?: number,
 ): MxArray {
+  const shapes = outFeatures === undefined ? undefined : [[...x.shape.slice(0, -1), outFeatures]];
+  return gemvLaunchAll(spec, x, q, extra, extraTemplate, config, shapes)[0] as MxArray;
+}
+
+/** gemvLaunch for kernels of several outputs (`outShapes`, in x's dtype; default one [..., N]). */
+export function gemvLaunchAll(
+  spec: GemvSpec,
+  x: MxArray,
+  q: QuantizedWeight,
+  extra: MxArray[],
+  extraTemplate: Record<string, number | boolean>,
+  config?: GemvConfig,
+  outShapes?: number[][],
+): MxArray[] {
   const n = q.weight.dim(0);
   const k = (q.weight.dim(1) * 32) / q.bits;
   const m = x.size / k;
@@ -353,19 +369,19 @@ export function gemvLaunch(
   if (!q.biases) throw new Error(`${spec.name}: the weight has no biases`);
   const { rows, warps, poison } = config ?? gemvConfig(n, m);
   if (n % rows !== 0) throw new Error(`${spec.name}: ${n} outputs is not a multiple of ${rows} rows per warp`);
-  const out = outFeatures ?? n;
+  const shapes = outShapes ?? [[...x.shape.slice(0, -1), n]];
   const extraKey = Object.values(extraTemplate).join(",");
-  const key = `${spec.name}|${x.shape.join("x")}|${n}|${out}|${x.dtype}|${q.groupSize}|${rows}|${warps}|${poison ? 1 : 0}|${extraKey}`;
+  const key = `${spec.name}|${x.shape.join("x")}|${n}|${shapes.join(";")}|${x.dtype}|${q.groupSize}|${rows}|${warps}|${poison ? 1 : 0}|${extraKey}`;
   let plan = plans.get(key);
   if (!plan) {
     let kernel = kernels.get(spec.name);
     if (!kernel) {
-      kernel = new CustomKernel({ ...spec, outputs: ["y"] });
+      kernel = new CustomKernel({ ...spec, outputs: spec.outputs ?? ["y"] });
       kernels.set(spec.name, kernel);
     }
     const blocks = Math.ceil(n / rows / warps);
     plan = kernel.plan({
-      outputs: [{ shape: [...x.shape.slice(0, -1), out], dtype: x.dtype }],
+      outputs: shapes.map((shape) => ({ shape, dtype: x.dtype })),
       grid: [blocks * warps * 32, 1, 1],
       threadgroup: [warps * 32, 1, 1],
       template: {
@@ -382,5 +398,5 @@ export function gemvLaunch(
     });
     plans.set(key, plan);
   }
-  return plan.run([x, q.weight, q.scales, q.biases, ...extra])[0] as MxArray;
+  return plan.run([x, q.weight, q.scales, q.biases, ...extra]);
 }

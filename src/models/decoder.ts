@@ -124,7 +124,7 @@ export class DecoderModel implements LanguageModel {
       // One scope per layer: our handles to its intermediates go when it is built,
       // so MLX frees each once used (else a forward holds every layer's activations).
       h = mx.tidy(() => {
-        if (positions) return this.#fusedLayer(i, layer, input, batch, view.ropeOffset, mask, regimes, positions);
+        if (positions) return this.#fusedLayer(i, layer, input, batch, view, mask, regimes, positions, cached);
         let a = reduce(this.#attention(i, layer, layer.inputNorm(input), batch, view.ropeOffset, mask, regimes));
         if (layer.attentionOutputNorm) a = layer.attentionOutputNorm(a);
         const mid = residual(input, a);
@@ -155,20 +155,44 @@ export class DecoderModel implements LanguageModel {
     layer: DecoderLayerWeights,
     input: MxArray,
     batch: AttentionBatch,
-    ropeOffset: ForwardView["ropeOffset"],
+    view: ForwardView,
     mask: ForwardView["mask"],
     regimes: number[],
     positions: MxArray,
+    cached: number[],
   ): MxArray {
     const c = this.config;
     const w = layer.attention;
+    const ropeOffset = view.ropeOffset;
     const inNorm = layer.inputNorm.rms;
     const qkvW = inNorm ? fused.fusable(w.qkv.product, input) : null;
     let merged: MxArray;
-    if (inNorm && qkvW) {
-      const qkNorms = w.qNorm !== undefined || w.kNorm !== undefined;
-      const rope = layer.rope ?? this.#rope;
-      const kr = qkNorms ? null : fused.fusedRope(rope, regimes, c.headDim, c.numHeads, c.numKvHeads);
+    const [B, L] = input.shape as [number, number];
+    const rope = layer.rope ?? this.#rope;
+    const qkNorms = w.qNorm !== undefined || w.kNorm !== undefined;
+    const kr = inNorm && qkvW && !qkNorms ? fused.fusedRope(rope, regimes, c.headDim, c.numHeads, c.numKvHeads) : null;
+    const keys = Math.max(...cached) + L;
+    if (inNorm && qkvW && kr && L === 1 && mask === null && (!layer.window || keys <= layer.window)) {
+      // Decode: q, and k/v in the cache's layout, from one kernel; attention over the cache in one more.
+      const [q, k, v] = fused.normedQkvDecode(input, inNorm, qkvW, kr, positions, c.numKvHeads);
+      const scale = rope.scoreScale * this.#baseScale;
+      const whole = fused.attentionKernelFor(c.numHeads, c.numKvHeads, c.headDim, q.dtype)
+        ? (batch.storeWhole?.(index, k, v) ?? null)
+        : null;
+      if (whole && whole[0].dtype === q.dtype) {
+        merged = fused.cacheAttention(q, whole[0], whole[1], positions, scale, c.numHeads, keys);
+      } else if (whole) {
+        const S = keys;
+        const [kc, vc] = whole.map((p) => mx.sliceAxis(p, 2, 0, S)) as [MxArray, MxArray];
+        const q4 = mx.transpose(mx.reshape(q, [B, 1, c.numHeads, c.headDim]), [0, 2, 1, 3]);
+        const attn = mx.sdpa(q4, kc, vc, scale, null);
+        merged = mx.reshape(mx.transpose(attn, [0, 2, 1, 3]), [B, 1, c.numHeads * c.headDim]);
+      } else {
+        const q4 = mx.transpose(mx.reshape(q, [B, 1, c.numHeads, c.headDim]), [0, 2, 1, 3]);
+        const attn = batch.attention(index, q4, k, v, scale, mask);
+        merged = mx.reshape(mx.transpose(attn, [0, 2, 1, 3]), [B, 1, c.numHeads * c.headDim]);
+      }
+    } else if (inNorm && qkvW) {
       const y = fused.normedQkv(input, inNorm, qkvW, kr, positions);
       const qSize = c.numHeads * c.headDim;
       const [q, k, v] = mx.split(y, [qSize, qSize + c.numKvHeads * c.headDim], -1) as [MxArray, MxArray, MxArray];

@@ -1,7 +1,10 @@
 // The decoder's fused CUDA decode path (PENSIEVE_GPU_FUSED=1): for forwards of
 // at most FUSED_MAX_ROWS rows (decode steps), each layer is
-//   rms_norm -> q|k|v product -> RoPE        one kernel (kernels-gemv-fused.ts)
-//   KV-cache write + attention               MLX (slice updates in place, sdpa)
+//   rms_norm -> q|k|v product -> RoPE        one kernel (kernels-gemv-fused.ts),
+//                                            k and v written in the cache's layout
+//   KV-cache write                           MLX's slice updates (in place)
+//   attention over the cache                 one kernel (kernels-attention.ts; two
+//                                            past 512 keys per split: flash-decoding)
 //   o product + residual                     one kernel
 //   rms_norm -> gate|up product -> SwiGLU    one kernel
 //   down product + residual                  one kernel
@@ -10,10 +13,12 @@
 // RoPE regimes, post-norms, tensor parallelism, weights the GEMV does not take).
 import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
+import { decodeAttention, decodeAttentionSupports } from "../mlx/kernels-attention";
 import { gemvSupports, quantizedGemvRmsNorm } from "../mlx/kernels-gemv";
 import {
   type FusedRope,
   quantizedGemvNormRope,
+  quantizedGemvNormRopeQkv,
   quantizedGemvNormSwiglu,
   quantizedGemvResidual,
 } from "../mlx/kernels-gemv-fused";
@@ -109,4 +114,40 @@ export function productPlusResidual(x: MxArray, q: mx.QuantizedWeight, res: MxAr
 export function normedProduct(h: MxArray, norm: { weight: MxArray; eps: number }, q: mx.QuantizedWeight): MxArray {
   launches++;
   return quantizedGemvRmsNorm(h, norm.weight, norm.eps, q);
+}
+
+/** norm -> q|k|v -> RoPE for one new token per row: q [B, 1, H*D], k and v [B, Hkv, 1, D] (the cache's layout). */
+export function normedQkvDecode(
+  h: MxArray,
+  norm: { weight: MxArray; eps: number },
+  q: mx.QuantizedWeight,
+  rope: FusedRope,
+  positions: MxArray,
+  kvHeads: number,
+): [MxArray, MxArray, MxArray] {
+  launches++;
+  return quantizedGemvNormRopeQkv(h, norm.weight, norm.eps, q, positions, rope, kvHeads);
+}
+
+/** Whether decode attention runs in Pensieve's kernel for these heads (else MLX's sdpa). */
+export function attentionKernelFor(heads: number, kvHeads: number, headDim: number, dtype: mx.Dtype): boolean {
+  return process.env.PENSIEVE_GPU_FUSED_ATTENTION !== "0" && decodeAttentionSupports(heads, kvHeads, headDim, dtype);
+}
+
+/**
+ * softmax(scale q k^T) v over the whole cache buffers kc, vc [B, Hkv, capacity, D]
+ * for q [B, 1, H*D]; each row's keys are 0..positions[b]; `keys` = the longest
+ * row's count (picks the splits). Returns [B, 1, H*D].
+ */
+export function cacheAttention(
+  q: MxArray,
+  kc: MxArray,
+  vc: MxArray,
+  positions: MxArray,
+  scale: number,
+  heads: number,
+  keys: number,
+): MxArray {
+  launches++;
+  return decodeAttention(q, kc, vc, positions, scale, heads, keys);
 }

@@ -10,8 +10,10 @@ import { generateTokens } from "../../src/engine/one-sequence";
 import { samplingParams } from "../../src/engine/protocol";
 import * as mx from "../../src/mlx";
 import { kernelLanguage } from "../../src/mlx/kernels";
+import { decodeAttention, setKeysPerSplit } from "../../src/mlx/kernels-attention";
 import {
   quantizedGemvNormRope,
+  quantizedGemvNormRopeQkv,
   quantizedGemvNormSwiglu,
   quantizedGemvResidual,
 } from "../../src/mlx/kernels-gemv-fused";
@@ -125,12 +127,66 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
     }
   }
 
-  for (const name of ["tiny-llama", "tiny-phi3"]) {
-    test(`${name}: greedy tokens with the fused path equal those without`, () => {
+  test("decode q|k|v as three outputs equals the one-output kernel", () => {
+    mx.tidy(() => {
+      const [heads, kvHeads, hd, k, B] = [8, 2, 64, 1024, 2];
+      const n = (heads + 2 * kvHeads) * hd;
+      const q = weight(n, k, mx.Dtype.float16, 900);
+      const x = hidden(B, k, mx.Dtype.float16, 901);
+      const g = normWeight(k, mx.Dtype.float16, 902);
+      const invFreq = mx.divide(1, mx.power(mx.scalar(10000), mx.divide(mx.arange(0, hd, 2, mx.Dtype.float32), hd)));
+      const pos = mx.int32([77, 77]);
+      const rope = { headDim: hd, rotated: (heads + kvHeads) * hd, traditional: false, invFreq };
+      const [q3, k3, v3] = quantizedGemvNormRopeQkv(x, g, 1e-5, q, pos, rope, kvHeads);
+      expect(q3.shape).toEqual([B, 1, heads * hd]);
+      expect(k3.shape).toEqual([B, kvHeads, 1, hd]);
+      const one = quantizedGemvNormRope(x, g, 1e-5, q, pos, rope);
+      const joined = mx.concatenate(
+        [q3, mx.reshape(k3, [B, 1, kvHeads * hd]), mx.reshape(v3, [B, 1, kvHeads * hd])],
+        -1,
+      );
+      expect(relativeDistance(joined, one)).toBe(0);
+    });
+  });
+
+  // Decode attention against MLX's sdpa over the same keys: scores and softmax in float, one rounding of the output.
+  for (const [heads, kvHeads, hd, keys, splits] of [
+    [32, 32, 96, 300, 1], // Phi-3-mini
+    [32, 32, 96, 3000, 6],
+    [32, 8, 128, 1000, 3], // Llama 3 8B
+    [8, 2, 64, 17, 4], // more splits than a short context fills
+  ] as Array<[number, number, number, number, number]>) {
+    for (const dtype of [mx.Dtype.float16, mx.Dtype.bfloat16]) {
+      test(`${label(dtype)} decode attention H=${heads}/${kvHeads} D=${hd}, ${keys} keys, ${splits} split(s) equals sdpa`, () => {
+        mx.tidy(() => {
+          const B = 2;
+          const cap = keys + 50;
+          const kc = mx.randomNormal([B, kvHeads, cap, hd], dtype, 0, 1, mx.randomKey(keys));
+          const vc = mx.randomNormal([B, kvHeads, cap, hd], dtype, 0, 1, mx.randomKey(keys + 1));
+          const q = mx.randomNormal([B, 1, heads * hd], dtype, 0, 2, mx.randomKey(keys + 2));
+          const scale = 1 / Math.sqrt(hd);
+          const pos = mx.int32([keys - 1, keys - 1]);
+          const ours = decodeAttention(q, kc, vc, pos, scale, heads, keys, splits);
+          const q4 = mx.transpose(mx.reshape(q, [B, 1, heads, hd]), [0, 2, 1, 3]);
+          const ref = mx.sdpa(q4, mx.sliceAxis(kc, 2, 0, keys), mx.sliceAxis(vc, 2, 0, keys), scale, null);
+          const theirs = mx.reshape(mx.transpose(ref, [0, 2, 1, 3]), [B, 1, heads * hd]);
+          expect(relativeDistance(ours, theirs)).toBeLessThan(dtype === mx.Dtype.float16 ? 2e-3 : 1.5e-2);
+        });
+      });
+    }
+  }
+
+  // tiny-phi3's LongRoPE switches to the long factors past 64 tokens: 50 + 24 crosses it.
+  for (const [name, promptLength] of [
+    ["tiny-llama", 20],
+    ["tiny-phi3", 50],
+  ] as Array<[string, number]>) {
+    test(`${name}: greedy tokens with the fused path equal those without (attention in one and in several splits)`, () => {
       const dir = tinyModel(name);
-      const prompt = Array.from({ length: 20 }, (_, i) => 100 + ((i * 37) % 900));
-      const tokens = (on: boolean) => {
+      const prompt = Array.from({ length: promptLength }, (_, i) => 100 + ((i * 37) % 900));
+      const tokens = (on: boolean, perSplit = 512) => {
         setGpuFused(on);
+        setKeysPerSplit(perSplit);
         const { model } = loadModel(dir);
         try {
           const before = fusedLaunchCount();
@@ -141,13 +197,16 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
           return { out, launches: fusedLaunchCount() - before };
         } finally {
           model.dispose();
+          setKeysPerSplit(512);
         }
       };
       const without = tokens(false);
       const withFused = tokens(true);
+      const splitFused = tokens(true, 16);
       expect(without.launches).toBe(0);
       expect(withFused.launches).toBeGreaterThan(0);
       expect(withFused.out).toEqual(without.out);
-    }, 180_000);
+      expect(splitFused.out).toEqual(without.out);
+    }, 240_000);
   }
 });

@@ -5,12 +5,17 @@
 import { describe, expect, test } from "bun:test";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { GEMV_NORM_ROPE_KERNEL, GEMV_NORM_SWIGLU_KERNEL, GEMV_RESIDUAL_KERNEL } from "../../src/mlx/kernels-gemv-fused";
+import {
+  GEMV_NORM_ROPE_KERNEL,
+  GEMV_NORM_ROPE_QKV_KERNEL,
+  GEMV_NORM_SWIGLU_KERNEL,
+  GEMV_RESIDUAL_KERNEL,
+} from "../../src/mlx/kernels-gemv-fused";
 
 const compiler = ["g++", "c++", "clang++"].find((c) => Bun.which(c));
 const dir = join(import.meta.dir, "..", ".tmp", "gemv-fused-emulated");
 
-type Variant = "residual" | "swiglu" | "rope";
+type Variant = "residual" | "swiglu" | "rope" | "rope-qkv";
 interface Case {
   variant: Variant;
   dtype: "f16" | "bf16";
@@ -32,9 +37,15 @@ const bits = (v: number) => new Int32Array(Float32Array.of(v).buffer)[0];
 
 function program(c: Case): string {
   const T = c.dtype === "bf16" ? "__nv_bfloat16" : "__half";
-  const spec = { residual: GEMV_RESIDUAL_KERNEL, swiglu: GEMV_NORM_SWIGLU_KERNEL, rope: GEMV_NORM_ROPE_KERNEL }[
-    c.variant
-  ];
+  const spec = {
+    residual: GEMV_RESIDUAL_KERNEL,
+    swiglu: GEMV_NORM_SWIGLU_KERNEL,
+    rope: GEMV_NORM_ROPE_KERNEL,
+    "rope-qkv": GEMV_NORM_ROPE_QKV_KERNEL,
+  }[c.variant];
+  // rope-qkv: q [M, QS], then k and v [M, KVS] one after another in y; rows below ROTATED are q and k.
+  const kvs = c.n - (c.rotated ?? 0);
+  const qs = (c.rotated ?? 0) - kvs;
   const header = spec.header.replace(
     /__device__ __forceinline__ uint4 pv_load_stream\(const uint4\* p\) \{[\s\S]*?\n\}\n/,
     "__device__ __forceinline__ uint4 pv_load_stream(const uint4* p) { return *p; }\n",
@@ -46,7 +57,8 @@ function program(c: Case): string {
   const outN = c.variant === "swiglu" ? c.n / 2 : c.n;
   const constants = `constexpr int M = ${c.m}, N = ${c.n}, K = ${c.k}, ROWS = ${c.rows}, WARPS = ${c.warps}, GROUP = ${c.group};
   constexpr int EPS_BITS = ${bits(EPS)}, HD = ${hd}, ROTATED = ${c.rotated ?? 0}, POS_SCALE_BITS = ${bits(c.posScale ?? 1)};
-  constexpr bool TRADITIONAL = ${c.traditional ? "true" : "false"};`;
+  constexpr bool TRADITIONAL = ${c.traditional ? "true" : "false"};
+  constexpr int QS = ${qs}, KVS = ${kvs};`;
   return `#include "${join(import.meta.dir, "cuda-emulation.h")}"
 #include <cstdio>
 #include <random>
@@ -56,6 +68,8 @@ void kernel(const ${T}* x, const uint32_t* w, const ${T}* scales, const ${T}* bi
             const int32_t* pos, const float* inv_freq, ${T}* y) {
   using T = ${T};
   ${constants}
+  ${T}* q = y; ${T}* k = y + M * QS; ${T}* v = y + M * (QS + KVS);
+  (void)q; (void)k; (void)v; (void)QS; (void)KVS;
   (void)res; (void)norm; (void)pos; (void)inv_freq; (void)HD; (void)ROTATED; (void)POS_SCALE_BITS; (void)TRADITIONAL; (void)EPS_BITS;
 ${spec.source}
 }
@@ -120,7 +134,12 @@ int main() {
                      : prod[n] * std::cos(theta) - prod[partner] * std::sin(theta);
       }`
       }
-      const double got = ${toF}(y[m * OUT_N + n]);
+      const int at = ${
+        c.variant === "rope-qkv"
+          ? "n < QS ? m * QS + n : n < QS + KVS ? M * QS + m * KVS + n - QS : M * (QS + KVS) + m * KVS + n - QS - KVS"
+          : "m * OUT_N + n"
+      };
+      const double got = ${toF}(y[at]);
       if (std::isnan(got)) { unwritten++; continue; }
       err += (got - ref) * (got - ref);
       ref2 += ref * ref;
@@ -173,6 +192,10 @@ describe.skipIf(!compiler)("fused 4-bit GEMV variants, emulated on the CPU", () 
       posScale: 0.25,
     },
     { variant: "rope", dtype: "bf16", m: 1, n: 192, k: 3072, rows: 4, warps: 4, group: 64, hd: 96, rotated: 96 }, // Phi-3's head_dim
+    // Three outputs (decode): 2 q heads and 1 kv head of 96, two rows.
+    { variant: "rope-qkv", dtype: "f16", m: 2, n: 384, k: 1024, rows: 4, warps: 4, group: 64, hd: 96, rotated: 288 },
+    // GQA 4:1, head dim 32.
+    { variant: "rope-qkv", dtype: "bf16", m: 1, n: 192, k: 512, rows: 2, warps: 4, group: 32, hd: 32, rotated: 160 },
   ];
   for (const c of cases) {
     test(`${c.variant} ${c.dtype} M=${c.m} N=${c.n} K=${c.k} rows/warp ${c.rows} group ${c.group}${c.traditional ? " traditional" : ""}`, () => {

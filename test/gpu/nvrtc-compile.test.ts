@@ -4,7 +4,17 @@
 // decode path). Runs where libnvrtc is present (test/gpu/nvrtc.ts), else skips.
 import { describe, expect, test } from "bun:test";
 import { GEMV_KERNEL, GEMV_RMS_NORM_KERNEL } from "../../src/mlx/kernels-gemv";
-import { GEMV_NORM_ROPE_KERNEL, GEMV_NORM_SWIGLU_KERNEL, GEMV_RESIDUAL_KERNEL } from "../../src/mlx/kernels-gemv-fused";
+import {
+  DECODE_ATTENTION_COMBINE_KERNEL,
+  DECODE_ATTENTION_KERNEL,
+  DECODE_ATTENTION_SPLIT_KERNEL,
+} from "../../src/mlx/kernels-attention";
+import {
+  GEMV_NORM_ROPE_KERNEL,
+  GEMV_NORM_ROPE_QKV_KERNEL,
+  GEMV_NORM_SWIGLU_KERNEL,
+  GEMV_RESIDUAL_KERNEL,
+} from "../../src/mlx/kernels-gemv-fused";
 import { type CudaType, type NvrtcKernel, nvrtcAvailable, nvrtcCompile } from "./nvrtc";
 
 const H = "__half" as CudaType;
@@ -84,6 +94,75 @@ for (const m of [1, 4]) {
     },
   );
 }
+
+// Decode: q|k|v written as three outputs; attention over the cache (one split, several, the merge).
+cases.push({
+  label: "rms_norm + rope, q/k/v outputs (decode) M=1",
+  kernel: {
+    ...GEMV_NORM_ROPE_QKV_KERNEL,
+    inputs: gemvInputs([
+      { name: "norm", type: H },
+      { name: "pos", type: "int32_t" },
+      { name: "inv_freq", type: "float" },
+    ]),
+    outputs: [
+      { name: "q", type: H },
+      { name: "k", type: H },
+      { name: "v", type: H },
+    ],
+    template: {
+      ...gemvTemplate(1, 9216, 3072, 4),
+      HD: 96,
+      ROTATED: 6144,
+      TRADITIONAL: false,
+      POS_SCALE_BITS: 1065353216,
+      QS: 3072,
+      KVS: 3072,
+    },
+  },
+});
+const attentionInputs = [
+  { name: "q", type: H },
+  { name: "kc", type: H, shape: true },
+  { name: "vc", type: H },
+  { name: "pos", type: "int32_t" as CudaType },
+];
+const attentionTemplate = { T: "__half", H: 32, HKV: 32, HD: 96, WARPS: 4, SCALE_BITS: 1041864704 };
+cases.push(
+  {
+    label: "decode attention, one split (Phi-3)",
+    kernel: {
+      ...DECODE_ATTENTION_KERNEL,
+      inputs: attentionInputs,
+      outputs: out.map((o) => ({ ...o, name: "out" })),
+      template: attentionTemplate,
+    },
+  },
+  {
+    label: "decode attention, splits (Llama 3 8B: GQA 4, head 128)",
+    kernel: {
+      ...DECODE_ATTENTION_SPLIT_KERNEL,
+      inputs: attentionInputs,
+      outputs: [
+        { name: "part", type: "float" },
+        { name: "stats", type: "float" },
+      ],
+      template: { ...attentionTemplate, H: 32, HKV: 8, HD: 128 },
+    },
+  },
+  {
+    label: "decode attention, merge of splits",
+    kernel: {
+      ...DECODE_ATTENTION_COMBINE_KERNEL,
+      inputs: [
+        { name: "part", type: "float" },
+        { name: "stats", type: "float" },
+      ],
+      outputs: [{ name: "out", type: H }],
+      template: { T: "__half", HD: 96, SPLITS: 8 },
+    },
+  },
+);
 
 describe.skipIf(!nvrtcAvailable)("custom kernels compile with NVRTC (sm_90a)", () => {
   for (const c of cases) {

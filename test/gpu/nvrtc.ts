@@ -29,7 +29,7 @@ export interface NvrtcKernel {
   name: string;
   header: string;
   source: string;
-  inputs: ReadonlyArray<{ name: string; type: CudaType; strides?: boolean }>;
+  inputs: ReadonlyArray<{ name: string; type: CudaType; shape?: boolean; strides?: boolean }>;
   outputs: ReadonlyArray<{ name: string; type: CudaType }>;
   /** Template constants: number -> int, boolean -> bool, string -> type alias. */
   template: Readonly<Record<string, number | boolean | string>>;
@@ -40,6 +40,7 @@ export function mlxKernelSource(k: NvrtcKernel): string {
   const params = [
     ...k.inputs.flatMap((i) => [
       `    const ${i.type}* ${i.name}`,
+      ...(i.shape ? [`    const __grid_constant__ Shape ${i.name}_shape`] : []),
       ...(i.strides ? [`    const __grid_constant__ Strides ${i.name}_strides`] : []),
     ]),
     ...k.outputs.map((o) => `    ${o.type}* ${o.name}`),
