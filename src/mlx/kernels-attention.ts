@@ -212,7 +212,6 @@ export function attentionSplits(keys: number, perSplit = keysPerSplit): number {
 }
 
 const kernels = new Map<string, CustomKernel>();
-const plans = new Map<string, KernelPlan>();
 
 function kernel(spec: Spec): CustomKernel {
   let k = kernels.get(spec.name);
@@ -224,11 +223,81 @@ function kernel(spec: Spec): CustomKernel {
 }
 
 /**
- * softmax(scale * q k^T) v for one new token per row: q [B, 1, H*HD] (rotated),
- * kc, vc the layer's cache buffers [B, Hkv, capacity, HD] holding each row's
- * keys 0..pos[b] (the new one included), pos int32 [B]. Returns [B, 1, H*HD].
- * `keys` (the longest row's S) picks the number of splits.
+ * Decode attention for one shape of heads and one scale, with its launch plans
+ * kept by (rows, splits): a decode step only runs them.
  */
+export class DecodeAttention {
+  readonly heads: number;
+  readonly kvHeads: number;
+  readonly headDim: number;
+  readonly dtype: Dtype;
+  readonly #template: Record<string, number | { dtype: Dtype }>;
+  readonly #plans = new Map<number, { main: KernelPlan; combine: KernelPlan | null }>();
+
+  constructor(heads: number, kvHeads: number, headDim: number, dtype: Dtype, scale: number) {
+    if (!decodeAttentionSupports(heads, kvHeads, headDim, dtype))
+      throw new Error(`decode attention: ${heads}/${kvHeads} heads of ${headDim} are not supported`);
+    this.heads = heads;
+    this.kvHeads = kvHeads;
+    this.headDim = headDim;
+    this.dtype = dtype;
+    const scaleBits = new Int32Array(Float32Array.of(scale * Math.LOG2E).buffer)[0] as number;
+    this.#template = { T: { dtype }, H: heads, HKV: kvHeads, HD: headDim, WARPS, SCALE_BITS: scaleBits };
+  }
+
+  /**
+   * softmax(scale * q k^T) v for one new token per row: q [rows, 1, H*HD]
+   * (rotated), kc, vc the layer's cache buffers [rows, Hkv, capacity, HD] holding
+   * each row's keys 0..pos[b] (the new one included), pos int32 [rows]. `keys`
+   * (the longest row's count) picks the splits. Returns [rows, 1, H*HD].
+   */
+  run(q: MxArray, kc: MxArray, vc: MxArray, pos: MxArray, rows: number, keys: number, splits = attentionSplits(keys)) {
+    const slot = rows * 1024 + splits;
+    let p = this.#plans.get(slot);
+    if (!p) {
+      p = this.#make(rows, splits);
+      this.#plans.set(slot, p);
+    }
+    if (!p.combine) return p.main.run([q, kc, vc, pos])[0] as MxArray;
+    return p.combine.run(p.main.run([q, kc, vc, pos]))[0] as MxArray;
+  }
+
+  #make(rows: number, splits: number): { main: KernelPlan; combine: KernelPlan | null } {
+    const { heads, kvHeads, headDim: hd, dtype } = this;
+    const grid: [number, number, number] = [rows * kvHeads * WARPS * 32, splits, 1];
+    const threadgroup: [number, number, number] = [WARPS * 32, 1, 1];
+    const template = this.#template;
+    if (splits === 1) {
+      const main = kernel(DECODE_ATTENTION_KERNEL).plan({
+        outputs: [{ shape: [rows, 1, heads * hd], dtype }],
+        grid,
+        threadgroup,
+        template,
+      });
+      return { main, combine: null };
+    }
+    const main = kernel(DECODE_ATTENTION_SPLIT_KERNEL).plan({
+      outputs: [
+        { shape: [rows, heads, splits, hd], dtype: Dtype.float32 },
+        { shape: [rows, heads, splits, 2], dtype: Dtype.float32 },
+      ],
+      grid,
+      threadgroup,
+      template,
+    });
+    const combine = kernel(DECODE_ATTENTION_COMBINE_KERNEL).plan({
+      outputs: [{ shape: [rows, 1, heads * hd], dtype }],
+      grid: [rows * heads * hd, 1, 1],
+      threadgroup: [hd, 1, 1],
+      template: { T: { dtype }, HD: hd, SPLITS: splits },
+    });
+    return { main, combine };
+  }
+}
+
+const shared = new Map<string, DecodeAttention>();
+
+/** DecodeAttention.run with the instance for these heads and scale (kept; tests and one-off calls). */
 export function decodeAttention(
   q: MxArray,
   kc: MxArray,
@@ -240,48 +309,11 @@ export function decodeAttention(
   splits = attentionSplits(keys),
 ): MxArray {
   const [B, kvHeads, , hd] = kc.shape as [number, number, number, number];
-  const dtype = q.dtype;
-  const scaleBits = new Int32Array(Float32Array.of(scale * Math.LOG2E).buffer)[0] as number;
-  const template = { T: { dtype }, H: heads, HKV: kvHeads, HD: hd, WARPS, SCALE_BITS: scaleBits };
-  const grid: [number, number, number] = [B * kvHeads * WARPS * 32, splits, 1];
-  const threadgroup: [number, number, number] = [WARPS * 32, 1, 1];
-  const key = `${B}|${heads}|${kvHeads}|${hd}|${dtype}|${scaleBits}|${splits}`;
-  if (splits === 1) {
-    let plan = plans.get(`one|${key}`);
-    if (!plan) {
-      plan = kernel(DECODE_ATTENTION_KERNEL).plan({
-        outputs: [{ shape: [B, 1, heads * hd], dtype }],
-        grid,
-        threadgroup,
-        template,
-      });
-      plans.set(`one|${key}`, plan);
-    }
-    return plan.run([q, kc, vc, pos])[0] as MxArray;
+  const key = `${heads}|${kvHeads}|${hd}|${q.dtype}|${scale}`;
+  let a = shared.get(key);
+  if (!a) {
+    a = new DecodeAttention(heads, kvHeads, hd, q.dtype, scale);
+    shared.set(key, a);
   }
-  let split = plans.get(`split|${key}`);
-  if (!split) {
-    split = kernel(DECODE_ATTENTION_SPLIT_KERNEL).plan({
-      outputs: [
-        { shape: [B, heads, splits, hd], dtype: Dtype.float32 },
-        { shape: [B, heads, splits, 2], dtype: Dtype.float32 },
-      ],
-      grid,
-      threadgroup,
-      template,
-    });
-    plans.set(`split|${key}`, split);
-  }
-  const [part, stats] = split.run([q, kc, vc, pos]) as [MxArray, MxArray];
-  let combine = plans.get(`combine|${key}`);
-  if (!combine) {
-    combine = kernel(DECODE_ATTENTION_COMBINE_KERNEL).plan({
-      outputs: [{ shape: [B, 1, heads * hd], dtype }],
-      grid: [B * heads * hd, 1, 1],
-      threadgroup: [hd, 1, 1],
-      template: { T: { dtype }, HD: hd, SPLITS: splits },
-    });
-    plans.set(`combine|${key}`, combine);
-  }
-  return combine.run([part, stats])[0] as MxArray;
+  return a.run(q, kc, vc, pos, B, keys, splits);
 }

@@ -11,13 +11,14 @@
 // path stays within an ulp or two of MLX's.
 import type { MxArray } from "./array";
 import { Dtype } from "./array";
+import type { KernelPlan } from "./kernels";
 import {
+  GEMV_KERNEL,
+  GEMV_RMS_NORM_KERNEL,
   type GemvConfig,
   type GemvSpec,
   gemvConfig,
-  GEMV_KERNEL,
-  gemvLaunch,
-  gemvLaunchAll,
+  gemvPlan,
   gemvSource,
 } from "./kernels-gemv";
 import type { QuantizedWeight } from "./ops";
@@ -133,37 +134,7 @@ export function pairedConfig(n: number, m: number): GemvConfig {
   return c.rows % 2 === 0 ? c : { ...c, rows: 2 };
 }
 
-/** res + x @ dequantize(q).T in one kernel (res [..., N] in x's dtype). */
-export function quantizedGemvResidual(x: MxArray, q: QuantizedWeight, res: MxArray, config?: GemvConfig): MxArray {
-  if (res.dtype !== x.dtype || res.dim(-1) !== q.weight.dim(0) || res.size !== (x.size / x.dim(-1)) * res.dim(-1)) {
-    throw new Error("quantizedGemvResidual: res must be [..., N] in x's dtype with x's rows");
-  }
-  return gemvLaunch(GEMV_RESIDUAL_KERNEL, x, q, [res], {}, config);
-}
-
-/** silu(g) * u of [g | u] = rms_norm(x, norm, eps) @ dequantize(q).T: output [..., N/2]. */
-export function quantizedGemvNormSwiglu(
-  x: MxArray,
-  norm: MxArray,
-  eps: number,
-  q: QuantizedWeight,
-  config?: GemvConfig,
-): MxArray {
-  const n = q.weight.dim(0);
-  if (norm.ndim !== 1 || norm.dim(0) !== x.dim(-1) || norm.dtype !== x.dtype || n % 2 !== 0) {
-    throw new Error("quantizedGemvNormSwiglu: norm must be [K] in x's dtype and the weight have an even row count");
-  }
-  const m = x.size / x.dim(-1);
-  return gemvLaunch(
-    GEMV_NORM_SWIGLU_KERNEL,
-    x,
-    q,
-    [norm],
-    { EPS_BITS: floatBits(eps) },
-    config ?? pairedConfig(n, m),
-    n / 2,
-  );
-}
+const rowsOf = (xShape: readonly number[]) => xShape.reduce((a, b) => a * b, 1) / (xShape.at(-1) as number);
 
 /** How the q|k|v product's first `rotated` rows are rotated (RoPE over whole heads of headDim). */
 export interface FusedRope {
@@ -175,6 +146,127 @@ export interface FusedRope {
   invFreq: MxArray;
   /** Multiplies the position (linear RoPE scaling), default 1. */
   positionScale?: number;
+}
+
+const ropeTemplate = (eps: number, rope: Omit<FusedRope, "invFreq">) => ({
+  EPS_BITS: floatBits(eps),
+  HD: rope.headDim,
+  ROTATED: rope.rotated,
+  TRADITIONAL: rope.traditional,
+  POS_SCALE_BITS: floatBits(rope.positionScale ?? 1),
+});
+
+/**
+ * Launch plans of the fused variants for x of a given shape and dtype. A decoder
+ * keeps them per weight and rows, so a step only runs them (no key, no checks):
+ * run([x, q.weight, q.scales, q.biases, ...the variant's inputs]).
+ */
+export const fusedPlans = {
+  /** Inputs + res. */
+  residual: (xShape: readonly number[], dtype: Dtype, q: QuantizedWeight, config?: GemvConfig): KernelPlan =>
+    gemvPlan(GEMV_RESIDUAL_KERNEL, xShape, dtype, q, {}, config),
+  /** Inputs + norm; output [..., N/2]. */
+  normSwiglu: (xShape: readonly number[], dtype: Dtype, q: QuantizedWeight, eps: number, config?: GemvConfig) => {
+    const n = q.weight.dim(0);
+    if (n % 2 !== 0) throw new Error("quantizedGemvNormSwiglu: the weight needs an even row count");
+    const shapes = [[...xShape.slice(0, -1), n / 2]];
+    const template = { EPS_BITS: floatBits(eps) };
+    return gemvPlan(
+      GEMV_NORM_SWIGLU_KERNEL,
+      xShape,
+      dtype,
+      q,
+      template,
+      config ?? pairedConfig(n, rowsOf(xShape)),
+      shapes,
+    );
+  },
+  /** Inputs + norm, pos, inv_freq. */
+  normRope: (
+    xShape: readonly number[],
+    dtype: Dtype,
+    q: QuantizedWeight,
+    eps: number,
+    rope: Omit<FusedRope, "invFreq">,
+    config?: GemvConfig,
+  ) => {
+    const n = q.weight.dim(0);
+    const hd = rope.headDim;
+    if (hd % 2 !== 0 || n % hd !== 0 || rope.rotated % hd !== 0 || rope.rotated > n)
+      throw new Error(`quantizedGemvNormRope: ${n} rows are not whole heads of ${hd}`);
+    const config2 = config ?? pairedConfig(n, rowsOf(xShape));
+    return gemvPlan(GEMV_NORM_ROPE_KERNEL, xShape, dtype, q, ropeTemplate(eps, rope), config2);
+  },
+  /** Inputs + norm, pos, inv_freq; outputs q [B, 1, QS], k and v [B, Hkv, 1, HD]. */
+  normRopeQkv: (
+    rows: number,
+    dtype: Dtype,
+    q: QuantizedWeight,
+    eps: number,
+    rope: Omit<FusedRope, "invFreq">,
+    kvHeads: number,
+    config?: GemvConfig,
+  ) => {
+    const n = q.weight.dim(0);
+    const k = (q.weight.dim(1) * 32) / q.bits;
+    const hd = rope.headDim;
+    const kvs = kvHeads * hd;
+    const qs = n - 2 * kvs;
+    if (hd % 2 !== 0 || qs <= 0 || qs % hd !== 0 || rope.rotated !== qs + kvs)
+      throw new Error(`quantizedGemvNormRopeQkv: ${n} rows are not q, k, v heads of ${hd}`);
+    const shapes = [
+      [rows, 1, qs],
+      [rows, kvHeads, 1, hd],
+      [rows, kvHeads, 1, hd],
+    ];
+    const template = { ...ropeTemplate(eps, rope), QS: qs, KVS: kvs };
+    return gemvPlan(
+      GEMV_NORM_ROPE_QKV_KERNEL,
+      [rows, 1, k],
+      dtype,
+      q,
+      template,
+      config ?? pairedConfig(n, rows),
+      shapes,
+    );
+  },
+  /** Inputs + norm (GEMV_RMS_NORM_KERNEL). */
+  norm: (xShape: readonly number[], dtype: Dtype, q: QuantizedWeight, eps: number, config?: GemvConfig) =>
+    gemvPlan(GEMV_RMS_NORM_KERNEL, xShape, dtype, q, { EPS_BITS: floatBits(eps) }, config),
+};
+
+const qInputs = (x: MxArray, q: QuantizedWeight) => [x, q.weight, q.scales, q.biases as MxArray];
+
+function checkNorm(what: string, x: MxArray, norm: MxArray): void {
+  if (norm.ndim !== 1 || norm.dim(0) !== x.dim(-1) || norm.dtype !== x.dtype)
+    throw new Error(`${what}: norm must be [K] in x's dtype`);
+}
+
+/** res + x @ dequantize(q).T in one kernel (res [..., N] in x's dtype). */
+export function quantizedGemvResidual(x: MxArray, q: QuantizedWeight, res: MxArray, config?: GemvConfig): MxArray {
+  if (res.dtype !== x.dtype || res.dim(-1) !== q.weight.dim(0) || res.size !== (x.size / x.dim(-1)) * res.dim(-1)) {
+    throw new Error("quantizedGemvResidual: res must be [..., N] in x's dtype with x's rows");
+  }
+  return fusedPlans.residual(x.shape, x.dtype, q, config).run([...qInputs(x, q), res])[0] as MxArray;
+}
+
+/** silu(g) * u of [g | u] = rms_norm(x, norm, eps) @ dequantize(q).T: output [..., N/2]. */
+export function quantizedGemvNormSwiglu(
+  x: MxArray,
+  norm: MxArray,
+  eps: number,
+  q: QuantizedWeight,
+  config?: GemvConfig,
+): MxArray {
+  checkNorm("quantizedGemvNormSwiglu", x, norm);
+  return fusedPlans.normSwiglu(x.shape, x.dtype, q, eps, config).run([...qInputs(x, q), norm])[0] as MxArray;
+}
+
+function checkRopeInputs(x: MxArray, pos: MxArray, rope: FusedRope): void {
+  const m = x.size / x.dim(-1);
+  if (pos.dtype !== Dtype.int32 || pos.size !== m) throw new Error("quantizedGemvNormRope: pos must be int32 [rows]");
+  if (rope.invFreq.dtype !== Dtype.float32 || rope.invFreq.size !== rope.headDim / 2)
+    throw new Error("quantizedGemvNormRope: invFreq must be float32 [headDim/2]");
 }
 
 /**
@@ -190,18 +282,10 @@ export function quantizedGemvNormRope(
   rope: FusedRope,
   config?: GemvConfig,
 ): MxArray {
-  const n = q.weight.dim(0);
-  const m = x.size / x.dim(-1);
-  checkNormRope(x, norm, q, pos, rope);
-  const hd = rope.headDim;
-  const template = {
-    EPS_BITS: floatBits(eps),
-    HD: hd,
-    ROTATED: rope.rotated,
-    TRADITIONAL: rope.traditional,
-    POS_SCALE_BITS: floatBits(rope.positionScale ?? 1),
-  };
-  return gemvLaunch(GEMV_NORM_ROPE_KERNEL, x, q, [norm, pos, rope.invFreq], template, config ?? pairedConfig(n, m));
+  checkNorm("quantizedGemvNormRope", x, norm);
+  checkRopeInputs(x, pos, rope);
+  const plan = fusedPlans.normRope(x.shape, x.dtype, q, eps, rope, config);
+  return plan.run([...qInputs(x, q), norm, pos, rope.invFreq])[0] as MxArray;
 }
 
 /**
@@ -218,50 +302,9 @@ export function quantizedGemvNormRopeQkv(
   kvHeads: number,
   config?: GemvConfig,
 ): [MxArray, MxArray, MxArray] {
-  const n = q.weight.dim(0);
-  const [B, L] = x.shape as [number, number];
-  const hd = rope.headDim;
-  const kvs = kvHeads * hd;
-  const qs = n - 2 * kvs;
-  if (x.ndim !== 3 || L !== 1) throw new Error("quantizedGemvNormRopeQkv: x must be [B, 1, K]");
-  if (qs <= 0 || qs % hd !== 0 || rope.rotated !== qs + kvs)
-    throw new Error(`quantizedGemvNormRopeQkv: ${n} rows are not q, k, v heads of ${hd}`);
-  checkNormRope(x, norm, q, pos, rope);
-  const template = {
-    EPS_BITS: floatBits(eps),
-    HD: hd,
-    ROTATED: rope.rotated,
-    TRADITIONAL: rope.traditional,
-    POS_SCALE_BITS: floatBits(rope.positionScale ?? 1),
-    QS: qs,
-    KVS: kvs,
-  };
-  const shapes = [
-    [B, 1, qs],
-    [B, kvHeads, 1, hd],
-    [B, kvHeads, 1, hd],
-  ];
-  const outs = gemvLaunchAll(
-    GEMV_NORM_ROPE_QKV_KERNEL,
-    x,
-    q,
-    [norm, pos, rope.invFreq],
-    template,
-    config ?? pairedConfig(n, B),
-    shapes,
-  );
-  return outs as [MxArray, MxArray, MxArray];
-}
-
-function checkNormRope(x: MxArray, norm: MxArray, q: QuantizedWeight, pos: MxArray, rope: FusedRope): void {
-  const n = q.weight.dim(0);
-  const m = x.size / x.dim(-1);
-  const hd = rope.headDim;
-  if (norm.ndim !== 1 || norm.dim(0) !== x.dim(-1) || norm.dtype !== x.dtype)
-    throw new Error("quantizedGemvNormRope: norm must be [K] in x's dtype");
-  if (hd % 2 !== 0 || n % hd !== 0 || rope.rotated % hd !== 0 || rope.rotated > n)
-    throw new Error(`quantizedGemvNormRope: ${n} rows are not whole heads of ${hd}`);
-  if (pos.dtype !== Dtype.int32 || pos.size !== m) throw new Error("quantizedGemvNormRope: pos must be int32 [rows]");
-  if (rope.invFreq.dtype !== Dtype.float32 || rope.invFreq.size !== hd / 2)
-    throw new Error("quantizedGemvNormRope: invFreq must be float32 [headDim/2]");
+  if (x.ndim !== 3 || x.dim(1) !== 1) throw new Error("quantizedGemvNormRopeQkv: x must be [B, 1, K]");
+  checkNorm("quantizedGemvNormRopeQkv", x, norm);
+  checkRopeInputs(x, pos, rope);
+  const plan = fusedPlans.normRopeQkv(x.dim(0), x.dtype, q, eps, rope, kvHeads, config);
+  return plan.run([...qInputs(x, q), norm, pos, rope.invFreq]) as [MxArray, MxArray, MxArray];
 }

@@ -359,19 +359,38 @@ export function gemvLaunchAll(
   config?: GemvConfig,
   outShapes?: number[][],
 ): MxArray[] {
+  const plan = gemvPlan(spec, x.shape, x.dtype, q, extraTemplate, config, outShapes);
+  return plan.run([x, q.weight, q.scales, q.biases as MxArray, ...extra]);
+}
+
+/**
+ * The launch plan gemvLaunchAll uses for x of this shape and dtype (made once,
+ * then found by key). Callers that repeat a launch may keep it and call
+ * run([x, q.weight, q.scales, q.biases, ...extra]) directly: no key, no checks.
+ */
+export function gemvPlan(
+  spec: GemvSpec,
+  xShape: readonly number[],
+  dtype: Dtype,
+  q: QuantizedWeight,
+  extraTemplate: Record<string, number | boolean>,
+  config?: GemvConfig,
+  outShapes?: number[][],
+): KernelPlan {
   const n = q.weight.dim(0);
   const k = (q.weight.dim(1) * 32) / q.bits;
-  const m = x.size / k;
-  if (x.dim(-1) !== k) throw new Error(`${spec.name}: x has ${x.dim(-1)} features, the weight ${k}`);
+  const m = xShape.reduce((a, b) => a * b, 1) / k;
+  if (xShape[xShape.length - 1] !== k)
+    throw new Error(`${spec.name}: x has ${xShape.at(-1)} features, the weight ${k}`);
   if (!Number.isInteger(m) || m < 1 || m > GEMV_MAX_ROWS)
     throw new Error(`${spec.name}: ${m} rows (1..${GEMV_MAX_ROWS})`);
-  if (x.dtype !== q.scales.dtype) throw new Error(`${spec.name}: x must have the scales' dtype`);
+  if (dtype !== q.scales.dtype) throw new Error(`${spec.name}: x must have the scales' dtype`);
   if (!q.biases) throw new Error(`${spec.name}: the weight has no biases`);
   const { rows, warps, poison } = config ?? gemvConfig(n, m);
   if (n % rows !== 0) throw new Error(`${spec.name}: ${n} outputs is not a multiple of ${rows} rows per warp`);
-  const shapes = outShapes ?? [[...x.shape.slice(0, -1), n]];
+  const shapes = outShapes ?? [[...xShape.slice(0, -1), n]];
   const extraKey = Object.values(extraTemplate).join(",");
-  const key = `${spec.name}|${x.shape.join("x")}|${n}|${shapes.join(";")}|${x.dtype}|${q.groupSize}|${rows}|${warps}|${poison ? 1 : 0}|${extraKey}`;
+  const key = `${spec.name}|${xShape.join("x")}|${n}|${shapes.join(";")}|${dtype}|${q.groupSize}|${rows}|${warps}|${poison ? 1 : 0}|${extraKey}`;
   let plan = plans.get(key);
   if (!plan) {
     let kernel = kernels.get(spec.name);
@@ -381,11 +400,11 @@ export function gemvLaunchAll(
     }
     const blocks = Math.ceil(n / rows / warps);
     plan = kernel.plan({
-      outputs: shapes.map((shape) => ({ shape, dtype: x.dtype })),
+      outputs: shapes.map((shape) => ({ shape, dtype })),
       grid: [blocks * warps * 32, 1, 1],
       threadgroup: [warps * 32, 1, 1],
       template: {
-        T: { dtype: x.dtype },
+        T: { dtype },
         M: m,
         N: n,
         K: k,
@@ -398,5 +417,5 @@ export function gemvLaunchAll(
     });
     plans.set(key, plan);
   }
-  return plan.run([x, q.weight, q.scales, q.biases, ...extra]);
+  return plan;
 }

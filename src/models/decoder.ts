@@ -109,9 +109,9 @@ export class DecoderModel implements LanguageModel {
     const reduce = this.reducePartial ?? ((partial: MxArray) => partial);
     const [B] = tokens.shape as [number, number];
     // The fused CUDA decode path (gpu-fused.ts): a few kernels per layer.
-    const positions =
+    const step =
       fused.fusedForward(B * L) && this.reducePartial === null && !this.#weights.residual
-        ? fused.fusedPositions(view.ropeOffset, B, L)
+        ? new fused.FusedStep(B, L, this.dtype, fused.fusedPositions(view.ropeOffset, B, L))
         : null;
     let h = embed(tokens, this.#weights.embedding, this.dtype);
     if (this.#weights.embedScale !== undefined)
@@ -124,7 +124,7 @@ export class DecoderModel implements LanguageModel {
       // One scope per layer: our handles to its intermediates go when it is built,
       // so MLX frees each once used (else a forward holds every layer's activations).
       h = mx.tidy(() => {
-        if (positions) return this.#fusedLayer(i, layer, input, batch, view, mask, regimes, positions, cached);
+        if (step) return this.#fusedLayer(step, i, layer, input, batch, view.ropeOffset, mask, regimes, cached);
         let a = reduce(this.#attention(i, layer, layer.inputNorm(input), batch, view.ropeOffset, mask, regimes));
         if (layer.attentionOutputNorm) a = layer.attentionOutputNorm(a);
         const mid = residual(input, a);
@@ -137,11 +137,14 @@ export class DecoderModel implements LanguageModel {
     batch.end();
     const mode = options.logits ?? "last";
     if (mode === "last" && L > 1) h = mx.sliceAxis(h, 1, L - 1, L);
-    positions?.dispose();
+    step?.positions.dispose();
     if (mode === "none") return h;
     const norm = this.#weights.norm.rms;
-    const head = positions && norm ? fused.fusable(this.#weights.lmHead, h) : null;
-    if (head && norm) return mx.astype(fused.normedProduct(h, norm, head), mx.Dtype.float32);
+    const head = step && norm ? fused.fusable(this.#weights.lmHead, this.dtype) : null;
+    if (step && head && norm) {
+      const rows = mode === "last" ? 1 : L;
+      return mx.astype(step.normedProduct(h, norm, head, rows), mx.Dtype.float32);
+    }
     return mx.astype(linear(this.#weights.norm(h), this.#weights.lmHead), mx.Dtype.float32);
   }
 
@@ -151,49 +154,42 @@ export class DecoderModel implements LanguageModel {
    * each part falls back to MLX's ops where the layer does not fit the kernel.
    */
   #fusedLayer(
+    step: fused.FusedStep,
     index: number,
     layer: DecoderLayerWeights,
     input: MxArray,
     batch: AttentionBatch,
-    view: ForwardView,
+    ropeOffset: ForwardView["ropeOffset"],
     mask: ForwardView["mask"],
     regimes: number[],
-    positions: MxArray,
     cached: number[],
   ): MxArray {
     const c = this.config;
+    const { B, L, dtype } = step;
     const w = layer.attention;
-    const ropeOffset = view.ropeOffset;
     const inNorm = layer.inputNorm.rms;
-    const qkvW = inNorm ? fused.fusable(w.qkv.product, input) : null;
+    const qkvW = inNorm ? fused.fusable(w.qkv.product, dtype) : null;
     let merged: MxArray;
-    const [B, L] = input.shape as [number, number];
     const rope = layer.rope ?? this.#rope;
     const qkNorms = w.qNorm !== undefined || w.kNorm !== undefined;
     const kr = inNorm && qkvW && !qkNorms ? fused.fusedRope(rope, regimes, c.headDim, c.numHeads, c.numKvHeads) : null;
     const keys = Math.max(...cached) + L;
     if (inNorm && qkvW && kr && L === 1 && mask === null && (!layer.window || keys <= layer.window)) {
       // Decode: q, and k/v in the cache's layout, from one kernel; attention over the cache in one more.
-      const [q, k, v] = fused.normedQkvDecode(input, inNorm, qkvW, kr, positions, c.numKvHeads);
+      const [q, k, v] = step.normedQkvDecode(input, inNorm, qkvW, kr, c.numKvHeads);
       const scale = rope.scoreScale * this.#baseScale;
-      const whole = fused.attentionKernelFor(c.numHeads, c.numKvHeads, c.headDim, q.dtype)
-        ? (batch.storeWhole?.(index, k, v) ?? null)
-        : null;
-      if (whole && whole[0].dtype === q.dtype) {
-        merged = fused.cacheAttention(q, whole[0], whole[1], positions, scale, c.numHeads, keys);
-      } else if (whole) {
-        const S = keys;
-        const [kc, vc] = whole.map((p) => mx.sliceAxis(p, 2, 0, S)) as [MxArray, MxArray];
-        const q4 = mx.transpose(mx.reshape(q, [B, 1, c.numHeads, c.headDim]), [0, 2, 1, 3]);
-        const attn = mx.sdpa(q4, kc, vc, scale, null);
-        merged = mx.reshape(mx.transpose(attn, [0, 2, 1, 3]), [B, 1, c.numHeads * c.headDim]);
-      } else {
-        const q4 = mx.transpose(mx.reshape(q, [B, 1, c.numHeads, c.headDim]), [0, 2, 1, 3]);
-        const attn = batch.attention(index, q4, k, v, scale, mask);
-        merged = mx.reshape(mx.transpose(attn, [0, 2, 1, 3]), [B, 1, c.numHeads * c.headDim]);
-      }
+      const kernel = step.attentionFor(c.numHeads, c.numKvHeads, c.headDim, scale);
+      const whole = kernel ? (batch.storeWhole?.(index, k, v) ?? null) : null;
+      const heads = (t: MxArray) => mx.transpose(mx.reshape(t, [B, 1, c.numHeads, c.headDim]), [0, 2, 1, 3]);
+      const merge = (t: MxArray) => mx.reshape(mx.transpose(t, [0, 2, 1, 3]), [B, 1, c.numHeads * c.headDim]);
+      if (kernel && whole && whole[0].dtype === dtype)
+        merged = step.cacheAttention(kernel, q, whole[0], whole[1], keys);
+      else if (whole) {
+        const [kc, vc] = whole.map((p) => mx.sliceAxis(p, 2, 0, keys)) as [MxArray, MxArray];
+        merged = merge(mx.sdpa(heads(q), kc, vc, scale, null));
+      } else merged = merge(batch.attention(index, heads(q), k, v, scale, mask));
     } else if (inNorm && qkvW) {
-      const y = fused.normedQkv(input, inNorm, qkvW, kr, positions);
+      const y = step.normedQkv(input, inNorm, qkvW, kr);
       const qSize = c.numHeads * c.headDim;
       const [q, k, v] = mx.split(y, [qSize, qSize + c.numKvHeads * c.headDim], -1) as [MxArray, MxArray, MxArray];
       merged = this.#attend(index, layer, q, k, v, kr !== null, batch, ropeOffset, mask, regimes);
@@ -201,9 +197,9 @@ export class DecoderModel implements LanguageModel {
       const [q, k, v] = w.qkv(layer.inputNorm(input));
       merged = this.#attend(index, layer, q, k, v, false, batch, ropeOffset, mask, regimes);
     }
-    const outW = layer.attentionOutputNorm ? null : fused.fusable(w.out, merged);
+    const outW = layer.attentionOutputNorm ? null : fused.fusable(w.out, dtype);
     let mid: MxArray;
-    if (outW) mid = fused.productPlusResidual(merged, outW, input);
+    if (outW) mid = step.productPlusResidual(merged, outW, input);
     else {
       let a = linear(merged, w.out);
       if (layer.attentionOutputNorm) a = layer.attentionOutputNorm(a);
@@ -211,15 +207,15 @@ export class DecoderModel implements LanguageModel {
     }
     const mlpNorm = layer.mlpNorm.rms;
     const swiglu = layer.mlp.swiglu;
-    const gateUpW = mlpNorm && swiglu ? fused.fusable(swiglu.gateUp, mid) : null;
+    const gateUpW = mlpNorm && swiglu ? fused.fusable(swiglu.gateUp, dtype) : null;
     if (!(mlpNorm && swiglu && gateUpW)) {
       let m = layer.mlp(layer.mlpNorm(mid));
       if (layer.mlpOutputNorm) m = layer.mlpOutputNorm(m);
       return mx.add(mid, m);
     }
-    const act = fused.normedSwiglu(mid, mlpNorm, gateUpW);
-    const downW = layer.mlpOutputNorm ? null : fused.fusable(swiglu.down, act);
-    if (downW) return fused.productPlusResidual(act, downW, mid);
+    const act = step.normedSwiglu(mid, mlpNorm, gateUpW);
+    const downW = layer.mlpOutputNorm ? null : fused.fusable(swiglu.down, dtype);
+    if (downW) return step.productPlusResidual(act, downW, mid);
     let m = linear(act, swiglu.down);
     if (layer.mlpOutputNorm) m = layer.mlpOutputNorm(m);
     return mx.add(mid, m);
