@@ -5,7 +5,8 @@
 #   1. the GPU tests: fused kernels against MLX's unfused ops, greedy tokens fused vs unfused
 #      (tiny Llama, tiny Phi-3), the GEMV and custom-kernel ABI tests;
 #   2. single-stream decode, 128 -> 256 (the harness's `generate`, --profile: host vs device ms per
-#      step), in rounds: Pensieve fused + mlx-lm interleaved, then Pensieve unfused;
+#      step), in rounds: Pensieve fused + mlx-lm interleaved, then Pensieve unfused (round 1 also
+#      fused with MLX's sdpa, PENSIEVE_GPU_FUSED_ATTENTION=0);
 #   3. Nsight Compute: every kernel of one decode step, fused on and off (step-profile.ts).
 # Everything lands in $W/out/fused and comes back as $OUT/fused-results.tgz, the short tables beside it.
 # SKIP_TESTS=1 / SKIP_NCU=1 leave steps out; ROUNDS (default 2) sets the rounds of step 2.
@@ -42,6 +43,9 @@ BENCH=(bun dist/bench/run.js generate --model "$MODEL" --device gpu --python pyt
 for r in $(seq 1 "${ROUNDS:-2}"); do
   PENSIEVE_GPU_FUSED=1 timeout 200 "${BENCH[@]}" --engines pensieve,mlx-lm --out-dir "$R/single-r$r-fused-on" 2>&1 | tail -8
   PENSIEVE_GPU_FUSED=0 timeout 120 "${BENCH[@]}" --engines pensieve --out-dir "$R/single-r$r-fused-off" 2>&1 | tail -6
+  # Round 1 also: fused GEMVs with MLX's sdpa instead of the attention kernel (what the kernel adds).
+  [ "$r" = 1 ] && PENSIEVE_GPU_FUSED=1 PENSIEVE_GPU_FUSED_ATTENTION=0 timeout 120 "${BENCH[@]}" --engines pensieve \
+    --out-dir "$R/single-r$r-fused-sdpa" 2>&1 | tail -6
 done
 for d in "$R"/single-r*; do echo "== $(basename "$d")"; cat "$d"/*.md 2>/dev/null; done > "$OUT/fused-single.md"
 bun dist/bench/gpu/stamp-gpu.js "$R/gpu.txt" "$R" > /dev/null || true

@@ -255,12 +255,16 @@ export interface GemvConfig {
 }
 
 /**
- * Rows per warp: as many as keep at least ~2048 warps (16 per SM on an H100)
- * busy, and fewer as x has more rows (each row of x multiplies the registers
- * and the unrolled code: 8 rows of x at 4 rows per warp took NVRTC 20-34 s).
+ * Rows per warp. One row of x: 4 (the H100 sweep of 2026-12-06c: 4x4 was best
+ * or within noise for every Phi-3 shape, o 6.0 us vs 8.2 at 2x4). More rows of
+ * x: fewer rows per warp (each row of x multiplies the registers and the
+ * unrolled code: 8 rows of x at 4 rows per warp took NVRTC 20-34 s), as many
+ * as keep ~2048 warps busy; 2 up to 4 rows of x (1 row per warp was slower
+ * than MLX's dense float16 product at 4 rows).
  */
 export function gemvConfig(n: number, m = 1): GemvConfig {
-  const cap = m <= 1 ? 4 : m <= 2 ? 2 : 1;
+  if (m <= 1 && n % 4 === 0) return { rows: 4, warps: 4 };
+  const cap = m <= 1 ? 4 : m <= 4 ? 2 : 1;
   for (const rows of [4, 2]) if (rows <= cap && n % rows === 0 && n / rows >= 2048) return { rows, warps: 4 };
   return { rows: cap >= 2 && n % 2 === 0 && n >= 2048 ? 2 : 1, warps: 4 };
 }
