@@ -30,6 +30,17 @@ function llama3Wavelengths(c: ModelConfig, dims: number): MxArray {
   return mx.where(medium, smoothFreqs, scaled);
 }
 
+/**
+ * base^(-i/(dims/2)) as MLX's CUDA rope kernel computes it (exp2(-d * log2(base))
+ * in float32), so a kernel given these matches mx.rope with `base`.
+ */
+function baseInvFrequencies(base: number, dims: number): MxArray {
+  const half = dims / 2;
+  const log2Base = Math.fround(Math.log2(base));
+  const inv = Float32Array.from({ length: half }, (_, i) => 2 ** Math.fround(-Math.fround(i / half) * log2Base));
+  return mx.float32(inv);
+}
+
 export interface Rope {
   apply: RopeFn;
   regime: (length: number) => number;
@@ -52,17 +63,17 @@ export interface RopeKernelSpec {
   positionScale: number;
 }
 
-/** 1 / wavelengths, made on first use and kept with the RoPE's arrays. */
+/** Inverse frequencies per regime, made on first use and kept with the RoPE's arrays. */
 function kernelSpecs(
   arrays: MxArray[],
-  wavelengths: () => MxArray[],
+  invFrequencies: () => MxArray[],
   traditional: boolean,
   positionScale: number,
 ): (regime: number) => RopeKernelSpec {
   let specs: RopeKernelSpec[] | null = null;
   return (regime) => {
     if (!specs) {
-      specs = wavelengths().map((w) => ({ invFreq: mx.keep(mx.divide(1, w)), traditional, positionScale }));
+      specs = invFrequencies().map((f) => ({ invFreq: mx.keep(f), traditional, positionScale }));
       arrays.push(...specs.map((p) => p.invFreq));
     }
     return specs[Math.min(regime, specs.length - 1)] as RopeKernelSpec;
@@ -89,7 +100,7 @@ export function standardRope(
       regime: () => 0,
       scoreScale: 1,
       arrays,
-      kernel: dims === c.headDim ? kernelSpecs(arrays, () => [freqs], c.ropeTraditional, 1) : undefined,
+      kernel: dims === c.headDim ? kernelSpecs(arrays, () => [mx.divide(1, freqs)], c.ropeTraditional, 1) : undefined,
     };
   }
   if (rs?.type === "longrope") return longRope(c);
@@ -102,7 +113,7 @@ export function standardRope(
     arrays,
     kernel:
       dims === c.headDim
-        ? kernelSpecs(arrays, () => [baseWavelengths(base, dims)], c.ropeTraditional, scale)
+        ? kernelSpecs(arrays, () => [baseInvFrequencies(base, dims)], c.ropeTraditional, scale)
         : undefined,
   };
 }
@@ -150,6 +161,6 @@ export function longRope(c: ModelConfig, options: { alwaysLong?: boolean } = {})
     regime,
     scoreScale: partial ? 1 : factor * factor,
     arrays,
-    kernel: whole ? kernelSpecs(arrays, () => [short, long], false, 1) : undefined,
+    kernel: whole ? kernelSpecs(arrays, () => [mx.divide(1, short), mx.divide(1, long)], false, 1) : undefined,
   };
 }
