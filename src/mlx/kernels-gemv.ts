@@ -14,6 +14,8 @@
 // aligned. MLX's allocations are; a contiguous slice of x passed as it is (MLX
 // copies only non-contiguous inputs) must start at a multiple of 8 elements,
 // as the q|k|v and gate|up splits of real models do.
+// Over 400 lines: the kernel source, its variant hooks (kernels-gemv-fused.ts)
+// and the launch plans are one unit; splitting them would scatter the template constants.
 import { Dtype, type MxArray } from "./array";
 import { CustomKernel, type KernelPlan, kernelLanguage } from "./kernels";
 import type { QuantizedWeight } from "./ops";
