@@ -182,8 +182,16 @@ export const DECODE_ATTENTION_COMBINE_KERNEL: Spec = {
   outputs: ["out"],
 };
 
-/** Warps per block of the attention kernel. */
-const WARPS = 4;
+/**
+ * Warps per block: as many as the shared memory of the merge allows, up to 16
+ * (one block per row and kv head is only 32 blocks for Phi-3 at one row: more
+ * warps each walk fewer keys, which is the latency of a short context).
+ */
+export function attentionWarps(heads: number, kvHeads: number, headDim: number): number {
+  const g = heads / kvHeads;
+  for (const w of [16, 8, 4]) if (w * g * headDim * 4 <= 32 * 1024) return w;
+  return 0;
+}
 /** Keys per split: longer contexts get more blocks (flash-decoding); PENSIEVE_FUSED_KEYS_PER_SPLIT overrides. */
 let keysPerSplit = Number(process.env.PENSIEVE_FUSED_KEYS_PER_SPLIT ?? 512);
 
@@ -201,7 +209,7 @@ export function decodeAttentionSupports(heads: number, kvHeads: number, headDim:
     Number.isInteger(g) &&
     headDim % 32 === 0 &&
     headDim <= 256 &&
-    WARPS * g * headDim * 4 <= 32 * 1024 &&
+    attentionWarps(heads, kvHeads, headDim) > 0 &&
     (dtype === Dtype.float16 || dtype === Dtype.bfloat16)
   );
 }
@@ -231,6 +239,7 @@ export class DecodeAttention {
   readonly kvHeads: number;
   readonly headDim: number;
   readonly dtype: Dtype;
+  readonly warps: number;
   readonly #template: Record<string, number | { dtype: Dtype }>;
   readonly #plans = new Map<number, { main: KernelPlan; combine: KernelPlan | null }>();
 
@@ -242,7 +251,8 @@ export class DecodeAttention {
     this.headDim = headDim;
     this.dtype = dtype;
     const scaleBits = new Int32Array(Float32Array.of(scale * Math.LOG2E).buffer)[0] as number;
-    this.#template = { T: { dtype }, H: heads, HKV: kvHeads, HD: headDim, WARPS, SCALE_BITS: scaleBits };
+    this.warps = attentionWarps(heads, kvHeads, headDim);
+    this.#template = { T: { dtype }, H: heads, HKV: kvHeads, HD: headDim, WARPS: this.warps, SCALE_BITS: scaleBits };
   }
 
   /**
@@ -264,8 +274,8 @@ export class DecodeAttention {
 
   #make(rows: number, splits: number): { main: KernelPlan; combine: KernelPlan | null } {
     const { heads, kvHeads, headDim: hd, dtype } = this;
-    const grid: [number, number, number] = [rows * kvHeads * WARPS * 32, splits, 1];
-    const threadgroup: [number, number, number] = [WARPS * 32, 1, 1];
+    const grid: [number, number, number] = [rows * kvHeads * this.warps * 32, splits, 1];
+    const threadgroup: [number, number, number] = [this.warps * 32, 1, 1];
     const template = this.#template;
     if (splits === 1) {
       const main = kernel(DECODE_ATTENTION_KERNEL).plan({

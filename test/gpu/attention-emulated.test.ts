@@ -130,7 +130,7 @@ const TOLERANCE = { f16: 2e-3, bf16: 1.5e-2 };
 describe.skipIf(!compiler)("decode attention source, emulated on the CPU", () => {
   const cases: Case[] = [
     // Phi-3: head dim 96, no GQA; rows at different lengths, keys not a multiple of the warps' rounds.
-    { dtype: "f16", b: 2, h: 2, hkv: 2, hd: 96, cap: 256, pos: [130, 37], splits: 1, warps: 4 },
+    { dtype: "f16", b: 2, h: 2, hkv: 2, hd: 96, cap: 256, pos: [130, 37], splits: 1, warps: 16 },
     // GQA 4:1, head dim 64, split in 3 (the last split shorter), bf16.
     { dtype: "bf16", b: 1, h: 8, hkv: 2, hd: 64, cap: 512, pos: [300], splits: 3, warps: 4 },
     // More splits than some rows have keys for: empty splits merge to nothing.
