@@ -20,8 +20,10 @@ if [ ! -f .device/mlx-cuda.part.b2 ]; then
     "mlx-cuda-13==$ver" "mlx==$ver" "mlx-lm==0.32.2" -d "$tmp"
   (cd "$tmp" && mkdir w && cd w && unzip -q ../mlx_cuda_13-*.whl && tar -cf - mlx mlx_cuda_13.libs | xz -T2 -6 > ../mlx-cuda.tar.xz)
   head -c 20000000 "$tmp/mlx-cuda.tar.xz" > .device/mlx-cuda.part.a
-  tail -c +20000001 "$tmp/mlx-cuda.tar.xz" | head -c 26000000 > .device/mlx-cuda.part.b1
-  tail -c +46000001 "$tmp/mlx-cuda.tar.xz" > .device/mlx-cuda.part.b2
+  # (No pipe into head -c: tail would die of SIGPIPE, which pipefail makes fatal.)
+  tail -c +20000001 "$tmp/mlx-cuda.tar.xz" > "$tmp/rest"
+  head -c 26000000 "$tmp/rest" > .device/mlx-cuda.part.b1
+  tail -c +26000001 "$tmp/rest" > .device/mlx-cuda.part.b2
   cp "$tmp"/mlx-"$ver"-cp312-*.whl "$tmp"/mlx_lm-*.whl .device/wheels/
   rm -rf "$tmp"
 fi
@@ -36,5 +38,5 @@ bun build --target=bun --splitting --external playwright-core --outdir dist \
 # The prompt worker: the bundled server resolves "./prompt-worker.ts" beside its chunks (dist/).
 bun build --target=bun --outfile dist/prompt-worker.ts src/server/prompt-worker.ts > /dev/null
 # The GPU tests, bundled (bench/gpu/kernels.sh runs them there with `bun test`).
-bun build --target=bun --outdir dist/test-gpu test/gpu/gemv.test.ts test/gpu/kernels-abi.test.ts test/gpu/long-context.test.ts test/gpu/out-of-memory.test.ts > /dev/null
+bun build --target=bun --outdir dist/test-gpu test/gpu/gemv.test.ts test/gpu/kernels-abi.test.ts test/gpu/long-context.test.ts test/gpu/out-of-memory.test.ts test/gpu/fused.test.ts > /dev/null
 du -sh .device/* dist

@@ -171,9 +171,9 @@ export class KVCache implements AttentionBatch {
    * after it), which lets a query sub-chunk skip the keys after its last query.
    */
   attention(layer: number, q: MxArray, keys: MxArray, values: MxArray, scale: number, mask: ForwardView["mask"]) {
-    const parts = this.#store(layer, keys, values);
     const [B, H, L] = q.shape as [number, number, number];
     const S = this.#offset + L;
+    const parts = this.#store(layer, keys, values).map((p) => mx.sliceAxis(p, 2, 0, S));
     const fused = this.scoreBound.fused && (this.shape.kvBits === 0 || this.quantizedAttention === "dequantize");
     const step = fused ? L : queryChunk(B, H, S, this.scoreBound.bytes);
     if (step >= L) return mx.tidy(() => this.#attend(q, parts, scale, mask));
@@ -218,7 +218,18 @@ export class KVCache implements AttentionBatch {
     return B * H * L * keys * 4 <= this.scoreBound.bytes / 4;
   }
 
-  /** Writes the new keys/values of a layer; returns every part's used columns [B, Hkv, offset + L, X]. */
+  /**
+   * Float caches only (else null): stores this layer's new keys/values [B, Hkv, L, D]
+   * as attention() does and returns the layer's whole buffers [B, Hkv, capacity, D]
+   * (columns from offset + L on unwritten), for a GPU kernel that attends over them
+   * itself (src/models/gpu-fused.ts). The cache owns them: do not dispose.
+   */
+  storeWhole(layer: number, keys: MxArray, values: MxArray): [MxArray, MxArray] | null {
+    if (this.shape.kvBits !== 0) return null;
+    return this.#store(layer, keys, values) as [MxArray, MxArray];
+  }
+
+  /** Writes the new keys/values of a layer; returns every part's whole buffer [B, Hkv, capacity, X]. */
   #store(layer: number, keys: MxArray, values: MxArray): MxArray[] {
     const end = this.#offset + this.#pending;
     if (end > this.#capacity) this.#capacity = Math.ceil(end / KV_STEP) * KV_STEP;
@@ -235,7 +246,7 @@ export class KVCache implements AttentionBatch {
     const old = this.#parts[layer] ?? null;
     const next = updates.map((u, i) => this.#write(old?.[i] ?? null, u));
     this.#parts[layer] = next;
-    return next.map((p) => mx.sliceAxis(p, 2, 0, end));
+    return next;
   }
 
   /** Writes `update` at the write position of a part (grown to capacity first); disposes the old part. */

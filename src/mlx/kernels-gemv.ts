@@ -14,6 +14,8 @@
 // aligned. MLX's allocations are; a contiguous slice of x passed as it is (MLX
 // copies only non-contiguous inputs) must start at a multiple of 8 elements,
 // as the q|k|v and gate|up splits of real models do.
+// Over 400 lines: the kernel source, its variant hooks (kernels-gemv-fused.ts)
+// and the launch plans are one unit; splitting them would scatter the template constants.
 import { Dtype, type MxArray } from "./array";
 import { CustomKernel, type KernelPlan, kernelLanguage } from "./kernels";
 import type { QuantizedWeight } from "./ops";
@@ -125,13 +127,36 @@ const NORM_PROLOGUE = `
   }
 `;
 
-function gemvSource(norm: boolean): string {
-  return SOURCE.replace("  if (row0 >= N) return;\n", `${norm ? NORM_PROLOGUE : ""}  if (row0 >= N) return;\n`).replace(
-    "            const uint4 v = __ldg(xc + j);\n",
-    norm
-      ? "            const uint4 v = pv_mul8<T>(__ldg(xc + j), __ldg(reinterpret_cast<const uint4*>(norm) + c * 4 + j), rms2[m]);\n"
-      : "            const uint4 v = __ldg(xc + j);\n",
-  );
+/**
+ * Where the GEMV's source is specialized (kernels-gemv-fused.ts): `rows` maps a
+ * warp's slot r to an output row (`rowi[r] = ...;` given warp and r), `epilogue`
+ * stores the sums acc[m][r] (lane 0; the default writes y[m, rowi[r]]).
+ */
+export interface GemvVariant {
+  norm?: boolean;
+  rows?: string;
+  epilogue?: string;
+}
+
+const PLAIN_ROWS = "rowi[r] = warp * ROWS + r;";
+const PLAIN_EPILOGUE = `
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r) y[(size_t)m * N + rowi[r]] = Ops::from_float(acc[m][r]);
+`;
+
+/** The GEMV's kernel body for a variant (see GemvVariant). */
+export function gemvSource(variant: GemvVariant = {}): string {
+  return SOURCE.replace("/*PROLOGUE*/", variant.norm ? NORM_PROLOGUE : "")
+    .replace("/*ROWS*/", variant.rows ?? PLAIN_ROWS)
+    .replace("/*EPILOGUE*/", variant.epilogue ?? PLAIN_EPILOGUE)
+    .replace(
+      "/*XLOAD*/",
+      variant.norm
+        ? "const uint4 v = pv_mul8<T>(__ldg(xc + j), __ldg(reinterpret_cast<const uint4*>(norm) + c * 4 + j), rms2[m]);"
+        : "const uint4 v = __ldg(xc + j);",
+    );
 }
 
 const SOURCE = `
@@ -143,14 +168,20 @@ const SOURCE = `
   constexpr int U = U0 < 1 ? 1 : (U0 > ITERS ? ITERS : U0);  // chunks per lane in flight
   constexpr int GROUPS = K / GROUP;
   const int lane = threadIdx.x & 31;
-  const int row0 = (blockIdx.x * WARPS + (threadIdx.x >> 5)) * ROWS;
-  if (row0 >= N) return;
+  const int warp = blockIdx.x * WARPS + (threadIdx.x >> 5);
+/*PROLOGUE*/
+  if (warp * ROWS >= N) return;
+  int rowi[ROWS];
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    /*ROWS*/
+  }
   float acc[M][ROWS];
 #pragma unroll
   for (int m = 0; m < M; ++m)
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) acc[m][r] = 0.f;
-  const uint4* wrows = reinterpret_cast<const uint4*>(w) + (size_t)row0 * CHUNKS;
+  const uint4* wbase = reinterpret_cast<const uint4*>(w);
 #pragma unroll
   for (int it0 = 0; it0 < ITERS; it0 += U) {
     uint4 wv[U][ROWS];
@@ -162,8 +193,8 @@ const SOURCE = `
       if (it0 + u < ITERS && (CHUNKS % 32 == 0 || c < CHUNKS)) {
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
-          wv[u][r] = pv_load_stream(wrows + (size_t)r * CHUNKS + c);
-          const size_t g = (size_t)(row0 + r) * GROUPS + (c * 32) / GROUP;
+          wv[u][r] = pv_load_stream(wbase + (size_t)rowi[r] * CHUNKS + c);
+          const size_t g = (size_t)rowi[r] * GROUPS + (c * 32) / GROUP;
           const float s = Ops::to_float(scales[g]);
           sc[u][r] = s;
           bo[u][r] = Ops::to_float(biases[g]) + 8.f * s;
@@ -181,7 +212,7 @@ const SOURCE = `
           float xsum = 0.f;
 #pragma unroll
           for (int j = 0; j < 4; ++j) {
-            const uint4 v = __ldg(xc + j);
+            /*XLOAD*/
             xp[j][0] = pv_bits<T2>(__byte_perm(v.x, v.z, 0x5410));
             xp[j][1] = pv_bits<T2>(__byte_perm(v.x, v.z, 0x7632));
             xp[j][2] = pv_bits<T2>(__byte_perm(v.y, v.w, 0x5410));
@@ -209,10 +240,7 @@ const SOURCE = `
       acc[m][r] = v;
     }
   if (lane == 0) {
-#pragma unroll
-    for (int m = 0; m < M; ++m)
-#pragma unroll
-      for (int r = 0; r < ROWS; ++r) y[(size_t)m * N + row0 + r] = Ops::from_float(acc[m][r]);
+/*EPILOGUE*/
   }
 `;
 
@@ -229,28 +257,32 @@ export interface GemvConfig {
 }
 
 /**
- * Rows per warp: as many as keep at least ~2048 warps (16 per SM on an H100)
- * busy, and fewer as x has more rows (each row of x multiplies the registers
- * and the unrolled code: 8 rows of x at 4 rows per warp took NVRTC 20-34 s).
+ * Rows per warp. One row of x: 4 (the H100 sweep of 2026-12-06c: 4x4 was best
+ * or within noise for every Phi-3 shape, o 6.0 us vs 8.2 at 2x4). More rows of
+ * x: fewer rows per warp (each row of x multiplies the registers and the
+ * unrolled code: 8 rows of x at 4 rows per warp took NVRTC 20-34 s), as many
+ * as keep ~2048 warps busy; 2 up to 4 rows of x (1 row per warp was slower
+ * than MLX's dense float16 product at 4 rows).
  */
 export function gemvConfig(n: number, m = 1): GemvConfig {
-  const cap = m <= 1 ? 4 : m <= 2 ? 2 : 1;
+  if (m <= 1 && n % 4 === 0) return { rows: 4, warps: 4 };
+  const cap = m <= 1 ? 4 : m <= 4 ? 2 : 1;
   for (const rows of [4, 2]) if (rows <= cap && n % rows === 0 && n / rows >= 2048) return { rows, warps: 4 };
   return { rows: cap >= 2 && n % 2 === 0 && n >= 2048 ? 2 : 1, warps: 4 };
 }
 
 /** The sources as MLX compiles them (for tests that compile them elsewhere). */
-export const GEMV_KERNEL = {
+export const GEMV_KERNEL: GemvSpec = {
   name: "pv_gemv_w4",
   header: HEADER,
-  source: gemvSource(false),
+  source: gemvSource(),
   inputs: ["x", "w", "scales", "biases"],
 };
 /** The GEMV with RMSNorm of x fused in front: y = rms_norm(x, norm, eps) @ dequantize(w).T. */
-export const GEMV_RMS_NORM_KERNEL = {
+export const GEMV_RMS_NORM_KERNEL: GemvSpec = {
   name: "pv_gemv_w4_rms_norm",
   header: HEADER,
-  source: gemvSource(true),
+  source: gemvSource({ norm: true }),
   inputs: ["x", "w", "scales", "biases", "norm"],
 };
 
@@ -274,7 +306,7 @@ export function gemvSupports(q: QuantizedWeight): boolean {
 
 /** x [..., K] @ dequantize(q).T for at most GEMV_MAX_ROWS rows of x (x in the scales' dtype). */
 export function quantizedGemv(x: MxArray, q: QuantizedWeight, config?: GemvConfig): MxArray {
-  return launch(GEMV_KERNEL, x, q, [], {}, config);
+  return gemvLaunch(GEMV_KERNEL, x, q, [], {}, config);
 }
 
 /**
@@ -292,43 +324,93 @@ export function quantizedGemvRmsNorm(
     throw new Error("quantizedGemvRmsNorm: norm must be [K] in x's dtype");
   }
   const epsBits = new Int32Array(Float32Array.of(eps).buffer)[0] as number;
-  return launch(GEMV_RMS_NORM_KERNEL, x, q, [norm], { EPS_BITS: epsBits }, config);
+  return gemvLaunch(GEMV_RMS_NORM_KERNEL, x, q, [norm], { EPS_BITS: epsBits }, config);
 }
 
-function launch(
-  spec: typeof GEMV_KERNEL,
+/** A kernel spec of the GEMV family (the GEMV's inputs first, then the variant's). */
+export interface GemvSpec {
+  name: string;
+  header: string;
+  source: string;
+  inputs: string[];
+  /** Output names (default ["y"]). */
+  outputs?: string[];
+}
+
+/**
+ * Adds one launch of a GEMV-family kernel: x [..., K] times q's rows, with the
+ * variant's extra inputs and template constants; `outFeatures` is the output's
+ * last axis (default: q's rows). Plans are kept by everything that shapes the launch.
+ */
+export function gemvLaunch(
+  spec: GemvSpec,
   x: MxArray,
   q: QuantizedWeight,
   extra: MxArray[],
-  extraTemplate: Record<string, number>,
+  extraTemplate: Record<string, number | boolean>,
   config?: GemvConfig,
+  outFeatures?: number,
 ): MxArray {
+  const shapes = outFeatures === undefined ? undefined : [[...x.shape.slice(0, -1), outFeatures]];
+  return gemvLaunchAll(spec, x, q, extra, extraTemplate, config, shapes)[0] as MxArray;
+}
+
+/** gemvLaunch for kernels of several outputs (`outShapes`, in x's dtype; default one [..., N]). */
+export function gemvLaunchAll(
+  spec: GemvSpec,
+  x: MxArray,
+  q: QuantizedWeight,
+  extra: MxArray[],
+  extraTemplate: Record<string, number | boolean>,
+  config?: GemvConfig,
+  outShapes?: number[][],
+): MxArray[] {
+  const plan = gemvPlan(spec, x.shape, x.dtype, q, extraTemplate, config, outShapes);
+  return plan.run([x, q.weight, q.scales, q.biases as MxArray, ...extra]);
+}
+
+/**
+ * The launch plan gemvLaunchAll uses for x of this shape and dtype (made once,
+ * then found by key). Callers that repeat a launch may keep it and call
+ * run([x, q.weight, q.scales, q.biases, ...extra]) directly: no key, no checks.
+ */
+export function gemvPlan(
+  spec: GemvSpec,
+  xShape: readonly number[],
+  dtype: Dtype,
+  q: QuantizedWeight,
+  extraTemplate: Record<string, number | boolean>,
+  config?: GemvConfig,
+  outShapes?: number[][],
+): KernelPlan {
   const n = q.weight.dim(0);
   const k = (q.weight.dim(1) * 32) / q.bits;
-  const m = x.size / k;
-  if (x.dim(-1) !== k) throw new Error(`${spec.name}: x has ${x.dim(-1)} features, the weight ${k}`);
+  const m = xShape.reduce((a, b) => a * b, 1) / k;
+  if (xShape[xShape.length - 1] !== k)
+    throw new Error(`${spec.name}: x has ${xShape.at(-1)} features, the weight ${k}`);
   if (!Number.isInteger(m) || m < 1 || m > GEMV_MAX_ROWS)
     throw new Error(`${spec.name}: ${m} rows (1..${GEMV_MAX_ROWS})`);
-  if (x.dtype !== q.scales.dtype) throw new Error(`${spec.name}: x must have the scales' dtype`);
+  if (dtype !== q.scales.dtype) throw new Error(`${spec.name}: x must have the scales' dtype`);
   if (!q.biases) throw new Error(`${spec.name}: the weight has no biases`);
   const { rows, warps, poison } = config ?? gemvConfig(n, m);
   if (n % rows !== 0) throw new Error(`${spec.name}: ${n} outputs is not a multiple of ${rows} rows per warp`);
+  const shapes = outShapes ?? [[...xShape.slice(0, -1), n]];
   const extraKey = Object.values(extraTemplate).join(",");
-  const key = `${spec.name}|${x.shape.join("x")}|${n}|${x.dtype}|${q.groupSize}|${rows}|${warps}|${poison ? 1 : 0}|${extraKey}`;
+  const key = `${spec.name}|${xShape.join("x")}|${n}|${shapes.join(";")}|${dtype}|${q.groupSize}|${rows}|${warps}|${poison ? 1 : 0}|${extraKey}`;
   let plan = plans.get(key);
   if (!plan) {
     let kernel = kernels.get(spec.name);
     if (!kernel) {
-      kernel = new CustomKernel({ ...spec, outputs: ["y"] });
+      kernel = new CustomKernel({ ...spec, outputs: spec.outputs ?? ["y"] });
       kernels.set(spec.name, kernel);
     }
     const blocks = Math.ceil(n / rows / warps);
     plan = kernel.plan({
-      outputs: [{ shape: [...x.shape.slice(0, -1), n], dtype: x.dtype }],
+      outputs: shapes.map((shape) => ({ shape, dtype })),
       grid: [blocks * warps * 32, 1, 1],
       threadgroup: [warps * 32, 1, 1],
       template: {
-        T: { dtype: x.dtype },
+        T: { dtype },
         M: m,
         N: n,
         K: k,
@@ -341,5 +423,5 @@ function launch(
     });
     plans.set(key, plan);
   }
-  return plan.run([x, q.weight, q.scales, q.biases, ...extra])[0] as MxArray;
+  return plan;
 }

@@ -36,11 +36,15 @@ function kernelLib(): { lib: KernelLib | null; why: string } {
 }
 
 /** Which kernel language this MLX build runs ("none": custom kernels are not available). */
+let language: KernelLanguage | null = null;
+
 export function kernelLanguage(): KernelLanguage {
+  if (language) return language;
   const { lib } = kernelLib();
   if (!lib) return "none";
   const code = lib.pv_kernel_language();
-  return code === 1 ? "cuda" : code === 2 ? "metal" : "none";
+  language = code === 1 ? "cuda" : code === 2 ? "metal" : "none";
+  return language;
 }
 
 /** Why custom kernels are not available, or null when they are. */

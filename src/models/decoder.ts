@@ -8,18 +8,24 @@
 import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
 import type { ModelConfig, MoeConfig } from "./config";
+import * as fused from "./gpu-fused";
 import type { Rope } from "./rope";
 import type { AttentionBatch, ForwardOptions, ForwardView, LanguageModel } from "./types";
 import { type ExpertWeight, embed, expertLinear, type LinearWeight, linear, type WeightStore } from "./weights";
 
-/** A normalization over the last axis. */
-export type Norm = (x: MxArray) => MxArray;
-/** An MLP from the normed hidden state [B, L, hidden] to [B, L, hidden]. */
-export type Mlp = (x: MxArray) => MxArray;
+/** A normalization over the last axis; `rms`: it is RMSNorm with this weight (GPU kernels fuse it). */
+export type Norm = ((x: MxArray) => MxArray) & { rms?: { weight: MxArray; eps: number } };
+/**
+ * An MLP from the normed hidden state [B, L, hidden] to [B, L, hidden];
+ * `swiglu`: it is silu(gate) * up through down, gate|up one product.
+ */
+export type Mlp = ((x: MxArray) => MxArray) & { swiglu?: { gateUp: LinearWeight; down: LinearWeight } };
+/** Projections that split one product's output (`product`, when there is one: GPU kernels fuse around it). */
+export type SplitProjection<T> = ((x: MxArray) => T) & { product?: LinearWeight };
 
 export interface AttentionWeights {
   /** Returns q [B,L,H*D], k and v [B,L,Hkv*D] from the normed input. */
-  qkv: (x: MxArray) => [MxArray, MxArray, MxArray];
+  qkv: SplitProjection<[MxArray, MxArray, MxArray]>;
   /** Per-head norms of q and k before RoPE (Qwen3, Gemma 3). */
   qNorm?: Norm;
   kNorm?: Norm;
@@ -101,6 +107,12 @@ export class DecoderModel implements LanguageModel {
     };
     const residual = this.#weights.residual ?? mx.add;
     const reduce = this.reducePartial ?? ((partial: MxArray) => partial);
+    const [B] = tokens.shape as [number, number];
+    // The fused CUDA decode path (gpu-fused.ts): a few kernels per layer.
+    const step =
+      fused.fusedForward(B * L) && this.reducePartial === null && !this.#weights.residual
+        ? new fused.FusedStep(B, L, this.dtype, fused.fusedPositions(view.ropeOffset, B, L))
+        : null;
     let h = embed(tokens, this.#weights.embedding, this.dtype);
     if (this.#weights.embedScale !== undefined)
       h = mx.multiply(h, mx.astype(mx.scalar(this.#weights.embedScale), this.dtype));
@@ -112,6 +124,7 @@ export class DecoderModel implements LanguageModel {
       // One scope per layer: our handles to its intermediates go when it is built,
       // so MLX frees each once used (else a forward holds every layer's activations).
       h = mx.tidy(() => {
+        if (step) return this.#fusedLayer(step, i, layer, input, batch, view.ropeOffset, mask, regimes, cached);
         let a = reduce(this.#attention(i, layer, layer.inputNorm(input), batch, view.ropeOffset, mask, regimes));
         if (layer.attentionOutputNorm) a = layer.attentionOutputNorm(a);
         const mid = residual(input, a);
@@ -124,8 +137,88 @@ export class DecoderModel implements LanguageModel {
     batch.end();
     const mode = options.logits ?? "last";
     if (mode === "last" && L > 1) h = mx.sliceAxis(h, 1, L - 1, L);
+    step?.positions.dispose();
     if (mode === "none") return h;
+    const norm = this.#weights.norm.rms;
+    const head = step && norm ? fused.fusable(this.#weights.lmHead, this.dtype) : null;
+    if (step && head && norm) {
+      const rows = mode === "last" ? 1 : L;
+      return mx.astype(step.normedProduct(h, norm, head, rows), mx.Dtype.float32);
+    }
     return mx.astype(linear(this.#weights.norm(h), this.#weights.lmHead), mx.Dtype.float32);
+  }
+
+  /**
+   * One layer on the fused GPU path (gpu-fused.ts): norm + q|k|v + RoPE, the
+   * cache's attention, o + residual, norm + gate|up + SwiGLU, down + residual;
+   * each part falls back to MLX's ops where the layer does not fit the kernel.
+   */
+  #fusedLayer(
+    step: fused.FusedStep,
+    index: number,
+    layer: DecoderLayerWeights,
+    input: MxArray,
+    batch: AttentionBatch,
+    ropeOffset: ForwardView["ropeOffset"],
+    mask: ForwardView["mask"],
+    regimes: number[],
+    cached: number[],
+  ): MxArray {
+    const c = this.config;
+    const { B, L, dtype } = step;
+    const w = layer.attention;
+    const inNorm = layer.inputNorm.rms;
+    const qkvW = inNorm ? fused.fusable(w.qkv.product, dtype) : null;
+    let merged: MxArray;
+    const rope = layer.rope ?? this.#rope;
+    const qkNorms = w.qNorm !== undefined || w.kNorm !== undefined;
+    const kr = inNorm && qkvW && !qkNorms ? fused.fusedRope(rope, regimes, c.headDim, c.numHeads, c.numKvHeads) : null;
+    const keys = Math.max(...cached) + L;
+    if (inNorm && qkvW && kr && L === 1 && mask === null && (!layer.window || keys <= layer.window)) {
+      // Decode: q, and k/v in the cache's layout, from one kernel; attention over the cache in one more.
+      const [q, k, v] = step.normedQkvDecode(input, inNorm, qkvW, kr, c.numKvHeads);
+      const scale = rope.scoreScale * this.#baseScale;
+      const kernel = step.attentionFor(c.numHeads, c.numKvHeads, c.headDim, scale);
+      const whole = kernel ? (batch.storeWhole?.(index, k, v) ?? null) : null;
+      const heads = (t: MxArray) => mx.transpose(mx.reshape(t, [B, 1, c.numHeads, c.headDim]), [0, 2, 1, 3]);
+      const merge = (t: MxArray) => mx.reshape(mx.transpose(t, [0, 2, 1, 3]), [B, 1, c.numHeads * c.headDim]);
+      if (kernel && whole && whole[0].dtype === dtype)
+        merged = step.cacheAttention(kernel, q, whole[0], whole[1], keys);
+      else if (whole) {
+        const [kc, vc] = whole.map((p) => mx.sliceAxis(p, 2, 0, keys)) as [MxArray, MxArray];
+        merged = merge(mx.sdpa(heads(q), kc, vc, scale, null));
+      } else merged = merge(batch.attention(index, heads(q), k, v, scale, mask));
+    } else if (inNorm && qkvW) {
+      const y = step.normedQkv(input, inNorm, qkvW, kr);
+      const qSize = c.numHeads * c.headDim;
+      const [q, k, v] = mx.split(y, [qSize, qSize + c.numKvHeads * c.headDim], -1) as [MxArray, MxArray, MxArray];
+      merged = this.#attend(index, layer, q, k, v, kr !== null, batch, ropeOffset, mask, regimes);
+    } else {
+      const [q, k, v] = w.qkv(layer.inputNorm(input));
+      merged = this.#attend(index, layer, q, k, v, false, batch, ropeOffset, mask, regimes);
+    }
+    const outW = layer.attentionOutputNorm ? null : fused.fusable(w.out, dtype);
+    let mid: MxArray;
+    if (outW) mid = step.productPlusResidual(merged, outW, input);
+    else {
+      let a = linear(merged, w.out);
+      if (layer.attentionOutputNorm) a = layer.attentionOutputNorm(a);
+      mid = mx.add(input, a);
+    }
+    const mlpNorm = layer.mlpNorm.rms;
+    const swiglu = layer.mlp.swiglu;
+    const gateUpW = mlpNorm && swiglu ? fused.fusable(swiglu.gateUp, dtype) : null;
+    if (!(mlpNorm && swiglu && gateUpW)) {
+      let m = layer.mlp(layer.mlpNorm(mid));
+      if (layer.mlpOutputNorm) m = layer.mlpOutputNorm(m);
+      return mx.add(mid, m);
+    }
+    const act = step.normedSwiglu(mid, mlpNorm, gateUpW);
+    const downW = layer.mlpOutputNorm ? null : fused.fusable(swiglu.down, dtype);
+    if (downW) return step.productPlusResidual(act, downW, mid);
+    let m = linear(act, swiglu.down);
+    if (layer.mlpOutputNorm) m = layer.mlpOutputNorm(m);
+    return mx.add(mid, m);
   }
 
   /** One layer's attention: projections, q/k norms, RoPE, the cache's attention (stores k/v, attends), output projection. */
@@ -138,20 +231,37 @@ export class DecoderModel implements LanguageModel {
     mask: ForwardView["mask"],
     regimes: number[],
   ): MxArray {
+    const [q0, k0, v0] = layer.attention.qkv(x);
+    const merged = this.#attend(index, layer, q0, k0, v0, false, batch, ropeOffset, mask, regimes);
+    return linear(merged, layer.attention.out);
+  }
+
+  /** q/k norms and RoPE (unless `roped`), the cache's attention; returns the heads merged [B, L, H*D]. */
+  #attend(
+    index: number,
+    layer: DecoderLayerWeights,
+    q0: MxArray,
+    k0: MxArray,
+    v0: MxArray,
+    roped: boolean,
+    batch: AttentionBatch,
+    ropeOffset: ForwardView["ropeOffset"],
+    mask: ForwardView["mask"],
+    regimes: number[],
+  ): MxArray {
     const c = this.config;
-    const [B, L] = x.shape as [number, number];
+    const [B, L] = q0.shape as [number, number];
     const w = layer.attention;
     const rope = layer.rope ?? this.#rope;
-    const [q0, k0, v0] = w.qkv(x);
     const heads = (t: MxArray, n: number, norm?: Norm) => {
       const split = mx.reshape(t, [B, L, n, c.headDim]);
       return mx.transpose(norm ? norm(split) : split, [0, 2, 1, 3]);
     };
-    const q = rope.apply(heads(q0, c.numHeads, w.qNorm), ropeOffset, regimes);
-    const k = rope.apply(heads(k0, c.numKvHeads, w.kNorm), ropeOffset, regimes);
+    const rotate = (t: MxArray) => (roped ? t : rope.apply(t, ropeOffset, regimes));
+    const q = rotate(heads(q0, c.numHeads, w.qNorm));
+    const k = rotate(heads(k0, c.numKvHeads, w.kNorm));
     const attn = batch.attention(index, q, k, heads(v0, c.numKvHeads), rope.scoreScale * this.#baseScale, mask);
-    const merged = mx.reshape(mx.transpose(attn, [0, 2, 1, 3]), [B, L, c.numHeads * c.headDim]);
-    return linear(merged, w.out);
+    return mx.reshape(mx.transpose(attn, [0, 2, 1, 3]), [B, L, c.numHeads * c.headDim]);
   }
 
   dispose(): void {
@@ -180,7 +290,7 @@ export function slidingWindowMask(view: ForwardView, cached: number[], L: number
 
 /** RMSNorm with a weight vector. */
 export function rmsNorm(weight: MxArray, eps: number): Norm {
-  return (x) => mx.rmsNorm(x, weight, eps);
+  return Object.assign((x: MxArray) => mx.rmsNorm(x, weight, eps), { rms: { weight, eps } });
 }
 
 /** Gemma's RMSNorm: scales by 1 + w (computed once at load, in the weight's dtype). */
@@ -190,13 +300,14 @@ export function offsetRmsNorm(store: WeightStore, name: string, eps: number): No
 }
 
 /** silu(gate) * up through a down projection; `gateUp` returns both from the normed input. */
-export function swigluMlp(gateUp: (x: MxArray) => [MxArray, MxArray], down: LinearWeight): Mlp {
+export function swigluMlp(gateUp: SplitProjection<[MxArray, MxArray]>, down: LinearWeight): Mlp {
   // Fused (compiled) elementwise kernels: worth it on the GPU, where each kernel launch costs.
   const fused = mx.getDevice() === "gpu";
-  return (x) => {
+  const mlp = (x: MxArray) => {
     const [gate, up] = gateUp(x);
     return linear(mx.swiglu(gate, up, fused), down);
   };
+  return gateUp.product ? Object.assign(mlp, { swiglu: { gateUp: gateUp.product, down } }) : mlp;
 }
 
 /** gelu_tanh(gate) * up through a down projection (Gemma). */
@@ -239,9 +350,14 @@ export function routedMlp(moe: MoeConfig, w: ExpertWeights): Mlp {
 }
 
 /** One stored product split into parts along its output (Phi-3's qkv_proj, gate_up_proj); `at`: split points. */
-export function splitProjection(store: WeightStore, name: string, inFeatures: number, at: number[]) {
+export function splitProjection(
+  store: WeightStore,
+  name: string,
+  inFeatures: number,
+  at: number[],
+): SplitProjection<MxArray[]> {
   const w = store.linear(name, inFeatures);
-  return (x: MxArray) => mx.split(linear(x, w), at, -1);
+  return Object.assign((x: MxArray) => mx.split(linear(x, w), at, -1), { product: w });
 }
 
 /** Separate gate and up projections, fused into one product when their packing agrees. */
@@ -249,9 +365,10 @@ export function gateUpProjections(store: WeightStore, prefix: string, hidden: nu
   const gate = store.linear(`${prefix}.gate_proj`, hidden);
   const up = store.linear(`${prefix}.up_proj`, hidden);
   const fused = store.fuse([gate, up]);
-  return fused
-    ? (x: MxArray) => mx.split(linear(x, fused), [ffn], -1) as [MxArray, MxArray]
+  const split: SplitProjection<[MxArray, MxArray]> = fused
+    ? Object.assign((x: MxArray) => mx.split(linear(x, fused), [ffn], -1) as [MxArray, MxArray], { product: fused })
     : (x: MxArray) => [linear(x, gate), linear(x, up)] as [MxArray, MxArray];
+  return split;
 }
 
 /** Separate q, k, v projections (with biases where the file has them), fused when their packing agrees. */
@@ -263,9 +380,13 @@ export function qkvProjections(store: WeightStore, prefix: string, c: ModelConfi
   const v = store.linear(`${prefix}.v_proj`, c.hiddenSize);
   // One product for q|k|v, as Phi-3 stores them, when their packing agrees.
   const fused = store.fuse([q, k, v]);
-  return fused
-    ? (x: MxArray) => mx.split(linear(x, fused), [qSize, qSize + kvSize], -1) as [MxArray, MxArray, MxArray]
+  const split: SplitProjection<[MxArray, MxArray, MxArray]> = fused
+    ? Object.assign(
+        (x: MxArray) => mx.split(linear(x, fused), [qSize, qSize + kvSize], -1) as [MxArray, MxArray, MxArray],
+        { product: fused },
+      )
     : (x: MxArray) => [linear(x, q), linear(x, k), linear(x, v)] as [MxArray, MxArray, MxArray];
+  return split;
 }
 
 /** The embedding table, and the output head (tied to the embedding when the model says so). */

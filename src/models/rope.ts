@@ -30,6 +30,17 @@ function llama3Wavelengths(c: ModelConfig, dims: number): MxArray {
   return mx.where(medium, smoothFreqs, scaled);
 }
 
+/**
+ * base^(-i/(dims/2)) as MLX's CUDA rope kernel computes it (exp2(-d * log2(base))
+ * in float32), so a kernel given these matches mx.rope with `base`.
+ */
+function baseInvFrequencies(base: number, dims: number): MxArray {
+  const half = dims / 2;
+  const log2Base = Math.fround(Math.log2(base));
+  const inv = Float32Array.from({ length: half }, (_, i) => 2 ** Math.fround(-Math.fround(i / half) * log2Base));
+  return mx.float32(inv);
+}
+
 export interface Rope {
   apply: RopeFn;
   regime: (length: number) => number;
@@ -37,6 +48,36 @@ export interface Rope {
   scoreScale: number;
   /** Arrays the RoPE owns (freed with the model). */
   arrays: MxArray[];
+  /**
+   * The rotation as a GPU kernel takes it (src/mlx/kernels-gemv-fused.ts), for
+   * rows all in one regime, or null where a kernel cannot do it (partial rotary,
+   * LongRoPE's input scale). Absent: never.
+   */
+  kernel?: (regime: number) => RopeKernelSpec | null;
+}
+
+/** RoPE over whole heads: theta = positionScale * position * invFreq[i] (float32 [headDim/2]). */
+export interface RopeKernelSpec {
+  invFreq: MxArray;
+  traditional: boolean;
+  positionScale: number;
+}
+
+/** Inverse frequencies per regime, made on first use and kept with the RoPE's arrays. */
+function kernelSpecs(
+  arrays: MxArray[],
+  invFrequencies: () => MxArray[],
+  traditional: boolean,
+  positionScale: number,
+): (regime: number) => RopeKernelSpec {
+  let specs: RopeKernelSpec[] | null = null;
+  return (regime) => {
+    if (!specs) {
+      specs = invFrequencies().map((f) => ({ invFreq: mx.keep(f), traditional, positionScale }));
+      arrays.push(...specs.map((p) => p.invFreq));
+    }
+    return specs[Math.min(regime, specs.length - 1)] as RopeKernelSpec;
+  };
 }
 
 /**
@@ -53,20 +94,27 @@ export function standardRope(
   const base = override.base ?? c.ropeTheta;
   if (rs?.type === "llama3") {
     const freqs = mx.keep(llama3Wavelengths(c, dims));
+    const arrays = [freqs];
     return {
       apply: (x, offset) => mx.rope(x, { dims, traditional: c.ropeTraditional, freqs, offset }),
       regime: () => 0,
       scoreScale: 1,
-      arrays: [freqs],
+      arrays,
+      kernel: dims === c.headDim ? kernelSpecs(arrays, () => [mx.divide(1, freqs)], c.ropeTraditional, 1) : undefined,
     };
   }
   if (rs?.type === "longrope") return longRope(c);
   const scale = rs?.type === "linear" ? 1 / rs.factor : 1;
+  const arrays: MxArray[] = [];
   return {
     apply: (x, offset) => mx.rope(x, { dims, traditional: c.ropeTraditional, base, scale, offset }),
     regime: () => 0,
     scoreScale: 1,
-    arrays: [],
+    arrays,
+    kernel:
+      dims === c.headDim
+        ? kernelSpecs(arrays, () => [baseInvFrequencies(base, dims)], c.ropeTraditional, scale)
+        : undefined,
   };
 }
 
@@ -107,5 +155,12 @@ export function longRope(c: ModelConfig, options: { alwaysLong?: boolean } = {})
     return mx.where(mx.equal(isLong, 1), rotate(x, offset, long), rotate(x, offset, short));
   };
   const arrays = inputScale ? [base, short, long, inputScale] : [base, short, long];
-  return { apply, regime, scoreScale: partial ? 1 : factor * factor, arrays };
+  const whole = dims === c.headDim && !inputScale;
+  return {
+    apply,
+    regime,
+    scoreScale: partial ? 1 : factor * factor,
+    arrays,
+    kernel: whole ? kernelSpecs(arrays, () => [mx.divide(1, short), mx.divide(1, long)], false, 1) : undefined,
+  };
 }

@@ -36,6 +36,12 @@ export interface AttentionBatch {
     scale: number,
     mask: ForwardView["mask"],
   ): MxArray;
+  /**
+   * Float caches only (else null or absent): stores this layer's new keys/values
+   * [B, Hkv, L, D] and returns the layer's whole cache buffers [B, Hkv, capacity, D],
+   * owned by the cache, for a GPU kernel that attends over them itself.
+   */
+  storeWhole?(layer: number, keys: MxArray, values: MxArray): [MxArray, MxArray] | null;
   end(): void;
 }
 

@@ -21,7 +21,7 @@
 struct uint4 { uint32_t x, y, z, w; };
 struct float2 { float x, y; };
 struct EmuDim { unsigned x = 0, y = 0, z = 0; };
-thread_local EmuDim threadIdx, blockIdx;
+thread_local EmuDim threadIdx, blockIdx, gridDim;
 
 struct __half { _Float16 v; };
 struct __half2 { __half x, y; };
@@ -73,6 +73,7 @@ template <typename T>
 inline T __ldg(const T* p) { return *p; }
 inline float rsqrtf(float v) { return 1.f / std::sqrt(v); }
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline int min(int a, int b) { return a < b ? a : b; }
 
 // One warp's lanes as threads; shuffles exchange through a slot per lane.
 struct EmuWarp {
@@ -95,8 +96,10 @@ inline void __syncthreads() { emu_block->arrive_and_wait(); }
 
 // Runs kernel() over grid (total threads, MLX's convention) in blocks of `block`
 // threads; a block's threads all run at once, blocks one after another.
-inline void emu_launch(unsigned grid, unsigned block, const std::function<void()>& kernel) {
-  for (unsigned b = 0; b < (grid + block - 1) / block; ++b) {
+// gridY: blocks along y (MLX: grid[1] total threads with threadgroup y = 1).
+inline void emu_launch(unsigned grid, unsigned block, const std::function<void()>& kernel, unsigned gridY = 1) {
+  const unsigned blocks = (grid + block - 1) / block;
+  for (unsigned b = 0; b < blocks * gridY; ++b) {
     std::vector<EmuWarp> warps(block / 32);
     std::barrier<> sync(block);
     std::vector<std::thread> threads;
@@ -105,7 +108,10 @@ inline void emu_launch(unsigned grid, unsigned block, const std::function<void()
         emu_warp = &warps[t / 32];
         emu_block = &sync;
         threadIdx.x = t;
-        blockIdx.x = b;
+        blockIdx.x = b % blocks;
+        blockIdx.y = b / blocks;
+        gridDim.x = blocks;
+        gridDim.y = gridY;
         kernel();
         sync.arrive_and_drop();
       });

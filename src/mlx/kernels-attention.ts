@@ -1,0 +1,329 @@
+// Decode attention on CUDA over a float KV cache, in the flash-decoding style:
+// one new query token per row (q already rotated) against the row's first S
+// cached keys (the new token's included: the cache was written first).
+//
+// A block owns one (row, kv head, split of the keys); its warps walk the
+// split's keys, each lane holding HD/32 elements of every query head of the
+// group (GQA) and of the key/value rows; per key one warp reduction gives the
+// score, and an online softmax (base 2, scale folded into q) accumulates the
+// values. The warps' partial results merge in shared memory. With one split
+// the block writes the output [B, 1, H*HD]; with several it writes each split's
+// normalized output and (max, sum), and a second kernel merges the splits.
+//
+// The cache buffers are read whole ([B, Hkv, capacity, HD], the capacity from
+// their shape at run time) and S comes from pos (each row's position: S = pos + 1),
+// so neither a slice of the cache nor a recompile is needed as the sequence grows.
+import { Dtype, type MxArray } from "./array";
+import { CustomKernel, type KernelPlan, kernelLanguage } from "./kernels";
+
+const HEADER = `
+template <typename T> __device__ __forceinline__ float pv_f(T v);
+template <> __device__ __forceinline__ float pv_f<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float pv_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T pv_t(float v);
+template <> __device__ __forceinline__ __half pv_t<__half>(float v) { return __float2half(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 pv_t<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+`;
+
+// Template: T, H, HKV, HD, WARPS, SCALE_BITS (scale * log2(e) as float bits).
+// Inputs q [B, H*HD], kc, vc [B, HKV, CAP, HD], pos int32 [B]. Grid (B*HKV blocks, splits).
+// /*STORE*/: writes the merged (m, l, a) of head h, element d.
+const SOURCE = `
+  constexpr int G = H / HKV;
+  constexpr int DL = HD / 32;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int b = blockIdx.x / HKV;
+  const int kvh = blockIdx.x % HKV;
+  const int split = blockIdx.y;
+  const int splits = gridDim.y;
+  const int S = pos[b] + 1;
+  const long cap = kc_shape[2];
+  const int chunk = (S + splits - 1) / splits;
+  const int s0 = split * chunk;
+  const int s1 = min(S, s0 + chunk);
+  const float qscale = __int_as_float(SCALE_BITS);
+  const float NEG_INF = __int_as_float((int)0xff800000);
+  float qr[G][DL];
+#pragma unroll
+  for (int g = 0; g < G; ++g)
+#pragma unroll
+    for (int j = 0; j < DL; ++j) qr[g][j] = pv_f<T>(q[((size_t)b * H + kvh * G + g) * HD + lane + 32 * j]) * qscale;
+  float mx[G], sm[G], acc[G][DL];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    mx[g] = NEG_INF;
+    sm[g] = 0.f;
+#pragma unroll
+    for (int j = 0; j < DL; ++j) acc[g][j] = 0.f;
+  }
+  const T* kb = kc + ((size_t)b * HKV + kvh) * cap * HD;
+  const T* vb = vc + ((size_t)b * HKV + kvh) * cap * HD;
+  constexpr int KB = 4;  // keys per warp per round, loaded before use
+  for (int base = s0 + warp * KB; base < s1; base += WARPS * KB) {
+    float kf[KB][DL], vf[KB][DL];
+#pragma unroll
+    for (int u = 0; u < KB; ++u) {
+      const int s = base + u;
+#pragma unroll
+      for (int j = 0; j < DL; ++j) {
+        kf[u][j] = s < s1 ? pv_f<T>(kb[(size_t)s * HD + lane + 32 * j]) : 0.f;
+        vf[u][j] = s < s1 ? pv_f<T>(vb[(size_t)s * HD + lane + 32 * j]) : 0.f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < KB; ++u) {
+      if (base + u >= s1) break;
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        float d = 0.f;
+#pragma unroll
+        for (int j = 0; j < DL; ++j) d += qr[g][j] * kf[u][j];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+        const float m2 = fmaxf(mx[g], d);
+        const float c = exp2f(mx[g] - m2);
+        const float p = exp2f(d - m2);
+        sm[g] = sm[g] * c + p;
+#pragma unroll
+        for (int j = 0; j < DL; ++j) acc[g][j] = acc[g][j] * c + p * vf[u][j];
+        mx[g] = m2;
+      }
+    }
+  }
+  __shared__ float pv_m[WARPS][G], pv_l[WARPS][G];
+  __shared__ float pv_acc[WARPS][G][HD];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    if (lane == 0) {
+      pv_m[warp][g] = mx[g];
+      pv_l[warp][g] = sm[g];
+    }
+#pragma unroll
+    for (int j = 0; j < DL; ++j) pv_acc[warp][g][lane + 32 * j] = acc[g][j];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < G * HD; i += WARPS * 32) {
+    const int g = i / HD;
+    const int d = i % HD;
+    float m = NEG_INF;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) m = fmaxf(m, pv_m[w][g]);
+    float l = 0.f, a = 0.f;
+    if (m != NEG_INF) {
+#pragma unroll
+      for (int w = 0; w < WARPS; ++w) {
+        const float f = exp2f(pv_m[w][g] - m);
+        l += pv_l[w][g] * f;
+        a += pv_acc[w][g][d] * f;
+      }
+    }
+    const int h = kvh * G + g;
+    /*STORE*/
+  }
+`;
+const STORE_OUT = "out[((size_t)b * H + h) * HD + d] = pv_t<T>(a / l);";
+const STORE_SPLIT = `const size_t row = ((size_t)b * H + h) * splits + split;
+    part[row * HD + d] = l > 0.f ? a / l : 0.f;
+    if (d == 0) {
+      stats[row * 2] = m;
+      stats[row * 2 + 1] = l;
+    }`;
+
+// Merges the splits: one block per (row, head), HD threads. Inputs part float
+// [B, H, SPLITS, HD], stats float [B, H, SPLITS, 2]; template T, HD, SPLITS.
+const COMBINE = `
+  const size_t bh = blockIdx.x;
+  const int d = threadIdx.x;
+  if (d >= HD) return;
+  const float NEG_INF = __int_as_float((int)0xff800000);
+  float m = NEG_INF;
+  for (int s = 0; s < SPLITS; ++s) m = fmaxf(m, stats[(bh * SPLITS + s) * 2]);
+  float l = 0.f, a = 0.f;
+  for (int s = 0; s < SPLITS; ++s) {
+    const float ms = stats[(bh * SPLITS + s) * 2];
+    if (ms == NEG_INF) continue;
+    const float f = exp2f(ms - m) * stats[(bh * SPLITS + s) * 2 + 1];
+    l += f;
+    a += f * part[(bh * SPLITS + s) * HD + d];
+  }
+  out[bh * HD + d] = pv_t<T>(a / l);
+`;
+
+interface Spec {
+  name: string;
+  header: string;
+  source: string;
+  inputs: string[];
+  outputs: string[];
+}
+
+/** One split: writes out [B, 1, H*HD]. */
+export const DECODE_ATTENTION_KERNEL: Spec = {
+  name: "pv_decode_attention",
+  header: HEADER,
+  source: SOURCE.replace("/*STORE*/", STORE_OUT),
+  inputs: ["q", "kc", "vc", "pos"],
+  outputs: ["out"],
+};
+/** Several splits: writes part float [B, H, splits, HD] (normalized) and stats float [B, H, splits, 2] (max, sum). */
+export const DECODE_ATTENTION_SPLIT_KERNEL: Spec = {
+  name: "pv_decode_attention_split",
+  header: HEADER,
+  source: SOURCE.replace("/*STORE*/", STORE_SPLIT),
+  inputs: ["q", "kc", "vc", "pos"],
+  outputs: ["part", "stats"],
+};
+export const DECODE_ATTENTION_COMBINE_KERNEL: Spec = {
+  name: "pv_decode_attention_combine",
+  header: HEADER,
+  source: COMBINE,
+  inputs: ["part", "stats"],
+  outputs: ["out"],
+};
+
+/**
+ * Warps per block: as many as the shared memory of the merge allows, up to 16
+ * (one block per row and kv head is only 32 blocks for Phi-3 at one row: more
+ * warps each walk fewer keys, which is the latency of a short context).
+ */
+export function attentionWarps(heads: number, kvHeads: number, headDim: number): number {
+  const g = heads / kvHeads;
+  for (const w of [16, 8, 4]) if (w * g * headDim * 4 <= 32 * 1024) return w;
+  return 0;
+}
+/** Keys per split: longer contexts get more blocks (flash-decoding); PENSIEVE_FUSED_KEYS_PER_SPLIT overrides. */
+let keysPerSplit = Number(process.env.PENSIEVE_FUSED_KEYS_PER_SPLIT ?? 512);
+
+/** Sets the keys per split from now on (tests force several splits on short contexts). */
+export function setKeysPerSplit(n: number): void {
+  keysPerSplit = n;
+}
+const MAX_SPLITS = 64;
+
+/** Whether the kernel takes these heads (head dim a multiple of 32, GQA group's shared memory small). */
+export function decodeAttentionSupports(heads: number, kvHeads: number, headDim: number, dtype: Dtype): boolean {
+  const g = heads / kvHeads;
+  return (
+    kernelLanguage() === "cuda" &&
+    Number.isInteger(g) &&
+    headDim % 32 === 0 &&
+    headDim <= 256 &&
+    attentionWarps(heads, kvHeads, headDim) > 0 &&
+    (dtype === Dtype.float16 || dtype === Dtype.bfloat16)
+  );
+}
+
+/** The number of splits for a context of `keys` keys. */
+export function attentionSplits(keys: number, perSplit = keysPerSplit): number {
+  return Math.max(1, Math.min(MAX_SPLITS, Math.ceil(keys / perSplit)));
+}
+
+const kernels = new Map<string, CustomKernel>();
+
+function kernel(spec: Spec): CustomKernel {
+  let k = kernels.get(spec.name);
+  if (!k) {
+    k = new CustomKernel(spec);
+    kernels.set(spec.name, k);
+  }
+  return k;
+}
+
+/**
+ * Decode attention for one shape of heads and one scale, with its launch plans
+ * kept by (rows, splits): a decode step only runs them.
+ */
+export class DecodeAttention {
+  readonly heads: number;
+  readonly kvHeads: number;
+  readonly headDim: number;
+  readonly dtype: Dtype;
+  readonly warps: number;
+  readonly #template: Record<string, number | { dtype: Dtype }>;
+  readonly #plans = new Map<number, { main: KernelPlan; combine: KernelPlan | null }>();
+
+  constructor(heads: number, kvHeads: number, headDim: number, dtype: Dtype, scale: number) {
+    if (!decodeAttentionSupports(heads, kvHeads, headDim, dtype))
+      throw new Error(`decode attention: ${heads}/${kvHeads} heads of ${headDim} are not supported`);
+    this.heads = heads;
+    this.kvHeads = kvHeads;
+    this.headDim = headDim;
+    this.dtype = dtype;
+    const scaleBits = new Int32Array(Float32Array.of(scale * Math.LOG2E).buffer)[0] as number;
+    this.warps = attentionWarps(heads, kvHeads, headDim);
+    this.#template = { T: { dtype }, H: heads, HKV: kvHeads, HD: headDim, WARPS: this.warps, SCALE_BITS: scaleBits };
+  }
+
+  /**
+   * softmax(scale * q k^T) v for one new token per row: q [rows, 1, H*HD]
+   * (rotated), kc, vc the layer's cache buffers [rows, Hkv, capacity, HD] holding
+   * each row's keys 0..pos[b] (the new one included), pos int32 [rows]. `keys`
+   * (the longest row's count) picks the splits. Returns [rows, 1, H*HD].
+   */
+  run(q: MxArray, kc: MxArray, vc: MxArray, pos: MxArray, rows: number, keys: number, splits = attentionSplits(keys)) {
+    const slot = rows * 1024 + splits;
+    let p = this.#plans.get(slot);
+    if (!p) {
+      p = this.#make(rows, splits);
+      this.#plans.set(slot, p);
+    }
+    if (!p.combine) return p.main.run([q, kc, vc, pos])[0] as MxArray;
+    return p.combine.run(p.main.run([q, kc, vc, pos]))[0] as MxArray;
+  }
+
+  #make(rows: number, splits: number): { main: KernelPlan; combine: KernelPlan | null } {
+    const { heads, kvHeads, headDim: hd, dtype } = this;
+    const grid: [number, number, number] = [rows * kvHeads * this.warps * 32, splits, 1];
+    const threadgroup: [number, number, number] = [this.warps * 32, 1, 1];
+    const template = this.#template;
+    if (splits === 1) {
+      const main = kernel(DECODE_ATTENTION_KERNEL).plan({
+        outputs: [{ shape: [rows, 1, heads * hd], dtype }],
+        grid,
+        threadgroup,
+        template,
+      });
+      return { main, combine: null };
+    }
+    const main = kernel(DECODE_ATTENTION_SPLIT_KERNEL).plan({
+      outputs: [
+        { shape: [rows, heads, splits, hd], dtype: Dtype.float32 },
+        { shape: [rows, heads, splits, 2], dtype: Dtype.float32 },
+      ],
+      grid,
+      threadgroup,
+      template,
+    });
+    const combine = kernel(DECODE_ATTENTION_COMBINE_KERNEL).plan({
+      outputs: [{ shape: [rows, 1, heads * hd], dtype }],
+      grid: [rows * heads * hd, 1, 1],
+      threadgroup: [hd, 1, 1],
+      template: { T: { dtype }, HD: hd, SPLITS: splits },
+    });
+    return { main, combine };
+  }
+}
+
+const shared = new Map<string, DecodeAttention>();
+
+/** DecodeAttention.run with the instance for these heads and scale (kept; tests and one-off calls). */
+export function decodeAttention(
+  q: MxArray,
+  kc: MxArray,
+  vc: MxArray,
+  pos: MxArray,
+  scale: number,
+  heads: number,
+  keys: number,
+  splits = attentionSplits(keys),
+): MxArray {
+  const [B, kvHeads, , hd] = kc.shape as [number, number, number, number];
+  const key = `${heads}|${kvHeads}|${hd}|${q.dtype}|${scale}`;
+  let a = shared.get(key);
+  if (!a) {
+    a = new DecodeAttention(heads, kvHeads, hd, q.dtype, scale);
+    shared.set(key, a);
+  }
+  return a.run(q, kc, vc, pos, B, keys, splits);
+}

@@ -1,0 +1,310 @@
+// The 4-bit GEMV (kernels-gemv.ts) with a decoder step's neighbours fused in,
+// so that a transformer layer's decode is a few launches (src/models/gpu-fused.ts):
+//   - residual: y = res + x @ W.T (o_proj, down_proj);
+//   - RMSNorm in front and SwiGLU behind: y = silu(g) * u of the normed x's
+//     gate|up product (a warp owns gate row i and up row i of the same output);
+//   - RMSNorm in front and RoPE behind: the normed x's q|k|v product with q and k
+//     rotated at each row's position (a warp owns both rows of a RoPE pair).
+// Paired variants use an even ROWS: slot r < ROWS/2 holds pair p's first row,
+// slot r + ROWS/2 its partner. Values are rounded to T where MLX's unfused ops
+// round (the product, then the activation / rotation in float), so the fused
+// path stays within an ulp or two of MLX's.
+import type { MxArray } from "./array";
+import { Dtype } from "./array";
+import type { KernelPlan } from "./kernels";
+import {
+  GEMV_KERNEL,
+  GEMV_RMS_NORM_KERNEL,
+  type GemvConfig,
+  type GemvSpec,
+  gemvConfig,
+  gemvPlan,
+  gemvSource,
+} from "./kernels-gemv";
+import type { QuantizedWeight } from "./ops";
+
+const RESIDUAL_EPILOGUE = `
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r) {
+        const size_t o = (size_t)m * N + rowi[r];
+        y[o] = Ops::from_float(Ops::to_float(Ops::from_float(acc[m][r])) + Ops::to_float(res[o]));
+      }
+`;
+
+// Pair p = warp * ROWS/2 + r % (ROWS/2); half 0 or 1 (which row of the pair).
+const PAIR = "const int p = warp * (ROWS / 2) + r % (ROWS / 2); const int half = r / (ROWS / 2);";
+
+const SWIGLU_ROWS = `${PAIR} rowi[r] = p + half * (N / 2);`;
+const SWIGLU_EPILOGUE = `
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+      for (int r = 0; r < ROWS / 2; ++r) {
+        const float g = Ops::to_float(Ops::from_float(acc[m][r]));
+        const float u = Ops::to_float(Ops::from_float(acc[m][r + ROWS / 2]));
+        const float act = Ops::to_float(Ops::from_float(g / (1.f + expf(-g))));
+        y[(size_t)m * (N / 2) + rowi[r]] = Ops::from_float(act * u);
+      }
+`;
+
+// Head h's pair i: rows h*HD + i and h*HD + i + HD/2, or adjacent rows (TRADITIONAL).
+const ROPE_ROWS = `${PAIR} const int head = p / (HD / 2); const int i = p % (HD / 2);
+    rowi[r] = head * HD + (TRADITIONAL ? 2 * i + half : i + half * (HD / 2));`;
+// theta = (POS_SCALE * position) * inv_freq[i], as MLX's rope computes it. pv_store(m, row, value) writes.
+const ropeEpilogue = (store: string) => `
+    auto pv_store = [&](int m, int row, float value) { ${store} };
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const float position = __int_as_float(POS_SCALE_BITS) * (float)pos[m];
+#pragma unroll
+      for (int r = 0; r < ROWS / 2; ++r) {
+        float a = Ops::to_float(Ops::from_float(acc[m][r]));
+        float b = Ops::to_float(Ops::from_float(acc[m][r + ROWS / 2]));
+        if (rowi[r] < ROTATED) {
+          const int p = warp * (ROWS / 2) + r;
+          const float theta = position * inv_freq[p % (HD / 2)];
+          const float c = cosf(theta), s = sinf(theta);
+          const float a2 = a * c - b * s;
+          b = a * s + b * c;
+          a = a2;
+        }
+        pv_store(m, rowi[r], a);
+        pv_store(m, rowi[r + ROWS / 2], b);
+      }
+    }
+`;
+
+const base = (name: string, extra: string[], source: string): GemvSpec => ({
+  name,
+  header: GEMV_KERNEL.header,
+  source,
+  inputs: [...GEMV_KERNEL.inputs, ...extra],
+});
+
+/** y = res + x @ W.T. Extra input res [..., N]. */
+export const GEMV_RESIDUAL_KERNEL = base("pv_gemv_w4_residual", ["res"], gemvSource({ epilogue: RESIDUAL_EPILOGUE }));
+/** y = silu(g) * u with [g | u] = rms_norm(x) @ W.T. Extra input norm [K]; template EPS_BITS. */
+export const GEMV_NORM_SWIGLU_KERNEL = base(
+  "pv_gemv_w4_rms_norm_swiglu",
+  ["norm"],
+  gemvSource({ norm: true, rows: SWIGLU_ROWS, epilogue: SWIGLU_EPILOGUE }),
+);
+/**
+ * rms_norm(x) @ W.T with RoPE on its first ROTATED rows (q and k heads of HD).
+ * Extra inputs norm [K], pos int32 [M] (each row's position), inv_freq float32
+ * [HD/2]; template EPS_BITS, HD, ROTATED, TRADITIONAL, POS_SCALE_BITS.
+ */
+export const GEMV_NORM_ROPE_KERNEL = base(
+  "pv_gemv_w4_rms_norm_rope",
+  ["norm", "pos", "inv_freq"],
+  gemvSource({
+    norm: true,
+    rows: ROPE_ROWS,
+    epilogue: ropeEpilogue("y[(size_t)m * N + row] = Ops::from_float(value);"),
+  }),
+);
+/**
+ * GEMV_NORM_ROPE_KERNEL for one new token per row (decode), written as three
+ * outputs: q [B, 1, QS], and k, v [B, Hkv, 1, HD] as the KV cache stores them
+ * (for one token the same memory order as [B, 1, KVS]). Template QS, KVS.
+ */
+export const GEMV_NORM_ROPE_QKV_KERNEL: GemvSpec = {
+  ...base(
+    "pv_gemv_w4_rms_norm_rope_qkv",
+    ["norm", "pos", "inv_freq"],
+    gemvSource({
+      norm: true,
+      rows: ROPE_ROWS,
+      epilogue: ropeEpilogue(`const T v16 = Ops::from_float(value);
+      if (row < QS) q[(size_t)m * QS + row] = v16;
+      else if (row < QS + KVS) k[(size_t)m * KVS + row - QS] = v16;
+      else v[(size_t)m * KVS + row - QS - KVS] = v16;`),
+    }),
+  ),
+  outputs: ["q", "k", "v"],
+};
+
+const floatBits = (v: number) => new Int32Array(Float32Array.of(v).buffer)[0] as number;
+
+/** A paired variant's rows per warp: gemvConfig's, made even (pairs share a warp). */
+export function pairedConfig(n: number, m: number): GemvConfig {
+  const c = gemvConfig(n, m);
+  return c.rows % 2 === 0 ? c : { ...c, rows: 2 };
+}
+
+const rowsOf = (xShape: readonly number[]) => xShape.reduce((a, b) => a * b, 1) / (xShape.at(-1) as number);
+
+/** How the q|k|v product's first `rotated` rows are rotated (RoPE over whole heads of headDim). */
+export interface FusedRope {
+  headDim: number;
+  /** Rows of q and k: (heads + kv heads) * headDim. */
+  rotated: number;
+  traditional: boolean;
+  /** float32 [headDim/2]: 1 / wavelength per pair. */
+  invFreq: MxArray;
+  /** Multiplies the position (linear RoPE scaling), default 1. */
+  positionScale?: number;
+}
+
+const ropeTemplate = (eps: number, rope: Omit<FusedRope, "invFreq">) => ({
+  EPS_BITS: floatBits(eps),
+  HD: rope.headDim,
+  ROTATED: rope.rotated,
+  TRADITIONAL: rope.traditional,
+  POS_SCALE_BITS: floatBits(rope.positionScale ?? 1),
+});
+
+/**
+ * Launch plans of the fused variants for x of a given shape and dtype. A decoder
+ * keeps them per weight and rows, so a step only runs them (no key, no checks):
+ * run([x, q.weight, q.scales, q.biases, ...the variant's inputs]).
+ */
+export const fusedPlans = {
+  /** Inputs + res. */
+  residual: (xShape: readonly number[], dtype: Dtype, q: QuantizedWeight, config?: GemvConfig): KernelPlan =>
+    gemvPlan(GEMV_RESIDUAL_KERNEL, xShape, dtype, q, {}, config),
+  /** Inputs + norm; output [..., N/2]. */
+  normSwiglu: (xShape: readonly number[], dtype: Dtype, q: QuantizedWeight, eps: number, config?: GemvConfig) => {
+    const n = q.weight.dim(0);
+    if (n % 2 !== 0) throw new Error("quantizedGemvNormSwiglu: the weight needs an even row count");
+    const shapes = [[...xShape.slice(0, -1), n / 2]];
+    const template = { EPS_BITS: floatBits(eps) };
+    return gemvPlan(
+      GEMV_NORM_SWIGLU_KERNEL,
+      xShape,
+      dtype,
+      q,
+      template,
+      config ?? pairedConfig(n, rowsOf(xShape)),
+      shapes,
+    );
+  },
+  /** Inputs + norm, pos, inv_freq. */
+  normRope: (
+    xShape: readonly number[],
+    dtype: Dtype,
+    q: QuantizedWeight,
+    eps: number,
+    rope: Omit<FusedRope, "invFreq">,
+    config?: GemvConfig,
+  ) => {
+    const n = q.weight.dim(0);
+    const hd = rope.headDim;
+    if (hd % 2 !== 0 || n % hd !== 0 || rope.rotated % hd !== 0 || rope.rotated > n)
+      throw new Error(`quantizedGemvNormRope: ${n} rows are not whole heads of ${hd}`);
+    const config2 = config ?? pairedConfig(n, rowsOf(xShape));
+    return gemvPlan(GEMV_NORM_ROPE_KERNEL, xShape, dtype, q, ropeTemplate(eps, rope), config2);
+  },
+  /** Inputs + norm, pos, inv_freq; outputs q [B, 1, QS], k and v [B, Hkv, 1, HD]. */
+  normRopeQkv: (
+    rows: number,
+    dtype: Dtype,
+    q: QuantizedWeight,
+    eps: number,
+    rope: Omit<FusedRope, "invFreq">,
+    kvHeads: number,
+    config?: GemvConfig,
+  ) => {
+    const n = q.weight.dim(0);
+    const k = (q.weight.dim(1) * 32) / q.bits;
+    const hd = rope.headDim;
+    const kvs = kvHeads * hd;
+    const qs = n - 2 * kvs;
+    if (hd % 2 !== 0 || qs <= 0 || qs % hd !== 0 || rope.rotated !== qs + kvs)
+      throw new Error(`quantizedGemvNormRopeQkv: ${n} rows are not q, k, v heads of ${hd}`);
+    const shapes = [
+      [rows, 1, qs],
+      [rows, kvHeads, 1, hd],
+      [rows, kvHeads, 1, hd],
+    ];
+    const template = { ...ropeTemplate(eps, rope), QS: qs, KVS: kvs };
+    return gemvPlan(
+      GEMV_NORM_ROPE_QKV_KERNEL,
+      [rows, 1, k],
+      dtype,
+      q,
+      template,
+      config ?? pairedConfig(n, rows),
+      shapes,
+    );
+  },
+  /** Inputs + norm (GEMV_RMS_NORM_KERNEL). */
+  norm: (xShape: readonly number[], dtype: Dtype, q: QuantizedWeight, eps: number, config?: GemvConfig) =>
+    gemvPlan(GEMV_RMS_NORM_KERNEL, xShape, dtype, q, { EPS_BITS: floatBits(eps) }, config),
+};
+
+const qInputs = (x: MxArray, q: QuantizedWeight) => [x, q.weight, q.scales, q.biases as MxArray];
+
+function checkNorm(what: string, x: MxArray, norm: MxArray): void {
+  if (norm.ndim !== 1 || norm.dim(0) !== x.dim(-1) || norm.dtype !== x.dtype)
+    throw new Error(`${what}: norm must be [K] in x's dtype`);
+}
+
+/** res + x @ dequantize(q).T in one kernel (res [..., N] in x's dtype). */
+export function quantizedGemvResidual(x: MxArray, q: QuantizedWeight, res: MxArray, config?: GemvConfig): MxArray {
+  if (res.dtype !== x.dtype || res.dim(-1) !== q.weight.dim(0) || res.size !== (x.size / x.dim(-1)) * res.dim(-1)) {
+    throw new Error("quantizedGemvResidual: res must be [..., N] in x's dtype with x's rows");
+  }
+  return fusedPlans.residual(x.shape, x.dtype, q, config).run([...qInputs(x, q), res])[0] as MxArray;
+}
+
+/** silu(g) * u of [g | u] = rms_norm(x, norm, eps) @ dequantize(q).T: output [..., N/2]. */
+export function quantizedGemvNormSwiglu(
+  x: MxArray,
+  norm: MxArray,
+  eps: number,
+  q: QuantizedWeight,
+  config?: GemvConfig,
+): MxArray {
+  checkNorm("quantizedGemvNormSwiglu", x, norm);
+  return fusedPlans.normSwiglu(x.shape, x.dtype, q, eps, config).run([...qInputs(x, q), norm])[0] as MxArray;
+}
+
+function checkRopeInputs(x: MxArray, pos: MxArray, rope: FusedRope): void {
+  const m = x.size / x.dim(-1);
+  if (pos.dtype !== Dtype.int32 || pos.size !== m) throw new Error("quantizedGemvNormRope: pos must be int32 [rows]");
+  if (rope.invFreq.dtype !== Dtype.float32 || rope.invFreq.size !== rope.headDim / 2)
+    throw new Error("quantizedGemvNormRope: invFreq must be float32 [headDim/2]");
+}
+
+/**
+ * rms_norm(x, norm, eps) @ dequantize(q).T with RoPE on the q and k rows at each
+ * row's position (pos int32 [M]); the v rows pass through.
+ */
+export function quantizedGemvNormRope(
+  x: MxArray,
+  norm: MxArray,
+  eps: number,
+  q: QuantizedWeight,
+  pos: MxArray,
+  rope: FusedRope,
+  config?: GemvConfig,
+): MxArray {
+  checkNorm("quantizedGemvNormRope", x, norm);
+  checkRopeInputs(x, pos, rope);
+  const plan = fusedPlans.normRope(x.shape, x.dtype, q, eps, rope, config);
+  return plan.run([...qInputs(x, q), norm, pos, rope.invFreq])[0] as MxArray;
+}
+
+/**
+ * quantizedGemvNormRope for decode (x [B, 1, K]): returns q [B, 1, H*HD] and the
+ * new token's k, v [B, Hkv, 1, HD], ready for the KV cache, from one kernel.
+ */
+export function quantizedGemvNormRopeQkv(
+  x: MxArray,
+  norm: MxArray,
+  eps: number,
+  q: QuantizedWeight,
+  pos: MxArray,
+  rope: FusedRope,
+  kvHeads: number,
+  config?: GemvConfig,
+): [MxArray, MxArray, MxArray] {
+  if (x.ndim !== 3 || x.dim(1) !== 1) throw new Error("quantizedGemvNormRopeQkv: x must be [B, 1, K]");
+  checkNorm("quantizedGemvNormRopeQkv", x, norm);
+  checkRopeInputs(x, pos, rope);
+  const plan = fusedPlans.normRopeQkv(x.dim(0), x.dtype, q, eps, rope, kvHeads, config);
+  return plan.run([...qInputs(x, q), norm, pos, rope.invFreq]) as [MxArray, MxArray, MxArray];
+}

@@ -1,0 +1,212 @@
+// The decoder's fused CUDA decode path (PENSIEVE_GPU_FUSED=1): for forwards of
+// at most FUSED_MAX_ROWS rows (decode steps), each layer is
+//   rms_norm -> q|k|v product -> RoPE        one kernel (kernels-gemv-fused.ts),
+//                                            k and v written in the cache's layout
+//   KV-cache write                           MLX's slice updates (in place)
+//   attention over the cache                 one kernel (kernels-attention.ts; two
+//                                            past 512 keys per split: flash-decoding)
+//   o product + residual                     one kernel
+//   rms_norm -> gate|up product -> SwiGLU    one kernel
+//   down product + residual                  one kernel
+// and the final norm -> lm_head one kernel. Each piece falls back to MLX's ops
+// where the layer does not fit it (biases, q/k norms, partial rotary, mixed
+// RoPE regimes, post-norms, tensor parallelism, weights the GEMV does not take).
+//
+// A step is CPU-bound (MLX encodes each primitive on the engine thread), so the
+// per-call cost matters: launch plans are kept per weight and (B, L) and run
+// directly, without keys, shape queries or checks (FusedStep).
+import type { MxArray } from "../mlx";
+import * as mx from "../mlx";
+import type { KernelPlan } from "../mlx/kernels";
+import { DecodeAttention, decodeAttentionSupports } from "../mlx/kernels-attention";
+import { gemvSupports } from "../mlx/kernels-gemv";
+import { type FusedRope, fusedPlans } from "../mlx/kernels-gemv-fused";
+import type { Rope } from "./rope";
+import type { LinearWeight } from "./weights";
+
+let enabled = process.env.PENSIEVE_GPU_FUSED === "1";
+const attentionKernel = process.env.PENSIEVE_GPU_FUSED_ATTENTION !== "0";
+
+/** Rows (B * L) up to which forwards take the fused path. */
+export const FUSED_MAX_ROWS = 4;
+
+/** Turns the fused decode path on or off for forwards built from now on. */
+export function setGpuFused(on: boolean): void {
+  enabled = on;
+}
+
+export function gpuFusedEnabled(): boolean {
+  return enabled;
+}
+
+let launches = 0;
+/** Fused kernels added to graphs so far (tests check that a path really used them). */
+export function fusedLaunchCount(): number {
+  return launches;
+}
+
+/** Whether a forward of `rows` rows takes the fused path at all. */
+export function fusedForward(rows: number): boolean {
+  return enabled && rows <= FUSED_MAX_ROWS && mx.getDevice() === "gpu";
+}
+
+const cudaWeights = new WeakMap<object, boolean>();
+
+/** The quantized weight when the GEMV family takes it for activations in `dtype` (no bias, 4-bit affine). */
+export function fusable(w: LinearWeight | undefined, dtype: mx.Dtype): mx.QuantizedWeight | null {
+  if (w?.kind !== "quantized" || w.bias || w.cpuKernel) return null;
+  let ok = cudaWeights.get(w.q);
+  if (ok === undefined) {
+    ok = gemvSupports(w.q);
+    cudaWeights.set(w.q, ok);
+  }
+  return ok && dtype === w.q.scales.dtype ? w.q : null;
+}
+
+/** Each row's RoPE position as int32 [B*L]: the view's offset (a number or int32 [B]) plus 0..L-1. */
+export function fusedPositions(offset: number | MxArray, B: number, L: number): MxArray {
+  if (typeof offset === "number") return mx.int32(Array.from({ length: B * L }, (_, i) => offset + (i % L)));
+  const cols = mx.reshape(mx.arange(0, L), [1, L]);
+  return mx.reshape(mx.add(mx.reshape(mx.astype(offset, mx.Dtype.int32), [B, 1]), cols), [B * L]);
+}
+
+/** The kernel form of a layer's RoPE for these rows, or null (mixed regimes, no kernel form). */
+export function fusedRope(
+  rope: Rope,
+  regimes: number[],
+  headDim: number,
+  heads: number,
+  kvHeads: number,
+): FusedRope | null {
+  const first = regimes[0] ?? 0;
+  if (!rope.kernel || !regimes.every((r) => r === first)) return null;
+  const spec = rope.kernel(first);
+  if (!spec) return null;
+  return { ...spec, headDim, rotated: (heads + kvHeads) * headDim };
+}
+
+type Norm = { weight: MxArray; eps: number };
+
+// Plans per weight, by kind and (B, L).
+const plansByWeight = new WeakMap<object, Map<number, KernelPlan>>();
+const QKV = 1;
+const QKV_DECODE = 2;
+const RESIDUAL = 3;
+const SWIGLU = 4;
+const NORMED = 5;
+
+function planFor(owner: object, slot: number, make: () => KernelPlan): KernelPlan {
+  let m = plansByWeight.get(owner);
+  if (!m) {
+    m = new Map();
+    plansByWeight.set(owner, m);
+  }
+  let p = m.get(slot);
+  if (!p) {
+    p = make();
+    m.set(slot, p);
+  }
+  return p;
+}
+
+const attentionByScale = new Map<number, DecodeAttention[]>();
+
+/** The fused kernels of one forward of B rows of L tokens, activations in `dtype`. */
+export class FusedStep {
+  readonly B: number;
+  readonly L: number;
+  readonly dtype: mx.Dtype;
+  readonly positions: MxArray;
+  readonly #shape: number;
+
+  constructor(B: number, L: number, dtype: mx.Dtype, positions: MxArray) {
+    this.B = B;
+    this.L = L;
+    this.dtype = dtype;
+    this.positions = positions;
+    this.#shape = B * 8 + L;
+  }
+
+  #xShape(q: mx.QuantizedWeight): number[] {
+    return [this.B, this.L, (q.weight.dim(1) * 32) / q.bits];
+  }
+
+  /** norm -> q|k|v (-> RoPE when `rope`) in one kernel: [B, L, N]. */
+  normedQkv(h: MxArray, norm: Norm, q: mx.QuantizedWeight, rope: FusedRope | null): MxArray {
+    launches++;
+    const slot = (rope ? QKV : NORMED) * 64 + this.#shape;
+    const plan = planFor(q, slot, () =>
+      rope
+        ? fusedPlans.normRope(this.#xShape(q), this.dtype, q, norm.eps, rope)
+        : fusedPlans.norm(this.#xShape(q), this.dtype, q, norm.eps),
+    );
+    const inputs = [h, q.weight, q.scales, q.biases as MxArray, norm.weight];
+    if (rope) inputs.push(this.positions, rope.invFreq);
+    return plan.run(inputs)[0] as MxArray;
+  }
+
+  /** norm -> q|k|v -> RoPE for L = 1: q [B, 1, H*D], k and v [B, Hkv, 1, D] (the cache's layout). */
+  normedQkvDecode(
+    h: MxArray,
+    norm: Norm,
+    q: mx.QuantizedWeight,
+    rope: FusedRope,
+    kvHeads: number,
+  ): [MxArray, MxArray, MxArray] {
+    launches++;
+    const plan = planFor(q, QKV_DECODE * 64 + this.#shape, () =>
+      fusedPlans.normRopeQkv(this.B, this.dtype, q, norm.eps, rope, kvHeads),
+    );
+    const inputs = [h, q.weight, q.scales, q.biases as MxArray, norm.weight, this.positions, rope.invFreq];
+    return plan.run(inputs) as [MxArray, MxArray, MxArray];
+  }
+
+  /** res + x @ W.T in one kernel. */
+  productPlusResidual(x: MxArray, q: mx.QuantizedWeight, res: MxArray): MxArray {
+    launches++;
+    const plan = planFor(q, RESIDUAL * 64 + this.#shape, () => fusedPlans.residual(this.#xShape(q), this.dtype, q));
+    return plan.run([x, q.weight, q.scales, q.biases as MxArray, res])[0] as MxArray;
+  }
+
+  /** norm -> gate|up -> silu(gate) * up in one kernel. */
+  normedSwiglu(h: MxArray, norm: Norm, q: mx.QuantizedWeight): MxArray {
+    launches++;
+    const plan = planFor(q, SWIGLU * 64 + this.#shape, () =>
+      fusedPlans.normSwiglu(this.#xShape(q), this.dtype, q, norm.eps),
+    );
+    return plan.run([h, q.weight, q.scales, q.biases as MxArray, norm.weight])[0] as MxArray;
+  }
+
+  /** norm -> product (the final norm -> lm_head, x [B, rows, K]) in one kernel. */
+  normedProduct(h: MxArray, norm: Norm, q: mx.QuantizedWeight, rows: number): MxArray {
+    launches++;
+    const plan = planFor(q, NORMED * 64 + this.B * 8 + rows, () =>
+      fusedPlans.norm([this.B, rows, (q.weight.dim(1) * 32) / q.bits], this.dtype, q, norm.eps),
+    );
+    return plan.run([h, q.weight, q.scales, q.biases as MxArray, norm.weight])[0] as MxArray;
+  }
+
+  /** The attention kernel for these heads and scale, or null where it does not apply (PENSIEVE_GPU_FUSED_ATTENTION=0: never). */
+  attentionFor(heads: number, kvHeads: number, headDim: number, scale: number): DecodeAttention | null {
+    if (!attentionKernel || !decodeAttentionSupports(heads, kvHeads, headDim, this.dtype)) return null;
+    const kept = attentionByScale.get(scale) ?? [];
+    let a = kept.find(
+      (k) => k.heads === heads && k.kvHeads === kvHeads && k.headDim === headDim && k.dtype === this.dtype,
+    );
+    if (!a) {
+      a = new DecodeAttention(heads, kvHeads, headDim, this.dtype, scale);
+      attentionByScale.set(scale, [...kept, a]);
+    }
+    return a;
+  }
+
+  /**
+   * softmax(scale q k^T) v over the whole cache buffers kc, vc [B, Hkv, capacity, D]
+   * for q [B, 1, H*D]; row b's keys are 0..positions[b]; `keys` = the longest row's
+   * count (picks the splits). Returns [B, 1, H*D].
+   */
+  cacheAttention(attention: DecodeAttention, q: MxArray, kc: MxArray, vc: MxArray, keys: number): MxArray {
+    launches++;
+    return attention.run(q, kc, vc, this.positions, this.B, keys);
+  }
+}

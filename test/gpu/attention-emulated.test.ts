@@ -1,0 +1,146 @@
+// The decode attention kernels' CUDA source (src/mlx/kernels-attention.ts: one
+// split, and several splits merged by the combine kernel) run on the CPU through
+// the CUDA emulation (cuda-emulation.h, g++) against float64 softmax attention
+// on the same fp16/bf16 inputs, over a cache buffer longer than the rows' keys.
+// test/gpu/fused.test.ts runs the real kernels against MLX's sdpa.
+import { describe, expect, test } from "bun:test";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import {
+  DECODE_ATTENTION_COMBINE_KERNEL,
+  DECODE_ATTENTION_KERNEL,
+  DECODE_ATTENTION_SPLIT_KERNEL,
+} from "../../src/mlx/kernels-attention";
+
+const compiler = ["g++", "c++", "clang++"].find((c) => Bun.which(c));
+const dir = join(import.meta.dir, "..", ".tmp", "attention-emulated");
+
+interface Case {
+  dtype: "f16" | "bf16";
+  b: number;
+  h: number;
+  hkv: number;
+  hd: number;
+  cap: number;
+  /** Each row's position (S = pos + 1). */
+  pos: number[];
+  splits: number;
+  warps: number;
+}
+
+function program(c: Case): string {
+  const T = c.dtype === "bf16" ? "__nv_bfloat16" : "__half";
+  const toF = c.dtype === "bf16" ? "__bfloat162float" : "__half2float";
+  const fromF = c.dtype === "bf16" ? "__float2bfloat16" : "__float2half";
+  const scale = 1 / Math.sqrt(c.hd);
+  const scaleBits = new Int32Array(Float32Array.of(scale * Math.LOG2E).buffer)[0];
+  const split = c.splits > 1;
+  const main = split ? DECODE_ATTENTION_SPLIT_KERNEL : DECODE_ATTENTION_KERNEL;
+  const constants = `using T = ${T};
+  constexpr int H = ${c.h}, HKV = ${c.hkv}, HD = ${c.hd}, WARPS = ${c.warps}, SCALE_BITS = ${scaleBits};`;
+  return `#include "${join(import.meta.dir, "cuda-emulation.h")}"
+#include <cstdio>
+#include <random>
+#include <array>
+${main.header}
+namespace mlx::core::cu {
+using Shape = std::array<int32_t, 10>;
+void attention(const ${T}* q, const ${T}* kc, Shape kc_shape, const ${T}* vc, const int32_t* pos, ${T}* out, float* part, float* stats) {
+  ${constants}
+  (void)out; (void)part; (void)stats;
+${main.source}
+}
+void combine(const float* part, const float* stats, ${T}* out) {
+  using T = ${T};
+  constexpr int HD = ${c.hd}, SPLITS = ${c.splits};
+${DECODE_ATTENTION_COMBINE_KERNEL.source}
+}
+}  // namespace mlx::core::cu
+int main() {
+  constexpr int B = ${c.b}, H = ${c.h}, HKV = ${c.hkv}, HD = ${c.hd}, CAP = ${c.cap}, SPLITS = ${c.splits}, WARPS = ${c.warps};
+  const int pos[B] = {${c.pos.join(", ")}};
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::vector<${T}> q(B * H * HD), kc(B * HKV * CAP * HD), vc(B * HKV * CAP * HD), out(B * H * HD);
+  std::vector<float> part(B * H * SPLITS * HD), stats(B * H * SPLITS * 2);
+  for (auto& v : q) v = ${fromF}(2.f * normal(rng));
+  for (auto& v : kc) v = ${fromF}(normal(rng));
+  for (auto& v : vc) v = ${fromF}(normal(rng));
+  // Unwritten cache columns past each row's keys: huge values that must not be read.
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < HKV; ++h)
+      for (int s = pos[b] + 1; s < CAP; ++s)
+        for (int d = 0; d < HD; ++d) kc[((b * HKV + h) * CAP + s) * HD + d] = vc[((b * HKV + h) * CAP + s) * HD + d] = ${fromF}(30000.f);
+  for (auto& v : out) v = ${fromF}(NAN);
+  mlx::core::cu::Shape shape{};
+  shape[0] = B; shape[1] = HKV; shape[2] = CAP; shape[3] = HD;
+  emu_launch(B * HKV * WARPS * 32, WARPS * 32, [&] {
+    mlx::core::cu::attention(q.data(), kc.data(), shape, vc.data(), pos, out.data(), part.data(), stats.data());
+  }, SPLITS);
+  if (SPLITS > 1) emu_launch(B * H * HD, HD, [&] { mlx::core::cu::combine(part.data(), stats.data(), out.data()); });
+  double err = 0, ref2 = 0;
+  int unwritten = 0;
+  const double scale = ${scale};
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h) {
+      const int kvh = h / (H / HKV);
+      const int S = pos[b] + 1;
+      std::vector<double> p(S);
+      double mx = -1e300, sum = 0;
+      for (int s = 0; s < S; ++s) {
+        double d = 0;
+        for (int e = 0; e < HD; ++e)
+          d += double(${toF}(q[(b * H + h) * HD + e])) * double(${toF}(kc[((b * HKV + kvh) * CAP + s) * HD + e]));
+        p[s] = d * scale;
+        mx = std::max(mx, p[s]);
+      }
+      for (int s = 0; s < S; ++s) sum += (p[s] = std::exp(p[s] - mx));
+      for (int e = 0; e < HD; ++e) {
+        double ref = 0;
+        for (int s = 0; s < S; ++s) ref += p[s] / sum * double(${toF}(vc[((b * HKV + kvh) * CAP + s) * HD + e]));
+        const double got = ${toF}(out[(b * H + h) * HD + e]);
+        if (std::isnan(got)) { unwritten++; continue; }
+        err += (got - ref) * (got - ref);
+        ref2 += ref * ref;
+      }
+    }
+  std::printf("{\\"rel\\": %.3e, \\"unwritten\\": %d}\\n", std::sqrt(err / ref2), unwritten);
+}
+`;
+}
+
+function run(c: Case): { rel: number; unwritten: number } {
+  mkdirSync(dir, { recursive: true });
+  const name = `${c.dtype}-${c.b}-${c.h}-${c.hkv}-${c.hd}-${c.cap}-${c.splits}`;
+  const src = join(dir, `${name}.cpp`);
+  const exe = join(dir, name);
+  writeFileSync(src, program(c));
+  const build = Bun.spawnSync([compiler as string, "-std=c++20", "-O1", "-pthread", src, "-o", exe], {
+    stderr: "pipe",
+  });
+  if (build.exitCode !== 0) throw new Error(`g++ failed:\n${build.stderr.toString().slice(0, 4000)}`);
+  const out = Bun.spawnSync([exe], { stdout: "pipe", stderr: "pipe" });
+  if (out.exitCode !== 0) throw new Error(`emulated kernel failed: ${out.stderr.toString()}`);
+  return JSON.parse(out.stdout.toString());
+}
+
+// Scores and softmax in float from 16-bit inputs; the output rounds once to fp16 (~5e-4) or bf16 (~4e-3).
+const TOLERANCE = { f16: 2e-3, bf16: 1.5e-2 };
+
+describe.skipIf(!compiler)("decode attention source, emulated on the CPU", () => {
+  const cases: Case[] = [
+    // Phi-3: head dim 96, no GQA; rows at different lengths, keys not a multiple of the warps' rounds.
+    { dtype: "f16", b: 2, h: 2, hkv: 2, hd: 96, cap: 256, pos: [130, 37], splits: 1, warps: 16 },
+    // GQA 4:1, head dim 64, split in 3 (the last split shorter), bf16.
+    { dtype: "bf16", b: 1, h: 8, hkv: 2, hd: 64, cap: 512, pos: [300], splits: 3, warps: 4 },
+    // More splits than some rows have keys for: empty splits merge to nothing.
+    { dtype: "f16", b: 2, h: 4, hkv: 4, hd: 128, cap: 64, pos: [5, 60], splits: 8, warps: 2 },
+  ];
+  for (const c of cases) {
+    test(`${c.dtype} B=${c.b} H=${c.h}/${c.hkv} HD=${c.hd} positions ${c.pos.join(",")} splits ${c.splits}`, () => {
+      const r = run(c);
+      expect(r.unwritten).toBe(0);
+      expect(r.rel).toBeLessThan(TOLERANCE[c.dtype]);
+    }, 120_000);
+  }
+});

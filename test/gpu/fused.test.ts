@@ -1,0 +1,212 @@
+// The fused decode kernels on a real GPU (skipped without CUDA): each fused
+// GEMV variant against MLX's unfused ops on the same inputs, and greedy tokens
+// of the tiny Llama and Phi-3 with the fused path (PENSIEVE_GPU_FUSED) on and off.
+//
+// Tolerance (fp16), relative L2 to MLX's result: the GEMV alone is within 3e-3
+// (gemv.test.ts); the fused epilogues round once where MLX rounds after each op,
+// and the RMSNorm prologue rounds x twice (x*norm, *rsqrt): under 5e-3. bf16: 3e-2.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { generateTokens } from "../../src/engine/one-sequence";
+import { samplingParams } from "../../src/engine/protocol";
+import * as mx from "../../src/mlx";
+import { kernelLanguage } from "../../src/mlx/kernels";
+import { decodeAttention, setKeysPerSplit } from "../../src/mlx/kernels-attention";
+import {
+  quantizedGemvNormRope,
+  quantizedGemvNormRopeQkv,
+  quantizedGemvNormSwiglu,
+  quantizedGemvResidual,
+} from "../../src/mlx/kernels-gemv-fused";
+import { fusedLaunchCount, gpuFusedEnabled, setGpuFused } from "../../src/models/gpu-fused";
+import { loadModel } from "../../src/models/loader";
+import { tinyModel } from "../support/models";
+
+const cuda = mx.gpuAvailable() && kernelLanguage() === "cuda";
+const tolerance = (dtype: mx.Dtype) => (dtype === mx.Dtype.float16 ? 5e-3 : 3e-2);
+const label = (dtype: mx.Dtype) => (dtype === mx.Dtype.float16 ? "fp16" : "bf16");
+
+function relativeDistance(a: mx.MxArray, b: mx.MxArray): number {
+  return mx.tidy(() => {
+    const fa = mx.astype(a, mx.Dtype.float32);
+    const fb = mx.astype(b, mx.Dtype.float32);
+    const d = mx.sqrt(mx.sum(mx.square(mx.subtract(fa, fb))));
+    const r = mx.sqrt(mx.sum(mx.square(fb)));
+    return (d.item() as number) / (r.item() as number);
+  });
+}
+
+const weight = (n: number, k: number, dtype: mx.Dtype, seed: number) =>
+  mx.quantize(mx.multiply(mx.randomNormal([n, k], dtype, 0, 1, mx.randomKey(seed)), 0.02), 64, 4);
+const hidden = (m: number, k: number, dtype: mx.Dtype, seed: number) =>
+  mx.add(mx.multiply(mx.randomNormal([m, 1, k], dtype, 0, 1, mx.randomKey(seed)), 4), 1);
+const normWeight = (k: number, dtype: mx.Dtype, seed: number) =>
+  mx.add(mx.randomUniform([k], dtype, mx.randomKey(seed)), 0.5);
+
+describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
+  let wasEnabled = false;
+  beforeAll(() => {
+    mx.setDevice("gpu");
+    wasEnabled = gpuFusedEnabled();
+  });
+  afterAll(() => setGpuFused(wasEnabled));
+
+  let seed = 500;
+  for (const dtype of [mx.Dtype.float16, mx.Dtype.bfloat16]) {
+    for (const m of [1, 3]) {
+      seed += 10;
+      const s = seed;
+      test(`${label(dtype)} M=${m}: o/down product + residual equals quantized_matmul + add`, () => {
+        mx.tidy(() => {
+          for (const [n, k] of [
+            [3072, 3072],
+            [3072, 8192],
+          ] as Array<[number, number]>) {
+            const q = weight(n, k, dtype, s);
+            const x = mx.randomNormal([m, 1, k], dtype, 0, 1, mx.randomKey(s + 1));
+            const res = mx.randomNormal([m, 1, n], dtype, 0, 2, mx.randomKey(s + 2));
+            const ours = quantizedGemvResidual(x, q, res);
+            expect(ours.shape).toEqual([m, 1, n]);
+            expect(relativeDistance(ours, mx.add(res, mx.quantizedMatmul(x, q)))).toBeLessThan(tolerance(dtype));
+          }
+        });
+      });
+      test(`${label(dtype)} M=${m}: RMSNorm + gate|up + SwiGLU equals rms_norm, quantized_matmul, swiglu`, () => {
+        mx.tidy(() => {
+          const [ffn, k] = [8192, 3072];
+          const q = weight(2 * ffn, k, dtype, s + 3);
+          const x = hidden(m, k, dtype, s + 4);
+          const g = normWeight(k, dtype, s + 5);
+          const ours = quantizedGemvNormSwiglu(x, g, 1e-5, q);
+          expect(ours.shape).toEqual([m, 1, ffn]);
+          const [gate, up] = mx.split(mx.quantizedMatmul(mx.rmsNorm(x, g, 1e-5), q), [ffn], -1) as [
+            mx.MxArray,
+            mx.MxArray,
+          ];
+          expect(relativeDistance(ours, mx.swiglu(gate, up, false))).toBeLessThan(tolerance(dtype));
+        });
+      });
+      for (const traditional of [false, true]) {
+        test(`${label(dtype)} M=${m}: RMSNorm + q|k|v + RoPE${traditional ? " (traditional)" : ""} equals rms_norm, quantized_matmul, rope`, () => {
+          mx.tidy(() => {
+            // Phi-3-mini: 32 heads of 96, no GQA; position 1000 (scale 0.5: linear scaling).
+            const [heads, kvHeads, hd, k] = [32, 32, 96, 3072];
+            const n = (heads + 2 * kvHeads) * hd;
+            const q = weight(n, k, dtype, s + 6);
+            const x = hidden(m, k, dtype, s + 7);
+            const g = normWeight(k, dtype, s + 8);
+            const base = 10000;
+            const invFreq = mx.divide(
+              1,
+              mx.power(mx.scalar(base), mx.divide(mx.arange(0, hd, 2, mx.Dtype.float32), hd)),
+            );
+            const offset = 1000;
+            const pos = mx.int32(Array.from({ length: m }, () => offset));
+            const rope = { headDim: hd, rotated: (heads + kvHeads) * hd, traditional, invFreq, positionScale: 0.5 };
+            const ours = quantizedGemvNormRope(x, g, 1e-5, q, pos, rope);
+            const y = mx.quantizedMatmul(mx.rmsNorm(x, g, 1e-5), q);
+            const [q0, k0, v0] = mx.split(y, [heads * hd, (heads + kvHeads) * hd], -1) as [
+              mx.MxArray,
+              mx.MxArray,
+              mx.MxArray,
+            ];
+            const rot = (t: mx.MxArray, h: number) => {
+              const r = mx.rope(mx.transpose(mx.reshape(t, [m, 1, h, hd]), [0, 2, 1, 3]), {
+                dims: hd,
+                traditional,
+                base,
+                scale: 0.5,
+                offset,
+              });
+              return mx.reshape(mx.transpose(r, [0, 2, 1, 3]), [m, 1, h * hd]);
+            };
+            const theirs = mx.concatenate([rot(q0, heads), rot(k0, kvHeads), v0], -1);
+            expect(relativeDistance(ours, theirs)).toBeLessThan(tolerance(dtype));
+          });
+        });
+      }
+    }
+  }
+
+  test("decode q|k|v as three outputs equals the one-output kernel", () => {
+    mx.tidy(() => {
+      const [heads, kvHeads, hd, k, B] = [8, 2, 64, 1024, 2];
+      const n = (heads + 2 * kvHeads) * hd;
+      const q = weight(n, k, mx.Dtype.float16, 900);
+      const x = hidden(B, k, mx.Dtype.float16, 901);
+      const g = normWeight(k, mx.Dtype.float16, 902);
+      const invFreq = mx.divide(1, mx.power(mx.scalar(10000), mx.divide(mx.arange(0, hd, 2, mx.Dtype.float32), hd)));
+      const pos = mx.int32([77, 77]);
+      const rope = { headDim: hd, rotated: (heads + kvHeads) * hd, traditional: false, invFreq };
+      const [q3, k3, v3] = quantizedGemvNormRopeQkv(x, g, 1e-5, q, pos, rope, kvHeads);
+      expect(q3.shape).toEqual([B, 1, heads * hd]);
+      expect(k3.shape).toEqual([B, kvHeads, 1, hd]);
+      const one = quantizedGemvNormRope(x, g, 1e-5, q, pos, rope);
+      const joined = mx.concatenate(
+        [q3, mx.reshape(k3, [B, 1, kvHeads * hd]), mx.reshape(v3, [B, 1, kvHeads * hd])],
+        -1,
+      );
+      expect(relativeDistance(joined, one)).toBe(0);
+    });
+  });
+
+  // Decode attention against MLX's sdpa over the same keys: scores and softmax in float, one rounding of the output.
+  for (const [heads, kvHeads, hd, keys, splits] of [
+    [32, 32, 96, 300, 1], // Phi-3-mini
+    [32, 32, 96, 3000, 6],
+    [32, 8, 128, 1000, 3], // Llama 3 8B
+    [8, 2, 64, 17, 4], // more splits than a short context fills
+  ] as Array<[number, number, number, number, number]>) {
+    for (const dtype of [mx.Dtype.float16, mx.Dtype.bfloat16]) {
+      test(`${label(dtype)} decode attention H=${heads}/${kvHeads} D=${hd}, ${keys} keys, ${splits} split(s) equals sdpa`, () => {
+        mx.tidy(() => {
+          const B = 2;
+          const cap = keys + 50;
+          const kc = mx.randomNormal([B, kvHeads, cap, hd], dtype, 0, 1, mx.randomKey(keys));
+          const vc = mx.randomNormal([B, kvHeads, cap, hd], dtype, 0, 1, mx.randomKey(keys + 1));
+          const q = mx.randomNormal([B, 1, heads * hd], dtype, 0, 2, mx.randomKey(keys + 2));
+          const scale = 1 / Math.sqrt(hd);
+          const pos = mx.int32([keys - 1, keys - 1]);
+          const ours = decodeAttention(q, kc, vc, pos, scale, heads, keys, splits);
+          const q4 = mx.transpose(mx.reshape(q, [B, 1, heads, hd]), [0, 2, 1, 3]);
+          const ref = mx.sdpa(q4, mx.sliceAxis(kc, 2, 0, keys), mx.sliceAxis(vc, 2, 0, keys), scale, null);
+          const theirs = mx.reshape(mx.transpose(ref, [0, 2, 1, 3]), [B, 1, heads * hd]);
+          expect(relativeDistance(ours, theirs)).toBeLessThan(dtype === mx.Dtype.float16 ? 2e-3 : 1.5e-2);
+        });
+      });
+    }
+  }
+
+  // tiny-phi3's LongRoPE switches to the long factors past 64 tokens: 50 + 24 crosses it.
+  for (const [name, promptLength] of [
+    ["tiny-llama", 20],
+    ["tiny-phi3", 50],
+  ] as Array<[string, number]>) {
+    test(`${name}: greedy tokens with the fused path equal those without (attention in one and in several splits)`, () => {
+      const dir = tinyModel(name);
+      const prompt = Array.from({ length: promptLength }, (_, i) => 100 + ((i * 37) % 900));
+      const tokens = (on: boolean, perSplit = 512) => {
+        setGpuFused(on);
+        setKeysPerSplit(perSplit);
+        const { model } = loadModel(dir);
+        try {
+          const before = fusedLaunchCount();
+          const out: number[] = [];
+          for (const step of generateTokens(model, prompt, { maxTokens: 24, sampling: samplingParams() })) {
+            out.push(step.token);
+          }
+          return { out, launches: fusedLaunchCount() - before };
+        } finally {
+          model.dispose();
+          setKeysPerSplit(512);
+        }
+      };
+      const without = tokens(false);
+      const withFused = tokens(true);
+      const splitFused = tokens(true, 16);
+      expect(without.launches).toBe(0);
+      expect(withFused.launches).toBeGreaterThan(0);
+      expect(withFused.out).toEqual(without.out);
+      expect(splitFused.out).toEqual(without.out);
+    }, 240_000);
+  }
+});
