@@ -1,9 +1,14 @@
 // Just enough of CUDA to run a warp-level kernel's source on the CPU with g++:
 // 16-bit float types and their packed intrinsics (fp16 through _Float16,
 // bfloat16 rounded to nearest even), __byte_perm, __ldg, and __shfl_xor_sync
-// over 32 threads that stand for a warp's lanes. Used by test/gpu/*-emulated
-// tests to check a kernel's indexing and arithmetic where no GPU is present.
+// over 32 threads that stand for a warp's lanes; __syncthreads, dynamic shared
+// memory, a 2-D grid, atomicAdd, and the warp-wide tensor-core product
+// mma.sync.m16n8k16 (fragments laid out as the PTX ISA specifies). Used by
+// test/gpu/*-emulated tests to check a kernel's indexing and arithmetic where
+// no GPU is present.
 #pragma once
+#include <algorithm>
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -21,7 +26,9 @@
 struct uint4 { uint32_t x, y, z, w; };
 struct float2 { float x, y; };
 struct EmuDim { unsigned x = 0, y = 0, z = 0; };
-thread_local EmuDim threadIdx, blockIdx;
+thread_local EmuDim threadIdx, blockIdx, gridDim;
+using std::min;
+using std::max;
 
 struct __half { _Float16 v; };
 struct __half2 { __half x, y; };
@@ -78,6 +85,7 @@ inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; 
 struct EmuWarp {
   std::barrier<> sync{32};
   float slots[32];
+  uint32_t frags[32][6];
 };
 thread_local EmuWarp* emu_warp = nullptr;
 thread_local std::barrier<>* emu_block = nullptr;
@@ -93,23 +101,84 @@ inline float __shfl_xor_sync(unsigned, float v, int mask) {
 // first drops out of the barrier.
 inline void __syncthreads() { emu_block->arrive_and_wait(); }
 
+// Float atomics: blocks run one after another, but a block's threads run at once.
+inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}: D (16x8) += A (16x16) B (16x8)
+// over the warp. Lane l = 4*g + t holds A's halves (row, col) in registers
+// a[0] (g, 2t..2t+1), a[1] (g+8, 2t..), a[2] (g, 2t+8..), a[3] (g+8, 2t+8..);
+// B's (k, col) in b0 (2t..2t+1, g), b1 (2t+8..2t+9, g); D's in d[0..1] (g, 2t..2t+1),
+// d[2..3] (g+8, 2t..2t+1); the lower half of a register is the lower column / k.
+// Products are summed in double here and rounded to float once (the tensor core
+// keeps at least float precision).
+inline float emu_half_bits(uint32_t h, bool bf16) {
+  if (bf16) return __bfloat162float(__nv_bfloat16{static_cast<uint16_t>(h)});
+  __half v;
+  const uint16_t u = static_cast<uint16_t>(h);
+  std::memcpy(&v, &u, 2);
+  return __half2float(v);
+}
+inline void emu_mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, bool bf16) {
+  const int lane = threadIdx.x & 31;
+  EmuWarp* w = emu_warp;
+  for (int i = 0; i < 4; ++i) w->frags[lane][i] = a[i];
+  w->frags[lane][4] = b0;
+  w->frags[lane][5] = b1;
+  w->sync.arrive_and_wait();
+  auto A = [&](int row, int col) {
+    const uint32_t r = w->frags[(row % 8) * 4 + (col % 8) / 2][(row >= 8 ? 1 : 0) + (col >= 8 ? 2 : 0)];
+    return emu_half_bits(col % 2 ? r >> 16 : r & 0xFFFFu, bf16);
+  };
+  auto B = [&](int k, int col) {
+    const uint32_t r = w->frags[col * 4 + (k % 8) / 2][4 + (k >= 8 ? 1 : 0)];
+    return emu_half_bits(k % 2 ? r >> 16 : r & 0xFFFFu, bf16);
+  };
+  const int g = lane / 4, t = lane % 4;
+  float out[4];
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i % 2);
+    double s = d[i];
+    for (int k = 0; k < 16; ++k) s += double(A(row, k)) * double(B(k, col));
+    out[i] = static_cast<float>(s);
+  }
+  w->sync.arrive_and_wait();
+  for (int i = 0; i < 4; ++i) d[i] = out[i];
+}
+
+// A block's dynamic shared memory (extern __shared__ on the GPU).
+thread_local unsigned char* emu_shared = nullptr;
+template <typename T>
+inline T* emu_dynamic_shared() { return reinterpret_cast<T*>(emu_shared); }
+
 // Runs kernel() over grid (total threads, MLX's convention) in blocks of `block`
-// threads; a block's threads all run at once, blocks one after another.
-inline void emu_launch(unsigned grid, unsigned block, const std::function<void()>& kernel) {
-  for (unsigned b = 0; b < (grid + block - 1) / block; ++b) {
-    std::vector<EmuWarp> warps(block / 32);
-    std::barrier<> sync(block);
-    std::vector<std::thread> threads;
-    for (unsigned t = 0; t < block; ++t) {
-      threads.emplace_back([&, t] {
-        emu_warp = &warps[t / 32];
-        emu_block = &sync;
-        threadIdx.x = t;
-        blockIdx.x = b;
-        kernel();
-        sync.arrive_and_drop();
-      });
+// threads, gridY blocks deep (blockIdx.y), with `shared` bytes of dynamic shared
+// memory per block (filled with NaN bytes); a block's threads all run at once,
+// blocks one after another.
+inline void emu_launch(unsigned grid, unsigned block, const std::function<void()>& kernel, unsigned gridY = 1,
+                       size_t shared = 0) {
+  const unsigned blocks = (grid + block - 1) / block;
+  for (unsigned by = 0; by < gridY; ++by) {
+    for (unsigned b = 0; b < blocks; ++b) {
+      std::vector<EmuWarp> warps(block / 32);
+      std::vector<unsigned char> smem(shared, 0xFF);
+      std::barrier<> sync(block);
+      std::vector<std::thread> threads;
+      for (unsigned t = 0; t < block; ++t) {
+        threads.emplace_back([&, t] {
+          emu_warp = &warps[t / 32];
+          emu_block = &sync;
+          emu_shared = smem.data();
+          threadIdx.x = t;
+          blockIdx.x = b;
+          blockIdx.y = by;
+          gridDim.x = blocks;
+          gridDim.y = gridY;
+          gridDim.z = 1;
+          kernel();
+          sync.arrive_and_drop();
+        });
+      }
+      for (auto& t : threads) t.join();
     }
-    for (auto& t : threads) t.join();
   }
 }
