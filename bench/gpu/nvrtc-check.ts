@@ -55,7 +55,11 @@ const cstr = (s: string) => Buffer.from(`${s}\0`);
 /** The source MLX 0.32's cuda_kernel generates (mlx/backend/cuda/custom_kernel.cpp, build_kernel). */
 function mlxSource(T: string, out: string, constants: Record<string, string>): string {
   const consts = Object.entries(constants)
-    .map(([k, v]) => (v.startsWith("__") ? `  using ${k} = ${v};` : `  constexpr ${v === "true" || v === "false" ? "bool" : "int"} ${k} = ${v};`))
+    .map(([k, v]) =>
+      v.startsWith("__")
+        ? `  using ${k} = ${v};`
+        : `  constexpr ${v === "true" || v === "false" ? "bool" : "int"} ${k} = ${v};`,
+    )
     .join("\n");
   return `
 #include "mlx/backend/cuda/device/utils.cuh"
@@ -140,7 +144,13 @@ for (const [T, tname] of [
       if (!r.ok || /error/i.test(r.log)) {
         failed++;
         console.log(r.log.slice(0, 6000));
-      } else if (/warning/i.test(r.log)) console.log(r.log.split("\n").filter((l) => /warning/i.test(l)).join("\n"));
+      } else if (/warning/i.test(r.log))
+        console.log(
+          r.log
+            .split("\n")
+            .filter((l) => /warning/i.test(l))
+            .join("\n"),
+        );
     }
   }
 }

@@ -20,7 +20,8 @@
 //   __byte_perm. A weight becomes s*q + b in 16-bit, as MLX's dequantize does.
 // - Split-K (gridDim.y > 1) adds float partial sums into a zeroed float32 output
 //   (atomics); the host casts it. One k-slice writes T directly.
-// x's rows (and the weight's) must start 16-byte aligned: K % 128 == 0 here.
+// x's rows (and the weight's) must start 16-byte aligned: K % 32 == 0 here (a
+// partial last k-block reads zero weights against zero x).
 import { Dtype, type MxArray } from "./array";
 import { CustomKernel, type KernelPlan, kernelLanguage } from "./kernels";
 import type { QuantizedWeight } from "./ops";
@@ -131,7 +132,7 @@ const SOURCE = `
   const int M = [&] { int m = 1; for (int i = 0; i + 1 < x_ndim; ++i) m *= x_shape[i]; return m; }();
   const int N = w_shape[0];
   const int K = w_shape[1] * 8;
-  const int KB = K / 128;                       // k-blocks of the whole row
+  const int KB = (K + 127) / 128;               // k-blocks of the whole row (the last may be partial)
   const int per = (KB + gridDim.y - 1) / gridDim.y;
   const int kb0 = blockIdx.y * per;
   const int kb1 = min(KB, kb0 + per);
@@ -154,10 +155,16 @@ const SOURCE = `
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const size_t f = (size_t)(f0 + a * 16 + h * 8 + g);
-        wv[a][h] = pvq_load_stream(wq + f * (K / 32) + kb * 4 + t);
-        const size_t gi = f * groups + (kb * 128 + t * 32) / GROUP;
-        sv[a][h] = Q::splat(scales[gi]);
-        bv[a][h] = Q::splat(biases[gi]);
+        if (kb * 128 + t * 32 < K) {
+          wv[a][h] = pvq_load_stream(wq + f * (K / 32) + kb * 4 + t);
+          const size_t gi = f * groups + (kb * 128 + t * 32) / GROUP;
+          sv[a][h] = Q::splat(scales[gi]);
+          bv[a][h] = Q::splat(biases[gi]);
+        } else {  // past K in a partial last k-block: weights 0 (and x 0 in shared memory)
+          wv[a][h] = make_uint4(0u, 0u, 0u, 0u);
+          sv[a][h] = pvq_bits<T2>(0u);
+          bv[a][h] = pvq_bits<T2>(0u);
+        }
       }
   };
   if (active) load(kb0, wcur, scur, bcur);
@@ -169,12 +176,14 @@ const SOURCE = `
   uint4* pvq_xs = emu_dynamic_shared<uint4>();
 #endif
   {
-    const int chunks = (kb1 - kb0) * 16;  // 16-byte chunks per row
+    const int chunks = (kb1 - kb0) * 16;                // 16-byte chunks per row
+    const int valid = min(chunks, K / 8 - kb0 * 16);    // those inside K
     const uint4* xg = reinterpret_cast<const uint4*>(x);
     for (int i = threadIdx.x; i < M * chunks; i += WARPS * 32) {
       const int r = i / chunks;
       const int c = i - r * chunks;
-      pvq_copy16(pvq_xs + pvq_slot(r, c, MT), xg + (size_t)r * (K / 8) + kb0 * 16 + c);
+      if (c < valid) pvq_copy16(pvq_xs + pvq_slot(r, c, MT), xg + (size_t)r * (K / 8) + kb0 * 16 + c);
+      else pvq_xs[pvq_slot(r, c, MT)] = make_uint4(0u, 0u, 0u, 0u);
     }
     pvq_copy_wait();
     __syncthreads();
@@ -291,13 +300,13 @@ export function qmmConfig(n: number, k: number, m: number): QmmConfig {
   const rowTile = QMM_ROW_TILES.find((r) => r >= m) ?? 64;
   const warps = rowTile >= 32 ? 8 : 4;
   const tiles = Math.ceil(n / (warps * 32));
-  const kBlocks = k / 128;
+  const kBlocks = Math.ceil(k / 128);
   let splits = Math.ceil(k / qmmMaxSlice(rowTile));
   while (tiles * splits < SMS && splits * 2 <= kBlocks) splits *= 2;
   return { rowTile, warps, splits: Math.min(splits, kBlocks) };
 }
 
-/** Whether the kernel handles this weight: CUDA, 4 bits, affine with biases, fp16/bf16, K % 128, N % 32. */
+/** Whether the kernel handles this weight: CUDA, 4 bits, affine with biases, fp16/bf16, K % 32, N % 32. */
 export function qmmSupports(q: QuantizedWeight): boolean {
   const n = q.weight.dim(0);
   const k = (q.weight.dim(1) * 32) / q.bits;
@@ -307,7 +316,7 @@ export function qmmSupports(q: QuantizedWeight): boolean {
     q.biases !== null &&
     (q.scales.dtype === Dtype.float16 || q.scales.dtype === Dtype.bfloat16) &&
     q.biases.dtype === q.scales.dtype &&
-    k % 128 === 0 &&
+    k % 32 === 0 &&
     n % 32 === 0 &&
     kernelLanguage() === "cuda"
   );
@@ -337,7 +346,7 @@ export function quantizedMatmulBatched(x: MxArray, q: QuantizedWeight, config?: 
   if (!q.biases) throw new Error("pv_qmm_w4: the weight has no biases");
   const c = config ?? qmmConfig(n, k, m);
   if (c.rowTile < m || !QMM_ROW_TILES.includes(c.rowTile as 8)) throw new Error(`pv_qmm_w4: row tile ${c.rowTile}`);
-  if (Math.ceil(k / 128 / c.splits) * 128 > qmmMaxSlice(c.rowTile)) {
+  if (Math.ceil(Math.ceil(k / 128) / c.splits) * 128 > qmmMaxSlice(c.rowTile)) {
     throw new Error(`pv_qmm_w4: a k-slice of ${k}/${c.splits} does not fit shared memory at ${c.rowTile} rows`);
   }
   const split = c.splits > 1;

@@ -24,6 +24,7 @@
 #define __shared__ static
 
 struct uint4 { uint32_t x, y, z, w; };
+inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w) { return {x, y, z, w}; }
 struct float2 { float x, y; };
 struct EmuDim { unsigned x = 0, y = 0, z = 0; };
 thread_local EmuDim threadIdx, blockIdx, gridDim;

@@ -115,6 +115,9 @@ describe.skipIf(!compiler)("batched 4-bit matmul source (tensor cores), emulated
     // A full 64-row tile, one k-slice; a 32-row tile with 2 rows.
     { dtype: "f16", m: 64, n: 32, k: 256, group: 64, rowTile: 64, warps: 1, splits: 1 },
     { dtype: "bf16", m: 2, n: 32, k: 512, group: 64, rowTile: 32, warps: 1, splits: 1 },
+    // K not a multiple of 128 (tiny Phi-3's 192; 288 over 2 k-slices): a partial last k-block.
+    { dtype: "f16", m: 7, n: 64, k: 192, group: 64, rowTile: 8, warps: 2, splits: 1 },
+    { dtype: "f16", m: 20, n: 32, k: 288, group: 32, rowTile: 32, warps: 1, splits: 2 },
   ];
   for (const c of cases) {
     test(`${c.dtype} M=${c.m} N=${c.n} K=${c.k} group ${c.group}, tile ${c.rowTile}, ${c.warps} warps, ${c.splits} k-slices`, () => {
@@ -136,6 +139,7 @@ describe.skipIf(!compiler)("batched 4-bit matmul source (tensor cores), emulated
         const c = qmmConfig(n, k, m);
         expect(c.rowTile).toBeGreaterThanOrEqual(m);
         expect(Math.ceil(k / 128 / c.splits) * 128).toBeLessThanOrEqual(qmmMaxSlice(c.rowTile));
+        expect(c.splits).toBeLessThanOrEqual(k / 128);
         expect(Math.ceil(n / (c.warps * 32)) * c.splits).toBeGreaterThanOrEqual(100);
       }
     }
