@@ -16,7 +16,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as mx from "../../src/mlx";
 import { kernelLanguage } from "../../src/mlx/kernels";
-import { type QmmConfig, qmmConfig, qmmMaxSlice, quantizedMatmulBatched } from "../../src/mlx/kernels-qmm";
+import { type QmmConfig, qmmConfig, qmmGrid, qmmMaxSlice, quantizedMatmulBatched } from "../../src/mlx/kernels-qmm";
 
 const args = process.argv.slice(2);
 const flag = (name: string) => {
@@ -87,23 +87,26 @@ interface Row {
   denseUs: number;
   pensieveGBps: number;
   config: QmmConfig;
-  sweep: Array<{ warps: number; splits: number; us: number }>;
+  sweep: Array<{ warps: number; splits: number; blocks: number; us: number }>;
 }
 
-/** Other configurations worth a try: 4 or 8 warps, the default k-slices and 2x / 4x / half. */
+/** Other configurations worth a try: the model's choice for 4 and 8 warps, one tile per block, half / twice the k-slices. */
 function sweepConfigs(n: number, k: number, m: number): QmmConfig[] {
-  const base = qmmConfig(n, k, m);
+  const { rowTile } = qmmConfig(n, k, m);
   const kBlocks = Math.ceil(k / 128);
-  const out: QmmConfig[] = [];
+  const out = new Map<string, QmmConfig>();
+  const add = (c: QmmConfig) => {
+    if (c.splits < 1 || c.splits > kBlocks) return;
+    if (Math.ceil(kBlocks / c.splits) * 128 > qmmMaxSlice(rowTile)) return;
+    out.set(`${c.warps}/${c.splits}/${c.blocks}`, c);
+  };
   for (const warps of [4, 8]) {
-    for (const f of [0.5, 1, 2, 4]) {
-      const splits = Math.round(base.splits * f);
-      if (splits < 1 || splits > kBlocks) continue;
-      if (Math.ceil(kBlocks / splits) * 128 > qmmMaxSlice(base.rowTile)) continue;
-      out.push({ rowTile: base.rowTile, warps, splits });
-    }
+    const tiles = Math.ceil(n / (warps * 32));
+    const g = qmmGrid(n, k, m, rowTile, warps);
+    add({ rowTile, warps, ...g });
+    for (const f of [0.5, 1, 2]) add({ rowTile, warps, splits: Math.round(g.splits * f), blocks: tiles });
   }
-  return out;
+  return [...out.values()];
 }
 
 const results: Row[] = [];
@@ -157,6 +160,7 @@ for (const s of SHAPES) {
         sweep.push({
           warps: c.warps,
           splits: c.splits,
+          blocks: c.blocks ?? 0,
           us: 1e6 * median([0, 1, 2].map(() => timeProducts(ours(c), count))),
         });
       }
@@ -202,11 +206,11 @@ const lines = [
   `GPU: ${gpu}. MLX ${mx.mlxVersion()}. Datasheet ${PEAK_GBPS} GB/s (H100 SXM).`,
   "Per product: wall time of one evaluated graph of ~100 products over >= 256 MB of distinct weights, divided by the count (median of 5). GB/s: the 4-bit weight's bytes (with scales and biases) per second.",
   "",
-  "| shape | N x K | rows | 4-bit MB | Pensieve us | MLX qmm us | fp16 dense us | Pensieve GB/s | of datasheet | vs MLX | vs dense | tile, warps, k-slices |",
+  "| shape | N x K | rows | 4-bit MB | Pensieve us | MLX qmm us | fp16 dense us | Pensieve GB/s | of datasheet | vs MLX | vs dense | tile, warps, k-slices, blocks |",
   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
   ...results.map(
     (r) =>
-      `| ${r.shape} | ${r.n} x ${r.k} | ${r.m} | ${(r.weightBytes / 1e6).toFixed(2)} | ${r.pensieveUs.toFixed(2)} | ${r.mlxUs.toFixed(2)} | ${r.denseUs.toFixed(2)} | ${r.pensieveGBps.toFixed(0)} | ${((100 * r.pensieveGBps) / PEAK_GBPS).toFixed(0)}% | ${(r.mlxUs / r.pensieveUs).toFixed(2)}x | ${(r.denseUs / r.pensieveUs).toFixed(2)}x | ${r.config.rowTile}, ${r.config.warps}, ${r.config.splits} |`,
+      `| ${r.shape} | ${r.n} x ${r.k} | ${r.m} | ${(r.weightBytes / 1e6).toFixed(2)} | ${r.pensieveUs.toFixed(2)} | ${r.mlxUs.toFixed(2)} | ${r.denseUs.toFixed(2)} | ${r.pensieveGBps.toFixed(0)} | ${((100 * r.pensieveGBps) / PEAK_GBPS).toFixed(0)}% | ${(r.mlxUs / r.pensieveUs).toFixed(2)}x | ${(r.denseUs / r.pensieveUs).toFixed(2)}x | ${r.config.rowTile}, ${r.config.warps}, ${r.config.splits}, ${r.config.blocks} |`,
   ),
   "",
   "Matrix products of one Phi-3-mini decode step (32 x (qkv + o + gate|up + down) + lm_head), us:",
@@ -215,11 +219,12 @@ const lines = [
   "|---:|---:|---:|---:|",
   ...perStep.map((p) => `| ${p.m} | ${p.pensieveUs.toFixed(0)} | ${p.mlxUs.toFixed(0)} | ${p.denseUs.toFixed(0)} |`),
   "",
-  "Sweep (us per product, median of 3): warps x k-slices",
+  "Sweep (us per product, median of 3): warps x k-slices x feature blocks",
   ...results
     .filter((r) => r.sweep.length)
     .map(
-      (r) => `- ${r.shape} rows ${r.m}: ${r.sweep.map((s) => `${s.warps}x${s.splits}=${s.us.toFixed(2)}`).join(" ")}`,
+      (r) =>
+        `- ${r.shape} rows ${r.m}: ${r.sweep.map((s) => `${s.warps}x${s.splits}x${s.blocks}=${s.us.toFixed(2)}`).join(" ")}`,
     ),
 ];
 console.log(lines.join("\n"));

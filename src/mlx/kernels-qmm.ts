@@ -109,9 +109,30 @@ __device__ __forceinline__ void pvq_copy_wait() {
 #endif
 }
 
-__device__ __forceinline__ void pvq_out(float* y, size_t i, float v) { atomicAdd(y + i, v); }
-__device__ __forceinline__ void pvq_out(__half* y, size_t i, float v) { y[i] = __float2half(v); }
-__device__ __forceinline__ void pvq_out(__nv_bfloat16* y, size_t i, float v) { y[i] = __float2bfloat16(v); }
+// 4 consecutive outputs from i (i % 4 == 0): float partial sums are added (split-K), 16-bit ones written.
+__device__ __forceinline__ void pvq_out4(float* y, size_t i, float4 v) {
+#ifdef __CUDA_ARCH__
+  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(y + i), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w)
+               : "memory");
+#else
+  atomicAdd(y + i, v.x);
+  atomicAdd(y + i + 1, v.y);
+  atomicAdd(y + i + 2, v.z);
+  atomicAdd(y + i + 3, v.w);
+#endif
+}
+__device__ __forceinline__ void pvq_out4(__half* y, size_t i, float4 v) {
+  uint2 u;
+  u.x = pvq_word(__floats2half2_rn(v.x, v.y));
+  u.y = pvq_word(__floats2half2_rn(v.z, v.w));
+  *reinterpret_cast<uint2*>(y + i) = u;
+}
+__device__ __forceinline__ void pvq_out4(__nv_bfloat16* y, size_t i, float4 v) {
+  uint2 u;
+  u.x = pvq_word(__floats2bfloat162_rn(v.x, v.y));
+  u.y = pvq_word(__floats2bfloat162_rn(v.z, v.w));
+  *reinterpret_cast<uint2*>(y + i) = u;
+}
 
 // Where x[r][8*c .. 8*c+8) of the staged slice sits (uint4 units): chunk-major,
 // rows within a chunk XOR-swizzled so that a warp's fragment loads hit distinct banks.
@@ -141,33 +162,50 @@ const SOURCE = `
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2;
   const int t = lane & 3;
-  const int f0 = (blockIdx.x * WARPS + warp) * 32;
-  const bool active = f0 < N;
   const int groups = K / GROUP;
   const uint4* wq = reinterpret_cast<const uint4*>(w);
+  // Feature tiles of WARPS*32: this block takes tiles blockIdx.x, + gridDim.x, ... over one staged x.
+  const int tiles = (N + WARPS * 32 - 1) / (WARPS * 32);
+  const int nkb = kb1 - kb0;
+  const int steps = (tiles - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x * nkb;
+  auto first_feature = [&](int tile) { return (tile * WARPS + warp) * 32; };
 
-  // Weights of k-block kb: [A tile][feature g | g+8], with their scale and bias pairs.
-  uint4 wcur[2][2], wnxt[2][2];
-  T2 scur[2][2], bcur[2][2], snxt[2][2], bnxt[2][2];
-  auto load = [&](int kb, uint4 (&wv)[2][2], T2 (&sv)[2][2], T2 (&bv)[2][2]) {
+  // Weights of k-block kb of the warp's 32 features from f0: [A tile][feature g | g+8], with scale and bias
+  // pairs, PF k-blocks ahead of the one in use (wv[0]): a ring shifted by one each step.
+  constexpr int PF = MT >= 32 ? 2 : 3;
+  uint4 wv[PF + 1][2][2];
+  T2 sv[PF + 1][2][2], bv[PF + 1][2][2];
+  auto load = [&](int f0, int kb, uint4 (&ow)[2][2], T2 (&os)[2][2], T2 (&ob)[2][2]) {
 #pragma unroll
     for (int a = 0; a < 2; ++a)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const size_t f = (size_t)(f0 + a * 16 + h * 8 + g);
         if (kb * 128 + t * 32 < K) {
-          wv[a][h] = pvq_load_stream(wq + f * (K / 32) + kb * 4 + t);
+          ow[a][h] = pvq_load_stream(wq + f * (K / 32) + kb * 4 + t);
           const size_t gi = f * groups + (kb * 128 + t * 32) / GROUP;
-          sv[a][h] = Q::splat(scales[gi]);
-          bv[a][h] = Q::splat(biases[gi]);
+          os[a][h] = Q::splat(scales[gi]);
+          ob[a][h] = Q::splat(biases[gi]);
         } else {  // past K in a partial last k-block: weights 0 (and x 0 in shared memory)
-          wv[a][h] = make_uint4(0u, 0u, 0u, 0u);
-          sv[a][h] = pvq_bits<T2>(0u);
-          bv[a][h] = pvq_bits<T2>(0u);
+          ow[a][h] = make_uint4(0u, 0u, 0u, 0u);
+          os[a][h] = pvq_bits<T2>(0u);
+          ob[a][h] = pvq_bits<T2>(0u);
         }
       }
   };
-  if (active) load(kb0, wcur, scur, bcur);
+  // The load cursor (tile, k-block), PF steps ahead of the compute cursor.
+  int ltile = blockIdx.x, lkb = kb0;
+  auto advance = [&](int& tl, int& k) {
+    if (++k == kb1) {
+      k = kb0;
+      tl += gridDim.x;
+    }
+  };
+#pragma unroll
+  for (int d = 0; d < PF; ++d) {
+    if (d < steps && first_feature(ltile) < N) load(first_feature(ltile), lkb, wv[d], sv[d], bv[d]);
+    advance(ltile, lkb);
+  }
 
   // Stage x[:, kb0*128 .. kb1*128) (rows < M) into shared memory.
 #ifdef __CUDA_ARCH__
@@ -176,7 +214,7 @@ const SOURCE = `
   uint4* pvq_xs = emu_dynamic_shared<uint4>();
 #endif
   {
-    const int chunks = (kb1 - kb0) * 16;                // 16-byte chunks per row
+    const int chunks = nkb * 16;                        // 16-byte chunks per row
     const int valid = min(chunks, K / 8 - kb0 * 16);    // those inside K
     const uint4* xg = reinterpret_cast<const uint4*>(x);
     for (int i = threadIdx.x; i < M * chunks; i += WARPS * 32) {
@@ -188,7 +226,7 @@ const SOURCE = `
     pvq_copy_wait();
     __syncthreads();
   }
-  if (!active) return;
+  // No barrier below: warps past N skip their work.
 
   float acc[2][NT][4];
 #pragma unroll
@@ -198,62 +236,81 @@ const SOURCE = `
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[a][n][i] = 0.f;
 
-  for (int kb = kb0; kb < kb1; ++kb) {
-    if (kb + 1 < kb1) load(kb + 1, wnxt, snxt, bnxt);
-    const int cbase = (kb - kb0) * 16 + t * 4;
+  int tile = blockIdx.x, kb = kb0;
+  for (int step = 0; step < steps; ++step) {
+    const int f0 = first_feature(tile);
+    if (step + PF < steps && first_feature(ltile) < N) load(first_feature(ltile), lkb, wv[PF], sv[PF], bv[PF]);
+    advance(ltile, lkb);
+    if (f0 < N) {
+      const int cbase = (kb - kb0) * 16 + t * 4;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      // x pairs (0,4) (1,5) | (2,6) (3,7) of chunk cbase + j, for each column tile.
-      uint32_t bx[NT][4];
-#pragma unroll
-      for (int n = 0; n < NT; ++n) {
-        const uint4 v = pvq_xs[pvq_slot(n * 8 + g, cbase + j, MT)];
-        bx[n][0] = __byte_perm(v.x, v.z, 0x5410);
-        bx[n][1] = __byte_perm(v.x, v.z, 0x7632);
-        bx[n][2] = __byte_perm(v.y, v.w, 0x5410);
-        bx[n][3] = __byte_perm(v.y, v.w, 0x7632);
-      }
-#pragma unroll
-      for (int a = 0; a < 2; ++a) {
-        const uint32_t w0 = j == 0 ? wcur[a][0].x : j == 1 ? wcur[a][0].y : j == 2 ? wcur[a][0].z : wcur[a][0].w;
-        const uint32_t w1 = j == 0 ? wcur[a][1].x : j == 1 ? wcur[a][1].y : j == 2 ? wcur[a][1].z : wcur[a][1].w;
-        const uint32_t lo[4] = {pvq_deq<T>(w0, 0, scur[a][0], bcur[a][0]), pvq_deq<T>(w1, 0, scur[a][1], bcur[a][1]),
-                                pvq_deq<T>(w0, 4, scur[a][0], bcur[a][0]), pvq_deq<T>(w1, 4, scur[a][1], bcur[a][1])};
-        const uint32_t hi[4] = {pvq_deq<T>(w0, 8, scur[a][0], bcur[a][0]), pvq_deq<T>(w1, 8, scur[a][1], bcur[a][1]),
-                                pvq_deq<T>(w0, 12, scur[a][0], bcur[a][0]), pvq_deq<T>(w1, 12, scur[a][1], bcur[a][1])};
+      for (int j = 0; j < 4; ++j) {
+        // x pairs (0,4) (1,5) | (2,6) (3,7) of chunk cbase + j, for each column tile.
+        uint32_t bx[NT][4];
 #pragma unroll
         for (int n = 0; n < NT; ++n) {
-          Q::mma(acc[a][n], lo, bx[n][0], bx[n][1]);
-          Q::mma(acc[a][n], hi, bx[n][2], bx[n][3]);
+          const uint4 v = pvq_xs[pvq_slot(n * 8 + g, cbase + j, MT)];
+          bx[n][0] = __byte_perm(v.x, v.z, 0x5410);
+          bx[n][1] = __byte_perm(v.x, v.z, 0x7632);
+          bx[n][2] = __byte_perm(v.y, v.w, 0x5410);
+          bx[n][3] = __byte_perm(v.y, v.w, 0x7632);
+        }
+#pragma unroll
+        for (int a = 0; a < 2; ++a) {
+          const uint4& c0 = wv[0][a][0];
+          const uint4& c1 = wv[0][a][1];
+          const uint32_t w0 = j == 0 ? c0.x : j == 1 ? c0.y : j == 2 ? c0.z : c0.w;
+          const uint32_t w1 = j == 0 ? c1.x : j == 1 ? c1.y : j == 2 ? c1.z : c1.w;
+          const T2 s0 = sv[0][a][0], s1 = sv[0][a][1], b0 = bv[0][a][0], b1 = bv[0][a][1];
+          const uint32_t lo[4] = {pvq_deq<T>(w0, 0, s0, b0), pvq_deq<T>(w1, 0, s1, b1), pvq_deq<T>(w0, 4, s0, b0),
+                                  pvq_deq<T>(w1, 4, s1, b1)};
+          const uint32_t hi[4] = {pvq_deq<T>(w0, 8, s0, b0), pvq_deq<T>(w1, 8, s1, b1), pvq_deq<T>(w0, 12, s0, b0),
+                                  pvq_deq<T>(w1, 12, s1, b1)};
+#pragma unroll
+          for (int n = 0; n < NT; ++n) {
+            Q::mma(acc[a][n], lo, bx[n][0], bx[n][1]);
+            Q::mma(acc[a][n], hi, bx[n][2], bx[n][3]);
+          }
         }
       }
     }
+    if (kb + 1 == kb1) {
+      // The tile's sums. acc[a][n]: features f0 + 16a + g (+8 for [2], [3]), rows 8n + 2t (+1 for [1], [3]).
+      // Two exchanges give each lane 4 consecutive features of one row (one 16- or 8-byte write): lanes g, g^1
+      // swap rows, then g, g^2 swap the +8 halves. The lane's row is 8n + 2t + (g & 1), its features
+      // f0 + 16a + (g & 4) + ((g & 2) ? 8 : 0) + 0..3.
 #pragma unroll
-    for (int a = 0; a < 2; ++a)
+      for (int a = 0; a < 2; ++a)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        wcur[a][h] = wnxt[a][h];
-        scur[a][h] = snxt[a][h];
-        bcur[a][h] = bnxt[a][h];
-      }
-  }
-
-  // acc[a][n]: features f0 + 16a + g (+8 for [2], [3]), rows 8n + 2t (+1 for [1], [3]).
-#pragma unroll
-  for (int a = 0; a < 2; ++a)
-#pragma unroll
-    for (int n = 0; n < NT; ++n) {
-      const int r = n * 8 + 2 * t;
-      const size_t f = (size_t)(f0 + a * 16 + g);
-      if (r < M) {
-        pvq_out(y, (size_t)r * N + f, acc[a][n][0]);
-        pvq_out(y, (size_t)r * N + f + 8, acc[a][n][2]);
-      }
-      if (r + 1 < M) {
-        pvq_out(y, (size_t)(r + 1) * N + f, acc[a][n][1]);
-        pvq_out(y, (size_t)(r + 1) * N + f + 8, acc[a][n][3]);
-      }
+        for (int n = 0; n < NT; ++n) {
+          const bool odd = g & 1;
+          const float p0 = __shfl_xor_sync(0xffffffffu, odd ? acc[a][n][0] : acc[a][n][1], 4);
+          const float p1 = __shfl_xor_sync(0xffffffffu, odd ? acc[a][n][2] : acc[a][n][3], 4);
+          // Row 8n + 2t + odd: features (g & ~1) + 0..1 in lo, (g & ~1) + 8 + 0..1 in hi.
+          const float lo0 = odd ? p0 : acc[a][n][0], lo1 = odd ? acc[a][n][1] : p0;
+          const float hi0 = odd ? p1 : acc[a][n][2], hi1 = odd ? acc[a][n][3] : p1;
+          const bool upper = g & 2;
+          const float q0 = __shfl_xor_sync(0xffffffffu, upper ? lo0 : hi0, 8);
+          const float q1 = __shfl_xor_sync(0xffffffffu, upper ? lo1 : hi1, 8);
+          // Lower lanes: own lo (features +0..1), partner's lo (+2..3). Upper: partner's hi (+8..9), own hi (+10..11).
+          const float4 v = upper ? make_float4(q0, q1, hi0, hi1) : make_float4(lo0, lo1, q0, q1);
+          const int r = n * 8 + 2 * t + (odd ? 1 : 0);
+          if (f0 < N && r < M) pvq_out4(y, (size_t)r * N + f0 + a * 16 + (g & 4) + (upper ? 8 : 0), v);
+          acc[a][n][0] = acc[a][n][1] = acc[a][n][2] = acc[a][n][3] = 0.f;
+        }
     }
+#pragma unroll
+    for (int d = 0; d < PF; ++d)
+#pragma unroll
+      for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          wv[d][a][h] = wv[d + 1][a][h];
+          sv[d][a][h] = sv[d + 1][a][h];
+          bv[d][a][h] = bv[d + 1][a][h];
+        }
+    advance(tile, kb);
+  }
 `;
 
 /** The sources as MLX compiles them (tests compile and emulate them elsewhere). */
@@ -279,6 +336,8 @@ export interface QmmConfig {
   warps: number;
   /** k-slices (split-K): > 1 adds float partial sums, then casts. */
   splits: number;
+  /** Blocks along the features (default: one per tile of warps*32); fewer take several tiles each over one staged x. */
+  blocks?: number;
   /** Fill the output with NaN first (tests: every element must be written; one slice only). */
   poison?: boolean;
 }
@@ -288,22 +347,65 @@ export function qmmMaxSlice(rowTile: number): number {
   return (SHARED_BYTES[rowTile] as number) / (rowTile * 2);
 }
 
-/** Streaming multiprocessors to fill (H100 SXM and H200: 132). */
+/** Streaming multiprocessors (H100 SXM and H200: 132). */
 const SMS = 132;
+/** Registers per thread by row tile, as ptxas allocates them for sm_90a (bench/gpu/nvrtc-check.ts). */
+const REGISTERS: Record<number, number> = { 8: 136, 16: 160, 32: 168, 64: 216 };
+/** Weight k-blocks each thread has in flight (PF in the source). */
+const prefetch = (rowTile: number) => (rowTile >= 32 ? 2 : 3);
+
+/** Blocks of this shape one SM holds at once (registers and shared memory). */
+function residentBlocks(rowTile: number, warps: number): number {
+  const byRegisters = Math.floor(65536 / ((REGISTERS[rowTile] as number) * warps * 32));
+  const byShared = Math.floor((228 * 1024) / ((SHARED_BYTES[rowTile] as number) + 1024));
+  return Math.max(1, Math.min(byRegisters, byShared, 32 / warps));
+}
 
 /**
  * Rows padded to the next tile; 8 warps (256 features) per block from 32 rows
- * (x is read from L2 once per block: fewer, wider blocks read it less), else 4;
- * k-slices as the shared memory needs, and more until the blocks fill the SMs.
+ * (x is read from L2 once per block: wider blocks read it less), else 4. Then
+ * k-slices and tiles per block by a small model of the time: an SM's rate is
+ * its fair share of bandwidth when ~20 KB of weights are in flight on it (up to
+ * 1.5 times that; a guess until measured), and time is the larger of the busiest SM's bytes at its rate and
+ * all bytes at the full bandwidth; a block's bytes are its weights (with
+ * scales), its staged x, and its float partial sums when split. This captures
+ * wave quantization (blocks that do not divide evenly over 132 SMs), latency
+ * hiding (too few blocks per SM) and what split-K and narrow blocks cost;
+ * bench/gpu/qmm.ts sweeps around it.
  */
 export function qmmConfig(n: number, k: number, m: number): QmmConfig {
   const rowTile = QMM_ROW_TILES.find((r) => r >= m) ?? 64;
   const warps = rowTile >= 32 ? 8 : 4;
-  const tiles = Math.ceil(n / (warps * 32));
+  return { rowTile, warps, ...qmmGrid(n, k, m, rowTile, warps) };
+}
+
+/** k-slices and feature blocks for a row tile and warps per block (see qmmConfig). */
+export function qmmGrid(n: number, k: number, m: number, rowTile: number, warps: number) {
+  const features = warps * 32;
+  const tiles = Math.ceil(n / features);
   const kBlocks = Math.ceil(k / 128);
-  let splits = Math.ceil(k / qmmMaxSlice(rowTile));
-  while (tiles * splits < SMS && splits * 2 <= kBlocks) splits *= 2;
-  return { rowTile, warps, splits: Math.min(splits, kBlocks) };
+  const maxPer = Math.floor(qmmMaxSlice(rowTile) / 128);
+  const resident = residentBlocks(rowTile, warps);
+  const inFlightPerBlock = features * prefetch(rowTile) * 64;
+  let best = { time: Number.POSITIVE_INFINITY, splits: 1, blocks: tiles };
+  for (let per = Math.min(maxPer, kBlocks); per >= 1; per--) {
+    const splits = Math.ceil(kBlocks / per);
+    if (Math.ceil(kBlocks / splits) !== per) continue; // the same slices as a larger `per`
+    for (let perBlock = 1; perBlock <= 4; perBlock++) {
+      const blocks = Math.ceil(tiles / perBlock);
+      if (Math.ceil(tiles / blocks) !== perBlock) continue;
+      const units = blocks * splits;
+      const bytes =
+        perBlock * per * 128 * features * (0.5 + 4 / 64) +
+        rowTile * per * 128 * 2 +
+        (splits > 1 ? perBlock * m * features * 4 : 0);
+      const assigned = Math.ceil(units / SMS);
+      const rate = Math.min(1.5, (Math.min(assigned, resident) * inFlightPerBlock) / 20480);
+      const time = Math.max((assigned * bytes) / rate, (units * bytes) / SMS);
+      if (time < best.time * 0.99) best = { time, splits, blocks };
+    }
+  }
+  return { splits: best.splits, blocks: best.blocks };
 }
 
 /** Whether the kernel handles this weight: CUDA, 4 bits, affine with biases, fp16/bf16, K % 32, N % 32. */
@@ -350,10 +452,11 @@ export function quantizedMatmulBatched(x: MxArray, q: QuantizedWeight, config?: 
     throw new Error(`pv_qmm_w4: a k-slice of ${k}/${c.splits} does not fit shared memory at ${c.rowTile} rows`);
   }
   const split = c.splits > 1;
-  const key = `${x.shape.join("x")}|${n}|${x.dtype}|${q.groupSize}|${c.rowTile}|${c.warps}|${c.splits}|${c.poison ? 1 : 0}`;
+  const tiles = Math.ceil(n / (c.warps * 32));
+  const blocks = Math.min(tiles, c.blocks ?? tiles);
+  const key = `${x.shape.join("x")}|${n}|${x.dtype}|${q.groupSize}|${c.rowTile}|${c.warps}|${c.splits}|${blocks}|${c.poison ? 1 : 0}`;
   let plan = plans.get(key);
   if (!plan) {
-    const blocks = Math.ceil(n / (c.warps * 32));
     plan = kernelFor(c.rowTile).plan({
       outputs: [{ shape: [...x.shape.slice(0, -1), n], dtype: split ? Dtype.float32 : x.dtype }],
       grid: [blocks * c.warps * 32, c.splits, 1],

@@ -22,6 +22,8 @@ interface Case {
   rowTile: number;
   warps: number;
   splits: number;
+  /** Blocks along the features (fewer than the tiles: each takes several). */
+  blocks?: number;
 }
 
 function program(c: Case): string {
@@ -61,7 +63,7 @@ int main() {
   const int x_shape[2] = {M, K};
   const int w_shape[2] = {N, K / 8};
   const unsigned threads = WARPS_TOTAL_THREADS;
-  const unsigned blocks = (N + ${c.warps * 32} - 1) / ${c.warps * 32};
+  const unsigned blocks = ${c.blocks ?? Math.ceil(c.n / (c.warps * 32))};
   emu_launch(blocks * threads, threads,
              [&] { mlx::core::cu::kernel(x.data(), x_shape, 2, w.data(), w_shape, s.data(), b.data(), y.data()); },
              ${c.splits}, ${c.rowTile} * ${qmmMaxSlice(c.rowTile)} * 2);
@@ -87,7 +89,7 @@ int main() {
 
 function run(c: Case): { rel: number; unwritten: number } {
   mkdirSync(dir, { recursive: true });
-  const name = `${c.dtype}-${c.m}-${c.n}-${c.k}-${c.group}-${c.rowTile}-${c.warps}-${c.splits}`;
+  const name = `${c.dtype}-${c.m}-${c.n}-${c.k}-${c.group}-${c.rowTile}-${c.warps}-${c.splits}-${c.blocks ?? 0}`;
   const src = join(dir, `${name}.cpp`);
   const exe = join(dir, name);
   writeFileSync(src, program(c));
@@ -118,16 +120,22 @@ describe.skipIf(!compiler)("batched 4-bit matmul source (tensor cores), emulated
     // K not a multiple of 128 (tiny Phi-3's 192; 288 over 2 k-slices): a partial last k-block.
     { dtype: "f16", m: 7, n: 64, k: 192, group: 64, rowTile: 8, warps: 2, splits: 1 },
     { dtype: "f16", m: 20, n: 32, k: 288, group: 32, rowTile: 32, warps: 1, splits: 2 },
+    // Blocks taking several feature tiles over one staged x; the weight prefetch runs across tiles.
+    // 3 tiles over 2 blocks (tiles 0, 2 | 1), 5 k-blocks in slices of 3 and 2:
+    { dtype: "f16", m: 9, n: 160, k: 640, group: 64, rowTile: 16, warps: 2, splits: 2, blocks: 2 },
+    // 3 tiles in one block, 2 k-blocks each; one k-block, one step (fewer than the prefetch depth):
+    { dtype: "bf16", m: 40, n: 96, k: 256, group: 64, rowTile: 64, warps: 1, splits: 1, blocks: 1 },
+    { dtype: "f16", m: 3, n: 32, k: 128, group: 128, rowTile: 8, warps: 1, splits: 1 },
   ];
   for (const c of cases) {
-    test(`${c.dtype} M=${c.m} N=${c.n} K=${c.k} group ${c.group}, tile ${c.rowTile}, ${c.warps} warps, ${c.splits} k-slices`, () => {
+    test(`${c.dtype} M=${c.m} N=${c.n} K=${c.k} group ${c.group}, tile ${c.rowTile}, ${c.warps} warps, ${c.splits} k-slices${c.blocks ? `, ${c.blocks} blocks` : ""}`, () => {
       const r = run(c);
       expect(r.unwritten).toBe(0);
       expect(r.rel).toBeLessThan(TOLERANCE[c.dtype]);
     }, 180_000);
   }
 
-  test("the default configuration fits shared memory and fills the H100 on Phi-3-mini's shapes", () => {
+  test("the default configuration fits shared memory and keeps the H100 busy on Phi-3-mini's shapes", () => {
     for (const [n, k] of [
       [9216, 3072],
       [3072, 3072],
@@ -140,7 +148,10 @@ describe.skipIf(!compiler)("batched 4-bit matmul source (tensor cores), emulated
         expect(c.rowTile).toBeGreaterThanOrEqual(m);
         expect(Math.ceil(k / 128 / c.splits) * 128).toBeLessThanOrEqual(qmmMaxSlice(c.rowTile));
         expect(c.splits).toBeLessThanOrEqual(k / 128);
-        expect(Math.ceil(n / (c.warps * 32)) * c.splits).toBeGreaterThanOrEqual(100);
+        const tiles = Math.ceil(n / (c.warps * 32));
+        expect(c.blocks).toBeLessThanOrEqual(tiles);
+        // At least half the SMs busy.
+        expect((c.blocks ?? tiles) * c.splits).toBeGreaterThanOrEqual(66);
       }
     }
   });

@@ -87,7 +87,7 @@ describe.skipIf(!cuda)("batched 4-bit matmul on the GPU", () => {
     });
   });
 
-  test("other row tiles, warps and k-slices give the same result", () => {
+  test("other row tiles, warps, k-slices and feature blocks give the same result", () => {
     mx.tidy(() => {
       const q = mx.quantize(mx.randomNormal([3072, 3072], mx.Dtype.float16, 0, 0.02, mx.randomKey(7)), 64, 4);
       const x = mx.randomNormal([6, 3072], mx.Dtype.float16, 0, 1, mx.randomKey(8));
@@ -97,8 +97,10 @@ describe.skipIf(!cuda)("batched 4-bit matmul on the GPU", () => {
       for (const rowTile of [8, 16, 32, 64]) {
         for (const warps of [4, 8]) {
           for (const splits of slices[rowTile] as number[]) {
-            const y = quantizedMatmulBatched(x, q, { rowTile, warps, splits, poison: splits === 1 });
-            expect(relativeDistance(y, ref)).toBeLessThan(3e-3);
+            for (const blocks of [undefined, 3]) {
+              const y = quantizedMatmulBatched(x, q, { rowTile, warps, splits, blocks, poison: splits === 1 });
+              expect(relativeDistance(y, ref)).toBeLessThan(3e-3);
+            }
           }
         }
       }
