@@ -111,10 +111,10 @@ __device__ __forceinline__ void pvq_copy_wait() {
 
 // 4 consecutive outputs from i (i % 4 == 0): float partial sums are added (split-K), 16-bit ones written.
 __device__ __forceinline__ void pvq_out4(float* y, size_t i, float4 v) {
-#ifdef __CUDA_ARCH__
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(y + i), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w)
                : "memory");
-#else
+#else  // one reduction per element before sm_90 (and in the CPU emulation)
   atomicAdd(y + i, v.x);
   atomicAdd(y + i + 1, v.y);
   atomicAdd(y + i + 2, v.z);
