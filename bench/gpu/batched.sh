@@ -43,6 +43,8 @@ fi
 
 if [ "$PHASE" = all ] || [ "$PHASE" = micro ]; then
   timeout 200 bun dist/bench/gpu/qmm.js --out "$R" --rows "${QMM_ROWS:-2,4,8,16,32,64}" 2>&1 | tee "$R/qmm.txt"
+  # bfloat16 (the random Phi-3's dtype), shorter.
+  timeout 100 bun dist/bench/gpu/qmm.js --out "$R" --dtype bfloat16 --rows 8,32 --no-sweep 2>&1 | tee "$R/qmm-bf16.txt"
   cp "$R"/qmm-*.md "$OUT/" 2>/dev/null || true
   log "micro-benchmark done"
 fi

@@ -2,7 +2,7 @@
 // against MLX's quantized_matmul and the float16 dense matmul (the dequantized
 // copies batched decode uses without the kernel), on Phi-3-mini's shapes, for
 // 2..64 rows of x, side by side on the same inputs.
-//   bun bench/gpu/qmm.ts [--out DIR] [--rows 2,4,8,16,32,64] [--no-sweep] [--ncu]
+//   bun bench/gpu/qmm.ts [--out DIR] [--rows 2,4,8,16,32,64] [--dtype float16|bfloat16] [--no-sweep] [--ncu]
 //
 // As bench/gpu/gemv.ts: each measurement evaluates one graph of ~100 products
 // over enough distinct weight copies (>= 256 MB) that the 50 MB L2 cannot hold
@@ -26,6 +26,8 @@ const flag = (name: string) => {
 const outDir = flag("--out");
 const rowCounts = (flag("--rows") ?? "2,4,8,16,32,64").split(",").map(Number);
 const ncu = args.includes("--ncu");
+const dtypeName = flag("--dtype") ?? "float16";
+const DTYPE = dtypeName === "bfloat16" ? mx.Dtype.bfloat16 : mx.Dtype.float16; // x, scales, the dense copy
 const sweepOn = !ncu && !args.includes("--no-sweep");
 
 const SHAPES: Array<{ name: string; n: number; k: number; perStep: number }> = [
@@ -117,7 +119,7 @@ for (const s of SHAPES) {
   const weights = mx.tidy(() => {
     const ws: mx.QuantizedWeight[] = [];
     for (let i = 0; i < sets; i++) {
-      const w = mx.randomNormal([s.n, s.k], mx.Dtype.float16, 0, 0.02, mx.randomKey(1000 * s.n + i));
+      const w = mx.randomNormal([s.n, s.k], DTYPE, 0, 0.02, mx.randomKey(1000 * s.n + i));
       const q = mx.quantize(w, GROUP, 4);
       for (const a of [q.weight, q.scales, q.biases as mx.MxArray]) mx.keep(a);
       mx.evaluate(q.weight, q.scales, q.biases as mx.MxArray);
@@ -127,13 +129,13 @@ for (const s of SHAPES) {
   });
   const dense = mx.tidy(() =>
     weights.slice(0, denseSets).map((q) => {
-      const d = mx.keep(mx.dequantize(q, mx.Dtype.float16));
+      const d = mx.keep(mx.dequantize(q, DTYPE));
       mx.evaluate(d);
       return d;
     }),
   );
   for (const m of rowCounts) {
-    const x = mx.keep(mx.randomNormal([m, s.k], mx.Dtype.float16, 0, 1, mx.randomKey(m)));
+    const x = mx.keep(mx.randomNormal([m, s.k], DTYPE, 0, 1, mx.randomKey(m)));
     mx.evaluate(x);
     const config = qmmConfig(s.n, s.k, m);
     const count = ncu ? 3 : sets * Math.ceil(96 / sets);
@@ -201,7 +203,7 @@ const perStep = rowCounts.map((m) => {
 
 const gpu = gpuName();
 const lines = [
-  `# Batched 4-bit matmul (W4A16, group ${GROUP}, tensor cores) vs MLX quantized_matmul vs float16 dense, ${new Date().toISOString()}`,
+  `# Batched 4-bit matmul (W4A16, group ${GROUP}, ${dtypeName}, tensor cores) vs MLX quantized_matmul vs ${dtypeName} dense, ${new Date().toISOString()}`,
   "",
   `GPU: ${gpu}. MLX ${mx.mlxVersion()}. Datasheet ${PEAK_GBPS} GB/s (H100 SXM).`,
   "Per product: wall time of one evaluated graph of ~100 products over >= 256 MB of distinct weights, divided by the count (median of 5). GB/s: the 4-bit weight's bytes (with scales and biases) per second.",
@@ -231,7 +233,7 @@ console.log(lines.join("\n"));
 if (outDir) {
   mkdirSync(outDir, { recursive: true });
   const stamp = new Date().toISOString().replace(/[:.]/g, "-").slice(0, 19);
-  const meta = { gpu, mlx: mx.mlxVersion(), date: new Date().toISOString(), ncu };
-  writeFileSync(join(outDir, `qmm-${stamp}.json`), JSON.stringify({ ...meta, results, perStep }, null, 2));
-  writeFileSync(join(outDir, `qmm-${stamp}.md`), `${lines.join("\n")}\n`);
+  const meta = { gpu, mlx: mx.mlxVersion(), date: new Date().toISOString(), dtype: dtypeName, ncu };
+  writeFileSync(join(outDir, `qmm-${dtypeName}-${stamp}.json`), JSON.stringify({ ...meta, results, perStep }, null, 2));
+  writeFileSync(join(outDir, `qmm-${dtypeName}-${stamp}.md`), `${lines.join("\n")}\n`);
 }
