@@ -103,9 +103,22 @@ __device__ __forceinline__ void pvq_copy16(uint4* dst, const uint4* src) {
   *dst = *src;
 #endif
 }
-__device__ __forceinline__ void pvq_copy_wait() {
+__device__ __forceinline__ void pvq_copy_commit() {
 #ifdef __CUDA_ARCH__
-  asm volatile("cp.async.commit_group;\\ncp.async.wait_group 0;" ::: "memory");
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+// Waits until at most pending (0..3) of this thread's committed groups are still in flight.
+__device__ __forceinline__ void pvq_copy_wait(int pending) {
+#ifdef __CUDA_ARCH__
+  switch (pending) {
+    case 0: asm volatile("cp.async.wait_group 0;" ::: "memory"); break;
+    case 1: asm volatile("cp.async.wait_group 1;" ::: "memory"); break;
+    case 2: asm volatile("cp.async.wait_group 2;" ::: "memory"); break;
+    default: asm volatile("cp.async.wait_group 3;" ::: "memory"); break;
+  }
+#else
+  (void)pending;
 #endif
 }
 
@@ -207,26 +220,32 @@ const SOURCE = `
     advance(ltile, lkb);
   }
 
-  // Stage x[:, kb0*128 .. kb1*128) (rows < M) into shared memory.
+  // Stage x[:, kb0*128 .. kb1*128) (rows < M) into shared memory, in up to 4 parts by k-block (cp.async
+  // groups): the first tile's steps wait only for the part they read, so staging overlaps the weights' stream.
 #ifdef __CUDA_ARCH__
   extern __shared__ uint4 pvq_xs[];
 #else
   uint4* pvq_xs = emu_dynamic_shared<uint4>();
 #endif
+  const int parts = min(4, nkb);
+  auto part_start = [&](int p) { return kb0 + (p * nkb) / parts; };  // first k-block of part p
   {
     const int chunks = nkb * 16;                        // 16-byte chunks per row
     const int valid = min(chunks, K / 8 - kb0 * 16);    // those inside K
     const uint4* xg = reinterpret_cast<const uint4*>(x);
-    for (int i = threadIdx.x; i < M * chunks; i += WARPS * 32) {
-      const int r = i / chunks;
-      const int c = i - r * chunks;
-      if (c < valid) pvq_copy16(pvq_xs + pvq_slot(r, c, MT), xg + (size_t)r * (K / 8) + kb0 * 16 + c);
-      else pvq_xs[pvq_slot(r, c, MT)] = make_uint4(0u, 0u, 0u, 0u);
+    for (int p = 0; p < parts; ++p) {
+      const int c0 = (part_start(p) - kb0) * 16;
+      const int width = (part_start(p + 1) - kb0) * 16 - c0;
+      for (int i = threadIdx.x; i < M * width; i += WARPS * 32) {
+        const int r = i / width;
+        const int c = c0 + (i - r * width);
+        if (c < valid) pvq_copy16(pvq_xs + pvq_slot(r, c, MT), xg + (size_t)r * (K / 8) + kb0 * 16 + c);
+        else pvq_xs[pvq_slot(r, c, MT)] = make_uint4(0u, 0u, 0u, 0u);
+      }
+      pvq_copy_commit();
     }
-    pvq_copy_wait();
-    __syncthreads();
   }
-  // No barrier below: warps past N skip their work.
+  // Barriers below only in the first tile's pass, reached by every thread; warps past N skip their work.
 
   float acc[2][NT][4];
 #pragma unroll
@@ -237,7 +256,13 @@ const SOURCE = `
       for (int i = 0; i < 4; ++i) acc[a][n][i] = 0.f;
 
   int tile = blockIdx.x, kb = kb0;
+  int part = 0;
   for (int step = 0; step < steps; ++step) {
+    if (step < nkb && part < parts && kb == part_start(part)) {
+      pvq_copy_wait(parts - 1 - part);  // this thread's copies of parts 0..part have landed
+      __syncthreads();                  // and everyone's
+      ++part;
+    }
     const int f0 = first_feature(tile);
     if (step + PF < steps && first_feature(ltile) < N) load(first_feature(ltile), lkb, wv[PF], sv[PF], bv[PF]);
     advance(ltile, lkb);
@@ -350,7 +375,7 @@ export function qmmMaxSlice(rowTile: number): number {
 /** Streaming multiprocessors (H100 SXM and H200: 132). */
 const SMS = 132;
 /** Registers per thread by row tile, as ptxas allocates them for sm_90a (bench/gpu/nvrtc-check.ts). */
-const REGISTERS: Record<number, number> = { 8: 136, 16: 160, 32: 168, 64: 216 };
+const REGISTERS: Record<number, number> = { 8: 160, 16: 160, 32: 168, 64: 216 };
 /** Weight k-blocks each thread has in flight (PF in the source). */
 const prefetch = (rowTile: number) => (rowTile >= 32 ? 2 : 3);
 
