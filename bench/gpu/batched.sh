@@ -2,13 +2,14 @@
 # Issue 11, item 3: the batched 4-bit matmul (src/mlx/kernels-qmm.ts). Runs on the
 # GPU machine after `bench/gpu/device.sh prepare` (same call or a warm machine),
 # from the checkout that carries dist/ (pack.sh bundles what this needs):
-#   bash bench/gpu/batched.sh [all|tests|micro|load]      (all = the three, ~8 min)
+#   bash bench/gpu/batched.sh [all|tests|micro|load]      (all = the three: more than one 600 s call)
 #   1. tests: the GPU tests (dist/test-gpu/qmm.test.js: the kernel against MLX's
 #      quantized_matmul for 2..64 rows, greedy tokens of a batch on tiny Llama/Phi-3
 #      with the kernel on and off);
 #   2. micro: bench/gpu/qmm.ts, rows 2,4,8,16,32,64 on Phi-3-mini's shapes: the kernel
 #      vs MLX quantized_matmul vs the float16 dense matmul, us and GB/s, and a sweep;
-#   3. load: LEVELS (default 8,32) concurrent streams over HTTP, one server at a time,
+#   3. load: LEVELS (default 8,32) concurrent streams over HTTP, one server at a time (LOAD_SERVERS,
+#      default "qmm dense mlx-lm"),
 #      device memory sampled (nvidia-smi, every 200 ms) and Pensieve's MLX peak (/metrics):
 #      Pensieve with PENSIEVE_GPU_QMM=1 (the kernel, no dense copies), Pensieve by default
 #      (dense float16 copies), mlx_lm.server.
@@ -76,9 +77,13 @@ load_one() {
 }
 
 if [ "$PHASE" = all ] || [ "$PHASE" = load ]; then
-  load_one qmm pensieve PENSIEVE_GPU_QMM=1
-  load_one dense pensieve PENSIEVE_GPU_QMM=0
-  [ "${SKIP_MLX_LM:-0}" = 1 ] || load_one mlx-lm mlx-lm PENSIEVE_GPU_QMM=0
+  for s in ${LOAD_SERVERS:-qmm dense mlx-lm}; do
+    case $s in
+    qmm) load_one qmm pensieve PENSIEVE_GPU_QMM=1 ;;
+    dense) load_one dense pensieve PENSIEVE_GPU_QMM=0 ;;
+    mlx-lm) load_one mlx-lm mlx-lm PENSIEVE_GPU_QMM=0 ;;
+    esac
+  done
   for d in qmm dense mlx-lm; do
     echo "== $d"
     grep -h '^| ' "$R/load-$d"/load-*.md 2>/dev/null | head -8
