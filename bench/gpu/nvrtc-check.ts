@@ -8,7 +8,7 @@ import { CString, dlopen, FFIType, ptr } from "bun:ffi";
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { QMM_KERNEL, QMM_ROW_TILES } from "../../src/mlx/kernels-qmm";
+import { QMM_KERNEL, QMM_ROW_TILES, qmmHeader, qmmMaxSlice } from "../../src/mlx/kernels-qmm";
 
 const args = process.argv.slice(2);
 const flag = (name: string, fallback: string) => {
@@ -53,7 +53,7 @@ const lib = dlopen(nvrtcPath, {
 const cstr = (s: string) => Buffer.from(`${s}\0`);
 
 /** The source MLX 0.32's cuda_kernel generates (mlx/backend/cuda/custom_kernel.cpp, build_kernel). */
-function mlxSource(T: string, out: string, constants: Record<string, string>): string {
+function mlxSource(T: string, out: string, constants: Record<string, string>, cluster: number): string {
   const consts = Object.entries(constants)
     .map(([k, v]) =>
       v.startsWith("__")
@@ -68,7 +68,7 @@ function mlxSource(T: string, out: string, constants: Record<string, string>): s
 
 #define inf cuda::std::numeric_limits<float>::infinity()
 
-${QMM_KERNEL.header}namespace mlx::core::cu {
+${qmmHeader(cluster)}namespace mlx::core::cu {
 
 namespace cg = cooperative_groups;
 
@@ -125,21 +125,30 @@ for (const [T, tname] of [
   ["__nv_bfloat16", "bf16"],
 ] as const) {
   for (const mt of QMM_ROW_TILES) {
-    for (const split of [false, true]) {
-      if (tname === "bf16" && split) continue; // the float output differs only in the store
+    for (const mode of ["one slice", "float atomics", "cluster of 4"] as const) {
+      if (tname === "bf16" && mode === "float atomics") continue; // the float output differs only in the store
       const warps = mt >= 32 ? 8 : 4;
-      const src = mlxSource(T, split ? "float" : T, {
+      const split = mode === "float atomics";
+      const cluster = mode === "cluster of 4" ? 4 : 0;
+      const src = mlxSource(
         T,
-        MT: String(mt),
-        WARPS: String(warps),
-        GROUP: "64",
-        F32_OUT: String(split),
-      });
+        split ? "float" : T,
+        {
+          T,
+          MT: String(mt),
+          WARPS: String(warps),
+          GROUP: "64",
+          F32_OUT: String(split),
+          CLUSTER: String(cluster),
+          XBYTES: String(qmmMaxSlice(mt) * mt * 2),
+        },
+        cluster,
+      );
       const r = compile(`qmm_${tname}_${mt}`, src);
       const regs = /Used (\d+) registers/.exec(r.log)?.[1] ?? "?";
       const spill = /(\d+) bytes spill stores/.exec(r.log)?.[1] ?? "?";
       console.log(
-        `${tname} MT=${mt} warps=${warps} ${split ? "float out" : "T out"}: ${r.ok ? "ok" : "FAILED"} ${r.ms.toFixed(0)} ms, ${regs} registers, ${spill} bytes spilled`,
+        `${tname} MT=${mt} warps=${warps} ${mode}: ${r.ok ? "ok" : "FAILED"} ${r.ms.toFixed(0)} ms, ${regs} registers, ${spill} bytes spilled`,
       );
       if (!r.ok || /error/i.test(r.log)) {
         failed++;

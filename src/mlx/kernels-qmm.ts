@@ -134,13 +134,35 @@ __device__ __forceinline__ void pvq_out4(float* y, size_t i, float4 v) {
   atomicAdd(y + i + 3, v.w);
 #endif
 }
-__device__ __forceinline__ void pvq_out4(__half* y, size_t i, float4 v) {
+__device__ __forceinline__ void pvq_store4(__half* y, size_t i, float4 v);
+__device__ __forceinline__ void pvq_store4(__nv_bfloat16* y, size_t i, float4 v);
+__device__ __forceinline__ void pvq_out4(__half* y, size_t i, float4 v) { pvq_store4(y, i, v); }
+__device__ __forceinline__ void pvq_out4(__nv_bfloat16* y, size_t i, float4 v) { pvq_store4(y, i, v); }
+
+// A thread block cluster's barrier and another block's shared memory (distributed shared memory, sm_90).
+__device__ __forceinline__ void pvq_cluster_sync() {
+#ifdef __CUDA_ARCH__
+  cooperative_groups::this_cluster().sync();
+#else
+  emu_cluster_sync();
+#endif
+}
+template <typename P>
+__device__ __forceinline__ P* pvq_cluster_map(P* p, int rank) {
+#ifdef __CUDA_ARCH__
+  return cooperative_groups::this_cluster().map_shared_rank(p, rank);
+#else
+  return emu_cluster_map(p, rank);
+#endif
+}
+__device__ __forceinline__ void pvq_store4(float* y, size_t i, float4 v) { *reinterpret_cast<float4*>(y + i) = v; }
+__device__ __forceinline__ void pvq_store4(__half* y, size_t i, float4 v) {
   uint2 u;
   u.x = pvq_word(__floats2half2_rn(v.x, v.y));
   u.y = pvq_word(__floats2half2_rn(v.z, v.w));
   *reinterpret_cast<uint2*>(y + i) = u;
 }
-__device__ __forceinline__ void pvq_out4(__nv_bfloat16* y, size_t i, float4 v) {
+__device__ __forceinline__ void pvq_store4(__nv_bfloat16* y, size_t i, float4 v) {
   uint2 u;
   u.x = pvq_word(__floats2bfloat162_rn(v.x, v.y));
   u.y = pvq_word(__floats2bfloat162_rn(v.z, v.w));
@@ -156,8 +178,10 @@ __device__ __forceinline__ int pvq_slot(int r, int c, int mt) {
 
 // Template constants: T (x/scales type), MT (rows of x, padded: 8/16/32/64),
 // WARPS (per block; 32 features each), GROUP, F32_OUT (the output is float32:
-// split-K partial sums; also keeps the two output types' kernels apart in
-// MLX's cache, which is keyed by name and template arguments only).
+// split-K partial sums by atomics), CLUSTER (k-slices summed in a thread block
+// cluster of this size, 0: none), XBYTES (shared memory for the staged x).
+// F32_OUT and CLUSTER also keep kernels whose signature or header differ apart
+// in MLX's cache, which is keyed by name and template arguments only.
 const SOURCE = `
   using Q = PvQ<T>;
   using T2 = typename Q::T2;
@@ -170,7 +194,7 @@ const SOURCE = `
   const int per = (KB + gridDim.y - 1) / gridDim.y;
   const int kb0 = blockIdx.y * per;
   const int kb1 = min(KB, kb0 + per);
-  if (kb0 >= kb1) return;                       // the whole block: no barrier is reached
+  if (kb0 >= kb1) return;  // the whole block: no barrier is reached (the host keeps every slice of a cluster non-empty)
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2;
@@ -227,6 +251,9 @@ const SOURCE = `
 #else
   uint4* pvq_xs = emu_dynamic_shared<uint4>();
 #endif
+  // Cluster split-K: the block's partial tile [M rows][WARPS*32 features] (float) after the staged x.
+  float* pvq_red = reinterpret_cast<float*>(pvq_xs + XBYTES / 16);
+  (void)pvq_red;
   const int parts = min(4, nkb);
   auto part_start = [&](int p) { return kb0 + (p * nkb) / parts; };  // first k-block of part p
   {
@@ -320,9 +347,37 @@ const SOURCE = `
           // Lower lanes: own lo (features +0..1), partner's lo (+2..3). Upper: partner's hi (+8..9), own hi (+10..11).
           const float4 v = upper ? make_float4(q0, q1, hi0, hi1) : make_float4(lo0, lo1, q0, q1);
           const int r = n * 8 + 2 * t + (odd ? 1 : 0);
-          if (f0 < N && r < M) pvq_out4(y, (size_t)r * N + f0 + a * 16 + (g & 4) + (upper ? 8 : 0), v);
+          const int fl = warp * 32 + a * 16 + (g & 4) + (upper ? 8 : 0);  // feature within the tile
+          if (CLUSTER > 1) {
+            if (r < M) reinterpret_cast<float4*>(pvq_red)[(r * WARPS * 32 + fl) / 4] = v;
+          } else if (f0 < N && r < M) {
+            pvq_out4(y, (size_t)r * N + f0 - warp * 32 + fl, v);
+          }
           acc[a][n][0] = acc[a][n][1] = acc[a][n][2] = acc[a][n][3] = 0.f;
         }
+      if (CLUSTER > 1) {
+        // Split-K inside a thread block cluster: the k-slices' blocks sum their partial tiles through
+        // distributed shared memory, each block a share of the tile, and write T (no float output, no atomics).
+        pvq_cluster_sync();
+        const int quads = M * WARPS * 8;  // float4s of the tile's rows < M
+        const int tile0 = tile * WARPS * 32;
+        for (int i = threadIdx.x + blockIdx.y * WARPS * 32; i < quads; i += CLUSTER * WARPS * 32) {
+          const int r = i / (WARPS * 8);
+          const int fl = (i - r * (WARPS * 8)) * 4;
+          if (tile0 + fl >= N) continue;
+          float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+          for (int q = 0; q < CLUSTER; ++q) {
+            const float4 p = pvq_cluster_map(reinterpret_cast<float4*>(pvq_red), q)[i];
+            sum.x += p.x;
+            sum.y += p.y;
+            sum.z += p.z;
+            sum.w += p.w;
+          }
+          pvq_store4(y, (size_t)r * N + tile0 + fl, sum);
+        }
+        pvq_cluster_sync();  // every block's share read before the buffers are written again (or the blocks exit)
+      }
     }
 #pragma unroll
     for (int d = 0; d < PF; ++d)
@@ -351,20 +406,36 @@ export const QMM_MIN_ROWS = 2;
 export const QMM_MAX_ROWS = 64;
 /** Row paddings compiled (each is one NVRTC instantiation per dtype and group). */
 export const QMM_ROW_TILES = [8, 16, 32, 64] as const;
-/** Shared memory for x per block, by row tile: at most 48 KB below 32 rows (occupancy), 96 KB above. */
-const SHARED_BYTES: Record<number, number> = { 8: 49152, 16: 49152, 32: 98304, 64: 98304 };
+/** Shared memory for x per block, by row tile: 48 KB below 32 rows (occupancy), 96 KB at 32, 128 KB at 64 (K 8192 in 8 slices). */
+const SHARED_BYTES: Record<number, number> = { 8: 49152, 16: 49152, 32: 98304, 64: 131072 };
 
 export interface QmmConfig {
   /** Rows of x padded: 8, 16, 32 or 64. */
   rowTile: number;
   /** Warps per block (32 output features each). */
   warps: number;
-  /** k-slices (split-K): > 1 adds float partial sums, then casts. */
+  /** k-slices (split-K), summed in a cluster or by float atomics (see cluster). */
   splits: number;
   /** Blocks along the features (default: one per tile of warps*32); fewer take several tiles each over one staged x. */
   blocks?: number;
-  /** Fill the output with NaN first (tests: every element must be written; one slice only). */
+  /**
+   * With k-slices: sum them inside a thread block cluster (one per feature block, its k-slices as its blocks;
+   * at most QMM_MAX_CLUSTER) through distributed shared memory and write the 16-bit output directly, rather
+   * than float atomics into a float32 output and a cast (two more MLX primitives per product). Default: on
+   * when the slices fit a cluster, unless PENSIEVE_GPU_QMM_CLUSTER=0.
+   */
+  cluster?: boolean;
+  /** Fill the output with NaN first (tests: every element must be written; not with float atomics). */
   poison?: boolean;
+}
+
+/** The most k-slices one cluster holds (the portable cluster size). */
+export const QMM_MAX_CLUSTER = 8;
+const clusterDefault = process.env.PENSIEVE_GPU_QMM_CLUSTER !== "0";
+
+/** Bytes of shared memory a block needs: the staged x, and with a cluster the partial tile (8 warps' worth). */
+function sharedBytes(rowTile: number, cluster: number): number {
+  return (SHARED_BYTES[rowTile] as number) + (cluster > 1 ? rowTile * 256 * 4 : 0);
 }
 
 /** The longest k-slice (in k) a block stages for this row tile. */
@@ -382,7 +453,7 @@ const prefetch = (rowTile: number) => (rowTile >= 32 ? 2 : 3);
 /** Blocks of this shape one SM holds at once (registers and shared memory). */
 function residentBlocks(rowTile: number, warps: number): number {
   const byRegisters = Math.floor(65536 / ((REGISTERS[rowTile] as number) * warps * 32));
-  const byShared = Math.floor((228 * 1024) / ((SHARED_BYTES[rowTile] as number) + 1024));
+  const byShared = Math.floor((228 * 1024) / (sharedBytes(rowTile, QMM_MAX_CLUSTER) + 1024));
   return Math.max(1, Math.min(byRegisters, byShared, 32 / warps));
 }
 
@@ -413,9 +484,12 @@ export function qmmGrid(n: number, k: number, m: number, rowTile: number, warps:
   const resident = residentBlocks(rowTile, warps);
   const inFlightPerBlock = features * prefetch(rowTile) * 64;
   let best = { time: Number.POSITIVE_INFINITY, splits: 1, blocks: tiles };
+  // k-slices summed in a cluster when they fit one (float atomics and a cast otherwise: two more primitives).
+  const maxSplits = clusterDefault && Math.ceil(kBlocks / maxPer) <= QMM_MAX_CLUSTER ? QMM_MAX_CLUSTER : kBlocks;
   for (let per = Math.min(maxPer, kBlocks); per >= 1; per--) {
     const splits = Math.ceil(kBlocks / per);
     if (Math.ceil(kBlocks / splits) !== per) continue; // the same slices as a larger `per`
+    if (splits > maxSplits) break;
     for (let perBlock = 1; perBlock <= 4; perBlock++) {
       const blocks = Math.ceil(tiles / perBlock);
       if (Math.ceil(tiles / blocks) !== perBlock) continue;
@@ -453,11 +527,28 @@ const kernels = new Map<number, CustomKernel>();
 /** Launch plans by shape and configuration: batched decode repeats the same launches. */
 const plans = new Map<string, KernelPlan>();
 
-function kernelFor(rowTile: number): CustomKernel {
-  let k = kernels.get(rowTile);
+/**
+ * The header for a cluster size (0: none). MLX writes the kernel's signature after the header, so a
+ * redefined __global__ carries the cluster's shape (__cluster_dims__) onto it.
+ */
+export function qmmHeader(cluster: number): string {
+  return cluster > 1
+    ? `${HEADER}\n#undef __global__\n#define __global__ __location__(global) __cluster_dims__(1, ${cluster}, 1)\n`
+    : HEADER;
+}
+
+/** The kernel for a row tile; with a cluster of k-slices its size is compiled in. */
+function kernelFor(rowTile: number, cluster: number): CustomKernel {
+  const key = rowTile * 100 + cluster;
+  let k = kernels.get(key);
   if (!k) {
-    k = new CustomKernel({ ...QMM_KERNEL, outputs: ["y"], sharedMemory: SHARED_BYTES[rowTile] });
-    kernels.set(rowTile, k);
+    k = new CustomKernel({
+      ...QMM_KERNEL,
+      header: qmmHeader(cluster),
+      outputs: ["y"],
+      sharedMemory: sharedBytes(rowTile, cluster),
+    });
+    kernels.set(key, k);
   }
   return k;
 }
@@ -473,26 +564,44 @@ export function quantizedMatmulBatched(x: MxArray, q: QuantizedWeight, config?: 
   if (!q.biases) throw new Error("pv_qmm_w4: the weight has no biases");
   const c = config ?? qmmConfig(n, k, m);
   if (c.rowTile < m || !QMM_ROW_TILES.includes(c.rowTile as 8)) throw new Error(`pv_qmm_w4: row tile ${c.rowTile}`);
-  if (Math.ceil(Math.ceil(k / 128) / c.splits) * 128 > qmmMaxSlice(c.rowTile)) {
+  const kBlocks = Math.ceil(k / 128);
+  const per = Math.ceil(kBlocks / c.splits);
+  if (per * 128 > qmmMaxSlice(c.rowTile)) {
     throw new Error(`pv_qmm_w4: a k-slice of ${k}/${c.splits} does not fit shared memory at ${c.rowTile} rows`);
   }
-  const split = c.splits > 1;
+  // A cluster's blocks must all have k-blocks (an empty slice would leave the others waiting).
+  const cluster =
+    c.splits > 1 &&
+    (c.cluster ?? clusterDefault) &&
+    c.splits <= QMM_MAX_CLUSTER &&
+    Math.ceil(kBlocks / per) === c.splits
+      ? c.splits
+      : 0;
+  const atomics = c.splits > 1 && cluster === 0;
   const tiles = Math.ceil(n / (c.warps * 32));
   const blocks = Math.min(tiles, c.blocks ?? tiles);
-  const key = `${x.shape.join("x")}|${n}|${x.dtype}|${q.groupSize}|${c.rowTile}|${c.warps}|${c.splits}|${blocks}|${c.poison ? 1 : 0}`;
+  const key = `${x.shape.join("x")}|${n}|${x.dtype}|${q.groupSize}|${c.rowTile}|${c.warps}|${c.splits}|${blocks}|${cluster}|${c.poison ? 1 : 0}`;
   let plan = plans.get(key);
   if (!plan) {
-    plan = kernelFor(c.rowTile).plan({
-      outputs: [{ shape: [...x.shape.slice(0, -1), n], dtype: split ? Dtype.float32 : x.dtype }],
+    plan = kernelFor(c.rowTile, cluster).plan({
+      outputs: [{ shape: [...x.shape.slice(0, -1), n], dtype: atomics ? Dtype.float32 : x.dtype }],
       grid: [blocks * c.warps * 32, c.splits, 1],
       threadgroup: [c.warps * 32, 1, 1],
-      template: { T: { dtype: x.dtype }, MT: c.rowTile, WARPS: c.warps, GROUP: q.groupSize, F32_OUT: split },
-      initValue: split ? 0 : c.poison ? Number.NaN : undefined,
+      template: {
+        T: { dtype: x.dtype },
+        MT: c.rowTile,
+        WARPS: c.warps,
+        GROUP: q.groupSize,
+        F32_OUT: atomics,
+        CLUSTER: cluster,
+        XBYTES: SHARED_BYTES[c.rowTile] as number,
+      },
+      initValue: atomics ? 0 : c.poison ? Number.NaN : undefined,
     });
     plans.set(key, plan);
   }
   const y = plan.run([x, q.weight, q.scales, q.biases])[0] as MxArray;
-  if (!split) return y;
+  if (!atomics) return y;
   const cast = ops.astype(y, x.dtype);
   y.dispose();
   return cast;

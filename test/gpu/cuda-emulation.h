@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -156,33 +157,62 @@ thread_local unsigned char* emu_shared = nullptr;
 template <typename T>
 inline T* emu_dynamic_shared() { return reinterpret_cast<T*>(emu_shared); }
 
+// A thread block cluster (sm_90): its blocks run at once, share a barrier, and
+// reach each other's shared memory (cluster.sync(), cluster.map_shared_rank()).
+struct EmuCluster {
+  std::barrier<> sync;
+  std::vector<unsigned char*> shared;
+  explicit EmuCluster(std::ptrdiff_t threads) : sync(threads) {}
+};
+thread_local EmuCluster* emu_cluster = nullptr;
+thread_local unsigned emu_cluster_rank = 0;
+inline void emu_cluster_sync() { emu_cluster->sync.arrive_and_wait(); }
+template <typename P>
+inline P* emu_cluster_map(P* p, int rank) {
+  const auto offset = reinterpret_cast<unsigned char*>(p) - emu_cluster->shared[emu_cluster_rank];
+  return reinterpret_cast<P*>(emu_cluster->shared[rank] + offset);
+}
+
 // Runs kernel() over grid (total threads, MLX's convention) in blocks of `block`
 // threads, gridY blocks deep (blockIdx.y), with `shared` bytes of dynamic shared
-// memory per block (filled with NaN bytes); a block's threads all run at once,
-// blocks one after another.
+// memory per block (filled with NaN bytes). A block's threads all run at once,
+// blocks one after another; with clusterY > 1 the clusterY blocks of a cluster
+// (consecutive blockIdx.y) run at once.
 inline void emu_launch(unsigned grid, unsigned block, const std::function<void()>& kernel, unsigned gridY = 1,
-                       size_t shared = 0) {
+                       size_t shared = 0, unsigned clusterY = 1) {
   const unsigned blocks = (grid + block - 1) / block;
-  for (unsigned by = 0; by < gridY; ++by) {
+  for (unsigned by0 = 0; by0 < gridY; by0 += clusterY) {
     for (unsigned b = 0; b < blocks; ++b) {
-      std::vector<EmuWarp> warps(block / 32);
-      std::vector<unsigned char> smem(shared, 0xFF);
-      std::barrier<> sync(block);
+      const unsigned n = std::min(clusterY, gridY - by0);
+      std::vector<std::vector<EmuWarp>> warps(n);
+      std::vector<std::vector<unsigned char>> smem(n, std::vector<unsigned char>(shared, 0xFF));
+      std::vector<std::unique_ptr<std::barrier<>>> syncs;
+      EmuCluster cluster(static_cast<std::ptrdiff_t>(n * block));
+      for (unsigned q = 0; q < n; ++q) {
+        warps[q] = std::vector<EmuWarp>(block / 32);
+        syncs.push_back(std::make_unique<std::barrier<>>(block));
+        cluster.shared.push_back(smem[q].data());
+      }
       std::vector<std::thread> threads;
-      for (unsigned t = 0; t < block; ++t) {
-        threads.emplace_back([&, t] {
-          emu_warp = &warps[t / 32];
-          emu_block = &sync;
-          emu_shared = smem.data();
-          threadIdx.x = t;
-          blockIdx.x = b;
-          blockIdx.y = by;
-          gridDim.x = blocks;
-          gridDim.y = gridY;
-          gridDim.z = 1;
-          kernel();
-          sync.arrive_and_drop();
-        });
+      for (unsigned q = 0; q < n; ++q) {
+        for (unsigned t = 0; t < block; ++t) {
+          threads.emplace_back([&, q, t] {
+            emu_warp = &warps[q][t / 32];
+            emu_block = syncs[q].get();
+            emu_shared = smem[q].data();
+            emu_cluster = &cluster;
+            emu_cluster_rank = q;
+            threadIdx.x = t;
+            blockIdx.x = b;
+            blockIdx.y = by0 + q;
+            gridDim.x = blocks;
+            gridDim.y = gridY;
+            gridDim.z = 1;
+            kernel();
+            syncs[q]->arrive_and_drop();
+            cluster.sync.arrive_and_drop();
+          });
+        }
       }
       for (auto& t : threads) t.join();
     }

@@ -24,14 +24,19 @@ interface Case {
   splits: number;
   /** Blocks along the features (fewer than the tiles: each takes several). */
   blocks?: number;
+  /** k-slices summed in a thread block cluster (16-bit output) rather than by float atomics. */
+  cluster?: boolean;
 }
 
 function program(c: Case): string {
   const T = c.dtype === "bf16" ? "__nv_bfloat16" : "__half";
-  const OUT = c.splits > 1 ? "float" : T;
+  const atomics = c.splits > 1 && !c.cluster;
+  const OUT = atomics ? "float" : T;
+  const xBytes = qmmMaxSlice(c.rowTile) * c.rowTile * 2;
+  const shared = xBytes + (c.cluster ? c.rowTile * 256 * 4 : 0);
   const toF = c.dtype === "bf16" ? "__bfloat162float" : "__half2float";
   const fromF = c.dtype === "bf16" ? "__float2bfloat16" : "__float2half";
-  const outToF = c.splits > 1 ? "" : toF;
+  const outToF = atomics ? "" : toF;
   return `#include "${join(import.meta.dir, "cuda-emulation.h")}"
 #include <cstdio>
 #include <random>
@@ -41,7 +46,8 @@ void kernel(const ${T}* x, const int* x_shape, int x_ndim, const uint32_t* w, co
             const ${T}* scales, const ${T}* biases, ${OUT}* y) {
   using T = ${T};
   constexpr int MT = ${c.rowTile}, WARPS = ${c.warps}, GROUP = ${c.group};
-  constexpr bool F32_OUT = ${c.splits > 1};
+  constexpr bool F32_OUT = ${atomics};
+  constexpr int CLUSTER = ${c.cluster ? c.splits : 0}, XBYTES = ${xBytes};
 ${QMM_KERNEL.source}
 }
 }  // namespace mlx::core::cu
@@ -59,14 +65,14 @@ int main() {
     s[i] = ${fromF}(0.005f + 0.025f * uni(rng));
     b[i] = ${fromF}(-8.f * ${toF}(s[i]) + 0.1f * normal(rng));
   }
-  for (auto& v : y) v = ${c.splits > 1 ? "0.f" : `${fromF}(NAN)`};
+  for (auto& v : y) v = ${atomics ? "0.f" : `${fromF}(NAN)`};
   const int x_shape[2] = {M, K};
   const int w_shape[2] = {N, K / 8};
   const unsigned threads = WARPS_TOTAL_THREADS;
   const unsigned blocks = ${c.blocks ?? Math.ceil(c.n / (c.warps * 32))};
   emu_launch(blocks * threads, threads,
              [&] { mlx::core::cu::kernel(x.data(), x_shape, 2, w.data(), w_shape, s.data(), b.data(), y.data()); },
-             ${c.splits}, ${c.rowTile} * ${qmmMaxSlice(c.rowTile)} * 2);
+             ${c.splits}, ${shared}, ${c.cluster ? c.splits : 1});
   double err = 0, ref2 = 0;
   int unwritten = 0;
   for (int m = 0; m < M; ++m)
@@ -89,7 +95,7 @@ int main() {
 
 function run(c: Case): { rel: number; unwritten: number } {
   mkdirSync(dir, { recursive: true });
-  const name = `${c.dtype}-${c.m}-${c.n}-${c.k}-${c.group}-${c.rowTile}-${c.warps}-${c.splits}-${c.blocks ?? 0}`;
+  const name = `${c.dtype}-${c.m}-${c.n}-${c.k}-${c.group}-${c.rowTile}-${c.warps}-${c.splits}-${c.blocks ?? 0}${c.cluster ? "-cl" : ""}`;
   const src = join(dir, `${name}.cpp`);
   const exe = join(dir, name);
   writeFileSync(src, program(c));
@@ -126,9 +132,14 @@ describe.skipIf(!compiler)("batched 4-bit matmul source (tensor cores), emulated
     // 3 tiles in one block, 2 k-blocks each; one k-block, one step (fewer than the prefetch depth):
     { dtype: "bf16", m: 40, n: 96, k: 256, group: 64, rowTile: 64, warps: 1, splits: 1, blocks: 1 },
     { dtype: "f16", m: 3, n: 32, k: 128, group: 128, rowTile: 8, warps: 1, splits: 1 },
+    // k-slices summed in a thread block cluster through distributed shared memory, 16-bit output written once
+    // (NaN-poisoned): uneven slices (3, 3, 2 k-blocks), blocks with several tiles, idle warps in the last tile.
+    { dtype: "f16", m: 13, n: 96, k: 1024, group: 32, rowTile: 16, warps: 2, splits: 3, cluster: true },
+    { dtype: "f16", m: 9, n: 160, k: 640, group: 64, rowTile: 16, warps: 2, splits: 2, blocks: 2, cluster: true },
+    { dtype: "bf16", m: 37, n: 96, k: 1024, group: 64, rowTile: 64, warps: 2, splits: 4, blocks: 1, cluster: true },
   ];
   for (const c of cases) {
-    test(`${c.dtype} M=${c.m} N=${c.n} K=${c.k} group ${c.group}, tile ${c.rowTile}, ${c.warps} warps, ${c.splits} k-slices${c.blocks ? `, ${c.blocks} blocks` : ""}`, () => {
+    test(`${c.dtype} M=${c.m} N=${c.n} K=${c.k} group ${c.group}, tile ${c.rowTile}, ${c.warps} warps, ${c.splits} k-slices${c.blocks ? `, ${c.blocks} blocks` : ""}${c.cluster ? ", cluster" : ""}`, () => {
       const r = run(c);
       expect(r.unwritten).toBe(0);
       expect(r.rel).toBeLessThan(TOLERANCE[c.dtype]);

@@ -63,8 +63,8 @@ describe.skipIf(!cuda)("batched 4-bit matmul on the GPU", () => {
             const q = mx.quantize(w, 64, 4);
             const x = mx.randomNormal([m, k], dtype, 0, 1, mx.randomKey(s + 1000));
             const c = qmmConfig(n, k, m);
-            // NaN poison (one k-slice): an unwritten element makes the distance NaN, which fails.
-            const ours = quantizedMatmulBatched(x, q, { ...c, poison: c.splits === 1 });
+            // NaN poison (one k-slice, or slices summed in a cluster): an unwritten element makes the distance NaN.
+            const ours = quantizedMatmulBatched(x, q, { ...c, poison: true });
             const theirs = mx.quantizedMatmul(x, q);
             expect(ours.shape).toEqual([m, n]);
             expect(ours.dtype).toBe(dtype);
@@ -87,7 +87,7 @@ describe.skipIf(!cuda)("batched 4-bit matmul on the GPU", () => {
     });
   });
 
-  test("other row tiles, warps, k-slices and feature blocks give the same result", () => {
+  test("other row tiles, warps, k-slices, feature blocks and cluster / atomics give the same result", () => {
     mx.tidy(() => {
       const q = mx.quantize(mx.randomNormal([3072, 3072], mx.Dtype.float16, 0, 0.02, mx.randomKey(7)), 64, 4);
       const x = mx.randomNormal([6, 3072], mx.Dtype.float16, 0, 1, mx.randomKey(8));
@@ -98,8 +98,11 @@ describe.skipIf(!cuda)("batched 4-bit matmul on the GPU", () => {
         for (const warps of [4, 8]) {
           for (const splits of slices[rowTile] as number[]) {
             for (const blocks of [undefined, 3]) {
-              const y = quantizedMatmulBatched(x, q, { rowTile, warps, splits, blocks, poison: splits === 1 });
-              expect(relativeDistance(y, ref)).toBeLessThan(3e-3);
+              for (const cluster of splits > 1 ? [true, false] : [false]) {
+                // Poison where the output is written once (one slice, or slices summed in a cluster).
+                const c = { rowTile, warps, splits, blocks, cluster, poison: splits === 1 || cluster };
+                expect(relativeDistance(quantizedMatmulBatched(x, q, c), ref)).toBeLessThan(3e-3);
+              }
             }
           }
         }
