@@ -9,7 +9,7 @@
 #   2. micro: bench/gpu/qmm.ts, rows 2,4,8,16,32,64 on Phi-3-mini's shapes: the kernel
 #      vs MLX quantized_matmul vs the float16 dense matmul, us and GB/s, and a sweep;
 #   3. load: LEVELS (default 8,32) concurrent streams over HTTP, one server at a time (LOAD_SERVERS,
-#      default "qmm dense mlx-lm"),
+#      default "qmm dense mlx-lm"; also "qmm-atomics": split-K by float atomics, not clusters),
 #      device memory sampled (nvidia-smi, every 200 ms) and Pensieve's MLX peak (/metrics):
 #      Pensieve with PENSIEVE_GPU_QMM=1 (the kernel, no dense copies), Pensieve by default
 #      (dense float16 copies), mlx_lm.server.
@@ -44,6 +44,12 @@ fi
 
 if [ "$PHASE" = all ] || [ "$PHASE" = micro ]; then
   timeout 200 bun dist/bench/gpu/qmm.js --out "$R" --rows "${QMM_ROWS:-2,4,8,16,32,64}" 2>&1 | tee "$R/qmm.txt"
+  if [ "${PIPESTATUS[0]}" != 0 ]; then
+    # The cluster split-K (sm_90 thread block clusters) is the newest part: without it, float atomics and a cast.
+    log "micro-benchmark failed; again with PENSIEVE_GPU_QMM_CLUSTER=0"
+    PENSIEVE_GPU_QMM_CLUSTER=0 timeout 200 bun dist/bench/gpu/qmm.js --out "$R" --rows "${QMM_ROWS:-2,4,8,16,32,64}" \
+      2>&1 | tee "$R/qmm-no-cluster.txt"
+  fi
   # bfloat16 (the random Phi-3's dtype), shorter.
   timeout 100 bun dist/bench/gpu/qmm.js --out "$R" --dtype bfloat16 --rows 8,32 --no-sweep 2>&1 | tee "$R/qmm-bf16.txt"
   cp "$R"/qmm-*.md "$OUT/" 2>/dev/null || true
@@ -80,11 +86,12 @@ if [ "$PHASE" = all ] || [ "$PHASE" = load ]; then
   for s in ${LOAD_SERVERS:-qmm dense mlx-lm}; do
     case $s in
     qmm) load_one qmm pensieve PENSIEVE_GPU_QMM=1 ;;
+    qmm-atomics) load_one qmm-atomics pensieve PENSIEVE_GPU_QMM=1 PENSIEVE_GPU_QMM_CLUSTER=0 ;;
     dense) load_one dense pensieve PENSIEVE_GPU_QMM=0 ;;
     mlx-lm) load_one mlx-lm mlx-lm PENSIEVE_GPU_QMM=0 ;;
     esac
   done
-  for d in qmm dense mlx-lm; do
+  for d in qmm qmm-atomics dense mlx-lm; do
     echo "== $d"
     grep -h '^| ' "$R/load-$d"/load-*.md 2>/dev/null | head -8
   done | tee "$R/load-summary.md"
