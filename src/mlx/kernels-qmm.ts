@@ -490,6 +490,7 @@ export function qmmGrid(n: number, k: number, m: number, rowTile: number, warps:
     const splits = Math.ceil(kBlocks / per);
     if (Math.ceil(kBlocks / splits) !== per) continue; // the same slices as a larger `per`
     if (splits > maxSplits) break;
+    if (splits & (splits - 1)) continue; // 1, 2, 4, 8: fewer cluster sizes to compile
     for (let perBlock = 1; perBlock <= 4; perBlock++) {
       const blocks = Math.ceil(tiles / perBlock);
       if (Math.ceil(tiles / blocks) !== perBlock) continue;
