@@ -38,7 +38,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max
 if [ "$PHASE" = all ] || [ "$PHASE" = tests ]; then
   # test/support expects Phi-3's tokenizer and config in ../shared/fixtures.
   mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
-  timeout 240 bun test --timeout 180000 ./dist/test-gpu/qmm.test.js 2>&1 | tail -40 | tee "$R/gpu-tests.txt"
+  timeout 400 bun test --timeout 180000 ./dist/test-gpu/qmm.test.js 2>&1 | tail -40 | tee "$R/gpu-tests.txt"
   log "tests done"
 fi
 
