@@ -34,9 +34,11 @@ chmod u+w .device/phi3/*
 rm -rf dist
 bun build --target=bun --splitting --external playwright-core --outdir dist \
   src/cli.ts bench/run.ts bench/engines/pensieve-generate.ts bench/engines/lone-ttft.ts scripts/make-random-model.ts scripts/setup.ts \
-  bench/gpu/gemv.ts bench/gpu/step-profile.ts bench/gpu/ncu-summary.ts bench/gpu/stamp-gpu.ts bench/gpu/long-memory.ts > /dev/null
+  bench/gpu/gemv.ts bench/gpu/step-profile.ts bench/gpu/ncu-summary.ts bench/gpu/stamp-gpu.ts bench/gpu/long-memory.ts \
+  bench/gpu/qmm.ts > /dev/null
 # The prompt worker: the bundled server resolves "./prompt-worker.ts" beside its chunks (dist/).
 bun build --target=bun --outfile dist/prompt-worker.ts src/server/prompt-worker.ts > /dev/null
 # The GPU tests, bundled (bench/gpu/kernels.sh runs them there with `bun test`).
-bun build --target=bun --outdir dist/test-gpu test/gpu/gemv.test.ts test/gpu/kernels-abi.test.ts test/gpu/long-context.test.ts test/gpu/out-of-memory.test.ts test/gpu/fused.test.ts > /dev/null
+bun build --target=bun --outdir dist/test-gpu test/gpu/gemv.test.ts test/gpu/kernels-abi.test.ts test/gpu/long-context.test.ts \
+  test/gpu/out-of-memory.test.ts test/gpu/fused.test.ts test/gpu/qmm.test.ts > /dev/null
 du -sh .device/* dist

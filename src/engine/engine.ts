@@ -6,6 +6,7 @@ import { basename, join } from "node:path";
 import * as mx from "../mlx";
 import { distributedGroup } from "../mlx/distributed";
 import { type LoadedModel, loadModel, readModelConfig } from "../models/loader";
+import { batchedQmmReplacesDenseCopies } from "../models/gpu-qmm";
 import { denseCopyBytes } from "../models/weights";
 import { pensieveHome } from "../paths";
 import { type ConstraintSpec, JsonConstraintFactory } from "../text/json-constraint";
@@ -136,10 +137,11 @@ export class Engine {
     const elementBytes = device === "cpu" ? 4 : 2;
     let plan = planMemory(config, planned.config, weightBytes, device, elementBytes);
     // On the GPU, dequantized copies of the weights make batched steps and
-    // prefill dense products (read once for all rows); only when they fit.
+    // prefill dense products (read once for all rows); only when they fit, and
+    // not when the batched 4-bit kernel serves those steps (PENSIEVE_GPU_QMM=1).
     let denseCopies = false;
     const q = planned.config.quantization;
-    if (device === "gpu" && q && config.denseWeights !== false) {
+    if (device === "gpu" && q && config.denseWeights !== false && !batchedQmmReplacesDenseCopies(q)) {
       const withDense = weightBytes + denseCopyBytes(planned.weightBytes, q);
       try {
         plan = planMemory(config, planned.config, withDense, device, elementBytes);

@@ -5,6 +5,7 @@ import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
 import type { QuantizationConfig } from "./config";
 import { gpuQuantizedProduct } from "./gpu-kernels";
+import { gpuBatchedProduct } from "./gpu-qmm";
 
 /** A weight matrix [out, in], plain or quantized (bits and group size per tensor). */
 export type LinearWeight =
@@ -41,7 +42,7 @@ export function linear(x: MxArray, w: LinearWeight): MxArray {
   if (w.kind === "dense") y = mx.matmul(x, mx.transpose(w.weight, [1, 0]));
   else if (w.dense && rows >= DENSE_MIN_ROWS) y = mx.matmul(x, mx.transpose(w.dense, [1, 0]));
   else if (w.cpuKernel) y = mx.quantizedMatmulCpu(x, w.q);
-  else y = gpuQuantizedProduct(x, w.q, rows) ?? mx.quantizedMatmul(x, w.q);
+  else y = gpuBatchedProduct(x, w.q, rows) ?? gpuQuantizedProduct(x, w.q, rows) ?? mx.quantizedMatmul(x, w.q);
   return w.bias ? mx.add(y, w.bias) : y;
 }
 
