@@ -47,36 +47,48 @@ class Bytes {
 function writeValue(b: Bytes, type: GgufValueType, v: GgufValue, arrayType?: GgufValueType): void {
   switch (type) {
     case GgufValueType.UINT8:
-      return b.fixed(1, (x) => x.writeUInt8(v as number));
+      b.fixed(1, (x) => x.writeUInt8(v as number));
+      break;
     case GgufValueType.INT8:
-      return b.fixed(1, (x) => x.writeInt8(v as number));
+      b.fixed(1, (x) => x.writeInt8(v as number));
+      break;
     case GgufValueType.UINT16:
-      return b.fixed(2, (x) => x.writeUInt16LE(v as number));
+      b.fixed(2, (x) => x.writeUInt16LE(v as number));
+      break;
     case GgufValueType.INT16:
-      return b.fixed(2, (x) => x.writeInt16LE(v as number));
+      b.fixed(2, (x) => x.writeInt16LE(v as number));
+      break;
     case GgufValueType.UINT32:
-      return b.u32(v as number);
+      b.u32(v as number);
+      break;
     case GgufValueType.INT32:
-      return b.fixed(4, (x) => x.writeInt32LE(v as number));
+      b.fixed(4, (x) => x.writeInt32LE(v as number));
+      break;
     case GgufValueType.FLOAT32:
-      return b.fixed(4, (x) => x.writeFloatLE(v as number));
+      b.fixed(4, (x) => x.writeFloatLE(v as number));
+      break;
     case GgufValueType.BOOL:
-      return b.fixed(1, (x) => x.writeUInt8(v ? 1 : 0));
+      b.fixed(1, (x) => x.writeUInt8(v ? 1 : 0));
+      break;
     case GgufValueType.STRING:
-      return b.str(v as string);
+      b.str(v as string);
+      break;
     case GgufValueType.UINT64:
-      return b.u64(v as number | bigint);
+      b.u64(v as number | bigint);
+      break;
     case GgufValueType.INT64:
-      return b.fixed(8, (x) => x.writeBigInt64LE(BigInt(v as number)));
+      b.fixed(8, (x) => x.writeBigInt64LE(BigInt(v as number)));
+      break;
     case GgufValueType.FLOAT64:
-      return b.fixed(8, (x) => x.writeDoubleLE(v as number));
+      b.fixed(8, (x) => x.writeDoubleLE(v as number));
+      break;
     case GgufValueType.ARRAY: {
       if (arrayType === undefined) throw new Error("array without element type");
       const items = v as GgufValue[];
       b.u32(arrayType);
       b.u64(items.length);
       for (const item of items) writeValue(b, arrayType, item);
-      return;
+      break;
     }
   }
 }
