@@ -215,10 +215,17 @@ export async function benchGenerate(argv: string[]) {
     const rows = o.llamaGpu
       ? [{ name: "llama.cpp CUDA", threads: 1, backend: "cuda" }]
       : o.llamaThreads.map((t) => ({ name: `llama.cpp ${t} thread${t > 1 ? "s" : ""}`, threads: t, backend: "cpu" }));
+    // PENSIEVE_LLAMA_LIBRARY_PATH: where the CUDA runtime and cuBLAS are, for llama.cpp's process only
+    // (Pensieve's and mlx-lm's MLX find their own copies).
+    const libs = process.env.PENSIEVE_LLAMA_LIBRARY_PATH;
+    const env: Record<string, string> = libs
+      ? { LD_LIBRARY_PATH: [libs, process.env.LD_LIBRARY_PATH].filter(Boolean).join(":") }
+      : {};
     for (const r of rows) {
       engines.push({
         name: r.name,
         argv: [runtime, script, llamaGguf, promptFile, String(gen), String(r.threads), r.backend],
+        env,
       });
     }
   }
