@@ -189,32 +189,45 @@ lone)
 llama-build)
   # Unpack node-llama-cpp (JS, its CUDA package less libggml-cuda.so), build libggml-cuda.so for the H100
   # (sm_90) from the same llama.cpp release with this machine's nvcc (the prebuilt one's sm_90 code is PTX
-  # from CUDA 13.1, which driver 580 cannot JIT), write the MLX random Phi-3 as a Q4_0 GGUF, smoke-test it.
-  echo "$(cat .device/llama.tar.xz.sha256)  .device/llama.tar.xz" | sha256sum -c -
-  rm -rf "$L" && mkdir -p "$L" && xz -dc .device/llama.tar.xz | tar -C "$L" -xf -
-  log "unpacked $(cat "$L/llama.cpp-commit.txt") for node-llama-cpp $(grep -o '"version": "[^"]*"' "$L/nlc/node_modules/node-llama-cpp/package.json")"
+  # from CUDA 13.1, which driver 580 cannot JIT), write the MLX random Phi-3 as a Q4_0 GGUF (beside the
+  # build), smoke-test it. Resumable: run again (no carry needed) if it ran out of time; the build goes on.
+  if [ -f .device/llama.tar.xz ] && [ "$(cat "$L/.sha256" 2>/dev/null)" != "$(cat .device/llama.tar.xz.sha256)" ]; then
+    echo "$(cat .device/llama.tar.xz.sha256)  .device/llama.tar.xz" | sha256sum -c -
+    rm -rf "$L" && mkdir -p "$L" && xz -dc .device/llama.tar.xz | tar -C "$L" -xf -
+    cp .device/llama.tar.xz.sha256 "$L/.sha256"
+  fi
+  log "llama.cpp $(cut -c1-50 "$L/llama.cpp-commit.txt"), node-llama-cpp $(grep -o '"version": "[^"]*"' "$L/nlc/node_modules/node-llama-cpp/package.json")"
   llama_env
+  # The same random weights as Pensieve's and mlx-lm's model, as Q4_0 (scripts/mlx-to-gguf.ts), while CUDA builds.
+  [ -f "$MODEL/model.safetensors" ] || { echo "no $MODEL: run the prepare phase first" >&2; exit 1; }
+  convert=
+  if [ ! -f "$GGUF" ]; then
+    (bun dist/llama/scripts/mlx-to-gguf.js --model "$MODEL" --out "$GGUF.part" && mv "$GGUF.part" "$GGUF") > "$OUT/llama-gguf.txt" 2>&1 &
+    convert=$!
+  fi
   if [ "$(llama_backend)" = cuda ]; then
-    export PATH="$L/cmake/bin:$PATH"
-    nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
-    log "cmake $(cmake --version | head -1), ninja $(ninja --version), $("$nvcc" --version | tail -1), $(nproc) cores, CUDA libraries in ${PENSIEVE_LLAMA_LIBRARY_PATH:-?}"
-    cmake -S "$L" -B "$L/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER="$nvcc" \
-      -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90-real -DGGML_CUDA_GRAPHS=ON -DGGML_CUDA_NCCL=OFF \
-      -DGGML_CPU=OFF -DGGML_BACKEND_DL=ON -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DGGML_CCACHE=OFF \
-      > "$OUT/llama-cmake.txt" 2>&1 || { tail -40 "$OUT/llama-cmake.txt"; exit 1; }
-    start=$(date +%s)
-    cmake --build "$L/build" --target ggml-cuda -j "$(nproc)" > "$OUT/llama-build.txt" 2>&1 || { tail -60 "$OUT/llama-build.txt"; exit 1; }
-    log "libggml-cuda.so built in $(($(date +%s) - start)) s"
-    cp "$(find "$L/build" -name libggml-cuda.so | head -1)" "$LLAMA_BINS/libggml-cuda.so"
+    if [ ! -f "$L/build/.done" ]; then
+      export PATH="$L/cmake/bin:$PATH"
+      nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+      log "cmake $(cmake --version | head -1), ninja $(ninja --version), $("$nvcc" --version | tail -1), $(nproc) cores, CUDA libraries in ${PENSIEVE_LLAMA_LIBRARY_PATH:-?}"
+      cmake -S "$L" -B "$L/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER="$nvcc" \
+        -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90-real -DGGML_CUDA_GRAPHS=ON -DGGML_CUDA_NCCL=OFF \
+        -DGGML_CPU=OFF -DGGML_BACKEND_DL=ON -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DGGML_CCACHE=OFF \
+        > "$OUT/llama-cmake.txt" 2>&1 || { tail -40 "$OUT/llama-cmake.txt"; exit 1; }
+      start=$(date +%s)
+      timeout "${LLAMA_BUILD_TIMEOUT:-480}" cmake --build "$L/build" --target ggml-cuda -j "$(nproc)" > "$OUT/llama-build.txt" 2>&1 ||
+        { tail -40 "$OUT/llama-build.txt"; echo "build stopped after $(($(date +%s) - start)) s: run llama-build again to go on" >&2; wait; exit 1; }
+      log "libggml-cuda.so built in $(($(date +%s) - start)) s"
+      cp "$(find "$L/build" -name libggml-cuda.so | head -1)" "$LLAMA_BINS/libggml-cuda.so" && touch "$L/build/.done"
+    fi
     LD_LIBRARY_PATH="${PENSIEVE_LLAMA_LIBRARY_PATH}:${LD_LIBRARY_PATH:-}" ldd "$LLAMA_BINS/libggml-cuda.so" | tee "$OUT/llama-ldd.txt"
     if grep -q "not found" "$OUT/llama-ldd.txt"; then echo "libggml-cuda.so: a library is missing (above)" >&2; fi
   else
     cp -r "${LLAMA_CPU_PACKAGE:?the @node-llama-cpp/linux-x64 folder}" "$L/nlc/node_modules/@node-llama-cpp/"
   fi
-  # The same random weights as Pensieve's and mlx-lm's model, as Q4_0 (scripts/mlx-to-gguf.ts).
-  [ -f "$MODEL/model.safetensors" ] || { echo "no $MODEL: run the prepare phase first" >&2; exit 1; }
-  [ -f "$GGUF" ] || bun dist/llama/scripts/mlx-to-gguf.js --model "$MODEL" --out "$GGUF"
-  ls -la "$GGUF" | tee -a "$OUT/llama-build.txt"
+  if [ -n "$convert" ]; then wait "$convert" || { cat "$OUT/llama-gguf.txt"; exit 1; }; fi
+  cat "$OUT/llama-gguf.txt" 2>/dev/null || true
+  ls -la "$GGUF"
   # Smoke test: load on the GPU, 64 prompt tokens, 16 greedy ones.
   $PY -c "import json; print(json.dumps([1] + list(range(450, 513))))" > "$W/llama-smoke-prompt.json"
   LD_LIBRARY_PATH="${PENSIEVE_LLAMA_LIBRARY_PATH}:${LD_LIBRARY_PATH:-}" timeout 300 bun bench/engines/llamacpp-generate.mjs \
@@ -226,9 +239,10 @@ llama)
   llama_env
   llama_gpu=--llama-gpu
   [ "$(llama_backend)" = cpu ] && llama_gpu="--llama-threads 2"
-  for spec in ${LLAMA_RUNS:-128:256:3 4096:16:3 20000:16:2}; do
-    IFS=: read -r p gen rep <<< "$spec"
-    timeout "${LLAMA_RUN_TIMEOUT:-240}" bun dist/llama/bench/run.js generate --model "$MODEL" --device "${LLAMA_DEVICE:-gpu}" \
+  # LLAMA_RUNS: prompt:generated:repeats:seconds allowed, one table each (the defaults fit one 600 s call).
+  for spec in ${LLAMA_RUNS:-128:256:3:180 4096:16:3:150 20000:16:2:220}; do
+    IFS=: read -r p gen rep limit <<< "$spec"
+    timeout "$limit" bun dist/llama/bench/run.js generate --model "$MODEL" --device "${LLAMA_DEVICE:-gpu}" \
       --engines "${ENGINES:-pensieve,mlx-lm,llama.cpp}" --python $PY --pensieve-engine "${PENSIEVE_ENGINE:-dist/bench/engines/pensieve-generate.js}" \
       --llama-gguf "$GGUF" $llama_gpu --prompt "$p" --gen "$gen" --repeat "$rep" --out-dir "$OUT/llama" 2>&1 | grep -v '^\[bench\]' || true
   done
