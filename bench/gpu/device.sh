@@ -246,7 +246,7 @@ llama)
       --engines "${ENGINES:-pensieve,mlx-lm,llama.cpp}" --python $PY --pensieve-engine "${PENSIEVE_ENGINE:-dist/bench/engines/pensieve-generate.js}" \
       --llama-gguf "$GGUF" $llama_gpu --prompt "$p" --gen "$gen" --repeat "$rep" --out-dir "$OUT/llama" 2>&1 | grep -v '^\[bench\]' || true
   done
-  bun dist/llama/bench/gpu/stamp-gpu.js "$OUT/gpu.txt" "$OUT/llama" > /dev/null || true
+  bun dist/llama/bench/gpu/stamp-gpu.js "$OUT/gpu.txt" "$OUT/llama" > /dev/null 2>&1 || echo "could not stamp the GPU name" >&2
   ;;
 *)
   echo "unknown phase $1" >&2

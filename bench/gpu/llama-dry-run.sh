@@ -12,6 +12,6 @@ tiny=$(bun -e 'import { tinyModel } from "./test/support/models"; console.log(ti
 cp -r "$tiny" "$sim/phi3-mini-128k-4bit-random"
 export PV_WORK=$sim OUT=$sim/out LLAMA_DRY_RUN=1 PENSIEVE_BACKEND=cpu
 LLAMA_CPU_PACKAGE=bench/.cache/node/node_modules/@node-llama-cpp/linux-x64 bash bench/gpu/device.sh llama-build
-LLAMA_DEVICE=cpu ENGINES=pensieve,llama.cpp LLAMA_RUNS="64:16:1 300:8:1" PENSIEVE_ENGINE=bench/engines/pensieve-generate.ts \
+LLAMA_DEVICE=cpu ENGINES=pensieve,llama.cpp LLAMA_RUNS="64:16:1:120 300:8:1:120" PENSIEVE_ENGINE=bench/engines/pensieve-generate.ts \
   bash bench/gpu/device.sh llama
 ls -R "$OUT" | head -30
