@@ -191,6 +191,8 @@ llama-build)
   # (sm_90) from the same llama.cpp release with this machine's nvcc (the prebuilt one's sm_90 code is PTX
   # from CUDA 13.1, which driver 580 cannot JIT), write the MLX random Phi-3 as a Q4_0 GGUF (beside the
   # build), smoke-test it. Resumable: run again (no carry needed) if it ran out of time; the build goes on.
+  # Unversioned sonames as node-llama-cpp builds them: the new library then binds to the prebuilt libggml-base.so
+  # already loaded (tried here with a self-built CPU backend beside the prebuilt addon: one ggml-base, same tokens).
   if [ -f .device/llama.tar.xz ] && [ "$(cat "$L/.sha256" 2>/dev/null)" != "$(cat .device/llama.tar.xz.sha256)" ]; then
     echo "$(cat .device/llama.tar.xz.sha256)  .device/llama.tar.xz" | sha256sum -c -
     rm -rf "$L" && mkdir -p "$L" && xz -dc .device/llama.tar.xz | tar -C "$L" -xf -
@@ -213,7 +215,7 @@ llama-build)
       cmake -S "$L" -B "$L/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER="$nvcc" \
         -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90-real -DGGML_CUDA_GRAPHS=ON -DGGML_CUDA_NCCL=OFF \
         -DGGML_CPU=OFF -DGGML_BACKEND_DL=ON -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DGGML_CCACHE=OFF \
-        > "$OUT/llama-cmake.txt" 2>&1 || { tail -40 "$OUT/llama-cmake.txt"; exit 1; }
+        -DCMAKE_PLATFORM_NO_VERSIONED_SONAME=ON > "$OUT/llama-cmake.txt" 2>&1 || { tail -40 "$OUT/llama-cmake.txt"; exit 1; }
       start=$(date +%s)
       timeout "${LLAMA_BUILD_TIMEOUT:-480}" cmake --build "$L/build" --target ggml-cuda -j "$(nproc)" > "$OUT/llama-build.txt" 2>&1 ||
         { tail -40 "$OUT/llama-build.txt"; echo "build stopped after $(($(date +%s) - start)) s: run llama-build again to go on" >&2; wait; exit 1; }
