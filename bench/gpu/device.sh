@@ -232,8 +232,17 @@ llama-build)
   ls -la "$GGUF"
   # Smoke test: load on the GPU, 64 prompt tokens, 16 greedy ones.
   $PY -c "import json; print(json.dumps([1] + list(range(450, 513))))" > "$W/llama-smoke-prompt.json"
-  LD_LIBRARY_PATH="${PENSIEVE_LLAMA_LIBRARY_PATH}:${LD_LIBRARY_PATH:-}" timeout 300 bun bench/engines/llamacpp-generate.mjs \
-    "$GGUF" "$W/llama-smoke-prompt.json" 16 1 "$(llama_backend)" 2>&1 | tail -30 | tee "$OUT/llama-smoke.txt"
+  export LD_LIBRARY_PATH="${PENSIEVE_LLAMA_LIBRARY_PATH}:${LD_LIBRARY_PATH:-}"
+  if ! timeout 300 bun bench/engines/llamacpp-generate.mjs "$GGUF" "$W/llama-smoke-prompt.json" 16 1 "$(llama_backend)" \
+    > "$OUT/llama-smoke.txt" 2>&1; then
+    tail -30 "$OUT/llama-smoke.txt"
+    # The addon alone (what node-llama-cpp's binary test does): ggml prints why a backend did not load.
+    bun -e "const b = require('$LLAMA_BINS/llama-addon.node'); b.loadBackends('$LLAMA_BINS');
+      console.log('GPU type:', b.getGpuType()); await b.init(); console.log(b.getGpuDeviceInfo?.());" 2>&1 |
+      tail -20 | tee "$OUT/llama-addon-check.txt"
+    exit 1
+  fi
+  tail -5 "$OUT/llama-smoke.txt"
   ;;
 llama)
   # One table per prompt length: Pensieve, mlx-lm (the MLX random Phi-3) and llama.cpp CUDA (the same weights
