@@ -212,7 +212,17 @@ llama-build)
       export PATH="$L/cmake/bin:$PATH"
       nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
       log "cmake $(cmake --version | head -1), ninja $(ninja --version), $("$nvcc" --version | tail -1), $(nproc) cores, CUDA libraries in ${PENSIEVE_LLAMA_LIBRARY_PATH:-?}"
-      cmake -S "$L" -B "$L/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER="$nvcc" \
+      # cuBLAS from Python's nvidia-* packages where the toolkit lacks it (unversioned names for the linker).
+      extra=()
+      if [ ! -e "$(dirname "$(dirname "$nvcc")")/include/cublas_v2.h" ]; then
+        d=$(cuda_lib_dir)
+        [ -n "$d" ] || { echo "no libcublas.so.13 anywhere: cannot build llama.cpp's CUDA backend" >&2; exit 1; }
+        mkdir -p "$L/cuda-extra"
+        for f in cublas cublasLt cudart; do ln -sf "$d/lib$f.so.13" "$L/cuda-extra/lib$f.so"; done
+        extra=(-DCMAKE_LIBRARY_PATH="$L/cuda-extra" -DCMAKE_CUDA_FLAGS="-I$(dirname "$d")/include")
+        log "cuBLAS is not in the toolkit: using $d"
+      fi
+      cmake -S "$L" -B "$L/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER="$nvcc" "${extra[@]}" \
         -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90-real -DGGML_CUDA_GRAPHS=ON -DGGML_CUDA_NCCL=OFF \
         -DGGML_CPU=OFF -DGGML_BACKEND_DL=ON -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DGGML_CCACHE=OFF \
         -DCMAKE_PLATFORM_NO_VERSIONED_SONAME=ON > "$OUT/llama-cmake.txt" 2>&1 || { tail -40 "$OUT/llama-cmake.txt"; exit 1; }
