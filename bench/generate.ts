@@ -6,11 +6,15 @@
 //
 //   bun run bench generate [--model smollm2-135m] [--prompt 256] [--gen 128] [--repeat 3]
 //     [--engines pensieve,mlx-lm,llama.cpp] [--pensieve-threads 1,2] [--llama-threads 1,2] [--converted]
+//     [--llama-gguf FILE.gguf] [--llama-gpu]
 // A GGUF model is converted to an MLX folder (cached per file: path, size and
 // modification time) for mlx-lm, and for a Pensieve row on that folder when
 // mlx-lm runs too or with --converted. --pensieve-threads adds one Pensieve row
 // per thread count (PENSIEVE_THREADS; "auto" for the automatic choice); default:
-// one row, automatic threads.
+// one row, automatic threads. --llama-gguf gives llama.cpp its own GGUF beside an
+// MLX folder (the GPU benchmark: the same random Phi-3 written as Q4_0 by
+// scripts/mlx-to-gguf.ts); --llama-gpu runs llama.cpp's CUDA build (one row, every
+// layer on the GPU; bench/engines/llamacpp-generate.mjs gives the settings).
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, realpathSync, statSync, writeFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
@@ -94,6 +98,10 @@ interface GenerateOptions {
   converted: boolean;
   /** llama.cpp thread counts, one row each (default 1 and 2). */
   llamaThreads: number[];
+  /** The GGUF llama.cpp loads when the model is an MLX folder. */
+  llamaGguf: string | undefined;
+  /** llama.cpp's CUDA build, all layers on the GPU (one row). */
+  llamaGpu: boolean;
 }
 
 /** The MLX folder a GGUF converts to: one per file (its real path, size and modification time). */
@@ -139,6 +147,8 @@ function parseGenerateOptions(argv: string[]): GenerateOptions {
       .map((t) => (t === "auto" ? 0 : Number(t))),
     converted: argv.includes("--converted"),
     llamaThreads: (get("llama-threads") ?? "1,2").split(",").map(Number),
+    llamaGguf: get("llama-gguf"),
+    llamaGpu: argv.includes("--llama-gpu"),
   };
 }
 
@@ -195,11 +205,28 @@ export async function benchGenerate(argv: string[]) {
     const script = join(BENCH_DIR, "engines", "mlx_lm_generate.py");
     engines.push({ name: "mlx-lm", argv: [python, script, folder, promptFile, String(gen), o.device] });
   }
-  if (o.engines.includes("llama.cpp") && gguf) {
-    ensureNodeLlamaCpp();
+  const llamaGguf = o.llamaGguf ? resolve(o.llamaGguf) : gguf;
+  if (o.engines.includes("llama.cpp") && llamaGguf) {
+    // PENSIEVE_NODE_LLAMA_CPP: a node-llama-cpp carried to a machine without network.
+    if (!process.env.PENSIEVE_NODE_LLAMA_CPP) ensureNodeLlamaCpp();
     const script = join(BENCH_DIR, "engines", "llamacpp-generate.mjs");
-    for (const t of o.llamaThreads) {
-      engines.push({ name: `llama.cpp ${t} thread${t > 1 ? "s" : ""}`, argv: ["node", script, gguf, promptFile, String(gen), String(t)] });
+    // node-llama-cpp runs under Bun too (the GPU machine has no Node).
+    const runtime = Bun.which("node") ?? process.execPath;
+    const rows = o.llamaGpu
+      ? [{ name: "llama.cpp CUDA", threads: 1, backend: "cuda" }]
+      : o.llamaThreads.map((t) => ({ name: `llama.cpp ${t} thread${t > 1 ? "s" : ""}`, threads: t, backend: "cpu" }));
+    // PENSIEVE_LLAMA_LIBRARY_PATH: where the CUDA runtime and cuBLAS are, for llama.cpp's process only
+    // (Pensieve's and mlx-lm's MLX find their own copies).
+    const libs = process.env.PENSIEVE_LLAMA_LIBRARY_PATH;
+    const env: Record<string, string> = libs
+      ? { LD_LIBRARY_PATH: [libs, process.env.LD_LIBRARY_PATH].filter(Boolean).join(":") }
+      : {};
+    for (const r of rows) {
+      engines.push({
+        name: r.name,
+        argv: [runtime, script, llamaGguf, promptFile, String(gen), String(r.threads), r.backend],
+        env,
+      });
     }
   }
   const results: Array<GenerateResult & { label: string; runs: GenerateResult[] }> = [];
@@ -224,6 +251,7 @@ export async function benchGenerate(argv: string[]) {
     machine: machine(),
     device: o.device,
     model: modelLabel(modelPath, gguf ? folder : null),
+    ...(o.llamaGguf && llamaGguf ? { llamaModel: modelLabel(llamaGguf, null) } : {}),
     settings: {
       promptTokens: promptLength,
       generatedTokens: gen,
@@ -232,6 +260,12 @@ export async function benchGenerate(argv: string[]) {
       statistic: "median",
     },
     versions: { mlxLm: MLX_LM_VERSION, nodeLlamaCpp: NODE_LLAMA_CPP_VERSION },
+    ...(o.llamaGpu
+      ? {
+          llamaCpp:
+            "CUDA build, every layer on the GPU, flash attention on, batch 512 (n_batch = n_ubatch), KV float16",
+        }
+      : {}),
     results: results.map(({ runs: _runs, ...r }) => ({
       ...r,
       decodeVsPensieve: r.decodeTokPerS / baseline.decodeTokPerS,
@@ -247,6 +281,7 @@ export async function benchGenerate(argv: string[]) {
     `# Single-stream generation, ${report.date.slice(0, 10)}`,
     "",
     `Machine: ${report.machine.cpu}, ${report.machine.cores} cores, ${report.machine.memoryGiB} GiB. Model: ${report.model}.`,
+    ...(report.llamaModel ? [`llama.cpp model: ${report.llamaModel}.`] : []),
     `Prompt ${promptLength} tokens, ${gen} generated (greedy, EOS ignored), median of ${repeat} runs. Command: \`${report.command}\`.`,
     "",
     "| engine | prefill tok/s | decode tok/s | first token ms | peak MLX MiB | peak RSS MiB | decode vs first row | host ms/step | device ms/step |",

@@ -12,16 +12,18 @@
 #   bash bench/gpu/device.sh lone      # lone requests' time to first token: scheduler vs plain generation
 #   bash bench/gpu/device.sh kv        # issue 10: Claude Code replay (carry .device/claude-code-request.json), long prompts
 #   bash bench/gpu/device.sh spec      # issue 13: a verify pass of k = 2, 4, 8, 16 tokens vs a one-token step
+#   bash bench/gpu/device.sh llama-build  # issue 11: llama.cpp CUDA (carry .device/llama.tar.xz{,.sha256}; after prepare)
+#   bash bench/gpu/device.sh llama     # issue 11: Pensieve, mlx-lm and llama.cpp CUDA side by side (128 → 256; 4096, 20000)
 #
 # Pack the carried files first with bench/gpu/pack.sh. Results go to $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-W=/tmp/pv
+W=${PV_WORK:-/tmp/pv} # PV_WORK: a stand-in folder for dry runs off the GPU machine (bench/gpu/llama-dry-run.sh)
 OUT=${OUT:-$W/out}
 mkdir -p "$W/bin" "$OUT"
 export PATH="$W/bin:$PATH"
 export PENSIEVE_CLI="$PWD/dist/src/cli.js"
-export PENSIEVE_BACKEND=cuda
+export PENSIEVE_BACKEND=${PENSIEVE_BACKEND:-cuda}
 PY=python3
 MODEL=$W/phi3-mini-128k-4bit-random
 # Random weights must not stop early (end-of-turn ids) nor pick the embedding's
@@ -36,6 +38,30 @@ mlx_parts() { cat "$W"/mlx-cuda.part.a "$W"/mlx-cuda.part.b1 "$W"/mlx-cuda.part.
 rope_compat() {
   $PY -c "import json,sys; p=sys.argv[1]; c=json.load(open(p)); c['rope_scaling']['original_max_position_embeddings']=c['original_max_position_embeddings']; json.dump(c,open(p,'w'),indent=2)" "$1/config.json"
 }
+
+# ---- llama.cpp CUDA (issue 11, item 5): bench/gpu/pack-llama.sh packs what these phases unpack ----
+L=$W/llama
+GGUF=$W/phi3-mini-128k-q4_0-random.gguf
+LLAMA_BINS=$L/nlc/node_modules/@node-llama-cpp/linux-x64-cuda/bins/linux-x64-cuda
+# The folder holding libcublas.so.13 (the toolkit's, else Python's nvidia-* packages).
+cuda_lib_dir() {
+  local d
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+    $($PY -c "import nvidia, os; [print(os.path.join(p, s, 'lib')) for p in nvidia.__path__ for s in ('cu13', 'cublas')]" 2>/dev/null); do
+    if [ -e "$d/libcublas.so.13" ]; then echo "$d"; return; fi
+  done
+}
+llama_env() {
+  [ -d "$L/nlc/node_modules/node-llama-cpp" ] || { echo "run the llama-build phase first" >&2; exit 1; }
+  # The harness bundles find the checkout from dist/llama/ (a later carry of dist may have replaced it).
+  mkdir -p dist/llama && cp -r "$L/dist-llama/." dist/llama/
+  export PENSIEVE_NODE_LLAMA_CPP=$L/nlc
+  PENSIEVE_LLAMA_LIBRARY_PATH=$(cuda_lib_dir)
+  export PENSIEVE_LLAMA_LIBRARY_PATH
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv > "$OUT/gpu.txt" 2>&1 || true
+}
+# LLAMA_DRY_RUN=1 (bench/gpu/llama-dry-run.sh, no GPU): llama.cpp's CPU build instead of building CUDA.
+llama_backend() { if [ "${LLAMA_DRY_RUN:-}" = 1 ]; then echo cpu; else echo cuda; fi; }
 
 case "${1:?phase}" in
 unpack)
@@ -159,6 +185,89 @@ lone)
   for cfg in '{"prefillWidthMultiple":1}' '{}' '{"prefillWidthMultiple":1,"denseWeights":false}'; do
     bun dist/bench/engines/lone-ttft.js "$MODEL" gpu --engine-config "$cfg"
   done 2>&1 | grep -v '^\[' | tee "$OUT/lone-ttft.txt"
+  ;;
+llama-build)
+  # Unpack node-llama-cpp (JS, its CUDA package less libggml-cuda.so), build libggml-cuda.so for the H100
+  # (sm_90) from the same llama.cpp release with this machine's nvcc (the prebuilt one's sm_90 code is PTX
+  # from CUDA 13.1, which driver 580 cannot JIT), write the MLX random Phi-3 as a Q4_0 GGUF (beside the
+  # build), smoke-test it. Resumable: run again (no carry needed) if it ran out of time; the build goes on.
+  # Unversioned sonames as node-llama-cpp builds them: the new library then binds to the prebuilt libggml-base.so
+  # already loaded (tried here with a self-built CPU backend beside the prebuilt addon: one ggml-base, same tokens).
+  if [ -f .device/llama.tar.xz ] && [ "$(cat "$L/.sha256" 2>/dev/null)" != "$(cat .device/llama.tar.xz.sha256)" ]; then
+    echo "$(cat .device/llama.tar.xz.sha256)  .device/llama.tar.xz" | sha256sum -c -
+    rm -rf "$L" && mkdir -p "$L" && xz -dc .device/llama.tar.xz | tar -C "$L" -xf -
+    cp .device/llama.tar.xz.sha256 "$L/.sha256"
+  fi
+  log "llama.cpp $(cut -c1-50 "$L/llama.cpp-commit.txt"), node-llama-cpp $(grep -o '"version": "[^"]*"' "$L/nlc/node_modules/node-llama-cpp/package.json")"
+  llama_env
+  # The same random weights as Pensieve's and mlx-lm's model, as Q4_0 (scripts/mlx-to-gguf.ts), while CUDA builds.
+  [ -f "$MODEL/model.safetensors" ] || { echo "no $MODEL: run the prepare phase first" >&2; exit 1; }
+  convert=
+  if [ ! -f "$GGUF" ]; then
+    (bun dist/llama/scripts/mlx-to-gguf.js --model "$MODEL" --out "$GGUF.part" && mv "$GGUF.part" "$GGUF") > "$OUT/llama-gguf.txt" 2>&1 &
+    convert=$!
+  fi
+  if [ "$(llama_backend)" = cuda ]; then
+    if [ ! -f "$L/build/.done" ]; then
+      export PATH="$L/cmake/bin:$PATH"
+      nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+      log "cmake $(cmake --version | head -1), ninja $(ninja --version), $("$nvcc" --version | tail -1), $(nproc) cores, CUDA libraries in ${PENSIEVE_LLAMA_LIBRARY_PATH:-?}"
+      # cuBLAS from Python's nvidia-* packages where the toolkit lacks it (unversioned names for the linker).
+      extra=()
+      if [ ! -e "$(dirname "$(dirname "$nvcc")")/include/cublas_v2.h" ]; then
+        d=$(cuda_lib_dir)
+        [ -n "$d" ] || { echo "no libcublas.so.13 anywhere: cannot build llama.cpp's CUDA backend" >&2; exit 1; }
+        mkdir -p "$L/cuda-extra"
+        for f in cublas cublasLt cudart; do ln -sf "$d/lib$f.so.13" "$L/cuda-extra/lib$f.so"; done
+        extra=(-DCMAKE_LIBRARY_PATH="$L/cuda-extra" -DCMAKE_CUDA_FLAGS="-I$(dirname "$d")/include")
+        log "cuBLAS is not in the toolkit: using $d"
+      fi
+      cmake -S "$L" -B "$L/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER="$nvcc" "${extra[@]}" \
+        -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90-real -DGGML_CUDA_GRAPHS=ON -DGGML_CUDA_NCCL=OFF \
+        -DGGML_CPU=OFF -DGGML_BACKEND_DL=ON -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DGGML_CCACHE=OFF \
+        -DCMAKE_PLATFORM_NO_VERSIONED_SONAME=ON > "$OUT/llama-cmake.txt" 2>&1 || { tail -40 "$OUT/llama-cmake.txt"; exit 1; }
+      start=$(date +%s)
+      timeout "${LLAMA_BUILD_TIMEOUT:-480}" cmake --build "$L/build" --target ggml-cuda -j "$(nproc)" > "$OUT/llama-build.txt" 2>&1 ||
+        { tail -40 "$OUT/llama-build.txt"; echo "build stopped after $(($(date +%s) - start)) s: run llama-build again to go on" >&2; wait; exit 1; }
+      log "libggml-cuda.so built in $(($(date +%s) - start)) s"
+      cp "$(find "$L/build" -name libggml-cuda.so | head -1)" "$LLAMA_BINS/libggml-cuda.so" && touch "$L/build/.done"
+    fi
+    LD_LIBRARY_PATH="${PENSIEVE_LLAMA_LIBRARY_PATH}:${LD_LIBRARY_PATH:-}" ldd "$LLAMA_BINS/libggml-cuda.so" | tee "$OUT/llama-ldd.txt"
+    if grep -q "not found" "$OUT/llama-ldd.txt"; then echo "libggml-cuda.so: a library is missing (above)" >&2; fi
+  else
+    cp -r "${LLAMA_CPU_PACKAGE:?the @node-llama-cpp/linux-x64 folder}" "$L/nlc/node_modules/@node-llama-cpp/"
+  fi
+  if [ -n "$convert" ]; then wait "$convert" || { cat "$OUT/llama-gguf.txt"; exit 1; }; fi
+  cat "$OUT/llama-gguf.txt" 2>/dev/null || true
+  ls -la "$GGUF"
+  # Smoke test: load on the GPU, 64 prompt tokens, 16 greedy ones.
+  $PY -c "import json; print(json.dumps([1] + list(range(450, 513))))" > "$W/llama-smoke-prompt.json"
+  export LD_LIBRARY_PATH="${PENSIEVE_LLAMA_LIBRARY_PATH}:${LD_LIBRARY_PATH:-}"
+  if ! timeout 300 bun bench/engines/llamacpp-generate.mjs "$GGUF" "$W/llama-smoke-prompt.json" 16 1 "$(llama_backend)" \
+    > "$OUT/llama-smoke.txt" 2>&1; then
+    tail -30 "$OUT/llama-smoke.txt"
+    # The addon alone (what node-llama-cpp's binary test does): ggml prints why a backend did not load.
+    bun -e "const b = require('$LLAMA_BINS/llama-addon.node'); b.loadBackends('$LLAMA_BINS');
+      console.log('GPU type:', b.getGpuType()); await b.init(); console.log(b.getGpuDeviceInfo?.());" 2>&1 |
+      tail -20 | tee "$OUT/llama-addon-check.txt"
+    exit 1
+  fi
+  tail -5 "$OUT/llama-smoke.txt"
+  ;;
+llama)
+  # One table per prompt length: Pensieve, mlx-lm (the MLX random Phi-3) and llama.cpp CUDA (the same weights
+  # as Q4_0), interleaved, greedy, end-of-sequence ignored, same prompt token ids; then the GPU's name in each JSON.
+  llama_env
+  llama_gpu=--llama-gpu
+  [ "$(llama_backend)" = cpu ] && llama_gpu="--llama-threads 2"
+  # LLAMA_RUNS: prompt:generated:repeats:seconds allowed, one table each (the defaults fit one 600 s call).
+  for spec in ${LLAMA_RUNS:-128:256:3:180 4096:16:3:150 20000:16:2:220}; do
+    IFS=: read -r p gen rep limit <<< "$spec"
+    timeout "$limit" bun dist/llama/bench/run.js generate --model "$MODEL" --device "${LLAMA_DEVICE:-gpu}" \
+      --engines "${ENGINES:-pensieve,mlx-lm,llama.cpp}" --python $PY --pensieve-engine "${PENSIEVE_ENGINE:-dist/bench/engines/pensieve-generate.js}" \
+      --llama-gguf "$GGUF" $llama_gpu --prompt "$p" --gen "$gen" --repeat "$rep" --out-dir "$OUT/llama" 2>&1 | grep -v '^\[bench\]' || true
+  done
+  bun dist/llama/bench/gpu/stamp-gpu.js "$OUT/gpu.txt" "$OUT/llama" > /dev/null 2>&1 || echo "could not stamp the GPU name" >&2
   ;;
 *)
   echo "unknown phase $1" >&2
