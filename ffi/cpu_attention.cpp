@@ -205,7 +205,7 @@ class CpuSdpa : public mx::UnaryPrimitive {
       ms = broadcast_strides(m, {B, Hq, L, S});
     }
     float* op = out.data<float>();
-    if (tiled::applies(qs[3], ks[3], vs[3], D, Dv) && !per_row_forced()) {
+    if (tiled::applies(qs[3], ks[3], vs[3], D, Dv, group * L) && !per_row_forced()) {
       tiled::Problem p{};
       p.q = qp, p.k = kp, p.v = vp, p.mask = mp, p.out = op;
       for (int d = 0; d < 4; ++d) {
