@@ -110,6 +110,8 @@ export async function benchSpecVerifyCost(argv: string[]): Promise<void> {
     machine: machine(),
     loadAverage: loadavg(),
     device,
+    // Which CPU attention path ran (ffi/cpu_attention.cpp; PENSIEVE_CPU_ATTENTION=per-row forces the old one).
+    cpuAttention: device === "cpu" ? (process.env.PENSIEVE_CPU_ATTENTION ?? "tiled") : null,
     denseCopies,
     model: modelPath,
     promptTokens,
@@ -125,7 +127,7 @@ export async function benchSpecVerifyCost(argv: string[]): Promise<void> {
     `# Verify pass vs one-token step, ${device}, ${report.date.slice(0, 10)}`,
     "",
     `Model ${modelPath}${denseCopies ? " (with dense copies, as the engine on a GPU)" : ""}, after a ${promptTokens}-token prompt; median of ${n} alternating samples. One-token step: ${f(stepMs)} ms.`,
-    `Load average ${report.loadAverage.map((x) => x.toFixed(1)).join(", ")}. Command: \`${report.command}\`.`,
+    `Load average ${report.loadAverage.map((x) => x.toFixed(1)).join(", ")}.${report.cpuAttention ? ` CPU attention: ${report.cpuAttention}.` : ""} Command: \`${report.command}\`.`,
     "Implied speedup = tokens per pass at acceptance a, (1 - a^(k+1)) / (1 - a), over the cost ratio (draft cost left out).",
     "",
     "| k drafts | tokens in pass | verify ms | cost / step | speedup at 50% | at 70% | at 90% |",

@@ -14,6 +14,7 @@
 //     causal masks are aligned bottom-right (query i sees keys j <= S - L + i);
 //     an array mask is a boolean keep-mask broadcastable to [B, Hq, L, S].
 
+#include <array>
 #include <cmath>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -67,6 +68,8 @@ void axpy(float* y, float a, const float* x, int n) {
   for (int i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
+#include "cpu_attention_tiled.inc"
+
 /** Strides (in elements) of `a` broadcast to `shape` (size-1 axes read with stride 0). */
 std::vector<int64_t> broadcast_strides(const mx::array& a, const mx::Shape& shape) {
   std::vector<int64_t> out(shape.size(), 0);
@@ -75,6 +78,15 @@ std::vector<int64_t> broadcast_strides(const mx::array& a, const mx::Shape& shap
     out[off + d] = a.shape(d) == 1 ? 0 : a.strides()[d];
   }
   return out;
+}
+
+/** PENSIEVE_CPU_ATTENTION=per-row: the per-row path even where the tiled one applies (to compare them). */
+bool per_row_forced() {
+  static const bool on = [] {
+    const char* v = std::getenv("PENSIEVE_CPU_ATTENTION");
+    return v != nullptr && std::string(v) == "per-row";
+  }();
+  return on;
 }
 
 struct RopeParams {
@@ -193,6 +205,18 @@ class CpuSdpa : public mx::UnaryPrimitive {
       ms = broadcast_strides(m, {B, Hq, L, S});
     }
     float* op = out.data<float>();
+    if (tiled::applies(qs[3], ks[3], vs[3], D, Dv, group * L) && !per_row_forced()) {
+      tiled::Problem p{};
+      p.q = qp, p.k = kp, p.v = vp, p.mask = mp, p.out = op;
+      for (int d = 0; d < 4; ++d) {
+        p.qs[d] = qs[d], p.ks[d] = ks[d], p.vs[d] = vs[d];
+        p.ms[d] = mode == 2 ? ms[d] : 0;
+      }
+      p.B = B, p.Hq = Hq, p.Hkv = Hkv, p.L = L, p.S = S, p.D = D, p.Dv = Dv, p.group = group, p.mode = mode;
+      p.scale = scale;
+      tiled::compute(p);
+      return;
+    }
     const int64_t tasks = static_cast<int64_t>(B) * Hq;
     const int parts = static_cast<double>(tasks) * L * S * D < 2e5 ? 1 : Pool::get().size() * 2;
     Pool::get().run(parts, [&](int part, int total) {

@@ -38,6 +38,16 @@ export interface LookupTuning {
    */
   growth: "add" | "double";
   shrink: "step" | "accepted";
+  /**
+   * "adaptive": k follows growth/shrink above. "cost": k is chosen per draft
+   * to maximize expected tokens per unit of verify cost (draftLengthByCost),
+   * with the acceptance estimated per matched n-gram length, and no draft
+   * (a miss) where even k = 1 is not expected to pay. "gated": k as
+   * "adaptive", but no draft where the cost model says none pays.
+   */
+  policy?: "adaptive" | "cost" | "gated";
+  /** "cost": a verify pass of k drafts costs 1 + rowCost * k decode steps (measured: bench spec-verify-cost). */
+  rowCost?: number;
 }
 
 export const DEFAULT_LOOKUP: LookupTuning = {
@@ -53,6 +63,62 @@ export const DEFAULT_LOOKUP: LookupTuning = {
   growth: "double",
   shrink: "accepted",
 };
+
+/** Tokens a pass of k drafts yields when each is kept with probability a (until the first rejection), plus the model's own. */
+export function expectedTokens(k: number, a: number): number {
+  return a >= 1 ? k + 1 : (1 - a ** (k + 1)) / (1 - a);
+}
+
+/**
+ * The draft length in [1, max] with the most expected tokens per unit of cost
+ * (a pass of k drafts costs 1 + rowCost * k steps; a plain step gives 1 token
+ * for 1), or 0 when no length beats plain decoding by `margin`.
+ */
+export function draftLengthByCost(a: number, max: number, rowCost: number, margin = 0.03): number {
+  let best = 0;
+  let bestGain = 1 + margin;
+  for (let k = 1; k <= max; k++) {
+    const gain = expectedTokens(k, a) / (1 + rowCost * k);
+    if (gain > bestGain) {
+      best = k;
+      bestGain = gain;
+    }
+  }
+  return best;
+}
+
+/**
+ * Per-token acceptance of lookup drafts, kept per matched n-gram length
+ * (longer matches copy more faithfully): decayed counts of kept tokens and
+ * of rejections, a prior of 2 kept to 1 rejected. The estimate is the
+ * geometric model's maximum a posteriori: kept / (kept + rejections).
+ */
+class AcceptanceByNgram {
+  readonly #kept: number[];
+  readonly #lost: number[];
+  static readonly decay = 0.8;
+
+  constructor(maxNgram: number) {
+    this.#kept = new Array(maxNgram + 1).fill(0);
+    this.#lost = new Array(maxNgram + 1).fill(0);
+  }
+
+  estimate(n: number): number {
+    const kept = (this.#kept[n] ?? 0) + 2;
+    return kept / (kept + (this.#lost[n] ?? 0) + 1);
+  }
+
+  record(n: number, drafted: number, accepted: number): void {
+    const d = AcceptanceByNgram.decay;
+    this.#kept[n] = d * (this.#kept[n] ?? 0) + accepted;
+    this.#lost[n] = d * (this.#lost[n] ?? 0) + (accepted < drafted ? 1 : 0);
+  }
+
+  /** A declined lookup forgets some rejections, so that an estimate shut off by a bad patch recovers. */
+  forgive(n: number): void {
+    this.#lost[n] = 0.7 * (this.#lost[n] ?? 0);
+  }
+}
 
 /**
  * The `k` tokens that followed the most recent earlier occurrence of the last
@@ -87,16 +153,18 @@ export class PromptLookup {
   #pause = 0;
   #misses = 0;
   #lastNgram = 0;
+  readonly #acceptance: AcceptanceByNgram;
 
   constructor(tuning: LookupTuning = DEFAULT_LOOKUP) {
     this.tuning = tuning;
+    this.#acceptance = new AcceptanceByNgram(tuning.maxNgram);
     this.#draft = tuning.initialDraft;
     this.#minNgram = Math.max(tuning.minNgramFloor, Math.min(2, tuning.minNgramCeiling));
   }
 
   /** The draft length the next proposal aims for. */
   get draftLength(): number {
-    return this.#draft;
+    return this.tuning.policy === "cost" ? this.tuning.maxDraft : this.#draft;
   }
 
   get minNgram(): number {
@@ -114,15 +182,44 @@ export class PromptLookup {
 
   /** A draft of at most min(k, limit) tokens, or null (a miss: lookups pause). */
   propose(tokens: readonly number[], limit: number): Proposal | null {
+    if (this.tuning.policy === "cost") return this.#proposeByCost(tokens, limit);
     const k = Math.min(this.#draft, limit);
     if (k > 0) {
       for (let n = Math.min(this.tuning.maxNgram, tokens.length - 1); n >= this.#minNgram; n--) {
         const draft = continuation(tokens, n, k);
-        if (draft.length > 0) {
-          this.#lastNgram = n;
-          return { draft, ngram: n };
+        if (draft.length === 0) continue;
+        const rowCost = this.tuning.rowCost ?? 0.3;
+        if (
+          this.tuning.policy === "gated" &&
+          draftLengthByCost(this.#acceptance.estimate(n), draft.length, rowCost) === 0
+        ) {
+          this.#acceptance.forgive(n);
+          break;
         }
+        this.#lastNgram = n;
+        return { draft, ngram: n };
       }
+    }
+    this.#miss();
+    return null;
+  }
+
+  /** The longest match first; its length is what its n-gram's acceptance estimate says pays best. */
+  #proposeByCost(tokens: readonly number[], limit: number): Proposal | null {
+    const t = this.tuning;
+    const cap = Math.min(limit, t.maxDraft);
+    for (let n = Math.min(t.maxNgram, tokens.length - 1); cap > 0 && n >= t.minNgramFloor; n--) {
+      const found = continuation(tokens, n, cap);
+      if (found.length === 0) continue;
+      const k = draftLengthByCost(this.#acceptance.estimate(n), found.length, t.rowCost ?? 0.3);
+      // A shorter match copies less faithfully than this one: no draft at all.
+      if (k === 0) {
+        this.#acceptance.forgive(n);
+        break;
+      }
+      this.#lastNgram = n;
+      this.#draft = k;
+      return { draft: found.slice(0, k), ngram: n };
     }
     this.#miss();
     return null;
@@ -131,6 +228,12 @@ export class PromptLookup {
   /** Adapts to a verified draft: `accepted` of its `drafted` tokens were kept. */
   record(drafted: number, accepted: number): void {
     const t = this.tuning;
+    this.#acceptance.record(this.#lastNgram, drafted, accepted);
+    if (t.policy === "cost") {
+      if (accepted === 0) this.#miss();
+      else this.#misses = 0;
+      return;
+    }
     if (accepted === drafted) {
       this.#draft = Math.min(t.maxDraft, t.growth === "double" ? 2 * this.#draft : this.#draft + 2);
     } else {

@@ -16,6 +16,7 @@ const SOURCES = [
   "ffi/cpu_qmm_packed.cpp",
   "ffi/cpu_qmm_packed_vnni.inc",
   "ffi/cpu_attention.cpp",
+  "ffi/cpu_attention_tiled.inc",
   "ffi/cpu_norm.cpp",
   "ffi/allocator_guard.cpp",
   "ffi/cpu_common.h",

@@ -1,7 +1,15 @@
 // Prompt-lookup speculation as plain data: the n-gram lookup, the adaptation
 // of draft and n-gram lengths, and the greedy and sampled acceptance rules.
 import { describe, expect, test } from "bun:test";
-import { acceptGreedy, acceptSampled, continuation, DEFAULT_LOOKUP, PromptLookup } from "../../src/engine/speculation";
+import {
+  acceptGreedy,
+  acceptSampled,
+  continuation,
+  DEFAULT_LOOKUP,
+  draftLengthByCost,
+  expectedTokens,
+  PromptLookup,
+} from "../../src/engine/speculation";
 
 describe("continuation", () => {
   test("follows the most recent earlier occurrence of the last n tokens", () => {
@@ -66,6 +74,55 @@ describe("PromptLookup", () => {
     lookup.record(4, 3);
     expect(lookup.propose([1, 2, 3], 4)).toBeNull();
     expect([lookup.ready(), lookup.ready()]).toEqual([false, true]);
+  });
+});
+
+describe("cost model (verify pass of k drafts = 1 + rowCost * k steps)", () => {
+  test("expected tokens per pass: geometric acceptance until the first rejection, plus the model's own", () => {
+    expect(expectedTokens(3, 1)).toBe(4);
+    expect(expectedTokens(1, 0.5)).toBeCloseTo(1.5, 12);
+    expect(expectedTokens(2, 0.5)).toBeCloseTo(1.75, 12);
+  });
+
+  test("the best draft length grows with acceptance and shrinks with the row cost; none below break-even", () => {
+    // 90 %, rows at 0.3 of a step: 4.69 / 2.5 at k = 5 beats its neighbours.
+    expect(draftLengthByCost(0.9, 16, 0.3)).toBe(5);
+    expect(draftLengthByCost(0.99, 16, 0.05)).toBe(16);
+    expect(draftLengthByCost(0.9, 3, 0.3)).toBe(3); // capped by what the lookup found
+    // k = 1 pays only when a > rowCost (plus the margin).
+    expect(draftLengthByCost(0.3, 16, 0.3)).toBe(0);
+    expect(draftLengthByCost(0.5, 16, 0.3)).toBeGreaterThan(0);
+  });
+
+  test("gated: an n-gram length whose drafts keep failing stops drafting, then recovers", () => {
+    const lookup = new PromptLookup({ ...DEFAULT_LOOKUP, policy: "gated" });
+    const tokens = [7, 1, 2, 7, 1, 2, 7, 1, 2, 7];
+    const first = lookup.propose(tokens, 4);
+    expect(first).not.toBeNull();
+    // Rejected at once, again and again: the estimate for that n falls under the break-even.
+    for (let i = 0; i < 6; i++) lookup.record(first?.draft.length ?? 0, 0);
+    while (!lookup.ready());
+    expect(lookup.propose(tokens, 4)).toBeNull();
+    // Each decline forgives some rejections: drafting resumes after a few.
+    let resumed = false;
+    for (let i = 0; i < 40 && !resumed; i++) {
+      if (!lookup.ready()) continue;
+      resumed = lookup.propose(tokens, 4) !== null;
+    }
+    expect(resumed).toBe(true);
+  });
+
+  test("cost: the draft is as long as the n-gram's acceptance estimate makes worth it", () => {
+    const lookup = new PromptLookup({ ...DEFAULT_LOOKUP, policy: "cost", rowCost: 0.3 });
+    const tokens = [...Array.from({ length: 40 }, (_, i) => i), 100, ...Array.from({ length: 5 }, (_, i) => 35 + i)];
+    // [35..39] matched (n 5): the prior (2 kept : 1 rejected) gives a short draft.
+    const first = lookup.propose(tokens, 16);
+    expect(first?.ngram).toBe(5);
+    const k0 = first?.draft.length ?? 0;
+    expect(k0).toBeGreaterThan(0);
+    for (let i = 0; i < 10; i++) lookup.record(k0, k0);
+    // Nothing rejected: longer drafts pay.
+    expect(lookup.propose(tokens, 16)?.draft.length).toBeGreaterThan(k0);
   });
 });
 

@@ -125,3 +125,103 @@ describe("CPU attention", () => {
     expect(err).toBeLessThan(1e-5);
   });
 });
+
+// The tiled multi-query path (ffi/cpu_attention_tiled.inc): all query rows of
+// a KV head against blocks of keys, key ranges split across threads when rows
+// are few. Shapes of a speculative verify pass (L = k + 1 new rows after a
+// cached prefix), a prefill and a left-padded batch; same reference, 1e-5.
+describe("CPU attention, multi-query (verify) shapes", () => {
+  const rand = (shape: number[], seed: number) => mx.randomNormal(shape, mx.Dtype.float32, 0, 1, mx.randomKey(seed));
+  /** q as the models pass it ([B, L, H, D] transposed), k and v as views of a longer cache buffer. */
+  function verifyInputs(B: number, Hq: number, Hkv: number, D: number, L: number, S: number, seed: number) {
+    const q = mx.transpose(rand([B, L, Hq, D], seed), [0, 2, 1, 3]);
+    const k = mx.sliceAxis(rand([B, Hkv, S + 37, D], seed + 1), 2, 0, S);
+    const v = mx.sliceAxis(rand([B, Hkv, S + 37, D], seed + 2), 2, 0, S);
+    return { q, k, v };
+  }
+  const causalKeep = (L: number, S: number) =>
+    mx.lessEqual(mx.reshape(mx.arange(0, S), [1, 1, 1, S]), mx.reshape(mx.arange(S - L, S), [1, 1, L, 1]));
+
+  // SmolLM2's heads (9 query, 3 KV, D 64) and the 3.9B Llama's (32 and 32, D 96); S past 512 splits the keys.
+  const cases = [
+    { Hq: 9, Hkv: 3, D: 64, L: 1, S: 700 },
+    { Hq: 9, Hkv: 3, D: 64, L: 2, S: 65 },
+    { Hq: 9, Hkv: 3, D: 64, L: 5, S: 513 },
+    { Hq: 9, Hkv: 3, D: 64, L: 9, S: 1030 },
+    { Hq: 9, Hkv: 3, D: 64, L: 17, S: 300 },
+    { Hq: 32, Hkv: 32, D: 96, L: 9, S: 600 },
+    { Hq: 8, Hkv: 2, D: 40, L: 3, S: 77 }, // D not a multiple of 8: the per-row path
+  ];
+  for (const c of cases) {
+    test(`Hq ${c.Hq} Hkv ${c.Hkv} D ${c.D}: ${c.L} new rows over ${c.S} keys, causal`, () => {
+      const err = mx.tidy(() => {
+        const { q, k, v } = verifyInputs(1, c.Hq, c.Hkv, c.D, c.L, c.S, 20 + c.L);
+        const scale = 1 / Math.sqrt(c.D);
+        return maxRelDiff(mx.sdpa(q, k, v, scale, "causal"), sdpaReference(q, k, v, scale, causalKeep(c.L, c.S)));
+      });
+      expect(err).toBeLessThan(1e-5);
+    });
+  }
+
+  test("a verify pass's rows equal one-row decode steps at the same positions (within 1e-5)", () => {
+    const err = mx.tidy(() => {
+      const L = 9;
+      const S = 600;
+      const { q, k, v } = verifyInputs(1, 9, 3, 64, L, S, 40);
+      const all = mx.sdpa(q, k, v, 0.125, "causal");
+      let worst = 0;
+      for (const i of [0, 4, 8]) {
+        const one = mx.sdpa(
+          mx.sliceAxis(q, 2, i, i + 1),
+          mx.sliceAxis(k, 2, 0, S - L + i + 1),
+          mx.sliceAxis(v, 2, 0, S - L + i + 1),
+          0.125,
+          null,
+        );
+        worst = Math.max(worst, maxRelDiff(mx.sliceAxis(all, 2, i, i + 1), one));
+      }
+      return worst;
+    });
+    expect(err).toBeLessThan(1e-5);
+  });
+
+  test("a prefill of 200 rows (several row chunks per KV head)", () => {
+    const err = mx.tidy(() => {
+      const { q, k, v } = verifyInputs(1, 9, 3, 64, 200, 230, 50);
+      return maxRelDiff(mx.sdpa(q, k, v, 0.125, "causal"), sdpaReference(q, k, v, 0.125, causalKeep(200, 230)));
+    });
+    expect(err).toBeLessThan(1e-5);
+  });
+
+  test("a left-padded batch of 2 verifying 4 rows each over split keys, keep-mask", () => {
+    const err = mx.tidy(() => {
+      const L = 4;
+      const S = 800;
+      const { q, k, v } = verifyInputs(2, 6, 2, 64, L, S, 60);
+      const cols = mx.reshape(mx.arange(0, S), [1, 1, 1, S]);
+      const pads = mx.reshape(mx.int32([0, 133]), [2, 1, 1, 1]);
+      const keep = mx.logicalAnd(mx.greaterEqual(cols, pads), causalKeep(L, S));
+      return maxRelDiff(mx.sdpa(q, k, v, 0.125, keep), sdpaReference(q, k, v, 0.125, keep));
+    });
+    expect(err).toBeLessThan(1e-5);
+  });
+
+  test("a row with every key masked gives zeros, the others their softmax", () => {
+    const out = mx.tidy(() => {
+      const { q, k, v } = verifyInputs(1, 4, 2, 64, 3, 700, 70);
+      // Row 1 sees nothing; rows 0 and 2 see keys 0..600.
+      const rowsSee = mx.notEqual(mx.reshape(mx.int32([1, 0, 1]), [1, 1, 3, 1]), 0);
+      const keep = mx.logicalAnd(rowsSee, mx.less(mx.reshape(mx.arange(0, 700), [1, 1, 1, 700]), 601));
+      const ours = mx.sdpa(q, k, v, 0.125, keep);
+      const masked = mx.max(mx.abs(mx.sliceAxis(ours, 2, 1, 2))).item();
+      const pick = (t: MxArray) => mx.take(t, mx.int32([0, 2]), 2);
+      const rest = maxRelDiff(
+        pick(ours),
+        sdpaReference(pick(q), mx.sliceAxis(k, 2, 0, 601), mx.sliceAxis(v, 2, 0, 601), 0.125, null),
+      );
+      return [masked, rest];
+    });
+    expect(out[0]).toBe(0);
+    expect(out[1]).toBeLessThan(1e-5);
+  });
+});
