@@ -41,4 +41,6 @@ bun build --target=bun --outfile dist/prompt-worker.ts src/server/prompt-worker.
 # The GPU tests, bundled (bench/gpu/kernels.sh runs them there with `bun test`).
 bun build --target=bun --outdir dist/test-gpu test/gpu/gemv.test.ts test/gpu/kernels-abi.test.ts test/gpu/long-context.test.ts \
   test/gpu/out-of-memory.test.ts test/gpu/fused.test.ts test/gpu/qmm.test.ts > /dev/null
+# Tests that start a server need the prompt worker beside their bundle too.
+cp dist/prompt-worker.ts dist/test-gpu/
 du -sh .device/* dist
