@@ -125,27 +125,35 @@ mx::array pack_rows16(const uint8_t* wb, const float* s, const float* b, int N, 
                symmetric ? 1u : 0u, static_cast<uint32_t>(group_bytes), 0, 4, 0, 0, kLayoutRows16};
   std::memcpy(out, &h, sizeof h);
   const size_t row_bytes = static_cast<size_t>(K) / 2;
-  auto nibble = [&](int n, int k) { return (wb[static_cast<size_t>(n) * row_bytes + k / 2] >> ((k & 1) * 4)) & 0xF; };
+  // 8 inputs' nibbles, in order in a little-endian uint32 (MLX: input k at bits 4k),
+  // to the tile's order: byte i holds inputs i (low) and i + 4 (high).
+  auto interleave = [](uint32_t w) {
+    auto spread = [](uint32_t x) {  // nibbles 0-3 to nibble positions 0, 2, 4, 6
+      return (x & 0xFu) | ((x & 0xF0u) << 4) | ((x & 0xF00u) << 8) | ((x & 0xF000u) << 12);
+    };
+    return spread(w & 0xFFFFu) | (spread(w >> 16) << 4);
+  };
   auto put = [&](uint8_t* dst, float v) {
     const uint16_t h16 = kind == kFloat16 ? to_half(v) : to_bf16(v);
     std::memcpy(dst, &h16, 2);
   };
   Pool::get().run(std::min(Pool::get().capacity(), tiles), [&](int p, int parts) {
     for (int t = tiles * p / parts; t < tiles * (p + 1) / parts; ++t) {
-      uint8_t* dst = out + kHeaderBytes + static_cast<size_t>(t) * tile_bytes;
-      for (int g = 0; g < groups; ++g, dst += group_bytes) {
-        std::memset(dst, 0, group_bytes);
-        for (int j = 0; j < 16; ++j) {
-          const int n = t * 16 + j;
-          if (n >= N) break;
+      uint8_t* tile = out + kHeaderBytes + static_cast<size_t>(t) * tile_bytes;
+      std::memset(tile, 0, tile_bytes);
+      for (int j = 0; j < 16 && t * 16 + j < N; ++j) {
+        const size_t n = static_cast<size_t>(t) * 16 + j;
+        const uint8_t* src = wb + n * row_bytes;
+        uint8_t* dst = tile;
+        for (int g = 0; g < groups; ++g, dst += group_bytes) {
           for (int v = 0; v < steps; ++v) {
-            for (int i = 0; i < 4; ++i) {
-              const int k = g * group + v * 8 + i;
-              dst[v * 64 + j * 4 + i] = static_cast<uint8_t>(nibble(n, k) | (nibble(n, k + 4) << 4));
-            }
+            uint32_t w;
+            std::memcpy(&w, src + (static_cast<size_t>(g) * steps + v) * 4, 4);
+            const uint32_t o = interleave(w);
+            std::memcpy(dst + v * 64 + j * 4, &o, 4);
           }
-          put(dst + steps * 64 + j * 2, s[static_cast<size_t>(n) * groups + g]);
-          if (!symmetric) put(dst + steps * 64 + 32 + j * 2, b[static_cast<size_t>(n) * groups + g]);
+          put(dst + steps * 64 + j * 2, s[n * groups + g]);
+          if (!symmetric) put(dst + steps * 64 + 32 + j * 2, b[n * groups + g]);
         }
       }
     }
@@ -313,6 +321,91 @@ class CpuQuantizedMatmulPacked : public mx::UnaryPrimitive {
     return dynamic_cast<const CpuQuantizedMatmulPacked*>(&other) != nullptr;
   }
 };
+
+// The plain arrays of a 16-row packed weight, rebuilt from it (lazily; exact,
+// since packing is): 0 the uint32 weight [N, K/8], 1 the float32 scales, 2 the biases.
+class CpuUnpackRows16 : public mx::UnaryPrimitive {
+ public:
+  CpuUnpackRows16(mx::Stream stream, int which) : UnaryPrimitive(stream), which_(which) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    encoder.set_input_array(inputs[0]);
+    encoder.set_output_array(out);
+    encoder.dispatch([packed = inputs[0], out, which = which_]() mutable {
+      const PackHeader* h = header_of(packed);
+      const int N = static_cast<int>(h->N), K = static_cast<int>(h->K), group = static_cast<int>(h->group);
+      const int groups = K / group, steps = group / 8;
+      const size_t group_bytes = h->chunk_bytes, tile_bytes = group_bytes * groups;
+      const uint8_t* base = packed.data<uint8_t>() + kHeaderBytes;
+      for (int n = 0; n < N; ++n) {
+        const uint8_t* tp = base + static_cast<size_t>(n / 16) * tile_bytes;
+        const int j = n % 16;
+        for (int g = 0; g < groups; ++g) {
+          const uint8_t* gp = tp + static_cast<size_t>(g) * group_bytes;
+          if (which == 0) {
+            auto* row = reinterpret_cast<uint8_t*>(out.data<uint32_t>()) + static_cast<size_t>(n) * K / 2;
+            for (int v = 0; v < steps; ++v) {
+              for (int i = 0; i < 4; ++i) {
+                const uint8_t b = gp[v * 64 + j * 4 + i];
+                const int k = g * group + v * 8 + i;  // low nibble: input k, high: k + 4
+                for (const auto& [kk, q] : {std::pair{k, b & 0xF}, std::pair{k + 4, b >> 4}}) {
+                  uint8_t& dst = row[kk / 2];
+                  dst = (kk & 1) ? static_cast<uint8_t>((dst & 0x0F) | (q << 4)) : static_cast<uint8_t>((dst & 0xF0) | q);
+                }
+              }
+            }
+            continue;
+          }
+          uint16_t v16;
+          const bool bias_stored = h->symmetric == 0;
+          std::memcpy(&v16, gp + steps * 64 + (which == 2 && bias_stored ? 32 : 0) + j * 2, 2);
+          float v = h->scale_kind == kBfloat16 ? from_bf16(v16) : from_half(v16);
+          if (which == 2 && !bias_stored) v *= -8.0f;
+          out.data<float>()[static_cast<size_t>(n) * groups + g] = v;
+        }
+      }
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("PensieveCpuUnpackRows16 runs on the CPU only");
+  }
+
+  const char* name() const override { return "PensieveCpuUnpackRows16"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto* o = dynamic_cast<const CpuUnpackRows16*>(&other);
+    return o != nullptr && o->which_ == which_;
+  }
+
+ private:
+  int which_;
+};
+
+/**
+ * Replaces a 4-bit weight's plain arrays (evaluated) by lazy rebuilds from its
+ * 16-row packed copy, so their memory goes; a path that still reads them (the
+ * exact float kernel, another ISA) gets them back, equal, on first use.
+ * Returns false, changing nothing, for other packed layouts.
+ */
+bool cpu_drop_plain(mx::array& w, mx::array& scales, mx::array& biases, const mx::array& packed) {
+  const PackHeader* h = header_of(packed);
+  if (h == nullptr || h->layout != kLayoutRows16) return false;
+  const int N = static_cast<int>(h->N), K = static_cast<int>(h->K), groups = K / static_cast<int>(h->group);
+  if (w.shape() != mx::Shape{N, K / 8} || scales.shape() != mx::Shape{N, groups} || biases.shape() != scales.shape() ||
+      w.dtype() != mx::uint32 || scales.dtype() != mx::float32 || biases.dtype() != mx::float32)
+    return false;
+  auto cpu = mx::default_stream(mx::Device::cpu);
+  auto rebuilt = [&](int which, mx::Shape shape, mx::Dtype dtype) {
+    return mx::array(std::move(shape), dtype, std::make_shared<CpuUnpackRows16>(cpu, which), {packed});
+  };
+  w = rebuilt(0, {N, K / 8}, mx::uint32);
+  scales = rebuilt(1, {N, groups}, mx::float32);
+  biases = rebuilt(2, {N, groups}, mx::float32);
+  return true;
+}
 
 /** x [..., K] @ dequantize(w)^T from cpu_pack's packed weight (VNNI path only). */
 mx::array cpu_quantized_matmul_packed(const mx::array& x_in, const mx::array& packed) {

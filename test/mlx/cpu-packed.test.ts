@@ -184,3 +184,42 @@ test.skipIf(!vnni)("a packed product checks its input width", () => {
     packed.dispose();
   });
 });
+
+describe.skipIf(!vnni)("packed copies replace the plain arrays (4-bit)", () => {
+  for (const f of [FORMATS[0], FORMATS[3]] as Format[]) {
+    test(`${f.name}: freed, products unchanged, the plain arrays come back equal on demand`, () => {
+      mx.setCpuIsa("auto");
+      mx.tidy(() => {
+        const q = randomWeight(f, 96, 512, 21);
+        mx.keep([q.weight, q.scales, q.biases as mx.MxArray]);
+        mx.evaluate(q.weight, q.scales, q.biases as mx.MxArray);
+        const original = [q.weight.read(), q.scales.read(), (q.biases as mx.MxArray).read()];
+        const x = randomInput(7, 512, 22);
+        const packedBefore = mx.quantizedMatmulCpu(x, q).read();
+        const exactBefore = mx.quantizedMatmulCpuExact(x, q).read();
+        const plainBytes = q.weight.nbytes + q.scales.nbytes + (q.biases as mx.MxArray).nbytes;
+        const active = mx.memory.active();
+        expect(mx.cpuPackDroppingPlain(q)).toBe(plainBytes);
+        // (The allocator rounds sizes up: at least the arrays' bytes go.)
+        expect(active - mx.memory.active()).toBeGreaterThanOrEqual(plainBytes);
+        expect(q.weight.shape).toEqual([96, 64]);
+        expect(mx.quantizedMatmulCpu(x, q).read()).toEqual(packedBefore);
+        // The exact kernel reads the plain arrays: rebuilt from the packed copy, bit for bit.
+        expect(mx.quantizedMatmulCpuExact(x, q).read()).toEqual(exactBefore);
+        expect([q.weight.read(), q.scales.read(), (q.biases as mx.MxArray).read()]).toEqual(original);
+        for (const a of [q.weight, q.scales, q.biases as mx.MxArray]) a.dispose();
+      });
+    });
+  }
+
+  test("8-bit weights keep their plain arrays beside the packed copy", () => {
+    mx.tidy(() => {
+      const q = randomWeight(FORMATS[4] as Format, 8, 256, 23);
+      mx.keep([q.weight, q.scales, q.biases as mx.MxArray]);
+      expect(mx.cpuPackDroppingPlain(q)).toBe(0);
+      expect(mx.cpuPackedWeight(q)).not.toBeNull();
+      expect(q.weight.read().length).toBe(8 * 64);
+      for (const a of [q.weight, q.scales, q.biases as mx.MxArray]) a.dispose();
+    });
+  });
+});
