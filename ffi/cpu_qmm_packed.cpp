@@ -282,8 +282,6 @@ class CpuQuantizedMatmulPacked : public mx::UnaryPrimitive {
       ActQ a;
 #ifdef PV_X86
       if (h->layout == kLayoutRows16) {
-        // Activations in natural order (as for 8-bit weights), no per-block tables.
-        quantize_activations(xp, a, QShape{s.M, s.N, K, s.group, 8}, kIsaAvx2);
         rows16_vnni::Rows16 pk{packed.data<uint8_t>() + kHeaderBytes,
                                s.N,
                                K,
@@ -293,7 +291,7 @@ class CpuQuantizedMatmulPacked : public mx::UnaryPrimitive {
                                h->chunk_bytes,
                                h->scale_kind == kBfloat16,
                                h->symmetric != 0};
-        rows16_vnni::product(a, pk, out.data<float>(), s);
+        rows16_vnni::product(xp, pk, out.data<float>(), s);
         return;
       }
 #endif

@@ -223,3 +223,52 @@ describe.skipIf(!vnni)("packed copies replace the plain arrays (4-bit)", () => {
     });
   });
 });
+
+test.skipIf(!vnni)(
+  "the 16-row tile quantizes activations as the int8 kernel does (identity weight: y = x̂ exactly)",
+  () => {
+    // quantize_rows (ffi/cpu_qmm_int8.cpp) in float32 steps: x̂ = dl·(256·xh + xl).
+    const f = Math.fround;
+    const xhat = (g: Float32Array) => {
+      let amax = 0;
+      for (const v of g) amax = Math.max(amax, Math.abs(v));
+      const dh = f(amax / 127);
+      const ih = dh !== 0 ? f(1 / dh) : 0;
+      const d = f(dh / 256);
+      const il = d !== 0 ? f(1 / d) : 0;
+      return Array.from(g, (x) => {
+        const v = Math.floor(f(f(x * ih) + 0.5));
+        const rest = f(x - f(v * dh));
+        const lo = Math.min(127, Math.max(-127, Math.floor(f(f(rest * il) + 0.5))));
+        return f((256 * v + lo) * d);
+      });
+    };
+    mx.setCpuIsa("auto");
+    mx.tidy(() => {
+      const k = 64;
+      // Q4_0 with scale 1: w = q - 8, so q = 9 on the diagonal and 8 elsewhere is the identity.
+      const words = new Uint32Array((k * k) / 8);
+      for (let n = 0; n < k; n++)
+        for (let i = 0; i < k; i++) {
+          const idx = n * k + i;
+          words[idx >> 3] = ((words[idx >> 3] as number) | ((n === i ? 9 : 8) << ((idx & 7) * 4))) >>> 0;
+        }
+      const scales = mx.full([k, k / 32], 1);
+      const q = {
+        weight: mx.uint32(words, [k, k / 8]),
+        scales,
+        biases: mx.multiply(scales, -8),
+        groupSize: 32,
+        bits: 4,
+      };
+      const packed = mx.cpuPack(q) as mx.MxArray;
+      const x = randomInput(3, k, 31).read() as Float32Array;
+      const y = mx.quantizedMatmulCpuPacked(mx.float32(x, [3, k]), packed).read() as Float32Array;
+      const expected: number[] = [];
+      for (let m = 0; m < 3; m++)
+        for (let g = 0; g < k / 32; g++) expected.push(...xhat(x.subarray(m * k + g * 32, m * k + g * 32 + 32)));
+      expect(Array.from(y)).toEqual(expected);
+      packed.dispose();
+    });
+  },
+);
