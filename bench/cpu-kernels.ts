@@ -84,6 +84,9 @@ for (const [group, bits] of PACKINGS) {
     const ws = shapes.map(([, n, k]) => weight(n, k, group, bits));
     const xs = shapes.map(([, , k]) => mx.keep(mx.randomNormal([m, k], mx.Dtype.float32, 0, 1, mx.randomKey(k))));
     const bytes = ws.reduce((s, w) => s + w.weight.size * 4 + w.scales.size * 8, 0);
+    // Multiply-adds per activation row (the weights' element count; before this, bytes·8/bits, which
+    // counted the float32 scales and biases as weights: 1.5x too high for 4-bit g32).
+    const macs = shapes.reduce((s, [, n, k]) => s + n * k, 0);
     for (const threads of threadList) {
       mx.setCpuThreads(threads);
       const row = (name: string, fn: (x: mx.MxArray, w: mx.QuantizedWeight) => mx.MxArray) => {
@@ -93,7 +96,7 @@ for (const [group, bits] of PACKINGS) {
         );
         const gbs = bytes / (ms / 1000) / 1e9;
         lines.push(
-          `| ${bits}-bit g${group} | ${m} | ${threads} | ${name} | ${ms.toFixed(2)} | ${gbs.toFixed(1)} | ${((m * bytes * 8) / bits / (ms / 1000) / 1e9).toFixed(1)} |`,
+          `| ${bits}-bit g${group} | ${m} | ${threads} | ${name} | ${ms.toFixed(2)} | ${gbs.toFixed(1)} | ${((m * macs) / (ms / 1000) / 1e9).toFixed(1)} |`,
         );
       };
       if (kernelFilter.includes("exact")) row("float (exact)", (x, w) => mx.quantizedMatmulCpuExact(x, w));
@@ -113,7 +116,7 @@ for (const [group, bits] of PACKINGS) {
         );
         const packedBytes = packed.reduce((s, p) => s + (p as mx.MxArray).size, 0);
         lines.push(
-          `| ${bits}-bit g${group} | ${m} | ${threads} | int8 vnni packed (${(packedBytes / 2 ** 20).toFixed(0)} MiB) | ${ms.toFixed(2)} | ${(packedBytes / (ms / 1000) / 1e9).toFixed(1)} | ${((m * bytes * 8) / bits / (ms / 1000) / 1e9).toFixed(1)} |`,
+          `| ${bits}-bit g${group} | ${m} | ${threads} | int8 vnni packed (${(packedBytes / 2 ** 20).toFixed(0)} MiB) | ${ms.toFixed(2)} | ${(packedBytes / (ms / 1000) / 1e9).toFixed(1)} | ${((m * macs) / (ms / 1000) / 1e9).toFixed(1)} |`,
         );
       }
       mx.disposeAll(packed);

@@ -1,21 +1,26 @@
-// 4-bit weights repacked for the VNNI int8 kernel: one sequential stream per
-// 4 output rows, with 16-bit scales (and biases).
+// Weights repacked for the VNNI int8 kernel, with 16-bit scales (and biases).
 //
 // Why: a decode step of a large model streams every weight once, so its speed
 // is memory bandwidth. The MLX affine layout makes the kernel read 12 streams
 // per 4-row tile (4 weight rows, 4 rows of float32 scales, 4 of biases) and
 // 24 bytes per 32 Q4_0 weights; the hardware prefetcher keeps up with few of
-// them. Packed, a tile is one stream, read front to back, of
-//   [4 rows × 128 weight bytes | 4 rows × groups' scales | 4 rows × biases]
-// per 256 inputs (a "chunk"), with the scales as float16 or bfloat16 and the
-// biases left out when every bias is -8·scale (GGUF Q4_0): 18 bytes per 32
-// weights for Q4_0, 20 for Q4_1 and MLX 4-bit g32, 18 for g64.
+// them. Packed, a tile is one stream, read front to back. Two layouts:
+// - 4-bit (kLayoutRows16): 16 output rows side by side, per weight group; the
+//   tile (cpu_qmm_rows16_vnni.inc) feeds each weight vector to the vpdpbusd of
+//   several activation rows, which prefill needs. 18 bytes per 32 weights for
+//   Q4_0 and MLX 4-bit g64, 20 for Q4_1. Any N (the last 16 rows padded).
+// - 8-bit (kLayoutRows4): one stream per 4 output rows of
+//   [4 rows × 256 weight bytes | 4 rows × groups' scales | 4 rows × biases]
+//   per 256 inputs (a "chunk"), tiles in cpu_qmm_packed_vnni.inc. N a multiple of 4.
+// Scales are float16 or bfloat16, biases left out when every bias is
+// -8·scale / -128·scale (GGUF Q4_0 / Q8_0).
 //
-// Numerics are unchanged: a weight is packed only when every scale and bias
-// converts to the 16-bit type and back exactly (GGUF's are float16 to begin
-// with; mlx-community's are the model's float16/bfloat16), else it keeps the
-// plain layout. The dots are the VNNI tile's of cpu_qmm_int8_vnni.inc.
-// Packed: 4-bit, N a multiple of 4, K a multiple of 256, group 32/64/128.
+// Numerics: a weight is packed only when every scale and bias converts to the
+// 16-bit type and back exactly (GGUF's are float16 to begin with;
+// mlx-community's are the model's float16/bfloat16), else it keeps the plain
+// layout. The integer dots are those of cpu_qmm_int8.cpp; the 8-bit tile also
+// does its float steps in the same order, the 4-bit one sums in another order
+// (equal to float rounding). Group 32/64/128.
 
 #include <cmath>
 #include <cstring>
@@ -38,8 +43,10 @@ constexpr int kHeaderBytes = 64;
 constexpr size_t kPackReserveBytes = size_t{256} << 20;  // room kept free under MLX's memory limit
 enum ScaleKind : uint32_t { kFloat16 = 1, kBfloat16 = 2 };
 
+enum PackLayout : uint32_t { kLayoutRows4 = 0, kLayoutRows16 = 1 };
+
 struct PackHeader {
-  uint32_t magic, N, K, group, scale_kind, symmetric, chunk_bytes, scale_bytes, bits, tail_blocks, tail_bytes;
+  uint32_t magic, N, K, group, scale_kind, symmetric, chunk_bytes, scale_bytes, bits, tail_blocks, tail_bytes, layout;
 };
 
 // float ⇄ float16 / bfloat16, scalar (packing is once per weight; only where VNNI, hence F16C, exists).
@@ -90,6 +97,70 @@ const PackHeader* header_of(const mx::array& packed) {
   return h->magic == kMagic ? h : nullptr;
 }
 
+// Room under MLX's memory limit for a copy of `total` bytes beside the plain
+// arrays: where the limit leaves little (an engine capped for tests or a small
+// machine), the room is for the KV cache and activations, so the weight stays unpacked.
+bool room_for(size_t total) {
+  const size_t limit = mx::get_memory_limit(), active = mx::get_active_memory();
+  return limit >= active && limit - active >= total + kPackReserveBytes;
+}
+
+uint8_t* alloc_packed(size_t total) {
+  auto* out = static_cast<uint8_t*>(std::aligned_alloc(64, (total + 63) / 64 * 64));
+  if (out == nullptr) throw std::runtime_error("cpu pack: out of memory");
+  std::memset(out, 0, kHeaderBytes);
+  return out;
+}
+
+// 4-bit weights, 16 rows side by side (the layout is described in cpu_qmm_rows16_vnni.inc).
+mx::array pack_rows16(const uint8_t* wb, const float* s, const float* b, int N, int K, int group, uint32_t kind,
+                      bool symmetric) {
+  const int groups = K / group, steps = group / 8, tiles = (N + 15) / 16;
+  const size_t group_bytes = static_cast<size_t>(steps) * 64 + 32 * (symmetric ? 1 : 2);
+  const size_t tile_bytes = group_bytes * groups;
+  const size_t total = kHeaderBytes + tile_bytes * tiles;
+  if (!room_for(total)) return mx::zeros({0}, mx::uint8);
+  uint8_t* out = alloc_packed(total);
+  PackHeader h{kMagic, static_cast<uint32_t>(N), static_cast<uint32_t>(K), static_cast<uint32_t>(group), kind,
+               symmetric ? 1u : 0u, static_cast<uint32_t>(group_bytes), 0, 4, 0, 0, kLayoutRows16};
+  std::memcpy(out, &h, sizeof h);
+  const size_t row_bytes = static_cast<size_t>(K) / 2;
+  // 8 inputs' nibbles, in order in a little-endian uint32 (MLX: input k at bits 4k),
+  // to the tile's order: byte i holds inputs i (low) and i + 4 (high).
+  auto interleave = [](uint32_t w) {
+    auto spread = [](uint32_t x) {  // nibbles 0-3 to nibble positions 0, 2, 4, 6
+      return (x & 0xFu) | ((x & 0xF0u) << 4) | ((x & 0xF00u) << 8) | ((x & 0xF000u) << 12);
+    };
+    return spread(w & 0xFFFFu) | (spread(w >> 16) << 4);
+  };
+  auto put = [&](uint8_t* dst, float v) {
+    const uint16_t h16 = kind == kFloat16 ? to_half(v) : to_bf16(v);
+    std::memcpy(dst, &h16, 2);
+  };
+  Pool::get().run(std::min(Pool::get().capacity(), tiles), [&](int p, int parts) {
+    for (int t = tiles * p / parts; t < tiles * (p + 1) / parts; ++t) {
+      uint8_t* tile = out + kHeaderBytes + static_cast<size_t>(t) * tile_bytes;
+      std::memset(tile, 0, tile_bytes);
+      for (int j = 0; j < 16 && t * 16 + j < N; ++j) {
+        const size_t n = static_cast<size_t>(t) * 16 + j;
+        const uint8_t* src = wb + n * row_bytes;
+        uint8_t* dst = tile;
+        for (int g = 0; g < groups; ++g, dst += group_bytes) {
+          for (int v = 0; v < steps; ++v) {
+            uint32_t w;
+            std::memcpy(&w, src + (static_cast<size_t>(g) * steps + v) * 4, 4);
+            const uint32_t o = interleave(w);
+            std::memcpy(dst + v * 64 + j * 4, &o, 4);
+          }
+          put(dst + steps * 64 + j * 2, s[n * groups + g]);
+          if (!symmetric) put(dst + steps * 64 + 32 + j * 2, b[n * groups + g]);
+        }
+      }
+    }
+  });
+  return mx::array(out, mx::Shape{static_cast<int>(total)}, mx::uint8, [](void* p) { std::free(p); });
+}
+
 }  // namespace
 
 /**
@@ -103,7 +174,7 @@ mx::array cpu_pack(const mx::array& w_in, const mx::array& sc_in, const mx::arra
   if (w_in.dtype() != mx::uint32 || w_in.ndim() != 2 || sc_in.ndim() != 2) return empty;
   if ((group != 32 && group != 64 && group != 128) || (bits != 4 && bits != 8)) return empty;
   const int N = w_in.shape(0), K = w_in.shape(1) * 32 / bits;
-  if (N % 4 != 0 || K % group != 0 || sc_in.shape(0) != N || sc_in.shape(1) * group != K ||
+  if ((bits == 8 && N % 4 != 0) || K % group != 0 || sc_in.shape(0) != N || sc_in.shape(1) * group != K ||
       bi_in.shape() != sc_in.shape())
     return empty;
   auto cpu = mx::default_stream(mx::Device::cpu);
@@ -127,6 +198,7 @@ mx::array cpu_pack(const mx::array& w_in, const mx::array& sc_in, const mx::arra
   const float offset = bits == 4 ? -8.0f : -128.0f;  // GGUF Q4_0 / Q8_0: bias = offset·scale
   bool symmetric = true;
   for (size_t i = 0; i < groups_total && symmetric; ++i) symmetric = b[i] == offset * s[i];
+  if (bits == 4) return pack_rows16(wb, s, b, N, K, group, kind, symmetric);
   const int block_bytes = 32 * bits / 8;
   const int blocks = K / 32, chunks = blocks / 8, tail = blocks % 8;
   const int per_chunk = 256 / group;  // a full chunk's groups per row
@@ -137,17 +209,11 @@ mx::array cpu_pack(const mx::array& w_in, const mx::array& sc_in, const mx::arra
   const size_t tile_bytes = static_cast<size_t>(chunks) * chunk_bytes + tail_bytes;
   const int tiles = N / 4;
   const size_t total = kHeaderBytes + tile_bytes * tiles;
-  // The plain arrays stay alive beside the copy: where MLX's memory limit leaves
-  // little room (an engine capped for tests or a small machine), the room is
-  // for the KV cache and activations, so the weight stays unpacked.
-  const size_t limit = mx::get_memory_limit(), active = mx::get_active_memory();
-  if (limit < active || limit - active < total + kPackReserveBytes) return empty;
-  auto* out = static_cast<uint8_t*>(std::aligned_alloc(64, (total + 63) / 64 * 64));
-  if (out == nullptr) throw std::runtime_error("cpu pack: out of memory");
-  std::memset(out, 0, kHeaderBytes);
+  if (!room_for(total)) return empty;
+  uint8_t* out = alloc_packed(total);
   PackHeader h{kMagic, static_cast<uint32_t>(N), static_cast<uint32_t>(K), static_cast<uint32_t>(group), kind,
                symmetric ? 1u : 0u, chunk_bytes, scale_bytes, static_cast<uint32_t>(bits), static_cast<uint32_t>(tail),
-               tail_bytes};
+               tail_bytes, kLayoutRows4};
   std::memcpy(out, &h, sizeof h);
   const size_t row_bytes = static_cast<size_t>(K) * bits / 8;
   auto put = [&](uint16_t* dst, float v) { *dst = kind == kFloat16 ? to_half(v) : to_bf16(v); };
@@ -192,6 +258,9 @@ mx::array cpu_pack(const mx::array& w_in, const mx::array& sc_in, const mx::arra
 namespace packed_vnni {
 #include "cpu_qmm_packed_vnni.inc"
 }  // namespace packed_vnni
+namespace rows16_vnni {
+#include "cpu_qmm_rows16_vnni.inc"
+}  // namespace rows16_vnni
 #pragma GCC pop_options
 #endif
 
@@ -211,6 +280,21 @@ class CpuQuantizedMatmulPacked : public mx::UnaryPrimitive {
       std::vector<float> xs;
       const float* xp = row_major(x, xs);
       ActQ a;
+#ifdef PV_X86
+      if (h->layout == kLayoutRows16) {
+        rows16_vnni::Rows16 pk{packed.data<uint8_t>() + kHeaderBytes,
+                               s.N,
+                               K,
+                               s.group,
+                               K / s.group,
+                               static_cast<size_t>(h->chunk_bytes) * (K / s.group),
+                               h->chunk_bytes,
+                               h->scale_kind == kBfloat16,
+                               h->symmetric != 0};
+        rows16_vnni::product(xp, pk, out.data<float>(), s);
+        return;
+      }
+#endif
       quantize_activations(xp, a, s, kIsaVnni);
 #ifdef PV_X86
       packed_vnni::Packed pk{packed.data<uint8_t>() + kHeaderBytes,
@@ -235,6 +319,91 @@ class CpuQuantizedMatmulPacked : public mx::UnaryPrimitive {
     return dynamic_cast<const CpuQuantizedMatmulPacked*>(&other) != nullptr;
   }
 };
+
+// The plain arrays of a 16-row packed weight, rebuilt from it (lazily; exact,
+// since packing is): 0 the uint32 weight [N, K/8], 1 the float32 scales, 2 the biases.
+class CpuUnpackRows16 : public mx::UnaryPrimitive {
+ public:
+  CpuUnpackRows16(mx::Stream stream, int which) : UnaryPrimitive(stream), which_(which) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    encoder.set_input_array(inputs[0]);
+    encoder.set_output_array(out);
+    encoder.dispatch([packed = inputs[0], out, which = which_]() mutable {
+      const PackHeader* h = header_of(packed);
+      const int N = static_cast<int>(h->N), K = static_cast<int>(h->K), group = static_cast<int>(h->group);
+      const int groups = K / group, steps = group / 8;
+      const size_t group_bytes = h->chunk_bytes, tile_bytes = group_bytes * groups;
+      const uint8_t* base = packed.data<uint8_t>() + kHeaderBytes;
+      for (int n = 0; n < N; ++n) {
+        const uint8_t* tp = base + static_cast<size_t>(n / 16) * tile_bytes;
+        const int j = n % 16;
+        for (int g = 0; g < groups; ++g) {
+          const uint8_t* gp = tp + static_cast<size_t>(g) * group_bytes;
+          if (which == 0) {
+            auto* row = reinterpret_cast<uint8_t*>(out.data<uint32_t>()) + static_cast<size_t>(n) * K / 2;
+            for (int v = 0; v < steps; ++v) {
+              for (int i = 0; i < 4; ++i) {
+                const uint8_t b = gp[v * 64 + j * 4 + i];
+                const int k = g * group + v * 8 + i;  // low nibble: input k, high: k + 4
+                for (const auto& [kk, q] : {std::pair{k, b & 0xF}, std::pair{k + 4, b >> 4}}) {
+                  uint8_t& dst = row[kk / 2];
+                  dst = (kk & 1) ? static_cast<uint8_t>((dst & 0x0F) | (q << 4)) : static_cast<uint8_t>((dst & 0xF0) | q);
+                }
+              }
+            }
+            continue;
+          }
+          uint16_t v16;
+          const bool bias_stored = h->symmetric == 0;
+          std::memcpy(&v16, gp + steps * 64 + (which == 2 && bias_stored ? 32 : 0) + j * 2, 2);
+          float v = h->scale_kind == kBfloat16 ? from_bf16(v16) : from_half(v16);
+          if (which == 2 && !bias_stored) v *= -8.0f;
+          out.data<float>()[static_cast<size_t>(n) * groups + g] = v;
+        }
+      }
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("PensieveCpuUnpackRows16 runs on the CPU only");
+  }
+
+  const char* name() const override { return "PensieveCpuUnpackRows16"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto* o = dynamic_cast<const CpuUnpackRows16*>(&other);
+    return o != nullptr && o->which_ == which_;
+  }
+
+ private:
+  int which_;
+};
+
+/**
+ * Replaces a 4-bit weight's plain arrays (evaluated) by lazy rebuilds from its
+ * 16-row packed copy, so their memory goes; a path that still reads them (the
+ * exact float kernel, another ISA) gets them back, equal, on first use.
+ * Returns false, changing nothing, for other packed layouts.
+ */
+bool cpu_drop_plain(mx::array& w, mx::array& scales, mx::array& biases, const mx::array& packed) {
+  const PackHeader* h = header_of(packed);
+  if (h == nullptr || h->layout != kLayoutRows16) return false;
+  const int N = static_cast<int>(h->N), K = static_cast<int>(h->K), groups = K / static_cast<int>(h->group);
+  if (w.shape() != mx::Shape{N, K / 8} || scales.shape() != mx::Shape{N, groups} || biases.shape() != scales.shape() ||
+      w.dtype() != mx::uint32 || scales.dtype() != mx::float32 || biases.dtype() != mx::float32)
+    return false;
+  auto cpu = mx::default_stream(mx::Device::cpu);
+  auto rebuilt = [&](int which, mx::Shape shape, mx::Dtype dtype) {
+    return mx::array(std::move(shape), dtype, std::make_shared<CpuUnpackRows16>(cpu, which), {packed});
+  };
+  w = rebuilt(0, {N, K / 8}, mx::uint32);
+  scales = rebuilt(1, {N, groups}, mx::float32);
+  biases = rebuilt(2, {N, groups}, mx::float32);
+  return true;
+}
 
 /** x [..., K] @ dequantize(w)^T from cpu_pack's packed weight (VNNI path only). */
 mx::array cpu_quantized_matmul_packed(const mx::array& x_in, const mx::array& packed) {

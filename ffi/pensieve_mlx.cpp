@@ -22,6 +22,7 @@ mx::array cpu_quantized_matmul_int8(const mx::array& x, const mx::array& w, cons
                                     const mx::array& biases, int group, int bits);
 mx::array cpu_pack(const mx::array& w, const mx::array& scales, const mx::array& biases, int group, int bits);
 mx::array cpu_quantized_matmul_packed(const mx::array& x, const mx::array& packed);
+bool cpu_drop_plain(mx::array& w, mx::array& scales, mx::array& biases, const mx::array& packed);
 bool cpu_set_isa(int isa);
 int cpu_isa_in_use();
 bool cpu_isa_supported(int isa);
@@ -478,6 +479,13 @@ pv_array pv_cpu_pack(pv_array w, pv_array scales, pv_array biases, int group_siz
     if (biases == nullptr) throw std::invalid_argument("cpu pack: biases are required (affine quantization)");
     return pensieve::cpu_pack(unwrap(w), unwrap(scales), unwrap(biases), group_size, bits);
   });
+}
+int pv_cpu_drop_plain(pv_array w, pv_array scales, pv_array biases, pv_array packed) {
+  int dropped = 0;
+  const int status = guard_status([&] {
+    dropped = pensieve::cpu_drop_plain(unwrap(w), unwrap(scales), unwrap(biases), unwrap(packed)) ? 1 : 0;
+  });
+  return status != 0 ? -1 : dropped;
 }
 pv_array pv_quantized_matmul_cpu_packed(pv_array x, pv_array packed) {
   return guard_array([&] { return pensieve::cpu_quantized_matmul_packed(unwrap(x), unwrap(packed)); });

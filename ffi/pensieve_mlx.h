@@ -136,6 +136,8 @@ PV_API pv_array pv_quantized_matmul_cpu_int8(pv_array x, pv_array w, pv_array sc
 PV_API pv_array pv_cpu_pack(pv_array w, pv_array scales, pv_array biases, int group_size, int bits);
 /* x @ dequantize(w)^T from a packed weight: the int8 kernel's sums (AVX-512 VNNI only). */
 PV_API pv_array pv_quantized_matmul_cpu_packed(pv_array x, pv_array packed);
+/* A 4-bit weight's plain arrays replaced, in place, by lazy rebuilds from its packed copy: 1, or 0 when the layout has none; -1 on error. */
+PV_API int pv_cpu_drop_plain(pv_array w, pv_array scales, pv_array biases, pv_array packed);
 /* Instruction set of the int8 kernel: 0 auto (best available), 1 scalar, 2 AVX2,
    3 AVX-512 VNNI. pv_cpu_set_isa fails (status) when the CPU lacks it. */
 PV_API int pv_cpu_set_isa(int isa);

@@ -16,7 +16,7 @@ import {
 import { findCachedSnapshot, modelFolderProblems } from "../hub/cache";
 import { formatBytes } from "../hub/format";
 import { automaticKvBits, describePool, type KvPoolShape } from "../engine/kv-pool";
-import { estimateMemory, systemMemory, weightFilesBytes } from "../engine/memory-plan";
+import { cpuPackedWeightBytes, estimateMemory, systemMemory, weightFilesBytes } from "../engine/memory-plan";
 import { type Env, hubSettings } from "../hub/settings";
 import {
   type Backend,
@@ -344,7 +344,10 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
         if (t.exists) {
           try {
             const { config, weightBytes } = readModelConfig(t.path);
-            addMemoryCheck(config, weightBytes);
+            // On the CPU's int8 path the engine packs quantized weights at load (cpuPackedWeightBytes).
+            const quantized = config.quantization !== null || /\.gguf$/i.test(t.path);
+            const packed = backendInfo.choice === "cpu" && quantized && cpuPackingExpected();
+            addMemoryCheck(config, packed ? cpuPackedWeightBytes(weightBytes, config) : weightBytes);
           } catch (e) {
             add({ id: "model-memory", title: "Model memory", status: "fail", detail: (e as Error).message });
           }
@@ -533,19 +536,38 @@ export function claudeCodeCheck(spec: string, context: number): DoctorCheck {
  * thread count (--threads / PENSIEVE_THREADS) or the automatic rule, and the
  * instruction set the int8 matmul picks from the CPU's flags.
  */
+function cpuFlags(): string {
+  try {
+    return (
+      readFileSync("/proc/cpuinfo", "utf8")
+        .split("\n")
+        .find((l) => l.startsWith("flags")) ?? ""
+    );
+  } catch {
+    return "";
+  }
+}
+
+/** The engine will pack quantized weights for the VNNI int8 kernel (mx.cpuPackingActive), judged without MLX. */
+function cpuPackingExpected(): boolean {
+  const flags = cpuFlags();
+  const isa = process.env.PENSIEVE_CPU_ISA;
+  return (
+    process.env.PENSIEVE_CPU_PACK !== "0" &&
+    process.env.PENSIEVE_CPU_MATMUL !== "exact" &&
+    (isa === undefined || isa === "vnni" || isa === "avx512") &&
+    /\bavx512_vnni\b/.test(flags) &&
+    /\bavx512vl\b/.test(flags)
+  );
+}
+
 function cpuKernelSummary(config: LoadedConfig["config"] | null): string {
   const threads = config?.threads ?? null;
   const cores = Math.min(8, availableParallelism());
   const count = threads
     ? `${Math.min(threads, cores)} (configured${threads > cores ? `, capped at ${cores} cores` : ""})`
     : `automatic: ${cores} for large products, 1 for small ones`;
-  let flags = "";
-  try {
-    flags =
-      readFileSync("/proc/cpuinfo", "utf8")
-        .split("\n")
-        .find((l) => l.startsWith("flags")) ?? "";
-  } catch {}
+  const flags = cpuFlags();
   const has = (f: string) => new RegExp(`\\b${f}\\b`).test(flags);
   const isa =
     process.env.PENSIEVE_CPU_ISA ??

@@ -69,12 +69,19 @@ export async function runSetup(argv: string[]): Promise<number> {
   // The same plan the engine makes when it starts (src/engine/engine-plan.ts).
   const { readModelConfig } = await import("../models/loader");
   const { planMemory } = await import("../engine/engine-plan");
+  const { cpuPackedWeightBytes } = await import("../engine/memory-plan");
   const planned = readModelConfig(path);
   const mx = await import("../mlx");
   const device = config.backend === "cpu" || !mx.gpuAvailable() ? "cpu" : "gpu";
   let plan: ReturnType<typeof planMemory>;
   try {
-    plan = planMemory(config, planned.config, planned.weightBytes, device, device === "cpu" ? 4 : 2);
+    // On the CPU's int8 path the engine packs quantized weights at load (cpuPackedWeightBytes).
+    const quantized = planned.config.quantization !== null || /\.gguf$/i.test(path);
+    const weightBytes =
+      device === "cpu" && quantized && mx.cpuPackingActive()
+        ? cpuPackedWeightBytes(planned.weightBytes, planned.config)
+        : planned.weightBytes;
+    plan = planMemory(config, planned.config, weightBytes, device, device === "cpu" ? 4 : 2);
   } catch (e) {
     say(`refused: ${(e as Error).message}`);
     return 1;

@@ -15,6 +15,7 @@ import { loadTokenizer } from "../text/tokenizer";
 import type { KvBits } from "./attention-plan";
 import { draftMismatch } from "./draft-model";
 import { bufferCacheLimit, planMemory, schedulerOptions } from "./engine-plan";
+import { cpuPackedWeightBytes } from "./memory-plan";
 import { KVCache } from "./kv-cache";
 import { cacheShape } from "./one-sequence";
 import { fileIdentity, modelKey, PrefixStore } from "./prefix-store";
@@ -129,11 +130,15 @@ export class Engine {
     if (config.draftModel) checkDraftModel(config.model, config.draftModel);
     const drafter = config.draftModel ? readModelConfig(config.draftModel) : null;
     // The draft model's weights come out of the same memory (its small KV caches are not planned).
-    // On the CPU, quantized weights get a packed copy for the int8 kernel beside the plain arrays (at most their size).
-    // (A GGUF's quantization is per tensor, not in its config: counted as quantized.)
-    const quantized = planned.config.quantization !== null || /\.gguf$/i.test(config.model);
-    const packedCopies = device === "cpu" && quantized && mx.cpuPackingActive();
-    const weightBytes = (planned.weightBytes + (drafter?.weightBytes ?? 0)) * (packedCopies ? 2 : 1);
+    // On the CPU, quantized weights are packed for the int8 kernel at load, and the packed copies
+    // replace most plain arrays (cpuPackedWeightBytes). A GGUF's quantization is per tensor, not in
+    // its config: counted as quantized.
+    const packed = (path: string, c: typeof planned) =>
+      device === "cpu" && mx.cpuPackingActive() && (c.config.quantization !== null || /\.gguf$/i.test(path));
+    const resident = (path: string, c: typeof planned) =>
+      packed(path, c) ? cpuPackedWeightBytes(c.weightBytes, c.config) : c.weightBytes;
+    const weightBytes =
+      resident(config.model, planned) + (drafter && config.draftModel ? resident(config.draftModel, drafter) : 0);
     const elementBytes = device === "cpu" ? 4 : 2;
     let plan = planMemory(config, planned.config, weightBytes, device, elementBytes);
     // On the GPU, dequantized copies of the weights make batched steps and

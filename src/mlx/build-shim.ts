@@ -15,6 +15,7 @@ const SOURCES = [
   "ffi/cpu_qmm_int8.h",
   "ffi/cpu_qmm_packed.cpp",
   "ffi/cpu_qmm_packed_vnni.inc",
+  "ffi/cpu_qmm_rows16_vnni.inc",
   "ffi/cpu_attention.cpp",
   "ffi/cpu_attention_tiled.inc",
   "ffi/cpu_norm.cpp",

@@ -72,6 +72,7 @@ const symbols = {
   pv_quantized_matmul_cpu_int8: { args: [P, P, P, P, i32, i32], returns: P },
   pv_cpu_pack: { args: [P, P, P, i32, i32], returns: P },
   pv_quantized_matmul_cpu_packed: { args: [P, P], returns: P },
+  pv_cpu_drop_plain: { args: [P, P, P, P], returns: i32 },
   pv_cpu_set_isa: { args: [i32], returns: i32 },
   pv_cpu_isa: { args: [], returns: i32 },
   pv_cpu_isa_supported: { args: [i32], returns: i32 },

@@ -3,7 +3,7 @@
 // the other operand's dtype, as in MLX's Python API.
 
 import { type Pointer, ptr } from "bun:ffi";
-import { checkStatus, Dtype, handleList, handlesFrom, isFloating, keep, MlxError, MxArray } from "./array";
+import { checkStatus, Dtype, handleList, handlesFrom, isFloating, keep, lastError, MlxError, MxArray } from "./array";
 import { lib } from "./ffi";
 
 /** An array, or a number that becomes a scalar of the other operand's dtype. */
@@ -482,6 +482,22 @@ export function cpuPack(q: QuantizedWeight): MxArray | null {
   if (packed.size > 0) return packed;
   packed.dispose();
   return null;
+}
+
+/**
+ * Packs a weight for the CPU now (see cpuPackedWeight) and, where its packed
+ * layout can rebuild them (4-bit), replaces its plain arrays in place by lazy
+ * rebuilds from the copy, so their memory goes: only the copy stays resident.
+ * A path that reads them later (the exact float kernel, another ISA, an
+ * embedding lookup) gets them back, equal, on first use. Returns the bytes freed.
+ */
+export function cpuPackDroppingPlain(q: QuantizedWeight): number {
+  const packed = cpuPackedWeight(q);
+  if (!packed || !q.biases) return 0;
+  const before = q.weight.nbytes + q.scales.nbytes + q.biases.nbytes;
+  const dropped = lib.pv_cpu_drop_plain(q.weight.handle, q.scales.handle, q.biases.handle, packed.handle);
+  if (dropped < 0) throw new MlxError("cpu drop plain", lastError());
+  return dropped === 1 ? before : 0;
 }
 
 /** x @ dequantize(w).T from a packed weight (cpuPack): the int8 kernel's sums. */

@@ -392,6 +392,7 @@ export function qkvProjections(store: WeightStore, prefix: string, c: ModelConfi
 /** The embedding table, and the output head (tied to the embedding when the model says so). */
 export function embeddingAndHead(store: WeightStore, config: ModelConfig, embedName: string, headName: string) {
   const embedding = store.linear(embedName, config.hiddenSize);
+  store.keepPlain(embedding);
   const tied = config.tieWordEmbeddings || !store.has(`${headName}.weight`);
   const lmHead = tied ? embedding : store.linear(headName, config.hiddenSize);
   return { embedding, lmHead };

@@ -92,6 +92,8 @@ function build(config: ModelConfig, arrays: Map<string, MxArray>, source: string
     const model = architectureFor(config.modelType).build(KIT, config, store, options);
     if (options.shard) reduceAcrossShards(model);
     materialize(arrays, source);
+    // On the CPU's int8 path, quantized weights are packed now and (4-bit) keep only the packed copy.
+    if (mx.getDevice() === "cpu" && mx.cpuPackingActive()) store.packForCpu();
     return model;
   } catch (e) {
     store.dispose();

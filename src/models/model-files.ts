@@ -83,7 +83,10 @@ export function readModelConfig(path: string): { config: ModelConfig; weightByte
   const meta = new Map<string, unknown>();
   for (const [k, v] of info.metadata) meta.set(k, typeof v === "bigint" ? Number(v) : v);
   try {
-    return { config: configFromGguf(meta, embed.shape[0] as number), weightBytes: statSync(path).size };
+    const config = configFromGguf(meta, embed.shape[0] as number);
+    // As the loader decides (readGgufWeights): no output tensor, the head is the embedding.
+    config.tieWordEmbeddings = !info.tensors.some((t) => t.name === "output.weight");
+    return { config, weightBytes: statSync(path).size };
   } catch (e) {
     throw new ModelLoadError(`${path}: ${(e as Error).message}`);
   }

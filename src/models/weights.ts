@@ -99,6 +99,9 @@ export class WeightStore {
   /** Keep a dequantized copy of every quantized linear weight (see LinearWeight.dense). */
   readonly denseCopies: boolean;
   readonly #extra: MxArray[] = [];
+  /** Quantized linear weights on the CPU kernel (see packForCpu), and those an embedding also reads. */
+  readonly #cpuLinears = new Set<mx.QuantizedWeight>();
+  readonly #keepPlain = new Set<mx.QuantizedWeight>();
 
   constructor(
     arrays: Map<string, MxArray>,
@@ -220,7 +223,29 @@ export class WeightStore {
       mx.evaluate(dense);
       this.#extra.push(dense);
     }
-    return { kind: "quantized", q, bias, cpuKernel: cpuKernelWanted(q), dense };
+    const cpuKernel = cpuKernelWanted(q);
+    if (cpuKernel) this.#cpuLinears.add(q);
+    return { kind: "quantized", q, bias, cpuKernel, dense };
+  }
+
+  /** A weight an embedding reads by rows: packForCpu leaves its plain arrays. */
+  keepPlain(w: LinearWeight): void {
+    if (w.kind === "quantized") this.#keepPlain.add(w.q);
+  }
+
+  /**
+   * Packs every quantized linear weight for the CPU int8 kernel now (not on the
+   * first request), dropping the plain arrays the packed copy replaces
+   * (mx.cpuPackDroppingPlain; not an embedding's), one weight at a time so the
+   * two never all sit side by side. Returns the bytes freed.
+   */
+  packForCpu(): number {
+    let freed = 0;
+    for (const q of this.#cpuLinears) {
+      if (this.#keepPlain.has(q)) mx.cpuPackedWeight(q);
+      else freed += mx.cpuPackDroppingPlain(q);
+    }
+    return freed;
   }
 
   /**
@@ -311,6 +336,7 @@ export class WeightStore {
       };
       const dense = first.dense ? stack(quantized.map((p) => p.dense as MxArray)) : null;
       fused = { kind: "quantized", q, bias: null, cpuKernel: first.cpuKernel, dense };
+      if (first.cpuKernel) this.#cpuLinears.add(q);
     }
     if (allBias) fused.bias = stack(parts.map((p) => p.bias as MxArray));
     // Computed now, so that the parts can go.
@@ -328,6 +354,7 @@ export class WeightStore {
       if (p.kind === "dense") gone.add(p.weight);
       else {
         for (const a of [p.q.weight, p.q.scales, p.q.biases, p.dense]) if (a) gone.add(a);
+        this.#cpuLinears.delete(p.q);
       }
     }
     for (const [name, a] of this.#arrays) if (gone.has(a)) this.#arrays.delete(name);

@@ -62,6 +62,9 @@ const SHAPES: Array<[m: number, k: number, n: number]> = [
   [5, 288, 12],
   [2, 608, 8],
   [1, 64, 4],
+  // Whole 16-row tiles (4-bit), prefill-sized: the 6-row register tile and its remainders.
+  [64, 512, 48],
+  [13, 384, 32],
 ];
 
 const HEADER_BYTES = 64;
@@ -114,7 +117,9 @@ describe("packed weights, VNNI", () => {
           const q = randomWeight(f, n, k, m * 1000 + k + n);
           const packed = mx.cpuPack(q);
           expect(packed).not.toBeNull();
-          if (k % 256 === 0) expect(packed?.size).toBe(HEADER_BYTES + (n * k * f.bytesPer32) / 32);
+          // 4-bit: 16 rows side by side, the last tile padded; 8-bit: 4-row chunks of 256 inputs.
+          const rows = f.bits === 4 ? Math.ceil(n / 16) * 16 : n;
+          if (f.bits === 4 || k % 256 === 0) expect(packed?.size).toBe(HEADER_BYTES + (rows * k * f.bytesPer32) / 32);
           const x = randomInput(m, k, k * 7 + m);
           const ours = mx.quantizedMatmulCpuPacked(x, packed as mx.MxArray);
           expect(ours.shape).toEqual([m, n]);
@@ -147,7 +152,10 @@ test.skipIf(!vnni)("the model path (quantizedMatmulCpu) takes the packed copy, o
       return mx.quantizedMatmulCpu(x, w).read();
     });
     expect(outs[0]).toEqual(outs[1]);
-    expect(outs[0]).toEqual(mx.quantizedMatmulCpuInt8(x, w).read());
+    // The 16-row tile sums each group in int32 before its float steps: the int8 kernel's result to float rounding.
+    const plain = mx.quantizedMatmulCpuInt8(x, w);
+    const ours = mx.float32(outs[0] as Float32Array, [9, 512]);
+    expect(mx.max(mx.abs(mx.subtract(plain, ours))).item() / mx.max(mx.abs(plain)).item()).toBeLessThan(1e-6);
     q.dispose();
   });
   mx.setCpuThreads(0);
@@ -158,8 +166,11 @@ test.skipIf(!vnni)("weights the packed tiles cannot hold exactly stay unpacked",
     const f = FORMATS[1] as Format;
     // float32 scales that float16 and bfloat16 would round.
     expect(mx.cpuPack(randomWeight(f, 8, 256, 1, false))).toBeNull();
-    // N not a multiple of 4.
-    expect(mx.cpuPack(randomWeight(f, 6, 256, 3))).toBeNull();
+    // 8-bit with N not a multiple of 4 (4-bit tiles pad the last 16 rows instead).
+    expect(mx.cpuPack(randomWeight(FORMATS[4] as Format, 6, 256, 3))).toBeNull();
+    const padded = mx.cpuPack(randomWeight(f, 6, 256, 3));
+    expect(padded).not.toBeNull();
+    padded?.dispose();
   });
 });
 
@@ -173,3 +184,91 @@ test.skipIf(!vnni)("a packed product checks its input width", () => {
     packed.dispose();
   });
 });
+
+describe.skipIf(!vnni)("packed copies replace the plain arrays (4-bit)", () => {
+  for (const f of [FORMATS[0], FORMATS[3]] as Format[]) {
+    test(`${f.name}: freed, products unchanged, the plain arrays come back equal on demand`, () => {
+      mx.setCpuIsa("auto");
+      mx.tidy(() => {
+        const q = randomWeight(f, 96, 512, 21);
+        mx.keep([q.weight, q.scales, q.biases as mx.MxArray]);
+        mx.evaluate(q.weight, q.scales, q.biases as mx.MxArray);
+        const original = [q.weight.read(), q.scales.read(), (q.biases as mx.MxArray).read()];
+        const x = randomInput(7, 512, 22);
+        const packedBefore = mx.quantizedMatmulCpu(x, q).read();
+        const exactBefore = mx.quantizedMatmulCpuExact(x, q).read();
+        const plainBytes = q.weight.nbytes + q.scales.nbytes + (q.biases as mx.MxArray).nbytes;
+        const active = mx.memory.active();
+        expect(mx.cpuPackDroppingPlain(q)).toBe(plainBytes);
+        // (The allocator rounds sizes up: at least the arrays' bytes go.)
+        expect(active - mx.memory.active()).toBeGreaterThanOrEqual(plainBytes);
+        expect(q.weight.shape).toEqual([96, 64]);
+        expect(mx.quantizedMatmulCpu(x, q).read()).toEqual(packedBefore);
+        // The exact kernel reads the plain arrays: rebuilt from the packed copy, bit for bit.
+        expect(mx.quantizedMatmulCpuExact(x, q).read()).toEqual(exactBefore);
+        expect([q.weight.read(), q.scales.read(), (q.biases as mx.MxArray).read()]).toEqual(original);
+        for (const a of [q.weight, q.scales, q.biases as mx.MxArray]) a.dispose();
+      });
+    });
+  }
+
+  test("8-bit weights keep their plain arrays beside the packed copy", () => {
+    mx.tidy(() => {
+      const q = randomWeight(FORMATS[4] as Format, 8, 256, 23);
+      mx.keep([q.weight, q.scales, q.biases as mx.MxArray]);
+      expect(mx.cpuPackDroppingPlain(q)).toBe(0);
+      expect(mx.cpuPackedWeight(q)).not.toBeNull();
+      expect(q.weight.read().length).toBe(8 * 64);
+      for (const a of [q.weight, q.scales, q.biases as mx.MxArray]) a.dispose();
+    });
+  });
+});
+
+test.skipIf(!vnni)(
+  "the 16-row tile quantizes activations as the int8 kernel does (identity weight: y = x̂ exactly)",
+  () => {
+    // quantize_rows (ffi/cpu_qmm_int8.cpp) in float32 steps: x̂ = dl·(256·xh + xl).
+    const f = Math.fround;
+    const xhat = (g: Float32Array) => {
+      let amax = 0;
+      for (const v of g) amax = Math.max(amax, Math.abs(v));
+      const dh = f(amax / 127);
+      const ih = dh !== 0 ? f(1 / dh) : 0;
+      const d = f(dh / 256);
+      const il = d !== 0 ? f(1 / d) : 0;
+      return Array.from(g, (x) => {
+        const v = Math.floor(f(f(x * ih) + 0.5));
+        const rest = f(x - f(v * dh));
+        const lo = Math.min(127, Math.max(-127, Math.floor(f(f(rest * il) + 0.5))));
+        return f((256 * v + lo) * d);
+      });
+    };
+    mx.setCpuIsa("auto");
+    mx.tidy(() => {
+      const k = 64;
+      // Q4_0 with scale 1: w = q - 8, so q = 9 on the diagonal and 8 elsewhere is the identity.
+      const words = new Uint32Array((k * k) / 8);
+      for (let n = 0; n < k; n++)
+        for (let i = 0; i < k; i++) {
+          const idx = n * k + i;
+          words[idx >> 3] = ((words[idx >> 3] as number) | ((n === i ? 9 : 8) << ((idx & 7) * 4))) >>> 0;
+        }
+      const scales = mx.full([k, k / 32], 1);
+      const q = {
+        weight: mx.uint32(words, [k, k / 8]),
+        scales,
+        biases: mx.multiply(scales, -8),
+        groupSize: 32,
+        bits: 4,
+      };
+      const packed = mx.cpuPack(q) as mx.MxArray;
+      const x = randomInput(3, k, 31).read() as Float32Array;
+      const y = mx.quantizedMatmulCpuPacked(mx.float32(x, [3, k]), packed).read() as Float32Array;
+      const expected: number[] = [];
+      for (let m = 0; m < 3; m++)
+        for (let g = 0; g < k / 32; g++) expected.push(...xhat(x.subarray(m * k + g * 32, m * k + g * 32 + 32)));
+      expect(Array.from(y)).toEqual(expected);
+      packed.dispose();
+    });
+  },
+);
