@@ -12,7 +12,8 @@
 #   bash bench/gpu/device.sh lone      # lone requests' time to first token: scheduler vs plain generation
 #   bash bench/gpu/device.sh kv        # issue 10: Claude Code replay (carry .device/claude-code-request.json), long prompts
 #   bash bench/gpu/device.sh spec      # issue 13: a verify pass of k = 2, 4, 8, 16 tokens vs a one-token step
-#   bash bench/gpu/device.sh llama-build  # issue 11: llama.cpp CUDA (carry .device/llama.tar.xz{,.sha256}; after prepare)
+#   bash bench/gpu/device.sh llama-build  # issue 11: llama.cpp CUDA (carry .device/llama.tar.xz{,.sha256}, and
+#                                         #   .device/libggml-cuda.so.xz{,.sha256} when built here; after prepare)
 #   bash bench/gpu/device.sh llama     # issue 11: Pensieve, mlx-lm and llama.cpp CUDA side by side (128 → 256; 4096, 20000)
 #
 # Pack the carried files first with bench/gpu/pack.sh. Results go to $OUT.
@@ -51,13 +52,23 @@ cuda_lib_dir() {
     if [ -e "$d/libcublas.so.13" ]; then echo "$d"; return; fi
   done
 }
+# LD_LIBRARY_PATH for llama.cpp's process: the CUDA libraries, and the bins folder when libggml-cuda.so was linked
+# with a versioned soname (NEEDED libggml-base.so.0): it then finds the prebuilt libggml-base.so through a link
+# (the same file, so the loader keeps one copy; tried with a CPU backend here).
+llama_library_path() {
+  PENSIEVE_LLAMA_LIBRARY_PATH=$(cuda_lib_dir)
+  if [ -f "$LLAMA_BINS/libggml-cuda.so" ] && grep -q 'libggml-base\.so\.0' "$LLAMA_BINS/libggml-cuda.so"; then
+    ln -sf libggml-base.so "$LLAMA_BINS/libggml-base.so.0"
+    PENSIEVE_LLAMA_LIBRARY_PATH="$LLAMA_BINS:$PENSIEVE_LLAMA_LIBRARY_PATH"
+  fi
+  export PENSIEVE_LLAMA_LIBRARY_PATH
+}
 llama_env() {
   [ -d "$L/nlc/node_modules/node-llama-cpp" ] || { echo "run the llama-build phase first" >&2; exit 1; }
   # The harness bundles find the checkout from dist/llama/ (a later carry of dist may have replaced it).
   mkdir -p dist/llama && cp -r "$L/dist-llama/." dist/llama/
   export PENSIEVE_NODE_LLAMA_CPP=$L/nlc
-  PENSIEVE_LLAMA_LIBRARY_PATH=$(cuda_lib_dir)
-  export PENSIEVE_LLAMA_LIBRARY_PATH
+  llama_library_path
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv > "$OUT/gpu.txt" 2>&1 || true
 }
 # LLAMA_DRY_RUN=1 (bench/gpu/llama-dry-run.sh, no GPU): llama.cpp's CPU build instead of building CUDA.
@@ -200,6 +211,16 @@ llama-build)
   fi
   log "llama.cpp $(cut -c1-50 "$L/llama.cpp-commit.txt"), node-llama-cpp $(grep -o '"version": "[^"]*"' "$L/nlc/node_modules/node-llama-cpp/package.json")"
   llama_env
+  # A libggml-cuda.so built off the machine for sm_90 (pack-llama.sh with LLAMA_CUDA_LIB), carried: no build here.
+  # (Carried in this call, or kept by an earlier `llama-stage` call when both do not fit in one.)
+  lib=.device/libggml-cuda.so.xz
+  [ -f "$lib" ] || lib=$W/libggml-cuda.so.xz
+  if [ -f "$lib" ] && [ ! -f "$L/build/.done" ]; then
+    (cd "$(dirname "$lib")" && echo "$(cat libggml-cuda.so.xz.sha256)  libggml-cuda.so.xz" | sha256sum -c -)
+    xz -dc "$lib" > "$LLAMA_BINS/libggml-cuda.so"
+    mkdir -p "$L/build" && touch "$L/build/.done"
+    log "libggml-cuda.so carried (built for sm_90 off the machine): $(du -h "$LLAMA_BINS/libggml-cuda.so" | cut -f1)"
+  fi
   # The same random weights as Pensieve's and mlx-lm's model, as Q4_0 (scripts/mlx-to-gguf.ts), while CUDA builds.
   [ -f "$MODEL/model.safetensors" ] || { echo "no $MODEL: run the prepare phase first" >&2; exit 1; }
   convert=
@@ -232,6 +253,7 @@ llama-build)
       log "libggml-cuda.so built in $(($(date +%s) - start)) s"
       cp "$(find "$L/build" -name libggml-cuda.so | head -1)" "$LLAMA_BINS/libggml-cuda.so" && touch "$L/build/.done"
     fi
+    llama_library_path
     LD_LIBRARY_PATH="${PENSIEVE_LLAMA_LIBRARY_PATH}:${LD_LIBRARY_PATH:-}" ldd "$LLAMA_BINS/libggml-cuda.so" | tee "$OUT/llama-ldd.txt"
     if grep -q "not found" "$OUT/llama-ldd.txt"; then echo "libggml-cuda.so: a library is missing (above)" >&2; fi
   else
@@ -253,6 +275,10 @@ llama-build)
     exit 1
   fi
   tail -5 "$OUT/llama-smoke.txt"
+  ;;
+llama-stage)
+  # Keeps a carried .device/libggml-cuda.so.xz{,.sha256} for llama-build (when it and llama.tar.xz exceed one carry).
+  cp .device/libggml-cuda.so.xz .device/libggml-cuda.so.xz.sha256 "$W/" && ls -la "$W"/libggml-cuda.so.xz
   ;;
 llama)
   # One table per prompt length: Pensieve, mlx-lm (the MLX random Phi-3) and llama.cpp CUDA (the same weights

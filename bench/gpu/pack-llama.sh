@@ -56,8 +56,17 @@ bun build --target=bun --splitting --external playwright-core --outdir "$tmp/pkg
   bench/run.ts scripts/mlx-to-gguf.ts bench/gpu/stamp-gpu.ts > /dev/null
 tar -C "$tmp/pkg" -cf - . | xz -T2 -9 > .device/llama.tar.xz
 sha256sum .device/llama.tar.xz | cut -d' ' -f1 > .device/llama.tar.xz.sha256
+# A libggml-cuda.so built here for sm_90 (LLAMA_CUDA_LIB=PATH, e.g. with PyPI's nvcc 13.0 and the llama-build
+# phase's CMake flags): carried beside the tarball, so llama-build skips the build there.
+rm -f .device/libggml-cuda.so.xz .device/libggml-cuda.so.xz.sha256
+if [ -n "${LLAMA_CUDA_LIB:-}" ]; then
+  readelf -d "$LLAMA_CUDA_LIB" | grep -q 'NEEDED.*libcudart.so.13' || { echo "$LLAMA_CUDA_LIB: no libcudart.so.13" >&2; exit 1; }
+  xz -T2 -6 -c "$LLAMA_CUDA_LIB" > .device/libggml-cuda.so.xz
+  sha256sum .device/libggml-cuda.so.xz | cut -d' ' -f1 > .device/libggml-cuda.so.xz.sha256
+  ls -la .device/libggml-cuda.so.xz
+fi
 du -sh "$tmp/pkg"/* | sed "s|$tmp/pkg/||"
 ls -la .device/llama.tar.xz
-size=$(stat -c %s .device/llama.tar.xz)
+size=$(($(stat -c %s .device/llama.tar.xz) + $(stat -c %s .device/libggml-cuda.so.xz 2> /dev/null || echo 0)))
 tracked=$(git ls-files -z | du -cb --files0-from=- | tail -1 | cut -f1)
-echo "llama.tar.xz: $((size / 1000000)) MB + tracked files $((tracked / 1000000)) MB (limit 67 MB a call)"
+echo "llama.tar.xz (+ libggml-cuda.so.xz): $((size / 1000000)) MB + tracked files $((tracked / 1000000)) MB (limit 67 MB a call)"
