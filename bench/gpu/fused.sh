@@ -3,7 +3,7 @@
 # machine after `bench/gpu/device.sh prepare` (same call or a warm machine), from the checkout that
 # carries dist/ (bench/gpu/pack.sh bundles the tests and scripts):
 #   1. the GPU tests: fused kernels against MLX's unfused ops, greedy tokens fused vs unfused
-#      (tiny Llama, tiny Phi-3), the GEMV and custom-kernel ABI tests;
+#      (tiny Llama, tiny Phi-3), and the custom-kernel ABI test;
 #   2. single-stream decode, 128 -> 256 (the harness's `generate`, --profile: host vs device ms per
 #      step), in rounds: Pensieve fused + mlx-lm interleaved, then Pensieve unfused (round 1 also
 #      fused with MLX's sdpa, PENSIEVE_GPU_FUSED_ATTENTION=0);
