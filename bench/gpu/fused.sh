@@ -3,13 +3,14 @@
 # machine after `bench/gpu/device.sh prepare` (same call or a warm machine), from the checkout that
 # carries dist/ (bench/gpu/pack.sh bundles the tests and scripts):
 #   1. the GPU tests: fused kernels against MLX's unfused ops, greedy tokens fused vs unfused
-#      (tiny Llama, tiny Phi-3), the GEMV and custom-kernel ABI tests;
+#      (tiny Llama, tiny Phi-3), and the custom-kernel ABI test;
 #   2. single-stream decode, 128 -> 256 (the harness's `generate`, --profile: host vs device ms per
 #      step), in rounds: Pensieve fused + mlx-lm interleaved, then Pensieve unfused (round 1 also
 #      fused with MLX's sdpa, PENSIEVE_GPU_FUSED_ATTENTION=0);
 #   3. Nsight Compute: every kernel of one decode step, fused on and off (step-profile.ts).
 # Everything lands in $W/out/fused and comes back as $OUT/fused-results.tgz, the short tables beside it.
-# SKIP_TESTS=1 / SKIP_NCU=1 leave steps out; ROUNDS (default 2) sets the rounds of step 2.
+# SKIP_TESTS=1 / SKIP_NCU=1 leave steps out; ROUNDS (default 2) sets the rounds of step 2; SWEEP=1 adds a
+# sweep of the attention kernel's knobs (PENSIEVE_FUSED_KEYS_PER_SPLIT x PENSIEVE_FUSED_ATTENTION_KB, ~4 min).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 W=/tmp/pv
@@ -38,8 +39,9 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
 fi
 
 # 2. Single stream, in process, 128 -> 256. Each round: fused + mlx-lm (interleaved by the harness), then unfused.
-BENCH=(bun dist/bench/run.js generate --model "$MODEL" --device gpu --python python3
-  --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 2 --profile)
+BASE=(bun dist/bench/run.js generate --model "$MODEL" --device gpu --python python3
+  --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --profile)
+BENCH=("${BASE[@]}" --repeat 2)
 for r in $(seq 1 "${ROUNDS:-2}"); do
   PENSIEVE_GPU_FUSED=1 timeout 200 "${BENCH[@]}" --engines pensieve,mlx-lm --out-dir "$R/single-r$r-fused-on" 2>&1 | tail -8
   PENSIEVE_GPU_FUSED=0 timeout 120 "${BENCH[@]}" --engines pensieve --out-dir "$R/single-r$r-fused-off" 2>&1 | tail -6
@@ -48,6 +50,16 @@ for r in $(seq 1 "${ROUNDS:-2}"); do
     --out-dir "$R/single-r$r-fused-sdpa" 2>&1 | tail -6
 done
 for d in "$R"/single-r*; do echo "== $(basename "$d")"; cat "$d"/*.md 2>/dev/null; done > "$OUT/fused-single.md"
+# SWEEP=1: the fused path's knobs, Pensieve alone (keys per attention split, keys per warp per round).
+if [ "${SWEEP:-0}" = 1 ]; then
+  for kps in 64 128 512; do
+    for kb in 4 8; do
+      PENSIEVE_GPU_FUSED=1 PENSIEVE_FUSED_KEYS_PER_SPLIT=$kps PENSIEVE_FUSED_ATTENTION_KB=$kb timeout 120 "${BASE[@]}" \
+        --repeat 1 --engines pensieve --out-dir "$R/sweep-kps$kps-kb$kb" 2>&1 | tail -3
+    done
+  done
+  for d in "$R"/sweep-*; do echo "== $(basename "$d")"; cat "$d"/*.md 2>/dev/null; done > "$OUT/fused-sweep.md"
+fi
 bun dist/bench/gpu/stamp-gpu.js "$R/gpu.txt" "$R" > /dev/null || true
 log "single stream done"
 

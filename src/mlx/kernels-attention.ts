@@ -25,7 +25,7 @@ template <> __device__ __forceinline__ __half pv_t<__half>(float v) { return __f
 template <> __device__ __forceinline__ __nv_bfloat16 pv_t<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
 `;
 
-// Template: T, H, HKV, HD, WARPS, SCALE_BITS (scale * log2(e) as float bits).
+// Template: T, H, HKV, HD, WARPS, SCALE_BITS (scale * log2(e) as float bits), KB (keys a warp loads per round).
 // Inputs q [B, H*HD], kc, vc [B, HKV, CAP, HD], pos int32 [B]. Grid (B*HKV blocks, splits).
 // /*STORE*/: writes the merged (m, l, a) of head h, element d.
 const SOURCE = `
@@ -59,7 +59,6 @@ const SOURCE = `
   }
   const T* kb = kc + ((size_t)b * HKV + kvh) * cap * HD;
   const T* vb = vc + ((size_t)b * HKV + kvh) * cap * HD;
-  constexpr int KB = 4;  // keys per warp per round, loaded before use
   for (int base = s0 + warp * KB; base < s1; base += WARPS * KB) {
     float kf[KB][DL], vf[KB][DL];
 #pragma unroll
@@ -200,6 +199,11 @@ export function setKeysPerSplit(n: number): void {
   keysPerSplit = n;
 }
 const MAX_SPLITS = 64;
+/**
+ * Keys each warp loads before using them (4, as measured on the H100 on 2026-12-06;
+ * PENSIEVE_FUSED_ATTENTION_KB overrides it for a sweep: more keys in flight, more registers).
+ */
+const KEYS_PER_ROUND = Number(process.env.PENSIEVE_FUSED_ATTENTION_KB ?? 4);
 
 /** Whether the kernel takes these heads (head dim a multiple of 32, GQA group's shared memory small). */
 export function decodeAttentionSupports(heads: number, kvHeads: number, headDim: number, dtype: Dtype): boolean {
@@ -252,7 +256,15 @@ export class DecodeAttention {
     this.dtype = dtype;
     const scaleBits = new Int32Array(Float32Array.of(scale * Math.LOG2E).buffer)[0] as number;
     this.warps = attentionWarps(heads, kvHeads, headDim);
-    this.#template = { T: { dtype }, H: heads, HKV: kvHeads, HD: headDim, WARPS: this.warps, SCALE_BITS: scaleBits };
+    this.#template = {
+      T: { dtype },
+      H: heads,
+      HKV: kvHeads,
+      HD: headDim,
+      WARPS: this.warps,
+      SCALE_BITS: scaleBits,
+      KB: KEYS_PER_ROUND,
+    };
   }
 
   /**

@@ -42,10 +42,13 @@ const SWIGLU_EPILOGUE = `
     for (int m = 0; m < M; ++m)
 #pragma unroll
       for (int r = 0; r < ROWS / 2; ++r) {
-        const float g = Ops::to_float(Ops::from_float(acc[m][r]));
-        const float u = Ops::to_float(Ops::from_float(acc[m][r + ROWS / 2]));
-        const float act = Ops::to_float(Ops::from_float(g / (1.f + expf(-g))));
-        y[(size_t)m * (N / 2) + rowi[r]] = Ops::from_float(act * u);
+        // MLX's g * sigmoid(g) * u in T, rounded where its ops round: sigmoid(g) = 1 / (1 + exp(|g|)), or 1 minus it.
+        auto t = [](float v) { return Ops::to_float(Ops::from_float(v)); };
+        const float g = t(acc[m][r]);
+        const float u = t(acc[m][r + ROWS / 2]);
+        const float e = t(1.f / t(1.f + t(expf(fabsf(g)))));
+        const float sig = g < 0.f ? e : t(1.f - e);
+        y[(size_t)m * (N / 2) + rowi[r]] = Ops::from_float(t(g * sig) * u);
       }
 `;
 

@@ -30,6 +30,7 @@ template <> struct PvOps<__half> {
   static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
   static __device__ __forceinline__ __half from_float(float v) { return __float2half(v); }
   static __device__ __forceinline__ T2 splat(float v) { return __float2half2_rn(v); }
+  static __device__ __forceinline__ T2 from_float2(float2 v) { return __float22half2_rn(v); }
 };
 template <> struct PvOps<__nv_bfloat16> {
   using T2 = __nv_bfloat162;
@@ -39,6 +40,7 @@ template <> struct PvOps<__nv_bfloat16> {
   static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
   static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16(v); }
   static __device__ __forceinline__ T2 splat(float v) { return __float2bfloat162_rn(v); }
+  static __device__ __forceinline__ T2 from_float2(float2 v) { return __float22bfloat162_rn(v); }
 };
 
 template <typename T2>
@@ -51,16 +53,20 @@ __device__ __forceinline__ uint32_t pv_word(T2 v) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-// 8 values of T times 8 values of T, elementwise, then times s (packed 16-bit).
+// RMSNorm of 8 values as MLX's rms_norm rounds it: w * T(float(x) * r).
 template <typename T>
-__device__ __forceinline__ uint4 pv_mul8(uint4 a, uint4 b, typename PvOps<T>::T2 s) {
-  using T2 = typename PvOps<T>::T2;
-  uint4 r;
-  r.x = pv_word(__hmul2(__hmul2(pv_bits<T2>(a.x), pv_bits<T2>(b.x)), s));
-  r.y = pv_word(__hmul2(__hmul2(pv_bits<T2>(a.y), pv_bits<T2>(b.y)), s));
-  r.z = pv_word(__hmul2(__hmul2(pv_bits<T2>(a.z), pv_bits<T2>(b.z)), s));
-  r.w = pv_word(__hmul2(__hmul2(pv_bits<T2>(a.w), pv_bits<T2>(b.w)), s));
-  return r;
+__device__ __forceinline__ uint32_t pv_norm2(uint32_t x, uint32_t w, float r) {
+  using Ops = PvOps<T>;
+  using T2 = typename Ops::T2;
+  float2 f = Ops::to_float2(pv_bits<T2>(x));
+  f.x *= r;
+  f.y *= r;
+  return pv_word(__hmul2(pv_bits<T2>(w), Ops::from_float2(f)));
+}
+template <typename T>
+__device__ __forceinline__ uint4 pv_norm8(uint4 x, uint4 w, float r) {
+  return make_uint4(pv_norm2<T>(x.x, w.x, r), pv_norm2<T>(x.y, w.y, r), pv_norm2<T>(x.z, w.z, r),
+                    pv_norm2<T>(x.w, w.w, r));
 }
 
 // 16 bytes of weights, read once: no L1 allocation.
@@ -97,7 +103,7 @@ __device__ __forceinline__ float pv_dot8(uint32_t w, const typename PvOps<T>::T2
 // The prologue: each block sums x^2 per row of x (all its threads, then shared
 // memory), and x is used as x * norm * rsqrt(mean(x^2) + eps) in 16-bit.
 const NORM_PROLOGUE = `
-  T2 rms2[M];
+  float rms[M];
   {
     __shared__ float pv_red[M][WARPS];
     const uint4* xs = reinterpret_cast<const uint4*>(x);
@@ -122,7 +128,7 @@ const NORM_PROLOGUE = `
       float ss = 0.f;
 #pragma unroll
       for (int i = 0; i < WARPS; ++i) ss += pv_red[m][i];
-      rms2[m] = Ops::splat(rsqrtf(ss / K + __int_as_float(EPS_BITS)));
+      rms[m] = rsqrtf(ss / K + __int_as_float(EPS_BITS));
     }
   }
 `;
@@ -154,7 +160,7 @@ export function gemvSource(variant: GemvVariant = {}): string {
     .replace(
       "/*XLOAD*/",
       variant.norm
-        ? "const uint4 v = pv_mul8<T>(__ldg(xc + j), __ldg(reinterpret_cast<const uint4*>(norm) + c * 4 + j), rms2[m]);"
+        ? "const uint4 v = pv_norm8<T>(__ldg(xc + j), __ldg(reinterpret_cast<const uint4*>(norm) + c * 4 + j), rms[m]);"
         : "const uint4 v = __ldg(xc + j);",
     );
 }

@@ -26,6 +26,8 @@ interface Case {
   pos: number[];
   splits: number;
   warps: number;
+  /** Keys per warp per round (default 4). */
+  kb?: number;
 }
 
 function program(c: Case): string {
@@ -37,7 +39,7 @@ function program(c: Case): string {
   const split = c.splits > 1;
   const main = split ? DECODE_ATTENTION_SPLIT_KERNEL : DECODE_ATTENTION_KERNEL;
   const constants = `using T = ${T};
-  constexpr int H = ${c.h}, HKV = ${c.hkv}, HD = ${c.hd}, WARPS = ${c.warps}, SCALE_BITS = ${scaleBits};`;
+  constexpr int H = ${c.h}, HKV = ${c.hkv}, HD = ${c.hd}, WARPS = ${c.warps}, SCALE_BITS = ${scaleBits}, KB = ${c.kb ?? 4};`;
   return `#include "${join(import.meta.dir, "cuda-emulation.h")}"
 #include <cstdio>
 #include <random>
@@ -111,7 +113,7 @@ int main() {
 
 function run(c: Case): { rel: number; unwritten: number } {
   mkdirSync(dir, { recursive: true });
-  const name = `${c.dtype}-${c.b}-${c.h}-${c.hkv}-${c.hd}-${c.cap}-${c.splits}`;
+  const name = `${c.dtype}-${c.b}-${c.h}-${c.hkv}-${c.hd}-${c.cap}-${c.splits}-kb${c.kb ?? 4}`;
   const src = join(dir, `${name}.cpp`);
   const exe = join(dir, name);
   writeFileSync(src, program(c));
@@ -135,6 +137,8 @@ describe.skipIf(!compiler)("decode attention source, emulated on the CPU", () =>
     { dtype: "bf16", b: 1, h: 8, hkv: 2, hd: 64, cap: 512, pos: [300], splits: 3, warps: 4 },
     // More splits than some rows have keys for: empty splits merge to nothing.
     { dtype: "f16", b: 2, h: 4, hkv: 4, hd: 128, cap: 64, pos: [5, 60], splits: 8, warps: 2 },
+    // 8 keys per round (PENSIEVE_FUSED_ATTENTION_KB=8).
+    { dtype: "f16", b: 1, h: 2, hkv: 2, hd: 96, cap: 256, pos: [200], splits: 1, warps: 16, kb: 8 },
   ];
   for (const c of cases) {
     test(`${c.dtype} B=${c.b} H=${c.h}/${c.hkv} HD=${c.hd} positions ${c.pos.join(",")} splits ${c.splits}`, () => {

@@ -43,6 +43,7 @@ inline float __half2float(__half h) { return static_cast<float>(h.v); }
 inline __half __float2half(float f) { return {static_cast<_Float16>(f)}; }
 inline float2 __half22float2(__half2 v) { return {__half2float(v.x), __half2float(v.y)}; }
 inline __half2 __floats2half2_rn(float a, float b) { return {__float2half(a), __float2half(b)}; }
+inline __half2 __float22half2_rn(float2 v) { return {__float2half(v.x), __float2half(v.y)}; }
 inline __half h16(float f) { return {static_cast<_Float16>(f)}; }
 inline __half2 __float2half2_rn(float f) { return {h16(f), h16(f)}; }
 inline __half2 __hsub2(__half2 a, __half2 b) { return {h16(__half2float(a.x) - __half2float(b.x)), h16(__half2float(a.y) - __half2float(b.y))}; }
@@ -65,6 +66,7 @@ inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short u) { return {u}; }
 inline __nv_bfloat162 __bfloat162bfloat162(__nv_bfloat16 b) { return {b, b}; }
 inline float2 __bfloat1622float2(__nv_bfloat162 v) { return {__bfloat162float(v.x), __bfloat162float(v.y)}; }
 inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__float2bfloat16(a), __float2bfloat16(b)}; }
+inline __nv_bfloat162 __float22bfloat162_rn(float2 v) { return {__float2bfloat16(v.x), __float2bfloat16(v.y)}; }
 inline __nv_bfloat16 b16(float f) { return __float2bfloat16(f); }
 inline __nv_bfloat162 __float2bfloat162_rn(float f) { return {b16(f), b16(f)}; }
 inline __nv_bfloat162 __hsub2(__nv_bfloat162 a, __nv_bfloat162 b) { return {b16(__bfloat162float(a.x) - __bfloat162float(b.x)), b16(__bfloat162float(a.y) - __bfloat162float(b.y))}; }

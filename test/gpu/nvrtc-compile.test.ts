@@ -127,7 +127,7 @@ const attentionInputs = [
   { name: "vc", type: H },
   { name: "pos", type: "int32_t" as CudaType },
 ];
-const attentionTemplate = { T: "__half", H: 32, HKV: 32, HD: 96, WARPS: 16, SCALE_BITS: 1041864704 };
+const attentionTemplate = { T: "__half", H: 32, HKV: 32, HD: 96, WARPS: 16, SCALE_BITS: 1041864704, KB: 4 };
 cases.push(
   {
     label: "decode attention, one split (Phi-3)",

@@ -11,6 +11,19 @@ import { dirname, join } from "node:path";
 export const NVRTC_PATH = process.env.PENSIEVE_NVRTC ?? "/tmp/cu/w/nvidia/cu13/lib/libnvrtc.so.13";
 export const nvrtcAvailable = existsSync(NVRTC_PATH);
 
+/**
+ * MLX's own device headers (mlx/backend/cuda/device/*.cuh from the MLX source of
+ * the pinned minor version), when present: then the real default header is used.
+ */
+export const MLX_INCLUDE = process.env.PENSIEVE_MLX_CUDA_INCLUDE ?? "/tmp/mlxinc";
+const mlxHeaders = existsSync(join(MLX_INCLUDE, "mlx/backend/cuda/device/utils.cuh"));
+const MLX_DEFAULT_HEADER = `
+#include "mlx/backend/cuda/device/utils.cuh"
+
+#include <cooperative_groups.h>
+
+`;
+
 const STANDIN = `
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -50,7 +63,7 @@ export function mlxKernelSource(k: NvrtcKernel): string {
       ? `  using ${n} = ${v};`
       : `  constexpr ${typeof v === "boolean" ? "bool" : "int"} ${n} = ${v};`,
   );
-  return `${STANDIN}${k.header}namespace mlx::core::cu {\n\nnamespace cg = cooperative_groups;\n\n__global__ void ${k.name}(\n${params.join(",\n")}) {\n${constants.join("\n")}\n\n${k.source}\n}\n\n} // namespace mlx::core::cu\n`;
+  return `${mlxHeaders ? MLX_DEFAULT_HEADER : STANDIN}${k.header}namespace mlx::core::cu {\n\nnamespace cg = cooperative_groups;\n\n__global__ void ${k.name}(\n${params.join(",\n")}) {\n${constants.join("\n")}\n\n${k.source}\n}\n\n} // namespace mlx::core::cu\n`;
 }
 
 const symbols = {
@@ -81,6 +94,7 @@ export function nvrtcCompile(k: NvrtcKernel): { ok: boolean; log: string; ms: nu
     "--gpu-architecture=sm_90a",
     `--include-path=${include}`,
     `--include-path=${join(include, "cccl")}`,
+    ...(mlxHeaders ? [`--include-path=${MLX_INCLUDE}`] : []),
   ];
   const optionBufs = optionList.map(cstr);
   const optionPtrs = BigUint64Array.from(optionBufs.map((b) => BigInt(ptr(b))));
