@@ -14,7 +14,8 @@ R=$W/out/kernels
 OUT=${OUT:-$W/out}
 mkdir -p "$R"
 export PATH="$W/bin:$PATH"
-export PENSIEVE_CLI="$PWD/dist/src/cli.js" PENSIEVE_BACKEND=cuda
+# The GEMV alone, against MLX: the fused path (default) is measured by fused.sh.
+export PENSIEVE_CLI="$PWD/dist/src/cli.js" PENSIEVE_BACKEND=cuda PENSIEVE_GPU_FUSED=0
 MODEL=$W/phi3-mini-128k-4bit-random
 log() { echo "[kernels $(date +%T)] $*"; }
 # STEPS picks parts (default all), so the parts can be split over calls under the 600 s limit.

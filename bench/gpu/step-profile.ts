@@ -4,8 +4,8 @@
 //     bun bench/gpu/step-profile.ts MODEL [PROMPT_TOKENS]
 // then `bun bench/gpu/ncu-summary.ts FILE.csv`. The step runs unpipelined
 // (evaluated alone), after warm-up steps, so compilation stays out of it.
-// PENSIEVE_GPU_GEMV=0 profiles the step without Pensieve's GEMV; PENSIEVE_GPU_FUSED=1
-// profiles the fused decode path (src/models/gpu-fused.ts). Also prints the host
+// PENSIEVE_GPU_GEMV=0 profiles the step without Pensieve's GEMV; PENSIEVE_GPU_FUSED=0
+// profiles it without the fused decode path (src/models/gpu-fused.ts, the default). Also prints the host
 // time to build a step's graph (TypeScript + FFI, before evaluation).
 import { dlopen, FFIType } from "bun:ffi";
 import { cacheFor, prefill } from "../../src/engine/one-sequence";

@@ -1,5 +1,5 @@
-// The decoder's fused CUDA decode path (PENSIEVE_GPU_FUSED=1): for forwards of
-// at most FUSED_MAX_ROWS rows (decode steps), each layer is
+// The decoder's fused CUDA decode path (on by default; PENSIEVE_GPU_FUSED=0 turns
+// it off): for forwards of at most FUSED_MAX_ROWS rows (decode steps), each layer is
 //   rms_norm -> q|k|v product -> RoPE        one kernel (kernels-gemv-fused.ts),
 //                                            k and v written in the cache's layout
 //   KV-cache write                           MLX's slice updates (in place)
@@ -24,7 +24,9 @@ import { type FusedRope, fusedPlans } from "../mlx/kernels-gemv-fused";
 import type { Rope } from "./rope";
 import type { LinearWeight } from "./weights";
 
-let enabled = process.env.PENSIEVE_GPU_FUSED === "1";
+// On by default: single-stream decode on an H100 went 166 -> 263 tok/s (mlx-lm 181), with greedy tokens equal
+// to the unfused path's (bench/results/gpu-h100-2026-12-06d/).
+let enabled = process.env.PENSIEVE_GPU_FUSED !== "0";
 const attentionKernel = process.env.PENSIEVE_GPU_FUSED_ATTENTION !== "0";
 
 /** Rows (B * L) up to which forwards take the fused path. */

@@ -12,6 +12,7 @@ import { samplingParams } from "../../src/engine/protocol";
 import * as mx from "../../src/mlx";
 import { kernelLanguage } from "../../src/mlx/kernels";
 import { gemvConfig, quantizedGemv, quantizedGemvRmsNorm } from "../../src/mlx/kernels-gemv";
+import { gpuFusedEnabled, setGpuFused } from "../../src/models/gpu-fused";
 import { gemvLaunchCount, gpuKernelsEnabled, setGpuKernels } from "../../src/models/gpu-kernels";
 import { loadModel } from "../../src/models/loader";
 import { tinyModel } from "../support/models";
@@ -111,6 +112,8 @@ describe.skipIf(!cuda)("4-bit GEMV on the GPU", () => {
       const prompt = Array.from({ length: 20 }, (_, i) => 100 + ((i * 37) % 900));
       const tokens = (on: boolean) => {
         setGpuKernels(on);
+        // The fused path (on by default on CUDA) would take these products itself.
+        setGpuFused(false);
         const { model } = loadModel(dir);
         try {
           const before = gemvLaunchCount();
@@ -121,8 +124,10 @@ describe.skipIf(!cuda)("4-bit GEMV on the GPU", () => {
           return { out, launches: gemvLaunchCount() - before };
         } finally {
           model.dispose();
+          setGpuFused(fusedWasOn);
         }
       };
+      const fusedWasOn = gpuFusedEnabled();
       const without = tokens(false);
       const withGemv = tokens(true);
       expect(without.launches).toBe(0);
