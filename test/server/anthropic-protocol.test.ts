@@ -226,20 +226,26 @@ describe("Anthropic API protocol (tiny Phi-3)", () => {
   }, 30_000);
 
   test("keep-alive pings flow while a long prompt is prefilled", async () => {
-    const long = "The quick brown fox jumps over the lazy dog. ".repeat(150);
-    const response = await postJson(server, "/v1/messages", {
-      model: "m",
-      max_tokens: 2,
-      stream: true,
-      messages: [{ role: "user", content: long }],
-    });
-    const events = parseSse(await response.text());
-    const first = events.findIndex((e) => e.event === "message_start");
-    expect(first).toBeGreaterThan(0);
-    expect(events.slice(0, first).every((e) => e.event === "ping")).toBe(true);
-    expect(events.at(-1)?.event).toBe("message_stop");
-    const start = events[first]?.data.message as Anthropic.Message;
-    expect(start.usage.input_tokens).toBeGreaterThan(1500);
+    // Its own server with a 2 ms interval: the tiny model prefills 1,500 tokens in well under the file's 50 ms.
+    const pinging = await startTestServer({ model: tinyModel("tiny-phi3"), server: { keepAliveMs: 2 } });
+    try {
+      const long = "The quick brown fox jumps over the lazy dog. ".repeat(150);
+      const response = await postJson(pinging, "/v1/messages", {
+        model: "m",
+        max_tokens: 2,
+        stream: true,
+        messages: [{ role: "user", content: long }],
+      });
+      const events = parseSse(await response.text());
+      const first = events.findIndex((e) => e.event === "message_start");
+      expect(first).toBeGreaterThan(0);
+      expect(events.slice(0, first).every((e) => e.event === "ping")).toBe(true);
+      expect(events.at(-1)?.event).toBe("message_stop");
+      const start = events[first]?.data.message as Anthropic.Message;
+      expect(start.usage.input_tokens).toBeGreaterThan(1500);
+    } finally {
+      await pinging.stop();
+    }
   }, 30_000);
 
   test("a client that aborts a stream stops generation at once", async () => {
