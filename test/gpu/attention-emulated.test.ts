@@ -4,16 +4,12 @@
 // on the same fp16/bf16 inputs, over a cache buffer longer than the rows' keys.
 // test/gpu/fused.test.ts runs the real kernels against MLX's sdpa.
 import { describe, expect, test } from "bun:test";
-import { mkdirSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
 import {
   DECODE_ATTENTION_COMBINE_KERNEL,
   DECODE_ATTENTION_KERNEL,
   DECODE_ATTENTION_SPLIT_KERNEL,
 } from "../../src/mlx/kernels-attention";
-
-const compiler = ["g++", "c++", "clang++"].find((c) => Bun.which(c));
-const dir = join(import.meta.dir, "..", ".tmp", "attention-emulated");
+import { EMULATION_HEADER, emulationCompiler, runEmulated } from "./emulate";
 
 interface Case {
   dtype: "f16" | "bf16";
@@ -40,7 +36,7 @@ function program(c: Case): string {
   const main = split ? DECODE_ATTENTION_SPLIT_KERNEL : DECODE_ATTENTION_KERNEL;
   const constants = `using T = ${T};
   constexpr int H = ${c.h}, HKV = ${c.hkv}, HD = ${c.hd}, WARPS = ${c.warps}, SCALE_BITS = ${scaleBits}, KB = ${c.kb ?? 4};`;
-  return `#include "${join(import.meta.dir, "cuda-emulation.h")}"
+  return `#include "${EMULATION_HEADER}"
 #include <cstdio>
 #include <random>
 #include <array>
@@ -112,24 +108,14 @@ int main() {
 }
 
 function run(c: Case): { rel: number; unwritten: number } {
-  mkdirSync(dir, { recursive: true });
   const name = `${c.dtype}-${c.b}-${c.h}-${c.hkv}-${c.hd}-${c.cap}-${c.splits}-kb${c.kb ?? 4}`;
-  const src = join(dir, `${name}.cpp`);
-  const exe = join(dir, name);
-  writeFileSync(src, program(c));
-  const build = Bun.spawnSync([compiler as string, "-std=c++20", "-O1", "-pthread", src, "-o", exe], {
-    stderr: "pipe",
-  });
-  if (build.exitCode !== 0) throw new Error(`g++ failed:\n${build.stderr.toString().slice(0, 4000)}`);
-  const out = Bun.spawnSync([exe], { stdout: "pipe", stderr: "pipe" });
-  if (out.exitCode !== 0) throw new Error(`emulated kernel failed: ${out.stderr.toString()}`);
-  return JSON.parse(out.stdout.toString());
+  return runEmulated("attention-emulated", name, program(c));
 }
 
 // Scores and softmax in float from 16-bit inputs; the output rounds once to fp16 (~5e-4) or bf16 (~4e-3).
 const TOLERANCE = { f16: 2e-3, bf16: 1.5e-2 };
 
-describe.skipIf(!compiler)("decode attention source, emulated on the CPU", () => {
+describe.skipIf(!emulationCompiler)("decode attention source, emulated on the CPU", () => {
   const cases: Case[] = [
     // Phi-3: head dim 96, no GQA; rows at different lengths, keys not a multiple of the warps' rounds.
     { dtype: "f16", b: 2, h: 2, hkv: 2, hd: 96, cap: 256, pos: [130, 37], splits: 1, warps: 16 },

@@ -4,12 +4,8 @@
 // arithmetic where there is no GPU; test/gpu/gemv.test.ts runs the real kernel
 // against MLX's quantized_matmul on the device.
 import { describe, expect, test } from "bun:test";
-import { mkdirSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
 import { GEMV_KERNEL, GEMV_RMS_NORM_KERNEL } from "../../src/mlx/kernels-gemv";
-
-const compiler = ["g++", "c++", "clang++"].find((c) => Bun.which(c));
-const dir = join(import.meta.dir, "..", ".tmp", "gemv-emulated");
+import { EMULATION_HEADER, emulationCompiler, runEmulated } from "./emulate";
 
 interface Case {
   dtype: "f16" | "bf16";
@@ -36,7 +32,7 @@ function program(c: Case): string {
   if (header === spec.header) throw new Error("pv_load_stream not found in the kernel header");
   const toF = c.dtype === "bf16" ? "__bfloat162float" : "__half2float";
   const fromF = c.dtype === "bf16" ? "__float2bfloat16" : "__float2half";
-  return `#include "${join(import.meta.dir, "cuda-emulation.h")}"
+  return `#include "${EMULATION_HEADER}"
 #include <cstdio>
 #include <random>
 ${header}
@@ -93,24 +89,14 @@ int main() {
 }
 
 function run(c: Case): { rel: number; unwritten: number } {
-  mkdirSync(dir, { recursive: true });
   const name = `${c.dtype}-${c.m}-${c.n}-${c.k}-${c.rows}-${c.group}${c.norm ? "-norm" : ""}`;
-  const src = join(dir, `${name}.cpp`);
-  const exe = join(dir, name);
-  writeFileSync(src, program(c));
-  const build = Bun.spawnSync([compiler as string, "-std=c++20", "-O1", "-pthread", src, "-o", exe], {
-    stderr: "pipe",
-  });
-  if (build.exitCode !== 0) throw new Error(`g++ failed:\n${build.stderr.toString().slice(0, 4000)}`);
-  const out = Bun.spawnSync([exe], { stdout: "pipe", stderr: "pipe" });
-  if (out.exitCode !== 0) throw new Error(`emulated kernel failed: ${out.stderr.toString()}`);
-  return JSON.parse(out.stdout.toString());
+  return runEmulated("gemv-emulated", name, program(c));
 }
 
 // fp16: packed 16-bit products of 4 terms, then float; bf16 keeps 8 bits of mantissa.
 const TOLERANCE = { f16: 3e-3, bf16: 2e-2 };
 
-describe.skipIf(!compiler)("4-bit GEMV source, emulated on the CPU", () => {
+describe.skipIf(!emulationCompiler)("4-bit GEMV source, emulated on the CPU", () => {
   const cases: Case[] = [
     { dtype: "f16", m: 1, n: 64, k: 3072, rows: 4, warps: 4, group: 64 }, // 3 chunks per lane, 4 rows per warp
     { dtype: "f16", m: 2, n: 20, k: 1088, rows: 2, warps: 4, group: 64 }, // ragged chunks (34 per row), idle warps

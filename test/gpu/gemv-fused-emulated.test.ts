@@ -3,17 +3,13 @@
 // emulation (cuda-emulation.h, g++) against float64 on the same fp16/bf16
 // inputs. test/gpu/fused.test.ts runs the real kernels against MLX's unfused ops.
 import { describe, expect, test } from "bun:test";
-import { mkdirSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
 import {
   GEMV_NORM_ROPE_KERNEL,
   GEMV_NORM_ROPE_QKV_KERNEL,
   GEMV_NORM_SWIGLU_KERNEL,
   GEMV_RESIDUAL_KERNEL,
 } from "../../src/mlx/kernels-gemv-fused";
-
-const compiler = ["g++", "c++", "clang++"].find((c) => Bun.which(c));
-const dir = join(import.meta.dir, "..", ".tmp", "gemv-fused-emulated");
+import { EMULATION_HEADER, emulationCompiler, runEmulated } from "./emulate";
 
 type Variant = "residual" | "swiglu" | "rope" | "rope-qkv";
 interface Case {
@@ -59,7 +55,7 @@ function program(c: Case): string {
   constexpr int EPS_BITS = ${bits(EPS)}, HD = ${hd}, ROTATED = ${c.rotated ?? 0}, POS_SCALE_BITS = ${bits(c.posScale ?? 1)};
   constexpr bool TRADITIONAL = ${c.traditional ? "true" : "false"};
   constexpr int QS = ${qs}, KVS = ${kvs};`;
-  return `#include "${join(import.meta.dir, "cuda-emulation.h")}"
+  return `#include "${EMULATION_HEADER}"
 #include <cstdio>
 #include <random>
 ${header}
@@ -151,25 +147,15 @@ int main() {
 }
 
 function run(c: Case): { rel: number; unwritten: number } {
-  mkdirSync(dir, { recursive: true });
   const name = `${c.variant}-${c.dtype}-${c.m}-${c.n}-${c.k}-${c.rows}-${c.group}${c.traditional ? "-trad" : ""}`;
-  const src = join(dir, `${name}.cpp`);
-  const exe = join(dir, name);
-  writeFileSync(src, program(c));
-  const build = Bun.spawnSync([compiler as string, "-std=c++20", "-O1", "-pthread", src, "-o", exe], {
-    stderr: "pipe",
-  });
-  if (build.exitCode !== 0) throw new Error(`g++ failed:\n${build.stderr.toString().slice(0, 4000)}`);
-  const out = Bun.spawnSync([exe], { stdout: "pipe", stderr: "pipe" });
-  if (out.exitCode !== 0) throw new Error(`emulated kernel failed: ${out.stderr.toString()}`);
-  return JSON.parse(out.stdout.toString());
+  return runEmulated("gemv-fused-emulated", name, program(c));
 }
 
 // fp16: packed 16-bit products of 4 terms, then float, and one rounding of the
 // product before the epilogue (as MLX's unfused ops round); bf16 keeps 8 bits of mantissa.
 const TOLERANCE = { f16: 3e-3, bf16: 2e-2 };
 
-describe.skipIf(!compiler)("fused 4-bit GEMV variants, emulated on the CPU", () => {
+describe.skipIf(!emulationCompiler)("fused 4-bit GEMV variants, emulated on the CPU", () => {
   const cases: Case[] = [
     { variant: "residual", dtype: "f16", m: 1, n: 64, k: 3072, rows: 4, warps: 4, group: 64 },
     { variant: "residual", dtype: "bf16", m: 3, n: 20, k: 1088, rows: 2, warps: 4, group: 64 }, // idle warps

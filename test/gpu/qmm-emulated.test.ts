@@ -6,12 +6,8 @@
 // split-K and edges where there is no GPU; test/gpu/qmm.test.ts runs the real
 // kernel against MLX's quantized_matmul on the device.
 import { describe, expect, test } from "bun:test";
-import { mkdirSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
 import { QMM_KERNEL, qmmConfig, qmmMaxSlice } from "../../src/mlx/kernels-qmm";
-
-const compiler = ["g++", "c++", "clang++"].find((c) => Bun.which(c));
-const dir = join(import.meta.dir, "..", ".tmp", "qmm-emulated");
+import { EMULATION_HEADER, emulationCompiler, runEmulated } from "./emulate";
 
 interface Case {
   dtype: "f16" | "bf16";
@@ -37,7 +33,7 @@ function program(c: Case): string {
   const toF = c.dtype === "bf16" ? "__bfloat162float" : "__half2float";
   const fromF = c.dtype === "bf16" ? "__float2bfloat16" : "__float2half";
   const outToF = atomics ? "" : toF;
-  return `#include "${join(import.meta.dir, "cuda-emulation.h")}"
+  return `#include "${EMULATION_HEADER}"
 #include <cstdio>
 #include <random>
 ${QMM_KERNEL.header}
@@ -94,24 +90,14 @@ int main() {
 }
 
 function run(c: Case): { rel: number; unwritten: number } {
-  mkdirSync(dir, { recursive: true });
   const name = `${c.dtype}-${c.m}-${c.n}-${c.k}-${c.group}-${c.rowTile}-${c.warps}-${c.splits}-${c.blocks ?? 0}${c.cluster ? "-cl" : ""}`;
-  const src = join(dir, `${name}.cpp`);
-  const exe = join(dir, name);
-  writeFileSync(src, program(c));
-  const build = Bun.spawnSync([compiler as string, "-std=c++20", "-O1", "-pthread", src, "-o", exe], {
-    stderr: "pipe",
-  });
-  if (build.exitCode !== 0) throw new Error(`g++ failed:\n${build.stderr.toString().slice(0, 4000)}`);
-  const out = Bun.spawnSync([exe], { stdout: "pipe", stderr: "pipe" });
-  if (out.exitCode !== 0) throw new Error(`emulated kernel failed: ${out.stderr.toString()}`);
-  return JSON.parse(out.stdout.toString());
+  return runEmulated("qmm-emulated", name, program(c));
 }
 
 // The weight is rounded to 16 bits once (s*q + b, as MLX's dequantize), products summed in float.
 const TOLERANCE = { f16: 3e-3, bf16: 2e-2 };
 
-describe.skipIf(!compiler)("batched 4-bit matmul source (tensor cores), emulated on the CPU", () => {
+describe.skipIf(!emulationCompiler)("batched 4-bit matmul source (tensor cores), emulated on the CPU", () => {
   const cases: Case[] = [
     // 5 rows padded to 8, one k-slice: fp16 written directly (NaN-poisoned output).
     { dtype: "f16", m: 5, n: 64, k: 384, group: 64, rowTile: 8, warps: 2, splits: 1 },

@@ -1,0 +1,27 @@
+// Compiles a CUDA kernel's source, wrapped in a C++ program over
+// cuda-emulation.h, with the machine's C++ compiler and runs it: the program
+// prints one JSON line (the test's measures against its float64 reference).
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+
+/** The emulation header, for the programs' #include. */
+export const EMULATION_HEADER = join(import.meta.dir, "cuda-emulation.h");
+
+/** The C++ compiler the emulated tests use, or undefined (they skip). */
+export const emulationCompiler = ["g++", "c++", "clang++"].find((c) => Bun.which(c));
+
+/** Builds `program` as test/.tmp/<folder>/<name> and returns what it prints, parsed. */
+export function runEmulated<T>(folder: string, name: string, program: string): T {
+  const dir = join(import.meta.dir, "..", ".tmp", folder);
+  mkdirSync(dir, { recursive: true });
+  const src = join(dir, `${name}.cpp`);
+  const exe = join(dir, name);
+  writeFileSync(src, program);
+  const build = Bun.spawnSync([emulationCompiler as string, "-std=c++20", "-O1", "-pthread", src, "-o", exe], {
+    stderr: "pipe",
+  });
+  if (build.exitCode !== 0) throw new Error(`g++ failed:\n${build.stderr.toString().slice(0, 4000)}`);
+  const out = Bun.spawnSync([exe], { stdout: "pipe", stderr: "pipe" });
+  if (out.exitCode !== 0) throw new Error(`emulated kernel failed: ${out.stderr.toString()}`);
+  return JSON.parse(out.stdout.toString()) as T;
+}
