@@ -70,6 +70,8 @@ export class KVCache implements AttentionBatch {
   readonly shape: CacheShape;
   /** parts[layer]: the layer's storage arrays (see the header), or null before the first write. */
   #parts: (MxArray[] | null)[];
+  /** Buffers this cache made whole (slice updates, grown buffers): ones a kernel may write in place. */
+  readonly #owned = new WeakSet<MxArray>();
   /** Columns written so far (shared by every row). */
   #offset = 0;
   #capacity = 0;
@@ -229,6 +231,37 @@ export class KVCache implements AttentionBatch {
     return this.#store(layer, keys, values) as [MxArray, MxArray];
   }
 
+  /**
+   * Float caches in `dtype` only (else null): the layer's whole buffers
+   * [B, Hkv, capacity, D], grown to hold this forward's columns but not written:
+   * the caller's GPU kernel stores the new keys/values (column offset..offset+L)
+   * in place. Each buffer is one this cache made (row-contiguous, owned: never a
+   * view or a buffer shared with a prefix entry), so the kernel's writes land in it.
+   */
+  reserveWhole(layer: number, dtype: mx.Dtype): [MxArray, MxArray] | null {
+    if (this.shape.kvBits !== 0 || this.shape.dtype !== dtype) return null;
+    const end = this.#offset + this.#pending;
+    if (end > this.#capacity) this.#capacity = Math.ceil(end / KV_STEP) * KV_STEP;
+    const old = this.#parts[layer] ?? null;
+    this.#capacity = Math.max(this.#capacity, ...(old ?? []).map((p) => p.dim(2)));
+    const next = [0, 1].map((i) => {
+      const part = old?.[i] ?? null;
+      if (part && this.#owned.has(part) && part.dim(2) >= this.#capacity) return part;
+      const [heads, width] = [this.shape.numKvHeads, this.shape.headDim];
+      const fresh = mx.zeros([this.batchSize, heads, this.#capacity, width], dtype);
+      const grown = part
+        ? mx.sliceUpdate(fresh, part, [0, 0, 0, 0], [this.batchSize, heads, part.dim(2), width])
+        : fresh;
+      const kept = mx.keep(grown);
+      this.#owned.add(kept);
+      part?.dispose();
+      if (grown !== fresh) fresh.dispose();
+      return kept;
+    }) as [MxArray, MxArray];
+    this.#parts[layer] = next;
+    return next;
+  }
+
   /** Writes the new keys/values of a layer; returns every part's whole buffer [B, Hkv, capacity, X]. */
   #store(layer: number, keys: MxArray, values: MxArray): MxArray[] {
     const end = this.#offset + this.#pending;
@@ -261,6 +294,7 @@ export class KVCache implements AttentionBatch {
     const start = this.#offset;
     const end = start + this.#pending;
     const next = mx.keep(mx.sliceUpdate(buf, update, [0, 0, start, 0], [B, heads, end, width]));
+    this.#owned.add(next);
     // Drop our handle to the old buffer now, so MLX can write the new one in place.
     part?.dispose();
     if (buf !== part) buf.dispose();

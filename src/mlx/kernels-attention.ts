@@ -8,11 +8,18 @@
 // score, and an online softmax (base 2, scale folded into q) accumulates the
 // values. The warps' partial results merge in shared memory. With one split
 // the block writes the output [B, 1, H*HD]; with several it writes each split's
-// normalized output and (max, sum), and a second kernel merges the splits.
+// normalized output and (max, sum), and a second kernel merges the splits (or,
+// in the merged variant, the last block of each row and kv head to finish).
 //
 // The cache buffers are read whole ([B, Hkv, capacity, HD], the capacity from
 // their shape at run time) and S comes from pos (each row's position: S = pos + 1),
 // so neither a slice of the cache nor a recompile is needed as the sequence grows.
+//
+// The writing variants also take the new token's key and value (kn, vn
+// [B, HKV, 1, HD]) and store them at column pos[b] of the cache buffers
+// themselves (the first split's block of each row and kv head), which MLX passes
+// uncopied (row-contiguous): no slice update per layer and step (two graph nodes
+// of ~7 a layer). Every block reads the new key from kn/vn, never from that column.
 import { Dtype, type MxArray } from "./array";
 import { CustomKernel, type KernelPlan, kernelLanguage } from "./kernels";
 
@@ -59,6 +66,7 @@ const SOURCE = `
   }
   const T* kb = kc + ((size_t)b * HKV + kvh) * cap * HD;
   const T* vb = vc + ((size_t)b * HKV + kvh) * cap * HD;
+/*NEWKV*/
   for (int base = s0 + warp * KB; base < s1; base += WARPS * KB) {
     float kf[KB][DL], vf[KB][DL];
 #pragma unroll
@@ -66,8 +74,10 @@ const SOURCE = `
       const int s = base + u;
 #pragma unroll
       for (int j = 0; j < DL; ++j) {
-        kf[u][j] = s < s1 ? pv_f<T>(kb[(size_t)s * HD + lane + 32 * j]) : 0.f;
-        vf[u][j] = s < s1 ? pv_f<T>(vb[(size_t)s * HD + lane + 32 * j]) : 0.f;
+        const T* kp = s == fresh ? knb : kb + (size_t)s * HD;
+        const T* vp = s == fresh ? vnb : vb + (size_t)s * HD;
+        kf[u][j] = s < s1 ? pv_f<T>(kp[lane + 32 * j]) : 0.f;
+        vf[u][j] = s < s1 ? pv_f<T>(vp[lane + 32 * j]) : 0.f;
       }
     }
 #pragma unroll
@@ -120,7 +130,19 @@ const SOURCE = `
     const int h = kvh * G + g;
     /*STORE*/
   }
+/*MERGE*/
 `;
+// The cache holds every key already: none comes from elsewhere.
+const READ_ONLY = "const int fresh = -1; const T* knb = kb; const T* vnb = vb;";
+// The new token's key/value (column S - 1) come from kn/vn and are written into the cache.
+const WRITE_NEW = `const int fresh = S - 1;
+  const T* knb = kn + ((size_t)b * HKV + kvh) * HD;
+  const T* vnb = vn + ((size_t)b * HKV + kvh) * HD;
+  if (split == 0)
+    for (int i = threadIdx.x; i < HD; i += WARPS * 32) {
+      const_cast<T*>(kb)[(size_t)fresh * HD + i] = knb[i];
+      const_cast<T*>(vb)[(size_t)fresh * HD + i] = vnb[i];
+    }`;
 const STORE_OUT = "out[((size_t)b * H + h) * HD + d] = pv_t<T>(a / l);";
 const STORE_SPLIT = `const size_t row = ((size_t)b * H + h) * splits + split;
     part[row * HD + d] = l > 0.f ? a / l : 0.f;
@@ -128,6 +150,37 @@ const STORE_SPLIT = `const size_t row = ((size_t)b * H + h) * splits + split;
       stats[row * 2] = m;
       stats[row * 2 + 1] = l;
     }`;
+
+// The splits merged inside the split kernel: the last block of a (row, kv head) to
+// finish (a ticket from its counter, which that block sets back to 0 for the next
+// launch) merges every split's (m, l, a) of its heads, as COMBINE does. One launch
+// instead of two; counter int32 [B*HKV] starts at 0 and belongs to one call site.
+const MERGE_LAST = `
+  __threadfence();
+  __syncthreads();
+  __shared__ int pv_last;
+  if (threadIdx.x == 0) pv_last = atomicAdd(const_cast<int*>(counter) + blockIdx.x, 1) == splits - 1;
+  __syncthreads();
+  if (!pv_last) return;
+  __threadfence();
+  for (int i = threadIdx.x; i < G * HD; i += WARPS * 32) {
+    const int g = i / HD;
+    const int d = i % HD;
+    const size_t bh = (size_t)b * H + kvh * G + g;
+    float m = NEG_INF;
+    for (int s = 0; s < splits; ++s) m = fmaxf(m, __ldcg(stats + (bh * splits + s) * 2));
+    float l = 0.f, a = 0.f;
+    for (int s = 0; s < splits; ++s) {
+      const float ms = __ldcg(stats + (bh * splits + s) * 2);
+      if (ms == NEG_INF) continue;
+      const float f = exp2f(ms - m) * __ldcg(stats + (bh * splits + s) * 2 + 1);
+      l += f;
+      a += f * __ldcg(part + (bh * splits + s) * HD + d);
+    }
+    out[bh * HD + d] = pv_t<T>(a / l);
+  }
+  if (threadIdx.x == 0) const_cast<int*>(counter)[blockIdx.x] = 0;
+`;
 
 // Merges the splits: one block per (row, head), HD threads. Inputs part float
 // [B, H, SPLITS, HD], stats float [B, H, SPLITS, 2]; template T, HD, SPLITS.
@@ -157,11 +210,13 @@ interface Spec {
   outputs: string[];
 }
 
+const source = (store: string, newKv: string, merge = "") =>
+  SOURCE.replace("/*STORE*/", store).replace("/*NEWKV*/", newKv).replace("/*MERGE*/", merge);
 /** One split: writes out [B, 1, H*HD]. */
 export const DECODE_ATTENTION_KERNEL: Spec = {
   name: "pv_decode_attention",
   header: HEADER,
-  source: SOURCE.replace("/*STORE*/", STORE_OUT),
+  source: source(STORE_OUT, READ_ONLY),
   inputs: ["q", "kc", "vc", "pos"],
   outputs: ["out"],
 };
@@ -169,8 +224,35 @@ export const DECODE_ATTENTION_KERNEL: Spec = {
 export const DECODE_ATTENTION_SPLIT_KERNEL: Spec = {
   name: "pv_decode_attention_split",
   header: HEADER,
-  source: SOURCE.replace("/*STORE*/", STORE_SPLIT),
+  source: source(STORE_SPLIT, READ_ONLY),
   inputs: ["q", "kc", "vc", "pos"],
+  outputs: ["part", "stats"],
+};
+/** DECODE_ATTENTION_KERNEL that also stores kn, vn [B, HKV, 1, HD] at column pos[b] of kc, vc. */
+export const DECODE_ATTENTION_WRITE_KERNEL: Spec = {
+  name: "pv_decode_attention_write",
+  header: HEADER,
+  source: source(STORE_OUT, WRITE_NEW),
+  inputs: ["q", "kc", "vc", "pos", "kn", "vn"],
+  outputs: ["out"],
+};
+/**
+ * DECODE_ATTENTION_SPLIT_WRITE_KERNEL whose last block per (row, kv head) merges the splits into out
+ * [B, 1, H*HD] (part and stats are scratch). Extra input counter int32 [B*HKV], zero between launches.
+ */
+export const DECODE_ATTENTION_MERGED_WRITE_KERNEL: Spec = {
+  name: "pv_decode_attention_merged_write",
+  header: HEADER,
+  source: source(STORE_SPLIT, WRITE_NEW, MERGE_LAST),
+  inputs: ["q", "kc", "vc", "pos", "kn", "vn", "counter"],
+  outputs: ["out", "part", "stats"],
+};
+/** DECODE_ATTENTION_SPLIT_KERNEL that also stores kn, vn at column pos[b] of kc, vc. */
+export const DECODE_ATTENTION_SPLIT_WRITE_KERNEL: Spec = {
+  name: "pv_decode_attention_split_write",
+  header: HEADER,
+  source: source(STORE_SPLIT, WRITE_NEW),
+  inputs: ["q", "kc", "vc", "pos", "kn", "vn"],
   outputs: ["part", "stats"],
 };
 export const DECODE_ATTENTION_COMBINE_KERNEL: Spec = {
@@ -192,11 +274,20 @@ export function attentionWarps(heads: number, kvHeads: number, headDim: number):
   return 0;
 }
 /** Keys per split: longer contexts get more blocks (flash-decoding); PENSIEVE_FUSED_KEYS_PER_SPLIT overrides. */
-let keysPerSplit = Number(process.env.PENSIEVE_FUSED_KEYS_PER_SPLIT ?? 512);
+const KEYS_PER_SPLIT = Number(process.env.PENSIEVE_FUSED_KEYS_PER_SPLIT ?? 512);
+/**
+ * Keys per split when the splits merge in the same launch (no second kernel to pay
+ * for): 64 spreads even a short context over many blocks (Phi-3 at 384 keys: 6 splits,
+ * 192 blocks instead of 32). PENSIEVE_FUSED_MERGED_KEYS_PER_SPLIT overrides.
+ */
+const MERGED_KEYS_PER_SPLIT = Number(process.env.PENSIEVE_FUSED_MERGED_KEYS_PER_SPLIT ?? 64);
+let keysPerSplit = KEYS_PER_SPLIT;
+let mergedKeysPerSplit = MERGED_KEYS_PER_SPLIT;
 
-/** Sets the keys per split from now on (tests force several splits on short contexts). */
-export function setKeysPerSplit(n: number): void {
-  keysPerSplit = n;
+/** Sets the keys per split of both forms from now on (tests force several splits on short contexts); null: the defaults. */
+export function setKeysPerSplit(n: number | null): void {
+  keysPerSplit = n ?? KEYS_PER_SPLIT;
+  mergedKeysPerSplit = n ?? MERGED_KEYS_PER_SPLIT;
 }
 const MAX_SPLITS = 64;
 /**
@@ -221,6 +312,11 @@ export function decodeAttentionSupports(heads: number, kvHeads: number, headDim:
 /** The number of splits for a context of `keys` keys. */
 export function attentionSplits(keys: number, perSplit = keysPerSplit): number {
   return Math.max(1, Math.min(MAX_SPLITS, Math.ceil(keys / perSplit)));
+}
+
+/** The number of splits for a context of `keys` keys when they merge in one launch. */
+export function mergedAttentionSplits(keys: number): number {
+  return attentionSplits(keys, mergedKeysPerSplit);
 }
 
 const kernels = new Map<string, CustomKernel>();
@@ -272,25 +368,46 @@ export class DecodeAttention {
    * (rotated), kc, vc the layer's cache buffers [rows, Hkv, capacity, HD] holding
    * each row's keys 0..pos[b] (the new one included), pos int32 [rows]. `keys`
    * (the longest row's count) picks the splits. Returns [rows, 1, H*HD].
+   * With `fresh` = [kn, vn] ([rows, Hkv, 1, HD]) the cache holds keys 0..pos[b]-1
+   * and the kernel stores the new ones at column pos[b] of kc, vc (which must be
+   * row-contiguous buffers the caller owns: MLX would copy any other input).
    */
-  run(q: MxArray, kc: MxArray, vc: MxArray, pos: MxArray, rows: number, keys: number, splits = attentionSplits(keys)) {
-    const slot = rows * 1024 + splits;
+  run(
+    q: MxArray,
+    kc: MxArray,
+    vc: MxArray,
+    pos: MxArray,
+    rows: number,
+    keys: number,
+    splits = attentionSplits(keys),
+    fresh?: [MxArray, MxArray],
+    counter?: MxArray,
+  ) {
+    const merged = splits > 1 && fresh !== undefined && counter !== undefined;
+    const slot = (rows * 1024 + splits) * 4 + (fresh ? 1 : 0) + (merged ? 2 : 0);
     let p = this.#plans.get(slot);
     if (!p) {
-      p = this.#make(rows, splits);
+      p = this.#make(rows, splits, fresh !== undefined, merged);
       this.#plans.set(slot, p);
     }
-    if (!p.combine) return p.main.run([q, kc, vc, pos])[0] as MxArray;
-    return p.combine.run(p.main.run([q, kc, vc, pos]))[0] as MxArray;
+    const inputs = fresh ? [q, kc, vc, pos, ...fresh] : [q, kc, vc, pos];
+    if (merged) inputs.push(counter);
+    if (!p.combine) return p.main.run(inputs)[0] as MxArray;
+    return p.combine.run(p.main.run(inputs))[0] as MxArray;
   }
 
-  #make(rows: number, splits: number): { main: KernelPlan; combine: KernelPlan | null } {
+  #make(
+    rows: number,
+    splits: number,
+    write: boolean,
+    merged: boolean,
+  ): { main: KernelPlan; combine: KernelPlan | null } {
     const { heads, kvHeads, headDim: hd, dtype } = this;
     const grid: [number, number, number] = [rows * kvHeads * this.warps * 32, splits, 1];
     const threadgroup: [number, number, number] = [this.warps * 32, 1, 1];
     const template = this.#template;
     if (splits === 1) {
-      const main = kernel(DECODE_ATTENTION_KERNEL).plan({
+      const main = kernel(write ? DECODE_ATTENTION_WRITE_KERNEL : DECODE_ATTENTION_KERNEL).plan({
         outputs: [{ shape: [rows, 1, heads * hd], dtype }],
         grid,
         threadgroup,
@@ -298,11 +415,21 @@ export class DecodeAttention {
       });
       return { main, combine: null };
     }
-    const main = kernel(DECODE_ATTENTION_SPLIT_KERNEL).plan({
-      outputs: [
-        { shape: [rows, heads, splits, hd], dtype: Dtype.float32 },
-        { shape: [rows, heads, splits, 2], dtype: Dtype.float32 },
-      ],
+    const scratch = [
+      { shape: [rows, heads, splits, hd], dtype: Dtype.float32 },
+      { shape: [rows, heads, splits, 2], dtype: Dtype.float32 },
+    ];
+    if (merged) {
+      const main = kernel(DECODE_ATTENTION_MERGED_WRITE_KERNEL).plan({
+        outputs: [{ shape: [rows, 1, heads * hd], dtype }, ...scratch],
+        grid,
+        threadgroup,
+        template,
+      });
+      return { main, combine: null };
+    }
+    const main = kernel(write ? DECODE_ATTENTION_SPLIT_WRITE_KERNEL : DECODE_ATTENTION_SPLIT_KERNEL).plan({
+      outputs: scratch,
       grid,
       threadgroup,
       template,
@@ -329,6 +456,8 @@ export function decodeAttention(
   heads: number,
   keys: number,
   splits = attentionSplits(keys),
+  fresh?: [MxArray, MxArray],
+  counter?: MxArray,
 ): MxArray {
   const [B, kvHeads, , hd] = kc.shape as [number, number, number, number];
   const key = `${heads}|${kvHeads}|${hd}|${q.dtype}|${scale}`;
@@ -337,5 +466,5 @@ export function decodeAttention(
     a = new DecodeAttention(heads, kvHeads, hd, q.dtype, scale);
     shared.set(key, a);
   }
-  return a.run(q, kc, vc, pos, B, keys, splits);
+  return a.run(q, kc, vc, pos, B, keys, splits, fresh, counter);
 }

@@ -179,10 +179,12 @@ export class DecoderModel implements LanguageModel {
       const [q, k, v] = step.normedQkvDecode(input, inNorm, qkvW, kr, c.numKvHeads);
       const scale = rope.scoreScale * this.#baseScale;
       const kernel = step.attentionFor(c.numHeads, c.numKvHeads, c.headDim, scale);
-      const whole = kernel ? (batch.storeWhole?.(index, k, v) ?? null) : null;
+      const writable = kernel && fused.attentionWritesKv() ? (batch.reserveWhole?.(index, dtype) ?? null) : null;
+      const whole = kernel && !writable ? (batch.storeWhole?.(index, k, v) ?? null) : null;
       const heads = (t: MxArray) => mx.transpose(mx.reshape(t, [B, 1, c.numHeads, c.headDim]), [0, 2, 1, 3]);
       const merge = (t: MxArray) => mx.reshape(mx.transpose(t, [0, 2, 1, 3]), [B, 1, c.numHeads * c.headDim]);
-      if (kernel && whole && whole[0].dtype === dtype)
+      if (kernel && writable) merged = step.cacheAttention(kernel, q, writable[0], writable[1], keys, [k, v], qkvW);
+      else if (kernel && whole && whole[0].dtype === dtype)
         merged = step.cacheAttention(kernel, q, whole[0], whole[1], keys);
       else if (whole) {
         const [kc, vc] = whole.map((p) => mx.sliceAxis(p, 2, 0, keys)) as [MxArray, MxArray];

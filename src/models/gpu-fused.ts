@@ -18,7 +18,7 @@
 import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
 import type { KernelPlan } from "../mlx/kernels";
-import { DecodeAttention, decodeAttentionSupports } from "../mlx/kernels-attention";
+import { DecodeAttention, decodeAttentionSupports, mergedAttentionSplits } from "../mlx/kernels-attention";
 import { gemvSupports } from "../mlx/kernels-gemv";
 import { type FusedRope, fusedPlans } from "../mlx/kernels-gemv-fused";
 import type { Rope } from "./rope";
@@ -28,6 +28,17 @@ import type { LinearWeight } from "./weights";
 // to the unfused path's (bench/results/gpu-h100-2026-12-06d/).
 let enabled = process.env.PENSIEVE_GPU_FUSED !== "0";
 const attentionKernel = process.env.PENSIEVE_GPU_FUSED_ATTENTION !== "0";
+// The attention kernel stores the new key/value in the cache itself (PENSIEVE_GPU_FUSED_KV_WRITE=0: MLX's slice updates).
+let kernelWritesKv = process.env.PENSIEVE_GPU_FUSED_KV_WRITE !== "0";
+
+/** Whether the attention kernel stores the new keys/values itself (tests compare both). */
+export function setKernelWritesKv(on: boolean): void {
+  kernelWritesKv = on;
+}
+
+export function attentionWritesKv(): boolean {
+  return kernelWritesKv;
+}
 
 /** Rows (B * L) up to which forwards take the fused path. */
 export const FUSED_MAX_ROWS = 4;
@@ -112,6 +123,27 @@ function planFor(owner: object, slot: number, make: () => KernelPlan): KernelPla
 }
 
 const attentionByScale = new Map<number, DecodeAttention[]>();
+
+// Split attention merged by its last block (PENSIEVE_GPU_FUSED_MERGE=0: a second kernel merges).
+const mergedSplits = process.env.PENSIEVE_GPU_FUSED_MERGE !== "0";
+// Ticket counters of the merged split attention, per call site and size: kernels of one
+// site never overlap (each layer waits for the one before), so one zeroed buffer serves every step.
+const countersBySite = new WeakMap<object, Map<number, MxArray>>();
+
+function splitCounter(site: object, size: number): MxArray {
+  let m = countersBySite.get(site);
+  if (!m) {
+    m = new Map();
+    countersBySite.set(site, m);
+  }
+  let c = m.get(size);
+  if (!c) {
+    c = mx.keep(mx.zeros([size], mx.Dtype.int32));
+    mx.evaluate(c);
+    m.set(size, c);
+  }
+  return c;
+}
 
 /** The fused kernels of one forward of B rows of L tokens, activations in `dtype`. */
 export class FusedStep {
@@ -205,10 +237,25 @@ export class FusedStep {
   /**
    * softmax(scale q k^T) v over the whole cache buffers kc, vc [B, Hkv, capacity, D]
    * for q [B, 1, H*D]; row b's keys are 0..positions[b]; `keys` = the longest row's
-   * count (picks the splits). Returns [B, 1, H*D].
+   * count (picks the splits). Returns [B, 1, H*D]. With `fresh` (the new k, v
+   * [B, Hkv, 1, D]) the kernel stores them at column positions[b] itself, and
+   * with `site` too (an object owned by the calling layer) its splits merge in
+   * the same launch, on a counter kept for that site.
    */
-  cacheAttention(attention: DecodeAttention, q: MxArray, kc: MxArray, vc: MxArray, keys: number): MxArray {
+  cacheAttention(
+    attention: DecodeAttention,
+    q: MxArray,
+    kc: MxArray,
+    vc: MxArray,
+    keys: number,
+    fresh?: [MxArray, MxArray],
+    site?: object,
+  ): MxArray {
     launches++;
-    return attention.run(q, kc, vc, this.positions, this.B, keys);
+    if (fresh && site && mergedSplits) {
+      const counter = splitCounter(site, this.B * attention.kvHeads);
+      return attention.run(q, kc, vc, this.positions, this.B, keys, mergedAttentionSplits(keys), fresh, counter);
+    }
+    return attention.run(q, kc, vc, this.positions, this.B, keys, undefined, fresh);
   }
 }

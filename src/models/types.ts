@@ -42,6 +42,12 @@ export interface AttentionBatch {
    * owned by the cache, for a GPU kernel that attends over them itself.
    */
   storeWhole?(layer: number, keys: MxArray, values: MxArray): [MxArray, MxArray] | null;
+  /**
+   * Float caches in `dtype` only (else null or absent): the layer's whole buffers,
+   * grown for this forward's columns but not written, for a GPU kernel that
+   * stores the new keys/values in place (row-contiguous buffers the cache owns).
+   */
+  reserveWhole?(layer: number, dtype: import("../mlx").Dtype): [MxArray, MxArray] | null;
   end(): void;
 }
 

@@ -124,6 +124,38 @@ describe("KV cache storage (tiny-llama: GQA, head_dim 32)", () => {
     });
   }
 
+  // The GPU's attention kernel stores the new key/value in place (src/models/gpu-fused.ts): it needs buffers the
+  // cache owns, whole, grown when the step's column does not fit, with every written column kept.
+  test("reserveWhole: owned buffers kept while they fit, grown with the written columns, null for quantized KV", () => {
+    const cache = cacheFor(model, 1, 0);
+    mx.tidy(() => {
+      prefill(model, cache, promptIds(256, 23), { chunk: 128 });
+      mx.evaluate(...cache.arrays());
+    });
+    const [k0, v0] = cache.arrays() as [mx.MxArray, mx.MxArray];
+    const written = [k0.read() as Float32Array, v0.read() as Float32Array];
+    expect(k0.dim(2)).toBe(256);
+    cache.begin(1);
+    const grown = cache.reserveWhole(0, cache.shape.dtype) as [mx.MxArray, mx.MxArray];
+    expect(grown[0].dim(2)).toBe(512);
+    expect(cache.reserveWhole(0, cache.shape.dtype)?.[0]).toBe(grown[0]);
+    mx.tidy(() => {
+      for (const [i, part] of grown.entries()) {
+        const kept = mx.sliceAxis(part, 2, 0, 256).read() as Float32Array;
+        expect(maxDiff(kept, written[i] as Float32Array)).toBe(0);
+        expect(Math.max(...(mx.sliceAxis(part, 2, 256, 512).read() as Float32Array).map(Math.abs))).toBe(0);
+      }
+    });
+    expect(cache.reserveWhole(0, mx.Dtype.float16)).toBeNull();
+    cache.end();
+    cache.dispose();
+    const quantized = cacheFor(model, 1, 8);
+    quantized.begin(1);
+    expect(quantized.reserveWhole(0, quantized.shape.dtype)).toBeNull();
+    quantized.end();
+    quantized.dispose();
+  });
+
   test("quantized KV stays close to float KV", () => {
     const logits = BITS.map((bits) => {
       const cache = cacheFor(model, 1, bits);

@@ -87,6 +87,8 @@ inline uint32_t __byte_perm(uint32_t a, uint32_t b, uint32_t s) {
 }
 template <typename T>
 inline T __ldg(const T* p) { return *p; }
+template <typename T>
+inline T __ldcg(const T* p) { return *p; }
 inline float rsqrtf(float v) { return 1.f / std::sqrt(v); }
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 
@@ -112,6 +114,8 @@ inline void __syncthreads() { emu_block->arrive_and_wait(); }
 
 // Float atomics: blocks run one after another, but a block's threads run at once.
 inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
+inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 
 // mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}: D (16x8) += A (16x16) B (16x8)
 // over the warp. Lane l = 4*g + t holds A's halves (row, col) in registers

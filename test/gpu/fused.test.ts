@@ -17,7 +17,7 @@ import {
   quantizedGemvNormSwiglu,
   quantizedGemvResidual,
 } from "../../src/mlx/kernels-gemv-fused";
-import { fusedLaunchCount, gpuFusedEnabled, setGpuFused } from "../../src/models/gpu-fused";
+import { fusedLaunchCount, gpuFusedEnabled, setGpuFused, setKernelWritesKv } from "../../src/models/gpu-fused";
 import { loadModel } from "../../src/models/loader";
 import { tinyModel } from "../support/models";
 
@@ -171,6 +171,30 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
           const ref = mx.sdpa(q4, mx.sliceAxis(kc, 2, 0, keys), mx.sliceAxis(vc, 2, 0, keys), scale, null);
           const theirs = mx.reshape(mx.transpose(ref, [0, 2, 1, 3]), [B, 1, heads * hd]);
           expect(relativeDistance(ours, theirs)).toBeLessThan(dtype === mx.Dtype.float16 ? 2e-3 : 1.5e-2);
+
+          // The writing kernel: the last key/value come from kn/vn (their cache column holds garbage) and are stored there.
+          const col = (a: mx.MxArray) => mx.contiguous(mx.sliceAxis(a, 2, keys - 1, keys));
+          const [kn, vn] = [col(kc), col(vc)];
+          const junk = mx.full([B, kvHeads, 1, hd], 30000, dtype);
+          const spoil = (a: mx.MxArray) => mx.sliceUpdate(a, junk, [0, 0, keys - 1, 0], [B, kvHeads, keys, hd]);
+          const [kw, vw] = [spoil(kc), spoil(vc)];
+          mx.evaluate(kn, vn, kw, vw);
+          const written = decodeAttention(q, kw, vw, pos, scale, heads, keys, splits, [kn, vn]);
+          mx.evaluate(written);
+          expect(relativeDistance(written, theirs)).toBeLessThan(dtype === mx.Dtype.float16 ? 2e-3 : 1.5e-2);
+          expect(relativeDistance(col(kw), kn)).toBe(0);
+          expect(relativeDistance(col(vw), vn)).toBe(0);
+          if (splits > 1) {
+            // Merged in one launch on a ticket counter, which must be back at 0 afterwards.
+            const counter = mx.zeros([B * kvHeads], mx.Dtype.int32);
+            const [km, vm] = [spoil(kc), spoil(vc)];
+            mx.evaluate(counter, km, vm);
+            const one = decodeAttention(q, km, vm, pos, scale, heads, keys, splits, [kn, vn], counter);
+            mx.evaluate(one);
+            expect(relativeDistance(one, theirs)).toBeLessThan(dtype === mx.Dtype.float16 ? 2e-3 : 1.5e-2);
+            expect(relativeDistance(col(km), kn)).toBe(0);
+            expect(Array.from(counter.read() as Int32Array).every((c) => c === 0)).toBe(true);
+          }
         });
       });
     }
@@ -197,16 +221,20 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
           return { out, launches: fusedLaunchCount() - before };
         } finally {
           model.dispose();
-          setKeysPerSplit(512);
+          setKeysPerSplit(null);
         }
       };
       const without = tokens(false);
       const withFused = tokens(true);
       const splitFused = tokens(true, 16);
+      setKernelWritesKv(false);
+      const sliceUpdates = tokens(true);
+      setKernelWritesKv(true);
       expect(without.launches).toBe(0);
       expect(withFused.launches).toBeGreaterThan(0);
       expect(withFused.out).toEqual(without.out);
       expect(splitFused.out).toEqual(without.out);
+      expect(sliceUpdates.out).toEqual(without.out);
     }, 240_000);
   }
 });

@@ -7,7 +7,9 @@ import { GEMV_KERNEL, GEMV_RMS_NORM_KERNEL } from "../../src/mlx/kernels-gemv";
 import {
   DECODE_ATTENTION_COMBINE_KERNEL,
   DECODE_ATTENTION_KERNEL,
+  DECODE_ATTENTION_MERGED_WRITE_KERNEL,
   DECODE_ATTENTION_SPLIT_KERNEL,
+  DECODE_ATTENTION_WRITE_KERNEL,
 } from "../../src/mlx/kernels-attention";
 import {
   GEMV_NORM_ROPE_KERNEL,
@@ -148,6 +150,33 @@ cases.push(
         { name: "stats", type: "float" },
       ],
       template: { ...attentionTemplate, H: 32, HKV: 8, HD: 128 },
+    },
+  },
+  {
+    label: "decode attention storing the new key/value, one split (Phi-3)",
+    kernel: {
+      ...DECODE_ATTENTION_WRITE_KERNEL,
+      inputs: [...attentionInputs, { name: "kn", type: H }, { name: "vn", type: H }],
+      outputs: out.map((o) => ({ ...o, name: "out" })),
+      template: attentionTemplate,
+    },
+  },
+  {
+    label: "decode attention storing the new key/value, splits merged in one launch (Phi-3)",
+    kernel: {
+      ...DECODE_ATTENTION_MERGED_WRITE_KERNEL,
+      inputs: [
+        ...attentionInputs,
+        { name: "kn", type: H },
+        { name: "vn", type: H },
+        { name: "counter", type: "int32_t" as CudaType },
+      ],
+      outputs: [
+        { name: "out", type: H },
+        { name: "part", type: "float" },
+        { name: "stats", type: "float" },
+      ],
+      template: attentionTemplate,
     },
   },
   {
