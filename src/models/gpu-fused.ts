@@ -108,18 +108,23 @@ const RESIDUAL = 3;
 const SWIGLU = 4;
 const NORMED = 5;
 
-function planFor(owner: object, slot: number, make: () => KernelPlan): KernelPlan {
-  let m = plansByWeight.get(owner);
+/** The value kept for (owner, slot), made on first use. */
+function keptFor<V>(byOwner: WeakMap<object, Map<number, V>>, owner: object, slot: number, make: () => V): V {
+  let m = byOwner.get(owner);
   if (!m) {
     m = new Map();
-    plansByWeight.set(owner, m);
+    byOwner.set(owner, m);
   }
-  let p = m.get(slot);
-  if (!p) {
-    p = make();
-    m.set(slot, p);
+  let v = m.get(slot);
+  if (v === undefined) {
+    v = make();
+    m.set(slot, v);
   }
-  return p;
+  return v;
+}
+
+function planFor(owner: object, slot: number, make: () => KernelPlan): KernelPlan {
+  return keptFor(plansByWeight, owner, slot, make);
 }
 
 const attentionByScale = new Map<number, DecodeAttention[]>();
@@ -131,18 +136,11 @@ const mergedSplits = process.env.PENSIEVE_GPU_FUSED_MERGE !== "0";
 const countersBySite = new WeakMap<object, Map<number, MxArray>>();
 
 function splitCounter(site: object, size: number): MxArray {
-  let m = countersBySite.get(site);
-  if (!m) {
-    m = new Map();
-    countersBySite.set(site, m);
-  }
-  let c = m.get(size);
-  if (!c) {
-    c = mx.keep(mx.zeros([size], mx.Dtype.int32));
+  return keptFor(countersBySite, site, size, () => {
+    const c = mx.keep(mx.zeros([size], mx.Dtype.int32));
     mx.evaluate(c);
-    m.set(size, c);
-  }
-  return c;
+    return c;
+  });
 }
 
 /** The fused kernels of one forward of B rows of L tokens, activations in `dtype`. */
