@@ -12,6 +12,7 @@
 #   bash bench/gpu/device.sh lone      # lone requests' time to first token: scheduler vs plain generation
 #   bash bench/gpu/device.sh kv        # issue 10: Claude Code replay (carry .device/claude-code-request.json), long prompts
 #   bash bench/gpu/device.sh spec      # issue 13: a verify pass of k = 2, 4, 8, 16 tokens vs a one-token step
+#   bash bench/gpu/device.sh oom       # issue 14: a real out-of-memory error (test/gpu/out-of-memory.test.ts), $OUT/oom.txt
 #   bash bench/gpu/device.sh llama-build  # issue 11: llama.cpp CUDA (carry .device/llama.tar.xz{,.sha256}, and
 #                                         #   .device/libggml-cuda.so.xz{,.sha256} when built here; after prepare)
 #   bash bench/gpu/device.sh llama     # issue 11: Pensieve, mlx-lm and llama.cpp CUDA side by side (128 → 256; 4096, 20000)
@@ -197,6 +198,26 @@ lone)
     bun dist/bench/engines/lone-ttft.js "$MODEL" gpu --engine-config "$cfg"
   done 2>&1 | grep -v '^\[' | tee "$OUT/lone-ttft.txt"
   ;;
+oom)
+  # Issue 14: a real out-of-memory error on the GPU (test/gpu/out-of-memory.test.ts, after prepare; carry dist when
+  # it was packed after prepare's carry). Server up with the full-size Phi-3, a stream running, a child process
+  # (hold-gpu-memory.ts: raw cudaMalloc, no MLX) takes all but 2 GiB of the card, a 20,000-token prompt must get a
+  # 5xx naming the out-of-memory error, the stream must finish, and after the memory is given back the same prompt
+  # a 200. Each phase prints a timestamped line as it happens, tee'd into $OUT/oom.txt, so a timeout still shows
+  # where it stopped. About 100-150 s on an H100; OOM_TIMEOUT caps it (default 210 s).
+  [ -f "$MODEL/config.json" ] || { echo "no $MODEL: run the prepare phase first" >&2; exit 1; }
+  [ -f dist/test-gpu/hold-gpu-memory.ts ] || { echo "no dist/test-gpu/hold-gpu-memory.ts: run pack.sh here and carry dist" >&2; exit 1; }
+  { log "oom test: limit ${OOM_TIMEOUT:-210} s; card before: $(nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader)"; } 2>&1 | tee "$OUT/oom.txt"
+  set +e
+  PENSIEVE_GPU_PHI3="$MODEL" PENSIEVE_TEST_LOGS=${PENSIEVE_TEST_LOGS:-1} timeout -k 10 "${OOM_TIMEOUT:-210}" \
+    bun test --timeout 400000 ./dist/test-gpu/out-of-memory.test.js 2>&1 | tee -a "$OUT/oom.txt"
+  rc=${PIPESTATUS[0]}
+  set -e
+  { log "oom test exit $rc$([ "$rc" = 124 ] && echo ' (timed out)')"
+    nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv
+    echo "processes still on the GPU (none expected):"; nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader; } 2>&1 | tee -a "$OUT/oom.txt"
+  exit "$rc"
+  ;;
 llama-build)
   # Unpack node-llama-cpp (JS, its CUDA package less libggml-cuda.so), build libggml-cuda.so for the H100
   # (sm_90) from the same llama.cpp release with this machine's nvcc (the prebuilt one's sm_90 code is PTX
@@ -256,6 +277,26 @@ llama-build)
     llama_library_path
     LD_LIBRARY_PATH="${PENSIEVE_LLAMA_LIBRARY_PATH}:${LD_LIBRARY_PATH:-}" ldd "$LLAMA_BINS/libggml-cuda.so" | tee "$OUT/llama-ldd.txt"
     if grep -q "not found" "$OUT/llama-ldd.txt"; then echo "libggml-cuda.so: a library is missing (above)" >&2; fi
+    # ggml's release loader skips a backend silently when dlopen(RTLD_NOW) or its init fails: do what it does here,
+    # with dlerror(), then ggml_backend_init() and the device count it registers.
+    LD_LIBRARY_PATH="$LLAMA_BINS:${PENSIEVE_LLAMA_LIBRARY_PATH}:${LD_LIBRARY_PATH:-}" timeout 60 $PY -c '
+import ctypes, os, sys
+bins = sys.argv[1]
+try:
+    lib = ctypes.CDLL(os.path.join(bins, "libggml-cuda.so"), mode=os.RTLD_NOW | os.RTLD_LOCAL)
+except OSError as e:
+    sys.exit("libggml-cuda.so: dlopen FAILED (ggml skips it): %s" % e)
+base = ctypes.CDLL(os.path.join(bins, "libggml-base.so"))
+lib.ggml_backend_init.restype = ctypes.c_void_p
+base.ggml_backend_reg_name.restype = ctypes.c_char_p
+base.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
+base.ggml_backend_reg_dev_count.restype = ctypes.c_size_t
+base.ggml_backend_reg_dev_count.argtypes = [ctypes.c_void_p]
+reg = lib.ggml_backend_init()
+if not reg:
+    sys.exit("libggml-cuda.so: dlopen ok, ggml_backend_init returned NULL")
+print("libggml-cuda.so: dlopen ok; backend %s with %d device(s)" % (base.ggml_backend_reg_name(reg).decode(), base.ggml_backend_reg_dev_count(reg)))
+' "$LLAMA_BINS" 2>&1 | tee "$OUT/llama-dlopen.txt" || true
   else
     cp -r "${LLAMA_CPU_PACKAGE:?the @node-llama-cpp/linux-x64 folder}" "$L/nlc/node_modules/@node-llama-cpp/"
   fi
@@ -269,7 +310,8 @@ llama-build)
     > "$OUT/llama-smoke.txt" 2>&1; then
     tail -30 "$OUT/llama-smoke.txt"
     # The addon alone (what node-llama-cpp's binary test does): ggml prints why a backend did not load.
-    bun -e "const b = require('$LLAMA_BINS/llama-addon.node'); b.loadBackends('$LLAMA_BINS');
+    # (GGML_BACKEND_PATH: ggml loads that file once more, not silently, and prints why it failed.)
+    GGML_BACKEND_PATH="$LLAMA_BINS/libggml-cuda.so" bun -e "const b = require('$LLAMA_BINS/llama-addon.node'); b.loadBackends('$LLAMA_BINS');
       console.log('GPU type:', b.getGpuType()); await b.init(); console.log(b.getGpuDeviceInfo?.());" 2>&1 |
       tail -20 | tee "$OUT/llama-addon-check.txt"
     exit 1
