@@ -15,6 +15,7 @@
 #   bash bench/gpu/device.sh oom       # issue 14: a real out-of-memory error (test/gpu/out-of-memory.test.ts), $OUT/oom.txt
 #   bash bench/gpu/device.sh llama-build  # issue 11: llama.cpp CUDA (carry .device/llama.tar.xz{,.sha256}, and
 #                                         #   .device/libggml-cuda.so.xz{,.sha256} when built here; after prepare)
+#   bash bench/gpu/device.sh llama-gguf   # llama-build's CPU part alone (unpack, GGUF), to run beside a GPU phase
 #   bash bench/gpu/device.sh llama     # issue 11: Pensieve, mlx-lm and llama.cpp CUDA side by side (128 → 256; 4096, 20000)
 #
 # Pack the carried files first with bench/gpu/pack.sh. Results go to $OUT.
@@ -55,10 +56,13 @@ cuda_lib_dir() {
 }
 # LD_LIBRARY_PATH for llama.cpp's process: the CUDA libraries, and the bins folder when libggml-cuda.so was linked
 # with a versioned soname (NEEDED libggml-base.so.0): it then finds the prebuilt libggml-base.so through a link
-# (the same file, so the loader keeps one copy; tried with a CPU backend here).
+# (the same file, so the loader keeps one copy; tried with a CPU backend here). pack-llama.sh's patchelf renames that
+# NEEDED entry (the old name stays among the file's strings, so its dynamic section is read, not the file).
 llama_library_path() {
   PENSIEVE_LLAMA_LIBRARY_PATH=$(cuda_lib_dir)
-  if [ -f "$LLAMA_BINS/libggml-cuda.so" ] && grep -q 'libggml-base\.so\.0' "$LLAMA_BINS/libggml-cuda.so"; then
+  local dynamic=
+  [ -f "$LLAMA_BINS/libggml-cuda.so" ] && dynamic=$(readelf -d "$LLAMA_BINS/libggml-cuda.so" 2>/dev/null || true)
+  if grep -q 'NEEDED.*libggml-base\.so\.0' <<< "$dynamic"; then
     ln -sf libggml-base.so "$LLAMA_BINS/libggml-base.so.0"
     PENSIEVE_LLAMA_LIBRARY_PATH="$LLAMA_BINS:$PENSIEVE_LLAMA_LIBRARY_PATH"
   fi
@@ -71,6 +75,14 @@ llama_env() {
   export PENSIEVE_NODE_LLAMA_CPP=$L/nlc
   llama_library_path
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv > "$OUT/gpu.txt" 2>&1 || true
+}
+# The carried tarball, unpacked into $L unless the same one already is.
+llama_unpack() {
+  if [ -f .device/llama.tar.xz ] && [ "$(cat "$L/.sha256" 2>/dev/null)" != "$(cat .device/llama.tar.xz.sha256)" ]; then
+    echo "$(cat .device/llama.tar.xz.sha256)  .device/llama.tar.xz" | sha256sum -c -
+    rm -rf "$L" && mkdir -p "$L" && xz -dc .device/llama.tar.xz | tar -C "$L" -xf -
+    cp .device/llama.tar.xz.sha256 "$L/.sha256"
+  fi
 }
 # LLAMA_DRY_RUN=1 (bench/gpu/llama-dry-run.sh, no GPU): llama.cpp's CPU build instead of building CUDA.
 llama_backend() { if [ "${LLAMA_DRY_RUN:-}" = 1 ]; then echo cpu; else echo cuda; fi; }
@@ -218,6 +230,21 @@ oom)
     echo "processes still on the GPU (none expected):"; nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader; } 2>&1 | tee -a "$OUT/oom.txt"
   exit "$rc"
   ;;
+llama-gguf)
+  # Only llama-build's first part, CPU only: unpack the carried tarball and write the Q4_0 GGUF (~60 s). Run in the
+  # background beside a GPU phase, then llama-build skips both, e.g. (one call, carry llama.tar.xz{,.sha256},
+  # libggml-cuda.so.xz{,.sha256} and dist):
+  #   bash bench/gpu/device.sh llama-gguf > /tmp/llama-gguf.log 2>&1 & g=$!; bash bench/gpu/device.sh oom; wait $g; bash bench/gpu/device.sh llama-build
+  llama_unpack
+  llama_env
+  [ -f "$MODEL/model.safetensors" ] || { echo "no $MODEL: run the prepare phase first" >&2; exit 1; }
+  if [ ! -f "$GGUF" ]; then
+    log "writing $GGUF"
+    bun dist/llama/scripts/mlx-to-gguf.js --model "$MODEL" --out "$GGUF.part" > "$OUT/llama-gguf.txt" 2>&1 && mv "$GGUF.part" "$GGUF"
+  fi
+  cat "$OUT/llama-gguf.txt" 2>/dev/null || true
+  ls -la "$GGUF"
+  ;;
 llama-build)
   # Unpack node-llama-cpp (JS, its CUDA package less libggml-cuda.so), build libggml-cuda.so for the H100
   # (sm_90) from the same llama.cpp release with this machine's nvcc (the prebuilt one's sm_90 code is PTX
@@ -225,21 +252,18 @@ llama-build)
   # build), smoke-test it. Resumable: run again (no carry needed) if it ran out of time; the build goes on.
   # Unversioned sonames as node-llama-cpp builds them: the new library then binds to the prebuilt libggml-base.so
   # already loaded (tried here with a self-built CPU backend beside the prebuilt addon: one ggml-base, same tokens).
-  if [ -f .device/llama.tar.xz ] && [ "$(cat "$L/.sha256" 2>/dev/null)" != "$(cat .device/llama.tar.xz.sha256)" ]; then
-    echo "$(cat .device/llama.tar.xz.sha256)  .device/llama.tar.xz" | sha256sum -c -
-    rm -rf "$L" && mkdir -p "$L" && xz -dc .device/llama.tar.xz | tar -C "$L" -xf -
-    cp .device/llama.tar.xz.sha256 "$L/.sha256"
-  fi
+  llama_unpack
   log "llama.cpp $(cut -c1-50 "$L/llama.cpp-commit.txt"), node-llama-cpp $(grep -o '"version": "[^"]*"' "$L/nlc/node_modules/node-llama-cpp/package.json")"
   llama_env
   # A libggml-cuda.so built off the machine for sm_90 (pack-llama.sh with LLAMA_CUDA_LIB), carried: no build here.
   # (Carried in this call, or kept by an earlier `llama-stage` call when both do not fit in one.)
   lib=.device/libggml-cuda.so.xz
   [ -f "$lib" ] || lib=$W/libggml-cuda.so.xz
-  if [ -f "$lib" ] && [ ! -f "$L/build/.done" ]; then
+  # (Installed again when a different one is carried: .done holds the installed one's checksum.)
+  if [ -f "$lib" ] && [ "$(cat "$L/build/.done" 2>/dev/null)" != "$(cat "$lib.sha256")" ]; then
     (cd "$(dirname "$lib")" && echo "$(cat libggml-cuda.so.xz.sha256)  libggml-cuda.so.xz" | sha256sum -c -)
     xz -dc "$lib" > "$LLAMA_BINS/libggml-cuda.so"
-    mkdir -p "$L/build" && touch "$L/build/.done"
+    mkdir -p "$L/build" && cp "$lib.sha256" "$L/build/.done"
     log "libggml-cuda.so carried (built for sm_90 off the machine): $(du -h "$LLAMA_BINS/libggml-cuda.so" | cut -f1)"
   fi
   # The same random weights as Pensieve's and mlx-lm's model, as Q4_0 (scripts/mlx-to-gguf.ts), while CUDA builds.
