@@ -213,7 +213,7 @@ lone)
 oom)
   # Issue 14: a real out-of-memory error on the GPU (test/gpu/out-of-memory.test.ts, after prepare; carry dist when
   # it was packed after prepare's carry). Server up with the full-size Phi-3, a stream running, a child process
-  # (hold-gpu-memory.ts: raw cudaMalloc, no MLX) takes all but 2 GiB of the card, a 20,000-token prompt must get a
+  # (hold-gpu-memory.ts: raw cudaMalloc, no MLX) takes all but 2 GiB of the card, a 30,000-token prompt must get a
   # 5xx naming the out-of-memory error, the stream must finish, and after the memory is given back the same prompt
   # a 200. Each phase prints a timestamped line as it happens, tee'd into $OUT/oom.txt, so a timeout still shows
   # where it stopped. About 100-150 s on an H100; OOM_TIMEOUT caps it (default 210 s).

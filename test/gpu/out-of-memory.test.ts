@@ -2,7 +2,8 @@
 // soft (it only trims the buffer cache), so the card itself is filled. After
 // the engine has planned its memory for the whole card, another process
 // (hold-gpu-memory.ts: raw cudaMalloc, no MLX) takes all but ~2 GiB of it; a
-// 20,000-token prompt (7.7 GB of float16 KV on the full-size Phi-3) then fails
+// 30,000-token prompt (11.8 GB of float16 KV on the full-size Phi-3: well over
+// the 2 GiB left plus the engine's own buffer cache, at most 4 GiB) then fails
 // inside the engine's prefill. That request gets a 5xx naming the
 // out-of-memory error, a stream already running goes on, and once the memory
 // is given back the engine serves the same prompt.
@@ -20,6 +21,7 @@ import type { RunningServer } from "../../src/server/server";
 import { startServer } from "../../src/server/server";
 
 const GiB = 2 ** 30;
+const PROMPT_TOKENS = 30_000;
 const started = Date.now();
 /** A progress line, written synchronously so a run killed by its timeout still shows it. */
 const progress = (line: string) =>
@@ -173,16 +175,18 @@ describe.skipIf(!ready)("a real out-of-memory error on the GPU (full-size Phi-3)
     progress(`card filled by the holder: ${held.line}`);
     await memoryReport(server.url).catch((e) => progress(`  (no memory report: ${e})`));
 
-    const prompt = randomPrompt(20_000, 11);
-    progress(`20,000-token prompt sent (the running stream ${streamDone ? "has finished" : "is still running"})`);
+    const prompt = randomPrompt(PROMPT_TOKENS, 11);
+    progress(
+      `${PROMPT_TOKENS}-token prompt sent (the running stream ${streamDone ? "has finished" : "is still running"})`,
+    );
     const big = await within(
       100,
-      "the 20,000-token request on a full card",
+      `the ${PROMPT_TOKENS}-token request on a full card`,
       post(server.url, { prompt, max_tokens: 4, temperature: 0 }, 100),
     );
     const error = (await big.json()) as { error?: { message: string } };
     progress(
-      `20,000 tokens on a full card: ${big.status} ${error.error?.message ?? JSON.stringify(error).slice(0, 200)}` +
+      `${PROMPT_TOKENS} tokens on a full card: ${big.status} ${error.error?.message ?? JSON.stringify(error).slice(0, 200)}` +
         ` (the running stream ${streamDone ? "had finished" : "was still running"})`,
     );
     expect(big.status).toBeGreaterThanOrEqual(500);
