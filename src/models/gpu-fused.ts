@@ -28,8 +28,10 @@ import type { LinearWeight } from "./weights";
 // to the unfused path's (bench/results/gpu-h100-2026-12-06d/).
 let enabled = process.env.PENSIEVE_GPU_FUSED !== "0";
 const attentionKernel = process.env.PENSIEVE_GPU_FUSED_ATTENTION !== "0";
-// The attention kernel stores the new key/value in the cache itself (PENSIEVE_GPU_FUSED_KV_WRITE=0: MLX's slice updates).
-let kernelWritesKv = process.env.PENSIEVE_GPU_FUSED_KV_WRITE !== "0";
+// PENSIEVE_GPU_FUSED_KV_WRITE=1: the attention kernel stores the new key/value in the cache itself (no slice
+// updates), its splits merged in the same launch. Off by default: checked by CPU emulation and NVRTC only, not yet
+// on a GPU (bench/gpu/kv-write.sh is the check).
+let kernelWritesKv = process.env.PENSIEVE_GPU_FUSED_KV_WRITE === "1";
 
 /** Whether the attention kernel stores the new keys/values itself (tests compare both). */
 export function setKernelWritesKv(on: boolean): void {
@@ -129,7 +131,7 @@ function planFor(owner: object, slot: number, make: () => KernelPlan): KernelPla
 
 const attentionByScale = new Map<number, DecodeAttention[]>();
 
-// Split attention merged by its last block (PENSIEVE_GPU_FUSED_MERGE=0: a second kernel merges).
+// With the kernel writing the cache, split attention merged by its last block (PENSIEVE_GPU_FUSED_MERGE=0: a second kernel merges).
 const mergedSplits = process.env.PENSIEVE_GPU_FUSED_MERGE !== "0";
 // Ticket counters of the merged split attention, per call site and size: kernels of one
 // site never overlap (each layer waits for the one before), so one zeroed buffer serves every step.

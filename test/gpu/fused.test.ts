@@ -227,14 +227,16 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
       const without = tokens(false);
       const withFused = tokens(true);
       const splitFused = tokens(true, 16);
-      setKernelWritesKv(false);
-      const sliceUpdates = tokens(true);
       setKernelWritesKv(true);
+      const inPlace = tokens(true);
+      const inPlaceSplit = tokens(true, 16);
+      setKernelWritesKv(false);
       expect(without.launches).toBe(0);
       expect(withFused.launches).toBeGreaterThan(0);
       expect(withFused.out).toEqual(without.out);
       expect(splitFused.out).toEqual(without.out);
-      expect(sliceUpdates.out).toEqual(without.out);
+      expect(inPlace.out).toEqual(without.out);
+      expect(inPlaceSplit.out).toEqual(without.out);
     }, 240_000);
   }
 });
