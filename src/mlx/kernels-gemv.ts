@@ -250,8 +250,17 @@ const SOURCE = `
   }
 `;
 
-/** The most rows of x one launch takes (registers hold every row's sums). */
-export const GEMV_MAX_ROWS = 8;
+/**
+ * The most rows of x one launch takes (registers hold every row's sums): 16, for
+ * a speculative verify pass of up to 15 drafts (PENSIEVE_GPU_FUSED_VERIFY). Past 8
+ * rows of x the configuration stays that of 5-8 rows (1 row per warp; 2 for the
+ * paired variants): M x ROWS sums per lane, 16-32 registers, and the unrolled code
+ * grows with M x ROWS, so M = 16 at 1-2 rows per warp compiles about as M = 8 at
+ * 2-4 (NVRTC 3-11 s here at M = 9-16, see test/gpu/nvrtc-compile.test.ts). Each
+ * weight chunk is still read once for all M rows (no split of M: the GEMV stays
+ * one pass over the weights, which is what a verify pass must cost).
+ */
+export const GEMV_MAX_ROWS = 16;
 
 export interface GemvConfig {
   /** Output rows per warp. */

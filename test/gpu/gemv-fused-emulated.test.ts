@@ -26,6 +26,8 @@ interface Case {
   rotated?: number;
   traditional?: boolean;
   posScale?: number;
+  /** Each row's position: 37 + 1000 m (default), or 500 + m as in a verify pass (offset + m). */
+  consecutive?: boolean;
 }
 
 const EPS = 1e-5;
@@ -84,7 +86,7 @@ int main() {
   for (auto& v : g) v = ${fromF}(0.5f + uni(rng));
   for (auto& v : res) v = ${fromF}(2.f * normal(rng));
   for (auto& v : w) v = rng();
-  for (int m = 0; m < M; ++m) pos[m] = 37 + 1000 * m;
+  for (int m = 0; m < M; ++m) pos[m] = ${c.consecutive ? "500 + m" : "37 + 1000 * m"};
   for (int i = 0; i < HD / 2; ++i) inv_freq[i] = std::pow(10000.f, -2.f * i / HD);
   for (size_t i = 0; i < s.size(); ++i) {
     s[i] = ${fromF}(0.005f + 0.025f * uni(rng));
@@ -147,7 +149,7 @@ int main() {
 }
 
 function run(c: Case): { rel: number; unwritten: number } {
-  const name = `${c.variant}-${c.dtype}-${c.m}-${c.n}-${c.k}-${c.rows}-${c.group}${c.traditional ? "-trad" : ""}`;
+  const name = `${c.variant}-${c.dtype}-${c.m}-${c.n}-${c.k}-${c.rows}-${c.group}${c.traditional ? "-trad" : ""}${c.consecutive ? "-seq" : ""}`;
   return runEmulated("gemv-fused-emulated", name, program(c));
 }
 
@@ -182,6 +184,36 @@ describe.skipIf(!emulationCompiler)("fused 4-bit GEMV variants, emulated on the 
     { variant: "rope-qkv", dtype: "f16", m: 2, n: 384, k: 1024, rows: 4, warps: 4, group: 64, hd: 96, rotated: 288 },
     // GQA 4:1, head dim 32.
     { variant: "rope-qkv", dtype: "bf16", m: 1, n: 192, k: 512, rows: 2, warps: 4, group: 32, hd: 32, rotated: 160 },
+    // A speculative verify pass (PENSIEVE_GPU_FUSED_VERIFY): 9 and 16 rows of x at positions offset + m,
+    // 1 row per warp (2 for the paired variants), as gemvConfig / pairedConfig give past 4 rows.
+    { variant: "residual", dtype: "f16", m: 16, n: 24, k: 8192, rows: 1, warps: 4, group: 64 },
+    { variant: "swiglu", dtype: "bf16", m: 9, n: 24, k: 3072, rows: 2, warps: 4, group: 64 },
+    {
+      variant: "rope",
+      dtype: "f16",
+      m: 9,
+      n: 384,
+      k: 1024,
+      rows: 2,
+      warps: 4,
+      group: 64,
+      hd: 96,
+      rotated: 288,
+      consecutive: true,
+    },
+    {
+      variant: "rope",
+      dtype: "bf16",
+      m: 16,
+      n: 192,
+      k: 512,
+      rows: 2,
+      warps: 4,
+      group: 32,
+      hd: 32,
+      rotated: 160,
+      consecutive: true,
+    },
   ];
   for (const c of cases) {
     test(`${c.variant} ${c.dtype} M=${c.m} N=${c.n} K=${c.k} rows/warp ${c.rows} group ${c.group}${c.traditional ? " traditional" : ""}`, () => {
