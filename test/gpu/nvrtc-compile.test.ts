@@ -17,7 +17,8 @@ import {
   GEMV_NORM_SWIGLU_KERNEL,
   GEMV_RESIDUAL_KERNEL,
 } from "../../src/mlx/kernels-gemv-fused";
-import { type CudaType, type NvrtcKernel, nvrtcAvailable, nvrtcCompile } from "./nvrtc";
+import { VERIFY_ATTENTION_KERNEL, verifyQueryChunk, verifyWarps } from "../../src/mlx/kernels-attention-verify";
+import { type CudaType, type NvrtcKernel, nvrtcAvailable, nvrtcCompile, ptxasResources } from "./nvrtc";
 
 const H = "__half" as CudaType;
 const gemvInputs = (extra: NvrtcKernel["inputs"] = []) => [
@@ -40,7 +41,8 @@ const gemvTemplate = (m: number, n: number, k: number, rows: number) => ({
 const out = [{ name: "y", type: H }];
 
 const cases: Array<{ label: string; kernel: NvrtcKernel }> = [];
-for (const m of [1, 4]) {
+// 1 row of x (decode), 4 (a batch), 9 and 16 (speculative verify passes of 8 and 15 drafts).
+for (const m of [1, 4, 9, 16]) {
   const rows = m === 1 ? 4 : 1;
   const paired = m === 1 ? 4 : 2;
   cases.push(
@@ -193,13 +195,55 @@ cases.push(
   },
 );
 
+// A verify pass's attention (kernels-attention-verify.ts) at the template the decoder gives it.
+const verifyOutputs = [
+  { name: "out", type: H },
+  { name: "part", type: "float" as CudaType },
+  { name: "stats", type: "float" as CudaType },
+];
+for (const [heads, kvHeads, hd, l, label] of [
+  [32, 32, 96, 2, "Phi-3"],
+  [32, 32, 96, 9, "Phi-3"],
+  [32, 32, 96, 16, "Phi-3"],
+  [32, 8, 128, 9, "Llama 3 8B: GQA 4, head 128"],
+] as const) {
+  const qc = verifyQueryChunk((heads / kvHeads) * l, hd);
+  cases.push({
+    label: `verify attention L=${l} (${label}), ${qc} query rows per block`,
+    kernel: {
+      ...VERIFY_ATTENTION_KERNEL,
+      inputs: [
+        { name: "qkv", type: H },
+        { name: "kc", type: H, shape: true },
+        { name: "vc", type: H },
+        { name: "pos", type: "int32_t" },
+        { name: "counter", type: "int32_t" },
+      ],
+      outputs: verifyOutputs,
+      template: {
+        T: "__half",
+        H: heads,
+        HKV: kvHeads,
+        HD: hd,
+        L: l,
+        QC: qc,
+        WARPS: verifyWarps(qc, hd, 4),
+        SCALE_BITS: 1041864704,
+        KB: 4,
+      },
+    },
+  });
+}
+
 describe.skipIf(!nvrtcAvailable)("custom kernels compile with NVRTC (sm_90a)", () => {
   for (const c of cases) {
     test(c.label, () => {
       const r = nvrtcCompile(c.kernel);
       if (!r.ok) console.error(r.log);
       expect(r.ok).toBe(true);
-      console.log(`[nvrtc] ${c.label}: ${r.ms.toFixed(0)} ms`);
+      const res = ptxasResources(r.log);
+      const regs = res ? `, ${res.registers} registers, ${res.spills} bytes spilled` : "";
+      console.log(`[nvrtc] ${c.label}: ${r.ms.toFixed(0)} ms${regs}`);
       // MLX compiles on first use in the decode path: keep each instantiation quick.
       expect(r.ms).toBeLessThan(15_000);
     }, 60_000);

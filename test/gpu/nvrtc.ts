@@ -81,7 +81,15 @@ let lib: ReturnType<typeof dlopen<typeof symbols>>["symbols"] | null = null;
 
 const cstr = (s: string) => Buffer.from(`${s}\0`, "utf8");
 
-/** Compiles for sm_90a; returns ok, the log and the compile time. */
+/** ptxas's registers per thread and spill bytes (stores) from a compile's log, when it printed them. */
+export function ptxasResources(log: string): { registers: number; spills: number } | null {
+  const regs = log.match(/Used (\d+) registers/);
+  if (!regs) return null;
+  const spill = log.match(/(\d+) bytes spill stores/);
+  return { registers: Number(regs[1]), spills: spill ? Number(spill[1]) : 0 };
+}
+
+/** Compiles for sm_90a; returns ok, the log (with ptxas's resource lines) and the compile time. */
 export function nvrtcCompile(k: NvrtcKernel): { ok: boolean; log: string; ms: number } {
   lib ??= dlopen(NVRTC_PATH, symbols).symbols;
   const include = join(dirname(NVRTC_PATH), "..", "include");
@@ -95,6 +103,8 @@ export function nvrtcCompile(k: NvrtcKernel): { ok: boolean; log: string; ms: nu
     `--include-path=${include}`,
     `--include-path=${join(include, "cccl")}`,
     ...(mlxHeaders ? [`--include-path=${MLX_INCLUDE}`] : []),
+    // ptxas's resource lines (registers, spills) in the log.
+    "--ptxas-options=-v",
   ];
   const optionBufs = optionList.map(cstr);
   const optionPtrs = BigUint64Array.from(optionBufs.map((b) => BigInt(ptr(b))));
