@@ -110,7 +110,9 @@ export class DecoderModel implements LanguageModel {
     const [B] = tokens.shape as [number, number];
     // The fused CUDA decode path (gpu-fused.ts): a few kernels per layer.
     const step =
-      fused.fusedForward(B * L) && this.reducePartial === null && !this.#weights.residual
+      (fused.fusedForward(B * L) || fused.fusedVerifyForward(B, L)) &&
+      this.reducePartial === null &&
+      !this.#weights.residual
         ? new fused.FusedStep(B, L, this.dtype, fused.fusedPositions(view.ropeOffset, B, L))
         : null;
     let h = embed(tokens, this.#weights.embedding, this.dtype);
@@ -174,7 +176,14 @@ export class DecoderModel implements LanguageModel {
     const qkNorms = w.qNorm !== undefined || w.kNorm !== undefined;
     const kr = inNorm && qkvW && !qkNorms ? fused.fusedRope(rope, regimes, c.headDim, c.numHeads, c.numKvHeads) : null;
     const keys = Math.max(...cached) + L;
-    if (inNorm && qkvW && kr && L === 1 && mask === null && (!layer.window || keys <= layer.window)) {
+    // A verify pass (PENSIEVE_GPU_FUSED_VERIFY): attention over the cache, storing the new k/v, in one kernel.
+    const s = rope.scoreScale * this.#baseScale;
+    const verify = kr
+      ? fused.verifyAttentionFor(step, batch, index, c, s, mask, ropeOffset, cached, layer.window)
+      : null;
+    if (verify && inNorm && qkvW && kr)
+      merged = fused.verifyCacheAttention(step, verify, step.normedQkv(input, inNorm, qkvW, kr), keys, qkvW);
+    else if (inNorm && qkvW && kr && L === 1 && mask === null && (!layer.window || keys <= layer.window)) {
       // Decode: q, and k/v in the cache's layout, from one kernel; attention over the cache in one more.
       const [q, k, v] = step.normedQkvDecode(input, inNorm, qkvW, kr, c.numKvHeads);
       const scale = rope.scoreScale * this.#baseScale;

@@ -19,9 +19,11 @@ import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
 import type { KernelPlan } from "../mlx/kernels";
 import { DecodeAttention, decodeAttentionSupports, mergedAttentionSplits } from "../mlx/kernels-attention";
+import { VERIFY_MAX_TOKENS, VerifyAttention, verifyAttentionSupports } from "../mlx/kernels-attention-verify";
 import { gemvSupports } from "../mlx/kernels-gemv";
 import { type FusedRope, fusedPlans } from "../mlx/kernels-gemv-fused";
 import type { Rope } from "./rope";
+import type { AttentionBatch, ForwardView } from "./types";
 import type { LinearWeight } from "./weights";
 
 // On by default: single-stream decode on an H100 went 166 -> 263 tok/s (mlx-lm 181), with greedy tokens equal
@@ -258,4 +260,83 @@ export class FusedStep {
     }
     return attention.run(q, kc, vc, this.positions, this.B, keys, undefined, fresh);
   }
+}
+
+// --- Speculative verify passes (PENSIEVE_GPU_FUSED_VERIFY=1; off by default) ---
+// A verify pass is one row of 2..FUSED_VERIFY_MAX_ROWS tokens ([last, ...drafts]): past
+// FUSED_MAX_ROWS it would run MLX's unfused ops (~840 graph nodes against ~230 for a
+// fused step). With the flag its layers take the decode step's kernels at M = L rows and,
+// for attention, kernels-attention-verify.ts (the new k/v stored into the cache in place).
+// Off by default: checked by CPU emulation and NVRTC only, not yet on a GPU (bench/gpu/verify.sh).
+let verifyEnabled = process.env.PENSIEVE_GPU_FUSED_VERIFY === "1";
+
+/** Turns the fused verify path on or off for forwards built from now on (tests compare both). */
+export function setFusedVerify(on: boolean): void {
+  verifyEnabled = on;
+}
+
+/** Tokens (B = 1) up to which a forward takes the fused verify path. */
+export const FUSED_VERIFY_MAX_ROWS = VERIFY_MAX_TOKENS;
+
+/** Whether a forward of B rows of L tokens takes the fused verify path (one row, 2..16 tokens, flag on). */
+export function fusedVerifyForward(B: number, L: number): boolean {
+  return enabled && verifyEnabled && B === 1 && L > 1 && L <= FUSED_VERIFY_MAX_ROWS && mx.getDevice() === "gpu";
+}
+
+const verifyByScale = new Map<number, VerifyAttention[]>();
+
+/** A verify pass's attention kernel and the layer's cache buffers it writes. */
+export interface VerifyCache {
+  attention: VerifyAttention;
+  kc: MxArray;
+  vc: MxArray;
+}
+
+/**
+ * For a layer of a fused verify pass (one unpadded row, 2..16 tokens, causal, no
+ * window in reach): the attention kernel for these heads and scale and the layer's
+ * whole cache buffers, grown for the pass (KVCache.reserveWhole); else null.
+ */
+export function verifyAttentionFor(
+  step: FusedStep,
+  batch: AttentionBatch,
+  layer: number,
+  heads: { numHeads: number; numKvHeads: number; headDim: number },
+  scale: number,
+  mask: ForwardView["mask"],
+  ropeOffset: ForwardView["ropeOffset"],
+  cached: number[],
+  window: number | null | undefined,
+): VerifyCache | null {
+  const { numHeads: h, numKvHeads: hkv, headDim: hd } = heads;
+  const { B, L, dtype } = step;
+  if (!fusedVerifyForward(B, L) || mask !== "causal" || ropeOffset !== cached[0]) return null;
+  if ((window && (cached[0] as number) + L > window) || !attentionKernel) return null;
+  if (!verifyAttentionSupports(h, hkv, hd, dtype)) return null;
+  const kept = verifyByScale.get(scale) ?? [];
+  let attention = kept.find((k) => k.heads === h && k.kvHeads === hkv && k.headDim === hd && k.dtype === dtype);
+  if (!attention) {
+    attention = new VerifyAttention(h, hkv, hd, dtype, scale);
+    verifyByScale.set(scale, [...kept, attention]);
+  }
+  const whole = batch.reserveWhole?.(layer, dtype) ?? null;
+  return whole ? { attention, kc: whole[0], vc: whole[1] } : null;
+}
+
+/**
+ * The verify pass's attention: qkv [1, L, (H + 2 Hkv) D] from step.normedQkv (RoPE
+ * applied) over the cache's keys 0..positions[0]-1; stores the L new keys/values at
+ * their columns and returns [1, L, H*D]. `site`: an object owned by the calling
+ * layer (its split counter).
+ */
+export function verifyCacheAttention(
+  step: FusedStep,
+  v: VerifyCache,
+  qkv: MxArray,
+  keys: number,
+  site: object,
+): MxArray {
+  launches++;
+  const counter = splitCounter(site, v.attention.counterSize(step.L));
+  return v.attention.run(qkv, v.kc, v.vc, step.positions, counter, step.L, keys);
 }

@@ -6,7 +6,8 @@
 // (gemv.test.ts); the fused epilogues round once where MLX rounds after each op,
 // and the RMSNorm prologue rounds x twice (x*norm, *rsqrt): under 5e-3. bf16: 3e-2.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { generateTokens } from "../../src/engine/one-sequence";
+import { KVCache } from "../../src/engine/kv-cache";
+import { cacheShape, generateTokens } from "../../src/engine/one-sequence";
 import { samplingParams } from "../../src/engine/protocol";
 import * as mx from "../../src/mlx";
 import { kernelLanguage } from "../../src/mlx/kernels";
@@ -17,9 +18,17 @@ import {
   quantizedGemvNormSwiglu,
   quantizedGemvResidual,
 } from "../../src/mlx/kernels-gemv-fused";
-import { fusedLaunchCount, gpuFusedEnabled, setGpuFused, setKernelWritesKv } from "../../src/models/gpu-fused";
+import {
+  fusedLaunchCount,
+  gpuFusedEnabled,
+  setFusedVerify,
+  setGpuFused,
+  setKernelWritesKv,
+} from "../../src/models/gpu-fused";
 import { loadModel } from "../../src/models/loader";
 import { tinyModel } from "../support/models";
+import { promptIds } from "../support/reference";
+import { request, runScheduled, singleWithLogprobs, TEST_SCHEDULER_OPTIONS } from "../support/scheduler";
 
 const cuda = mx.gpuAvailable() && kernelLanguage() === "cuda";
 const tolerance = (dtype: mx.Dtype) => (dtype === mx.Dtype.float16 ? 5e-3 : 3e-2);
@@ -237,6 +246,66 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
       expect(splitFused.out).toEqual(without.out);
       expect(inPlace.out).toEqual(without.out);
       expect(inPlaceSplit.out).toEqual(without.out);
+    }, 240_000);
+  }
+
+  // Speculative verify passes (PENSIEVE_GPU_FUSED_VERIFY): one row of L = k + 1 tokens after a cached prompt.
+  // Tolerance: the logits' relative L2 distance to the unfused path's (MLX's ops, as with the flag off)
+  // under 2e-2: each layer's fused kernels are within ~5e-3 of MLX's ops (above), the tiny models have few layers.
+  for (const name of ["tiny-llama", "tiny-phi3"]) {
+    for (const L of [2, 9, 16]) {
+      test(`${name}: a verify pass of ${L} tokens, fused verify path on vs off (logits, the cache after it)`, () => {
+        const { model } = loadModel(tinyModel(name));
+        const prompt = promptIds(40, 3);
+        const draft = promptIds(L, 9);
+        const pass = (on: boolean) => {
+          setFusedVerify(on);
+          const cache = new KVCache(cacheShape(model), 1);
+          try {
+            mx.evaluate(model.forward(mx.int32(prompt, [1, prompt.length]), cache, { logits: "last" }));
+            const before = fusedLaunchCount();
+            const logits = mx.keep(model.forward(mx.int32(draft, [1, L]), cache, { logits: "all" }));
+            mx.evaluate(logits);
+            const launches = fusedLaunchCount() - before;
+            // The next one-token step reads the pass's keys/values from the cache.
+            const next = mx.keep(model.forward(mx.int32([draft[0] as number], [1, 1]), cache, { logits: "last" }));
+            mx.evaluate(next);
+            return { logits, next, launches };
+          } finally {
+            cache.dispose();
+            setFusedVerify(false);
+          }
+        };
+        try {
+          const off = pass(false);
+          const on = pass(true);
+          expect(on.launches).toBeGreaterThan(off.launches);
+          expect(relativeDistance(on.logits, off.logits)).toBeLessThan(2e-2);
+          expect(relativeDistance(on.next, off.next)).toBeLessThan(2e-2);
+          for (const a of [on.logits, on.next, off.logits, off.next]) a.dispose();
+        } finally {
+          model.dispose();
+        }
+      }, 240_000);
+    }
+
+    test(`${name}: greedy prompt-lookup speculation with the fused verify path equals plain greedy decoding`, () => {
+      const { model } = loadModel(tinyModel(name));
+      const base = promptIds(12, 7);
+      const prompt = [...base, ...base.slice(1), ...base.slice(1)]; // repeats itself: the lookup drafts
+      try {
+        const plain = singleWithLogprobs(model, prompt, 40, samplingParams()).tokens;
+        setFusedVerify(true);
+        const before = fusedLaunchCount();
+        const r = request("v", prompt, 40);
+        const run = runScheduled(model, [{ at: 0, request: r }], TEST_SCHEDULER_OPTIONS);
+        expect(fusedLaunchCount()).toBeGreaterThan(before);
+        expect(run.scheduler.speculation.passes).toBeGreaterThan(0);
+        expect(run.tokens.get("v")).toEqual(plain);
+      } finally {
+        setFusedVerify(false);
+        model.dispose();
+      }
     }, 240_000);
   }
 });

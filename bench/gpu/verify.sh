@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Issue 13: the fused verify path (PENSIEVE_GPU_FUSED_VERIFY=1; src/mlx/kernels-attention-verify.ts, the GEMVs at
+# up to 16 rows, src/models/gpu-fused.ts). Runs on the GPU machine after `bench/gpu/device.sh prepare`
+# (PREPARE_QUICK=1 will do; same call or a warm machine), from the checkout that carries dist/, in one call:
+#   1. the GPU tests of the verify path (test/gpu/fused.test.ts, names with "verify": logits of a verify pass
+#      of 2, 9, 16 tokens with the flag on vs off, then a one-token step after it; greedy prompt-lookup
+#      speculation with the flag on == plain greedy decoding, tiny Llama and tiny Phi-3);
+#   2. the cost of a verify pass of k = 2, 4, 8, 16 drafts against a one-token step (bench spec-verify-cost),
+#      full-size Phi-3 (random weights), after 512 prompt tokens: flag off, on, off, on (interleaved runs);
+#   3. the same after 4096 prompt tokens, off then on.
+# k = 16 is a pass of 17 tokens: past the fused verify path's 16 (FUSED_VERIFY_MAX_ROWS), unfused both ways
+# (a control). Everything lands in $OUT/verify as it goes (a call cut short keeps what is done).
+# SKIP_TESTS=1 leaves step 1 out; N (default 30) sets the samples per shape.
+# Expected time: tests ~2-3 min (kernel compiles at each new L, then cached in /tmp/mlx/<version>/ptx),
+# each bench run ~40-70 s (load, 512-token prefill, warm-up, 30 x 5 passes): ~8 min in all.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+W=/tmp/pv
+OUT=${OUT:-$W/out}
+R=$OUT/verify
+mkdir -p "$R"
+export PATH="$W/bin:$PATH" PENSIEVE_CLI="$PWD/dist/src/cli.js" PENSIEVE_BACKEND=cuda
+MODEL=$W/phi3-mini-128k-4bit-random
+log() { echo "[verify $(date +%T)] $*" | tee -a "$R/log.txt"; }
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$R/gpu.txt"
+
+# 1. Tests. test/support expects Phi-3's tokenizer and config in ../shared/fixtures.
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
+  mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
+  timeout 240 bun test --timeout 180000 ./dist/test-gpu/fused.test.js -t verify 2>&1 | tail -30 | tee "$R/gpu-tests.txt"
+  log "tests: $(grep -E '^ *[0-9]+ (pass|fail)' "$R/gpu-tests.txt" | tr '\n' ' ')"
+fi
+
+# 2-3. Verify cost against a one-token step, flag off / on.
+cost() { # prompt flag
+  PENSIEVE_GPU_FUSED_VERIFY=$2 timeout 150 bun dist/bench/run.js spec-verify-cost --model "$MODEL" --device gpu \
+    --prompt "$1" --ks 2,4,8,16 --n "${N:-30}" --out-dir "$R/cost-p$1-verify$2" 2>&1 | grep -E '^\||step:' |
+    sed "s/^/p$1 verify=$2 /" | tee -a "$R/log.txt"
+}
+for f in 0 1 0 1; do cost 512 $f; done
+for f in 0 1; do cost 4096 $f; done
+for d in "$R"/cost-*; do echo "== $(basename "$d")"; cat "$d"/*.md 2>/dev/null; done > "$OUT/verify-cost.md"
+bun dist/bench/gpu/stamp-gpu.js "$R/gpu.txt" "$R" > /dev/null 2>&1 || true
+log done
