@@ -253,12 +253,13 @@ const SOURCE = `
 /**
  * The most rows of x one launch takes (registers hold every row's sums): 16, for
  * a speculative verify pass of up to 15 drafts (PENSIEVE_GPU_FUSED_VERIFY). Past 8
- * rows of x the configuration stays that of 5-8 rows (1 row per warp; 2 for the
- * paired variants): M x ROWS sums per lane, 16-32 registers, and the unrolled code
- * grows with M x ROWS, so M = 16 at 1-2 rows per warp compiles about as M = 8 at
- * 2-4 (NVRTC 3-11 s here at M = 9-16, see test/gpu/nvrtc-compile.test.ts). Each
- * weight chunk is still read once for all M rows (no split of M: the GEMV stays
- * one pass over the weights, which is what a verify pass must cost).
+ * rows of x, 2 output rows per warp (gemvConfig): M x ROWS sums per lane (up to 32
+ * registers) and unrolled code that grows with M x ROWS, so M = 16 at 2 rows per warp
+ * compiles about as M = 8 at 4 (NVRTC 3-11 s here at M = 9-16, ptxas 100-180 registers,
+ * no spills: test/gpu/nvrtc-compile.test.ts); 4 rows per warp would cut the instructions
+ * per output another ~18% at twice the registers and compile time. Each weight chunk is
+ * still read once for all M rows (no split of M: one pass over the weights, which is
+ * what a verify pass must cost). At 9-16 rows the GEMV is ALU-bound, not memory-bound.
  */
 export const GEMV_MAX_ROWS = 16;
 
@@ -281,6 +282,9 @@ export interface GemvConfig {
  */
 export function gemvConfig(n: number, m = 1): GemvConfig {
   if (m <= 1 && n % 4 === 0) return { rows: 4, warps: 4 };
+  // 9-16 rows of x (verify passes): ALU-bound, and a warp's 2 output rows share each row of x's unpacking
+  // (~74 SASS instructions per row of x, output row and 16-byte chunk vs ~100 at 1 row per warp; sm_90a).
+  if (m > 8 && n % 2 === 0) return { rows: 2, warps: 4 };
   const cap = m <= 1 ? 4 : m <= 4 ? 2 : 1;
   for (const rows of [4, 2]) if (rows <= cap && n % rows === 0 && n / rows >= 2048) return { rows, warps: 4 };
   return { rows: cap >= 2 && n % 2 === 0 && n >= 2048 ? 2 : 1, warps: 4 };

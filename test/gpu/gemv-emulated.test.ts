@@ -105,10 +105,10 @@ describe.skipIf(!emulationCompiler)("4-bit GEMV source, emulated on the CPU", ()
     // RMSNorm in front: x with mean 1 and spread 4 (not normed), norm weights 0.5..1.5.
     { dtype: "f16", m: 2, n: 40, k: 3072, rows: 2, warps: 4, group: 64, norm: true }, // 20 warps: idle warps in the last block
     { dtype: "bf16", m: 1, n: 16, k: 1088, rows: 4, warps: 2, group: 64, norm: true },
-    // A speculative verify pass (PENSIEVE_GPU_FUSED_VERIFY): 9 and 16 rows of x, 1 row per warp (gemvConfig).
-    { dtype: "f16", m: 9, n: 24, k: 3072, rows: 1, warps: 4, group: 64, norm: true },
+    // A speculative verify pass (PENSIEVE_GPU_FUSED_VERIFY): 9 and 16 rows of x, 2 rows per warp (gemvConfig), or 1.
+    { dtype: "f16", m: 9, n: 24, k: 3072, rows: 2, warps: 4, group: 64, norm: true },
     { dtype: "bf16", m: 16, n: 12, k: 1088, rows: 1, warps: 4, group: 64 },
-    { dtype: "f16", m: 16, n: 8, k: 8192, rows: 1, warps: 4, group: 64 },
+    { dtype: "f16", m: 16, n: 8, k: 8192, rows: 2, warps: 4, group: 64 },
   ];
   for (const c of cases) {
     test(`${c.dtype} M=${c.m} N=${c.n} K=${c.k} rows/warp ${c.rows} group ${c.group}${c.norm ? ", RMSNorm fused" : ""}`, () => {

@@ -185,8 +185,8 @@ describe.skipIf(!emulationCompiler)("fused 4-bit GEMV variants, emulated on the 
     // GQA 4:1, head dim 32.
     { variant: "rope-qkv", dtype: "bf16", m: 1, n: 192, k: 512, rows: 2, warps: 4, group: 32, hd: 32, rotated: 160 },
     // A speculative verify pass (PENSIEVE_GPU_FUSED_VERIFY): 9 and 16 rows of x at positions offset + m,
-    // 1 row per warp (2 for the paired variants), as gemvConfig / pairedConfig give past 4 rows.
-    { variant: "residual", dtype: "f16", m: 16, n: 24, k: 8192, rows: 1, warps: 4, group: 64 },
+    // 2 rows per warp, as gemvConfig / pairedConfig give past 8 rows.
+    { variant: "residual", dtype: "f16", m: 16, n: 24, k: 8192, rows: 2, warps: 4, group: 64 },
     { variant: "swiglu", dtype: "bf16", m: 9, n: 24, k: 3072, rows: 2, warps: 4, group: 64 },
     {
       variant: "rope",

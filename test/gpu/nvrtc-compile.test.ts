@@ -43,7 +43,7 @@ const out = [{ name: "y", type: H }];
 const cases: Array<{ label: string; kernel: NvrtcKernel }> = [];
 // 1 row of x (decode), 4 (a batch), 9 and 16 (speculative verify passes of 8 and 15 drafts).
 for (const m of [1, 4, 9, 16]) {
-  const rows = m === 1 ? 4 : 1;
+  const rows = m === 1 ? 4 : m > 8 ? 2 : 1;
   const paired = m === 1 ? 4 : 2;
   cases.push(
     {
@@ -65,7 +65,7 @@ for (const m of [1, 4, 9, 16]) {
         ...GEMV_RESIDUAL_KERNEL,
         inputs: gemvInputs([{ name: "res", type: H }]),
         outputs: out,
-        template: gemvTemplate(m, 3072, 8192, m === 1 ? 2 : 1),
+        template: gemvTemplate(m, 3072, 8192, m === 1 ? 2 : m > 8 ? 2 : 1),
       },
     },
     {
