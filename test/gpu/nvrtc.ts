@@ -75,6 +75,8 @@ const symbols = {
   nvrtcGetProgramLogSize: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
   nvrtcGetProgramLog: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
   nvrtcDestroyProgram: { args: [FFIType.ptr], returns: FFIType.i32 },
+  nvrtcGetCUBINSize: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+  nvrtcGetCUBIN: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
 } as const;
 
 let lib: ReturnType<typeof dlopen<typeof symbols>>["symbols"] | null = null;
@@ -89,8 +91,8 @@ export function ptxasResources(log: string): { registers: number; spills: number
   return { registers: Number(regs[1]), spills: spill ? Number(spill[1]) : 0 };
 }
 
-/** Compiles for sm_90a; returns ok, the log (with ptxas's resource lines) and the compile time. */
-export function nvrtcCompile(k: NvrtcKernel): { ok: boolean; log: string; ms: number } {
+/** Compiles for sm_90a; returns ok, the log (with ptxas's resource lines), the compile time and the CUBIN. */
+export function nvrtcCompile(k: NvrtcKernel): { ok: boolean; log: string; ms: number; cubin: Buffer | null } {
   lib ??= dlopen(NVRTC_PATH, symbols).symbols;
   const include = join(dirname(NVRTC_PATH), "..", "include");
   const prog = new BigUint64Array(1);
@@ -116,6 +118,11 @@ export function nvrtcCompile(k: NvrtcKernel): { ok: boolean; log: string; ms: nu
   lib.nvrtcGetProgramLogSize(handle as never, ptr(size));
   const log = Buffer.alloc(Number(size[0]) + 1);
   lib.nvrtcGetProgramLog(handle as never, log);
+  let cubin: Buffer | null = null;
+  if (status === 0 && lib.nvrtcGetCUBINSize(handle as never, ptr(size)) === 0) {
+    cubin = Buffer.alloc(Number(size[0]));
+    if (lib.nvrtcGetCUBIN(handle as never, cubin) !== 0) cubin = null;
+  }
   lib.nvrtcDestroyProgram(ptr(prog));
-  return { ok: status === 0, log: log.toString("utf8").replace(/\0+$/, ""), ms };
+  return { ok: status === 0, log: log.toString("utf8").replace(/\0+$/, ""), ms, cubin };
 }
