@@ -10,7 +10,8 @@
 #   3. the same after 4096 prompt tokens, off then on.
 # k = 16 is a pass of 17 tokens: past the fused verify path's 16 (FUSED_VERIFY_MAX_ROWS), unfused both ways
 # (a control). Everything lands in $OUT/verify as it goes (a call cut short keeps what is done).
-# SKIP_TESTS=1 leaves step 1 out; N (default 30) sets the samples per shape.
+# SKIP_TESTS=1 leaves step 1 out; N (default 30) sets the samples per shape; SWEEP=1 adds a sweep of the
+# GEMV's configuration at 9-16 rows (PENSIEVE_GEMV_VERIFY_ROWS x PENSIEVE_GEMV_VERIFY_WARPS).
 # Expected time: tests ~2-3 min (kernel compiles at each new L, then cached in /tmp/mlx/<version>/ptx),
 # each bench run ~40-70 s (load, 512-token prefill, warm-up, 30 x 5 passes): ~8 min in all.
 set -uo pipefail
@@ -39,6 +40,16 @@ cost() { # prompt flag
 }
 for f in 0 1 0 1; do cost 512 $f; done
 for f in 0 1; do cost 4096 $f; done
-for d in "$R"/cost-*; do echo "== $(basename "$d")"; cat "$d"/*.md 2>/dev/null; done > "$OUT/verify-cost.md"
+# SWEEP=1 (~3 min more): the GEMV's rows per warp x warps per block at 9-16 rows of x, flag on, k = 8 and 15.
+if [ "${SWEEP:-0}" = 1 ]; then
+  for rw in 2:8 4:4 4:8 1:4; do
+    IFS=: read -r rows warps <<< "$rw"
+    PENSIEVE_GPU_FUSED_VERIFY=1 PENSIEVE_GEMV_VERIFY_ROWS=$rows PENSIEVE_GEMV_VERIFY_WARPS=$warps timeout 150 \
+      bun dist/bench/run.js spec-verify-cost --model "$MODEL" --device gpu --prompt 512 --ks 8,15 --n 20 \
+      --out-dir "$R/sweep-rows$rows-warps$warps" 2>&1 | grep -E '^\| [0-9]|step:' | sed "s/^/rows=$rows warps=$warps /" |
+      tee -a "$R/log.txt"
+  done
+fi
+for d in "$R"/cost-* "$R"/sweep-*; do echo "== $(basename "$d")"; cat "$d"/*.md 2>/dev/null; done > "$OUT/verify-cost.md"
 bun dist/bench/gpu/stamp-gpu.js "$R/gpu.txt" "$R" > /dev/null 2>&1 || true
 log done

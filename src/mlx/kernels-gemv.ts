@@ -280,11 +280,16 @@ export interface GemvConfig {
  * as keep ~2048 warps busy; 2 up to 4 rows of x (1 row per warp was slower
  * than MLX's dense float16 product at 4 rows).
  */
+const VERIFY_ROWS = Number(process.env.PENSIEVE_GEMV_VERIFY_ROWS ?? 2);
+const VERIFY_WARPS = Number(process.env.PENSIEVE_GEMV_VERIFY_WARPS ?? 4);
+
 export function gemvConfig(n: number, m = 1): GemvConfig {
   if (m <= 1 && n % 4 === 0) return { rows: 4, warps: 4 };
   // 9-16 rows of x (verify passes): ALU-bound, and a warp's 2 output rows share each row of x's unpacking
-  // (~74 SASS instructions per row of x, output row and 16-byte chunk vs ~100 at 1 row per warp; sm_90a).
-  if (m > 8 && n % 2 === 0) return { rows: 2, warps: 4 };
+  // (~74 SASS instructions per row of x, output row and 16-byte chunk vs ~100 at 1 row per warp; sm_90a:
+  // bench/gpu/gemv-sass.ts). PENSIEVE_GEMV_VERIFY_ROWS / _WARPS override (a sweep on the GPU: more warps per
+  // block repeat the RMSNorm prologue's read of x in fewer blocks).
+  if (m > 8 && n % VERIFY_ROWS === 0) return { rows: VERIFY_ROWS, warps: VERIFY_WARPS };
   const cap = m <= 1 ? 4 : m <= 4 ? 2 : 1;
   for (const rows of [4, 2]) if (rows <= cap && n % rows === 0 && n / rows >= 2048) return { rows, warps: 4 };
   return { rows: cap >= 2 && n % 2 === 0 && n >= 2048 ? 2 : 1, warps: 4 };
