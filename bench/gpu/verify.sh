@@ -5,11 +5,11 @@
 #   1. the GPU tests of the verify path (test/gpu/fused.test.ts, names with "verify": logits of a verify pass
 #      of 2, 9, 16 tokens with the flag on vs off, then a one-token step after it; greedy prompt-lookup
 #      speculation with the flag on == plain greedy decoding, tiny Llama and tiny Phi-3);
-#   2. the cost of a verify pass of k = 2, 4, 8, 16 drafts against a one-token step (bench spec-verify-cost),
+#   2. the cost of a verify pass of k = 2, 4, 8, 15, 16 drafts against a one-token step (bench spec-verify-cost),
 #      full-size Phi-3 (random weights), after 512 prompt tokens: flag off, on, off, on (interleaved runs);
 #   3. the same after 4096 prompt tokens, off then on.
-# k = 16 is a pass of 17 tokens: past the fused verify path's 16 (FUSED_VERIFY_MAX_ROWS), unfused both ways
-# (a control). Everything lands in $OUT/verify as it goes (a call cut short keeps what is done).
+# k = 15 is the longest fused pass (16 tokens, FUSED_VERIFY_MAX_ROWS); k = 16 (17 tokens) is past it, unfused
+# both ways (a control). Everything lands in $OUT/verify as it goes (a call cut short keeps what is done).
 # SKIP_TESTS=1 leaves step 1 out; N (default 30) sets the samples per shape; SWEEP=1 adds a sweep of the
 # GEMV's configuration at 9-16 rows (PENSIEVE_GEMV_VERIFY_ROWS x PENSIEVE_GEMV_VERIFY_WARPS).
 # Expected time: tests ~2-3 min (kernel compiles at each new L, then cached in /tmp/mlx/<version>/ptx),
@@ -35,7 +35,7 @@ fi
 # 2-3. Verify cost against a one-token step, flag off / on.
 cost() { # prompt flag
   PENSIEVE_GPU_FUSED_VERIFY=$2 timeout 150 bun dist/bench/run.js spec-verify-cost --model "$MODEL" --device gpu \
-    --prompt "$1" --ks 2,4,8,16 --n "${N:-30}" --out-dir "$R/cost-p$1-verify$2" 2>&1 | grep -E '^\||step:' |
+    --prompt "$1" --ks 2,4,8,15,16 --n "${N:-30}" --out-dir "$R/cost-p$1-verify$2" 2>&1 | grep -E '^\||step:' |
     sed "s/^/p$1 verify=$2 /" | tee -a "$R/log.txt"
 }
 for f in 0 1 0 1; do cost 512 $f; done
