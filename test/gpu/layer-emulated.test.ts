@@ -179,7 +179,7 @@ int main() {
   const int stored = differ(kc0, kc2);
   int nonzero = 0;
   for (int v : sync) nonzero += v != 0 ? 1 : 0;
-  std::printf("{\\"y\\": %d, \\"attn\\": %d, \\"act\\": %d, \\"kc\\": %d, \\"vc\\": %d, \\"maxdiff\\": %g, \\"counters\\": %d, \\"generation\\": %d, \\"splits\\": %d}\\n",
+  std::printf("{\\"y\\": %d, \\"attn\\": %d, \\"act\\": %d, \\"kc\\": %d, \\"vc\\": %d, \\"maxdiff\\": %g, \\"counters\\": %d, \\"generation\\": %d, \\"splits\\": %d, \\"finite\\": %d, \\"stored\\": %d}\\n",
       differ(y, y2), differ(attn, attn2), differ(act, act2), differ(kc, kc2), differ(vc, vc2), diff, nonzero - (sync[1] != 0), sync[1], SPLITS, finite, stored);
 }
 `;
