@@ -218,6 +218,20 @@ export const DECODE_LAYER_KERNEL = {
   outputs: ["y", "q", "kn", "vn", "attn", "part", "stats", "h2", "act"],
 } as const;
 
+// MLX writes the kernel's signature itself (no attributes): the header redefines __global__
+// for the one kernel that follows it, so ptxas keeps registers within one block of THREADS
+// per SM (else 4 rows of x take 138 a thread and a 512-thread block cannot launch).
+const launchBounds = (threads: number) => `
+#pragma push_macro("__global__")
+#undef __global__
+#define __global__ __location__(global) __launch_bounds__(${threads}, 1)
+`;
+
+/** DECODE_LAYER_KERNEL for blocks of `warps` warps (the attention's), register-bounded for them. */
+export function layerKernel(warps: number) {
+  return { ...DECODE_LAYER_KERNEL, name: `pv_decode_layer_w${warps}`, header: HEADER + launchBounds(warps * 32) };
+}
+
 /** The shapes of a launch: everything the template constants and outputs depend on. */
 export interface LayerShape {
   dtype: Dtype;

@@ -81,8 +81,8 @@ let lib: ReturnType<typeof dlopen<typeof symbols>>["symbols"] | null = null;
 
 const cstr = (s: string) => Buffer.from(`${s}\0`, "utf8");
 
-/** Compiles for sm_90a; returns ok, the log and the compile time. */
-export function nvrtcCompile(k: NvrtcKernel): { ok: boolean; log: string; ms: number } {
+/** Compiles for sm_90a; returns ok, the log and the compile time. `extra`: more NVRTC options (e.g. --ptxas-options=-v). */
+export function nvrtcCompile(k: NvrtcKernel, extra: string[] = []): { ok: boolean; log: string; ms: number } {
   lib ??= dlopen(NVRTC_PATH, symbols).symbols;
   const include = join(dirname(NVRTC_PATH), "..", "include");
   const prog = new BigUint64Array(1);
@@ -95,6 +95,7 @@ export function nvrtcCompile(k: NvrtcKernel): { ok: boolean; log: string; ms: nu
     `--include-path=${include}`,
     `--include-path=${join(include, "cccl")}`,
     ...(mlxHeaders ? [`--include-path=${MLX_INCLUDE}`] : []),
+    ...extra,
   ];
   const optionBufs = optionList.map(cstr);
   const optionPtrs = BigUint64Array.from(optionBufs.map((b) => BigInt(ptr(b))));
