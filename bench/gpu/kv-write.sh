@@ -6,6 +6,7 @@
 #      splits) on the default path and the previous fused path (slice updates, a second merge kernel), compared;
 #   2. single stream 128 -> 256 (the harness's generate --profile): Pensieve + mlx-lm interleaved, then the
 #      previous fused path alone;
+#   2b. the layer megakernel (PENSIEVE_GPU_MEGA=1): its greedy text against the default's, a single-stream row;
 #   3. the unfused path's text (MLX's ops), compared with the default's.
 # Everything lands in $OUT/kv-write as it goes, so a call that runs out of time keeps what is done.
 set -uo pipefail
@@ -40,6 +41,14 @@ timeout 200 "${BENCH[@]}" --engines pensieve,mlx-lm --out-dir "$R/single-default
 env "${PREVIOUS[@]}" timeout 120 "${BENCH[@]}" --engines pensieve --out-dir "$R/single-previous" 2>&1 |
   grep '^| pensieve' | tee -a "$R/log.txt"
 bun dist/bench/gpu/stamp-gpu.js "$R/gpu.txt" "$R" > /dev/null 2>&1 || true
+# 2b. The layer megakernel (PENSIEVE_GPU_MEGA=1, src/mlx/kernels-layer.ts: one launch a layer): greedy text
+# against the default, then a single-stream Pensieve row. After the rows above, each under its own timeout
+# (a grid that is not co-resident traps; PENSIEVE_GPU_MEGA_BLOCKS = the GPU's SMs, default 132).
+timeout 150 env PENSIEVE_GPU_FUSED=1 PENSIEVE_GPU_MEGA=1 bun dist/src/cli.js generate --model "$MODEL" --raw \
+  --prompt "Hello there" --max-tokens "${GEN:-300}" --device gpu > "$R/text-mega.txt" 2>&1
+log "mega (rc $?): $(tail -1 "$R/text-mega.txt"); default vs mega: $(same default mega)"
+env PENSIEVE_GPU_MEGA=1 timeout 150 "${BENCH[@]}" --engines pensieve --out-dir "$R/single-mega" 2>&1 |
+  grep '^| pensieve' | sed 's/^| pensieve/| pensieve MEGA/' | tee -a "$R/log.txt"
 # 3. Last (a short lease may not reach it): the unfused path's text.
 gen PENSIEVE_GPU_FUSED=0 > "$R/text-unfused.txt"
 log "unfused: $(tail -1 "$R/text-unfused.txt"); default vs unfused: $(same default unfused)"

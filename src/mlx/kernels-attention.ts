@@ -352,6 +352,8 @@ export class DecodeAttention {
   readonly headDim: number;
   readonly dtype: Dtype;
   readonly warps: number;
+  /** The scores' scale (before the log2(e) the kernel folds in). */
+  readonly scale: number;
   readonly #template: Record<string, number | { dtype: Dtype }>;
   readonly #plans = new Map<number, { main: KernelPlan; combine: KernelPlan | null }>();
 
@@ -362,6 +364,7 @@ export class DecodeAttention {
     this.kvHeads = kvHeads;
     this.headDim = headDim;
     this.dtype = dtype;
+    this.scale = scale;
     const scaleBits = new Int32Array(Float32Array.of(scale * Math.LOG2E).buffer)[0] as number;
     this.warps = attentionWarps(heads, kvHeads, headDim);
     this.#template = {

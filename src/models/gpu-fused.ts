@@ -126,6 +126,11 @@ const attentionByScale = new Map<number, DecodeAttention[]>();
 
 // Split attention merged by its last block (PENSIEVE_GPU_FUSED_MERGE=0: a second kernel merges).
 const mergedSplits = process.env.PENSIEVE_GPU_FUSED_MERGE !== "0";
+
+/** Whether split attention merges in the same launch (the layer megakernel needs it). */
+export function attentionMergesSplits(): boolean {
+  return mergedSplits;
+}
 // Ticket counters of the merged split attention, per call site and size: kernels of one
 // site never overlap (each layer waits for the one before), so one zeroed buffer serves every step.
 const countersBySite = new WeakMap<object, Map<number, MxArray>>();

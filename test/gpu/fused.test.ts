@@ -18,6 +18,7 @@ import {
   quantizedGemvResidual,
 } from "../../src/mlx/kernels-gemv-fused";
 import { fusedLaunchCount, gpuFusedEnabled, setGpuFused, setKernelWritesKv } from "../../src/models/gpu-fused";
+import { megaLaunchCount, setGpuMega } from "../../src/models/gpu-mega";
 import { loadModel } from "../../src/models/loader";
 import { tinyModel } from "../support/models";
 
@@ -235,6 +236,43 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
       expect(withFused.out).toEqual(without.out);
       expect(splitFused.out).toEqual(without.out);
       expect(sliceUpdates.out).toEqual(without.out);
+    }, 240_000);
+  }
+
+  // The layer megakernel (PENSIEVE_GPU_MEGA=1) runs the fused kernels' code as one launch: same tokens.
+  for (const [name, promptLength] of [
+    ["tiny-llama", 20],
+    ["tiny-phi3", 50],
+  ] as Array<[string, number]>) {
+    test(`${name}: greedy tokens with the layer megakernel equal the fused path's (one split and several)`, () => {
+      const dir = tinyModel(name);
+      const prompt = Array.from({ length: promptLength }, (_, i) => 100 + ((i * 37) % 900));
+      const tokens = (mega: boolean, perSplit: number | null = null) => {
+        setGpuFused(true);
+        setGpuMega(mega);
+        setKeysPerSplit(perSplit);
+        const { model } = loadModel(dir);
+        try {
+          const before = megaLaunchCount();
+          const out: number[] = [];
+          for (const step of generateTokens(model, prompt, { maxTokens: 24, sampling: samplingParams() })) {
+            out.push(step.token);
+          }
+          return { out, launches: megaLaunchCount() - before };
+        } finally {
+          model.dispose();
+          setKeysPerSplit(null);
+          setGpuMega(false);
+        }
+      };
+      const fusedOnly = tokens(false);
+      const mega = tokens(true);
+      const fusedSplit = tokens(false, 16);
+      const megaSplit = tokens(true, 16);
+      expect(fusedOnly.launches).toBe(0);
+      expect(mega.launches).toBeGreaterThan(0);
+      expect(mega.out).toEqual(fusedOnly.out);
+      expect(megaSplit.out).toEqual(fusedSplit.out);
     }, 240_000);
   }
 });

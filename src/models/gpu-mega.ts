@@ -1,0 +1,152 @@
+// The decoder's decode layer as one persistent CUDA kernel (src/mlx/kernels-layer.ts),
+// off by default (PENSIEVE_GPU_MEGA=1 turns it on): where every piece of the fused
+// path (gpu-fused.ts) applies to a layer's decode step (norm -> q|k|v -> RoPE,
+// the attention storing k/v in a float cache from reserveWhole with its splits
+// merged in the launch, o + residual, norm -> gate|up -> SwiGLU, down + residual),
+// the five kernels become one graph node. Anything else takes the fused path.
+//
+// The grid is PENSIEVE_GPU_MEGA_BLOCKS blocks (default 132: the SMs of an H100 SXM /
+// H200). It must not exceed what the GPU holds at once (one block per SM): a grid
+// that is not co-resident would wait on its barrier forever, so the kernel traps
+// (the launch fails) after ~2^26 polls instead.
+import type { MxArray } from "../mlx";
+import * as mx from "../mlx";
+import { CustomKernel, type KernelPlan } from "../mlx/kernels";
+import { ATTENTION_MAX_SPLITS, type DecodeAttention } from "../mlx/kernels-attention";
+import type { FusedRope } from "../mlx/kernels-gemv-fused";
+import { layerKernel, layerOutputs, layerTemplate } from "../mlx/kernels-layer";
+import type { DecoderLayerWeights } from "./decoder";
+import { attentionMergesSplits, attentionWritesKv, type FusedStep, fusable } from "./gpu-fused";
+import type { AttentionBatch } from "./types";
+
+let enabled = process.env.PENSIEVE_GPU_MEGA === "1";
+const BLOCKS = Number(process.env.PENSIEVE_GPU_MEGA_BLOCKS ?? 132);
+
+/** Turns the layer megakernel on or off for forwards built from now on (tests compare both). */
+export function setGpuMega(on: boolean): void {
+  enabled = on;
+}
+
+export function gpuMegaEnabled(): boolean {
+  return enabled;
+}
+
+let launches = 0;
+/** Layer megakernels added to graphs so far (tests check that a path really used it). */
+export function megaLaunchCount(): number {
+  return launches;
+}
+
+const kernels = new Map<number, CustomKernel>();
+// Plans per q|k|v weight (one per layer), by rows.
+const plans = new WeakMap<object, Map<number, KernelPlan>>();
+// Barrier and split tickets per layer (its q|k|v weight): zero between launches.
+const syncs = new WeakMap<object, MxArray>();
+
+function syncState(site: object, size: number): MxArray {
+  let s = syncs.get(site);
+  if (!s || s.size < size) {
+    s?.dispose();
+    s = mx.keep(mx.zeros([size], mx.Dtype.int32));
+    mx.evaluate(s);
+    syncs.set(site, s);
+  }
+  return s;
+}
+
+export interface MegaShape {
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+}
+
+/**
+ * One decode layer (L = 1) as one kernel, or null where the layer does not fit
+ * every piece (the caller then takes the fused path). `qkvW`, `kr` and `inNorm`
+ * are what the fused decode branch already checked; `attention` its kernel.
+ */
+export function megaLayer(
+  step: FusedStep,
+  shape: MegaShape,
+  layer: DecoderLayerWeights,
+  index: number,
+  input: MxArray,
+  batch: AttentionBatch,
+  inNorm: { weight: MxArray; eps: number },
+  qkvW: mx.QuantizedWeight,
+  kr: FusedRope,
+  attention: DecodeAttention,
+): MxArray | null {
+  if (!enabled || step.L !== 1 || !attentionWritesKv() || !attentionMergesSplits()) return null;
+  const { dtype, B } = step;
+  const outW = layer.attentionOutputNorm ? null : fusable(layer.attention.out, dtype);
+  const mlpNorm = layer.mlpNorm.rms;
+  const swiglu = layer.mlp.swiglu;
+  const gateUpW = mlpNorm && swiglu ? fusable(swiglu.gateUp, dtype) : null;
+  const downW = swiglu && !layer.mlpOutputNorm ? fusable(swiglu.down, dtype) : null;
+  if (!outW || !mlpNorm || !gateUpW || !downW || attention.warps % 4 !== 0) return null;
+  const hidden = input.dim(-1);
+  const intermediate = gateUpW.weight.dim(0) / 2;
+  const kIn = (q: mx.QuantizedWeight) => (q.weight.dim(1) * 32) / q.bits;
+  const qs = shape.numHeads * shape.headDim;
+  if (kIn(qkvW) !== hidden || kIn(outW) !== qs || outW.weight.dim(0) !== hidden) return null;
+  if (kIn(gateUpW) !== hidden || kIn(downW) !== intermediate || downW.weight.dim(0) !== hidden) return null;
+  const writable = batch.reserveWhole?.(index, dtype) ?? null;
+  if (!writable) return null;
+  launches++;
+  let byRows = plans.get(qkvW);
+  if (!byRows) {
+    byRows = new Map();
+    plans.set(qkvW, byRows);
+  }
+  let plan = byRows.get(B);
+  if (!plan) {
+    const s = {
+      dtype,
+      rows: B,
+      hidden,
+      intermediate,
+      heads: shape.numHeads,
+      kvHeads: shape.numKvHeads,
+      headDim: shape.headDim,
+    };
+    const template = layerTemplate(s, {
+      groups: [qkvW.groupSize, outW.groupSize, gateUpW.groupSize, downW.groupSize],
+      eps1: inNorm.eps,
+      eps2: mlpNorm.eps,
+      traditional: kr.traditional,
+      positionScale: kr.positionScale ?? 1,
+      scale: attention.scale,
+    });
+    const warps = template.AW as number;
+    let kernel = kernels.get(warps);
+    if (!kernel) {
+      kernel = new CustomKernel(layerKernel(warps));
+      kernels.set(warps, kernel);
+    }
+    plan = kernel.plan({
+      outputs: layerOutputs(s, ATTENTION_MAX_SPLITS, mx.Dtype.float32),
+      grid: [BLOCKS * warps * 32, 1, 1],
+      threadgroup: [warps * 32, 1, 1],
+      template: { T: { dtype }, ...template },
+    });
+    byRows.set(B, plan);
+  }
+  const q = (w: mx.QuantizedWeight) => [w.weight, w.scales, w.biases as MxArray];
+  const sync = syncState(qkvW, 2 + B * shape.numKvHeads);
+  const inputs = [
+    input,
+    inNorm.weight,
+    ...q(qkvW),
+    step.positions,
+    kr.invFreq,
+    writable[0],
+    writable[1],
+    ...q(outW),
+    mlpNorm.weight,
+    ...q(gateUpW),
+    ...q(downW),
+    sync,
+  ];
+  return plan.run(inputs)[0] as MxArray;
+}
