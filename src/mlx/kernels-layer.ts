@@ -20,7 +20,8 @@
 // each with its own slice of the shared memory, in rounds of equal length so that
 // every thread meets the same __syncthreads.
 //
-// The grid barrier: counter and generation in a persistent int32 buffer `sync`
+// Activations of the phases are read through L2 (__ldcg for the GEMVs' __ldg): they
+// are written in the same launch. The grid barrier: counter and generation in a persistent int32 buffer `sync`
 // ([2 + B*HKV]: then the attention's split tickets), zero between launches; it
 // traps instead of hanging when the grid is not co-resident (too many blocks).
 import type { Dtype } from "./array";
@@ -45,9 +46,12 @@ export const LAYER_GEMV_WARPS = 4;
 
 /** A GEMV body as a device function of a virtual block (pv_vb), its thread (pv_tid) and shared slice (pv_sub). */
 function gemvPhase(name: string, source: string, constants: string[], params: string): string {
+  // Activations are written earlier in the same launch (other blocks, before a barrier):
+  // read them through L2 (__ldcg), never the non-coherent path __ldg takes.
   const body = source
     .replaceAll("blockIdx.x", "pv_vb")
     .replaceAll("threadIdx.x", "pv_tid")
+    .replaceAll("__ldg(", "__ldcg(")
     .replace(
       "__shared__ float pv_red[M][WARPS];",
       "__shared__ float pv_red_all[SUBS][M][WARPS];\n    auto& pv_red = pv_red_all[pv_sub];",
@@ -79,12 +83,21 @@ ${body}
 `;
 }
 
-// Spins with a growing sleep; ~2^26 polls (tens of seconds) mean a grid that is not co-resident.
+// As cooperative groups' grid sync: the last block to arrive resets the count and bumps the
+// generation the others poll (volatile loads: L2, no atomic traffic); ~2^26 polls (seconds)
+// mean a grid that is not co-resident: trap rather than hang.
 const BARRIER = `
+__device__ __forceinline__ int pv_poll(int* p) {
+#ifdef PV_EMULATION
+  return atomicAdd(p, 0);
+#else
+  return *reinterpret_cast<volatile int*>(p);
+#endif
+}
 __device__ __forceinline__ void pv_grid_sync(int* sync) {
   __syncthreads();
   if (threadIdx.x == 0) {
-    const int gen = atomicAdd(sync + 1, 0);
+    const int gen = pv_poll(sync + 1);
     __threadfence();
     if (atomicAdd(sync, 1) == (int)gridDim.x - 1) {
       atomicExch(sync, 0);
@@ -92,7 +105,7 @@ __device__ __forceinline__ void pv_grid_sync(int* sync) {
       atomicAdd(sync + 1, 1);
     } else {
       unsigned polls = 0;
-      while (atomicAdd(sync + 1, 0) == gen) {
+      while (pv_poll(sync + 1) == gen) {
         __nanosleep(64);
         if (++polls == (1u << 26)) __trap();
       }
@@ -221,15 +234,20 @@ export const DECODE_LAYER_KERNEL = {
 // MLX writes the kernel's signature itself (no attributes): the header redefines __global__
 // for the one kernel that follows it, so ptxas keeps registers within one block of THREADS
 // per SM (else 4 rows of x take 138 a thread and a 512-thread block cannot launch).
-const launchBounds = (threads: number) => `
+// Two blocks an SM (PENSIEVE_GPU_MEGA_BLOCKS_PER_SM=2): 64 registers (one row: 24 bytes spilled).
+const launchBounds = (threads: number, perSm: number) => `
 #pragma push_macro("__global__")
 #undef __global__
-#define __global__ __location__(global) __launch_bounds__(${threads}, 1)
+#define __global__ __location__(global) __launch_bounds__(${threads}, ${perSm})
 `;
 
-/** DECODE_LAYER_KERNEL for blocks of `warps` warps (the attention's), register-bounded for them. */
-export function layerKernel(warps: number) {
-  return { ...DECODE_LAYER_KERNEL, name: `pv_decode_layer_w${warps}`, header: HEADER + launchBounds(warps * 32) };
+/** DECODE_LAYER_KERNEL for blocks of `warps` warps (the attention's), register-bounded for `perSm` of them an SM. */
+export function layerKernel(warps: number, perSm = 1) {
+  return {
+    ...DECODE_LAYER_KERNEL,
+    name: `pv_decode_layer_w${warps}_b${perSm}`,
+    header: HEADER + launchBounds(warps * 32, perSm),
+  };
 }
 
 /** The shapes of a launch: everything the template constants and outputs depend on. */

@@ -5,8 +5,8 @@
 // merged in the launch, o + residual, norm -> gate|up -> SwiGLU, down + residual),
 // the five kernels become one graph node. Anything else takes the fused path.
 //
-// The grid is PENSIEVE_GPU_MEGA_BLOCKS blocks (default 132: the SMs of an H100 SXM /
-// H200). It must not exceed what the GPU holds at once (one block per SM): a grid
+// The grid is PENSIEVE_GPU_MEGA_SMS (default 132: an H100 SXM / H200) times
+// PENSIEVE_GPU_MEGA_BLOCKS_PER_SM (default 1) blocks. It must not exceed what the GPU holds at once: a grid
 // that is not co-resident would wait on its barrier forever, so the kernel traps
 // (the launch fails) after ~2^26 polls instead.
 import type { MxArray } from "../mlx";
@@ -20,7 +20,10 @@ import { attentionMergesSplits, attentionWritesKv, type FusedStep, fusable } fro
 import type { AttentionBatch } from "./types";
 
 let enabled = process.env.PENSIEVE_GPU_MEGA === "1";
-const BLOCKS = Number(process.env.PENSIEVE_GPU_MEGA_BLOCKS ?? 132);
+/** SMs of the GPU (no device query through the shim yet): H100 SXM / H200 132. */
+const SMS = Number(process.env.PENSIEVE_GPU_MEGA_SMS ?? 132);
+/** Blocks an SM holds (2: registers bounded to 64, for a sweep). */
+const PER_SM = Number(process.env.PENSIEVE_GPU_MEGA_BLOCKS_PER_SM ?? 1);
 
 /** Turns the layer megakernel on or off for forwards built from now on (tests compare both). */
 export function setGpuMega(on: boolean): void {
@@ -121,12 +124,12 @@ export function megaLayer(
     const warps = template.AW as number;
     let kernel = kernels.get(warps);
     if (!kernel) {
-      kernel = new CustomKernel(layerKernel(warps));
+      kernel = new CustomKernel(layerKernel(warps, PER_SM));
       kernels.set(warps, kernel);
     }
     plan = kernel.plan({
       outputs: layerOutputs(s, ATTENTION_MAX_SPLITS, mx.Dtype.float32),
-      grid: [BLOCKS * warps * 32, 1, 1],
+      grid: [SMS * PER_SM * warps * 32, 1, 1],
       threadgroup: [warps * 32, 1, 1],
       template: { T: { dtype }, ...template },
     });

@@ -230,6 +230,7 @@ inline void emu_launch(unsigned grid, unsigned block, const std::function<void()
 // (a thread per GPU thread). A kernel's __shared__ declarations must then be
 // per block: emulate.ts (perBlockShared) rewrites each into an array of
 // EMU_MAX_BLOCKS copies indexed by emu_block_id.
+#define PV_EMULATION 1
 constexpr unsigned EMU_MAX_BLOCKS = 16;
 thread_local unsigned emu_block_id = 0;
 inline int atomicExch(int* p, int v) { return std::atomic_ref<int>(*p).exchange(v); }
