@@ -14,7 +14,7 @@ import * as mx from "../mlx";
 import { CustomKernel, type KernelPlan } from "../mlx/kernels";
 import { ATTENTION_MAX_SPLITS, type DecodeAttention } from "../mlx/kernels-attention";
 import type { FusedRope } from "../mlx/kernels-gemv-fused";
-import { layerKernel, layerOutputs, layerTemplate } from "../mlx/kernels-layer";
+import { type LayerConstants, type LayerShape, layerKernel, layerOutputs, layerTemplate } from "../mlx/kernels-layer";
 import type { DecoderLayerWeights } from "./decoder";
 import { attentionMergesSplits, attentionWritesKv, type FusedStep, fusable } from "./gpu-fused";
 import type { AttentionBatch } from "./types";
@@ -41,8 +41,66 @@ export function megaLaunchCount(): number {
 }
 
 const kernels = new Map<number, CustomKernel>();
-// Plans per q|k|v weight (one per layer), by rows.
-const plans = new WeakMap<object, Map<number, KernelPlan>>();
+interface Site {
+  outW: mx.QuantizedWeight;
+  gateUpW: mx.QuantizedWeight;
+  downW: mx.QuantizedWeight;
+  mlpNorm: { weight: MxArray; eps: number };
+  shape: LayerShape;
+  constants: LayerConstants;
+  /** By rows. */
+  plans: Map<number, KernelPlan>;
+}
+// Per q|k|v weight (one per layer): the layer's other weights and plans, or null (it does not fit).
+const sites = new WeakMap<object, Site | null>();
+
+function layerSite(
+  step: FusedStep,
+  shape: MegaShape,
+  layer: DecoderLayerWeights,
+  hidden: number,
+  inNorm: { weight: MxArray; eps: number },
+  qkvW: mx.QuantizedWeight,
+  kr: FusedRope,
+  attention: DecodeAttention,
+): Site | null {
+  const dtype = step.dtype;
+  const outW = layer.attentionOutputNorm ? null : fusable(layer.attention.out, dtype);
+  const mlpNorm = layer.mlpNorm.rms;
+  const swiglu = layer.mlp.swiglu;
+  const gateUpW = mlpNorm && swiglu ? fusable(swiglu.gateUp, dtype) : null;
+  const downW = swiglu && !layer.mlpOutputNorm ? fusable(swiglu.down, dtype) : null;
+  if (!outW || !mlpNorm || !gateUpW || !downW || attention.warps % 4 !== 0) return null;
+  const intermediate = gateUpW.weight.dim(0) / 2;
+  const kIn = (q: mx.QuantizedWeight) => (q.weight.dim(1) * 32) / q.bits;
+  const qs = shape.numHeads * shape.headDim;
+  if (kIn(qkvW) !== hidden || kIn(outW) !== qs || outW.weight.dim(0) !== hidden) return null;
+  if (kIn(gateUpW) !== hidden || kIn(downW) !== intermediate || downW.weight.dim(0) !== hidden) return null;
+  return {
+    outW,
+    gateUpW,
+    downW,
+    mlpNorm,
+    shape: {
+      dtype,
+      rows: 1,
+      hidden,
+      intermediate,
+      heads: shape.numHeads,
+      kvHeads: shape.numKvHeads,
+      headDim: shape.headDim,
+    },
+    constants: {
+      groups: [qkvW.groupSize, outW.groupSize, gateUpW.groupSize, downW.groupSize],
+      eps1: inNorm.eps,
+      eps2: mlpNorm.eps,
+      traditional: kr.traditional,
+      positionScale: kr.positionScale ?? 1,
+      scale: attention.scale,
+    },
+    plans: new Map(),
+  };
+}
 // Barrier and split tickets per layer (its q|k|v weight): zero between launches.
 const syncs = new WeakMap<object, MxArray>();
 
@@ -55,6 +113,28 @@ function syncState(site: object, size: number): MxArray {
     syncs.set(site, s);
   }
   return s;
+}
+
+/**
+ * A launch plan of the layer megakernel. run() takes DECODE_LAYER_KERNEL's inputs: x [B, 1, D],
+ * norm1, q|k|v (weight, scales, biases), pos int32 [B], inv_freq, kc, vc (the whole cache
+ * buffers), o (3), norm2, gate|up (3), down (3), sync (int32 [2 + B*HKV], zero); output 0 is
+ * the layer's output [B, 1, D].
+ */
+export function layerPlan(s: LayerShape, c: LayerConstants): KernelPlan {
+  const template = layerTemplate(s, c);
+  const warps = template.AW as number;
+  let kernel = kernels.get(warps);
+  if (!kernel) {
+    kernel = new CustomKernel(layerKernel(warps, PER_SM));
+    kernels.set(warps, kernel);
+  }
+  return kernel.plan({
+    outputs: layerOutputs(s, ATTENTION_MAX_SPLITS, mx.Dtype.float32),
+    grid: [SMS * PER_SM * warps * 32, 1, 1],
+    threadgroup: [warps * 32, 1, 1],
+    template: { T: { dtype: s.dtype }, ...template },
+  });
 }
 
 export interface MegaShape {
@@ -82,59 +162,22 @@ export function megaLayer(
 ): MxArray | null {
   if (!enabled || step.L !== 1 || !attentionWritesKv() || !attentionMergesSplits()) return null;
   const { dtype, B } = step;
-  const outW = layer.attentionOutputNorm ? null : fusable(layer.attention.out, dtype);
-  const mlpNorm = layer.mlpNorm.rms;
-  const swiglu = layer.mlp.swiglu;
-  const gateUpW = mlpNorm && swiglu ? fusable(swiglu.gateUp, dtype) : null;
-  const downW = swiglu && !layer.mlpOutputNorm ? fusable(swiglu.down, dtype) : null;
-  if (!outW || !mlpNorm || !gateUpW || !downW || attention.warps % 4 !== 0) return null;
-  const hidden = input.dim(-1);
-  const intermediate = gateUpW.weight.dim(0) / 2;
-  const kIn = (q: mx.QuantizedWeight) => (q.weight.dim(1) * 32) / q.bits;
-  const qs = shape.numHeads * shape.headDim;
-  if (kIn(qkvW) !== hidden || kIn(outW) !== qs || outW.weight.dim(0) !== hidden) return null;
-  if (kIn(gateUpW) !== hidden || kIn(downW) !== intermediate || downW.weight.dim(0) !== hidden) return null;
+  // What the layer's weights allow is found once per layer (its q|k|v weight): a step only runs the plan.
+  let site = sites.get(qkvW);
+  if (site === undefined) {
+    site = layerSite(step, shape, layer, input.dim(-1), inNorm, qkvW, kr, attention);
+    sites.set(qkvW, site);
+  }
+  if (!site) return null;
   const writable = batch.reserveWhole?.(index, dtype) ?? null;
   if (!writable) return null;
   launches++;
-  let byRows = plans.get(qkvW);
-  if (!byRows) {
-    byRows = new Map();
-    plans.set(qkvW, byRows);
-  }
-  let plan = byRows.get(B);
+  let plan = site.plans.get(B);
   if (!plan) {
-    const s = {
-      dtype,
-      rows: B,
-      hidden,
-      intermediate,
-      heads: shape.numHeads,
-      kvHeads: shape.numKvHeads,
-      headDim: shape.headDim,
-    };
-    const template = layerTemplate(s, {
-      groups: [qkvW.groupSize, outW.groupSize, gateUpW.groupSize, downW.groupSize],
-      eps1: inNorm.eps,
-      eps2: mlpNorm.eps,
-      traditional: kr.traditional,
-      positionScale: kr.positionScale ?? 1,
-      scale: attention.scale,
-    });
-    const warps = template.AW as number;
-    let kernel = kernels.get(warps);
-    if (!kernel) {
-      kernel = new CustomKernel(layerKernel(warps, PER_SM));
-      kernels.set(warps, kernel);
-    }
-    plan = kernel.plan({
-      outputs: layerOutputs(s, ATTENTION_MAX_SPLITS, mx.Dtype.float32),
-      grid: [SMS * PER_SM * warps * 32, 1, 1],
-      threadgroup: [warps * 32, 1, 1],
-      template: { T: { dtype }, ...template },
-    });
-    byRows.set(B, plan);
+    plan = layerPlan({ ...site.shape, rows: B }, site.constants);
+    site.plans.set(B, plan);
   }
+  const { outW, gateUpW, downW, mlpNorm } = site;
   const q = (w: mx.QuantizedWeight) => [w.weight, w.scales, w.biases as MxArray];
   const sync = syncState(qkvW, 2 + B * shape.numKvHeads);
   const inputs = [
