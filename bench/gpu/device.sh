@@ -12,8 +12,10 @@
 #   bash bench/gpu/device.sh lone      # lone requests' time to first token: scheduler vs plain generation
 #   bash bench/gpu/device.sh kv        # issue 10: Claude Code replay (carry .device/claude-code-request.json), long prompts
 #   bash bench/gpu/device.sh spec      # issue 13: a verify pass of k = 2, 4, 8, 16 tokens vs a one-token step
+#   bash bench/gpu/device.sh oom       # issue 14: a real out-of-memory error (test/gpu/out-of-memory.test.ts), $OUT/oom.txt
 #   bash bench/gpu/device.sh llama-build  # issue 11: llama.cpp CUDA (carry .device/llama.tar.xz{,.sha256}, and
 #                                         #   .device/libggml-cuda.so.xz{,.sha256} when built here; after prepare)
+#   bash bench/gpu/device.sh llama-gguf   # llama-build's CPU part alone (unpack, GGUF), to run beside a GPU phase
 #   bash bench/gpu/device.sh llama     # issue 11: Pensieve, mlx-lm and llama.cpp CUDA side by side (128 → 256; 4096, 20000)
 #
 # Pack the carried files first with bench/gpu/pack.sh. Results go to $OUT.
@@ -54,10 +56,13 @@ cuda_lib_dir() {
 }
 # LD_LIBRARY_PATH for llama.cpp's process: the CUDA libraries, and the bins folder when libggml-cuda.so was linked
 # with a versioned soname (NEEDED libggml-base.so.0): it then finds the prebuilt libggml-base.so through a link
-# (the same file, so the loader keeps one copy; tried with a CPU backend here).
+# (the same file, so the loader keeps one copy; tried with a CPU backend here). pack-llama.sh's patchelf renames that
+# NEEDED entry (the old name stays among the file's strings, so its dynamic section is read, not the file).
 llama_library_path() {
   PENSIEVE_LLAMA_LIBRARY_PATH=$(cuda_lib_dir)
-  if [ -f "$LLAMA_BINS/libggml-cuda.so" ] && grep -q 'libggml-base\.so\.0' "$LLAMA_BINS/libggml-cuda.so"; then
+  local dynamic=
+  [ -f "$LLAMA_BINS/libggml-cuda.so" ] && dynamic=$(readelf -d "$LLAMA_BINS/libggml-cuda.so" 2>/dev/null || true)
+  if grep -q 'NEEDED.*libggml-base\.so\.0' <<< "$dynamic"; then
     ln -sf libggml-base.so "$LLAMA_BINS/libggml-base.so.0"
     PENSIEVE_LLAMA_LIBRARY_PATH="$LLAMA_BINS:$PENSIEVE_LLAMA_LIBRARY_PATH"
   fi
@@ -70,6 +75,14 @@ llama_env() {
   export PENSIEVE_NODE_LLAMA_CPP=$L/nlc
   llama_library_path
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv > "$OUT/gpu.txt" 2>&1 || true
+}
+# The carried tarball, unpacked into $L unless the same one already is.
+llama_unpack() {
+  if [ -f .device/llama.tar.xz ] && [ "$(cat "$L/.sha256" 2>/dev/null)" != "$(cat .device/llama.tar.xz.sha256)" ]; then
+    echo "$(cat .device/llama.tar.xz.sha256)  .device/llama.tar.xz" | sha256sum -c -
+    rm -rf "$L" && mkdir -p "$L" && xz -dc .device/llama.tar.xz | tar -C "$L" -xf -
+    cp .device/llama.tar.xz.sha256 "$L/.sha256"
+  fi
 }
 # LLAMA_DRY_RUN=1 (bench/gpu/llama-dry-run.sh, no GPU): llama.cpp's CPU build instead of building CUDA.
 llama_backend() { if [ "${LLAMA_DRY_RUN:-}" = 1 ]; then echo cpu; else echo cuda; fi; }
@@ -200,6 +213,44 @@ lone)
     bun dist/bench/engines/lone-ttft.js "$MODEL" gpu --engine-config "$cfg"
   done 2>&1 | grep -v '^\[' | tee "$OUT/lone-ttft.txt"
   ;;
+oom)
+  # Issue 14: a real out-of-memory error on the GPU (test/gpu/out-of-memory.test.ts, after prepare; carry dist when
+  # it was packed after prepare's carry). Server up with the full-size Phi-3, a stream running, a child process
+  # (hold-gpu-memory.ts: raw cudaMalloc, no MLX) takes all but 2 GiB of the card, a 30,000-token prompt must get a
+  # 5xx naming the out-of-memory error, the stream must finish, and after the memory is given back the same prompt
+  # a 200. Each phase prints a timestamped line as it happens, tee'd into $OUT/oom.txt, so a timeout still shows
+  # where it stopped. About 100-150 s on an H100; OOM_TIMEOUT caps it (default 210 s).
+  [ -f "$MODEL/config.json" ] || { echo "no $MODEL: run the prepare phase first" >&2; exit 1; }
+  [ -f dist/test-gpu/hold-gpu-memory.ts ] || { echo "no dist/test-gpu/hold-gpu-memory.ts: run pack.sh here and carry dist" >&2; exit 1; }
+  { log "oom test: limit ${OOM_TIMEOUT:-210} s; card before: $(nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || true)"; } 2>&1 | tee "$OUT/oom.txt"
+  set +e
+  PENSIEVE_GPU_PHI3="$MODEL" PENSIEVE_TEST_LOGS=${PENSIEVE_TEST_LOGS:-1} timeout -k 10 "${OOM_TIMEOUT:-210}" \
+    bun test --timeout 400000 ./dist/test-gpu/out-of-memory.test.js 2>&1 | tee -a "$OUT/oom.txt"
+  rc=${PIPESTATUS[0]}
+  set -e
+  # A skip exits 0: say so (the holder's probe line above tells why: no libcudart, no device, no model).
+  if [ "$rc" = 0 ] && grep -q '^(skip) a real out-of-memory' "$OUT/oom.txt"; then rc=3; fi
+  { log "oom test exit $rc$([ "$rc" = 124 ] && echo ' (timed out)')$([ "$rc" = 3 ] && echo ' (SKIPPED)')"
+    nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv || true
+    echo "processes still on the GPU (none expected):"
+    nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader || true; } 2>&1 | tee -a "$OUT/oom.txt"
+  exit "$rc"
+  ;;
+llama-gguf)
+  # Only llama-build's first part, CPU only: unpack the carried tarball and write the Q4_0 GGUF (~60 s). Run in the
+  # background beside a GPU phase, then llama-build skips both, e.g. (one call, carry llama.tar.xz{,.sha256},
+  # libggml-cuda.so.xz{,.sha256} and dist):
+  #   bash bench/gpu/device.sh llama-gguf > /tmp/llama-gguf.log 2>&1 & g=$!; bash bench/gpu/device.sh oom; wait $g; bash bench/gpu/device.sh llama-build
+  llama_unpack
+  llama_env
+  [ -f "$MODEL/model.safetensors" ] || { echo "no $MODEL: run the prepare phase first" >&2; exit 1; }
+  if [ ! -f "$GGUF" ]; then
+    log "writing $GGUF"
+    bun dist/llama/scripts/mlx-to-gguf.js --model "$MODEL" --out "$GGUF.part" > "$OUT/llama-gguf.txt" 2>&1 && mv "$GGUF.part" "$GGUF"
+  fi
+  cat "$OUT/llama-gguf.txt" 2>/dev/null || true
+  ls -la "$GGUF"
+  ;;
 llama-build)
   # Unpack node-llama-cpp (JS, its CUDA package less libggml-cuda.so), build libggml-cuda.so for the H100
   # (sm_90) from the same llama.cpp release with this machine's nvcc (the prebuilt one's sm_90 code is PTX
@@ -207,21 +258,18 @@ llama-build)
   # build), smoke-test it. Resumable: run again (no carry needed) if it ran out of time; the build goes on.
   # Unversioned sonames as node-llama-cpp builds them: the new library then binds to the prebuilt libggml-base.so
   # already loaded (tried here with a self-built CPU backend beside the prebuilt addon: one ggml-base, same tokens).
-  if [ -f .device/llama.tar.xz ] && [ "$(cat "$L/.sha256" 2>/dev/null)" != "$(cat .device/llama.tar.xz.sha256)" ]; then
-    echo "$(cat .device/llama.tar.xz.sha256)  .device/llama.tar.xz" | sha256sum -c -
-    rm -rf "$L" && mkdir -p "$L" && xz -dc .device/llama.tar.xz | tar -C "$L" -xf -
-    cp .device/llama.tar.xz.sha256 "$L/.sha256"
-  fi
+  llama_unpack
   log "llama.cpp $(cut -c1-50 "$L/llama.cpp-commit.txt"), node-llama-cpp $(grep -o '"version": "[^"]*"' "$L/nlc/node_modules/node-llama-cpp/package.json")"
   llama_env
   # A libggml-cuda.so built off the machine for sm_90 (pack-llama.sh with LLAMA_CUDA_LIB), carried: no build here.
   # (Carried in this call, or kept by an earlier `llama-stage` call when both do not fit in one.)
   lib=.device/libggml-cuda.so.xz
   [ -f "$lib" ] || lib=$W/libggml-cuda.so.xz
-  if [ -f "$lib" ] && [ ! -f "$L/build/.done" ]; then
+  # (Installed again when a different one is carried: .done holds the installed one's checksum.)
+  if [ -f "$lib" ] && [ "$(cat "$L/build/.done" 2>/dev/null)" != "$(cat "$lib.sha256")" ]; then
     (cd "$(dirname "$lib")" && echo "$(cat libggml-cuda.so.xz.sha256)  libggml-cuda.so.xz" | sha256sum -c -)
     xz -dc "$lib" > "$LLAMA_BINS/libggml-cuda.so"
-    mkdir -p "$L/build" && touch "$L/build/.done"
+    mkdir -p "$L/build" && cp "$lib.sha256" "$L/build/.done"
     log "libggml-cuda.so carried (built for sm_90 off the machine): $(du -h "$LLAMA_BINS/libggml-cuda.so" | cut -f1)"
   fi
   # The same random weights as Pensieve's and mlx-lm's model, as Q4_0 (scripts/mlx-to-gguf.ts), while CUDA builds.
@@ -259,6 +307,26 @@ llama-build)
     llama_library_path
     LD_LIBRARY_PATH="${PENSIEVE_LLAMA_LIBRARY_PATH}:${LD_LIBRARY_PATH:-}" ldd "$LLAMA_BINS/libggml-cuda.so" | tee "$OUT/llama-ldd.txt"
     if grep -q "not found" "$OUT/llama-ldd.txt"; then echo "libggml-cuda.so: a library is missing (above)" >&2; fi
+    # ggml's release loader skips a backend silently when dlopen(RTLD_NOW) or its init fails: do what it does here,
+    # with dlerror(), then ggml_backend_init() and the device count it registers.
+    LD_LIBRARY_PATH="$LLAMA_BINS:${PENSIEVE_LLAMA_LIBRARY_PATH}:${LD_LIBRARY_PATH:-}" timeout 60 $PY -c '
+import ctypes, os, sys
+bins = sys.argv[1]
+try:
+    lib = ctypes.CDLL(os.path.join(bins, "libggml-cuda.so"), mode=os.RTLD_NOW | os.RTLD_LOCAL)
+except OSError as e:
+    sys.exit("libggml-cuda.so: dlopen FAILED (ggml skips it): %s" % e)
+base = ctypes.CDLL(os.path.join(bins, "libggml-base.so"))
+lib.ggml_backend_init.restype = ctypes.c_void_p
+base.ggml_backend_reg_name.restype = ctypes.c_char_p
+base.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
+base.ggml_backend_reg_dev_count.restype = ctypes.c_size_t
+base.ggml_backend_reg_dev_count.argtypes = [ctypes.c_void_p]
+reg = lib.ggml_backend_init()
+if not reg:
+    sys.exit("libggml-cuda.so: dlopen ok, ggml_backend_init returned NULL")
+print("libggml-cuda.so: dlopen ok; backend %s with %d device(s)" % (base.ggml_backend_reg_name(reg).decode(), base.ggml_backend_reg_dev_count(reg)))
+' "$LLAMA_BINS" 2>&1 | tee "$OUT/llama-dlopen.txt" || true
   else
     cp -r "${LLAMA_CPU_PACKAGE:?the @node-llama-cpp/linux-x64 folder}" "$L/nlc/node_modules/@node-llama-cpp/"
   fi
@@ -272,7 +340,8 @@ llama-build)
     > "$OUT/llama-smoke.txt" 2>&1; then
     tail -30 "$OUT/llama-smoke.txt"
     # The addon alone (what node-llama-cpp's binary test does): ggml prints why a backend did not load.
-    bun -e "const b = require('$LLAMA_BINS/llama-addon.node'); b.loadBackends('$LLAMA_BINS');
+    # (GGML_BACKEND_PATH: ggml loads that file once more, not silently, and prints why it failed.)
+    GGML_BACKEND_PATH="$LLAMA_BINS/libggml-cuda.so" bun -e "const b = require('$LLAMA_BINS/llama-addon.node'); b.loadBackends('$LLAMA_BINS');
       console.log('GPU type:', b.getGpuType()); await b.init(); console.log(b.getGpuDeviceInfo?.());" 2>&1 |
       tail -20 | tee "$OUT/llama-addon-check.txt"
     exit 1

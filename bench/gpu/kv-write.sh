@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Issue 11: the decode attention kernel that stores the new key/value in the cache itself and merges its
-# splits in the same launch (src/mlx/kernels-attention.ts, src/models/gpu-fused.ts). Runs on the GPU machine
-# after `bench/gpu/device.sh prepare` (PREPARE_QUICK=1 will do), in one short call:
+# splits in the same launch (src/mlx/kernels-attention.ts, src/models/gpu-fused.ts; PENSIEVE_GPU_FUSED_KV_WRITE=1,
+# off by default until this check has passed). Runs on the GPU machine after `bench/gpu/device.sh prepare`
+# (PREPARE_QUICK=1 will do), in one short call:
 #   1. greedy text of the full-size Phi-3 (GEN new tokens after a 3-token prompt; 300: 303 keys, 5 merged
-#      splits) on the default path and the previous fused path (slice updates, a second merge kernel), compared;
-#   2. single stream 128 -> 256 (the harness's generate --profile): Pensieve + mlx-lm interleaved, then the
-#      previous fused path alone;
-#   2b. the layer megakernel (PENSIEVE_GPU_MEGA=1): its greedy text against the default's, a single-stream row;
-#   3. the unfused path's text (MLX's ops), compared with the default's.
+#      splits) with the kernel writing the cache and on the default fused path (slice updates, a second merge
+#      kernel past 512 keys), compared;
+#   2. single stream 128 -> 256 (the harness's generate --profile): Pensieve with the kernel writing the cache +
+#      mlx-lm interleaved, then the default fused path alone;
+#   2b. the layer megakernel (PENSIEVE_GPU_MEGA=1): its greedy text against the others', a single-stream row;
+#   3. the unfused path's text (MLX's ops), compared with the others.
 # Everything lands in $OUT/kv-write as it goes, so a call that runs out of time keeps what is done.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,31 +27,32 @@ gen() {
   env "$@" bun dist/src/cli.js generate --model "$MODEL" --raw --prompt "Hello there" \
     --max-tokens "${GEN:-300}" --device gpu 2>&1
 }
-PREVIOUS=(PENSIEVE_GPU_FUSED_KV_WRITE=0 PENSIEVE_GPU_FUSED_MERGE=0)
-gen PENSIEVE_GPU_FUSED=1 > "$R/text-default.txt"
-log "default: $(tail -1 "$R/text-default.txt")"
-gen PENSIEVE_GPU_FUSED=1 "${PREVIOUS[@]}" > "$R/text-previous.txt"
-log "previous fused path: $(tail -1 "$R/text-previous.txt")"
 same() { cmp -s <(sed '$d' "$R/text-$1.txt") <(sed '$d' "$R/text-$2.txt") && echo equal || echo DIFFERENT; }
-log "greedy text, default vs previous fused path: $(same default previous)"
+NEW=(PENSIEVE_GPU_FUSED=1 PENSIEVE_GPU_FUSED_KV_WRITE=1)
+gen "${NEW[@]}" > "$R/text-new.txt"
+log "kernel writes the cache, splits merged: $(tail -1 "$R/text-new.txt")"
+gen PENSIEVE_GPU_FUSED=1 > "$R/text-default.txt"
+log "default fused path: $(tail -1 "$R/text-default.txt")"
+log "greedy text, new vs default fused path: $(same new default)"
 
 # 2. Single stream, 128 -> 256, in process.
 BENCH=(bun dist/bench/run.js generate --model "$MODEL" --device gpu --python python3
   --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --profile --repeat "${REPEAT:-2}")
-timeout 200 "${BENCH[@]}" --engines pensieve,mlx-lm --out-dir "$R/single-default" 2>&1 | grep '^| \(pensieve\|mlx-lm\|engine\)' |
-  tee -a "$R/log.txt"
-env "${PREVIOUS[@]}" timeout 120 "${BENCH[@]}" --engines pensieve --out-dir "$R/single-previous" 2>&1 |
-  grep '^| pensieve' | tee -a "$R/log.txt"
+env "${NEW[@]}" timeout 200 "${BENCH[@]}" --engines pensieve,mlx-lm --out-dir "$R/single-new" 2>&1 |
+  grep '^| \(pensieve\|mlx-lm\|engine\)' | tee -a "$R/log.txt"
+timeout 120 "${BENCH[@]}" --engines pensieve --out-dir "$R/single-default" 2>&1 | grep '^| pensieve' | tee -a "$R/log.txt"
 bun dist/bench/gpu/stamp-gpu.js "$R/gpu.txt" "$R" > /dev/null 2>&1 || true
-# 2b. The layer megakernel (PENSIEVE_GPU_MEGA=1, src/mlx/kernels-layer.ts: one launch a layer): greedy text
-# against the default, then a single-stream Pensieve row. After the rows above, each under its own timeout
-# (a grid that is not co-resident traps; PENSIEVE_GPU_MEGA_BLOCKS = the GPU's SMs, default 132).
+# 2b. The layer megakernel (PENSIEVE_GPU_MEGA=1, src/mlx/kernels-layer.ts: one launch a layer; it writes the cache
+# and merges its splits as "new" does): greedy text against new and default, then a single-stream Pensieve row.
+# After the rows above, each under its own timeout (a grid that is not co-resident traps after seconds;
+# PENSIEVE_GPU_MEGA_SMS = the GPU's SMs, default 132).
 timeout 150 env PENSIEVE_GPU_FUSED=1 PENSIEVE_GPU_MEGA=1 bun dist/src/cli.js generate --model "$MODEL" --raw \
   --prompt "Hello there" --max-tokens "${GEN:-300}" --device gpu > "$R/text-mega.txt" 2>&1
-log "mega (rc $?): $(tail -1 "$R/text-mega.txt"); default vs mega: $(same default mega)"
+log "mega (rc $?): $(tail -1 "$R/text-mega.txt"); mega vs new: $(same mega new); mega vs default: $(same mega default)"
 env PENSIEVE_GPU_MEGA=1 timeout 150 "${BENCH[@]}" --engines pensieve --out-dir "$R/single-mega" 2>&1 |
   grep '^| pensieve' | sed 's/^| pensieve/| pensieve MEGA/' | tee -a "$R/log.txt"
+
 # 3. Last (a short lease may not reach it): the unfused path's text.
 gen PENSIEVE_GPU_FUSED=0 > "$R/text-unfused.txt"
-log "unfused: $(tail -1 "$R/text-unfused.txt"); default vs unfused: $(same default unfused)"
+log "unfused: $(tail -1 "$R/text-unfused.txt"); new vs unfused: $(same new unfused); default vs unfused: $(same default unfused)"
 log done

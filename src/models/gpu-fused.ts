@@ -28,8 +28,10 @@ import type { LinearWeight } from "./weights";
 // to the unfused path's (bench/results/gpu-h100-2026-12-06d/).
 let enabled = process.env.PENSIEVE_GPU_FUSED !== "0";
 const attentionKernel = process.env.PENSIEVE_GPU_FUSED_ATTENTION !== "0";
-// The attention kernel stores the new key/value in the cache itself (PENSIEVE_GPU_FUSED_KV_WRITE=0: MLX's slice updates).
-let kernelWritesKv = process.env.PENSIEVE_GPU_FUSED_KV_WRITE !== "0";
+// PENSIEVE_GPU_FUSED_KV_WRITE=1: the attention kernel stores the new key/value in the cache itself (no slice
+// updates), its splits merged in the same launch. Off by default: checked by CPU emulation and NVRTC only, not yet
+// on a GPU (bench/gpu/kv-write.sh is the check).
+let kernelWritesKv = process.env.PENSIEVE_GPU_FUSED_KV_WRITE === "1";
 
 /** Whether the attention kernel stores the new keys/values itself (tests compare both). */
 export function setKernelWritesKv(on: boolean): void {
@@ -108,46 +110,39 @@ const RESIDUAL = 3;
 const SWIGLU = 4;
 const NORMED = 5;
 
-function planFor(owner: object, slot: number, make: () => KernelPlan): KernelPlan {
-  let m = plansByWeight.get(owner);
+/** The value kept for (owner, slot), made on first use. */
+function keptFor<V>(byOwner: WeakMap<object, Map<number, V>>, owner: object, slot: number, make: () => V): V {
+  let m = byOwner.get(owner);
   if (!m) {
     m = new Map();
-    plansByWeight.set(owner, m);
+    byOwner.set(owner, m);
   }
-  let p = m.get(slot);
-  if (!p) {
-    p = make();
-    m.set(slot, p);
+  let v = m.get(slot);
+  if (v === undefined) {
+    v = make();
+    m.set(slot, v);
   }
-  return p;
+  return v;
+}
+
+function planFor(owner: object, slot: number, make: () => KernelPlan): KernelPlan {
+  return keptFor(plansByWeight, owner, slot, make);
 }
 
 const attentionByScale = new Map<number, DecodeAttention[]>();
 
-// Split attention merged by its last block (PENSIEVE_GPU_FUSED_MERGE=0: a second kernel merges).
+// With the kernel writing the cache, split attention merged by its last block (PENSIEVE_GPU_FUSED_MERGE=0: a second kernel merges).
 const mergedSplits = process.env.PENSIEVE_GPU_FUSED_MERGE !== "0";
-
-/** Whether split attention merges in the same launch (the layer megakernel needs it). */
-export function attentionMergesSplits(): boolean {
-  return mergedSplits;
-}
 // Ticket counters of the merged split attention, per call site and size: kernels of one
 // site never overlap (each layer waits for the one before), so one zeroed buffer serves every step.
 const countersBySite = new WeakMap<object, Map<number, MxArray>>();
 
 function splitCounter(site: object, size: number): MxArray {
-  let m = countersBySite.get(site);
-  if (!m) {
-    m = new Map();
-    countersBySite.set(site, m);
-  }
-  let c = m.get(size);
-  if (!c) {
-    c = mx.keep(mx.zeros([size], mx.Dtype.int32));
+  return keptFor(countersBySite, site, size, () => {
+    const c = mx.keep(mx.zeros([size], mx.Dtype.int32));
     mx.evaluate(c);
-    m.set(size, c);
-  }
-  return c;
+    return c;
+  });
 }
 
 /** The fused kernels of one forward of B rows of L tokens, activations in `dtype`. */

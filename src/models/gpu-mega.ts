@@ -1,9 +1,11 @@
 // The decoder's decode layer as one persistent CUDA kernel (src/mlx/kernels-layer.ts),
 // off by default (PENSIEVE_GPU_MEGA=1 turns it on): where every piece of the fused
 // path (gpu-fused.ts) applies to a layer's decode step (norm -> q|k|v -> RoPE,
-// the attention storing k/v in a float cache from reserveWhole with its splits
-// merged in the launch, o + residual, norm -> gate|up -> SwiGLU, down + residual),
-// the five kernels become one graph node. Anything else takes the fused path.
+// the attention over a float cache from reserveWhole, o + residual, norm -> gate|up
+// -> SwiGLU, down + residual), the five kernels become one graph node. Anything
+// else takes the fused path. The megakernel always stores k/v in the cache itself and
+// merges its splits in the launch: its numerics are those of the fused path with
+// PENSIEVE_GPU_FUSED_KV_WRITE=1 (and PENSIEVE_GPU_FUSED_MERGE on, its default).
 //
 // The grid is PENSIEVE_GPU_MEGA_SMS (default 132: an H100 SXM / H200) times
 // PENSIEVE_GPU_MEGA_BLOCKS_PER_SM (default 1) blocks. It must not exceed what the GPU holds at once: a grid
@@ -16,7 +18,7 @@ import { ATTENTION_MAX_SPLITS, type DecodeAttention } from "../mlx/kernels-atten
 import type { FusedRope } from "../mlx/kernels-gemv-fused";
 import { type LayerConstants, type LayerShape, layerKernel, layerOutputs, layerTemplate } from "../mlx/kernels-layer";
 import type { DecoderLayerWeights } from "./decoder";
-import { attentionMergesSplits, attentionWritesKv, type FusedStep, fusable } from "./gpu-fused";
+import { type FusedStep, fusable } from "./gpu-fused";
 import type { AttentionBatch } from "./types";
 
 let enabled = process.env.PENSIEVE_GPU_MEGA === "1";
@@ -160,7 +162,7 @@ export function megaLayer(
   kr: FusedRope,
   attention: DecodeAttention,
 ): MxArray | null {
-  if (!enabled || step.L !== 1 || !attentionWritesKv() || !attentionMergesSplits()) return null;
+  if (!enabled || step.L !== 1) return null;
   const { dtype, B } = step;
   // What the layer's weights allow is found once per layer (its q|k|v weight): a step only runs the plan.
   let site = sites.get(qkvW);

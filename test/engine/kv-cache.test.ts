@@ -148,6 +148,14 @@ describe("KV cache storage (tiny-llama: GQA, head_dim 32)", () => {
     });
     expect(cache.reserveWhole(0, mx.Dtype.float16)).toBeNull();
     cache.end();
+    // Buffers that views share (a prefix entry) are never handed out for in-place writes: the next step copies them.
+    const views = cache.rowViews(0, 200) as NonNullable<ReturnType<KVCache["rowViews"]>>;
+    cache.begin(1);
+    const copied = cache.reserveWhole(0, cache.shape.dtype) as [mx.MxArray, mx.MxArray];
+    expect(copied[0]).not.toBe(grown[0]);
+    expect(copied[0].dim(2)).toBe(512);
+    cache.end();
+    disposeState(views);
     cache.dispose();
     const quantized = cacheFor(model, 1, 8);
     quantized.begin(1);
