@@ -84,7 +84,7 @@ ${body}
 }
 
 // As cooperative groups' grid sync: the last block to arrive resets the count and bumps the
-// generation the others poll (volatile loads: L2, no atomic traffic); ~2^26 polls (seconds)
+// generation the others poll (volatile loads: L2, no atomic traffic); ~2^22 polls (seconds; a phase takes microseconds)
 // mean a grid that is not co-resident: trap rather than hang.
 const BARRIER = `
 __device__ __forceinline__ int pv_poll(int* p) {
@@ -107,7 +107,7 @@ __device__ __forceinline__ void pv_grid_sync(int* sync) {
       unsigned polls = 0;
       while (pv_poll(sync + 1) == gen) {
         __nanosleep(64);
-        if (++polls == (1u << 26)) __trap();
+        if (++polls == (1u << 22)) __trap();
       }
     }
     __threadfence();

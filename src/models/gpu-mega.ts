@@ -10,7 +10,7 @@
 // The grid is PENSIEVE_GPU_MEGA_SMS (default 132: an H100 SXM / H200) times
 // PENSIEVE_GPU_MEGA_BLOCKS_PER_SM (default 1) blocks. It must not exceed what the GPU holds at once: a grid
 // that is not co-resident would wait on its barrier forever, so the kernel traps
-// (the launch fails) after ~2^26 polls instead.
+// (the launch fails) after ~2^22 polls (seconds) instead.
 import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
 import { CustomKernel, type KernelPlan } from "../mlx/kernels";
