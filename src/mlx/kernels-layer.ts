@@ -44,6 +44,12 @@ import {
 /** Warps of a GEMV virtual block (gemvConfig's). */
 export const LAYER_GEMV_WARPS = 4;
 
+// The bodies' launch geometry must all have become virtual-block arguments (a body that
+// gains another use of blockIdx/gridDim would silently compute on the physical block).
+function checkReplaced(name: string, body: string): void {
+  if (/blockIdx|gridDim/.test(body)) throw new Error(`${name}: a launch-geometry use was not replaced`);
+}
+
 /** A GEMV body as a device function of a virtual block (pv_vb), its thread (pv_tid) and shared slice (pv_sub). */
 function gemvPhase(name: string, source: string, constants: string[], params: string): string {
   // Activations are written earlier in the same launch (other blocks, before a barrier):
@@ -56,6 +62,8 @@ function gemvPhase(name: string, source: string, constants: string[], params: st
       "__shared__ float pv_red[M][WARPS];",
       "__shared__ float pv_red_all[SUBS][M][WARPS];\n    auto& pv_red = pv_red_all[pv_sub];",
     );
+  if (source.includes("__shared__") && !body.includes("pv_red_all")) throw new Error(`${name}: unknown shared memory`);
+  checkReplaced(name, body);
   const tparams = ["typename T", ...constants.map((c) => (c === "TRADITIONAL" ? "bool TRADITIONAL" : `int ${c}`))];
   return `
 template <${tparams.join(", ")}, int SUBS>
@@ -74,6 +82,7 @@ function attentionPhase(name: string, source: string, params: string): string {
     .replaceAll("blockIdx.x", "pv_vb")
     .replaceAll("blockIdx.y", "pv_vby")
     .replaceAll("gridDim.y", "pv_splits");
+  checkReplaced(name, body);
   return `
 template <typename T, int H, int HKV, int HD, int WARPS, int SCALE_BITS, int KB, typename SHAPE>
 __device__ void ${name}(int pv_vb, int pv_vby, int pv_splits, const T* q, const T* kc, const SHAPE& kc_shape,
