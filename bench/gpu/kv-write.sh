@@ -8,6 +8,7 @@
 #      kernel past 512 keys), compared;
 #   2. single stream 128 -> 256 (the harness's generate --profile): Pensieve with the kernel writing the cache +
 #      mlx-lm interleaved, then the default fused path alone;
+#   2b. the layer megakernel (PENSIEVE_GPU_MEGA=1): its greedy text against the others', a single-stream row;
 #   3. the unfused path's text (MLX's ops), compared with the others.
 # Everything lands in $OUT/kv-write as it goes, so a call that runs out of time keeps what is done.
 set -uo pipefail
@@ -41,6 +42,15 @@ env "${NEW[@]}" timeout 200 "${BENCH[@]}" --engines pensieve,mlx-lm --out-dir "$
   grep '^| \(pensieve\|mlx-lm\|engine\)' | tee -a "$R/log.txt"
 timeout 120 "${BENCH[@]}" --engines pensieve --out-dir "$R/single-default" 2>&1 | grep '^| pensieve' | tee -a "$R/log.txt"
 bun dist/bench/gpu/stamp-gpu.js "$R/gpu.txt" "$R" > /dev/null 2>&1 || true
+# 2b. The layer megakernel (PENSIEVE_GPU_MEGA=1, src/mlx/kernels-layer.ts: one launch a layer; it writes the cache
+# and merges its splits as "new" does): greedy text against new and default, then a single-stream Pensieve row.
+# After the rows above, each under its own timeout (a grid that is not co-resident traps after seconds;
+# PENSIEVE_GPU_MEGA_SMS = the GPU's SMs, default 132).
+timeout 150 env PENSIEVE_GPU_FUSED=1 PENSIEVE_GPU_MEGA=1 bun dist/src/cli.js generate --model "$MODEL" --raw \
+  --prompt "Hello there" --max-tokens "${GEN:-300}" --device gpu > "$R/text-mega.txt" 2>&1
+log "mega (rc $?): $(tail -1 "$R/text-mega.txt"); mega vs new: $(same mega new); mega vs default: $(same mega default)"
+env PENSIEVE_GPU_MEGA=1 timeout 150 "${BENCH[@]}" --engines pensieve --out-dir "$R/single-mega" 2>&1 |
+  grep '^| pensieve' | sed 's/^| pensieve/| pensieve MEGA/' | tee -a "$R/log.txt"
 
 # 3. Last (a short lease may not reach it): the unfused path's text.
 gen PENSIEVE_GPU_FUSED=0 > "$R/text-unfused.txt"

@@ -282,14 +282,16 @@ const KEYS_PER_SPLIT = Number(process.env.PENSIEVE_FUSED_KEYS_PER_SPLIT ?? 512);
  */
 const MERGED_KEYS_PER_SPLIT = Number(process.env.PENSIEVE_FUSED_MERGED_KEYS_PER_SPLIT ?? 64);
 let keysPerSplit = KEYS_PER_SPLIT;
-let mergedKeysPerSplit = MERGED_KEYS_PER_SPLIT;
+let mergedKeysPerSplitNow = MERGED_KEYS_PER_SPLIT;
 
 /** Sets the keys per split of both forms from now on (tests force several splits on short contexts); null: the defaults. */
 export function setKeysPerSplit(n: number | null): void {
   keysPerSplit = n ?? KEYS_PER_SPLIT;
-  mergedKeysPerSplit = n ?? MERGED_KEYS_PER_SPLIT;
+  mergedKeysPerSplitNow = n ?? MERGED_KEYS_PER_SPLIT;
 }
-const MAX_SPLITS = 64;
+/** The most splits of a launch. */
+export const ATTENTION_MAX_SPLITS = 64;
+const MAX_SPLITS = ATTENTION_MAX_SPLITS;
 /**
  * Keys each warp loads before using them (4, as measured on the H100 on 2026-12-06;
  * PENSIEVE_FUSED_ATTENTION_KB overrides it for a sweep: more keys in flight, more registers).
@@ -309,6 +311,16 @@ export function decodeAttentionSupports(heads: number, kvHeads: number, headDim:
   );
 }
 
+/** Keys per split of the merged form now (the layer kernel computes the same splits on the device). */
+export function mergedKeysPerSplit(): number {
+  return mergedKeysPerSplitNow;
+}
+
+/** Keys each warp loads per round (KB), as DecodeAttention instantiates it. */
+export function attentionKeysPerRound(): number {
+  return KEYS_PER_ROUND;
+}
+
 /** The number of splits for a context of `keys` keys. */
 export function attentionSplits(keys: number, perSplit = keysPerSplit): number {
   return Math.max(1, Math.min(MAX_SPLITS, Math.ceil(keys / perSplit)));
@@ -316,7 +328,7 @@ export function attentionSplits(keys: number, perSplit = keysPerSplit): number {
 
 /** The number of splits for a context of `keys` keys when they merge in one launch. */
 export function mergedAttentionSplits(keys: number): number {
-  return attentionSplits(keys, mergedKeysPerSplit);
+  return attentionSplits(keys, mergedKeysPerSplitNow);
 }
 
 const kernels = new Map<string, CustomKernel>();
@@ -340,6 +352,8 @@ export class DecodeAttention {
   readonly headDim: number;
   readonly dtype: Dtype;
   readonly warps: number;
+  /** The scores' scale (before the log2(e) the kernel folds in). */
+  readonly scale: number;
   readonly #template: Record<string, number | { dtype: Dtype }>;
   readonly #plans = new Map<number, { main: KernelPlan; combine: KernelPlan | null }>();
 
@@ -350,6 +364,7 @@ export class DecodeAttention {
     this.kvHeads = kvHeads;
     this.headDim = headDim;
     this.dtype = dtype;
+    this.scale = scale;
     const scaleBits = new Int32Array(Float32Array.of(scale * Math.LOG2E).buffer)[0] as number;
     this.warps = attentionWarps(heads, kvHeads, headDim);
     this.#template = {

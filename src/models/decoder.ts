@@ -9,6 +9,7 @@ import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
 import type { ModelConfig, MoeConfig } from "./config";
 import * as fused from "./gpu-fused";
+import { megaLayer } from "./gpu-mega";
 import type { Rope } from "./rope";
 import type { AttentionBatch, ForwardOptions, ForwardView, LanguageModel } from "./types";
 import { type ExpertWeight, embed, expertLinear, type LinearWeight, linear, type WeightStore } from "./weights";
@@ -185,9 +186,12 @@ export class DecoderModel implements LanguageModel {
       merged = fused.verifyCacheAttention(step, verify, step.normedQkv(input, inNorm, qkvW, kr), keys, qkvW);
     else if (inNorm && qkvW && kr && L === 1 && mask === null && (!layer.window || keys <= layer.window)) {
       // Decode: q, and k/v in the cache's layout, from one kernel; attention over the cache in one more.
-      const [q, k, v] = step.normedQkvDecode(input, inNorm, qkvW, kr, c.numKvHeads);
       const scale = rope.scoreScale * this.#baseScale;
       const kernel = step.attentionFor(c.numHeads, c.numKvHeads, c.headDim, scale);
+      // PENSIEVE_GPU_MEGA=1: the whole layer as one kernel where every piece applies (gpu-mega.ts).
+      const oneKernel = kernel && megaLayer(step, c, layer, index, input, batch, inNorm, qkvW, kr, kernel);
+      if (oneKernel) return oneKernel;
+      const [q, k, v] = step.normedQkvDecode(input, inNorm, qkvW, kr, c.numKvHeads);
       const writable = kernel && fused.attentionWritesKv() ? (batch.reserveWhole?.(index, dtype) ?? null) : null;
       const whole = kernel && !writable ? (batch.storeWhole?.(index, k, v) ?? null) : null;
       const heads = (t: MxArray) => mx.transpose(mx.reshape(t, [B, 1, c.numHeads, c.headDim]), [0, 2, 1, 3]);

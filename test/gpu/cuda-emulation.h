@@ -224,3 +224,42 @@ inline void emu_launch(unsigned grid, unsigned block, const std::function<void()
     }
   }
 }
+
+// Grid-wide mode (emu_launch_all): every block of a launch runs at once, so a
+// software grid barrier (persistent kernels) can be emulated. Small grids only
+// (a thread per GPU thread). A kernel's __shared__ declarations must then be
+// per block: emulate.ts (perBlockShared) rewrites each into an array of
+// EMU_MAX_BLOCKS copies indexed by emu_block_id.
+#define PV_EMULATION 1
+constexpr unsigned EMU_MAX_BLOCKS = 16;
+thread_local unsigned emu_block_id = 0;
+inline int atomicExch(int* p, int v) { return std::atomic_ref<int>(*p).exchange(v); }
+inline void __nanosleep(unsigned) { std::this_thread::yield(); }
+[[noreturn]] inline void __trap() { std::abort(); }
+inline void emu_launch_all(unsigned grid, unsigned block, const std::function<void()>& kernel) {
+  const unsigned blocks = (grid + block - 1) / block;
+  if (blocks > EMU_MAX_BLOCKS) std::abort();
+  std::vector<std::vector<EmuWarp>> warps(blocks);
+  std::vector<std::unique_ptr<std::barrier<>>> syncs;
+  for (unsigned b = 0; b < blocks; ++b) {
+    warps[b] = std::vector<EmuWarp>(block / 32);
+    syncs.push_back(std::make_unique<std::barrier<>>(block));
+  }
+  std::vector<std::thread> threads;
+  for (unsigned b = 0; b < blocks; ++b)
+    for (unsigned t = 0; t < block; ++t)
+      threads.emplace_back([&, b, t] {
+        emu_warp = &warps[b][t / 32];
+        emu_block = syncs[b].get();
+        emu_block_id = b;
+        threadIdx.x = t;
+        blockIdx.x = b;
+        blockIdx.y = 0;
+        gridDim.x = blocks;
+        gridDim.y = 1;
+        gridDim.z = 1;
+        kernel();
+        syncs[b]->arrive_and_drop();
+      });
+  for (auto& t : threads) t.join();
+}

@@ -25,3 +25,21 @@ export function runEmulated<T>(folder: string, name: string, program: string): T
   if (out.exitCode !== 0) throw new Error(`emulated kernel failed: ${out.stderr.toString()}`);
   return JSON.parse(out.stdout.toString()) as T;
 }
+
+/**
+ * A kernel source's `__shared__` declarations made per block for emu_launch_all
+ * (cuda-emulation.h): each becomes a static array of EMU_MAX_BLOCKS copies and a
+ * reference to the running block's copy.
+ */
+export function perBlockShared(source: string): string {
+  return source.replace(/__shared__\s+(\w+)\s+([^;]+);/g, (_, type: string, list: string) =>
+    list
+      .split(/,(?![^[]*\])/)
+      .map((decl) => {
+        const m = /^\s*(\w+)(.*)$/.exec(decl) as RegExpExecArray;
+        const [, name, dims] = m;
+        return `static ${type} ${name}_emu[EMU_MAX_BLOCKS]${dims}; auto& ${name} = ${name}_emu[emu_block_id];`;
+      })
+      .join(" "),
+  );
+}

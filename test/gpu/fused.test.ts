@@ -11,7 +11,7 @@ import { cacheShape, generateTokens } from "../../src/engine/one-sequence";
 import { samplingParams } from "../../src/engine/protocol";
 import * as mx from "../../src/mlx";
 import { kernelLanguage } from "../../src/mlx/kernels";
-import { decodeAttention, setKeysPerSplit } from "../../src/mlx/kernels-attention";
+import { decodeAttention, mergedAttentionSplits, setKeysPerSplit } from "../../src/mlx/kernels-attention";
 import {
   quantizedGemvNormRope,
   quantizedGemvNormRopeQkv,
@@ -25,6 +25,7 @@ import {
   setGpuFused,
   setKernelWritesKv,
 } from "../../src/models/gpu-fused";
+import { layerPlan, megaLaunchCount, setGpuMega } from "../../src/models/gpu-mega";
 import { loadModel } from "../../src/models/loader";
 import { tinyModel } from "../support/models";
 import { promptIds } from "../support/reference";
@@ -306,6 +307,134 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
         setFusedVerify(false);
         model.dispose();
       }
+    }, 240_000);
+  }
+
+  // The layer megakernel against the fused path's five kernels on the same inputs: the same code in the
+  // same order, so the output and the stored key/value are bit-identical (Phi-3's heads, GQA; one and merged splits).
+  for (const [heads, kvHeads, hd, keysPerSplit, B] of [
+    [32, 32, 96, 128, 1],
+    [32, 32, 96, 16, 2],
+    [16, 4, 128, 64, 3],
+  ] as Array<[number, number, number, number, number]>) {
+    for (const dtype of [mx.Dtype.float16, mx.Dtype.bfloat16]) {
+      test(`${label(dtype)} B=${B} H=${heads}/${kvHeads} D=${hd}: the layer megakernel equals the fused kernels bit for bit (${keysPerSplit} keys a split)`, () => {
+        setKeysPerSplit(keysPerSplit);
+        try {
+          mx.tidy(() => {
+            const [D, FF, cap] = [3072, 8192, 256];
+            const qs = heads * hd;
+            const wqkv = weight(qs + 2 * kvHeads * hd, D, dtype, 1);
+            const [wo, wgu, wd] = [weight(D, qs, dtype, 2), weight(2 * FF, D, dtype, 3), weight(D, FF, dtype, 4)];
+            const x = hidden(B, D, dtype, 5);
+            const [n1, n2] = [normWeight(D, dtype, 6), normWeight(D, dtype, 7)];
+            const positions = Array.from({ length: B }, (_, b) => 90 + 37 * b);
+            const pos = mx.int32(positions);
+            const invFreq = mx.divide(
+              1,
+              mx.power(mx.scalar(10000), mx.divide(mx.arange(0, hd, 2, mx.Dtype.float32), hd)),
+            );
+            const rope = { headDim: hd, rotated: (heads + kvHeads) * hd, traditional: false, invFreq };
+            const scale = 1 / Math.sqrt(hd);
+            const cache = () => mx.randomNormal([B, kvHeads, cap, hd], dtype, 0, 1, mx.randomKey(9));
+            const [kc1, vc1, kc2, vc2] = [cache(), cache(), cache(), cache()];
+            const counter = mx.zeros([B * kvHeads], mx.Dtype.int32);
+            const sync = mx.zeros([2 + B * kvHeads], mx.Dtype.int32);
+            mx.evaluate(kc1, vc1, kc2, vc2, counter, sync, pos, invFreq);
+            // The fused path: five launches.
+            const [q, k, v] = quantizedGemvNormRopeQkv(x, n1, 1e-5, wqkv, pos, rope, kvHeads);
+            const keys = Math.max(...positions) + 1;
+            const attn = decodeAttention(
+              q,
+              kc1,
+              vc1,
+              pos,
+              scale,
+              heads,
+              keys,
+              mergedAttentionSplits(keys),
+              [k, v],
+              counter,
+            );
+            const h2 = quantizedGemvResidual(attn, wo, x);
+            const y1 = quantizedGemvResidual(quantizedGemvNormSwiglu(h2, n2, 1e-5, wgu), wd, h2);
+            mx.evaluate(y1);
+            // The megakernel: one launch.
+            const plan = layerPlan(
+              { dtype, rows: B, hidden: D, intermediate: FF, heads, kvHeads, headDim: hd },
+              { groups: [64, 64, 64, 64], eps1: 1e-5, eps2: 1e-5, traditional: false, positionScale: 1, scale },
+            );
+            const qw = (w: mx.QuantizedWeight) => [w.weight, w.scales, w.biases as mx.MxArray];
+            const y2 = plan.run([
+              x,
+              n1,
+              ...qw(wqkv),
+              pos,
+              invFreq,
+              kc2,
+              vc2,
+              ...qw(wo),
+              n2,
+              ...qw(wgu),
+              ...qw(wd),
+              sync,
+            ])[0] as mx.MxArray;
+            mx.evaluate(y2);
+            expect(relativeDistance(y2, y1)).toBe(0);
+            expect(relativeDistance(kc2, kc1)).toBe(0);
+            expect(relativeDistance(vc2, vc1)).toBe(0);
+            expect(
+              Array.from(sync.read() as Int32Array)
+                .slice(2)
+                .every((c) => c === 0),
+            ).toBe(true);
+            expect((sync.read() as Int32Array)[0]).toBe(0);
+          });
+        } finally {
+          setKeysPerSplit(null);
+        }
+      });
+    }
+  }
+
+  // The layer megakernel (PENSIEVE_GPU_MEGA=1) runs the fused kernels' code as one launch: same tokens as the
+  // fused path with the kernel writing the cache (PENSIEVE_GPU_FUSED_KV_WRITE=1).
+  for (const [name, promptLength] of [
+    ["tiny-llama", 20],
+    ["tiny-phi3", 50],
+  ] as Array<[string, number]>) {
+    test(`${name}: greedy tokens with the layer megakernel equal the fused path's (one split and several)`, () => {
+      const dir = tinyModel(name);
+      const prompt = Array.from({ length: promptLength }, (_, i) => 100 + ((i * 37) % 900));
+      // The fused path compared is the one whose numerics the megakernel shares: the kernel writes the cache, splits merge.
+      const tokens = (mega: boolean, perSplit: number | null = null) => {
+        setGpuFused(true);
+        setKernelWritesKv(true);
+        setGpuMega(mega);
+        setKeysPerSplit(perSplit);
+        const { model } = loadModel(dir);
+        try {
+          const before = megaLaunchCount();
+          const out: number[] = [];
+          for (const step of generateTokens(model, prompt, { maxTokens: 24, sampling: samplingParams() })) {
+            out.push(step.token);
+          }
+          return { out, launches: megaLaunchCount() - before };
+        } finally {
+          model.dispose();
+          setKeysPerSplit(null);
+          setGpuMega(false);
+          setKernelWritesKv(false);
+        }
+      };
+      const fusedOnly = tokens(false);
+      const mega = tokens(true);
+      const fusedSplit = tokens(false, 16);
+      const megaSplit = tokens(true, 16);
+      expect(fusedOnly.launches).toBe(0);
+      expect(mega.launches).toBeGreaterThan(0);
+      expect(mega.out).toEqual(fusedOnly.out);
+      expect(megaSplit.out).toEqual(fusedSplit.out);
     }, 240_000);
   }
 });

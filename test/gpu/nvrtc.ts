@@ -91,8 +91,14 @@ export function ptxasResources(log: string): { registers: number; spills: number
   return { registers: Number(regs[1]), spills: spill ? Number(spill[1]) : 0 };
 }
 
-/** Compiles for sm_90a; returns ok, the log (with ptxas's resource lines), the compile time and the CUBIN. */
-export function nvrtcCompile(k: NvrtcKernel): { ok: boolean; log: string; ms: number; cubin: Buffer | null } {
+/**
+ * Compiles for sm_90a; returns ok, the log (with ptxas's resource lines), the compile time and the CUBIN.
+ * `extra`: more NVRTC options.
+ */
+export function nvrtcCompile(
+  k: NvrtcKernel,
+  extra: string[] = [],
+): { ok: boolean; log: string; ms: number; cubin: Buffer | null } {
   lib ??= dlopen(NVRTC_PATH, symbols).symbols;
   const include = join(dirname(NVRTC_PATH), "..", "include");
   const prog = new BigUint64Array(1);
@@ -106,7 +112,8 @@ export function nvrtcCompile(k: NvrtcKernel): { ok: boolean; log: string; ms: nu
     `--include-path=${join(include, "cccl")}`,
     ...(mlxHeaders ? [`--include-path=${MLX_INCLUDE}`] : []),
     // ptxas's resource lines (registers, spills) in the log.
-    "--ptxas-options=-v",
+    ...(extra.includes("--ptxas-options=-v") ? [] : ["--ptxas-options=-v"]),
+    ...extra,
   ];
   const optionBufs = optionList.map(cstr);
   const optionPtrs = BigUint64Array.from(optionBufs.map((b) => BigInt(ptr(b))));
