@@ -188,7 +188,10 @@ const SOURCE = `
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) acc[m][r] = 0.f;
   const uint4* wbase = reinterpret_cast<const uint4*>(w);
-#pragma unroll
+  // Past 8 rows of x the rounds of U chunks stay a loop (the body is M times larger: fully unrolled,
+  // K = 8192 at 16 rows took NVRTC 10-18 s); up to 8, fully unrolled.
+  constexpr int ROUND_UNROLL = M > 8 ? 1 : (ITERS + U - 1) / U;
+#pragma unroll ROUND_UNROLL
   for (int it0 = 0; it0 < ITERS; it0 += U) {
     uint4 wv[U][ROWS];
     float sc[U][ROWS];

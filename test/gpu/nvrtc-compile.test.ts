@@ -244,8 +244,9 @@ describe.skipIf(!nvrtcAvailable)("custom kernels compile with NVRTC (sm_90a)", (
       const res = ptxasResources(r.log);
       const regs = res ? `, ${res.registers} registers, ${res.spills} bytes spilled` : "";
       console.log(`[nvrtc] ${c.label}: ${r.ms.toFixed(0)} ms${regs}`);
-      // MLX compiles on first use in the decode path: keep each instantiation quick.
-      expect(r.ms).toBeLessThan(15_000);
+      // MLX compiles on first use in the decode path: keep each instantiation quick. The GEMVs at 9-16 rows
+      // (the opt-in verify path, PENSIEVE_GPU_FUSED_VERIFY) take 3-10 s here under load: 25 s for those.
+      expect(r.ms).toBeLessThan(/M=(9|16)$/.test(c.label) ? 25_000 : 15_000);
     }, 60_000);
   }
 });
