@@ -18,15 +18,9 @@
 //     and chunk to finish, on a ticket counter: as DECODE_ATTENTION_MERGED_WRITE_KERNEL).
 import { Dtype, type MxArray } from "./array";
 import { CustomKernel, type KernelPlan, kernelLanguage } from "./kernels";
+import { ATTENTION_HEADER } from "./kernels-attention";
 
-const HEADER = `
-template <typename T> __device__ __forceinline__ float pv_f(T v);
-template <> __device__ __forceinline__ float pv_f<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float pv_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T pv_t(float v);
-template <> __device__ __forceinline__ __half pv_t<__half>(float v) { return __float2half(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 pv_t<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
-`;
+const HEADER = ATTENTION_HEADER;
 
 // Template: T, H, HKV, HD, L, QC (query rows per block), WARPS, SCALE_BITS, KB (keys a warp loads per round).
 // Inputs qkv [1, L, H*HD + 2*HKV*HD] (q rotated, k rotated, v), kc, vc [1, HKV, CAP, HD], pos int32 [L]
@@ -101,21 +95,8 @@ const SOURCE = `
       const int s = base + u;
       if (s >= s1) break;
 #pragma unroll
-      for (int c = 0; c < QC; ++c) {
-        if (s > lim[c]) continue;
-        float d = 0.f;
-#pragma unroll
-        for (int j = 0; j < DL; ++j) d += qr[c][j] * kf[u][j];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-        const float m2 = fmaxf(mx[c], d);
-        const float f = exp2f(mx[c] - m2);
-        const float p = exp2f(d - m2);
-        sm[c] = sm[c] * f + p;
-#pragma unroll
-        for (int j = 0; j < DL; ++j) acc[c][j] = acc[c][j] * f + p * vf[u][j];
-        mx[c] = m2;
-      }
+      for (int c = 0; c < QC; ++c)
+        if (s <= lim[c]) pv_softmax_step<DL>(qr[c], kf[u], vf[u], mx[c], sm[c], acc[c]);
     }
   }
   __shared__ float pv_m[WARPS][QC], pv_l[WARPS][QC];

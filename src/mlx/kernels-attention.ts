@@ -23,14 +23,34 @@
 import { Dtype, type MxArray } from "./array";
 import { CustomKernel, type KernelPlan, kernelLanguage } from "./kernels";
 
-const HEADER = `
+/** The attention kernels' shared device code (kernels-attention-verify.ts too). */
+export const ATTENTION_HEADER = `
 template <typename T> __device__ __forceinline__ float pv_f(T v);
 template <> __device__ __forceinline__ float pv_f<__half>(__half v) { return __half2float(v); }
 template <> __device__ __forceinline__ float pv_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
 template <typename T> __device__ __forceinline__ T pv_t(float v);
 template <> __device__ __forceinline__ __half pv_t<__half>(float v) { return __float2half(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 pv_t<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+// One key of the online softmax for one query row (base 2, scale folded into q): the warp's score, then the
+// running max, sum and value accumulator rescaled. Each lane holds DL elements of q, k, v and acc.
+template <int DL>
+__device__ __forceinline__ void pv_softmax_step(const float (&q)[DL], const float (&k)[DL], const float (&v)[DL],
+                                                float& mx, float& sm, float (&acc)[DL]) {
+  float d = 0.f;
+#pragma unroll
+  for (int j = 0; j < DL; ++j) d += q[j] * k[j];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+  const float m2 = fmaxf(mx, d);
+  const float c = exp2f(mx - m2);
+  const float p = exp2f(d - m2);
+  sm = sm * c + p;
+#pragma unroll
+  for (int j = 0; j < DL; ++j) acc[j] = acc[j] * c + p * v[j];
+  mx = m2;
+}
 `;
+const HEADER = ATTENTION_HEADER;
 
 // Template: T, H, HKV, HD, WARPS, SCALE_BITS (scale * log2(e) as float bits), KB (keys a warp loads per round).
 // Inputs q [B, H*HD], kc, vc [B, HKV, CAP, HD], pos int32 [B]. Grid (B*HKV blocks, splits).
@@ -84,20 +104,7 @@ const SOURCE = `
     for (int u = 0; u < KB; ++u) {
       if (base + u >= s1) break;
 #pragma unroll
-      for (int g = 0; g < G; ++g) {
-        float d = 0.f;
-#pragma unroll
-        for (int j = 0; j < DL; ++j) d += qr[g][j] * kf[u][j];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-        const float m2 = fmaxf(mx[g], d);
-        const float c = exp2f(mx[g] - m2);
-        const float p = exp2f(d - m2);
-        sm[g] = sm[g] * c + p;
-#pragma unroll
-        for (int j = 0; j < DL; ++j) acc[g][j] = acc[g][j] * c + p * vf[u][j];
-        mx[g] = m2;
-      }
+      for (int g = 0; g < G; ++g) pv_softmax_step<DL>(qr[g], kf[u], vf[u], mx[g], sm[g], acc[g]);
     }
   }
   __shared__ float pv_m[WARPS][G], pv_l[WARPS][G];
