@@ -27,6 +27,7 @@
 // tokens are read before step n+1 is built (no pipelining for that batch);
 // without one, the path is unchanged.
 
+import * as mx from "../mlx";
 import type { LanguageModel } from "../models/types";
 import { decodeStep, type RowStep, readRowStep, releaseRowStep } from "./batch-step";
 import { DecodeBatch } from "./decode-batch";
@@ -55,6 +56,9 @@ import { emptySpeculationStats, type SpeculationStats } from "./speculation";
 import { acceptToken, nextMask } from "./token-policy";
 
 export type { ConstraintFactory, SchedulerOptions, TokenConstraint };
+
+/** An allocation failure as MLX reports it (cudaMallocAsync, Metal, the CPU allocator). */
+const OUT_OF_MEMORY = /out of memory|failed to allocate|unable to allocate/i;
 
 export class Scheduler {
   readonly model: LanguageModel;
@@ -238,6 +242,9 @@ export class Scheduler {
       for (const s of failed) this.#finish(s, "error", message);
       this.#line.fail(failed);
       if (dropBatch) this.#batch.drop();
+      // The failed work's buffers sit in MLX's cache, sized for it: the running rows' next allocations (KV
+      // growth) then found no room on a full card and failed too (H200, bench/results/gpu-h200-2026-12-06f/oom).
+      if (OUT_OF_MEMORY.test(message)) mx.memory.clearCache();
     }
   }
 
