@@ -33,13 +33,20 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
 fi
 
 # 2-3. Verify cost against a one-token step, flag off / on.
-cost() { # prompt flag
-  PENSIEVE_GPU_FUSED_VERIFY=$2 timeout 150 bun dist/bench/run.js spec-verify-cost --model "$MODEL" --device gpu \
-    --prompt "$1" --ks 2,4,8,15,16 --n "${N:-30}" --out-dir "$R/cost-p$1-verify$2" 2>&1 | grep -E '^\||step:' |
-    sed "s/^/p$1 verify=$2 /" | tee -a "$R/log.txt"
+cost() { # prompt flag [qmm]
+  PENSIEVE_GPU_QMM=${3:-0} PENSIEVE_GPU_FUSED_VERIFY=$2 timeout 150 bun dist/bench/run.js spec-verify-cost --model "$MODEL" \
+    --device gpu --prompt "$1" --ks 2,4,8,15,16 --n "${N:-30}" --out-dir "$R/cost-p$1-verify$2-qmm${3:-0}" 2>&1 |
+    grep -E '^\||step:' | sed "s/^/p$1 verify=$2 qmm=${3:-0} /" | tee -a "$R/log.txt"
 }
-for f in 0 1 0 1; do cost 512 $f; done
-for f in 0 1; do cost 4096 $f; done
+# QMM_ONLY=1: only the batched W4A16 kernel (PENSIEVE_GPU_QMM=1) for the verify pass's 3-17 rows, against verify=0
+# (the H200 run of 2026-12-06f: unfused 2.30x a step at k = 8, the fused GEMV pass 2.86x: ALU-bound past 8 rows).
+if [ "${QMM_ONLY:-0}" = 1 ]; then
+  for q in 0 1 0 1; do cost 512 0 $q; done
+else
+  for f in 0 1 0 1; do cost 512 $f; done
+  for f in 0 1; do cost 4096 $f; done
+  cost 512 0 1
+fi
 # SWEEP=1 (~3 min more): the GEMV's rows per warp x warps per block at 9-16 rows of x, flag on, k = 8 and 15.
 if [ "${SWEEP:-0}" = 1 ]; then
   for rw in 2:8 4:4 4:8 1:4; do
