@@ -258,6 +258,8 @@ export async function benchGenerate(argv: string[]) {
       sampling: "greedy, EOS ignored",
       repeat,
       statistic: "median",
+      // Each engine's warm-up before the timed run (bench/engines/*): 8 tokens, or the whole prompt.
+      warmup: process.env.BENCH_WARMUP === "full" ? "the whole prompt" : "8 tokens",
     },
     versions: { mlxLm: MLX_LM_VERSION, nodeLlamaCpp: NODE_LLAMA_CPP_VERSION },
     ...(o.llamaGpu
@@ -282,7 +284,7 @@ export async function benchGenerate(argv: string[]) {
     "",
     `Machine: ${report.machine.cpu}, ${report.machine.cores} cores, ${report.machine.memoryGiB} GiB. Model: ${report.model}.`,
     ...(report.llamaModel ? [`llama.cpp model: ${report.llamaModel}.`] : []),
-    `Prompt ${promptLength} tokens, ${gen} generated (greedy, EOS ignored), median of ${repeat} runs. Command: \`${report.command}\`.`,
+    `Prompt ${promptLength} tokens, ${gen} generated (greedy, EOS ignored), median of ${repeat} runs, warm-up ${report.settings.warmup}. Command: \`${report.command}\`.`,
     "",
     "| engine | prefill tok/s | decode tok/s | first token ms | peak MLX MiB | peak RSS MiB | decode vs first row | host ms/step | device ms/step |",
     "|---|---:|---:|---:|---:|---:|---:|---:|---:|",

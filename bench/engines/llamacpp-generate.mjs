@@ -51,7 +51,8 @@ async function run(tokens, n) {
   return { ttftMs: first - start, decodeMs: end - first, count, tokens: out };
 }
 
-await run(prompt.slice(0, 8), 4);
+// Warm-up: 8 tokens, or with BENCH_WARMUP=full the whole prompt, as the other engines do.
+await run(process.env.BENCH_WARMUP === "full" ? prompt : prompt.slice(0, 8), 4);
 const r = await run(prompt, gen);
 const hwm = /VmHWM:\s+(\d+) kB/.exec(readFileSync("/proc/self/status", "utf8"));
 console.log(

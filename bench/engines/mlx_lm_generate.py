@@ -4,6 +4,7 @@ Usage: python mlx_lm_generate.py MODEL_DIR PROMPT_IDS_JSON GEN_TOKENS [cpu|gpu]
 Greedy, EOS ignored (generate_step does not stop on EOS), same prompt ids as Pensieve.
 """
 import json
+import os
 import resource
 import sys
 import time
@@ -34,7 +35,8 @@ def main():
     t = time.perf_counter()
     model, _ = load_model(Path(model_dir))
     load_ms = (time.perf_counter() - t) * 1000
-    run(model, prompt[:8], 4)
+    # Warm-up: 8 tokens, or with BENCH_WARMUP=full the whole prompt (steady state), as Pensieve's twin does.
+    run(model, prompt if os.environ.get("BENCH_WARMUP") == "full" else prompt[:8], 4)
     mx.reset_peak_memory()
     ttft, decode, count = run(model, prompt, int(gen))
     print(

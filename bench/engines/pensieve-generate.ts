@@ -58,7 +58,8 @@ function profileSteps(tokens: number[], steps: number) {
   }
 }
 
-run(prompt.slice(0, 8), 4); // warm-up
+// Warm-up: 8 tokens, or with BENCH_WARMUP=full the whole prompt (steady state: each shape's first-use costs paid).
+run(process.env.BENCH_WARMUP === "full" ? prompt : prompt.slice(0, 8), 4);
 mx.memory.resetPeak();
 t = performance.now();
 const r = run(prompt, gen);
