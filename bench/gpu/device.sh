@@ -10,6 +10,7 @@
 #   bash bench/gpu/device.sh load      # 1, 8, 32, 64 concurrent streams over HTTP
 #   AB='{"prefillWidthMultiple":1}' bash bench/gpu/device.sh ab   # Pensieve: defaults vs engine overrides
 #   bash bench/gpu/device.sh lone      # lone requests' time to first token: scheduler vs plain generation
+#   bash bench/gpu/device.sh cc        # issue 10: 8 concurrent sessions, fused decode for 1 row vs 2-4 rows (A/B/A)
 #   bash bench/gpu/device.sh kv        # issue 10: Claude Code replay (carry .device/claude-code-request.json), long prompts
 #   bash bench/gpu/device.sh spec      # issue 13: a verify pass of k = 2, 4, 8, 16 tokens vs a one-token step
 #   bash bench/gpu/device.sh oom       # issue 14: a real out-of-memory error (test/gpu/out-of-memory.test.ts), $OUT/oom.txt
@@ -171,6 +172,20 @@ kv-a)
     --long "${LONG:-131000}" || true
   PENSIEVE_GPU_WRITTEN_OUT_QUERIES=0 timeout 150 bun dist/bench/run.js claude-code --model "$MODEL" --device gpu \
     --servers pensieve --quick --request .device/claude-code-request.json --out-dir "$OUT/fused-only" --home "$W/home-b"
+  ;;
+cc)
+  # Issue 10's 8 concurrent second sessions (branch concurrent-cc): the replay at default settings (the fused decode
+  # kernels for a lone row only) against PENSIEVE_GPU_FUSED_MAX_ROWS=4 (fused for 2-4 rows too, as main at 8034bfe
+  # ran: each row count compiles its kernels at first use), A/B/A; then the GPU test of a 3-row step. Pensieve only,
+  # no long prompt. After prepare; carry dist (pack.sh) and .device/claude-code-request.json.
+  for run in a b a2; do
+    rows=$([ "$run" = b ] && echo 4 || echo 1)
+    PENSIEVE_GPU_FUSED_MAX_ROWS=$rows timeout 140 bun dist/bench/run.js claude-code --model "$MODEL" --device gpu \
+      --servers pensieve --request .device/claude-code-request.json --out-dir "$OUT/cc-$run-rows$rows" \
+      --home "$W/home-cc-$run" || true
+  done
+  timeout 130 bun test --timeout 120000 ./dist/test-gpu/fused.test.js -t "a step of 3 rows" 2>&1 | tail -15 |
+    tee "$OUT/cc-gpu-test.txt"
   ;;
 kv-b)
   # Issue 10: 8-bit KV (replay, quick) and a 120K-token prompt in process against mlx-lm (peak memory, first token).

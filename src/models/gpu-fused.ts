@@ -1,5 +1,6 @@
 // The decoder's fused CUDA decode path (on by default; PENSIEVE_GPU_FUSED=0 turns
-// it off): for forwards of at most FUSED_MAX_ROWS rows (decode steps), each layer is
+// it off): for forwards of one row (a lone stream's decode step; PENSIEVE_GPU_FUSED_MAX_ROWS
+// up to FUSED_MAX_ROWS = 4), each layer is
 //   rms_norm -> q|k|v product -> RoPE        one kernel (kernels-gemv-fused.ts),
 //                                            k and v written in the cache's layout
 //   KV-cache write                           MLX's slice updates (in place)
@@ -44,8 +45,35 @@ export function attentionWritesKv(): boolean {
   return kernelWritesKv;
 }
 
-/** Rows (B * L) up to which forwards take the fused path. */
+/** Rows (B * L) up to which the fused kernels are built (registers and unrolled code grow with the rows). */
 export const FUSED_MAX_ROWS = 4;
+
+/**
+ * Rows up to which forwards take the fused path by default: 1, a lone stream's decode step (measured: H100 166 ->
+ * 263 tok/s). Each row count is its own set of NVRTC compiles (the GEMVs' rows of x are template constants), ~5.5 s
+ * on the engine thread at first use: with 4, 8 concurrent sessions on an H200 waited 3 x 5.5 s while the batch
+ * grew 2, 3, 4 (bench/results/gpu-h200-2026-12-06f/replay), and 2-4 rows were never measured faster than MLX's
+ * ops. PENSIEVE_GPU_FUSED_MAX_ROWS (1..4) raises it for measurements.
+ */
+export const FUSED_DEFAULT_ROWS = 1;
+
+/** The row limit PENSIEVE_GPU_FUSED_MAX_ROWS asks for: an integer 1..FUSED_MAX_ROWS, else the default. */
+export function fusedRowLimitFrom(value: string | undefined): number {
+  const n = Number(value);
+  return value && Number.isInteger(n) && n >= 1 && n <= FUSED_MAX_ROWS ? n : FUSED_DEFAULT_ROWS;
+}
+
+let rowLimit = fusedRowLimitFrom(process.env.PENSIEVE_GPU_FUSED_MAX_ROWS);
+
+/** Sets the rows up to which forwards built from now on take the fused path (null: the default). */
+export function setFusedRowLimit(rows: number | null): void {
+  rowLimit =
+    rows === null ? fusedRowLimitFrom(process.env.PENSIEVE_GPU_FUSED_MAX_ROWS) : fusedRowLimitFrom(String(rows));
+}
+
+export function fusedRowLimit(): number {
+  return rowLimit;
+}
 
 /** Turns the fused decode path on or off for forwards built from now on. */
 export function setGpuFused(on: boolean): void {
@@ -64,7 +92,7 @@ export function fusedLaunchCount(): number {
 
 /** Whether a forward of `rows` rows takes the fused path at all. */
 export function fusedForward(rows: number): boolean {
-  return enabled && rows <= FUSED_MAX_ROWS && mx.getDevice() === "gpu";
+  return enabled && rows <= rowLimit && mx.getDevice() === "gpu";
 }
 
 const cudaWeights = new WeakMap<object, boolean>();

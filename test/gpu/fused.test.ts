@@ -21,6 +21,7 @@ import {
 import {
   fusedLaunchCount,
   gpuFusedEnabled,
+  setFusedRowLimit,
   setFusedVerify,
   setGpuFused,
   setKernelWritesKv,
@@ -249,6 +250,48 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
       expect(inPlaceSplit.out).toEqual(without.out);
     }, 240_000);
   }
+
+  // Concurrent rows: by default only a lone row's step is fused (each row count is its own NVRTC compiles, seconds
+  // on the engine thread: 8 concurrent sessions waited for B = 2, 3, 4). With the limit raised to 4, three rows take
+  // the fused kernels and their logits stay within the verify tests' tolerance of MLX's ops.
+  test("tiny-llama: a step of 3 rows runs MLX's ops by default, the fused kernels with PENSIEVE_GPU_FUSED_MAX_ROWS=4", () => {
+    const { model } = loadModel(tinyModel("tiny-llama"));
+    const B = 3;
+    const prompt = [promptIds(20, 1), promptIds(20, 2), promptIds(20, 3)].flat();
+    const step = (rows: number, limit: number | null) => {
+      setFusedRowLimit(limit);
+      const cache = new KVCache(cacheShape(model), rows);
+      try {
+        const p = mx.int32(prompt.slice(0, rows * 20), [rows, 20]);
+        mx.evaluate(model.forward(p, cache, { logits: "last" }));
+        const before = fusedLaunchCount();
+        const logits = mx.keep(model.forward(mx.int32([7, 8, 9].slice(0, rows), [rows, 1]), cache, { logits: "last" }));
+        mx.evaluate(logits);
+        return { logits, launches: fusedLaunchCount() - before };
+      } finally {
+        cache.dispose();
+        setFusedRowLimit(null);
+      }
+    };
+    try {
+      setGpuFused(true);
+      const lone = step(1, null);
+      const batched = step(B, null);
+      const raised = step(B, 4);
+      setGpuFused(false);
+      const unfused = step(B, 4);
+      expect(lone.launches).toBeGreaterThan(0);
+      expect(batched.launches).toBe(0);
+      expect(raised.launches).toBeGreaterThan(0);
+      expect(unfused.launches).toBe(0);
+      expect(relativeDistance(batched.logits, unfused.logits)).toBeLessThan(1e-6);
+      expect(relativeDistance(raised.logits, unfused.logits)).toBeLessThan(2e-2);
+      for (const a of [lone.logits, batched.logits, raised.logits, unfused.logits]) a.dispose();
+    } finally {
+      setGpuFused(wasEnabled);
+      model.dispose();
+    }
+  }, 240_000);
 
   // Speculative verify passes (PENSIEVE_GPU_FUSED_VERIFY): one row of L = k + 1 tokens after a cached prompt.
   // Tolerance: the logits' relative L2 distance to the unfused path's (MLX's ops, as with the flag off)
