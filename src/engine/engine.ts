@@ -113,6 +113,7 @@ export class Engine {
   readonly #cacheReleaseIdleMs: number;
   /** Prompt lengths still to prefill once while idle, so that real prompts find their shapes built. */
   #warmups: number[] = [];
+  #warmupCount = 0;
   /** Id of the warm-up request in flight, whose events clients must not see. */
   #warming: string | null = null;
 
@@ -185,6 +186,7 @@ export class Engine {
     this.draft = config.draftModel && !group ? loadModel(config.draftModel, { dtype: this.loaded.model.dtype }) : null;
     this.scheduler.attachDraftModel(this.draft?.model ?? null);
     this.#warmups = warmupLengths(options);
+    this.#warmupCount = this.#warmups.length;
     this.info = {
       modelPath: config.model,
       modelName: basename(config.model).replace(/\.gguf$/i, ""),
@@ -226,13 +228,16 @@ export class Engine {
 
   /** Queues the next warm-up prefill. */
   #warmNext(): void {
+    const first = this.#warmups.length === this.#warmupCount;
     const length = this.#warmups.shift();
     if (length === undefined) return;
     this.#warming = `${WARMUP_ID}${length}`;
     this.scheduler.submit({
       id: this.#warming,
       prompt: new Array(length).fill(0),
-      maxTokens: 1,
+      // The first also runs a decode step: its kernels compile here, not on the first request (the fused CUDA
+      // step's NVRTC compiles took 9 s on an H200, and MLX does not keep custom kernels across processes).
+      maxTokens: first ? 2 : 1,
       sampling: samplingParams(),
       stopTokenIds: [],
       internal: true,
