@@ -51,7 +51,11 @@ log "ncu: ${NCU:-none}; settings: $SETTINGS; ncu settings: $NCU_SETTINGS"
 # 1. Tests (~2-3 minutes, most of it NVRTC compiling each setting's kernels once; the PTX cache then serves step 2).
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
-  bun build --target=bun --outdir dist/test-gpu test/gpu/gemv-split.test.ts > "$R/build.txt" 2>&1 || log "bundling gemv-split.test.ts failed (build.txt)"
+  # Bundled by pack.sh if it lists it; else here, from this tree's test/ or (a .gpuwt staging folder) the checkout's.
+  if [ ! -f dist/test-gpu/gemv-split.test.js ]; then
+    src=test/gpu/gemv-split.test.ts; [ -f "$src" ] || src=../test/gpu/gemv-split.test.ts
+    bun build --target=bun --outdir dist/test-gpu "$src" > "$R/build.txt" 2>&1 || log "bundling $src failed (build.txt)"
+  fi
   timeout 150 bun test --timeout 120000 ./dist/test-gpu/gemv-split.test.js 2>&1 | tail -30 > "$R/test-split-vs-unsplit.txt"
   log "split vs unsplit (rc ${PIPESTATUS[0]}): $(grep -E '^ *[0-9]+ (pass|fail)' "$R/test-split-vs-unsplit.txt" | tr '\n' ' ')"
   PENSIEVE_GEMV_SPLITK=auto timeout 100 bun test --timeout 90000 ./dist/test-gpu/fused.test.js -t "M=1|three outputs" 2>&1 |
