@@ -14,6 +14,8 @@
 // aligned. MLX's allocations are; a contiguous slice of x passed as it is (MLX
 // copies only non-contiguous inputs) must start at a multiple of 8 elements,
 // as the q|k|v and gate|up splits of real models do.
+// PENSIEVE_GEMV_SPLITK (off by default) splits a row's K across several warps for
+// one row of x (more warps and loads in flight: kernels-gemv-split.ts, same hooks).
 // Over 400 lines: the kernel source, its variant hooks (kernels-gemv-fused.ts)
 // and the launch plans are one unit; splitting them would scatter the template constants.
 import { Dtype, type MxArray } from "./array";
