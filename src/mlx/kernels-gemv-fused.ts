@@ -17,6 +17,7 @@ import {
   GEMV_RMS_NORM_KERNEL,
   type GemvConfig,
   type GemvSpec,
+  type GemvVariant,
   gemvConfig,
   gemvPlan,
   gemvSource,
@@ -79,61 +80,54 @@ const ropeEpilogue = (store: string) => `
     }
 `;
 
-const base = (name: string, extra: string[], source: string): GemvSpec => ({
+const base = (name: string, extra: string[], variant: GemvVariant): GemvSpec => ({
   name,
   header: GEMV_KERNEL.header,
-  source,
+  source: gemvSource(variant),
   inputs: [...GEMV_KERNEL.inputs, ...extra],
+  variant,
 });
 
 /** y = res + x @ W.T. Extra input res [..., N]. */
-export const GEMV_RESIDUAL_KERNEL = base("pv_gemv_w4_residual", ["res"], gemvSource({ epilogue: RESIDUAL_EPILOGUE }));
+export const GEMV_RESIDUAL_KERNEL = base("pv_gemv_w4_residual", ["res"], { epilogue: RESIDUAL_EPILOGUE });
 /** y = silu(g) * u with [g | u] = rms_norm(x) @ W.T. Extra input norm [K]; template EPS_BITS. */
-export const GEMV_NORM_SWIGLU_KERNEL = base(
-  "pv_gemv_w4_rms_norm_swiglu",
-  ["norm"],
-  gemvSource({ norm: true, rows: SWIGLU_ROWS, epilogue: SWIGLU_EPILOGUE }),
-);
+export const GEMV_NORM_SWIGLU_KERNEL = base("pv_gemv_w4_rms_norm_swiglu", ["norm"], {
+  norm: true,
+  rows: SWIGLU_ROWS,
+  epilogue: SWIGLU_EPILOGUE,
+});
 /**
  * rms_norm(x) @ W.T with RoPE on its first ROTATED rows (q and k heads of HD).
  * Extra inputs norm [K], pos int32 [M] (each row's position), inv_freq float32
  * [HD/2]; template EPS_BITS, HD, ROTATED, TRADITIONAL, POS_SCALE_BITS.
  */
-export const GEMV_NORM_ROPE_KERNEL = base(
-  "pv_gemv_w4_rms_norm_rope",
-  ["norm", "pos", "inv_freq"],
-  gemvSource({
-    norm: true,
-    rows: ROPE_ROWS,
-    epilogue: ropeEpilogue("y[(size_t)m * N + row] = Ops::from_float(value);"),
-  }),
-);
+export const GEMV_NORM_ROPE_KERNEL = base("pv_gemv_w4_rms_norm_rope", ["norm", "pos", "inv_freq"], {
+  norm: true,
+  rows: ROPE_ROWS,
+  epilogue: ropeEpilogue("y[(size_t)m * N + row] = Ops::from_float(value);"),
+});
 /**
  * GEMV_NORM_ROPE_KERNEL for one new token per row (decode), written as three
  * outputs: q [B, 1, QS], and k, v [B, Hkv, 1, HD] as the KV cache stores them
  * (for one token the same memory order as [B, 1, KVS]). Template QS, KVS.
  */
 export const GEMV_NORM_ROPE_QKV_KERNEL: GemvSpec = {
-  ...base(
-    "pv_gemv_w4_rms_norm_rope_qkv",
-    ["norm", "pos", "inv_freq"],
-    gemvSource({
-      norm: true,
-      rows: ROPE_ROWS,
-      epilogue: ropeEpilogue(`const T v16 = Ops::from_float(value);
+  ...base("pv_gemv_w4_rms_norm_rope_qkv", ["norm", "pos", "inv_freq"], {
+    norm: true,
+    rows: ROPE_ROWS,
+    epilogue: ropeEpilogue(`const T v16 = Ops::from_float(value);
       if (row < QS) q[(size_t)m * QS + row] = v16;
       else if (row < QS + KVS) k[(size_t)m * KVS + row - QS] = v16;
       else v[(size_t)m * KVS + row - QS - KVS] = v16;`),
-    }),
-  ),
+  }),
   outputs: ["q", "k", "v"],
 };
 
 const floatBits = (v: number) => new Int32Array(Float32Array.of(v).buffer)[0] as number;
 
-/** A paired variant's rows per warp: gemvConfig's, made even (pairs share a warp). */
-export function pairedConfig(n: number, m: number): GemvConfig {
-  const c = gemvConfig(n, m);
+/** A paired variant's rows per warp: gemvConfig's, made even (pairs share a warp). k: as gemvConfig's. */
+export function pairedConfig(n: number, m: number, k?: number): GemvConfig {
+  const c = gemvConfig(n, m, k);
   return c.rows % 2 === 0 ? c : { ...c, rows: 2 };
 }
 
@@ -180,7 +174,7 @@ export const fusedPlans = {
       dtype,
       q,
       template,
-      config ?? pairedConfig(n, rowsOf(xShape)),
+      config ?? pairedConfig(n, rowsOf(xShape), xShape.at(-1)),
       shapes,
     );
   },
@@ -197,7 +191,7 @@ export const fusedPlans = {
     const hd = rope.headDim;
     if (hd % 2 !== 0 || n % hd !== 0 || rope.rotated % hd !== 0 || rope.rotated > n)
       throw new Error(`quantizedGemvNormRope: ${n} rows are not whole heads of ${hd}`);
-    const config2 = config ?? pairedConfig(n, rowsOf(xShape));
+    const config2 = config ?? pairedConfig(n, rowsOf(xShape), xShape.at(-1));
     return gemvPlan(GEMV_NORM_ROPE_KERNEL, xShape, dtype, q, ropeTemplate(eps, rope), config2);
   },
   /** Inputs + norm, pos, inv_freq; outputs q [B, 1, QS], k and v [B, Hkv, 1, HD]. */
@@ -229,7 +223,7 @@ export const fusedPlans = {
       dtype,
       q,
       template,
-      config ?? pairedConfig(n, rows),
+      config ?? pairedConfig(n, rows, k),
       shapes,
     );
   },

@@ -14,10 +14,13 @@
 // aligned. MLX's allocations are; a contiguous slice of x passed as it is (MLX
 // copies only non-contiguous inputs) must start at a multiple of 8 elements,
 // as the q|k|v and gate|up splits of real models do.
+// PENSIEVE_GEMV_SPLITK (off by default) splits a row's K across several warps for
+// one row of x (more warps and loads in flight: kernels-gemv-split.ts, same hooks).
 // Over 400 lines: the kernel source, its variant hooks (kernels-gemv-fused.ts)
 // and the launch plans are one unit; splitting them would scatter the template constants.
 import { Dtype, type MxArray } from "./array";
 import { CustomKernel, type KernelPlan, kernelLanguage } from "./kernels";
+import { GEMV_SPLIT_SOURCE, splitConfig } from "./kernels-gemv-split";
 import type { QuantizedWeight } from "./ops";
 
 const HEADER = `
@@ -152,9 +155,13 @@ const PLAIN_EPILOGUE = `
       for (int r = 0; r < ROWS; ++r) y[(size_t)m * N + rowi[r]] = Ops::from_float(acc[m][r]);
 `;
 
-/** The GEMV's kernel body for a variant (see GemvVariant). */
-export function gemvSource(variant: GemvVariant = {}): string {
-  return SOURCE.replace("/*PROLOGUE*/", variant.norm ? NORM_PROLOGUE : "")
+/**
+ * The GEMV's kernel body for a variant (see GemvVariant); `split`: the split-K body
+ * (kernels-gemv-split.ts, template constants SPLIT and LOADS besides).
+ */
+export function gemvSource(variant: GemvVariant = {}, split = false): string {
+  return (split ? GEMV_SPLIT_SOURCE : SOURCE)
+    .replace("/*PROLOGUE*/", variant.norm ? NORM_PROLOGUE : "")
     .replace("/*ROWS*/", variant.rows ?? PLAIN_ROWS)
     .replace("/*EPILOGUE*/", variant.epilogue ?? PLAIN_EPILOGUE)
     .replace(
@@ -273,6 +280,13 @@ export interface GemvConfig {
   warps: number;
   /** Fill the output with NaN first (tests: every element must be written). */
   poison?: boolean;
+  /**
+   * Split-K (kernels-gemv-split.ts): warps sharing a row group's K (then `warps` is the
+   * block's warps, warps / split row groups of `rows` rows). Absent or 1: unsplit.
+   */
+  split?: number;
+  /** With split: 16-byte weight loads in flight a thread (default 8). */
+  loads?: number;
 }
 
 /**
@@ -286,8 +300,9 @@ export interface GemvConfig {
 const VERIFY_ROWS = Number(process.env.PENSIEVE_GEMV_VERIFY_ROWS ?? 2);
 const VERIFY_WARPS = Number(process.env.PENSIEVE_GEMV_VERIFY_WARPS ?? 4);
 
-export function gemvConfig(n: number, m = 1): GemvConfig {
-  if (m <= 1 && n % 4 === 0) return { rows: 4, warps: 4 };
+export function gemvConfig(n: number, m = 1, k?: number): GemvConfig {
+  // One row of x and K known: PENSIEVE_GEMV_SPLITK may split K (kernels-gemv-split.ts; off by default).
+  if (m <= 1 && n % 4 === 0) return k === undefined ? { rows: 4, warps: 4 } : splitConfig({ rows: 4, warps: 4 }, k);
   // 9-16 rows of x (verify passes): ALU-bound, and a warp's 2 output rows share each row of x's unpacking
   // (~74 SASS instructions per row of x, output row and 16-byte chunk vs ~100 at 1 row per warp; sm_90a:
   // bench/gpu/gemv-sass.ts). PENSIEVE_GEMV_VERIFY_ROWS / _WARPS override (a sweep on the GPU: more warps per
@@ -304,6 +319,7 @@ export const GEMV_KERNEL: GemvSpec = {
   header: HEADER,
   source: gemvSource(),
   inputs: ["x", "w", "scales", "biases"],
+  variant: {},
 };
 /** The GEMV with RMSNorm of x fused in front: y = rms_norm(x, norm, eps) @ dequantize(w).T. */
 export const GEMV_RMS_NORM_KERNEL: GemvSpec = {
@@ -311,6 +327,7 @@ export const GEMV_RMS_NORM_KERNEL: GemvSpec = {
   header: HEADER,
   source: gemvSource({ norm: true }),
   inputs: ["x", "w", "scales", "biases", "norm"],
+  variant: { norm: true },
 };
 
 const kernels = new Map<string, CustomKernel>();
@@ -362,6 +379,20 @@ export interface GemvSpec {
   inputs: string[];
   /** Output names (default ["y"]). */
   outputs?: string[];
+  /** The variant `source` was made from (gemvSource): the split-K launch makes its body from it. */
+  variant?: GemvVariant;
+}
+
+const splitSpecs = new Map<string, GemvSpec>();
+/** A spec's split-K kernel (its own name: MLX keys compiled kernels by name). */
+export function splitSpec(spec: GemvSpec): GemvSpec {
+  let s = splitSpecs.get(spec.name);
+  if (!s) {
+    if (!spec.variant) throw new Error(`${spec.name}: no variant to make a split-K kernel from`);
+    s = { ...spec, name: `${spec.name}_splitk`, source: gemvSource(spec.variant, true) };
+    splitSpecs.set(spec.name, s);
+  }
+  return s;
 }
 
 /**
@@ -419,19 +450,21 @@ export function gemvPlan(
     throw new Error(`${spec.name}: ${m} rows (1..${GEMV_MAX_ROWS})`);
   if (dtype !== q.scales.dtype) throw new Error(`${spec.name}: x must have the scales' dtype`);
   if (!q.biases) throw new Error(`${spec.name}: the weight has no biases`);
-  const { rows, warps, poison } = config ?? gemvConfig(n, m);
+  const { rows, warps, poison, split = 1, loads = 8 } = config ?? gemvConfig(n, m, k);
   if (n % rows !== 0) throw new Error(`${spec.name}: ${n} outputs is not a multiple of ${rows} rows per warp`);
+  if (split > 1 && warps % split !== 0) throw new Error(`${spec.name}: ${warps} warps is not row groups of ${split}`);
   const shapes = outShapes ?? [[...xShape.slice(0, -1), n]];
   const extraKey = Object.values(extraTemplate).join(",");
-  const key = `${spec.name}|${xShape.join("x")}|${n}|${shapes.join(";")}|${dtype}|${q.groupSize}|${rows}|${warps}|${poison ? 1 : 0}|${extraKey}`;
+  const key = `${spec.name}|${xShape.join("x")}|${n}|${shapes.join(";")}|${dtype}|${q.groupSize}|${rows}|${warps}|${split}|${loads}|${poison ? 1 : 0}|${extraKey}`;
   let plan = plans.get(key);
   if (!plan) {
-    let kernel = kernels.get(spec.name);
+    const kspec = split > 1 ? splitSpec(spec) : spec;
+    let kernel = kernels.get(kspec.name);
     if (!kernel) {
-      kernel = new CustomKernel({ ...spec, outputs: spec.outputs ?? ["y"] });
-      kernels.set(spec.name, kernel);
+      kernel = new CustomKernel({ ...kspec, outputs: kspec.outputs ?? ["y"] });
+      kernels.set(kspec.name, kernel);
     }
-    const blocks = Math.ceil(n / rows / warps);
+    const blocks = Math.ceil(n / rows / (warps / split));
     plan = kernel.plan({
       outputs: shapes.map((shape) => ({ shape, dtype })),
       grid: [blocks * warps * 32, 1, 1],
@@ -444,6 +477,7 @@ export function gemvPlan(
         ROWS: rows,
         WARPS: warps,
         GROUP: q.groupSize,
+        ...(split > 1 ? { SPLIT: split, LOADS: loads } : {}),
         ...extraTemplate,
       },
       initValue: poison ? Number.NaN : undefined,
