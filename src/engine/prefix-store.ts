@@ -1,40 +1,33 @@
 // The prefix cache on disk, so a restart does not cost Claude Code a full
-// prefill of its ~20K-token system prompt and tools. In quiet moments and at
-// shutdown the most used radix nodes are written to the data folder, one
-// safetensors file each, under a disk budget; after a restart a prompt whose
-// prefix is on disk loads it (lazily: MLX reads the file as it copies) instead
-// of prefilling it.
+// prefill of its ~20K-token system prompt and tools. After a short quiet
+// spell and at shutdown the most used radix nodes are written to the data
+// folder under a disk budget; after a restart a prompt whose prefix is on
+// disk loads it instead of prefilling it.
 //
-// Layout: <dir>/<model key>/<node hash>.safetensors, where the model key
-// hashes the model's files, the tokenizer and the KV layout, and a node's
-// hash is that of its RoPE regime and every token from the root to its end.
-// Each file holds the node's tokens (int32 "tokens"), its KV parts
-// ("l<layer>.p<part>", token axis 2) and, as metadata, its parent's hash. A
-// file that does not match its header, its size, its layout or its chain is
-// removed, never trusted.
-import { createHash } from "node:crypto";
-import {
-  closeSync,
-  existsSync,
-  mkdirSync,
-  openSync,
-  readdirSync,
-  readSync,
-  renameSync,
-  rmSync,
-  statSync,
-} from "node:fs";
+// A node is written in pieces of about `pieceBytes` of KV (64 MiB: ~170
+// tokens of Phi-3's fp16 KV), one file each, so that each write is short
+// (the engine takes new work between pieces) and a shutdown or kill keeps
+// every piece already written. Pieces are cut at multiples of a fixed token
+// count from the root, so the same tokens give the same files whatever the
+// radix nodes' boundaries. Files form chains: each names its parent (the
+// piece before it), and a chain is used from the root as far as its files
+// are whole. Layout: <dir>/<model key>/<path hash>.safetensors (formats and
+// checks in prefix-store-format.ts); a file that does not match its header,
+// its size, its layout or its chain is removed, never trusted.
+import { mkdirSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
 import type { KVState } from "./kv-cache";
 import { LoadOrPrefill } from "./load-or-prefill";
+import { FORMAT, nodeHash, PathHash, readHeader, readTokens, SUFFIX, TEMP } from "./prefix-store-format";
 import type { PrefixStoreStats } from "./protocol";
 import type { RadixEntry } from "./radix-cache";
 
-const FORMAT = "pensieve-prefix-1";
-const SUFFIX = ".safetensors";
-const TEMP = ".tmp";
+export { fileIdentity, modelKey } from "./prefix-store-format";
+
+/** KV bytes a piece holds at most (one write, one file). */
+export const PIECE_BYTES = 64 * 1024 * 1024;
 
 export interface DiskNode {
   hash: string;
@@ -54,76 +47,10 @@ export interface DiskMatch {
   chain: DiskNode[];
 }
 
-/** What identifies the model and its KV layout; any change gives another folder. */
-export function modelKey(parts: Record<string, string | number>): string {
-  const text = Object.keys(parts)
-    .sort()
-    .map((k) => `${k}=${parts[k]}`)
-    .join("\n");
-  return createHash("sha256").update(text).digest("hex").slice(0, 24);
-}
-
-/** A file's identity for the model key: path, size and modification time. */
-export function fileIdentity(path: string): string {
-  if (!existsSync(path)) return `${path}:missing`;
-  const s = statSync(path);
-  if (!s.isDirectory()) return `${path}:${s.size}:${s.mtimeMs}`;
-  return readdirSync(path)
-    .filter((f) => f.endsWith(".safetensors") || f.endsWith(".json") || f.endsWith(".gguf"))
-    .sort()
-    .map((f) => fileIdentity(join(path, f)))
-    .join(";");
-}
-
-function nodeHash(regime: number, path: readonly number[]): string {
-  const h = createHash("sha256");
-  h.update(`${regime}:`);
-  h.update(new Uint8Array(Int32Array.from(path).buffer));
-  return h.digest("hex").slice(0, 32);
-}
-
-interface Header {
-  tensors: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
-  metadata: Record<string, string>;
-  dataStart: number;
-}
-
-/** Reads a safetensors header and checks the file holds exactly the data it names. */
-function readHeader(file: string): Header {
-  const fd = openSync(file, "r");
-  try {
-    const size = statSync(file).size;
-    const lenBuf = Buffer.alloc(8);
-    if (readSync(fd, lenBuf, 0, 8, 0) !== 8) throw new Error("truncated");
-    const len = Number(lenBuf.readBigUInt64LE(0));
-    if (len <= 0 || len > 64 * 1024 * 1024 || 8 + len > size) throw new Error("bad header length");
-    const json = Buffer.alloc(len);
-    if (readSync(fd, json, 0, len, 8) !== len) throw new Error("truncated header");
-    const raw = JSON.parse(json.toString("utf8")) as Record<string, unknown>;
-    const metadata = (raw.__metadata__ ?? {}) as Record<string, string>;
-    delete raw.__metadata__;
-    const tensors = raw as Header["tensors"];
-    let end = 0;
-    for (const t of Object.values(tensors)) end = Math.max(end, t.data_offsets[1]);
-    if (8 + len + end !== size) throw new Error("size does not match the header");
-    return { tensors, metadata, dataStart: 8 + len };
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function readTokens(file: string, header: Header): number[] {
-  const t = header.tensors.tokens;
-  if (t?.dtype !== "I32" || t.shape.length !== 1) throw new Error("no tokens");
-  const [a, b] = t.data_offsets;
-  const buf = Buffer.alloc(b - a);
-  const fd = openSync(file, "r");
-  try {
-    readSync(fd, buf, 0, b - a, header.dataStart + a);
-  } finally {
-    closeSync(fd);
-  }
-  return Array.from(new Int32Array(buf.buffer, buf.byteOffset, (b - a) / 4));
+/** Tokens a piece holds: whole blocks, about `pieceBytes` of KV. */
+export function pieceTokens(bytesPerToken: number, blockTokens: number, pieceBytes: number): number {
+  const blocks = Math.floor(pieceBytes / Math.max(1, bytesPerToken) / blockTokens);
+  return Math.max(1, blocks) * blockTokens;
 }
 
 export class PrefixStore {
@@ -131,8 +58,12 @@ export class PrefixStore {
   readonly budgetBytes: number;
   /** The KV layout every file must have (also part of the model key). */
   readonly layout: string;
+  /** KV bytes a piece holds at most. */
+  readonly pieceBytes: number;
   readonly #numLayers: number;
   #nodes = new Map<string, DiskNode>();
+  /** Nodes by parent hash, for match(); rebuilt after any change. */
+  #children: Map<string, DiskNode[]> | null = null;
   #written = 0;
   #loaded = 0;
   #loadedTokens = 0;
@@ -148,7 +79,9 @@ export class PrefixStore {
     layout: string,
     numLayers: number,
     device: "cpu" | "gpu" = "cpu",
+    pieceBytes = PIECE_BYTES,
   ) {
+    this.pieceBytes = pieceBytes;
     this.choice = new LoadOrPrefill(device);
     this.dir = join(root, key);
     this.budgetBytes = budgetBytes;
@@ -203,6 +136,7 @@ export class PrefixStore {
       return ok ? path : null;
     };
     this.#nodes = new Map();
+    this.#children = null;
     for (const [hash, n] of found) {
       if (resolve(hash, 0)) this.#nodes.set(hash, n);
       else this.#remove(n.file);
@@ -232,11 +166,12 @@ export class PrefixStore {
     const chain: DiskNode[] = [];
     let parent = "root";
     let at = 0;
+    const children = this.#childIndex();
     for (;;) {
       let best: DiskNode | null = null;
       let bestLength = 0;
-      for (const n of this.#nodes.values()) {
-        if (n.parent !== parent || n.regime !== regime) continue;
+      for (const n of children.get(parent) ?? []) {
+        if (n.regime !== regime) continue;
         const max = Math.min(n.tokens.length, limit - at);
         let i = 0;
         while (i < max && n.tokens[i] === prompt[at + i]) i++;
@@ -261,55 +196,93 @@ export class PrefixStore {
     return { length: at, chain };
   }
 
-  /** The chain's KV, one state per file (lazy arrays: read as they are used); null if a file fails. */
-  load(chain: readonly DiskNode[]): KVState[] | null {
+  #childIndex(): Map<string, DiskNode[]> {
+    if (this.#children) return this.#children;
+    const index = new Map<string, DiskNode[]>();
+    for (const n of this.#nodes.values()) {
+      const list = index.get(n.parent);
+      if (list) list.push(n);
+      else index.set(n.parent, [n]);
+    }
+    this.#children = index;
+    return index;
+  }
+
+  /**
+   * The chain's first `length` tokens of KV as one state (the files' parts
+   * joined on the token axis, read and joined a layer at a time); null if a
+   * file fails, whose chain is then removed.
+   */
+  load(chain: readonly DiskNode[], length: number): KVState | null {
     const started = performance.now();
-    const states: KVState[] = [];
+    const files: Map<string, MxArray>[] = [];
+    const parts: MxArray[][] = [];
     try {
+      let covered = 0;
+      const uses: number[] = [];
       for (const n of chain) {
-        const loaded = mx.loadSafetensors(n.file);
-        const arrays = loaded.arrays;
-        const perLayer = (arrays.size - 1) / this.#numLayers;
-        const parts: MxArray[][] = [];
-        for (let l = 0; l < this.#numLayers; l++) {
-          const layer: MxArray[] = [];
-          for (let p = 0; p < perLayer; p++) {
-            const a = arrays.get(`l${l}.p${p}`);
-            if (!a || a.dim(2) !== n.tokens.length) throw new Error(`${n.file}: bad part l${l}.p${p}`);
-            layer.push(a);
-          }
-          parts.push(layer);
-        }
+        const arrays = mx.loadSafetensors(n.file).arrays;
+        files.push(arrays);
         arrays.get("tokens")?.dispose();
-        states.push({ parts, length: n.tokens.length });
+        arrays.delete("tokens");
+        if (arrays.size % this.#numLayers !== 0) throw new Error(`${n.file}: bad parts`);
+        uses.push(Math.min(n.tokens.length, length - covered));
+        covered += n.tokens.length;
       }
-      // Read now: a bad file fails here, not inside a forward pass.
-      mx.evaluate(...states.flatMap((s) => s.parts.flat()));
+      if (covered < length) throw new Error("the chain is shorter than the match");
+      const perLayer = (files[0]?.size ?? 0) / this.#numLayers;
+      for (let l = 0; l < this.#numLayers; l++) {
+        const layer: MxArray[] = [];
+        for (let p = 0; p < perLayer; p++) {
+          const name = `l${l}.p${p}`;
+          const pieces = chain.map((n, i) => {
+            const a = files[i]?.get(name);
+            if (!a || a.dim(2) !== n.tokens.length) throw new Error(`${n.file}: bad part ${name}`);
+            return a;
+          });
+          const joined = joinPieces(pieces, uses);
+          layer.push(joined);
+          for (const a of pieces) if (a !== joined) a.dispose();
+          for (const f of files) f.delete(name);
+        }
+        // Read now, a layer at a time: a bad file fails here, not inside a forward pass, and
+        // the files' arrays are freed as they are joined.
+        mx.evaluate(...layer);
+        parts.push(layer);
+      }
+      for (const f of files) if (f.size > 0) throw new Error("a file holds more parts than its layout");
     } catch {
-      for (const s of states) for (const layer of s.parts) for (const a of layer) a.dispose();
+      for (const f of files) for (const a of f.values()) a.dispose();
+      for (const layer of parts) for (const a of layer) a.dispose();
       for (const n of chain) this.#forget(n);
       return null;
     }
     this.#loaded += chain.length;
-    this.#loadedTokens += chain.reduce((t, n) => t + n.tokens.length, 0);
+    this.#loadedTokens += length;
     this.choice.recordLoad(
       chain.reduce((b, n) => b + n.bytes, 0),
       performance.now() - started,
     );
-    return states;
+    return { parts, length };
   }
 
   #forget(n: DiskNode): void {
     this.#nodes.delete(n.hash);
+    this.#children = null;
     this.#remove(n.file);
   }
 
   /**
-   * Which nodes the disk should hold: cached ones, most used first, then
-   * files already on disk, each only with its whole chain and within the
-   * budget. Files left out are removed. Returns the cached nodes to write.
+   * Which pieces the disk should hold: those of cached nodes, most used
+   * first, then files already on disk, each only with its whole chain and
+   * within the budget. Files left out are removed. Returns the pieces to
+   * write, each after its parent.
    */
-  plan(entries: readonly RadixEntry<KVState>[], bytesOf: (state: KVState) => number): PendingWrite[] {
+  plan(
+    entries: readonly RadixEntry<KVState>[],
+    bytesOf: (state: KVState) => number,
+    blockTokens: number,
+  ): PendingWrite[] {
     // Where reading back would not be chosen (a fast GPU prefills quicker), writing is work that blocks the engine.
     const sample = entries.find((e) => e.tokens.length > 0);
     if (sample && !this.choice.wouldLoad(bytesOf(sample.payload), sample.tokens.length)) return [];
@@ -317,19 +290,33 @@ export class PrefixStore {
     const out: PendingWrite[] = [];
     let total = 0;
     type Candidate = { hash: string; parent: string; size: number; write: PendingWrite | null };
-    const candidates: Candidate[] = entries.map((e) => {
-      const hash = nodeHash(e.regime, e.prefix.concat(e.tokens));
-      const parent = e.prefix.length === 0 ? "root" : nodeHash(e.regime, e.prefix);
-      const onDisk = this.#nodes.get(hash);
-      return {
-        hash,
-        parent,
-        size: onDisk?.bytes ?? bytesOf(e.payload) + 4 * e.tokens.length + 4096,
-        write: onDisk
-          ? null
-          : { hash, parent, regime: e.regime, tokens: e.tokens, start: e.prefix.length, state: e.payload },
-      };
-    });
+    const candidates: Candidate[] = [];
+    for (const e of entries) {
+      if (e.tokens.length === 0) continue;
+      const bytes = bytesOf(e.payload);
+      const perToken = bytes / e.tokens.length;
+      const tensors = e.payload.parts.reduce((n, layer) => n + layer.length, 0);
+      const piece = pieceTokens(perToken, blockTokens, this.pieceBytes);
+      const path = new PathHash(e.regime).add(e.prefix);
+      const nodeStart = e.prefix.length;
+      let parent = nodeStart === 0 ? "root" : path.digest();
+      for (let at = 0; at < e.tokens.length; ) {
+        const end = Math.min(e.tokens.length, (Math.floor((nodeStart + at) / piece) + 1) * piece - nodeStart);
+        const tokens = e.tokens.slice(at, end);
+        const hash = path.add(tokens).digest();
+        const onDisk = this.#nodes.get(hash);
+        candidates.push({
+          hash,
+          parent,
+          size: onDisk?.bytes ?? Math.ceil(perToken * tokens.length) + 4 * tokens.length + 4096 + 128 * tensors,
+          write: onDisk
+            ? null
+            : { hash, parent, regime: e.regime, tokens, start: nodeStart + at, state: e.payload, offset: at },
+        });
+        parent = hash;
+        at = end;
+      }
+    }
     const cached = new Set(candidates.map((c) => c.hash));
     const diskOnly = [...this.#nodes.values()]
       .filter((n) => !cached.has(n.hash))
@@ -357,28 +344,30 @@ export class PrefixStore {
     return out;
   }
 
-  /** Writes one node (atomically: a temporary file, then a rename). */
+  /** Writes one piece (atomically: a temporary file, then a rename; a kill leaves no trusted file). */
   write(w: PendingWrite): void {
-    const tensors = new Map<string, MxArray>();
-    const tokens = mx.fromData(Int32Array.from(w.tokens), [w.tokens.length], mx.Dtype.int32);
-    tensors.set("tokens", tokens);
-    w.state.parts.forEach((layer, l) => {
-      layer.forEach((a, p) => {
-        tensors.set(`l${l}.p${p}`, a);
-      });
-    });
     const file = join(this.dir, `${w.hash}${SUFFIX}`);
     const temp = join(this.dir, `${w.hash}${TEMP}${SUFFIX}`);
     try {
-      mx.saveSafetensors(temp, tensors, {
-        format: FORMAT,
-        layout: this.layout,
-        parent: w.parent,
-        regime: String(w.regime),
+      mx.tidy(() => {
+        const tensors = new Map<string, MxArray>();
+        tensors.set("tokens", mx.fromData(Int32Array.from(w.tokens), [w.tokens.length], mx.Dtype.int32));
+        const whole = w.offset === 0 && w.tokens.length === w.state.length;
+        w.state.parts.forEach((layer, l) => {
+          layer.forEach((a, p) => {
+            const part = whole ? a : mx.contiguous(mx.sliceAxis(a, 2, w.offset, w.offset + w.tokens.length));
+            tensors.set(`l${l}.p${p}`, part);
+          });
+        });
+        mx.saveSafetensors(temp, tensors, {
+          format: FORMAT,
+          layout: this.layout,
+          parent: w.parent,
+          regime: String(w.regime),
+        });
       });
       renameSync(temp, file);
     } finally {
-      tokens.dispose();
       rmSync(temp, { force: true });
     }
     this.#nodes.set(w.hash, {
@@ -390,6 +379,7 @@ export class PrefixStore {
       bytes: statSync(file).size,
       file,
     });
+    this.#children = null;
     this.#written++;
   }
 
@@ -412,7 +402,21 @@ export interface PendingWrite {
   hash: string;
   parent: string;
   regime: number;
+  /** The piece's tokens. */
   tokens: number[];
+  /** Tokens from the root to the piece's start. */
   start: number;
+  /** The node's KV, of which the piece holds [offset, offset + tokens.length). */
   state: KVState;
+  offset: number;
+}
+
+/** Pieces' parts joined on the token axis, each cut to its `uses` tokens (a new array unless one piece is all). */
+function joinPieces(pieces: MxArray[], uses: number[]): MxArray {
+  const first = pieces[0] as MxArray;
+  if (pieces.length === 1 && uses[0] === first.dim(2)) return first;
+  return mx.tidy(() => {
+    const cut = pieces.map((a, i) => ((uses[i] ?? 0) === a.dim(2) ? a : mx.sliceAxis(a, 2, 0, uses[i] ?? 0)));
+    return mx.keep(cut.length === 1 ? mx.contiguous(cut[0] as MxArray) : mx.concatenate(cut, 2));
+  });
 }

@@ -218,6 +218,8 @@ export interface EngineConfig {
   prefixDiskBytes?: number | null;
   /** Folder for them (default: <data folder>/prefix-cache). */
   prefixDiskDir?: string;
+  /** KV bytes written to disk in one step (default PIECE_BYTES in prefix-store.ts; tests make it small). */
+  prefixDiskPieceBytes?: number;
   /** KV cache storage: 0 float, 8 or 4 group-quantized bits; null/absent: automatic (automaticKvBits in kv-pool.ts). */
   kvBits?: 0 | 4 | 8 | null;
   /** Prompt-lookup speculation for a lone decoding row; null/absent: on the CPU, off on a GPU (not measured there yet). */
