@@ -20,11 +20,13 @@ import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
 import type { KVState } from "./kv-cache";
 import { LoadOrPrefill } from "./load-or-prefill";
-import { FORMAT, nodeHash, PathHash, readHeader, readTokens, SUFFIX, TEMP } from "./prefix-store-format";
+import { FORMAT, nodeHash, readHeader, readTokens, SUFFIX, TEMP } from "./prefix-store-format";
+import { fitBudget, type PendingWrite, pieceCandidates } from "./prefix-store-plan";
 import type { PrefixStoreStats } from "./protocol";
 import type { RadixEntry } from "./radix-cache";
 
 export { fileIdentity, modelKey } from "./prefix-store-format";
+export { type PendingWrite, pieceTokens } from "./prefix-store-plan";
 
 /** KV bytes a piece holds at most (one write, one file). */
 export const PIECE_BYTES = 64 * 1024 * 1024;
@@ -47,12 +49,6 @@ export interface DiskMatch {
   chain: DiskNode[];
 }
 
-/** Tokens a piece holds: whole blocks, about `pieceBytes` of KV. */
-export function pieceTokens(bytesPerToken: number, blockTokens: number, pieceBytes: number): number {
-  const blocks = Math.floor(pieceBytes / Math.max(1, bytesPerToken) / blockTokens);
-  return Math.max(1, blocks) * blockTokens;
-}
-
 export class PrefixStore {
   readonly dir: string;
   readonly budgetBytes: number;
@@ -68,6 +64,8 @@ export class PrefixStore {
   #loaded = 0;
   #loadedTokens = 0;
   #removed = 0;
+  #pendingBytes = 0;
+  #skippedWrites = 0;
 
   /** Whether reading a prefix back beats prefilling it again (load-or-prefill.ts). */
   readonly choice: LoadOrPrefill;
@@ -285,63 +283,21 @@ export class PrefixStore {
   ): PendingWrite[] {
     // Where reading back would not be chosen (a fast GPU prefills quicker), writing is work that blocks the engine.
     const sample = entries.find((e) => e.tokens.length > 0);
-    if (sample && !this.choice.wouldLoad(bytesOf(sample.payload), sample.tokens.length)) return [];
-    const keep = new Set<string>();
-    const out: PendingWrite[] = [];
-    let total = 0;
-    type Candidate = { hash: string; parent: string; size: number; write: PendingWrite | null };
-    const candidates: Candidate[] = [];
-    for (const e of entries) {
-      if (e.tokens.length === 0) continue;
-      const bytes = bytesOf(e.payload);
-      const perToken = bytes / e.tokens.length;
-      const tensors = e.payload.parts.reduce((n, layer) => n + layer.length, 0);
-      const piece = pieceTokens(perToken, blockTokens, this.pieceBytes);
-      const path = new PathHash(e.regime).add(e.prefix);
-      const nodeStart = e.prefix.length;
-      let parent = nodeStart === 0 ? "root" : path.digest();
-      for (let at = 0; at < e.tokens.length; ) {
-        const end = Math.min(e.tokens.length, (Math.floor((nodeStart + at) / piece) + 1) * piece - nodeStart);
-        const tokens = e.tokens.slice(at, end);
-        const hash = path.add(tokens).digest();
-        const onDisk = this.#nodes.get(hash);
-        candidates.push({
-          hash,
-          parent,
-          size: onDisk?.bytes ?? Math.ceil(perToken * tokens.length) + 4 * tokens.length + 4096 + 128 * tensors,
-          write: onDisk
-            ? null
-            : { hash, parent, regime: e.regime, tokens, start: nodeStart + at, state: e.payload, offset: at },
-        });
-        parent = hash;
-        at = end;
-      }
+    if (sample && !this.choice.wouldLoad(bytesOf(sample.payload), sample.tokens.length)) {
+      this.#skippedWrites++;
+      this.#pendingBytes = 0;
+      return [];
     }
-    const cached = new Set(candidates.map((c) => c.hash));
+    const pieces = pieceCandidates(entries, bytesOf, blockTokens, this.pieceBytes, (h) => this.#nodes.get(h)?.bytes);
+    const cached = new Set(pieces.map((c) => c.hash));
     const diskOnly = [...this.#nodes.values()]
       .filter((n) => !cached.has(n.hash))
       .sort((a, b) => a.start - b.start)
       .map((n) => ({ hash: n.hash, parent: n.parent, size: n.bytes, write: null }));
-    // A child can come before its parent in use order: take what fits, again, until nothing changes.
-    let left = [...candidates, ...diskOnly];
-    for (let progress = true; progress; ) {
-      progress = false;
-      const rest: Candidate[] = [];
-      for (const c of left) {
-        if (c.parent !== "root" && !keep.has(c.parent)) {
-          rest.push(c);
-          continue;
-        }
-        if (total + c.size > this.budgetBytes) continue;
-        total += c.size;
-        keep.add(c.hash);
-        if (c.write) out.push(c.write);
-        progress = true;
-      }
-      left = rest;
-    }
+    const { keep, writes, pendingBytes } = fitBudget([...pieces, ...diskOnly], this.budgetBytes);
     for (const n of [...this.#nodes.values()]) if (!keep.has(n.hash)) this.#forget(n);
-    return out;
+    this.#pendingBytes = pendingBytes;
+    return writes;
   }
 
   /** Writes one piece (atomically: a temporary file, then a rename; a kill leaves no trusted file). */
@@ -370,17 +326,19 @@ export class PrefixStore {
     } finally {
       rmSync(temp, { force: true });
     }
+    const bytes = statSync(file).size;
     this.#nodes.set(w.hash, {
       hash: w.hash,
       parent: w.parent,
       regime: w.regime,
       tokens: [...w.tokens],
       start: w.start,
-      bytes: statSync(file).size,
+      bytes,
       file,
     });
     this.#children = null;
     this.#written++;
+    this.#pendingBytes = Math.max(0, this.#pendingBytes - bytes);
   }
 
   stats(): PrefixStoreStats {
@@ -393,22 +351,11 @@ export class PrefixStore {
       loadedTokens: this.#loadedTokens,
       removed: this.#removed,
       skippedLoads: this.choice.skipped,
+      pendingBytes: this.#pendingBytes,
+      skippedWrites: this.#skippedWrites,
       ...this.choice.rates,
     };
   }
-}
-
-export interface PendingWrite {
-  hash: string;
-  parent: string;
-  regime: number;
-  /** The piece's tokens. */
-  tokens: number[];
-  /** Tokens from the root to the piece's start. */
-  start: number;
-  /** The node's KV, of which the piece holds [offset, offset + tokens.length). */
-  state: KVState;
-  offset: number;
 }
 
 /** Pieces' parts joined on the token axis, each cut to its `uses` tokens (a new array unless one piece is all). */

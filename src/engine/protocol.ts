@@ -151,6 +151,10 @@ export interface PrefixStoreStats {
   removed: number;
   /** Prefixes found on disk but prefilled instead, as quicker (src/engine/load-or-prefill.ts). */
   skippedLoads: number;
+  /** Bytes of pieces still to write, as the last plan left them (0 once all is on disk). */
+  pendingBytes: number;
+  /** Plans that wrote nothing because prefilling again is quicker than reading back would be. */
+  skippedWrites: number;
   /** The rates behind that choice: measured in this process, or the device's prior. */
   prefillTokensPerS: number;
   diskBytesPerS: number;

@@ -52,10 +52,16 @@ describe("prefix cache written in pieces (tiny-llama-f16, CPU)", () => {
     const cached = run.scheduler.prefixCache.entries().reduce((n, e) => n + e.tokens.length, 0);
     expect(cached).toBeGreaterThanOrEqual(192);
     const counts: number[] = [];
+    const pending: number[] = [];
     for (let more = true; more; ) {
       more = run.scheduler.persistStep();
       counts.push(disk.stats().files);
+      pending.push(disk.stats().pendingBytes);
     }
+    // What the metrics show: bytes left to write, falling to 0.
+    expect(pending[0]).toBeGreaterThan(0);
+    expect(pending.at(-1)).toBe(0);
+    expect(pending.every((b, i) => i === 0 || b <= (pending[i - 1] ?? 0))).toBe(true);
     // One file more per step, as many steps as pieces.
     expect(counts).toEqual(Array.from({ length: Math.ceil(cached / PIECE_TOKENS) }, (_, i) => i + 1));
     expect(run.scheduler.persistStep()).toBe(false);
