@@ -18,6 +18,8 @@ export interface PendingWrite {
   /** The node's KV, of which the piece holds [offset, offset + tokens.length). */
   state: KVState;
   offset: number;
+  /** Expected file size (budget and pending bytes count it). */
+  size: number;
 }
 
 /** A piece the disk could hold: on disk already (write null) or to write. */
@@ -56,15 +58,18 @@ export function pieceCandidates(
       const tokens = e.tokens.slice(at, end);
       const hash = path.add(tokens).digest();
       const bytes = onDisk(hash);
-      out.push({
+      const size = bytes ?? Math.ceil(perToken * tokens.length) + 4 * tokens.length + 4096 + 128 * tensors;
+      const write = {
         hash,
         parent,
-        size: bytes ?? Math.ceil(perToken * tokens.length) + 4 * tokens.length + 4096 + 128 * tensors,
-        write:
-          bytes === undefined
-            ? { hash, parent, regime: e.regime, tokens, start: nodeStart + at, state: e.payload, offset: at }
-            : null,
-      });
+        regime: e.regime,
+        tokens,
+        start: nodeStart + at,
+        state: e.payload,
+        offset: at,
+        size,
+      };
+      out.push({ hash, parent, size, write: bytes === undefined ? write : null });
       parent = hash;
       at = end;
     }

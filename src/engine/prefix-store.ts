@@ -338,7 +338,7 @@ export class PrefixStore {
     });
     this.#children = null;
     this.#written++;
-    this.#pendingBytes = Math.max(0, this.#pendingBytes - bytes);
+    this.#pendingBytes = Math.max(0, this.#pendingBytes - w.size);
   }
 
   stats(): PrefixStoreStats {
