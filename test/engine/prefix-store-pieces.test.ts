@@ -104,6 +104,53 @@ describe("prefix cache written in pieces (tiny-llama-f16, CPU)", () => {
     expect(disk.stats().written).toBe(files.length - 3);
     second.scheduler.dispose();
   });
+
+  test("a process killed while writing leaves only whole pieces; the prefix they hold reads back exactly", async () => {
+    const dir = mkdtempSync(join(root, "kill-"));
+    const folder = join(dir, key);
+    const long = promptIds(1200, 84);
+    const writer = Bun.spawn(
+      [
+        process.execPath,
+        join(import.meta.dir, "../support/prefix-writer.ts"),
+        dir,
+        key,
+        layout,
+        String(pieceBytes(TEST_KV_BITS) / 2),
+        JSON.stringify(long),
+      ],
+      { stdout: "ignore", stderr: "inherit" },
+    );
+    const pieces = () => {
+      try {
+        return readdirSync(folder).filter((f) => !f.includes(".tmp")).length;
+      } catch {
+        return 0;
+      }
+    };
+    const deadline = Date.now() + 120_000;
+    while (pieces() < 3 && writer.exitCode === null && Date.now() < deadline) await Bun.sleep(1);
+    writer.kill("SIGKILL");
+    await writer.exited;
+    const left = pieces();
+    expect(left).toBeGreaterThanOrEqual(3);
+
+    const disk = store(dir);
+    // Every file left is trusted whole, or removed (a temporary file cut by the kill).
+    expect(readdirSync(folder).filter((f) => f.includes(".tmp"))).toEqual([]);
+    expect(disk.stats().files).toBe(readdirSync(folder).length);
+    expect(disk.stats().files).toBeGreaterThanOrEqual(left - 1);
+    const prompt = [...long.slice(0, 1100), ...promptIds(9, 85).slice(1)];
+    const expected = single(model, prompt, 6, request("x", [], 0).sampling);
+    const run = runScheduled(model, [{ at: 0, request: request("k", prompt, 6) }], options, (s) =>
+      s.attachPrefixStore(disk),
+    );
+    const cachedTokens = started(run.events, "k").cachedTokens;
+    expect(cachedTokens).toBeGreaterThanOrEqual(32);
+    expect(cachedTokens % 16).toBe(0);
+    expect(run.tokens.get("k")).toEqual(expected);
+    run.scheduler.dispose();
+  });
 });
 
 describe("the engine writes pieces while idle (tiny-llama-f16, CPU)", () => {
