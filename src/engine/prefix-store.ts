@@ -207,61 +207,45 @@ export class PrefixStore {
   }
 
   /**
-   * The chain's first `length` tokens of KV as one state (the files' parts
-   * joined on the token axis, read and joined a layer at a time); null if a
-   * file fails, whose chain is then removed.
+   * The chain's KV, one state per file (a radix node each: no copy to join
+   * them here, admission joins what a row uses); null if a file fails, whose
+   * chain is then removed.
    */
-  load(chain: readonly DiskNode[], length: number): KVState | null {
+  load(chain: readonly DiskNode[]): KVState[] | null {
     const started = performance.now();
-    const files: Map<string, MxArray>[] = [];
-    const parts: MxArray[][] = [];
+    const states: KVState[] = [];
     try {
-      let covered = 0;
-      const uses: number[] = [];
       for (const n of chain) {
-        const arrays = mx.loadSafetensors(n.file).arrays;
-        files.push(arrays);
-        arrays.get("tokens")?.dispose();
-        arrays.delete("tokens");
-        if (arrays.size % this.#numLayers !== 0) throw new Error(`${n.file}: bad parts`);
-        uses.push(Math.min(n.tokens.length, length - covered));
-        covered += n.tokens.length;
-      }
-      if (covered < length) throw new Error("the chain is shorter than the match");
-      const perLayer = (files[0]?.size ?? 0) / this.#numLayers;
-      for (let l = 0; l < this.#numLayers; l++) {
-        const layer: MxArray[] = [];
-        for (let p = 0; p < perLayer; p++) {
-          const name = `l${l}.p${p}`;
-          const pieces = chain.map((n, i) => {
-            const a = files[i]?.get(name);
-            if (!a || a.dim(2) !== n.tokens.length) throw new Error(`${n.file}: bad part ${name}`);
-            return a;
-          });
-          const joined = joinPieces(pieces, uses);
-          layer.push(joined);
-          for (const a of pieces) if (a !== joined) a.dispose();
-          for (const f of files) f.delete(name);
+        const loaded = mx.loadSafetensors(n.file);
+        const arrays = loaded.arrays;
+        const perLayer = (arrays.size - 1) / this.#numLayers;
+        const parts: MxArray[][] = [];
+        for (let l = 0; l < this.#numLayers; l++) {
+          const layer: MxArray[] = [];
+          for (let p = 0; p < perLayer; p++) {
+            const a = arrays.get(`l${l}.p${p}`);
+            if (!a || a.dim(2) !== n.tokens.length) throw new Error(`${n.file}: bad part l${l}.p${p}`);
+            layer.push(a);
+          }
+          parts.push(layer);
         }
-        // Read now, a layer at a time: a bad file fails here, not inside a forward pass, and
-        // the files' arrays are freed as they are joined.
-        mx.evaluate(...layer);
-        parts.push(layer);
+        arrays.get("tokens")?.dispose();
+        states.push({ parts, length: n.tokens.length });
       }
-      for (const f of files) if (f.size > 0) throw new Error("a file holds more parts than its layout");
+      // Read now: a bad file fails here, not inside a forward pass.
+      mx.evaluate(...states.flatMap((s) => s.parts.flat()));
     } catch {
-      for (const f of files) for (const a of f.values()) a.dispose();
-      for (const layer of parts) for (const a of layer) a.dispose();
+      for (const s of states) for (const layer of s.parts) for (const a of layer) a.dispose();
       for (const n of chain) this.#forget(n);
       return null;
     }
     this.#loaded += chain.length;
-    this.#loadedTokens += length;
+    this.#loadedTokens += chain.reduce((t, n) => t + n.tokens.length, 0);
     this.choice.recordLoad(
       chain.reduce((b, n) => b + n.bytes, 0),
       performance.now() - started,
     );
-    return { parts, length };
+    return states;
   }
 
   #forget(n: DiskNode): void {
@@ -356,14 +340,4 @@ export class PrefixStore {
       ...this.choice.rates,
     };
   }
-}
-
-/** Pieces' parts joined on the token axis, each cut to its `uses` tokens (a new array unless one piece is all). */
-function joinPieces(pieces: MxArray[], uses: number[]): MxArray {
-  const first = pieces[0] as MxArray;
-  if (pieces.length === 1 && uses[0] === first.dim(2)) return first;
-  return mx.tidy(() => {
-    const cut = pieces.map((a, i) => ((uses[i] ?? 0) === a.dim(2) ? a : mx.sliceAxis(a, 2, 0, uses[i] ?? 0)));
-    return mx.keep(cut.length === 1 ? mx.contiguous(cut[0] as MxArray) : mx.concatenate(cut, 2));
-  });
 }

@@ -6,7 +6,7 @@
 
 import * as mx from "../mlx";
 import type { KVCache } from "./kv-cache";
-import { disposeState, type PrefixCache } from "./prefix-cache";
+import { disposeState, type KVState, type PrefixCache } from "./prefix-cache";
 import type { PrefixStore } from "./prefix-store";
 import type { SequenceState } from "./scheduler-policy";
 
@@ -115,9 +115,8 @@ export class PrefixKeeper {
 
   /**
    * Brings a prompt's prefix from disk into the prefix cache when the disk
-   * holds more of it than memory does: the chain of pieces joined into one
-   * node (pieces are cut at fixed points from the root, so written back it
-   * gives the same files).
+   * holds more of it than memory does: one radix node per file (a piece), so
+   * the nodes keep the files' boundaries (and their names) when written back.
    */
   loadFromDisk(tokens: readonly number[], regime: number): void {
     const disk = this.#disk;
@@ -129,20 +128,27 @@ export class PrefixKeeper {
     const fileBytes = found.chain.reduce((n, c) => n + c.bytes, 0);
     if (!disk.choice.worthLoading(fileBytes, found.length - inMemory)) return;
     this.cache.evictTo(this.#budgetBytes - this.#reserved() - fileBytes);
-    const state = disk.load(found.chain, found.length);
-    if (!state) return;
-    let used = false;
-    this.cache.store(tokens, regime, found.length, (a, b) => {
-      if (a === 0 && b === state.length) {
-        used = true;
-        return state;
-      }
-      return mx.tidy(() => ({
-        parts: state.parts.map((layer) => layer.map((x) => mx.keep(mx.contiguous(mx.sliceAxis(x, 2, a, b))))),
-        length: b - a,
-      }));
-    });
-    if (!used) disposeState(state);
+    const states = disk.load(found.chain);
+    if (!states) return;
+    const used = new Set<KVState>();
+    let end = 0;
+    for (const state of states) {
+      const start = end;
+      end = Math.min(end + state.length, found.length);
+      this.cache.store(tokens, regime, end, (a, b) => {
+        if (a === start && b - a === state.length) {
+          used.add(state);
+          return state;
+        }
+        return mx.tidy(() => ({
+          parts: state.parts.map((layer) =>
+            layer.map((x) => mx.keep(mx.contiguous(mx.sliceAxis(x, 2, a - start, b - start)))),
+          ),
+          length: b - a,
+        }));
+      });
+    }
+    for (const state of states) if (!used.has(state)) disposeState(state);
     this.trim();
   }
 }
