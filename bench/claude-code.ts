@@ -9,7 +9,9 @@
 //   bun run bench claude-code --model M [--device gpu] [--servers pensieve,mlx-lm] [--request FILE]
 //     The replay. Pensieve over /v1/messages: turn 1, the same again, a
 //     follow-up turn, a second session (same system and tools, another first
-//     message), 8 sessions at once, then a restart and turn 1 again. The
+//     message), 8 sessions at once, then a restart (after waiting, at most
+//     60 s, until the prefix is on disk; --restart-now: at once, so only what
+//     the shutdown writes survives) and turn 1 again. The
 //     same turns as rendered Phi-3 text over /v1/completions for Pensieve and
 //     mlx_lm.server (its prompt cache), so both see the same tokens.
 //   Writes JSON (card name included) and a markdown table to --out-dir.
@@ -272,6 +274,8 @@ interface Options {
   long: number;
   /** Only turn 1, the same again and the restart. */
   quick: boolean;
+  /** Restart at once after the last turn (no pause): only what the shutdown writes survives. */
+  restartNow: boolean;
 }
 
 const WORDS =
@@ -333,27 +337,70 @@ async function replayPensieve(
   log(t1);
   log(await messages(base, "same again", body));
   if (!o.quick) await moreTurns(o, base, body, t1.text, log);
-  // Restart: wait until the idle engine has written the cache to disk, then stop and start again.
-  const until = Date.now() + 120_000;
-  let files = 0;
-  let stable = 0;
-  while (Date.now() < until && stable < 3) {
-    await Bun.sleep(2000);
-    const now = await metric(base, "pensieve_prefix_disk_files");
-    stable = now > 0 && now === files ? stable + 1 : 0;
-    files = now;
-  }
-  const diskBytes = await metric(base, "pensieve_prefix_disk_bytes");
-  console.log(`[pensieve] disk before the restart: ${files} files, ${diskBytes} bytes`);
+  // Restart, after the pause a Claude Code user gives between turns: wait until the idle engine has
+  // written the cache to disk, then stop and start again (--restart-now: no pause, the shutdown writes).
+  const disk = await waitForDisk(base, o.restartNow ? 0 : DISK_WAIT_MS);
+  console.log(`[pensieve] ${disk.line}`);
+  const stopping = performance.now();
   await stop(proc);
+  const stopSeconds = (performance.now() - stopping) / 1000;
+  console.log(`[pensieve] stopped in ${stopSeconds.toFixed(2)} s`);
   proc = startPensieve(o, port, join(o.outDir, "pensieve-claude-code-restart.log"));
   await waitReady(`${base}/health`, proc);
+  const kept = `${await metric(base, "pensieve_prefix_disk_files")} files, ${await metric(base, "pensieve_prefix_disk_bytes")} bytes`;
+  console.log(`[pensieve] disk after the restart: ${kept}`);
   log(await warmUp(base, "after restart: warm-up (unrelated prompt)"));
   log(await messages(base, "after restart: turn 1", body));
   if (o.long > 0) log(await longPrompt(base, o.long));
   const peak = await metric(base, "pensieve_mlx_peak_memory_bytes");
   await stop(proc);
-  return { health, prefixDiskFiles: files, prefixDiskBytes: diskBytes, peakMlxBytesAfterRestart: peak };
+  return {
+    health,
+    prefixDiskFiles: disk.files,
+    prefixDiskBytes: disk.bytes,
+    prefixDiskWaitSeconds: disk.waitSeconds,
+    prefixDiskPendingBytes: disk.pendingBytes,
+    prefixDiskSkippedWrites: disk.skippedWrites,
+    prefixDiskLine: disk.line,
+    prefixDiskAfterRestart: kept,
+    stopSeconds,
+    peakMlxBytesAfterRestart: peak,
+  };
+}
+
+/** Longest wait for the prefix cache to reach the disk before the restart. */
+const DISK_WAIT_MS = 60_000;
+/** Done when nothing is pending and the disk has not changed for this long (writing starts after 1 s idle). */
+const DISK_STABLE_MS = 3_000;
+
+/**
+ * Polls /metrics until the engine has written what it will (nothing pending,
+ * files and bytes unchanged for DISK_STABLE_MS), at most DISK_WAIT_MS.
+ */
+async function waitForDisk(base: string, maxMs: number) {
+  const started = Date.now();
+  let last = "";
+  let stableSince = Date.now();
+  let files = 0;
+  let bytes = 0;
+  let pendingBytes = 0;
+  let skippedWrites = 0;
+  for (let first = true; first || Date.now() - started < maxMs; first = false) {
+    if (!first) await Bun.sleep(250);
+    files = await metric(base, "pensieve_prefix_disk_files");
+    bytes = await metric(base, "pensieve_prefix_disk_bytes");
+    pendingBytes = await metric(base, "pensieve_prefix_disk_pending_bytes");
+    skippedWrites = await metric(base, "pensieve_prefix_disk_skipped_writes");
+    const now = `${files}:${bytes}:${pendingBytes}`;
+    if (now !== last || pendingBytes > 0) stableSince = Date.now();
+    last = now;
+    if (Date.now() - stableSince >= DISK_STABLE_MS) break;
+  }
+  const waitSeconds = (Date.now() - started) / 1000;
+  const line =
+    `disk before the restart: ${files} files, ${bytes} bytes (waited ${waitSeconds.toFixed(1)} s, ` +
+    `${pendingBytes} bytes still pending${skippedWrites > 0 ? `; ${skippedWrites} plans skipped: prefilling again is quicker than reading back here` : ""})`;
+  return { files, bytes, pendingBytes, skippedWrites, waitSeconds, line };
 }
 
 /** The follow-up, a second session, N sessions at once, and the text turns. */
@@ -422,7 +469,9 @@ export async function benchClaudeCode(argv: string[]): Promise<void> {
   if (argv[0] === "capture") return capture(get("out") ?? REQUEST_FILE);
   const model = get("model");
   if (!model)
-    throw new Error("usage: bun run bench claude-code --model MODEL_FOLDER [--device gpu] [--servers pensieve,mlx-lm]");
+    throw new Error(
+      "usage: bun run bench claude-code --model MODEL_FOLDER [--device gpu] [--servers pensieve,mlx-lm] [--quick] [--restart-now]",
+    );
   const o: Options = {
     model,
     device: get("device") === "gpu" ? "gpu" : "cpu",
@@ -434,6 +483,7 @@ export async function benchClaudeCode(argv: string[]): Promise<void> {
     home: get("home") ?? join(CACHE_DIR, "claude-code-home"),
     long: Number(get("long") ?? 0),
     quick: argv.includes("--quick"),
+    restartNow: argv.includes("--restart-now"),
   };
   mkdirSync(o.outDir, { recursive: true });
   const captured = JSON.parse(readFileSync(o.request, "utf8")) as Captured;
@@ -495,6 +545,9 @@ export async function benchClaudeCode(argv: string[]): Promise<void> {
       "|---|---|---|---:|---:|---:|---:|---:|",
       ...rows,
       "",
+      ...(typeof (extra.pensieve as { prefixDiskLine?: string } | undefined)?.prefixDiskLine === "string"
+        ? [`Pensieve ${(extra.pensieve as { prefixDiskLine: string }).prefixDiskLine}.`, ""]
+        : []),
     ].join("\n"),
   );
   console.log(`wrote ${base}.json and .md`);

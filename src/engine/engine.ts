@@ -32,6 +32,12 @@ import { agreeOnMinimum } from "./tensor-parallel";
 
 /** At shutdown, cached prefixes are written for at most this long (the supervisor's grace is 3 s). */
 const SHUTDOWN_PERSIST_MS = 2000;
+/**
+ * Cached prefixes go to disk after this long without work (a piece at a
+ * time, yielding to new work between pieces): a client's pause between
+ * turns, well before MLX's buffer cache is released.
+ */
+const PERSIST_QUIET_MS = 1000;
 
 /** The disk budget for cached prefixes: the setting, or up to 16 GiB and a quarter of the free disk. */
 export function prefixDiskBudget(setting: number | null, dir: string): number {
@@ -54,7 +60,8 @@ function openPrefixStore(config: EngineConfig, loaded: LoadedModel, kvBits: KvBi
     const key = modelKey({ model: fileIdentity(config.model), layout, rope: config.alwaysLongRope ? "long" : "hf" });
     mkdirSync(root, { recursive: true });
     const budget = prefixDiskBudget(config.prefixDiskBytes, root);
-    return budget > 0 ? new PrefixStore(root, key, budget, layout, c.numLayers, mx.getDevice()) : null;
+    if (budget <= 0) return null;
+    return new PrefixStore(root, key, budget, layout, c.numLayers, mx.getDevice(), config.prefixDiskPieceBytes);
   } catch {
     // A read-only or missing data folder costs the feature, not the engine.
     return null;
@@ -283,22 +290,43 @@ export class Engine {
     if (this.#running) return;
     this.#running = true;
     let cacheHeld = false;
+    let persistDue = false;
+    let idleSince: number | null = null;
     while (!this.#stopped) {
       if (!this.scheduler.hasWork()) {
         // Idle. Warm-ups go in a quiet spell (between a client's back-to-back requests they would
-        // delay the next); MLX's buffer cache stays for the next request unless none comes for a while.
+        // delay the next); so do prefix writes, after a longer one; MLX's buffer cache stays for the
+        // next request unless none comes for a while.
+        idleSince ??= performance.now();
+        const since = idleSince;
         const warm = this.#warmups.length > 0;
-        const woken = await this.#sleep(warm ? WARMUP_QUIET_MS : cacheHeld ? this.#cacheReleaseIdleMs : null);
+        const persistAt = persistDue ? PERSIST_QUIET_MS : Number.POSITIVE_INFINITY;
+        const releaseAt = cacheHeld ? this.#cacheReleaseIdleMs : Number.POSITIVE_INFINITY;
+        const next = Math.min(persistAt, releaseAt);
+        const wait = warm
+          ? WARMUP_QUIET_MS
+          : Number.isFinite(next)
+            ? Math.max(0, next - (performance.now() - since))
+            : null;
+        const woken = await this.#sleep(wait);
         if (woken) continue;
-        if (warm) this.#warmNext();
-        else {
+        if (warm) {
+          this.#warmNext();
+          continue;
+        }
+        if (persistDue && performance.now() - since >= persistAt) {
+          persistDue = false;
+          await this.#persistQuietly();
+        }
+        if (cacheHeld && !this.scheduler.hasWork() && performance.now() - since >= releaseAt) {
           mx.memory.clearCache();
           cacheHeld = false;
-          await this.#persistQuietly();
         }
         continue;
       }
+      idleSince = null;
       cacheHeld = true;
+      persistDue = true;
       this.scheduler.step();
       // Let messages (new requests, cancellations) in between steps.
       await new Promise((resolve) => setImmediate(resolve));
@@ -306,7 +334,10 @@ export class Engine {
     this.#running = false;
   }
 
-  /** Writes cached prefixes to disk, one node at a time, while nothing else needs the engine. */
+  /**
+   * Writes cached prefixes to disk, a piece at a time, while nothing else
+   * needs the engine: new work waits at most one piece (PIECE_BYTES of KV).
+   */
   async #persistQuietly(): Promise<void> {
     while (!this.#stopped && !this.scheduler.hasWork()) {
       try {
@@ -336,6 +367,7 @@ export class Engine {
     this.#stopped = true;
     this.scheduler.cancelAll();
     this.scheduler.step();
+    // Pieces are short: what fits in the time is written, each piece whole, and a restart reads the chains they make.
     const deadline = performance.now() + SHUTDOWN_PERSIST_MS;
     try {
       while (performance.now() < deadline && this.scheduler.persistStep()) {}

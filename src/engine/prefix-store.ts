@@ -1,40 +1,35 @@
 // The prefix cache on disk, so a restart does not cost Claude Code a full
-// prefill of its ~20K-token system prompt and tools. In quiet moments and at
-// shutdown the most used radix nodes are written to the data folder, one
-// safetensors file each, under a disk budget; after a restart a prompt whose
-// prefix is on disk loads it (lazily: MLX reads the file as it copies) instead
-// of prefilling it.
+// prefill of its ~20K-token system prompt and tools. After a short quiet
+// spell and at shutdown the most used radix nodes are written to the data
+// folder under a disk budget; after a restart a prompt whose prefix is on
+// disk loads it instead of prefilling it.
 //
-// Layout: <dir>/<model key>/<node hash>.safetensors, where the model key
-// hashes the model's files, the tokenizer and the KV layout, and a node's
-// hash is that of its RoPE regime and every token from the root to its end.
-// Each file holds the node's tokens (int32 "tokens"), its KV parts
-// ("l<layer>.p<part>", token axis 2) and, as metadata, its parent's hash. A
-// file that does not match its header, its size, its layout or its chain is
-// removed, never trusted.
-import { createHash } from "node:crypto";
-import {
-  closeSync,
-  existsSync,
-  mkdirSync,
-  openSync,
-  readdirSync,
-  readSync,
-  renameSync,
-  rmSync,
-  statSync,
-} from "node:fs";
+// A node is written in pieces of about `pieceBytes` of KV (64 MiB: ~170
+// tokens of Phi-3's fp16 KV), one file each, so that each write is short
+// (the engine takes new work between pieces) and a shutdown or kill keeps
+// every piece already written. Pieces are cut at multiples of a fixed token
+// count from the root, so the same tokens give the same files whatever the
+// radix nodes' boundaries. Files form chains: each names its parent (the
+// piece before it), and a chain is used from the root as far as its files
+// are whole. Layout: <dir>/<model key>/<path hash>.safetensors (formats and
+// checks in prefix-store-format.ts); a file that does not match its header,
+// its size, its layout or its chain is removed, never trusted.
+import { mkdirSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
 import type { KVState } from "./kv-cache";
 import { LoadOrPrefill } from "./load-or-prefill";
+import { FORMAT, nodeHash, readHeader, readTokens, SUFFIX, TEMP } from "./prefix-store-format";
+import { fitBudget, type PendingWrite, pieceCandidates } from "./prefix-store-plan";
 import type { PrefixStoreStats } from "./protocol";
 import type { RadixEntry } from "./radix-cache";
 
-const FORMAT = "pensieve-prefix-1";
-const SUFFIX = ".safetensors";
-const TEMP = ".tmp";
+export { fileIdentity, modelKey } from "./prefix-store-format";
+export { type PendingWrite, pieceTokens } from "./prefix-store-plan";
+
+/** KV bytes a piece holds at most (one write, one file). */
+export const PIECE_BYTES = 64 * 1024 * 1024;
 
 export interface DiskNode {
   hash: string;
@@ -54,89 +49,23 @@ export interface DiskMatch {
   chain: DiskNode[];
 }
 
-/** What identifies the model and its KV layout; any change gives another folder. */
-export function modelKey(parts: Record<string, string | number>): string {
-  const text = Object.keys(parts)
-    .sort()
-    .map((k) => `${k}=${parts[k]}`)
-    .join("\n");
-  return createHash("sha256").update(text).digest("hex").slice(0, 24);
-}
-
-/** A file's identity for the model key: path, size and modification time. */
-export function fileIdentity(path: string): string {
-  if (!existsSync(path)) return `${path}:missing`;
-  const s = statSync(path);
-  if (!s.isDirectory()) return `${path}:${s.size}:${s.mtimeMs}`;
-  return readdirSync(path)
-    .filter((f) => f.endsWith(".safetensors") || f.endsWith(".json") || f.endsWith(".gguf"))
-    .sort()
-    .map((f) => fileIdentity(join(path, f)))
-    .join(";");
-}
-
-function nodeHash(regime: number, path: readonly number[]): string {
-  const h = createHash("sha256");
-  h.update(`${regime}:`);
-  h.update(new Uint8Array(Int32Array.from(path).buffer));
-  return h.digest("hex").slice(0, 32);
-}
-
-interface Header {
-  tensors: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
-  metadata: Record<string, string>;
-  dataStart: number;
-}
-
-/** Reads a safetensors header and checks the file holds exactly the data it names. */
-function readHeader(file: string): Header {
-  const fd = openSync(file, "r");
-  try {
-    const size = statSync(file).size;
-    const lenBuf = Buffer.alloc(8);
-    if (readSync(fd, lenBuf, 0, 8, 0) !== 8) throw new Error("truncated");
-    const len = Number(lenBuf.readBigUInt64LE(0));
-    if (len <= 0 || len > 64 * 1024 * 1024 || 8 + len > size) throw new Error("bad header length");
-    const json = Buffer.alloc(len);
-    if (readSync(fd, json, 0, len, 8) !== len) throw new Error("truncated header");
-    const raw = JSON.parse(json.toString("utf8")) as Record<string, unknown>;
-    const metadata = (raw.__metadata__ ?? {}) as Record<string, string>;
-    delete raw.__metadata__;
-    const tensors = raw as Header["tensors"];
-    let end = 0;
-    for (const t of Object.values(tensors)) end = Math.max(end, t.data_offsets[1]);
-    if (8 + len + end !== size) throw new Error("size does not match the header");
-    return { tensors, metadata, dataStart: 8 + len };
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function readTokens(file: string, header: Header): number[] {
-  const t = header.tensors.tokens;
-  if (t?.dtype !== "I32" || t.shape.length !== 1) throw new Error("no tokens");
-  const [a, b] = t.data_offsets;
-  const buf = Buffer.alloc(b - a);
-  const fd = openSync(file, "r");
-  try {
-    readSync(fd, buf, 0, b - a, header.dataStart + a);
-  } finally {
-    closeSync(fd);
-  }
-  return Array.from(new Int32Array(buf.buffer, buf.byteOffset, (b - a) / 4));
-}
-
 export class PrefixStore {
   readonly dir: string;
   readonly budgetBytes: number;
   /** The KV layout every file must have (also part of the model key). */
   readonly layout: string;
+  /** KV bytes a piece holds at most. */
+  readonly pieceBytes: number;
   readonly #numLayers: number;
   #nodes = new Map<string, DiskNode>();
+  /** Nodes by parent hash, for match(); rebuilt after any change. */
+  #children: Map<string, DiskNode[]> | null = null;
   #written = 0;
   #loaded = 0;
   #loadedTokens = 0;
   #removed = 0;
+  #pendingBytes = 0;
+  #skippedWrites = 0;
 
   /** Whether reading a prefix back beats prefilling it again (load-or-prefill.ts). */
   readonly choice: LoadOrPrefill;
@@ -148,7 +77,9 @@ export class PrefixStore {
     layout: string,
     numLayers: number,
     device: "cpu" | "gpu" = "cpu",
+    pieceBytes = PIECE_BYTES,
   ) {
+    this.pieceBytes = pieceBytes;
     this.choice = new LoadOrPrefill(device);
     this.dir = join(root, key);
     this.budgetBytes = budgetBytes;
@@ -203,6 +134,7 @@ export class PrefixStore {
       return ok ? path : null;
     };
     this.#nodes = new Map();
+    this.#children = null;
     for (const [hash, n] of found) {
       if (resolve(hash, 0)) this.#nodes.set(hash, n);
       else this.#remove(n.file);
@@ -232,11 +164,12 @@ export class PrefixStore {
     const chain: DiskNode[] = [];
     let parent = "root";
     let at = 0;
+    const children = this.#childIndex();
     for (;;) {
       let best: DiskNode | null = null;
       let bestLength = 0;
-      for (const n of this.#nodes.values()) {
-        if (n.parent !== parent || n.regime !== regime) continue;
+      for (const n of children.get(parent) ?? []) {
+        if (n.regime !== regime) continue;
         const max = Math.min(n.tokens.length, limit - at);
         let i = 0;
         while (i < max && n.tokens[i] === prompt[at + i]) i++;
@@ -261,7 +194,23 @@ export class PrefixStore {
     return { length: at, chain };
   }
 
-  /** The chain's KV, one state per file (lazy arrays: read as they are used); null if a file fails. */
+  #childIndex(): Map<string, DiskNode[]> {
+    if (this.#children) return this.#children;
+    const index = new Map<string, DiskNode[]>();
+    for (const n of this.#nodes.values()) {
+      const list = index.get(n.parent);
+      if (list) list.push(n);
+      else index.set(n.parent, [n]);
+    }
+    this.#children = index;
+    return index;
+  }
+
+  /**
+   * The chain's KV, one state per file (a radix node each: no copy to join
+   * them here, admission joins what a row uses); null if a file fails, whose
+   * chain is then removed.
+   */
   load(chain: readonly DiskNode[]): KVState[] | null {
     const started = performance.now();
     const states: KVState[] = [];
@@ -301,96 +250,79 @@ export class PrefixStore {
 
   #forget(n: DiskNode): void {
     this.#nodes.delete(n.hash);
+    this.#children = null;
     this.#remove(n.file);
   }
 
   /**
-   * Which nodes the disk should hold: cached ones, most used first, then
-   * files already on disk, each only with its whole chain and within the
-   * budget. Files left out are removed. Returns the cached nodes to write.
+   * Which pieces the disk should hold: those of cached nodes, most used
+   * first, then files already on disk, each only with its whole chain and
+   * within the budget. Files left out are removed. Returns the pieces to
+   * write, each after its parent.
    */
-  plan(entries: readonly RadixEntry<KVState>[], bytesOf: (state: KVState) => number): PendingWrite[] {
+  plan(
+    entries: readonly RadixEntry<KVState>[],
+    bytesOf: (state: KVState) => number,
+    blockTokens: number,
+  ): PendingWrite[] {
     // Where reading back would not be chosen (a fast GPU prefills quicker), writing is work that blocks the engine.
     const sample = entries.find((e) => e.tokens.length > 0);
-    if (sample && !this.choice.wouldLoad(bytesOf(sample.payload), sample.tokens.length)) return [];
-    const keep = new Set<string>();
-    const out: PendingWrite[] = [];
-    let total = 0;
-    type Candidate = { hash: string; parent: string; size: number; write: PendingWrite | null };
-    const candidates: Candidate[] = entries.map((e) => {
-      const hash = nodeHash(e.regime, e.prefix.concat(e.tokens));
-      const parent = e.prefix.length === 0 ? "root" : nodeHash(e.regime, e.prefix);
-      const onDisk = this.#nodes.get(hash);
-      return {
-        hash,
-        parent,
-        size: onDisk?.bytes ?? bytesOf(e.payload) + 4 * e.tokens.length + 4096,
-        write: onDisk
-          ? null
-          : { hash, parent, regime: e.regime, tokens: e.tokens, start: e.prefix.length, state: e.payload },
-      };
-    });
-    const cached = new Set(candidates.map((c) => c.hash));
+    if (sample && !this.choice.wouldLoad(bytesOf(sample.payload), sample.tokens.length)) {
+      this.#skippedWrites++;
+      this.#pendingBytes = 0;
+      return [];
+    }
+    const pieces = pieceCandidates(entries, bytesOf, blockTokens, this.pieceBytes, (h) => this.#nodes.get(h)?.bytes);
+    const cached = new Set(pieces.map((c) => c.hash));
     const diskOnly = [...this.#nodes.values()]
       .filter((n) => !cached.has(n.hash))
       .sort((a, b) => a.start - b.start)
       .map((n) => ({ hash: n.hash, parent: n.parent, size: n.bytes, write: null }));
-    // A child can come before its parent in use order: take what fits, again, until nothing changes.
-    let left = [...candidates, ...diskOnly];
-    for (let progress = true; progress; ) {
-      progress = false;
-      const rest: Candidate[] = [];
-      for (const c of left) {
-        if (c.parent !== "root" && !keep.has(c.parent)) {
-          rest.push(c);
-          continue;
-        }
-        if (total + c.size > this.budgetBytes) continue;
-        total += c.size;
-        keep.add(c.hash);
-        if (c.write) out.push(c.write);
-        progress = true;
-      }
-      left = rest;
-    }
+    const { keep, writes, pendingBytes } = fitBudget([...pieces, ...diskOnly], this.budgetBytes);
     for (const n of [...this.#nodes.values()]) if (!keep.has(n.hash)) this.#forget(n);
-    return out;
+    this.#pendingBytes = pendingBytes;
+    return writes;
   }
 
-  /** Writes one node (atomically: a temporary file, then a rename). */
+  /** Writes one piece (atomically: a temporary file, then a rename; a kill leaves no trusted file). */
   write(w: PendingWrite): void {
-    const tensors = new Map<string, MxArray>();
-    const tokens = mx.fromData(Int32Array.from(w.tokens), [w.tokens.length], mx.Dtype.int32);
-    tensors.set("tokens", tokens);
-    w.state.parts.forEach((layer, l) => {
-      layer.forEach((a, p) => {
-        tensors.set(`l${l}.p${p}`, a);
-      });
-    });
     const file = join(this.dir, `${w.hash}${SUFFIX}`);
     const temp = join(this.dir, `${w.hash}${TEMP}${SUFFIX}`);
     try {
-      mx.saveSafetensors(temp, tensors, {
-        format: FORMAT,
-        layout: this.layout,
-        parent: w.parent,
-        regime: String(w.regime),
+      mx.tidy(() => {
+        const tensors = new Map<string, MxArray>();
+        tensors.set("tokens", mx.fromData(Int32Array.from(w.tokens), [w.tokens.length], mx.Dtype.int32));
+        const whole = w.offset === 0 && w.tokens.length === w.state.length;
+        w.state.parts.forEach((layer, l) => {
+          layer.forEach((a, p) => {
+            const part = whole ? a : mx.contiguous(mx.sliceAxis(a, 2, w.offset, w.offset + w.tokens.length));
+            tensors.set(`l${l}.p${p}`, part);
+          });
+        });
+        mx.saveSafetensors(temp, tensors, {
+          format: FORMAT,
+          layout: this.layout,
+          parent: w.parent,
+          regime: String(w.regime),
+        });
       });
       renameSync(temp, file);
     } finally {
-      tokens.dispose();
       rmSync(temp, { force: true });
     }
+    const bytes = statSync(file).size;
     this.#nodes.set(w.hash, {
       hash: w.hash,
       parent: w.parent,
       regime: w.regime,
       tokens: [...w.tokens],
       start: w.start,
-      bytes: statSync(file).size,
+      bytes,
       file,
     });
+    this.#children = null;
     this.#written++;
+    this.#pendingBytes = Math.max(0, this.#pendingBytes - w.size);
   }
 
   stats(): PrefixStoreStats {
@@ -403,16 +335,9 @@ export class PrefixStore {
       loadedTokens: this.#loadedTokens,
       removed: this.#removed,
       skippedLoads: this.choice.skipped,
+      pendingBytes: this.#pendingBytes,
+      skippedWrites: this.#skippedWrites,
       ...this.choice.rates,
     };
   }
-}
-
-export interface PendingWrite {
-  hash: string;
-  parent: string;
-  regime: number;
-  tokens: number[];
-  start: number;
-  state: KVState;
 }

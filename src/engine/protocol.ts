@@ -151,6 +151,10 @@ export interface PrefixStoreStats {
   removed: number;
   /** Prefixes found on disk but prefilled instead, as quicker (src/engine/load-or-prefill.ts). */
   skippedLoads: number;
+  /** Bytes of pieces still to write, as the last plan left them (0 once all is on disk). */
+  pendingBytes: number;
+  /** Plans that wrote nothing because prefilling again is quicker than reading back would be. */
+  skippedWrites: number;
   /** The rates behind that choice: measured in this process, or the device's prior. */
   prefillTokensPerS: number;
   diskBytesPerS: number;
@@ -218,6 +222,8 @@ export interface EngineConfig {
   prefixDiskBytes?: number | null;
   /** Folder for them (default: <data folder>/prefix-cache). */
   prefixDiskDir?: string;
+  /** KV bytes written to disk in one step (default PIECE_BYTES in prefix-store.ts; tests make it small). */
+  prefixDiskPieceBytes?: number;
   /** KV cache storage: 0 float, 8 or 4 group-quantized bits; null/absent: automatic (automaticKvBits in kv-pool.ts). */
   kvBits?: 0 | 4 | 8 | null;
   /** Prompt-lookup speculation for a lone decoding row; null/absent: on the CPU, off on a GPU (not measured there yet). */

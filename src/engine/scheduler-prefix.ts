@@ -42,11 +42,17 @@ export class PrefixKeeper {
     this.#disk = store;
   }
 
-  /** Writes one cached prefix node that the disk lacks. Returns whether more remain. */
+  /**
+   * Writes one piece (about PIECE_BYTES of KV) of a cached prefix node that
+   * the disk lacks: a short step, so that the engine can take new work
+   * between pieces. Returns whether more remain.
+   */
   persistStep(): boolean {
     if (!this.#disk || !this.cache.enabled) return false;
-    const pending = this.#disk.plan(this.cache.entries(), (st) =>
-      st.parts.reduce((n, layer) => n + layer.reduce((m, a) => m + a.nbytes, 0), 0),
+    const pending = this.#disk.plan(
+      this.cache.entries(),
+      (st) => st.parts.reduce((n, layer) => n + layer.reduce((m, a) => m + a.nbytes, 0), 0),
+      this.cache.blockTokens,
     );
     const next = pending[0];
     if (next) this.#disk.write(next);
@@ -109,8 +115,8 @@ export class PrefixKeeper {
 
   /**
    * Brings a prompt's prefix from disk into the prefix cache when the disk
-   * holds more of it than memory does: one radix node per file, so the nodes
-   * keep the files' boundaries (and their names) when written back.
+   * holds more of it than memory does: one radix node per file (a piece), so
+   * the nodes keep the files' boundaries (and their names) when written back.
    */
   loadFromDisk(tokens: readonly number[], regime: number): void {
     const disk = this.#disk;

@@ -218,6 +218,8 @@ async function refreshEngineGauges(ctx: AppContext): Promise<void> {
     metrics.kvReservedBytes.set(s.kvReservedBytes);
     metrics.prefixDiskBytes.set(s.prefixDisk?.bytes ?? 0);
     metrics.prefixDiskFiles.set(s.prefixDisk?.files ?? 0);
+    metrics.prefixDiskPendingBytes.set(s.prefixDisk?.pendingBytes ?? 0);
+    metrics.prefixDiskSkippedWrites.set(s.prefixDisk?.skippedWrites ?? 0);
     metrics.mlxActiveBytes.set(s.memory.activeBytes);
     metrics.mlxPeakBytes.set(s.memory.peakBytes);
     metrics.mlxCacheBytes.set(s.memory.cacheBytes);

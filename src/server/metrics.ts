@@ -131,7 +131,15 @@ export class ServerMetrics {
     "KV bytes running and prefilling sequences hold at their longest.",
   );
   readonly prefixDiskBytes = new Gauge("pensieve_prefix_disk_bytes", "Bytes of cached prefixes written to disk.");
-  readonly prefixDiskFiles = new Gauge("pensieve_prefix_disk_files", "Cached prefix nodes written to disk.");
+  readonly prefixDiskFiles = new Gauge("pensieve_prefix_disk_files", "Cached prefix pieces written to disk.");
+  readonly prefixDiskPendingBytes = new Gauge(
+    "pensieve_prefix_disk_pending_bytes",
+    "Bytes of cached prefixes still to write to disk (as the last plan left them).",
+  );
+  readonly prefixDiskSkippedWrites = new Gauge(
+    "pensieve_prefix_disk_skipped_writes",
+    "Plans that wrote nothing to disk because prefilling again is quicker than reading back.",
+  );
   readonly mlxActiveBytes = new Gauge("pensieve_mlx_active_memory_bytes", "MLX active memory.");
   readonly mlxPeakBytes = new Gauge("pensieve_mlx_peak_memory_bytes", "MLX peak memory.");
   readonly mlxCacheBytes = new Gauge("pensieve_mlx_cache_memory_bytes", "MLX buffer cache.");
