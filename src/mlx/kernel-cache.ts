@@ -141,6 +141,8 @@ export interface CompiledKernel {
 export class KernelCache {
   readonly stats: CacheStats = { compiles: 0, hits: 0, rejected: 0, compileMs: 0 };
   readonly #salt: string;
+  /** CUBINs this process already has (plans made again for the same source skip the disk). */
+  readonly #loaded = new Map<string, Buffer>();
 
   constructor(
     readonly dir: string,
@@ -203,9 +205,12 @@ export class KernelCache {
   /** The CUBIN for this source: from disk, else compiled and stored. Throws on a compile error. */
   get(source: string, programName: string): CompiledKernel {
     const key = this.key(source);
+    const known = this.#loaded.get(key);
+    if (known) return { cubin: known, key, fromDisk: true };
     const hit = this.read(key);
     if (hit) {
       this.stats.hits++;
+      this.#loaded.set(key, hit);
       return { cubin: hit, key, fromDisk: true };
     }
     const r = compileToCubin(source, programName, this.options, this.headers, this.nvrtcLib);
@@ -213,6 +218,7 @@ export class KernelCache {
     this.stats.compileMs += r.ms;
     if (!r.ok || !r.cubin) throw new Error(`NVRTC failed for ${programName}: ${r.log.slice(0, 2000)}`);
     this.write(key, r.cubin);
+    this.#loaded.set(key, r.cubin);
     if (process.env.PENSIEVE_KERNEL_CACHE_LOG === "1") {
       process.stderr.write(`[kernel-cache] compiled ${programName} in ${r.ms.toFixed(0)} ms -> ${key.slice(0, 12)}\n`);
     }
