@@ -33,6 +33,21 @@ struct Kernel {
   size_t n_inputs;
   size_t n_outputs;
   mx::fast::CustomKernelFunction fn;
+  // For the precompiled path (pv_kernel_plan_set_precompiled): which inputs'
+  // shapes the source reads (MLX's test: the source mentions <name>_shape).
+  std::vector<bool> reads_shape;
+  bool ensure_row_contiguous = true;
+  int shared_memory = 0;
+};
+
+// A CUBIN compiled by us (src/mlx/kernel-cache.ts) for one input signature.
+// MLX's precompiled_cuda_kernel passes inputs, outputs, then scalars: the
+// shapes the source reads become trailing int scalars (see kernel-cache.ts).
+struct Precompiled {
+  std::string name;
+  std::string cubin;
+  std::vector<std::pair<mx::Dtype, int>> signature;
+  std::vector<mx::fast::ScalarArg> scalars;  // of the last primitive made
 };
 
 // One launch configuration of a kernel, parsed once: decode steps repeat the
@@ -52,6 +67,7 @@ struct Plan {
   std::optional<float> init;
   std::shared_ptr<mx::Primitive> primitive;
   std::vector<std::pair<mx::Dtype, int>> signature;  // the inputs' dtypes and ranks the primitive was made for
+  std::unique_ptr<Precompiled> precompiled;
 };
 
 std::vector<std::string> split_names(const char* list) {
@@ -107,7 +123,11 @@ pv_kernel pv_kernel_new(const char* name, const char* input_names, const char* o
           default:
             throw std::runtime_error("custom GPU kernels are not available: this MLX build has no CUDA or Metal backend");
         }
-        return new Kernel{name, inputs.size(), outputs.size(), std::move(fn)};
+        std::string body = source;
+        std::vector<bool> reads_shape;
+        for (auto& n : inputs) reads_shape.push_back(body.find(n + "_shape") != std::string::npos);
+        return new Kernel{name,          inputs.size(), outputs.size(), std::move(fn), std::move(reads_shape),
+                          ensure_row_contiguous != 0, shared_memory};
       },
       static_cast<pv_kernel>(nullptr));
 }
@@ -158,6 +178,27 @@ pv_kernel_plan pv_kernel_plan_new(pv_kernel k, const int32_t* out_shapes, const 
 
 void pv_kernel_plan_free(pv_kernel_plan p) { delete static_cast<Plan*>(p); }
 
+int pv_kernel_plan_set_precompiled(pv_kernel_plan p, const char* name, const uint8_t* cubin, int64_t cubin_bytes,
+                                   const int32_t* input_dtypes, const int32_t* input_ndims, int n_inputs) {
+  return guarded(
+      [&]() -> int {
+        if (p == nullptr || name == nullptr || cubin == nullptr || cubin_bytes <= 0)
+          throw std::invalid_argument("null plan, name or CUBIN");
+        auto& plan = *static_cast<Plan*>(p);
+        if (language() != kCuda) throw std::runtime_error("precompiled kernels need the CUDA backend");
+        if (n_inputs < 0 || static_cast<size_t>(n_inputs) != plan.kernel->n_inputs)
+          throw std::invalid_argument(plan.kernel->name + ": precompiled signature has the wrong input count");
+        auto pre = std::make_unique<Precompiled>();
+        pre->name = name;
+        pre->cubin.assign(reinterpret_cast<const char*>(cubin), static_cast<size_t>(cubin_bytes));
+        for (int i = 0; i < n_inputs; ++i) pre->signature.emplace_back(dtype_of(input_dtypes[i]), input_ndims[i]);
+        plan.precompiled = std::move(pre);
+        plan.primitive = nullptr;
+        return 0;
+      },
+      -1);
+}
+
 int pv_kernel_plan_call(pv_kernel_plan p, pv_array* inputs, int n_inputs, int verbose, pv_array* out) {
   return guarded(
       [&]() -> int {
@@ -173,7 +214,30 @@ int pv_kernel_plan_call(pv_kernel_plan p, pv_array* inputs, int n_inputs, int ve
         signature.reserve(in.size());
         for (auto& a : in) signature.emplace_back(a.dtype(), static_cast<int>(a.ndim()));
         std::vector<mx::array> results;
-        if (plan.primitive && signature == plan.signature && !verbose) {
+        if (plan.precompiled) {
+          auto& pre = *plan.precompiled;
+          if (signature != pre.signature)
+            throw std::invalid_argument(kernel.name + ": inputs' dtypes or ranks differ from the precompiled kernel's");
+          std::vector<mx::fast::ScalarArg> scalars;
+          for (size_t i = 0; i < in.size(); ++i)
+            if (kernel.reads_shape[i])
+              for (auto d : in[i].shape()) scalars.emplace_back(static_cast<int>(d));
+          auto same = [](const std::vector<mx::fast::ScalarArg>& a, const std::vector<mx::fast::ScalarArg>& b) {
+            if (a.size() != b.size()) return false;
+            for (size_t i = 0; i < a.size(); ++i)
+              if (std::get<int>(a[i]) != std::get<int>(b[i])) return false;
+            return true;
+          };
+          if (plan.primitive && same(scalars, pre.scalars)) {
+            results = mx::array::make_arrays(plan.shapes, plan.dtypes, plan.primitive, in);
+          } else {
+            results = mx::fast::precompiled_cuda_kernel(pre.name, pre.cubin, in, plan.shapes, plan.dtypes, scalars,
+                                                        plan.grid, plan.threadgroup, kernel.shared_memory, plan.init,
+                                                        kernel.ensure_row_contiguous, {});
+            plan.primitive = results.empty() ? nullptr : results[0].primitive_ptr();
+            pre.scalars = std::move(scalars);
+          }
+        } else if (plan.primitive && signature == plan.signature && !verbose) {
           results = mx::array::make_arrays(plan.shapes, plan.dtypes, plan.primitive, in);
         } else {
           results = kernel.fn(in, plan.shapes, plan.dtypes, plan.grid, plan.threadgroup, plan.targs, plan.init,

@@ -240,6 +240,12 @@ PV_API pv_kernel_plan pv_kernel_plan_new(pv_kernel k, const int32_t* out_shapes,
                                          const int32_t* template_kinds, const int32_t* template_values,
                                          int n_template, float init_value, int has_init_value);
 PV_API void pv_kernel_plan_free(pv_kernel_plan p);
+/* CUDA: the plan's launches run this CUBIN (kernel `name`, extern "C", compiled by the
+   caller for these input dtypes and ranks; see src/mlx/kernel-cache.ts) through MLX's
+   fast::precompiled_cuda_kernel instead of MLX's NVRTC. 0 on success, -1 on error. */
+PV_API int pv_kernel_plan_set_precompiled(pv_kernel_plan p, const char* name, const uint8_t* cubin,
+                                          int64_t cubin_bytes, const int32_t* input_dtypes,
+                                          const int32_t* input_ndims, int n_inputs);
 PV_API int pv_kernel_plan_call(pv_kernel_plan p, pv_array* inputs, int n_inputs, int verbose, pv_array* out);
 PV_API int pv_kernel_call(pv_kernel k, pv_array* inputs, int n_inputs, const int32_t* out_shapes,
                           const int32_t* out_ndims, const int32_t* out_dtypes, int n_outputs, const int32_t* grid,

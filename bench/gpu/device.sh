@@ -13,6 +13,7 @@
 #   bash bench/gpu/device.sh cc        # issue 10: 8 concurrent sessions, fused decode for 1 row vs 2-4 rows (A/B/A)
 #   bash bench/gpu/device.sh kv        # issue 10: Claude Code replay (carry .device/claude-code-request.json), long prompts
 #   bash bench/gpu/device.sh spec      # issue 13: a verify pass of k = 2, 4, 8, 16 tokens vs a one-token step
+#   bash bench/gpu/device.sh kcache    # kernel cache (PENSIEVE_KERNEL_CACHE=1): GPU test, then generate off / cold / warm
 #   bash bench/gpu/device.sh oom       # issue 14: a real out-of-memory error (test/gpu/out-of-memory.test.ts), $OUT/oom.txt
 #   bash bench/gpu/device.sh llama-build  # issue 11: llama.cpp CUDA (carry .device/llama.tar.xz{,.sha256}, and
 #                                         #   .device/libggml-cuda.so.xz{,.sha256} when built here; after prepare)
@@ -127,6 +128,27 @@ prepare)
   rope_compat "$MODEL"
   ls -la "$MODEL" | tee -a "$OUT/machine.txt"
   [ "${PREPARE_QUICK:-0}" = 1 ] || bun dist/src/cli.js generate --model "$MODEL" --raw --prompt "Hello there" --max-tokens 64 --device gpu
+  ;;
+kcache)
+  # The kernel cache: logits bit-equal to MLX's own compile and a second start compiling nothing
+  # (test/gpu/kernel-cache.test.ts), then the full-size model's wall time for one short generation:
+  # flag off (MLX's NVRTC), flag on with an empty cache (cold: compiles + writes), flag on again (warm: reads).
+  bun test --timeout 600000 test/gpu/kernel-cache.test.ts 2>&1 | tee "$OUT/kernel-cache-test.txt" || true
+  export PENSIEVE_HOME=$W/kc-home PENSIEVE_KERNEL_CACHE_LOG=1
+  rm -rf "$PENSIEVE_HOME/kernel-cache"
+  TIMEFORMAT="%R"
+  for run in off cold warm off warm; do
+    flag=1; [ "$run" = off ] && flag=0
+    t=$( { time PENSIEVE_KERNEL_CACHE=$flag bun dist/src/cli.js generate --model "$MODEL" --raw --prompt "Hello there" \
+      --max-tokens 32 --device gpu > "$OUT/kc-$run.log" 2>&1 || true; } 2>&1 )
+    echo "$run: ${t} s, compiled $(grep -c 'kernel-cache\] compiled' "$OUT/kc-$run.log" || true), not cached: $(grep -c 'not cached' "$OUT/kc-$run.log" || true)" | tee -a "$OUT/kernel-cache.txt"
+  done
+  ls -la "$PENSIEVE_HOME/kernel-cache" | tee -a "$OUT/kernel-cache.txt"
+  # Decode rate with the cached CUBINs (MLX hashes a precompiled kernel's CUBIN, ~200 KB, at every launch) vs off, A/B/A.
+  for flag in 0 1 0; do
+    PENSIEVE_KERNEL_CACHE=$flag bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve \
+      --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 3 --out-dir "$OUT/kc-rate-$flag" || true
+  done
   ;;
 single)
   for p in 128 512 4096; do

@@ -4,8 +4,18 @@
 // results are ordinary lazy arrays. The shim is opened a second time here with
 // only these symbols, so that an older shim without them reads as "none".
 import { dlopen, FFIType, type Pointer } from "bun:ffi";
+import { join } from "node:path";
+import { pensieveHome } from "../paths";
 import { type Dtype, handleList, handlesFrom, lastError, MlxError, type MxArray } from "./array";
 import { shimPath } from "./ffi";
+import {
+  kernelCacheEnabled,
+  kernelCacheUnavailable,
+  notPrecompilable,
+  precompiledName,
+  precompiledSource,
+  processKernelCache,
+} from "./kernel-cache";
 
 /** The kernel language of this MLX build; "none" on the CPU build. */
 export type KernelLanguage = "none" | "cuda" | "metal";
@@ -19,6 +29,7 @@ const symbols = {
   pv_kernel_plan_new: { args: [P, P, P, P, i32, P, P, P, P, P, i32, FFIType.f32, i32], returns: P },
   pv_kernel_plan_free: { args: [P], returns: FFIType.void },
   pv_kernel_plan_call: { args: [P, P, i32, i32, P], returns: i32 },
+  pv_kernel_plan_set_precompiled: { args: [P, P, P, FFIType.i64, P, P, i32], returns: i32 },
 } as const;
 
 type KernelLib = ReturnType<typeof dlopen<typeof symbols>>["symbols"];
@@ -158,7 +169,11 @@ export class CustomKernel {
     );
     if (!handle) throw new MlxError(`kernel ${this.spec.name}`, lastError());
     this.#plans.add(handle as Pointer);
-    return new KernelPlan(this, this.#lib, handle as Pointer, c.outputs.length, this.#plans);
+    const plan = new KernelPlan(this, this.#lib, handle as Pointer, c.outputs.length, this.#plans);
+    if (kernelLanguage() === "cuda" && kernelCacheEnabled()) {
+      plan.precompile = { outputs: c.outputs.map((o) => o.dtype), template };
+    }
+    return plan;
   }
 
   /** Frees the kernel and the plans still open on it. */
@@ -168,6 +183,13 @@ export class CustomKernel {
     if (this.#handle) this.#lib.pv_kernel_free(this.#handle);
     this.#handle = null;
   }
+}
+
+const warned = new Set<string>();
+function warnOnce(message: string): void {
+  if (warned.has(message)) return;
+  warned.add(message);
+  process.stderr.write(`[kernel-cache] ${message}\n`);
 }
 
 /** One launch configuration of a kernel (see CustomKernel.plan). */
@@ -189,11 +211,15 @@ export class KernelPlan {
     this.#open = open;
   }
 
+  /** Set when the kernel cache is on: the first run compiles (or loads) the CUBIN for its inputs. */
+  precompile: { outputs: Dtype[]; template: Array<[string, TemplateArg]> } | null = null;
+
   /** Adds one launch with these inputs to the graph; returns the outputs. */
   run(inputs: readonly MxArray[], verbose = false): MxArray[] {
     if (!this.#handle || !this.#open.has(this.#handle)) {
       throw new Error(`a plan of kernel ${this.kernel.spec.name} was disposed`);
     }
+    if (this.precompile) this.#usePrecompiled(this.#handle, inputs);
     const status = this.#lib.pv_kernel_plan_call(
       this.#handle,
       handleList(inputs),
@@ -203,6 +229,38 @@ export class KernelPlan {
     );
     if (status !== 0) throw new MlxError(`kernel ${this.kernel.spec.name}`, lastError());
     return handlesFrom(this.#out, this.#outputs, `kernel ${this.kernel.spec.name}`);
+  }
+
+  // Any failure leaves the plan on MLX's own NVRTC path (said once on stderr).
+  #usePrecompiled(handle: Pointer, inputs: readonly MxArray[]): void {
+    const pre = this.precompile;
+    this.precompile = null;
+    if (!pre) return;
+    const spec = this.kernel.spec;
+    const why = notPrecompilable(spec);
+    const cache = why ? null : processKernelCache(join(pensieveHome(), "kernel-cache"));
+    if (!cache) {
+      warnOnce(`kernel ${spec.name}: not cached (${why ?? kernelCacheUnavailable()})`);
+      return;
+    }
+    const signature = inputs.map((a) => ({ dtype: a.dtype, ndim: a.ndim }));
+    const name = precompiledName(spec, pre.template);
+    try {
+      const source = precompiledSource(spec, name, signature, pre.outputs, pre.template);
+      const { cubin } = cache.get(source, name);
+      const status = this.#lib.pv_kernel_plan_set_precompiled(
+        handle,
+        Buffer.from(`${name}\0`, "utf8"),
+        cubin,
+        cubin.length,
+        Int32Array.from(signature.length ? signature.map((s) => s.dtype) : [0]),
+        Int32Array.from(signature.length ? signature.map((s) => s.ndim) : [0]),
+        signature.length,
+      );
+      if (status !== 0) throw new Error(lastError());
+    } catch (e) {
+      warnOnce(`kernel ${spec.name}: not cached (${e})`);
+    }
   }
 
   dispose(): void {
