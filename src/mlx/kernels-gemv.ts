@@ -20,6 +20,7 @@
 // and the launch plans are one unit; splitting them would scatter the template constants.
 import { Dtype, type MxArray } from "./array";
 import { CustomKernel, type KernelPlan, kernelLanguage } from "./kernels";
+import { CHUNK_PRODUCTS } from "./kernels-gemv-chunk";
 import { GEMV_SPLIT_SOURCE, splitConfig } from "./kernels-gemv-split";
 import type { QuantizedWeight } from "./ops";
 
@@ -221,29 +222,7 @@ const SOURCE = `
     for (int u = 0; u < U; ++u) {
       const int c = (it0 + u) * 32 + lane;
       if (it0 + u < ITERS && (CHUNKS % 32 == 0 || c < CHUNKS)) {
-#pragma unroll
-        for (int m = 0; m < M; ++m) {
-          const uint4* xc = reinterpret_cast<const uint4*>(x + (size_t)m * K) + c * 4;
-          T2 xp[4][4];
-          float xsum = 0.f;
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            /*XLOAD*/
-            xp[j][0] = pv_bits<T2>(__byte_perm(v.x, v.z, 0x5410));
-            xp[j][1] = pv_bits<T2>(__byte_perm(v.x, v.z, 0x7632));
-            xp[j][2] = pv_bits<T2>(__byte_perm(v.y, v.w, 0x5410));
-            xp[j][3] = pv_bits<T2>(__byte_perm(v.y, v.w, 0x7632));
-            const float2 f = Ops::to_float2(__hadd2(__hadd2(xp[j][0], xp[j][1]), __hadd2(xp[j][2], xp[j][3])));
-            xsum += f.x + f.y;
-          }
-#pragma unroll
-          for (int r = 0; r < ROWS; ++r) {
-            const float d = pv_dot8<T>(wv[u][r].x, xp[0]) + pv_dot8<T>(wv[u][r].y, xp[1]) +
-                            pv_dot8<T>(wv[u][r].z, xp[2]) + pv_dot8<T>(wv[u][r].w, xp[3]);
-            acc[m][r] += sc[u][r] * d + bo[u][r] * xsum;
-          }
-        }
-      }
+${CHUNK_PRODUCTS}      }
     }
   }
 #pragma unroll
