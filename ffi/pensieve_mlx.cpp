@@ -153,6 +153,12 @@ const char* pv_mlx_version(void) {
   return v.c_str();
 }
 int pv_abi_version(void) { return kAbiVersion; }
+// libstdc++'s std::hash<std::string> of these bytes: MLX names a JIT module
+// "<kernel>_<hex std::hash(source)>" (custom_kernel.cpp), so a pre-filled PTX
+// cache entry needs the very same hash (kernel-cache-mlx.ts).
+uint64_t pv_std_hash(const char* data, uint64_t bytes) {
+  return static_cast<uint64_t>(std::hash<std::string>{}(std::string(data, bytes)));
+}
 
 // ---- lifetime ----
 void pv_free(pv_array a) {

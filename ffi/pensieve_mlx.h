@@ -57,6 +57,7 @@ enum pv_reduce { PV_SUM = 0, PV_MEAN, PV_MAX, PV_MIN, PV_PROD, PV_ANY, PV_ALL };
 PV_API const char* pv_last_error(void);
 PV_API const char* pv_mlx_version(void);
 PV_API int pv_abi_version(void);
+PV_API uint64_t pv_std_hash(const char* data, uint64_t bytes);
 
 /* ---- lifetime ---- */
 PV_API void pv_free(pv_array a);

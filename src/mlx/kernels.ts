@@ -7,7 +7,7 @@ import { dlopen, FFIType, type Pointer } from "bun:ffi";
 import { join } from "node:path";
 import { pensieveHome } from "../paths";
 import { type Dtype, handleList, handlesFrom, lastError, MlxError, type MxArray } from "./array";
-import { shimPath } from "./ffi";
+import { lib as shimLib, shimPath } from "./ffi";
 import {
   kernelCacheEnabled,
   kernelCacheUnavailable,
@@ -16,6 +16,13 @@ import {
   precompiledSource,
   processKernelCache,
 } from "./kernel-cache";
+import {
+  mlxKernelName,
+  mlxKernelSource,
+  mlxPtxCacheEnabled,
+  mlxPtxCacheUnavailable,
+  processMlxPtxCache,
+} from "./kernel-cache-mlx";
 
 /** The kernel language of this MLX build; "none" on the CPU build. */
 export type KernelLanguage = "none" | "cuda" | "metal";
@@ -172,6 +179,8 @@ export class CustomKernel {
     const plan = new KernelPlan(this, this.#lib, handle as Pointer, c.outputs.length, this.#plans);
     if (kernelLanguage() === "cuda" && kernelCacheEnabled()) {
       plan.precompile = { outputs: c.outputs.map((o) => o.dtype), template };
+    } else if (kernelLanguage() === "cuda" && mlxPtxCacheEnabled()) {
+      plan.prefill = { outputs: c.outputs.map((o) => o.dtype), template };
     }
     return plan;
   }
@@ -213,6 +222,8 @@ export class KernelPlan {
 
   /** Set when the kernel cache is on: the first run compiles (or loads) the CUBIN for its inputs. */
   precompile: { outputs: Dtype[]; template: Array<[string, TemplateArg]> } | null = null;
+  /** Set when PENSIEVE_KERNEL_CACHE=mlx: the first run makes sure MLX's PTX cache holds this kernel. */
+  prefill: { outputs: Dtype[]; template: Array<[string, TemplateArg]> } | null = null;
 
   /** Adds one launch with these inputs to the graph; returns the outputs. */
   run(inputs: readonly MxArray[], verbose = false): MxArray[] {
@@ -220,6 +231,7 @@ export class KernelPlan {
       throw new Error(`a plan of kernel ${this.kernel.spec.name} was disposed`);
     }
     if (this.precompile) this.#usePrecompiled(this.#handle, inputs);
+    if (this.prefill) this.#prefillMlxCache(inputs);
     const status = this.#lib.pv_kernel_plan_call(
       this.#handle,
       handleList(inputs),
@@ -258,6 +270,26 @@ export class KernelPlan {
         signature.length,
       );
       if (status !== 0) throw new Error(lastError());
+    } catch (e) {
+      warnOnce(`kernel ${spec.name}: not cached (${e})`);
+    }
+  }
+
+  // Any failure leaves MLX to compile the kernel itself, as without the cache.
+  #prefillMlxCache(inputs: readonly MxArray[]): void {
+    const pre = this.prefill;
+    this.prefill = null;
+    if (!pre) return;
+    const spec = this.kernel.spec;
+    const cache = processMlxPtxCache(String(shimLib.pv_mlx_version()));
+    if (!cache) {
+      warnOnce(`kernel ${spec.name}: not cached (${mlxPtxCacheUnavailable()})`);
+      return;
+    }
+    try {
+      const name = mlxKernelName(spec, pre.template);
+      const signature = inputs.map((a) => ({ dtype: a.dtype, ndim: a.ndim }));
+      cache.ensure(name, mlxKernelSource(spec, name, signature, pre.outputs, pre.template));
     } catch (e) {
       warnOnce(`kernel ${spec.name}: not cached (${e})`);
     }

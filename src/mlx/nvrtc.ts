@@ -7,7 +7,7 @@
 // cache (kernel-cache.ts) and by tests/benches that compile kernels without a GPU.
 // Wheel: PENSIEVE_MLX_CUDA_WHEEL, else vendor/mlx-cuda-<version>, else /tmp/cu/w.
 // Library: PENSIEVE_NVRTC overrides <wheel>/nvidia/cu13/lib/libnvrtc.so.13.
-import { dlopen, FFIType, ptr } from "bun:ffi";
+import { CString, dlopen, FFIType, ptr } from "bun:ffi";
 import { closeSync, existsSync, openSync, readSync } from "node:fs";
 import { join } from "node:path";
 import { runtimeLayout } from "./backend";
@@ -162,6 +162,8 @@ const symbols = {
   nvrtcDestroyProgram: { args: [FFIType.ptr], returns: FFIType.i32 },
   nvrtcGetCUBINSize: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
   nvrtcGetCUBIN: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+  nvrtcAddNameExpression: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+  nvrtcGetLoweredName: { args: [FFIType.ptr, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
 } as const;
 
 type NvrtcLib = ReturnType<typeof dlopen<typeof symbols>>["symbols"];
@@ -195,6 +197,8 @@ export interface CompileResult {
   log: string;
   ms: number;
   cubin: Buffer | null;
+  /** nvrtcGetLoweredName of each name expression asked for (MLX's compile() does the same). */
+  lowered: string[];
 }
 
 /** Compiles one translation unit to a CUBIN (the options must name an sm_ architecture). */
@@ -204,6 +208,7 @@ export function compileToCubin(
   options: readonly string[],
   headers: JitHeaders = { names: [], sources: [] },
   libPath?: string,
+  nameExpressions: readonly string[] = [],
 ): CompileResult {
   const lib = nvrtc(libPath);
   const prog = new BigUint64Array(1);
@@ -222,6 +227,11 @@ export function compileToCubin(
     n ? ptr(namePtrs) : null,
   );
   if (created !== 0) throw new Error(`nvrtcCreateProgram: ${created}`);
+  const exprBufs = nameExpressions.map(cstr);
+  for (const e of exprBufs) {
+    const added = lib.nvrtcAddNameExpression(Number(prog[0]) as never, e);
+    if (added !== 0) throw new Error(`nvrtcAddNameExpression: ${added}`);
+  }
   const optionBufs = options.map(cstr);
   const optionPtrs = pointers(optionBufs);
   const handle = Number(prog[0]);
@@ -233,10 +243,25 @@ export function compileToCubin(
   const log = Buffer.alloc(Number(size[0]) + 1);
   lib.nvrtcGetProgramLog(handle as never, log);
   let cubin: Buffer | null = null;
+  const lowered: string[] = [];
+  if (status === 0) {
+    const out = new BigUint64Array(1);
+    for (const e of exprBufs) {
+      if (lib.nvrtcGetLoweredName(handle as never, e, ptr(out)) !== 0 || !out[0]) break;
+      lowered.push(new CString(Number(out[0]) as never).toString());
+    }
+  }
   if (status === 0 && lib.nvrtcGetCUBINSize(handle as never, ptr(size)) === 0 && size[0]) {
     cubin = Buffer.alloc(Number(size[0]));
     if (lib.nvrtcGetCUBIN(handle as never, cubin) !== 0) cubin = null;
   }
   lib.nvrtcDestroyProgram(ptr(prog));
-  return { ok: status === 0 && cubin !== null, log: log.toString("utf8").replace(/\0+$/, ""), ms, cubin };
+  const named = lowered.length === nameExpressions.length;
+  return {
+    ok: status === 0 && cubin !== null && named,
+    lowered,
+    log: log.toString("utf8").replace(/\0+$/, ""),
+    ms,
+    cubin,
+  };
 }
