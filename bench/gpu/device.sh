@@ -14,6 +14,7 @@
 #   bash bench/gpu/device.sh kv        # issue 10: Claude Code replay (carry .device/claude-code-request.json), long prompts
 #   bash bench/gpu/device.sh spec      # issue 13: a verify pass of k = 2, 4, 8, 16 tokens vs a one-token step
 #   bash bench/gpu/device.sh kcache    # kernel cache (PENSIEVE_KERNEL_CACHE=1): GPU test, then generate off / cold / warm
+#   bash bench/gpu/device.sh kcache-mlx  # PENSIEVE_KERNEL_CACHE=mlx (MLX's PTX cache pre-filled): GPU test, off/cold/warm, rate
 #   bash bench/gpu/device.sh oom       # issue 14: a real out-of-memory error (test/gpu/out-of-memory.test.ts), $OUT/oom.txt
 #   bash bench/gpu/device.sh llama-build  # issue 11: llama.cpp CUDA (carry .device/llama.tar.xz{,.sha256}, and
 #                                         #   .device/libggml-cuda.so.xz{,.sha256} when built here; after prepare)
@@ -148,6 +149,25 @@ kcache)
   for flag in 0 1 0; do
     PENSIEVE_KERNEL_CACHE=$flag bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve \
       --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 3 --out-dir "$OUT/kc-rate-$flag" || true
+  done
+  ;;
+kcache-mlx)
+  # PENSIEVE_KERNEL_CACHE=mlx: logits bit-equal, second start compiles nothing, MLX reads our entries
+  # (test/gpu/kernel-cache-mlx.test.ts); then off / cold / warm wall times and the decode rate 0/mlx/0.
+  bun test --timeout 600000 test/gpu/kernel-cache-mlx.test.ts 2>&1 | tee "$OUT/kernel-cache-mlx-test.txt" || true
+  export PENSIEVE_HOME=$W/kcm-home PENSIEVE_KERNEL_CACHE_LOG=1
+  rm -rf "$PENSIEVE_HOME/kernel-cache"
+  TIMEFORMAT="%R"
+  for run in off cold warm off warm; do
+    flag=mlx; [ "$run" = off ] && flag=0
+    t=$( { time PENSIEVE_KERNEL_CACHE=$flag bun dist/src/cli.js generate --model "$MODEL" --raw --prompt "Hello there" \
+      --max-tokens 32 --device gpu > "$OUT/kcm-$run.log" 2>&1 || true; } 2>&1 )
+    echo "$run: ${t} s, compiled $(grep -c 'kernel-cache\] compiled' "$OUT/kcm-$run.log" || true), not cached: $(grep -c 'not cached' "$OUT/kcm-$run.log" || true)" | tee -a "$OUT/kernel-cache-mlx.txt"
+  done
+  find "$PENSIEVE_HOME/kernel-cache" /tmp/mlx -name '*.ptx' 2>/dev/null | grep -c custom_kernel_ | tee -a "$OUT/kernel-cache-mlx.txt" || true
+  for flag in 0 mlx 0; do
+    PENSIEVE_KERNEL_CACHE=$flag bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve \
+      --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 3 --out-dir "$OUT/kcm-rate-$flag" || true
   done
   ;;
 single)

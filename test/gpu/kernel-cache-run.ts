@@ -10,11 +10,14 @@ import { KVCache } from "../../src/engine/kv-cache";
 import { cacheShape } from "../../src/engine/one-sequence";
 import * as mx from "../../src/mlx";
 import { processKernelCache } from "../../src/mlx/kernel-cache";
+import { processMlxPtxCache, useHomePtxCacheDir } from "../../src/mlx/kernel-cache-mlx";
 import { loadModel } from "../../src/models/loader";
 import { pensieveHome } from "../../src/paths";
 
 const [dir, out] = process.argv.slice(2);
 if (!dir || !out) throw new Error("usage: kernel-cache-run.ts <model dir> <out.bin>");
+// PENSIEVE_KERNEL_CACHE=mlx: as the engine's main does, before MLX's first JIT.
+if (process.env.PENSIEVE_KERNEL_CACHE === "mlx") useHomePtxCacheDir();
 mx.setDevice("gpu");
 const { model } = loadModel(dir);
 const cache = new KVCache(cacheShape(model), 1);
@@ -40,5 +43,11 @@ for (let step = 0; step < 8; step++) {
 }
 cache.dispose();
 writeFileSync(out, Buffer.concat(chunks));
-const kc = process.env.PENSIEVE_KERNEL_CACHE === "1" ? processKernelCache(join(pensieveHome(), "kernel-cache")) : null;
+const mode = process.env.PENSIEVE_KERNEL_CACHE;
+const kc =
+  mode === "1"
+    ? processKernelCache(join(pensieveHome(), "kernel-cache"))
+    : mode === "mlx"
+      ? processMlxPtxCache(mx.mlxVersion())
+      : null;
 console.log(JSON.stringify({ ms: performance.now() - t0, firstStepMs, stats: kc?.stats ?? null }));
