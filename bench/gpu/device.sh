@@ -165,9 +165,11 @@ kcache-mlx)
     echo "$run: ${t} s, compiled $(grep -c 'kernel-cache\] compiled' "$OUT/kcm-$run.log" || true), not cached: $(grep -c 'not cached' "$OUT/kcm-$run.log" || true)" | tee -a "$OUT/kernel-cache-mlx.txt"
   done
   find "$PENSIEVE_HOME/kernel-cache" /tmp/mlx -name '*.ptx' 2>/dev/null | grep -c custom_kernel_ | tee -a "$OUT/kernel-cache-mlx.txt" || true
+  i=0
   for flag in 0 mlx 0; do
+    i=$((i + 1))
     PENSIEVE_KERNEL_CACHE=$flag bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve \
-      --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 3 --out-dir "$OUT/kcm-rate-$flag" || true
+      --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 3 --out-dir "$OUT/kcm-rate-$i-$flag" || true
   done
   ;;
 single)
