@@ -19,7 +19,7 @@ import { dirname, join } from "node:path";
 import { pensieveHome } from "../paths";
 import { Dtype } from "./array";
 import { shimPath } from "./ffi";
-import { deviceComputeCapability } from "./kernel-cache";
+import { deviceComputeCapability, type InputSignature, MLX_DEFAULT_HEADER } from "./kernel-cache";
 import type { KernelSpec, TemplateArg } from "./kernels";
 import { compileToCubin, cudaWheelDir, type JitHeaders, mlxCompileOptions, mlxJitHeaders } from "./nvrtc";
 
@@ -78,18 +78,6 @@ export function mlxKernelName(spec: KernelSpec, template: ReadonlyArray<[string,
   return `custom_kernel_${spec.name}${hash}`;
 }
 
-export interface InputSignature {
-  dtype: Dtype;
-  ndim: number;
-}
-
-const DEFAULT_HEADER = `
-#include "mlx/backend/cuda/device/utils.cuh"
-
-#include <cooperative_groups.h>
-
-`;
-
 /** The text of MLX's build_kernel, byte for byte. */
 export function mlxKernelSource(
   spec: KernelSpec,
@@ -98,7 +86,7 @@ export function mlxKernelSource(
   outputDtypes: readonly Dtype[],
   template: ReadonlyArray<[string, TemplateArg]>,
 ): string {
-  let out = `${DEFAULT_HEADER}${spec.header ?? ""}namespace mlx::core::cu {\n\nnamespace cg = cooperative_groups;\n\n`;
+  let out = `${MLX_DEFAULT_HEADER}${spec.header ?? ""}namespace mlx::core::cu {\n\nnamespace cg = cooperative_groups;\n\n`;
   out += `__global__ void ${kernelName}(\n`;
   spec.inputs.forEach((name, i) => {
     const sig = inputs[i] as InputSignature;

@@ -67,7 +67,8 @@ export interface InputSignature {
   ndim: number;
 }
 
-const MLX_DEFAULT_HEADER = `
+/** The default header MLX puts before every custom kernel (custom_kernel.cpp). */
+export const MLX_DEFAULT_HEADER = `
 #include "mlx/backend/cuda/device/utils.cuh"
 
 #include <cooperative_groups.h>
