@@ -19,7 +19,7 @@ import { dirname, join } from "node:path";
 import { pensieveHome } from "../paths";
 import { Dtype } from "./array";
 import { shimPath } from "./ffi";
-import { deviceComputeCapability, type InputSignature, MLX_DEFAULT_HEADER } from "./kernel-cache";
+import { cudaType, deviceComputeCapability, type InputSignature, MLX_DEFAULT_HEADER } from "./kernel-cache";
 import type { KernelSpec, TemplateArg } from "./kernels";
 import { compileToCubin, cudaWheelDir, type JitHeaders, mlxCompileOptions, mlxJitHeaders } from "./nvrtc";
 
@@ -44,25 +44,6 @@ const TYPE_STRINGS: Partial<Record<Dtype, string>> = {
   [Dtype.uint32]: "uint32_t",
   [Dtype.uint64]: "uint64_t",
 };
-
-// MLX's dtype_to_cuda_type.
-const CUDA_TYPES: Partial<Record<Dtype, string>> = {
-  [Dtype.bool]: "bool",
-  [Dtype.int8]: "int8_t",
-  [Dtype.int16]: "int16_t",
-  [Dtype.int32]: "int32_t",
-  [Dtype.int64]: "int64_t",
-  [Dtype.uint8]: "uint8_t",
-  [Dtype.uint16]: "uint16_t",
-  [Dtype.uint32]: "uint32_t",
-  [Dtype.uint64]: "uint64_t",
-  [Dtype.float16]: "__half",
-  [Dtype.bfloat16]: "__nv_bfloat16",
-  [Dtype.float32]: "float",
-  [Dtype.float64]: "double",
-  [Dtype.complex64]: "mlx::core::cu::complex64_t",
-};
-const cudaType = (d: Dtype) => CUDA_TYPES[d] ?? "unknown";
 
 /** MLX's kernel name: "custom_kernel_" + name + template_arguments_hash(template). */
 export function mlxKernelName(spec: KernelSpec, template: ReadonlyArray<[string, TemplateArg]>): string {

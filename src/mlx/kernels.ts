@@ -177,11 +177,9 @@ export class CustomKernel {
     if (!handle) throw new MlxError(`kernel ${this.spec.name}`, lastError());
     this.#plans.add(handle as Pointer);
     const plan = new KernelPlan(this, this.#lib, handle as Pointer, c.outputs.length, this.#plans);
-    if (kernelLanguage() === "cuda" && kernelCacheEnabled()) {
-      plan.precompile = { outputs: c.outputs.map((o) => o.dtype), template };
-    } else if (kernelLanguage() === "cuda" && mlxPtxCacheEnabled()) {
-      plan.prefill = { outputs: c.outputs.map((o) => o.dtype), template };
-    }
+    const mode =
+      kernelLanguage() !== "cuda" ? null : kernelCacheEnabled() ? "cubin" : mlxPtxCacheEnabled() ? "mlx" : null;
+    if (mode) plan.cacheSetup = { mode, outputs: c.outputs.map((o) => o.dtype), template };
     return plan;
   }
 
@@ -192,6 +190,12 @@ export class CustomKernel {
     if (this.#handle) this.#lib.pv_kernel_free(this.#handle);
     this.#handle = null;
   }
+}
+
+interface CacheSetup {
+  mode: "cubin" | "mlx";
+  outputs: Dtype[];
+  template: Array<[string, TemplateArg]>;
 }
 
 const warned = new Set<string>();
@@ -220,18 +224,23 @@ export class KernelPlan {
     this.#open = open;
   }
 
-  /** Set when the kernel cache is on: the first run compiles (or loads) the CUBIN for its inputs. */
-  precompile: { outputs: Dtype[]; template: Array<[string, TemplateArg]> } | null = null;
-  /** Set when PENSIEVE_KERNEL_CACHE=mlx: the first run makes sure MLX's PTX cache holds this kernel. */
-  prefill: { outputs: Dtype[]; template: Array<[string, TemplateArg]> } | null = null;
+  /**
+   * Set when a kernel cache is on, done by the first run: PENSIEVE_KERNEL_CACHE=1 ("cubin") compiles (or loads)
+   * the CUBIN for its inputs; =mlx makes sure MLX's PTX cache holds this kernel.
+   */
+  cacheSetup: CacheSetup | null = null;
 
   /** Adds one launch with these inputs to the graph; returns the outputs. */
   run(inputs: readonly MxArray[], verbose = false): MxArray[] {
     if (!this.#handle || !this.#open.has(this.#handle)) {
       throw new Error(`a plan of kernel ${this.kernel.spec.name} was disposed`);
     }
-    if (this.precompile) this.#usePrecompiled(this.#handle, inputs);
-    if (this.prefill) this.#prefillMlxCache(inputs);
+    if (this.cacheSetup) {
+      const setup = this.cacheSetup;
+      this.cacheSetup = null;
+      if (setup.mode === "cubin") this.#usePrecompiled(this.#handle, inputs, setup);
+      else this.#prefillMlxCache(inputs, setup);
+    }
     const status = this.#lib.pv_kernel_plan_call(
       this.#handle,
       handleList(inputs),
@@ -244,10 +253,7 @@ export class KernelPlan {
   }
 
   // Any failure leaves the plan on MLX's own NVRTC path (said once on stderr).
-  #usePrecompiled(handle: Pointer, inputs: readonly MxArray[]): void {
-    const pre = this.precompile;
-    this.precompile = null;
-    if (!pre) return;
+  #usePrecompiled(handle: Pointer, inputs: readonly MxArray[], pre: CacheSetup): void {
     const spec = this.kernel.spec;
     const why = notPrecompilable(spec);
     const cache = why ? null : processKernelCache(join(pensieveHome(), "kernel-cache"));
@@ -276,10 +282,7 @@ export class KernelPlan {
   }
 
   // Any failure leaves MLX to compile the kernel itself, as without the cache.
-  #prefillMlxCache(inputs: readonly MxArray[]): void {
-    const pre = this.prefill;
-    this.prefill = null;
-    if (!pre) return;
+  #prefillMlxCache(inputs: readonly MxArray[], pre: CacheSetup): void {
     const spec = this.kernel.spec;
     const cache = processMlxPtxCache(String(shimLib.pv_mlx_version()));
     if (!cache) {
