@@ -142,7 +142,8 @@ export class KVCache implements AttentionBatch {
   /** Bytes held by the buffers (capacity, not just the used part). */
   get nbytes(): number {
     let n = 0;
-    for (const a of this.arrays()) n += a.nbytes;
+    // A failed copy may leave disposed arrays behind until the cache goes (stats must not throw).
+    for (const a of this.arrays()) if (!a.disposed) n += a.nbytes;
     return n;
   }
 

@@ -5,7 +5,7 @@
 // each row's first token, hands its rows and their cache to the decode batch.
 
 import type { LanguageModel } from "../models/types";
-import { buildPrefillGroup, type PrefillGroup, prefillChunk, releaseRowStep } from "./batch-step";
+import { buildPrefillGroup, type PrefillGroup, prefillChunk, type RowStep, releaseRowStep } from "./batch-step";
 import type { KVCache } from "./kv-cache";
 import { cacheShape } from "./one-sequence";
 import {
@@ -113,6 +113,24 @@ export class PrefillLine<S extends Sequence> {
     const steps = prefillChunk(this.#model, group, end, masks) ?? [];
     const cache = group.cache;
     this.group = null;
+    try {
+      return this.#handOver(group, steps, joining, cache);
+    } catch (e) {
+      // Copying the cache failed (out of memory): it goes; the scheduler decides what becomes of the rows.
+      cache.dispose();
+      for (const s of joining) s.inBatch = false;
+      throw e;
+    }
+  }
+
+  /** The rows still running after their prefill, and their cache trimmed to them (null: none left). */
+  #handOver(
+    group: PrefillGroup<S>,
+    steps: readonly (RowStep | null)[],
+    joining: readonly S[],
+    cache: KVCache,
+  ): { rows: S[]; cache: KVCache } | null {
+    const n = group.jobs.length;
     const keep: number[] = [];
     group.jobs.forEach((j, i) => {
       const s = j.seq;

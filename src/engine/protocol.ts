@@ -167,8 +167,10 @@ export interface SchedulerStats {
   kvCacheBytes: number;
   /** What running and prefilling sequences will hold at their longest (the KV pool's reservation). */
   kvReservedBytes: number;
-  /** The KV pool: running sequences and cached prefixes together. */
+  /** The KV pool: running sequences and cached prefixes together (lowered for a while after running out of memory). */
   kvBudgetBytes: number;
+  /** Out-of-memory failures and what became of them (src/engine/memory-pressure.ts). */
+  outOfMemory: OutOfMemoryStats;
   prefixCache: PrefixCacheStats;
   /** The prefix cache on disk (null: off). */
   prefixDisk: PrefixStoreStats | null;
@@ -178,6 +180,15 @@ export interface SchedulerStats {
   maxConcurrent: number;
   queueSize: number;
   contextLength: number;
+}
+
+export interface OutOfMemoryStats {
+  /** Out-of-memory failures so far. */
+  failures: number;
+  /** Sequences sent back to recompute after one (the rest failed with it). */
+  requeued: number;
+  /** The lowered KV budget admission plans with now (null: the plan's). */
+  loweredBudgetBytes: number | null;
 }
 
 /** Counters over verify passes (prompt lookup and the draft model together; the draft model's also apart). */

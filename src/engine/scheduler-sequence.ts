@@ -33,6 +33,10 @@ export interface Sequence extends SequenceState, DecodingRow {
   plainSince: { at: number; step: number } | null;
   /** Preempted, waiting to resume (SchedulerOptions.growthAllowance). */
   resumes: boolean;
+  /** Its "started" event went out (a recompute must not send another). */
+  started: boolean;
+  /** Out-of-memory failures it took part in (src/engine/memory-pressure.ts). */
+  outOfMemoryFailures: number;
 }
 
 /**
@@ -89,5 +93,7 @@ export function newSequence(
     draft: null,
     plainSince: null,
     resumes: false,
+    started: false,
+    outOfMemoryFailures: 0,
   };
 }

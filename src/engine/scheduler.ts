@@ -33,6 +33,7 @@ import { decodeStep, type RowStep, readRowStep, releaseRowStep } from "./batch-s
 import { DecodeBatch } from "./decode-batch";
 import { KV_STEP, KVCache } from "./kv-cache";
 import { type KvPoolShape, projectedBytes } from "./kv-pool";
+import { isOutOfMemory, MemoryPressure, retriesAfterOutOfMemory } from "./memory-pressure";
 import { cacheShape } from "./one-sequence";
 import { PrefixCache } from "./prefix-cache";
 import { PrefillLine } from "./prefill-line";
@@ -57,9 +58,6 @@ import { acceptToken, nextMask } from "./token-policy";
 
 export type { ConstraintFactory, SchedulerOptions, TokenConstraint };
 
-/** An allocation failure as MLX reports it (cudaMallocAsync, Metal, the CPU allocator). */
-const OUT_OF_MEMORY = /out of memory|failed to allocate|unable to allocate/i;
-
 export class Scheduler {
   readonly model: LanguageModel;
   readonly options: SchedulerOptions;
@@ -80,6 +78,8 @@ export class Scheduler {
   readonly #pool: KvPoolShape;
   readonly #constrain: ConstraintFactory | null;
   readonly #prefix: PrefixKeeper;
+  /** The KV budget after out-of-memory failures (memory-pressure.ts). */
+  readonly #pressure: MemoryPressure;
 
   constructor(
     model: LanguageModel,
@@ -103,20 +103,23 @@ export class Scheduler {
       numLayers: model.config.numLayers,
       growthStep: KV_STEP,
     };
+    this.#pressure = new MemoryPressure(options.kvBudgetBytes);
     this.#prefix = new PrefixKeeper(this.prefixCache, options.kvBudgetBytes, this.#bytesPerToken, (joining) =>
       this.#reserved(joining),
     );
     this.#line = new PrefillLine(model, options, this.#prefix, {
       caches: (s) => this.#caches(s),
       nextMask: (s) => this.#nextMask(s),
-      started: (s) =>
+      started: (s) => {
+        s.started = true;
         this.#emit({
           type: "started",
           id: s.request.id,
           promptTokens: s.request.prompt.length,
           cachedTokens: s.cachedTokens,
           queuedMs: performance.now() - s.enqueuedAt,
-        }),
+        });
+      },
     });
   }
 
@@ -186,7 +189,8 @@ export class Scheduler {
       waiting: this.#waiting.length,
       kvCacheBytes: (this.#batch.cache?.nbytes ?? 0) + prefillBytes,
       kvReservedBytes: this.#reserved(),
-      kvBudgetBytes: this.options.kvBudgetBytes,
+      kvBudgetBytes: this.#pressure.budgetBytes,
+      outOfMemory: this.#pressure.stats(),
       prefixCache: this.prefixCache.stats(),
       prefixDisk: this.#prefix.disk?.stats() ?? null,
       steps: this.#steps,
@@ -208,16 +212,12 @@ export class Scheduler {
     if (this.#batch.rows.length > 0) this.#guard(() => this.#decode(), [...this.#batch.rows], true);
     const group = this.#line.formGroup();
     if (group) {
-      const prefill = () => {
-        const done = this.#line.runChunk(group, this.#batch.rows.length);
-        // Joining copies the batch anyway: its idle rows leave in the same go.
-        if (done) this.#batch.join(done.rows, done.cache);
-      };
-      this.#guard(
-        prefill,
+      const done = this.#guard(
+        () => this.#line.runChunk(group, this.#batch.rows.length),
         group.jobs.map((j) => j.seq),
         false,
       );
+      if (done) this.#join(done);
     }
     // Per sequence, events go out in order: started, tokens, finished.
     if (this.#tokensOut.length) this.#emit({ type: "tokens", items: this.#tokensOut });
@@ -230,27 +230,85 @@ export class Scheduler {
   }
 
   /**
+   * Prefilled rows join the batch; joining copies it, so its idle rows leave
+   * in the same go. A join that fails leaves the batch's cache half copied:
+   * the batch goes, its rows and the joining ones with it.
+   */
+  #join(done: { rows: Sequence[]; cache: KVCache }): void {
+    const join = () => {
+      try {
+        this.#batch.join(done.rows, done.cache);
+      } catch (e) {
+        done.cache.dispose();
+        throw e;
+      }
+    };
+    this.#guard(join, [...this.#batch.rows, ...done.rows], true);
+  }
+
+  /**
    * An MLX failure fails the sequences involved and leaves the engine serving.
    * A failed decode step leaves the batch cache in an unknown state: it goes.
+   * Out of memory, they recompute instead, a bounded number of times, and
+   * admission plans with less (memory-pressure.ts).
    */
-  #guard(work: () => void, involved: readonly Sequence[], dropBatch: boolean): void {
+  #guard<T>(work: () => T, involved: readonly Sequence[], dropBatch: boolean): T | null {
     try {
-      work();
+      return work();
     } catch (e) {
       const message = `engine error: ${(e as Error).message}`;
       const failed = new Set(involved);
-      for (const s of failed) this.#finish(s, "error", message);
-      this.#line.fail(failed);
-      if (dropBatch) this.#batch.drop();
-      // The failed work's buffers sit in MLX's cache, sized for it: the running rows' next allocations (KV
-      // growth) then found no room on a full card and failed too (H200, bench/results/gpu-h200-2026-12-06f/oom).
-      if (OUT_OF_MEMORY.test(message)) mx.memory.clearCache();
+      if (dropBatch) for (const s of this.#batch.rows) failed.add(s);
+      if (!isOutOfMemory(message)) {
+        for (const s of failed) this.#finish(s, "error", message);
+        this.#line.fail(failed);
+        if (dropBatch) this.#batch.drop();
+        return null;
+      }
+      this.#recoverFromOutOfMemory(failed, message, dropBatch);
+      return null;
     }
+  }
+
+  #recoverFromOutOfMemory(failed: Set<Sequence>, message: string, dropBatch: boolean): void {
+    const reserved = this.#reserved();
+    // Tokens a finished earlier step sampled still go out (the failed one's never came).
+    for (const s of failed) {
+      try {
+        this.#read(s);
+      } catch {
+        s.unread = false;
+      }
+    }
+    this.#line.fail(failed);
+    if (dropBatch) this.#batch.drop();
+    // The failed work's buffers sit in MLX's cache, sized for it: the running rows' next allocations (KV
+    // growth) then found no room on a full card and failed too (H200, bench/results/gpu-h200-2026-12-06f/oom).
+    mx.memory.clearCache();
+    this.#pressure.failed(reserved);
+    const crowded = failed.size > 1 || this.hasWork();
+    const retrying: Sequence[] = [];
+    for (const s of failed) {
+      if (s.finished) continue;
+      s.outOfMemoryFailures++;
+      if (s.cancelled || !retriesAfterOutOfMemory(s.outOfMemoryFailures, crowded)) this.#finish(s, "error", message);
+      else retrying.push(s);
+    }
+    for (const s of retrying.reverse()) {
+      releaseRowStep(s.step);
+      s.step = null;
+      s.unread = false;
+      s.inBatch = false;
+      s.resumes = s.started;
+      this.#waiting.unshift(s);
+    }
+    this.#pressure.requeued += retrying.length;
   }
 
   /** Nothing left to run. MLX's buffer cache stays: the engine frees it after a quiet spell. */
   #idle(): void {
     this.#batch.free();
+    this.#pressure.relax();
   }
 
   #finish(s: Sequence, reason: FinishReason, message?: string): void {
@@ -278,7 +336,7 @@ export class Scheduler {
   #admit(): void {
     const cacheLimits = planAdmissions(
       this.options,
-      this.#pool,
+      this.#admissionPool(),
       this.#batch.footprint(this.options.growthAllowance),
       this.#batch.rows.length,
       this.#line.sequences(),
@@ -292,6 +350,11 @@ export class Scheduler {
       this.#line.jobs.push({ seq, recompute: seq.resumes });
       seq.resumes = false;
     }
+  }
+
+  /** The pool as admission and preemption see it: the plan's budget, or less after running out of memory. */
+  #admissionPool(): KvPoolShape {
+    return { ...this.#pool, budgetBytes: this.#pressure.budgetBytes };
   }
 
   /** KV bytes the batch and the sequences prefilling (and `joining` ones) will hold at their largest. */
@@ -348,7 +411,13 @@ export class Scheduler {
       }
     }
     const short = this.#batch.cache
-      ? planPreemption(this.options, this.#pool, this.#batch.rows, this.#batch.cache.offset, this.#line.sequences())
+      ? planPreemption(
+          this.options,
+          this.#admissionPool(),
+          this.#batch.rows,
+          this.#batch.cache.offset,
+          this.#line.sequences(),
+        )
       : [];
     if (short.length > 0) this.#preempt(short);
     const rows = this.#batch.rows;

@@ -216,6 +216,8 @@ async function refreshEngineGauges(ctx: AppContext): Promise<void> {
     metrics.kvBudgetBytes.set(s.kvBudgetBytes);
     metrics.prefixCacheBytes.set(s.prefixCache.bytes);
     metrics.kvReservedBytes.set(s.kvReservedBytes);
+    metrics.outOfMemoryFailures.set(s.outOfMemory.failures);
+    metrics.outOfMemoryRequeued.set(s.outOfMemory.requeued);
     metrics.prefixDiskBytes.set(s.prefixDisk?.bytes ?? 0);
     metrics.prefixDiskFiles.set(s.prefixDisk?.files ?? 0);
     metrics.prefixDiskPendingBytes.set(s.prefixDisk?.pendingBytes ?? 0);

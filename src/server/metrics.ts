@@ -130,6 +130,14 @@ export class ServerMetrics {
     "pensieve_kv_reserved_bytes",
     "KV bytes running and prefilling sequences hold at their longest.",
   );
+  readonly outOfMemoryFailures = new Gauge(
+    "pensieve_out_of_memory_failures",
+    "Times the engine ran out of memory since it started (the sequences involved recompute or fail).",
+  );
+  readonly outOfMemoryRequeued = new Gauge(
+    "pensieve_out_of_memory_requeued",
+    "Sequences sent back to recompute after running out of memory, instead of failing.",
+  );
   readonly prefixDiskBytes = new Gauge("pensieve_prefix_disk_bytes", "Bytes of cached prefixes written to disk.");
   readonly prefixDiskFiles = new Gauge("pensieve_prefix_disk_files", "Cached prefix pieces written to disk.");
   readonly prefixDiskPendingBytes = new Gauge(
