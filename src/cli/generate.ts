@@ -27,7 +27,9 @@ export async function runGenerate(argv: string[]): Promise<number> {
     return 2;
   }
   // As the engine's main does: MLX reads MLX_PTX_CACHE_DIR once, at its first JIT.
-  if (process.env.PENSIEVE_KERNEL_CACHE === "mlx") (await import("../mlx/kernel-cache-mlx")).useHomePtxCacheDir();
+  if ((await import("../mlx/kernel-cache")).kernelCacheMode() === "mlx") {
+    (await import("../mlx/kernel-cache-mlx")).useHomePtxCacheDir();
+  }
   const modelPath = resolveLocalModel(stringFlag(args, "model"));
   const device = stringFlag(args, "device");
   if (device === "gpu" || device === "cpu") mx.setDevice(device);

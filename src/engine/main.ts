@@ -23,7 +23,9 @@ export async function runEngineProcess(config: EngineConfig): Promise<void> {
   try {
     if (overrides) config = { ...config, ...(JSON.parse(overrides) as Partial<EngineConfig>) };
     // Before MLX's first JIT module: MLX reads MLX_PTX_CACHE_DIR once.
-    if (process.env.PENSIEVE_KERNEL_CACHE === "mlx") (await import("../mlx/kernel-cache-mlx")).useHomePtxCacheDir();
+    if ((await import("../mlx/kernel-cache")).kernelCacheMode() === "mlx") {
+      (await import("../mlx/kernel-cache-mlx")).useHomePtxCacheDir();
+    }
     const { Engine } = await import("./engine");
     const tp = config.tensorParallel ? await import("./tensor-parallel") : null;
     const group = tp && config.tensorParallel ? tp.joinGroup(config.tensorParallel) : null;

@@ -1,4 +1,4 @@
-// PENSIEVE_KERNEL_CACHE=mlx (off by default): pre-fills MLX's own PTX cache so
+// PENSIEVE_KERNEL_CACHE=mlx (the default on Linux, kernel-cache.ts): pre-fills MLX's own PTX cache so
 // that fast::cuda_kernel finds our kernels compiled and skips NVRTC. MLX's
 // JitModule (jit_module.cpp) always calls read_cached_ptx(ptx_cache_dir(),
 // module_name) first, also for custom kernels (use_disk_cache=false only stops
@@ -19,12 +19,18 @@ import { dirname, join } from "node:path";
 import { pensieveHome } from "../paths";
 import { Dtype } from "./array";
 import { shimPath } from "./ffi";
-import { cudaType, deviceComputeCapability, type InputSignature, MLX_DEFAULT_HEADER } from "./kernel-cache";
+import {
+  cudaType,
+  deviceComputeCapability,
+  type InputSignature,
+  kernelCacheMode,
+  MLX_DEFAULT_HEADER,
+} from "./kernel-cache";
 import type { KernelSpec, TemplateArg } from "./kernels";
 import { compileToCubin, cudaWheelDir, type JitHeaders, mlxCompileOptions, mlxJitHeaders } from "./nvrtc";
 
 export function mlxPtxCacheEnabled(env: Record<string, string | undefined> = process.env): boolean {
-  return env.PENSIEVE_KERNEL_CACHE === "mlx";
+  return kernelCacheMode(env) === "mlx";
 }
 
 // MLX's get_type_string (backend/common/compiled.cpp), used in template_arguments_hash.

@@ -20,8 +20,22 @@ import { Dtype, dtypeName } from "./array";
 import type { KernelSpec, TemplateArg } from "./kernels";
 import { compileToCubin, cudaWheelDir, type JitHeaders, mlxCompileOptions, mlxJitHeaders, nvrtcVersion } from "./nvrtc";
 
+/**
+ * PENSIEVE_KERNEL_CACHE: "mlx" (the default on Linux: MLX's own PTX cache
+ * pre-filled, kernel-cache-mlx.ts; on an H100 a short generation's start fell
+ * from 10.7 s to 1.9 s with the decode rate unchanged,
+ * bench/results/gpu-h100-2026-12-07/), "1" (CUBINs launched as precompiled
+ * kernels, this file) or "0" (off: MLX compiles with NVRTC at every start).
+ */
+export function kernelCacheMode(env: Record<string, string | undefined> = process.env): "mlx" | "cubin" | null {
+  const setting = env.PENSIEVE_KERNEL_CACHE;
+  if (setting === "1") return "cubin";
+  if (setting === "mlx" || (setting === undefined && process.platform === "linux")) return "mlx";
+  return null;
+}
+
 export function kernelCacheEnabled(env: Record<string, string | undefined> = process.env): boolean {
-  return env.PENSIEVE_KERNEL_CACHE === "1";
+  return kernelCacheMode(env) === "cubin";
 }
 
 const CUDA_TYPES: Partial<Record<Dtype, string>> = {

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { KVCache } from "../../src/engine/kv-cache";
 import { cacheShape } from "../../src/engine/one-sequence";
 import * as mx from "../../src/mlx";
-import { processKernelCache } from "../../src/mlx/kernel-cache";
+import { kernelCacheMode, processKernelCache } from "../../src/mlx/kernel-cache";
 import { processMlxPtxCache, useHomePtxCacheDir } from "../../src/mlx/kernel-cache-mlx";
 import { loadModel } from "../../src/models/loader";
 import { pensieveHome } from "../../src/paths";
@@ -17,7 +17,7 @@ import { pensieveHome } from "../../src/paths";
 const [dir, out] = process.argv.slice(2);
 if (!dir || !out) throw new Error("usage: kernel-cache-run.ts <model dir> <out.bin>");
 // PENSIEVE_KERNEL_CACHE=mlx: as the engine's main does, before MLX's first JIT.
-if (process.env.PENSIEVE_KERNEL_CACHE === "mlx") useHomePtxCacheDir();
+if (kernelCacheMode() === "mlx") useHomePtxCacheDir();
 mx.setDevice("gpu");
 const { model } = loadModel(dir);
 const cache = new KVCache(cacheShape(model), 1);

@@ -10,7 +10,13 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSy
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Dtype } from "../../src/mlx/array";
-import { KernelCache, notPrecompilable, precompiledName, precompiledSource } from "../../src/mlx/kernel-cache";
+import {
+  KernelCache,
+  kernelCacheMode,
+  notPrecompilable,
+  precompiledName,
+  precompiledSource,
+} from "../../src/mlx/kernel-cache";
 import type { KernelSpec, TemplateArg } from "../../src/mlx/kernels";
 import {
   DECODE_ATTENTION_COMBINE_KERNEL,
@@ -300,4 +306,11 @@ describe.skipIf(!ready)("decode kernels compile to CUBIN with MLX's NVRTC, heade
     expect(later.stats).toMatchObject({ rejected: 1, compiles: 1 });
     expect(cache.get(source, name).cubin).toBe(first.cubin); // this process's copy, no disk
   }, 300_000);
+});
+
+test("PENSIEVE_KERNEL_CACHE: MLX's PTX cache by default on Linux, CUBINs with 1, off with 0", () => {
+  expect(kernelCacheMode({})).toBe(process.platform === "linux" ? "mlx" : null);
+  expect(kernelCacheMode({ PENSIEVE_KERNEL_CACHE: "mlx" })).toBe("mlx");
+  expect(kernelCacheMode({ PENSIEVE_KERNEL_CACHE: "1" })).toBe("cubin");
+  expect(kernelCacheMode({ PENSIEVE_KERNEL_CACHE: "0" })).toBeNull();
 });
