@@ -336,7 +336,7 @@ async function replayPensieve(
   const t1 = await messages(base, "turn 1", body);
   log(t1);
   log(await messages(base, "same again", body));
-  if (!o.quick) await moreTurns(o, base, body, t1.text, log);
+  const memoryLine = o.quick ? null : await moreTurns(o, base, body, t1.text, log);
   // Restart, after the pause a Claude Code user gives between turns: wait until the idle engine has
   // written the cache to disk, then stop and start again (--restart-now: no pause, the shutdown writes).
   const disk = await waitForDisk(base, o.restartNow ? 0 : DISK_WAIT_MS);
@@ -362,6 +362,7 @@ async function replayPensieve(
     prefixDiskPendingBytes: disk.pendingBytes,
     prefixDiskSkippedWrites: disk.skippedWrites,
     prefixDiskLine: disk.line,
+    memoryLine,
     prefixDiskAfterRestart: kept,
     stopSeconds,
     peakMlxBytesAfterRestart: peak,
@@ -403,24 +404,79 @@ async function waitForDisk(base: string, maxMs: number) {
   return { files, bytes, pendingBytes, skippedWrites, waitSeconds, line };
 }
 
-/** The follow-up, a second session, N sessions at once, and the text turns. */
+const MEMORY_GAUGES = [
+  "pensieve_mlx_active_memory_bytes",
+  "pensieve_mlx_peak_memory_bytes",
+  "pensieve_mlx_cache_memory_bytes",
+  "pensieve_kv_reserved_bytes",
+  "pensieve_kv_cache_bytes",
+  "pensieve_prefix_cache_bytes",
+  "pensieve_kv_budget_bytes",
+  "pensieve_out_of_memory_failures",
+  "pensieve_out_of_memory_requeued",
+];
+
+/** Polls Pensieve's /metrics while `work` runs: each gauge's largest value (none from a server without them). */
+async function watchMemory<T>(base: string, work: Promise<T>): Promise<{ result: T; line: string | null }> {
+  const most = new Map<string, number>();
+  let done = false;
+  const poll = (async () => {
+    while (!done) {
+      try {
+        const text = await (await fetch(`${base}/metrics`)).text();
+        for (const name of MEMORY_GAUGES) {
+          const value = Number(
+            text
+              .split("\n")
+              .find((l) => l.startsWith(`${name} `))
+              ?.split(" ")
+              .at(-1),
+          );
+          if (Number.isFinite(value)) most.set(name, Math.max(most.get(name) ?? 0, value));
+        }
+      } catch {
+        // not Pensieve, or restarting
+      }
+      await Bun.sleep(250);
+    }
+  })();
+  const result = await work.finally(() => {
+    done = true;
+  });
+  await poll;
+  if (most.size === 0) return { result, line: null };
+  const gib = (n: string) => `${((most.get(n) ?? 0) / 2 ** 30).toFixed(1)} GiB`;
+  const line =
+    `memory while the concurrent sessions ran (largest of /metrics every 250 ms): MLX active ${gib(MEMORY_GAUGES[0] as string)}, ` +
+    `peak ${gib(MEMORY_GAUGES[1] as string)}, buffer cache ${gib(MEMORY_GAUGES[2] as string)}; KV reserved ${gib(MEMORY_GAUGES[3] as string)}, ` +
+    `in caches ${gib(MEMORY_GAUGES[4] as string)}, cached prefixes ${gib(MEMORY_GAUGES[5] as string)}, budget ${gib(MEMORY_GAUGES[6] as string)}; ` +
+    `out of memory ${most.get(MEMORY_GAUGES[7] as string) ?? 0} times, ${most.get(MEMORY_GAUGES[8] as string) ?? 0} sequences sent back to recompute`;
+  return { result, line };
+}
+
+/** The follow-up, a second session, N sessions at once, and the text turns; returns the memory line (Pensieve). */
 async function moreTurns(
   o: Options,
   base: string,
   body: Record<string, unknown>,
   answer: string,
   log: (s: Step) => void,
-) {
+): Promise<string | null> {
   log(await messages(base, "follow-up", followUp(body, answer)));
   log(await messages(base, "second session", secondSession(body, 2)));
-  const together = await Promise.all(
-    Array.from({ length: o.concurrent }, (_, i) =>
-      messages(base, `concurrent ${i + 1}/${o.concurrent}`, secondSession(body, 100 + i)),
+  const { result: together, line } = await watchMemory(
+    base,
+    Promise.all(
+      Array.from({ length: o.concurrent }, (_, i) =>
+        messages(base, `concurrent ${i + 1}/${o.concurrent}`, secondSession(body, 100 + i)),
+      ),
     ),
   );
   for (const s of together) log(s);
+  if (line) console.log(`[pensieve] ${line}`);
   // The same turns as text over /v1/completions, for the side-by-side with mlx_lm.server.
   await textTurns(base, body, log);
+  return line;
 }
 
 /** Turn 1, the same again and a follow-up as rendered Phi-3 text over /v1/completions (either server). */
@@ -547,6 +603,9 @@ export async function benchClaudeCode(argv: string[]): Promise<void> {
       "",
       ...(typeof (extra.pensieve as { prefixDiskLine?: string } | undefined)?.prefixDiskLine === "string"
         ? [`Pensieve ${(extra.pensieve as { prefixDiskLine: string }).prefixDiskLine}.`, ""]
+        : []),
+      ...(typeof (extra.pensieve as { memoryLine?: string } | undefined)?.memoryLine === "string"
+        ? [`Pensieve ${(extra.pensieve as { memoryLine: string }).memoryLine}.`, ""]
         : []),
     ].join("\n"),
   );
