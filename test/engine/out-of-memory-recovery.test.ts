@@ -1,11 +1,14 @@
 // Out of memory in the middle of a batch (src/engine/memory-pressure.ts): a
 // real MLX allocation failure (the memory limit set just above what is in use,
 // which the shim's allocator guard enforces on the CPU) fails a decode step of
-// three rows. They do not fail: they go back to the queue, recompute, and end
-// with the greedy tokens they have without the failure, one "started" each.
+// three rows, or a row's join to the batch part-way through the copy. They do
+// not fail: they go back to the queue, recompute, and end with the greedy
+// tokens they have without the failure, one "started" each.
 // Admission plans with a lowered budget until the engine is idle again.
 import { afterEach, describe, expect, test } from "bun:test";
+import { KVCache } from "../../src/engine/kv-cache";
 import { MemoryPressure, retriesAfterOutOfMemory } from "../../src/engine/memory-pressure";
+import { cacheShape } from "../../src/engine/one-sequence";
 import type { EngineEvent } from "../../src/engine/protocol";
 import { samplingParams } from "../../src/engine/protocol";
 import { Scheduler } from "../../src/engine/scheduler";
@@ -13,7 +16,7 @@ import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";
 import { tinyModel } from "../support/models";
 import { promptIds } from "../support/reference";
-import { request, runScheduled, TEST_SCHEDULER_OPTIONS } from "../support/scheduler";
+import { request, runScheduled, single, TEST_KV_BITS, TEST_SCHEDULER_OPTIONS } from "../support/scheduler";
 
 const greedy = samplingParams();
 const maxTokens = 40;
@@ -82,6 +85,59 @@ describe("running out of memory mid-batch (tiny-llama, CPU)", () => {
       scheduler.dispose();
     }, 120_000);
   }
+
+  test("a row joining the batch runs out of memory mid-copy: batch and row recompute, with their greedy tokens", () => {
+    // Three long rows decode; a short prompt's prefill fits the limit, but joining copies the batch a layer
+    // at a time (a merged layer is ~3 MB here) and the copy fails part-way, as on the H100 with 8 Claude
+    // Code sessions. The limit is set just after the batch's cache grew, so the decode step beside it
+    // allocates no new cache.
+    const options = { ...TEST_SCHEDULER_OPTIONS, contextLength: 4096, prefillChunk: 512, interleavedPrefillChunk: 512 };
+    const long = [promptIds(2400, 81), promptIds(2400, 82), promptIds(2400, 83)];
+    const short = promptIds(10, 84);
+    const rows = 200;
+    const expected = [...long.map((p) => single(model, p, rows, greedy)), single(model, short, 20, greedy)];
+    const bytesPerToken = KVCache.bytesPerToken(cacheShape(model, TEST_KV_BITS));
+    const events: EngineEvent[] = [];
+    const tokens = new Map<string, number[]>();
+    const scheduler = new Scheduler(model, options, (e) => {
+      events.push(e);
+      if (e.type === "tokens") for (const t of e.items) tokens.set(t.id, [...(tokens.get(t.id) ?? []), t.token]);
+    });
+    long.forEach((p, i) => scheduler.submit(request(`long${i}`, p, rows, greedy)));
+    let steps = 0;
+    const capacity = () => scheduler.stats().kvCacheBytes / (long.length * bytesPerToken);
+    // All three decoding, then wait for a growth of the cache.
+    while (scheduler.stats().running < long.length || scheduler.stats().prefilling > 0) {
+      scheduler.step();
+      if (++steps > 2000) throw new Error("the long rows never ran together");
+    }
+    const before = capacity();
+    while (capacity() === before) {
+      scheduler.step();
+      if (++steps > 2000) throw new Error("the cache never grew");
+    }
+    scheduler.submit(request("short", short, 20, greedy));
+    restoreLimit = mx.memory.setLimit(mx.memory.active() + 2 * 2 ** 20);
+    scheduler.step();
+    mx.memory.setLimit(restoreLimit);
+    restoreLimit = null;
+    const failed = scheduler.stats();
+    console.log(`join out of memory: ${JSON.stringify(failed.outOfMemory)}; waiting ${failed.waiting}`);
+    expect(failed.outOfMemory).toMatchObject({ failures: 1, requeued: 4 });
+    expect(failed.running + failed.prefilling).toBe(0);
+    while (scheduler.hasWork()) {
+      scheduler.step();
+      if (++steps > 20000) throw new Error("the scheduler did not finish");
+    }
+    long.forEach((_, i) => expect(tokens.get(`long${i}`)).toEqual(expected[i] as number[]));
+    expect(tokens.get("short")).toEqual(expected[3] as number[]);
+    const started = events.filter((e) => e.type === "started").map((e) => (e as { id: string }).id);
+    expect(started.sort()).toEqual(["long0", "long1", "long2", "short"]);
+    expect(
+      events.filter((e) => e.type === "finished").every((e) => (e as { reason: string }).reason === "length"),
+    ).toBe(true);
+    scheduler.dispose();
+  }, 300_000);
 
   test("a sequence that keeps running out of memory fails with the error, and the engine serves the next", () => {
     const events: EngineEvent[] = [];
