@@ -103,7 +103,7 @@ describe("running out of memory mid-batch (tiny-llama, CPU)", () => {
       events.push(e);
       if (e.type === "tokens") for (const t of e.items) tokens.set(t.id, [...(tokens.get(t.id) ?? []), t.token]);
     });
-    long.forEach((p, i) => scheduler.submit(request(`long${i}`, p, rows, greedy)));
+    for (const [i, p] of long.entries()) scheduler.submit(request(`long${i}`, p, rows, greedy));
     let steps = 0;
     const capacity = () => scheduler.stats().kvCacheBytes / (long.length * bytesPerToken);
     // All three decoding, then wait for a growth of the cache.
@@ -129,7 +129,7 @@ describe("running out of memory mid-batch (tiny-llama, CPU)", () => {
       scheduler.step();
       if (++steps > 20000) throw new Error("the scheduler did not finish");
     }
-    long.forEach((_, i) => expect(tokens.get(`long${i}`)).toEqual(expected[i] as number[]));
+    for (const [i] of long.entries()) expect(tokens.get(`long${i}`)).toEqual(expected[i] as number[]);
     expect(tokens.get("short")).toEqual(expected[3] as number[]);
     const started = events.filter((e) => e.type === "started").map((e) => (e as { id: string }).id);
     expect(started.sort()).toEqual(["long0", "long1", "long2", "short"]);
