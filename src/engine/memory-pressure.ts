@@ -5,10 +5,13 @@
 //   clients see a pause, not an error. Each may do so a bounded number of
 //   times: twice while other sequences ran beside it (they may leave room),
 //   once when it ran alone. After that it fails with the error (a 5xx naming it).
-// - Admission then plans with a smaller KV budget, a fraction of what was
-//   reserved when the failure came, so fewer sequences run (and fewer prefixes
-//   stay cached) together, until the engine next has nothing to do: memory
-//   that another process held, or that the plan did not foresee, may be back.
+// - Admission then plans with a smaller KV budget, a fraction of what the pool
+//   held when the failure came (sequences and cached prefixes), and cached
+//   prefixes are evicted down to it at once, so fewer sequences run together,
+//   until the engine next has nothing to do: memory that another process held,
+//   or that the plan did not foresee, may be back by then.
+// On the CPU, test/engine/out-of-memory-concurrent.test.ts caps the engine so
+// that eight long requests at once fail 7-9 times: all eight complete.
 // Seen on an H100 (bench/results/gpu-h100-2026-12-07/): 8 concurrent Claude Code
 // sessions ran out of memory while a prefilled row joined the batch, inside
 // the plan's KV budget; before this, the join's failure also corrupted the batch.
@@ -45,10 +48,10 @@ export class MemoryPressure {
     return this.#cap === null ? this.plannedBytes : Math.min(this.plannedBytes, this.#cap);
   }
 
-  /** A failure while `reservedBytes` were reserved: the budget shrinks. */
-  failed(reservedBytes: number): void {
+  /** A failure while the pool held `heldBytes`: the budget shrinks. */
+  failed(heldBytes: number): void {
     this.failures++;
-    this.#cap = Math.floor(PRESSURE_FRACTION * Math.min(this.budgetBytes, Math.max(0, reservedBytes)));
+    this.#cap = Math.floor(PRESSURE_FRACTION * Math.min(this.budgetBytes, Math.max(0, heldBytes)));
   }
 
   /** Nothing runs: the plan's budget again. */

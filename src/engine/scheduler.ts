@@ -271,7 +271,8 @@ export class Scheduler {
   }
 
   #recoverFromOutOfMemory(failed: Set<Sequence>, message: string, dropBatch: boolean): void {
-    const reserved = this.#reserved();
+    // What the pool held when memory ran out: sequences and cached prefixes.
+    const held = this.#reserved() + this.prefixCache.stats().bytes;
     // Tokens a finished earlier step sampled still go out (the failed one's never came).
     for (const s of failed) {
       try {
@@ -282,10 +283,12 @@ export class Scheduler {
     }
     this.#line.fail(failed);
     if (dropBatch) this.#batch.drop();
+    this.#pressure.failed(held);
+    // Cached prefixes give way at once (admission would only evict them for a sequence it admits).
+    this.prefixCache.evictTo(Math.max(0, this.#pressure.budgetBytes - this.#reserved()));
     // The failed work's buffers sit in MLX's cache, sized for it: the running rows' next allocations (KV
     // growth) then found no room on a full card and failed too (H200, bench/results/gpu-h200-2026-12-06f/oom).
     mx.memory.clearCache();
-    this.#pressure.failed(reserved);
     const crowded = failed.size > 1 || this.hasWork();
     const retrying: Sequence[] = [];
     for (const s of failed) {
