@@ -44,10 +44,7 @@ export async function runEngineProcess(config: EngineConfig): Promise<void> {
   const { liveHandleCount } = await import("../mlx");
   const { startIdleTrim } = await import("./idle-trim");
   // Busy while any sequence runs, prefills or waits (finished rows may sit in the batch until compaction).
-  startIdleTrim(() => {
-    const s = engine.stats();
-    return s.running + s.prefilling + s.waiting > 0;
-  });
+  startIdleTrim(() => engine.scheduler.busy());
   const processStats = () => ({
     pid: process.pid,
     rssBytes: process.memoryUsage.rss(),
@@ -63,7 +60,12 @@ export async function runEngineProcess(config: EngineConfig): Promise<void> {
         engine.cancel(m.id);
         break;
       case "stats":
-        send({ type: "stats", nonce: m.nonce, stats: { ...engine.stats(), process: processStats() } });
+        // A failure here must not end the engine (the server keeps its last values when no answer comes).
+        try {
+          send({ type: "stats", nonce: m.nonce, stats: { ...engine.stats(), process: processStats() } });
+        } catch (e) {
+          console.error(`[engine] stats failed: ${(e as Error).message}`);
+        }
         break;
       case "shutdown":
         engine.stop();

@@ -174,6 +174,11 @@ export class Scheduler {
     return this.#waiting.length > 0 || !this.#line.empty || this.#batch.rows.length > 0;
   }
 
+  /** A sequence runs, prefills or waits (finished rows idle in the batch do not count). */
+  busy(): boolean {
+    return this.#waiting.length > 0 || !this.#line.empty || this.#batch.rows.some((r) => r.finished === null);
+  }
+
   *#all(): Iterable<Sequence> {
     yield* this.#waiting;
     yield* this.#line.sequences();
