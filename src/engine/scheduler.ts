@@ -12,8 +12,9 @@
 // prefilled), decode-batch.ts (the batch's rows and KV cache),
 // scheduler-prefix.ts (prefix-cache copies) and scheduler-speculation.ts (a
 // lone row's verify pass); a request becomes a sequence in
-// scheduler-sequence.ts. Slightly over 400 lines: a sequence's lifecycle
-// (queue, prefill, batch, preemption, its events in order) reads in one
+// scheduler-sequence.ts; what an out-of-memory failure does is
+// scheduler-recovery.ts. About 490 lines: a sequence's lifecycle (queue,
+// prefill, batch, preemption, failure, its events in order) reads in one
 // place. One iteration (step):
 //   1. drop cancelled sequences;
 //   2. admit waiting requests to the prefill line;
@@ -27,13 +28,12 @@
 // tokens are read before step n+1 is built (no pipelining for that batch);
 // without one, the path is unchanged.
 
-import * as mx from "../mlx";
 import type { LanguageModel } from "../models/types";
 import { decodeStep, type RowStep, readRowStep, releaseRowStep } from "./batch-step";
 import { DecodeBatch } from "./decode-batch";
 import { KV_STEP, KVCache } from "./kv-cache";
 import { type KvPoolShape, projectedBytes } from "./kv-pool";
-import { isOutOfMemory, MemoryPressure, retriesAfterOutOfMemory } from "./memory-pressure";
+import { isOutOfMemory, MemoryPressure } from "./memory-pressure";
 import { cacheShape } from "./one-sequence";
 import { PrefixCache } from "./prefix-cache";
 import { PrefillLine } from "./prefill-line";
@@ -51,6 +51,7 @@ import {
   type TokenConstraint,
 } from "./scheduler-policy";
 import { PrefixKeeper } from "./scheduler-prefix";
+import { type RecoveryHooks, recoverFromOutOfMemory } from "./scheduler-recovery";
 import { type ConstraintFactory, newSequence, type Sequence } from "./scheduler-sequence";
 import { speculateLoneRow } from "./scheduler-speculation";
 import { emptySpeculationStats, type SpeculationStats } from "./speculation";
@@ -270,47 +271,26 @@ export class Scheduler {
         if (dropBatch) this.#batch.drop();
         return null;
       }
-      this.#recoverFromOutOfMemory(failed, message, dropBatch);
+      recoverFromOutOfMemory(this.#recovery(dropBatch), failed, message);
       return null;
     }
   }
 
-  #recoverFromOutOfMemory(failed: Set<Sequence>, message: string, dropBatch: boolean): void {
-    // What the pool held when memory ran out: sequences and cached prefixes.
-    const held = this.#reserved() + this.prefixCache.stats().bytes;
-    // Tokens a finished earlier step sampled still go out (the failed one's never came).
-    for (const s of failed) {
-      try {
-        this.#read(s);
-      } catch {
-        s.unread = false;
-      }
-    }
-    this.#line.fail(failed);
-    if (dropBatch) this.#batch.drop();
-    this.#pressure.failed(held);
-    // Cached prefixes give way at once (admission would only evict them for a sequence it admits).
-    this.prefixCache.evictTo(Math.max(0, this.#pressure.budgetBytes - this.#reserved()));
-    // The failed work's buffers sit in MLX's cache, sized for it: the running rows' next allocations (KV
-    // growth) then found no room on a full card and failed too (H200, bench/results/gpu-h200-2026-12-06f/oom).
-    mx.memory.clearCache();
-    const crowded = failed.size > 1 || this.hasWork();
-    const retrying: Sequence[] = [];
-    for (const s of failed) {
-      if (s.finished) continue;
-      s.outOfMemoryFailures++;
-      if (s.cancelled || !retriesAfterOutOfMemory(s.outOfMemoryFailures, crowded)) this.#finish(s, "error", message);
-      else retrying.push(s);
-    }
-    for (const s of retrying.reverse()) {
-      releaseRowStep(s.step);
-      s.step = null;
-      s.unread = false;
-      s.inBatch = false;
-      s.resumes = s.started;
-      this.#waiting.unshift(s);
-    }
-    this.#pressure.requeued += retrying.length;
+  /** What recovering from an out-of-memory failure does here (scheduler-recovery.ts). */
+  #recovery(dropBatch: boolean): RecoveryHooks {
+    return {
+      prefixCache: this.prefixCache,
+      pressure: this.#pressure,
+      reserved: () => this.#reserved(),
+      read: (s) => this.#read(s),
+      finish: (s, reason, message) => this.#finish(s, reason, message),
+      discard: (failed) => {
+        this.#line.fail(failed);
+        if (dropBatch) this.#batch.drop();
+      },
+      hasWork: () => this.hasWork(),
+      requeue: (sequences) => this.#waiting.unshift(...sequences),
+    };
   }
 
   /** Nothing left to run. MLX's buffer cache stays: the engine frees it after a quiet spell. */

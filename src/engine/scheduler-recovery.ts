@@ -1,0 +1,74 @@
+// After MLX runs out of memory in the scheduler's work (a prefill chunk, a
+// join, a decode step): the sequences involved recompute or fail, and
+// admission plans with less (the policy is memory-pressure.ts). Kept apart
+// from scheduler.ts, which calls it from its failure guard with the
+// operations it needs.
+
+import * as mx from "../mlx";
+import { releaseRowStep } from "./batch-step";
+import { type MemoryPressure, retriesAfterOutOfMemory } from "./memory-pressure";
+import type { PrefixCache } from "./prefix-cache";
+import type { FinishReason } from "./protocol";
+import type { Sequence } from "./scheduler-sequence";
+
+export interface RecoveryHooks {
+  readonly prefixCache: PrefixCache;
+  readonly pressure: MemoryPressure;
+  /** KV bytes the batch and the prefilling sequences will hold at their largest. */
+  reserved(): number;
+  /** Emits a sequence's token of an earlier, finished step (it may finish the sequence). */
+  read(s: Sequence): void;
+  finish(s: Sequence, reason: FinishReason, message: string): void;
+  /** Takes the failed sequences out of the prefill line, and drops the batch when its cache is in doubt. */
+  discard(failed: ReadonlySet<Sequence>): void;
+  /** Anything left to run once the failed sequences are out. */
+  hasWork(): boolean;
+  /** Puts sequences at the front of the queue, in this order. */
+  requeue(sequences: readonly Sequence[]): void;
+}
+
+export function recoverFromOutOfMemory(hooks: RecoveryHooks, failed: ReadonlySet<Sequence>, message: string): void {
+  // What the pool held when memory ran out: sequences and cached prefixes.
+  const held = hooks.reserved() + hooks.prefixCache.stats().bytes;
+  // Tokens a finished earlier step sampled still go out (the failed one's never came).
+  for (const s of failed) {
+    try {
+      hooks.read(s);
+    } catch {
+      s.unread = false;
+    }
+  }
+  hooks.discard(failed);
+  hooks.pressure.failed(held);
+  // Cached prefixes give way at once (admission would only evict them for a sequence it admits).
+  hooks.prefixCache.evictTo(Math.max(0, hooks.pressure.budgetBytes - hooks.reserved()));
+  // The failed work's buffers sit in MLX's cache, sized for it: the running rows' next allocations (KV
+  // growth) then found no room on a full card and failed too (H200, bench/results/gpu-h200-2026-12-06f/oom).
+  mx.memory.clearCache();
+  const crowded = failed.size > 1 || hooks.hasWork();
+  const retrying: Sequence[] = [];
+  let errors = 0;
+  for (const s of failed) {
+    if (s.finished) continue;
+    s.outOfMemoryFailures++;
+    if (s.cancelled || !retriesAfterOutOfMemory(s.outOfMemoryFailures, crowded)) {
+      hooks.finish(s, "error", message);
+      errors++;
+      continue;
+    }
+    releaseRowStep(s.step);
+    s.step = null;
+    s.unread = false;
+    s.inBatch = false;
+    // A started sequence resumes as a recompute (no second "started"); one still in its first prefill starts over.
+    s.resumes = s.started;
+    retrying.push(s);
+  }
+  hooks.requeue(retrying);
+  hooks.pressure.requeued += retrying.length;
+  const gib = (hooks.pressure.budgetBytes / 2 ** 30).toFixed(2);
+  console.error(
+    `[engine] out of memory: ${retrying.length} sequence(s) recompute, ${errors} failed; ` +
+      `KV budget ${gib} GiB until idle (${message})`,
+  );
+}
