@@ -7,7 +7,8 @@
 //   once when it ran alone. After that it fails with the error (a 5xx naming it).
 // - Admission then plans with a smaller KV budget, a fraction of what the pool
 //   held when the failure came (sequences and cached prefixes), and cached
-//   prefixes are evicted down to it at once, so fewer sequences run together,
+//   prefixes are evicted down to it at once (all of them after a lone
+//   sequence's failure, which leaves the budget as it is), so fewer run together,
 //   until the engine next has nothing to do: memory that another process held,
 //   or that the plan did not foresee, may be back by then.
 // On the CPU, test/engine/out-of-memory-concurrent.test.ts caps the engine so
@@ -48,10 +49,14 @@ export class MemoryPressure {
     return this.#cap === null ? this.plannedBytes : Math.min(this.plannedBytes, this.#cap);
   }
 
-  /** A failure while the pool held `heldBytes`: the budget shrinks. */
-  failed(heldBytes: number): void {
+  /**
+   * A failure while the pool held `heldBytes`: beside others (`crowded`) the
+   * budget shrinks; alone it stays (a lone sequence is admitted whatever the
+   * budget, so shrinking would only hold the queue back after it).
+   */
+  failed(heldBytes: number, crowded: boolean): void {
     this.failures++;
-    this.#cap = Math.floor(PRESSURE_FRACTION * Math.min(this.budgetBytes, Math.max(0, heldBytes)));
+    if (crowded) this.#cap = Math.floor(PRESSURE_FRACTION * Math.min(this.budgetBytes, Math.max(0, heldBytes)));
   }
 
   /** Nothing runs: the plan's budget again. */

@@ -39,13 +39,14 @@ export function recoverFromOutOfMemory(hooks: RecoveryHooks, failed: ReadonlySet
     }
   }
   hooks.discard(failed);
-  hooks.pressure.failed(held);
-  // Cached prefixes give way at once (admission would only evict them for a sequence it admits).
-  hooks.prefixCache.evictTo(Math.max(0, hooks.pressure.budgetBytes - hooks.reserved()));
+  const crowded = failed.size > 1 || hooks.hasWork();
+  hooks.pressure.failed(held, crowded);
+  // Cached prefixes give way at once (admission would only evict them for a sequence it admits); all of them
+  // when the sequence ran alone.
+  hooks.prefixCache.evictTo(crowded ? Math.max(0, hooks.pressure.budgetBytes - hooks.reserved()) : 0);
   // The failed work's buffers sit in MLX's cache, sized for it: the running rows' next allocations (KV
   // growth) then found no room on a full card and failed too (H200, bench/results/gpu-h200-2026-12-06f/oom).
   mx.memory.clearCache();
-  const crowded = failed.size > 1 || hooks.hasWork();
   const retrying: Sequence[] = [];
   let errors = 0;
   for (const s of failed) {

@@ -164,14 +164,17 @@ describe("running out of memory mid-batch (tiny-llama, CPU)", () => {
 });
 
 describe("the memory pressure policy (plain data)", () => {
-  test("the budget shrinks to a fraction of what was reserved, never grows on a failure, and comes back when idle", () => {
+  test("beside others the budget shrinks to a fraction of what the pool held, never grows on a failure, and comes back when idle", () => {
     const p = new MemoryPressure(1000);
     expect(p.budgetBytes).toBe(1000);
-    p.failed(800);
+    p.failed(800, true);
     expect(p.budgetBytes).toBe(600);
-    p.failed(2000);
+    p.failed(2000, true);
     expect(p.budgetBytes).toBe(450);
-    expect(p.stats()).toEqual({ failures: 2, requeued: 0, loweredBudgetBytes: 450 });
+    // Alone: counted, the budget unchanged.
+    p.failed(100, false);
+    expect(p.budgetBytes).toBe(450);
+    expect(p.stats()).toEqual({ failures: 3, requeued: 0, loweredBudgetBytes: 450 });
     p.relax();
     expect(p.budgetBytes).toBe(1000);
   });
