@@ -61,6 +61,9 @@ export function recoverFromOutOfMemory(hooks: RecoveryHooks, failed: ReadonlySet
     s.step = null;
     s.unread = false;
     s.inBatch = false;
+    // A draft model's cache may have been mid-write too: the next proposal builds a new one from the tokens.
+    s.draft?.dispose();
+    s.draft = null;
     // A started sequence resumes as a recompute (no second "started"); one still in its first prefill starts over.
     s.resumes = s.started;
     retrying.push(s);
