@@ -33,6 +33,8 @@ export class SequenceSampler {
   #seen: MxArray | null = null;
   /** Occurrences in the output (presence and frequency penalties). */
   #counts: MxArray | null = null;
+  /** Tokens to rebuild #seen and #counts from at the next sample (resync). */
+  #resync: { prompt: number[]; output: number[] } | null = null;
 
   constructor(params: SamplingParams, vocabSize: number, promptTokens: readonly number[] = []) {
     this.params = params;
@@ -77,6 +79,7 @@ export class SequenceSampler {
    * `allowed` (bool [V]), when given, rules out every other token (constrained decoding).
    */
   sample(rawLogits: MxArray, allowed: MxArray | null = null): SampledStep {
+    this.#applyResync();
     const p = this.params;
     const logits0 = mx.reshape(rawLogits, [this.vocabSize]);
     let logits = logits0;
@@ -175,6 +178,37 @@ export class SequenceSampler {
       }
     }
     return scaled;
+  }
+
+  /**
+   * Rebuilds the penalties' state from the tokens kept (`prompt`, `output`):
+   * after a failed step, whose token was recorded lazily but never kept (and
+   * whose graph the lazy state would otherwise hold on to). The old state
+   * goes now; the new one is built at the next sample (memory just ran out:
+   * nothing is allocated here).
+   */
+  resync(prompt: readonly number[], output: readonly number[]): void {
+    if (!this.#seen && !this.#counts) return;
+    this.#seen?.dispose();
+    this.#counts?.dispose();
+    this.#resync = { prompt: [...prompt], output: [...output] };
+  }
+
+  #applyResync(): void {
+    const pending = this.#resync;
+    if (!pending) return;
+    const valid = (t: number) => Number.isInteger(t) && t >= 0 && t < this.vocabSize;
+    if (this.#seen) {
+      const seen = new Float32Array(this.vocabSize);
+      for (const t of [...pending.prompt, ...pending.output]) if (valid(t)) seen[t] = 1;
+      this.#seen = mx.keep(mx.float32(seen));
+    }
+    if (this.#counts) {
+      const counts = new Float32Array(this.vocabSize);
+      for (const t of pending.output) if (valid(t)) counts[t] = (counts[t] ?? 0) + 1;
+      this.#counts = mx.keep(mx.float32(counts));
+    }
+    this.#resync = null;
   }
 
   #record(token: MxArray): void {

@@ -61,6 +61,8 @@ export function recoverFromOutOfMemory(hooks: RecoveryHooks, failed: ReadonlySet
     s.step = null;
     s.unread = false;
     s.inBatch = false;
+    // The failed step's token is in the penalties' lazy state (never kept): rebuilt from the kept tokens.
+    s.sampler.resync(s.request.prompt, s.tokens.slice(s.request.prompt.length));
     // A draft model's cache may have been mid-write too: the next proposal builds a new one from the tokens.
     s.draft?.dispose();
     s.draft = null;

@@ -30,10 +30,17 @@ afterEach(() => {
 
 describe("running out of memory mid-batch (tiny-llama, CPU)", () => {
   const { model } = loadModel(tinyModel("tiny-llama"));
-  const schedule = prompts.map((p, i) => ({ at: 0, request: request(`r${i}`, p, maxTokens, greedy) }));
+  // Greedy, and greedy with penalties (their lazy state must not keep the failed step's token).
+  const penalized = samplingParams({ repetitionPenalty: 1.3, frequencyPenalty: 0.4, presencePenalty: 0.2 });
+  const cases = [
+    { prefixCacheBytes: 0, sampling: greedy, name: "prefix cache off" },
+    { prefixCacheBytes: null, sampling: greedy, name: "prefix cache on" },
+    { prefixCacheBytes: null, sampling: penalized, name: "prefix cache on, penalties" },
+  ];
 
-  for (const prefixCacheBytes of [0, null]) {
-    test(`a failed decode step: the rows recompute and keep their greedy tokens (prefix cache ${prefixCacheBytes === 0 ? "off" : "on"})`, () => {
+  for (const { prefixCacheBytes, sampling, name } of cases) {
+    const schedule = prompts.map((p, i) => ({ at: 0, request: request(`r${i}`, p, maxTokens, sampling) }));
+    test(`a failed decode step: the rows recompute and keep their greedy tokens (${name})`, () => {
       const options = { ...TEST_SCHEDULER_OPTIONS, prefixCacheBytes };
       const expected = runScheduled(model, schedule, options);
       expected.scheduler.dispose();
