@@ -15,6 +15,7 @@
 #   bash bench/gpu/device.sh spec      # issue 13: a verify pass of k = 2, 4, 8, 16 tokens vs a one-token step
 #   bash bench/gpu/device.sh kcache    # kernel cache (PENSIEVE_KERNEL_CACHE=1): GPU test, then generate off / cold / warm
 #   bash bench/gpu/device.sh kcache-mlx  # PENSIEVE_KERNEL_CACHE=mlx (MLX's PTX cache pre-filled): GPU test, off/cold/warm, rate
+#   bash bench/gpu/device.sh rows       # host vs wall ms: decode steps of 1-32 rows, verify passes, MLX's product at M rows
 #   bash bench/gpu/device.sh oom       # issue 14: a real out-of-memory error (test/gpu/out-of-memory.test.ts), $OUT/oom.txt
 #   bash bench/gpu/device.sh llama-build  # issue 11: llama.cpp CUDA (carry .device/llama.tar.xz{,.sha256}, and
 #                                         #   .device/libggml-cuda.so.xz{,.sha256} when built here; after prepare)
@@ -171,6 +172,11 @@ kcache-mlx)
     PENSIEVE_KERNEL_CACHE=$flag bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve \
       --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 3 --out-dir "$OUT/kcm-rate-$i-$flag" || true
   done
+  ;;
+rows)
+  # Issues 11 and 13: host against wall time of decode steps of 1-32 rows, a verify pass of 3-17 tokens, and
+  # MLX's product alone at M rows (bench/gpu/rows-profile.ts; ~1 minute). After prepare; carry dist.
+  timeout "${ROWS_TIMEOUT:-150}" bun dist/bench/gpu/rows-profile.js "$MODEL" 2>&1 | tee "$OUT/rows-profile.md" || true
   ;;
 single)
   for p in 128 512 4096; do
