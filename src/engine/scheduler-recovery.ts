@@ -21,8 +21,8 @@ export interface RecoveryHooks {
   finish(s: Sequence, reason: FinishReason, message: string): void;
   /** Takes the failed sequences out of the prefill line, and drops the batch when its cache is in doubt. */
   discard(failed: ReadonlySet<Sequence>): void;
-  /** Anything left to run once the failed sequences are out. */
-  hasWork(): boolean;
+  /** Sequences still holding memory (decoding or prefilling) once the failed ones are out. */
+  othersRunning(): boolean;
   /** Puts sequences at the front of the queue, in this order. */
   requeue(sequences: readonly Sequence[]): void;
 }
@@ -39,7 +39,8 @@ export function recoverFromOutOfMemory(hooks: RecoveryHooks, failed: ReadonlySet
     }
   }
   hooks.discard(failed);
-  const crowded = failed.size > 1 || hooks.hasWork();
+  // Waiting sequences hold nothing: only running ones make it crowded.
+  const crowded = failed.size > 1 || hooks.othersRunning();
   hooks.pressure.failed(held, crowded);
   // Cached prefixes give way at once (admission would only evict them for a sequence it admits); all of them
   // when the sequence ran alone.

@@ -288,7 +288,7 @@ export class Scheduler {
         this.#line.fail(failed);
         if (dropBatch) this.#batch.drop();
       },
-      hasWork: () => this.hasWork(),
+      othersRunning: () => !this.#line.empty || this.#batch.rows.some((r) => r.finished === null),
       requeue: (sequences) => this.#waiting.unshift(...sequences),
     };
   }
