@@ -4,8 +4,8 @@
 // M rows (one product per evaluation, and 64 in one graph), which separates
 // MLX's per-product host cost (a cuBLASLt descriptor and heuristic query for
 // every product of more than one row, mlx/backend/cuda/cublas_utils.cpp) from
-// our graph. Prints a markdown table per part.
-//   bun bench/gpu/rows-profile.ts MODEL [--rows 1,2,4,8,16,32] [--verify 3,5,9,17] [--prompt 256] [--n 10] [--dense false]
+// our graph; and a prefill chunk against its dense products alone. Prints a markdown table per part.
+//   bun bench/gpu/rows-profile.ts MODEL [--rows 1,2,4,8,16,32] [--verify 3,5,9,17] [--prompt 256] [--n 10] [--chunk 2048] [--dense false]
 // PENSIEVE_STEP_DEVICE=cpu runs it on the CPU (to check the script; the numbers mean little there).
 import { cacheFor } from "../../src/engine/one-sequence";
 import * as mx from "../../src/mlx";
@@ -141,6 +141,54 @@ lines.push(
     x.dispose();
   }
   w.dispose();
+}
+// A prefill chunk against its products alone: the model's dense products of every layer at M = chunk rows
+// (q|k|v, o, gate|up, down), one graph, as a floor for the chunk's time (issue 11: prefill at 0.61x mlx-lm).
+const chunk = Number(option("chunk", "2048"));
+if (chunk > 0) {
+  const c = model.config;
+  lines.push(
+    "",
+    `## A prefill chunk of ${chunk} tokens (after ${chunk} cached) against its products alone`,
+    "",
+    "| what | host ms | wall ms |",
+    "|---|---:|---:|",
+  );
+  const cache = cacheFor(model, 1);
+  mx.evaluate(mx.tidy(() => model.forward(mx.int32(ids(chunk, 3), [1, chunk]), cache, { logits: "last" })));
+  const start = cache.offset;
+  const forward = timed(
+    () => mx.tidy(() => model.forward(mx.int32(ids(chunk, 4), [1, chunk]), cache, { logits: "last" })),
+    () => cache.truncate(start),
+  );
+  lines.push(`| model.forward | ${fmt(forward.host)} | ${fmt(forward.wall)} |`);
+  cache.dispose();
+  const kv = 2 * c.numKvHeads * c.headDim;
+  const shapes: Array<[number, number]> = [
+    [c.numHeads * c.headDim + kv, c.hiddenSize],
+    [c.hiddenSize, c.numHeads * c.headDim],
+    [2 * c.intermediateSize, c.hiddenSize],
+    [c.hiddenSize, c.intermediateSize],
+  ];
+  const weights = shapes.map(([out, inp]) => mx.keep(mx.randomNormal([out, inp], model.dtype)));
+  const inputs = shapes.map(([, inp]) => mx.keep(mx.randomNormal([chunk, inp], model.dtype)));
+  mx.evaluate(...weights, ...inputs);
+  const products = timed(() =>
+    mx.tidy(() => {
+      let acc: mx.MxArray | null = null;
+      for (let layer = 0; layer < c.numLayers; layer++) {
+        for (const [i, w] of weights.entries()) {
+          const y = mx.sum(mx.matmul(inputs[i] as mx.MxArray, mx.transpose(w, [1, 0])));
+          acc = acc ? mx.add(acc, y) : y;
+        }
+      }
+      return acc as mx.MxArray;
+    }),
+  );
+  lines.push(
+    `| its dense products alone (${c.numLayers} layers x 4) | ${fmt(products.host)} | ${fmt(products.wall)} |`,
+  );
+  for (const a of [...weights, ...inputs]) a.dispose();
 }
 console.log(lines.join("\n"));
 model.dispose();
