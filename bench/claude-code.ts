@@ -437,6 +437,14 @@ async function watchMemory<T>(base: string, work: Promise<T>): Promise<{ result:
       } catch {
         // not Pensieve, or restarting
       }
+      // The card's own count: what MLX's numbers miss (CUDA context, libraries' workspaces, loaded kernels).
+      const smi = Bun.spawnSync(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"], {
+        stdout: "pipe",
+        stderr: "ignore",
+      });
+      const usedMiB = Number.parseInt(smi.stdout?.toString().trim().split("\n")[0] ?? "", 10);
+      if (smi.exitCode === 0 && Number.isFinite(usedMiB))
+        most.set("card", Math.max(most.get("card") ?? 0, usedMiB * 2 ** 20));
       await Bun.sleep(250);
     }
   })();
@@ -444,13 +452,14 @@ async function watchMemory<T>(base: string, work: Promise<T>): Promise<{ result:
     done = true;
   });
   await poll;
-  if (most.size === 0) return { result, line: null };
+  if (!MEMORY_GAUGES.some((n) => most.has(n))) return { result, line: null };
   const gib = (n: string) => `${((most.get(n) ?? 0) / 2 ** 30).toFixed(1)} GiB`;
   const line =
     `memory while the concurrent sessions ran (largest of /metrics every 250 ms): MLX active ${gib(MEMORY_GAUGES[0] as string)}, ` +
     `peak ${gib(MEMORY_GAUGES[1] as string)}, buffer cache ${gib(MEMORY_GAUGES[2] as string)}; KV reserved ${gib(MEMORY_GAUGES[3] as string)}, ` +
     `in caches ${gib(MEMORY_GAUGES[4] as string)}, cached prefixes ${gib(MEMORY_GAUGES[5] as string)}, budget ${gib(MEMORY_GAUGES[6] as string)}; ` +
-    `out of memory ${most.get(MEMORY_GAUGES[7] as string) ?? 0} times, ${most.get(MEMORY_GAUGES[8] as string) ?? 0} sequences sent back to recompute`;
+    `out of memory ${most.get(MEMORY_GAUGES[7] as string) ?? 0} times, ${most.get(MEMORY_GAUGES[8] as string) ?? 0} sequences sent back to recompute` +
+    (most.has("card") ? `; the card's used memory (nvidia-smi, all processes) ${gib("card")}` : "");
   return { result, line };
 }
 
