@@ -438,13 +438,19 @@ async function watchMemory<T>(base: string, work: Promise<T>): Promise<{ result:
         // not Pensieve, or restarting
       }
       // The card's own count: what MLX's numbers miss (CUDA context, libraries' workspaces, loaded kernels).
-      const smi = Bun.spawnSync(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"], {
-        stdout: "pipe",
-        stderr: "ignore",
-      });
-      const usedMiB = Number.parseInt(smi.stdout?.toString().trim().split("\n")[0] ?? "", 10);
-      if (smi.exitCode === 0 && Number.isFinite(usedMiB))
-        most.set("card", Math.max(most.get("card") ?? 0, usedMiB * 2 ** 20));
+      try {
+        // Spawned, not run synchronously: the streams being timed share this event loop.
+        const smi = Bun.spawn(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"], {
+          stdout: "pipe",
+          stderr: "ignore",
+        });
+        const usedMiB = Number.parseInt((await new Response(smi.stdout).text()).trim().split("\n")[0] ?? "", 10);
+        if ((await smi.exited) === 0 && Number.isFinite(usedMiB)) {
+          most.set("card", Math.max(most.get("card") ?? 0, usedMiB * 2 ** 20));
+        }
+      } catch {
+        // no nvidia-smi (the CPU)
+      }
       await Bun.sleep(250);
     }
   })();
