@@ -16,6 +16,7 @@
 #   bash bench/gpu/device.sh kcache    # kernel cache (PENSIEVE_KERNEL_CACHE=1): GPU test, then generate off / cold / warm
 #   bash bench/gpu/device.sh kcache-mlx  # PENSIEVE_KERNEL_CACHE=mlx (MLX's PTX cache pre-filled): GPU test, off/cold/warm, rate
 #   bash bench/gpu/device.sh rows       # host vs wall ms: decode steps of 1-32 rows, verify passes, MLX's product at M rows
+#   bash bench/gpu/device.sh fixes      # cc (8 sessions, memory line), oom, prefill 4096 from two fresh starts, rows (~7 min)
 #   bash bench/gpu/device.sh oom       # issue 14: a real out-of-memory error (test/gpu/out-of-memory.test.ts), $OUT/oom.txt
 #   bash bench/gpu/device.sh llama-build  # issue 11: llama.cpp CUDA (carry .device/llama.tar.xz{,.sha256}, and
 #                                         #   .device/libggml-cuda.so.xz{,.sha256} when built here; after prepare)
@@ -172,6 +173,19 @@ kcache-mlx)
     PENSIEVE_KERNEL_CACHE=$flag bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve \
       --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 3 --out-dir "$OUT/kcm-rate-$i-$flag" || true
   done
+  ;;
+fixes)
+  # The 2026-12-07 fixes, in one call after prepare (carry dist and .device/claude-code-request.json), each part with
+  # its own limit (~7 minutes in all): 8 concurrent Claude Code sessions with the memory line, the out-of-memory
+  # test, a 4,096-token prefill from two fresh processes (the first writes the kernel cache), and rows-profile.
+  CC_RUNS=a CC_TEST=0 timeout 170 bash "$0" cc 2>&1 | grep -v '^\[bench\]' | tail -40 || true
+  OOM_TIMEOUT=120 bash "$0" oom 2>&1 | grep -E '^\[(oom|device)|pass|fail' | tail -40 || true
+  for i in 1 2; do
+    timeout 80 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve \
+      --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 4096 --gen 16 --repeat 1 \
+      --out-dir "$OUT/prefill-start-$i" 2>&1 | grep -E '^\| pensieve' || true
+  done
+  ROWS_TIMEOUT=110 bash "$0" rows || true
   ;;
 rows)
   # Issues 11 and 13: host against wall time of decode steps of 1-32 rows, a verify pass of 3-17 tokens, and
