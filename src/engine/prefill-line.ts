@@ -66,6 +66,20 @@ export class PrefillLine<S extends Sequence> {
     }
   }
 
+  /**
+   * Takes out the sequences admitted but not yet in a group (they hold no
+   * memory), in order, to queue again; a recompute among them is marked to
+   * resume as one.
+   */
+  unadmit(): S[] {
+    const out = this.jobs.map((j) => {
+      if (j.recompute) j.seq.resumes = true;
+      return j.seq;
+    });
+    this.jobs = [];
+    return out;
+  }
+
   /** The group in progress, or a new one from the head of the line as the policy plans it. */
   formGroup(): PrefillGroup<S> | null {
     if (this.group) return this.group;
@@ -94,12 +108,12 @@ export class PrefillLine<S extends Sequence> {
 
   /**
    * One chunk of the group's prefill (`decodingRows`: the batch's rows, which
-   * make the chunk smaller). After the last, the rows still running and their
+   * make the chunk smaller, as `small` does: memory ran out lately). After the last, the rows still running and their
    * cache (trimmed to them) are returned to join the decode batch.
    */
-  runChunk(group: PrefillGroup<S>, decodingRows: number): { rows: S[]; cache: KVCache } | null {
+  runChunk(group: PrefillGroup<S>, decodingRows: number, small = false): { rows: S[]; cache: KVCache } | null {
     const n = group.jobs.length;
-    const end = prefillChunkEnd(this.#options, decodingRows, n, group.width, group.done);
+    const end = prefillChunkEnd(this.#options, decodingRows, n, group.width, group.done, small);
     if (end < group.width) {
       const started = performance.now();
       const tokens = n * (end - group.done);

@@ -340,7 +340,8 @@ export function planPrefillGroup(
 /**
  * Where a prefill group's next forward pass ends (a column): a full chunk
  * when nothing decodes, a small one while rows decode (their streams keep
- * moving), split over the group's rows.
+ * moving) or while memory is short (`small`: its working memory grows with
+ * the chunk; src/engine/memory-pressure.ts), split over the group's rows.
  */
 export function prefillChunkEnd(
   limits: PolicyLimits,
@@ -348,8 +349,9 @@ export function prefillChunkEnd(
   groupRows: number,
   width: number,
   done: number,
+  small = false,
 ): number {
-  const budget = decodingRows > 0 ? limits.interleavedPrefillChunk : limits.prefillChunk;
+  const budget = decodingRows > 0 || small ? limits.interleavedPrefillChunk : limits.prefillChunk;
   const columns = Math.max(1, Math.floor(budget / groupRows));
   return Math.min(width, done + columns);
 }

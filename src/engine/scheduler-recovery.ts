@@ -16,6 +16,8 @@ export interface RecoveryHooks {
   readonly pressure: MemoryPressure;
   /** KV bytes the batch and the prefilling sequences will hold at their largest. */
   reserved(): number;
+  /** KV bytes the batch's and the prefilling group's caches hold now. */
+  kvBytes(): number;
   /** Emits a sequence's token of an earlier, finished step (it may finish the sequence). */
   read(s: Sequence): void;
   finish(s: Sequence, reason: FinishReason, message: string): void;
@@ -25,11 +27,15 @@ export interface RecoveryHooks {
   othersRunning(): boolean;
   /** Puts sequences at the front of the queue, in this order. */
   requeue(sequences: readonly Sequence[]): void;
+  /** Takes the admitted sequences whose prefill has not begun out of the prefill line, in order. */
+  unadmit(): Sequence[];
 }
 
 export function recoverFromOutOfMemory(hooks: RecoveryHooks, failed: ReadonlySet<Sequence>, message: string): void {
-  // What the pool held when memory ran out: sequences and cached prefixes.
-  const held = hooks.reserved() + hooks.prefixCache.stats().bytes;
+  // What the pool held in memory when it ran out: the caches of running and prefilling sequences, and cached
+  // prefixes (not their reservations, which count tokens they may never reach: the budget then took several
+  // failures of the same sequence to come down to what fits).
+  const held = hooks.kvBytes() + hooks.prefixCache.stats().bytes;
   // Tokens a finished earlier step sampled still go out (the failed one's never came).
   for (const s of failed) {
     try {
@@ -45,6 +51,9 @@ export function recoverFromOutOfMemory(hooks: RecoveryHooks, failed: ReadonlySet
   // Cached prefixes give way at once (admission would only evict them for a sequence it admits); all of them
   // when the sequence ran alone.
   hooks.prefixCache.evictTo(crowded ? Math.max(0, hooks.pressure.budgetBytes - hooks.reserved()) : 0);
+  // Arrays the failed work left to the finalizer (made outside a scope that disposes them) hold memory until a
+  // collection: on the CPU test below, without this, a lone retry found a fifth of the headroom still taken.
+  Bun.gc(true);
   // The failed work's buffers sit in MLX's cache, sized for it: the running rows' next allocations (KV
   // growth) then found no room on a full card and failed too (H200, bench/results/gpu-h200-2026-12-06f/oom).
   mx.memory.clearCache();
@@ -52,7 +61,8 @@ export function recoverFromOutOfMemory(hooks: RecoveryHooks, failed: ReadonlySet
   let errors = 0;
   for (const s of failed) {
     if (s.finished) continue;
-    s.outOfMemoryFailures++;
+    if (crowded) s.outOfMemoryFailures.crowded++;
+    else s.outOfMemoryFailures.alone++;
     if (s.cancelled || !retriesAfterOutOfMemory(s.outOfMemoryFailures, crowded)) {
       hooks.finish(s, "error", message);
       errors++;
@@ -71,7 +81,9 @@ export function recoverFromOutOfMemory(hooks: RecoveryHooks, failed: ReadonlySet
     s.resumes = s.started;
     retrying.push(s);
   }
-  hooks.requeue(retrying);
+  // Admitted but not begun, they hold nothing: admission decides again, with the lowered budget.
+  const unadmitted = hooks.unadmit();
+  hooks.requeue([...retrying, ...unadmitted]);
   hooks.pressure.requeued += retrying.length;
   const gib = (hooks.pressure.budgetBytes / 2 ** 30).toFixed(2);
   console.error(

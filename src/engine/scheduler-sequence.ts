@@ -10,6 +10,7 @@ import type { EngineRequest } from "./protocol";
 import { SequenceSampler } from "./sampling";
 import type { SchedulerOptions, SequenceState, TokenConstraint } from "./scheduler-policy";
 import type { DraftSession } from "./draft-model";
+import type { OutOfMemoryCounts } from "./memory-pressure";
 import { PromptLookup } from "./speculation";
 import { maySpeculate } from "./token-policy";
 
@@ -35,8 +36,8 @@ export interface Sequence extends SequenceState, DecodingRow {
   resumes: boolean;
   /** Its "started" event went out (a recompute must not send another). */
   started: boolean;
-  /** Out-of-memory failures it took part in (src/engine/memory-pressure.ts). */
-  outOfMemoryFailures: number;
+  /** Out-of-memory failures it took part in, beside others and alone (src/engine/memory-pressure.ts). */
+  outOfMemoryFailures: OutOfMemoryCounts;
 }
 
 /**
@@ -94,6 +95,6 @@ export function newSequence(
     plainSince: null,
     resumes: false,
     started: false,
-    outOfMemoryFailures: 0,
+    outOfMemoryFailures: { crowded: 0, alone: 0 },
   };
 }

@@ -219,7 +219,7 @@ export class Scheduler {
     const group = this.#line.formGroup();
     if (group) {
       const done = this.#guard(
-        () => this.#line.runChunk(group, this.#batch.rows.length),
+        () => this.#line.runChunk(group, this.#batch.rows.length, this.#pressure.short),
         group.jobs.map((j) => j.seq),
         false,
       );
@@ -282,6 +282,7 @@ export class Scheduler {
       prefixCache: this.prefixCache,
       pressure: this.#pressure,
       reserved: () => this.#reserved(),
+      kvBytes: () => (this.#batch.cache?.nbytes ?? 0) + (this.#line.group?.cache.nbytes ?? 0),
       read: (s) => this.#read(s),
       finish: (s, reason, message) => this.#finish(s, reason, message),
       discard: (failed) => {
@@ -290,6 +291,7 @@ export class Scheduler {
       },
       othersRunning: () => !this.#line.empty || this.#batch.rows.some((r) => r.finished === null),
       requeue: (sequences) => this.#waiting.unshift(...sequences),
+      unadmit: () => this.#line.unadmit(),
     };
   }
 

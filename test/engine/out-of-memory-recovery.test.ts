@@ -186,8 +186,10 @@ describe("the memory pressure policy (plain data)", () => {
     expect(p.budgetBytes).toBe(1000);
   });
 
-  test("two retries beside other sequences, one alone", () => {
-    expect([1, 2, 3].map((n) => retriesAfterOutOfMemory(n, true))).toEqual([true, true, false]);
-    expect([1, 2].map((n) => retriesAfterOutOfMemory(n, false))).toEqual([true, false]);
+  test("two retries beside other sequences and one alone, counted apart", () => {
+    expect([1, 2, 3].map((n) => retriesAfterOutOfMemory({ crowded: n, alone: 0 }, true))).toEqual([true, true, false]);
+    expect([1, 2].map((n) => retriesAfterOutOfMemory({ crowded: 0, alone: n }, false))).toEqual([true, false]);
+    // Two failures in a crowd leave the retry alone.
+    expect(retriesAfterOutOfMemory({ crowded: 2, alone: 1 }, false)).toBe(true);
   });
 });
