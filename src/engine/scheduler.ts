@@ -177,7 +177,17 @@ export class Scheduler {
 
   /** A sequence runs, prefills or waits (finished rows idle in the batch do not count). */
   busy(): boolean {
-    return this.#waiting.length > 0 || !this.#line.empty || this.#batch.rows.some((r) => r.finished === null);
+    return this.#waiting.length > 0 || this.#holdingMemory();
+  }
+
+  /** A sequence decodes or prefills (finished rows idle in the batch do not count). */
+  #holdingMemory(): boolean {
+    return !this.#line.empty || this.#batch.rows.some((r) => r.finished === null);
+  }
+
+  /** KV bytes the batch's and the prefilling group's caches hold now. */
+  #kvBytes(): number {
+    return (this.#batch.cache?.nbytes ?? 0) + (this.#line.group?.cache.nbytes ?? 0);
   }
 
   *#all(): Iterable<Sequence> {
@@ -188,12 +198,11 @@ export class Scheduler {
 
   stats(): SchedulerStats {
     const prefilling = this.#line.sequences();
-    const prefillBytes = this.#line.group?.cache.nbytes ?? 0;
     return {
       running: this.#batch.rows.filter((r) => r.finished === null).length,
       prefilling: prefilling.length,
       waiting: this.#waiting.length,
-      kvCacheBytes: (this.#batch.cache?.nbytes ?? 0) + prefillBytes,
+      kvCacheBytes: this.#kvBytes(),
       kvReservedBytes: this.#reserved(),
       kvBudgetBytes: this.#pressure.budgetBytes,
       outOfMemory: this.#pressure.stats(),
@@ -282,14 +291,14 @@ export class Scheduler {
       prefixCache: this.prefixCache,
       pressure: this.#pressure,
       reserved: () => this.#reserved(),
-      kvBytes: () => (this.#batch.cache?.nbytes ?? 0) + (this.#line.group?.cache.nbytes ?? 0),
+      kvBytes: () => this.#kvBytes(),
       read: (s) => this.#read(s),
       finish: (s, reason, message) => this.#finish(s, reason, message),
       discard: (failed) => {
         this.#line.fail(failed);
         if (dropBatch) this.#batch.drop();
       },
-      othersRunning: () => !this.#line.empty || this.#batch.rows.some((r) => r.finished === null),
+      othersRunning: () => this.#holdingMemory(),
       requeue: (sequences) => this.#waiting.unshift(...sequences),
       unadmit: () => this.#line.unadmit(),
     };

@@ -19,19 +19,9 @@ import { dirname, join } from "node:path";
 import { pensieveHome } from "../paths";
 import { Dtype } from "./array";
 import { shimPath } from "./ffi";
-import {
-  cudaType,
-  deviceComputeCapability,
-  type InputSignature,
-  kernelCacheMode,
-  MLX_DEFAULT_HEADER,
-} from "./kernel-cache";
+import { cudaType, deviceComputeCapability, type InputSignature, MLX_DEFAULT_HEADER } from "./kernel-cache";
 import type { KernelSpec, TemplateArg } from "./kernels";
 import { compileToCubin, cudaWheelDir, type JitHeaders, mlxCompileOptions, mlxJitHeaders } from "./nvrtc";
-
-export function mlxPtxCacheEnabled(env: Record<string, string | undefined> = process.env): boolean {
-  return kernelCacheMode(env) === "mlx";
-}
 
 // MLX's get_type_string (backend/common/compiled.cpp), used in template_arguments_hash.
 const TYPE_STRINGS: Partial<Record<Dtype, string>> = {

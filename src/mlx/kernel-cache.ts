@@ -34,10 +34,6 @@ export function kernelCacheMode(env: Record<string, string | undefined> = proces
   return null;
 }
 
-export function kernelCacheEnabled(env: Record<string, string | undefined> = process.env): boolean {
-  return kernelCacheMode(env) === "cubin";
-}
-
 const CUDA_TYPES: Partial<Record<Dtype, string>> = {
   [Dtype.bool]: "bool",
   [Dtype.int8]: "int8_t",

@@ -9,20 +9,14 @@ import { pensieveHome } from "../paths";
 import { type Dtype, handleList, handlesFrom, lastError, MlxError, type MxArray } from "./array";
 import { lib as shimLib, shimPath } from "./ffi";
 import {
-  kernelCacheEnabled,
+  kernelCacheMode,
   kernelCacheUnavailable,
   notPrecompilable,
   precompiledName,
   precompiledSource,
   processKernelCache,
 } from "./kernel-cache";
-import {
-  mlxKernelName,
-  mlxKernelSource,
-  mlxPtxCacheEnabled,
-  mlxPtxCacheUnavailable,
-  processMlxPtxCache,
-} from "./kernel-cache-mlx";
+import { mlxKernelName, mlxKernelSource, mlxPtxCacheUnavailable, processMlxPtxCache } from "./kernel-cache-mlx";
 
 /** The kernel language of this MLX build; "none" on the CPU build. */
 export type KernelLanguage = "none" | "cuda" | "metal";
@@ -177,8 +171,7 @@ export class CustomKernel {
     if (!handle) throw new MlxError(`kernel ${this.spec.name}`, lastError());
     this.#plans.add(handle as Pointer);
     const plan = new KernelPlan(this, this.#lib, handle as Pointer, c.outputs.length, this.#plans);
-    const mode =
-      kernelLanguage() !== "cuda" ? null : kernelCacheEnabled() ? "cubin" : mlxPtxCacheEnabled() ? "mlx" : null;
+    const mode = kernelLanguage() !== "cuda" ? null : kernelCacheMode();
     if (mode) plan.cacheSetup = { mode, outputs: c.outputs.map((o) => o.dtype), template };
     return plan;
   }
