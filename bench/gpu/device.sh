@@ -186,6 +186,9 @@ fixes)
       --out-dir "$OUT/prefill-start-$i" 2>&1 | grep -E '^\| pensieve' || true
   done
   ROWS_TIMEOUT=110 bash "$0" rows || true
+  # The fused verify path's pass of 9 tokens against its step (issue 13), cache cut back and growing.
+  PENSIEVE_GPU_FUSED_VERIFY=1 timeout 70 bun dist/bench/gpu/rows-profile.js "$MODEL" --rows 1 --verify 9 --chunk 0 \
+    2>&1 | tee "$OUT/rows-profile-fused-verify.md" || true
   ;;
 rows)
   # Issues 11 and 13: host against wall time of decode steps of 1-32 rows, a verify pass of 3-17 tokens, and
