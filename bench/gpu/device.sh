@@ -195,19 +195,6 @@ rows)
   # MLX's product alone at M rows (bench/gpu/rows-profile.ts; ~1 minute). After prepare; carry dist.
   timeout "${ROWS_TIMEOUT:-150}" bun dist/bench/gpu/rows-profile.js "$MODEL" 2>&1 | tee "$OUT/rows-profile.md" || true
   ;;
-verify-qmm)
-  # Issue 13: the fused verify path with tensor-core products (PENSIEVE_GPU_VERIFY_QMM=1, src/models/gpu-fused.ts)
-  # against the fused path alone and the default: its GPU test, then the cost of a pass of k drafts against a
-  # one-token step after 512 prompt tokens (~4 minutes). After prepare; carry dist.
-  mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
-  timeout 150 bun test --timeout 140000 ./dist/test-gpu/fused.test.js -t "tensor-core" 2>&1 | tail -12 | tee "$OUT/verify-qmm-test.txt" || true
-  for cfg in "1 1" "1 0" "0 0"; do
-    read -r f q <<< "$cfg"
-    PENSIEVE_GPU_FUSED_VERIFY=$f PENSIEVE_GPU_VERIFY_QMM=$q timeout 110 bun dist/bench/run.js spec-verify-cost \
-      --model "$MODEL" --device gpu --prompt 512 --ks 2,8,15 --n 20 --out-dir "$OUT/verify-qmm/f$f-q$q" 2>&1 |
-      grep -E '^\||step:' | sed "s/^/verify=$f qmm=$q /" || true
-  done
-  ;;
 single)
   for p in 128 512 4096; do
     gen=256; [ "$p" -gt 128 ] && gen=16

@@ -23,7 +23,6 @@ import { DecodeAttention, decodeAttentionSupports, mergedAttentionSplits } from 
 import { VERIFY_MAX_TOKENS, VerifyAttention, verifyAttentionSupports } from "../mlx/kernels-attention-verify";
 import { gemvSupports } from "../mlx/kernels-gemv";
 import { type FusedRope, fusedPlans } from "../mlx/kernels-gemv-fused";
-import { qmmSupports, quantizedMatmulBatched } from "../mlx/kernels-qmm";
 import type { Rope } from "./rope";
 import type { AttentionBatch, ForwardView } from "./types";
 import type { LinearWeight } from "./weights";
@@ -83,27 +82,6 @@ export function setGpuFused(on: boolean): void {
 
 export function gpuFusedEnabled(): boolean {
   return enabled;
-}
-
-// PENSIEVE_GPU_VERIFY_QMM=1 (an experiment, off): the products of a pass of several tokens on this path (a
-// verify pass) go through the batched tensor-core kernel (kernels-qmm.ts), with MLX's norm, RoPE, SwiGLU and adds
-// around them, instead of the GEMV family at L rows of x (ALU-bound past 8 rows: a pass of 9 cost 2.86x a step on
-// the H200). It measures what tensor cores leave of a verify pass before their epilogues are fused.
-let verifyQmm = process.env.PENSIEVE_GPU_VERIFY_QMM === "1";
-
-/** Turns the tensor-core products of multi-token passes on or off for forwards built from now on (tests). */
-export function setVerifyQmm(on: boolean): void {
-  verifyQmm = on;
-}
-
-const qmmWeights = new WeakMap<object, boolean>();
-function qmmTakes(q: mx.QuantizedWeight): boolean {
-  let ok = qmmWeights.get(q);
-  if (ok === undefined) {
-    ok = qmmSupports(q);
-    qmmWeights.set(q, ok);
-  }
-  return ok;
 }
 
 let launches = 0;
@@ -205,40 +183,12 @@ export class FusedStep {
   readonly positions: MxArray;
   readonly #shape: number;
 
-  /** PENSIEVE_GPU_VERIFY_QMM: products of this multi-token pass through the tensor-core kernel. */
-  readonly #qmm: boolean;
-
   constructor(B: number, L: number, dtype: mx.Dtype, positions: MxArray) {
     this.B = B;
     this.L = L;
     this.dtype = dtype;
     this.positions = positions;
     this.#shape = B * 8 + L;
-    this.#qmm = verifyQmm && L > 1;
-  }
-
-  /** x (made by `input`) @ W.T through the tensor-core kernel where this pass uses it, else null. */
-  #qmmProduct(input: () => MxArray, q: mx.QuantizedWeight): MxArray | null {
-    if (!this.#qmm || !qmmTakes(q)) return null;
-    launches++;
-    return quantizedMatmulBatched(input(), q);
-  }
-
-  /** RoPE on the first rope.rotated columns of y [B, L, N] (q and k heads) with MLX's op, at each row's positions. */
-  #rotate(y: MxArray, rope: FusedRope): MxArray {
-    const { B, L } = this;
-    const heads = rope.rotated / rope.headDim;
-    const qk = mx.transpose(mx.reshape(mx.sliceAxis(y, 2, 0, rope.rotated), [B, L, heads, rope.headDim]), [0, 2, 1, 3]);
-    const offset = mx.reshape(mx.sliceAxis(mx.reshape(this.positions, [B, L]), 1, 0, 1), [B]);
-    const turned = mx.rope(qk, {
-      dims: rope.headDim,
-      traditional: rope.traditional,
-      freqs: mx.divide(1, rope.invFreq),
-      scale: rope.positionScale ?? 1,
-      offset,
-    });
-    const back = mx.reshape(mx.transpose(turned, [0, 2, 1, 3]), [B, L, rope.rotated]);
-    return mx.concatenate([back, mx.sliceAxis(y, 2, rope.rotated, y.dim(2))], 2);
   }
 
   #xShape(q: mx.QuantizedWeight): number[] {
@@ -247,8 +197,6 @@ export class FusedStep {
 
   /** norm -> q|k|v (-> RoPE when `rope`) in one kernel: [B, L, N]. */
   normedQkv(h: MxArray, norm: Norm, q: mx.QuantizedWeight, rope: FusedRope | null): MxArray {
-    const tc = this.#qmmProduct(() => mx.rmsNorm(h, norm.weight, norm.eps), q);
-    if (tc) return rope ? this.#rotate(tc, rope) : tc;
     launches++;
     const slot = (rope ? QKV : NORMED) * 64 + this.#shape;
     const plan = planFor(q, slot, () =>
@@ -279,8 +227,6 @@ export class FusedStep {
 
   /** res + x @ W.T in one kernel. */
   productPlusResidual(x: MxArray, q: mx.QuantizedWeight, res: MxArray): MxArray {
-    const tc = this.#qmmProduct(() => x, q);
-    if (tc) return mx.add(res, tc);
     launches++;
     const plan = planFor(q, RESIDUAL * 64 + this.#shape, () => fusedPlans.residual(this.#xShape(q), this.dtype, q));
     return plan.run([x, q.weight, q.scales, q.biases as MxArray, res])[0] as MxArray;
@@ -288,11 +234,6 @@ export class FusedStep {
 
   /** norm -> gate|up -> silu(gate) * up in one kernel. */
   normedSwiglu(h: MxArray, norm: Norm, q: mx.QuantizedWeight): MxArray {
-    const tc = this.#qmmProduct(() => mx.rmsNorm(h, norm.weight, norm.eps), q);
-    if (tc) {
-      const half = tc.dim(-1) / 2;
-      return mx.swiglu(mx.sliceAxis(tc, -1, 0, half), mx.sliceAxis(tc, -1, half, 2 * half), true);
-    }
     launches++;
     const plan = planFor(q, SWIGLU * 64 + this.#shape, () =>
       fusedPlans.normSwiglu(this.#xShape(q), this.dtype, q, norm.eps),
@@ -302,8 +243,6 @@ export class FusedStep {
 
   /** norm -> product (the final norm -> lm_head, x [B, rows, K]) in one kernel. */
   normedProduct(h: MxArray, norm: Norm, q: mx.QuantizedWeight, rows: number): MxArray {
-    const tc = rows > 1 ? this.#qmmProduct(() => mx.rmsNorm(h, norm.weight, norm.eps), q) : null;
-    if (tc) return tc;
     launches++;
     const plan = planFor(q, NORMED * 64 + this.B * 8 + rows, () =>
       fusedPlans.norm([this.B, rows, (q.weight.dim(1) * 32) / q.bits], this.dtype, q, norm.eps),

@@ -25,7 +25,6 @@ import {
   setFusedVerify,
   setGpuFused,
   setKernelWritesKv,
-  setVerifyQmm,
 } from "../../src/models/gpu-fused";
 import { layerPlan, megaLaunchCount, setGpuMega } from "../../src/models/gpu-mega";
 import { loadModel } from "../../src/models/loader";
@@ -299,43 +298,39 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
   // under 2e-2: each layer's fused kernels are within ~5e-3 of MLX's ops (above), the tiny models have few layers.
   for (const name of ["tiny-llama", "tiny-phi3"]) {
     for (const L of [2, 9, 16]) {
-      // PENSIEVE_GPU_VERIFY_QMM: the same pass with its products through the tensor-core kernel.
-      for (const tensorCores of L === 2 ? [false] : [false, true])
-        test(`${name}: a verify pass of ${L} tokens, fused verify path${tensorCores ? " (tensor-core products)" : ""} on vs off (logits, the cache after it)`, () => {
-          const { model } = loadModel(tinyModel(name));
-          const prompt = promptIds(40, 3);
-          const draft = promptIds(L, 9);
-          const pass = (on: boolean) => {
-            setFusedVerify(on);
-            setVerifyQmm(on && tensorCores);
-            const cache = new KVCache(cacheShape(model), 1);
-            try {
-              mx.evaluate(model.forward(mx.int32(prompt, [1, prompt.length]), cache, { logits: "last" }));
-              const before = fusedLaunchCount();
-              const logits = mx.keep(model.forward(mx.int32(draft, [1, L]), cache, { logits: "all" }));
-              mx.evaluate(logits);
-              const launches = fusedLaunchCount() - before;
-              // The next one-token step reads the pass's keys/values from the cache.
-              const next = mx.keep(model.forward(mx.int32([draft[0] as number], [1, 1]), cache, { logits: "last" }));
-              mx.evaluate(next);
-              return { logits, next, launches };
-            } finally {
-              cache.dispose();
-              setFusedVerify(false);
-              setVerifyQmm(false);
-            }
-          };
+      test(`${name}: a verify pass of ${L} tokens, fused verify path on vs off (logits, the cache after it)`, () => {
+        const { model } = loadModel(tinyModel(name));
+        const prompt = promptIds(40, 3);
+        const draft = promptIds(L, 9);
+        const pass = (on: boolean) => {
+          setFusedVerify(on);
+          const cache = new KVCache(cacheShape(model), 1);
           try {
-            const off = pass(false);
-            const on = pass(true);
-            expect(on.launches).toBeGreaterThan(off.launches);
-            expect(relativeDistance(on.logits, off.logits)).toBeLessThan(2e-2);
-            expect(relativeDistance(on.next, off.next)).toBeLessThan(2e-2);
-            for (const a of [on.logits, on.next, off.logits, off.next]) a.dispose();
+            mx.evaluate(model.forward(mx.int32(prompt, [1, prompt.length]), cache, { logits: "last" }));
+            const before = fusedLaunchCount();
+            const logits = mx.keep(model.forward(mx.int32(draft, [1, L]), cache, { logits: "all" }));
+            mx.evaluate(logits);
+            const launches = fusedLaunchCount() - before;
+            // The next one-token step reads the pass's keys/values from the cache.
+            const next = mx.keep(model.forward(mx.int32([draft[0] as number], [1, 1]), cache, { logits: "last" }));
+            mx.evaluate(next);
+            return { logits, next, launches };
           } finally {
-            model.dispose();
+            cache.dispose();
+            setFusedVerify(false);
           }
-        }, 240_000);
+        };
+        try {
+          const off = pass(false);
+          const on = pass(true);
+          expect(on.launches).toBeGreaterThan(off.launches);
+          expect(relativeDistance(on.logits, off.logits)).toBeLessThan(2e-2);
+          expect(relativeDistance(on.next, off.next)).toBeLessThan(2e-2);
+          for (const a of [on.logits, on.next, off.logits, off.next]) a.dispose();
+        } finally {
+          model.dispose();
+        }
+      }, 240_000);
     }
 
     test(`${name}: greedy prompt-lookup speculation with the fused verify path equals plain greedy decoding`, () => {
