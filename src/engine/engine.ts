@@ -285,7 +285,11 @@ export class Engine {
     };
   }
 
-  /** Runs steps while there is work; sleeps otherwise. Returns when stop() is called. */
+  /**
+   * Runs steps while there is work; sleeps otherwise. Returns when stop() is
+   * called, or when a step lost the device (Scheduler.deviceLost): then every
+   * request has failed with the error, and the caller ends the process.
+   */
   async run(): Promise<void> {
     if (this.#running) return;
     this.#running = true;
@@ -328,6 +332,7 @@ export class Engine {
       cacheHeld = true;
       persistDue = true;
       this.scheduler.step();
+      if (this.scheduler.deviceLost !== null) break;
       // Let messages (new requests, cancellations) in between steps.
       await new Promise((resolve) => setImmediate(resolve));
     }

@@ -93,7 +93,7 @@ export class KVCache implements AttentionBatch {
    */
   quantizedAttention: "matmul" | "dequantize";
   /**
-   * On the GPU, forwards of 4 to this many queries over a longer cache attend
+   * On the GPU, forwards of 2 to this many queries over a longer cache attend
    * through plain matmuls (#writtenOut); 0 = always the fused kernel.
    * PENSIEVE_GPU_WRITTEN_OUT_QUERIES overrides the default of 64.
    */
@@ -214,10 +214,13 @@ export class KVCache implements AttentionBatch {
    * A few queries over a cached prefix on the GPU (a prefix-cache hit's
    * remainder, a speculative verify): plain matmuls instead of cuDNN, which
    * builds a graph for each new (queries, keys) shape. Within a quarter of the score bound.
+   * From 2 queries: MLX tries cuDNN before its vector kernel for any query length
+   * but 1, and on an H100 a verify pass of 3 tokens over a growing cache took
+   * 75.6 ms through cuDNN against 10.6 without it (bench/results/gpu-h100-2026-12-07b/).
    */
   #writtenOut(q: MxArray, keys: number): boolean {
     const [B, H, L] = q.shape as [number, number, number];
-    if (this.writtenOutQueries < 4 || L < 4 || L > this.writtenOutQueries || keys <= L) return false;
+    if (this.writtenOutQueries < 2 || L < 2 || L > this.writtenOutQueries || keys <= L) return false;
     return B * H * L * keys * 4 <= this.scoreBound.bytes / 4;
   }
 

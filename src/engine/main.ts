@@ -82,6 +82,13 @@ export async function runEngineProcess(config: EngineConfig): Promise<void> {
   }, 1000).unref();
   send({ type: "ready", info: engine.info });
   await engine.run();
+  // The device is lost for this process (a sticky CUDA error): exit, after the failures' events have left, so
+  // that the supervisor starts a fresh engine.
+  const lost = engine.scheduler.deviceLost;
+  if (lost !== null) {
+    console.error(`[engine] the device failed and cannot recover in this process; exiting for a restart (${lost})`);
+    setTimeout(() => process.exit(4), 100);
+  }
 }
 
 /** A tensor-parallel rank other than 0: loads its share, then runs rank 0's steps (blocking) until told to stop. */

@@ -31,6 +31,19 @@ export function isOutOfMemory(message: string): boolean {
   return OUT_OF_MEMORY.test(message);
 }
 
+/**
+ * A device error that stays for the life of the process (CUDA's sticky errors: an
+ * illegal address, a failed launch, a device-side assert): every later call fails
+ * too, so the engine process exits and the supervisor starts a fresh one. Seen on
+ * an H100 after an out-of-memory failure on a full card (bench/results/gpu-h100-2026-12-07b/).
+ */
+const DEVICE_LOST =
+  /illegal memory access|illegal address|unspecified launch failure|device-side assert|illegal instruction|misaligned address|hardware stack error|uncorrectable ECC|device (?:is )?lost/i;
+
+export function isDeviceLost(message: string): boolean {
+  return DEVICE_LOST.test(message);
+}
+
 /** The budget after a failure: this fraction of what was reserved then. */
 export const PRESSURE_FRACTION = 0.75;
 

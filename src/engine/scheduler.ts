@@ -33,7 +33,7 @@ import { decodeStep, type RowStep, readRowStep, releaseRowStep } from "./batch-s
 import { DecodeBatch } from "./decode-batch";
 import { KV_STEP, KVCache } from "./kv-cache";
 import { type KvPoolShape, projectedBytes } from "./kv-pool";
-import { isOutOfMemory, MemoryPressure } from "./memory-pressure";
+import { isDeviceLost, isOutOfMemory, MemoryPressure } from "./memory-pressure";
 import { cacheShape } from "./one-sequence";
 import { PrefixCache } from "./prefix-cache";
 import { PrefillLine } from "./prefill-line";
@@ -68,6 +68,8 @@ export class Scheduler {
   readonly #line: PrefillLine<Sequence>;
   readonly #batch = new DecodeBatch<Sequence>();
   #steps = 0;
+  /** The error that lost the device (memory-pressure.ts, isDeviceLost): nothing more can run in this process. */
+  deviceLost: string | null = null;
   #draftModel: LanguageModel | null = null;
   #tokensOut: TokenOut[] = [];
   #finishedOut: EngineEvent[] = [];
@@ -275,9 +277,16 @@ export class Scheduler {
       const failed = new Set(involved);
       if (dropBatch) for (const s of this.#batch.rows) failed.add(s);
       if (!isOutOfMemory(message)) {
+        // A lost device fails everything; the engine process then exits and is restarted (Engine.run).
+        const lost = isDeviceLost(message);
+        if (lost) {
+          this.deviceLost = message;
+          for (const s of this.#all()) failed.add(s);
+          this.#waiting.length = 0;
+        }
         for (const s of failed) this.#finish(s, "error", message);
         this.#line.fail(failed);
-        if (dropBatch) this.#batch.drop();
+        if (dropBatch || lost) this.#batch.drop();
         return null;
       }
       recoverFromOutOfMemory(this.#recovery(dropBatch), failed, message);

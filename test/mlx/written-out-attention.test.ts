@@ -7,6 +7,9 @@ const cases = [
   { name: "causal, as many KV heads as heads", B: 1, H: 4, Hkv: 4, L: 6, S: 70, mask: "causal" as const },
   { name: "causal, grouped-query heads", B: 2, H: 8, Hkv: 2, L: 5, S: 33, mask: "causal" as const },
   { name: "a padded batch's keep-mask", B: 2, H: 4, Hkv: 2, L: 4, S: 20, mask: "array" as const },
+  // A verify pass of 1 or 2 drafts (2-3 queries; from 2 queries the GPU takes this path).
+  { name: "causal, 2 queries", B: 1, H: 4, Hkv: 2, L: 2, S: 41, mask: "causal" as const },
+  { name: "causal, 3 queries", B: 1, H: 8, Hkv: 8, L: 3, S: 300, mask: "causal" as const },
 ];
 
 for (const c of cases) {
