@@ -132,15 +132,14 @@ export function* generateTokens(
       const current: SampledStep = step;
       const last = generated + 1 >= options.maxTokens;
       let values: StepValues | null = null;
+      let recompute = false;
       if (!last && model.ropeRegime(tokens.length + 1) !== regime) {
-        // Crossing into another RoPE regime: recompute the whole cache with it.
+        // Crossing into another RoPE regime: the whole cache is recomputed with it, once this token is out.
         values = readStep(current);
         if (stops.has(values.token)) return result("stop");
         tokens.push(values.token);
         regime = model.ropeRegime(tokens.length);
-        cache.reset();
-        next = keepStep(mx.tidy(() => sampler.sample(prefill(model, cache, tokens, { chunk: options.prefillChunk }))));
-        mx.asyncEval(...stepArrays(next));
+        recompute = true;
       } else if (!last) {
         next = keepStep(
           mx.tidy(() => sampler.sample(model.forward(mx.reshape(current.token, [1, 1]), cache, { logits: "last" }))),
@@ -158,6 +157,13 @@ export function* generateTokens(
       next = null;
       generated++;
       yield values;
+      if (recompute) {
+        // After the yield: a prompt that ends at the regime's edge (Phi-3's 4,096) gets its first token without
+        // waiting for the recompute's chunks, which only the tokens after it need.
+        cache.reset();
+        step = keepStep(mx.tidy(() => sampler.sample(prefill(model, cache, tokens, { chunk: options.prefillChunk }))));
+        mx.asyncEval(...stepArrays(step));
+      }
     }
     return result("length");
   } finally {
