@@ -13,7 +13,7 @@
 // scheduler-prefix.ts (prefix-cache copies) and scheduler-speculation.ts (a
 // lone row's verify pass); a request becomes a sequence in
 // scheduler-sequence.ts; what an out-of-memory failure does is
-// scheduler-recovery.ts. About 490 lines: a sequence's lifecycle (queue,
+// scheduler-recovery.ts. About 515 lines: a sequence's lifecycle (queue,
 // prefill, batch, preemption, failure, its events in order) reads in one
 // place. One iteration (step):
 //   1. drop cancelled sequences;
