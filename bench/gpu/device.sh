@@ -5,8 +5,8 @@
 #   bash bench/gpu/device.sh unpack    # call 1 (carries .device/bun.xz)
 #   bash bench/gpu/device.sh stage     # calls 2 and 3: carry .device/mlx-cuda.part.a, then .device/mlx-cuda.part.b1 (both at once
 #                                      #   and the tree passed the 64 MiB carry on 2026-12-07)
-#   bash bench/gpu/device.sh prepare   # call 3 (carries .device/mlx-cuda.part.b2, .device/wheels, .device/phi3, dist)
-# (The checkout's tracked files travel on every call too, ~17 MB: each call stays under 64 MiB.)
+#   bash bench/gpu/device.sh prepare   # call 4 (carries .device/mlx-cuda.part.b2, .device/wheels, .device/phi3, dist)
+# (The checkout's tracked files travel on every call too, ~21 MB: each call stays under 64 MiB.)
 #   bash bench/gpu/device.sh single    # single-stream decode and time to first token (512, 4096)
 #   bash bench/gpu/device.sh load      # 1, 8, 32, 64 concurrent streams over HTTP
 #   AB='{"prefillWidthMultiple":1}' bash bench/gpu/device.sh ab   # Pensieve: defaults vs engine overrides
