@@ -194,6 +194,7 @@ export function decodeStep(
   masks: Array<Uint8Array | null> | null,
 ): RowStep[] {
   const previous = rows.map((s) => s.step as RowStep);
+  batch.growFor(1);
   const next = mx.tidy(() => sampleBatch(rows, model.forward(nextInput(previous), batch, { logits: "last" }), masks));
   mx.asyncEval(...next.flatMap(rowStepArrays));
   return next;
@@ -257,7 +258,10 @@ export function buildPrefillGroup<S extends SequenceState & SamplingRow>(
   jobs.forEach((j, i) => {
     tokens.set(j.seq.tokens, i * width + (plan.padding[i] as number));
   });
-  return { jobs, cache: KVCache.padded(shape, plan.padding), tokens, width, done: 0 };
+  // As alone: one allocation for the group's whole width (growing chunk by chunk copies every layer in one graph).
+  const cache = KVCache.padded(shape, plan.padding);
+  cache.reserve(width + 1);
+  return { jobs, cache, tokens, width, done: 0 };
 }
 
 /**

@@ -440,10 +440,6 @@ export class KVCache implements AttentionBatch {
   }
 
   /**
-   * An empty cache for a batch of prompts of different lengths that are
-   * prefilled together: row i is left-padded by leftPadding[i] columns.
-   */
-  /**
    * Sizes the buffers for `columns` at their next write, so a long prefill
    * allocates once instead of growing (and copying) at every chunk.
    */
@@ -451,6 +447,42 @@ export class KVCache implements AttentionBatch {
     this.#capacity = Math.max(this.#capacity, Math.ceil(columns / KV_STEP) * KV_STEP);
   }
 
+  /**
+   * Before a forward of `newTokens` that would grow the buffers: grows them now,
+   * one layer at a time, each copy evaluated before the next. Grown inside the
+   * forward, every layer's old and new buffers were alive at once: a batch's
+   * whole KV twice, every KV_STEP columns (on the H100, 8 Claude Code sessions
+   * peaked 26 GiB above their KV and ran out of memory; bench/results/gpu-h100-2026-12-07b/).
+   */
+  growFor(newTokens: number): void {
+    const end = this.#offset + newTokens;
+    if (end <= this.#capacity || this.#parts.every((p) => p === null)) return;
+    this.#capacity = Math.ceil(end / KV_STEP) * KV_STEP;
+    const B = this.batchSize;
+    mx.tidy(() => {
+      for (let l = 0; l < this.#parts.length; l++) {
+        this.#parts[l] =
+          this.#parts[l]?.map((part) => {
+            if (part.dim(2) >= this.#capacity) return part;
+            const [heads, width] = [part.dim(1), part.dim(3)];
+            const fresh = mx.zeros([B, heads, this.#capacity, width], part.dtype);
+            const grown = mx.keep(mx.sliceUpdate(fresh, part, [0, 0, 0, 0], [B, heads, part.dim(2), width]));
+            // Our handles go before the evaluation: the update writes into the zeros in place, and the old
+            // buffer is freed as soon as it is copied.
+            fresh.dispose();
+            part.dispose();
+            mx.evaluate(grown);
+            this.#owned.add(grown);
+            return grown;
+          }) ?? null;
+      }
+    });
+  }
+
+  /**
+   * An empty cache for a batch of prompts of different lengths that are
+   * prefilled together: row i is left-padded by leftPadding[i] columns.
+   */
   static padded(shape: CacheShape, leftPadding: readonly number[]): KVCache {
     const cache = new KVCache(shape, leftPadding.length);
     cache.#leftPadding = [...leftPadding];

@@ -42,6 +42,7 @@ export function verifyDraft(
   const start = cache.offset;
   const p = sampler.params;
   const held: { logprobs: MxArray | null } = { logprobs: null };
+  cache.growFor(k + 1);
   const decision = mx.tidy(() => {
     const logits = model.forward(mx.int32([last, ...draft], [1, k + 1]), cache, { logits: "all" });
     const flat = mx.reshape(logits, [k + 1, -1]);
