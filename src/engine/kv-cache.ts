@@ -251,15 +251,13 @@ export class KVCache implements AttentionBatch {
     const next = [0, 1].map((i) => {
       const part = old?.[i] ?? null;
       if (part && this.#owned.has(part) && part.dim(2) >= this.#capacity) return part;
-      const [heads, width] = [this.shape.numKvHeads, this.shape.headDim];
-      const fresh = mx.zeros([this.batchSize, heads, this.#capacity, width], dtype);
-      const grown = part
-        ? mx.sliceUpdate(fresh, part, [0, 0, 0, 0], [this.batchSize, heads, part.dim(2), width])
-        : fresh;
-      const kept = mx.keep(grown);
+      const kept = mx.keep(
+        part
+          ? this.#widened(part)
+          : mx.zeros([this.batchSize, this.shape.numKvHeads, this.#capacity, this.shape.headDim], dtype),
+      );
       this.#owned.add(kept);
       part?.dispose();
-      if (grown !== fresh) fresh.dispose();
       return kept;
     }) as [MxArray, MxArray];
     this.#parts[layer] = next;
@@ -291,10 +289,8 @@ export class KVCache implements AttentionBatch {
     const B = this.batchSize;
     const [heads, width] = [update.dim(1), update.dim(3)];
     let buf = part;
-    if (buf === null || buf.dim(2) < this.#capacity) {
-      const fresh = mx.zeros([B, heads, this.#capacity, width], update.dtype);
-      buf = buf === null ? fresh : mx.sliceUpdate(fresh, buf, [0, 0, 0, 0], [B, heads, buf.dim(2), width]);
-    }
+    if (buf === null) buf = mx.zeros([B, heads, this.#capacity, width], update.dtype);
+    else if (buf.dim(2) < this.#capacity) buf = this.#widened(buf);
     const start = this.#offset;
     const end = start + this.#pending;
     const next = mx.keep(mx.sliceUpdate(buf, update, [0, 0, start, 0], [B, heads, end, width]));
@@ -450,26 +446,21 @@ export class KVCache implements AttentionBatch {
   /**
    * Before a forward of `newTokens` that would grow the buffers: grows them now,
    * one layer at a time, each copy evaluated before the next. Grown inside the
-   * forward, every layer's old and new buffers were alive at once: a batch's
-   * whole KV twice, every KV_STEP columns (on the H100, 8 Claude Code sessions
-   * peaked 26 GiB above their KV and ran out of memory; bench/results/gpu-h100-2026-12-07b/).
+   * forward, many layers' old and new buffers were alive at once, every KV_STEP
+   * columns: at Phi-3's dimensions, 2 rows x 2,048 columns (1.5 GiB), MLX's peak
+   * rose 673 MiB against 216 grown first (CPU, bench/results/kv-growth-peak-cpu-2026-12-07.md).
    */
   growFor(newTokens: number): void {
     const end = this.#offset + newTokens;
     if (end <= this.#capacity || this.#parts.every((p) => p === null)) return;
     this.#capacity = Math.ceil(end / KV_STEP) * KV_STEP;
-    const B = this.batchSize;
     mx.tidy(() => {
       for (let l = 0; l < this.#parts.length; l++) {
         this.#parts[l] =
           this.#parts[l]?.map((part) => {
             if (part.dim(2) >= this.#capacity) return part;
-            const [heads, width] = [part.dim(1), part.dim(3)];
-            const fresh = mx.zeros([B, heads, this.#capacity, width], part.dtype);
-            const grown = mx.keep(mx.sliceUpdate(fresh, part, [0, 0, 0, 0], [B, heads, part.dim(2), width]));
-            // Our handles go before the evaluation: the update writes into the zeros in place, and the old
-            // buffer is freed as soon as it is copied.
-            fresh.dispose();
+            const grown = mx.keep(this.#widened(part));
+            // Our handle goes before the evaluation: the old buffer is freed as soon as it is copied.
             part.dispose();
             mx.evaluate(grown);
             this.#owned.add(grown);
@@ -477,6 +468,18 @@ export class KVCache implements AttentionBatch {
           }) ?? null;
       }
     });
+  }
+
+  /**
+   * `part` [B, Hkv, n, X] copied to the front of zeros [B, Hkv, capacity, X] (lazily). The zeros' handle goes
+   * at once, so the copy writes into them in place.
+   */
+  #widened(part: MxArray): MxArray {
+    const [B, heads, n, width] = part.shape as [number, number, number, number];
+    const fresh = mx.zeros([B, heads, this.#capacity, width], part.dtype);
+    const grown = mx.sliceUpdate(fresh, part, [0, 0, 0, 0], [B, heads, n, width]);
+    fresh.dispose();
+    return grown;
   }
 
   /**
