@@ -1,7 +1,7 @@
 // KVCache.growFor: buffers grown ahead of a forward, one layer at a time, so
-// that the old and new buffers of every layer are never alive at once (grown
-// inside a decode step's graph, a batch's whole KV was held twice every
-// KV_STEP columns: an H100 with 8 Claude Code sessions ran out of memory).
+// that at most one layer's old buffers are alive beside the new ones (grown
+// inside a decode step's graph, many layers' were, every KV_STEP columns:
+// bench/kv-growth-peak.ts measures it at Phi-3's dimensions).
 import { expect, test } from "bun:test";
 import { cacheFor, prefill } from "../../src/engine/one-sequence";
 import * as mx from "../../src/mlx";
