@@ -12,6 +12,8 @@
 // through eval to the shim's entry points, which report it as an error.
 #include <dlfcn.h>
 
+#include "pensieve_mlx.h"
+
 #include <sstream>
 #include <stdexcept>
 
@@ -70,3 +72,38 @@ Allocator& allocator() {
 }
 
 }  // namespace mlx::core::allocator
+
+// The CUDA card's memory a new allocation can still get: what the driver has
+// free plus what the default memory pool (cudaMallocAsync's, which MLX uses)
+// holds reserved but unused. -1 without a CUDA runtime (CPU and Metal builds).
+// The runtime is libmlx's dependency, so it is looked up next to it, with no
+// CUDA headers: the scheduler asks before work that a full card would fail
+// inside MLX's evaluation (issue 14: after such a failure on an H100 the next
+// kernels hit an illegal address, a sticky error that ends the process).
+extern "C" int64_t pv_device_free_memory(void) {
+  using MemGetInfo = int (*)(size_t*, size_t*);
+  using GetDevice = int (*)(int*);
+  using DefaultPool = int (*)(void**, int);
+  using PoolAttribute = int (*)(void*, int, void*);
+  static void* cudart = [] {
+    void* h = dlopen("libcudart.so.13", RTLD_LAZY | RTLD_NOLOAD);
+    return h ? h : RTLD_NEXT;
+  }();
+  static auto mem_get_info = reinterpret_cast<MemGetInfo>(dlsym(cudart, "cudaMemGetInfo"));
+  static auto get_device = reinterpret_cast<GetDevice>(dlsym(cudart, "cudaGetDevice"));
+  static auto default_pool = reinterpret_cast<DefaultPool>(dlsym(cudart, "cudaDeviceGetDefaultMemPool"));
+  static auto pool_attribute = reinterpret_cast<PoolAttribute>(dlsym(cudart, "cudaMemPoolGetAttribute"));
+  if (!mem_get_info || !mx::is_available(mx::Device::gpu)) return -1;
+  size_t free = 0, total = 0;
+  if (mem_get_info(&free, &total) != 0) return -1;
+  int device = 0;
+  void* pool = nullptr;
+  if (get_device && default_pool && pool_attribute && get_device(&device) == 0 && default_pool(&pool, device) == 0) {
+    constexpr int kReservedMemCurrent = 5, kUsedMemCurrent = 7;  // cudaMemPoolAttr
+    uint64_t reserved = 0, used = 0;
+    if (pool_attribute(pool, kReservedMemCurrent, &reserved) == 0 && pool_attribute(pool, kUsedMemCurrent, &used) == 0 &&
+        reserved > used)
+      free += reserved - used;
+  }
+  return static_cast<int64_t>(free);
+}

@@ -212,6 +212,8 @@ PV_API int64_t pv_set_cache_limit(int64_t bytes);
 PV_API int pv_clear_cache(void);
 /* Live handles created through this ABI and not yet freed (a leak detector). */
 PV_API int64_t pv_live_handles(void);
+/* A CUDA card's memory still free for allocations (the driver's free plus the pool's unused reserve); -1 without CUDA. */
+PV_API int64_t pv_device_free_memory(void);
 
 /* ---- custom GPU kernels (ffi/gpu_kernels.cpp) ----
    MLX's fast::cuda_kernel (CUDA source compiled at run time by NVRTC); the same

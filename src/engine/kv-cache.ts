@@ -443,6 +443,17 @@ export class KVCache implements AttentionBatch {
     this.#capacity = Math.max(this.#capacity, Math.ceil(columns / KV_STEP) * KV_STEP);
   }
 
+  /** Bytes the buffers gain for a forward of `newTokens` (grown to the capacity it needs, or to one reserved). */
+  growthBytes(newTokens: number): number {
+    const end = this.#offset + newTokens;
+    const capacity = Math.max(this.#capacity, Math.ceil(end / KV_STEP) * KV_STEP);
+    const target = KVCache.bytesPerToken(this.shape) * this.batchSize * capacity;
+    // Views (a prefix hit's) are copied whole at the first write: only buffers this cache made are kept.
+    let owned = 0;
+    for (const a of this.arrays()) if (this.#owned.has(a) && !a.disposed) owned += a.nbytes;
+    return Math.max(0, target - owned);
+  }
+
   /**
    * Before a forward of `newTokens` that would grow the buffers: grows them now,
    * one layer at a time, each copy evaluated before the next. Grown inside the
@@ -455,17 +466,18 @@ export class KVCache implements AttentionBatch {
     if (end <= this.#capacity || this.#parts.every((p) => p === null)) return;
     this.#capacity = Math.ceil(end / KV_STEP) * KV_STEP;
     mx.tidy(() => {
-      for (let l = 0; l < this.#parts.length; l++) {
-        this.#parts[l] =
-          this.#parts[l]?.map((part) => {
-            if (part.dim(2) >= this.#capacity) return part;
-            const grown = mx.keep(this.#widened(part));
-            // Our handle goes before the evaluation: the old buffer is freed as soon as it is copied.
-            part.dispose();
-            mx.evaluate(grown);
-            this.#owned.add(grown);
-            return grown;
-          }) ?? null;
+      for (const parts of this.#parts) {
+        if (!parts) continue;
+        parts.forEach((part, i) => {
+          if (part.dim(2) >= this.#capacity) return;
+          const grown = mx.keep(this.#widened(part));
+          // Our handle goes before the evaluation (the old buffer is freed as soon as it is copied), and the
+          // grown one takes its place first: an evaluation that fails (out of memory) leaves no disposed handle here.
+          parts[i] = grown;
+          this.#owned.add(grown);
+          part.dispose();
+          mx.evaluate(grown);
+        });
       }
     });
   }

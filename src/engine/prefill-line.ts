@@ -4,8 +4,10 @@
 // scheduler iteration (batch-step.ts), and when its last chunk has sampled
 // each row's first token, hands its rows and their cache to the decode batch.
 
+import * as mx from "../mlx";
 import type { LanguageModel } from "../models/types";
 import { buildPrefillGroup, type PrefillGroup, prefillChunk, type RowStep, releaseRowStep } from "./batch-step";
+import { forwardWorkingBytes } from "./device-headroom";
 import type { KVCache } from "./kv-cache";
 import { cacheShape } from "./one-sequence";
 import {
@@ -26,6 +28,8 @@ export interface PrefillHooks<S extends Sequence> {
   nextMask(s: S): Uint8Array | null;
   /** A prompt is prefilled and its first token sampled (not for a recompute: that sequence had started). */
   started(s: S): void;
+  /** Throws an out-of-memory error, before anything runs, when the device cannot hold `bytes` more. */
+  ensureRoom(bytes: number, what: string): void;
 }
 
 export class PrefillLine<S extends Sequence> {
@@ -114,7 +118,14 @@ export class PrefillLine<S extends Sequence> {
   runChunk(group: PrefillGroup<S>, decodingRows: number, small = false): { rows: S[]; cache: KVCache } | null {
     const n = group.jobs.length;
     const end = prefillChunkEnd(this.#options, decodingRows, n, group.width, group.done, small);
-    if (end < group.width) {
+    const columns = end - group.done;
+    const last = end >= group.width;
+    this.#hooks.ensureRoom(
+      group.cache.growthBytes(columns) +
+        forwardWorkingBytes(this.#model.config, n * columns, last ? n : 0, mx.dtypeBytes(this.#model.dtype)),
+      `a prefill chunk of ${n * columns} tokens (with the KV it adds)`,
+    );
+    if (!last) {
       const started = performance.now();
       const tokens = n * (end - group.done);
       prefillChunk(this.#model, group, end, []);

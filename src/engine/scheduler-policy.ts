@@ -86,6 +86,11 @@ export interface SchedulerOptions {
    * reserved at admission, never preempted.
    */
   growthAllowance?: number;
+  /**
+   * The device's free memory in bytes, asked before each prefill chunk (null: nothing to ask, as on the CPU).
+   * Default: the CUDA card's (src/engine/device-headroom.ts); tests stand in a smaller card.
+   */
+  deviceFreeBytes?: () => number | null;
 }
 
 /** The limits the policy applies. */

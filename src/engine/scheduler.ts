@@ -28,9 +28,11 @@
 // tokens are read before step n+1 is built (no pipelining for that batch);
 // without one, the path is unchanged.
 
+import * as mx from "../mlx";
 import type { LanguageModel } from "../models/types";
 import { decodeStep, type RowStep, readRowStep, releaseRowStep } from "./batch-step";
 import { DecodeBatch } from "./decode-batch";
+import { cardFreeBytes, DeviceHeadroom } from "./device-headroom";
 import { KV_STEP, KVCache } from "./kv-cache";
 import { type KvPoolShape, projectedBytes } from "./kv-pool";
 import { isDeviceLost, isOutOfMemory, MemoryPressure } from "./memory-pressure";
@@ -83,6 +85,8 @@ export class Scheduler {
   readonly #prefix: PrefixKeeper;
   /** The KV budget after out-of-memory failures (memory-pressure.ts). */
   readonly #pressure: MemoryPressure;
+  /** The device's free memory, asked before a prefill chunk (device-headroom.ts). */
+  readonly #headroom: DeviceHeadroom;
 
   constructor(
     model: LanguageModel,
@@ -107,6 +111,7 @@ export class Scheduler {
       growthStep: KV_STEP,
     };
     this.#pressure = new MemoryPressure(options.kvBudgetBytes);
+    this.#headroom = new DeviceHeadroom(options.deviceFreeBytes ?? cardFreeBytes, mx.memory.cache);
     this.#prefix = new PrefixKeeper(this.prefixCache, options.kvBudgetBytes, this.#bytesPerToken, (joining) =>
       this.#reserved(joining),
     );
@@ -123,6 +128,7 @@ export class Scheduler {
           queuedMs: performance.now() - s.enqueuedAt,
         });
       },
+      ensureRoom: (bytes, what) => this.#headroom.ensure(bytes, what),
     });
   }
 

@@ -118,6 +118,7 @@ const symbols = {
   pv_set_cache_limit: { args: [i64_fast], returns: i64_fast },
   pv_clear_cache: { args: [], returns: i32 },
   pv_live_handles: { args: [], returns: i64_fast },
+  pv_device_free_memory: { args: [], returns: i64_fast },
 } as const;
 
 const ABI_VERSION = 3;

@@ -886,6 +886,11 @@ export const memory = {
   setLimit: (bytes: number): number => Number(lib.pv_set_memory_limit(bytes)),
   setCacheLimit: (bytes: number): number => Number(lib.pv_set_cache_limit(bytes)),
   clearCache: (): void => checkStatus(lib.pv_clear_cache(), "clear_cache"),
+  /** A CUDA card's memory still free for allocations (beside MLX's own cache); null without CUDA. */
+  deviceFree: (): number | null => {
+    const free = Number(lib.pv_device_free_memory());
+    return free < 0 ? null : free;
+  },
 };
 
 export function mlxVersion(): string {
