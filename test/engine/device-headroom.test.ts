@@ -30,12 +30,8 @@ const phi3 = configFromHf(
 
 describe("the device's headroom at Phi-3-mini's real dimensions", () => {
   const shape = {
-    numLayers: 32,
-    numKvHeads: 32,
-    headDim: 96,
-    dtype: mx.Dtype.float16,
-    kvBits: 0 as const,
-    kvGroupSize: 0,
+    ...{ numLayers: phi3.numLayers, numKvHeads: phi3.numKvHeads, headDim: phi3.headDim },
+    ...{ dtype: mx.Dtype.float16, kvBits: 0 as const, kvGroupSize: 0 },
   };
 
   test("a 30,000-token prompt's first chunk needs its whole KV (11.7 GB) and is refused on a card with 2 GiB free", () => {
