@@ -131,6 +131,11 @@ export class KVCache implements AttentionBatch {
     return this.#offset;
   }
 
+  /** Columns the buffers hold (or are reserved to hold) before they grow again. */
+  get capacity(): number {
+    return this.#capacity;
+  }
+
   get leftPadding(): readonly number[] {
     return this.#leftPadding;
   }

@@ -464,6 +464,9 @@ export class Scheduler {
           return;
         }
       }
+      // Every KV_STEP columns the step grows the batch's buffers: on a full card, refused before anything runs.
+      if (batch.offset + 1 > batch.capacity)
+        this.#headroom.ensure(batch.growthBytes(1), "the decode batch's KV growth");
       const next = decodeStep(this.model, batch, rows, masks);
       for (const s of rows) this.#read(s);
       rows.forEach((s, i) => {

@@ -118,4 +118,45 @@ describe("a prefill the device cannot hold (tiny-llama, CPU, a stand-in card)", 
     expect(tokens.get("long-again")).toEqual(longAlone.tokens.get("long") as number[]);
     scheduler.dispose();
   });
+
+  test("a decode step whose KV would grow on a full card is refused before it runs; the row fails, not the engine", () => {
+    // 250 prompt tokens: the batch's buffers (256 columns) grow at the seventh token.
+    const growing = request("growing", promptIds(250, 13), 20, greedy);
+    // One decoding row verifies drafts instead of stepping: off here, so that it steps.
+    const options = { ...TEST_SCHEDULER_OPTIONS, speculative: false };
+    const alone = runScheduled(model, [{ at: 0, request: growing }], options);
+    alone.scheduler.dispose();
+    let free: number | null = null;
+    const events: EngineEvent[] = [];
+    const scheduler = new Scheduler(model, { ...options, deviceFreeBytes: () => free }, (e) => {
+      events.push(e);
+    });
+    const cacheLimit = mx.memory.setCacheLimit(0);
+    try {
+      scheduler.submit(growing);
+      // Prefilled and decoding, before the growth.
+      while (!events.some((e) => e.type === "tokens")) scheduler.step();
+      mx.memory.clearCache();
+      free = 1024;
+      for (let steps = 0; scheduler.hasWork(); steps++) {
+        scheduler.step();
+        if (steps > 200) throw new Error("the row neither grew nor failed");
+      }
+    } finally {
+      mx.memory.setCacheLimit(cacheLimit);
+    }
+    const end = events.find((e) => e.type === "finished") as Extract<EngineEvent, { type: "finished" }>;
+    expect(end.reason).toBe("error");
+    expect(end.message).toMatch(/out of memory: .* needs/);
+    // The step's growth was refused (the row then recomputed, alone, and its prefill was refused).
+    expect(scheduler.stats().outOfMemory.failures).toBe(2);
+    free = null;
+    const again = runScheduled(model, [{ at: 0, request: { ...growing, id: "again" } }], {
+      ...options,
+      deviceFreeBytes: () => free,
+    });
+    expect(again.tokens.get("again")).toEqual(alone.tokens.get("growing") as number[]);
+    again.scheduler.dispose();
+    scheduler.dispose();
+  });
 });
