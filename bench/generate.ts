@@ -165,9 +165,15 @@ export async function benchGenerate(argv: string[]) {
     if (!existsSync(join(folder, "config.json"))) convertGguf(gguf, folder);
   }
   const tokenizer = gguf ? Tokenizer.fromGguf(gguf) : Tokenizer.fromHfFolder(modelPath);
-  let text = PASSAGE;
-  while (tokenizer.encode(text).length < promptLength) text += PASSAGE;
-  const prompt = tokenizer.encode(text).slice(0, promptLength);
+  // The passage repeated to the length in a step or two (re-encoding a text grown one passage at a time took
+  // minutes at 120,000 tokens: an H100 run timed out before its first engine started).
+  let copies = Math.ceil(promptLength / Math.max(1, tokenizer.encode(PASSAGE).length)) + 1;
+  let ids = tokenizer.encode(PASSAGE.repeat(copies));
+  while (ids.length < promptLength) {
+    copies = Math.ceil((copies * promptLength) / Math.max(1, ids.length)) + 1;
+    ids = tokenizer.encode(PASSAGE.repeat(copies));
+  }
+  const prompt = ids.slice(0, promptLength);
   mkdirSync(CACHE_DIR, { recursive: true });
   const promptFile = join(CACHE_DIR, `prompt-${promptLength}.json`);
   writeFileSync(promptFile, JSON.stringify(prompt));
