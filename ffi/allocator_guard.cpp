@@ -75,34 +75,54 @@ Allocator& allocator() {
 
 // The CUDA card's memory a new allocation can still get: what the driver has
 // free plus what the default memory pool (cudaMallocAsync's, which MLX uses)
-// holds reserved but unused. -1 without a CUDA runtime (CPU and Metal builds).
-// The runtime is libmlx's dependency, so it is looked up next to it, with no
-// CUDA headers: the scheduler asks before work that a full card would fail
-// inside MLX's evaluation (issue 14: after such a failure on an H100 the next
-// kernels hit an illegal address, a sticky error that ends the process).
+// holds reserved but unused. -1 without CUDA (CPU and Metal builds), or before
+// this thread has a CUDA context. No CUDA headers: the functions are looked up
+// in the runtime beside libmlx, else (mlx-cuda-13's libmlx links the runtime
+// statically: an H100 run found no cudaMemGetInfo) in the driver, whose calls
+// of the same shape take the thread's current context. The scheduler asks
+// before work that a full card would fail inside MLX's evaluation (issue 14).
 extern "C" int64_t pv_device_free_memory(void) {
   using MemGetInfo = int (*)(size_t*, size_t*);
   using GetDevice = int (*)(int*);
   using DefaultPool = int (*)(void**, int);
   using PoolAttribute = int (*)(void*, int, void*);
-  static void* cudart = [] {
-    void* h = dlopen("libcudart.so.13", RTLD_LAZY | RTLD_NOLOAD);
-    return h ? h : RTLD_NEXT;
+  struct Api {
+    MemGetInfo mem_get_info = nullptr;
+    GetDevice get_device = nullptr;
+    DefaultPool default_pool = nullptr;
+    PoolAttribute pool_attribute = nullptr;
+  };
+  static const Api api = [] {
+    Api a;
+    void* runtime = dlopen("libcudart.so.13", RTLD_LAZY | RTLD_NOLOAD);
+    void* where = runtime ? runtime : RTLD_NEXT;
+    a.mem_get_info = reinterpret_cast<MemGetInfo>(dlsym(where, "cudaMemGetInfo"));
+    if (a.mem_get_info) {
+      a.get_device = reinterpret_cast<GetDevice>(dlsym(where, "cudaGetDevice"));
+      a.default_pool = reinterpret_cast<DefaultPool>(dlsym(where, "cudaDeviceGetDefaultMemPool"));
+      a.pool_attribute = reinterpret_cast<PoolAttribute>(dlsym(where, "cudaMemPoolGetAttribute"));
+      return a;
+    }
+    void* driver = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_NOLOAD);
+    if (!driver) return a;
+    a.mem_get_info = reinterpret_cast<MemGetInfo>(dlsym(driver, "cuMemGetInfo_v2"));
+    a.get_device = reinterpret_cast<GetDevice>(dlsym(driver, "cuCtxGetDevice"));
+    a.default_pool = reinterpret_cast<DefaultPool>(dlsym(driver, "cuDeviceGetDefaultMemPool"));
+    a.pool_attribute = reinterpret_cast<PoolAttribute>(dlsym(driver, "cuMemPoolGetAttribute"));
+    return a;
   }();
-  static auto mem_get_info = reinterpret_cast<MemGetInfo>(dlsym(cudart, "cudaMemGetInfo"));
-  static auto get_device = reinterpret_cast<GetDevice>(dlsym(cudart, "cudaGetDevice"));
-  static auto default_pool = reinterpret_cast<DefaultPool>(dlsym(cudart, "cudaDeviceGetDefaultMemPool"));
-  static auto pool_attribute = reinterpret_cast<PoolAttribute>(dlsym(cudart, "cudaMemPoolGetAttribute"));
-  if (!mem_get_info || !mx::is_available(mx::Device::gpu)) return -1;
+  if (!api.mem_get_info || !mx::is_available(mx::Device::gpu)) return -1;
   size_t free = 0, total = 0;
-  if (mem_get_info(&free, &total) != 0) return -1;
+  if (api.mem_get_info(&free, &total) != 0) return -1;
   int device = 0;
   void* pool = nullptr;
-  if (get_device && default_pool && pool_attribute && get_device(&device) == 0 && default_pool(&pool, device) == 0) {
-    constexpr int kReservedMemCurrent = 5, kUsedMemCurrent = 7;  // cudaMemPoolAttr
+  if (api.get_device && api.default_pool && api.pool_attribute && api.get_device(&device) == 0 &&
+      api.default_pool(&pool, device) == 0) {
+    // cudaMemPoolAttr and CUmemPool_attribute number these the same.
+    constexpr int kReservedMemCurrent = 5, kUsedMemCurrent = 7;
     uint64_t reserved = 0, used = 0;
-    if (pool_attribute(pool, kReservedMemCurrent, &reserved) == 0 && pool_attribute(pool, kUsedMemCurrent, &used) == 0 &&
-        reserved > used)
+    if (api.pool_attribute(pool, kReservedMemCurrent, &reserved) == 0 &&
+        api.pool_attribute(pool, kUsedMemCurrent, &used) == 0 && reserved > used)
       free += reserved - used;
   }
   return static_cast<int64_t>(free);
