@@ -33,8 +33,13 @@ export function expertLinear(x: MxArray, w: ExpertWeight, indices: MxArray): MxA
   return mx.gatherMm(x, mx.transpose(w.weight, [0, 2, 1]), indices);
 }
 
-/** Rows from which a dequantized copy beats the quantized kernel. */
-export const DENSE_MIN_ROWS = 4;
+/**
+ * Rows from which a dequantized copy beats the quantized kernel. On an H100
+ * with the full-size Phi-3 a one-row pass of 3 tokens through MLX's quantized
+ * kernel took 11.3 ms, against 7.6 for 5 tokens and 7.9 for 4 rows through the
+ * copies (bench/results/gpu-h100-2026-12-07c/rows); 2 rows were even (7.55 ms).
+ */
+export const DENSE_MIN_ROWS = 3;
 
 export function linear(x: MxArray, w: LinearWeight): MxArray {
   let y: MxArray;
