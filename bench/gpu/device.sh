@@ -197,6 +197,9 @@ rows)
   timeout "${ROWS_TIMEOUT:-150}" bun dist/bench/gpu/rows-profile.js "$MODEL" 2>&1 | tee "$OUT/rows-profile.md" || true
   ;;
 single)
+  # 4,096 sits on Phi-3's RoPE boundary (original_max_position_embeddings): its first decode step recomputes the
+  # cache with the long factors (~270 ms on an H100, counted in decode). Kept for the prefill history; decode at
+  # that length wants 4,000 or 8,192 (bench/results/gpu-h100-2026-12-07c/README.md).
   for p in 128 512 4096; do
     gen=256; [ "$p" -gt 128 ] && gen=16
     bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve,mlx-lm --python $PY \
