@@ -18,6 +18,8 @@
 #   bash bench/gpu/device.sh kcache-mlx  # PENSIEVE_KERNEL_CACHE=mlx (MLX's PTX cache pre-filled): GPU test, off/cold/warm, rate
 #   bash bench/gpu/device.sh rows       # host vs wall ms: decode steps of 1-32 rows, verify passes, MLX's product at M rows
 #   bash bench/gpu/device.sh fixes      # cc (8 sessions, memory line), oom, prefill 4096 from two fresh starts, rows (~7 min)
+#   bash bench/gpu/device.sh next       # oom (headroom via the driver), cc, rows, one stream vs mlx-lm at 4,000 (~8 min)
+#   SERVE_PROMPTS="" LONG_PROMPTS=120000 bash bench/gpu/device.sh long  # 120,000 tokens in process, Pensieve and mlx-lm
 #   bash bench/gpu/device.sh oom       # issue 14: a real out-of-memory error (test/gpu/out-of-memory.test.ts), $OUT/oom.txt
 #   bash bench/gpu/device.sh llama-build  # issue 11: llama.cpp CUDA (carry .device/llama.tar.xz{,.sha256}, and
 #                                         #   .device/libggml-cuda.so.xz{,.sha256} when built here; after prepare)
@@ -191,6 +193,18 @@ fixes)
   PENSIEVE_GPU_FUSED_VERIFY=1 timeout 70 bun dist/bench/gpu/rows-profile.js "$MODEL" --rows 1 --verify 9 --chunk 0 \
     2>&1 | tee "$OUT/rows-profile-fused-verify.md" || true
   ;;
+next)
+  # What 2026-12-07c left to check, in one call after prepare (carry .device/claude-code-request.json; ~8 minutes):
+  # the out-of-memory test with the headroom check asking the driver (the prompt's 500 should then read "out of
+  # memory: a prefill chunk ... needs"), 8 Claude Code sessions with the check beside them, rows-profile (a 3-token
+  # verify through the dense copies), and one stream against mlx-lm at 4,000 tokens (below Phi-3's RoPE boundary).
+  OOM_TIMEOUT=120 bash "$0" oom 2>&1 | grep -E '^\[(oom|device|engine)|pass|fail' | tail -40 || true
+  CC_RUNS=a CC_TEST=0 timeout 170 bash "$0" cc 2>&1 | grep -v '^\[bench\]' | tail -30 || true
+  ROWS_TIMEOUT=100 bash "$0" rows 2>&1 | tail -25 || true
+  timeout 150 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve,mlx-lm --python $PY \
+    --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 4000 --gen 128 --repeat 3 \
+    --out-dir "$OUT/single-4000" 2>&1 | grep -E '^\| (pensieve|mlx-lm)' || true
+  ;;
 rows)
   # Issues 11 and 13: host against wall time of decode steps of 1-32 rows, a verify pass of 3-17 tokens, and
   # MLX's product alone at M rows (bench/gpu/rows-profile.ts; ~1 minute). After prepare; carry dist.
@@ -269,7 +283,8 @@ kv-b)
   ;;
 long)
   # Issue 10: memory over time while serve prefills the advertised context (less 32), then in process at LONG_PROMPTS.
-  for n in ${SERVE_PROMPTS:-auto}; do
+  # SERVE_PROMPTS="" skips this part (unset: auto, the advertised context less 32).
+  for n in ${SERVE_PROMPTS-auto}; do
     [ "$n" = auto ] && n=
     timeout 200 bun dist/bench/gpu/long-memory.js "$MODEL" $n 2>&1 | grep -v '"/metrics"\|"/health"' | tail -80 | tee -a "$OUT/long-memory.txt" || true
   done
