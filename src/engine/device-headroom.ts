@@ -23,7 +23,6 @@ export function cardFreeBytes(): number | null {
 export class DeviceHeadroom {
   readonly #free: () => number | null;
   readonly #cached: () => number;
-  refusals = 0;
 
   /** `free`: the card's free bytes (null: nothing to check, as on the CPU); `cached`: MLX's buffer cache. */
   constructor(free: () => number | null, cached: () => number) {
@@ -38,7 +37,6 @@ export class DeviceHeadroom {
     if (free === null) return;
     const cached = this.#cached();
     if (bytes <= free + cached) return;
-    this.refusals++;
     throw new Error(
       `out of memory: ${what} needs ${size(bytes)}; the GPU has ${size(free)} free ` +
         `and MLX's cache ${size(cached)} (another process may hold the rest)`,

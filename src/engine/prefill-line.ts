@@ -127,10 +127,9 @@ export class PrefillLine<S extends Sequence> {
     );
     if (!last) {
       const started = performance.now();
-      const tokens = n * (end - group.done);
       prefillChunk(this.#model, group, end, []);
       // The disk store's load-or-prefill choice learns this device's prefill rate (load-or-prefill.ts).
-      this.#prefix.disk?.choice.recordPrefill(tokens, performance.now() - started);
+      this.#prefix.disk?.choice.recordPrefill(n * columns, performance.now() - started);
       return null;
     }
     const masks = group.jobs.map((j) => this.#hooks.nextMask(j.seq));

@@ -47,7 +47,6 @@ describe("the device's headroom at Phi-3-mini's real dimensions", () => {
     expect(() => headroom.ensure(need, "a prefill chunk")).toThrow(
       /out of memory: a prefill chunk needs 11\.\d\d GiB; the GPU has 2\.00 GiB free/,
     );
-    expect(headroom.refusals).toBe(1);
     // With the card's memory back it goes.
     new DeviceHeadroom(
       () => 60 * GiB,
