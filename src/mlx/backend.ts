@@ -18,8 +18,17 @@ export interface WheelLock {
   sha256: string;
 }
 
+/** One pinned wheel of a test kit. */
+export interface KitWheel {
+  package: string;
+  version: string;
+  file: string;
+  sha256: string;
+}
+
 export interface Lock {
   mlx: { version: string; wheels: Record<Backend, WheelLock> };
+  cudaCompileKit: { about: string; wheels: KitWheel[] };
   defaultModel: {
     package: string;
     version: string;

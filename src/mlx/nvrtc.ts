@@ -5,16 +5,19 @@
 // .cuh files), the same options (--device-as-default-execution-space,
 // --gpu-architecture=sm_XY[a], the wheel's include paths). Used by the kernel
 // cache (kernel-cache.ts) and by tests/benches that compile kernels without a GPU.
-// Wheel: PENSIEVE_MLX_CUDA_WHEEL, else vendor/mlx-cuda-<version>, else /tmp/cu/w.
+// Wheel: PENSIEVE_MLX_CUDA_WHEEL, else the tests' vendor/cuda-compile-kit, else vendor/mlx-cuda-<version>.
 // Library: PENSIEVE_NVRTC overrides <wheel>/nvidia/cu13/lib/libnvrtc.so.13.
 import { CString, dlopen, FFIType, ptr } from "bun:ffi";
-import { closeSync, existsSync, openSync, readSync } from "node:fs";
-import { join } from "node:path";
+import { closeSync, existsSync, openSync, readdirSync, readSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { VENDOR_DIR } from "../paths";
 import { runtimeLayout } from "./backend";
 
 /** The unpacked MLX CUDA wheel (holds mlx/ and nvidia/), or null. */
 export function cudaWheelDir(): string | null {
-  const candidates = [process.env.PENSIEVE_MLX_CUDA_WHEEL, safeWheelDir(), "/tmp/cu/w"];
+  // The test kit (scripts/cuda-compile-kit.ts) before the backend's wheel: on a machine without a GPU the
+  // wheel is there (the kit's mlx/ links to it) but only the kit has NVRTC beside it.
+  const candidates = [process.env.PENSIEVE_MLX_CUDA_WHEEL, join(VENDOR_DIR, "cuda-compile-kit"), safeWheelDir()];
   for (const dir of candidates) if (dir && existsSync(join(dir, "mlx", "lib", "libmlx.so"))) return dir;
   return null;
 }
@@ -167,6 +170,26 @@ const symbols = {
 } as const;
 
 type NvrtcLib = ReturnType<typeof dlopen<typeof symbols>>["symbols"];
+const builtins: unknown[] = [];
+
+/**
+ * NVRTC opens libnvrtc-builtins.so.X.Y by its name at the first compile, and the
+ * NVRTC wheel's folder (libnvrtc has no RPATH) is not on the loader's path unless
+ * something put it there: opened first by its full path, the name is found loaded.
+ */
+function preloadBuiltins(dir: string): void {
+  if (!existsSync(dir)) return;
+  for (const file of readdirSync(dir)) {
+    const m = /^libnvrtc-builtins\.so\.(\d+)\.(\d+)$/.exec(file);
+    if (!m) continue;
+    try {
+      const entry = `__nvrtc_builtins__${m[1]}_${m[2]}_getArchBuiltins`;
+      builtins.push(dlopen(join(dir, file), { [entry]: { args: [], returns: FFIType.ptr } }));
+    } catch {
+      // Not loadable here: NVRTC then reports what it misses.
+    }
+  }
+}
 const opened = new Map<string, NvrtcLib>();
 
 function nvrtc(path?: string): NvrtcLib {
@@ -174,6 +197,7 @@ function nvrtc(path?: string): NvrtcLib {
   if (!p) throw new Error("libnvrtc.so.13 not found (set PENSIEVE_NVRTC or PENSIEVE_MLX_CUDA_WHEEL)");
   let lib = opened.get(p);
   if (!lib) {
+    preloadBuiltins(dirname(p));
     lib = dlopen(p, symbols).symbols;
     opened.set(p, lib);
   }

@@ -73,7 +73,7 @@ export function unzip(archive: string, dest: string, members: string[] = []): vo
  * The backend wheel, unpacked under vendor/ (reused when present). `fromDir`:
  * an already unpacked wheel (a machine with no network gets it carried in).
  */
-async function ensureMlx(backend: Backend, log?: Log, fromDir?: string): Promise<string> {
+export async function ensureMlx(backend: Backend, log?: Log, fromDir?: string): Promise<string> {
   const lock = readLock();
   const layout = runtimeLayout(backend, lock);
   const done = join(layout.wheelDir, ".complete");

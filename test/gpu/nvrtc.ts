@@ -17,7 +17,7 @@ import {
   nvrtcAvailable as present,
 } from "../../src/mlx/nvrtc";
 
-export const NVRTC_PATH = nvrtcPath() ?? "/tmp/cu/w/nvidia/cu13/lib/libnvrtc.so.13";
+export const NVRTC_PATH = nvrtcPath() ?? "vendor/cuda-compile-kit/nvidia/cu13/lib/libnvrtc.so.13 (npm test makes it)";
 export const nvrtcAvailable = present();
 
 const wheel = cudaWheelDir();
