@@ -13,13 +13,19 @@ import { dirname, join } from "node:path";
 import { VENDOR_DIR } from "../paths";
 import { runtimeLayout } from "./backend";
 
-/** The unpacked MLX CUDA wheel (holds mlx/ and nvidia/), or null. */
+const nvrtcIn = (wheel: string) => join(wheel, "nvidia", "cu13", "lib", "libnvrtc.so.13");
+
+/**
+ * The unpacked MLX CUDA wheel (holds mlx/ and nvidia/), or null: the first of
+ * PENSIEVE_MLX_CUDA_WHEEL, the backend's wheel and the tests' compile kit
+ * (scripts/cuda-compile-kit.ts, whose mlx/ links to that wheel) that has NVRTC
+ * beside it, else the first that has libmlx. On a GPU machine the wheel's
+ * nvidia/ is Python's packages; without a GPU only the kit has NVRTC.
+ */
 export function cudaWheelDir(): string | null {
-  // The test kit (scripts/cuda-compile-kit.ts) before the backend's wheel: on a machine without a GPU the
-  // wheel is there (the kit's mlx/ links to it) but only the kit has NVRTC beside it.
-  const candidates = [process.env.PENSIEVE_MLX_CUDA_WHEEL, join(VENDOR_DIR, "cuda-compile-kit"), safeWheelDir()];
-  for (const dir of candidates) if (dir && existsSync(join(dir, "mlx", "lib", "libmlx.so"))) return dir;
-  return null;
+  const candidates = [process.env.PENSIEVE_MLX_CUDA_WHEEL, safeWheelDir(), join(VENDOR_DIR, "cuda-compile-kit")];
+  const wheels = candidates.filter((d): d is string => !!d && existsSync(join(d, "mlx", "lib", "libmlx.so")));
+  return wheels.find((d) => existsSync(nvrtcIn(d))) ?? wheels[0] ?? null;
 }
 
 function safeWheelDir(): string | undefined {
@@ -33,7 +39,7 @@ function safeWheelDir(): string | undefined {
 export function nvrtcPath(): string | null {
   if (process.env.PENSIEVE_NVRTC) return process.env.PENSIEVE_NVRTC;
   const wheel = cudaWheelDir();
-  const path = wheel ? join(wheel, "nvidia", "cu13", "lib", "libnvrtc.so.13") : null;
+  const path = wheel ? nvrtcIn(wheel) : null;
   return path && existsSync(path) ? path : null;
 }
 

@@ -55,6 +55,8 @@ describe("the device's headroom at Phi-3-mini's real dimensions", () => {
   });
 
   test("a chunk's activations at 2,048 tokens are a fraction of a GiB; nothing is asked without a device", () => {
+    // The shim's card query (pv_device_free_memory) answers "no CUDA card" on the CPU backend.
+    if (mx.getDevice() === "cpu") expect(mx.memory.deviceFree()).toBeNull();
     const working = forwardWorkingBytes(phi3, 2048, 1, 2);
     expect(working).toBeGreaterThan(50 * 2 ** 20);
     expect(working).toBeLessThan(0.5 * GiB);
