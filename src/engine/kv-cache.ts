@@ -250,7 +250,7 @@ export class KVCache implements AttentionBatch {
   reserveWhole(layer: number, dtype: mx.Dtype): [MxArray, MxArray] | null {
     if (this.shape.kvBits !== 0 || this.shape.dtype !== dtype) return null;
     const end = this.#offset + this.#pending;
-    if (end > this.#capacity) this.#capacity = Math.ceil(end / KV_STEP) * KV_STEP;
+    this.#capacity = this.#capacityFor(end);
     const old = this.#parts[layer] ?? null;
     this.#capacity = Math.max(this.#capacity, ...(old ?? []).map((p) => p.dim(2)));
     const next = [0, 1].map((i) => {
@@ -272,7 +272,7 @@ export class KVCache implements AttentionBatch {
   /** Writes the new keys/values of a layer; returns every part's whole buffer [B, Hkv, capacity, X]. */
   #store(layer: number, keys: MxArray, values: MxArray): MxArray[] {
     const end = this.#offset + this.#pending;
-    if (end > this.#capacity) this.#capacity = Math.ceil(end / KV_STEP) * KV_STEP;
+    this.#capacity = this.#capacityFor(end);
     const { dtype, kvBits, kvGroupSize } = this.shape;
     let updates: MxArray[];
     if (kvBits === 0) updates = [mx.astype(keys, dtype), mx.astype(values, dtype)];
@@ -445,13 +445,13 @@ export class KVCache implements AttentionBatch {
    * allocates once instead of growing (and copying) at every chunk.
    */
   reserve(columns: number): void {
-    this.#capacity = Math.max(this.#capacity, Math.ceil(columns / KV_STEP) * KV_STEP);
+    this.#capacity = this.#capacityFor(columns);
   }
 
   /** Bytes the buffers gain for a forward of `newTokens` (grown to the capacity it needs, or to one reserved). */
   growthBytes(newTokens: number): number {
     const end = this.#offset + newTokens;
-    const capacity = Math.max(this.#capacity, Math.ceil(end / KV_STEP) * KV_STEP);
+    const capacity = this.#capacityFor(end);
     const target = KVCache.bytesPerToken(this.shape) * this.batchSize * capacity;
     // Views (a prefix hit's) are copied whole at the first write: only buffers this cache made are kept.
     let owned = 0;
@@ -469,7 +469,7 @@ export class KVCache implements AttentionBatch {
   growFor(newTokens: number): void {
     const end = this.#offset + newTokens;
     if (end <= this.#capacity || this.#parts.every((p) => p === null)) return;
-    this.#capacity = Math.ceil(end / KV_STEP) * KV_STEP;
+    this.#capacity = this.#capacityFor(end);
     mx.tidy(() => {
       for (const parts of this.#parts) {
         if (!parts) continue;
@@ -485,6 +485,11 @@ export class KVCache implements AttentionBatch {
         });
       }
     });
+  }
+
+  /** The capacity that holds `columns`: the current one, or `columns` rounded up to a KV_STEP. */
+  #capacityFor(columns: number): number {
+    return Math.max(this.#capacity, Math.ceil(columns / KV_STEP) * KV_STEP);
   }
 
   /**

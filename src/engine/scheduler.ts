@@ -85,7 +85,7 @@ export class Scheduler {
   readonly #prefix: PrefixKeeper;
   /** The KV budget after out-of-memory failures (memory-pressure.ts). */
   readonly #pressure: MemoryPressure;
-  /** The device's free memory, asked before a prefill chunk (device-headroom.ts). */
+  /** The device's free memory, asked before a prefill chunk or a decode step's KV growth (device-headroom.ts). */
   readonly #headroom: DeviceHeadroom;
 
   constructor(

@@ -5,7 +5,8 @@
 // .cuh files), the same options (--device-as-default-execution-space,
 // --gpu-architecture=sm_XY[a], the wheel's include paths). Used by the kernel
 // cache (kernel-cache.ts) and by tests/benches that compile kernels without a GPU.
-// Wheel: PENSIEVE_MLX_CUDA_WHEEL, else the tests' vendor/cuda-compile-kit, else vendor/mlx-cuda-<version>.
+// Wheel: PENSIEVE_MLX_CUDA_WHEEL, else vendor/mlx-cuda-<version>, else the tests' vendor/cuda-compile-kit
+// (the first with NVRTC beside it: cudaWheelDir).
 // Library: PENSIEVE_NVRTC overrides <wheel>/nvidia/cu13/lib/libnvrtc.so.13.
 import { CString, dlopen, FFIType, ptr } from "bun:ffi";
 import { closeSync, existsSync, openSync, readdirSync, readSync } from "node:fs";
