@@ -10,7 +10,7 @@
 #   3. the same after 4096 prompt tokens, off then on.
 # k = 15 is the longest fused pass (16 tokens, FUSED_VERIFY_MAX_ROWS); k = 16 (17 tokens) is past it, unfused
 # both ways (a control). Everything lands in $OUT/verify as it goes (a call cut short keeps what is done).
-# SKIP_TESTS=1 leaves step 1 out; N (default 30) sets the samples per shape; SWEEP=1 adds a sweep of the
+# SKIP_TESTS=1 leaves step 1 out; N (default 30) sets the samples per shape; KS the draft lengths; SWEEP=1 adds a sweep of the
 # GEMV's configuration at 9-16 rows (PENSIEVE_GEMV_VERIFY_ROWS x PENSIEVE_GEMV_VERIFY_WARPS).
 # Expected time: tests ~2-3 min (kernel compiles at each new L, then cached in /tmp/mlx/<version>/ptx),
 # each bench run ~40-70 s (load, 512-token prefill, warm-up, 30 x 5 passes): ~8 min in all.
@@ -35,13 +35,17 @@ fi
 # 2-3. Verify cost against a one-token step, flag off / on.
 cost() { # prompt flag [qmm]
   PENSIEVE_GPU_QMM=${3:-0} PENSIEVE_GPU_FUSED_VERIFY=$2 timeout 150 bun dist/bench/run.js spec-verify-cost --model "$MODEL" \
-    --device gpu --prompt "$1" --ks 2,4,8,15,16 --n "${N:-30}" --out-dir "$R/cost-p$1-verify$2-qmm${3:-0}" 2>&1 |
+    --device gpu --prompt "$1" --ks "${KS:-2,4,8,15,16}" --n "${N:-30}" --out-dir "$R/cost-p$1-verify$2-qmm${3:-0}" 2>&1 |
     grep -E '^\||step:' | sed "s/^/p$1 verify=$2 qmm=${3:-0} /" | tee -a "$R/log.txt"
 }
 # QMM_ONLY=1: only the batched W4A16 kernel (PENSIEVE_GPU_QMM=1) for the verify pass's 3-17 rows, against verify=0
 # (the H200 run of 2026-12-06f: unfused 2.30x a step at k = 8, the fused GEMV pass 2.86x: ALU-bound past 8 rows).
 if [ "${QMM_ONLY:-0}" = 1 ]; then
   for q in 0 1 0 1; do cost 512 0 $q; done
+elif [ "${QUICK:-0}" = 1 ]; then
+  # QUICK=1 (a short lease): off then on at 512, on at 4,000 (below Phi-3's RoPE boundary of 4,096).
+  for f in 0 1; do cost 512 $f; done
+  cost 4000 1
 else
   for f in 0 1 0 1; do cost 512 $f; done
   for f in 0 1; do cost 4096 $f; done
