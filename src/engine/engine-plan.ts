@@ -6,6 +6,7 @@ import { DEFAULT_USABLE_FRACTION, estimateMemory, kvBytesPerToken, PREFILL_CHUNK
 import { defaultPrefillChunk } from "./one-sequence";
 import type { EngineConfig } from "./protocol";
 import type { SchedulerOptions } from "./scheduler";
+import { gpuLookupTuning } from "./speculation";
 
 /** Device memory the engine may plan with: GPU memory (CUDA), else system memory (also Apple's unified memory). */
 export function deviceMemoryBytes(device: "cpu" | "gpu"): number | null {
@@ -106,11 +107,19 @@ function planMemoryWith(
   };
 }
 
+/**
+ * `verifyTokens`: tokens up to which a one-row verify pass takes the GPU's fused
+ * path (models/gpu-fused.ts; 0 where there is none). Prompt lookup is on where a
+ * pass is measured to pay: the CPU, and a GPU with that path, drafting at most
+ * verifyTokens - 1 tokens by cost (GPU_LOOKUP).
+ */
 export function schedulerOptions(
   config: EngineConfig,
   plan: MemoryPlanResult,
   device: "cpu" | "gpu",
+  verifyTokens = 0,
 ): SchedulerOptions {
+  const gpuLookup = device === "gpu" && verifyTokens > 1;
   return {
     // A GPU step costs little more for 32 rows than for one (bench/results/gpu-h100-*): 32 there.
     maxConcurrent: config.maxConcurrent ?? (device === "gpu" ? 32 : 8),
@@ -123,8 +132,9 @@ export function schedulerOptions(
     prefixCacheBytes: plan.prefixCacheBytes,
     prefillWidthMultiple: config.prefillWidthMultiple ?? (device === "gpu" ? 64 : 1),
     kvBits: plan.kvBits,
-    // On where measured to pay (the CPU); a GPU's verify cost is not measured yet (issue 13). A draft model asks for it.
-    speculative: config.speculative ?? (device === "cpu" || Boolean(config.draftModel)),
+    // A draft model asks for it.
+    speculative: config.speculative ?? (device === "cpu" || gpuLookup || Boolean(config.draftModel)),
+    ...(gpuLookup ? { lookupTuning: gpuLookupTuning(verifyTokens - 1) } : {}),
   };
 }
 

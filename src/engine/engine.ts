@@ -6,6 +6,7 @@ import { basename, join } from "node:path";
 import * as mx from "../mlx";
 import { distributedGroup } from "../mlx/distributed";
 import { type LoadedModel, loadModel, readModelConfig } from "../models/loader";
+import { fusedVerifyAvailableTokens } from "../models/gpu-fused";
 import { batchedQmmReplacesDenseCopies } from "../models/gpu-qmm";
 import { denseCopyBytes } from "../models/weights";
 import { pensieveHome } from "../paths";
@@ -17,7 +18,7 @@ import { draftMismatch } from "./draft-model";
 import { bufferCacheLimit, planMemory, schedulerOptions } from "./engine-plan";
 import { cpuPackedWeightBytes } from "./memory-plan";
 import { KVCache } from "./kv-cache";
-import { cacheShape } from "./one-sequence";
+import { cacheFor, cacheShape } from "./one-sequence";
 import { fileIdentity, modelKey, PrefixStore } from "./prefix-store";
 import {
   type EngineConfig,
@@ -123,6 +124,8 @@ export class Engine {
   #warmupCount = 0;
   /** Id of the warm-up request in flight, whose events clients must not see. */
   #warming: string | null = null;
+  /** Verify-pass lengths (tokens) whose fused kernels compile while idle, after the prompt warm-ups. */
+  #verifyWarmups: number[] = [];
 
   constructor(config: EngineConfig, emit: (event: EngineEvent) => void) {
     const started = performance.now();
@@ -177,7 +180,8 @@ export class Engine {
     const shard = group ? { rank: group.rank, size: group.size } : undefined;
     this.loaded = loadModel(config.model, { alwaysLongRope: config.alwaysLongRope, denseCopies, shard });
     const c = this.loaded.config;
-    const options = schedulerOptions(config, plan, device);
+    const verifyTokens = device === "gpu" ? fusedVerifyAvailableTokens() : 0;
+    const options = schedulerOptions(config, plan, device, verifyTokens);
     const bytesPerToken = KVCache.bytesPerToken(cacheShape(this.loaded.model, options.kvBits));
     const fault = config.faultTokenId ?? null;
     if (fault !== null) this.#installFault(fault);
@@ -194,6 +198,8 @@ export class Engine {
     this.scheduler.attachDraftModel(this.draft?.model ?? null);
     this.#warmups = warmupLengths(options);
     this.#warmupCount = this.#warmups.length;
+    if (options.speculative && verifyTokens > 1)
+      this.#verifyWarmups = Array.from({ length: verifyTokens - 1 }, (_, i) => i + 2);
     this.info = {
       modelPath: config.model,
       modelName: basename(config.model).replace(/\.gguf$/i, ""),
@@ -251,6 +257,27 @@ export class Engine {
     });
   }
 
+  /**
+   * A verify-shaped pass of `tokens` tokens on a throwaway one-row cache, so that the fused verify path's
+   * kernels for that length compile while idle (~5 s each on first use; then MLX's PTX cache keeps them), not
+   * in a client's first speculative step, which every stream would wait for.
+   */
+  #warmVerify(tokens: number): void {
+    const started = performance.now();
+    const model = this.loaded.model;
+    const cache = cacheFor(model, 1, this.scheduler.options.kvBits ?? 0);
+    try {
+      mx.tidy(() => {
+        mx.evaluate(model.forward(mx.int32([0], [1, 1]), cache, { logits: "last" }));
+        mx.evaluate(model.forward(mx.int32(new Array(tokens).fill(0), [1, tokens]), cache, { logits: "all" }));
+      });
+    } finally {
+      cache.dispose();
+    }
+    const ms = performance.now() - started;
+    if (ms > 1000) console.error(`[engine] verify passes of ${tokens} tokens: kernels built in ${ms.toFixed(0)} ms`);
+  }
+
   #constraint(modelPath: string, spec: ConstraintSpec, endIds: readonly number[]): TokenConstraint {
     this.#constraints ??= new JsonConstraintFactory(tokenByteTable(loadTokenizer(modelPath)));
     return this.#constraints.create(spec, endIds);
@@ -303,7 +330,7 @@ export class Engine {
         // next request unless none comes for a while.
         idleSince ??= performance.now();
         const since = idleSince;
-        const warm = this.#warmups.length > 0;
+        const warm = this.#warmups.length > 0 || this.#verifyWarmups.length > 0;
         const persistAt = persistDue ? PERSIST_QUIET_MS : Number.POSITIVE_INFINITY;
         const releaseAt = cacheHeld ? this.#cacheReleaseIdleMs : Number.POSITIVE_INFINITY;
         const next = Math.min(persistAt, releaseAt);
@@ -315,7 +342,8 @@ export class Engine {
         const woken = await this.#sleep(wait);
         if (woken) continue;
         if (warm) {
-          this.#warmNext();
+          if (this.#warmups.length > 0) this.#warmNext();
+          else this.#warmVerify(this.#verifyWarmups.shift() as number);
           continue;
         }
         if (persistDue && performance.now() - since >= persistAt) {

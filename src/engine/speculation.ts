@@ -64,6 +64,19 @@ export const DEFAULT_LOOKUP: LookupTuning = {
   shrink: "accepted",
 };
 
+/**
+ * A GPU's prompt lookup (engine-plan.ts): k chosen per draft by cost, at most
+ * `maxDraft` (the fused verify path's length less one). A verify pass there
+ * waits for its tokens, where plain steps are pipelined: its cost per draft is
+ * taken against a pipelined step (H100, full-size Phi-3: GPU_ROW_COST).
+ */
+export function gpuLookupTuning(maxDraft: number): LookupTuning {
+  return { ...DEFAULT_LOOKUP, policy: "cost", rowCost: GPU_ROW_COST, maxDraft: Math.max(1, maxDraft), initialDraft: 2 };
+}
+
+/** A GPU verify pass's cost per draft token, in pipelined decode steps (bench spec-verify-cost; see gpuLookupTuning). */
+export const GPU_ROW_COST = 0.3;
+
 /** Tokens a pass of k drafts yields when each is kept with probability a (until the first rejection), plus the model's own. */
 export function expectedTokens(k: number, a: number): number {
   return a >= 1 ? k + 1 : (1 - a ** (k + 1)) / (1 - a);

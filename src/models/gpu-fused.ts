@@ -18,7 +18,7 @@
 // directly, without keys, shape queries or checks (FusedStep).
 import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
-import type { KernelPlan } from "../mlx/kernels";
+import { type KernelPlan, kernelLanguage } from "../mlx/kernels";
 import { DecodeAttention, decodeAttentionSupports, mergedAttentionSplits } from "../mlx/kernels-attention";
 import { VERIFY_MAX_TOKENS, VerifyAttention, verifyAttentionSupports } from "../mlx/kernels-attention-verify";
 import { gemvSupports } from "../mlx/kernels-gemv";
@@ -290,25 +290,38 @@ export class FusedStep {
   }
 }
 
-// --- Speculative verify passes (PENSIEVE_GPU_FUSED_VERIFY=1; off by default) ---
+// --- Speculative verify passes ---
 // A verify pass is one row of 2..FUSED_VERIFY_MAX_ROWS tokens ([last, ...drafts]): past
 // FUSED_MAX_ROWS it would run MLX's unfused ops (~840 graph nodes against ~230 for a
-// fused step). With the flag its layers take the decode step's kernels at M = L rows and,
+// fused step). On this path its layers take the decode step's kernels at M = L rows and,
 // for attention, kernels-attention-verify.ts (the new k/v stored into the cache in place).
-// Off by default: checked by CPU emulation and NVRTC only, not yet on a GPU (bench/gpu/verify.sh).
-let verifyEnabled = process.env.PENSIEVE_GPU_FUSED_VERIFY === "1";
+// By default passes of up to FUSED_VERIFY_DEFAULT_TOKENS tokens take it, where a pass cost
+// 1.14x a step on an H100 and 1.34x on an H200 (k = 2; bench/results/gpu-h100-2026-12-07b, -h200-2026-12-06f): the GPU's
+// prompt lookup drafts at most that many (engine-plan.ts). PENSIEVE_GPU_FUSED_VERIFY=1: up to
+// 16 tokens (past ~8 the GEMVs are ALU-bound: 2.5x a step at k = 8); =0: never.
+export const FUSED_VERIFY_MAX_ROWS = VERIFY_MAX_TOKENS;
+export const FUSED_VERIFY_DEFAULT_TOKENS = 4;
+const verifyFlag = process.env.PENSIEVE_GPU_FUSED_VERIFY;
+let verifyMaxTokens = verifyFlag === "1" ? FUSED_VERIFY_MAX_ROWS : verifyFlag === "0" ? 0 : FUSED_VERIFY_DEFAULT_TOKENS;
 
-/** Turns the fused verify path on or off for forwards built from now on (tests compare both). */
-export function setFusedVerify(on: boolean): void {
-  verifyEnabled = on;
+/** The fused verify path for forwards built from now on: on (up to 16 tokens), off, or up to `tokens` tokens. */
+export function setFusedVerify(on: boolean | number): void {
+  verifyMaxTokens = on === true ? FUSED_VERIFY_MAX_ROWS : on === false ? 0 : Math.min(on, FUSED_VERIFY_MAX_ROWS);
 }
 
-/** Tokens (B = 1) up to which a forward takes the fused verify path. */
-export const FUSED_VERIFY_MAX_ROWS = VERIFY_MAX_TOKENS;
+/** Tokens up to which a one-row pass takes the fused verify path now (0: off). */
+export function fusedVerifyTokens(): number {
+  return verifyMaxTokens;
+}
 
-/** Whether a forward of B rows of L tokens takes the fused verify path (one row, 2..16 tokens, flag on). */
+/** Tokens up to which a one-row pass can take the fused verify path on this machine (0: none: no CUDA kernels). */
+export function fusedVerifyAvailableTokens(): number {
+  return enabled && kernelLanguage() === "cuda" ? verifyMaxTokens : 0;
+}
+
+/** Whether a forward of B rows of L tokens takes the fused verify path (one row, 2..verifyMaxTokens tokens). */
 export function fusedVerifyForward(B: number, L: number): boolean {
-  return enabled && verifyEnabled && B === 1 && L > 1 && L <= FUSED_VERIFY_MAX_ROWS && mx.getDevice() === "gpu";
+  return enabled && B === 1 && L > 1 && L <= verifyMaxTokens && mx.getDevice() === "gpu";
 }
 
 const verifyByScale = new Map<number, VerifyAttention[]>();

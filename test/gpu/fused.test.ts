@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { KVCache } from "../../src/engine/kv-cache";
 import { cacheShape, generateTokens } from "../../src/engine/one-sequence";
 import { samplingParams } from "../../src/engine/protocol";
+import { gpuLookupTuning } from "../../src/engine/speculation";
 import * as mx from "../../src/mlx";
 import { kernelLanguage } from "../../src/mlx/kernels";
 import { decodeAttention, mergedAttentionSplits, setKeysPerSplit } from "../../src/mlx/kernels-attention";
@@ -19,6 +20,7 @@ import {
   quantizedGemvResidual,
 } from "../../src/mlx/kernels-gemv-fused";
 import {
+  FUSED_VERIFY_DEFAULT_TOKENS,
   fusedLaunchCount,
   gpuFusedEnabled,
   setFusedRowLimit,
@@ -297,7 +299,7 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
   // Tolerance: the logits' relative L2 distance to the unfused path's (MLX's ops, as with the flag off)
   // under 2e-2: each layer's fused kernels are within ~5e-3 of MLX's ops (above), the tiny models have few layers.
   for (const name of ["tiny-llama", "tiny-phi3"]) {
-    for (const L of [2, 9, 16]) {
+    for (const L of [2, 4, 9, 16]) {
       test(`${name}: a verify pass of ${L} tokens, fused verify path on vs off (logits, the cache after it)`, () => {
         const { model } = loadModel(tinyModel(name));
         const prompt = promptIds(40, 3);
@@ -317,7 +319,7 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
             return { logits, next, launches };
           } finally {
             cache.dispose();
-            setFusedVerify(false);
+            setFusedVerify(FUSED_VERIFY_DEFAULT_TOKENS);
           }
         };
         try {
@@ -333,24 +335,65 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
       }, 240_000);
     }
 
-    test(`${name}: greedy prompt-lookup speculation with the fused verify path equals plain greedy decoding`, () => {
+    // On by default up to FUSED_VERIFY_DEFAULT_TOKENS: any one-row forward that short takes it, a whole prompt too.
+    test(`${name}: a ${FUSED_VERIFY_DEFAULT_TOKENS}-token prompt with nothing cached, fused verify path on vs off (logits, next step)`, () => {
       const { model } = loadModel(tinyModel(name));
-      const base = promptIds(12, 7);
-      const prompt = [...base, ...base.slice(1), ...base.slice(1)]; // repeats itself: the lookup drafts
+      const prompt = promptIds(FUSED_VERIFY_DEFAULT_TOKENS, 4);
+      const pass = (on: boolean) => {
+        setFusedVerify(on);
+        const cache = new KVCache(cacheShape(model), 1);
+        try {
+          const before = fusedLaunchCount();
+          const logits = mx.keep(model.forward(mx.int32(prompt, [1, prompt.length]), cache, { logits: "all" }));
+          mx.evaluate(logits);
+          const launches = fusedLaunchCount() - before;
+          const next = mx.keep(model.forward(mx.int32([prompt[0] as number], [1, 1]), cache, { logits: "last" }));
+          mx.evaluate(next);
+          return { logits, next, launches };
+        } finally {
+          cache.dispose();
+          setFusedVerify(FUSED_VERIFY_DEFAULT_TOKENS);
+        }
+      };
       try {
-        const plain = singleWithLogprobs(model, prompt, 40, samplingParams()).tokens;
-        setFusedVerify(true);
-        const before = fusedLaunchCount();
-        const r = request("v", prompt, 40);
-        const run = runScheduled(model, [{ at: 0, request: r }], TEST_SCHEDULER_OPTIONS);
-        expect(fusedLaunchCount()).toBeGreaterThan(before);
-        expect(run.scheduler.speculation.passes).toBeGreaterThan(0);
-        expect(run.tokens.get("v")).toEqual(plain);
+        const off = pass(false);
+        const on = pass(true);
+        expect(on.launches).toBeGreaterThan(off.launches);
+        expect(relativeDistance(on.logits, off.logits)).toBeLessThan(2e-2);
+        expect(relativeDistance(on.next, off.next)).toBeLessThan(2e-2);
+        for (const a of [on.logits, on.next, off.logits, off.next]) a.dispose();
       } finally {
-        setFusedVerify(false);
         model.dispose();
       }
     }, 240_000);
+
+    // Every fused length with the CPU's lookup; then the GPU's defaults (engine-plan.ts): passes of up to
+    // FUSED_VERIFY_DEFAULT_TOKENS tokens, drafts chosen by cost.
+    for (const [what, verify, tuning] of [
+      ["every fused length, adaptive drafts", true, undefined],
+      ["the GPU defaults", FUSED_VERIFY_DEFAULT_TOKENS, gpuLookupTuning(FUSED_VERIFY_DEFAULT_TOKENS - 1)],
+    ] as const) {
+      test(`${name}: greedy prompt-lookup speculation with the fused verify path (${what}) equals plain greedy decoding`, () => {
+        const { model } = loadModel(tinyModel(name));
+        const base = promptIds(12, 7);
+        const prompt = [...base, ...base.slice(1), ...base.slice(1)]; // repeats itself: the lookup drafts
+        try {
+          setFusedVerify(false);
+          const plain = singleWithLogprobs(model, prompt, 40, samplingParams()).tokens;
+          setFusedVerify(verify);
+          const before = fusedLaunchCount();
+          const r = request("v", prompt, 40);
+          const options = { ...TEST_SCHEDULER_OPTIONS, speculative: true, lookupTuning: tuning };
+          const run = runScheduled(model, [{ at: 0, request: r }], options);
+          expect(fusedLaunchCount()).toBeGreaterThan(before);
+          expect(run.scheduler.speculation.passes).toBeGreaterThan(0);
+          expect(run.tokens.get("v")).toEqual(plain);
+        } finally {
+          setFusedVerify(FUSED_VERIFY_DEFAULT_TOKENS);
+          model.dispose();
+        }
+      }, 240_000);
+    }
   }
 
   // The layer megakernel against the fused path's five kernels on the same inputs: the same code in the
