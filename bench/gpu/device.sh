@@ -205,6 +205,16 @@ next)
     --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 4000 --gen 128 --repeat 3 \
     --out-dir "$OUT/single-4000" 2>&1 | grep -E '^\| (pensieve|mlx-lm)' || true
   ;;
+next2)
+  # 2026-12-07d, one call after prepare (carry dist and .device/phi3; ~9 minutes): issue 10's 120,000-token prompt
+  # over HTTP and in process beside mlx-lm (one-sequence prefill reserves its KV once since 592c370); the fused
+  # verify path's GPU tests and its cost at k = 1-4 and 8 (bench/gpu/verify.sh QUICK=1); then one stream over HTTP
+  # with the GPU's prompt lookup on (the default since d39cc6b) against speculative false (random weights: this
+  # measures the cost of lookups that miss, not a gain).
+  SERVE_PROMPTS=120000 LONG_PROMPTS=120000 bash "$0" long 2>&1 | grep -v '^\[bench\]' | tail -40 || true
+  QUICK=1 KS=1,2,3,4,8 N=20 timeout 330 bash bench/gpu/verify.sh 2>&1 | tail -40 || true
+  AB='{"speculative":false}' LEVELS=1 REQUESTS=4 timeout 150 bash "$0" ab || true
+  ;;
 rows)
   # Issues 11 and 13: host against wall time of decode steps of 1-32 rows, a verify pass of 3-17 tokens, and
   # MLX's product alone at M rows (bench/gpu/rows-profile.ts; ~1 minute). After prepare; carry dist.
