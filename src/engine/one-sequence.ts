@@ -52,9 +52,9 @@ export function prefill(
   if (tokens.length === 0) throw new Error("prefill needs at least one token");
   const chunk = Math.max(1, options.chunk ?? defaultPrefillChunk());
   const ropeLength = options.ropeLength ?? cache.rowLengths()[0]! + tokens.length;
-  // One allocation for the whole prompt, as the scheduler's prefill does: grown chunk by chunk, the cache was
-  // copied at every chunk (a 120,000-token prompt on an H100: MLX's peak 64.6 GB, mlx-lm's 64.4).
-  cache.reserve(cache.rowLengths()[0]! + tokens.length);
+  // No reserve() for the whole prompt here: on an H100 a 120,000-token prompt took 54.9 s to its first token with
+  // one allocation against 17.1 s grown chunk by chunk (MLX peak 51.0 against 64.6 GB; mlx-lm 16.7 s, 64.4 GB;
+  // bench/results/gpu-h100-2026-12-07d). Why the one allocation is slower is not known yet.
   let start = 0;
   while (tokens.length - start > chunk) {
     const part = tokens.slice(start, start + chunk);
