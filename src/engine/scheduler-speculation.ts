@@ -76,7 +76,8 @@ function speculateOnce<S extends SpeculatingRow>(
   const lookup = s.lookup;
   if (!lookup || s.finished !== null) return false;
   // Prompt lookup first (free when it matches); the draft model, when there is one, where it finds nothing.
-  const looks = (drafting.promptLookup || !drafting.model) && lookup.ready();
+  const short = s.tokens.length <= (lookup.tuning.maxContext ?? Number.POSITIVE_INFINITY);
+  const looks = (drafting.promptLookup || !drafting.model) && short && lookup.ready();
   if (drafting.model) s.draft ??= new DraftSession(drafting.model);
   const drafts = s.draft?.ready() ?? false;
   if (!looks && !drafts) return false;

@@ -48,6 +48,8 @@ export interface LookupTuning {
   policy?: "adaptive" | "cost" | "gated";
   /** "cost": a verify pass of k drafts costs 1 + rowCost * k decode steps (measured: bench spec-verify-cost). */
   rowCost?: number;
+  /** No lookups once the sequence (prompt and output) is longer than this: past it a pass costs more than measured. */
+  maxContext?: number;
 }
 
 export const DEFAULT_LOOKUP: LookupTuning = {
@@ -66,16 +68,35 @@ export const DEFAULT_LOOKUP: LookupTuning = {
 
 /**
  * A GPU's prompt lookup (engine-plan.ts): k chosen per draft by cost, at most
- * `maxDraft` (the fused verify path's length less one). A verify pass there
- * waits for its tokens, where plain steps are pipelined: its cost per draft is
- * taken against a pipelined step (H100, full-size Phi-3: GPU_ROW_COST).
+ * `maxDraft` (the fused verify path's length less one), and only up to
+ * GPU_LOOKUP_MAX_CONTEXT tokens. A verify pass there waits for its tokens, where
+ * plain steps are pipelined: its cost per draft is taken against a pipelined step.
  */
 export function gpuLookupTuning(maxDraft: number): LookupTuning {
-  return { ...DEFAULT_LOOKUP, policy: "cost", rowCost: GPU_ROW_COST, maxDraft: Math.max(1, maxDraft), initialDraft: 2 };
+  return {
+    ...DEFAULT_LOOKUP,
+    policy: "cost",
+    rowCost: GPU_ROW_COST,
+    maxDraft: Math.max(1, maxDraft),
+    initialDraft: 2,
+    maxContext: GPU_LOOKUP_MAX_CONTEXT,
+  };
 }
 
-/** A GPU verify pass's cost per draft token, in pipelined decode steps (bench spec-verify-cost; see gpuLookupTuning). */
+/**
+ * A GPU verify pass's cost per draft token, in pipelined decode steps. H100, full-size Phi-3
+ * (bench/results/gpu-h100-2026-12-07d): passes of k = 1, 2, 3 drafts took 4.16, 5.06, 5.86 ms after 512
+ * tokens and 5.90, 7.48, 8.86 ms after 4,000, against pipelined steps of ~3.4 and ~4.6 ms: 0.22-0.24 and
+ * 0.28-0.31 a draft.
+ */
 export const GPU_ROW_COST = 0.3;
+
+/**
+ * The verify pass's attention grows with the context ~3x as fast as a decode step's (from 512 to 4,000
+ * tokens: +1.7 ms against +0.6, k = 1): extrapolated, at Claude Code's 13-20K tokens even one draft would cost
+ * about twice a step. Up to 4,096 it was measured to pay; past it the GPU decodes without lookups.
+ */
+export const GPU_LOOKUP_MAX_CONTEXT = 4096;
 
 /** Tokens a pass of k drafts yields when each is kept with probability a (until the first rejection), plus the model's own. */
 export function expectedTokens(k: number, a: number): number {

@@ -1,11 +1,11 @@
 // Where prompt lookup is on by default (engine-plan.ts schedulerOptions): the CPU,
 // and a GPU whose fused verify path takes short passes, drafting by cost at most
-// that path's length less one; per server `speculative: false` turns it off.
+// that path's length less one and up to GPU_LOOKUP_MAX_CONTEXT tokens; per server `speculative: false` turns it off.
 import { expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { planMemory, schedulerOptions } from "../../src/engine/engine-plan";
-import { draftLengthByCost, GPU_ROW_COST } from "../../src/engine/speculation";
+import { draftLengthByCost, GPU_LOOKUP_MAX_CONTEXT, GPU_ROW_COST } from "../../src/engine/speculation";
 import { configFromHf } from "../../src/models/config";
 
 const PHI3 = join(import.meta.dir, "..", "..", "..", "shared", "fixtures", "phi3-mini-128k", "config.json");
@@ -18,6 +18,7 @@ test("a GPU with the fused verify path drafts by cost, at most its length less o
   expect(gpu.lookupTuning?.policy).toBe("cost");
   expect(gpu.lookupTuning?.maxDraft).toBe(3);
   expect(gpu.lookupTuning?.rowCost).toBe(GPU_ROW_COST);
+  expect(gpu.lookupTuning?.maxContext).toBe(GPU_LOOKUP_MAX_CONTEXT);
   expect(schedulerOptions({ model: PHI3 }, plan, "gpu", 0).speculative).toBe(false);
   expect(schedulerOptions({ model: PHI3, speculative: false }, plan, "gpu", 4).speculative).toBe(false);
   // The CPU keeps its adaptive lookup.

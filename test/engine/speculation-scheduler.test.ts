@@ -8,6 +8,7 @@ import { KVCache } from "../../src/engine/kv-cache";
 import { cacheShape } from "../../src/engine/one-sequence";
 import { type EngineRequest, type SamplingParams, samplingParams } from "../../src/engine/protocol";
 import { SequenceSampler } from "../../src/engine/sampling";
+import { gpuLookupTuning } from "../../src/engine/speculation";
 import type { SchedulerOptions } from "../../src/engine/scheduler";
 import { verifyDraft } from "../../src/engine/speculative-verify";
 import * as mx from "../../src/mlx";
@@ -57,6 +58,21 @@ describe("greedy speculation equals decoding without it", () => {
     // Off for the scheduler.
     const offAll = lone(llama, request("c", prompt, 40, greedy), { ...TEST_SCHEDULER_OPTIONS, speculative: false });
     expect(offAll.speculation.passes).toBe(0);
+  });
+
+  test("the GPU's lookup (cost policy, at most 3 drafts): the same tokens, and none past its context limit", () => {
+    const prompt = repetitive(7);
+    const expected = singleWithLogprobs(llama, prompt, 40, samplingParams()).tokens;
+    const gpu = gpuLookupTuning(3);
+    const on = lone(llama, request("g", prompt, 40), { ...TEST_SCHEDULER_OPTIONS, lookupTuning: gpu });
+    expect(on.tokens).toEqual(expected);
+    expect(on.speculation.passes).toBeGreaterThan(0);
+    expect(on.speculation.drafted).toBeLessThanOrEqual(3 * on.speculation.passes);
+    // A context limit below the prompt: plain decoding, no verify pass.
+    const tuning = { ...gpu, maxContext: prompt.length - 1 };
+    const off = lone(llama, request("h", prompt, 40), { ...TEST_SCHEDULER_OPTIONS, lookupTuning: tuning });
+    expect(off.tokens).toEqual(expected);
+    expect(off.speculation.passes).toBe(0);
   });
 
   test("max_tokens cuts inside an accepted draft", () => {
