@@ -237,7 +237,7 @@ export interface EngineConfig {
   prefixDiskPieceBytes?: number;
   /** KV cache storage: 0 float, 8 or 4 group-quantized bits; null/absent: automatic (automaticKvBits in kv-pool.ts). */
   kvBits?: 0 | 4 | 8 | null;
-  /** Prompt-lookup speculation for a lone decoding row; null/absent: on the CPU, off on a GPU (not measured there yet). */
+  /** Prompt-lookup speculation for a lone decoding row; null/absent: on (a GPU: where its fused verify path takes the pass, engine-plan.ts). */
   speculative?: boolean | null;
   /**
    * A second, small model of the same tokenizer (path) that drafts for a lone
