@@ -298,73 +298,50 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
   // Speculative verify passes (PENSIEVE_GPU_FUSED_VERIFY): one row of L = k + 1 tokens after a cached prompt.
   // Tolerance: the logits' relative L2 distance to the unfused path's (MLX's ops, as with the flag off)
   // under 2e-2: each layer's fused kernels are within ~5e-3 of MLX's ops (above), the tiny models have few layers.
+  /** `tokens` in one pass after `cached` (none: an empty cache), then a one-token step, fused verify path off vs on. */
+  function expectVerifyPathMatches(name: string, cached: number[], tokens: number[]): void {
+    const { model } = loadModel(tinyModel(name));
+    const pass = (on: boolean) => {
+      setFusedVerify(on);
+      const cache = new KVCache(cacheShape(model), 1);
+      try {
+        if (cached.length > 0)
+          mx.evaluate(model.forward(mx.int32(cached, [1, cached.length]), cache, { logits: "last" }));
+        const before = fusedLaunchCount();
+        const logits = mx.keep(model.forward(mx.int32(tokens, [1, tokens.length]), cache, { logits: "all" }));
+        mx.evaluate(logits);
+        const launches = fusedLaunchCount() - before;
+        // The next one-token step reads the pass's keys/values from the cache.
+        const next = mx.keep(model.forward(mx.int32([tokens[0] as number], [1, 1]), cache, { logits: "last" }));
+        mx.evaluate(next);
+        return { logits, next, launches };
+      } finally {
+        cache.dispose();
+        setFusedVerify(FUSED_VERIFY_DEFAULT_TOKENS);
+      }
+    };
+    try {
+      const off = pass(false);
+      const on = pass(true);
+      expect(on.launches).toBeGreaterThan(off.launches);
+      expect(relativeDistance(on.logits, off.logits)).toBeLessThan(2e-2);
+      expect(relativeDistance(on.next, off.next)).toBeLessThan(2e-2);
+      for (const a of [on.logits, on.next, off.logits, off.next]) a.dispose();
+    } finally {
+      model.dispose();
+    }
+  }
+
   for (const name of ["tiny-llama", "tiny-phi3"]) {
     for (const L of [2, 4, 9, 16]) {
       test(`${name}: a verify pass of ${L} tokens, fused verify path on vs off (logits, the cache after it)`, () => {
-        const { model } = loadModel(tinyModel(name));
-        const prompt = promptIds(40, 3);
-        const draft = promptIds(L, 9);
-        const pass = (on: boolean) => {
-          setFusedVerify(on);
-          const cache = new KVCache(cacheShape(model), 1);
-          try {
-            mx.evaluate(model.forward(mx.int32(prompt, [1, prompt.length]), cache, { logits: "last" }));
-            const before = fusedLaunchCount();
-            const logits = mx.keep(model.forward(mx.int32(draft, [1, L]), cache, { logits: "all" }));
-            mx.evaluate(logits);
-            const launches = fusedLaunchCount() - before;
-            // The next one-token step reads the pass's keys/values from the cache.
-            const next = mx.keep(model.forward(mx.int32([draft[0] as number], [1, 1]), cache, { logits: "last" }));
-            mx.evaluate(next);
-            return { logits, next, launches };
-          } finally {
-            cache.dispose();
-            setFusedVerify(FUSED_VERIFY_DEFAULT_TOKENS);
-          }
-        };
-        try {
-          const off = pass(false);
-          const on = pass(true);
-          expect(on.launches).toBeGreaterThan(off.launches);
-          expect(relativeDistance(on.logits, off.logits)).toBeLessThan(2e-2);
-          expect(relativeDistance(on.next, off.next)).toBeLessThan(2e-2);
-          for (const a of [on.logits, on.next, off.logits, off.next]) a.dispose();
-        } finally {
-          model.dispose();
-        }
+        expectVerifyPathMatches(name, promptIds(40, 3), promptIds(L, 9));
       }, 240_000);
     }
 
     // On by default up to FUSED_VERIFY_DEFAULT_TOKENS: any one-row forward that short takes it, a whole prompt too.
     test(`${name}: a ${FUSED_VERIFY_DEFAULT_TOKENS}-token prompt with nothing cached, fused verify path on vs off (logits, next step)`, () => {
-      const { model } = loadModel(tinyModel(name));
-      const prompt = promptIds(FUSED_VERIFY_DEFAULT_TOKENS, 4);
-      const pass = (on: boolean) => {
-        setFusedVerify(on);
-        const cache = new KVCache(cacheShape(model), 1);
-        try {
-          const before = fusedLaunchCount();
-          const logits = mx.keep(model.forward(mx.int32(prompt, [1, prompt.length]), cache, { logits: "all" }));
-          mx.evaluate(logits);
-          const launches = fusedLaunchCount() - before;
-          const next = mx.keep(model.forward(mx.int32([prompt[0] as number], [1, 1]), cache, { logits: "last" }));
-          mx.evaluate(next);
-          return { logits, next, launches };
-        } finally {
-          cache.dispose();
-          setFusedVerify(FUSED_VERIFY_DEFAULT_TOKENS);
-        }
-      };
-      try {
-        const off = pass(false);
-        const on = pass(true);
-        expect(on.launches).toBeGreaterThan(off.launches);
-        expect(relativeDistance(on.logits, off.logits)).toBeLessThan(2e-2);
-        expect(relativeDistance(on.next, off.next)).toBeLessThan(2e-2);
-        for (const a of [on.logits, on.next, off.logits, off.next]) a.dispose();
-      } finally {
-        model.dispose();
-      }
+      expectVerifyPathMatches(name, [], promptIds(FUSED_VERIFY_DEFAULT_TOKENS, 4));
     }, 240_000);
 
     // Every fused length with the CPU's lookup; then the GPU's defaults (engine-plan.ts): passes of up to
