@@ -215,6 +215,23 @@ next2)
   QUICK=1 KS=1,2,3,4,8 N=20 timeout 330 bash bench/gpu/verify.sh 2>&1 | tail -40 || true
   AB='{"speculative":false}' LEVELS=1 REQUESTS=4 timeout 150 bash "$0" ab || true
   ;;
+verify-merge)
+  # Issue 13, after 2026-12-07d: a verify pass after 4,000 tokens cost 1.34-2.01x a step for k = 1-3 (1.09-1.53x after
+  # 512). Its attention's splits (64 keys each: 63 at 4,000) merge serially per output element. One call after
+  # prepare (carry dist; ~4 minutes): the GPU tests of the parallel merge, then the cost at 512 and 4,000 tokens for
+  # the serial merge, the parallel one, and fewer, longer splits (256 keys). If the parallel merge pays, make it the
+  # default and raise GPU_LOOKUP_MAX_CONTEXT (src/engine/speculation.ts) as far as the cost allows.
+  PENSIEVE_FUSED_VERIFY_MERGE=parallel timeout 200 bun test --timeout 180000 ./dist/test-gpu/fused.test.js -t "verify pass of" \
+    2>&1 | tail -12 | tee "$OUT/verify-merge-tests.txt" || true
+  for v in serial parallel serial:256 parallel:256; do
+    IFS=: read -r merge per <<< "$v"
+    for p in 512 4000 16000; do
+      PENSIEVE_FUSED_VERIFY_MERGE=$merge PENSIEVE_FUSED_VERIFY_KEYS_PER_SPLIT=${per:-64} timeout 100 bun dist/bench/run.js \
+        spec-verify-cost --model "$MODEL" --device gpu --prompt $p --ks 1,2,3,8 --n 15 --out-dir "$OUT/merge-$merge-${per:-64}-p$p" \
+        2>&1 | grep -E '^\| [0-9]|step:' | sed "s/^/$v p$p /" || true
+    done
+  done
+  ;;
 rows)
   # Issues 11 and 13: host against wall time of decode steps of 1-32 rows, a verify pass of 3-17 tokens, and
   # MLX's product alone at M rows (bench/gpu/rows-profile.ts; ~1 minute). After prepare; carry dist.

@@ -22,7 +22,11 @@ import { ATTENTION_HEADER } from "./kernels-attention";
 
 const HEADER = ATTENTION_HEADER;
 
-// Template: T, H, HKV, HD, L, QC (query rows per block), WARPS, SCALE_BITS, KB (keys a warp loads per round).
+/** The most splits of a pass (the parallel merge's shared weights are sized by it). */
+export const VERIFY_MAX_SPLITS = 64;
+
+// Template: T, H, HKV, HD, L, QC (query rows per block), WARPS, SCALE_BITS, KB (keys a warp loads per round),
+// MERGE (0: each output element merges the splits alone, serially; 1: the block merges them in parallel).
 // Inputs qkv [1, L, H*HD + 2*HKV*HD] (q rotated, k rotated, v), kc, vc [1, HKV, CAP, HD], pos int32 [L]
 // (pos[0] = keys already cached), counter int32 [HKV * chunks] (zero between launches).
 // Outputs out [1, L, H*HD], part float [L*H, splits, HD], stats float [L*H, splits, 2] (scratch).
@@ -144,6 +148,61 @@ const SOURCE = `
   __syncthreads();
   if (!pv_last) return;
   __threadfence();
+  if constexpr (MERGE == 1) {
+  // Each split's weight exp2(m_s - m) * l_s of each row, from loads spread over the block (one pass), then
+  // each element's sum over the splits with its part loads unrolled (several in flight): the serial form's
+  // 2 x splits dependent L2 round trips per element are what a long context's 64 splits cost.
+  __shared__ float pv_w[QC][${VERIFY_MAX_SPLITS}];
+  __shared__ float pv_rm[QC], pv_rl[QC];
+  for (int t = threadIdx.x; t < QC * splits; t += WARPS * 32) {
+    const int c = t / splits;
+    const int s = t % splits;
+    const int r = chunk * QC + c;
+    if (r >= ROWS) continue;
+    const size_t bh = (size_t)(r / G) * H + kvh * G + r % G;
+    pv_w[c][s] = __ldcg(stats + (bh * splits + s) * 2);
+  }
+  __syncthreads();
+  if (warp == 0)
+    for (int c = 0; c < QC; ++c) {
+      float m = NEG_INF;
+      for (int s = lane; s < splits; s += 32) m = fmaxf(m, pv_w[c][s]);
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+      if (lane == 0) pv_rm[c] = m;
+    }
+  __syncthreads();
+  for (int t = threadIdx.x; t < QC * splits; t += WARPS * 32) {
+    const int c = t / splits;
+    const int s = t % splits;
+    const int r = chunk * QC + c;
+    if (r >= ROWS) continue;
+    const size_t bh = (size_t)(r / G) * H + kvh * G + r % G;
+    const float ms = pv_w[c][s];
+    pv_w[c][s] = ms == NEG_INF ? 0.f : exp2f(ms - pv_rm[c]) * __ldcg(stats + (bh * splits + s) * 2 + 1);
+  }
+  __syncthreads();
+  if (warp == 0)
+    for (int c = 0; c < QC; ++c) {
+      float l = 0.f;
+      for (int s = lane; s < splits; s += 32) l += pv_w[c][s];
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
+      if (lane == 0) pv_rl[c] = l;
+    }
+  __syncthreads();
+  for (int t = threadIdx.x; t < QC * HD; t += WARPS * 32) {
+    const int c = t / HD;
+    const int d = t % HD;
+    const int r = chunk * QC + c;
+    if (r >= ROWS) continue;
+    const size_t bh = (size_t)(r / G) * H + kvh * G + r % G;
+    float a = 0.f;
+#pragma unroll 8
+    for (int s = 0; s < splits; ++s) a += pv_w[c][s] * __ldcg(part + (bh * splits + s) * HD + d);
+    out[bh * HD + d] = pv_t<T>(a / pv_rl[c]);
+  }
+  } else {
   for (int t = threadIdx.x; t < QC * HD; t += WARPS * 32) {
     const int c = t / HD;
     const int d = t % HD;
@@ -161,6 +220,7 @@ const SOURCE = `
       a += f * __ldcg(part + (bh * splits + s) * HD + d);
     }
     out[bh * HD + d] = pv_t<T>(a / l);
+  }
   }
   if (threadIdx.x == 0) const_cast<int*>(counter)[blockIdx.x] = 0;
 `;
@@ -203,7 +263,13 @@ export function verifyWarps(queryChunk: number, headDim: number, keysPerRound: n
 
 /** Keys per split (each split one block per kv head and chunk); PENSIEVE_FUSED_VERIFY_KEYS_PER_SPLIT overrides. */
 const KEYS_PER_SPLIT = Number(process.env.PENSIEVE_FUSED_VERIFY_KEYS_PER_SPLIT ?? 64);
-const MAX_SPLITS = 64;
+const MAX_SPLITS = VERIFY_MAX_SPLITS;
+/**
+ * The splits' merge: serial per output element (0, measured on the H100) or in parallel over the block (1,
+ * PENSIEVE_FUSED_VERIFY_MERGE=parallel): after 4,000 tokens (63 splits) a pass's attention cost ~3x a decode
+ * step's per key, which 2 x 63 dependent L2 loads per element would explain. Not yet run on a GPU.
+ */
+const MERGE = process.env.PENSIEVE_FUSED_VERIFY_MERGE === "parallel" ? 1 : 0;
 /** Keys a warp loads per round (PENSIEVE_FUSED_VERIFY_KB overrides). */
 const KEYS_PER_ROUND = Number(process.env.PENSIEVE_FUSED_VERIFY_KB ?? 4);
 let keysPerSplit = KEYS_PER_SPLIT;
@@ -300,6 +366,7 @@ export class VerifyAttention {
         WARPS: warps,
         SCALE_BITS: this.#scaleBits,
         KB: KEYS_PER_ROUND,
+        MERGE,
       },
     });
   }

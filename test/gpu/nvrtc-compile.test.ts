@@ -201,15 +201,18 @@ const verifyOutputs = [
   { name: "part", type: "float" as CudaType },
   { name: "stats", type: "float" as CudaType },
 ];
-for (const [heads, kvHeads, hd, l, label] of [
-  [32, 32, 96, 2, "Phi-3"],
-  [32, 32, 96, 9, "Phi-3"],
-  [32, 32, 96, 16, "Phi-3"],
-  [32, 8, 128, 9, "Llama 3 8B: GQA 4, head 128"],
+for (const [heads, kvHeads, hd, l, label, merge] of [
+  [32, 32, 96, 2, "Phi-3", 0],
+  [32, 32, 96, 9, "Phi-3", 0],
+  [32, 32, 96, 16, "Phi-3", 0],
+  [32, 8, 128, 9, "Llama 3 8B: GQA 4, head 128", 0],
+  // The parallel merge (PENSIEVE_FUSED_VERIFY_MERGE=parallel): the default's lengths and the largest query chunk.
+  [32, 32, 96, 4, "Phi-3", 1],
+  [32, 32, 96, 16, "Phi-3", 1],
 ] as const) {
   const qc = verifyQueryChunk((heads / kvHeads) * l, hd);
   cases.push({
-    label: `verify attention L=${l} (${label}), ${qc} query rows per block`,
+    label: `verify attention L=${l} (${label}), ${qc} query rows per block${merge ? ", parallel merge" : ""}`,
     kernel: {
       ...VERIFY_ATTENTION_KERNEL,
       inputs: [
@@ -230,6 +233,7 @@ for (const [heads, kvHeads, hd, l, label] of [
         WARPS: verifyWarps(qc, hd, 4),
         SCALE_BITS: 1041864704,
         KB: 4,
+        MERGE: merge,
       },
     },
   });

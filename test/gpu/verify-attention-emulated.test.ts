@@ -20,6 +20,8 @@ interface Case {
   pos0: number;
   cap: number;
   splits: number;
+  /** The splits' merge: 0 serial per element (the default), 1 parallel over the block. */
+  merge?: 0 | 1;
 }
 
 function program(c: Case): string {
@@ -42,7 +44,7 @@ using Shape = std::array<int32_t, 10>;
 void attention(const ${T}* qkv, const ${T}* kc, Shape kc_shape, const ${T}* vc, const int32_t* pos, const int* counter,
                ${T}* out, float* part, float* stats) {
   using T = ${T};
-  constexpr int H = ${c.h}, HKV = ${c.hkv}, HD = ${c.hd}, L = ${c.l}, QC = ${qc}, WARPS = ${warps}, SCALE_BITS = ${scaleBits}, KB = 4;
+  constexpr int H = ${c.h}, HKV = ${c.hkv}, HD = ${c.hd}, L = ${c.l}, QC = ${qc}, WARPS = ${warps}, SCALE_BITS = ${scaleBits}, KB = 4, MERGE = ${c.merge ?? 0};
 ${VERIFY_ATTENTION_KERNEL.source}
 }
 }  // namespace mlx::core::cu
@@ -131,7 +133,7 @@ interface Result {
 }
 
 function run(c: Case): Result {
-  const name = `${c.dtype}-${c.h}-${c.hkv}-${c.hd}-L${c.l}-${c.pos0}-${c.cap}-${c.splits}`;
+  const name = `${c.dtype}-${c.h}-${c.hkv}-${c.hd}-L${c.l}-${c.pos0}-${c.cap}-${c.splits}-m${c.merge ?? 0}`;
   return runEmulated("verify-attention-emulated", name, program(c));
 }
 
@@ -150,9 +152,18 @@ describe.skipIf(!emulationCompiler)("verify pass attention source, emulated on t
     { dtype: "bf16", h: 8, hkv: 2, hd: 64, l: 9, pos0: 120, cap: 256, splits: 3 },
     // GQA 4:1, head dim 128 (Llama 3 8B's shape): 16 rows in 2 chunks of 8.
     { dtype: "f16", h: 8, hkv: 2, hd: 128, l: 4, pos0: 77, cap: 128, splits: 2 },
+    // The parallel merge (PENSIEVE_FUSED_VERIFY_MERGE=parallel): 40 splits (more than a warp's lanes), some empty
+    // for the first queries; Phi-3's heads at L = 2 and 16; GQA with 3 chunks.
+    { dtype: "f16", h: 2, hkv: 2, hd: 96, l: 2, pos0: 300, cap: 320, splits: 40, merge: 1 },
+    { dtype: "bf16", h: 32, hkv: 32, hd: 96, l: 16, pos0: 40, cap: 128, splits: 2, merge: 1 },
+    { dtype: "f16", h: 2, hkv: 2, hd: 96, l: 16, pos0: 5, cap: 64, splits: 8, merge: 1 },
+    { dtype: "bf16", h: 8, hkv: 2, hd: 64, l: 9, pos0: 120, cap: 256, splits: 3, merge: 1 },
+    // The serial merge over the same 40 splits.
+    { dtype: "f16", h: 2, hkv: 2, hd: 96, l: 2, pos0: 300, cap: 320, splits: 40 },
   ];
   for (const c of cases) {
-    const label = `${c.dtype} H=${c.h}/${c.hkv} HD=${c.hd} L=${c.l} after ${c.pos0} keys, splits ${c.splits}`;
+    const merge = c.merge === 1 ? ", parallel merge" : "";
+    const label = `${c.dtype} H=${c.h}/${c.hkv} HD=${c.hd} L=${c.l} after ${c.pos0} keys, splits ${c.splits}${merge}`;
     test(label, () => {
       const r = run(c);
       console.log(`[verify attention] ${label}: rel ${r.rel.toExponential(2)}`);
