@@ -20,6 +20,8 @@
 #   bash bench/gpu/device.sh fixes      # cc (8 sessions, memory line), oom, prefill 4096 from two fresh starts, rows (~7 min)
 #   bash bench/gpu/device.sh next       # oom (headroom via the driver), cc, rows, one stream vs mlx-lm at 4,000 (~8 min)
 #   SERVE_PROMPTS="" LONG_PROMPTS=120000 bash bench/gpu/device.sh long  # 120,000 tokens in process, Pensieve and mlx-lm
+#   bash bench/gpu/device.sh next2      # 120K over HTTP and in process, fused verify tests and cost, lookup on/off (~7 min)
+#   bash bench/gpu/device.sh verify-merge  # the verify attention's parallel merge: GPU tests, cost at 512/4,000/16,000 (~4 min)
 #   bash bench/gpu/device.sh oom       # issue 14: a real out-of-memory error (test/gpu/out-of-memory.test.ts), $OUT/oom.txt
 #   bash bench/gpu/device.sh llama-build  # issue 11: llama.cpp CUDA (carry .device/llama.tar.xz{,.sha256}, and
 #                                         #   .device/libggml-cuda.so.xz{,.sha256} when built here; after prepare)

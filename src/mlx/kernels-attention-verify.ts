@@ -149,54 +149,48 @@ const SOURCE = `
   if (!pv_last) return;
   __threadfence();
   if constexpr (MERGE == 1) {
-  // Each split's weight exp2(m_s - m) * l_s of each row, from loads spread over the block (one pass), then
-  // each element's sum over the splits with its part loads unrolled (several in flight): the serial form's
-  // 2 x splits dependent L2 round trips per element are what a long context's 64 splits cost.
+  // Each split's weight exp2(m_s - m) * l_s of each row, from loads spread over the block, then each element's
+  // sum over the splits with its part loads unrolled (several in flight): the serial form's 2 x splits
+  // dependent L2 round trips per element are what a long context's 64 splits cost.
   __shared__ float pv_w[QC][${VERIFY_MAX_SPLITS}];
   __shared__ float pv_rm[QC], pv_rl[QC];
-  for (int t = threadIdx.x; t < QC * splits; t += WARPS * 32) {
-    const int c = t / splits;
-    const int s = t % splits;
+  // Row c's output row (query x head), or -1 past the last row.
+  auto out_row = [&](int c) -> long {
     const int r = chunk * QC + c;
-    if (r >= ROWS) continue;
-    const size_t bh = (size_t)(r / G) * H + kvh * G + r % G;
-    pv_w[c][s] = __ldcg(stats + (bh * splits + s) * 2);
-  }
-  __syncthreads();
-  if (warp == 0)
-    for (int c = 0; c < QC; ++c) {
-      float m = NEG_INF;
-      for (int s = lane; s < splits; s += 32) m = fmaxf(m, pv_w[c][s]);
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-      if (lane == 0) pv_rm[c] = m;
+    return r < ROWS ? (long)(r / G) * H + kvh * G + r % G : -1;
+  };
+  // Pass 0: the splits' maxima, then each row's (pv_rm). Pass 1: the splits' weights, then each row's sum (pv_rl).
+  for (int pass = 0; pass < 2; ++pass) {
+    for (int t = threadIdx.x; t < QC * splits; t += WARPS * 32) {
+      const int c = t / splits;
+      const int s = t % splits;
+      const long bh = out_row(c);
+      if (bh < 0) continue;
+      if (pass == 0) pv_w[c][s] = __ldcg(stats + (bh * splits + s) * 2);
+      else {
+        const float ms = pv_w[c][s];
+        pv_w[c][s] = ms == NEG_INF ? 0.f : exp2f(ms - pv_rm[c]) * __ldcg(stats + (bh * splits + s) * 2 + 1);
+      }
     }
-  __syncthreads();
-  for (int t = threadIdx.x; t < QC * splits; t += WARPS * 32) {
-    const int c = t / splits;
-    const int s = t % splits;
-    const int r = chunk * QC + c;
-    if (r >= ROWS) continue;
-    const size_t bh = (size_t)(r / G) * H + kvh * G + r % G;
-    const float ms = pv_w[c][s];
-    pv_w[c][s] = ms == NEG_INF ? 0.f : exp2f(ms - pv_rm[c]) * __ldcg(stats + (bh * splits + s) * 2 + 1);
-  }
-  __syncthreads();
-  if (warp == 0)
-    for (int c = 0; c < QC; ++c) {
-      float l = 0.f;
-      for (int s = lane; s < splits; s += 32) l += pv_w[c][s];
+    __syncthreads();
+    if (warp == 0)
+      for (int c = 0; c < QC; ++c) {
+        float v = pass == 0 ? NEG_INF : 0.f;
+        for (int s = lane; s < splits; s += 32) v = pass == 0 ? fmaxf(v, pv_w[c][s]) : v + pv_w[c][s];
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
-      if (lane == 0) pv_rl[c] = l;
-    }
-  __syncthreads();
+        for (int o = 16; o > 0; o >>= 1) {
+          const float u = __shfl_xor_sync(0xffffffffu, v, o);
+          v = pass == 0 ? fmaxf(v, u) : v + u;
+        }
+        if (lane == 0) (pass == 0 ? pv_rm : pv_rl)[c] = v;
+      }
+    __syncthreads();
+  }
   for (int t = threadIdx.x; t < QC * HD; t += WARPS * 32) {
     const int c = t / HD;
     const int d = t % HD;
-    const int r = chunk * QC + c;
-    if (r >= ROWS) continue;
-    const size_t bh = (size_t)(r / G) * H + kvh * G + r % G;
+    const long bh = out_row(c);
+    if (bh < 0) continue;
     float a = 0.f;
 #pragma unroll 8
     for (int s = 0; s < splits; ++s) a += pv_w[c][s] * __ldcg(part + (bh * splits + s) * HD + d);
