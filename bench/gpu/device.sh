@@ -22,6 +22,7 @@
 #   SERVE_PROMPTS="" LONG_PROMPTS=120000 bash bench/gpu/device.sh long  # 120,000 tokens in process, Pensieve and mlx-lm
 #   bash bench/gpu/device.sh next2      # 120K over HTTP and in process, fused verify tests and cost, lookup on/off (~7 min)
 #   bash bench/gpu/device.sh verify-merge  # the verify attention's parallel merge: GPU tests, cost at 512/4,000/16,000 (~4 min)
+#   bash bench/gpu/device.sh reserve-ab    # 120,000 tokens over HTTP, the scheduler's prefill reserve on / off (~3 min)
 #   bash bench/gpu/device.sh oom       # issue 14: a real out-of-memory error (test/gpu/out-of-memory.test.ts), $OUT/oom.txt
 #   bash bench/gpu/device.sh llama-build  # issue 11: llama.cpp CUDA (carry .device/llama.tar.xz{,.sha256}, and
 #                                         #   .device/libggml-cuda.so.xz{,.sha256} when built here; after prepare)
@@ -232,6 +233,16 @@ verify-merge)
         spec-verify-cost --model "$MODEL" --device gpu --prompt $p --ks 1,2,3,8 --n 15 --out-dir "$OUT/merge-$merge-${per:-64}-p$p" \
         2>&1 | grep -E '^\| [0-9]|step:' | sed "s/^/$v p$p /" || true
     done
+  done
+  ;;
+reserve-ab)
+  # Issue 10, after 2026-12-07d: does the scheduler's one allocation for a prompt's KV slow a long prefill, as it made
+  # pensieve generate's 3.2x slower? 120,000 tokens over HTTP, default (reserve) then PENSIEVE_PREFILL_RESERVE=0, then
+  # the default again (the first run on a fresh machine pays the kernel cache: compare the last two). ~3 minutes.
+  for r in 1 1 0; do
+    log "prefill reserve $r"
+    PENSIEVE_PREFILL_RESERVE=$r timeout 120 bun dist/bench/gpu/long-memory.js "$MODEL" 120000 2>&1 |
+      grep -E 'done in|MLX peak|status' | grep -v '"/metrics"\|"/health"' | tail -4 | tee -a "$OUT/reserve-ab.txt" || true
   done
   ;;
 rows)

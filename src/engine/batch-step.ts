@@ -231,6 +231,13 @@ export interface PrefillGroup<S extends SequenceState & SamplingRow> {
   done: number;
 }
 
+/**
+ * PENSIEVE_PREFILL_RESERVE=0: prefill caches grow chunk by chunk instead (a measurement switch: on an H100 the
+ * one allocation made `pensieve generate`'s 120,000-token prefill 3.2x slower, bench/results/gpu-h100-2026-12-07d;
+ * whether the scheduler's is affected is not measured).
+ */
+const RESERVE_PREFILL = process.env.PENSIEVE_PREFILL_RESERVE !== "0";
+
 /** Builds the cache and token matrix of a planned group (`hit`: the cached prefix's states, for a group alone). */
 export function buildPrefillGroup<S extends SequenceState & SamplingRow>(
   shape: CacheShape,
@@ -250,7 +257,7 @@ export function buildPrefillGroup<S extends SequenceState & SamplingRow>(
         )
       : KVCache.padded(shape, [0]);
     // One allocation for the whole prompt (growing chunk by chunk copies the cache each time).
-    cache.reserve(s.tokens.length + 1);
+    if (RESERVE_PREFILL) cache.reserve(s.tokens.length + 1);
     return { jobs, cache, tokens: Int32Array.from(s.tokens), width: plan.width, done: plan.done };
   }
   const width = plan.width;
@@ -260,7 +267,7 @@ export function buildPrefillGroup<S extends SequenceState & SamplingRow>(
   });
   // As alone: one allocation for the group's whole width (growing chunk by chunk copies every layer in one graph).
   const cache = KVCache.padded(shape, plan.padding);
-  cache.reserve(width + 1);
+  if (RESERVE_PREFILL) cache.reserve(width + 1);
   return { jobs, cache, tokens, width, done: 0 };
 }
 
