@@ -76,37 +76,28 @@ Allocator& allocator() {
 // The CUDA card's memory a new allocation can still get: what the driver has
 // free plus what the default memory pool (cudaMallocAsync's, which MLX uses)
 // holds reserved but unused. -1 without CUDA (CPU and Metal builds), or before
-// this thread has a CUDA context. No CUDA headers: the functions are looked up
-// in the runtime beside libmlx, else (mlx-cuda-13's libmlx links the runtime
-// statically: an H100 run found no cudaMemGetInfo) in the driver, whose calls
-// of the same shape take the thread's current context. The scheduler asks
-// before work that a full card would fail inside MLX's evaluation (issue 14).
+// this thread has a CUDA context. No CUDA headers: the driver's functions are
+// looked up in libcuda (mlx-cuda-13's libmlx links the CUDA runtime statically
+// and exports none of it); they take the thread's current context. The
+// scheduler asks before work that a full card would fail inside MLX's
+// evaluation (issue 14).
 extern "C" int64_t pv_device_free_memory(void) {
   using MemGetInfo = int (*)(size_t*, size_t*);
-  using GetDevice = int (*)(int*);
+  using CtxGetDevice = int (*)(int*);
   using DefaultPool = int (*)(void**, int);
   using PoolAttribute = int (*)(void*, int, void*);
   struct Api {
     MemGetInfo mem_get_info = nullptr;
-    GetDevice get_device = nullptr;
+    CtxGetDevice get_device = nullptr;
     DefaultPool default_pool = nullptr;
     PoolAttribute pool_attribute = nullptr;
   };
   static const Api api = [] {
     Api a;
-    void* runtime = dlopen("libcudart.so.13", RTLD_LAZY | RTLD_NOLOAD);
-    void* where = runtime ? runtime : RTLD_NEXT;
-    a.mem_get_info = reinterpret_cast<MemGetInfo>(dlsym(where, "cudaMemGetInfo"));
-    if (a.mem_get_info) {
-      a.get_device = reinterpret_cast<GetDevice>(dlsym(where, "cudaGetDevice"));
-      a.default_pool = reinterpret_cast<DefaultPool>(dlsym(where, "cudaDeviceGetDefaultMemPool"));
-      a.pool_attribute = reinterpret_cast<PoolAttribute>(dlsym(where, "cudaMemPoolGetAttribute"));
-      return a;
-    }
     void* driver = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_NOLOAD);
     if (!driver) return a;
     a.mem_get_info = reinterpret_cast<MemGetInfo>(dlsym(driver, "cuMemGetInfo_v2"));
-    a.get_device = reinterpret_cast<GetDevice>(dlsym(driver, "cuCtxGetDevice"));
+    a.get_device = reinterpret_cast<CtxGetDevice>(dlsym(driver, "cuCtxGetDevice"));
     a.default_pool = reinterpret_cast<DefaultPool>(dlsym(driver, "cuDeviceGetDefaultMemPool"));
     a.pool_attribute = reinterpret_cast<PoolAttribute>(dlsym(driver, "cuMemPoolGetAttribute"));
     return a;
@@ -118,7 +109,7 @@ extern "C" int64_t pv_device_free_memory(void) {
   void* pool = nullptr;
   if (api.get_device && api.default_pool && api.pool_attribute && api.get_device(&device) == 0 &&
       api.default_pool(&pool, device) == 0) {
-    // cudaMemPoolAttr and CUmemPool_attribute number these the same.
+    // CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT and _USED_MEM_CURRENT.
     constexpr int kReservedMemCurrent = 5, kUsedMemCurrent = 7;
     uint64_t reserved = 0, used = 0;
     if (api.pool_attribute(pool, kReservedMemCurrent, &reserved) == 0 &&

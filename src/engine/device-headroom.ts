@@ -2,14 +2,14 @@
 // an allocation that fails inside MLX's evaluation is reported as an error,
 // but on an H100 the kernels after such a failure hit an illegal address: a
 // sticky error that ends the process and every stream in it
-// (bench/results/gpu-h100-2026-12-07b/oom). So before a prefill chunk or a
-// join, whose allocations are large and known, the scheduler asks the card
-// what is free (beside MLX's own cache, which MLX reuses first) and, short of
-// it, fails the work with an out-of-memory error that nothing evaluated: the
-// scheduler's recovery (scheduler-recovery.ts) then retries or fails those
-// sequences, and the others go on.
-// The per-step allocations of decoding (small, and KV growth every KV_STEP
-// columns) are not checked: they come from MLX's cache almost always.
+// (bench/results/gpu-h100-2026-12-07b/oom). So before a prefill chunk, and
+// before a decode step that grows the batch's KV (every KV_STEP columns), whose
+// allocations are large and known, the scheduler asks the card what is free
+// (beside MLX's own cache, which MLX reuses first) and, short of it, fails the
+// work with an out-of-memory error that nothing evaluated: the scheduler's
+// recovery (scheduler-recovery.ts) then retries or fails those sequences, and
+// the others go on. A decode step's other allocations are small and come from
+// MLX's cache almost always: not checked.
 
 import * as mx from "../mlx";
 import type { ModelConfig } from "../models/config";

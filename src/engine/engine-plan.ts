@@ -111,7 +111,7 @@ function planMemoryWith(
  * `verifyTokens`: tokens up to which a one-row verify pass takes the GPU's fused
  * path (models/gpu-fused.ts; 0 where there is none). Prompt lookup is on where a
  * pass is measured to pay: the CPU, and a GPU with that path, drafting at most
- * verifyTokens - 1 tokens by cost (GPU_LOOKUP).
+ * verifyTokens - 1 tokens by cost (gpuLookupTuning in speculation.ts).
  */
 export function schedulerOptions(
   config: EngineConfig,

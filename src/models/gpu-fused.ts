@@ -309,11 +309,6 @@ export function setFusedVerify(on: boolean | number): void {
   verifyMaxTokens = on === true ? FUSED_VERIFY_MAX_ROWS : on === false ? 0 : Math.min(on, FUSED_VERIFY_MAX_ROWS);
 }
 
-/** Tokens up to which a one-row pass takes the fused verify path now (0: off). */
-export function fusedVerifyTokens(): number {
-  return verifyMaxTokens;
-}
-
 /** Tokens up to which a one-row pass can take the fused verify path on this machine (0: none: no CUDA kernels). */
 export function fusedVerifyAvailableTokens(): number {
   return enabled && kernelLanguage() === "cuda" ? verifyMaxTokens : 0;
