@@ -5,9 +5,9 @@ import { mkdirSync, statfsSync } from "node:fs";
 import { basename, join } from "node:path";
 import * as mx from "../mlx";
 import { distributedGroup } from "../mlx/distributed";
-import { type LoadedModel, loadModel, readModelConfig } from "../models/loader";
 import { fusedVerifyAvailableTokens } from "../models/gpu-fused";
 import { batchedQmmReplacesDenseCopies } from "../models/gpu-qmm";
+import { type LoadedModel, loadModel, readModelConfig } from "../models/loader";
 import { denseCopyBytes } from "../models/weights";
 import { pensieveHome } from "../paths";
 import { type ConstraintSpec, JsonConstraintFactory } from "../text/json-constraint";
@@ -16,9 +16,9 @@ import { loadTokenizer } from "../text/tokenizer";
 import type { KvBits } from "./attention-plan";
 import { draftMismatch } from "./draft-model";
 import { bufferCacheLimit, planMemory, schedulerOptions } from "./engine-plan";
-import { cpuPackedWeightBytes } from "./memory-plan";
 import { KVCache } from "./kv-cache";
-import { cacheFor, cacheShape } from "./one-sequence";
+import { cpuPackedWeightBytes } from "./memory-plan";
+import { cacheShape } from "./one-sequence";
 import { fileIdentity, modelKey, PrefixStore } from "./prefix-store";
 import {
   type EngineConfig,
@@ -28,8 +28,11 @@ import {
   type EngineStats,
   samplingParams,
 } from "./protocol";
-import { Scheduler, type SchedulerOptions, type TokenConstraint } from "./scheduler";
+import { Scheduler, type TokenConstraint } from "./scheduler";
 import { agreeOnMinimum } from "./tensor-parallel";
+import { verifyWarmupLengths, warmupLengths, warmVerifyPass } from "./warmup";
+
+export { warmupLengths };
 
 /** At shutdown, cached prefixes are written for at most this long (the supervisor's grace is 3 s). */
 const SHUTDOWN_PERSIST_MS = 2000;
@@ -71,21 +74,6 @@ function openPrefixStore(config: EngineConfig, loaded: LoadedModel, kvBits: KvBi
 
 const WARMUP_ID = "\u0000warmup-";
 const WARMUP_QUIET_MS = 250;
-
-/**
- * With padded prompt widths (the GPU), one prompt per width up to a prefill
- * chunk: run while idle, each builds that shape's attention graph and matmul
- * plans before a real prompt needs them. One short of the width, so that the
- * row is padded as almost every real prompt is.
- */
-export function warmupLengths(options: SchedulerOptions): number[] {
-  const multiple = options.prefillWidthMultiple ?? 1;
-  if (multiple <= 1) return [];
-  const top = Math.min(options.prefillChunk, options.contextLength - 2);
-  const out: number[] = [];
-  for (let width = multiple; width <= top; width += multiple) out.push(width - 1);
-  return out;
-}
 
 /**
  * Refuses a draft model whose tokenizer differs from the target's (its token
@@ -198,8 +186,7 @@ export class Engine {
     this.scheduler.attachDraftModel(this.draft?.model ?? null);
     this.#warmups = warmupLengths(options);
     this.#warmupCount = this.#warmups.length;
-    if (options.speculative && verifyTokens > 1)
-      this.#verifyWarmups = Array.from({ length: verifyTokens - 1 }, (_, i) => i + 2);
+    this.#verifyWarmups = options.speculative ? verifyWarmupLengths(verifyTokens) : [];
     this.info = {
       modelPath: config.model,
       modelName: basename(config.model).replace(/\.gguf$/i, ""),
@@ -255,27 +242,6 @@ export class Engine {
       stopTokenIds: [],
       internal: true,
     });
-  }
-
-  /**
-   * A verify-shaped pass of `tokens` tokens on a throwaway one-row cache, so that the fused verify path's
-   * kernels for that length compile while idle (~5 s each on first use; then MLX's PTX cache keeps them), not
-   * in a client's first speculative step, which every stream would wait for.
-   */
-  #warmVerify(tokens: number): void {
-    const started = performance.now();
-    const model = this.loaded.model;
-    const cache = cacheFor(model, 1, this.scheduler.options.kvBits ?? 0);
-    try {
-      mx.tidy(() => {
-        mx.evaluate(model.forward(mx.int32([0], [1, 1]), cache, { logits: "last" }));
-        mx.evaluate(model.forward(mx.int32(new Array(tokens).fill(0), [1, tokens]), cache, { logits: "all" }));
-      });
-    } finally {
-      cache.dispose();
-    }
-    const ms = performance.now() - started;
-    if (ms > 1000) console.error(`[engine] verify passes of ${tokens} tokens: kernels built in ${ms.toFixed(0)} ms`);
   }
 
   #constraint(modelPath: string, spec: ConstraintSpec, endIds: readonly number[]): TokenConstraint {
@@ -343,7 +309,12 @@ export class Engine {
         if (woken) continue;
         if (warm) {
           if (this.#warmups.length > 0) this.#warmNext();
-          else this.#warmVerify(this.#verifyWarmups.shift() as number);
+          else
+            warmVerifyPass(
+              this.loaded.model,
+              this.scheduler.options.kvBits ?? 0,
+              this.#verifyWarmups.shift() as number,
+            );
           continue;
         }
         if (persistDue && performance.now() - since >= persistAt) {

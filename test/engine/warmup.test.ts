@@ -3,6 +3,7 @@
 // prefix cache, and a real request afterwards gives plain generation's tokens.
 import { expect, test } from "bun:test";
 import { Engine, warmupLengths } from "../../src/engine/engine";
+import { verifyWarmupLengths } from "../../src/engine/warmup";
 import { generateTokens } from "../../src/engine/one-sequence";
 import type { EngineEvent } from "../../src/engine/protocol";
 import { samplingParams } from "../../src/engine/protocol";
@@ -70,4 +71,10 @@ test("the engine warms each width while idle; clients see none of it, and output
     engine.stop();
     await running;
   }
+});
+
+test("verify passes warmed on a GPU with prompt lookup: every length 2..the fused path's, none without it", () => {
+  expect(verifyWarmupLengths(4)).toEqual([2, 3, 4]);
+  expect(verifyWarmupLengths(1)).toEqual([]);
+  expect(verifyWarmupLengths(0)).toEqual([]);
 });

@@ -5,6 +5,8 @@
 // Tolerance (fp16), relative L2 to MLX's result: the GEMV alone is within 3e-3
 // (gemv.test.ts); the fused epilogues round once where MLX rounds after each op,
 // and the RMSNorm prologue rounds x twice (x*norm, *rsqrt): under 5e-3. bf16: 3e-2.
+// Over 400 lines: one file, so one bundle and one process on a short GPU lease
+// (bench/gpu/pack.sh bundles each GPU test file, and every process pays its NVRTC compiles).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { KVCache } from "../../src/engine/kv-cache";
 import { cacheShape, generateTokens } from "../../src/engine/one-sequence";
