@@ -15,6 +15,7 @@
 //     same turns as rendered Phi-3 text over /v1/completions for Pensieve and
 //     mlx_lm.server (its prompt cache), so both see the same tokens.
 //   Writes JSON (card name included) and a markdown table to --out-dir.
+// Over 400 lines: capture, replay, the memory poll and the report are one acceptance run.
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Subprocess } from "bun";

@@ -1,5 +1,6 @@
 // Pensieve's C shim over the MLX C++ API. See pensieve_mlx.h for the ABI rules.
 // Every exported function catches every exception: nothing may unwind into Bun.
+// Over 400 lines: the flat C ABI, one short wrapper per MLX entry point, each with its catch.
 
 #include "pensieve_mlx.h"
 

@@ -2,6 +2,8 @@
 // problem with how to fix it. It only reads files and asks the OS; MLX itself is
 // loaded (through bun:ffi) only with `loadMlx`, since a broken install is exactly
 // what doctor must be able to describe without crashing.
+// Over 400 lines: one check per thing a machine can lack (Bun, MLX, the shim, GPU drivers, disk,
+// model, memory plan), each with its fix; they share the report's format.
 import { accessSync, constants, existsSync, readFileSync, statfsSync } from "node:fs";
 import { availableParallelism, cpus } from "node:os";
 import { dirname, join } from "node:path";

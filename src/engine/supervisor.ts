@@ -2,6 +2,7 @@
 // per-step messages to per-request streams, and restarts it when it dies. A
 // native crash in MLX then costs the in-flight requests (they end with a 503
 // error), never the server. Runs in the server process: no MLX imports here.
+// About 420 lines: the child's lifecycle (start, ready, restart, shutdown) and its message routing.
 import type { Subprocess } from "bun";
 import { groupLaunch } from "./group-launch";
 import {

@@ -1,6 +1,8 @@
 // GGUF metadata reader: header, key/values and tensor table, never the tensor data.
 // Pure TypeScript (no MLX) so the server process can inspect model files cheaply.
 // Format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md (little-endian only).
+// Over 400 lines: one reader for the whole format (header, typed key/values, tensor table),
+// which reads top to bottom.
 import { closeSync, fstatSync, openSync, readSync } from "node:fs";
 
 export enum GgufValueType {

@@ -6,6 +6,7 @@
 // for the rest) → rename into blobs/<etag>. Once every file is in place the
 // snapshot links and refs/<revision> are written, so a snapshot folder that
 // exists is complete.
+// Over 400 lines: the resumable, verified per-file protocol and its cache layout are one procedure.
 import { createHash, type Hash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { mkdir, open, readFile, rename, rm, writeFile } from "node:fs/promises";

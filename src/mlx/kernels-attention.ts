@@ -20,6 +20,8 @@
 // themselves (the first split's block of each row and kv head), which MLX passes
 // uncopied (row-contiguous): no slice update per layer and step (two graph nodes
 // of ~7 a layer). Every block reads the new key from kn/vn, never from that column.
+// Over 400 lines: the kernel source in its three forms (split, merged, writing the new k/v) and the
+// launch plans that choose between them belong together.
 import { Dtype, type MxArray } from "./array";
 import { CustomKernel, type KernelPlan, kernelLanguage } from "./kernels";
 

@@ -22,6 +22,7 @@
 //   (atomics); the host casts it. One k-slice writes T directly.
 // x's rows (and the weight's) must start 16-byte aligned: K % 32 == 0 here (a
 // partial last k-block reads zero weights against zero x).
+// Over 400 lines: the kernel source (with its tile and split-K variants) and the plan choosing them.
 import { Dtype, type MxArray } from "./array";
 import { CustomKernel, type KernelPlan, kernelLanguage } from "./kernels";
 import type { QuantizedWeight } from "./ops";

@@ -5,6 +5,7 @@
 // without biases) and q/k norms, MLPs (SwiGLU, GELU-gated, routed experts),
 // post-attention and post-MLP norms, per-layer RoPE and sliding windows. An
 // architecture file picks pieces by name (see llama.ts, gemma3.ts).
+// About 415 lines: the one skeleton, with the fused GPU layer beside the plain one it replaces.
 import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
 import type { ModelConfig, MoeConfig } from "./config";

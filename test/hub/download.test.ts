@@ -1,4 +1,5 @@
 // The Hub download client against the fake hub on 127.0.0.1: real HTTP, real files.
+// Over 400 lines: one fake hub started once for every download case (resume, verify, errors, cache layout).
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { createHash } from "node:crypto";
 import {

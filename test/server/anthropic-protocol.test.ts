@@ -3,6 +3,7 @@
 // request shapes Claude Code sends, stop reasons, tool turns, count_tokens,
 // keep-alives, cancellation, authentication, strict model names, and every
 // error path in Anthropic's error shape.
+// Over 400 lines: one live server per model, shared by every case of the protocol.
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import Anthropic from "@anthropic-ai/sdk";

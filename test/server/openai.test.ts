@@ -2,6 +2,7 @@
 // `openai` client. Protocol tests use a tiny random model (fast; its text is
 // noise but deterministic under greedy decoding); one test checks a real
 // answer from the embedded SmolLM2.
+// Over 400 lines: one live server, shared by every case of the API.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import OpenAI from "openai";
 import { samplingParams } from "../../src/engine/protocol";

@@ -2,6 +2,7 @@
 // tool rendering, JSON instructions), the sampling parameters, stop strings
 // and the token budget. Shared by /v1/chat/completions, /v1/completions and
 // the WebSocket protocol.
+// About 410 lines: one request's plan, shared by three routes.
 import { type SamplingParams, samplingParams } from "../../engine/protocol";
 import type { ChatMessage } from "../../text";
 import { grammarFor, isValidPrefix, SchemaError } from "../../text/json-constraint";
