@@ -22,6 +22,7 @@
 #   SERVE_PROMPTS="" LONG_PROMPTS=120000 bash bench/gpu/device.sh long  # 120,000 tokens in process, Pensieve and mlx-lm
 #   bash bench/gpu/device.sh next2      # 120K over HTTP and in process, fused verify tests and cost, lookup on/off (~7 min)
 #   bash bench/gpu/device.sh verify-merge  # the verify attention's parallel merge: GPU tests, cost at 512/4,000/16,000 (~4 min)
+#   bash bench/gpu/device.sh multi-row     # batched steps without dense copies: W4A16 kernel, fused 2-4 rows, 32 streams (~7 min)
 #   bash bench/gpu/device.sh reserve-ab    # 120,000 tokens over HTTP, the scheduler's prefill reserve on / off (~3 min)
 #   bash bench/gpu/device.sh oom       # issue 14: a real out-of-memory error (test/gpu/out-of-memory.test.ts), $OUT/oom.txt
 #   bash bench/gpu/device.sh llama-build  # issue 11: llama.cpp CUDA (carry .device/llama.tar.xz{,.sha256}, and
@@ -233,6 +234,30 @@ verify-merge)
         spec-verify-cost --model "$MODEL" --device gpu --prompt $p --ks 1,2,3,8 --n 15 --out-dir "$OUT/merge-$merge-${per:-64}-p$p" \
         2>&1 | grep -E '^\| [0-9]|step:' | sed "s/^/$v p$p /" || true
     done
+  done
+  ;;
+multi-row)
+  # Issue 11, 2026-12-08: where a batched decode step of 2-32 rows goes without the dense fp16 copies (3.5x the 4-bit
+  # bytes: ~5 ms of a 2-row step's ~7 ms of device time). The batched W4A16 kernel (PENSIEVE_GPU_QMM=1) against MLX's
+  # quantized_matmul and the dense copies per product, then whole steps (rows-profile): dense copies (default), the
+  # W4A16 kernel without copies, and the fused decode kernels for 2-4 rows (PENSIEVE_GPU_FUSED_MAX_ROWS=4); then 32
+  # streams over HTTP, W4A16 kernel against the default (its kernels already in MLX's PTX cache from rows-profile).
+  # After prepare; carry dist. ~7 minutes.
+  timeout 120 bun dist/bench/gpu/qmm.js --rows 2,4,8,16,32 --no-sweep 2>&1 | grep -E '^\||GB/s|^#' | tail -40 |
+    tee "$OUT/qmm.txt" || true
+  for v in dense:1:1,2,4,8,16,32 qmm:1:2,4,8,16,32 fused4:4:1,2,3,4; do
+    IFS=: read -r path rows list <<< "$v"
+    qmm=0; dense=true; [ "$path" = qmm ] && qmm=1 && dense=false
+    echo "== rows-profile $path"
+    PENSIEVE_GPU_QMM=$qmm PENSIEVE_GPU_FUSED_MAX_ROWS=$rows timeout 120 bun dist/bench/gpu/rows-profile.js "$MODEL" \
+      --rows "$list" --verify "" --chunk 0 --dense $dense 2>&1 | sed -n '/Decode steps/,/^## One row/p' |
+      tee "$OUT/rows-$path.md" || true
+  done
+  for q in 1 0; do
+    echo "== load 32 streams, PENSIEVE_GPU_QMM=$q"
+    PENSIEVE_GPU_QMM=$q timeout 100 bun dist/bench/run.js load --model "$MODEL" --device gpu --levels 32 --servers pensieve \
+      --python $PY --requests-per-client 2 --out-tokens 128 --prompt-tokens 128,256,512 --ban-tokens $BAN \
+      --out-dir "$OUT/load-qmm$q" 2>&1 | grep -E '^\| (pensieve|mlx)' || true
   done
   ;;
 reserve-ab)
