@@ -5,7 +5,7 @@ import { mkdirSync, statfsSync } from "node:fs";
 import { basename, join } from "node:path";
 import * as mx from "../mlx";
 import { distributedGroup } from "../mlx/distributed";
-import { fusedVerifyAvailableTokens } from "../models/gpu-fused";
+import { fusedVerifyAvailableTokens, holdFusedRowsUntilBuilt } from "../models/gpu-fused";
 import { batchedQmmReplacesDenseCopies } from "../models/gpu-qmm";
 import { type LoadedModel, loadModel, readModelConfig } from "../models/loader";
 import { denseCopyBytes } from "../models/weights";
@@ -30,7 +30,7 @@ import {
 } from "./protocol";
 import { Scheduler, type TokenConstraint } from "./scheduler";
 import { agreeOnMinimum } from "./tensor-parallel";
-import { verifyWarmupLengths, warmupLengths, warmVerifyPass } from "./warmup";
+import { verifyWarmupLengths, warmDecodeRows, warmupLengths, warmVerifyPass } from "./warmup";
 
 export { warmupLengths };
 
@@ -112,8 +112,8 @@ export class Engine {
   #warmupCount = 0;
   /** Id of the warm-up request in flight, whose events clients must not see. */
   #warming: string | null = null;
-  /** Verify-pass lengths (tokens) whose fused kernels compile while idle, after the prompt warm-ups. */
-  #verifyWarmups: number[] = [];
+  /** Fused kernels built while idle, after the prompt warm-ups: batch sizes 2..4, then verify-pass lengths. */
+  #kernelWarmups: Array<() => void> = [];
 
   constructor(config: EngineConfig, emit: (event: EngineEvent) => void) {
     const started = performance.now();
@@ -186,7 +186,15 @@ export class Engine {
     this.scheduler.attachDraftModel(this.draft?.model ?? null);
     this.#warmups = warmupLengths(options);
     this.#warmupCount = this.#warmups.length;
-    this.#verifyWarmups = options.speculative ? verifyWarmupLengths(verifyTokens) : [];
+    const model = this.loaded.model;
+    const kvBits = options.kvBits ?? 0;
+    // Tensor-parallel forwards never take the fused path (and a rank must not run steps alone).
+    const rows = device === "gpu" && !group ? holdFusedRowsUntilBuilt() : [];
+    const verifyLengths = options.speculative ? verifyWarmupLengths(verifyTokens) : [];
+    this.#kernelWarmups = [
+      ...rows.map((r) => () => warmDecodeRows(model, kvBits, r)),
+      ...verifyLengths.map((t) => () => warmVerifyPass(model, kvBits, t)),
+    ];
     this.info = {
       modelPath: config.model,
       modelName: basename(config.model).replace(/\.gguf$/i, ""),
@@ -296,7 +304,7 @@ export class Engine {
         // next request unless none comes for a while.
         idleSince ??= performance.now();
         const since = idleSince;
-        const warm = this.#warmups.length > 0 || this.#verifyWarmups.length > 0;
+        const warm = this.#warmups.length > 0 || this.#kernelWarmups.length > 0;
         const persistAt = persistDue ? PERSIST_QUIET_MS : Number.POSITIVE_INFINITY;
         const releaseAt = cacheHeld ? this.#cacheReleaseIdleMs : Number.POSITIVE_INFINITY;
         const next = Math.min(persistAt, releaseAt);
@@ -309,12 +317,7 @@ export class Engine {
         if (woken) continue;
         if (warm) {
           if (this.#warmups.length > 0) this.#warmNext();
-          else
-            warmVerifyPass(
-              this.loaded.model,
-              this.scheduler.options.kvBits ?? 0,
-              this.#verifyWarmups.shift() as number,
-            );
+          else this.#kernelWarmups.shift()?.();
           continue;
         }
         if (persistDue && performance.now() - since >= persistAt) {

@@ -1,8 +1,10 @@
 // What the engine runs while idle after it starts, so that real requests find
-// their shapes built: one prompt per padded prefill width, then (on a GPU with
-// prompt lookup) one verify-shaped pass per length the fused verify path takes.
+// their shapes built: one prompt per padded prefill width, then (on a GPU) a
+// decode step per batch size the fused path takes (2..4 rows), and (with prompt
+// lookup) one verify-shaped pass per length the fused verify path takes.
 
 import * as mx from "../mlx";
+import { fusedRowsBuilt } from "../models/gpu-fused";
 import type { LanguageModel } from "../models/types";
 import type { KvBits } from "./attention-plan";
 import { cacheFor } from "./one-sequence";
@@ -46,4 +48,31 @@ export function warmVerifyPass(model: LanguageModel, kvBits: KvBits, tokens: num
   }
   const ms = performance.now() - started;
   if (ms > 1000) console.error(`[engine] verify passes of ${tokens} tokens: kernels built in ${ms.toFixed(0)} ms`);
+}
+
+/**
+ * A decode step of `rows` rows on a throwaway cache, so that the fused path's kernels for that batch size
+ * compile while idle (~5.5 s each count on first use; then MLX's PTX cache keeps them). Until it has run,
+ * batches of that size take MLX's ops (gpu-fused.ts holdFusedRowsUntilBuilt); it lets them through first, so
+ * that the step it runs is the fused one. On failure the batch size stays on MLX's ops, and it says so.
+ */
+export function warmDecodeRows(model: LanguageModel, kvBits: KvBits, rows: number): void {
+  const started = performance.now();
+  fusedRowsBuilt(rows);
+  const cache = cacheFor(model, rows, kvBits);
+  try {
+    mx.tidy(() => {
+      const tokens = mx.int32(new Array(rows).fill(0), [rows, 1]);
+      mx.evaluate(model.forward(tokens, cache, { logits: "last" }));
+      mx.evaluate(model.forward(tokens, cache, { logits: "last" }));
+    });
+  } catch (e) {
+    fusedRowsBuilt(rows - 1);
+    console.error(`[engine] decode steps of ${rows} rows stay on MLX's ops: ${(e as Error).message}`);
+    return;
+  } finally {
+    cache.dispose();
+  }
+  const ms = performance.now() - started;
+  if (ms > 1000) console.error(`[engine] decode steps of ${rows} rows: kernels built in ${ms.toFixed(0)} ms`);
 }

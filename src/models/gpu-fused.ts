@@ -1,6 +1,5 @@
 // The decoder's fused CUDA decode path (on by default; PENSIEVE_GPU_FUSED=0 turns
-// it off): for forwards of one row (a lone stream's decode step; PENSIEVE_GPU_FUSED_MAX_ROWS
-// up to FUSED_MAX_ROWS = 4), each layer is
+// it off): for decode steps of 1..4 rows (PENSIEVE_GPU_FUSED_MAX_ROWS lowers it), each layer is
 //   rms_norm -> q|k|v product -> RoPE        one kernel (kernels-gemv-fused.ts),
 //                                            k and v written in the cache's layout
 //   KV-cache write                           MLX's slice updates (in place)
@@ -49,13 +48,16 @@ export function attentionWritesKv(): boolean {
 export const FUSED_MAX_ROWS = 4;
 
 /**
- * Rows up to which forwards take the fused path by default: 1, a lone stream's decode step (measured: H100 166 ->
- * 263 tok/s). Each row count is its own set of NVRTC compiles (the GEMVs' rows of x are template constants), ~5.5 s
- * on the engine thread at first use: with 4, 8 concurrent sessions on an H200 waited 3 x 5.5 s while the batch
- * grew 2, 3, 4 (bench/results/gpu-h200-2026-12-06f/replay), and 2-4 rows were never measured faster than MLX's
- * ops. PENSIEVE_GPU_FUSED_MAX_ROWS (1..4) raises it for measurements.
+ * Rows up to which forwards take the fused path by default: 4. On an H100 (bench/results/gpu-h100-2026-12-07e/) a
+ * decode step of 2, 3 and 4 rows took 4.4-4.6, 5.2-5.5 and 6.2-6.3 ms fused against 8.5, ~8.7 and 8.9 through MLX's
+ * ops (whose ~450 primitives cost ~8 ms whatever the rows, dense or 4-bit products alike); 2 streams over HTTP 320
+ * and 291 against 202 and 186 tok/s, 4 streams 449 against 317-326 once compiled. Each row count is its own set of
+ * NVRTC compiles (~5.5 s on the engine thread at first use), so the engine holds batches of 2+ rows on MLX's ops
+ * until it has built that count's kernels while idle (holdFusedRowsUntilBuilt, fusedRowsBuilt): 8 concurrent
+ * sessions on an H200 once waited 3 x 5.5 s for them (bench/results/gpu-h200-2026-12-06f/replay).
+ * PENSIEVE_GPU_FUSED_MAX_ROWS (1..4) lowers it.
  */
-export const FUSED_DEFAULT_ROWS = 1;
+export const FUSED_DEFAULT_ROWS = FUSED_MAX_ROWS;
 
 /** The row limit PENSIEVE_GPU_FUSED_MAX_ROWS asks for: an integer 1..FUSED_MAX_ROWS, else the default. */
 export function fusedRowLimitFrom(value: string | undefined): number {
@@ -64,6 +66,8 @@ export function fusedRowLimitFrom(value: string | undefined): number {
 }
 
 let rowLimit = fusedRowLimitFrom(process.env.PENSIEVE_GPU_FUSED_MAX_ROWS);
+// Rows whose kernels are built (1..builtRows take the path); FUSED_MAX_ROWS unless the engine holds them.
+let builtRows = FUSED_MAX_ROWS;
 
 /** Sets the rows up to which forwards built from now on take the fused path (null: the default). */
 export function setFusedRowLimit(rows: number | null): void {
@@ -73,6 +77,25 @@ export function setFusedRowLimit(rows: number | null): void {
 
 export function fusedRowLimit(): number {
   return rowLimit;
+}
+
+/**
+ * From now on forwards of 2+ rows take MLX's ops until fusedRowsBuilt says their kernels are built; returns
+ * the row counts to build (2..the limit, in order; none when the path is off).
+ */
+export function holdFusedRowsUntilBuilt(): number[] {
+  builtRows = 1;
+  return enabled ? Array.from({ length: Math.max(0, rowLimit - 1) }, (_, i) => i + 2) : [];
+}
+
+/** Rows 1..rows may take the fused path (their kernels are built, or are being built by the caller). */
+export function fusedRowsBuilt(rows: number): void {
+  builtRows = Math.min(FUSED_MAX_ROWS, Math.max(1, rows));
+}
+
+/** Rows up to which forwards take the fused path now: the limit, less rows whose kernels the engine has not built. */
+export function fusedRowsNow(): number {
+  return Math.min(rowLimit, builtRows);
 }
 
 /** Turns the fused decode path on or off for forwards built from now on. */
@@ -92,7 +115,7 @@ export function fusedLaunchCount(): number {
 
 /** Whether a forward of `rows` rows takes the fused path at all. */
 export function fusedForward(rows: number): boolean {
-  return enabled && rows <= rowLimit && mx.getDevice() === "gpu";
+  return enabled && rows <= fusedRowsNow() && mx.getDevice() === "gpu";
 }
 
 const cudaWeights = new WeakMap<object, boolean>();

@@ -3,7 +3,10 @@
 // prefix cache, and a real request afterwards gives plain generation's tokens.
 import { expect, test } from "bun:test";
 import { Engine, warmupLengths } from "../../src/engine/engine";
-import { verifyWarmupLengths } from "../../src/engine/warmup";
+import { verifyWarmupLengths, warmDecodeRows } from "../../src/engine/warmup";
+import * as mx from "../../src/mlx";
+import { fusedRowLimit, fusedRowsBuilt, fusedRowsNow, holdFusedRowsUntilBuilt } from "../../src/models/gpu-fused";
+import { loadModel } from "../../src/models/loader";
 import { generateTokens } from "../../src/engine/one-sequence";
 import type { EngineEvent } from "../../src/engine/protocol";
 import { samplingParams } from "../../src/engine/protocol";
@@ -77,4 +80,22 @@ test("verify passes warmed on a GPU with prompt lookup: every length 2..the fuse
   expect(verifyWarmupLengths(4)).toEqual([2, 3, 4]);
   expect(verifyWarmupLengths(1)).toEqual([]);
   expect(verifyWarmupLengths(0)).toEqual([]);
+});
+
+test("a batch size's warm-up runs two decode steps on a throwaway cache, lets that size through and leaves nothing", () => {
+  const { model } = loadModel(tinyModel("tiny-llama"));
+  try {
+    holdFusedRowsUntilBuilt();
+    expect(fusedRowsNow()).toBe(1);
+    warmDecodeRows(model, 0, 3); // builds the graph once so that the handle count below is steady
+    const handles = mx.liveHandleCount();
+    const active = mx.memory.active();
+    warmDecodeRows(model, 0, 3);
+    expect(fusedRowsNow()).toBe(Math.min(3, fusedRowLimit()));
+    expect(mx.liveHandleCount()).toBe(handles);
+    expect(mx.memory.active()).toBe(active);
+  } finally {
+    fusedRowsBuilt(4);
+    model.dispose();
+  }
 });

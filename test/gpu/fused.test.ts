@@ -26,6 +26,8 @@ import {
   fusedLaunchCount,
   gpuFusedEnabled,
   setFusedRowLimit,
+  fusedRowsBuilt,
+  FUSED_MAX_ROWS,
   setFusedVerify,
   setGpuFused,
   setKernelWritesKv,
@@ -255,15 +257,16 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
     }, 240_000);
   }
 
-  // Concurrent rows: by default only a lone row's step is fused (each row count is its own NVRTC compiles, seconds
-  // on the engine thread: 8 concurrent sessions waited for B = 2, 3, 4). With the limit raised to 4, three rows take
-  // the fused kernels and their logits stay within the verify tests' tolerance of MLX's ops.
-  test("tiny-llama: a step of 3 rows runs MLX's ops by default, the fused kernels with PENSIEVE_GPU_FUSED_MAX_ROWS=4", () => {
+  // Concurrent rows: steps of up to 4 rows take the fused kernels by default (once an engine has built them:
+  // fusedRowsBuilt); with the limit at 1 (PENSIEVE_GPU_FUSED_MAX_ROWS=1) three rows run MLX's ops. The fused
+  // logits stay within the verify tests' tolerance of MLX's ops.
+  test("tiny-llama: a step of 3 rows runs the fused kernels by default, MLX's ops with PENSIEVE_GPU_FUSED_MAX_ROWS=1", () => {
     const { model } = loadModel(tinyModel("tiny-llama"));
     const B = 3;
     const prompt = [promptIds(20, 1), promptIds(20, 2), promptIds(20, 3)].flat();
     const step = (rows: number, limit: number | null) => {
       setFusedRowLimit(limit);
+      fusedRowsBuilt(FUSED_MAX_ROWS);
       const cache = new KVCache(cacheShape(model), rows);
       try {
         const p = mx.int32(prompt.slice(0, rows * 20), [rows, 20]);
@@ -279,11 +282,11 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
     };
     try {
       setGpuFused(true);
-      const lone = step(1, null);
-      const batched = step(B, null);
-      const raised = step(B, 4);
+      const lone = step(1, 1);
+      const batched = step(B, 1);
+      const raised = step(B, null);
       setGpuFused(false);
-      const unfused = step(B, 4);
+      const unfused = step(B, null);
       expect(lone.launches).toBeGreaterThan(0);
       expect(batched.launches).toBe(0);
       expect(raised.launches).toBeGreaterThan(0);
@@ -296,6 +299,42 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
       model.dispose();
     }
   }, 240_000);
+
+  // Requests of different lengths decoded together through the scheduler (2..4 rows a step, each row at its
+  // own position), fused kernels (the default) against MLX's ops (limit 1): the same greedy tokens.
+  for (const name of ["tiny-llama", "tiny-phi3"]) {
+    test(`${name}: greedy tokens of a ragged batch of 2-4 rows, fused kernels equal MLX's ops`, () => {
+      const dir = tinyModel(name);
+      const prompts = [3, 17, 40, 9].map((n, i) => promptIds(n, 60 + i));
+      const greedy = samplingParams();
+      const run = (limit: number) => {
+        setFusedRowLimit(limit);
+        fusedRowsBuilt(FUSED_MAX_ROWS);
+        const { model } = loadModel(dir);
+        try {
+          const before = fusedLaunchCount();
+          const r = runScheduled(
+            model,
+            prompts.map((p, i) => ({ at: i % 2, request: request(`r${i}`, p, 24, greedy) })),
+            { ...TEST_SCHEDULER_OPTIONS, speculative: false },
+          );
+          return { tokens: prompts.map((_, i) => r.tokens.get(`r${i}`)), launches: fusedLaunchCount() - before };
+        } finally {
+          model.dispose();
+          setFusedRowLimit(null);
+        }
+      };
+      try {
+        setGpuFused(true);
+        const lone = run(1);
+        const batched = run(4);
+        expect(batched.launches).toBeGreaterThan(lone.launches);
+        expect(batched.tokens).toEqual(lone.tokens);
+      } finally {
+        setGpuFused(wasEnabled);
+      }
+    }, 240_000);
+  }
 
   // Speculative verify passes (PENSIEVE_GPU_FUSED_VERIFY): one row of L = k + 1 tokens after a cached prompt.
   // Tolerance: the logits' relative L2 distance to the unfused path's (MLX's ops, as with the flag off)

@@ -1,24 +1,35 @@
-// Which forwards take the fused CUDA decode path, by rows: one by default (a lone
-// stream's decode step). Each row count compiles its own kernels (NVRTC, seconds on
-// the engine thread at first use), so concurrent sessions growing a batch 2, 3, 4
-// must not wait for them (bench/results/gpu-h200-2026-12-06f/replay: 8 concurrent
-// Claude Code sessions took 18-20 s with a limit of 4 rows). The GPU side is in
-// test/gpu/fused.test.ts; this is the rule, runnable anywhere.
+// Which forwards take the fused CUDA decode path, by rows: 1..4 by default (decode
+// steps of 2-4 rows took 4.4-6.3 ms fused against ~8.5-8.9 through MLX's ops on an
+// H100). Each row count compiles its own kernels (NVRTC, seconds on the engine thread
+// at first use), so an engine holds batches of 2+ rows on MLX's ops until it has built
+// that count's kernels while idle: concurrent sessions growing a batch 2, 3, 4 must not
+// wait for them (bench/results/gpu-h200-2026-12-06f/replay: 8 concurrent Claude Code
+// sessions took 18-20 s). The GPU side is in test/gpu/fused.test.ts; this is the rule,
+// runnable anywhere.
 import { afterEach, expect, test } from "bun:test";
 import {
   FUSED_DEFAULT_ROWS,
   FUSED_MAX_ROWS,
   fusedRowLimit,
   fusedRowLimitFrom,
+  fusedRowsBuilt,
+  fusedRowsNow,
+  holdFusedRowsUntilBuilt,
   setFusedRowLimit,
 } from "../../src/models/gpu-fused";
 
-afterEach(() => setFusedRowLimit(null));
+afterEach(() => {
+  setFusedRowLimit(null);
+  fusedRowsBuilt(FUSED_MAX_ROWS);
+});
 
-test("the fused path takes one row by default", () => {
-  expect(FUSED_DEFAULT_ROWS).toBe(1);
-  expect(fusedRowLimitFrom(undefined)).toBe(1);
-  if (process.env.PENSIEVE_GPU_FUSED_MAX_ROWS === undefined) expect(fusedRowLimit()).toBe(1);
+test("the fused path takes up to four rows by default", () => {
+  expect(FUSED_DEFAULT_ROWS).toBe(4);
+  expect(fusedRowLimitFrom(undefined)).toBe(4);
+  if (process.env.PENSIEVE_GPU_FUSED_MAX_ROWS === undefined) {
+    expect(fusedRowLimit()).toBe(4);
+    expect(fusedRowsNow()).toBe(4);
+  }
 });
 
 test("PENSIEVE_GPU_FUSED_MAX_ROWS takes 1..4; anything else keeps the default", () => {
@@ -29,4 +40,22 @@ test("PENSIEVE_GPU_FUSED_MAX_ROWS takes 1..4; anything else keeps the default", 
   expect(fusedRowLimit()).toBe(3);
   setFusedRowLimit(9);
   expect(fusedRowLimit()).toBe(FUSED_DEFAULT_ROWS);
+});
+
+test("an engine holds batches on MLX's ops until it has built each row count's kernels, in order", () => {
+  setFusedRowLimit(4);
+  expect(holdFusedRowsUntilBuilt()).toEqual([2, 3, 4]);
+  expect(fusedRowsNow()).toBe(1);
+  fusedRowsBuilt(2);
+  expect(fusedRowsNow()).toBe(2);
+  fusedRowsBuilt(4);
+  expect(fusedRowsNow()).toBe(4);
+  // A lower limit builds fewer and caps what is built.
+  setFusedRowLimit(2);
+  expect(holdFusedRowsUntilBuilt()).toEqual([2]);
+  fusedRowsBuilt(4);
+  expect(fusedRowsNow()).toBe(2);
+  setFusedRowLimit(1);
+  expect(holdFusedRowsUntilBuilt()).toEqual([]);
+  expect(fusedRowsNow()).toBe(1);
 });
