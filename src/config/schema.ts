@@ -15,7 +15,7 @@
 //   prefixCacheBytes  PENSIEVE_PREFIX_CACHE_BYTES   --prefix-cache-bytes  null (the KV pool bounds it)
 //   prefixDiskBytes   PENSIEVE_PREFIX_DISK_BYTES    --prefix-disk-bytes   null (automatic)
 //   kvBits            PENSIEVE_KV_BITS              --kv-bits             null (automatic: float, 8-bit when memory is short)
-//   speculative       PENSIEVE_SPECULATIVE          --speculative         null (on; GPU: short drafts, up to 4,096 tokens)
+//   speculative       PENSIEVE_SPECULATIVE          --speculative         null (on; GPU: short drafts, up to 32,768 tokens)
 //   draftModel        PENSIEVE_DRAFT_MODEL          --draft-model         null (none; prompt lookup only)
 //   strictModelNames  PENSIEVE_STRICT_MODEL_NAMES   --strict-model-names  false
 //   logLevel          PENSIEVE_LOG_LEVEL            --log-level           "info"
@@ -81,7 +81,7 @@ export const ConfigSchema = Type.Object(
     ),
     speculative: nullable(
       Type.Boolean(),
-      "Prompt-lookup speculative decoding for a lone decoding stream (requests may opt out with speculative: false); null: on (on a GPU: drafts of at most 3 tokens through the fused verify kernels, chosen by cost, up to 4,096 tokens of context)",
+      "Prompt-lookup speculative decoding for a lone decoding stream (requests may opt out with speculative: false); null: on (on a GPU: drafts of at most 3 tokens through the fused verify kernels, chosen by cost, up to 32,768 tokens of context)",
     ),
     draftModel: nullable(
       Type.String({ minLength: 1 }),

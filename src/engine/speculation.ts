@@ -87,16 +87,19 @@ export function gpuLookupTuning(maxDraft: number): LookupTuning {
  * A GPU verify pass's cost per draft token, in pipelined decode steps. H100, full-size Phi-3
  * (bench/results/gpu-h100-2026-12-07d): passes of k = 1, 2, 3 drafts took 4.16, 5.06, 5.86 ms after 512
  * tokens and 5.90, 7.48, 8.86 ms after 4,000, against pipelined steps of ~3.4 and ~4.6 ms: 0.22-0.24 and
- * 0.28-0.31 a draft.
+ * 0.28-0.31 a draft. With the parallel merge (gpu-h100-2026-12-07e) 0.30-0.34 after 4,000 and 0.23-0.36
+ * after 16,000 (k = 1-3, steps ~6.6 ms pipelined there).
  */
 export const GPU_ROW_COST = 0.3;
 
 /**
- * The verify pass's attention grows with the context ~3x as fast as a decode step's (from 512 to 4,000
- * tokens: +1.7 ms against +0.6, k = 1): extrapolated, at Claude Code's 13-20K tokens even one draft would cost
- * about twice a step. Up to 4,096 it was measured to pay; past it the GPU decodes without lookups.
+ * Past this context the GPU decodes without lookups. A pass's extra cost per draft, relative to a step,
+ * did not grow from 4,000 to 16,000 tokens once its attention's splits merged in parallel (one draft cost
+ * 1.23x a one-token step after 4,000 and 1.03-1.08x after 16,000: gpu-h100-2026-12-07e; the serial merge's
+ * 4,000-token passes had suggested ~2x a step by Claude Code's 13-20K). 32K covers Claude Code's sessions;
+ * past 16,000 it is extrapolated.
  */
-export const GPU_LOOKUP_MAX_CONTEXT = 4096;
+export const GPU_LOOKUP_MAX_CONTEXT = 32768;
 
 /** Tokens a pass of k drafts yields when each is kept with probability a (until the first rejection), plus the model's own. */
 export function expectedTokens(k: number, a: number): number {

@@ -259,11 +259,12 @@ export function verifyWarps(queryChunk: number, headDim: number, keysPerRound: n
 const KEYS_PER_SPLIT = Number(process.env.PENSIEVE_FUSED_VERIFY_KEYS_PER_SPLIT ?? 64);
 const MAX_SPLITS = VERIFY_MAX_SPLITS;
 /**
- * The splits' merge: serial per output element (0, measured on the H100) or in parallel over the block (1,
- * PENSIEVE_FUSED_VERIFY_MERGE=parallel): after 4,000 tokens (63 splits) a pass's attention cost ~3x a decode
- * step's per key, which 2 x 63 dependent L2 loads per element would explain. Not yet run on a GPU.
+ * The splits' merge: in parallel over the block (1, the default) or serial per output element (0,
+ * PENSIEVE_FUSED_VERIFY_MERGE=serial). On the H100 (bench/results/gpu-h100-2026-12-07e/) a pass after 16,000
+ * tokens cost 1.03-1.08x, 1.42-1.45x, 1.76-1.82x a step for 1-3 drafts merged in parallel against 1.17-1.19x,
+ * 1.57-1.58x, 1.93-1.94x serially; the same within noise after 512 and 4,000; the GPU tests pass with it.
  */
-const MERGE = process.env.PENSIEVE_FUSED_VERIFY_MERGE === "parallel" ? 1 : 0;
+const MERGE = process.env.PENSIEVE_FUSED_VERIFY_MERGE === "serial" ? 0 : 1;
 /** Keys a warp loads per round (PENSIEVE_FUSED_VERIFY_KB overrides). */
 const KEYS_PER_ROUND = Number(process.env.PENSIEVE_FUSED_VERIFY_KB ?? 4);
 let keysPerSplit = KEYS_PER_SPLIT;
