@@ -11,7 +11,7 @@
 #   bash bench/gpu/device.sh load      # 1, 8, 32, 64 concurrent streams over HTTP
 #   AB='{"prefillWidthMultiple":1}' bash bench/gpu/device.sh ab   # Pensieve: defaults vs engine overrides
 #   bash bench/gpu/device.sh lone      # lone requests' time to first token: scheduler vs plain generation
-#   bash bench/gpu/device.sh cc        # issue 10: 8 concurrent sessions, fused decode for 1 row vs 2-4 rows (A/B/A)
+#   bash bench/gpu/device.sh cc        # issue 10: 8 concurrent sessions, fused decode for 1-4 rows (default) vs 1 row (A/B/A)
 #   bash bench/gpu/device.sh kv        # issue 10: Claude Code replay (carry .device/claude-code-request.json), long prompts
 #   bash bench/gpu/device.sh spec      # issue 13: a verify pass of k = 2, 4, 8, 16 tokens vs a one-token step
 #   bash bench/gpu/device.sh kcache    # kernel cache (PENSIEVE_KERNEL_CACHE=1): GPU test, then generate off / cold / warm
@@ -23,6 +23,7 @@
 #   bash bench/gpu/device.sh next2      # 120K over HTTP and in process, fused verify tests and cost, lookup on/off (~7 min)
 #   bash bench/gpu/device.sh verify-merge  # the verify attention's parallel merge: GPU tests, cost at 512/4,000/16,000 (~4 min)
 #   bash bench/gpu/device.sh multi-row     # batched steps without dense copies: W4A16 kernel, fused 2-4 rows, 32 streams (~7 min)
+#   bash bench/gpu/device.sh rows-default  # fused 2-4-row batches by default: GPU tests, 2/4 streams from a cold PTX cache, 8 sessions (~8 min)
 #   bash bench/gpu/device.sh reserve-ab    # 120,000 tokens over HTTP, the scheduler's prefill reserve on / off (~3 min)
 #   bash bench/gpu/device.sh oom       # issue 14: a real out-of-memory error (test/gpu/out-of-memory.test.ts), $OUT/oom.txt
 #   bash bench/gpu/device.sh llama-build  # issue 11: llama.cpp CUDA (carry .device/llama.tar.xz{,.sha256}, and
@@ -260,6 +261,25 @@ multi-row)
       --out-dir "$OUT/load-qmm$q" 2>&1 | grep -E '^\| (pensieve|mlx)' || true
   done
   ;;
+rows-default)
+  # Issue 11, after 2026-12-07e: batches of 2-4 rows take the fused kernels by default, each row count held on
+  # MLX's ops until the engine has built its kernels while idle. One call after prepare (carry dist; ~8 minutes):
+  # the GPU tests of multi-row steps (a 3-row step, ragged batches through the scheduler), then 2 and 4 streams over
+  # HTTP, each server from an empty PTX cache (as a first start), defaults against PENSIEVE_GPU_FUSED_MAX_ROWS=1,
+  # with 60 s of idle time after start (SETTLE_MS), then 8 Claude Code sessions at defaults.
+  mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
+  timeout 200 bun test --timeout 180000 ./dist/test-gpu/fused.test.js -t "rows" 2>&1 |
+    grep -E '^\((pass|fail)\)| pass$| fail$' | tee "$OUT/rows-tests.txt" || true
+  for r in 4 1 4; do
+    echo "== rows $r, empty PTX cache"
+    PENSIEVE_GPU_FUSED_MAX_ROWS=$r MLX_PTX_CACHE_DIR="$W/ptx-cold-$r-$RANDOM" timeout 150 bun dist/bench/run.js load \
+      --model "$MODEL" --device gpu --levels 2,4 --servers pensieve --python $PY --requests-per-client 3 --out-tokens 128 \
+      --prompt-tokens 128,256,512 --ban-tokens $BAN --settle-ms "${SETTLE_MS:-60000}" --out-dir "$OUT/rows-$r" 2>&1 |
+      grep -E '^\| pensieve' || true
+    grep -hE 'kernels built|stay on MLX' "$OUT/rows-$r"/pensieve.log 2>/dev/null | tail -6 || true
+  done
+  CC_RUNS=a CC_TEST=0 timeout 160 bash "$0" cc 2>&1 | tail -20 || true
+  ;;
 reserve-ab)
   # Issue 10, after 2026-12-07d: does the scheduler's one allocation for a prompt's KV slow a long prefill, as it made
   # pensieve generate's 3.2x slower? 120,000 tokens over HTTP, default (reserve) then PENSIEVE_PREFILL_RESERVE=0, then
@@ -324,12 +344,12 @@ kv-a)
     --servers pensieve --quick --request .device/claude-code-request.json --out-dir "$OUT/fused-only" --home "$W/home-b"
   ;;
 cc)
-  # Issue 10's 8 concurrent second sessions (branch concurrent-cc): the replay at default settings (the fused decode
-  # kernels for a lone row only) against PENSIEVE_GPU_FUSED_MAX_ROWS=4 (fused for 2-4 rows too, as main at 8034bfe
-  # ran: each row count compiles its kernels at first use), A/B/A; then the GPU test of a 3-row step. Pensieve only,
-  # no long prompt. After prepare; carry dist (pack.sh) and .device/claude-code-request.json.
+  # Issue 10's 8 concurrent second sessions: the replay at default settings (since 2026-12-07e the fused decode
+  # kernels for batches of 1-4 rows, built while idle) against PENSIEVE_GPU_FUSED_MAX_ROWS=1 (a lone row only, the
+  # earlier default), A/B/A; then the GPU test of a 3-row step. Pensieve only, no long prompt. After prepare; carry
+  # dist (pack.sh) and .device/claude-code-request.json.
   for run in ${CC_RUNS:-a b a2}; do
-    rows=$([ "$run" = b ] && echo 4 || echo 1)
+    rows=$([ "$run" = b ] && echo 1 || echo 4)
     PENSIEVE_GPU_FUSED_MAX_ROWS=$rows timeout 140 bun dist/bench/run.js claude-code --model "$MODEL" --device gpu \
       --servers pensieve --request .device/claude-code-request.json --out-dir "$OUT/cc-$run-rows$rows" \
       --home "$W/home-cc-$run" || true
