@@ -244,7 +244,8 @@ multi-row)
   # W4A16 kernel without copies, and the fused decode kernels for 2-4 rows (PENSIEVE_GPU_FUSED_MAX_ROWS=4); then 32
   # streams over HTTP, W4A16 kernel against the default (its kernels already in MLX's PTX cache from rows-profile).
   # After prepare; carry dist. ~7 minutes.
-  timeout 120 bun dist/bench/gpu/qmm.js --rows 2,4,8,16,32 --no-sweep 2>&1 | grep -E '^\||GB/s|^#' | tail -40 |
+  # (Its per-product lines go to stderr as they come: on 2026-12-07e the 120 s limit ended it before its table.)
+  timeout 200 bun dist/bench/gpu/qmm.js --rows 8,32 --no-sweep 2>&1 | grep -E '^\||GB/s|^#|^\[qmm\]' | tail -45 |
     tee "$OUT/qmm.txt" || true
   for v in dense:1:1,2,4,8,16,32 qmm:1:2,4,8,16,32 fused4:4:1,2,3,4; do
     IFS=: read -r path rows list <<< "$v"
