@@ -317,7 +317,14 @@ export class Engine {
         if (woken) continue;
         if (warm) {
           if (this.#warmups.length > 0) this.#warmNext();
-          else this.#kernelWarmups.shift()?.();
+          else {
+            // A warm-up that fails (out of memory beside another process, say) costs only its kernels' first use.
+            try {
+              this.#kernelWarmups.shift()?.();
+            } catch (e) {
+              console.error(`[engine] kernel warm-up failed: ${(e as Error).message}`);
+            }
+          }
           continue;
         }
         if (persistDue && performance.now() - since >= persistAt) {
