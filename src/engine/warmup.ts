@@ -4,7 +4,7 @@
 // lookup) one verify-shaped pass per length the fused verify path takes.
 
 import * as mx from "../mlx";
-import { fusedRowsBuilt } from "../models/gpu-fused";
+import { fusedRowsBuilt, fusedRowsNow } from "../models/gpu-fused";
 import type { LanguageModel } from "../models/types";
 import type { KvBits } from "./attention-plan";
 import { cacheFor } from "./one-sequence";
@@ -57,6 +57,8 @@ export function warmVerifyPass(model: LanguageModel, kvBits: KvBits, tokens: num
  * that the step it runs is the fused one. On failure the batch size stays on MLX's ops, and it says so.
  */
 export function warmDecodeRows(model: LanguageModel, kvBits: KvBits, rows: number): void {
+  // In order: after a smaller count failed, larger ones stay on MLX's ops too.
+  if (fusedRowsNow() < rows - 1) return;
   const started = performance.now();
   fusedRowsBuilt(rows);
   const cache = cacheFor(model, rows, kvBits);

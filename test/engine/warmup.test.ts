@@ -87,6 +87,8 @@ test("a batch size's warm-up runs two decode steps on a throwaway cache, lets th
   try {
     holdFusedRowsUntilBuilt();
     expect(fusedRowsNow()).toBe(1);
+    warmDecodeRows(model, 0, 2);
+    expect(fusedRowsNow()).toBe(Math.min(2, fusedRowLimit()));
     warmDecodeRows(model, 0, 3); // builds the graph once so that the handle count below is steady
     const handles = mx.liveHandleCount();
     const active = mx.memory.active();
@@ -94,6 +96,10 @@ test("a batch size's warm-up runs two decode steps on a throwaway cache, lets th
     expect(fusedRowsNow()).toBe(Math.min(3, fusedRowLimit()));
     expect(mx.liveHandleCount()).toBe(handles);
     expect(mx.memory.active()).toBe(active);
+    // In order only: with 3 rows not built (say its warm-up failed), 4 rows stay held.
+    fusedRowsBuilt(2);
+    warmDecodeRows(model, 0, 4);
+    expect(fusedRowsNow()).toBe(2);
   } finally {
     fusedRowsBuilt(4);
     model.dispose();
