@@ -5,7 +5,7 @@
 // without biases) and q/k norms, MLPs (SwiGLU, GELU-gated, routed experts),
 // post-attention and post-MLP norms, per-layer RoPE and sliding windows. An
 // architecture file picks pieces by name (see llama.ts, gemma3.ts).
-// About 415 lines: the one skeleton, with the fused GPU layer beside the plain one it replaces.
+// About 440 lines: the one skeleton, with the fused GPU layer (and the check that a model takes it) beside the plain one it replaces.
 import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
 import type { ModelConfig, MoeConfig } from "./config";
@@ -89,6 +89,33 @@ export class DecoderModel implements LanguageModel {
 
   ropeRegime(length: number): number {
     return this.#rope.regime(length);
+  }
+
+  /**
+   * Whether every layer of a verify pass takes the fused GPU kernels (#fusedLayer's conditions: RMSNorms, 4-bit
+   * products without biases, no q/k or post norms, RoPE in kernel form, the verify attention's heads). Where
+   * not, a GPU pass runs MLX's ops at ~2.3x a step whatever its length, and the engine's GPU lookup stays off.
+   */
+  fusedVerifySupported(): boolean {
+    const c = this.config;
+    const d = this.dtype;
+    if (this.reducePartial !== null || this.#weights.residual) return false;
+    if (!fused.verifyHeadsSupported(c.numHeads, c.numKvHeads, c.headDim, d)) return false;
+    return this.#weights.layers.every((layer) => {
+      const w = layer.attention;
+      const swiglu = layer.mlp.swiglu;
+      return Boolean(
+        layer.inputNorm.rms &&
+          layer.mlpNorm.rms &&
+          swiglu &&
+          w.qNorm === undefined &&
+          w.kNorm === undefined &&
+          !layer.attentionOutputNorm &&
+          !layer.mlpOutputNorm &&
+          fused.fusedRope(layer.rope ?? this.#rope, [0], c.headDim, c.numHeads, c.numKvHeads) &&
+          [w.qkv.product, w.out, swiglu.gateUp, swiglu.down].every((p) => fused.fusable(p, d)),
+      );
+    });
   }
 
   forward(tokens: MxArray, batch: AttentionBatch, options: ForwardOptions = {}): MxArray {

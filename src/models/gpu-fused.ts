@@ -342,6 +342,11 @@ export function fusedVerifyForward(B: number, L: number): boolean {
   return enabled && B === 1 && L > 1 && L <= verifyMaxTokens && mx.getDevice() === "gpu";
 }
 
+/** Whether the verify attention kernel takes these heads in this dtype (CUDA only). */
+export function verifyHeadsSupported(heads: number, kvHeads: number, headDim: number, dtype: mx.Dtype): boolean {
+  return attentionKernel && verifyAttentionSupports(heads, kvHeads, headDim, dtype);
+}
+
 const verifyByScale = new Map<number, VerifyAttention[]>();
 
 /** A verify pass's attention kernel and the layer's cache buffers it writes. */

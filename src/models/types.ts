@@ -78,6 +78,8 @@ export interface LanguageModel {
    * must be recomputed. Others return 0 always.
    */
   ropeRegime(sequenceLength: number): number;
+  /** Whether a one-row verify pass takes the fused GPU kernels in every layer (absent: no). */
+  fusedVerifySupported?(): boolean;
   /** Frees the weights. */
   dispose(): void;
 }

@@ -7,6 +7,8 @@ import { join } from "node:path";
 import { planMemory, schedulerOptions } from "../../src/engine/engine-plan";
 import { draftLengthByCost, GPU_LOOKUP_MAX_CONTEXT, GPU_ROW_COST } from "../../src/engine/speculation";
 import { configFromHf } from "../../src/models/config";
+import { loadModel } from "../../src/models/loader";
+import { tinyModel } from "../support/models";
 
 const PHI3 = join(import.meta.dir, "..", "..", "..", "shared", "fixtures", "phi3-mini-128k", "config.json");
 const phi3 = configFromHf(JSON.parse(readFileSync(PHI3, "utf8")));
@@ -31,4 +33,13 @@ test("at the GPU's cost per draft, well-copied text drafts the most the path tak
   expect(draftLengthByCost(0.95, 3, GPU_ROW_COST)).toBe(3);
   expect(draftLengthByCost(0.67, 3, GPU_ROW_COST)).toBeGreaterThan(0);
   expect(draftLengthByCost(0.2, 3, GPU_ROW_COST)).toBe(0);
+});
+
+test("on the CPU no model's verify pass takes the fused GPU kernels (the engine's GPU lookup asks the model)", () => {
+  const { model } = loadModel(tinyModel("tiny-llama"));
+  try {
+    expect(model.fusedVerifySupported?.()).toBe(false);
+  } finally {
+    model.dispose();
+  }
 });

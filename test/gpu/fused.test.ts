@@ -336,6 +336,23 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
     }, 240_000);
   }
 
+  // The engine drafts on a GPU only for models whose verify passes take the fused kernels in every layer.
+  test("verify passes take the fused kernels for the Llama and Phi-3 layers, not with q/k norms, biases or post norms", () => {
+    const supported = (name: string) => {
+      const { model } = loadModel(tinyModel(name));
+      try {
+        return model.fusedVerifySupported?.() ?? false;
+      } finally {
+        model.dispose();
+      }
+    };
+    expect(supported("tiny-llama")).toBe(true);
+    expect(supported("tiny-phi3")).toBe(true);
+    expect(supported("tiny-qwen3")).toBe(false);
+    expect(supported("tiny-qwen2")).toBe(false);
+    expect(supported("tiny-gemma3")).toBe(false);
+  }, 120_000);
+
   // Speculative verify passes (PENSIEVE_GPU_FUSED_VERIFY): one row of L = k + 1 tokens after a cached prompt.
   // Tolerance: the logits' relative L2 distance to the unfused path's (MLX's ops, as with the flag off)
   // under 2e-2: each layer's fused kernels are within ~5e-3 of MLX's ops (above), the tiny models have few layers.
