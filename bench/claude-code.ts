@@ -21,7 +21,7 @@ import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { selfCommand } from "../src/paths";
 import { ensureClaudeCode, runClaude } from "../test/support/anthropic-claude-code";
-import { BENCH_DIR, CACHE_DIR, MLX_LM_VERSION, machine } from "./peers";
+import { BENCH_DIR, CACHE_DIR, gpuName, MLX_LM_VERSION, machine } from "./peers";
 
 const REQUEST_FILE = join(CACHE_DIR, "claude-code-request.json");
 
@@ -519,17 +519,6 @@ async function replayMlxLm(o: Options, captured: Captured, log: (s: Step) => voi
     await textTurns(base, captured.body, log);
   } finally {
     await stop(proc);
-  }
-}
-
-function gpuName(): string | null {
-  try {
-    const r = Bun.spawnSync(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"], {
-      stderr: "ignore",
-    });
-    return r.exitCode === 0 ? r.stdout.toString().trim() : null;
-  } catch {
-    return null;
   }
 }
 

