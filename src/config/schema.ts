@@ -81,7 +81,7 @@ export const ConfigSchema = Type.Object(
     ),
     speculative: nullable(
       Type.Boolean(),
-      "Prompt-lookup speculative decoding for a lone decoding stream (requests may opt out with speculative: false); null: on (on a GPU: drafts of at most 3 tokens through the fused verify kernels, chosen by cost, up to 32,768 tokens of context)",
+      "Prompt-lookup speculative decoding for a lone decoding stream (requests may opt out with speculative: false); null: on (on a GPU, for models whose layers take the fused verify kernels: drafts of at most 3 tokens through them, chosen by cost, up to 32,768 tokens of context)",
     ),
     draftModel: nullable(
       Type.String({ minLength: 1 }),
