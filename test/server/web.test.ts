@@ -47,10 +47,20 @@ describe("chat page", () => {
       expect(await page.title()).toContain(server.session.modelId);
       expect(await page.textContent("#model")).toBe(server.session.modelId);
       await page.fill("#input", "What is the capital of France?");
+      // While streaming, Stop replaces Send. A short answer can be done before a poll for the button would see
+      // it, so the page records whether it was ever shown.
+      await page.evaluate(() => {
+        const stop = document.querySelector("#stop") as HTMLElement;
+        const w = window as unknown as { stopShown: boolean };
+        w.stopShown = false;
+        // Records may arrive batched: a removal of `hidden` (its old value not null) is the button shown.
+        new MutationObserver((records) => {
+          if (records.some((r) => r.attributeName === "hidden" && r.oldValue !== null)) w.stopShown = true;
+        }).observe(stop, { attributes: true, attributeOldValue: true });
+      });
       await page.click("#send");
-      // While streaming, Stop replaces Send.
-      await page.waitForSelector("#stop:not([hidden])");
       await page.waitForSelector(".msg.assistant:not(.streaming)", { timeout: 120_000 });
+      expect(await page.evaluate(() => (window as unknown as { stopShown: boolean }).stopShown)).toBe(true);
       const answer = await lastAnswer(page).locator(".text").textContent();
       expect(answer).toContain("Paris");
       expect(await page.locator("#send").isVisible()).toBe(true);
