@@ -50,7 +50,7 @@ export const FUSED_MAX_ROWS = 4;
 /**
  * Rows up to which forwards take the fused path by default: 4. On an H100 (bench/results/gpu-h100-2026-12-07e/) a
  * decode step of 2, 3 and 4 rows took 4.4-4.6, 5.2-5.5 and 6.2-6.3 ms fused against 8.5, ~8.7 and 8.9 through MLX's
- * ops (whose ~450 primitives cost ~8 ms whatever the rows, dense or 4-bit products alike); 2 streams over HTTP 320
+ * ops (~8-11 ms whatever the rows, with the dense copies or our 4-bit products alike); 2 streams over HTTP 320
  * and 291 against 202 and 186 tok/s, 4 streams 449 against 317-326 once compiled. Each row count is its own set of
  * NVRTC compiles (~5.5 s on the engine thread at first use), so the engine holds batches of 2+ rows on MLX's ops
  * until it has built that count's kernels while idle (holdFusedRowsUntilBuilt, fusedRowsBuilt): 8 concurrent
