@@ -232,9 +232,10 @@ export interface PrefillGroup<S extends SequenceState & SamplingRow> {
 }
 
 /**
- * PENSIEVE_PREFILL_RESERVE=0: prefill caches grow chunk by chunk instead (a measurement switch: on an H100 the
- * one allocation made `pensieve generate`'s 120,000-token prefill 3.2x slower, bench/results/gpu-h100-2026-12-07d;
- * whether the scheduler's is affected is not measured).
+ * PENSIEVE_PREFILL_RESERVE=0: prefill caches grow chunk by chunk instead (a measurement switch, for
+ * `bench/gpu/device.sh reserve-ab`). On an H100 the scheduler's one allocation is not slower: 120,000 tokens over
+ * HTTP in 10.6-12.4 s at an MLX peak of 55.96 GiB, against 12.5 s at 70.17 GiB without it
+ * (bench/results/gpu-h100-2026-12-07e; it was `pensieve generate`'s reserve that ran 3.2x slower, 2026-12-07d).
  */
 const RESERVE_PREFILL = process.env.PENSIEVE_PREFILL_RESERVE !== "0";
 

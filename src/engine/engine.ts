@@ -321,7 +321,8 @@ export class Engine {
         if (warm) {
           if (this.#warmups.length > 0) this.#warmNext();
           else {
-            // A warm-up that fails (out of memory beside another process, say) costs only its kernels' first use.
+            // A warm-up that fails (out of memory beside another process, say) costs only its kernels' first use
+            // (a batch size's stays on MLX's ops).
             try {
               this.#kernelWarmups.shift()?.();
             } catch (e) {

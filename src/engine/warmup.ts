@@ -31,50 +31,56 @@ export function verifyWarmupLengths(verifyTokens: number): number[] {
 }
 
 /**
- * A verify-shaped pass of `tokens` tokens on a throwaway one-row cache, so that the fused verify path's
- * kernels for that length compile while idle (~5 s each on first use; then MLX's PTX cache keeps them), not
- * in a client's first speculative step, which every stream would wait for.
+ * Runs `passes` on a throwaway cache of `rows` rows and frees it: idle work that builds kernels before a
+ * client's step needs them (~5 s each shape on first use; then MLX's PTX cache keeps them). Says what took
+ * over a second.
  */
-export function warmVerifyPass(model: LanguageModel, kvBits: KvBits, tokens: number): void {
+function warmOnThrowawayCache(
+  model: LanguageModel,
+  kvBits: KvBits,
+  rows: number,
+  what: string,
+  passes: (cache: ReturnType<typeof cacheFor>) => void,
+): void {
   const started = performance.now();
-  const cache = cacheFor(model, 1, kvBits);
+  const cache = cacheFor(model, rows, kvBits);
   try {
-    mx.tidy(() => {
-      mx.evaluate(model.forward(mx.int32([0], [1, 1]), cache, { logits: "last" }));
-      mx.evaluate(model.forward(mx.int32(new Array(tokens).fill(0), [1, tokens]), cache, { logits: "all" }));
-    });
+    mx.tidy(() => passes(cache));
   } finally {
     cache.dispose();
   }
   const ms = performance.now() - started;
-  if (ms > 1000) console.error(`[engine] verify passes of ${tokens} tokens: kernels built in ${ms.toFixed(0)} ms`);
+  if (ms > 1000) console.error(`[engine] ${what}: kernels built in ${ms.toFixed(0)} ms`);
 }
 
 /**
- * A decode step of `rows` rows on a throwaway cache, so that the fused path's kernels for that batch size
- * compile while idle (~5.5 s each count on first use; then MLX's PTX cache keeps them). Until it has run,
- * batches of that size take MLX's ops (gpu-fused.ts holdFusedRowsUntilBuilt); it lets them through first, so
- * that the step it runs is the fused one. On failure the batch size stays on MLX's ops, and it says so.
+ * A verify-shaped pass of `tokens` tokens after one cached token, so that the fused verify path's kernels
+ * for that length compile while idle, not in a client's first speculative step, which every stream would wait for.
+ */
+export function warmVerifyPass(model: LanguageModel, kvBits: KvBits, tokens: number): void {
+  warmOnThrowawayCache(model, kvBits, 1, `verify passes of ${tokens} tokens`, (cache) => {
+    mx.evaluate(model.forward(mx.int32([0], [1, 1]), cache, { logits: "last" }));
+    mx.evaluate(model.forward(mx.int32(new Array(tokens).fill(0), [1, tokens]), cache, { logits: "all" }));
+  });
+}
+
+/**
+ * Two decode steps of `rows` rows, so that the fused path's kernels for that batch size compile while idle.
+ * Until it has run, batches of that size take MLX's ops (gpu-fused.ts holdFusedRowsUntilBuilt); it lets them
+ * through first, so that the steps it runs are the fused ones. If it throws, that size (and so every larger one)
+ * stays on MLX's ops; the engine logs the error.
  */
 export function warmDecodeRows(model: LanguageModel, kvBits: KvBits, rows: number): void {
-  // In order: after a smaller count failed, larger ones stay on MLX's ops too.
-  if (fusedRowsNow() < rows - 1) return;
-  const started = performance.now();
+  if (fusedRowsNow() < rows - 1) return; // in order: after a smaller count failed, larger ones stay held
   fusedRowsBuilt(rows);
-  const cache = cacheFor(model, rows, kvBits);
   try {
-    mx.tidy(() => {
+    warmOnThrowawayCache(model, kvBits, rows, `decode steps of ${rows} rows`, (cache) => {
       const tokens = mx.int32(new Array(rows).fill(0), [rows, 1]);
       mx.evaluate(model.forward(tokens, cache, { logits: "last" }));
       mx.evaluate(model.forward(tokens, cache, { logits: "last" }));
     });
   } catch (e) {
     fusedRowsBuilt(rows - 1);
-    console.error(`[engine] decode steps of ${rows} rows stay on MLX's ops: ${(e as Error).message}`);
-    return;
-  } finally {
-    cache.dispose();
+    throw e;
   }
-  const ms = performance.now() - started;
-  if (ms > 1000) console.error(`[engine] decode steps of ${rows} rows: kernels built in ${ms.toFixed(0)} ms`);
 }
