@@ -264,6 +264,46 @@ multi-row)
       --out-dir "$OUT/load-qmm$q" 2>&1 | grep -E '^\| (pensieve|mlx)' || true
   done
   ;;
+kprof)
+  # Issue 11, 2026-12-07: why the fused layer kernels run slower in a step than the plain GEMV of the same weight
+  # (Nsight Compute: q|k|v with RoPE 27 us, plain q|k|v 9.3 us in gemv.ts). The fused kernels beside the plain
+  # GEMV with a sweep of launch shapes (fused-kernels.ts), then every kernel of one fused decode step at 128 and
+  # 2,048 tokens of context (clocks as found, caches not flushed), with the DRAM bytes each read. ~4 minutes.
+  timeout 240 bun dist/bench/gpu/fused-kernels.js --out "$OUT/fused-kernels" 2>&1 | grep -vE '^\|' | tail -80 || true
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1 || true)
+  NSYS=$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda/bin/nsys 2>/dev/null | head -1 || true)
+  log "ncu: ${NCU:-none}; nsys: ${NSYS:-none}"
+  for ctx in 128 2048; do
+    [ -n "$NCU" ] || break
+    timeout 150 "$NCU" --clock-control none --cache-control none --print-units base --csv --profile-from-start off \
+      --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
+      bun dist/bench/gpu/step-profile.js "$MODEL" $ctx > "$OUT/ncu-step-$ctx.csv" 2> "$OUT/ncu-step-$ctx.err" || true
+    { echo "== step at $ctx tokens"; bun dist/bench/gpu/ncu-summary.js "$OUT/ncu-step-$ctx.csv" --top 16; } 2>&1 |
+      tee -a "$OUT/ncu-summary.md"
+    grep -vE '^==|^"' "$OUT/ncu-step-$ctx.err" | tail -5 || true
+  done
+  ;;
+mma)
+  # Issues 11 and 13, 2026-12-07: the GEMV family's tensor-core body (kernels-gemv-mma.ts, PENSIEVE_GEMV_MMA=N: from N
+  # rows of x) against the scalar body: its GPU tests (MMA_TESTS=0 skips), the products at 2-32 rows, verify passes
+  # of 1-16 drafts after 512 tokens, and decode steps of 1-4 rows (fused). After prepare; carry dist. ~6 minutes.
+  if [ "${MMA_TESTS:-1}" = 1 ]; then
+    mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
+    for t in gemv fused; do
+      PENSIEVE_GEMV_MMA=2 PENSIEVE_GPU_FUSED_VERIFY=1 timeout 200 bun test --timeout 180000 ./dist/test-gpu/$t.test.js 2>&1 |
+        grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -60 | tee "$OUT/mma-tests-$t.txt" || true
+    done
+  fi
+  timeout 200 bun dist/bench/gpu/fused-kernels.js --no-one --quick --rows "${MMA_ROWS:-2,4,9,16,32}" --out "$OUT/mma-kernels" \
+    2>&1 | grep -E 'us|skipped|rror' | tail -120 || true
+  for mma in 0 2; do
+    PENSIEVE_GEMV_MMA=$mma PENSIEVE_GPU_FUSED_VERIFY=1 timeout 100 bun dist/bench/run.js spec-verify-cost --model "$MODEL" \
+      --device gpu --prompt 512 --ks 1,2,4,8,15 --n 15 --out-dir "$OUT/verify-mma$mma" 2>&1 | grep -E '^\| [0-9]|step:' |
+      sed "s/^/mma$mma /" || true
+    PENSIEVE_GEMV_MMA=$mma PENSIEVE_GPU_FUSED_MAX_ROWS=4 timeout 90 bun dist/bench/gpu/rows-profile.js "$MODEL" --rows 1,2,3,4 \
+      --verify 9,16 --chunk 0 2>&1 | grep -E '^\||^##' | sed "s/^/mma$mma /" || true
+  done
+  ;;
 rows-default)
   # Issue 11, after 2026-12-07e: batches of 2-4 rows take the fused kernels by default, each row count held on
   # MLX's ops until the engine has built its kernels while idle. One call after prepare (carry dist; ~8 minutes):

@@ -4,11 +4,14 @@
 // is fully unrolled, so the count is the work of one warp: per row of x, output row and
 // 16-byte chunk it says how ALU-bound a shape is (issue 13: verify passes at 9-16 rows).
 //   bun bench/gpu/gemv-sass.ts [--nvdisasm PATH] [--shapes 1:4,4:2,9:1,9:2,16:2]   (M:rows per warp)
+// --mma W: the tensor-core body (kernels-gemv-mma.ts) at W warps a tile instead; "per ..." is then per
+// warp and 16-byte chunk of one tile row (a lane loads two rows' chunks per k-block).
 // nvdisasm: the nvidia-cuda-nvdisasm wheel (pip download nvidia-cuda-nvdisasm; unzip), default
 // /tmp/gv-disasm/nvidia/cu13/bin/nvdisasm.
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { mmaSpec } from "../../src/mlx/kernels-gemv";
 import { GEMV_RESIDUAL_KERNEL } from "../../src/mlx/kernels-gemv-fused";
 import { type CudaType, nvrtcAvailable, nvrtcCompile, ptxasResources } from "../../test/gpu/nvrtc";
 
@@ -26,14 +29,16 @@ const dir = mkdtempSync(join(tmpdir(), "gemv-sass-"));
 const H = "__half" as CudaType;
 const K = 3072;
 const CHUNK_ROUNDS = K / 32 / 32; // 16-byte chunks per lane
+const mmaWarpsArg = Number(flag("--mma", "0"));
 console.log("| M | rows/warp | SASS | per row of x, output row and chunk | registers | HFMA2 | HADD2 | PRMT | FADD |");
 console.log("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
 for (const [m, rows] of shapes as Array<[number, number]>) {
+  const spec = mmaWarpsArg ? mmaSpec(GEMV_RESIDUAL_KERNEL) : GEMV_RESIDUAL_KERNEL;
   const r = nvrtcCompile({
-    ...GEMV_RESIDUAL_KERNEL,
+    ...spec,
     inputs: ["x", "w", "scales", "biases", "res"].map((name) => ({ name, type: name === "w" ? "uint32_t" : H })),
     outputs: [{ name: "y", type: H }],
-    template: { T: "__half", M: m, N: 3072, K, ROWS: rows, WARPS: 4, GROUP: 64 },
+    template: { T: "__half", M: m, N: 3072, K, ROWS: rows, WARPS: mmaWarpsArg || 4, GROUP: 64 },
   });
   if (!r.ok || !r.cubin) throw new Error(r.log);
   const file = join(dir, `m${m}-r${rows}.cubin`);

@@ -14,6 +14,7 @@ import { join } from "node:path";
 import * as mx from "../../src/mlx";
 import { kernelLanguage } from "../../src/mlx/kernels";
 import { type GemvConfig, gemvConfig, quantizedGemv, quantizedGemvRmsNorm } from "../../src/mlx/kernels-gemv";
+import { gpuName, median, timeProducts } from "./timing";
 
 const args = process.argv.slice(2);
 const flag = (name: string) => {
@@ -34,37 +35,8 @@ const SHAPES: Array<{ name: string; n: number; k: number }> = [
 const GROUP = 64;
 const H100_PEAK_GBPS = 3350; // datasheet (HBM3, SXM); the copy ceiling is measured below
 
-function gpuName(): string {
-  try {
-    const r = Bun.spawnSync(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"], {
-      stdout: "pipe",
-      stderr: "ignore",
-    });
-    if (r.exitCode === 0) return r.stdout.toString().trim();
-  } catch {
-    // no nvidia-smi
-  }
-  return "unknown (no nvidia-smi)";
-}
-
 function bytesOf(n: number, k: number, m: number): number {
   return (n * k) / 2 + 2 * n * (k / GROUP) * 2 + m * k * 2 + m * n * 2;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)] as number;
-}
-
-/** Seconds per product: one graph of `count` products cycling over the weight sets. */
-function timeProducts(run: (i: number) => mx.MxArray, count: number): number {
-  return mx.tidy(() => {
-    const ys: mx.MxArray[] = [];
-    for (let i = 0; i < count; i++) ys.push(run(i));
-    const t0 = performance.now();
-    mx.evaluate(...ys);
-    return (performance.now() - t0) / 1000 / count;
-  });
 }
 
 /** A device-to-device copy of 1 GiB: the bandwidth ceiling MLX can reach (read + write). */

@@ -17,6 +17,7 @@ import { join } from "node:path";
 import * as mx from "../../src/mlx";
 import { kernelLanguage } from "../../src/mlx/kernels";
 import { type QmmConfig, qmmConfig, qmmGrid, qmmMaxSlice, quantizedMatmulBatched } from "../../src/mlx/kernels-qmm";
+import { gpuName, median, timeProducts } from "./timing";
 
 const args = process.argv.slice(2);
 const flag = (name: string) => {
@@ -40,37 +41,8 @@ const SHAPES: Array<{ name: string; n: number; k: number; perStep: number }> = [
 const GROUP = 64;
 const PEAK_GBPS = 3350; // H100 SXM datasheet (HBM3)
 
-function gpuName(): string {
-  try {
-    const r = Bun.spawnSync(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"], {
-      stdout: "pipe",
-      stderr: "ignore",
-    });
-    if (r.exitCode === 0) return r.stdout.toString().trim();
-  } catch {
-    // no nvidia-smi
-  }
-  return "unknown (no nvidia-smi)";
-}
-
 /** Bytes of the 4-bit weight with its fp16 scales and biases. */
 const weightBytes = (n: number, k: number) => (n * k) / 2 + 2 * n * (k / GROUP) * 2;
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)] as number;
-}
-
-/** Seconds per product: one graph of `count` products cycling over the weight sets. */
-function timeProducts(run: (i: number) => mx.MxArray, count: number): number {
-  return mx.tidy(() => {
-    const ys: mx.MxArray[] = [];
-    for (let i = 0; i < count; i++) ys.push(run(i));
-    const t0 = performance.now();
-    mx.evaluate(...ys);
-    return (performance.now() - t0) / 1000 / count;
-  });
-}
 
 if (kernelLanguage() !== "cuda" || !mx.gpuAvailable()) {
   console.log(`skipped: custom CUDA kernels are not available here (kernel language: ${kernelLanguage()})`);

@@ -21,6 +21,7 @@
 import { Dtype, type MxArray } from "./array";
 import { CustomKernel, type KernelPlan, kernelLanguage } from "./kernels";
 import { CHUNK_PRODUCTS } from "./kernels-gemv-chunk";
+import { GEMV_MMA_HEADER, GEMV_MMA_MAX_ROWS, GEMV_MMA_SOURCE, MMA_RMS_M, mmaWarps } from "./kernels-gemv-mma";
 import { GEMV_SPLIT_SOURCE, splitConfig } from "./kernels-gemv-split";
 import type { QuantizedWeight } from "./ops";
 
@@ -156,19 +157,25 @@ const PLAIN_EPILOGUE = `
       for (int r = 0; r < ROWS; ++r) y[(size_t)m * N + rowi[r]] = Ops::from_float(acc[m][r]);
 `;
 
+/** Which kernel body: the scalar one (default), split-K (kernels-gemv-split.ts) or tensor cores (kernels-gemv-mma.ts). */
+export type GemvBody = "scalar" | "split" | "mma";
+
 /**
- * The GEMV's kernel body for a variant (see GemvVariant); `split`: the split-K body
- * (kernels-gemv-split.ts, template constants SPLIT and LOADS besides).
+ * The GEMV's kernel body for a variant (see GemvVariant); `body`: split-K (template
+ * constants SPLIT and LOADS besides) or tensor cores (2..32 rows of x).
  */
-export function gemvSource(variant: GemvVariant = {}, split = false): string {
-  return (split ? GEMV_SPLIT_SOURCE : SOURCE)
+export function gemvSource(variant: GemvVariant = {}, body: GemvBody | boolean = "scalar"): string {
+  const kind: GemvBody = body === true ? "split" : body === false ? "scalar" : body;
+  const source = kind === "split" ? GEMV_SPLIT_SOURCE : kind === "mma" ? GEMV_MMA_SOURCE : SOURCE;
+  return source
     .replace("/*PROLOGUE*/", variant.norm ? NORM_PROLOGUE : "")
-    .replace("/*ROWS*/", variant.rows ?? PLAIN_ROWS)
+    .replaceAll("/*ROWS*/", variant.rows ?? PLAIN_ROWS)
     .replace("/*EPILOGUE*/", variant.epilogue ?? PLAIN_EPILOGUE)
+    .replace("/*RMS_M*/", variant.norm ? MMA_RMS_M : "")
     .replace(
       "/*XLOAD*/",
       variant.norm
-        ? "const uint4 v = pv_norm8<T>(__ldg(xc + j), __ldg(reinterpret_cast<const uint4*>(norm) + c * 4 + j), rms[m]);"
+        ? `const uint4 v = pv_norm8<T>(__ldg(xc + j), __ldg(reinterpret_cast<const uint4*>(norm) + c * 4 + j), ${kind === "mma" ? "rms_m" : "rms[m]"});`
         : "const uint4 v = __ldg(xc + j);",
     );
 }
@@ -266,7 +273,23 @@ export interface GemvConfig {
   split?: number;
   /** With split: 16-byte weight loads in flight a thread (default 8). */
   loads?: number;
+  /**
+   * Tensor cores (kernels-gemv-mma.ts): blocks of `warps` warps on one tile of 16 output
+   * rows (K split between the warps); `rows` is then the variant hooks' rows per virtual warp.
+   */
+  mma?: boolean;
 }
+
+/**
+ * Rows of x from which gemvConfig takes the tensor-core body: PENSIEVE_GEMV_MMA=N (2..32;
+ * 1 means 2), 0 or unset: never (not yet measured on a GPU against the scalar kernel).
+ */
+export function mmaFromRows(env: Record<string, string | undefined> = process.env): number {
+  const n = Number(env.PENSIEVE_GEMV_MMA ?? 0);
+  if (!Number.isInteger(n) || n <= 0) return Number.POSITIVE_INFINITY;
+  return Math.max(2, n);
+}
+const MMA_FROM_ROWS = mmaFromRows();
 
 /**
  * Rows per warp. One row of x: 4 (the H100 sweep of 2026-12-06c: 4x4 was best
@@ -280,6 +303,8 @@ const VERIFY_ROWS = Number(process.env.PENSIEVE_GEMV_VERIFY_ROWS ?? 2);
 const VERIFY_WARPS = Number(process.env.PENSIEVE_GEMV_VERIFY_WARPS ?? 4);
 
 export function gemvConfig(n: number, m = 1, k?: number): GemvConfig {
+  if (m >= MMA_FROM_ROWS && k !== undefined && n % 16 === 0 && m <= GEMV_MMA_MAX_ROWS)
+    return { rows: 2, warps: mmaWarps(n, k), mma: true };
   // One row of x and K known: PENSIEVE_GEMV_SPLITK may split K (kernels-gemv-split.ts; off by default).
   if (m <= 1 && n % 4 === 0) return k === undefined ? { rows: 4, warps: 4 } : splitConfig({ rows: 4, warps: 4 }, k);
   // 9-16 rows of x (verify passes): ALU-bound, and a warp's 2 output rows share each row of x's unpacking
@@ -362,6 +387,23 @@ export interface GemvSpec {
   variant?: GemvVariant;
 }
 
+const mmaSpecs = new Map<string, GemvSpec>();
+/** A spec's tensor-core kernel (its own name and header). */
+export function mmaSpec(spec: GemvSpec): GemvSpec {
+  let s = mmaSpecs.get(spec.name);
+  if (!s) {
+    if (!spec.variant) throw new Error(`${spec.name}: no variant to make a tensor-core kernel from`);
+    s = {
+      ...spec,
+      name: `${spec.name}_mma`,
+      header: spec.header + GEMV_MMA_HEADER,
+      source: gemvSource(spec.variant, "mma"),
+    };
+    mmaSpecs.set(spec.name, s);
+  }
+  return s;
+}
+
 const splitSpecs = new Map<string, GemvSpec>();
 /** A spec's split-K kernel (its own name: MLX keys compiled kernels by name). */
 export function splitSpec(spec: GemvSpec): GemvSpec {
@@ -425,25 +467,27 @@ export function gemvPlan(
   const m = xShape.reduce((a, b) => a * b, 1) / k;
   if (xShape[xShape.length - 1] !== k)
     throw new Error(`${spec.name}: x has ${xShape.at(-1)} features, the weight ${k}`);
-  if (!Number.isInteger(m) || m < 1 || m > GEMV_MAX_ROWS)
-    throw new Error(`${spec.name}: ${m} rows (1..${GEMV_MAX_ROWS})`);
+  const { rows, warps, poison, split = 1, loads = 8, mma = false } = config ?? gemvConfig(n, m, k);
+  const maxRows = mma ? GEMV_MMA_MAX_ROWS : GEMV_MAX_ROWS;
+  if (!Number.isInteger(m) || m < 1 || m > maxRows) throw new Error(`${spec.name}: ${m} rows (1..${maxRows})`);
   if (dtype !== q.scales.dtype) throw new Error(`${spec.name}: x must have the scales' dtype`);
   if (!q.biases) throw new Error(`${spec.name}: the weight has no biases`);
-  const { rows, warps, poison, split = 1, loads = 8 } = config ?? gemvConfig(n, m, k);
   if (n % rows !== 0) throw new Error(`${spec.name}: ${n} outputs is not a multiple of ${rows} rows per warp`);
+  if (mma && (n % 16 !== 0 || 16 % rows !== 0 || split > 1))
+    throw new Error(`${spec.name}: the tensor-core body takes tiles of 16 rows (${n}), ${rows} rows a virtual warp`);
   if (split > 1 && warps % split !== 0) throw new Error(`${spec.name}: ${warps} warps is not row groups of ${split}`);
   const shapes = outShapes ?? [[...xShape.slice(0, -1), n]];
   const extraKey = Object.values(extraTemplate).join(",");
-  const key = `${spec.name}|${xShape.join("x")}|${n}|${shapes.join(";")}|${dtype}|${q.groupSize}|${rows}|${warps}|${split}|${loads}|${poison ? 1 : 0}|${extraKey}`;
+  const key = `${spec.name}|${xShape.join("x")}|${n}|${shapes.join(";")}|${dtype}|${q.groupSize}|${rows}|${warps}|${split}|${loads}|${mma ? 1 : 0}|${poison ? 1 : 0}|${extraKey}`;
   let plan = plans.get(key);
   if (!plan) {
-    const kspec = split > 1 ? splitSpec(spec) : spec;
+    const kspec = mma ? mmaSpec(spec) : split > 1 ? splitSpec(spec) : spec;
     let kernel = kernels.get(kspec.name);
     if (!kernel) {
       kernel = new CustomKernel({ ...kspec, outputs: kspec.outputs ?? ["y"] });
       kernels.set(kspec.name, kernel);
     }
-    const blocks = Math.ceil(n / rows / (warps / split));
+    const blocks = mma ? n / 16 : Math.ceil(n / rows / (warps / split));
     plan = kernel.plan({
       outputs: shapes.map((shape) => ({ shape, dtype })),
       grid: [blocks * warps * 32, 1, 1],

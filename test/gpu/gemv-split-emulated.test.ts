@@ -7,6 +7,7 @@
 // block is a thread per GPU thread), the unsplit kernel the blocks covering the same rows.
 import { describe, expect, test } from "bun:test";
 import { GEMV_KERNEL, GEMV_RMS_NORM_KERNEL, gemvSource } from "../../src/mlx/kernels-gemv";
+import { GEMV_MMA_HEADER } from "../../src/mlx/kernels-gemv-mma";
 import {
   GEMV_NORM_ROPE_KERNEL,
   GEMV_NORM_ROPE_QKV_KERNEL,
@@ -34,6 +35,8 @@ interface Case {
   posScale?: number;
   /** Run only these blocks (Phi-3 shapes); default all. */
   some?: boolean;
+  /** The tensor-core body (kernels-gemv-mma.ts) with this many warps a tile, instead of split-K (every tile runs). */
+  mma?: number;
 }
 
 const EPS = 1e-5;
@@ -78,15 +81,22 @@ void ${name}(const ${T}* x, const uint32_t* w, const ${T}* scales, const ${T}* b
 ${source}
 }`;
   const variant = spec.variant ?? {};
+  const other = c.mma
+    ? kernel("split", `constexpr int WARPS = ${c.mma};`, gemvSource(variant, "mma"))
+    : kernel(
+        "split",
+        `constexpr int SPLIT = ${c.split}, WARPS = ${c.groups * c.split}, LOADS = ${c.loads ?? 8};`,
+        gemvSource(variant, true),
+      );
   return `#include "${EMULATION_HEADER}"
 #include <cstdio>
 #include <random>
 #include <set>
 #include <tuple>
-${header}
+${header}${c.mma ? GEMV_MMA_HEADER : ""}
 namespace mlx::core::cu {
 ${kernel("unsplit", "constexpr int WARPS = 4;", spec.source)}
-${kernel("split", `constexpr int SPLIT = ${c.split}, WARPS = ${c.groups * c.split}, LOADS = ${c.loads ?? 8};`, gemvSource(variant, true))}
+${other}
 }  // namespace mlx::core::cu
 int main() {
   ${constants}
@@ -127,10 +137,14 @@ int main() {
       if ((p * G + gi) * ROWS < N) { upick.insert((p * G + gi) / 4); expected += M * ${c.variant === "swiglu" ? "ROWS / 2" : "ROWS"}; }
   std::vector<int> up(upick.begin(), upick.end());
   auto args = [&](std::vector<${T}>& y) { return std::make_tuple(x.data(), w.data(), s.data(), b.data(), res.data(), g.data(), pos.data(), inv_freq.data(), y.data()); };
-  emu_launch(sp.size() * G * SPLIT * 32, G * SPLIT * 32, [&] {
+  ${
+    c.mma
+      ? `emu_launch(N / 16 * ${c.mma} * 32, ${c.mma} * 32, [&] { std::apply(mlx::core::cu::split, args(ys)); });`
+      : `emu_launch(sp.size() * G * SPLIT * 32, G * SPLIT * 32, [&] {
     blockIdx.x = sp[blockIdx.x];
     std::apply(mlx::core::cu::split, args(ys));
-  });
+  });`
+  }
   emu_launch(up.size() * 4 * 32, 4 * 32, [&] {
     blockIdx.x = up[blockIdx.x];
     std::apply(mlx::core::cu::unsplit, args(yu));
@@ -202,7 +216,7 @@ interface Result {
 }
 
 function run(c: Case): Result {
-  const name = `${c.variant}-${c.dtype}-${c.m}-${c.n}-${c.k}-r${c.rows}-s${c.split}-g${c.groups}-l${c.loads ?? 8}-${c.group}`;
+  const name = `${c.variant}-${c.dtype}-${c.m}-${c.n}-${c.k}-r${c.rows}-s${c.split}-g${c.groups}-l${c.loads ?? 8}-${c.group}${c.mma ? `-mma${c.mma}` : ""}`;
   return runEmulated("gemv-split-emulated", name, program(c));
 }
 
@@ -266,6 +280,46 @@ describe.skipIf(!emulationCompiler)("split-K 4-bit GEMV (decode), emulated on th
       expect(r.bad).toBe(0);
       expect(r.rel).toBeLessThan(TOLERANCE[c.dtype]);
       expect(r.relBase).toBeLessThan(BASE_TOLERANCE[c.dtype]);
+    }, 120_000);
+  }
+});
+
+// The tensor-core body for 2..32 rows of x (a verify pass, a batch): every variant against float64
+// and the scalar kernel; the sums differ in order and in where they round (16-bit weights, float sums).
+const MMA_TOLERANCE = { f16: 3e-3, bf16: 2e-2 };
+const MMA_BASE_TOLERANCE = { f16: 3e-3, bf16: 2e-2 };
+describe.skipIf(!emulationCompiler)("tensor-core 4-bit GEMV (2-32 rows of x), emulated on the CPU", () => {
+  const all = { split: 1, groups: 4 };
+  const cases: Case[] = [
+    { ...all, variant: "plain", dtype: "f16", m: 2, n: 32, k: 3072, rows: 2, group: 64, mma: 4 },
+    { ...all, variant: "plain", dtype: "bf16", m: 9, n: 48, k: 1088, rows: 4, group: 64, mma: 2 },
+    { ...all, variant: "norm", dtype: "f16", m: 5, n: 32, k: 576, rows: 2, group: 32, mma: 1 },
+    { ...all, variant: "norm", dtype: "f16", m: 16, n: 16, k: 3072, rows: 2, group: 64, mma: 8 },
+    { ...all, variant: "residual", dtype: "f16", m: 3, n: 32, k: 8192, rows: 2, group: 64, mma: 8 },
+    { ...all, variant: "residual", dtype: "bf16", m: 32, n: 16, k: 1024, rows: 4, group: 128, mma: 2 },
+    { ...all, variant: "swiglu", dtype: "f16", m: 4, n: 64, k: 3072, rows: 2, group: 64, mma: 4 },
+    { ...all, variant: "swiglu", dtype: "bf16", m: 12, n: 32, k: 1088, rows: 4, group: 32, mma: 2 },
+    {
+      ...{ ...all, variant: "rope" as const, dtype: "f16" as const, m: 7, n: 96, k: 512, rows: 2, group: 64, mma: 2 },
+      ...{ hd: 16, rotated: 64, traditional: true, posScale: 0.25 },
+    },
+    {
+      ...{ ...all, variant: "rope-qkv" as const, dtype: "f16" as const, m: 9, n: 288, k: 1024, rows: 2 },
+      ...{ group: 64, hd: 96, rotated: 192, mma: 4 },
+    },
+    {
+      ...{ ...all, variant: "rope-qkv" as const, dtype: "bf16" as const, m: 2, n: 192, k: 512, rows: 4 },
+      ...{ group: 32, hd: 32, rotated: 128, mma: 2 },
+    },
+  ];
+  for (const c of cases) {
+    const label = `${c.variant} ${c.dtype} M=${c.m} N=${c.n} K=${c.k} rows ${c.rows}, ${c.mma} warps a tile`;
+    test(label, () => {
+      const r = run(c);
+      expect(r.written).toBe(r.expected);
+      expect(r.bad).toBe(0);
+      expect(r.rel).toBeLessThan(MMA_TOLERANCE[c.dtype]);
+      expect(r.relBase).toBeLessThan(MMA_BASE_TOLERANCE[c.dtype]);
     }, 120_000);
   }
 });

@@ -3,7 +3,7 @@
 // each compile stays short (MLX compiles each instantiation on first use, in the
 // decode path). Runs where libnvrtc is present (test/gpu/nvrtc.ts), else skips.
 import { describe, expect, test } from "bun:test";
-import { GEMV_KERNEL, GEMV_RMS_NORM_KERNEL } from "../../src/mlx/kernels-gemv";
+import { GEMV_KERNEL, GEMV_RMS_NORM_KERNEL, mmaSpec } from "../../src/mlx/kernels-gemv";
 import {
   DECODE_ATTENTION_COMBINE_KERNEL,
   DECODE_ATTENTION_KERNEL,
@@ -94,6 +94,54 @@ for (const m of [1, 4, 9, 16]) {
           TRADITIONAL: false,
           POS_SCALE_BITS: 1065353216,
         },
+      },
+    },
+  );
+}
+
+// The tensor-core body (kernels-gemv-mma.ts) at 2, 9 and 32 rows of x: every variant, 4 warps a tile.
+for (const m of [2, 9, 32]) {
+  const rope = { HD: 96, ROTATED: 6144, TRADITIONAL: false, POS_SCALE_BITS: 1065353216 };
+  const ropeInputs = gemvInputs([
+    { name: "norm", type: H },
+    { name: "pos", type: "int32_t" },
+    { name: "inv_freq", type: "float" },
+  ]);
+  cases.push(
+    {
+      label: `tensor cores: rms_norm gemv (lm_head) M=${m}`,
+      kernel: {
+        ...mmaSpec(GEMV_RMS_NORM_KERNEL),
+        inputs: gemvInputs([{ name: "norm", type: H }]),
+        outputs: out,
+        template: gemvTemplate(m, 32064, 3072, 2),
+      },
+    },
+    {
+      label: `tensor cores: residual (down) M=${m}`,
+      kernel: {
+        ...mmaSpec(GEMV_RESIDUAL_KERNEL),
+        inputs: gemvInputs([{ name: "res", type: H }]),
+        outputs: out,
+        template: gemvTemplate(m, 3072, 8192, 2),
+      },
+    },
+    {
+      label: `tensor cores: rms_norm + swiglu (gate|up) M=${m}`,
+      kernel: {
+        ...mmaSpec(GEMV_NORM_SWIGLU_KERNEL),
+        inputs: gemvInputs([{ name: "norm", type: H }]),
+        outputs: out,
+        template: gemvTemplate(m, 16384, 3072, 2),
+      },
+    },
+    {
+      label: `tensor cores: rms_norm + rope, q/k/v outputs M=${m}`,
+      kernel: {
+        ...mmaSpec(GEMV_NORM_ROPE_QKV_KERNEL),
+        inputs: ropeInputs,
+        outputs: ["q", "k", "v"].map((name) => ({ name, type: H })),
+        template: { ...gemvTemplate(m, 9216, 3072, 2), ...rope, QS: 3072, KVS: 3072 },
       },
     },
   );

@@ -1,0 +1,204 @@
+// The 4-bit GEMV family (kernels-gemv.ts) for 2..32 rows of x through tensor cores:
+// a speculative verify pass (1 + drafts rows) or a batch of decode rows. The scalar
+// kernel's work grows with the rows of x (each row of x re-runs the 16-bit products:
+// ~75 SASS instructions per row of x, output row and 16-byte chunk at 8 rows, so a
+// verify pass of 8 drafts was ALU-bound at 2.2x a one-token step on an H100); here a
+// weight is dequantized once (s*q + b in 16 bits, as MLX's dequantize) and every row
+// of x takes it through mma.sync m16n8k16 with float accumulation.
+//
+// - A block owns one tile of 16 output rows; its WARPS warps split the row's K in
+//   k-blocks of 128 (warp i takes k-blocks i, i + WARPS, ...), U k-blocks in flight.
+// - Lane (g = lane/4, t = lane%4) loads 16 bytes (32 consecutive k) of tile rows g and
+//   g + 8 at k-offset 32 t of a k-block; the mma's k order is free as long as A and B
+//   agree: logical k (2t, 2t+1 | 2t+8, 2t+9) are the nibbles (0,4 | 1,5) or (2,6 | 3,7)
+//   of one word, which the magic-number trick yields as pairs (kernels-qmm.ts, same layout).
+// - x's rows are the mma's N side (NT tiles of 8); lane g of column tile n reads row
+//   n*8 + g through the variant's XLOAD (RMSNorm applied there as in the scalar kernel).
+// - The variant hooks are the scalar kernel's: the tile's 16 rows are 16/ROWS "virtual
+//   warps" of ROWS rows each (ROWS hook, with `warp` the virtual warp), and after the
+//   warps' partial sums meet in shared memory (added in warp order: deterministic),
+//   lane v of the block's first warp runs the EPILOGUE for virtual warp v with
+//   acc[m][r] as the scalar kernel's lane 0 would.
+// Numerics: products of the 16-bit dequantized weight and x summed in float (the scalar
+// kernel sums 8 products in 16 bits first): within the tests' tolerance of MLX's.
+
+/** Rows of x the tensor-core body takes (NT = 4 column tiles of 8). */
+export const GEMV_MMA_MAX_ROWS = 32;
+
+/** The tensor-core body; gemvSource fills PROLOGUE, ROWS, XLOAD and EPILOGUE (and RMS_M for norm variants). */
+export const GEMV_MMA_SOURCE = `
+  using Ops = PvOps<T>;
+  using T2 = typename Ops::T2;
+  constexpr int NT = (M + 7) / 8;            // mma column tiles (rows of x)
+  constexpr int CHUNKS = K / 32;             // 16-byte weight chunks per row
+  constexpr int KB = (CHUNKS + 3) / 4;       // k-blocks of 128
+  constexpr int PER = (KB + WARPS - 1) / WARPS;
+  constexpr int U = PER < 4 ? PER : 4;       // k-blocks in flight per warp
+  constexpr int VW = 16 / ROWS;              // virtual warps per tile
+  constexpr int GROUPS = K / GROUP;
+  const int lane = threadIdx.x & 31;
+  const int wib = threadIdx.x >> 5;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+/*PROLOGUE*/
+  // The tile rows this lane loads: tile row g and g + 8, through the variant's row order.
+  int trow[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int tr = g + 8 * h;
+    const int warp = blockIdx.x * VW + tr / ROWS;
+    int rowi[ROWS];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+      /*ROWS*/
+    }
+    trow[h] = rowi[0];
+#pragma unroll
+    for (int r = 1; r < ROWS; ++r)
+      if (tr % ROWS == r) trow[h] = rowi[r];
+  }
+  float mac[NT][4];
+#pragma unroll
+  for (int n = 0; n < NT; ++n)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) mac[n][i] = 0.f;
+  const uint4* wbase = reinterpret_cast<const uint4*>(w);
+  for (int kb0 = wib; kb0 < KB; kb0 += WARPS * U) {
+    uint4 wv[U][2];
+    T2 sv[U][2], bv[U][2];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = (kb0 + u * WARPS) * 4 + t;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        if (kb0 + u * WARPS < KB && c < CHUNKS) {
+          wv[u][h] = pv_load_stream(wbase + (size_t)trow[h] * CHUNKS + c);
+          const size_t gi = (size_t)trow[h] * GROUPS + (c * 32) / GROUP;
+          sv[u][h] = Ops::splat(Ops::to_float(scales[gi]));
+          bv[u][h] = Ops::splat(Ops::to_float(biases[gi]));
+        } else {
+          wv[u][h] = make_uint4(0u, 0u, 0u, 0u);
+          sv[u][h] = Ops::splat(0.f);
+          bv[u][h] = Ops::splat(0.f);
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = (kb0 + u * WARPS) * 4 + t;
+      if (kb0 + u * WARPS >= KB) continue;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        // x pairs (0,4) (1,5) | (2,6) (3,7) of this lane's chunk c, word j, for each column tile.
+        uint32_t bx[NT][4];
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+          const int m = n * 8 + g;
+          if (m < M && c < CHUNKS) {
+            const uint4* xc = reinterpret_cast<const uint4*>(x + (size_t)m * K) + c * 4;
+/*RMS_M*/
+            /*XLOAD*/
+            bx[n][0] = __byte_perm(v.x, v.z, 0x5410);
+            bx[n][1] = __byte_perm(v.x, v.z, 0x7632);
+            bx[n][2] = __byte_perm(v.y, v.w, 0x5410);
+            bx[n][3] = __byte_perm(v.y, v.w, 0x7632);
+          } else {
+            bx[n][0] = bx[n][1] = bx[n][2] = bx[n][3] = 0u;
+          }
+        }
+        const uint32_t w0 = j == 0 ? wv[u][0].x : j == 1 ? wv[u][0].y : j == 2 ? wv[u][0].z : wv[u][0].w;
+        const uint32_t w1 = j == 0 ? wv[u][1].x : j == 1 ? wv[u][1].y : j == 2 ? wv[u][1].z : wv[u][1].w;
+        const uint32_t lo[4] = {pv_deq2<T>(w0, 0, sv[u][0], bv[u][0]), pv_deq2<T>(w1, 0, sv[u][1], bv[u][1]),
+                                pv_deq2<T>(w0, 4, sv[u][0], bv[u][0]), pv_deq2<T>(w1, 4, sv[u][1], bv[u][1])};
+        const uint32_t hi[4] = {pv_deq2<T>(w0, 8, sv[u][0], bv[u][0]), pv_deq2<T>(w1, 8, sv[u][1], bv[u][1]),
+                                pv_deq2<T>(w0, 12, sv[u][0], bv[u][0]), pv_deq2<T>(w1, 12, sv[u][1], bv[u][1])};
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+          pv_mma<T>(mac[n], lo, bx[n][0], bx[n][1]);
+          pv_mma<T>(mac[n], hi, bx[n][2], bx[n][3]);
+        }
+      }
+    }
+  }
+  // Each warp's 16 x (NT*8) partial tile, then the block's first warp adds them in warp order.
+  __shared__ float pv_tile[WARPS][16][NT * 8];
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+    pv_tile[wib][g][n * 8 + 2 * t] = mac[n][0];
+    pv_tile[wib][g][n * 8 + 2 * t + 1] = mac[n][1];
+    pv_tile[wib][g + 8][n * 8 + 2 * t] = mac[n][2];
+    pv_tile[wib][g + 8][n * 8 + 2 * t + 1] = mac[n][3];
+  }
+  __syncthreads();
+  if (wib == 0 && lane < VW) {
+    const int warp = blockIdx.x * VW + lane;
+    int rowi[ROWS];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+      /*ROWS*/
+    }
+    float acc[M][ROWS];
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r) {
+        float s = 0.f;
+#pragma unroll
+        for (int i = 0; i < WARPS; ++i) s += pv_tile[i][lane * ROWS + r][m];
+        acc[m][r] = s;
+      }
+/*EPILOGUE*/
+  }
+`;
+
+/** What the norm variants' XLOAD reads as the row's RMS scale (rms[m] with m known only at run time here). */
+export const MMA_RMS_M = `            float rms_m = rms[0];
+#pragma unroll
+            for (int i = 1; i < M; ++i)
+              if (m == i) rms_m = rms[i];`;
+
+/** Header additions: the dequantized pair and the mma (CUDA), or the emulation's mma on the CPU. */
+export const GEMV_MMA_HEADER = `
+// Nibbles (shift/4, shift/4 + 4) of a word as the 16-bit pair s*q + b.
+template <typename T>
+__device__ __forceinline__ uint32_t pv_deq2(uint32_t w, int shift, typename PvOps<T>::T2 s, typename PvOps<T>::T2 b) {
+  using Ops = PvOps<T>;
+  using T2 = typename Ops::T2;
+  const T2 q = __hsub2(pv_bits<T2>(((w >> shift) & 0x000F000Fu) | Ops::MAGIC), pv_bits<T2>(Ops::MAGIC));
+  return pv_word(__hfma2(q, s, b));
+}
+// D (16x8, float) += A (16x16) B (16x8) over the warp, A and B in T.
+template <typename T>
+__device__ __forceinline__ void pv_mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <>
+__device__ __forceinline__ void pv_mma<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#ifdef __CUDA_ARCH__
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  emu_mma_m16n8k16(d, a, b0, b1, false);
+#endif
+}
+template <>
+__device__ __forceinline__ void pv_mma<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#ifdef __CUDA_ARCH__
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  emu_mma_m16n8k16(d, a, b0, b1, true);
+#endif
+}
+`;
+
+/** Warps per block (k-split) for a tile of 16 rows: ~2,048 warps a launch, at most 8, at most the k-blocks. */
+export function mmaWarps(n: number, k: number): number {
+  const tiles = n / 16;
+  const kblocks = Math.ceil(k / 128);
+  let warps = 1;
+  while (warps < 8 && warps * 2 <= kblocks && tiles * warps < 2048) warps *= 2;
+  return warps;
+}
