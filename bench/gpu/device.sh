@@ -294,7 +294,7 @@ mma)
         grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -60 | tee "$OUT/mma-tests-$t.txt" || true
     done
   fi
-  timeout 200 bun dist/bench/gpu/fused-kernels.js --no-one --quick --rows "${MMA_ROWS:-2,4,9,16,32}" --out "$OUT/mma-kernels" \
+  timeout 240 bun dist/bench/gpu/fused-kernels.js --no-one --quick --rows "${MMA_ROWS:-1,2,4,9,16}" --out "$OUT/mma-kernels" \
     2>&1 | grep -E 'us|skipped|rror' | tail -120 || true
   for mma in 0 2; do
     PENSIEVE_GEMV_MMA=$mma PENSIEVE_GPU_FUSED_VERIFY=1 timeout 100 bun dist/bench/run.js spec-verify-cost --model "$MODEL" \
