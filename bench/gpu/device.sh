@@ -303,6 +303,11 @@ mma)
     PENSIEVE_GEMV_MMA=$mma PENSIEVE_GPU_FUSED_MAX_ROWS=4 timeout 90 bun dist/bench/gpu/rows-profile.js "$MODEL" --rows 1,2,3,4 \
       --verify 9,16 --chunk 0 2>&1 | grep -E '^\||^##' | sed "s/^/mma$mma /" || true
   done
+  for mma in 0 1 0 1; do  # one stream, 128 -> 256: the tensor-core body for one row of x too (1) or not (0)
+    PENSIEVE_GEMV_MMA=$mma timeout 90 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve \
+      --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 1 \
+      --out-dir "$OUT/single-mma$mma" 2>&1 | grep -E '^\| pensieve' | sed "s/^/mma$mma /" || true
+  done
   ;;
 rows-default)
   # Issue 11, after 2026-12-07e: batches of 2-4 rows take the fused kernels by default, each row count held on

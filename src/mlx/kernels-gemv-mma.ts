@@ -194,7 +194,7 @@ __device__ __forceinline__ void pv_mma<__nv_bfloat16>(float (&d)[4], const uint3
 }
 `;
 
-/** Warps per block (k-split) for a tile of 16 rows: ~2,048 warps a launch, at most 8, at most the k-blocks. */
+/** Warps per block (k-split) for a tile of 16 rows: doubled until a launch has 2,048, at most 8 and the k-blocks. */
 export function mmaWarps(n: number, k: number): number {
   const tiles = n / 16;
   const kblocks = Math.ceil(k / 128);

@@ -281,13 +281,12 @@ export interface GemvConfig {
 }
 
 /**
- * Rows of x from which gemvConfig takes the tensor-core body: PENSIEVE_GEMV_MMA=N (2..32;
- * 1 means 2), 0 or unset: never (not yet measured on a GPU against the scalar kernel).
+ * Rows of x from which gemvConfig takes the tensor-core body: PENSIEVE_GEMV_MMA=N (1..32; 1
+ * includes one-row decode), 0 or unset: never (not yet measured on a GPU against the scalar kernel).
  */
 export function mmaFromRows(env: Record<string, string | undefined> = process.env): number {
   const n = Number(env.PENSIEVE_GEMV_MMA ?? 0);
-  if (!Number.isInteger(n) || n <= 0) return Number.POSITIVE_INFINITY;
-  return Math.max(2, n);
+  return Number.isInteger(n) && n > 0 ? n : Number.POSITIVE_INFINITY;
 }
 const MMA_FROM_ROWS = mmaFromRows();
 

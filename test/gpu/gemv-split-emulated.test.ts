@@ -6,8 +6,8 @@
 // few blocks each (the first, the last, those at the q/k and k/v boundaries: an emulated
 // block is a thread per GPU thread), the unsplit kernel the blocks covering the same rows.
 import { describe, expect, test } from "bun:test";
-import { GEMV_KERNEL, GEMV_RMS_NORM_KERNEL, gemvSource } from "../../src/mlx/kernels-gemv";
-import { GEMV_MMA_HEADER } from "../../src/mlx/kernels-gemv-mma";
+import { GEMV_KERNEL, GEMV_RMS_NORM_KERNEL, gemvSource, mmaFromRows } from "../../src/mlx/kernels-gemv";
+import { GEMV_MMA_HEADER, mmaWarps } from "../../src/mlx/kernels-gemv-mma";
 import {
   GEMV_NORM_ROPE_KERNEL,
   GEMV_NORM_ROPE_QKV_KERNEL,
@@ -351,5 +351,21 @@ describe("PENSIEVE_GEMV_SPLITK (splitConfig)", () => {
     expect(splitConfig(base, 3072, { ...env, PENSIEVE_GEMV_SPLITK_ROWS: "2" }).rows).toBe(2);
     expect(() => splitConfig(base, 3072, { PENSIEVE_GEMV_SPLITK: "x" })).toThrow();
     expect(() => splitConfig(base, 3072, { PENSIEVE_GEMV_SPLITK: "8", PENSIEVE_GEMV_SPLITK_GROUPS: "8" })).toThrow();
+  });
+});
+
+describe("PENSIEVE_GEMV_MMA (mmaFromRows, mmaWarps)", () => {
+  test("off unless set; N rows of x from N", () => {
+    expect(mmaFromRows({})).toBe(Number.POSITIVE_INFINITY);
+    expect(mmaFromRows({ PENSIEVE_GEMV_MMA: "0" })).toBe(Number.POSITIVE_INFINITY);
+    expect(mmaFromRows({ PENSIEVE_GEMV_MMA: "x" })).toBe(Number.POSITIVE_INFINITY);
+    expect(mmaFromRows({ PENSIEVE_GEMV_MMA: "1" })).toBe(1);
+    expect(mmaFromRows({ PENSIEVE_GEMV_MMA: "2" })).toBe(2);
+  });
+  test("warps a tile: doubled until a launch has 2,048 warps, at most 8 and at most the k-blocks", () => {
+    expect(mmaWarps(3072, 8192)).toBe(8); // down: 192 tiles
+    expect(mmaWarps(9216, 3072)).toBe(4); // q|k|v: 576 tiles
+    expect(mmaWarps(32064, 3072)).toBe(2); // lm_head: 2,004 tiles
+    expect(mmaWarps(64, 256)).toBe(2); // 2 k-blocks
   });
 });
