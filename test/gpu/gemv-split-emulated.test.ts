@@ -284,14 +284,19 @@ describe.skipIf(!emulationCompiler)("split-K 4-bit GEMV (decode), emulated on th
   }
 });
 
-// The tensor-core body for 2..32 rows of x (a verify pass, a batch): every variant against float64
+// The tensor-core body for 1..32 rows of x (decode, a verify pass, a batch): every variant against float64
 // and the scalar kernel; the sums differ in order and in where they round (16-bit weights, float sums).
 const MMA_TOLERANCE = { f16: 3e-3, bf16: 2e-2 };
 const MMA_BASE_TOLERANCE = { f16: 3e-3, bf16: 2e-2 };
-describe.skipIf(!emulationCompiler)("tensor-core 4-bit GEMV (2-32 rows of x), emulated on the CPU", () => {
+describe.skipIf(!emulationCompiler)("tensor-core 4-bit GEMV (1-32 rows of x), emulated on the CPU", () => {
   const all = { split: 1, groups: 4 };
   const cases: Case[] = [
     { ...all, variant: "plain", dtype: "f16", m: 2, n: 32, k: 3072, rows: 2, group: 64, mma: 4 },
+    { ...all, variant: "residual", dtype: "f16", m: 1, n: 32, k: 8192, rows: 2, group: 64, mma: 8 },
+    {
+      ...{ ...all, variant: "rope-qkv" as const, dtype: "f16" as const, m: 1, n: 288, k: 1024, rows: 2 },
+      ...{ group: 64, hd: 96, rotated: 192, mma: 4 },
+    },
     { ...all, variant: "plain", dtype: "bf16", m: 9, n: 48, k: 1088, rows: 4, group: 64, mma: 2 },
     { ...all, variant: "norm", dtype: "f16", m: 5, n: 32, k: 576, rows: 2, group: 32, mma: 1 },
     { ...all, variant: "norm", dtype: "f16", m: 16, n: 16, k: 3072, rows: 2, group: 64, mma: 8 },
