@@ -1,4 +1,4 @@
-// The 4-bit GEMV family (kernels-gemv.ts) for 2..32 rows of x through tensor cores:
+// The 4-bit GEMV family (kernels-gemv.ts) through tensor cores, for 1..32 rows of x: decode,
 // a speculative verify pass (1 + drafts rows) or a batch of decode rows. The scalar
 // kernel's work grows with the rows of x (each row of x re-runs the 16-bit products:
 // ~75 SASS instructions per row of x, output row and 16-byte chunk at 8 rows, so a
