@@ -23,6 +23,9 @@
 #   bash bench/gpu/device.sh next2      # 120K over HTTP and in process, fused verify tests and cost, lookup on/off (~7 min)
 #   bash bench/gpu/device.sh verify-merge  # the verify attention's parallel merge: GPU tests, cost at 512/4,000/16,000 (~4 min)
 #   bash bench/gpu/device.sh multi-row     # batched steps without dense copies: W4A16 kernel, fused 2-4 rows, 32 streams (~7 min)
+#   bash bench/gpu/device.sh kprof         # the fused layer kernels at one row of x beside the plain GEMV, ncu of a step (~4 min)
+#   bash bench/gpu/device.sh mma-tests     # GPU tests with the GEMV's tensor-core body (PENSIEVE_GEMV_MMA=1) (~5 min)
+#   bash bench/gpu/device.sh mma           # the tensor-core body against the scalar one: products, verify, steps, one stream (~6 min)
 #   bash bench/gpu/device.sh rows-default  # fused 2-4-row batches by default: GPU tests, 2/4 streams from a cold PTX cache, 8 sessions (~8 min)
 #   bash bench/gpu/device.sh smol-stage    # three calls (carry .device/smol.part.N; the last with .device/smol.sha256)
 #   bash bench/gpu/device.sh spec-smol     # issue 13: prompt lookup on real SmolLM2 text on the GPU, off vs the GPU default (~3 min)
@@ -283,28 +286,29 @@ kprof)
     grep -vE '^==|^"' "$OUT/ncu-step-$ctx.err" | tail -5 || true
   done
   ;;
+mma-tests)
+  # Issues 11 and 13, 2026-12-07: the GPU tests of the GEMV (against MLX's quantized_matmul) and of the fused decode
+  # path (against MLX's ops; multi-row steps, verify passes, greedy tokens) with the tensor-core body from 1 row of x
+  # (PENSIEVE_GEMV_MMA=1) and fused verify passes up to 16 tokens. After prepare; ~5 minutes.
+  mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
+  for t in gemv fused; do
+    PENSIEVE_GEMV_MMA=${MMA_FROM:-1} PENSIEVE_GPU_FUSED_VERIFY=1 timeout 270 bun test --timeout 180000 ./dist/test-gpu/$t.test.js 2>&1 |
+      grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -60 | tee "$OUT/mma-tests-$t.txt" || true
+  done
+  ;;
 mma)
   # Issues 11 and 13, 2026-12-07: the GEMV family's tensor-core body (kernels-gemv-mma.ts, PENSIEVE_GEMV_MMA=N: from N
-  # rows of x) against the scalar body: its GPU tests (MMA_TESTS=0 skips), the products at 2-32 rows, verify passes
-  # of 1-16 drafts after 512 tokens, and decode steps of 1-4 rows (fused). After prepare; carry dist. ~6 minutes.
-  if [ "${MMA_TESTS:-1}" = 1 ]; then
-    mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
-    for t in gemv fused; do
-      PENSIEVE_GEMV_MMA=2 PENSIEVE_GPU_FUSED_VERIFY=1 timeout 200 bun test --timeout 180000 ./dist/test-gpu/$t.test.js 2>&1 |
-        grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -60 | tee "$OUT/mma-tests-$t.txt" || true
-    done
-  fi
-  timeout 240 bun dist/bench/gpu/fused-kernels.js --no-one --quick --rows "${MMA_ROWS:-1,2,4,9,16}" --out "$OUT/mma-kernels" \
+  # rows of x) against the scalar body: the products at 1-16 rows of x, verify passes of 1-15 drafts after 512 tokens,
+  # decode steps of 1-4 rows (fused), one stream 128 -> 256. After prepare; ~6 minutes.
+  timeout 200 bun dist/bench/gpu/fused-kernels.js --no-one --quick --rows "${MMA_ROWS:-1,2,4,9,16}" --out "$OUT/mma-kernels" \
     2>&1 | grep -E 'us|skipped|rror' | tail -120 || true
-  for mma in 0 2; do
-    PENSIEVE_GEMV_MMA=$mma PENSIEVE_GPU_FUSED_VERIFY=1 timeout 100 bun dist/bench/run.js spec-verify-cost --model "$MODEL" \
+  for mma in 0 1; do
+    PENSIEVE_GEMV_MMA=$mma PENSIEVE_GPU_FUSED_VERIFY=1 timeout 80 bun dist/bench/run.js spec-verify-cost --model "$MODEL" \
       --device gpu --prompt 512 --ks 1,2,4,8,15 --n 15 --out-dir "$OUT/verify-mma$mma" 2>&1 | grep -E '^\| [0-9]|step:' |
       sed "s/^/mma$mma /" || true
-    PENSIEVE_GEMV_MMA=$mma PENSIEVE_GPU_FUSED_MAX_ROWS=4 timeout 90 bun dist/bench/gpu/rows-profile.js "$MODEL" --rows 1,2,3,4 \
-      --verify 9,16 --chunk 0 2>&1 | grep -E '^\||^##' | sed "s/^/mma$mma /" || true
-  done
-  for mma in 0 1 0 1; do  # one stream, 128 -> 256: the tensor-core body for one row of x too (1) or not (0)
-    PENSIEVE_GEMV_MMA=$mma timeout 90 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve \
+    PENSIEVE_GEMV_MMA=$mma PENSIEVE_GPU_FUSED_MAX_ROWS=4 PENSIEVE_GPU_FUSED_VERIFY=1 timeout 70 bun dist/bench/gpu/rows-profile.js \
+      "$MODEL" --rows 1,2,3,4 --verify 9,16 --chunk 0 2>&1 | grep -E '^\||^##' | sed "s/^/mma$mma /" || true
+    PENSIEVE_GEMV_MMA=$mma timeout 60 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve \
       --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 1 \
       --out-dir "$OUT/single-mma$mma" 2>&1 | grep -E '^\| pensieve' | sed "s/^/mma$mma /" || true
   done
