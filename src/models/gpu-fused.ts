@@ -162,6 +162,8 @@ const QKV_DECODE = 2;
 const RESIDUAL = 3;
 const SWIGLU = 4;
 const NORMED = 5;
+/** Slots per kind: (B, L) as B * 32 + L, B up to 64. */
+const SLOTS = 4096;
 
 /** The value kept for (owner, slot), made on first use. */
 function keptFor<V>(byOwner: WeakMap<object, Map<number, V>>, owner: object, slot: number, make: () => V): V {
@@ -211,7 +213,8 @@ export class FusedStep {
     this.L = L;
     this.dtype = dtype;
     this.positions = positions;
-    this.#shape = B * 8 + L;
+    // Unique per (B, L) for L < 32 (verify passes: up to 16): B * 8 + L once gave a 2-row step a 9-token pass's plans.
+    this.#shape = B * 32 + L;
   }
 
   #xShape(q: mx.QuantizedWeight): number[] {
@@ -221,7 +224,7 @@ export class FusedStep {
   /** norm -> q|k|v (-> RoPE when `rope`) in one kernel: [B, L, N]. */
   normedQkv(h: MxArray, norm: Norm, q: mx.QuantizedWeight, rope: FusedRope | null): MxArray {
     launches++;
-    const slot = (rope ? QKV : NORMED) * 64 + this.#shape;
+    const slot = (rope ? QKV : NORMED) * SLOTS + this.#shape;
     const plan = planFor(q, slot, () =>
       rope
         ? fusedPlans.normRope(this.#xShape(q), this.dtype, q, norm.eps, rope)
@@ -241,7 +244,7 @@ export class FusedStep {
     kvHeads: number,
   ): [MxArray, MxArray, MxArray] {
     launches++;
-    const plan = planFor(q, QKV_DECODE * 64 + this.#shape, () =>
+    const plan = planFor(q, QKV_DECODE * SLOTS + this.#shape, () =>
       fusedPlans.normRopeQkv(this.B, this.dtype, q, norm.eps, rope, kvHeads),
     );
     const inputs = [h, q.weight, q.scales, q.biases as MxArray, norm.weight, this.positions, rope.invFreq];
@@ -251,14 +254,14 @@ export class FusedStep {
   /** res + x @ W.T in one kernel. */
   productPlusResidual(x: MxArray, q: mx.QuantizedWeight, res: MxArray): MxArray {
     launches++;
-    const plan = planFor(q, RESIDUAL * 64 + this.#shape, () => fusedPlans.residual(this.#xShape(q), this.dtype, q));
+    const plan = planFor(q, RESIDUAL * SLOTS + this.#shape, () => fusedPlans.residual(this.#xShape(q), this.dtype, q));
     return plan.run([x, q.weight, q.scales, q.biases as MxArray, res])[0] as MxArray;
   }
 
   /** norm -> gate|up -> silu(gate) * up in one kernel. */
   normedSwiglu(h: MxArray, norm: Norm, q: mx.QuantizedWeight): MxArray {
     launches++;
-    const plan = planFor(q, SWIGLU * 64 + this.#shape, () =>
+    const plan = planFor(q, SWIGLU * SLOTS + this.#shape, () =>
       fusedPlans.normSwiglu(this.#xShape(q), this.dtype, q, norm.eps),
     );
     return plan.run([h, q.weight, q.scales, q.biases as MxArray, norm.weight])[0] as MxArray;
@@ -267,7 +270,7 @@ export class FusedStep {
   /** norm -> product (the final norm -> lm_head, x [B, rows, K]) in one kernel. */
   normedProduct(h: MxArray, norm: Norm, q: mx.QuantizedWeight, rows: number): MxArray {
     launches++;
-    const plan = planFor(q, NORMED * 64 + this.B * 8 + rows, () =>
+    const plan = planFor(q, NORMED * SLOTS + this.B * 32 + rows, () =>
       fusedPlans.norm([this.B, rows, (q.weight.dim(1) * 32) / q.bits], this.dtype, q, norm.eps),
     );
     return plan.run([h, q.weight, q.scales, q.biases as MxArray, norm.weight])[0] as MxArray;
