@@ -195,7 +195,7 @@ export class Engine {
     const rows = device === "gpu" && !group ? holdFusedRowsUntilBuilt() : [];
     const verifyLengths = options.speculative ? verifyWarmupLengths(verifyTokens) : [];
     this.#kernelWarmups = [
-      ...rows.map((r) => () => warmDecodeRows(model, kvBits, r)),
+      ...rows.map((r, i) => () => warmDecodeRows(model, kvBits, r, rows[i - 1] ?? 1)),
       ...verifyLengths.map((t) => () => warmVerifyPass(model, kvBits, t)),
     ];
     this.info = {

@@ -68,10 +68,11 @@ export function warmVerifyPass(model: LanguageModel, kvBits: KvBits, tokens: num
  * Two decode steps of `rows` rows, so that the fused path's kernels for that batch size compile while idle.
  * Until it has run, batches of that size take MLX's ops (gpu-fused.ts holdFusedRowsUntilBuilt); it lets them
  * through first, so that the steps it runs are the fused ones. If it throws, that size (and so every larger one)
- * stays on MLX's ops; the engine logs the error.
+ * stays on MLX's ops; the engine logs the error. `after`: the count warmed before it (the hold's list may skip
+ * counts whose kernels a larger one shares).
  */
-export function warmDecodeRows(model: LanguageModel, kvBits: KvBits, rows: number): void {
-  if (fusedRowsNow() < rows - 1) return; // in order: after a smaller count failed, larger ones stay held
+export function warmDecodeRows(model: LanguageModel, kvBits: KvBits, rows: number, after = rows - 1): void {
+  if (fusedRowsNow() < after) return; // in order: after a smaller count failed, larger ones stay held
   fusedRowsBuilt(rows);
   try {
     warmOnThrowawayCache(model, kvBits, rows, `decode steps of ${rows} rows`, (cache) => {
@@ -80,7 +81,7 @@ export function warmDecodeRows(model: LanguageModel, kvBits: KvBits, rows: numbe
       mx.evaluate(model.forward(tokens, cache, { logits: "last" }));
     });
   } catch (e) {
-    fusedRowsBuilt(rows - 1);
+    fusedRowsBuilt(after);
     throw e;
   }
 }

@@ -25,6 +25,20 @@
 /** Rows of x the tensor-core body takes (NT = 4 column tiles of 8). */
 export const GEMV_MMA_MAX_ROWS = 32;
 
+/**
+ * The rows of x a tensor-core kernel is compiled for (its template M; the launch's rows are read
+ * from x's shape): 1-4 as they are, then 8, 16, 32, so a batch of 5-32 rows or a verify pass of
+ * 5-16 tokens shares one of three builds of each kernel instead of one per count (NVRTC, ~1-3 s each).
+ */
+export function mmaBucket(rows: number): number {
+  return rows <= 4 ? rows : rows <= 8 ? 8 : rows <= 16 ? 16 : 32;
+}
+
+/** The variant hooks' loops over rows of x, bounded by the launch's rows (MR) inside the bucket (M). */
+export function boundRows(hook: string): string {
+  return hook.replaceAll("for (int m = 0; m < M; ++m)", "for (int m = 0; m < M; ++m) if (m < MR)");
+}
+
 /** The tensor-core body; gemvSource fills PROLOGUE, ROWS, XLOAD and EPILOGUE (and RMS_M for norm variants). */
 export const GEMV_MMA_SOURCE = `
   using Ops = PvOps<T>;
@@ -40,6 +54,8 @@ export const GEMV_MMA_SOURCE = `
   const int wib = threadIdx.x >> 5;
   const int g = lane >> 2;
   const int t = lane & 3;
+  // Rows of x at run time (M is the kernel's bucket: mmaBucket): rows MR..M-1 are zero and not written.
+  const int MR = [&] { int r = 1; for (int i = 0; i + 1 < x_ndim; ++i) r *= x_shape[i]; return r; }();
 /*PROLOGUE*/
   // The tile rows this lane loads: tile row g and g + 8, through the variant's row order.
   int trow[2];
@@ -94,7 +110,7 @@ export const GEMV_MMA_SOURCE = `
 #pragma unroll
         for (int n = 0; n < NT; ++n) {
           const int m = n * 8 + g;
-          if (m < M && c < CHUNKS) {
+          if (m < MR && c < CHUNKS) {
             const uint4* xc = reinterpret_cast<const uint4*>(x + (size_t)m * K) + c * 4;
 /*RMS_M*/
             /*XLOAD*/

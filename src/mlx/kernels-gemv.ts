@@ -21,7 +21,15 @@
 import { Dtype, type MxArray } from "./array";
 import { CustomKernel, type KernelPlan, kernelLanguage } from "./kernels";
 import { CHUNK_PRODUCTS } from "./kernels-gemv-chunk";
-import { GEMV_MMA_HEADER, GEMV_MMA_MAX_ROWS, GEMV_MMA_SOURCE, MMA_RMS_M, mmaWarps } from "./kernels-gemv-mma";
+import {
+  boundRows,
+  GEMV_MMA_HEADER,
+  GEMV_MMA_MAX_ROWS,
+  GEMV_MMA_SOURCE,
+  MMA_RMS_M,
+  mmaBucket,
+  mmaWarps,
+} from "./kernels-gemv-mma";
 import { GEMV_SPLIT_SOURCE, splitConfig } from "./kernels-gemv-split";
 import type { QuantizedWeight } from "./ops";
 
@@ -167,10 +175,11 @@ export type GemvBody = "scalar" | "split" | "mma";
 export function gemvSource(variant: GemvVariant = {}, body: GemvBody | boolean = "scalar"): string {
   const kind: GemvBody = body === true ? "split" : body === false ? "scalar" : body;
   const source = kind === "split" ? GEMV_SPLIT_SOURCE : kind === "mma" ? GEMV_MMA_SOURCE : SOURCE;
+  const bound = kind === "mma" ? boundRows : (hook: string) => hook;
   return source
-    .replace("/*PROLOGUE*/", variant.norm ? NORM_PROLOGUE : "")
+    .replace("/*PROLOGUE*/", variant.norm ? bound(NORM_PROLOGUE) : "")
     .replaceAll("/*ROWS*/", variant.rows ?? PLAIN_ROWS)
-    .replace("/*EPILOGUE*/", variant.epilogue ?? PLAIN_EPILOGUE)
+    .replace("/*EPILOGUE*/", bound(variant.epilogue ?? PLAIN_EPILOGUE))
     .replace("/*RMS_M*/", variant.norm ? MMA_RMS_M : "")
     .replace(
       "/*XLOAD*/",
@@ -288,7 +297,17 @@ export function mmaFromRows(env: Record<string, string | undefined> = process.en
   const n = Number(env.PENSIEVE_GEMV_MMA ?? 0);
   return Number.isInteger(n) && n > 0 ? n : Number.POSITIVE_INFINITY;
 }
-const MMA_FROM_ROWS = mmaFromRows();
+let mmaFrom = mmaFromRows();
+
+/** The rows of x from which launches planned from now on take tensor cores (null: PENSIEVE_GEMV_MMA's). */
+export function setGemvMmaFromRows(rows: number | null): void {
+  mmaFrom = rows === null ? mmaFromRows() : rows;
+}
+
+/** Rows of x from which gemvConfig takes the tensor-core body (Infinity: never). */
+export function gemvMmaFromRows(): number {
+  return mmaFrom;
+}
 
 /**
  * Rows per warp. One row of x: 4 (the H100 sweep of 2026-12-06c: 4x4 was best
@@ -302,7 +321,7 @@ const VERIFY_ROWS = Number(process.env.PENSIEVE_GEMV_VERIFY_ROWS ?? 2);
 const VERIFY_WARPS = Number(process.env.PENSIEVE_GEMV_VERIFY_WARPS ?? 4);
 
 export function gemvConfig(n: number, m = 1, k?: number): GemvConfig {
-  if (m >= MMA_FROM_ROWS && k !== undefined && n % 16 === 0 && m <= GEMV_MMA_MAX_ROWS)
+  if (m >= mmaFrom && k !== undefined && n % 16 === 0 && m <= GEMV_MMA_MAX_ROWS)
     return { rows: 2, warps: mmaWarps(n, k), mma: true };
   // One row of x and K known: PENSIEVE_GEMV_SPLITK may split K (kernels-gemv-split.ts; off by default).
   if (m <= 1 && n % 4 === 0) return k === undefined ? { rows: 4, warps: 4 } : splitConfig({ rows: 4, warps: 4 }, k);
@@ -493,7 +512,7 @@ export function gemvPlan(
       threadgroup: [warps * 32, 1, 1],
       template: {
         T: { dtype },
-        M: m,
+        M: mma ? mmaBucket(m) : m,
         N: n,
         K: k,
         ROWS: rows,

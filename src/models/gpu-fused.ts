@@ -1,5 +1,6 @@
 // The decoder's fused CUDA decode path (on by default; PENSIEVE_GPU_FUSED=0 turns
-// it off): for decode steps of 1..4 rows (PENSIEVE_GPU_FUSED_MAX_ROWS lowers it), each layer is
+// it off): for decode steps of 1..4 rows (PENSIEVE_GPU_FUSED_MAX_ROWS sets it, up to 32 with the GEMV's
+// tensor cores), each layer is
 //   rms_norm -> q|k|v product -> RoPE        one kernel (kernels-gemv-fused.ts),
 //                                            k and v written in the cache's layout
 //   KV-cache write                           MLX's slice updates (in place)
@@ -20,7 +21,8 @@ import * as mx from "../mlx";
 import { type KernelPlan, kernelLanguage } from "../mlx/kernels";
 import { DecodeAttention, decodeAttentionSupports, mergedAttentionSplits } from "../mlx/kernels-attention";
 import { VERIFY_MAX_TOKENS, VerifyAttention, verifyAttentionSupports } from "../mlx/kernels-attention-verify";
-import { gemvSupports } from "../mlx/kernels-gemv";
+import { gemvMmaFromRows, gemvSupports } from "../mlx/kernels-gemv";
+import { GEMV_MMA_MAX_ROWS, mmaBucket } from "../mlx/kernels-gemv-mma";
 import { type FusedRope, fusedPlans } from "../mlx/kernels-gemv-fused";
 import type { Rope } from "./rope";
 import type { AttentionBatch, ForwardView } from "./types";
@@ -44,8 +46,17 @@ export function attentionWritesKv(): boolean {
   return kernelWritesKv;
 }
 
-/** Rows (B * L) up to which the fused kernels are built (registers and unrolled code grow with the rows). */
+/** Rows (B * L) up to which the fused kernels are built with the scalar GEMV (registers and unrolled code grow with the rows). */
 export const FUSED_MAX_ROWS = 4;
+
+/**
+ * The most rows PENSIEVE_GPU_FUSED_MAX_ROWS may ask for: 4, or 32 where the GEMV family takes tensor cores
+ * from 2 rows of x (PENSIEVE_GEMV_MMA <= 2: kernels-gemv-mma.ts, whose builds stay small at any rows and are
+ * shared by 5-8, 9-16 and 17-32 rows).
+ */
+export function fusedRowCap(): number {
+  return gemvMmaFromRows() <= 2 ? GEMV_MMA_MAX_ROWS : FUSED_MAX_ROWS;
+}
 
 /**
  * Rows up to which forwards take the fused path by default: 4. On an H100 (bench/results/gpu-h100-2026-12-07e/) a
@@ -55,19 +66,19 @@ export const FUSED_MAX_ROWS = 4;
  * NVRTC compiles (~5.5 s on the engine thread at first use), so the engine holds batches of 2+ rows on MLX's ops
  * until it has built that count's kernels while idle (holdFusedRowsUntilBuilt, fusedRowsBuilt): 8 concurrent
  * sessions on an H200 once waited 3 x 5.5 s for them (bench/results/gpu-h200-2026-12-06f/replay).
- * PENSIEVE_GPU_FUSED_MAX_ROWS (1..4) lowers it.
+ * PENSIEVE_GPU_FUSED_MAX_ROWS (1..fusedRowCap()) sets it.
  */
 export const FUSED_DEFAULT_ROWS = FUSED_MAX_ROWS;
 
-/** The row limit PENSIEVE_GPU_FUSED_MAX_ROWS asks for: an integer 1..FUSED_MAX_ROWS, else the default. */
+/** The row limit PENSIEVE_GPU_FUSED_MAX_ROWS asks for: an integer 1..fusedRowCap(), else the default. */
 export function fusedRowLimitFrom(value: string | undefined): number {
   const n = Number(value);
-  return value && Number.isInteger(n) && n >= 1 && n <= FUSED_MAX_ROWS ? n : FUSED_DEFAULT_ROWS;
+  return value && Number.isInteger(n) && n >= 1 && n <= fusedRowCap() ? n : FUSED_DEFAULT_ROWS;
 }
 
 let rowLimit = fusedRowLimitFrom(process.env.PENSIEVE_GPU_FUSED_MAX_ROWS);
-// Rows whose kernels are built (1..builtRows take the path); FUSED_MAX_ROWS unless the engine holds them.
-let builtRows = FUSED_MAX_ROWS;
+// Rows whose kernels are built (1..builtRows take the path): all unless the engine holds them.
+let builtRows = GEMV_MMA_MAX_ROWS;
 
 /** Sets the rows up to which forwards built from now on take the fused path (null: the default). */
 export function setFusedRowLimit(rows: number | null): void {
@@ -81,16 +92,21 @@ export function fusedRowLimit(): number {
 
 /**
  * From now on forwards of 2+ rows take MLX's ops until fusedRowsBuilt says their kernels are built; returns
- * the row counts to build (2..the limit, in order; none when the path is off).
+ * the row counts to build, in order (none when the path is off): 2..the limit, or with tensor cores from 2 rows
+ * one count per build (2, 3, 4, then 8, 16, 32: mmaBucket), capped at the limit.
  */
 export function holdFusedRowsUntilBuilt(): number[] {
   builtRows = 1;
-  return enabled ? Array.from({ length: Math.max(0, rowLimit - 1) }, (_, i) => i + 2) : [];
+  if (!enabled) return [];
+  const counts = new Set<number>();
+  const shared = gemvMmaFromRows() <= 2;
+  for (let r = 2; r <= rowLimit; r++) counts.add(shared ? Math.min(mmaBucket(r), rowLimit) : r);
+  return [...counts];
 }
 
 /** Rows 1..rows may take the fused path (their kernels are built, or are being built by the caller). */
 export function fusedRowsBuilt(rows: number): void {
-  builtRows = Math.min(FUSED_MAX_ROWS, Math.max(1, rows));
+  builtRows = Math.min(GEMV_MMA_MAX_ROWS, Math.max(1, rows));
 }
 
 /** Rows up to which forwards take the fused path now: the limit, less rows whose kernels the engine has not built. */

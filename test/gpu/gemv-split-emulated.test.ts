@@ -7,7 +7,7 @@
 // block is a thread per GPU thread), the unsplit kernel the blocks covering the same rows.
 import { describe, expect, test } from "bun:test";
 import { GEMV_KERNEL, GEMV_RMS_NORM_KERNEL, gemvSource, mmaFromRows } from "../../src/mlx/kernels-gemv";
-import { GEMV_MMA_HEADER, mmaWarps } from "../../src/mlx/kernels-gemv-mma";
+import { GEMV_MMA_HEADER, mmaBucket, mmaWarps } from "../../src/mlx/kernels-gemv-mma";
 import {
   GEMV_NORM_ROPE_KERNEL,
   GEMV_NORM_ROPE_QKV_KERNEL,
@@ -69,20 +69,23 @@ function program(c: Case): string {
   constexpr int EPS_BITS = ${bits(EPS)}, HD = ${hd}, ROTATED = ${c.rotated ?? 0}, POS_SCALE_BITS = ${bits(c.posScale ?? 1)};
   constexpr bool TRADITIONAL = ${c.traditional ? "true" : "false"};
   constexpr int QS = ${qs}, KVS = ${kvs};`;
-  const kernel = (name: string, warps: string, source: string) => `
+  const kernel = (name: string, warps: string, source: string, bucket = c.m) => `
 void ${name}(const ${T}* x, const uint32_t* w, const ${T}* scales, const ${T}* biases, const ${T}* res, const ${T}* norm,
             const int32_t* pos, const float* inv_freq, ${T}* y) {
   using T = ${T};
-  ${constants}
+  ${constants.replace(`M = ${c.m},`, `M = ${bucket},`)}
+  const int x_shape[2] = {${c.m}, ${c.k}};
+  constexpr int x_ndim = 2;
+  (void)x_shape;
   ${warps}
-  ${T}* q = y; ${T}* k = y + M * QS; ${T}* v = y + M * (QS + KVS);
+  ${T}* q = y; ${T}* k = y + ${c.m} * QS; ${T}* v = y + ${c.m} * (QS + KVS);
   (void)q; (void)k; (void)v; (void)QS; (void)KVS; (void)res; (void)norm; (void)pos; (void)inv_freq;
   (void)HD; (void)ROTATED; (void)POS_SCALE_BITS; (void)TRADITIONAL; (void)EPS_BITS;
 ${source}
 }`;
   const variant = spec.variant ?? {};
   const other = c.mma
-    ? kernel("split", `constexpr int WARPS = ${c.mma};`, gemvSource(variant, "mma"))
+    ? kernel("split", `constexpr int WARPS = ${c.mma};`, gemvSource(variant, "mma"), mmaBucket(c.m))
     : kernel(
         "split",
         `constexpr int SPLIT = ${c.split}, WARPS = ${c.groups * c.split}, LOADS = ${c.loads ?? 8};`,
@@ -302,6 +305,7 @@ describe.skipIf(!emulationCompiler)("tensor-core 4-bit GEMV (1-32 rows of x), em
     { ...all, variant: "norm", dtype: "f16", m: 16, n: 16, k: 3072, rows: 2, group: 64, mma: 8 },
     { ...all, variant: "residual", dtype: "f16", m: 3, n: 32, k: 8192, rows: 2, group: 64, mma: 8 },
     { ...all, variant: "residual", dtype: "bf16", m: 32, n: 16, k: 1024, rows: 4, group: 128, mma: 2 },
+    { ...all, variant: "residual", dtype: "f16", m: 20, n: 32, k: 1024, rows: 2, group: 64, mma: 2 }, // bucket 32
     { ...all, variant: "swiglu", dtype: "f16", m: 4, n: 64, k: 3072, rows: 2, group: 64, mma: 4 },
     { ...all, variant: "swiglu", dtype: "bf16", m: 12, n: 32, k: 1088, rows: 4, group: 32, mma: 2 },
     {

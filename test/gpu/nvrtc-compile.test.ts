@@ -99,20 +99,25 @@ for (const m of [1, 4, 9, 16]) {
   );
 }
 
-// The tensor-core body (kernels-gemv-mma.ts) at 2, 9 and 32 rows of x: every variant, 4 warps a tile.
+// The tensor-core body (kernels-gemv-mma.ts) at 2, 9 and 32 rows of x: every variant, 4 warps a tile
+// (x's shape and ndim passed, as MLX adds them for a source that reads them).
+const withShape = (inputs: NvrtcKernel["inputs"]) =>
+  inputs.map((i) => (i.name === "x" ? { ...i, shape: true, ndim: true } : i));
 for (const m of [2, 9, 32]) {
   const rope = { HD: 96, ROTATED: 6144, TRADITIONAL: false, POS_SCALE_BITS: 1065353216 };
-  const ropeInputs = gemvInputs([
-    { name: "norm", type: H },
-    { name: "pos", type: "int32_t" },
-    { name: "inv_freq", type: "float" },
-  ]);
+  const ropeInputs = withShape(
+    gemvInputs([
+      { name: "norm", type: H },
+      { name: "pos", type: "int32_t" },
+      { name: "inv_freq", type: "float" },
+    ]),
+  );
   cases.push(
     {
       label: `tensor cores: rms_norm gemv (lm_head) M=${m}`,
       kernel: {
         ...mmaSpec(GEMV_RMS_NORM_KERNEL),
-        inputs: gemvInputs([{ name: "norm", type: H }]),
+        inputs: withShape(gemvInputs([{ name: "norm", type: H }])),
         outputs: out,
         template: gemvTemplate(m, 32064, 3072, 2),
       },
@@ -121,7 +126,7 @@ for (const m of [2, 9, 32]) {
       label: `tensor cores: residual (down) M=${m}`,
       kernel: {
         ...mmaSpec(GEMV_RESIDUAL_KERNEL),
-        inputs: gemvInputs([{ name: "res", type: H }]),
+        inputs: withShape(gemvInputs([{ name: "res", type: H }])),
         outputs: out,
         template: gemvTemplate(m, 3072, 8192, 2),
       },
@@ -130,7 +135,7 @@ for (const m of [2, 9, 32]) {
       label: `tensor cores: rms_norm + swiglu (gate|up) M=${m}`,
       kernel: {
         ...mmaSpec(GEMV_NORM_SWIGLU_KERNEL),
-        inputs: gemvInputs([{ name: "norm", type: H }]),
+        inputs: withShape(gemvInputs([{ name: "norm", type: H }])),
         outputs: out,
         template: gemvTemplate(m, 16384, 3072, 2),
       },

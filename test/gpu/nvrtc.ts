@@ -53,7 +53,7 @@ export interface NvrtcKernel {
   name: string;
   header: string;
   source: string;
-  inputs: ReadonlyArray<{ name: string; type: CudaType; shape?: boolean; strides?: boolean }>;
+  inputs: ReadonlyArray<{ name: string; type: CudaType; shape?: boolean; strides?: boolean; ndim?: boolean }>;
   outputs: ReadonlyArray<{ name: string; type: CudaType }>;
   /** Template constants: number -> int, boolean -> bool, string -> type alias. */
   template: Readonly<Record<string, number | boolean | string>>;
@@ -66,6 +66,7 @@ export function mlxKernelSource(k: NvrtcKernel): string {
       `    const ${i.type}* ${i.name}`,
       ...(i.shape ? [`    const __grid_constant__ Shape ${i.name}_shape`] : []),
       ...(i.strides ? [`    const __grid_constant__ Strides ${i.name}_strides`] : []),
+      ...(i.ndim ? [`    const __grid_constant__ int ${i.name}_ndim`] : []),
     ]),
     ...k.outputs.map((o) => `    ${o.type}* ${o.name}`),
   ];

@@ -15,10 +15,13 @@ import {
   fusedRowsBuilt,
   fusedRowsNow,
   holdFusedRowsUntilBuilt,
+  fusedRowCap,
   setFusedRowLimit,
 } from "../../src/models/gpu-fused";
+import { setGemvMmaFromRows } from "../../src/mlx/kernels-gemv";
 
 afterEach(() => {
+  setGemvMmaFromRows(null);
   setFusedRowLimit(null);
   fusedRowsBuilt(FUSED_MAX_ROWS);
 });
@@ -32,7 +35,8 @@ test("the fused path takes up to four rows by default", () => {
   }
 });
 
-test("PENSIEVE_GPU_FUSED_MAX_ROWS takes 1..4; anything else keeps the default", () => {
+test("PENSIEVE_GPU_FUSED_MAX_ROWS takes 1..4 with the scalar GEMV; anything else keeps the default", () => {
+  setGemvMmaFromRows(Number.POSITIVE_INFINITY);
   expect(FUSED_MAX_ROWS).toBe(4);
   for (const n of [1, 2, 3, 4]) expect(fusedRowLimitFrom(String(n))).toBe(n);
   for (const bad of ["", "0", "5", "2.5", "-1", "many"]) expect(fusedRowLimitFrom(bad)).toBe(FUSED_DEFAULT_ROWS);
@@ -58,4 +62,23 @@ test("an engine holds batches on MLX's ops until it has built each row count's k
   setFusedRowLimit(1);
   expect(holdFusedRowsUntilBuilt()).toEqual([]);
   expect(fusedRowsNow()).toBe(1);
+});
+
+test("with tensor cores from 2 rows (PENSIEVE_GEMV_MMA) the limit goes to 32, built once per shared kernel size", () => {
+  setGemvMmaFromRows(2);
+  expect(fusedRowCap()).toBe(32);
+  expect(fusedRowLimitFrom("32")).toBe(32);
+  expect(fusedRowLimitFrom("33")).toBe(FUSED_DEFAULT_ROWS);
+  setFusedRowLimit(32);
+  expect(holdFusedRowsUntilBuilt()).toEqual([2, 3, 4, 8, 16, 32]);
+  expect(fusedRowsNow()).toBe(1);
+  fusedRowsBuilt(8); // the 8-row build covers 5..8
+  expect(fusedRowsNow()).toBe(8);
+  setFusedRowLimit(12);
+  expect(holdFusedRowsUntilBuilt()).toEqual([2, 3, 4, 8, 12]);
+  // From one row only (PENSIEVE_GEMV_MMA=1) the same; from 5, the scalar cap holds.
+  setGemvMmaFromRows(1);
+  expect(fusedRowCap()).toBe(32);
+  setGemvMmaFromRows(5);
+  expect(fusedRowCap()).toBe(4);
 });
