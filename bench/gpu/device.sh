@@ -24,7 +24,8 @@
 #   bash bench/gpu/device.sh verify-merge  # the verify attention's parallel merge: GPU tests, cost at 512/4,000/16,000 (~4 min)
 #   bash bench/gpu/device.sh multi-row     # batched steps without dense copies: W4A16 kernel, fused 2-4 rows, 32 streams (~7 min)
 #   bash bench/gpu/device.sh kprof         # the fused layer kernels at one row of x beside the plain GEMV, ncu of a step (~4 min)
-#   bash bench/gpu/device.sh mma-tests     # GPU tests with the GEMV's tensor-core body (PENSIEVE_GEMV_MMA=1) (~5 min)
+#   bash bench/gpu/device.sh mma-tests     # the fused path's GPU tests with the GEMV's tensor-core body (PENSIEVE_GEMV_MMA=1) (~4 min)
+#   bash bench/gpu/device.sh mma-load      # 32 streams: default against fused 32 rows with tensor cores (~4 min)
 #   bash bench/gpu/device.sh mma           # the tensor-core body against the scalar one: products, verify, steps, one stream (~6 min)
 #   bash bench/gpu/device.sh rows-default  # fused 2-4-row batches by default: GPU tests, 2/4 streams from a cold PTX cache, 8 sessions (~8 min)
 #   bash bench/gpu/device.sh smol-stage    # three calls (carry .device/smol.part.N; the last with .device/smol.sha256)
@@ -287,30 +288,42 @@ kprof)
   done
   ;;
 mma-tests)
-  # Issues 11 and 13, 2026-12-07: the GPU tests of the GEMV (against MLX's quantized_matmul) and of the fused decode
-  # path (against MLX's ops; multi-row steps, verify passes, greedy tokens) with the tensor-core body from 1 row of x
-  # (PENSIEVE_GEMV_MMA=1) and fused verify passes up to 16 tokens. After prepare; ~5 minutes.
+  # Issues 11 and 13, 2026-12-07: the GPU tests of the fused decode path (each fused kernel against MLX's ops at 1-16
+  # rows of x, multi-row steps, ragged batches, verify passes, greedy tokens fused against unfused) with the GEMV's
+  # tensor-core body from 1 row of x (PENSIEVE_GEMV_MMA=1) and fused verify passes up to 16 tokens. After prepare.
   mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
-  for t in gemv fused; do
-    PENSIEVE_GEMV_MMA=${MMA_FROM:-1} PENSIEVE_GPU_FUSED_VERIFY=1 timeout 270 bun test --timeout 180000 ./dist/test-gpu/$t.test.js 2>&1 |
-      grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -60 | tee "$OUT/mma-tests-$t.txt" || true
-  done
+  PENSIEVE_GEMV_MMA=${MMA_FROM:-1} PENSIEVE_GPU_FUSED_VERIFY=1 timeout 280 bun test --timeout 180000 ./dist/test-gpu/fused.test.js \
+    -t "${MMA_TEST_FILTER:-}" 2>&1 | grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -80 |
+    tee "$OUT/mma-tests-fused.txt" || true
   ;;
 mma)
   # Issues 11 and 13, 2026-12-07: the GEMV family's tensor-core body (kernels-gemv-mma.ts, PENSIEVE_GEMV_MMA=N: from N
-  # rows of x) against the scalar body: the products at 1-16 rows of x, verify passes of 1-15 drafts after 512 tokens,
-  # decode steps of 1-4 rows (fused), one stream 128 -> 256. After prepare; ~6 minutes.
-  timeout 200 bun dist/bench/gpu/fused-kernels.js --no-one --quick --rows "${MMA_ROWS:-1,2,4,9,16}" --out "$OUT/mma-kernels" \
-    2>&1 | grep -E 'us|skipped|rror' | tail -120 || true
+  # rows of x) against the scalar body: the products at 1, 9 and 32 rows of x, verify passes of 1-15 drafts after 512
+  # tokens, decode steps of 1-32 rows (fused up to 32 rows with it), one stream 128 -> 256. After prepare; ~6 minutes.
+  timeout 150 bun dist/bench/gpu/fused-kernels.js --no-one --quick --rows "${MMA_ROWS:-1,9,32}" --out "$OUT/mma-kernels" \
+    2>&1 | grep -E 'us|skipped|rror' | tail -80 || true
   for mma in 0 1; do
-    PENSIEVE_GEMV_MMA=$mma PENSIEVE_GPU_FUSED_VERIFY=1 timeout 80 bun dist/bench/run.js spec-verify-cost --model "$MODEL" \
+    rows=4; [ $mma = 1 ] && rows=32
+    PENSIEVE_GEMV_MMA=$mma PENSIEVE_GPU_FUSED_VERIFY=1 timeout 70 bun dist/bench/run.js spec-verify-cost --model "$MODEL" \
       --device gpu --prompt 512 --ks 1,2,4,8,15 --n 15 --out-dir "$OUT/verify-mma$mma" 2>&1 | grep -E '^\| [0-9]|step:' |
       sed "s/^/mma$mma /" || true
-    PENSIEVE_GEMV_MMA=$mma PENSIEVE_GPU_FUSED_MAX_ROWS=4 PENSIEVE_GPU_FUSED_VERIFY=1 timeout 70 bun dist/bench/gpu/rows-profile.js \
-      "$MODEL" --rows 1,2,3,4 --verify 9,16 --chunk 0 2>&1 | grep -E '^\||^##' | sed "s/^/mma$mma /" || true
-    PENSIEVE_GEMV_MMA=$mma timeout 60 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve \
+    PENSIEVE_GEMV_MMA=$mma PENSIEVE_GPU_FUSED_MAX_ROWS=$rows PENSIEVE_GPU_FUSED_VERIFY=1 timeout 80 bun dist/bench/gpu/rows-profile.js \
+      "$MODEL" --rows 1,2,4,8,32 --verify 9,16 --chunk 0 2>&1 | grep -E '^\||^##' | sed "s/^/mma$mma /" || true
+    PENSIEVE_GEMV_MMA=$mma timeout 50 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve \
       --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 1 \
       --out-dir "$OUT/single-mma$mma" 2>&1 | grep -E '^\| pensieve' | sed "s/^/mma$mma /" || true
+  done
+  ;;
+mma-load)
+  # 32 concurrent streams over HTTP: the default (MLX's ops with dense fp16 copies past 4 rows) against fused decode up
+  # to 32 rows with the GEMV's tensor cores (PENSIEVE_GEMV_MMA=2 PENSIEVE_GPU_FUSED_MAX_ROWS=32), each server given
+  # 60 s idle to build its kernels. ~4 minutes.
+  for v in 0:4 2:32; do
+    IFS=: read -r mma rows <<< "$v"
+    PENSIEVE_GEMV_MMA=$mma PENSIEVE_GPU_FUSED_MAX_ROWS=$rows timeout 140 bun dist/bench/run.js load --model "$MODEL" --device gpu \
+      --levels 32 --servers pensieve --python $PY --requests-per-client 2 --out-tokens 128 --prompt-tokens 128,256,512 \
+      --ban-tokens $BAN --settle-ms "${SETTLE_MS:-60000}" --out-dir "$OUT/load32-mma$mma" 2>&1 | grep -E '^\| pensieve' |
+      sed "s/^/mma$mma rows$rows /" || true
   done
   ;;
 rows-default)

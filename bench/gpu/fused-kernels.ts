@@ -3,7 +3,7 @@
 // sweep of launch shapes (rows per warp x warps per block, split-K):
 //   bun bench/gpu/fused-kernels.ts [--out DIR] [--quick] [--rows 2,4,9,16,32] [--no-one]
 // --rows: also the kernels at several rows of x (verify passes, batches): the scalar body against
-// the tensor-core body (kernels-gemv-mma.ts) at 2, 4 and 8 warps a tile, and MLX's quantized_matmul.
+// the tensor-core body (kernels-gemv-mma.ts) at its default warps a tile and twice that, and MLX's quantized_matmul.
 // --no-one: skip the one-row section.
 // Why: Nsight Compute put the q|k|v kernel with RMSNorm and RoPE at 27 us against 17.6
 // for gate|up with twice its bytes (gpu-h100-2026-12-06e); this says which epilogue or
@@ -239,7 +239,8 @@ function rowsSection(): void {
             : fusedPlans.residual(xs.shape, xs.dtype, w(i), c).run([...qIn(i), res]);
       const configs: GemvConfig[] = [];
       if (m <= 16) configs.push(pairedConfig(s.n, m, s.k));
-      for (const warps of [2, 4, 8]) configs.push({ rows: 2, warps, mma: true });
+      const base = mmaWarps(s.n, s.k);
+      for (const warps of new Set([base, Math.min(8, base * 2)])) configs.push({ rows: 2, warps, mma: true });
       for (const c of configs) {
         const label = c.mma
           ? `mma ${c.warps} warps${c.warps === mmaWarps(s.n, s.k) ? " (default)" : ""}`
