@@ -293,7 +293,7 @@ mma-tests)
   # tensor-core body from 1 row of x (PENSIEVE_GEMV_MMA=1) and fused verify passes up to 16 tokens. After prepare.
   mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
   PENSIEVE_GEMV_MMA=${MMA_FROM:-1} PENSIEVE_GPU_FUSED_VERIFY=1 timeout 280 bun test --timeout 180000 ./dist/test-gpu/fused.test.js \
-    -t "${MMA_TEST_FILTER:-}" 2>&1 | grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -80 |
+    ${MMA_TEST_FILTER:+-t "$MMA_TEST_FILTER"} 2>&1 | grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -80 |
     tee "$OUT/mma-tests-fused.txt" || true
   ;;
 mma)
