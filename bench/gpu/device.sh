@@ -304,15 +304,17 @@ mma)
   timeout 150 bun dist/bench/gpu/fused-kernels.js --no-one --quick --rows "${MMA_ROWS:-1,9,32}" --out "$OUT/mma-kernels" \
     2>&1 | grep -E 'us|skipped|rror' | tail -80 || true
   for mma in 0 1; do
-    rows=4; [ $mma = 1 ] && rows=32
     PENSIEVE_GEMV_MMA=$mma PENSIEVE_GPU_FUSED_VERIFY=1 timeout 70 bun dist/bench/run.js spec-verify-cost --model "$MODEL" \
       --device gpu --prompt 512 --ks 1,2,4,8,15 --n 15 --out-dir "$OUT/verify-mma$mma" 2>&1 | grep -E '^\| [0-9]|step:' |
       sed "s/^/mma$mma /" || true
-    PENSIEVE_GEMV_MMA=$mma PENSIEVE_GPU_FUSED_MAX_ROWS=$rows PENSIEVE_GPU_FUSED_VERIFY=1 timeout 80 bun dist/bench/gpu/rows-profile.js \
-      "$MODEL" --rows 1,2,4,8,32 --verify 9,16 --chunk 0 2>&1 | grep -E '^\||^##' | sed "s/^/mma$mma /" || true
     PENSIEVE_GEMV_MMA=$mma timeout 50 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve \
       --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 1 \
       --out-dir "$OUT/single-mma$mma" 2>&1 | grep -E '^\| pensieve' | sed "s/^/mma$mma /" || true
+  done
+  for mma in 0 1; do
+    rows=4; [ $mma = 1 ] && rows=32
+    PENSIEVE_GEMV_MMA=$mma PENSIEVE_GPU_FUSED_MAX_ROWS=$rows PENSIEVE_GPU_FUSED_VERIFY=1 timeout 80 bun dist/bench/gpu/rows-profile.js \
+      "$MODEL" --rows 1,2,4,8,32 --verify 9,16 --chunk 0 2>&1 | grep -E '^\||^##' | sed "s/^/mma$mma /" || true
   done
   ;;
 mma-load)
