@@ -307,9 +307,10 @@ mma)
     PENSIEVE_GEMV_MMA=$mma PENSIEVE_GPU_FUSED_VERIFY=1 timeout 70 bun dist/bench/run.js spec-verify-cost --model "$MODEL" \
       --device gpu --prompt 512 --ks 1,2,4,8,15 --n 15 --out-dir "$OUT/verify-mma$mma" 2>&1 | grep -E '^\| [0-9]|step:' |
       sed "s/^/mma$mma /" || true
-    PENSIEVE_GEMV_MMA=$mma timeout 50 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve \
-      --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 1 \
-      --out-dir "$OUT/single-mma$mma" 2>&1 | grep -E '^\| pensieve' | sed "s/^/mma$mma /" || true
+    engines=pensieve; [ $mma = 1 ] && engines=pensieve,mlx-lm  # mlx-lm once, for the same-lease ratio
+    PENSIEVE_GEMV_MMA=$mma timeout 90 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines $engines \
+      --python $PY --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 1 \
+      --out-dir "$OUT/single-mma$mma" 2>&1 | grep -E '^\| (pensieve|mlx)' | sed "s/^/mma$mma /" || true
   done
   for mma in 0 1; do
     rows=4; [ $mma = 1 ] && rows=32
