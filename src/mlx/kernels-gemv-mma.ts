@@ -173,16 +173,11 @@ export const MMA_RMS_M = `            float rms_m = rms[0];
             for (int i = 1; i < M; ++i)
               if (m == i) rms_m = rms[i];`;
 
-/** Header additions: the dequantized pair and the mma (CUDA), or the emulation's mma on the CPU. */
-export const GEMV_MMA_HEADER = `
-// Nibbles (shift/4, shift/4 + 4) of a word as the 16-bit pair s*q + b.
-template <typename T>
-__device__ __forceinline__ uint32_t pv_deq2(uint32_t w, int shift, typename PvOps<T>::T2 s, typename PvOps<T>::T2 b) {
-  using Ops = PvOps<T>;
-  using T2 = typename Ops::T2;
-  const T2 q = __hsub2(pv_bits<T2>(((w >> shift) & 0x000F000Fu) | Ops::MAGIC), pv_bits<T2>(Ops::MAGIC));
-  return pv_word(__hfma2(q, s, b));
-}
+/**
+ * mma.sync m16n8k16 with float accumulation, fp16 or bf16 (CUDA), or the emulation's on the CPU
+ * (test/gpu/cuda-emulation.h). Shared with the batched W4A16 kernel's header (kernels-qmm.ts).
+ */
+export const MMA_M16N8K16 = `
 // D (16x8, float) += A (16x16) B (16x8) over the warp, A and B in T.
 template <typename T>
 __device__ __forceinline__ void pv_mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
@@ -209,6 +204,18 @@ __device__ __forceinline__ void pv_mma<__nv_bfloat16>(float (&d)[4], const uint3
 #endif
 }
 `;
+
+/** Header additions: the dequantized pair and the mma (CUDA), or the emulation's mma on the CPU. */
+export const GEMV_MMA_HEADER = `
+// Nibbles (shift/4, shift/4 + 4) of a word as the 16-bit pair s*q + b.
+template <typename T>
+__device__ __forceinline__ uint32_t pv_deq2(uint32_t w, int shift, typename PvOps<T>::T2 s, typename PvOps<T>::T2 b) {
+  using Ops = PvOps<T>;
+  using T2 = typename Ops::T2;
+  const T2 q = __hsub2(pv_bits<T2>(((w >> shift) & 0x000F000Fu) | Ops::MAGIC), pv_bits<T2>(Ops::MAGIC));
+  return pv_word(__hfma2(q, s, b));
+}
+${MMA_M16N8K16}`;
 
 /** Warps per block (k-split) for a tile of 16 rows: doubled until a launch has 2,048, at most 8 and the k-blocks. */
 export function mmaWarps(n: number, k: number): number {

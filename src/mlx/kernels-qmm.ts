@@ -25,10 +25,11 @@
 // Over 400 lines: the kernel source (with its tile and split-K variants) and the plan choosing them.
 import { Dtype, type MxArray } from "./array";
 import { CustomKernel, type KernelPlan, kernelLanguage } from "./kernels";
+import { MMA_M16N8K16 } from "./kernels-gemv-mma";
 import type { QuantizedWeight } from "./ops";
 import * as ops from "./ops";
 
-const HEADER = `
+const HEADER = `${MMA_M16N8K16}
 template <typename T> struct PvQ;
 template <> struct PvQ<__half> {
   using T2 = __half2;
@@ -36,15 +37,7 @@ template <> struct PvQ<__half> {
   static constexpr uint32_t BASE = 0x64006400u;   // subtracted: leaves q
   static __device__ __forceinline__ T2 splat(__half v) { return __half2half2(v); }
   static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#ifdef __CUDA_ARCH__
-    asm(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-    emu_mma_m16n8k16(d, a, b0, b1, false);
-#endif
+    pv_mma<__half>(d, a, b0, b1);
   }
 };
 template <> struct PvQ<__nv_bfloat16> {
@@ -53,15 +46,7 @@ template <> struct PvQ<__nv_bfloat16> {
   static constexpr uint32_t BASE = 0x43004300u;
   static __device__ __forceinline__ T2 splat(__nv_bfloat16 v) { return __bfloat162bfloat162(v); }
   static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#ifdef __CUDA_ARCH__
-    asm(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-    emu_mma_m16n8k16(d, a, b0, b1, true);
-#endif
+    pv_mma<__nv_bfloat16>(d, a, b0, b1);
   }
 };
 
