@@ -283,18 +283,21 @@ export interface GemvConfig {
   /** With split: 16-byte weight loads in flight a thread (default 8). */
   loads?: number;
   /**
-   * Tensor cores (kernels-gemv-mma.ts): blocks of `warps` warps on one tile of 16 output
-   * rows (K split between the warps); `rows` is then the variant hooks' rows per virtual warp.
+   * Tensor cores (kernels-gemv-mma.ts; gemvConfig from mmaFromRows() rows of x): blocks of `warps` warps
+   * on one tile of 16 output rows (K split between the warps); `rows` is then the hooks' rows per virtual warp.
    */
   mma?: boolean;
 }
 
 /**
- * Rows of x from which gemvConfig takes the tensor-core body: PENSIEVE_GEMV_MMA=N (1..32; 1
- * includes one-row decode), 0 or unset: never (not yet measured on a GPU against the scalar kernel).
+ * Rows of x from which gemvConfig takes the tensor-core body: 3 by default, PENSIEVE_GEMV_MMA=N (1..32), 0: never.
+ * H100, full-size Phi-3 (bench/results/gpu-h100-2026-12-07f): per product at 9 rows of x 1.9-3.0x faster than
+ * the scalar body (q|k|v 21.8 against 64.3 us, gate|up 35.0 against 102.9), at one row 1.2-1.7x slower (q|k|v
+ * 13.2 against 8.4); fused decode steps of 2 rows 4.61 ms against 4.23, of 4 rows 4.74 against 5.34. 3 sits
+ * between (the scalar 3-row step took 5.2-5.5 ms in gpu-h100-2026-12-07e).
  */
 export function mmaFromRows(env: Record<string, string | undefined> = process.env): number {
-  const n = Number(env.PENSIEVE_GEMV_MMA ?? 0);
+  const n = Number(env.PENSIEVE_GEMV_MMA ?? 3);
   return Number.isInteger(n) && n > 0 ? n : Number.POSITIVE_INFINITY;
 }
 let mmaFrom = mmaFromRows();

@@ -50,12 +50,12 @@ export function attentionWritesKv(): boolean {
 export const FUSED_MAX_ROWS = 4;
 
 /**
- * The most rows PENSIEVE_GPU_FUSED_MAX_ROWS may ask for: 4, or 32 where the GEMV family takes tensor cores
- * from 2 rows of x (PENSIEVE_GEMV_MMA <= 2: kernels-gemv-mma.ts, whose builds stay small at any rows and are
- * shared by 5-8, 9-16 and 17-32 rows).
+ * The most rows PENSIEVE_GPU_FUSED_MAX_ROWS may ask for: 32 where the GEMV family takes tensor cores from 5 rows
+ * of x or fewer (PENSIEVE_GEMV_MMA, 3 by default: kernels-gemv-mma.ts, whose builds stay small at any rows and
+ * are shared by 5-8, 9-16 and 17-32 rows), else 4 (the scalar GEMV's registers and NVRTC time grow with the rows).
  */
 export function fusedRowCap(): number {
-  return gemvMmaFromRows() <= 2 ? GEMV_MMA_MAX_ROWS : FUSED_MAX_ROWS;
+  return gemvMmaFromRows() <= 5 ? GEMV_MMA_MAX_ROWS : FUSED_MAX_ROWS;
 }
 
 /**
@@ -92,14 +92,14 @@ export function fusedRowLimit(): number {
 
 /**
  * From now on forwards of 2+ rows take MLX's ops until fusedRowsBuilt says their kernels are built; returns
- * the row counts to build, in order (none when the path is off): 2..the limit, or with tensor cores from 2 rows
+ * the row counts to build, in order (none when the path is off): 2..the limit, or with tensor cores past 4 rows
  * one count per build (2, 3, 4, then 8, 16, 32: mmaBucket), capped at the limit.
  */
 export function holdFusedRowsUntilBuilt(): number[] {
   builtRows = 1;
   if (!enabled) return [];
   const counts = new Set<number>();
-  const shared = gemvMmaFromRows() <= 2;
+  const shared = fusedRowCap() > FUSED_MAX_ROWS;
   for (let r = 2; r <= rowLimit; r++) counts.add(shared ? Math.min(mmaBucket(r), rowLimit) : r);
   return [...counts];
 }
@@ -340,7 +340,10 @@ export class FusedStep {
 // By default passes of up to FUSED_VERIFY_DEFAULT_TOKENS tokens take it, where a pass cost
 // 1.14x a step on an H100 and 1.34x on an H200 (k = 2; bench/results/gpu-h100-2026-12-07b, -h200-2026-12-06f): the GPU's
 // prompt lookup drafts at most that many (engine-plan.ts). PENSIEVE_GPU_FUSED_VERIFY=1: up to
-// 16 tokens (past ~8 the GEMVs are ALU-bound: 2.5x a step at k = 8); =0: never.
+// 16 tokens; =0: never. Since the GEMV takes tensor cores from 3 rows (kernels-gemv-mma.ts) a pass of 9 tokens
+// took 5.70 ms and of 16 8.14 ms against a one-token step of 3.63-3.86 (1.5x, 2.2x; the scalar GEMV's 10.79
+// and 26.81 ms: bench/results/gpu-h100-2026-12-07f); passes of 5-16 tokens stay off by default until their
+// GPU tests (greedy speculation equal to plain decoding) have run on it.
 export const FUSED_VERIFY_MAX_ROWS = VERIFY_MAX_TOKENS;
 export const FUSED_VERIFY_DEFAULT_TOKENS = 4;
 const verifyFlag = process.env.PENSIEVE_GPU_FUSED_VERIFY;

@@ -364,8 +364,8 @@ describe("PENSIEVE_GEMV_SPLITK (splitConfig)", () => {
 });
 
 describe("PENSIEVE_GEMV_MMA (mmaFromRows, mmaWarps)", () => {
-  test("off unless set; N rows of x from N", () => {
-    expect(mmaFromRows({})).toBe(Number.POSITIVE_INFINITY);
+  test("from 3 rows of x by default; N from N; 0 never", () => {
+    expect(mmaFromRows({})).toBe(3);
     expect(mmaFromRows({ PENSIEVE_GEMV_MMA: "0" })).toBe(Number.POSITIVE_INFINITY);
     expect(mmaFromRows({ PENSIEVE_GEMV_MMA: "x" })).toBe(Number.POSITIVE_INFINITY);
     expect(mmaFromRows({ PENSIEVE_GEMV_MMA: "1" })).toBe(1);

@@ -64,8 +64,8 @@ test("an engine holds batches on MLX's ops until it has built each row count's k
   expect(fusedRowsNow()).toBe(1);
 });
 
-test("with tensor cores from 2 rows (PENSIEVE_GEMV_MMA) the limit goes to 32, built once per shared kernel size", () => {
-  setGemvMmaFromRows(2);
+test("with tensor cores from 5 rows or fewer (PENSIEVE_GEMV_MMA) the limit goes to 32, built once per shared kernel size", () => {
+  setGemvMmaFromRows(3);
   expect(fusedRowCap()).toBe(32);
   expect(fusedRowLimitFrom("32")).toBe(32);
   expect(fusedRowLimitFrom("33")).toBe(FUSED_DEFAULT_ROWS);
@@ -76,9 +76,13 @@ test("with tensor cores from 2 rows (PENSIEVE_GEMV_MMA) the limit goes to 32, bu
   expect(fusedRowsNow()).toBe(8);
   setFusedRowLimit(12);
   expect(holdFusedRowsUntilBuilt()).toEqual([2, 3, 4, 8, 12]);
-  // From one row only (PENSIEVE_GEMV_MMA=1) the same; from 5, the scalar cap holds.
+  // From one row (PENSIEVE_GEMV_MMA=1) or five the same; from 6 or never, the scalar cap holds.
   setGemvMmaFromRows(1);
   expect(fusedRowCap()).toBe(32);
   setGemvMmaFromRows(5);
+  expect(fusedRowCap()).toBe(32);
+  setGemvMmaFromRows(6);
+  expect(fusedRowCap()).toBe(4);
+  setGemvMmaFromRows(Number.POSITIVE_INFINITY);
   expect(fusedRowCap()).toBe(4);
 });
