@@ -24,7 +24,7 @@
 #   bash bench/gpu/device.sh verify-merge  # the verify attention's parallel merge: GPU tests, cost at 512/4,000/16,000 (~4 min)
 #   bash bench/gpu/device.sh multi-row     # batched steps without dense copies: W4A16 kernel, fused 2-4 rows, 32 streams (~7 min)
 #   bash bench/gpu/device.sh kprof         # the fused layer kernels at one row of x beside the plain GEMV, ncu of a step (~4 min)
-#   bash bench/gpu/device.sh mma-tests     # the fused path's GPU tests with the GEMV's tensor-core body (PENSIEVE_GEMV_MMA=1) (~4 min)
+#   bash bench/gpu/device.sh mma-tests     # the fused path's GPU tests with the GEMV's tensor-core body, verify to 16 tokens (~4 min)
 #   bash bench/gpu/device.sh mma-load      # 32 streams: default against fused 32 rows with tensor cores (~4 min)
 #   bash bench/gpu/device.sh mma           # the tensor-core body against the scalar one: products, verify, steps, one stream (~6 min)
 #   bash bench/gpu/device.sh rows-default  # fused 2-4-row batches by default: GPU tests, 2/4 streams from a cold PTX cache, 8 sessions (~8 min)
@@ -293,7 +293,7 @@ mma-tests)
   # tensor-core body from 1 row of x (PENSIEVE_GEMV_MMA=1) and fused verify passes up to 16 tokens. After prepare.
   # Not the megakernel's (PENSIEVE_GPU_MEGA, off): it checks bit equality with the scalar GEMV's sums.
   mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
-  PENSIEVE_GEMV_MMA=${MMA_FROM:-1} PENSIEVE_GPU_FUSED_VERIFY=1 timeout 280 bun test --timeout 180000 ./dist/test-gpu/fused.test.js \
+  PENSIEVE_GEMV_MMA=${MMA_FROM:-3} PENSIEVE_GPU_FUSED_VERIFY=1 timeout 280 bun test --timeout 180000 ./dist/test-gpu/fused.test.js \
     -t "${MMA_TEST_FILTER:-^(?!.*megakernel)}" 2>&1 | grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -80 |
     tee "$OUT/mma-tests-fused.txt" || true
   ;;

@@ -301,39 +301,47 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
   }, 240_000);
 
   // Requests of different lengths decoded together through the scheduler (2..4 rows a step, each row at its
-  // own position), fused kernels (the default) against MLX's ops (limit 1): the same greedy tokens.
+  // own position; 5..8 with the fused limit at 8, where the GEMVs past 4 rows take tensor cores), fused kernels
+  // against MLX's ops (limit 1): the same greedy tokens.
   for (const name of ["tiny-llama", "tiny-phi3"]) {
-    test(`${name}: greedy tokens of a ragged batch of 2-4 rows, fused kernels equal MLX's ops`, () => {
-      const dir = tinyModel(name);
-      const prompts = [3, 17, 40, 9].map((n, i) => promptIds(n, 60 + i));
-      const greedy = samplingParams();
-      const run = (limit: number) => {
-        setFusedRowLimit(limit);
-        fusedRowsBuilt(FUSED_MAX_ROWS);
-        const { model } = loadModel(dir);
+    for (const [lengths, limit] of [
+      [[3, 17, 40, 9], 4],
+      [[3, 17, 40, 9, 25, 6, 33, 12], 8],
+    ] as const) {
+      const label = limit === 4 ? "2-4 rows" : "5-8 rows (fused limit 8)";
+      test(`${name}: greedy tokens of a ragged batch of ${label}, fused kernels equal MLX's ops`, () => {
+        const dir = tinyModel(name);
+        const prompts = lengths.map((n, i) => promptIds(n, 60 + i));
+        const greedy = samplingParams();
+        const run = (rows: number) => {
+          setFusedRowLimit(rows);
+          fusedRowsBuilt(rows);
+          const { model } = loadModel(dir);
+          try {
+            const before = fusedLaunchCount();
+            const r = runScheduled(
+              model,
+              prompts.map((p, i) => ({ at: i % 2, request: request(`r${i}`, p, 24, greedy) })),
+              { ...TEST_SCHEDULER_OPTIONS, speculative: false },
+            );
+            return { tokens: prompts.map((_, i) => r.tokens.get(`r${i}`)), launches: fusedLaunchCount() - before };
+          } finally {
+            model.dispose();
+            setFusedRowLimit(null);
+            fusedRowsBuilt(FUSED_MAX_ROWS);
+          }
+        };
         try {
-          const before = fusedLaunchCount();
-          const r = runScheduled(
-            model,
-            prompts.map((p, i) => ({ at: i % 2, request: request(`r${i}`, p, 24, greedy) })),
-            { ...TEST_SCHEDULER_OPTIONS, speculative: false },
-          );
-          return { tokens: prompts.map((_, i) => r.tokens.get(`r${i}`)), launches: fusedLaunchCount() - before };
+          setGpuFused(true);
+          const lone = run(1);
+          const batched = run(limit);
+          expect(batched.launches).toBeGreaterThan(lone.launches);
+          expect(batched.tokens).toEqual(lone.tokens);
         } finally {
-          model.dispose();
-          setFusedRowLimit(null);
+          setGpuFused(wasEnabled);
         }
-      };
-      try {
-        setGpuFused(true);
-        const lone = run(1);
-        const batched = run(4);
-        expect(batched.launches).toBeGreaterThan(lone.launches);
-        expect(batched.tokens).toEqual(lone.tokens);
-      } finally {
-        setGpuFused(wasEnabled);
-      }
-    }, 240_000);
+      }, 240_000);
+    }
   }
 
   // The engine drafts on a GPU only for models whose verify passes take the fused kernels in every layer.
