@@ -125,9 +125,9 @@ export const GEMV_NORM_ROPE_QKV_KERNEL: GemvSpec = {
 
 const floatBits = (v: number) => new Int32Array(Float32Array.of(v).buffer)[0] as number;
 
-/** A paired variant's rows per warp: gemvConfig's, made even (pairs share a warp). k: as gemvConfig's. */
-export function pairedConfig(n: number, m: number, k?: number): GemvConfig {
-  const c = gemvConfig(n, m, k);
+/** A paired variant's rows per warp: gemvConfig's, made even (pairs share a warp). k, tensorCores: as gemvConfig's. */
+export function pairedConfig(n: number, m: number, k?: number, tensorCores = true): GemvConfig {
+  const c = gemvConfig(n, m, k, tensorCores);
   return c.rows % 2 === 0 ? c : { ...c, rows: 2 };
 }
 

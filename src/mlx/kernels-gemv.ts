@@ -323,8 +323,8 @@ export function gemvMmaFromRows(): number {
 const VERIFY_ROWS = Number(process.env.PENSIEVE_GEMV_VERIFY_ROWS ?? 2);
 const VERIFY_WARPS = Number(process.env.PENSIEVE_GEMV_VERIFY_WARPS ?? 4);
 
-export function gemvConfig(n: number, m = 1, k?: number): GemvConfig {
-  if (m >= mmaFrom && k !== undefined && n % 16 === 0 && m <= GEMV_MMA_MAX_ROWS)
+export function gemvConfig(n: number, m = 1, k?: number, tensorCores = true): GemvConfig {
+  if (tensorCores && m >= mmaFrom && k !== undefined && n % 16 === 0 && m <= GEMV_MMA_MAX_ROWS)
     return { rows: 2, warps: mmaWarps(n, k), mma: true };
   // One row of x and K known: PENSIEVE_GEMV_SPLITK may split K (kernels-gemv-split.ts; off by default).
   if (m <= 1 && n % 4 === 0) return k === undefined ? { rows: 4, warps: 4 } : splitConfig({ rows: 4, warps: 4 }, k);

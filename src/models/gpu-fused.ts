@@ -16,14 +16,16 @@
 // A step is CPU-bound (MLX encodes each primitive on the engine thread), so the
 // per-call cost matters: launch plans are kept per weight and (B, L) and run
 // directly, without keys, shape queries or checks (FusedStep).
+// Over 400 lines: the fused step, the rules for which rows and verify passes take it, and the verify pass's
+// attention share this module's switches, plan caches and split counters; apart they would export them all.
 import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
 import { type KernelPlan, kernelLanguage } from "../mlx/kernels";
 import { DecodeAttention, decodeAttentionSupports, mergedAttentionSplits } from "../mlx/kernels-attention";
 import { VERIFY_MAX_TOKENS, VerifyAttention, verifyAttentionSupports } from "../mlx/kernels-attention-verify";
-import { gemvMmaFromRows, gemvSupports } from "../mlx/kernels-gemv";
+import { type GemvConfig, gemvConfig, gemvMmaFromRows, gemvSupports } from "../mlx/kernels-gemv";
 import { GEMV_MMA_MAX_ROWS, mmaBucket } from "../mlx/kernels-gemv-mma";
-import { type FusedRope, fusedPlans } from "../mlx/kernels-gemv-fused";
+import { type FusedRope, fusedPlans, pairedConfig } from "../mlx/kernels-gemv-fused";
 import type { Rope } from "./rope";
 import type { AttentionBatch, ForwardView } from "./types";
 import type { LinearWeight } from "./weights";
@@ -237,14 +239,27 @@ export class FusedStep {
     return [this.B, this.L, (q.weight.dim(1) * 32) / q.bits];
   }
 
+  /**
+   * A verify pass's launch (one row of L > 1 tokens): the scalar GEMV unless one-token steps take tensor cores
+   * too (PENSIEVE_GEMV_MMA=1). The scalar kernel sums each output row the same way at any rows of x, and so does
+   * the tensor-core one, but not like each other: greedy speculation stays exactly plain decoding only if a
+   * pass sums as the step it stands for. Decode steps (L = 1): gemvConfig's choice (undefined).
+   */
+  #config(q: mx.QuantizedWeight, rows: number, paired: boolean): GemvConfig | undefined {
+    if (this.L === 1 || gemvMmaFromRows() <= 1) return undefined;
+    const n = q.weight.dim(0);
+    const k = (q.weight.dim(1) * 32) / q.bits;
+    return paired ? pairedConfig(n, rows, k, false) : gemvConfig(n, rows, k, false);
+  }
+
   /** norm -> q|k|v (-> RoPE when `rope`) in one kernel: [B, L, N]. */
   normedQkv(h: MxArray, norm: Norm, q: mx.QuantizedWeight, rope: FusedRope | null): MxArray {
     launches++;
     const slot = (rope ? QKV : NORMED) * SLOTS + this.#shape;
     const plan = planFor(q, slot, () =>
       rope
-        ? fusedPlans.normRope(this.#xShape(q), this.dtype, q, norm.eps, rope)
-        : fusedPlans.norm(this.#xShape(q), this.dtype, q, norm.eps),
+        ? fusedPlans.normRope(this.#xShape(q), this.dtype, q, norm.eps, rope, this.#config(q, this.B * this.L, true))
+        : fusedPlans.norm(this.#xShape(q), this.dtype, q, norm.eps, this.#config(q, this.B * this.L, false)),
     );
     const inputs = [h, q.weight, q.scales, q.biases as MxArray, norm.weight];
     if (rope) inputs.push(this.positions, rope.invFreq);
@@ -270,7 +285,9 @@ export class FusedStep {
   /** res + x @ W.T in one kernel. */
   productPlusResidual(x: MxArray, q: mx.QuantizedWeight, res: MxArray): MxArray {
     launches++;
-    const plan = planFor(q, RESIDUAL * SLOTS + this.#shape, () => fusedPlans.residual(this.#xShape(q), this.dtype, q));
+    const plan = planFor(q, RESIDUAL * SLOTS + this.#shape, () =>
+      fusedPlans.residual(this.#xShape(q), this.dtype, q, this.#config(q, this.B * this.L, false)),
+    );
     return plan.run([x, q.weight, q.scales, q.biases as MxArray, res])[0] as MxArray;
   }
 
@@ -278,7 +295,7 @@ export class FusedStep {
   normedSwiglu(h: MxArray, norm: Norm, q: mx.QuantizedWeight): MxArray {
     launches++;
     const plan = planFor(q, SWIGLU * SLOTS + this.#shape, () =>
-      fusedPlans.normSwiglu(this.#xShape(q), this.dtype, q, norm.eps),
+      fusedPlans.normSwiglu(this.#xShape(q), this.dtype, q, norm.eps, this.#config(q, this.B * this.L, true)),
     );
     return plan.run([h, q.weight, q.scales, q.biases as MxArray, norm.weight])[0] as MxArray;
   }
@@ -287,7 +304,13 @@ export class FusedStep {
   normedProduct(h: MxArray, norm: Norm, q: mx.QuantizedWeight, rows: number): MxArray {
     launches++;
     const plan = planFor(q, NORMED * SLOTS + this.B * 32 + rows, () =>
-      fusedPlans.norm([this.B, rows, (q.weight.dim(1) * 32) / q.bits], this.dtype, q, norm.eps),
+      fusedPlans.norm(
+        [this.B, rows, (q.weight.dim(1) * 32) / q.bits],
+        this.dtype,
+        q,
+        norm.eps,
+        this.#config(q, this.B * rows, false),
+      ),
     );
     return plan.run([h, q.weight, q.scales, q.biases as MxArray, norm.weight])[0] as MxArray;
   }
@@ -340,10 +363,10 @@ export class FusedStep {
 // By default passes of up to FUSED_VERIFY_DEFAULT_TOKENS tokens take it, where a pass cost
 // 1.14x a step on an H100 and 1.34x on an H200 (k = 2; bench/results/gpu-h100-2026-12-07b, -h200-2026-12-06f): the GPU's
 // prompt lookup drafts at most that many (engine-plan.ts). PENSIEVE_GPU_FUSED_VERIFY=1: up to
-// 16 tokens; =0: never. Since the GEMV takes tensor cores from 3 rows (kernels-gemv-mma.ts) a pass of 9 tokens
-// took 5.70 ms and of 16 8.14 ms against a one-token step of 3.63-3.86 (1.5x, 2.2x; the scalar GEMV's 10.79
-// and 26.81 ms: bench/results/gpu-h100-2026-12-07f); passes of 5-16 tokens stay off by default until their
-// GPU tests (greedy speculation equal to plain decoding) have run on it.
+// 16 tokens; =0: never. A pass keeps the scalar GEMV (FusedStep's #config: it must sum as the one-token step
+// does); with tensor cores for every product (PENSIEVE_GEMV_MMA=1, one-token steps 4.39 ms against 3.78) a pass
+// of 9 tokens took 5.70 ms and of 16 8.14 ms, against the scalar GEMV's 10.79 and 26.81
+// (bench/results/gpu-h100-2026-12-07f).
 export const FUSED_VERIFY_MAX_ROWS = VERIFY_MAX_TOKENS;
 export const FUSED_VERIFY_DEFAULT_TOKENS = 4;
 const verifyFlag = process.env.PENSIEVE_GPU_FUSED_VERIFY;
