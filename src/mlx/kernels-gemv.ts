@@ -294,7 +294,8 @@ export interface GemvConfig {
  * H100, full-size Phi-3 (bench/results/gpu-h100-2026-12-07f): per product at 9 rows of x 1.9-3.0x faster than
  * the scalar body (q|k|v 21.8 against 64.3 us, gate|up 35.0 against 102.9), at one row 1.2-1.7x slower (q|k|v
  * 13.2 against 8.4); fused decode steps of 2 rows 4.61 ms against 4.23, of 4 rows 4.74 against 5.34. 3 sits
- * between (the scalar 3-row step took 5.2-5.5 ms in gpu-h100-2026-12-07e).
+ * between (the scalar 3-row step took 5.2-5.5 ms in gpu-h100-2026-12-07e). Verify passes ask for the scalar
+ * body unless this is 1 (src/models/gpu-fused.ts: a pass must sum as the one-token step does).
  */
 export function mmaFromRows(env: Record<string, string | undefined> = process.env): number {
   const n = Number(env.PENSIEVE_GEMV_MMA ?? 3);
