@@ -289,10 +289,10 @@ kprof)
   ;;
 mma-tests)
   # Issues 11 and 13, 2026-12-07: the GPU tests of the fused decode path with the GEMV's tensor-core body from 3 rows
-  # of x (the default; MMA_FROM=N for another) and fused verify passes up to 16 tokens: kernels against MLX's ops,
-  # ragged batches of 2-4 and 5-8 rows, verify passes of 2-16 tokens (logits on vs off), greedy speculation equal to
-  # plain decoding: what would let passes of 5-16 tokens and batches of 5-8 rows be on by default
-  # (bench/results/gpu-h100-2026-12-07f). After prepare.
+  # of x (the default; MMA_FROM=N for another: MMA_FROM=1 puts verify passes and one-token steps on it too) and fused
+  # verify passes up to 16 tokens: kernels against MLX's ops, ragged batches of 2-4 and 5-8 rows, verify passes of
+  # 2-16 tokens (logits on vs off), greedy speculation equal to plain decoding: what would let batches of 5-8 rows
+  # (and, with MMA_FROM=1, tensor-core verify passes) be on by default (bench/results/gpu-h100-2026-12-07f).
   # Not the megakernel's (PENSIEVE_GPU_MEGA, off): it checks bit equality with the scalar GEMV's sums.
   mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
   PENSIEVE_GEMV_MMA=${MMA_FROM:-3} PENSIEVE_GPU_FUSED_VERIFY=1 timeout 280 bun test --timeout 180000 ./dist/test-gpu/fused.test.js \
