@@ -91,7 +91,13 @@ test("SIGTERM lets a stream in flight finish, then the process exits 0", async (
     const res = await fetch(`http://127.0.0.1:${port}/v1/chat/completions`, {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({ messages: [{ role: "user", content: "Hi" }], max_tokens: 40, stream: true }),
+      // Greedy: a sampled end-of-turn token on the random model once ended the stream early ("stop").
+      body: JSON.stringify({
+        messages: [{ role: "user", content: "Hi" }],
+        max_tokens: 40,
+        stream: true,
+        temperature: 0,
+      }),
     });
     const reader = (res.body as ReadableStream<Uint8Array>).getReader();
     const first = await reader.read();
