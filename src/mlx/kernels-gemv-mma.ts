@@ -39,7 +39,7 @@ export function boundRows(hook: string): string {
   return hook.replaceAll("for (int m = 0; m < M; ++m)", "for (int m = 0; m < M; ++m) if (m < MR)");
 }
 
-/** The tensor-core body; gemvSource fills PROLOGUE, ROWS, XLOAD and EPILOGUE (and RMS_M for norm variants). */
+/** The tensor-core body; gemvSource fills PROLOGUE, ROW_SLOTS, XLOAD and EPILOGUE (and RMS_M for norm variants). */
 export const GEMV_MMA_SOURCE = `
   using Ops = PvOps<T>;
   using T2 = typename Ops::T2;
@@ -63,11 +63,7 @@ export const GEMV_MMA_SOURCE = `
   for (int h = 0; h < 2; ++h) {
     const int tr = g + 8 * h;
     const int warp = blockIdx.x * VW + tr / ROWS;
-    int rowi[ROWS];
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-      /*ROWS*/
-    }
+    /*ROW_SLOTS*/
     trow[h] = rowi[0];
 #pragma unroll
     for (int r = 1; r < ROWS; ++r)
@@ -148,11 +144,7 @@ export const GEMV_MMA_SOURCE = `
   __syncthreads();
   if (wib == 0 && lane < VW) {
     const int warp = blockIdx.x * VW + lane;
-    int rowi[ROWS];
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-      /*ROWS*/
-    }
+    /*ROW_SLOTS*/
     float acc[M][ROWS];
 #pragma unroll
     for (int m = 0; m < M; ++m)

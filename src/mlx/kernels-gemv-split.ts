@@ -16,7 +16,7 @@ import type { GemvConfig } from "./kernels-gemv";
 import { CHUNK_PRODUCTS } from "./kernels-gemv-chunk";
 
 /**
- * The split kernel body; gemvSource fills PROLOGUE, ROWS, XLOAD and EPILOGUE as for the
+ * The split kernel body; gemvSource fills PROLOGUE, ROW_SLOTS, XLOAD and EPILOGUE as for the
  * unsplit one. Template constants as the unsplit kernel's, plus SPLIT (warps a row group)
  * and LOADS (16-byte weight loads in flight a thread); WARPS is the block's warps (G row
  * groups of SPLIT warps each).
@@ -37,11 +37,7 @@ export const GEMV_SPLIT_SOURCE = `
   const int warp = blockIdx.x * G + wib / SPLIT;  // the row group (the unsplit kernel's warp)
 /*PROLOGUE*/
   const bool active = warp * ROWS < N;        // groups past N still reach __syncthreads
-  int rowi[ROWS];
-#pragma unroll
-  for (int r = 0; r < ROWS; ++r) {
-    /*ROWS*/
-  }
+  /*ROW_SLOTS*/
   float acc[M][ROWS];
 #pragma unroll
   for (int m = 0; m < M; ++m)

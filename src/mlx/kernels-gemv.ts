@@ -158,6 +158,13 @@ export interface GemvVariant {
 }
 
 const PLAIN_ROWS = "rowi[r] = warp * ROWS + r;";
+
+/** Every body's `int rowi[ROWS]`: the output row of each of a warp's slots, by the variant's ROWS hook. */
+const rowSlots = (hook: string) => `int rowi[ROWS];
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    ${hook}
+  }`;
 const PLAIN_EPILOGUE = `
 #pragma unroll
     for (int m = 0; m < M; ++m)
@@ -169,16 +176,15 @@ const PLAIN_EPILOGUE = `
 export type GemvBody = "scalar" | "split" | "mma";
 
 /**
- * The GEMV's kernel body for a variant (see GemvVariant); `body`: split-K (template
- * constants SPLIT and LOADS besides) or tensor cores (2..32 rows of x).
+ * The GEMV's kernel body for a variant (see GemvVariant); `kind`: split-K (template
+ * constants SPLIT and LOADS besides) or tensor cores (1..32 rows of x).
  */
-export function gemvSource(variant: GemvVariant = {}, body: GemvBody | boolean = "scalar"): string {
-  const kind: GemvBody = body === true ? "split" : body === false ? "scalar" : body;
+export function gemvSource(variant: GemvVariant = {}, kind: GemvBody = "scalar"): string {
   const source = kind === "split" ? GEMV_SPLIT_SOURCE : kind === "mma" ? GEMV_MMA_SOURCE : SOURCE;
   const bound = kind === "mma" ? boundRows : (hook: string) => hook;
   return source
     .replace("/*PROLOGUE*/", variant.norm ? bound(NORM_PROLOGUE) : "")
-    .replaceAll("/*ROWS*/", variant.rows ?? PLAIN_ROWS)
+    .replaceAll("/*ROW_SLOTS*/", rowSlots(variant.rows ?? PLAIN_ROWS))
     .replace("/*EPILOGUE*/", bound(variant.epilogue ?? PLAIN_EPILOGUE))
     .replace("/*RMS_M*/", variant.norm ? MMA_RMS_M : "")
     .replace(
@@ -201,11 +207,7 @@ const SOURCE = `
   const int warp = blockIdx.x * WARPS + (threadIdx.x >> 5);
 /*PROLOGUE*/
   if (warp * ROWS >= N) return;
-  int rowi[ROWS];
-#pragma unroll
-  for (int r = 0; r < ROWS; ++r) {
-    /*ROWS*/
-  }
+  /*ROW_SLOTS*/
   float acc[M][ROWS];
 #pragma unroll
   for (int m = 0; m < M; ++m)
@@ -432,7 +434,7 @@ export function splitSpec(spec: GemvSpec): GemvSpec {
   let s = splitSpecs.get(spec.name);
   if (!s) {
     if (!spec.variant) throw new Error(`${spec.name}: no variant to make a split-K kernel from`);
-    s = { ...spec, name: `${spec.name}_splitk`, source: gemvSource(spec.variant, true) };
+    s = { ...spec, name: `${spec.name}_splitk`, source: gemvSource(spec.variant, "split") };
     splitSpecs.set(spec.name, s);
   }
   return s;

@@ -89,7 +89,7 @@ ${source}
     : kernel(
         "split",
         `constexpr int SPLIT = ${c.split}, WARPS = ${c.groups * c.split}, LOADS = ${c.loads ?? 8};`,
-        gemvSource(variant, true),
+        gemvSource(variant, "split"),
       );
   return `#include "${EMULATION_HEADER}"
 #include <cstdio>
