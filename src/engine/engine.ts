@@ -112,7 +112,7 @@ export class Engine {
   #warmupCount = 0;
   /** Id of the warm-up request in flight, whose events clients must not see. */
   #warming: string | null = null;
-  /** Fused kernels built while idle, after the prompt warm-ups: batch sizes 2..4, then verify-pass lengths. */
+  /** Fused kernels built while idle, after the prompt warm-ups: batch sizes (holdFusedRowsUntilBuilt), then verify-pass lengths. */
   #kernelWarmups: Array<() => void> = [];
 
   constructor(config: EngineConfig, emit: (event: EngineEvent) => void) {

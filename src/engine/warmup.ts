@@ -1,6 +1,6 @@
 // What the engine runs while idle after it starts, so that real requests find
 // their shapes built: one prompt per padded prefill width, then (on a GPU) a
-// decode step per batch size the fused path takes (2..4 rows), and (with prompt
+// decode step per batch size the fused path builds (2..its row limit), and (with prompt
 // lookup) one verify-shaped pass per length the fused verify path takes.
 
 import * as mx from "../mlx";
