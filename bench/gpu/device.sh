@@ -23,6 +23,8 @@
 #   bash bench/gpu/device.sh next2      # 120K over HTTP and in process, fused verify tests and cost, lookup on/off (~7 min)
 #   bash bench/gpu/device.sh verify-merge  # the verify attention's parallel merge: GPU tests, cost at 512/4,000/16,000 (~4 min)
 #   bash bench/gpu/device.sh multi-row     # batched steps without dense copies: W4A16 kernel, fused 2-4 rows, 32 streams (~7 min)
+#   bash bench/gpu/device.sh step-split    # host (MLX per node) against GPU time of a one-row step, then kprof (~7 min)
+#   bash bench/gpu/device.sh latency       # each fused kernel's launch shapes alone under ncu, the step's kernels, one stream (~6 min)
 #   bash bench/gpu/device.sh kprof         # the fused layer kernels at one row of x beside the plain GEMV, ncu of a step (~4 min)
 #   bash bench/gpu/device.sh mma-tests     # the fused path's GPU tests with the GEMV's tensor-core body, verify to 16 tokens (~4 min)
 #   bash bench/gpu/device.sh mma-load      # 32 streams: default against fused 32 rows with tensor cores (~4 min)
@@ -268,16 +270,57 @@ multi-row)
       --out-dir "$OUT/load-qmm$q" 2>&1 | grep -E '^\| (pensieve|mlx)' || true
   done
   ;;
-kprof)
+step-split)
+  # Issue 11, 2026-12-07 (seventh session): is a one-row decode step bound by MLX's host work per graph node or by
+  # the GPU? bench/gpu/step-split.ts splits a step into TypeScript graph building, MLX's host work (the asyncEval
+  # call) and the wait for the GPU, unpipelined and pipelined, under MLX's graph batching variables and the fused
+  # path's in-kernel KV write; with --nodes MLX's host cost per node (small/large kernel source, mx.add). Then the
+  # fused kernels at one row beside the plain GEMV and an ncu list of a step's kernels at real clocks (kprof), and
+  # one stream against mlx-lm with --profile. After prepare; ~7 minutes.
+  for v in "X=1" "MLX_MAX_OPS_PER_BUFFER=25" "MLX_MAX_OPS_PER_BUFFER=1000 MLX_MAX_MB_PER_BUFFER=1000000" \
+    "MLX_USE_CUDA_GRAPHS=0" "PENSIEVE_GPU_FUSED_KV_WRITE=1" "PENSIEVE_GEMV_MMA=1"; do
+    nodes=; [ "$v" = X=1 ] && nodes=--nodes
+    echo "== $v"
+    env $v timeout 100 bun dist/bench/gpu/step-split.js "$MODEL" --steps 48 $nodes 2>&1 | grep -E '^\||^GPU|rror' |
+      tee -a "$OUT/step-split.md" || true
+  done
+  bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve,mlx-lm --python $PY \
+    --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 2 --profile \
+    --out-dir "$OUT/single" 2>&1 | grep -E '^\| (pensieve|mlx)|host' || true
+  KPROF_CTX="${KPROF_CTX:-128}" timeout 330 bash "$0" kprof || true
+  ;;
+latency)
+  # Issue 11, 2026-12-07 (seventh session): a one-row decode step is bound by its kernels' latency, not MLX's host
+  # work (gpu-h100-2026-12-07g): the sum of its 231 kernels under Nsight Compute (3.14 ms) is the step. Each fused
+  # kernel's launch shapes one at a time under ncu (fused-kernels.ts --latency: what a chain of dependent launches
+  # sees), the step's kernels again (RoPE's inputs read before the weight loop now), one stream against mlx-lm, and
+  # MLX's ops per CUDA graph. After prepare; ~6 minutes.
+  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+  timeout 200 "$NCU" --clock-control none --cache-control none --print-units base --csv -k regex:pv_ \
+    --metrics gpu__time_duration.sum,dram__bytes_read.sum bun dist/bench/gpu/fused-kernels.js --latency \
+    > "$OUT/ncu-latency.csv" 2> "$OUT/ncu-latency.err" || true
+  bun dist/bench/gpu/ncu-summary.js "$OUT/ncu-latency.csv" --top 200 > "$OUT/ncu-latency.md" 2>&1 || true
+  grep -E '^\| custom' "$OUT/ncu-latency.md" | sed -E 's/custom_kernel_pv_//' | cut -c1-140 | head -90
+  KPROF_CTX=128 timeout 100 bash "$0" kprof-step || true
+  for v in X=1 MLX_MAX_OPS_PER_BUFFER=25 MLX_MAX_OPS_PER_BUFFER=10 PENSIEVE_GEMV_SPLITK=auto PENSIEVE_GEMV_SPLITK=2 \
+    PENSIEVE_GEMV_SPLITK=4 "PENSIEVE_GEMV_SPLITK=4 PENSIEVE_GEMV_SPLITK_ROWS=1" "PENSIEVE_GEMV_SPLITK=8 PENSIEVE_GEMV_SPLITK_ROWS=2"; do
+    env $v timeout 80 bun dist/bench/gpu/step-split.js "$MODEL" --steps 64 2>&1 | grep -E '^\| (pipe|median)|rror' |
+      sed "s/^/$v /" | tee -a "$OUT/step-split.md" || true
+  done
+  bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve,mlx-lm --python $PY \
+    --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 3 \
+    --out-dir "$OUT/single" 2>&1 | grep -E '^\| (pensieve|mlx)' || true
+  ;;
+kprof|kprof-step)
   # Issue 11, 2026-12-07: why the fused layer kernels run slower in a step than the plain GEMV of the same weight
   # (Nsight Compute: q|k|v with RoPE 27 us, plain q|k|v 9.3 us in gemv.ts). The fused kernels beside the plain
   # GEMV with a sweep of launch shapes (fused-kernels.ts), then every kernel of one fused decode step at 128 and
   # 2,048 tokens of context (clocks as found, caches not flushed), with the DRAM bytes each read. ~4 minutes.
-  timeout 240 bun dist/bench/gpu/fused-kernels.js --out "$OUT/fused-kernels" 2>&1 | grep -vE '^\|' | tail -80 || true
+  if [ "$1" = kprof ]; then timeout 240 bun dist/bench/gpu/fused-kernels.js --out "$OUT/fused-kernels" 2>&1 | grep -vE "^\|" | tail -80 || true; fi
   NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1 || true)
   NSYS=$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda/bin/nsys 2>/dev/null | head -1 || true)
   log "ncu: ${NCU:-none}; nsys: ${NSYS:-none}"
-  for ctx in 128 2048; do
+  for ctx in ${KPROF_CTX:-128 2048}; do
     [ -n "$NCU" ] || break
     timeout 150 "$NCU" --clock-control none --cache-control none --print-units base --csv --profile-from-start off \
       --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \

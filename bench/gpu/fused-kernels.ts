@@ -5,6 +5,9 @@
 // --rows: also the kernels at several rows of x (verify passes, batches): the scalar body against
 // the tensor-core body (kernels-gemv-mma.ts) at its default warps a tile and twice that, and MLX's quantized_matmul.
 // --no-one: skip the one-row section.
+// --latency: each launch shape 12 times in one graph, once (no median), with a wider sweep: for Nsight Compute,
+// which runs every kernel alone, so its list gives each shape's latency as a decode step's chain of dependent
+// launches sees it (this file's own wall times overlap independent launches and give throughput instead).
 // Why: Nsight Compute put the q|k|v kernel with RMSNorm and RoPE at 27 us against 17.6
 // for gate|up with twice its bytes (gpu-h100-2026-12-06e); this says which epilogue or
 // launch shape costs what, without the profiler's clocks. Timing as bench/gpu/gemv.ts:
@@ -29,6 +32,7 @@ import { gpuName, median, timeProducts } from "./timing";
 const args = process.argv.slice(2);
 const outDir = args.includes("--out") ? args[args.indexOf("--out") + 1] : undefined;
 const quick = args.includes("--quick");
+const latency = args.includes("--latency");
 const multiRows = args.includes("--rows") ? (args[args.indexOf("--rows") + 1] as string).split(",").map(Number) : [];
 if (kernelLanguage() !== "cuda" || !mx.gpuAvailable()) {
   console.log(`skipped: custom CUDA kernels are not available here (kernel language: ${kernelLanguage()})`);
@@ -72,9 +76,9 @@ function measure(
   run: (i: number) => mx.MxArray,
   sets: number,
 ) {
-  const count = sets * Math.ceil(192 / sets);
-  timeProducts(run, sets); // compiles (NVRTC) and makes the plan
-  const us = 1e6 * median(Array.from({ length: quick ? 3 : 7 }, () => timeProducts(run, count)));
+  const count = latency ? 12 : sets * Math.ceil(192 / sets);
+  timeProducts(run, latency ? 2 : sets); // compiles (NVRTC) and makes the plan
+  const us = 1e6 * median(Array.from({ length: latency ? 1 : quick ? 3 : 7 }, () => timeProducts(run, count)));
   const line = { shape, kernel, config, us, gbps: bytes / us / 1e3 };
   lines.push(line);
   console.log(`${shape}\t${kernel}\t${config}\t${us.toFixed(2)} us\t${line.gbps.toFixed(0)} GB/s`);
@@ -90,6 +94,19 @@ const SWEEP: GemvConfig[] = [
   { rows: 2, warps: 8, split: 2, loads: 8 },
   { rows: 4, warps: 16, split: 4, loads: 8 },
   { rows: 2, warps: 16, split: 4, loads: 8 },
+  // Latency candidates (--latency): more warps a row, more loads in flight.
+  ...(latency
+    ? [
+        { rows: 1, warps: 8, split: 2, loads: 8 },
+        { rows: 1, warps: 16, split: 4, loads: 8 },
+        { rows: 2, warps: 16, split: 8, loads: 8 },
+        { rows: 1, warps: 16, split: 8, loads: 8 },
+        { rows: 4, warps: 16, split: 16, loads: 8 },
+        { rows: 2, warps: 16, split: 16, loads: 8 },
+        { rows: 4, warps: 8, split: 4, loads: 16 },
+        { rows: 2, warps: 8, split: 4, loads: 16 },
+      ]
+    : []),
 ];
 
 const x = (k: number) => mx.keep(mx.randomNormal([1, 1, k], mx.Dtype.float16, 0, 1, mx.randomKey(k)));
@@ -159,7 +176,7 @@ function qkv(): void {
     ws.length,
   );
   pos300.dispose();
-  for (const position of [300, 100_000]) {
+  for (const position of latency ? [300] : [300, 100_000]) {
     const pos = mx.keep(mx.int32([position]));
     for (const c of quick ? [undefined] : [undefined, ...SWEEP]) {
       const run = (i: number) =>

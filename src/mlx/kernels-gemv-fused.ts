@@ -57,18 +57,18 @@ const SWIGLU_EPILOGUE = `
 const ROPE_ROWS = `${PAIR} const int head = p / (HD / 2); const int i = p % (HD / 2);
     rowi[r] = head * HD + (TRADITIONAL ? 2 * i + half : i + half * (HD / 2));`;
 // theta = (POS_SCALE * position) * inv_freq[i], as MLX's rope computes it. pv_store(m, row, value) writes.
-const ropeEpilogue = (store: string) => `
+// POSITION(m) and FREQ(r): the position and inverse frequency, read here or (early) before the weight loop.
+const ropeEpilogueWith = (store: string, position: string, freq: string) => `
     auto pv_store = [&](int m, int row, float value) { ${store} };
 #pragma unroll
     for (int m = 0; m < M; ++m) {
-      const float position = __int_as_float(POS_SCALE_BITS) * (float)pos[m];
+      const float position = ${position};
 #pragma unroll
       for (int r = 0; r < ROWS / 2; ++r) {
         float a = Ops::to_float(Ops::from_float(acc[m][r]));
         float b = Ops::to_float(Ops::from_float(acc[m][r + ROWS / 2]));
         if (rowi[r] < ROTATED) {
-          const int p = warp * (ROWS / 2) + r;
-          const float theta = position * inv_freq[p % (HD / 2)];
+          const float theta = position * ${freq};
           const float c = cosf(theta), s = sinf(theta);
           const float a2 = a * c - b * s;
           b = a * s + b * c;
@@ -79,6 +79,33 @@ const ropeEpilogue = (store: string) => `
       }
     }
 `;
+const ropeEpilogue = (store: string) =>
+  ropeEpilogueWith(
+    store,
+    "__int_as_float(POS_SCALE_BITS) * (float)pos[m]",
+    "inv_freq[(warp * (ROWS / 2) + r) % (HD / 2)]",
+  );
+// The scalar and split-K bodies read pos and inv_freq before the weight loop: at the end they were two dependent
+// global loads in every warp's tail (H100: the q|k|v + RoPE kernel took 26-34 us in a step under Nsight Compute
+// against 17.9 for gate|up + SwiGLU with 1.8x its bytes; bench/results/gpu-h100-2026-12-07g).
+const ROPE_SETUP = `
+  float pv_pos[M];
+  float pv_freq[ROWS / 2];
+#pragma unroll
+  for (int m = 0; m < M; ++m) pv_pos[m] = __int_as_float(POS_SCALE_BITS) * (float)pos[m];
+#pragma unroll
+  for (int r = 0; r < ROWS / 2; ++r) pv_freq[r] = inv_freq[(warp * (ROWS / 2) + r) % (HD / 2)];
+`;
+const ropeEarly = (store: string) => ({
+  setup: ROPE_SETUP,
+  epilogue: ropeEpilogueWith(store, "pv_pos[m]", "pv_freq[r]"),
+});
+
+const ROPE_STORE_Y = "y[(size_t)m * N + row] = Ops::from_float(value);";
+const ROPE_STORE_QKV = `const T v16 = Ops::from_float(value);
+      if (row < QS) q[(size_t)m * QS + row] = v16;
+      else if (row < QS + KVS) k[(size_t)m * KVS + row - QS] = v16;
+      else v[(size_t)m * KVS + row - QS - KVS] = v16;`;
 
 const base = (name: string, extra: string[], variant: GemvVariant): GemvSpec => ({
   name,
@@ -104,7 +131,8 @@ export const GEMV_NORM_SWIGLU_KERNEL = base("pv_gemv_w4_rms_norm_swiglu", ["norm
 export const GEMV_NORM_ROPE_KERNEL = base("pv_gemv_w4_rms_norm_rope", ["norm", "pos", "inv_freq"], {
   norm: true,
   rows: ROPE_ROWS,
-  epilogue: ropeEpilogue("y[(size_t)m * N + row] = Ops::from_float(value);"),
+  epilogue: ropeEpilogue(ROPE_STORE_Y),
+  early: ropeEarly(ROPE_STORE_Y),
 });
 /**
  * GEMV_NORM_ROPE_KERNEL for one new token per row (decode), written as three
@@ -115,10 +143,8 @@ export const GEMV_NORM_ROPE_QKV_KERNEL: GemvSpec = {
   ...base("pv_gemv_w4_rms_norm_rope_qkv", ["norm", "pos", "inv_freq"], {
     norm: true,
     rows: ROPE_ROWS,
-    epilogue: ropeEpilogue(`const T v16 = Ops::from_float(value);
-      if (row < QS) q[(size_t)m * QS + row] = v16;
-      else if (row < QS + KVS) k[(size_t)m * KVS + row - QS] = v16;
-      else v[(size_t)m * KVS + row - QS - KVS] = v16;`),
+    epilogue: ropeEpilogue(ROPE_STORE_QKV),
+    early: ropeEarly(ROPE_STORE_QKV),
   }),
   outputs: ["q", "k", "v"],
 };
