@@ -302,13 +302,25 @@ latency)
   bun dist/bench/gpu/ncu-summary.js "$OUT/ncu-latency.csv" --top 200 > "$OUT/ncu-latency.md" 2>&1 || true
   grep -E '^\| custom' "$OUT/ncu-latency.md" | sed -E 's/custom_kernel_pv_//' | cut -c1-140 | head -90
   KPROF_CTX=128 timeout 100 bash "$0" kprof-step || true
-  for v in X=1 MLX_MAX_OPS_PER_BUFFER=25 MLX_MAX_OPS_PER_BUFFER=10 PENSIEVE_GEMV_SPLITK=auto PENSIEVE_GEMV_SPLITK=2 \
-    PENSIEVE_GEMV_SPLITK=4 "PENSIEVE_GEMV_SPLITK=4 PENSIEVE_GEMV_SPLITK_ROWS=1" "PENSIEVE_GEMV_SPLITK=8 PENSIEVE_GEMV_SPLITK_ROWS=2"; do
+  for v in X=1 MLX_MAX_OPS_PER_BUFFER=25 PENSIEVE_GEMV_SPLITK=auto PENSIEVE_GEMV_SPLITK=4 \
+    "PENSIEVE_GEMV_SPLITK=4 PENSIEVE_GEMV_SPLITK_ROWS=1" "PENSIEVE_GEMV_SPLITK=8 PENSIEVE_GEMV_SPLITK_ROWS=2" \
+    PENSIEVE_FUSED_KEYS_PER_SPLIT=64 PENSIEVE_FUSED_KEYS_PER_SPLIT=32 X=1; do
     env $v timeout 80 bun dist/bench/gpu/step-split.js "$MODEL" --steps 64 2>&1 | grep -E '^\| (pipe|median)|rror' |
       sed "s/^/$v /" | tee -a "$OUT/step-split.md" || true
   done
   bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve,mlx-lm --python $PY \
     --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 3 \
+    --out-dir "$OUT/single" 2>&1 | grep -E '^\| (pensieve|mlx)' || true
+  ;;
+final)
+  # Issue 11, 2026-12-07 (seventh session), last lease: the fused path's RoPE from a table made once a step
+  # (ropeTable) and MLX_MAX_OPS_PER_BUFFER=25 by default (src/mlx/mlx-env.ts): the GPU tests of the RoPE kernels
+  # (against MLX's rms_norm, quantized_matmul and rope), then one stream against mlx-lm. After prepare; ~3 minutes.
+  mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
+  timeout 70 bun test --timeout 60000 ./dist/test-gpu/fused.test.js -t "RoPE" 2>&1 |
+    grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -20 | tee "$OUT/rope-tests.txt" || true
+  timeout 150 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve,mlx-lm --python $PY \
+    --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 2 \
     --out-dir "$OUT/single" 2>&1 | grep -E '^\| (pensieve|mlx)' || true
   ;;
 kprof|kprof-step)

@@ -25,7 +25,7 @@ import {
   gemvSource,
   quantizedGemv,
 } from "../../src/mlx/kernels-gemv";
-import { type FusedRope, fusedPlans, pairedConfig } from "../../src/mlx/kernels-gemv-fused";
+import { type FusedRope, fusedPlans, pairedConfig, ropeTable } from "../../src/mlx/kernels-gemv-fused";
 import { mmaWarps } from "../../src/mlx/kernels-gemv-mma";
 import { gpuName, median, timeProducts } from "./timing";
 
@@ -165,27 +165,28 @@ function qkv(): void {
       ])[0] as mx.MxArray,
     ws.length,
   );
-  const pos300 = mx.keep(mx.int32([300]));
+  // RoPE's cos/sin table (ropeTable: one launch a step, outside these timings).
+  const table = (position: number) => mx.keep(mx.tidy(() => ropeTable(mx.int32([position]), rope)));
+  const table300 = table(300);
   measure(
     "qkv",
     "norm+rope, one output (pos 300)",
     "default",
     bytes,
-    (i) =>
-      fusedPlans.normRope(xs.shape, xs.dtype, w(i), EPS, rope).run([...qIn(i), g, pos300, invFreq])[0] as mx.MxArray,
+    (i) => fusedPlans.normRope(xs.shape, xs.dtype, w(i), EPS, rope).run([...qIn(i), g, table300])[0] as mx.MxArray,
     ws.length,
   );
-  pos300.dispose();
+  table300.dispose();
   for (const position of latency ? [300] : [300, 100_000]) {
-    const pos = mx.keep(mx.int32([position]));
+    const cs = table(position);
     for (const c of quick ? [undefined] : [undefined, ...SWEEP]) {
       const run = (i: number) =>
         fusedPlans
           .normRopeQkv(1, xs.dtype, w(i), EPS, rope, HEADS, c)
-          .run([xs, w(i).weight, w(i).scales, w(i).biases as mx.MxArray, g, pos, invFreq])[0] as mx.MxArray;
+          .run([xs, w(i).weight, w(i).scales, w(i).biases as mx.MxArray, g, cs])[0] as mx.MxArray;
       measure("qkv", `norm+rope+split (pos ${position})`, c ? cfgName(c) : "default", bytes, run, ws.length);
     }
-    pos.dispose();
+    cs.dispose();
   }
   free(ws, [xs, g, invFreq]);
 }

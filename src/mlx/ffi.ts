@@ -4,6 +4,7 @@ import { dlopen, FFIType } from "bun:ffi";
 import { existsSync } from "node:fs";
 import { COMPILED } from "../paths";
 import { installedBackend, runtimeLayout } from "./backend";
+import { applyMlxEnvDefaults } from "./mlx-env";
 import { extractRuntime } from "./runtime";
 
 const P = FFIType.ptr;
@@ -139,6 +140,7 @@ export function shimPath(env: Record<string, string | undefined> = process.env):
 }
 
 function open() {
+  applyMlxEnvDefaults();
   const path = shimPath();
   if (!existsSync(path)) throw new Error(`the MLX shim is missing at ${path}: run \`npm run setup\``);
   const lib = dlopen(path, symbols);

@@ -11,7 +11,7 @@
 // path stays within an ulp or two of MLX's.
 import type { MxArray } from "./array";
 import { Dtype } from "./array";
-import type { KernelPlan } from "./kernels";
+import { CustomKernel, type KernelPlan } from "./kernels";
 import {
   GEMV_KERNEL,
   GEMV_RMS_NORM_KERNEL,
@@ -22,7 +22,7 @@ import {
   gemvPlan,
   gemvSource,
 } from "./kernels-gemv";
-import type { QuantizedWeight } from "./ops";
+import { type QuantizedWeight, reshape } from "./ops";
 
 const RESIDUAL_EPILOGUE = `
 #pragma unroll
@@ -56,20 +56,29 @@ const SWIGLU_EPILOGUE = `
 // Head h's pair i: rows h*HD + i and h*HD + i + HD/2, or adjacent rows (TRADITIONAL).
 const ROPE_ROWS = `${PAIR} const int head = p / (HD / 2); const int i = p % (HD / 2);
     rowi[r] = head * HD + (TRADITIONAL ? 2 * i + half : i + half * (HD / 2));`;
-// theta = (POS_SCALE * position) * inv_freq[i], as MLX's rope computes it. pv_store(m, row, value) writes.
-// POSITION(m) and FREQ(r): the position and inverse frequency, read here or (early) before the weight loop.
-const ropeEpilogueWith = (store: string, position: string, freq: string) => `
+// A pair's rotation. TABLE: cos and sin from rope_cs [M, HD] float32 (ropeTable: cos of pair i at column i, sin at
+// HD/2 + i), made once a step for every layer. Otherwise from pos and inv_freq here: theta = (POS_SCALE * position)
+// * inv_freq[i], as MLX's rope computes it, with precise cosf / sinf. In the GEMV's epilogue those cost the q|k|v
+// kernel half its time (H100, Nsight Compute: 25.6 us against 12.7 for the same kernel without RoPE; its sin/cos
+// slow path for large angles gives it a stack frame and 70 registers against 56; gpu-h100-2026-12-07g), so the
+// fused path reads the table; the layer megakernel (kernels-layer.ts) still computes them.
+// pv_store(m, row, value) writes.
+const ropeEpilogue = (store: string, table: boolean) => `
     auto pv_store = [&](int m, int row, float value) { ${store} };
 #pragma unroll
     for (int m = 0; m < M; ++m) {
-      const float position = ${position};
+      ${table ? "" : "const float position = __int_as_float(POS_SCALE_BITS) * (float)pos[m];"}
 #pragma unroll
       for (int r = 0; r < ROWS / 2; ++r) {
         float a = Ops::to_float(Ops::from_float(acc[m][r]));
         float b = Ops::to_float(Ops::from_float(acc[m][r + ROWS / 2]));
         if (rowi[r] < ROTATED) {
-          const float theta = position * ${freq};
-          const float c = cosf(theta), s = sinf(theta);
+          const int i = (warp * (ROWS / 2) + r) % (HD / 2);
+          ${
+            table
+              ? "const float c = rope_cs[m * HD + i], s = rope_cs[m * HD + HD / 2 + i];"
+              : "const float theta = position * inv_freq[i];\n          const float c = cosf(theta), s = sinf(theta);"
+          }
           const float a2 = a * c - b * s;
           b = a * s + b * c;
           a = a2;
@@ -79,29 +88,7 @@ const ropeEpilogueWith = (store: string, position: string, freq: string) => `
       }
     }
 `;
-const ropeEpilogue = (store: string) =>
-  ropeEpilogueWith(
-    store,
-    "__int_as_float(POS_SCALE_BITS) * (float)pos[m]",
-    "inv_freq[(warp * (ROWS / 2) + r) % (HD / 2)]",
-  );
-// The scalar and split-K bodies read pos and inv_freq before the weight loop: at the end they were two dependent
-// global loads in every warp's tail (H100: the q|k|v + RoPE kernel took 26-34 us in a step under Nsight Compute
-// against 17.9 for gate|up + SwiGLU with 1.8x its bytes; bench/results/gpu-h100-2026-12-07g).
-const ROPE_SETUP = `
-  float pv_pos[M];
-  float pv_freq[ROWS / 2];
-#pragma unroll
-  for (int m = 0; m < M; ++m) pv_pos[m] = __int_as_float(POS_SCALE_BITS) * (float)pos[m];
-#pragma unroll
-  for (int r = 0; r < ROWS / 2; ++r) pv_freq[r] = inv_freq[(warp * (ROWS / 2) + r) % (HD / 2)];
-`;
-const ropeEarly = (store: string) => ({
-  setup: ROPE_SETUP,
-  epilogue: ropeEpilogueWith(store, "pv_pos[m]", "pv_freq[r]"),
-});
 
-const ROPE_STORE_Y = "y[(size_t)m * N + row] = Ops::from_float(value);";
 const ROPE_STORE_QKV = `const T v16 = Ops::from_float(value);
       if (row < QS) q[(size_t)m * QS + row] = v16;
       else if (row < QS + KVS) k[(size_t)m * KVS + row - QS] = v16;
@@ -125,14 +112,13 @@ export const GEMV_NORM_SWIGLU_KERNEL = base("pv_gemv_w4_rms_norm_swiglu", ["norm
 });
 /**
  * rms_norm(x) @ W.T with RoPE on its first ROTATED rows (q and k heads of HD).
- * Extra inputs norm [K], pos int32 [M] (each row's position), inv_freq float32
- * [HD/2]; template EPS_BITS, HD, ROTATED, TRADITIONAL, POS_SCALE_BITS.
+ * Extra inputs norm [K], rope_cs float32 [M, HD] (ropeTable: each row's cos and
+ * sin); template EPS_BITS, HD, ROTATED, TRADITIONAL.
  */
-export const GEMV_NORM_ROPE_KERNEL = base("pv_gemv_w4_rms_norm_rope", ["norm", "pos", "inv_freq"], {
+export const GEMV_NORM_ROPE_KERNEL = base("pv_gemv_w4_rms_norm_rope", ["norm", "rope_cs"], {
   norm: true,
   rows: ROPE_ROWS,
-  epilogue: ropeEpilogue(ROPE_STORE_Y),
-  early: ropeEarly(ROPE_STORE_Y),
+  epilogue: ropeEpilogue("y[(size_t)m * N + row] = Ops::from_float(value);", true),
 });
 /**
  * GEMV_NORM_ROPE_KERNEL for one new token per row (decode), written as three
@@ -140,14 +126,70 @@ export const GEMV_NORM_ROPE_KERNEL = base("pv_gemv_w4_rms_norm_rope", ["norm", "
  * (for one token the same memory order as [B, 1, KVS]). Template QS, KVS.
  */
 export const GEMV_NORM_ROPE_QKV_KERNEL: GemvSpec = {
-  ...base("pv_gemv_w4_rms_norm_rope_qkv", ["norm", "pos", "inv_freq"], {
+  ...base("pv_gemv_w4_rms_norm_rope_qkv", ["norm", "rope_cs"], {
     norm: true,
     rows: ROPE_ROWS,
-    epilogue: ropeEpilogue(ROPE_STORE_QKV),
-    early: ropeEarly(ROPE_STORE_QKV),
+    epilogue: ropeEpilogue(ROPE_STORE_QKV, true),
   }),
   outputs: ["q", "k", "v"],
 };
+/**
+ * GEMV_NORM_ROPE_QKV_KERNEL computing RoPE's angles itself from pos int32 [M] and
+ * inv_freq float32 [HD/2] (template POS_SCALE_BITS besides): the layer megakernel's q|k|v phase.
+ */
+export const GEMV_NORM_ROPE_QKV_POS_KERNEL: GemvSpec = {
+  ...base("pv_gemv_w4_rms_norm_rope_qkv_pos", ["norm", "pos", "inv_freq"], {
+    norm: true,
+    rows: ROPE_ROWS,
+    epilogue: ropeEpilogue(ROPE_STORE_QKV, false),
+  }),
+  outputs: ["q", "k", "v"],
+};
+
+// One thread per (row, pair): the angle as MLX's rope computes it, then precise cosf / sinf.
+export const ROPE_TABLE_KERNEL = {
+  name: "pv_rope_table",
+  inputs: ["pos", "inv_freq"],
+  outputs: ["rope_cs"],
+  source: `
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= pos_shape[0] * (HD / 2)) return;
+  const int m = t / (HD / 2);
+  const int i = t % (HD / 2);
+  const float position = __int_as_float(POS_SCALE_BITS) * (float)pos[m];
+  const float theta = position * inv_freq[i];
+  rope_cs[m * HD + i] = cosf(theta);
+  rope_cs[m * HD + HD / 2 + i] = sinf(theta);
+`,
+};
+let ropeTableKernel: CustomKernel | null = null;
+const ropeTablePlans = new Map<string, KernelPlan>();
+
+/**
+ * RoPE's cos and sin for each row's position (pos int32 [M]): rope_cs float32 [M, headDim], cos of pair i at
+ * column i, sin at headDim/2 + i. One launch a step serves every layer's q|k|v kernel.
+ */
+export function ropeTable(pos: MxArray, rope: FusedRope): MxArray {
+  if (pos.dtype !== Dtype.int32) throw new Error("ropeTable: pos must be int32, one position a row");
+  if (rope.invFreq.dtype !== Dtype.float32 || rope.invFreq.size !== rope.headDim / 2)
+    throw new Error("ropeTable: invFreq must be float32 [headDim/2]");
+  const m = pos.size;
+  const rows = pos.ndim === 1 ? pos : reshape(pos, [m]);
+  const key = `${m}|${rope.headDim}|${rope.positionScale ?? 1}`;
+  let plan = ropeTablePlans.get(key);
+  if (!plan) {
+    ropeTableKernel ??= new CustomKernel(ROPE_TABLE_KERNEL);
+    const threads = m * (rope.headDim / 2);
+    plan = ropeTableKernel.plan({
+      outputs: [{ shape: [m, rope.headDim], dtype: Dtype.float32 }],
+      grid: [Math.ceil(threads / 64) * 64, 1, 1],
+      threadgroup: [64, 1, 1],
+      template: { HD: rope.headDim, POS_SCALE_BITS: floatBits(rope.positionScale ?? 1) },
+    });
+    ropeTablePlans.set(key, plan);
+  }
+  return plan.run([rows, rope.invFreq])[0] as MxArray;
+}
 
 const floatBits = (v: number) => new Int32Array(Float32Array.of(v).buffer)[0] as number;
 
@@ -171,12 +213,12 @@ export interface FusedRope {
   positionScale?: number;
 }
 
+/** The RoPE kernels' template (the position scale is the table's, ropeTable). */
 const ropeTemplate = (eps: number, rope: Omit<FusedRope, "invFreq">) => ({
   EPS_BITS: floatBits(eps),
   HD: rope.headDim,
   ROTATED: rope.rotated,
   TRADITIONAL: rope.traditional,
-  POS_SCALE_BITS: floatBits(rope.positionScale ?? 1),
 });
 
 /**
@@ -204,7 +246,7 @@ export const fusedPlans = {
       shapes,
     );
   },
-  /** Inputs + norm, pos, inv_freq. */
+  /** Inputs + norm, rope_cs (ropeTable). */
   normRope: (
     xShape: readonly number[],
     dtype: Dtype,
@@ -220,7 +262,7 @@ export const fusedPlans = {
     const config2 = config ?? pairedConfig(n, rowsOf(xShape), xShape.at(-1));
     return gemvPlan(GEMV_NORM_ROPE_KERNEL, xShape, dtype, q, ropeTemplate(eps, rope), config2);
   },
-  /** Inputs + norm, pos, inv_freq; outputs q [B, 1, QS], k and v [B, Hkv, 1, HD]. */
+  /** Inputs + norm, rope_cs (ropeTable); outputs q [B, 1, QS], k and v [B, Hkv, 1, HD]. */
   normRopeQkv: (
     rows: number,
     dtype: Dtype,
@@ -308,7 +350,7 @@ export function quantizedGemvNormRope(
   checkNorm("quantizedGemvNormRope", x, norm);
   checkRopeInputs(x, pos, rope);
   const plan = fusedPlans.normRope(x.shape, x.dtype, q, eps, rope, config);
-  return plan.run([...qInputs(x, q), norm, pos, rope.invFreq])[0] as MxArray;
+  return plan.run([...qInputs(x, q), norm, ropeTable(pos, rope)])[0] as MxArray;
 }
 
 /**
@@ -329,5 +371,5 @@ export function quantizedGemvNormRopeQkv(
   checkNorm("quantizedGemvNormRopeQkv", x, norm);
   checkRopeInputs(x, pos, rope);
   const plan = fusedPlans.normRopeQkv(x.dim(0), x.dtype, q, eps, rope, kvHeads, config);
-  return plan.run([...qInputs(x, q), norm, pos, rope.invFreq]) as [MxArray, MxArray, MxArray];
+  return plan.run([...qInputs(x, q), norm, ropeTable(pos, rope)]) as [MxArray, MxArray, MxArray];
 }

@@ -155,12 +155,6 @@ export interface GemvVariant {
   norm?: boolean;
   rows?: string;
   epilogue?: string;
-  /**
-   * The scalar and split-K bodies only (one warp a row group): code after the row slots, before the
-   * weight loop, with `early` as the epilogue instead of `epilogue` (loads the epilogue needs, issued
-   * before the loop so that their latency hides under it; the tensor-core body keeps `epilogue`).
-   */
-  early?: { setup: string; epilogue: string };
 }
 
 const PLAIN_ROWS = "rowi[r] = warp * ROWS + r;";
@@ -188,11 +182,10 @@ export type GemvBody = "scalar" | "split" | "mma";
 export function gemvSource(variant: GemvVariant = {}, kind: GemvBody = "scalar"): string {
   const source = kind === "split" ? GEMV_SPLIT_SOURCE : kind === "mma" ? GEMV_MMA_SOURCE : SOURCE;
   const bound = kind === "mma" ? boundRows : (hook: string) => hook;
-  const early = kind === "mma" ? undefined : variant.early;
   return source
     .replace("/*PROLOGUE*/", variant.norm ? bound(NORM_PROLOGUE) : "")
-    .replaceAll("/*ROW_SLOTS*/", rowSlots(variant.rows ?? PLAIN_ROWS) + (early ? early.setup : ""))
-    .replace("/*EPILOGUE*/", bound(early?.epilogue ?? variant.epilogue ?? PLAIN_EPILOGUE))
+    .replaceAll("/*ROW_SLOTS*/", rowSlots(variant.rows ?? PLAIN_ROWS))
+    .replace("/*EPILOGUE*/", bound(variant.epilogue ?? PLAIN_EPILOGUE))
     .replace("/*RMS_M*/", variant.norm ? MMA_RMS_M : "")
     .replace(
       "/*XLOAD*/",

@@ -35,7 +35,7 @@ import {
 } from "./kernels-attention";
 import { GEMV_KERNEL, gemvConfig } from "./kernels-gemv";
 import {
-  GEMV_NORM_ROPE_QKV_KERNEL,
+  GEMV_NORM_ROPE_QKV_POS_KERNEL,
   GEMV_NORM_SWIGLU_KERNEL,
   GEMV_RESIDUAL_KERNEL,
   pairedConfig,
@@ -127,7 +127,7 @@ __device__ __forceinline__ void pv_grid_sync(int* sync) {
 
 const HEADER = `${GEMV_KERNEL.header}${DECODE_ATTENTION_WRITE_KERNEL.header}${BARRIER}${gemvPhase(
   "pv_phase_qkv",
-  GEMV_NORM_ROPE_QKV_KERNEL.source,
+  GEMV_NORM_ROPE_QKV_POS_KERNEL.source,
   [...GEMV_CONSTANTS, "EPS_BITS", "HD", "ROTATED", "TRADITIONAL", "POS_SCALE_BITS", "QS", "KVS"],
   `${QUANT}, const T* norm, const int32_t* pos, const float* inv_freq, T* q, T* k, T* v`,
 )}${gemvPhase("pv_phase_residual", GEMV_RESIDUAL_KERNEL.source, GEMV_CONSTANTS, `${QUANT}, const T* res, T* y`)}${gemvPhase(

@@ -25,7 +25,7 @@ import { DecodeAttention, decodeAttentionSupports, mergedAttentionSplits } from 
 import { VERIFY_MAX_TOKENS, VerifyAttention, verifyAttentionSupports } from "../mlx/kernels-attention-verify";
 import { type GemvConfig, gemvConfig, gemvMmaFromRows, gemvSupports } from "../mlx/kernels-gemv";
 import { GEMV_MMA_MAX_ROWS, mmaBucket } from "../mlx/kernels-gemv-mma";
-import { type FusedRope, fusedPlans, pairedConfig } from "../mlx/kernels-gemv-fused";
+import { type FusedRope, fusedPlans, pairedConfig, ropeTable } from "../mlx/kernels-gemv-fused";
 import type { Rope } from "./rope";
 import type { AttentionBatch, ForwardView } from "./types";
 import type { LinearWeight } from "./weights";
@@ -235,6 +235,17 @@ export class FusedStep {
     this.#shape = B * 32 + L;
   }
 
+  /** RoPE's cos and sin at this step's positions, made once for all layers (by inverse frequencies). */
+  readonly #ropeTables = new Map<MxArray, MxArray>();
+  #ropeTable(rope: FusedRope): MxArray {
+    let table = this.#ropeTables.get(rope.invFreq);
+    if (!table) {
+      table = ropeTable(this.positions, rope);
+      this.#ropeTables.set(rope.invFreq, table);
+    }
+    return table;
+  }
+
   #xShape(q: mx.QuantizedWeight): number[] {
     return [this.B, this.L, (q.weight.dim(1) * 32) / q.bits];
   }
@@ -262,7 +273,7 @@ export class FusedStep {
         : fusedPlans.norm(this.#xShape(q), this.dtype, q, norm.eps, this.#config(q, this.B * this.L, false)),
     );
     const inputs = [h, q.weight, q.scales, q.biases as MxArray, norm.weight];
-    if (rope) inputs.push(this.positions, rope.invFreq);
+    if (rope) inputs.push(this.#ropeTable(rope));
     return plan.run(inputs)[0] as MxArray;
   }
 
@@ -278,7 +289,7 @@ export class FusedStep {
     const plan = planFor(q, QKV_DECODE * SLOTS + this.#shape, () =>
       fusedPlans.normRopeQkv(this.B, this.dtype, q, norm.eps, rope, kvHeads),
     );
-    const inputs = [h, q.weight, q.scales, q.biases as MxArray, norm.weight, this.positions, rope.invFreq];
+    const inputs = [h, q.weight, q.scales, q.biases as MxArray, norm.weight, this.#ropeTable(rope)];
     return plan.run(inputs) as [MxArray, MxArray, MxArray];
   }
 

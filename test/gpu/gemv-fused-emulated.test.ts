@@ -63,12 +63,12 @@ function program(c: Case): string {
 ${header}
 namespace mlx::core::cu {
 void kernel(const ${T}* x, const uint32_t* w, const ${T}* scales, const ${T}* biases, const ${T}* res, const ${T}* norm,
-            const int32_t* pos, const float* inv_freq, ${T}* y) {
+            const int32_t* pos, const float* inv_freq, const float* rope_cs, ${T}* y) {
   using T = ${T};
   ${constants}
   ${T}* q = y; ${T}* k = y + M * QS; ${T}* v = y + M * (QS + KVS);
   (void)q; (void)k; (void)v; (void)QS; (void)KVS;
-  (void)res; (void)norm; (void)pos; (void)inv_freq; (void)HD; (void)ROTATED; (void)POS_SCALE_BITS; (void)TRADITIONAL; (void)EPS_BITS;
+  (void)res; (void)norm; (void)pos; (void)inv_freq; (void)rope_cs; (void)HD; (void)ROTATED; (void)POS_SCALE_BITS; (void)TRADITIONAL; (void)EPS_BITS;
 ${spec.source}
 }
 }  // namespace mlx::core::cu
@@ -88,6 +88,13 @@ int main() {
   for (auto& v : w) v = rng();
   for (int m = 0; m < M; ++m) pos[m] = ${c.consecutive ? "500 + m" : "37 + 1000 * m"};
   for (int i = 0; i < HD / 2; ++i) inv_freq[i] = std::pow(10000.f, -2.f * i / HD);
+  std::vector<float> rope_cs(pos.size() * HD);
+  for (size_t m = 0; m < pos.size(); ++m)
+    for (int i = 0; i < HD / 2; ++i) {
+      const float theta = (float(${c.posScale ?? 1}) * (float)pos[m]) * inv_freq[i];
+      rope_cs[m * HD + i] = std::cos(theta);
+      rope_cs[m * HD + HD / 2 + i] = std::sin(theta);
+    }
   for (size_t i = 0; i < s.size(); ++i) {
     s[i] = ${fromF}(0.005f + 0.025f * uni(rng));
     b[i] = ${fromF}(-8.f * ${toF}(s[i]) + 0.1f * normal(rng));
@@ -96,7 +103,7 @@ int main() {
   const int warps_total = N / ROWS;
   const unsigned blocks = (warps_total + WARPS - 1) / WARPS;
   emu_launch(blocks * WARPS * 32, WARPS * 32, [&] {
-    mlx::core::cu::kernel(x.data(), w.data(), s.data(), b.data(), res.data(), g.data(), pos.data(), inv_freq.data(), y.data());
+    mlx::core::cu::kernel(x.data(), w.data(), s.data(), b.data(), res.data(), g.data(), pos.data(), inv_freq.data(), rope_cs.data(), y.data());
   });
   double err = 0, ref2 = 0;
   int unwritten = 0;

@@ -36,7 +36,7 @@ function program(c: Case): string {
   // One kernel function per (name, rows of x, body); x and pos point at the launch's first row.
   const kernel = (name: string, m: number, body: Body) => `
 void ${name}(const __half* x, const uint32_t* w, const __half* scales, const __half* biases, const __half* norm,
-             const int32_t* pos, const float* inv_freq, __half* y) {
+             const int32_t* pos, const float* inv_freq, const float* rope_cs, __half* y) {
   using T = __half;
   constexpr int M = ${body.kind === "mma" ? mmaBucket(m) : m}, N = ${c.n}, K = ${c.k}, GROUP = 64;
   constexpr int ROWS = ${body.kind === "mma" ? 2 : body.rows}, WARPS = ${body.kind === "mma" ? body.warps : 4};
@@ -44,13 +44,13 @@ void ${name}(const __half* x, const uint32_t* w, const __half* scales, const __h
   constexpr bool TRADITIONAL = false;
   const int x_shape[2] = {${m}, ${c.k}};
   constexpr int x_ndim = 2;
-  (void)x_shape; (void)HD; (void)ROTATED; (void)POS_SCALE_BITS; (void)TRADITIONAL; (void)pos; (void)inv_freq;
+  (void)x_shape; (void)HD; (void)ROTATED; (void)POS_SCALE_BITS; (void)TRADITIONAL; (void)pos; (void)inv_freq; (void)rope_cs;
 ${gemvSource(variant, body.kind === "mma" ? "mma" : "scalar")}
 }`;
   const launch = (name: string, body: Body, xOff: string, posOff: string, yOff: string) =>
     body.kind === "mma"
-      ? `emu_launch(N / 16 * ${body.warps} * 32, ${body.warps} * 32, [&] { ${name}(x.data() + ${xOff}, w.data(), s.data(), b.data(), g.data(), pos.data() + ${posOff}, inv_freq.data(), ${yOff}); });`
-      : `emu_launch((N / ${body.rows} + 3) / 4 * 128, 128, [&] { ${name}(x.data() + ${xOff}, w.data(), s.data(), b.data(), g.data(), pos.data() + ${posOff}, inv_freq.data(), ${yOff}); });`;
+      ? `emu_launch(N / 16 * ${body.warps} * 32, ${body.warps} * 32, [&] { ${name}(x.data() + ${xOff}, w.data(), s.data(), b.data(), g.data(), pos.data() + ${posOff}, inv_freq.data(), rope_cs.data() + (${posOff}) * 32, ${yOff}); });`
+      : `emu_launch((N / ${body.rows} + 3) / 4 * 128, 128, [&] { ${name}(x.data() + ${xOff}, w.data(), s.data(), b.data(), g.data(), pos.data() + ${posOff}, inv_freq.data(), rope_cs.data() + (${posOff}) * 32, ${yOff}); });`;
   return `#include "${EMULATION_HEADER}"
 #include <cstdio>
 #include <random>
@@ -73,6 +73,13 @@ int main() {
   for (auto& v : w) v = rng();
   for (int m = 0; m < M; ++m) pos[m] = 500 + m;
   for (int i = 0; i < 16; ++i) inv_freq[i] = std::pow(10000.f, -2.f * i / 32);
+  std::vector<float> rope_cs(pos.size() * 32);
+  for (size_t m = 0; m < pos.size(); ++m)
+    for (int i = 0; i < 32 / 2; ++i) {
+      const float theta = (1.f * (float)pos[m]) * inv_freq[i];
+      rope_cs[m * 32 + i] = std::cos(theta);
+      rope_cs[m * 32 + 32 / 2 + i] = std::sin(theta);
+    }
   for (size_t i = 0; i < s.size(); ++i) {
     s[i] = __float2half(0.005f + 0.025f * uni(rng));
     b[i] = __float2half(-8.f * __half2float(s[i]) + 0.1f * normal(rng));

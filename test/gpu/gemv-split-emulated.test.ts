@@ -71,7 +71,7 @@ function program(c: Case): string {
   constexpr int QS = ${qs}, KVS = ${kvs};`;
   const kernel = (name: string, warps: string, source: string, bucket = c.m) => `
 void ${name}(const ${T}* x, const uint32_t* w, const ${T}* scales, const ${T}* biases, const ${T}* res, const ${T}* norm,
-            const int32_t* pos, const float* inv_freq, ${T}* y) {
+            const int32_t* pos, const float* inv_freq, const float* rope_cs, ${T}* y) {
   using T = ${T};
   ${constants.replace(`M = ${c.m},`, `M = ${bucket},`)}
   const int x_shape[2] = {${c.m}, ${c.k}};
@@ -79,7 +79,7 @@ void ${name}(const ${T}* x, const uint32_t* w, const ${T}* scales, const ${T}* b
   (void)x_shape;
   ${warps}
   ${T}* q = y; ${T}* k = y + ${c.m} * QS; ${T}* v = y + ${c.m} * (QS + KVS);
-  (void)q; (void)k; (void)v; (void)QS; (void)KVS; (void)res; (void)norm; (void)pos; (void)inv_freq;
+  (void)q; (void)k; (void)v; (void)QS; (void)KVS; (void)res; (void)norm; (void)pos; (void)inv_freq; (void)rope_cs;
   (void)HD; (void)ROTATED; (void)POS_SCALE_BITS; (void)TRADITIONAL; (void)EPS_BITS;
 ${source}
 }`;
@@ -117,6 +117,13 @@ int main() {
   for (auto& v : w) v = rng();
   for (int m = 0; m < M; ++m) pos[m] = 37 + 1000 * m;
   for (int i = 0; i < HD / 2; ++i) inv_freq[i] = std::pow(10000.f, -2.f * i / HD);
+  std::vector<float> rope_cs(pos.size() * HD);
+  for (size_t m = 0; m < pos.size(); ++m)
+    for (int i = 0; i < HD / 2; ++i) {
+      const float theta = (float(${c.posScale ?? 1}) * (float)pos[m]) * inv_freq[i];
+      rope_cs[m * HD + i] = std::cos(theta);
+      rope_cs[m * HD + HD / 2 + i] = std::sin(theta);
+    }
   for (size_t i = 0; i < s.size(); ++i) {
     s[i] = ${fromF}(0.005f + 0.025f * uni(rng));
     b[i] = ${fromF}(-8.f * ${toF}(s[i]) + 0.1f * normal(rng));
@@ -139,7 +146,7 @@ int main() {
     for (int gi = 0; gi < G; ++gi)
       if ((p * G + gi) * ROWS < N) { upick.insert((p * G + gi) / 4); expected += M * ${c.variant === "swiglu" ? "ROWS / 2" : "ROWS"}; }
   std::vector<int> up(upick.begin(), upick.end());
-  auto args = [&](std::vector<${T}>& y) { return std::make_tuple(x.data(), w.data(), s.data(), b.data(), res.data(), g.data(), pos.data(), inv_freq.data(), y.data()); };
+  auto args = [&](std::vector<${T}>& y) { return std::make_tuple(x.data(), w.data(), s.data(), b.data(), res.data(), g.data(), pos.data(), inv_freq.data(), rope_cs.data(), y.data()); };
   ${
     c.mma
       ? `emu_launch(N / 16 * ${c.mma} * 32, ${c.mma} * 32, [&] { std::apply(mlx::core::cu::split, args(ys)); });`

@@ -22,7 +22,7 @@ const inputs = (extra: string[]) => [
   { name: "biases", type: H },
   ...extra.map((name) => ({
     name,
-    type: (name === "pos" ? "int32_t" : name === "inv_freq" ? "float" : H) as CudaType,
+    type: (name === "pos" ? "int32_t" : name === "inv_freq" || name === "rope_cs" ? "float" : H) as CudaType,
   })),
 ];
 const rope = { HD: 96, ROTATED: 6144, TRADITIONAL: false, POS_SCALE_BITS: 1065353216 };

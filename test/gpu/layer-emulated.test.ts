@@ -77,12 +77,13 @@ function program(c: Case): string {
 #include <cstdio>
 #include <random>
 #include <array>
+#include <cstring>
 namespace mlx::core::cu {
 using Shape = std::array<int32_t, 10>;
 ${perBlockShared(stripStream(DECODE_LAYER_KERNEL.header))}
 namespace ref {
 ${consts}
-void qkv(const ${T}* x, const uint32_t* w, const ${T}* scales, const ${T}* biases, const ${T}* norm, const int32_t* pos, const float* inv_freq, ${T}* q, ${T}* k, ${T}* v) {
+void qkv(const ${T}* x, const uint32_t* w, const ${T}* scales, const ${T}* biases, const ${T}* norm, const float* rope_cs, ${T}* q, ${T}* k, ${T}* v) {
   ${gemv("QKV_N", "D", "QKV_ROWS", "QKV_GROUP", "EPS1_BITS")}
 ${GEMV_NORM_ROPE_QKV_KERNEL.source}
 }
@@ -140,6 +141,17 @@ int main() {
   Q qkvw = quant(QKV_N, D), ow = quant(D, H * HD), guw = quant(2 * FF, D), dnw = quant(D, FF);
   std::vector<float> inv_freq(HD / 2);
   for (int i = 0; i < HD / 2; ++i) inv_freq[i] = std::pow(10000.f, -2.f * i / HD);
+  // The fused path's RoPE table (ropeTable's arithmetic: the angle in float, then cosf / sinf).
+  std::vector<float> rope_cs(B * HD);
+  for (int b = 0; b < B; ++b)
+    for (int i = 0; i < HD / 2; ++i) {
+      float scale;
+      const int32_t scale_bits = POS_SCALE_BITS;
+      std::memcpy(&scale, &scale_bits, 4);
+      const float theta = (scale * (float)pos[b]) * inv_freq[i];
+      rope_cs[b * HD + i] = cosf(theta);
+      rope_cs[b * HD + HD / 2 + i] = sinf(theta);
+    }
   std::vector<T> kc(B * HKV * CAP * HD), vc(B * HKV * CAP * HD);
   for (auto& v : kc) v = ${fromF}(normal(rng));
   for (auto& v : vc) v = ${fromF}(normal(rng));
@@ -151,7 +163,7 @@ int main() {
   std::vector<float> part(B * H * SPLITS * HD), stats(B * H * SPLITS * 2);
   std::vector<int> counter(B * HKV, 0);
   auto blocks = [](int n, int rows) { return (n / rows + GW - 1) / GW; };
-  emu_launch(blocks(QKV_N, QKV_ROWS) * GW * 32, GW * 32, [&] { qkv(x.data(), qkvw.w.data(), qkvw.s.data(), qkvw.b.data(), norm1.data(), pos, inv_freq.data(), q.data(), kn.data(), vn.data()); });
+  emu_launch(blocks(QKV_N, QKV_ROWS) * GW * 32, GW * 32, [&] { qkv(x.data(), qkvw.w.data(), qkvw.s.data(), qkvw.b.data(), norm1.data(), rope_cs.data(), q.data(), kn.data(), vn.data()); });
   emu_launch(B * HKV * AW * 32, AW * 32, [&] { attention(q.data(), kc.data(), shape, vc.data(), pos, kn.data(), vn.data(), counter.data(), attn.data(), part.data(), stats.data()); }, SPLITS);
   emu_launch(blocks(D, O_ROWS) * GW * 32, GW * 32, [&] { residual_o(attn.data(), ow.w.data(), ow.s.data(), ow.b.data(), x.data(), h2.data()); });
   emu_launch(blocks(2 * FF, GU_ROWS) * GW * 32, GW * 32, [&] { swiglu(h2.data(), guw.w.data(), guw.s.data(), guw.b.data(), norm2.data(), act.data()); });

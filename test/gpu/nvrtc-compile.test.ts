@@ -3,7 +3,6 @@
 // each compile stays short (MLX compiles each instantiation on first use, in the
 // decode path). Runs where libnvrtc is present (test/gpu/nvrtc.ts), else skips.
 import { describe, expect, test } from "bun:test";
-import { GEMV_KERNEL, GEMV_RMS_NORM_KERNEL, mmaSpec } from "../../src/mlx/kernels-gemv";
 import {
   DECODE_ATTENTION_COMBINE_KERNEL,
   DECODE_ATTENTION_KERNEL,
@@ -11,13 +10,15 @@ import {
   DECODE_ATTENTION_SPLIT_KERNEL,
   DECODE_ATTENTION_WRITE_KERNEL,
 } from "../../src/mlx/kernels-attention";
+import { VERIFY_ATTENTION_KERNEL, verifyQueryChunk, verifyWarps } from "../../src/mlx/kernels-attention-verify";
+import { GEMV_KERNEL, GEMV_RMS_NORM_KERNEL, mmaSpec } from "../../src/mlx/kernels-gemv";
 import {
   GEMV_NORM_ROPE_KERNEL,
   GEMV_NORM_ROPE_QKV_KERNEL,
   GEMV_NORM_SWIGLU_KERNEL,
   GEMV_RESIDUAL_KERNEL,
+  ROPE_TABLE_KERNEL,
 } from "../../src/mlx/kernels-gemv-fused";
-import { VERIFY_ATTENTION_KERNEL, verifyQueryChunk, verifyWarps } from "../../src/mlx/kernels-attention-verify";
 import { type CudaType, type NvrtcKernel, nvrtcAvailable, nvrtcCompile, ptxasResources } from "./nvrtc";
 
 const H = "__half" as CudaType;
@@ -83,8 +84,7 @@ for (const m of [1, 4, 9, 16]) {
         ...GEMV_NORM_ROPE_KERNEL,
         inputs: gemvInputs([
           { name: "norm", type: H },
-          { name: "pos", type: "int32_t" },
-          { name: "inv_freq", type: "float" },
+          { name: "rope_cs", type: "float" },
         ]),
         outputs: out,
         template: {
@@ -108,8 +108,7 @@ for (const m of [2, 9, 32]) {
   const ropeInputs = withShape(
     gemvInputs([
       { name: "norm", type: H },
-      { name: "pos", type: "int32_t" },
-      { name: "inv_freq", type: "float" },
+      { name: "rope_cs", type: "float" },
     ]),
   );
   cases.push(
@@ -152,6 +151,21 @@ for (const m of [2, 9, 32]) {
   );
 }
 
+// RoPE's cos/sin table (one launch a step; its rows from pos's shape).
+cases.push({
+  label: "RoPE table (cos, sin at each row's position)",
+  kernel: {
+    ...ROPE_TABLE_KERNEL,
+    header: "",
+    inputs: [
+      { name: "pos", type: "int32_t", shape: true },
+      { name: "inv_freq", type: "float" },
+    ],
+    outputs: [{ name: "rope_cs", type: "float" }],
+    template: { HD: 96, POS_SCALE_BITS: 1065353216 },
+  },
+});
+
 // Decode: q|k|v written as three outputs; attention over the cache (one split, several, the merge).
 cases.push({
   label: "rms_norm + rope, q/k/v outputs (decode) M=1",
@@ -159,8 +173,7 @@ cases.push({
     ...GEMV_NORM_ROPE_QKV_KERNEL,
     inputs: gemvInputs([
       { name: "norm", type: H },
-      { name: "pos", type: "int32_t" },
-      { name: "inv_freq", type: "float" },
+      { name: "rope_cs", type: "float" },
     ]),
     outputs: [
       { name: "q", type: H },

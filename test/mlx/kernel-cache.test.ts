@@ -90,7 +90,7 @@ const attentionTemplate: Array<[string, TemplateArg]> = [
   ["KB", 4],
 ];
 const norm = { dtype: F16, ndim: 1 };
-const ropeExtra = [norm, { dtype: Dtype.int32, ndim: 1 }, { dtype: Dtype.float32, ndim: 1 }];
+const ropeExtra = [norm, { dtype: Dtype.float32, ndim: 2 }];
 
 function layerCase(): Case {
   const template = layerTemplate(
