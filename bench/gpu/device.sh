@@ -317,10 +317,10 @@ final)
   # (ropeTable) and MLX_MAX_OPS_PER_BUFFER=25 by default (src/mlx/mlx-env.ts): the GPU tests of the RoPE kernels
   # (against MLX's rms_norm, quantized_matmul and rope), then one stream against mlx-lm. After prepare; ~3 minutes.
   mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
-  timeout 70 bun test --timeout 60000 ./dist/test-gpu/fused.test.js -t "RoPE" 2>&1 |
+  timeout 45 bun test --timeout 40000 ./dist/test-gpu/fused.test.js -t "RoPE" 2>&1 |
     grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -20 | tee "$OUT/rope-tests.txt" || true
-  timeout 150 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve,mlx-lm --python $PY \
-    --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 2 \
+  timeout 120 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve,mlx-lm --python $PY \
+    --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat ${FINAL_REPEAT:-1} \
     --out-dir "$OUT/single" 2>&1 | grep -E '^\| (pensieve|mlx)' || true
   ;;
 kprof|kprof-step)
