@@ -24,6 +24,7 @@
 #   bash bench/gpu/device.sh verify-merge  # the verify attention's parallel merge: GPU tests, cost at 512/4,000/16,000 (~4 min)
 #   bash bench/gpu/device.sh multi-row     # batched steps without dense copies: W4A16 kernel, fused 2-4 rows, 32 streams (~7 min)
 #   bash bench/gpu/device.sh step-split    # host (MLX per node) against GPU time of a one-row step, then kprof (~7 min)
+#   bash bench/gpu/device.sh next3         # the seventh session's leftovers: RoPE table, latency sweep, graph size 25 vs 100 (~10 min)
 #   bash bench/gpu/device.sh latency       # each fused kernel's launch shapes alone under ncu, the step's kernels, one stream (~6 min)
 #   bash bench/gpu/device.sh kprof         # the fused layer kernels at one row of x beside the plain GEMV, ncu of a step (~4 min)
 #   bash bench/gpu/device.sh mma-tests     # the fused path's GPU tests with the GEMV's tensor-core body, verify to 16 tokens (~4 min)
@@ -289,18 +290,20 @@ step-split)
     --out-dir "$OUT/single" 2>&1 | grep -E '^\| (pensieve|mlx)|host' || true
   KPROF_CTX="${KPROF_CTX:-128}" timeout 330 bash "$0" kprof || true
   ;;
-latency)
+latency|latency-sweep)
   # Issue 11, 2026-12-07 (seventh session): a one-row decode step is bound by its kernels' latency, not MLX's host
   # work (gpu-h100-2026-12-07g): the sum of its 231 kernels under Nsight Compute (3.14 ms) is the step. Each fused
   # kernel's launch shapes one at a time under ncu (fused-kernels.ts --latency: what a chain of dependent launches
   # sees), the step's kernels again (RoPE's inputs read before the weight loop now), one stream against mlx-lm, and
   # MLX's ops per CUDA graph. After prepare; ~6 minutes.
   NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
-  timeout 200 "$NCU" --clock-control none --cache-control none --print-units base --csv -k regex:pv_ \
+  timeout "${LATENCY_TIMEOUT:-240}" "$NCU" --clock-control none --cache-control none --print-units base --csv \
+    --profile-from-start off -k regex:pv_ \
     --metrics gpu__time_duration.sum,dram__bytes_read.sum bun dist/bench/gpu/fused-kernels.js --latency \
     > "$OUT/ncu-latency.csv" 2> "$OUT/ncu-latency.err" || true
   bun dist/bench/gpu/ncu-summary.js "$OUT/ncu-latency.csv" --top 200 > "$OUT/ncu-latency.md" 2>&1 || true
   grep -E '^\| custom' "$OUT/ncu-latency.md" | sed -E 's/custom_kernel_pv_//' | cut -c1-140 | head -90
+  [ "$1" = latency-sweep ] && exit 0
   KPROF_CTX=128 timeout 100 bash "$0" kprof-step || true
   for v in X=1 MLX_MAX_OPS_PER_BUFFER=25 PENSIEVE_GEMV_SPLITK=auto PENSIEVE_GEMV_SPLITK=4 \
     "PENSIEVE_GEMV_SPLITK=4 PENSIEVE_GEMV_SPLITK_ROWS=1" "PENSIEVE_GEMV_SPLITK=8 PENSIEVE_GEMV_SPLITK_ROWS=2" \
@@ -311,6 +314,21 @@ latency)
   bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve,mlx-lm --python $PY \
     --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 3 \
     --out-dir "$OUT/single" 2>&1 | grep -E '^\| (pensieve|mlx)' || true
+  ;;
+next3)
+  # Issue 11, for the session after 2026-12-07 (seventh): what that session could not run. The RoPE table and
+  # MLX_MAX_OPS_PER_BUFFER=25 (final: GPU tests, one stream against mlx-lm), every fused kernel's launch shapes
+  # alone under ncu (the latency sweep; the last one stopped at an odd-rows RoPE shape), the step's kernels, MLX's
+  # graph size 25 against MLX's 100 in pipelined steps, and 32 streams over HTTP at both. After prepare; ~10 minutes.
+  FINAL_REPEAT=2 timeout 200 bash "$0" final || true
+  LATENCY_TIMEOUT=240 timeout 400 bash "$0" latency-sweep || true
+  for v in MLX_MAX_OPS_PER_BUFFER=25 MLX_MAX_OPS_PER_BUFFER=100; do
+    env $v timeout 60 bun dist/bench/gpu/step-split.js "$MODEL" --steps 64 2>&1 | grep -E '^\| (pipe|median)|rror' |
+      sed "s/^/$v /" | tee -a "$OUT/step-split.md" || true
+    env $v timeout 140 bun dist/bench/run.js load --model "$MODEL" --device gpu --levels 32 --servers pensieve \
+      --python $PY --requests-per-client 2 --out-tokens 128 --prompt-tokens 128,256,512 --ban-tokens $BAN \
+      --out-dir "$OUT/load32-${v#*=}" 2>&1 | grep -E '^\| pensieve' | sed "s/^/$v /" || true
+  done
   ;;
 final)
   # Issue 11, 2026-12-07 (seventh session), last lease: the fused path's RoPE from a table made once a step

@@ -5,9 +5,10 @@
 // --rows: also the kernels at several rows of x (verify passes, batches): the scalar body against
 // the tensor-core body (kernels-gemv-mma.ts) at its default warps a tile and twice that, and MLX's quantized_matmul.
 // --no-one: skip the one-row section.
-// --latency: each launch shape 12 times in one graph, once (no median), with a wider sweep: for Nsight Compute,
-// which runs every kernel alone, so its list gives each shape's latency as a decode step's chain of dependent
-// launches sees it (this file's own wall times overlap independent launches and give throughput instead).
+// --latency: each launch shape 4 times in one graph, once (no median), with a wider sweep, the profiler on for
+// those launches only: for Nsight Compute (ncu --profile-from-start off), which runs every kernel alone, so its
+// list gives each shape's latency as a decode step's chain of dependent launches sees it (this file's own wall
+// times overlap independent launches in MLX's CUDA graph and give throughput instead).
 // Why: Nsight Compute put the q|k|v kernel with RMSNorm and RoPE at 27 us against 17.6
 // for gate|up with twice its bytes (gpu-h100-2026-12-06e); this says which epilogue or
 // launch shape costs what, without the profiler's clocks. Timing as bench/gpu/gemv.ts:
@@ -27,7 +28,7 @@ import {
 } from "../../src/mlx/kernels-gemv";
 import { type FusedRope, fusedPlans, pairedConfig, ropeTable } from "../../src/mlx/kernels-gemv-fused";
 import { mmaWarps } from "../../src/mlx/kernels-gemv-mma";
-import { gpuName, median, timeProducts } from "./timing";
+import { gpuName, median, profilerCalls, timeProducts } from "./timing";
 
 const args = process.argv.slice(2);
 const outDir = args.includes("--out") ? args[args.indexOf("--out") + 1] : undefined;
@@ -76,14 +77,18 @@ function measure(
   run: (i: number) => mx.MxArray,
   sets: number,
 ) {
-  const count = latency ? 12 : sets * Math.ceil(192 / sets);
+  const count = latency ? 4 : sets * Math.ceil(192 / sets);
   timeProducts(run, latency ? 2 : sets); // compiles (NVRTC) and makes the plan
+  // --latency: only the timed launches under the profiler (ncu --profile-from-start off).
+  profiler?.start();
   const us = 1e6 * median(Array.from({ length: latency ? 1 : quick ? 3 : 7 }, () => timeProducts(run, count)));
+  profiler?.stop();
   const line = { shape, kernel, config, us, gbps: bytes / us / 1e3 };
   lines.push(line);
   console.log(`${shape}\t${kernel}\t${config}\t${us.toFixed(2)} us\t${line.gbps.toFixed(0)} GB/s`);
 }
 
+const profiler = latency ? profilerCalls() : null;
 const cfgName = (c: GemvConfig) => `${c.rows}x${c.warps}${c.split ? ` split ${c.split} loads ${c.loads}` : ""}`;
 const SWEEP: GemvConfig[] = [
   { rows: 2, warps: 4 },
@@ -108,6 +113,9 @@ const SWEEP: GemvConfig[] = [
       ]
     : []),
 ];
+
+/** The paired variants' sweep (RoPE, SwiGLU: a warp holds both rows of a pair, so even rows a warp). */
+const PAIRED_SWEEP = SWEEP.filter((c) => c.rows % 2 === 0);
 
 const x = (k: number) => mx.keep(mx.randomNormal([1, 1, k], mx.Dtype.float16, 0, 1, mx.randomKey(k)));
 const norm = (k: number) => mx.keep(mx.add(mx.randomUniform([k], mx.Dtype.float16, mx.randomKey(5)), 0.5));
@@ -179,7 +187,7 @@ function qkv(): void {
   table300.dispose();
   for (const position of latency ? [300] : [300, 100_000]) {
     const cs = table(position);
-    for (const c of quick ? [undefined] : [undefined, ...SWEEP]) {
+    for (const c of quick ? [undefined] : [undefined, ...PAIRED_SWEEP]) {
       const run = (i: number) =>
         fusedPlans
           .normRopeQkv(1, xs.dtype, w(i), EPS, rope, HEADS, c)
@@ -199,7 +207,7 @@ function gateUp(): void {
   const w = (i: number) => ws[i % ws.length] as mx.QuantizedWeight;
   const bytes = bytesOf(n, k);
   measure("gate|up", "plain", "4x4", bytes, (i) => quantizedGemv(xs, w(i), { rows: 4, warps: 4 }), ws.length);
-  for (const c of quick ? [undefined] : [undefined, ...SWEEP]) {
+  for (const c of quick ? [undefined] : [undefined, ...PAIRED_SWEEP]) {
     const run = (i: number) =>
       fusedPlans
         .normSwiglu(xs.shape, xs.dtype, w(i), EPS, c)

@@ -7,12 +7,12 @@
 // PENSIEVE_GPU_GEMV=0 profiles the step without Pensieve's GEMV; PENSIEVE_GPU_FUSED=0
 // profiles it without the fused decode path (src/models/gpu-fused.ts, the default). Also prints the host
 // time to build a step's graph (TypeScript + FFI, before evaluation).
-import { dlopen, FFIType } from "bun:ffi";
 import { cacheFor, prefill } from "../../src/engine/one-sequence";
 import * as mx from "../../src/mlx";
 import { lib } from "../../src/mlx/ffi";
 import { fusedLaunchCount } from "../../src/models/gpu-fused";
 import { loadModel } from "../../src/models/loader";
+import { profilerCalls } from "./timing";
 
 const [modelPath, promptArg] = process.argv.slice(2);
 if (!modelPath) throw new Error("usage: step-profile.ts MODEL [PROMPT_TOKENS]");
@@ -20,22 +20,6 @@ if (!modelPath) throw new Error("usage: step-profile.ts MODEL [PROMPT_TOKENS]");
 mx.setDevice(process.env.PENSIEVE_STEP_DEVICE === "cpu" ? "cpu" : "gpu");
 const { model } = loadModel(modelPath);
 const prompt = Array.from({ length: Number(promptArg ?? 128) }, (_, i) => 100 + ((i * 7919) % 20000));
-
-/**
- * The driver's cuProfilerStart/Stop (libcuda.so.1), for ncu --profile-from-start off.
- * (MLX links the CUDA runtime statically: there is no libcudart to ask.)
- */
-function profilerCalls(): { start: () => number; stop: () => number } | null {
-  try {
-    const lib = dlopen("libcuda.so.1", {
-      cuProfilerStart: { args: [], returns: FFIType.i32 },
-      cuProfilerStop: { args: [], returns: FFIType.i32 },
-    });
-    return { start: () => lib.symbols.cuProfilerStart(), stop: () => lib.symbols.cuProfilerStop() };
-  } catch {
-    return null;
-  }
-}
 
 const cache = cacheFor(model);
 let token = mx.tidy(() => mx.argmax(prefill(model, cache, prompt), -1).item() as number);

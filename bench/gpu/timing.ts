@@ -1,5 +1,6 @@
 // What the GPU micro-benchmarks share: the card's name, a median, and the time of one
 // launch as a decode step sees it (wall time of one evaluated graph of many / count).
+import { dlopen, FFIType } from "bun:ffi";
 import * as mx from "../../src/mlx";
 
 /** nvidia-smi's name, driver and memory of the card, or a line saying there is none. */
@@ -30,4 +31,20 @@ export function timeProducts(run: (i: number) => mx.MxArray, count: number): num
     mx.evaluate(...ys);
     return (performance.now() - t0) / 1000 / count;
   });
+}
+
+/**
+ * The driver's cuProfilerStart/Stop (libcuda.so.1), for ncu --profile-from-start off.
+ * (MLX links the CUDA runtime statically: there is no libcudart to ask.)
+ */
+export function profilerCalls(): { start: () => number; stop: () => number } | null {
+  try {
+    const lib = dlopen("libcuda.so.1", {
+      cuProfilerStart: { args: [], returns: FFIType.i32 },
+      cuProfilerStop: { args: [], returns: FFIType.i32 },
+    });
+    return { start: () => lib.symbols.cuProfilerStart(), stop: () => lib.symbols.cuProfilerStop() };
+  } catch {
+    return null;
+  }
 }
