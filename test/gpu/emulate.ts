@@ -43,3 +43,19 @@ export function perBlockShared(source: string): string {
       .join(" "),
   );
 }
+
+/**
+ * C++ statements that fill `std::vector<float> rope_cs` (the fused path's RoPE table, ropeTable: cos of pair i
+ * at column i, sin at hd/2 + i) from `pos` and `inv_freq` as the table's kernel computes it; hd and scale are
+ * C++ expressions.
+ */
+export function ropeTableCode(hd: string, scale: string): string {
+  return `  std::vector<float> rope_cs(pos.size() * ${hd});
+  for (size_t m = 0; m < pos.size(); ++m)
+    for (int i = 0; i < ${hd} / 2; ++i) {
+      const float theta = (${scale} * (float)pos[m]) * inv_freq[i];
+      rope_cs[m * ${hd} + i] = std::cos(theta);
+      rope_cs[m * ${hd} + ${hd} / 2 + i] = std::sin(theta);
+    }
+`;
+}

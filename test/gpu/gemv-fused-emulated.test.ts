@@ -9,7 +9,7 @@ import {
   GEMV_NORM_SWIGLU_KERNEL,
   GEMV_RESIDUAL_KERNEL,
 } from "../../src/mlx/kernels-gemv-fused";
-import { EMULATION_HEADER, emulationCompiler, runEmulated } from "./emulate";
+import { EMULATION_HEADER, emulationCompiler, ropeTableCode, runEmulated } from "./emulate";
 
 type Variant = "residual" | "swiglu" | "rope" | "rope-qkv";
 interface Case {
@@ -88,14 +88,7 @@ int main() {
   for (auto& v : w) v = rng();
   for (int m = 0; m < M; ++m) pos[m] = ${c.consecutive ? "500 + m" : "37 + 1000 * m"};
   for (int i = 0; i < HD / 2; ++i) inv_freq[i] = std::pow(10000.f, -2.f * i / HD);
-  std::vector<float> rope_cs(pos.size() * HD);
-  for (size_t m = 0; m < pos.size(); ++m)
-    for (int i = 0; i < HD / 2; ++i) {
-      const float theta = (float(${c.posScale ?? 1}) * (float)pos[m]) * inv_freq[i];
-      rope_cs[m * HD + i] = std::cos(theta);
-      rope_cs[m * HD + HD / 2 + i] = std::sin(theta);
-    }
-  for (size_t i = 0; i < s.size(); ++i) {
+${ropeTableCode("HD", `float(${c.posScale ?? 1})`)}  for (size_t i = 0; i < s.size(); ++i) {
     s[i] = ${fromF}(0.005f + 0.025f * uni(rng));
     b[i] = ${fromF}(-8.f * ${toF}(s[i]) + 0.1f * normal(rng));
   }

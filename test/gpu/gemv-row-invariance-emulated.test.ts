@@ -11,7 +11,7 @@ import { describe, expect, test } from "bun:test";
 import { gemvSource } from "../../src/mlx/kernels-gemv";
 import { GEMV_NORM_ROPE_KERNEL, GEMV_NORM_SWIGLU_KERNEL } from "../../src/mlx/kernels-gemv-fused";
 import { GEMV_MMA_HEADER, mmaBucket } from "../../src/mlx/kernels-gemv-mma";
-import { EMULATION_HEADER, emulationCompiler, runEmulated } from "./emulate";
+import { EMULATION_HEADER, emulationCompiler, ropeTableCode, runEmulated } from "./emulate";
 
 const EPS_BITS = new Int32Array(Float32Array.of(1e-5).buffer)[0];
 type Body = { kind: "scalar"; rows: number } | { kind: "mma"; warps: number };
@@ -73,14 +73,7 @@ int main() {
   for (auto& v : w) v = rng();
   for (int m = 0; m < M; ++m) pos[m] = 500 + m;
   for (int i = 0; i < 16; ++i) inv_freq[i] = std::pow(10000.f, -2.f * i / 32);
-  std::vector<float> rope_cs(pos.size() * 32);
-  for (size_t m = 0; m < pos.size(); ++m)
-    for (int i = 0; i < 32 / 2; ++i) {
-      const float theta = (1.f * (float)pos[m]) * inv_freq[i];
-      rope_cs[m * 32 + i] = std::cos(theta);
-      rope_cs[m * 32 + 32 / 2 + i] = std::sin(theta);
-    }
-  for (size_t i = 0; i < s.size(); ++i) {
+${ropeTableCode("32", "1.f")}  for (size_t i = 0; i < s.size(); ++i) {
     s[i] = __float2half(0.005f + 0.025f * uni(rng));
     b[i] = __float2half(-8.f * __half2float(s[i]) + 0.1f * normal(rng));
   }

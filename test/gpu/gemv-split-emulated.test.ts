@@ -7,15 +7,15 @@
 // block is a thread per GPU thread), the unsplit kernel the blocks covering the same rows.
 import { describe, expect, test } from "bun:test";
 import { GEMV_KERNEL, GEMV_RMS_NORM_KERNEL, gemvSource, mmaFromRows } from "../../src/mlx/kernels-gemv";
-import { GEMV_MMA_HEADER, mmaBucket, mmaWarps } from "../../src/mlx/kernels-gemv-mma";
 import {
   GEMV_NORM_ROPE_KERNEL,
   GEMV_NORM_ROPE_QKV_KERNEL,
   GEMV_NORM_SWIGLU_KERNEL,
   GEMV_RESIDUAL_KERNEL,
 } from "../../src/mlx/kernels-gemv-fused";
+import { GEMV_MMA_HEADER, mmaBucket, mmaWarps } from "../../src/mlx/kernels-gemv-mma";
 import { splitConfig } from "../../src/mlx/kernels-gemv-split";
-import { EMULATION_HEADER, emulationCompiler, runEmulated } from "./emulate";
+import { EMULATION_HEADER, emulationCompiler, ropeTableCode, runEmulated } from "./emulate";
 
 type Variant = "plain" | "norm" | "residual" | "swiglu" | "rope" | "rope-qkv";
 interface Case {
@@ -117,14 +117,7 @@ int main() {
   for (auto& v : w) v = rng();
   for (int m = 0; m < M; ++m) pos[m] = 37 + 1000 * m;
   for (int i = 0; i < HD / 2; ++i) inv_freq[i] = std::pow(10000.f, -2.f * i / HD);
-  std::vector<float> rope_cs(pos.size() * HD);
-  for (size_t m = 0; m < pos.size(); ++m)
-    for (int i = 0; i < HD / 2; ++i) {
-      const float theta = (float(${c.posScale ?? 1}) * (float)pos[m]) * inv_freq[i];
-      rope_cs[m * HD + i] = std::cos(theta);
-      rope_cs[m * HD + HD / 2 + i] = std::sin(theta);
-    }
-  for (size_t i = 0; i < s.size(); ++i) {
+${ropeTableCode("HD", `float(${c.posScale ?? 1})`)}  for (size_t i = 0; i < s.size(); ++i) {
     s[i] = ${fromF}(0.005f + 0.025f * uni(rng));
     b[i] = ${fromF}(-8.f * ${toF}(s[i]) + 0.1f * normal(rng));
   }
