@@ -24,7 +24,7 @@
 #   bash bench/gpu/device.sh verify-merge  # the verify attention's parallel merge: GPU tests, cost at 512/4,000/16,000 (~4 min)
 #   bash bench/gpu/device.sh multi-row     # batched steps without dense copies: W4A16 kernel, fused 2-4 rows, 32 streams (~7 min)
 #   bash bench/gpu/device.sh step-split    # host (MLX per node) against GPU time of a one-row step, then kprof (~7 min)
-#   bash bench/gpu/device.sh next3         # the seventh session's leftovers: RoPE table, latency sweep, graph size 25 vs 100 (~10 min)
+#   bash bench/gpu/device.sh next3         # the seventh session's leftovers: RoPE table, graph size, launch shapes, latency sweep (~13 min)
 #   bash bench/gpu/device.sh latency       # each fused kernel's launch shapes alone under ncu, the step's kernels, one stream (~6 min)
 #   bash bench/gpu/device.sh kprof         # the fused layer kernels at one row of x beside the plain GEMV, ncu of a step (~4 min)
 #   bash bench/gpu/device.sh mma-tests     # the fused path's GPU tests with the GEMV's tensor-core body, verify to 16 tokens (~4 min)
@@ -316,15 +316,22 @@ latency|latency-sweep)
     --out-dir "$OUT/single" 2>&1 | grep -E '^\| (pensieve|mlx)' || true
   ;;
 next3)
-  # Issue 11, for the session after 2026-12-07 (seventh): what that session could not run. The RoPE table and
-  # MLX_MAX_OPS_PER_BUFFER=25 (final: GPU tests, one stream against mlx-lm), every fused kernel's launch shapes
-  # alone under ncu (the latency sweep; the last one stopped at an odd-rows RoPE shape), the step's kernels, MLX's
-  # graph size 25 against MLX's 100 in pipelined steps, and 32 streams over HTTP at both. After prepare; ~10 minutes.
+  # Issue 11, for the session after 2026-12-07 (seventh): what that session could not run, most telling first. The
+  # RoPE table and MLX_MAX_OPS_PER_BUFFER=25 (final: GPU tests, one stream against mlx-lm); pipelined steps at MLX's
+  # graph size 25 against 100, one-row launch shapes chosen for latency (PENSIEVE_GEMV_ONE_ROW) and more keys in
+  # flight in the attention (PENSIEVE_FUSED_ATTENTION_KB); every fused kernel's launch shapes alone under ncu (the
+  # latency sweep; the last one stopped at an odd-rows RoPE shape); 32 streams over HTTP at graph size 25 and 100.
+  # After prepare; ~13 minutes.
   FINAL_REPEAT=2 timeout 200 bash "$0" final || true
-  LATENCY_TIMEOUT=240 timeout 400 bash "$0" latency-sweep || true
-  for v in MLX_MAX_OPS_PER_BUFFER=25 MLX_MAX_OPS_PER_BUFFER=100; do
+  for v in MLX_MAX_OPS_PER_BUFFER=25 MLX_MAX_OPS_PER_BUFFER=100 \
+    PENSIEVE_GEMV_ONE_ROW=3072x8192:2:16:8,3072x3072:2:8:4 PENSIEVE_GEMV_ONE_ROW=3072x8192:4:16:4,3072x3072:4:16:4 \
+    PENSIEVE_GEMV_ONE_ROW=3072x8192:1:16:8,3072x3072:1:8:4 PENSIEVE_FUSED_ATTENTION_KB=8 PENSIEVE_FUSED_ATTENTION_KB=16 \
+    MLX_MAX_OPS_PER_BUFFER=25; do
     env $v timeout 60 bun dist/bench/gpu/step-split.js "$MODEL" --steps 64 2>&1 | grep -E '^\| (pipe|median)|rror' |
       sed "s/^/$v /" | tee -a "$OUT/step-split.md" || true
+  done
+  LATENCY_TIMEOUT=240 timeout 300 bash "$0" latency-sweep || true
+  for v in MLX_MAX_OPS_PER_BUFFER=25 MLX_MAX_OPS_PER_BUFFER=100; do
     env $v timeout 140 bun dist/bench/run.js load --model "$MODEL" --device gpu --levels 32 --servers pensieve \
       --python $PY --requests-per-client 2 --out-tokens 128 --prompt-tokens 128,256,512 --ban-tokens $BAN \
       --out-dir "$OUT/load32-${v#*=}" 2>&1 | grep -E '^\| pensieve' | sed "s/^/$v /" || true

@@ -130,3 +130,29 @@ export function splitConfig(
   if (![1, 2, 4, 8].includes(rows)) throw new Error(`PENSIEVE_GEMV_SPLITK_ROWS=${rows}: 1, 2, 4 or 8`);
   return { ...base, rows, warps: groups * split, split, loads };
 }
+
+/**
+ * A one-row launch shape for one weight shape from PENSIEVE_GEMV_ONE_ROW, or null: entries
+ * "NxK:rows:warps[:split[:loads]]" separated by commas, e.g. "3072x8192:2:16:8,3072x3072:2:8".
+ * For A/B runs on the GPU: the launch shapes were chosen by a benchmark of overlapping launches,
+ * and a decode step's chain of dependent launches wants the shortest latency instead
+ * (bench/results/gpu-h100-2026-12-07g). Paired kernels (RoPE, SwiGLU) take an even rows.
+ */
+export function oneRowOverride(
+  n: number,
+  k: number,
+  env: Record<string, string | undefined> = process.env,
+): GemvConfig | null {
+  const setting = env.PENSIEVE_GEMV_ONE_ROW;
+  if (!setting) return null;
+  for (const entry of setting.split(",")) {
+    const [shape, ...rest] = entry.trim().split(":");
+    const [en, ek] = (shape ?? "").split("x").map(Number);
+    const [rows, warps, split = 1, loads = 8] = rest.map(Number);
+    if (!rows || !warps || ![1, 2, 4, 8].includes(rows) || warps % split !== 0 || warps > 32 || loads < 1)
+      throw new Error(`PENSIEVE_GEMV_ONE_ROW: "${entry}" is not NxK:rows:warps[:split[:loads]]`);
+    if (en !== n || ek !== k) continue;
+    return split > 1 ? { rows, warps, split, loads } : { rows, warps };
+  }
+  return null;
+}

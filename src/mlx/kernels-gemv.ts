@@ -30,7 +30,7 @@ import {
   mmaBucket,
   mmaWarps,
 } from "./kernels-gemv-mma";
-import { GEMV_SPLIT_SOURCE, splitConfig } from "./kernels-gemv-split";
+import { GEMV_SPLIT_SOURCE, oneRowOverride, splitConfig } from "./kernels-gemv-split";
 import type { QuantizedWeight } from "./ops";
 
 const HEADER = `
@@ -329,7 +329,12 @@ const VERIFY_WARPS = Number(process.env.PENSIEVE_GEMV_VERIFY_WARPS ?? 4);
 export function gemvConfig(n: number, m = 1, k?: number, tensorCores = true): GemvConfig {
   if (tensorCores && m >= mmaFrom && k !== undefined && n % 16 === 0 && m <= GEMV_MMA_MAX_ROWS)
     return { rows: 2, warps: mmaWarps(n, k), mma: true };
-  // One row of x and K known: PENSIEVE_GEMV_SPLITK may split K (kernels-gemv-split.ts; off by default).
+  // One row of x and K known: PENSIEVE_GEMV_ONE_ROW may set a shape's launch, PENSIEVE_GEMV_SPLITK split K
+  // (kernels-gemv-split.ts; both off by default).
+  if (m <= 1 && k !== undefined) {
+    const chosen = oneRowOverride(n, k);
+    if (chosen && n % chosen.rows === 0) return chosen;
+  }
   if (m <= 1 && n % 4 === 0) return k === undefined ? { rows: 4, warps: 4 } : splitConfig({ rows: 4, warps: 4 }, k);
   // 9-16 rows of x (verify passes): ALU-bound, and a warp's 2 output rows share each row of x's unpacking
   // (~74 SASS instructions per row of x, output row and 16-byte chunk vs ~100 at 1 row per warp; sm_90a:

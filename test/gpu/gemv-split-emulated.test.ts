@@ -14,7 +14,7 @@ import {
   GEMV_RESIDUAL_KERNEL,
 } from "../../src/mlx/kernels-gemv-fused";
 import { GEMV_MMA_HEADER, mmaBucket, mmaWarps } from "../../src/mlx/kernels-gemv-mma";
-import { splitConfig } from "../../src/mlx/kernels-gemv-split";
+import { oneRowOverride, splitConfig } from "../../src/mlx/kernels-gemv-split";
 import { EMULATION_HEADER, emulationCompiler, ropeTableCode, runEmulated } from "./emulate";
 
 type Variant = "plain" | "norm" | "residual" | "swiglu" | "rope" | "rope-qkv";
@@ -360,6 +360,20 @@ describe("PENSIEVE_GEMV_SPLITK (splitConfig)", () => {
     expect(splitConfig(base, 3072, { ...env, PENSIEVE_GEMV_SPLITK_ROWS: "2" }).rows).toBe(2);
     expect(() => splitConfig(base, 3072, { PENSIEVE_GEMV_SPLITK: "x" })).toThrow();
     expect(() => splitConfig(base, 3072, { PENSIEVE_GEMV_SPLITK: "8", PENSIEVE_GEMV_SPLITK_GROUPS: "8" })).toThrow();
+  });
+});
+
+describe("PENSIEVE_GEMV_ONE_ROW (oneRowOverride)", () => {
+  const env = { PENSIEVE_GEMV_ONE_ROW: "3072x8192:2:16:8, 3072x3072:2:8" };
+  test("a listed shape gets its launch, split or not; others none", () => {
+    expect(oneRowOverride(3072, 8192, env)).toEqual({ rows: 2, warps: 16, split: 8, loads: 8 });
+    expect(oneRowOverride(3072, 3072, env)).toEqual({ rows: 2, warps: 8 });
+    expect(oneRowOverride(9216, 3072, env)).toBeNull();
+    expect(oneRowOverride(3072, 8192, {})).toBeNull();
+  });
+  test("a malformed entry throws, naming it", () => {
+    expect(() => oneRowOverride(1, 1, { PENSIEVE_GEMV_ONE_ROW: "3072x8192:3:4" })).toThrow("3072x8192:3:4");
+    expect(() => oneRowOverride(1, 1, { PENSIEVE_GEMV_ONE_ROW: "3072x8192:2:6:4" })).toThrow("NxK:rows:warps");
   });
 });
 
