@@ -319,13 +319,15 @@ next3)
   # Issue 11, for the session after 2026-12-07 (seventh): what that session could not run, most telling first. The
   # RoPE table and MLX_MAX_OPS_PER_BUFFER=25 (final: GPU tests, one stream against mlx-lm); pipelined steps at MLX's
   # graph size 25 against 100, one-row launch shapes chosen for latency (PENSIEVE_GEMV_ONE_ROW) and more keys in
-  # flight in the attention (PENSIEVE_FUSED_ATTENTION_KB); every fused kernel's launch shapes alone under ncu (the
+  # flight in the attention (PENSIEVE_FUSED_ATTENTION_KB), the attention writing k/v itself (64 graph nodes fewer a
+  # step: the host is most of a token at graph size 25); every fused kernel's launch shapes alone under ncu (the
   # latency sweep; the last one stopped at an odd-rows RoPE shape); 32 streams over HTTP at graph size 25 and 100.
   # After prepare; ~13 minutes.
   FINAL_REPEAT=2 timeout 200 bash "$0" final || true
   for v in MLX_MAX_OPS_PER_BUFFER=25 MLX_MAX_OPS_PER_BUFFER=100 \
     PENSIEVE_GEMV_ONE_ROW=3072x8192:2:16:8,3072x3072:2:8:4 PENSIEVE_GEMV_ONE_ROW=3072x8192:4:16:4,3072x3072:4:16:4 \
     PENSIEVE_GEMV_ONE_ROW=3072x8192:1:16:8,3072x3072:1:8:4 PENSIEVE_FUSED_ATTENTION_KB=8 PENSIEVE_FUSED_ATTENTION_KB=16 \
+    PENSIEVE_GPU_FUSED_KV_WRITE=1 "PENSIEVE_GPU_FUSED_KV_WRITE=1 PENSIEVE_FUSED_MERGED_KEYS_PER_SPLIT=512" \
     MLX_MAX_OPS_PER_BUFFER=25; do
     env $v timeout 60 bun dist/bench/gpu/step-split.js "$MODEL" --steps 64 2>&1 | grep -E '^\| (pipe|median)|rror' |
       sed "s/^/$v /" | tee -a "$OUT/step-split.md" || true
