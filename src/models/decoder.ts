@@ -168,7 +168,7 @@ export class DecoderModel implements LanguageModel {
     batch.end();
     const mode = options.logits ?? "last";
     if (mode === "last" && L > 1) h = mx.sliceAxis(h, 1, L - 1, L);
-    step?.positions.dispose();
+    step?.dispose();
     if (mode === "none") return h;
     const norm = this.#weights.norm.rms;
     const head = step && norm ? fused.fusable(this.#weights.lmHead, this.dtype) : null;

@@ -235,15 +235,26 @@ export class FusedStep {
     this.#shape = B * 32 + L;
   }
 
-  /** RoPE's cos and sin at this step's positions, made once for all layers (by inverse frequencies). */
+  /**
+   * RoPE's cos and sin at this step's positions, made once for all layers (by inverse frequencies). Made
+   * inside the first layer's scope, so kept out of it (each layer's scope frees its intermediates): dispose()
+   * frees them with the positions when the forward is built.
+   */
   readonly #ropeTables = new Map<MxArray, MxArray>();
   #ropeTable(rope: FusedRope): MxArray {
     let table = this.#ropeTables.get(rope.invFreq);
     if (!table) {
-      table = ropeTable(this.positions, rope);
+      table = mx.keep(ropeTable(this.positions, rope));
       this.#ropeTables.set(rope.invFreq, table);
     }
     return table;
+  }
+
+  /** Frees the positions and the RoPE tables (MLX keeps what the graph still needs). */
+  dispose(): void {
+    this.positions.dispose();
+    for (const table of this.#ropeTables.values()) table.dispose();
+    this.#ropeTables.clear();
   }
 
   #xShape(q: mx.QuantizedWeight): number[] {
