@@ -316,13 +316,24 @@ export function gemvMmaFromRows(): number {
 }
 
 /**
- * Rows per warp. One row of x: 4 (the H100 sweep of 2026-12-06c: 4x4 was best
- * or within noise for every Phi-3 shape, o 6.0 us vs 8.2 at 2x4). More rows of
+ * Rows per warp. One row of x: oneRowConfig's. More rows of
  * x: fewer rows per warp (each row of x multiplies the registers and the
  * unrolled code: 8 rows of x at 4 rows per warp took NVRTC 20-34 s), as many
  * as keep ~2048 warps busy; 2 up to 4 rows of x (1 row per warp was slower
  * than MLX's dense float16 product at 4 rows).
  */
+/**
+ * One row of x (a decode step), N divisible by 4: a step is a chain of dependent launches, so each launch's
+ * latency counts, not its throughput. Nsight Compute, each launch shape alone (H100, Phi-3-mini 4-bit,
+ * bench/results/gpu-h100-2026-12-07h): 4 rows a warp, 4 warps a block is the shortest for the wide products
+ * (q|k|v + RoPE 11.6 us, gate|up + SwiGLU 16.7), but few output rows (N <= 4096) leave most SMs idle at 4:
+ * down (3072 x 8192) 15.7 us against 10.9 at 2 rows a warp, o (3072 x 3072) 8.0 against 6.0. (Down split 4
+ * ways along K takes 10.0, but sums in another order than a verify pass, which must sum as the step does.)
+ */
+export function oneRowConfig(n: number): GemvConfig {
+  return n > 4096 ? { rows: 4, warps: 4 } : { rows: 2, warps: 4 };
+}
+
 const VERIFY_ROWS = Number(process.env.PENSIEVE_GEMV_VERIFY_ROWS ?? 2);
 const VERIFY_WARPS = Number(process.env.PENSIEVE_GEMV_VERIFY_WARPS ?? 4);
 
@@ -335,7 +346,7 @@ export function gemvConfig(n: number, m = 1, k?: number, tensorCores = true): Ge
     const chosen = oneRowOverride(n, k);
     if (chosen && n % chosen.rows === 0) return chosen;
   }
-  if (m <= 1 && n % 4 === 0) return k === undefined ? { rows: 4, warps: 4 } : splitConfig({ rows: 4, warps: 4 }, k);
+  if (m <= 1 && n % 4 === 0) return k === undefined ? { rows: 4, warps: 4 } : splitConfig(oneRowConfig(n), k);
   // 9-16 rows of x (verify passes): ALU-bound, and a warp's 2 output rows share each row of x's unpacking
   // (~74 SASS instructions per row of x, output row and 16-byte chunk vs ~100 at 1 row per warp; sm_90a:
   // bench/gpu/gemv-sass.ts). PENSIEVE_GEMV_VERIFY_ROWS / _WARPS override (a sweep on the GPU: more warps per

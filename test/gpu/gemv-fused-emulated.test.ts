@@ -184,6 +184,8 @@ describe.skipIf(!emulationCompiler)("fused 4-bit GEMV variants, emulated on the 
     { variant: "rope-qkv", dtype: "f16", m: 2, n: 384, k: 1024, rows: 4, warps: 4, group: 64, hd: 96, rotated: 288 },
     // GQA 4:1, head dim 32.
     { variant: "rope-qkv", dtype: "bf16", m: 1, n: 192, k: 512, rows: 2, warps: 4, group: 32, hd: 32, rotated: 160 },
+    // A decode step's o and down at N <= 4096 (oneRowConfig): one row of x at 2 rows a warp, down's K.
+    { variant: "residual", dtype: "f16", m: 1, n: 48, k: 8192, rows: 2, warps: 4, group: 64 },
     // A speculative verify pass (PENSIEVE_GPU_FUSED_VERIFY): 9 and 16 rows of x at positions offset + m,
     // 2 rows per warp, as gemvConfig / pairedConfig give past 8 rows.
     { variant: "residual", dtype: "f16", m: 16, n: 24, k: 8192, rows: 2, warps: 4, group: 64 },

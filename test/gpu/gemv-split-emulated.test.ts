@@ -6,7 +6,7 @@
 // few blocks each (the first, the last, those at the q/k and k/v boundaries: an emulated
 // block is a thread per GPU thread), the unsplit kernel the blocks covering the same rows.
 import { describe, expect, test } from "bun:test";
-import { GEMV_KERNEL, GEMV_RMS_NORM_KERNEL, gemvSource, mmaFromRows } from "../../src/mlx/kernels-gemv";
+import { GEMV_KERNEL, GEMV_RMS_NORM_KERNEL, gemvConfig, gemvSource, mmaFromRows } from "../../src/mlx/kernels-gemv";
 import {
   GEMV_NORM_ROPE_KERNEL,
   GEMV_NORM_ROPE_QKV_KERNEL,
@@ -360,6 +360,15 @@ describe("PENSIEVE_GEMV_SPLITK (splitConfig)", () => {
     expect(splitConfig(base, 3072, { ...env, PENSIEVE_GEMV_SPLITK_ROWS: "2" }).rows).toBe(2);
     expect(() => splitConfig(base, 3072, { PENSIEVE_GEMV_SPLITK: "x" })).toThrow();
     expect(() => splitConfig(base, 3072, { PENSIEVE_GEMV_SPLITK: "8", PENSIEVE_GEMV_SPLITK_GROUPS: "8" })).toThrow();
+  });
+});
+
+describe("one-row launch shapes (oneRowConfig, gemvConfig)", () => {
+  test("one row of x: few output rows (o, down) take 2 rows a warp, the wide products 4", () => {
+    expect(gemvConfig(3072, 1, 8192)).toEqual({ rows: 2, warps: 4 });
+    expect(gemvConfig(3072, 1, 3072)).toEqual({ rows: 2, warps: 4 });
+    expect(gemvConfig(9216, 1, 3072)).toEqual({ rows: 4, warps: 4 });
+    expect(gemvConfig(16384, 1, 3072)).toEqual({ rows: 4, warps: 4 });
   });
 });
 
