@@ -24,6 +24,8 @@
 #   bash bench/gpu/device.sh verify-merge  # the verify attention's parallel merge: GPU tests, cost at 512/4,000/16,000 (~4 min)
 #   bash bench/gpu/device.sh multi-row     # batched steps without dense copies: W4A16 kernel, fused 2-4 rows, 32 streams (~7 min)
 #   bash bench/gpu/device.sh step-split    # host (MLX per node) against GPU time of a one-row step, then kprof (~7 min)
+#   bash bench/gpu/device.sh next5         # the eighth session's leftovers: verify logits by position (tests, SmolLM2 spec), o/down at 2 rows (~9 min)
+#   bash bench/gpu/device.sh next4         # the eighth session's: latency-optimal one-row shapes for down and o, ncu step + pipelined + tests (~8 min)
 #   bash bench/gpu/device.sh next3         # the seventh session's leftovers: RoPE table, graph size, launch shapes, latency sweep (~13 min)
 #   bash bench/gpu/device.sh latency       # each fused kernel's launch shapes alone under ncu, the step's kernels, one stream (~6 min)
 #   bash bench/gpu/device.sh kprof         # the fused layer kernels at one row of x beside the plain GEMV, ncu of a step (~4 min)
@@ -338,6 +340,45 @@ next3)
       --python $PY --requests-per-client 2 --out-tokens 128 --prompt-tokens 128,256,512 --ban-tokens $BAN \
       --out-dir "$OUT/load32-${v#*=}" 2>&1 | grep -E '^\| pensieve' | sed "s/^/$v /" || true
   done
+  ;;
+next5)
+  # Issues 11 and 13, for the session after 2026-12-07 (eighth): what that session changed after its last lease. The
+  # verify pass's logits position by position on a GPU (decoder.ts, linearByPosition: greedy speculation equal to plain
+  # decoding with a head the fused kernels don't take) in its GPU test, then on the real SmolLM2 (run smol-stage
+  # first; spec-smol's `identical` column, control-story was NO); o and down at 2 rows a warp for one row of x
+  # (oneRowConfig) in the fused tests, a whole step under ncu and one stream against mlx-lm. After prepare; ~9 min.
+  mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
+  timeout 120 bun test --timeout 100000 ./dist/test-gpu/verify-logits.test.js 2>&1 |
+    grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -20 | tee "$OUT/verify-logits-tests.txt" || true
+  timeout 150 bun test --timeout 60000 ./dist/test-gpu/fused.test.js -t "M=1|one row|step|greedy" 2>&1 |
+    grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -40 | tee "$OUT/fused-tests.txt" || true
+  if [ -f "$W/smollm2.gguf" ]; then timeout 200 bash "$0" spec-smol || true; fi
+  KPROF_CTX=128 timeout 160 bash "$0" kprof-step || true
+  FINAL_REPEAT=3 timeout 150 bash "$0" final || true
+  ;;
+next4)
+  # Issue 11, 2026-12-07 (eighth session): the one-row launch shapes of the latency sweep (lease 1's ncu-latency.md:
+  # down 3072x8192 split 4 ways, 4 rows, 8 warps, 16 loads: 9.98 us against 15.65 at the default 4x4; o 3072x3072 at
+  # 2 rows: 5.98 against 7.97) in a whole step under Nsight Compute (device time, deterministic) and pipelined
+  # (host-bound: alternating rounds), then their GPU tests. After prepare; ~8 minutes.
+  LAT=${LAT_ONE_ROW:-3072x8192:4:8:4:16,3072x3072:2:4}
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1 || true)
+  for v in X=0 PENSIEVE_GEMV_ONE_ROW=$LAT; do
+    env $v timeout 150 "$NCU" --clock-control none --cache-control none --print-units base --csv --profile-from-start off \
+      --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
+      bun dist/bench/gpu/step-profile.js "$MODEL" 128 > "$OUT/ncu-step-${v%%=*}.csv" 2> "$OUT/ncu-step-${v%%=*}.err" || true
+    { echo "== $v: step at 128 tokens"; bun dist/bench/gpu/ncu-summary.js "$OUT/ncu-step-${v%%=*}.csv" --top 12; } 2>&1 |
+      tee -a "$OUT/ncu-summary.md"
+  done
+  for r in 1 2 3 4 5; do
+    for v in X=0 PENSIEVE_GEMV_ONE_ROW=$LAT; do
+      env $v timeout 40 bun dist/bench/gpu/step-split.js "$MODEL" --steps 64 2>&1 | grep -E '^\| pipe|rror' |
+        sed "s/^/r$r $v /" | tee -a "$OUT/ab.md" || true
+    done
+  done
+  mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
+  PENSIEVE_GEMV_ONE_ROW=$LAT timeout 150 bun test --timeout 60000 ./dist/test-gpu/fused.test.js -t "M=1|one row|step" 2>&1 |
+    grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -40 | tee "$OUT/one-row-tests.txt" || true
   ;;
 final)
   # Issue 11, 2026-12-07 (seventh session), last lease: the fused path's RoPE from a table made once a step
