@@ -40,7 +40,8 @@ bun build --target=bun --splitting --external playwright-core --outdir dist \
 bun build --target=bun --outfile dist/prompt-worker.ts src/server/prompt-worker.ts > /dev/null
 # The GPU tests, bundled (bench/gpu/kernels.sh runs them there with `bun test`).
 bun build --target=bun --outdir dist/test-gpu test/gpu/gemv.test.ts test/gpu/kernels-abi.test.ts test/gpu/long-context.test.ts \
-  test/gpu/out-of-memory.test.ts test/gpu/fused.test.ts test/gpu/qmm.test.ts test/gpu/gemv-split.test.ts > /dev/null
+  test/gpu/out-of-memory.test.ts test/gpu/fused.test.ts test/gpu/qmm.test.ts test/gpu/gemv-split.test.ts \
+  test/gpu/verify-logits.test.ts > /dev/null
 # Tests that start a server need the prompt worker beside their bundle too.
 cp dist/prompt-worker.ts dist/test-gpu/
 # The out-of-memory test's card filler (raw cudaMalloc, no MLX), spawned from beside the test under its source name.

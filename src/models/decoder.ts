@@ -13,7 +13,18 @@ import * as fused from "./gpu-fused";
 import { megaLayer } from "./gpu-mega";
 import type { Rope } from "./rope";
 import type { AttentionBatch, ForwardOptions, ForwardView, LanguageModel } from "./types";
-import { type ExpertWeight, embed, expertLinear, type LinearWeight, linear, type WeightStore } from "./weights";
+import {
+  type ExpertWeight,
+  embed,
+  expertLinear,
+  type LinearWeight,
+  linear,
+  linearByPosition,
+  type WeightStore,
+} from "./weights";
+
+/** The longest pass whose logits are computed position by position on a GPU: a verify pass of up to 16 drafts + 1. */
+const VERIFY_MAX_POSITIONS = 17;
 
 /** A normalization over the last axis; `rms`: it is RMSNorm with this weight (GPU kernels fuse it). */
 export type Norm = ((x: MxArray) => MxArray) & { rms?: { weight: MxArray; eps: number } };
@@ -176,7 +187,10 @@ export class DecoderModel implements LanguageModel {
       const rows = mode === "last" ? 1 : L;
       return mx.astype(step.normedProduct(h, norm, head, rows), mx.Dtype.float32);
     }
-    return mx.astype(linear(this.#weights.norm(h), this.#weights.lmHead), mx.Dtype.float32);
+    // Logits at every position of a short pass (a verify pass) on a GPU: each as its one-token step computes it.
+    const byPosition = mode === "all" && L > 1 && L <= VERIFY_MAX_POSITIONS && mx.getDevice() === "gpu";
+    const normed = this.#weights.norm(h);
+    return mx.astype((byPosition ? linearByPosition : linear)(normed, this.#weights.lmHead), mx.Dtype.float32);
   }
 
   /**

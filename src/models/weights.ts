@@ -51,6 +51,22 @@ export function linear(x: MxArray, w: LinearWeight): MxArray {
   return w.bias ? mx.add(y, w.bias) : y;
 }
 
+/**
+ * x [B, L, in] through w one position at a time: each [B, 1, in] takes the product a one-token step of B rows
+ * takes. A speculative verify pass's logits must equal those of the steps it stands for (greedy speculation is
+ * plain decoding), and on a GPU a product of more rows takes another kernel that sums in another order (the
+ * dense copy from DENSE_MIN_ROWS rows, MLX's tiled qmm past one row): on the real SmolLM2 (a tied 8-bit head)
+ * a story's greedy output changed with speculation on (bench/results/gpu-h100-2026-12-07h).
+ */
+export function linearByPosition(x: MxArray, w: LinearWeight): MxArray {
+  const L = x.dim(1);
+  if (L === 1) return linear(x, w);
+  return mx.concatenate(
+    Array.from({ length: L }, (_, i) => linear(mx.sliceAxis(x, 1, i, i + 1), w)),
+    1,
+  );
+}
+
 /** Bytes a model's quantized weights take once dequantized to 16 bits (for memory planning). */
 export function denseCopyBytes(quantizedBytes: number, q: { bits: number; groupSize: number }): number {
   // Per weight: bits/8 for the value plus a 16-bit scale and bias per group.
