@@ -54,9 +54,9 @@ export function linear(x: MxArray, w: LinearWeight): MxArray {
 /**
  * x [B, L, in] through w one position at a time: each [B, 1, in] takes the product a one-token step of B rows
  * takes. A speculative verify pass's logits must equal those of the steps it stands for (greedy speculation is
- * plain decoding), and on a GPU a product of more rows takes another kernel that sums in another order (the
- * dense copy from DENSE_MIN_ROWS rows, MLX's tiled qmm past one row): on the real SmolLM2 (a tied 8-bit head)
- * a story's greedy output changed with speculation on (bench/results/gpu-h100-2026-12-07h).
+ * plain decoding), and on a GPU a product of more rows can take another kernel that sums in another order: the
+ * dense copy the engine keeps from DENSE_MIN_ROWS rows, MLX's tiled qmm from 8 (a head the fused kernels don't
+ * take, such as the real SmolLM2's tied 8-bit one).
  */
 export function linearByPosition(x: MxArray, w: LinearWeight): MxArray {
   const L = x.dim(1);

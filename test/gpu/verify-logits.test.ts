@@ -1,6 +1,5 @@
 // Greedy speculation must be plain greedy decoding with a head the fused GPU kernels don't take: a tied 8-bit
-// embedding, as the real SmolLM2's Q8_0 (on the H100 a story's greedy output changed with prompt lookup on,
-// bench/results/gpu-h100-2026-12-07h). On a GPU the engine loads dense copies of the weights, and a product of 3
+// embedding, as the real SmolLM2's Q8_0. On a GPU the engine loads dense copies of the weights, and a product of 3
 // or more rows takes the copy (another kernel, another order of sums) while a one-token step takes MLX's
 // quantized kernel; decoder.ts computes a verify pass's logits position by position (linearByPosition).
 // Runs on the CPU (its own kernel, no copies) and, where CUDA is, on the GPU as the engine loads the model there.
