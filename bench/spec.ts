@@ -112,6 +112,7 @@ function generate(
     draftModelPasses: s.draftModelPasses,
     draftModelDrafted: s.draftModelDrafted,
     draftModelAccepted: s.draftModelAccepted,
+    tieSteps: s.tieSteps,
   };
 }
 
@@ -207,6 +208,7 @@ export async function benchSpec(argv: string[]): Promise<void> {
               draftModelAcceptance:
                 sum("draftModelDrafted") > 0 ? sum("draftModelAccepted") / sum("draftModelDrafted") : 0,
               tokensPerPass: sum("passes") > 0 ? sum("emitted") / sum("passes") : 0,
+              tieSteps: sum("tieSteps"),
               speculatedShare: sum("emitted") / runs.reduce((n, x) => n + x.tokens.length, 0),
               identical: runs.every((x) => JSON.stringify(x.tokens) === JSON.stringify(reference)),
             },
@@ -292,7 +294,7 @@ export async function benchSpec(argv: string[]): Promise<void> {
       `| ${r.name} | ${r.kind} | ${r.generatedTokens} | off | ${f(r.decodeTokPerSOff)} | | ${f(r.decodeTokPerCpuSOff)} | | | | | |`,
       ...spec.map((mode) => {
         const m = r.modes[mode] as NonNullable<(typeof r.modes)[string]>;
-        return `| | | | ${mode} | ${f(m.decodeTokPerS)} | ${f(m.speedup, 2)}x | ${f(m.decodeTokPerCpuS)} | ${f(m.cpuSpeedup, 2)}x | ${f(100 * m.acceptance, 0)}% | ${mode === "lookup" || mode === "tuned" ? "" : `${f(100 * m.draftModelAcceptance, 0)}%`} | ${f(m.tokensPerPass, 2)} | ${m.identical ? "yes" : "NO"} |`;
+        return `| | | | ${mode} | ${f(m.decodeTokPerS)} | ${f(m.speedup, 2)}x | ${f(m.decodeTokPerCpuS)} | ${f(m.cpuSpeedup, 2)}x | ${f(100 * m.acceptance, 0)}% | ${mode === "lookup" || mode === "tuned" ? "" : `${f(100 * m.draftModelAcceptance, 0)}%`} | ${f(m.tokensPerPass, 2)}${m.tieSteps > 0 ? ` (${m.tieSteps} tie steps)` : ""} | ${m.identical ? "yes" : "NO"} |`;
       }),
     ]),
     "",

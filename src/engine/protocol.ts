@@ -205,6 +205,8 @@ export interface SpeculationStats {
   draftModelPasses: number;
   draftModelDrafted: number;
   draftModelAccepted: number;
+  /** Passes that left a near-tied position to a one-token step (GPU greedy verification: acceptGreedyUnlessTied). */
+  tieSteps: number;
 }
 
 // ---- the engine process ----

@@ -112,6 +112,7 @@ function speculateOnce<S extends SpeculatingRow>(
     stats.draftModelAccepted += accepted;
   }
   stats.passes++;
+  if (verified.tied) stats.tieSteps++;
   stats.drafted += draft.length;
   stats.accepted += accepted;
   stats.emitted += values.length;

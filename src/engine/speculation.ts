@@ -307,6 +307,26 @@ export function acceptGreedy(
 }
 
 /**
+ * acceptGreedy, except that a position whose top two scores lie within `margin` of each other (gaps[i]) is not
+ * decided by the pass: the draft is kept up to the first such position t (at most the one acceptGreedy stops at),
+ * and `tiedAt` = t asks the caller for that position's token from a one-token step. On a GPU a verify pass sums
+ * in another order than the steps it stands for (its attention kernel, kernels-attention-verify.ts), which can
+ * swap two near-equal scores; greedy speculation must still give plain decoding's tokens.
+ */
+export function acceptGreedyUnlessTied(
+  draft: readonly number[],
+  targets: ArrayLike<number>,
+  gaps: ArrayLike<number>,
+  margin: number,
+): { tokens: number[]; accepted: number; tiedAt: number | null } {
+  const plain = acceptGreedy(draft, targets);
+  for (let t = 0; t <= plain.accepted; t++) {
+    if ((gaps[t] as number) < margin) return { tokens: draft.slice(0, t), accepted: t, tiedAt: t };
+  }
+  return { ...plain, tiedAt: null };
+}
+
+/**
  * Sampled verification for a deterministic draft (prompt lookup): draft token
  * d_i is kept with probability p_i(d_i) (uniform[i] < draftProbs[i]); at the
  * first rejection the token is `residual[i]`, a draw from p_i with d_i
@@ -343,5 +363,6 @@ export function emptySpeculationStats(): SpeculationStats {
     draftModelPasses: 0,
     draftModelDrafted: 0,
     draftModelAccepted: 0,
+    tieSteps: 0,
   };
 }

@@ -10,15 +10,48 @@ import type { LanguageModel } from "../models/types";
 import type { KVCache } from "./kv-cache";
 import type { StepValues } from "./protocol";
 import type { SequenceSampler } from "./sampling";
-import { acceptGreedy, acceptSampled } from "./speculation";
+import { acceptGreedy, acceptGreedyUnlessTied, acceptSampled } from "./speculation";
 
 export interface Verified {
   /** The tokens to emit: the accepted draft tokens, then one of the model's own. */
   values: StepValues[];
   accepted: number;
+  /** A near tie left a position to a one-token step (acceptGreedyUnlessTied). */
+  tied: boolean;
 }
 
 const NEG_INF = Number.NEGATIVE_INFINITY;
+
+/** Tokens to emit, drafts accepted; tiedAt: a position left to a one-token step (acceptGreedyUnlessTied). */
+type Decision = { tokens: number[]; accepted: number; tiedAt?: number | null };
+
+/**
+ * Greedy verification on a GPU leaves a position to a one-token step when its top two scores are this close
+ * (acceptGreedyUnlessTied): a verify pass's attention sums in another order than a step's, so its scores differ
+ * by rounding. 0.25 of a logit is a first guess, not yet measured on a GPU (`bun run bench spec --device gpu`:
+ * tie steps and the identical column). The CPU's kernels sum alike at any rows: 0 there, the pass decides.
+ * PENSIEVE_SPEC_TIE_MARGIN overrides; setTieMargin for tests.
+ */
+const GPU_TIE_MARGIN = 0.25;
+let tieMarginSet: number | null = null;
+
+export function setTieMargin(margin: number | null): void {
+  tieMarginSet = margin;
+}
+
+function tieMargin(): number {
+  if (tieMarginSet !== null) return tieMarginSet;
+  const env = Number(process.env.PENSIEVE_SPEC_TIE_MARGIN);
+  if (process.env.PENSIEVE_SPEC_TIE_MARGIN && Number.isFinite(env) && env >= 0) return env;
+  return mx.getDevice() === "gpu" ? GPU_TIE_MARGIN : 0;
+}
+
+/** Each row's best score less its second best: float32 [rows]. */
+function topTwoGap(scores: MxArray, best: MxArray): MxArray {
+  const first = mx.max(scores, -1);
+  const isBest = mx.equal(mx.reshape(mx.arange(0, scores.dim(-1)), [1, -1]), mx.reshape(best, [-1, 1]));
+  return mx.subtract(first, mx.max(mx.where(isBest, NEG_INF, scores), -1));
+}
 
 /**
  * Verifies `draft` after `last` (the row's newest token, not yet in `cache`).
@@ -43,14 +76,19 @@ export function verifyDraft(
   const p = sampler.params;
   const held: { logprobs: MxArray | null } = { logprobs: null };
   cache.growFor(k + 1);
-  const decision = mx.tidy(() => {
+  const decision: Decision = mx.tidy((): Decision => {
     const logits = model.forward(mx.int32([last, ...draft], [1, k + 1]), cache, { logits: "all" });
     const flat = mx.reshape(logits, [k + 1, -1]);
     if (p.logprobs || p.topLogprobs > 0) held.logprobs = mx.keep(mx.subtract(flat, mx.logsumexp(flat, -1, true)));
     if (p.temperature <= 0) {
       const bias = sampler.biasVector;
-      const targets = mx.astype(mx.argmax(bias ? mx.add(flat, bias) : flat, -1), mx.Dtype.int32);
-      return acceptGreedy(draft, targets.read() as Int32Array);
+      const scores = bias ? mx.add(flat, bias) : flat;
+      const targets = mx.astype(mx.argmax(scores, -1), mx.Dtype.int32);
+      const margin = tieMargin();
+      if (margin <= 0) return acceptGreedy(draft, targets.read() as Int32Array);
+      const gaps = topTwoGap(scores, targets);
+      mx.evaluate(targets, gaps);
+      return acceptGreedyUnlessTied(draft, targets.read() as Int32Array, gaps.read() as Float32Array, margin);
     }
     const scaled = sampler.filtered(flat);
     const head = mx.sliceAxis(scaled, 0, 0, k);
@@ -81,6 +119,24 @@ export function verifyDraft(
       bonus.item(),
     );
   });
+  if (decision.tiedAt !== undefined && decision.tiedAt !== null) {
+    // A near tie at position t: the step that position stands for decides it, after the inputs before it.
+    const t = decision.tiedAt;
+    cache.truncate(start + t);
+    const input = t === 0 ? last : (draft[t - 1] as number);
+    mx.tidy(() => {
+      const step = mx.reshape(model.forward(mx.int32([input], [1, 1]), cache, { logits: "last" }), [1, -1]);
+      const bias = sampler.biasVector;
+      decision.tokens.push(mx.astype(mx.argmax(bias ? mx.add(step, bias) : step, -1), mx.Dtype.int32).item() as number);
+      if (held.logprobs) {
+        const passRows = mx.sliceAxis(held.logprobs, 0, 0, t);
+        const stepRow = mx.subtract(step, mx.logsumexp(step, -1, true));
+        const joined = mx.keep(mx.concatenate([passRows, stepRow], 0));
+        held.logprobs.dispose();
+        held.logprobs = joined;
+      }
+    });
+  }
   cache.truncate(start + 1 + decision.accepted);
   const values: StepValues[] = decision.tokens.map((token) => ({ token, logprob: null, top: null }));
   const lp = held.logprobs;
@@ -107,5 +163,5 @@ export function verifyDraft(
     });
     lp.dispose();
   }
-  return { values, accepted: decision.accepted };
+  return { values, accepted: decision.accepted, tied: decision.tiedAt !== undefined && decision.tiedAt !== null };
 }

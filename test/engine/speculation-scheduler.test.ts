@@ -10,7 +10,7 @@ import { type EngineRequest, type SamplingParams, samplingParams } from "../../s
 import { SequenceSampler } from "../../src/engine/sampling";
 import { gpuLookupTuning } from "../../src/engine/speculation";
 import type { SchedulerOptions } from "../../src/engine/scheduler";
-import { verifyDraft } from "../../src/engine/speculative-verify";
+import { setTieMargin, verifyDraft } from "../../src/engine/speculative-verify";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";
 import type { LanguageModel } from "../../src/models/types";
@@ -140,6 +140,33 @@ describe("greedy speculation equals decoding without it", () => {
       expect(run.tokens.get(`r${i}`)).toEqual(expected[i] as number[]);
     });
   });
+
+  // On a GPU a position whose two best scores are within a margin goes to a one-token step (acceptGreedyUnlessTied);
+  // forced here on the CPU: every position (an infinite margin: no draft is kept) and some of them.
+  for (const [what, margin] of [
+    ["every position", Number.POSITIVE_INFINITY],
+    ["positions within 0.5: a tiny model's scores lie close", 0.5],
+  ] as const) {
+    test(`near ties left to a one-token step (${what}): the same tokens and log-probabilities`, () => {
+      const greedy = samplingParams({ logprobs: true, topLogprobs: 2 });
+      const prompt = repetitive(7);
+      const expected = singleWithLogprobs(llama, prompt, 40, greedy);
+      setTieMargin(margin);
+      try {
+        const got = lone(llama, request("tie", prompt, 40, greedy));
+        expect(got.tokens).toEqual(expected.tokens);
+        const worst = Math.max(...expected.logprobs.map((e, i) => Math.abs(e - (got.logprobs[i] as number))));
+        expect(worst).toBeLessThan(1e-4);
+        expect(got.speculation.passes).toBeGreaterThan(0);
+        expect(got.speculation.tieSteps).toBeGreaterThan(0);
+        if (margin === Number.POSITIVE_INFINITY) expect(got.speculation.tieSteps).toBe(got.speculation.passes);
+        if (margin === Number.POSITIVE_INFINITY) expect(got.speculation.accepted).toBe(0);
+        else expect(got.speculation.accepted).toBeGreaterThan(0);
+      } finally {
+        setTieMargin(null);
+      }
+    });
+  }
 
   test("no MLX arrays leak across speculating runs", () => {
     const go = () =>

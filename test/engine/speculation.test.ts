@@ -3,6 +3,7 @@
 import { describe, expect, test } from "bun:test";
 import {
   acceptGreedy,
+  acceptGreedyUnlessTied,
   acceptSampled,
   continuation,
   DEFAULT_LOOKUP,
@@ -131,6 +132,32 @@ describe("acceptance", () => {
     expect(acceptGreedy([5, 6, 7], [5, 6, 7, 8])).toEqual({ tokens: [5, 6, 7, 8], accepted: 3 });
     expect(acceptGreedy([5, 6, 7], [5, 9, 7, 8])).toEqual({ tokens: [5, 9], accepted: 1 });
     expect(acceptGreedy([5, 6, 7], [4, 6, 7, 8])).toEqual({ tokens: [4], accepted: 0 });
+  });
+
+  test("greedy unless tied: a near tie up to where greedy stops ends the pass there, for a one-token step", () => {
+    const gaps = [1, 1, 1, 1];
+    expect(acceptGreedyUnlessTied([5, 6, 7], [5, 6, 7, 8], gaps, 0.5)).toEqual({
+      tokens: [5, 6, 7, 8],
+      accepted: 3,
+      tiedAt: null,
+    });
+    expect(acceptGreedyUnlessTied([5, 6, 7], [5, 6, 7, 8], [1, 0.1, 1, 1], 0.5)).toEqual({
+      tokens: [5],
+      accepted: 1,
+      tiedAt: 1,
+    });
+    // The tie at 0 comes first: nothing kept.
+    expect(acceptGreedyUnlessTied([5, 6, 7], [5, 9, 7, 8], [0.2, 1, 0.1, 1], 0.5)).toEqual({
+      tokens: [],
+      accepted: 0,
+      tiedAt: 0,
+    });
+    // Past where greedy stops, a tie does not matter.
+    expect(acceptGreedyUnlessTied([5, 6, 7], [5, 9, 7, 8], [1, 1, 0.1, 0.1], 0.5)).toEqual({
+      tokens: [5, 9],
+      accepted: 1,
+      tiedAt: null,
+    });
   });
 
   test("sampled keeps a draft token when the uniform falls under its probability", () => {
