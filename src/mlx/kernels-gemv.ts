@@ -316,13 +316,6 @@ export function gemvMmaFromRows(): number {
 }
 
 /**
- * Rows per warp. One row of x: oneRowConfig's. More rows of
- * x: fewer rows per warp (each row of x multiplies the registers and the
- * unrolled code: 8 rows of x at 4 rows per warp took NVRTC 20-34 s), as many
- * as keep ~2048 warps busy; 2 up to 4 rows of x (1 row per warp was slower
- * than MLX's dense float16 product at 4 rows).
- */
-/**
  * One row of x (a decode step), N divisible by 4: a step is a chain of dependent launches, so each launch's
  * latency counts, not its throughput. Nsight Compute, each launch shape alone (H100, Phi-3-mini 4-bit,
  * bench/results/gpu-h100-2026-12-07h): 4 rows a warp, 4 warps a block is the shortest for the wide products
@@ -334,6 +327,13 @@ export function oneRowConfig(n: number): GemvConfig {
   return n > 4096 ? { rows: 4, warps: 4 } : { rows: 2, warps: 4 };
 }
 
+/**
+ * Rows per warp. One row of x: oneRowConfig's. More rows of
+ * x: fewer rows per warp (each row of x multiplies the registers and the
+ * unrolled code: 8 rows of x at 4 rows per warp took NVRTC 20-34 s), as many
+ * as keep ~2048 warps busy; 2 up to 4 rows of x (1 row per warp was slower
+ * than MLX's dense float16 product at 4 rows).
+ */
 const VERIFY_ROWS = Number(process.env.PENSIEVE_GEMV_VERIFY_ROWS ?? 2);
 const VERIFY_WARPS = Number(process.env.PENSIEVE_GEMV_VERIFY_WARPS ?? 4);
 
