@@ -24,6 +24,7 @@ import { checkDraftModel } from "../src/engine/engine";
 import { type EngineEvent, type SpeculationStats, samplingParams } from "../src/engine/protocol";
 import { Scheduler, type SchedulerOptions } from "../src/engine/scheduler";
 import { DEFAULT_LOOKUP, gpuLookupTuning, type LookupTuning } from "../src/engine/speculation";
+import { verifyWarmupLengths, warmVerifyPass } from "../src/engine/warmup";
 import * as mx from "../src/mlx";
 import { fusedVerifyAvailableTokens } from "../src/models/gpu-fused";
 import { loadModel } from "../src/models/loader";
@@ -156,8 +157,14 @@ export async function benchSpec(argv: string[]): Promise<void> {
   const encoded = prompts.map((p) =>
     encodeChat(tokenizer, [{ role: "user", content: p.user }], { addGenerationPrompt: true }),
   );
-  // Warm-up (kernels, buffers): one short run each way.
-  for (const mode of modes) generate(model, encoded[0] as number[], 16, stops, mode, draftModel);
+  // Warm-up (kernels, buffers): one short run each way. On a GPU kernels compile on first use (each verify-pass
+  // length, each attention split count as the context grows): the engine's verify warm-ups, then the longest
+  // prompt to the full length each way, so that no timed run compiles (one did: 2026-12-07h, spec-smol-1).
+  if (device === "gpu") {
+    for (const t of verifyWarmupLengths(fusedVerifyAvailableTokens())) warmVerifyPass(model, 0, t);
+    const longest = encoded.reduce((a, b) => (b.length > a.length ? b : a));
+    for (const mode of modes) generate(model, longest, gen, stops, mode, draftModel);
+  } else for (const mode of modes) generate(model, encoded[0] as number[], 16, stops, mode, draftModel);
 
   const rows = prompts.map((p, i) => ({
     prompt: p,
