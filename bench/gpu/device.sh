@@ -352,7 +352,14 @@ next5)
     grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -20 | tee "$OUT/verify-logits-tests.txt" || true
   timeout 150 bun test --timeout 60000 ./dist/test-gpu/fused.test.js -t "M=1|one row|step|greedy" 2>&1 |
     grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -40 | tee "$OUT/fused-tests.txt" || true
-  if [ -f "$W/smollm2.gguf" ]; then timeout 200 bash "$0" spec-smol || true; fi
+  if [ -f "$W/smollm2.gguf" ]; then
+    # How far a verify pass's scores drift from the steps' on the GPU (what GPU_TIE_MARGIN must exceed), then the bench.
+    for p in control-story py-rename; do
+      timeout 60 bun dist/bench/gpu/verify-drift.js "$W/smollm2.gguf" --tokens 256 --prompt $p 2>&1 | tee -a "$OUT/verify-drift.md" || true
+    done
+    timeout 200 bash "$0" spec-smol || true
+  fi
+  timeout 60 bun dist/bench/gpu/verify-drift.js "$MODEL" --tokens 128 2>&1 | tee -a "$OUT/verify-drift.md" || true
   KPROF_CTX=128 timeout 160 bash "$0" kprof-step || true
   FINAL_REPEAT=3 timeout 150 bash "$0" final || true
   ;;

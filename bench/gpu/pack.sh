@@ -35,7 +35,7 @@ rm -rf dist
 bun build --target=bun --splitting --external playwright-core --outdir dist \
   src/cli.ts bench/run.ts bench/engines/pensieve-generate.ts bench/engines/lone-ttft.ts scripts/make-random-model.ts scripts/setup.ts \
   bench/gpu/gemv.ts bench/gpu/step-profile.ts bench/gpu/ncu-summary.ts bench/gpu/stamp-gpu.ts bench/gpu/long-memory.ts \
-  bench/gpu/qmm.ts bench/gpu/rows-profile.ts bench/gpu/fused-kernels.ts bench/gpu/step-split.ts > /dev/null
+  bench/gpu/qmm.ts bench/gpu/rows-profile.ts bench/gpu/fused-kernels.ts bench/gpu/step-split.ts bench/gpu/verify-drift.ts > /dev/null
 # The prompt worker: the bundled server resolves "./prompt-worker.ts" beside its chunks (dist/).
 bun build --target=bun --outfile dist/prompt-worker.ts src/server/prompt-worker.ts > /dev/null
 # The GPU tests, bundled (bench/gpu/kernels.sh runs them there with `bun test`).
