@@ -309,9 +309,9 @@ export function acceptGreedy(
 /**
  * acceptGreedy, except that a position whose top two scores lie within `margin` of each other (gaps[i]) is not
  * decided by the pass: the draft is kept up to the first such position t (at most the one acceptGreedy stops at),
- * and `tiedAt` = t asks the caller for that position's token from a one-token step. On a GPU a verify pass sums
- * in another order than the steps it stands for (its attention kernel, kernels-attention-verify.ts), which can
- * swap two near-equal scores; greedy speculation must still give plain decoding's tokens.
+ * and `tiedAt` = t asks the caller for that position's token from a one-token step. A verify pass sums in
+ * another order than the steps it stands for (on a GPU its attention kernel, kernels-attention-verify.ts), which
+ * can swap two near-equal scores; greedy speculation must still give plain decoding's tokens.
  */
 export function acceptGreedyUnlessTied(
   draft: readonly number[],

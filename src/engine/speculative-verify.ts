@@ -26,13 +26,15 @@ const NEG_INF = Number.NEGATIVE_INFINITY;
 type Decision = { tokens: number[]; accepted: number; tiedAt?: number | null };
 
 /**
- * Greedy verification on a GPU leaves a position to a one-token step when its top two scores are this close
- * (acceptGreedyUnlessTied): a verify pass's attention sums in another order than a step's, so its scores differ
- * by rounding. 0.25 of a logit is a first guess, not yet measured on a GPU (`bun run bench spec --device gpu`:
- * tie steps and the identical column). The CPU's kernels sum alike at any rows: 0 there, the pass decides.
- * PENSIEVE_SPEC_TIE_MARGIN overrides; setTieMargin for tests.
+ * Greedy verification leaves a position to a one-token step when its top two scores are this close
+ * (acceptGreedyUnlessTied): a verify pass's kernels sum in another order than a step's (attention, the CPU's
+ * prefill tile), so its scores differ by rounding. CPU, SmolLM2 on real text (bench/gpu/verify-drift.ts): at most
+ * 0.005 of a logit; 0.01 sends 0-0.8% of positions to a step. GPU: 0.25 is a first guess, not yet measured
+ * (verify-drift.ts there; `bench spec`'s tie steps and identical column); a story has 18% of its positions within
+ * it, an edit none. PENSIEVE_SPEC_TIE_MARGIN overrides; setTieMargin for tests.
  */
 const GPU_TIE_MARGIN = 0.25;
+const CPU_TIE_MARGIN = 0.01;
 let tieMarginSet: number | null = null;
 
 export function setTieMargin(margin: number | null): void {
@@ -43,7 +45,7 @@ function tieMargin(): number {
   if (tieMarginSet !== null) return tieMarginSet;
   const env = Number(process.env.PENSIEVE_SPEC_TIE_MARGIN);
   if (process.env.PENSIEVE_SPEC_TIE_MARGIN && Number.isFinite(env) && env >= 0) return env;
-  return mx.getDevice() === "gpu" ? GPU_TIE_MARGIN : 0;
+  return mx.getDevice() === "gpu" ? GPU_TIE_MARGIN : CPU_TIE_MARGIN;
 }
 
 /** Each row's best score less its second best: float32 [rows]. */

@@ -141,8 +141,8 @@ describe("greedy speculation equals decoding without it", () => {
     });
   });
 
-  // On a GPU a position whose two best scores are within a margin goes to a one-token step (acceptGreedyUnlessTied);
-  // forced here on the CPU: every position (an infinite margin: no draft is kept) and some of them.
+  // A position whose two best scores are within a margin goes to a one-token step (acceptGreedyUnlessTied; 0.01 on
+  // the CPU, 0.25 on a GPU), forced wider here: every position (an infinite margin: no draft is kept), and some.
   for (const [what, margin] of [
     ["every position", Number.POSITIVE_INFINITY],
     ["positions within 0.5: a tiny model's scores lie close", 0.5],
