@@ -5,7 +5,7 @@
 // compared (max |difference| over the vocabulary, argmax agreement); the steps' own top-two gaps say how often a
 // given margin would send a position to a step. The model loads as the engine loads it (dense copies on a GPU).
 //   bun bench/gpu/verify-drift.ts MODEL [--device gpu|cpu] [--L 4] [--tokens 256] [--prompt py-rename]
-// On the CPU the drift is 0 (its kernels sum alike at any rows): a dry run of this file.
+// On the CPU (--device cpu): SmolLM2 drifts at most 0.005 of a logit (2026-12-07; the prefill tile sums otherwise).
 import { cacheFor, prefill } from "../../src/engine/one-sequence";
 import * as mx from "../../src/mlx";
 import { loadModel } from "../../src/models/loader";
