@@ -182,8 +182,7 @@ export class DraftSession {
         let logits = mx.reshape(this.model.forward(input, this.#cache, { logits: "last" }), [1, -1]);
         logits = widen(logits, targetVocab);
         if (greedy) {
-          const bias = sampler.biasVector;
-          picks.push(mx.astype(mx.argmax(bias ? mx.add(logits, bias) : logits, -1), mx.Dtype.int32));
+          picks.push(mx.astype(mx.argmax(sampler.biased(logits), -1), mx.Dtype.int32));
         } else {
           const scaled = sampler.filtered(logits);
           picks.push(mx.astype(mx.categorical(scaled, -1, sampler.nextKey()), mx.Dtype.int32));

@@ -74,6 +74,11 @@ export class SequenceSampler {
     return this.#bias;
   }
 
+  /** Logits plus the logit bias, if any: what greedy decoding takes the argmax of. */
+  biased(logits: MxArray): MxArray {
+    return this.#bias ? mx.add(logits, this.#bias) : logits;
+  }
+
   /**
    * Samples from logits [V] (float32) and records the token for the penalties.
    * `allowed` (bool [V]), when given, rules out every other token (constrained decoding).

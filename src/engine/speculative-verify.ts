@@ -83,8 +83,7 @@ export function verifyDraft(
     const flat = mx.reshape(logits, [k + 1, -1]);
     if (p.logprobs || p.topLogprobs > 0) held.logprobs = mx.keep(mx.subtract(flat, mx.logsumexp(flat, -1, true)));
     if (p.temperature <= 0) {
-      const bias = sampler.biasVector;
-      const scores = bias ? mx.add(flat, bias) : flat;
+      const scores = sampler.biased(flat);
       const targets = mx.astype(mx.argmax(scores, -1), mx.Dtype.int32);
       const margin = tieMargin();
       if (margin <= 0) return acceptGreedy(draft, targets.read() as Int32Array);
@@ -121,15 +120,15 @@ export function verifyDraft(
       bonus.item(),
     );
   });
-  if (decision.tiedAt !== undefined && decision.tiedAt !== null) {
+  const tiedAt = decision.tiedAt ?? null;
+  if (tiedAt !== null) {
     // A near tie at position t: the step that position stands for decides it, after the inputs before it.
-    const t = decision.tiedAt;
+    const t = tiedAt;
     cache.truncate(start + t);
     const input = t === 0 ? last : (draft[t - 1] as number);
     mx.tidy(() => {
       const step = mx.reshape(model.forward(mx.int32([input], [1, 1]), cache, { logits: "last" }), [1, -1]);
-      const bias = sampler.biasVector;
-      decision.tokens.push(mx.astype(mx.argmax(bias ? mx.add(step, bias) : step, -1), mx.Dtype.int32).item() as number);
+      decision.tokens.push(mx.astype(mx.argmax(sampler.biased(step), -1), mx.Dtype.int32).item() as number);
       if (held.logprobs) {
         const passRows = mx.sliceAxis(held.logprobs, 0, 0, t);
         const stepRow = mx.subtract(step, mx.logsumexp(step, -1, true));
@@ -165,5 +164,5 @@ export function verifyDraft(
     });
     lp.dispose();
   }
-  return { values, accepted: decision.accepted, tied: decision.tiedAt !== undefined && decision.tiedAt !== null };
+  return { values, accepted: decision.accepted, tied: tiedAt !== null };
 }
