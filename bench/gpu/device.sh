@@ -24,6 +24,7 @@
 #   bash bench/gpu/device.sh verify-merge  # the verify attention's parallel merge: GPU tests, cost at 512/4,000/16,000 (~4 min)
 #   bash bench/gpu/device.sh multi-row     # batched steps without dense copies: W4A16 kernel, fused 2-4 rows, 32 streams (~7 min)
 #   bash bench/gpu/device.sh step-split    # host (MLX per node) against GPU time of a one-row step, then kprof (~7 min)
+#   bash bench/gpu/device.sh next6         # the ninth session's: L2 prefetch of the next weights, kernel headers by #include (~8 min)
 #   bash bench/gpu/device.sh next5         # the eighth session's leftovers: verify logits by position (tests, SmolLM2 spec), o/down at 2 rows (~9 min)
 #   bash bench/gpu/device.sh next4         # the eighth session's: latency-optimal one-row shapes for down and o, ncu step + pipelined + tests (~8 min)
 #   bash bench/gpu/device.sh next3         # the seventh session's leftovers: RoPE table, graph size, launch shapes, latency sweep (~13 min)
@@ -339,6 +340,36 @@ next3)
     env $v timeout 140 bun dist/bench/run.js load --model "$MODEL" --device gpu --levels 32 --servers pensieve \
       --python $PY --requests-per-client 2 --out-tokens 128 --prompt-tokens 128,256,512 --ban-tokens $BAN \
       --out-dir "$OUT/load32-${v#*=}" 2>&1 | grep -E '^\| pensieve' | sed "s/^/$v /" || true
+  done
+  ;;
+next6)
+  # Issue 11, 2026-12-07 (ninth session): each fused decode launch asking L2 for the next product's weights
+  # (PENSIEVE_GPU_PREFETCH=1: q|k|v -> o -> gate|up -> down -> next q|k|v) and MLX's per-launch hash of our kernel
+  # text (headers now #included from MLX's include path; PENSIEVE_KERNEL_HEADER_FILES=0 inlines them as before).
+  # Its GPU test (same logits bit for bit); each kernel of a step under Nsight Compute with and without the
+  # prefetch (caches not flushed: ncu's gaps let every prefetch land, so this is the bound); then alternating rounds
+  # of step-split: one CUDA graph a step (its wait is the step's device time, host work apart) and MLX's default
+  # graph size (pipelined tok/s). After prepare; ~8 minutes.
+  mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
+  timeout 120 bun test --timeout 100000 ./dist/test-gpu/fused.test.js -t "prefetch" 2>&1 |
+    grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -20 | tee "$OUT/prefetch-tests.txt" || true
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1 || true)
+  for v in X=0 PENSIEVE_GPU_PREFETCH=1; do
+    env $v timeout 100 "$NCU" --clock-control none --cache-control none --print-units base --csv --profile-from-start off \
+      --metrics gpu__time_duration.sum,dram__bytes_read.sum,lts__t_sector_hit_rate.pct \
+      bun dist/bench/gpu/step-profile.js "$MODEL" 128 > "$OUT/ncu-step-${v%%=*}.csv" 2> "$OUT/ncu-step-${v%%=*}.err" || true
+    { echo "== $v: step at 128 tokens"; bun dist/bench/gpu/ncu-summary.js "$OUT/ncu-step-${v%%=*}.csv" --top 12; } 2>&1 |
+      tee -a "$OUT/ncu-summary.md"
+  done
+  ONE_GRAPH="MLX_MAX_OPS_PER_BUFFER=1000 MLX_MAX_MB_PER_BUFFER=1000000"
+  for r in 1 2; do
+    for v in X=0 PENSIEVE_GPU_PREFETCH=1 PENSIEVE_GPU_FUSED_KV_WRITE=1 "PENSIEVE_GPU_FUSED_KV_WRITE=1 PENSIEVE_GPU_PREFETCH=1" \
+      PENSIEVE_KERNEL_HEADER_FILES=0; do
+      env $ONE_GRAPH $v timeout 45 bun dist/bench/gpu/step-split.js "$MODEL" --steps 48 2>&1 | grep -E '^\| median|rror' |
+        sed "s/^/r$r one-graph $v /" | tee -a "$OUT/ab.md" || true
+      env $v timeout 45 bun dist/bench/gpu/step-split.js "$MODEL" --steps 64 2>&1 | grep -E '^\| pipe|rror' |
+        sed "s/^/r$r $v /" | tee -a "$OUT/ab.md" || true
+    done
   done
   ;;
 next5)

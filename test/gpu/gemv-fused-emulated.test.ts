@@ -9,6 +9,7 @@ import {
   GEMV_NORM_SWIGLU_KERNEL,
   GEMV_RESIDUAL_KERNEL,
 } from "../../src/mlx/kernels-gemv-fused";
+import { prefetchSpec } from "../../src/mlx/kernels-gemv-prefetch";
 import { EMULATION_HEADER, emulationCompiler, ropeTableCode, runEmulated } from "./emulate";
 
 type Variant = "residual" | "swiglu" | "rope" | "rope-qkv";
@@ -28,6 +29,8 @@ interface Case {
   posScale?: number;
   /** Each row's position: 37 + 1000 m (default), or 500 + m as in a verify pass (offset + m). */
   consecutive?: boolean;
+  /** The prefetching kernel (PENSIEVE_GPU_PREFETCH), handed its own weights as the next product's. */
+  prefetch?: boolean;
 }
 
 const EPS = 1e-5;
@@ -56,7 +59,8 @@ function program(c: Case): string {
   const constants = `constexpr int M = ${c.m}, N = ${c.n}, K = ${c.k}, ROWS = ${c.rows}, WARPS = ${c.warps}, GROUP = ${c.group};
   constexpr int EPS_BITS = ${bits(EPS)}, HD = ${hd}, ROTATED = ${c.rotated ?? 0}, POS_SCALE_BITS = ${bits(c.posScale ?? 1)};
   constexpr bool TRADITIONAL = ${c.traditional ? "true" : "false"};
-  constexpr int QS = ${qs}, KVS = ${kvs};`;
+  constexpr int QS = ${qs}, KVS = ${kvs};
+  constexpr int PF_W = N * K / 2, PF_S = N * (K / GROUP) * 2;`;
   return `#include "${EMULATION_HEADER}"
 #include <cstdio>
 #include <random>
@@ -66,10 +70,12 @@ void kernel(const ${T}* x, const uint32_t* w, const ${T}* scales, const ${T}* bi
             const int32_t* pos, const float* inv_freq, const float* rope_cs, ${T}* y) {
   using T = ${T};
   ${constants}
+  const uint32_t* pf_w = w; const ${T}* pf_s = scales; const ${T}* pf_b = biases;
+  (void)pf_w; (void)pf_s; (void)pf_b; (void)PF_W; (void)PF_S;
   ${T}* q = y; ${T}* k = y + M * QS; ${T}* v = y + M * (QS + KVS);
   (void)q; (void)k; (void)v; (void)QS; (void)KVS;
   (void)res; (void)norm; (void)pos; (void)inv_freq; (void)rope_cs; (void)HD; (void)ROTATED; (void)POS_SCALE_BITS; (void)TRADITIONAL; (void)EPS_BITS;
-${spec.source}
+${c.prefetch ? prefetchSpec(spec).source : spec.source}
 }
 }  // namespace mlx::core::cu
 int main() {
@@ -149,7 +155,7 @@ ${ropeTableCode("HD", `float(${c.posScale ?? 1})`)}  for (size_t i = 0; i < s.si
 }
 
 function run(c: Case): { rel: number; unwritten: number } {
-  const name = `${c.variant}-${c.dtype}-${c.m}-${c.n}-${c.k}-${c.rows}-${c.group}${c.traditional ? "-trad" : ""}${c.consecutive ? "-seq" : ""}`;
+  const name = `${c.variant}-${c.dtype}-${c.m}-${c.n}-${c.k}-${c.rows}-${c.group}${c.traditional ? "-trad" : ""}${c.consecutive ? "-seq" : ""}${c.prefetch ? "-pf" : ""}`;
   return runEmulated("gemv-fused-emulated", name, program(c));
 }
 
@@ -186,6 +192,22 @@ describe.skipIf(!emulationCompiler)("fused 4-bit GEMV variants, emulated on the 
     { variant: "rope-qkv", dtype: "bf16", m: 1, n: 192, k: 512, rows: 2, warps: 4, group: 32, hd: 32, rotated: 160 },
     // A decode step's o and down at N <= 4096 (oneRowConfig): one row of x at 2 rows a warp, down's K.
     { variant: "residual", dtype: "f16", m: 1, n: 48, k: 8192, rows: 2, warps: 4, group: 64 },
+    // The prefetching kernels of a decode step (PENSIEVE_GPU_PREFETCH; the prefetch is compiled out here).
+    { variant: "residual", dtype: "f16", m: 1, n: 48, k: 8192, rows: 2, warps: 4, group: 64, prefetch: true },
+    { variant: "swiglu", dtype: "bf16", m: 1, n: 20, k: 1088, rows: 2, warps: 2, group: 32, prefetch: true },
+    {
+      variant: "rope-qkv",
+      dtype: "bf16",
+      m: 1,
+      n: 192,
+      k: 512,
+      rows: 2,
+      warps: 4,
+      group: 32,
+      hd: 32,
+      rotated: 160,
+      prefetch: true,
+    },
     // A speculative verify pass (PENSIEVE_GPU_FUSED_VERIFY): 9 and 16 rows of x at positions offset + m,
     // 2 rows per warp, as gemvConfig / pairedConfig give past 8 rows.
     { variant: "residual", dtype: "f16", m: 16, n: 24, k: 8192, rows: 2, warps: 4, group: 64 },
@@ -218,7 +240,7 @@ describe.skipIf(!emulationCompiler)("fused 4-bit GEMV variants, emulated on the 
     },
   ];
   for (const c of cases) {
-    test(`${c.variant} ${c.dtype} M=${c.m} N=${c.n} K=${c.k} rows/warp ${c.rows} group ${c.group}${c.traditional ? " traditional" : ""}`, () => {
+    test(`${c.variant} ${c.dtype} M=${c.m} N=${c.n} K=${c.k} rows/warp ${c.rows} group ${c.group}${c.traditional ? " traditional" : ""}${c.prefetch ? " prefetching" : ""}`, () => {
       const r = run(c);
       expect(r.unwritten).toBe(0);
       expect(r.rel).toBeLessThan(TOLERANCE[c.dtype]);
