@@ -98,13 +98,15 @@ export function loadedMlxIncludeDir(maps?: string): string | null {
 }
 
 const known = new Map<string, KernelHeader>();
+let mlxIncludeDir: string | null | undefined;
 let noted = false;
 
 /** headerInclude into MLX's loaded include dir, once per header text; a failure is said once on stderr. */
 export function mlxKernelHeader(header: string): KernelHeader {
   let h = known.get(header);
   if (!h) {
-    h = headerInclude(header, loadedMlxIncludeDir());
+    if (mlxIncludeDir === undefined) mlxIncludeDir = loadedMlxIncludeDir();
+    h = headerInclude(header, mlxIncludeDir);
     known.set(header, h);
     if (h.failure && !noted) {
       noted = true;
