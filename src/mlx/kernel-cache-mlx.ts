@@ -12,6 +12,8 @@
 // stay on MLX's cuda_kernel path (no per-launch cost). Safe by construction:
 // a text that differs from MLX's by one byte gives another module name, and
 // MLX compiles as before. The entry is trusted as MLX trusts its own cache.
+// The text carries the header MLX was given: a long one is an #include of a
+// file under MLX's include dir (kernel-header.ts), whose folder the compile adds.
 
 import { dlopen, FFIType, ptr } from "bun:ffi";
 import { existsSync, mkdirSync, renameSync, writeFileSync } from "node:fs";
@@ -55,7 +57,10 @@ export function mlxKernelName(spec: KernelSpec, template: ReadonlyArray<[string,
   return `custom_kernel_${spec.name}${hash}`;
 }
 
-/** The text of MLX's build_kernel, byte for byte. */
+/**
+ * The text of MLX's build_kernel, byte for byte, for spec.header as MLX got it:
+ * a kernel's CustomKernel.header (an include line when it went to a file).
+ */
 export function mlxKernelSource(
   spec: KernelSpec,
   kernelName: string,
@@ -180,8 +185,11 @@ export class MlxPtxCache {
     readonly nvrtcLib?: string,
   ) {}
 
-  /** Makes sure MLX will find this kernel compiled; returns the .ptx path. Throws on a compile error. */
-  ensure(kernelName: string, source: string): string {
+  /**
+   * Makes sure MLX will find this kernel compiled; returns the .ptx path. Throws on a compile error.
+   * includeDirs: folders the text's own #include lines need beyond MLX's (kernel-header.ts).
+   */
+  ensure(kernelName: string, source: string, includeDirs: readonly string[] = []): string {
     const moduleName = mlxModuleName(kernelName, source);
     const path = mlxPtxPath(this.dir, moduleName);
     if (this.#done.has(path)) return path;
@@ -191,7 +199,9 @@ export class MlxPtxCache {
       return path;
     }
     const expr = `mlx::core::cu::${kernelName}`;
-    const r = compileToCubin(source, moduleName, this.options, this.headers, this.nvrtcLib, [expr]);
+    const extra = includeDirs.map((d) => `--include-path=${d}`).filter((o) => !this.options.includes(o));
+    const options = [...this.options, ...extra];
+    const r = compileToCubin(source, moduleName, options, this.headers, this.nvrtcLib, [expr]);
     this.stats.compiles++;
     this.stats.compileMs += r.ms;
     if (!r.ok || !r.cubin) throw new Error(`NVRTC failed for ${kernelName}: ${r.log.slice(0, 2000)}`);

@@ -11,6 +11,9 @@
 // <home>/kernel-cache/<sha256>.cubin (temp file + rename) and handed to the
 // shim's pv_kernel_plan_set_precompiled. An entry that fails its checksum is
 // deleted and compiled again. Kernels that read <input>_strides are not cached.
+// The text keeps spec.header inline even where MLX was given an include line
+// (kernel-header.ts): it is our own compile of our own text, keyed by its
+// sha256, and MLX hashes the CUBIN here, not this text.
 
 import { dlopen, FFIType, ptr } from "bun:ffi";
 import { createHash } from "node:crypto";

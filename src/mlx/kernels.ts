@@ -17,6 +17,7 @@ import {
   processKernelCache,
 } from "./kernel-cache";
 import { mlxKernelName, mlxKernelSource, mlxPtxCacheUnavailable, processMlxPtxCache } from "./kernel-cache-mlx";
+import { mlxKernelHeader } from "./kernel-header";
 
 /** The kernel language of this MLX build; "none" on the CPU build. */
 export type KernelLanguage = "none" | "cuda" | "metal";
@@ -110,6 +111,14 @@ function names(list: readonly string[], what: string): Buffer {
 /** A compiled-on-first-use kernel; call() adds one launch to the graph. */
 export class CustomKernel {
   readonly spec: KernelSpec;
+  /**
+   * The header MLX was given: on CUDA a long one is an #include of its file
+   * (kernel-header.ts: MLX hashes the whole source at every launch), else
+   * spec.header. Whatever rebuilds MLX's text (kernel-cache-mlx.ts) uses this.
+   */
+  readonly header: string;
+  /** The folder holding the included file (a compile of MLX's text searches it), or null (inline). */
+  readonly headerIncludeDir: string | null;
   #handle: Pointer | null;
   readonly #lib: KernelLib;
   readonly #plans = new Set<Pointer>();
@@ -120,12 +129,16 @@ export class CustomKernel {
     if (reason || !lib) throw new MlxError(`kernel ${spec.name}`, `custom GPU kernels are not available: ${reason}`);
     this.#lib = lib;
     this.spec = spec;
+    const header = spec.header ?? "";
+    const delivered = kernelLanguage() === "cuda" ? mlxKernelHeader(header) : null;
+    this.header = delivered?.header ?? header;
+    this.headerIncludeDir = delivered?.includeDir ?? null;
     const handle = lib.pv_kernel_new(
       cstr(spec.name),
       names(spec.inputs, spec.name),
       names(spec.outputs, spec.name),
       cstr(spec.source),
-      cstr(spec.header ?? ""),
+      cstr(this.header),
       spec.ensureRowContiguous === false ? 0 : 1,
       spec.sharedMemory ?? 0,
     );
@@ -275,8 +288,10 @@ export class KernelPlan {
   }
 
   // Any failure leaves MLX to compile the kernel itself, as without the cache.
+  // The text is MLX's, so it carries the header MLX was given (an include line
+  // when the header went to a file: the compile is told that file's folder).
   #prefillMlxCache(inputs: readonly MxArray[], pre: CacheSetup): void {
-    const spec = this.kernel.spec;
+    const { spec, header, headerIncludeDir } = this.kernel;
     const cache = processMlxPtxCache(String(shimLib.pv_mlx_version()));
     if (!cache) {
       warnOnce(`kernel ${spec.name}: not cached (${mlxPtxCacheUnavailable()})`);
@@ -285,7 +300,8 @@ export class KernelPlan {
     try {
       const name = mlxKernelName(spec, pre.template);
       const signature = inputs.map((a) => ({ dtype: a.dtype, ndim: a.ndim }));
-      cache.ensure(name, mlxKernelSource(spec, name, signature, pre.outputs, pre.template));
+      const source = mlxKernelSource({ ...spec, header }, name, signature, pre.outputs, pre.template);
+      cache.ensure(name, source, headerIncludeDir ? [headerIncludeDir] : []);
     } catch (e) {
       warnOnce(`kernel ${spec.name}: not cached (${e})`);
     }

@@ -3,8 +3,9 @@
 // kernel name / build_kernel text / module name / get_ptx_path / .txt layout,
 // and (with the MLX CUDA wheel's NVRTC) that decode kernels compile to a CUBIN
 // holding the lowered name written in the .txt, and a second writer compiles
-// nothing. Whether MLX really reads these entries needs the GPU
-// (test/gpu/kernel-cache-mlx.test.ts).
+// nothing; a header MLX gets as an #include (kernel-header.ts) gives the text
+// with the include line and the same CUBIN as inline. Whether MLX really reads
+// these entries needs the GPU (test/gpu/kernel-cache-mlx.test.ts).
 import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -20,10 +21,12 @@ import {
   mlxPtxPath,
   stdHash,
 } from "../../src/mlx/kernel-cache-mlx";
+import { headerFileName, headerInclude } from "../../src/mlx/kernel-header";
 import type { KernelSpec, TemplateArg } from "../../src/mlx/kernels";
 import { DECODE_ATTENTION_KERNEL } from "../../src/mlx/kernels-attention";
 import { GEMV_KERNEL } from "../../src/mlx/kernels-gemv";
-import { cudaWheelDir, mlxCompileOptions, mlxJitHeaders, nvrtcAvailable } from "../../src/mlx/nvrtc";
+import { GEMV_RESIDUAL_KERNEL } from "../../src/mlx/kernels-gemv-fused";
+import { compileToCubin, cudaWheelDir, mlxCompileOptions, mlxJitHeaders, nvrtcAvailable } from "../../src/mlx/nvrtc";
 
 const dirs: string[] = [];
 const tempDir = () => {
@@ -166,6 +169,44 @@ o[0] = a[a_shape[0] + a_ndim] + b[b_strides[0]];
     );
   });
 
+  test("build_kernel text with the header MLX was given as an #include (kernel-header.ts)", () => {
+    const long = `#define PV_LONG 1\n${"// filler\n".repeat(40)}`;
+    const spec: KernelSpec = { name: "demo", inputs: ["a"], outputs: ["o"], header: long, source: "o[0] = a[0];" };
+    const given = headerInclude(long, tempDir(), {});
+    expect(given.header).toBe(`#include "${headerFileName(long)}"\n`);
+    const text = mlxKernelSource(
+      { ...spec, header: given.header },
+      "custom_kernel_demo",
+      [{ dtype: F16, ndim: 1 }],
+      [F16],
+      [],
+    );
+    expect(text).toBe(
+      `
+#include "mlx/backend/cuda/device/utils.cuh"
+
+#include <cooperative_groups.h>
+
+#include "${headerFileName(long)}"
+namespace mlx::core::cu {
+
+namespace cg = cooperative_groups;
+
+__global__ void custom_kernel_demo(
+    const __half* a,
+    __half* o) {
+o[0] = a[0];
+}
+
+} // namespace mlx::core::cu
+`,
+    );
+    // The include line stands where the header stood: nothing else in the text moves.
+    const inline = mlxKernelSource(spec, "custom_kernel_demo", [{ dtype: F16, ndim: 1 }], [F16], []);
+    expect(text.replace(given.header, long)).toBe(inline);
+    expect(mlxModuleName("custom_kernel_demo", text)).not.toBe(mlxModuleName("custom_kernel_demo", inline));
+  });
+
   test("module name, get_ptx_path (245-byte folders) and the .txt lines", () => {
     const source = mlxKernelSource(gemv, "custom_kernel_gemv", gemvInputs, [F16], gemvTemplate);
     expect(mlxModuleName("custom_kernel_gemv", source)).toBe(`custom_kernel_gemv_${stdHash(source).toString(16)}`);
@@ -215,4 +256,44 @@ describe.skipIf(!ready)("entries compiled with MLX's NVRTC setup", () => {
       expect(existsSync(`${path}.tmp`)).toBe(false);
     }, 120_000);
   }
+
+  // What CustomKernel hands MLX on CUDA: the fused GEMV's ~9 KB header as an
+  // #include of its file. The text compiles only where that folder is searched,
+  // and to the same machine code as the inline header.
+  test("GEMV_RESIDUAL_KERNEL, header by #include: same CUBIN and lowered name as inline", () => {
+    const spec: KernelSpec = { ...GEMV_RESIDUAL_KERNEL, outputs: ["y"] };
+    const inputs = [...gemvInputs, { dtype: F16, ndim: 3 }];
+    const template: Array<[string, TemplateArg]> = gemvTemplate.map(([k, v]) =>
+      k === "N" ? [k, 3072] : k === "K" ? [k, 8192] : k === "ROWS" ? [k, 2] : [k, v],
+    );
+    const name = mlxKernelName(spec, template);
+    const expr = `mlx::core::cu::${name}`;
+    const include = tempDir();
+    const given = headerInclude(spec.header as string, include, {});
+    expect(given.file).not.toBeNull();
+    const inlineText = mlxKernelSource(spec, name, inputs, [F16], template);
+    const includeText = mlxKernelSource({ ...spec, header: given.header }, name, inputs, [F16], template);
+    expect(inlineText.length - includeText.length).toBe((spec.header as string).length - given.header.length);
+
+    // NVRTC writes the program name into the CUBIN: all three compile under the one MLX uses, the module name.
+    const program = mlxModuleName(name, includeText);
+    const missing = compileToCubin(includeText, program, options, headers, undefined, [expr]);
+    expect(missing.ok).toBe(false);
+    expect(missing.log).toContain(headerFileName(spec.header as string));
+
+    const a = compileToCubin(inlineText, program, options, headers, undefined, [expr]);
+    const searched = [...options, `--include-path=${include}`];
+    const b = compileToCubin(includeText, program, searched, headers, undefined, [expr]);
+    expect(a.ok).toBe(true);
+    expect(b.ok).toBe(true);
+    expect(b.lowered).toEqual(a.lowered);
+    expect((b.cubin as Buffer).equals(a.cubin as Buffer)).toBe(true);
+
+    // The pre-fill writer, told the folder, stores it under the module name of the text MLX hashes.
+    const cache = new MlxPtxCache(tempDir(), options, headers);
+    const path = cache.ensure(name, includeText, [include]);
+    expect(path).toBe(mlxPtxPath(cache.dir, mlxModuleName(name, includeText)));
+    expect(readFileSync(path.replace(/\.ptx$/, ".txt"), "utf8")).toBe(mlxKernelsText([[expr, a.lowered[0] as string]]));
+    expect(readFileSync(path).equals(a.cubin as Buffer)).toBe(true);
+  }, 180_000);
 });
