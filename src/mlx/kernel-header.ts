@@ -9,6 +9,9 @@
 // searches that folder (jit_module.cpp include_path_args: <libmlx dir>/../include).
 // The name follows the content, so the include line, hence MLX's module name
 // and its PTX cache entry, changes whenever the header does: no stale kernel.
+// The kernel body goes the same way (mlxKernelBody: an #include inside the
+// function), after a comment naming the <input>_shape / _strides / _ndim it
+// reads: MLX adds those parameters where the source text mentions them.
 // Any failure (PENSIEVE_KERNEL_HEADER_FILES=0, no include dir, not writable)
 // leaves the header inline, as before. CUDA only: Metal kernels stay inline.
 import { createHash } from "node:crypto";
@@ -114,4 +117,22 @@ export function mlxKernelHeader(header: string): KernelHeader {
     }
   }
   return h;
+}
+
+/**
+ * What MLX gets as a kernel body once `h` (the body through headerInclude) went to a file: a comment naming each
+ * `<input>_shape`, `_strides` and `_ndim` the body reads (MLX decides the kernel's parameters by searching its
+ * source for them), then the include line. Inline bodies pass through.
+ */
+export function asBodyInclude(h: KernelHeader, source: string, inputs: readonly string[]): KernelHeader {
+  if (!h.file) return h;
+  const read = inputs
+    .flatMap((n) => ["_shape", "_strides", "_ndim"].map((s) => n + s))
+    .filter((m) => source.includes(m));
+  return { ...h, header: `${read.length ? `  // reads ${read.join(" ")}\n` : ""}  ${h.header}` };
+}
+
+/** mlxKernelHeader for a kernel body (asBodyInclude). */
+export function mlxKernelBody(source: string, inputs: readonly string[]): KernelHeader {
+  return asBodyInclude(mlxKernelHeader(source), source, inputs);
 }

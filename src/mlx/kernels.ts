@@ -17,7 +17,7 @@ import {
   processKernelCache,
 } from "./kernel-cache";
 import { mlxKernelName, mlxKernelSource, mlxPtxCacheUnavailable, processMlxPtxCache } from "./kernel-cache-mlx";
-import { mlxKernelHeader } from "./kernel-header";
+import { mlxKernelBody, mlxKernelHeader } from "./kernel-header";
 
 /** The kernel language of this MLX build; "none" on the CPU build. */
 export type KernelLanguage = "none" | "cuda" | "metal";
@@ -117,7 +117,9 @@ export class CustomKernel {
    * spec.header. Whatever rebuilds MLX's text (kernel-cache-mlx.ts) uses this.
    */
   readonly header: string;
-  /** The folder holding the included file (a compile of MLX's text searches it), or null (inline). */
+  /** The body MLX was given: likewise an #include of its file on CUDA (kernel-header.ts mlxKernelBody). */
+  readonly source: string;
+  /** The folder holding the included files (a compile of MLX's text searches it), or null (inline). */
   readonly headerIncludeDir: string | null;
   #handle: Pointer | null;
   readonly #lib: KernelLib;
@@ -130,14 +132,17 @@ export class CustomKernel {
     this.#lib = lib;
     this.spec = spec;
     const header = spec.header ?? "";
-    const delivered = kernelLanguage() === "cuda" ? mlxKernelHeader(header) : null;
+    const cuda = kernelLanguage() === "cuda";
+    const delivered = cuda ? mlxKernelHeader(header) : null;
+    const body = cuda ? mlxKernelBody(spec.source, spec.inputs) : null;
     this.header = delivered?.header ?? header;
-    this.headerIncludeDir = delivered?.includeDir ?? null;
+    this.source = body?.header ?? spec.source;
+    this.headerIncludeDir = delivered?.includeDir ?? body?.includeDir ?? null;
     const handle = lib.pv_kernel_new(
       cstr(spec.name),
       names(spec.inputs, spec.name),
       names(spec.outputs, spec.name),
-      cstr(spec.source),
+      cstr(this.source),
       cstr(this.header),
       spec.ensureRowContiguous === false ? 0 : 1,
       spec.sharedMemory ?? 0,
@@ -291,7 +296,7 @@ export class KernelPlan {
   // The text is MLX's, so it carries the header MLX was given (an include line
   // when the header went to a file: the compile is told that file's folder).
   #prefillMlxCache(inputs: readonly MxArray[], pre: CacheSetup): void {
-    const { spec, header, headerIncludeDir } = this.kernel;
+    const { spec, header, source: body, headerIncludeDir } = this.kernel;
     const cache = processMlxPtxCache(String(shimLib.pv_mlx_version()));
     if (!cache) {
       warnOnce(`kernel ${spec.name}: not cached (${mlxPtxCacheUnavailable()})`);
@@ -300,7 +305,7 @@ export class KernelPlan {
     try {
       const name = mlxKernelName(spec, pre.template);
       const signature = inputs.map((a) => ({ dtype: a.dtype, ndim: a.ndim }));
-      const source = mlxKernelSource({ ...spec, header }, name, signature, pre.outputs, pre.template);
+      const source = mlxKernelSource({ ...spec, header, source: body }, name, signature, pre.outputs, pre.template);
       cache.ensure(name, source, headerIncludeDir ? [headerIncludeDir] : []);
     } catch (e) {
       warnOnce(`kernel ${spec.name}: not cached (${e})`);

@@ -21,7 +21,7 @@ import {
   mlxPtxPath,
   stdHash,
 } from "../../src/mlx/kernel-cache-mlx";
-import { headerFileName, headerInclude } from "../../src/mlx/kernel-header";
+import { asBodyInclude, headerFileName, headerInclude } from "../../src/mlx/kernel-header";
 import type { KernelSpec, TemplateArg } from "../../src/mlx/kernels";
 import { DECODE_ATTENTION_KERNEL } from "../../src/mlx/kernels-attention";
 import { GEMV_KERNEL } from "../../src/mlx/kernels-gemv";
@@ -207,6 +207,22 @@ o[0] = a[0];
     expect(mlxModuleName("custom_kernel_demo", text)).not.toBe(mlxModuleName("custom_kernel_demo", inline));
   });
 
+  test("a body MLX gets as an #include keeps the shape parameters it reads (kernel-header.ts asBodyInclude)", () => {
+    const body = `o[0] = a[a_shape[0] + a_ndim] + b[0];\n${"// filler\n".repeat(40)}`;
+    const spec: KernelSpec = { name: "demo", inputs: ["a", "b"], outputs: ["o"], source: body };
+    const given = asBodyInclude(headerInclude(body, tempDir(), {}), body, spec.inputs);
+    expect(given.header).toBe(`  // reads a_shape a_ndim\n  #include "${headerFileName(body)}"\n`);
+    const sig = [
+      { dtype: F16, ndim: 2 },
+      { dtype: F16, ndim: 1 },
+    ];
+    const text = mlxKernelSource({ ...spec, source: given.header }, "custom_kernel_demo", sig, [F16], []);
+    const inline = mlxKernelSource(spec, "custom_kernel_demo", sig, [F16], []);
+    // Same signature (a's shape and ndim, not b's): only the body's text differs.
+    expect(text.replace(given.header, body)).toBe(inline);
+    expect(text).toContain("const __grid_constant__ Shape a_shape,\n    const __grid_constant__ int a_ndim,");
+  });
+
   test("module name, get_ptx_path (245-byte folders) and the .txt lines", () => {
     const source = mlxKernelSource(gemv, "custom_kernel_gemv", gemvInputs, [F16], gemvTemplate);
     expect(mlxModuleName("custom_kernel_gemv", source)).toBe(`custom_kernel_gemv_${stdHash(source).toString(16)}`);
@@ -295,5 +311,21 @@ describe.skipIf(!ready)("entries compiled with MLX's NVRTC setup", () => {
     expect(path).toBe(mlxPtxPath(cache.dir, mlxModuleName(name, includeText)));
     expect(readFileSync(path.replace(/\.ptx$/, ".txt"), "utf8")).toBe(mlxKernelsText([[expr, a.lowered[0] as string]]));
     expect(readFileSync(path).equals(a.cubin as Buffer)).toBe(true);
+
+    // The body by #include too (what CustomKernel hands MLX on CUDA): the same machine code again.
+    const body = asBodyInclude(headerInclude(spec.source, include, {}), spec.source, spec.inputs);
+    expect(body.file).not.toBeNull();
+    const bothText = mlxKernelSource(
+      { ...spec, header: given.header, source: body.header },
+      name,
+      inputs,
+      [F16],
+      template,
+    );
+    expect(bothText.length).toBeLessThan(1500);
+    const both = compileToCubin(bothText, program, searched, headers, undefined, [expr]);
+    expect(both.ok).toBe(true);
+    expect(both.lowered).toEqual(a.lowered);
+    expect((both.cubin as Buffer).equals(a.cubin as Buffer)).toBe(true);
   }, 180_000);
 });
