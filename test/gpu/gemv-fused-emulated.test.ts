@@ -192,22 +192,6 @@ describe.skipIf(!emulationCompiler)("fused 4-bit GEMV variants, emulated on the 
     { variant: "rope-qkv", dtype: "bf16", m: 1, n: 192, k: 512, rows: 2, warps: 4, group: 32, hd: 32, rotated: 160 },
     // A decode step's o and down at N <= 4096 (oneRowConfig): one row of x at 2 rows a warp, down's K.
     { variant: "residual", dtype: "f16", m: 1, n: 48, k: 8192, rows: 2, warps: 4, group: 64 },
-    // The prefetching kernels of a decode step (PENSIEVE_GPU_PREFETCH; the prefetch is compiled out here).
-    { variant: "residual", dtype: "f16", m: 1, n: 48, k: 8192, rows: 2, warps: 4, group: 64, prefetch: true },
-    { variant: "swiglu", dtype: "bf16", m: 1, n: 20, k: 1088, rows: 2, warps: 2, group: 32, prefetch: true },
-    {
-      variant: "rope-qkv",
-      dtype: "bf16",
-      m: 1,
-      n: 192,
-      k: 512,
-      rows: 2,
-      warps: 4,
-      group: 32,
-      hd: 32,
-      rotated: 160,
-      prefetch: true,
-    },
     // A speculative verify pass (PENSIEVE_GPU_FUSED_VERIFY): 9 and 16 rows of x at positions offset + m,
     // 2 rows per warp, as gemvConfig / pairedConfig give past 8 rows.
     { variant: "residual", dtype: "f16", m: 16, n: 24, k: 8192, rows: 2, warps: 4, group: 64 },
@@ -239,6 +223,10 @@ describe.skipIf(!emulationCompiler)("fused 4-bit GEMV variants, emulated on the 
       consecutive: true,
     },
   ];
+  // The prefetching kernels of a decode step (PENSIEVE_GPU_PREFETCH; the prefetch is compiled out here): the
+  // one-row residual, SwiGLU and q|k|v cases again.
+  const oneRow = (v: Variant) => cases.find((c) => c.m === 1 && c.variant === v) as Case;
+  cases.push(...(["residual", "swiglu", "rope-qkv"] as Variant[]).map((v) => ({ ...oneRow(v), prefetch: true })));
   for (const c of cases) {
     test(`${c.variant} ${c.dtype} M=${c.m} N=${c.n} K=${c.k} rows/warp ${c.rows} group ${c.group}${c.traditional ? " traditional" : ""}${c.prefetch ? " prefetching" : ""}`, () => {
       const r = run(c);
