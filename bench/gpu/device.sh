@@ -24,6 +24,7 @@
 #   bash bench/gpu/device.sh verify-merge  # the verify attention's parallel merge: GPU tests, cost at 512/4,000/16,000 (~4 min)
 #   bash bench/gpu/device.sh multi-row     # batched steps without dense copies: W4A16 kernel, fused 2-4 rows, 32 streams (~7 min)
 #   bash bench/gpu/device.sh step-split    # host (MLX per node) against GPU time of a one-row step, then kprof (~7 min)
+#   bash bench/gpu/device.sh next7         # next6 + next5's tests, one stream against mlx-lm: one call (~9 min)
 #   bash bench/gpu/device.sh next6         # the ninth session's: L2 prefetch of the next weights, kernel headers by #include (~8 min)
 #   bash bench/gpu/device.sh next5         # the eighth session's leftovers: verify logits by position (tests, SmolLM2 spec), o/down at 2 rows (~9 min)
 #   bash bench/gpu/device.sh next4         # the eighth session's: latency-optimal one-row shapes for down and o, ncu step + pipelined + tests (~8 min)
@@ -341,6 +342,31 @@ next3)
       --python $PY --requests-per-client 2 --out-tokens 128 --prompt-tokens 128,256,512 --ban-tokens $BAN \
       --out-dir "$OUT/load32-${v#*=}" 2>&1 | grep -E '^\| pensieve' | sed "s/^/$v /" || true
   done
+  ;;
+next7)
+  # next6 and next5 in one call for a short lease (the ninth session's device budget went to failed starts): the
+  # prefetch's and the per-position head's GPU tests, alternating step-split rounds (default graph size: pipelined
+  # tok/s; one CUDA graph a step: device time) of the prefetch, the kernel text by #include and the in-kernel KV
+  # write, one stream against mlx-lm, Phi-3's verify drift. After prepare; ~9 minutes.
+  mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
+  for t in "fused.test.js -t prefetch" "verify-logits.test.js"; do
+    timeout 100 bun test --timeout 90000 ./dist/test-gpu/$t 2>&1 |
+      grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -20 | tee -a "$OUT/tests.txt" || true
+  done
+  for r in 1 2; do
+    for v in X=0 PENSIEVE_GPU_PREFETCH=1 PENSIEVE_KERNEL_HEADER_FILES=0 PENSIEVE_GPU_FUSED_KV_WRITE=1; do
+      env $v timeout 40 bun dist/bench/gpu/step-split.js "$MODEL" --steps 64 2>&1 | grep -E '^\| (pipe|median)|rror' |
+        sed "s/^/r$r $v /" | tee -a "$OUT/ab.md" || true
+    done
+    for v in X=0 PENSIEVE_GPU_PREFETCH=1; do
+      env MLX_MAX_OPS_PER_BUFFER=1000 MLX_MAX_MB_PER_BUFFER=1000000 $v timeout 40 bun dist/bench/gpu/step-split.js "$MODEL" \
+        --steps 48 2>&1 | grep -E '^\| median|rror' | sed "s/^/r$r one-graph $v /" | tee -a "$OUT/ab.md" || true
+    done
+  done
+  timeout 130 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve,mlx-lm --python $PY \
+    --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 2 \
+    --out-dir "$OUT/single" 2>&1 | grep -E '^\| (pensieve|mlx)' || true
+  timeout 50 bun dist/bench/gpu/verify-drift.js "$MODEL" --tokens 128 2>&1 | tee -a "$OUT/verify-drift.md" || true
   ;;
 next6)
   # Issue 11, 2026-12-07 (ninth session): each fused decode launch asking L2 for the next product's weights
