@@ -27,6 +27,7 @@ import {
   CACHE_DIR,
   ensureMlxLm,
   ensureNodeLlamaCpp,
+  gpuName,
   MLX_LM_VERSION,
   machine,
   NODE_LLAMA_CPP_VERSION,
@@ -256,6 +257,7 @@ export async function benchGenerate(argv: string[]) {
     command: `bun run bench generate ${argv.join(" ")}`.trim(),
     machine: machine(),
     device: o.device,
+    ...(o.device === "gpu" ? { gpu: gpuName() } : {}),
     model: modelLabel(modelPath, gguf ? folder : null),
     ...(o.llamaGguf && llamaGguf ? { llamaModel: modelLabel(llamaGguf, null) } : {}),
     settings: {

@@ -15,7 +15,7 @@ import { convertGguf } from "../src/models/gguf-to-mlx";
 import { selfCommand } from "../src/paths";
 import { renderChartPng } from "./chart";
 import { convertedFolder } from "./generate";
-import { BENCH_DIR, ensureMlxLm, MLX_LM_VERSION, machine } from "./peers";
+import { BENCH_DIR, ensureMlxLm, gpuName, MLX_LM_VERSION, machine } from "./peers";
 
 /** mlx_lm.server serves its --model under this name; Pensieve answers any name with its model. */
 const MODEL_NAME = "default_model";
@@ -375,6 +375,7 @@ async function writeReport(
     date: new Date().toISOString(),
     command: `bun run bench load ${argv.join(" ")}`.trim(),
     machine: machine(),
+    ...(o.device === "gpu" ? { gpu: gpuName() } : {}),
     model: modelPath,
     options: o,
     results,

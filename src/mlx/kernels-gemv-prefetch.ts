@@ -1,5 +1,8 @@
 // L2 prefetch of the next product's weights from inside a GEMV launch (PENSIEVE_GPU_PREFETCH, off by default;
 // src/models/gpu-fused.ts chains it: q|k|v -> o -> gate|up -> down -> the next layer's q|k|v).
+// Measured slower (H100, full-size Phi-3, bench/results/gpu-h100-2026-12-07i): a one-row step as one CUDA graph
+// took 2.00-2.06 ms of device time against 1.68 without it, pipelined 288-308 tok/s against 304-321; its GPU test
+// (same logits bit for bit) passes. Kept as the place to try other schedules (prefetch after the loop, fewer bytes).
 // A one-row decode product is latency-bound (H100, Nsight Compute: 0.9-1.7 TB/s of 3.35), and between two
 // launches DRAM idles; each launch asks L2 for the bytes the next one will read, so that they stream during
 // this launch's tail and the launch gap, and the next launch reads them from L2. Fire-and-forget: no result

@@ -3,9 +3,9 @@
 // tensor cores), each layer is
 //   rms_norm -> q|k|v product -> RoPE        one kernel (kernels-gemv-fused.ts),
 //                                            k and v written in the cache's layout
-//   KV-cache write                           MLX's slice updates (in place)
-//   attention over the cache                 one kernel (kernels-attention.ts; two
-//                                            past 512 keys per split: flash-decoding)
+//   KV-cache write + attention over the      one kernel (kernels-attention.ts: stores the new
+//   cache                                    k/v, splits merged by the last block; without
+//                                            the in-kernel write, MLX's slice updates first)
 //   o product + residual                     one kernel
 //   rms_norm -> gate|up product -> SwiGLU    one kernel
 //   down product + residual                  one kernel
@@ -35,14 +35,17 @@ import type { LinearWeight } from "./weights";
 // to the unfused path's (bench/results/gpu-h100-2026-12-06d/).
 let enabled = process.env.PENSIEVE_GPU_FUSED !== "0";
 const attentionKernel = process.env.PENSIEVE_GPU_FUSED_ATTENTION !== "0";
-// PENSIEVE_GPU_FUSED_KV_WRITE=1: the attention kernel stores the new key/value in the cache itself (no slice
-// updates), its splits merged in the same launch. Off by default: checked by CPU emulation and NVRTC only, not yet
-// on a GPU (bench/gpu/kv-write.sh is the check).
-let kernelWritesKv = process.env.PENSIEVE_GPU_FUSED_KV_WRITE === "1";
+// The attention kernel stores the new key/value in the cache itself (no slice updates: 64 graph nodes fewer a
+// Phi-3 step, which is host-bound), its splits merged in the same launch; PENSIEVE_GPU_FUSED_KV_WRITE=0 goes back
+// to MLX's slice updates. On by default since 2026-12-07 (H100, bench/results/gpu-h100-2026-12-07i): pipelined
+// one-row steps 315-353 tok/s against 292-321 in 5 alternating pairs, MLX's host work 1.1-1.7 ms a step against
+// 1.8-2.2. (On an H200 it had measured 261 against 272 while the step was still device-bound: gpu-h200-2026-12-06f.)
+const kvWriteDefault = () => process.env.PENSIEVE_GPU_FUSED_KV_WRITE !== "0";
+let kernelWritesKv = kvWriteDefault();
 
-/** Whether the attention kernel stores the new keys/values itself (tests compare both). */
-export function setKernelWritesKv(on: boolean): void {
-  kernelWritesKv = on;
+/** Whether the attention kernel stores the new keys/values itself (tests compare both; null: the default). */
+export function setKernelWritesKv(on: boolean | null): void {
+  kernelWritesKv = on ?? kvWriteDefault();
 }
 
 export function attentionWritesKv(): boolean {

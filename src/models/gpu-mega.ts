@@ -5,7 +5,7 @@
 // -> SwiGLU, down + residual), the five kernels become one graph node. Anything
 // else takes the fused path. The megakernel always stores k/v in the cache itself and
 // merges its splits in the launch: its numerics are those of the fused path with
-// PENSIEVE_GPU_FUSED_KV_WRITE=1 (and PENSIEVE_GPU_FUSED_MERGE on, its default).
+// the kernel writing k/v (PENSIEVE_GPU_FUSED_KV_WRITE, on by default) and PENSIEVE_GPU_FUSED_MERGE on, its default.
 //
 // The grid is PENSIEVE_GPU_MEGA_SMS (default 132: an H100 SXM / H200) times
 // PENSIEVE_GPU_MEGA_BLOCKS_PER_SM (default 1) blocks. It must not exceed what the GPU holds at once: a grid

@@ -244,12 +244,13 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
         }
       };
       const without = tokens(false);
+      setKernelWritesKv(false);
       const withFused = tokens(true);
       const splitFused = tokens(true, 16);
       setKernelWritesKv(true);
       const inPlace = tokens(true);
       const inPlaceSplit = tokens(true, 16);
-      setKernelWritesKv(false);
+      setKernelWritesKv(null);
       expect(without.launches).toBe(0);
       expect(withFused.launches).toBeGreaterThan(0);
       expect(withFused.out).toEqual(without.out);
@@ -594,7 +595,7 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
           model.dispose();
           setKeysPerSplit(null);
           setGpuMega(false);
-          setKernelWritesKv(false);
+          setKernelWritesKv(null);
         }
       };
       const fusedOnly = tokens(false);
