@@ -24,8 +24,7 @@
 #   bash bench/gpu/device.sh verify-merge  # the verify attention's parallel merge: GPU tests, cost at 512/4,000/16,000 (~4 min)
 #   bash bench/gpu/device.sh multi-row     # batched steps without dense copies: W4A16 kernel, fused 2-4 rows, 32 streams (~7 min)
 #   bash bench/gpu/device.sh step-split    # host (MLX per node) against GPU time of a one-row step, then kprof (~7 min)
-#   bash bench/gpu/device.sh next7         # next6 + next5's tests, one stream against mlx-lm: one call (~9 min)
-#   bash bench/gpu/device.sh next6         # the ninth session's: L2 prefetch of the next weights, kernel headers by #include (~8 min)
+#   bash bench/gpu/device.sh next7         # the ninth session's: kernel text by #include, the KV write, one stream against mlx-lm (~7 min)
 #   bash bench/gpu/device.sh next5         # the eighth session's leftovers: verify logits by position (tests, SmolLM2 spec), o/down at 2 rows (~9 min)
 #   bash bench/gpu/device.sh next4         # the eighth session's: latency-optimal one-row shapes for down and o, ncu step + pipelined + tests (~8 min)
 #   bash bench/gpu/device.sh next3         # the seventh session's leftovers: RoPE table, graph size, launch shapes, latency sweep (~13 min)
@@ -344,21 +343,18 @@ next3)
   done
   ;;
 next7)
-  # next6 and next5 in one call for a short lease (the ninth session's device budget went to failed starts): the
-  # prefetch's and the per-position head's GPU tests, alternating step-split rounds (default graph size: pipelined
-  # tok/s; one CUDA graph a step: device time) of the prefetch, the kernel text by #include and the in-kernel KV
-  # write, one stream against mlx-lm, Phi-3's verify drift. After prepare; ~9 minutes.
+  # Issue 11, 2026-12-07 (ninth session), one call for a short lease: the per-position head's GPU test, alternating
+  # step-split rounds (default graph size: pipelined tok/s; one CUDA graph a step: device time) of the kernel text
+  # by #include (PENSIEVE_KERNEL_HEADER_FILES=0 inlines it) and the KV by slice updates (PENSIEVE_GPU_FUSED_KV_WRITE=0),
+  # one stream against mlx-lm, Phi-3's verify drift. After prepare; ~7 minutes. (Its run in gpu-h100-2026-12-07i, at
+  # 218a334, also measured an L2 prefetch of the next weights, since removed: slower.)
   mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
-  for t in "fused.test.js -t prefetch" "verify-logits.test.js"; do
-    timeout 100 bun test --timeout 90000 ./dist/test-gpu/$t 2>&1 |
-      grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -20 | tee -a "$OUT/tests.txt" || true
-  done
+  timeout 100 bun test --timeout 90000 ./dist/test-gpu/verify-logits.test.js 2>&1 |
+    grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -20 | tee -a "$OUT/tests.txt" || true
   for r in 1 2; do
-    for v in X=0 PENSIEVE_GPU_PREFETCH=1 PENSIEVE_KERNEL_HEADER_FILES=0 PENSIEVE_GPU_FUSED_KV_WRITE=1; do
+    for v in X=0 PENSIEVE_KERNEL_HEADER_FILES=0 PENSIEVE_GPU_FUSED_KV_WRITE=0; do
       env $v timeout 40 bun dist/bench/gpu/step-split.js "$MODEL" --steps 64 2>&1 | grep -E '^\| (pipe|median)|rror' |
         sed "s/^/r$r $v /" | tee -a "$OUT/ab.md" || true
-    done
-    for v in X=0 PENSIEVE_GPU_PREFETCH=1; do
       env MLX_MAX_OPS_PER_BUFFER=1000 MLX_MAX_MB_PER_BUFFER=1000000 $v timeout 40 bun dist/bench/gpu/step-split.js "$MODEL" \
         --steps 48 2>&1 | grep -E '^\| median|rror' | sed "s/^/r$r one-graph $v /" | tee -a "$OUT/ab.md" || true
     done
@@ -367,36 +363,6 @@ next7)
     --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 2 \
     --out-dir "$OUT/single" 2>&1 | grep -E '^\| (pensieve|mlx)' || true
   timeout 50 bun dist/bench/gpu/verify-drift.js "$MODEL" --tokens 128 2>&1 | tee -a "$OUT/verify-drift.md" || true
-  ;;
-next6)
-  # Issue 11, 2026-12-07 (ninth session): each fused decode launch asking L2 for the next product's weights
-  # (PENSIEVE_GPU_PREFETCH=1: q|k|v -> o -> gate|up -> down -> next q|k|v) and MLX's per-launch hash of our kernel
-  # text (headers now #included from MLX's include path; PENSIEVE_KERNEL_HEADER_FILES=0 inlines them as before).
-  # Its GPU test (same logits bit for bit); each kernel of a step under Nsight Compute with and without the
-  # prefetch (caches not flushed: ncu's gaps let every prefetch land, so this is the bound); then alternating rounds
-  # of step-split: one CUDA graph a step (its wait is the step's device time, host work apart) and MLX's default
-  # graph size (pipelined tok/s). After prepare; ~8 minutes.
-  mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
-  timeout 120 bun test --timeout 100000 ./dist/test-gpu/fused.test.js -t "prefetch" 2>&1 |
-    grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -20 | tee "$OUT/prefetch-tests.txt" || true
-  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1 || true)
-  for v in X=0 PENSIEVE_GPU_PREFETCH=1; do
-    env $v timeout 100 "$NCU" --clock-control none --cache-control none --print-units base --csv --profile-from-start off \
-      --metrics gpu__time_duration.sum,dram__bytes_read.sum,lts__t_sector_hit_rate.pct \
-      bun dist/bench/gpu/step-profile.js "$MODEL" 128 > "$OUT/ncu-step-${v%%=*}.csv" 2> "$OUT/ncu-step-${v%%=*}.err" || true
-    { echo "== $v: step at 128 tokens"; bun dist/bench/gpu/ncu-summary.js "$OUT/ncu-step-${v%%=*}.csv" --top 12; } 2>&1 |
-      tee -a "$OUT/ncu-summary.md"
-  done
-  ONE_GRAPH="MLX_MAX_OPS_PER_BUFFER=1000 MLX_MAX_MB_PER_BUFFER=1000000"
-  for r in 1 2; do
-    for v in X=0 PENSIEVE_GPU_PREFETCH=1 PENSIEVE_GPU_FUSED_KV_WRITE=1 "PENSIEVE_GPU_FUSED_KV_WRITE=1 PENSIEVE_GPU_PREFETCH=1" \
-      PENSIEVE_KERNEL_HEADER_FILES=0; do
-      env $ONE_GRAPH $v timeout 45 bun dist/bench/gpu/step-split.js "$MODEL" --steps 48 2>&1 | grep -E '^\| median|rror' |
-        sed "s/^/r$r one-graph $v /" | tee -a "$OUT/ab.md" || true
-      env $v timeout 45 bun dist/bench/gpu/step-split.js "$MODEL" --steps 64 2>&1 | grep -E '^\| pipe|rror' |
-        sed "s/^/r$r $v /" | tee -a "$OUT/ab.md" || true
-    done
-  done
   ;;
 next5)
   # Issues 11 and 13, for the session after 2026-12-07 (eighth): what that session changed after its last lease. The
@@ -417,7 +383,7 @@ next5)
     timeout 200 bash "$0" spec-smol || true
   fi
   timeout 60 bun dist/bench/gpu/verify-drift.js "$MODEL" --tokens 128 2>&1 | tee -a "$OUT/verify-drift.md" || true
-  # (The ninth session ran the step under ncu in next6 and `final` as a call of its own: ~7 minutes here.)
+  # (The ninth session ran `final` as a call of its own: ~7 minutes here.)
   ;;
 next4)
   # Issue 11, 2026-12-07 (eighth session): the one-row launch shapes of the latency sweep (lease 1's ncu-latency.md:

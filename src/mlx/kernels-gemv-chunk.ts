@@ -1,5 +1,5 @@
-// The 4-bit GEMV's inner step and its L2 prefetch as CUDA source text, shared by kernels-gemv.ts,
-// kernels-gemv-split.ts and kernels-gemv-prefetch.ts (a module of its own: those import each other's exports).
+// The 4-bit GEMV's inner step as CUDA source text, shared by kernels-gemv.ts and
+// kernels-gemv-split.ts (a module of its own: those two import each other's exports).
 
 /**
  * One 16-byte weight chunk (u) of every row (r) against every row of x (m): x's
@@ -28,32 +28,4 @@ export const CHUNK_PRODUCTS = `#pragma unroll
             acc[m][r] += sc[u][r] * d + bo[u][r] * xsum;
           }
         }
-`;
-
-/**
- * Prepended to a GEMV body: every thread of the grid takes 4 KB pieces of pf_w (PF_W bytes), pf_s and pf_b
- * (PF_S bytes each) in turn. sm_90: one bulk prefetch a piece (cp.async.bulk.prefetch.L2, 16-byte multiples);
- * older GPUs: prefetch.global.L2 a 128-byte line.
- */
-export const PREFETCH_SOURCE = `
-  {
-    auto pv_prefetch = [](const void* base, long long bytes, long long t, long long n) {
-      const char* p = static_cast<const char*>(base);
-      for (long long o = t * 4096; o < bytes; o += n * 4096) {
-        const unsigned size = (unsigned)(bytes - o < 4096 ? bytes - o : 4096);
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p + o), "r"(size) : "memory");
-#elif defined(__CUDA_ARCH__)
-        for (unsigned i = 0; i < size; i += 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(p + o + i));
-#else
-        (void)p; (void)size;
-#endif
-      }
-    };
-    const long long pf_n = (long long)gridDim.x * blockDim.x;
-    const long long pf_t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    pv_prefetch(pf_w, PF_W, pf_t, pf_n);
-    pv_prefetch(pf_s, PF_S, pf_t, pf_n);
-    pv_prefetch(pf_b, PF_S, pf_t, pf_n);
-  }
 `;

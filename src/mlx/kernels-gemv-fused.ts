@@ -22,7 +22,6 @@ import {
   gemvPlan,
   gemvSource,
 } from "./kernels-gemv";
-import { maybePrefetch } from "./kernels-gemv-prefetch";
 import { type QuantizedWeight, reshape } from "./ops";
 
 const RESIDUAL_EPILOGUE = `
@@ -225,35 +224,27 @@ const ropeTemplate = (eps: number, rope: Omit<FusedRope, "invFreq">) => ({
 /**
  * Launch plans of the fused variants for x of a given shape and dtype. A decoder
  * keeps them per weight and rows, so a step only runs them (no key, no checks):
- * run([x, q.weight, q.scales, q.biases, ...the variant's inputs]). `next` (residual, normSwiglu, normRopeQkv):
- * prefetch that weight into L2 (kernels-gemv-prefetch.ts), inputs prefetchInputs(next) last.
+ * run([x, q.weight, q.scales, q.biases, ...the variant's inputs]).
  */
 export const fusedPlans = {
   /** Inputs + res. */
-  residual: (
-    xShape: readonly number[],
-    dtype: Dtype,
-    q: QuantizedWeight,
-    config?: GemvConfig,
-    next?: QuantizedWeight | null,
-  ): KernelPlan => {
-    const [spec, template] = maybePrefetch(GEMV_RESIDUAL_KERNEL, {}, next);
-    return gemvPlan(spec, xShape, dtype, q, template, config);
-  },
+  residual: (xShape: readonly number[], dtype: Dtype, q: QuantizedWeight, config?: GemvConfig): KernelPlan =>
+    gemvPlan(GEMV_RESIDUAL_KERNEL, xShape, dtype, q, {}, config),
   /** Inputs + norm; output [..., N/2]. */
-  normSwiglu: (
-    xShape: readonly number[],
-    dtype: Dtype,
-    q: QuantizedWeight,
-    eps: number,
-    config?: GemvConfig,
-    next?: QuantizedWeight | null,
-  ) => {
+  normSwiglu: (xShape: readonly number[], dtype: Dtype, q: QuantizedWeight, eps: number, config?: GemvConfig) => {
     const n = q.weight.dim(0);
     if (n % 2 !== 0) throw new Error("quantizedGemvNormSwiglu: the weight needs an even row count");
     const shapes = [[...xShape.slice(0, -1), n / 2]];
-    const [spec, template] = maybePrefetch(GEMV_NORM_SWIGLU_KERNEL, { EPS_BITS: floatBits(eps) }, next);
-    return gemvPlan(spec, xShape, dtype, q, template, config ?? pairedConfig(n, rowsOf(xShape), xShape.at(-1)), shapes);
+    const template = { EPS_BITS: floatBits(eps) };
+    return gemvPlan(
+      GEMV_NORM_SWIGLU_KERNEL,
+      xShape,
+      dtype,
+      q,
+      template,
+      config ?? pairedConfig(n, rowsOf(xShape), xShape.at(-1)),
+      shapes,
+    );
   },
   /** Inputs + norm, rope_cs (ropeTable). */
   normRope: (
@@ -280,7 +271,6 @@ export const fusedPlans = {
     rope: Omit<FusedRope, "invFreq">,
     kvHeads: number,
     config?: GemvConfig,
-    next?: QuantizedWeight | null,
   ) => {
     const n = q.weight.dim(0);
     const k = (q.weight.dim(1) * 32) / q.bits;
@@ -294,12 +284,16 @@ export const fusedPlans = {
       [rows, kvHeads, 1, hd],
       [rows, kvHeads, 1, hd],
     ];
-    const [spec, template] = maybePrefetch(
+    const template = { ...ropeTemplate(eps, rope), QS: qs, KVS: kvs };
+    return gemvPlan(
       GEMV_NORM_ROPE_QKV_KERNEL,
-      { ...ropeTemplate(eps, rope), QS: qs, KVS: kvs },
-      next,
+      [rows, 1, k],
+      dtype,
+      q,
+      template,
+      config ?? pairedConfig(n, rows, k),
+      shapes,
     );
-    return gemvPlan(spec, [rows, 1, k], dtype, q, template, config ?? pairedConfig(n, rows, k), shapes);
   },
   /** Inputs + norm (GEMV_RMS_NORM_KERNEL). */
   norm: (xShape: readonly number[], dtype: Dtype, q: QuantizedWeight, eps: number, config?: GemvConfig) =>

@@ -20,7 +20,7 @@
 // and the launch plans are one unit; splitting them would scatter the template constants.
 import { Dtype, type MxArray } from "./array";
 import { CustomKernel, type KernelPlan, kernelLanguage } from "./kernels";
-import { CHUNK_PRODUCTS, PREFETCH_SOURCE } from "./kernels-gemv-chunk";
+import { CHUNK_PRODUCTS } from "./kernels-gemv-chunk";
 import {
   boundRows,
   GEMV_MMA_HEADER,
@@ -155,8 +155,6 @@ export interface GemvVariant {
   norm?: boolean;
   rows?: string;
   epilogue?: string;
-  /** Prefetch the next product's weights into L2 first (PREFETCH_SOURCE: inputs pf_*, PF_W, PF_S; kernels-gemv-prefetch.ts). */
-  prefetch?: boolean;
 }
 
 const PLAIN_ROWS = "rowi[r] = warp * ROWS + r;";
@@ -184,7 +182,7 @@ export type GemvBody = "scalar" | "split" | "mma";
 export function gemvSource(variant: GemvVariant = {}, kind: GemvBody = "scalar"): string {
   const source = kind === "split" ? GEMV_SPLIT_SOURCE : kind === "mma" ? GEMV_MMA_SOURCE : SOURCE;
   const bound = kind === "mma" ? boundRows : (hook: string) => hook;
-  return (variant.prefetch ? PREFETCH_SOURCE + source : source)
+  return source
     .replace("/*PROLOGUE*/", variant.norm ? bound(NORM_PROLOGUE) : "")
     .replaceAll("/*ROW_SLOTS*/", rowSlots(variant.rows ?? PLAIN_ROWS))
     .replace("/*EPILOGUE*/", bound(variant.epilogue ?? PLAIN_EPILOGUE))

@@ -214,11 +214,6 @@ export class DecoderModel implements LanguageModel {
     const w = layer.attention;
     const inNorm = layer.inputNorm.rms;
     const qkvW = inNorm ? fused.fusable(w.qkv.product, dtype) : null;
-    // The products' weights first: with PENSIEVE_GPU_PREFETCH each launch prefetches the next one's (gpu-fused.ts).
-    const outW = layer.attentionOutputNorm ? null : fused.fusable(w.out, dtype);
-    const mlpNorm = layer.mlpNorm.rms;
-    const swiglu = layer.mlp.swiglu;
-    const gateUpW = mlpNorm && swiglu ? fused.fusable(swiglu.gateUp, dtype) : null;
     let merged: MxArray;
     const rope = layer.rope ?? this.#rope;
     const qkNorms = w.qNorm !== undefined || w.kNorm !== undefined;
@@ -238,7 +233,7 @@ export class DecoderModel implements LanguageModel {
       // PENSIEVE_GPU_MEGA=1: the whole layer as one kernel where every piece applies (gpu-mega.ts).
       const oneKernel = kernel && megaLayer(step, c, layer, index, input, batch, inNorm, qkvW, kr, kernel);
       if (oneKernel) return oneKernel;
-      const [q, k, v] = step.normedQkvDecode(input, inNorm, qkvW, kr, c.numKvHeads, outW);
+      const [q, k, v] = step.normedQkvDecode(input, inNorm, qkvW, kr, c.numKvHeads);
       const writable = kernel && fused.attentionWritesKv() ? (batch.reserveWhole?.(index, dtype) ?? null) : null;
       const whole = kernel && !writable ? (batch.storeWhole?.(index, k, v) ?? null) : null;
       const heads = (t: MxArray) => mx.transpose(mx.reshape(t, [B, 1, c.numHeads, c.headDim]), [0, 2, 1, 3]);
@@ -259,30 +254,28 @@ export class DecoderModel implements LanguageModel {
       const [q, k, v] = w.qkv(layer.inputNorm(input));
       merged = this.#attend(index, layer, q, k, v, false, batch, ropeOffset, mask, regimes);
     }
+    const outW = layer.attentionOutputNorm ? null : fused.fusable(w.out, dtype);
     let mid: MxArray;
-    if (outW) mid = step.productPlusResidual(merged, outW, input, gateUpW);
+    if (outW) mid = step.productPlusResidual(merged, outW, input);
     else {
       let a = linear(merged, w.out);
       if (layer.attentionOutputNorm) a = layer.attentionOutputNorm(a);
       mid = mx.add(input, a);
     }
+    const mlpNorm = layer.mlpNorm.rms;
+    const swiglu = layer.mlp.swiglu;
+    const gateUpW = mlpNorm && swiglu ? fused.fusable(swiglu.gateUp, dtype) : null;
     if (!(mlpNorm && swiglu && gateUpW)) {
       let m = layer.mlp(layer.mlpNorm(mid));
       if (layer.mlpOutputNorm) m = layer.mlpOutputNorm(m);
       return mx.add(mid, m);
     }
+    const act = step.normedSwiglu(mid, mlpNorm, gateUpW);
     const downW = layer.mlpOutputNorm ? null : fused.fusable(swiglu.down, dtype);
-    const act = step.normedSwiglu(mid, mlpNorm, gateUpW, downW);
-    if (downW) return step.productPlusResidual(act, downW, mid, this.#nextQkv(index, dtype));
+    if (downW) return step.productPlusResidual(act, downW, mid);
     let m = linear(act, swiglu.down);
     if (layer.mlpOutputNorm) m = layer.mlpOutputNorm(m);
     return mx.add(mid, m);
-  }
-
-  /** The next layer's q|k|v weight where the fused kernels take it (its first product), else null. */
-  #nextQkv(index: number, dtype: mx.Dtype): mx.QuantizedWeight | null {
-    const next = this.#weights.layers[index + 1];
-    return next?.inputNorm.rms ? fused.fusable(next.attention.qkv.product, dtype) : null;
   }
 
   /** One layer's attention: projections, q/k norms, RoPE, the cache's attention (stores k/v, attends), output projection. */

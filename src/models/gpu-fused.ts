@@ -26,7 +26,6 @@ import { VERIFY_MAX_TOKENS, VerifyAttention, verifyAttentionSupports } from "../
 import { type GemvConfig, gemvConfig, gemvMmaFromRows, gemvSupports } from "../mlx/kernels-gemv";
 import { GEMV_MMA_MAX_ROWS, mmaBucket } from "../mlx/kernels-gemv-mma";
 import { type FusedRope, fusedPlans, pairedConfig, ropeTable } from "../mlx/kernels-gemv-fused";
-import { gemvPrefetchEnabled, prefetches, prefetchInputs } from "../mlx/kernels-gemv-prefetch";
 import type { Rope } from "./rope";
 import type { AttentionBatch, ForwardView } from "./types";
 import type { LinearWeight } from "./weights";
@@ -135,12 +134,6 @@ export function fusedLaunchCount(): number {
   return launches;
 }
 
-let prefetching = 0;
-/** Fused launches so far that prefetched the next product's weights (PENSIEVE_GPU_PREFETCH). */
-export function prefetchingLaunchCount(): number {
-  return prefetching;
-}
-
 /** Whether a forward of `rows` rows takes the fused path at all. */
 export function fusedForward(rows: number): boolean {
   return enabled && rows <= fusedRowsNow() && mx.getDevice() === "gpu";
@@ -190,8 +183,6 @@ const QKV_DECODE = 2;
 const RESIDUAL = 3;
 const SWIGLU = 4;
 const NORMED = 5;
-/** Added to a kind for its launches that prefetch the next product's weights (kernels-gemv-prefetch.ts). */
-const PREFETCHING = 8;
 /** Slots per kind: (B, L) as B * 32 + L, B up to 64. */
 const SLOTS = 4096;
 
@@ -307,51 +298,31 @@ export class FusedStep {
     q: mx.QuantizedWeight,
     rope: FusedRope,
     kvHeads: number,
-    next?: mx.QuantizedWeight | null,
   ): [MxArray, MxArray, MxArray] {
     launches++;
-    const pf = this.#prefetched(next);
-    const plan = planFor(q, this.#slot(QKV_DECODE, pf), () =>
-      fusedPlans.normRopeQkv(this.B, this.dtype, q, norm.eps, rope, kvHeads, undefined, pf),
+    const plan = planFor(q, QKV_DECODE * SLOTS + this.#shape, () =>
+      fusedPlans.normRopeQkv(this.B, this.dtype, q, norm.eps, rope, kvHeads),
     );
     const inputs = [h, q.weight, q.scales, q.biases as MxArray, norm.weight, this.#ropeTable(rope)];
-    return plan.run(pf ? [...inputs, ...prefetchInputs(pf)] : inputs) as [MxArray, MxArray, MxArray];
+    return plan.run(inputs) as [MxArray, MxArray, MxArray];
   }
 
-  /** res + x @ W.T in one kernel (`next`: prefetch that weight, see #prefetched). */
-  productPlusResidual(x: MxArray, q: mx.QuantizedWeight, res: MxArray, next?: mx.QuantizedWeight | null): MxArray {
+  /** res + x @ W.T in one kernel. */
+  productPlusResidual(x: MxArray, q: mx.QuantizedWeight, res: MxArray): MxArray {
     launches++;
-    const pf = this.#prefetched(next);
-    const plan = planFor(q, this.#slot(RESIDUAL, pf), () =>
-      fusedPlans.residual(this.#xShape(q), this.dtype, q, this.#config(q, this.B * this.L, false), pf),
+    const plan = planFor(q, RESIDUAL * SLOTS + this.#shape, () =>
+      fusedPlans.residual(this.#xShape(q), this.dtype, q, this.#config(q, this.B * this.L, false)),
     );
-    const inputs = [x, q.weight, q.scales, q.biases as MxArray, res];
-    return plan.run(pf ? [...inputs, ...prefetchInputs(pf)] : inputs)[0] as MxArray;
+    return plan.run([x, q.weight, q.scales, q.biases as MxArray, res])[0] as MxArray;
   }
 
-  /** norm -> gate|up -> silu(gate) * up in one kernel (`next`: prefetch that weight, see #prefetched). */
-  normedSwiglu(h: MxArray, norm: Norm, q: mx.QuantizedWeight, next?: mx.QuantizedWeight | null): MxArray {
+  /** norm -> gate|up -> silu(gate) * up in one kernel. */
+  normedSwiglu(h: MxArray, norm: Norm, q: mx.QuantizedWeight): MxArray {
     launches++;
-    const pf = this.#prefetched(next);
-    const plan = planFor(q, this.#slot(SWIGLU, pf), () =>
-      fusedPlans.normSwiglu(this.#xShape(q), this.dtype, q, norm.eps, this.#config(q, this.B * this.L, true), pf),
+    const plan = planFor(q, SWIGLU * SLOTS + this.#shape, () =>
+      fusedPlans.normSwiglu(this.#xShape(q), this.dtype, q, norm.eps, this.#config(q, this.B * this.L, true)),
     );
-    const inputs = [h, q.weight, q.scales, q.biases as MxArray, norm.weight];
-    return plan.run(pf ? [...inputs, ...prefetchInputs(pf)] : inputs)[0] as MxArray;
-  }
-
-  /**
-   * The weight a launch prefetches into L2 for the launch after it (PENSIEVE_GPU_PREFETCH: decode steps of one
-   * token a row only, where each product is latency-bound), or null.
-   */
-  #prefetched(next: mx.QuantizedWeight | null | undefined): mx.QuantizedWeight | null {
-    if (!(this.L === 1 && gemvPrefetchEnabled() && prefetches(next))) return null;
-    prefetching++;
-    return next;
-  }
-
-  #slot(kind: number, prefetching: mx.QuantizedWeight | null): number {
-    return (prefetching ? kind + PREFETCHING : kind) * SLOTS + this.#shape;
+    return plan.run([h, q.weight, q.scales, q.biases as MxArray, norm.weight])[0] as MxArray;
   }
 
   /** norm -> product (the final norm -> lm_head, x [B, rows, K]) in one kernel. */

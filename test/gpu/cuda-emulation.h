@@ -31,7 +31,7 @@ struct float4 { float x, y, z, w; };
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 struct float2 { float x, y; };
 struct EmuDim { unsigned x = 0, y = 0, z = 0; };
-thread_local EmuDim threadIdx, blockIdx, gridDim, blockDim;
+thread_local EmuDim threadIdx, blockIdx, gridDim;
 using std::min;
 using std::max;
 
@@ -214,9 +214,6 @@ inline void emu_launch(unsigned grid, unsigned block, const std::function<void()
             gridDim.x = blocks;
             gridDim.y = gridY;
             gridDim.z = 1;
-            blockDim.x = block;
-            blockDim.y = 1;
-            blockDim.z = 1;
             kernel();
             syncs[q]->arrive_and_drop();
             cluster.sync.arrive_and_drop();
@@ -261,9 +258,6 @@ inline void emu_launch_all(unsigned grid, unsigned block, const std::function<vo
         gridDim.x = blocks;
         gridDim.y = 1;
         gridDim.z = 1;
-        blockDim.x = block;
-        blockDim.y = 1;
-        blockDim.z = 1;
         kernel();
         syncs[b]->arrive_and_drop();
       });

@@ -9,7 +9,6 @@ import {
   GEMV_NORM_SWIGLU_KERNEL,
   GEMV_RESIDUAL_KERNEL,
 } from "../../src/mlx/kernels-gemv-fused";
-import { prefetchSpec } from "../../src/mlx/kernels-gemv-prefetch";
 import { EMULATION_HEADER, emulationCompiler, ropeTableCode, runEmulated } from "./emulate";
 
 type Variant = "residual" | "swiglu" | "rope" | "rope-qkv";
@@ -29,8 +28,6 @@ interface Case {
   posScale?: number;
   /** Each row's position: 37 + 1000 m (default), or 500 + m as in a verify pass (offset + m). */
   consecutive?: boolean;
-  /** The prefetching kernel (PENSIEVE_GPU_PREFETCH), handed its own weights as the next product's. */
-  prefetch?: boolean;
 }
 
 const EPS = 1e-5;
@@ -59,8 +56,7 @@ function program(c: Case): string {
   const constants = `constexpr int M = ${c.m}, N = ${c.n}, K = ${c.k}, ROWS = ${c.rows}, WARPS = ${c.warps}, GROUP = ${c.group};
   constexpr int EPS_BITS = ${bits(EPS)}, HD = ${hd}, ROTATED = ${c.rotated ?? 0}, POS_SCALE_BITS = ${bits(c.posScale ?? 1)};
   constexpr bool TRADITIONAL = ${c.traditional ? "true" : "false"};
-  constexpr int QS = ${qs}, KVS = ${kvs};
-  constexpr int PF_W = N * K / 2, PF_S = N * (K / GROUP) * 2;`;
+  constexpr int QS = ${qs}, KVS = ${kvs};`;
   return `#include "${EMULATION_HEADER}"
 #include <cstdio>
 #include <random>
@@ -70,12 +66,10 @@ void kernel(const ${T}* x, const uint32_t* w, const ${T}* scales, const ${T}* bi
             const int32_t* pos, const float* inv_freq, const float* rope_cs, ${T}* y) {
   using T = ${T};
   ${constants}
-  const uint32_t* pf_w = w; const ${T}* pf_s = scales; const ${T}* pf_b = biases;
-  (void)pf_w; (void)pf_s; (void)pf_b; (void)PF_W; (void)PF_S;
   ${T}* q = y; ${T}* k = y + M * QS; ${T}* v = y + M * (QS + KVS);
   (void)q; (void)k; (void)v; (void)QS; (void)KVS;
   (void)res; (void)norm; (void)pos; (void)inv_freq; (void)rope_cs; (void)HD; (void)ROTATED; (void)POS_SCALE_BITS; (void)TRADITIONAL; (void)EPS_BITS;
-${c.prefetch ? prefetchSpec(spec).source : spec.source}
+${spec.source}
 }
 }  // namespace mlx::core::cu
 int main() {
@@ -155,7 +149,7 @@ ${ropeTableCode("HD", `float(${c.posScale ?? 1})`)}  for (size_t i = 0; i < s.si
 }
 
 function run(c: Case): { rel: number; unwritten: number } {
-  const name = `${c.variant}-${c.dtype}-${c.m}-${c.n}-${c.k}-${c.rows}-${c.group}${c.traditional ? "-trad" : ""}${c.consecutive ? "-seq" : ""}${c.prefetch ? "-pf" : ""}`;
+  const name = `${c.variant}-${c.dtype}-${c.m}-${c.n}-${c.k}-${c.rows}-${c.group}${c.traditional ? "-trad" : ""}${c.consecutive ? "-seq" : ""}`;
   return runEmulated("gemv-fused-emulated", name, program(c));
 }
 
@@ -223,12 +217,8 @@ describe.skipIf(!emulationCompiler)("fused 4-bit GEMV variants, emulated on the 
       consecutive: true,
     },
   ];
-  // The prefetching kernels of a decode step (PENSIEVE_GPU_PREFETCH; the prefetch is compiled out here): the
-  // one-row residual, SwiGLU and q|k|v cases again.
-  const oneRow = (v: Variant) => cases.find((c) => c.m === 1 && c.variant === v) as Case;
-  cases.push(...(["residual", "swiglu", "rope-qkv"] as Variant[]).map((v) => ({ ...oneRow(v), prefetch: true })));
   for (const c of cases) {
-    test(`${c.variant} ${c.dtype} M=${c.m} N=${c.n} K=${c.k} rows/warp ${c.rows} group ${c.group}${c.traditional ? " traditional" : ""}${c.prefetch ? " prefetching" : ""}`, () => {
+    test(`${c.variant} ${c.dtype} M=${c.m} N=${c.n} K=${c.k} rows/warp ${c.rows} group ${c.group}${c.traditional ? " traditional" : ""}`, () => {
       const r = run(c);
       expect(r.unwritten).toBe(0);
       expect(r.rel).toBeLessThan(TOLERANCE[c.dtype]);

@@ -19,7 +19,6 @@ import {
   GEMV_RESIDUAL_KERNEL,
   ROPE_TABLE_KERNEL,
 } from "../../src/mlx/kernels-gemv-fused";
-import { prefetchSpec } from "../../src/mlx/kernels-gemv-prefetch";
 import { type CudaType, type NvrtcKernel, nvrtcAvailable, nvrtcCompile, ptxasResources } from "./nvrtc";
 
 const H = "__half" as CudaType;
@@ -192,45 +191,6 @@ cases.push({
     },
   },
 });
-// The decode launches that prefetch the next product's weights (PENSIEVE_GPU_PREFETCH): q|k|v -> o, o -> gate|up,
-// gate|up -> down, down -> the next q|k|v (Phi-3-mini's byte counts).
-const prefetchInputs = [
-  { name: "pf_w", type: "uint32_t" as CudaType },
-  { name: "pf_s", type: H },
-  { name: "pf_b", type: H },
-];
-const pfBytes = (n: number, k: number) => ({ PF_W: (n * k) / 2, PF_S: (n * k) / 32 });
-const qkvDecode = cases.at(-1)?.kernel as NvrtcKernel;
-cases.push(
-  {
-    label: "prefetching: rms_norm + rope, q/k/v outputs (decode) M=1",
-    kernel: {
-      ...qkvDecode,
-      source: prefetchSpec(GEMV_NORM_ROPE_QKV_KERNEL).source,
-      name: prefetchSpec(GEMV_NORM_ROPE_QKV_KERNEL).name,
-      inputs: [...qkvDecode.inputs, ...prefetchInputs],
-      template: { ...qkvDecode.template, ...pfBytes(3072, 3072) },
-    },
-  },
-  {
-    label: "prefetching: residual (o) M=1",
-    kernel: {
-      ...prefetchSpec(GEMV_RESIDUAL_KERNEL),
-      inputs: [...gemvInputs([{ name: "res", type: H }]), ...prefetchInputs],
-      outputs: out,
-      template: { ...gemvTemplate(1, 3072, 3072, 2), ...pfBytes(16384, 3072) },
-    },
-  },
-  {
-    label: "prefetching: rms_norm + swiglu (gate|up) M=1",
-    kernel: {
-      ...prefetchSpec(GEMV_NORM_SWIGLU_KERNEL),
-      inputs: [...gemvInputs([{ name: "norm", type: H }]), ...prefetchInputs],
-      outputs: out,
-      template: { ...gemvTemplate(1, 16384, 3072, 4), ...pfBytes(3072, 8192) },
-    },
-  },
-);
 const attentionInputs = [
   { name: "q", type: H },
   { name: "kc", type: H, shape: true },
