@@ -342,6 +342,49 @@ next3)
       --out-dir "$OUT/load32-${v#*=}" 2>&1 | grep -E '^\| pensieve' | sed "s/^/$v /" || true
   done
   ;;
+next8)
+  # Issue 11, 2026-12-07 (tenth session), call 1 of 2: the layer megakernel ordered by tickets (no grid barrier),
+  # blocks of 4 warps (PENSIEVE_GPU_MEGA=1, off by default): its GPU tests (bit for bit against the five fused
+  # kernels with the attention at 4 warps; greedy tokens of tiny Llama / Phi-3), then alternating step-split rounds
+  # (pipelined tok/s): default fused / megakernel / megakernel at 8 blocks an SM (64 registers) / megakernel in
+  # blocks of 16 warps; a step as one CUDA graph (device time) for the first two. After prepare; ~7 minutes.
+  mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
+  timeout 200 bun test --timeout 180000 ./dist/test-gpu/fused.test.js -t megakernel 2>&1 |
+    grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -30 | tee "$OUT/mega-tests.txt" || true
+  for r in 1 2 3; do
+    for v in X=0 PENSIEVE_GPU_MEGA=1 "PENSIEVE_GPU_MEGA=1 PENSIEVE_GPU_MEGA_BLOCKS_PER_SM=8" \
+      "PENSIEVE_GPU_MEGA=1 PENSIEVE_GPU_MEGA_WARPS=16"; do
+      env $v timeout 45 bun dist/bench/gpu/step-split.js "$MODEL" --steps 64 2>&1 | grep -E '^\| (pipe|median)|rror' |
+        sed "s/^/r$r $v /" | tee -a "$OUT/ab.md" || true
+    done
+  done
+  for v in X=0 PENSIEVE_GPU_MEGA=1; do
+    env MLX_MAX_OPS_PER_BUFFER=1000 MLX_MAX_MB_PER_BUFFER=1000000 $v timeout 45 bun dist/bench/gpu/step-split.js "$MODEL" \
+      --steps 48 2>&1 | grep -E '^\| median|rror' | sed "s/^/one-graph $v /" | tee -a "$OUT/ab.md" || true
+  done
+  ;;
+next9)
+  # Call 2 of 2: one stream 128 -> 256 against mlx-lm (default path), then the megakernel alone (MEGA_ENV, default
+  # PENSIEVE_GPU_MEGA=1); greedy text of the full-size Phi-3, megakernel against the fused path with its attention at
+  # the megakernel's 4 warps (same numerics: equal expected); the verify pass's GPU test and Phi-3 drift. ~5 minutes.
+  timeout 130 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve,mlx-lm --python $PY \
+    --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 2 \
+    --out-dir "$OUT/single" 2>&1 | grep -E '^\| (pensieve|mlx)' || true
+  env ${MEGA_ENV:-PENSIEVE_GPU_MEGA=1} timeout 100 bun dist/bench/run.js generate --model "$MODEL" --device gpu \
+    --engines pensieve --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 2 \
+    --out-dir "$OUT/single-mega" 2>&1 | grep -E '^\| pensieve' | sed 's/^| pensieve/| pensieve mega/' || true
+  for m in 0 1; do
+    env PENSIEVE_GPU_FUSED_ATTENTION_WARPS=4 PENSIEVE_GPU_MEGA=$m timeout 90 bun dist/src/cli.js generate \
+      --model "$MODEL" --raw --prompt "Hello there" --max-tokens 100 --device gpu > "$OUT/text-mega$m.txt" 2>&1
+    echo "mega=$m (rc $?): $(tail -1 "$OUT/text-mega$m.txt")" | tee -a "$OUT/text.md"
+  done
+  cmp -s <(sed '$d' "$OUT/text-mega0.txt") <(sed '$d' "$OUT/text-mega1.txt") && r=equal || r=DIFFERENT
+  echo "greedy text, megakernel against the fused path (attention at 4 warps): $r" | tee -a "$OUT/text.md"
+  mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
+  timeout 100 bun test --timeout 90000 ./dist/test-gpu/verify-logits.test.js 2>&1 |
+    grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -20 | tee -a "$OUT/tests.txt" || true
+  timeout 50 bun dist/bench/gpu/verify-drift.js "$MODEL" --tokens 128 2>&1 | tee -a "$OUT/verify-drift.md" || true
+  ;;
 next7)
   # Issue 11, 2026-12-07 (ninth session), one call for a short lease: the per-position head's GPU test, alternating
   # step-split rounds (default graph size: pipelined tok/s; one CUDA graph a step: device time) of the kernel text

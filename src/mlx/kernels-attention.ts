@@ -273,13 +273,13 @@ export const DECODE_ATTENTION_COMBINE_KERNEL: Spec = {
 };
 
 /**
- * Warps per block: as many as the shared memory of the merge allows, up to 16
- * (one block per row and kv head is only 32 blocks for Phi-3 at one row: more
+ * Warps per block: as many as the shared memory of the merge allows, up to `most`
+ * (16: one block per row and kv head is only 32 blocks for Phi-3 at one row: more
  * warps each walk fewer keys, which is the latency of a short context).
  */
-export function attentionWarps(heads: number, kvHeads: number, headDim: number): number {
+export function attentionWarps(heads: number, kvHeads: number, headDim: number, most = 16): number {
   const g = heads / kvHeads;
-  for (const w of [16, 8, 4]) if (w * g * headDim * 4 <= 32 * 1024) return w;
+  for (const w of [16, 8, 4]) if (w <= most && w * g * headDim * 4 <= 32 * 1024) return w;
   return 0;
 }
 /** Keys per split: longer contexts get more blocks (flash-decoding); PENSIEVE_FUSED_KEYS_PER_SPLIT overrides. */
@@ -318,11 +318,6 @@ export function decodeAttentionSupports(heads: number, kvHeads: number, headDim:
     attentionWarps(heads, kvHeads, headDim) > 0 &&
     (dtype === Dtype.float16 || dtype === Dtype.bfloat16)
   );
-}
-
-/** Keys per split of the merged form now (the layer kernel computes the same splits on the device). */
-export function mergedKeysPerSplit(): number {
-  return mergedKeysPerSplitNow;
 }
 
 /** Keys each warp loads per round (KB), as DecodeAttention instantiates it. */
@@ -366,7 +361,15 @@ export class DecodeAttention {
   readonly #template: Record<string, number | { dtype: Dtype }>;
   readonly #plans = new Map<number, { main: KernelPlan; combine: KernelPlan | null }>();
 
-  constructor(heads: number, kvHeads: number, headDim: number, dtype: Dtype, scale: number) {
+  /** `warps`: the block's (attentionWarps up to 16 by default; the layer megakernel's blocks have 4). */
+  constructor(
+    heads: number,
+    kvHeads: number,
+    headDim: number,
+    dtype: Dtype,
+    scale: number,
+    warps = attentionWarps(heads, kvHeads, headDim),
+  ) {
     if (!decodeAttentionSupports(heads, kvHeads, headDim, dtype))
       throw new Error(`decode attention: ${heads}/${kvHeads} heads of ${headDim} are not supported`);
     this.heads = heads;
@@ -375,7 +378,9 @@ export class DecodeAttention {
     this.dtype = dtype;
     this.scale = scale;
     const scaleBits = new Int32Array(Float32Array.of(scale * Math.LOG2E).buffer)[0] as number;
-    this.warps = attentionWarps(heads, kvHeads, headDim);
+    if (warps <= 0 || warps > attentionWarps(heads, kvHeads, headDim))
+      throw new Error(`decode attention: ${warps} warps for ${heads}/${kvHeads} heads of ${headDim}`);
+    this.warps = warps;
     this.#template = {
       T: { dtype },
       H: heads,
@@ -482,12 +487,13 @@ export function decodeAttention(
   splits = attentionSplits(keys),
   fresh?: [MxArray, MxArray],
   counter?: MxArray,
+  warps?: number,
 ): MxArray {
   const [B, kvHeads, , hd] = kc.shape as [number, number, number, number];
-  const key = `${heads}|${kvHeads}|${hd}|${q.dtype}|${scale}`;
+  const key = `${heads}|${kvHeads}|${hd}|${q.dtype}|${scale}|${warps}`;
   let a = shared.get(key);
   if (!a) {
-    a = new DecodeAttention(heads, kvHeads, hd, q.dtype, scale);
+    a = new DecodeAttention(heads, kvHeads, hd, q.dtype, scale, warps);
     shared.set(key, a);
   }
   return a.run(q, kc, vc, pos, B, keys, splits, fresh, counter);

@@ -1,37 +1,43 @@
-// One persistent CUDA kernel per decoder layer for decode (B <= 4 rows of one new
-// token), in five phases separated by a software grid barrier:
+// One CUDA kernel per decoder layer for decode (B <= 4 rows of one new token), in
+// five phases, each a range of the launch's blocks:
 //   P1 RMSNorm -> q|k|v GEMV -> RoPE        q, k, v (scratch)
 //   P2 attention over the cache             stores k/v at column pos[b] of kc/vc,
 //                                           splits merged by the last block (MERGE_LAST)
 //   P3 o GEMV + residual                    h2 (scratch)
 //   P4 RMSNorm -> gate|up GEMV -> SwiGLU    act (scratch)
 //   P5 down GEMV + residual                 y (the layer's output)
-// A decode step is bound by MLX's per-primitive host work (~10-14 us a graph node),
+// A decode step is bound by MLX's per-primitive host work (~7-10 us a graph node),
 // so one node a layer instead of five is the point.
 //
 // Each phase is the fused path's own kernel body (kernels-gemv-fused.ts,
 // kernels-attention.ts) turned into a templated device function over a
 // "virtual block": blockIdx.x/y and gridDim.y are replaced by arguments, so each
 // output is computed by the same code in the same order as the fused path's
-// kernels (greedy tokens equal). The grid is as many blocks as can be resident at
-// once (one per SM); each block loops over the phase's virtual blocks. A block has
-// the attention's warps (16 for Phi-3); the GEMV phases (4 warps a virtual block,
-// as gemvConfig launches them) run SUBS = warps/4 virtual blocks side by side,
-// each with its own slice of the shared memory, in rounds of equal length so that
-// every thread meets the same __syncthreads.
+// kernels (greedy tokens equal, with the attention at the block's warps). A block
+// has 4 warps by default (layerTemplate's blockWarps; the attention's at most): with
+// more, the GEMV phases (4 warps a virtual block, as gemvConfig launches them) run
+// SUBS = warps/4 virtual blocks side by side, each with its own slice of the shared
+// memory, so that every thread meets the same __syncthreads.
+//
+// Ordering without a grid barrier (the first form, a persistent grid with four
+// barriers, ran a step in 6.6 ms against the five kernels' 3.0 on an H200): each
+// block takes a ticket (an atomic counter) as it starts, so tickets follow the
+// order blocks are running; tickets map to the phases in order, and a block of
+// phase p waits until every block of phase p-1 has counted itself done. A block
+// only ever waits on lower tickets, already running, so any grid size is safe
+// (no co-residency needed), and the next phase's blocks start as SMs free up.
+// The grid is layerBlocks()'s: the attention's splits are what it leaves to P2.
 //
 // Activations of the phases are read through L2 (__ldcg for the GEMVs' __ldg): they
-// are written in the same launch. The grid barrier: counter and generation in a persistent int32 buffer `sync`
-// ([2 + B*HKV]: then the attention's split tickets), zero between launches; it
-// traps instead of hanging when the grid is not co-resident (too many blocks).
+// are written in the same launch. `sync` is a persistent int32 buffer [8 + B*HKV]:
+// the ticket, each phase's done count, then the attention's split tickets; the
+// last block of P5 puts it back to zero for the next launch.
 import type { Dtype } from "./array";
 import {
-  ATTENTION_MAX_SPLITS,
   attentionKeysPerRound,
   attentionWarps,
   DECODE_ATTENTION_MERGED_WRITE_KERNEL,
   DECODE_ATTENTION_WRITE_KERNEL,
-  mergedKeysPerSplit,
 } from "./kernels-attention";
 import { GEMV_KERNEL, gemvConfig } from "./kernels-gemv";
 import {
@@ -43,6 +49,12 @@ import {
 
 /** Warps of a GEMV virtual block (gemvConfig's). */
 export const LAYER_GEMV_WARPS = 4;
+/**
+ * Warps of a block (the attention's; GEMV phases run blockWarps/4 virtual blocks side by side): 4 by default,
+ * the GEMV kernels' own blocks: o and down are then 192 blocks over every SM, as their kernels are (at 16
+ * warps they were 48 blocks on 48 of an H100's 132 SMs).
+ */
+export const LAYER_BLOCK_WARPS = 4;
 
 // The bodies' launch geometry must all have become virtual-block arguments (a body that
 // gains another use of blockIdx/gridDim would silently compute on the physical block).
@@ -92,10 +104,11 @@ ${body}
 `;
 }
 
-// As cooperative groups' grid sync: the last block to arrive resets the count and bumps the
-// generation the others poll (volatile loads: L2, no atomic traffic); ~2^22 polls (seconds; a phase takes microseconds)
-// mean a grid that is not co-resident: trap rather than hang.
-const BARRIER = `
+// A phase waits for the one before it (its done count reaching that phase's blocks);
+// polls are volatile loads (L2, no atomic traffic). A phase's end: every thread's
+// writes, then thread 0's fence and count (as cooperative groups' grid sync).
+// ~2^24 polls (seconds) without progress cannot happen with a right grid: trap.
+const PHASES = `
 __device__ __forceinline__ int pv_poll(int* p) {
 #ifdef PV_EMULATION
   return atomicAdd(p, 0);
@@ -103,29 +116,31 @@ __device__ __forceinline__ int pv_poll(int* p) {
   return *reinterpret_cast<volatile int*>(p);
 #endif
 }
-__device__ __forceinline__ void pv_grid_sync(int* sync) {
-  __syncthreads();
+__device__ __forceinline__ void pv_phase_wait(int* done, int blocks) {
   if (threadIdx.x == 0) {
-    const int gen = pv_poll(sync + 1);
-    __threadfence();
-    if (atomicAdd(sync, 1) == (int)gridDim.x - 1) {
-      atomicExch(sync, 0);
-      __threadfence();
-      atomicAdd(sync + 1, 1);
-    } else {
-      unsigned polls = 0;
-      while (pv_poll(sync + 1) == gen) {
-        __nanosleep(64);
-        if (++polls == (1u << 22)) __trap();
-      }
+    unsigned polls = 0;
+    while (pv_poll(done) < blocks) {
+      __nanosleep(32);
+      if (++polls == (1u << 24)) __trap();
     }
     __threadfence();
   }
   __syncthreads();
 }
+// Returns whether this block was the phase's last.
+__device__ __forceinline__ bool pv_phase_done(int* done, int blocks) {
+  __shared__ bool pv_last_done;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    pv_last_done = atomicAdd(done, 1) == blocks - 1;
+  }
+  __syncthreads();
+  return pv_last_done;
+}
 `;
 
-const HEADER = `${GEMV_KERNEL.header}${DECODE_ATTENTION_WRITE_KERNEL.header}${BARRIER}${gemvPhase(
+const HEADER = `${GEMV_KERNEL.header}${DECODE_ATTENTION_WRITE_KERNEL.header}${PHASES}${gemvPhase(
   "pv_phase_qkv",
   GEMV_NORM_ROPE_QKV_POS_KERNEL.source,
   [...GEMV_CONSTANTS, "EPS_BITS", "HD", "ROTATED", "TRADITIONAL", "POS_SCALE_BITS", "QS", "KVS"],
@@ -143,70 +158,68 @@ const HEADER = `${GEMV_KERNEL.header}${DECODE_ATTENTION_WRITE_KERNEL.header}${BA
 
 // Template: T, B, D (hidden), FF (intermediate), GW (GEMV warps), AW (attention warps = the block's),
 // QKV_N/QKV_ROWS/QKV_GROUP, O_ROWS/O_GROUP, GU_ROWS/GU_GROUP, DN_ROWS/DN_GROUP, EPS1_BITS, EPS2_BITS,
-// HD, ROTATED, TRADITIONAL, POS_SCALE_BITS, QS, KVS, H, HKV, SCALE_BITS, KB, KPS (keys per split), MAX_SPLITS.
+// HD, ROTATED, TRADITIONAL, POS_SCALE_BITS, QS, KVS, H, HKV, SCALE_BITS, KB.
+// The blocks of each phase: as layerBlocks() counts them.
 const SOURCE = `
   constexpr int SUBS = AW / GW;
   const int pv_sub = threadIdx.x / (GW * 32);
   const int pv_tid = threadIdx.x % (GW * 32);
   int* sync = const_cast<int*>(sync_state);
-  const int nb = gridDim.x;
-  // Rounds of SUBS virtual blocks a block: every thread runs the same rounds (a virtual block past
-  // the phase's end returns after its prologue, as a real block past N does).
-  auto gemv_rounds = [&](int vbs) { return (vbs + nb * SUBS - 1) / (nb * SUBS); };
-  auto gemv_vb = [&](int r) { return (r * nb + (int)blockIdx.x) * SUBS + pv_sub; };
-  // P1: RMSNorm -> q|k|v -> RoPE.
-  {
-    constexpr int VBS = (QKV_N / QKV_ROWS + GW - 1) / GW;
-    for (int r = 0; r < gemv_rounds(VBS); ++r) {
-      pv_phase_qkv<T, B, QKV_N, D, QKV_ROWS, GW, QKV_GROUP, EPS1_BITS, HD, ROTATED, TRADITIONAL, POS_SCALE_BITS, QS, KVS, SUBS>(
-          gemv_vb(r), pv_tid, pv_sub, x, w_qkv, s_qkv, b_qkv, norm1, pos, inv_freq, q, kn, vn);
-      __syncthreads();
-    }
+  constexpr int P1 = ((QKV_N / QKV_ROWS + GW - 1) / GW + SUBS - 1) / SUBS;
+  constexpr int P3 = ((D / O_ROWS + GW - 1) / GW + SUBS - 1) / SUBS;
+  constexpr int P4 = ((2 * FF / GU_ROWS + GW - 1) / GW + SUBS - 1) / SUBS;
+  constexpr int P5 = ((D / DN_ROWS + GW - 1) / GW + SUBS - 1) / SUBS;
+  // The attention's splits, as the fused path's kernel reads them from its grid (layerBlocks).
+  const int p2 = (int)gridDim.x - (P1 + P3 + P4 + P5);
+  const int splits = p2 / (B * HKV);
+  __shared__ int pv_ticket;
+  if (threadIdx.x == 0) pv_ticket = atomicAdd(sync, 1);
+  __syncthreads();
+  int t = pv_ticket;
+  if (t < P1) {
+    // P1: RMSNorm -> q|k|v -> RoPE.
+    pv_phase_qkv<T, B, QKV_N, D, QKV_ROWS, GW, QKV_GROUP, EPS1_BITS, HD, ROTATED, TRADITIONAL, POS_SCALE_BITS, QS, KVS, SUBS>(
+        t * SUBS + pv_sub, pv_tid, pv_sub, x, w_qkv, s_qkv, b_qkv, norm1, pos, inv_freq, q, kn, vn);
+    pv_phase_done(sync + 1, P1);
+    return;
   }
-  pv_grid_sync(sync);
-  // P2: attention over keys 0..pos[b]; the new key/value stored at column pos[b]. Splits as the fused
-  // path picks them (mergedAttentionSplits: KPS keys a split over the longest row).
-  {
-    int longest = 0;
-    for (int b = 0; b < B; ++b) longest = max(longest, pos[b] + 1);
-    const int splits = min(MAX_SPLITS, max(1, (longest + KPS - 1) / KPS));
-    const int vbs = B * HKV * splits;
-    for (int vb = blockIdx.x; vb < vbs; vb += nb) {
-      if (splits == 1)
-        pv_phase_attention<T, H, HKV, HD, AW, SCALE_BITS, KB>(vb, 0, 1, q, kc, kc_shape, vc, pos, kn, vn, attn);
-      else
-        pv_phase_attention_merged<T, H, HKV, HD, AW, SCALE_BITS, KB>(vb % (B * HKV), vb / (B * HKV), splits, q, kc,
-            kc_shape, vc, pos, kn, vn, sync + 2, attn, part, stats);
-      __syncthreads();
-    }
+  t -= P1;
+  if (t < p2) {
+    // P2: attention over keys 0..pos[b]; the new key/value stored at column pos[b].
+    pv_phase_wait(sync + 1, P1);
+    if (splits == 1)
+      pv_phase_attention<T, H, HKV, HD, AW, SCALE_BITS, KB>(t, 0, 1, q, kc, kc_shape, vc, pos, kn, vn, attn);
+    else
+      pv_phase_attention_merged<T, H, HKV, HD, AW, SCALE_BITS, KB>(t % (B * HKV), t / (B * HKV), splits, q, kc,
+          kc_shape, vc, pos, kn, vn, sync + 8, attn, part, stats);
+    pv_phase_done(sync + 2, p2);
+    return;
   }
-  pv_grid_sync(sync);
-  // P3: o product + residual.
-  {
-    constexpr int VBS = (D / O_ROWS + GW - 1) / GW;
-    for (int r = 0; r < gemv_rounds(VBS); ++r) {
-      pv_phase_residual<T, B, D, H * HD, O_ROWS, GW, O_GROUP, SUBS>(gemv_vb(r), pv_tid, pv_sub, attn, w_o, s_o, b_o, x, h2);
-      __syncthreads();
-    }
+  t -= p2;
+  if (t < P3) {
+    // P3: o product + residual.
+    pv_phase_wait(sync + 2, p2);
+    pv_phase_residual<T, B, D, H * HD, O_ROWS, GW, O_GROUP, SUBS>(t * SUBS + pv_sub, pv_tid, pv_sub, attn, w_o, s_o, b_o, x, h2);
+    pv_phase_done(sync + 3, P3);
+    return;
   }
-  pv_grid_sync(sync);
-  // P4: RMSNorm -> gate|up -> SwiGLU.
-  {
-    constexpr int VBS = (2 * FF / GU_ROWS + GW - 1) / GW;
-    for (int r = 0; r < gemv_rounds(VBS); ++r) {
-      pv_phase_swiglu<T, B, 2 * FF, D, GU_ROWS, GW, GU_GROUP, EPS2_BITS, SUBS>(gemv_vb(r), pv_tid, pv_sub, h2, w_gu, s_gu,
-          b_gu, norm2, act);
-      __syncthreads();
-    }
+  t -= P3;
+  if (t < P4) {
+    // P4: RMSNorm -> gate|up -> SwiGLU.
+    pv_phase_wait(sync + 3, P3);
+    pv_phase_swiglu<T, B, 2 * FF, D, GU_ROWS, GW, GU_GROUP, EPS2_BITS, SUBS>(t * SUBS + pv_sub, pv_tid, pv_sub, h2, w_gu,
+        s_gu, b_gu, norm2, act);
+    pv_phase_done(sync + 4, P4);
+    return;
   }
-  pv_grid_sync(sync);
-  // P5: down product + residual.
-  {
-    constexpr int VBS = (D / DN_ROWS + GW - 1) / GW;
-    for (int r = 0; r < gemv_rounds(VBS); ++r) {
-      pv_phase_residual<T, B, D, FF, DN_ROWS, GW, DN_GROUP, SUBS>(gemv_vb(r), pv_tid, pv_sub, act, w_dn, s_dn, b_dn, h2, y);
-      __syncthreads();
-    }
+  t -= P4;
+  // P5: down product + residual. Its last block leaves the counts at zero: every other block has
+  // counted itself done by then, and every ticket is taken.
+  pv_phase_wait(sync + 4, P4);
+  pv_phase_residual<T, B, D, FF, DN_ROWS, GW, DN_GROUP, SUBS>(t * SUBS + pv_sub, pv_tid, pv_sub, act, w_dn, s_dn, b_dn, h2, y);
+  if (pv_phase_done(sync + 5, P5) && threadIdx.x == 0) {
+    for (int i = 0; i < 6; ++i) atomicExch(sync + i, 0);
+    __threadfence();
   }
 `;
 
@@ -288,13 +301,17 @@ const floatBits = (v: number) => new Int32Array(Float32Array.of(v).buffer)[0] as
  * (rows per warp by gemvConfig / pairedConfig, the attention's warps, keys per
  * round and keys per split), so each phase computes what its kernel would.
  */
-export function layerTemplate(s: LayerShape, c: LayerConstants): Record<string, number | boolean> {
+export function layerTemplate(
+  s: LayerShape,
+  c: LayerConstants,
+  blockWarps = LAYER_BLOCK_WARPS,
+): Record<string, number | boolean> {
   const { rows: B, heads: H, kvHeads: HKV, headDim: HD } = s;
   const qs = H * HD;
   const kvs = HKV * HD;
   const qkvN = qs + 2 * kvs;
-  const aw = attentionWarps(H, HKV, HD);
-  if (aw % LAYER_GEMV_WARPS !== 0) throw new Error(`layer kernel: ${aw} attention warps`);
+  const aw = attentionWarps(H, HKV, HD, blockWarps);
+  if (aw === 0 || aw % LAYER_GEMV_WARPS !== 0) throw new Error(`layer kernel: ${aw} attention warps`);
   return {
     B,
     D: s.hidden,
@@ -322,9 +339,30 @@ export function layerTemplate(s: LayerShape, c: LayerConstants): Record<string, 
     HKV,
     SCALE_BITS: floatBits(c.scale * Math.LOG2E),
     KB: attentionKeysPerRound(),
-    KPS: mergedKeysPerSplit(),
-    MAX_SPLITS: ATTENTION_MAX_SPLITS,
   };
+}
+
+/**
+ * The blocks of a launch with `splits` attention splits (mergedAttentionSplits of the longest row's keys, as the
+ * fused path's attention launch): each phase's, in ticket order. The kernel reads the splits back from the grid.
+ */
+export function layerBlocks(t: Record<string, number | boolean>, splits: number): number {
+  const n = (k: string) => t[k] as number;
+  const subs = n("AW") / n("GW");
+  // A GEMV phase: gemvConfig's blocks (rows a warp, GW warps a block), SUBS of them a block.
+  const gemv = (outputs: number, rows: number) => Math.ceil(Math.ceil(Math.floor(outputs / rows) / n("GW")) / subs);
+  return (
+    gemv(n("QKV_N"), n("QKV_ROWS")) +
+    n("B") * n("HKV") * splits +
+    gemv(n("D"), n("O_ROWS")) +
+    gemv(2 * n("FF"), n("GU_ROWS")) +
+    gemv(n("D"), n("DN_ROWS"))
+  );
+}
+
+/** Int32 words of the launch's `sync` buffer (zero between launches): ticket, 5 phase counts, 2 spare, split tickets. */
+export function layerSyncWords(rows: number, kvHeads: number): number {
+  return 8 + rows * kvHeads;
 }
 
 /** Output shapes, in DECODE_LAYER_KERNEL.outputs' order (part/stats sized for maxSplits). */

@@ -231,7 +231,7 @@ export class DecoderModel implements LanguageModel {
       const scale = rope.scoreScale * this.#baseScale;
       const kernel = step.attentionFor(c.numHeads, c.numKvHeads, c.headDim, scale);
       // PENSIEVE_GPU_MEGA=1: the whole layer as one kernel where every piece applies (gpu-mega.ts).
-      const oneKernel = kernel && megaLayer(step, c, layer, index, input, batch, inNorm, qkvW, kr, kernel);
+      const oneKernel = kernel && megaLayer(step, c, layer, index, input, keys, batch, inNorm, qkvW, kr, kernel);
       if (oneKernel) return oneKernel;
       const [q, k, v] = step.normedQkvDecode(input, inNorm, qkvW, kr, c.numKvHeads);
       const writable = kernel && fused.attentionWritesKv() ? (batch.reserveWhole?.(index, dtype) ?? null) : null;

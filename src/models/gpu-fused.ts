@@ -21,7 +21,12 @@
 import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
 import { type KernelPlan, kernelLanguage } from "../mlx/kernels";
-import { DecodeAttention, decodeAttentionSupports, mergedAttentionSplits } from "../mlx/kernels-attention";
+import {
+  attentionWarps,
+  DecodeAttention,
+  decodeAttentionSupports,
+  mergedAttentionSplits,
+} from "../mlx/kernels-attention";
 import { VERIFY_MAX_TOKENS, VerifyAttention, verifyAttentionSupports } from "../mlx/kernels-attention-verify";
 import { type GemvConfig, gemvConfig, gemvMmaFromRows, gemvSupports } from "../mlx/kernels-gemv";
 import { GEMV_MMA_MAX_ROWS, mmaBucket } from "../mlx/kernels-gemv-mma";
@@ -49,6 +54,15 @@ export function setKernelWritesKv(on: boolean | null): void {
 
 export function attentionWritesKv(): boolean {
   return kernelWritesKv;
+}
+
+// The most warps of the attention kernel's blocks: 16; PENSIEVE_GPU_FUSED_ATTENTION_WARPS=4 matches the layer
+// megakernel's numerics (its blocks have 4 warps), for comparing the two.
+const attentionWarpsDefault = () => Number(process.env.PENSIEVE_GPU_FUSED_ATTENTION_WARPS ?? 16);
+let attentionWarpsMost = attentionWarpsDefault();
+/** The most warps of the attention kernel's blocks for forwards built from now on (null: the default). */
+export function setFusedAttentionWarps(most: number | null): void {
+  attentionWarpsMost = most ?? attentionWarpsDefault();
 }
 
 /** Rows (B * L) up to which the fused kernels are built with the scalar GEMV (registers and unrolled code grow with the rows). */
@@ -344,11 +358,17 @@ export class FusedStep {
   attentionFor(heads: number, kvHeads: number, headDim: number, scale: number): DecodeAttention | null {
     if (!attentionKernel || !decodeAttentionSupports(heads, kvHeads, headDim, this.dtype)) return null;
     const kept = attentionByScale.get(scale) ?? [];
+    const warps = attentionWarps(heads, kvHeads, headDim, attentionWarpsMost);
     let a = kept.find(
-      (k) => k.heads === heads && k.kvHeads === kvHeads && k.headDim === headDim && k.dtype === this.dtype,
+      (k) =>
+        k.heads === heads &&
+        k.kvHeads === kvHeads &&
+        k.headDim === headDim &&
+        k.dtype === this.dtype &&
+        k.warps === warps,
     );
     if (!a) {
-      a = new DecodeAttention(heads, kvHeads, headDim, this.dtype, scale);
+      a = new DecodeAttention(heads, kvHeads, headDim, this.dtype, scale, warps);
       attentionByScale.set(scale, [...kept, a]);
     }
     return a;

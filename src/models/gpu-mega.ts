@@ -7,25 +7,39 @@
 // merges its splits in the launch: its numerics are those of the fused path with
 // the kernel writing k/v (PENSIEVE_GPU_FUSED_KV_WRITE, on by default) and PENSIEVE_GPU_FUSED_MERGE on, its default.
 //
-// The grid is PENSIEVE_GPU_MEGA_SMS (default 132: an H100 SXM / H200) times
-// PENSIEVE_GPU_MEGA_BLOCKS_PER_SM (default 1) blocks. It must not exceed what the GPU holds at once: a grid
-// that is not co-resident would wait on its barrier forever, so the kernel traps
-// (the launch fails) after ~2^22 polls (seconds) instead.
+// The grid is every phase's blocks (layerBlocks: ~330 for Phi-3 at one split), in
+// blocks of the attention's warps; a block waits only on blocks that started before it,
+// so it need not fit the GPU at once. PENSIEVE_GPU_MEGA_WARPS: the block's warps (4, the
+// default, 8 or 16: the attention's warps too); PENSIEVE_GPU_MEGA_BLOCKS_PER_SM bounds the
+// registers for that many blocks an SM (default 16 warps' worth: 128 registers).
 import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
 import { CustomKernel, type KernelPlan } from "../mlx/kernels";
-import { ATTENTION_MAX_SPLITS, type DecodeAttention } from "../mlx/kernels-attention";
+import { ATTENTION_MAX_SPLITS, type DecodeAttention, mergedAttentionSplits } from "../mlx/kernels-attention";
 import type { FusedRope } from "../mlx/kernels-gemv-fused";
-import { type LayerConstants, type LayerShape, layerKernel, layerOutputs, layerTemplate } from "../mlx/kernels-layer";
+import {
+  LAYER_BLOCK_WARPS,
+  type LayerConstants,
+  type LayerShape,
+  layerBlocks,
+  layerKernel,
+  layerOutputs,
+  layerSyncWords,
+  layerTemplate,
+} from "../mlx/kernels-layer";
 import type { DecoderLayerWeights } from "./decoder";
-import { type FusedStep, fusable } from "./gpu-fused";
+import { FUSED_MAX_ROWS, type FusedStep, fusable } from "./gpu-fused";
 import type { AttentionBatch } from "./types";
 
 let enabled = process.env.PENSIEVE_GPU_MEGA === "1";
-/** SMs of the GPU (no device query through the shim yet): H100 SXM / H200 132. */
-const SMS = Number(process.env.PENSIEVE_GPU_MEGA_SMS ?? 132);
-/** Blocks an SM holds (2: registers bounded to 64, for a sweep). */
-const PER_SM = Number(process.env.PENSIEVE_GPU_MEGA_BLOCKS_PER_SM ?? 1);
+const WARPS = Number(process.env.PENSIEVE_GPU_MEGA_WARPS ?? LAYER_BLOCK_WARPS);
+/** Blocks an SM holds (registers bounded to 64K / their threads: 128 at 16 warps an SM). */
+const PER_SM = Number(process.env.PENSIEVE_GPU_MEGA_BLOCKS_PER_SM ?? Math.max(1, 16 / WARPS));
+
+/** The warps of the megakernel's blocks: its attention's at most (tests match the fused path's attention to them). */
+export function megaBlockWarps(): number {
+  return WARPS;
+}
 
 /** Turns the layer megakernel on or off for forwards built from now on (tests compare both). */
 export function setGpuMega(on: boolean): void {
@@ -50,7 +64,7 @@ interface Site {
   mlpNorm: { weight: MxArray; eps: number };
   shape: LayerShape;
   constants: LayerConstants;
-  /** By rows. */
+  /** By rows and splits (planKey). */
   plans: Map<number, KernelPlan>;
 }
 // Per q|k|v weight (one per layer): the layer's other weights and plans, or null (it does not fit).
@@ -72,7 +86,7 @@ function layerSite(
   const swiglu = layer.mlp.swiglu;
   const gateUpW = mlpNorm && swiglu ? fusable(swiglu.gateUp, dtype) : null;
   const downW = swiglu && !layer.mlpOutputNorm ? fusable(swiglu.down, dtype) : null;
-  if (!outW || !mlpNorm || !gateUpW || !downW || attention.warps % 4 !== 0) return null;
+  if (!outW || !mlpNorm || !gateUpW || !downW) return null;
   const intermediate = gateUpW.weight.dim(0) / 2;
   const kIn = (q: mx.QuantizedWeight) => (q.weight.dim(1) * 32) / q.bits;
   const qs = shape.numHeads * shape.headDim;
@@ -103,7 +117,7 @@ function layerSite(
     plans: new Map(),
   };
 }
-// Barrier and split tickets per layer (its q|k|v weight): zero between launches.
+// Tickets, phase counts and split tickets per layer (its q|k|v weight): zero between launches.
 const syncs = new WeakMap<object, MxArray>();
 
 function syncState(site: object, size: number): MxArray {
@@ -120,11 +134,11 @@ function syncState(site: object, size: number): MxArray {
 /**
  * A launch plan of the layer megakernel. run() takes DECODE_LAYER_KERNEL's inputs: x [B, 1, D],
  * norm1, q|k|v (weight, scales, biases), pos int32 [B], inv_freq, kc, vc (the whole cache
- * buffers), o (3), norm2, gate|up (3), down (3), sync (int32 [2 + B*HKV], zero); output 0 is
- * the layer's output [B, 1, D].
+ * buffers), o (3), norm2, gate|up (3), down (3), sync (int32 [layerSyncWords], zero); output 0 is
+ * the layer's output [B, 1, D]. `splits`: mergedAttentionSplits of the longest row's keys (pos + 1).
  */
-export function layerPlan(s: LayerShape, c: LayerConstants): KernelPlan {
-  const template = layerTemplate(s, c);
+export function layerPlan(s: LayerShape, c: LayerConstants, splits: number): KernelPlan {
+  const template = layerTemplate(s, c, WARPS);
   const warps = template.AW as number;
   let kernel = kernels.get(warps);
   if (!kernel) {
@@ -133,7 +147,7 @@ export function layerPlan(s: LayerShape, c: LayerConstants): KernelPlan {
   }
   return kernel.plan({
     outputs: layerOutputs(s, ATTENTION_MAX_SPLITS, mx.Dtype.float32),
-    grid: [SMS * PER_SM * warps * 32, 1, 1],
+    grid: [layerBlocks(template, splits) * warps * 32, 1, 1],
     threadgroup: [warps * 32, 1, 1],
     template: { T: { dtype: s.dtype }, ...template },
   });
@@ -156,13 +170,15 @@ export function megaLayer(
   layer: DecoderLayerWeights,
   index: number,
   input: MxArray,
+  keys: number,
   batch: AttentionBatch,
   inNorm: { weight: MxArray; eps: number },
   qkvW: mx.QuantizedWeight,
   kr: FusedRope,
   attention: DecodeAttention,
 ): MxArray | null {
-  if (!enabled || step.L !== 1) return null;
+  // Past 4 rows the fused path's GEMVs take tensor cores (kernels-gemv-mma.ts); the phases are the scalar GEMV's.
+  if (!enabled || step.L !== 1 || step.B > FUSED_MAX_ROWS) return null;
   const { dtype, B } = step;
   // What the layer's weights allow is found once per layer (its q|k|v weight): a step only runs the plan.
   let site = sites.get(qkvW);
@@ -174,14 +190,16 @@ export function megaLayer(
   const writable = batch.reserveWhole?.(index, dtype) ?? null;
   if (!writable) return null;
   launches++;
-  let plan = site.plans.get(B);
+  const splits = mergedAttentionSplits(keys);
+  const key = splits * 64 + B;
+  let plan = site.plans.get(key);
   if (!plan) {
-    plan = layerPlan({ ...site.shape, rows: B }, site.constants);
-    site.plans.set(B, plan);
+    plan = layerPlan({ ...site.shape, rows: B }, site.constants, splits);
+    site.plans.set(key, plan);
   }
   const { outW, gateUpW, downW, mlpNorm } = site;
   const q = (w: mx.QuantizedWeight) => [w.weight, w.scales, w.biases as MxArray];
-  const sync = syncState(qkvW, 2 + B * shape.numKvHeads);
+  const sync = syncState(qkvW, layerSyncWords(B, shape.numKvHeads));
   const inputs = [
     input,
     inNorm.weight,

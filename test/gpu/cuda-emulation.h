@@ -226,12 +226,12 @@ inline void emu_launch(unsigned grid, unsigned block, const std::function<void()
 }
 
 // Grid-wide mode (emu_launch_all): every block of a launch runs at once, so a
-// software grid barrier (persistent kernels) can be emulated. Small grids only
+// block can wait on others (the layer megakernel's phases). Small grids only
 // (a thread per GPU thread). A kernel's __shared__ declarations must then be
 // per block: emulate.ts (perBlockShared) rewrites each into an array of
 // EMU_MAX_BLOCKS copies indexed by emu_block_id.
 #define PV_EMULATION 1
-constexpr unsigned EMU_MAX_BLOCKS = 16;
+constexpr unsigned EMU_MAX_BLOCKS = 64;
 thread_local unsigned emu_block_id = 0;
 inline int atomicExch(int* p, int v) { return std::atomic_ref<int>(*p).exchange(v); }
 inline void __nanosleep(unsigned) { std::this_thread::yield(); }

@@ -14,7 +14,12 @@ import { samplingParams } from "../../src/engine/protocol";
 import { gpuLookupTuning } from "../../src/engine/speculation";
 import * as mx from "../../src/mlx";
 import { kernelLanguage } from "../../src/mlx/kernels";
-import { decodeAttention, mergedAttentionSplits, setKeysPerSplit } from "../../src/mlx/kernels-attention";
+import {
+  attentionWarps,
+  decodeAttention,
+  mergedAttentionSplits,
+  setKeysPerSplit,
+} from "../../src/mlx/kernels-attention";
 import {
   quantizedGemvNormRope,
   quantizedGemvNormRopeQkv,
@@ -30,9 +35,11 @@ import {
   FUSED_MAX_ROWS,
   setFusedVerify,
   setGpuFused,
+  setFusedAttentionWarps,
   setKernelWritesKv,
 } from "../../src/models/gpu-fused";
-import { layerPlan, megaLaunchCount, setGpuMega } from "../../src/models/gpu-mega";
+import { layerSyncWords } from "../../src/mlx/kernels-layer";
+import { layerPlan, megaBlockWarps, megaLaunchCount, setGpuMega } from "../../src/models/gpu-mega";
 import { loadModel } from "../../src/models/loader";
 import { tinyModel } from "../support/models";
 import { promptIds } from "../support/reference";
@@ -440,8 +447,9 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
     }
   }
 
-  // The layer megakernel against the fused path's five kernels on the same inputs: the same code in the
-  // same order, so the output and the stored key/value are bit-identical (Phi-3's heads, GQA; one and merged splits).
+  // The layer megakernel against the fused path's five kernels on the same inputs (the attention at the
+  // megakernel's block of warps): the same code in the same order, so the output and the stored key/value are
+  // bit-identical (Phi-3's heads, GQA; one and merged splits).
   for (const [heads, kvHeads, hd, keysPerSplit, B] of [
     [32, 32, 96, 128, 1],
     [32, 32, 96, 16, 2],
@@ -469,7 +477,7 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
             const cache = () => mx.randomNormal([B, kvHeads, cap, hd], dtype, 0, 1, mx.randomKey(9));
             const [kc1, vc1, kc2, vc2] = [cache(), cache(), cache(), cache()];
             const counter = mx.zeros([B * kvHeads], mx.Dtype.int32);
-            const sync = mx.zeros([2 + B * kvHeads], mx.Dtype.int32);
+            const sync = mx.zeros([layerSyncWords(B, kvHeads)], mx.Dtype.int32);
             mx.evaluate(kc1, vc1, kc2, vc2, counter, sync, pos, invFreq);
             // The fused path: five launches.
             const [q, k, v] = quantizedGemvNormRopeQkv(x, n1, 1e-5, wqkv, pos, rope, kvHeads);
@@ -485,6 +493,7 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
               mergedAttentionSplits(keys),
               [k, v],
               counter,
+              attentionWarps(heads, kvHeads, hd, megaBlockWarps()),
             );
             const h2 = quantizedGemvResidual(attn, wo, x);
             const y1 = quantizedGemvResidual(quantizedGemvNormSwiglu(h2, n2, 1e-5, wgu), wd, h2);
@@ -493,6 +502,7 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
             const plan = layerPlan(
               { dtype, rows: B, hidden: D, intermediate: FF, heads, kvHeads, headDim: hd },
               { groups: [64, 64, 64, 64], eps1: 1e-5, eps2: 1e-5, traditional: false, positionScale: 1, scale },
+              mergedAttentionSplits(keys),
             );
             const qw = (w: mx.QuantizedWeight) => [w.weight, w.scales, w.biases as mx.MxArray];
             const y2 = plan.run([
@@ -513,12 +523,8 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
             expect(relativeDistance(y2, y1)).toBe(0);
             expect(relativeDistance(kc2, kc1)).toBe(0);
             expect(relativeDistance(vc2, vc1)).toBe(0);
-            expect(
-              Array.from(sync.read() as Int32Array)
-                .slice(2)
-                .every((c) => c === 0),
-            ).toBe(true);
-            expect((sync.read() as Int32Array)[0]).toBe(0);
+            // Tickets, phase counts and split tickets back at zero for the next launch.
+            expect(Array.from(sync.read() as Int32Array).every((c) => c === 0)).toBe(true);
           });
         } finally {
           setKeysPerSplit(null);
@@ -528,7 +534,7 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
   }
 
   // The layer megakernel (PENSIEVE_GPU_MEGA=1) runs the fused kernels' code as one launch: same tokens as the
-  // fused path with the kernel writing the cache (PENSIEVE_GPU_FUSED_KV_WRITE=1).
+  // fused path with the kernel writing the cache and the attention at the megakernel's warps.
   for (const [name, promptLength] of [
     ["tiny-llama", 20],
     ["tiny-phi3", 50],
@@ -540,6 +546,7 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
       const tokens = (mega: boolean, perSplit: number | null = null) => {
         setGpuFused(true);
         setKernelWritesKv(true);
+        setFusedAttentionWarps(megaBlockWarps());
         setGpuMega(mega);
         setKeysPerSplit(perSplit);
         const { model } = loadModel(dir);
@@ -554,6 +561,7 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
           model.dispose();
           setKeysPerSplit(null);
           setGpuMega(false);
+          setFusedAttentionWarps(null);
           setKernelWritesKv(null);
         }
       };

@@ -1,15 +1,15 @@
 // The decode-layer megakernel (src/mlx/kernels-layer.ts) compiles with NVRTC 13
 // for sm_90a as MLX would generate it, at Phi-3-mini's shapes (fp16, bf16; 1 and
-// 4 rows), and ptxas's registers per thread let one block of the attention's
-// warps (16: 512 threads) sit on every SM (<= 128 registers: 65536 per SM), so the
-// persistent grid (one block per SM) is co-resident; also two blocks an SM (64
-// registers, PENSIEVE_GPU_MEGA_BLOCKS_PER_SM=2). Skips without libnvrtc.
+// 4 rows), and ptxas's registers per thread stay within what the launch bounds
+// ask: blocks of 4 warps, 4 an SM (<= 128 registers: 65536 per SM) by default,
+// 8 an SM (64 registers, PENSIEVE_GPU_MEGA_BLOCKS_PER_SM=8), and one block of 16
+// warps (PENSIEVE_GPU_MEGA_WARPS=16). Skips without libnvrtc.
 import { describe, expect, test } from "bun:test";
 import { Dtype } from "../../src/mlx/array";
 import { DECODE_LAYER_KERNEL, layerKernel, layerTemplate } from "../../src/mlx/kernels-layer";
 import { type CudaType, nvrtcAvailable, nvrtcCompile } from "./nvrtc";
 
-function phi3(T: "__half" | "__nv_bfloat16", rows: number, perSm: number) {
+function phi3(T: "__half" | "__nv_bfloat16", rows: number, warps: number, perSm: number) {
   const template = layerTemplate(
     {
       dtype: T === "__half" ? Dtype.float16 : Dtype.bfloat16,
@@ -21,6 +21,7 @@ function phi3(T: "__half" | "__nv_bfloat16", rows: number, perSm: number) {
       headDim: 96,
     },
     { groups: [64, 64, 64, 64], eps1: 1e-5, eps2: 1e-5, traditional: false, positionScale: 1, scale: 96 ** -0.5 },
+    warps,
   );
   const type = (name: string): CudaType =>
     name.startsWith("w_")
@@ -43,14 +44,15 @@ function phi3(T: "__half" | "__nv_bfloat16", rows: number, perSm: number) {
 }
 
 describe.skipIf(!nvrtcAvailable)("decode-layer megakernel compiles with NVRTC (sm_90a)", () => {
-  for (const [T, rows, perSm] of [
-    ["__half", 1, 1],
-    ["__nv_bfloat16", 1, 1],
-    ["__half", 4, 1],
-    ["__half", 1, 2],
+  for (const [T, rows, warps, perSm] of [
+    ["__half", 1, 4, 4],
+    ["__nv_bfloat16", 1, 4, 4],
+    ["__half", 4, 4, 4],
+    ["__half", 1, 4, 8],
+    ["__half", 1, 16, 1],
   ] as const) {
-    test(`Phi-3-mini ${T} rows ${rows}, ${perSm} block(s) an SM`, () => {
-      const k = phi3(T, rows, perSm);
+    test(`Phi-3-mini ${T} rows ${rows}, blocks of ${warps} warps, ${perSm} an SM`, () => {
+      const k = phi3(T, rows, warps, perSm);
       const r = nvrtcCompile(k, ["--ptxas-options=-v"]);
       if (!r.ok) console.error(r.log);
       expect(r.ok).toBe(true);
