@@ -343,28 +343,34 @@ next3)
   done
   ;;
 next8)
-  # Issue 11, 2026-12-07 (tenth session), call 1 of 2: the layer megakernel ordered by tickets (no grid barrier),
+  # Issue 11, 2026-12-07 (tenth session), call 1 of 3: the layer megakernel ordered by tickets (no grid barrier),
   # blocks of 4 warps (PENSIEVE_GPU_MEGA=1, off by default): its GPU tests (bit for bit against the five fused
-  # kernels with the attention at 4 warps; greedy tokens of tiny Llama / Phi-3), then alternating step-split rounds
-  # (pipelined tok/s): default fused / megakernel / megakernel at 8 blocks an SM (64 registers) / megakernel in
-  # blocks of 16 warps; a step as one CUDA graph (device time) for the first two. After prepare; ~7 minutes.
+  # kernels with the attention at 4 warps; greedy tokens of tiny Llama / Phi-3), then the bit-for-bit ones again
+  # with the L2 prefetch of a waiting block's weights (PENSIEVE_GPU_MEGA_PREFETCH=1). After prepare; ~5 minutes.
   mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
-  timeout 200 bun test --timeout 180000 ./dist/test-gpu/fused.test.js -t megakernel 2>&1 |
+  timeout 240 bun test --timeout 200000 ./dist/test-gpu/fused.test.js -t megakernel 2>&1 |
     grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -30 | tee "$OUT/mega-tests.txt" || true
+  PENSIEVE_GPU_MEGA_PREFETCH=1 timeout 150 bun test --timeout 140000 ./dist/test-gpu/fused.test.js -t "megakernel equals" 2>&1 |
+    grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -30 | tee "$OUT/mega-prefetch-tests.txt" || true
+  ;;
+next8b)
+  # Call 2 of 3: alternating step-split rounds (pipelined tok/s): default fused / megakernel / megakernel with the
+  # prefetch / megakernel at 8 blocks an SM (64 registers) / megakernel in blocks of 16 warps; a step as one CUDA
+  # graph (device time) for the first three. ~7 minutes.
   for r in 1 2 3; do
-    for v in X=0 PENSIEVE_GPU_MEGA=1 "PENSIEVE_GPU_MEGA=1 PENSIEVE_GPU_MEGA_BLOCKS_PER_SM=8" \
-      "PENSIEVE_GPU_MEGA=1 PENSIEVE_GPU_MEGA_WARPS=16"; do
+    for v in X=0 PENSIEVE_GPU_MEGA=1 "PENSIEVE_GPU_MEGA=1 PENSIEVE_GPU_MEGA_PREFETCH=1" \
+      "PENSIEVE_GPU_MEGA=1 PENSIEVE_GPU_MEGA_BLOCKS_PER_SM=8" "PENSIEVE_GPU_MEGA=1 PENSIEVE_GPU_MEGA_WARPS=16"; do
       env $v timeout 45 bun dist/bench/gpu/step-split.js "$MODEL" --steps 64 2>&1 | grep -E '^\| (pipe|median)|rror' |
         sed "s/^/r$r $v /" | tee -a "$OUT/ab.md" || true
     done
   done
-  for v in X=0 PENSIEVE_GPU_MEGA=1; do
+  for v in X=0 PENSIEVE_GPU_MEGA=1 "PENSIEVE_GPU_MEGA=1 PENSIEVE_GPU_MEGA_PREFETCH=1"; do
     env MLX_MAX_OPS_PER_BUFFER=1000 MLX_MAX_MB_PER_BUFFER=1000000 $v timeout 45 bun dist/bench/gpu/step-split.js "$MODEL" \
       --steps 48 2>&1 | grep -E '^\| median|rror' | sed "s/^/one-graph $v /" | tee -a "$OUT/ab.md" || true
   done
   ;;
 next9)
-  # Call 2 of 2: one stream 128 -> 256 against mlx-lm (default path), then the megakernel alone (MEGA_ENV, default
+  # Call 3 of 3: one stream 128 -> 256 against mlx-lm (default path), then the megakernel alone (MEGA_ENV, default
   # PENSIEVE_GPU_MEGA=1); greedy text of the full-size Phi-3, megakernel against the fused path with its attention at
   # the megakernel's 4 warps (same numerics: equal expected); the verify pass's GPU test and Phi-3 drift. ~5 minutes.
   timeout 130 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve,mlx-lm --python $PY \

@@ -127,6 +127,28 @@ __device__ __forceinline__ void pv_phase_wait(int* done, int blocks) {
   }
   __syncthreads();
 }
+// PREFETCH: a block about to wait first asks L2 for its own weight rows (rows r0..r0+n
+// of a [N, K] 4-bit matrix, then their scales and biases): the layer's blocks are mostly
+// all resident from the start, so its later products' weights stream in while the
+// earlier phases run, instead of after them (sm_90's bulk prefetch, 4 KB a thread).
+template <typename T, int K, int GROUP>
+__device__ __forceinline__ void pv_prefetch_rows(const uint32_t* w, const T* s, const T* b, int r0, int n) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  auto pf = [](const void* base, unsigned bytes) {
+    const char* p = static_cast<const char*>(base);
+    for (unsigned o = threadIdx.x * 4096u; o < bytes; o += blockDim.x * 4096u) {
+      const unsigned size = bytes - o < 4096u ? bytes - o : 4096u;
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p + o), "r"(size & ~15u) : "memory");
+    }
+  };
+  if (n <= 0) return;
+  pf(reinterpret_cast<const char*>(w) + (size_t)r0 * (K / 2), (unsigned)n * (K / 2));
+  pf(s + (size_t)r0 * (K / GROUP), (unsigned)(n * (K / GROUP) * sizeof(T)));
+  pf(b + (size_t)r0 * (K / GROUP), (unsigned)(n * (K / GROUP) * sizeof(T)));
+#else
+  (void)w; (void)s; (void)b; (void)r0; (void)n;
+#endif
+}
 // Returns whether this block was the phase's last.
 __device__ __forceinline__ bool pv_phase_done(int* done, int blocks) {
   __shared__ bool pv_last_done;
@@ -158,7 +180,7 @@ const HEADER = `${GEMV_KERNEL.header}${DECODE_ATTENTION_WRITE_KERNEL.header}${PH
 
 // Template: T, B, D (hidden), FF (intermediate), GW (GEMV warps), AW (attention warps = the block's),
 // QKV_N/QKV_ROWS/QKV_GROUP, O_ROWS/O_GROUP, GU_ROWS/GU_GROUP, DN_ROWS/DN_GROUP, EPS1_BITS, EPS2_BITS,
-// HD, ROTATED, TRADITIONAL, POS_SCALE_BITS, QS, KVS, H, HKV, SCALE_BITS, KB.
+// HD, ROTATED, TRADITIONAL, POS_SCALE_BITS, QS, KVS, H, HKV, SCALE_BITS, KB, PREFETCH (0/1).
 // The blocks of each phase: as layerBlocks() counts them.
 const SOURCE = `
   constexpr int SUBS = AW / GW;
@@ -196,8 +218,11 @@ const SOURCE = `
     return;
   }
   t -= p2;
+  // The rows of a GEMV block (SUBS virtual blocks of GW warps of ROWS rows), clipped to N.
+  auto rows_of = [&](int rows, int n) { return min(SUBS * GW * rows, n - t * SUBS * GW * rows); };
   if (t < P3) {
     // P3: o product + residual.
+    if (PREFETCH) pv_prefetch_rows<T, H * HD, O_GROUP>(w_o, s_o, b_o, t * SUBS * GW * O_ROWS, rows_of(O_ROWS, D));
     pv_phase_wait(sync + 2, p2);
     pv_phase_residual<T, B, D, H * HD, O_ROWS, GW, O_GROUP, SUBS>(t * SUBS + pv_sub, pv_tid, pv_sub, attn, w_o, s_o, b_o, x, h2);
     pv_phase_done(sync + 3, P3);
@@ -205,7 +230,13 @@ const SOURCE = `
   }
   t -= P3;
   if (t < P4) {
-    // P4: RMSNorm -> gate|up -> SwiGLU.
+    // P4: RMSNorm -> gate|up -> SwiGLU. A block's rows are pairs: gate rows p.. and up rows FF + p..
+    if (PREFETCH) {
+      const int p0 = t * SUBS * GW * (GU_ROWS / 2);
+      const int n = min(SUBS * GW * (GU_ROWS / 2), FF - p0);
+      pv_prefetch_rows<T, D, GU_GROUP>(w_gu, s_gu, b_gu, p0, n);
+      pv_prefetch_rows<T, D, GU_GROUP>(w_gu, s_gu, b_gu, FF + p0, n);
+    }
     pv_phase_wait(sync + 3, P3);
     pv_phase_swiglu<T, B, 2 * FF, D, GU_ROWS, GW, GU_GROUP, EPS2_BITS, SUBS>(t * SUBS + pv_sub, pv_tid, pv_sub, h2, w_gu,
         s_gu, b_gu, norm2, act);
@@ -215,6 +246,7 @@ const SOURCE = `
   t -= P4;
   // P5: down product + residual. Its last block leaves the counts at zero: every other block has
   // counted itself done by then, and every ticket is taken.
+  if (PREFETCH) pv_prefetch_rows<T, FF, DN_GROUP>(w_dn, s_dn, b_dn, t * SUBS * GW * DN_ROWS, rows_of(DN_ROWS, D));
   pv_phase_wait(sync + 4, P4);
   pv_phase_residual<T, B, D, FF, DN_ROWS, GW, DN_GROUP, SUBS>(t * SUBS + pv_sub, pv_tid, pv_sub, act, w_dn, s_dn, b_dn, h2, y);
   if (pv_phase_done(sync + 5, P5) && threadIdx.x == 0) {
@@ -305,6 +337,7 @@ export function layerTemplate(
   s: LayerShape,
   c: LayerConstants,
   blockWarps = LAYER_BLOCK_WARPS,
+  prefetch = false,
 ): Record<string, number | boolean> {
   const { rows: B, heads: H, kvHeads: HKV, headDim: HD } = s;
   const qs = H * HD;
@@ -339,6 +372,7 @@ export function layerTemplate(
     HKV,
     SCALE_BITS: floatBits(c.scale * Math.LOG2E),
     KB: attentionKeysPerRound(),
+    PREFETCH: prefetch,
   };
 }
 

@@ -12,6 +12,7 @@
 // so it need not fit the GPU at once. PENSIEVE_GPU_MEGA_WARPS: the block's warps (4, the
 // default, 8 or 16: the attention's warps too); PENSIEVE_GPU_MEGA_BLOCKS_PER_SM bounds the
 // registers for that many blocks an SM (default 16 warps' worth: 128 registers).
+// PENSIEVE_GPU_MEGA_PREFETCH=1: blocks that must wait prefetch their weights into L2 first.
 import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
 import { CustomKernel, type KernelPlan } from "../mlx/kernels";
@@ -33,6 +34,8 @@ import type { AttentionBatch } from "./types";
 
 let enabled = process.env.PENSIEVE_GPU_MEGA === "1";
 const WARPS = Number(process.env.PENSIEVE_GPU_MEGA_WARPS ?? LAYER_BLOCK_WARPS);
+/** A waiting block prefetches its weight rows into L2 first (kernels-layer.ts PREFETCH). */
+const PREFETCH = process.env.PENSIEVE_GPU_MEGA_PREFETCH === "1";
 /** Blocks an SM holds (registers bounded to 64K / their threads: 128 at 16 warps an SM). */
 const PER_SM = Number(process.env.PENSIEVE_GPU_MEGA_BLOCKS_PER_SM ?? Math.max(1, 16 / WARPS));
 
@@ -138,7 +141,7 @@ function syncState(site: object, size: number): MxArray {
  * the layer's output [B, 1, D]. `splits`: mergedAttentionSplits of the longest row's keys (pos + 1).
  */
 export function layerPlan(s: LayerShape, c: LayerConstants, splits: number): KernelPlan {
-  const template = layerTemplate(s, c, WARPS);
+  const template = layerTemplate(s, c, WARPS, PREFETCH);
   const warps = template.AW as number;
   let kernel = kernels.get(warps);
   if (!kernel) {
