@@ -56,29 +56,22 @@ const SWIGLU_EPILOGUE = `
 // Head h's pair i: rows h*HD + i and h*HD + i + HD/2, or adjacent rows (TRADITIONAL).
 const ROPE_ROWS = `${PAIR} const int head = p / (HD / 2); const int i = p % (HD / 2);
     rowi[r] = head * HD + (TRADITIONAL ? 2 * i + half : i + half * (HD / 2));`;
-// A pair's rotation. TABLE: cos and sin from rope_cs [M, HD] float32 (ropeTable: cos of pair i at column i, sin at
-// HD/2 + i), made once a step for every layer. Otherwise from pos and inv_freq here: theta = (POS_SCALE * position)
-// * inv_freq[i], as MLX's rope computes it, with precise cosf / sinf. In the GEMV's epilogue those cost the q|k|v
-// kernel half its time (H100, Nsight Compute: 25.6 us against 12.7 for the same kernel without RoPE; its sin/cos
-// slow path for large angles gives it a stack frame and 70 registers against 56; gpu-h100-2026-12-07g), so the
-// fused path reads the table; the layer megakernel (kernels-layer.ts) still computes them.
+// A pair's rotation, its cos and sin from rope_cs [M, HD] float32 (ropeTable: cos of pair i at column i, sin at
+// HD/2 + i), made once a step for every layer. Computed here (precise cosf / sinf in the GEMV's epilogue) they cost
+// the q|k|v kernel half its time (H100, Nsight Compute: 25.6 us against 12.7 for the same kernel without RoPE; its
+// sin/cos slow path for large angles gives it a stack frame and 70 registers against 56; gpu-h100-2026-12-07g).
 // pv_store(m, row, value) writes.
-const ropeEpilogue = (store: string, table: boolean) => `
+const ropeEpilogue = (store: string) => `
     auto pv_store = [&](int m, int row, float value) { ${store} };
 #pragma unroll
     for (int m = 0; m < M; ++m) {
-      ${table ? "" : "const float position = __int_as_float(POS_SCALE_BITS) * (float)pos[m];"}
 #pragma unroll
       for (int r = 0; r < ROWS / 2; ++r) {
         float a = Ops::to_float(Ops::from_float(acc[m][r]));
         float b = Ops::to_float(Ops::from_float(acc[m][r + ROWS / 2]));
         if (rowi[r] < ROTATED) {
           const int i = (warp * (ROWS / 2) + r) % (HD / 2);
-          ${
-            table
-              ? "const float c = rope_cs[m * HD + i], s = rope_cs[m * HD + HD / 2 + i];"
-              : "const float theta = position * inv_freq[i];\n          const float c = cosf(theta), s = sinf(theta);"
-          }
+          const float c = rope_cs[m * HD + i], s = rope_cs[m * HD + HD / 2 + i];
           const float a2 = a * c - b * s;
           b = a * s + b * c;
           a = a2;
@@ -118,7 +111,7 @@ export const GEMV_NORM_SWIGLU_KERNEL = base("pv_gemv_w4_rms_norm_swiglu", ["norm
 export const GEMV_NORM_ROPE_KERNEL = base("pv_gemv_w4_rms_norm_rope", ["norm", "rope_cs"], {
   norm: true,
   rows: ROPE_ROWS,
-  epilogue: ropeEpilogue("y[(size_t)m * N + row] = Ops::from_float(value);", true),
+  epilogue: ropeEpilogue("y[(size_t)m * N + row] = Ops::from_float(value);"),
 });
 /**
  * GEMV_NORM_ROPE_KERNEL for one new token per row (decode), written as three
@@ -129,19 +122,7 @@ export const GEMV_NORM_ROPE_QKV_KERNEL: GemvSpec = {
   ...base("pv_gemv_w4_rms_norm_rope_qkv", ["norm", "rope_cs"], {
     norm: true,
     rows: ROPE_ROWS,
-    epilogue: ropeEpilogue(ROPE_STORE_QKV, true),
-  }),
-  outputs: ["q", "k", "v"],
-};
-/**
- * GEMV_NORM_ROPE_QKV_KERNEL computing RoPE's angles itself from pos int32 [M] and
- * inv_freq float32 [HD/2] (template POS_SCALE_BITS besides): the layer megakernel's q|k|v phase.
- */
-export const GEMV_NORM_ROPE_QKV_POS_KERNEL: GemvSpec = {
-  ...base("pv_gemv_w4_rms_norm_rope_qkv_pos", ["norm", "pos", "inv_freq"], {
-    norm: true,
-    rows: ROPE_ROWS,
-    epilogue: ropeEpilogue(ROPE_STORE_QKV, false),
+    epilogue: ropeEpilogue(ROPE_STORE_QKV),
   }),
   outputs: ["q", "k", "v"],
 };

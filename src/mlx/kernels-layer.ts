@@ -1,6 +1,6 @@
 // One CUDA kernel per decoder layer for decode (B <= 4 rows of one new token), in
 // five phases, each a range of the launch's blocks:
-//   P1 RMSNorm -> q|k|v GEMV -> RoPE        q, k, v (scratch)
+//   P1 RMSNorm -> q|k|v GEMV -> RoPE        q, k, v (scratch); cos/sin from the step's table
 //   P2 attention over the cache             stores k/v at column pos[b] of kc/vc,
 //                                           splits merged by the last block (MERGE_LAST)
 //   P3 o GEMV + residual                    h2 (scratch)
@@ -41,7 +41,7 @@ import {
 } from "./kernels-attention";
 import { GEMV_KERNEL, gemvConfig } from "./kernels-gemv";
 import {
-  GEMV_NORM_ROPE_QKV_POS_KERNEL,
+  GEMV_NORM_ROPE_QKV_KERNEL,
   GEMV_NORM_SWIGLU_KERNEL,
   GEMV_RESIDUAL_KERNEL,
   pairedConfig,
@@ -164,9 +164,9 @@ __device__ __forceinline__ bool pv_phase_done(int* done, int blocks) {
 
 const HEADER = `${GEMV_KERNEL.header}${DECODE_ATTENTION_WRITE_KERNEL.header}${PHASES}${gemvPhase(
   "pv_phase_qkv",
-  GEMV_NORM_ROPE_QKV_POS_KERNEL.source,
-  [...GEMV_CONSTANTS, "EPS_BITS", "HD", "ROTATED", "TRADITIONAL", "POS_SCALE_BITS", "QS", "KVS"],
-  `${QUANT}, const T* norm, const int32_t* pos, const float* inv_freq, T* q, T* k, T* v`,
+  GEMV_NORM_ROPE_QKV_KERNEL.source,
+  [...GEMV_CONSTANTS, "EPS_BITS", "HD", "ROTATED", "TRADITIONAL", "QS", "KVS"],
+  `${QUANT}, const T* norm, const float* rope_cs, T* q, T* k, T* v`,
 )}${gemvPhase("pv_phase_residual", GEMV_RESIDUAL_KERNEL.source, GEMV_CONSTANTS, `${QUANT}, const T* res, T* y`)}${gemvPhase(
   "pv_phase_swiglu",
   GEMV_NORM_SWIGLU_KERNEL.source,
@@ -180,7 +180,7 @@ const HEADER = `${GEMV_KERNEL.header}${DECODE_ATTENTION_WRITE_KERNEL.header}${PH
 
 // Template: T, B, D (hidden), FF (intermediate), GW (GEMV warps), AW (attention warps = the block's),
 // QKV_N/QKV_ROWS/QKV_GROUP, O_ROWS/O_GROUP, GU_ROWS/GU_GROUP, DN_ROWS/DN_GROUP, EPS1_BITS, EPS2_BITS,
-// HD, ROTATED, TRADITIONAL, POS_SCALE_BITS, QS, KVS, H, HKV, SCALE_BITS, KB, PREFETCH (0/1).
+// HD, ROTATED, TRADITIONAL, QS, KVS, H, HKV, SCALE_BITS, KB, PREFETCH (0/1).
 // The blocks of each phase: as layerBlocks() counts them.
 const SOURCE = `
   constexpr int SUBS = AW / GW;
@@ -200,8 +200,8 @@ const SOURCE = `
   int t = pv_ticket;
   if (t < P1) {
     // P1: RMSNorm -> q|k|v -> RoPE.
-    pv_phase_qkv<T, B, QKV_N, D, QKV_ROWS, GW, QKV_GROUP, EPS1_BITS, HD, ROTATED, TRADITIONAL, POS_SCALE_BITS, QS, KVS, SUBS>(
-        t * SUBS + pv_sub, pv_tid, pv_sub, x, w_qkv, s_qkv, b_qkv, norm1, pos, inv_freq, q, kn, vn);
+    pv_phase_qkv<T, B, QKV_N, D, QKV_ROWS, GW, QKV_GROUP, EPS1_BITS, HD, ROTATED, TRADITIONAL, QS, KVS, SUBS>(
+        t * SUBS + pv_sub, pv_tid, pv_sub, x, w_qkv, s_qkv, b_qkv, norm1, rope_cs, q, kn, vn);
     pv_phase_done(sync + 1, P1);
     return;
   }
@@ -267,7 +267,7 @@ export const DECODE_LAYER_KERNEL = {
     "s_qkv",
     "b_qkv",
     "pos",
-    "inv_freq",
+    "rope_cs",
     "kc",
     "vc",
     "w_o",
@@ -322,7 +322,6 @@ export interface LayerConstants {
   eps1: number;
   eps2: number;
   traditional: boolean;
-  positionScale: number;
   scale: number;
 }
 
@@ -365,7 +364,6 @@ export function layerTemplate(
     HD,
     ROTATED: qs + kvs,
     TRADITIONAL: c.traditional,
-    POS_SCALE_BITS: floatBits(c.positionScale),
     QS: qs,
     KVS: kvs,
     H,

@@ -258,7 +258,7 @@ export class FusedStep {
    * frees them with the positions when the forward is built.
    */
   readonly #ropeTables = new Map<MxArray, MxArray>();
-  #ropeTable(rope: FusedRope): MxArray {
+  ropeTableFor(rope: FusedRope): MxArray {
     let table = this.#ropeTables.get(rope.invFreq);
     if (!table) {
       table = mx.keep(ropeTable(this.positions, rope));
@@ -301,7 +301,7 @@ export class FusedStep {
         : fusedPlans.norm(this.#xShape(q), this.dtype, q, norm.eps, this.#config(q, this.B * this.L, false)),
     );
     const inputs = [h, q.weight, q.scales, q.biases as MxArray, norm.weight];
-    if (rope) inputs.push(this.#ropeTable(rope));
+    if (rope) inputs.push(this.ropeTableFor(rope));
     return plan.run(inputs)[0] as MxArray;
   }
 
@@ -317,7 +317,7 @@ export class FusedStep {
     const plan = planFor(q, QKV_DECODE * SLOTS + this.#shape, () =>
       fusedPlans.normRopeQkv(this.B, this.dtype, q, norm.eps, rope, kvHeads),
     );
-    const inputs = [h, q.weight, q.scales, q.biases as MxArray, norm.weight, this.#ropeTable(rope)];
+    const inputs = [h, q.weight, q.scales, q.biases as MxArray, norm.weight, this.ropeTableFor(rope)];
     return plan.run(inputs) as [MxArray, MxArray, MxArray];
   }
 

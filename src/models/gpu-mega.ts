@@ -114,7 +114,6 @@ function layerSite(
       eps1: inNorm.eps,
       eps2: mlpNorm.eps,
       traditional: kr.traditional,
-      positionScale: kr.positionScale ?? 1,
       scale: attention.scale,
     },
     plans: new Map(),
@@ -136,7 +135,7 @@ function syncState(site: object, size: number): MxArray {
 
 /**
  * A launch plan of the layer megakernel. run() takes DECODE_LAYER_KERNEL's inputs: x [B, 1, D],
- * norm1, q|k|v (weight, scales, biases), pos int32 [B], inv_freq, kc, vc (the whole cache
+ * norm1, q|k|v (weight, scales, biases), pos int32 [B], rope_cs (ropeTable) float32 [B, HD], kc, vc (the whole cache
  * buffers), o (3), norm2, gate|up (3), down (3), sync (int32 [layerSyncWords], zero); output 0 is
  * the layer's output [B, 1, D]. `splits`: mergedAttentionSplits of the longest row's keys (pos + 1).
  */
@@ -208,7 +207,7 @@ export function megaLayer(
     inNorm.weight,
     ...q(qkvW),
     step.positions,
-    kr.invFreq,
+    step.ropeTableFor(kr),
     writable[0],
     writable[1],
     ...q(outW),

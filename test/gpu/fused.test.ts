@@ -25,6 +25,7 @@ import {
   quantizedGemvNormRopeQkv,
   quantizedGemvNormSwiglu,
   quantizedGemvResidual,
+  ropeTable,
 } from "../../src/mlx/kernels-gemv-fused";
 import {
   FUSED_VERIFY_DEFAULT_TOKENS,
@@ -501,7 +502,7 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
             // The megakernel: one launch.
             const plan = layerPlan(
               { dtype, rows: B, hidden: D, intermediate: FF, heads, kvHeads, headDim: hd },
-              { groups: [64, 64, 64, 64], eps1: 1e-5, eps2: 1e-5, traditional: false, positionScale: 1, scale },
+              { groups: [64, 64, 64, 64], eps1: 1e-5, eps2: 1e-5, traditional: false, scale },
               mergedAttentionSplits(keys),
             );
             const qw = (w: mx.QuantizedWeight) => [w.weight, w.scales, w.biases as mx.MxArray];
@@ -510,7 +511,7 @@ describe.skipIf(!cuda)("fused decode kernels on the GPU", () => {
               n1,
               ...qw(wqkv),
               pos,
-              invFreq,
+              ropeTable(pos, rope),
               kc2,
               vc2,
               ...qw(wo),

@@ -72,7 +72,7 @@ function program(c: Case): string {
       eps1: 1e-5,
       eps2: 1e-6,
       traditional: false,
-      positionScale: 1,
+
       scale: 1 / Math.sqrt(c.headDim),
     },
     c.warps,
@@ -121,7 +121,7 @@ ${attention.source}
 }
 }  // namespace ref
 void layer(const ${T}* x, const ${T}* norm1, const uint32_t* w_qkv, const ${T}* s_qkv, const ${T}* b_qkv, const int32_t* pos,
-    const float* inv_freq, const ${T}* kc, Shape kc_shape, const ${T}* vc, const uint32_t* w_o, const ${T}* s_o, const ${T}* b_o,
+    const float* rope_cs, const ${T}* kc, Shape kc_shape, const ${T}* vc, const uint32_t* w_o, const ${T}* s_o, const ${T}* b_o,
     const ${T}* norm2, const uint32_t* w_gu, const ${T}* s_gu, const ${T}* b_gu, const uint32_t* w_dn, const ${T}* s_dn,
     const ${T}* b_dn, const int* sync_state, ${T}* y, ${T}* q, ${T}* kn, ${T}* vn, ${T}* attn, float* part, float* stats,
     ${T}* h2, ${T}* act) {
@@ -160,9 +160,7 @@ int main() {
   std::vector<float> rope_cs(B * HD);
   for (int b = 0; b < B; ++b)
     for (int i = 0; i < HD / 2; ++i) {
-      float scale;
-      const int32_t scale_bits = POS_SCALE_BITS;
-      std::memcpy(&scale, &scale_bits, 4);
+      const float scale = 1.f;
       const float theta = (scale * (float)pos[b]) * inv_freq[i];
       rope_cs[b * HD + i] = cosf(theta);
       rope_cs[b * HD + HD / 2 + i] = sinf(theta);
@@ -188,7 +186,7 @@ int main() {
   std::vector<float> part2(B * H * MAX_SPLITS * HD), stats2(B * H * MAX_SPLITS * 2);
   std::vector<int> sync(${layerSyncWords(c.b, c.kvHeads)}, 0);
   ${c.concurrent ? "emu_launch_all" : "emu_launch"}(GRID * AW * 32, AW * 32, [&] {
-    cu::layer(x.data(), norm1.data(), qkvw.w.data(), qkvw.s.data(), qkvw.b.data(), pos, inv_freq.data(), kc2.data(), shape,
+    cu::layer(x.data(), norm1.data(), qkvw.w.data(), qkvw.s.data(), qkvw.b.data(), pos, rope_cs.data(), kc2.data(), shape,
               vc2.data(), ow.w.data(), ow.s.data(), ow.b.data(), norm2.data(), guw.w.data(), guw.s.data(), guw.b.data(),
               dnw.w.data(), dnw.s.data(), dnw.b.data(), sync.data(), y2.data(), q2.data(), kn2.data(), vn2.data(),
               attn2.data(), part2.data(), stats2.data(), h22.data(), act2.data());

@@ -20,7 +20,7 @@ function phi3(T: "__half" | "__nv_bfloat16", rows: number, warps: number, perSm:
       kvHeads: 32,
       headDim: 96,
     },
-    { groups: [64, 64, 64, 64], eps1: 1e-5, eps2: 1e-5, traditional: false, positionScale: 1, scale: 96 ** -0.5 },
+    { groups: [64, 64, 64, 64], eps1: 1e-5, eps2: 1e-5, traditional: false, scale: 96 ** -0.5 },
     warps,
     prefetch,
   );
@@ -29,7 +29,7 @@ function phi3(T: "__half" | "__nv_bfloat16", rows: number, warps: number, perSm:
       ? "uint32_t"
       : name === "pos" || name === "sync_state"
         ? "int32_t"
-        : name === "inv_freq"
+        : name === "rope_cs"
           ? "float"
           : T;
   return {

@@ -95,7 +95,7 @@ const ropeExtra = [norm, { dtype: Dtype.float32, ndim: 2 }];
 function layerCase(): Case {
   const template = layerTemplate(
     { dtype: F16, rows: 1, hidden: 3072, intermediate: 8192, heads: 32, kvHeads: 32, headDim: 96 },
-    { groups: [64, 64, 64, 64], eps1: 1e-5, eps2: 1e-5, traditional: false, positionScale: 1, scale: 96 ** -0.5 },
+    { groups: [64, 64, 64, 64], eps1: 1e-5, eps2: 1e-5, traditional: false, scale: 96 ** -0.5 },
   );
   const base = layerKernel(template.AW as number, 1);
   const dtypeOf = (name: string) =>
@@ -103,7 +103,7 @@ function layerCase(): Case {
       ? Dtype.uint32
       : name === "pos" || name === "sync_state"
         ? Dtype.int32
-        : name === "inv_freq"
+        : name === "rope_cs"
           ? Dtype.float32
           : F16;
   return {
