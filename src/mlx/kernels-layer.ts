@@ -105,7 +105,9 @@ ${body}
 }
 
 // A phase waits for the one before it (its done count reaching that phase's blocks);
-// polls are volatile loads (L2, no atomic traffic). A phase's end: every thread's
+// polls are volatile loads (L2, no atomic traffic), backing off from 32 to 256 ns:
+// hundreds of blocks may poll one word (one L2 slice) while the phase before them
+// runs. A phase's end: every thread's
 // writes, then thread 0's fence and count (as cooperative groups' grid sync).
 // ~2^24 polls (seconds) without progress cannot happen with a right grid: trap.
 const PHASES = `
@@ -118,9 +120,10 @@ __device__ __forceinline__ int pv_poll(int* p) {
 }
 __device__ __forceinline__ void pv_phase_wait(int* done, int blocks) {
   if (threadIdx.x == 0) {
-    unsigned polls = 0;
+    unsigned polls = 0, ns = 32;
     while (pv_poll(done) < blocks) {
-      __nanosleep(32);
+      __nanosleep(ns);
+      if (ns < 256) ns *= 2;
       if (++polls == (1u << 24)) __trap();
     }
     __threadfence();
@@ -134,11 +137,16 @@ __device__ __forceinline__ void pv_phase_wait(int* done, int blocks) {
 template <typename T, int K, int GROUP>
 __device__ __forceinline__ void pv_prefetch_rows(const uint32_t* w, const T* s, const T* b, int r0, int n) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // The bulk prefetch takes 16-byte aligned addresses and sizes: the range's start rounded down
+  // (still inside the array), its end down (a last few bytes not asked for).
   auto pf = [](const void* base, unsigned bytes) {
-    const char* p = static_cast<const char*>(base);
-    for (unsigned o = threadIdx.x * 4096u; o < bytes; o += blockDim.x * 4096u) {
-      const unsigned size = bytes - o < 4096u ? bytes - o : 4096u;
-      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p + o), "r"(size & ~15u) : "memory");
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(base) & ~uintptr_t(15);
+    const uintptr_t end = (reinterpret_cast<uintptr_t>(base) + bytes) & ~uintptr_t(15);
+    const char* p = reinterpret_cast<const char*>(begin);
+    const unsigned total = (unsigned)(end - begin);
+    for (unsigned o = threadIdx.x * 4096u; o < total; o += blockDim.x * 4096u) {
+      const unsigned size = total - o < 4096u ? total - o : 4096u;
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p + o), "r"(size) : "memory");
     }
   };
   if (n <= 0) return;
