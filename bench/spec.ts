@@ -13,12 +13,14 @@
 //                      [--device cpu|gpu]   (gpu: "lookup" drafts as the engine's GPU default does, through
 //                                            the fused verify path: gpuLookupTuning in speculation.ts)
 //                      [--mlx-lm TARGET_DIR,DRAFT_DIR [--python PY] [--num-draft 3]]
+//                      [--llama-cpp [--llama-threads 1] [--llama-lookup-max 3] [--llama-lookup-pattern 1]]
 //   bun run bench spec --batch 8 [...]   (bench/spec-batch.ts: N streams at once)
 //
-// --mlx-lm runs mlx-lm's speculative decoding (bench/engines/mlx_lm_speculative.py)
-// on MLX folders of the same pair, same prompt ids, after Pensieve's runs.
+// The peers, after Pensieve's runs, same prompt ids (bench/spec-peers.ts): --mlx-lm runs
+// mlx-lm's speculative decoding on MLX folders of the same pair; --llama-cpp llama.cpp's
+// prompt lookup (node-llama-cpp's InputLookupTokenPredictor) on the same GGUF, on the CPU.
 import { mkdirSync, writeFileSync } from "node:fs";
-import { loadavg, tmpdir } from "node:os";
+import { loadavg } from "node:os";
 import { join } from "node:path";
 import { checkDraftModel } from "../src/engine/engine";
 import { type EngineEvent, type SpeculationStats, samplingParams } from "../src/engine/protocol";
@@ -32,6 +34,7 @@ import { resolveLocalModel } from "../src/hub/resolve";
 import type { LanguageModel } from "../src/models/types";
 import { encodeChat, Tokenizer } from "../src/text";
 import { BENCH_DIR, gpuName, machine } from "./peers";
+import { llamaCppLookup, mlxLmSpeculative } from "./spec-peers";
 import { SPEC_PROMPTS } from "./spec-prompts";
 
 interface Run extends SpeculationStats {
@@ -350,59 +353,35 @@ export async function benchSpec(argv: string[]): Promise<void> {
       "",
     );
   }
+  if (argv.includes("--llama-cpp")) {
+    if (!modelPath.endsWith(".gguf")) throw new Error("--llama-cpp: the model must be a GGUF file");
+    const threads = Number(option(argv, "llama-threads") ?? 1);
+    const llama = llamaCppLookup(
+      modelPath,
+      encoded,
+      stops,
+      gen,
+      threads,
+      repeat,
+      Number(option(argv, "llama-lookup-max") ?? 3),
+      Number(option(argv, "llama-lookup-pattern") ?? 1),
+    );
+    (report as Record<string, unknown>).llamaCpp = llama;
+    writeFileSync(`${base}.json`, `${JSON.stringify(report, null, 2)}\n`);
+    const pensieveLookup = (i: number) => summary[i]?.modes.lookup?.decodeTokPerS;
+    lines.push(
+      `llama.cpp prompt lookup (${llama.version}, InputLookupTokenPredictor, at most ${llama.maxPrediction} drafted tokens from matches of ${llama.minPattern}+, ${llama.threads} thread${llama.threads > 1 ? "s" : ""}), same GGUF; its own off/on runs taking turns, after Pensieve's:`,
+      "",
+      "| prompt | decode tok/s off | on | speedup | tok/CPU-s off | on | CPU speedup | acceptance | on = off | Pensieve lookup / llama.cpp on |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+      ...llama.perPrompt.map((r, i) => {
+        const ours = pensieveLookup(i);
+        return `| ${summary[i]?.name} | ${f(r.off)} | ${f(r.on)} | ${f(r.on / r.off, 2)}x | ${f(r.cpuOff)} | ${f(r.cpuOn)} | ${f(r.cpuOn / r.cpuOff, 2)}x | ${f(100 * r.acceptance, 0)}% | ${r.identical ? "yes" : "NO"} | ${ours === undefined ? "" : `${f(ours / r.on, 2)}x`} |`;
+      }),
+      "",
+    );
+  }
   writeFileSync(`${base}.md`, lines.join("\n"));
   console.log(lines.join("\n"));
   console.log(`results: ${base}.json`);
-}
-
-interface PeerRun {
-  tokens: number[];
-  decodeTokPerS: number;
-  decodeTokPerCpuS: number;
-  fromDraft: number;
-}
-
-/** mlx-lm's speculative decoding on the same prompt ids (bench/engines/mlx_lm_speculative.py), medians per prompt. */
-function mlxLmSpeculative(
-  python: string,
-  targetDir: string,
-  draftDir: string,
-  prompts: number[][],
-  stops: number[],
-  gen: number,
-  numDraft: number,
-  repeat: number,
-) {
-  const file = join(tmpdir(), `pensieve-spec-prompts-${process.pid}.json`);
-  writeFileSync(file, JSON.stringify({ prompts, stops }));
-  const script = join(BENCH_DIR, "engines", "mlx_lm_speculative.py");
-  const r = Bun.spawnSync([python, script, targetDir, draftDir, file, String(gen), String(numDraft), String(repeat)], {
-    stdout: "pipe",
-    stderr: "inherit",
-  });
-  if (r.exitCode !== 0) throw new Error(`mlx-lm speculative run failed (${r.exitCode})`);
-  const out = JSON.parse(r.stdout.toString().trim().split("\n").pop() as string) as {
-    version: string;
-    numDraftTokens: number;
-    results: Array<{ off: PeerRun[]; on: PeerRun[] }>;
-  };
-  const median = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)] as number;
-  return {
-    version: out.version,
-    numDraftTokens: out.numDraftTokens,
-    perPrompt: out.results.map((x) => ({
-      off: median(x.off.map((y) => y.decodeTokPerS)),
-      on: median(x.on.map((y) => y.decodeTokPerS)),
-      cpuOff: median(x.off.map((y) => y.decodeTokPerCpuS)),
-      cpuOn: median(x.on.map((y) => y.decodeTokPerCpuS)),
-      fromDraft:
-        x.on.reduce((n, y) => n + y.fromDraft, 0) /
-        Math.max(
-          1,
-          x.on.reduce((n, y) => n + y.tokens.length, 0),
-        ),
-      identical: x.on.every((y) => JSON.stringify(y.tokens) === JSON.stringify(x.off[0]?.tokens)),
-      offTokens: x.off[0]?.tokens ?? [],
-    })),
-  };
 }

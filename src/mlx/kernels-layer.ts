@@ -107,9 +107,9 @@ ${body}
 // A phase waits for the one before it (its done count reaching that phase's blocks);
 // polls are volatile loads (L2, no atomic traffic), backing off from 32 to 256 ns:
 // hundreds of blocks may poll one word (one L2 slice) while the phase before them
-// runs. A phase's end: every thread's
-// writes, then thread 0's fence and count (as cooperative groups' grid sync).
-// ~2^24 polls (seconds) without progress cannot happen with a right grid: trap.
+// runs. A phase's end: every thread's writes, then thread 0's fence and count (as
+// cooperative groups' grid sync). ~2^24 polls (seconds) without progress cannot
+// happen with a right grid: trap.
 const PHASES = `
 __device__ __forceinline__ int pv_poll(int* p) {
 #ifdef PV_EMULATION
