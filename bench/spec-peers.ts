@@ -14,6 +14,9 @@ interface PeerRun {
   decodeTokPerCpuS: number;
 }
 
+/** A peer's runs per prompt, off and on, each with its own extra counts. */
+type PeerResults<Extra> = Array<{ off: Array<PeerRun & Extra>; on: Array<PeerRun & Extra> }>;
+
 const median = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)] as number;
 const same = (a: number[], b: number[] | undefined) => JSON.stringify(a) === JSON.stringify(b);
 
@@ -29,9 +32,17 @@ function perPrompt<R extends PeerRun>(x: { off: R[]; on: R[] }) {
   };
 }
 
+/** What both peers run: the prompt ids, the stop tokens, tokens at most a run, runs a mode. */
+export interface PeerWork {
+  prompts: number[][];
+  stops: number[];
+  gen: number;
+  repeat: number;
+}
+
 const PROMPTS = "{prompts}";
 /** Runs a peer's command, PROMPTS standing for the prompts' JSON file, and parses its last stdout line. */
-function runPeer<T>(command: string[], prompts: number[][], stops: number[], what: string): T {
+function runPeer<T>(command: string[], { prompts, stops }: PeerWork, what: string): T {
   const file = join(tmpdir(), `pensieve-spec-prompts-${process.pid}.json`);
   writeFileSync(file, JSON.stringify({ prompts, stops }));
   const r = Bun.spawnSync(
@@ -47,21 +58,18 @@ export function mlxLmSpeculative(
   python: string,
   targetDir: string,
   draftDir: string,
-  prompts: number[][],
-  stops: number[],
-  gen: number,
   numDraft: number,
-  repeat: number,
+  work: PeerWork,
 ) {
+  const { gen, repeat } = work;
   const script = join(BENCH_DIR, "engines", "mlx_lm_speculative.py");
   const out = runPeer<{
     version: string;
     numDraftTokens: number;
-    results: Array<{ off: Array<PeerRun & { fromDraft: number }>; on: Array<PeerRun & { fromDraft: number }> }>;
+    results: PeerResults<{ fromDraft: number }>;
   }>(
     [python, script, targetDir, draftDir, PROMPTS, String(gen), String(numDraft), String(repeat)],
-    prompts,
-    stops,
+    work,
     "mlx-lm speculative run",
   );
   return {
@@ -85,24 +93,19 @@ export function mlxLmSpeculative(
  */
 export function llamaCppLookup(
   gguf: string,
-  prompts: number[][],
-  stops: number[],
-  gen: number,
   threads: number,
-  repeat: number,
   maxPrediction: number,
   minPattern: number,
+  work: PeerWork,
 ) {
+  const { gen, repeat } = work;
   const script = join(BENCH_DIR, "engines", "llamacpp-lookup.mjs");
   const out = runPeer<{
     version: string;
     threads: number;
     maxPrediction: number;
     minPattern: number;
-    results: Array<{
-      off: Array<PeerRun & { validated: number; refuted: number }>;
-      on: Array<PeerRun & { validated: number; refuted: number }>;
-    }>;
+    results: PeerResults<{ validated: number; refuted: number }>;
   }>(
     [
       process.execPath,
@@ -115,8 +118,7 @@ export function llamaCppLookup(
       String(maxPrediction),
       String(minPattern),
     ],
-    prompts,
-    stops,
+    work,
     "llama.cpp lookup run",
   );
   return {

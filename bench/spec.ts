@@ -318,20 +318,12 @@ export async function benchSpec(argv: string[]): Promise<void> {
     ),
     "",
   ];
+  const work = { prompts: encoded, stops, gen, repeat };
   const peer = option(argv, "mlx-lm");
   if (peer) {
     const [targetDir, draftDir] = peer.split(",") as [string, string];
     const python = option(argv, "python") ?? join(BENCH_DIR, "..", ".venv-ref", "bin", "python");
-    const mlxLm = mlxLmSpeculative(
-      python,
-      targetDir,
-      draftDir,
-      encoded,
-      stops,
-      gen,
-      Number(option(argv, "num-draft") ?? 3),
-      repeat,
-    );
+    const mlxLm = mlxLmSpeculative(python, targetDir, draftDir, Number(option(argv, "num-draft") ?? 3), work);
     (report as Record<string, unknown>).mlxLm = {
       targetDir,
       draftDir,
@@ -358,13 +350,10 @@ export async function benchSpec(argv: string[]): Promise<void> {
     const threads = Number(option(argv, "llama-threads") ?? 1);
     const llama = llamaCppLookup(
       modelPath,
-      encoded,
-      stops,
-      gen,
       threads,
-      repeat,
       Number(option(argv, "llama-lookup-max") ?? 3),
       Number(option(argv, "llama-lookup-pattern") ?? 1),
+      work,
     );
     (report as Record<string, unknown>).llamaCpp = llama;
     writeFileSync(`${base}.json`, `${JSON.stringify(report, null, 2)}\n`);
