@@ -131,9 +131,10 @@ __device__ __forceinline__ void pv_phase_wait(int* done, int blocks) {
   __syncthreads();
 }
 // PREFETCH: a block about to wait first asks L2 for its own weight rows (rows r0..r0+n
-// of a [N, K] 4-bit matrix, then their scales and biases): the layer's blocks are mostly
-// all resident from the start, so its later products' weights stream in while the
-// earlier phases run, instead of after them (sm_90's bulk prefetch, 4 KB a thread).
+// of a [N, K] 4-bit matrix, then their scales and biases). Later phases' blocks start,
+// and wait, as soon as SM slots free up (up to a wave ahead of the running phase), so
+// their weights stream in while the phase before them finishes, instead of after it
+// (sm_90's bulk prefetch, 4 KB a thread).
 template <typename T, int K, int GROUP>
 __device__ __forceinline__ void pv_prefetch_rows(const uint32_t* w, const T* s, const T* b, int r0, int n) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

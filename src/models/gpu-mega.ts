@@ -7,7 +7,7 @@
 // merges its splits in the launch: its numerics are those of the fused path with
 // the kernel writing k/v (PENSIEVE_GPU_FUSED_KV_WRITE, on by default) and PENSIEVE_GPU_FUSED_MERGE on, its default.
 //
-// The grid is every phase's blocks (layerBlocks: 528 for Phi-3's one row at one split), in
+// The grid is every phase's blocks (layerBlocks: 2,016 for Phi-3's one row at one split), in
 // blocks of the attention's warps; a block waits only on blocks that started before it,
 // so it need not fit the GPU at once. PENSIEVE_GPU_MEGA_WARPS: the block's warps (4, the
 // default, 8 or 16: the attention's warps too); PENSIEVE_GPU_MEGA_BLOCKS_PER_SM bounds the
