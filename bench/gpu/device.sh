@@ -27,6 +27,7 @@
 #   bash bench/gpu/device.sh next8         # the tenth session's: the layer megakernel by tickets, its GPU tests (~5 min)
 #   bash bench/gpu/device.sh next8b        # then its alternating step-split rounds against the fused path (~7 min)
 #   bash bench/gpu/device.sh next9         # then one stream against mlx-lm, greedy text mega vs fused, verify drift (~5 min)
+#   bash bench/gpu/device.sh mma-load      # then 32 streams: MLX's ops past 4 rows against fused decode to 32 rows (~4 min)
 #   bash bench/gpu/device.sh next7         # the ninth session's: kernel text by #include, the KV write, one stream against mlx-lm (~7 min)
 #   bash bench/gpu/device.sh next5         # the eighth session's leftovers: verify logits by position (tests, SmolLM2 spec), o/down at 2 rows (~9 min)
 #   bash bench/gpu/device.sh next4         # the eighth session's: latency-optimal one-row shapes for down and o, ncu step + pipelined + tests (~8 min)
