@@ -526,15 +526,14 @@ mma)
   done
   ;;
 mma-load)
-  # 32 concurrent streams over HTTP: the default (MLX's ops with dense fp16 copies past 4 rows) against fused decode up
-  # to 32 rows with the GEMV's tensor cores (PENSIEVE_GEMV_MMA=2 PENSIEVE_GPU_FUSED_MAX_ROWS=32), each server given
-  # 60 s idle to build its kernels. ~4 minutes.
-  for v in 0:4 2:32; do
-    IFS=: read -r mma rows <<< "$v"
-    PENSIEVE_GEMV_MMA=$mma PENSIEVE_GPU_FUSED_MAX_ROWS=$rows timeout 140 bun dist/bench/run.js load --model "$MODEL" --device gpu \
+  # 32 concurrent streams over HTTP: the default (fused decode to 4 rows, MLX's ops with dense fp16 copies past them)
+  # against fused decode up to 32 rows (PENSIEVE_GPU_FUSED_MAX_ROWS=32: the GEMV's tensor cores from 3 rows, its
+  # default), each server given 60 s idle to build its kernels. ~4 minutes.
+  for v in X=0 PENSIEVE_GPU_FUSED_MAX_ROWS=32; do
+    env $v timeout 140 bun dist/bench/run.js load --model "$MODEL" --device gpu \
       --levels 32 --servers pensieve --python $PY --requests-per-client 2 --out-tokens 128 --prompt-tokens 128,256,512 \
-      --ban-tokens $BAN --settle-ms "${SETTLE_MS:-60000}" --out-dir "$OUT/load32-mma$mma" 2>&1 | grep -E '^\| pensieve' |
-      sed "s/^/mma$mma rows$rows /" || true
+      --ban-tokens $BAN --settle-ms "${SETTLE_MS:-60000}" --out-dir "$OUT/load32-${v#*=}" 2>&1 | grep -E '^\| pensieve' |
+      sed "s/^/$v /" || true
   done
   ;;
 rows-default)
