@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
@@ -25,6 +26,10 @@ namespace pensieve {
 // ---- a small persistent pool: the calling thread plus (cores - 1) workers ----
 // Each run gets its own counters, so a worker that wakes late for an old run
 // finds nothing left to do there instead of taking parts of the next one.
+// A decode step is ~300 small runs ~25 us apart: waking a sleeping worker through
+// the kernel (futex) for each cost more than the parts themselves. So workers and
+// the caller spin for a while (PENSIEVE_POOL_SPIN_US, default 50) before they block,
+// and a run wakes workers through the condition variable only if one sleeps.
 class Pool {
  public:
   static Pool& get() {
@@ -57,11 +62,12 @@ class Pool {
     {
       std::lock_guard<std::mutex> lock(mu_);
       current_ = job;
-      ++generation_;
+      generation_.fetch_add(1, std::memory_order_release);
     }
-    cv_.notify_all();
+    // A worker counts itself asleep under mu_ before it waits: either it saw the new generation, or this sees it.
+    if (sleepers_.load() > 0) cv_.notify_all();
     execute(*job);
-    {
+    if (!spin_until([&] { return job->pending.load(std::memory_order_acquire) == 0; })) {
       std::unique_lock<std::mutex> lock(job->mu);
       job->done.wait(lock, [&] { return job->pending.load() == 0; });
     }
@@ -80,7 +86,26 @@ class Pool {
     std::condition_variable done;
   };
 
+  // Polls ready() for up to spin_us_ microseconds (the clock read every 64 polls); whether it became true.
+  template <typename Ready>
+  bool spin_until(const Ready& ready) const {
+    if (ready()) return true;
+    if (spin_us_ <= 0) return false;
+    const auto end = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_);
+    for (unsigned i = 1;; ++i) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#elif defined(__aarch64__)
+      asm volatile("yield");
+#endif
+      if (ready()) return true;
+      if ((i & 63) == 0 && std::chrono::steady_clock::now() >= end) return false;
+    }
+  }
+
   Pool() {
+    const char* spin = std::getenv("PENSIEVE_POOL_SPIN_US");
+    spin_us_ = spin != nullptr ? std::atoi(spin) : 50;
     unsigned n = std::thread::hardware_concurrency();
     workers_ = static_cast<int>(std::min(8u, n == 0 ? 1u : n)) - 1;
     // PENSIEVE_THREADS: the engine passes the configured count this way.
@@ -106,11 +131,16 @@ class Pool {
   void loop(int index) {
     uint64_t seen = 0;
     while (true) {
+      const bool woke = spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; });
       std::shared_ptr<Job> job;
       {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return generation_ != seen; });
-        seen = generation_;
+        if (!woke) {
+          sleepers_.fetch_add(1);
+          cv_.wait(lock, [&] { return generation_.load() != seen; });
+          sleepers_.fetch_sub(1);
+        }
+        seen = generation_.load();
         job = current_;
       }
       if (job && index + 1 < size()) execute(*job);
@@ -123,7 +153,9 @@ class Pool {
   std::mutex mu_;
   std::condition_variable cv_;
   std::shared_ptr<Job> current_;
-  uint64_t generation_ = 0;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> sleepers_{0};
+  int spin_us_ = 50;
 };
 
 
