@@ -310,7 +310,10 @@ export class DecoderModel implements LanguageModel {
     const [B, L] = q0.shape as [number, number];
     const w = layer.attention;
     const rope = layer.rope ?? this.#rope;
+    // One token a row (decode): [B, 1, n*D] is [B, n, 1, D] in memory, so one reshape (a contiguous view) does
+    // what reshape + transpose do: two graph nodes fewer a tensor, and MLX pays per node (~1.6 us on the CPU).
     const heads = (t: MxArray, n: number, norm?: Norm) => {
+      if (L === 1 && !norm) return mx.reshape(t, [B, n, 1, c.headDim]);
       const split = mx.reshape(t, [B, L, n, c.headDim]);
       return mx.transpose(norm ? norm(split) : split, [0, 2, 1, 3]);
     };
@@ -318,7 +321,8 @@ export class DecoderModel implements LanguageModel {
     const q = rotate(heads(q0, c.numHeads, w.qNorm));
     const k = rotate(heads(k0, c.numKvHeads, w.kNorm));
     const attn = batch.attention(index, q, k, heads(v0, c.numKvHeads), rope.scoreScale * this.#baseScale, mask);
-    return mx.reshape(mx.transpose(attn, [0, 2, 1, 3]), [B, L, c.numHeads * c.headDim]);
+    const width = c.numHeads * c.headDim;
+    return L === 1 ? mx.reshape(attn, [B, 1, width]) : mx.reshape(mx.transpose(attn, [0, 2, 1, 3]), [B, L, width]);
   }
 
   dispose(): void {
