@@ -120,10 +120,9 @@ export function verifyDraft(
       bonus.item(),
     );
   });
-  const tiedAt = decision.tiedAt ?? null;
-  if (tiedAt !== null) {
-    // A near tie at position t: the step that position stands for decides it, after the inputs before it.
-    const t = tiedAt;
+  // A near tie at position t: the step that position stands for decides it, after the inputs before it.
+  const t = decision.tiedAt ?? null;
+  if (t !== null) {
     cache.truncate(start + t);
     const input = t === 0 ? last : (draft[t - 1] as number);
     mx.tidy(() => {
@@ -164,5 +163,5 @@ export function verifyDraft(
     });
     lp.dispose();
   }
-  return { values, accepted: decision.accepted, tied: tiedAt !== null };
+  return { values, accepted: decision.accepted, tied: t !== null };
 }
