@@ -373,6 +373,17 @@ next8b)
       --steps 48 2>&1 | grep -E '^\| median|rror' | sed "s/^/one-graph $v /" | tee -a "$OUT/ab.md" || true
   done
   ;;
+next9a)
+  # 2026-12-07 (eleventh session): next9 without the megakernel's runs (next8b measured it 2x slower): one stream
+  # against mlx-lm, the verify pass's GPU test, Phi-3 drift. ~4 minutes.
+  timeout 130 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve,mlx-lm --python $PY \
+    --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 2 \
+    --out-dir "$OUT/single" 2>&1 | grep -E '^\| (pensieve|mlx)' || true
+  mkdir -p ../shared/fixtures && rm -rf ../shared/fixtures/phi3-mini-128k && cp -r .device/phi3 ../shared/fixtures/phi3-mini-128k
+  timeout 100 bun test --timeout 90000 ./dist/test-gpu/verify-logits.test.js 2>&1 |
+    grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -20 | tee -a "$OUT/tests.txt" || true
+  timeout 50 bun dist/bench/gpu/verify-drift.js "$MODEL" --tokens 128 2>&1 | tee -a "$OUT/verify-drift.md" || true
+  ;;
 next9)
   # Call 3 of 3: one stream 128 -> 256 against mlx-lm (default path), then the megakernel alone (MEGA_ENV, default
   # PENSIEVE_GPU_MEGA=1); greedy text of the full-size Phi-3, megakernel against the fused path with its attention at

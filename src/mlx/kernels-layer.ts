@@ -110,6 +110,8 @@ ${body}
 // runs. A phase's end: every thread's writes, then thread 0's fence and count (as
 // cooperative groups' grid sync). ~2^24 polls (seconds) without progress cannot
 // happen with a right grid: trap.
+/** The longest pause between polls, ns (PENSIEVE_GPU_MEGA_POLL_NS; a measurement knob). */
+const POLL_NS = Math.max(32, Number(process.env.PENSIEVE_GPU_MEGA_POLL_NS ?? 256) || 256);
 const PHASES = `
 __device__ __forceinline__ int pv_poll(int* p) {
 #ifdef PV_EMULATION
@@ -123,7 +125,7 @@ __device__ __forceinline__ void pv_phase_wait(int* done, int blocks) {
     unsigned polls = 0, ns = 32;
     while (pv_poll(done) < blocks) {
       __nanosleep(ns);
-      if (ns < 256) ns *= 2;
+      if (ns < ${POLL_NS}) ns *= 2;
       if (++polls == (1u << 24)) __trap();
     }
     __threadfence();

@@ -150,7 +150,7 @@ export class DecoderModel implements LanguageModel {
     const [B] = tokens.shape as [number, number];
     // The fused CUDA decode path (gpu-fused.ts): a few kernels per layer.
     const step =
-      (fused.fusedForward(B * L) || fused.fusedVerifyForward(B, L)) &&
+      (fused.fusedForward(B * L, L) || fused.fusedVerifyForward(B, L)) &&
       this.reducePartial === null &&
       !this.#weights.residual
         ? new fused.FusedStep(B, L, this.dtype, fused.fusedPositions(view.ropeOffset, B, L))

@@ -28,7 +28,7 @@ import {
   mergedAttentionSplits,
 } from "../mlx/kernels-attention";
 import { VERIFY_MAX_TOKENS, VerifyAttention, verifyAttentionSupports } from "../mlx/kernels-attention-verify";
-import { type GemvConfig, gemvConfig, gemvMmaFromRows, gemvSupports } from "../mlx/kernels-gemv";
+import { GEMV_MAX_ROWS, type GemvConfig, gemvConfig, gemvMmaFromRows, gemvSupports } from "../mlx/kernels-gemv";
 import { GEMV_MMA_MAX_ROWS, mmaBucket } from "../mlx/kernels-gemv-mma";
 import { type FusedRope, fusedPlans, pairedConfig, ropeTable } from "../mlx/kernels-gemv-fused";
 import type { Rope } from "./rope";
@@ -148,9 +148,18 @@ export function fusedLaunchCount(): number {
   return launches;
 }
 
-/** Whether a forward of `rows` rows takes the fused path at all. */
-export function fusedForward(rows: number): boolean {
-  return enabled && rows <= fusedRowsNow() && mx.getDevice() === "gpu";
+/**
+ * The most rows of x a forward of `tokensPerRow` tokens a row may give the fused kernels: a row of 2+ tokens
+ * sums with the scalar GEMV (FusedStep's #config), built for at most GEMV_MAX_ROWS, unless every step takes
+ * tensor cores. (A 17-token forward under PENSIEVE_GPU_FUSED_MAX_ROWS=32 failed there on the H100.)
+ */
+export function fusedRowsFor(tokensPerRow: number, limit: number, mmaFromRows: number): number {
+  return tokensPerRow > 1 && mmaFromRows > 1 ? Math.min(limit, GEMV_MAX_ROWS) : limit;
+}
+
+/** Whether a forward of `rows` rows of x (B * L, L tokens a row) takes the fused path at all. */
+export function fusedForward(rows: number, tokensPerRow = 1): boolean {
+  return enabled && rows <= fusedRowsFor(tokensPerRow, fusedRowsNow(), gemvMmaFromRows()) && mx.getDevice() === "gpu";
 }
 
 const cudaWeights = new WeakMap<object, boolean>();

@@ -13,6 +13,7 @@ import {
   fusedRowLimit,
   fusedRowLimitFrom,
   fusedRowsBuilt,
+  fusedRowsFor,
   fusedRowsNow,
   holdFusedRowsUntilBuilt,
   fusedRowCap,
@@ -85,4 +86,13 @@ test("with tensor cores from 5 rows or fewer (PENSIEVE_GEMV_MMA) the limit goes 
   expect(fusedRowCap()).toBe(4);
   setGemvMmaFromRows(Number.POSITIVE_INFINITY);
   expect(fusedRowCap()).toBe(4);
+});
+
+test("rows of several tokens (short prefills, verify passes) sum with the scalar GEMV: at most its 16 rows unless every step takes tensor cores", () => {
+  // PENSIEVE_GPU_FUSED_MAX_ROWS=32 once let a 17-token pass reach the scalar kernels (built for 1..16 rows).
+  expect(fusedRowsFor(1, 32, 3)).toBe(32);
+  expect(fusedRowsFor(17, 32, 3)).toBe(16);
+  expect(fusedRowsFor(2, 32, 3)).toBe(16);
+  expect(fusedRowsFor(2, 4, 3)).toBe(4);
+  expect(fusedRowsFor(17, 32, 1)).toBe(32);
 });
