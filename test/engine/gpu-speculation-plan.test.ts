@@ -1,11 +1,11 @@
-// Where prompt lookup is on by default (engine-plan.ts schedulerOptions): the CPU,
-// and a GPU whose fused verify path takes short passes, drafting by cost at most
+// Where prompt lookup is on by default (engine-plan.ts schedulerOptions): the CPU
+// (drafting by its cost per draft), and a GPU whose fused verify path takes short passes, drafting by cost at most
 // that path's length less one and up to GPU_LOOKUP_MAX_CONTEXT tokens; per server `speculative: false` turns it off.
 import { expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { planMemory, schedulerOptions } from "../../src/engine/engine-plan";
-import { draftLengthByCost, GPU_LOOKUP_MAX_CONTEXT, GPU_ROW_COST } from "../../src/engine/speculation";
+import { CPU_ROW_COST, draftLengthByCost, GPU_LOOKUP_MAX_CONTEXT, GPU_ROW_COST } from "../../src/engine/speculation";
 import { configFromHf } from "../../src/models/config";
 import { loadModel } from "../../src/models/loader";
 import { tinyModel } from "../support/models";
@@ -23,10 +23,12 @@ test("a GPU with the fused verify path drafts by cost, at most its length less o
   expect(gpu.lookupTuning?.maxContext).toBe(GPU_LOOKUP_MAX_CONTEXT);
   expect(schedulerOptions({ model: PHI3 }, plan, "gpu", 0).speculative).toBe(false);
   expect(schedulerOptions({ model: PHI3, speculative: false }, plan, "gpu", 4).speculative).toBe(false);
-  // The CPU keeps its adaptive lookup.
+  // The CPU drafts by its own cost per draft, with no cap on the context.
   const cpu = schedulerOptions({ model: PHI3 }, plan, "cpu");
   expect(cpu.speculative).toBe(true);
-  expect(cpu.lookupTuning).toBeUndefined();
+  expect(cpu.lookupTuning?.policy).toBe("cost");
+  expect(cpu.lookupTuning?.rowCost).toBe(CPU_ROW_COST);
+  expect(cpu.lookupTuning?.maxContext).toBeUndefined();
 });
 
 test("at the GPU's cost per draft, well-copied text drafts the most the path takes and chance matches draft nothing", () => {
