@@ -27,6 +27,7 @@
 #   bash bench/gpu/device.sh next8         # the tenth session's: the layer megakernel by tickets, its GPU tests (~5 min)
 #   bash bench/gpu/device.sh next8b        # then its alternating step-split rounds against the fused path (~7 min)
 #   bash bench/gpu/device.sh next9         # then one stream against mlx-lm, greedy text mega vs fused, verify drift (~5 min)
+#   bash bench/gpu/device.sh next9a        # next9 without the megakernel's runs (~2 min)
 #   bash bench/gpu/device.sh mma-load      # then 32 streams: MLX's ops past 4 rows against fused decode to 32 rows (~4 min)
 #   bash bench/gpu/device.sh next7         # the ninth session's: kernel text by #include, the KV write, one stream against mlx-lm (~7 min)
 #   bash bench/gpu/device.sh next5         # the eighth session's leftovers: verify logits by position (tests, SmolLM2 spec), o/down at 2 rows (~9 min)
@@ -34,6 +35,7 @@
 #   bash bench/gpu/device.sh next3         # the seventh session's leftovers: RoPE table, graph size, launch shapes, latency sweep (~13 min)
 #   bash bench/gpu/device.sh latency       # each fused kernel's launch shapes alone under ncu, the step's kernels, one stream (~6 min)
 #   bash bench/gpu/device.sh kprof         # the fused layer kernels at one row of x beside the plain GEMV, ncu of a step (~4 min)
+#   bash bench/gpu/device.sh kprof-mega    # ncu of a step, fused against the layer megakernel: registers, occupancy (~3 min)
 #   bash bench/gpu/device.sh mma-tests     # the fused path's GPU tests with the GEMV's tensor-core body, verify to 16 tokens (~4 min)
 #   bash bench/gpu/device.sh mma-load      # 32 streams: default against fused 32 rows with tensor cores (~4 min)
 #   bash bench/gpu/device.sh mma           # the tensor-core body against the scalar one: products, verify, steps, one stream (~6 min)
@@ -483,6 +485,20 @@ final)
   timeout 120 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve,mlx-lm --python $PY \
     --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat ${FINAL_REPEAT:-1} \
     --out-dir "$OUT/single" 2>&1 | grep -E '^\| (pensieve|mlx)' || true
+  ;;
+kprof-mega)
+  # Issue 11, after 2026-12-07 (eleventh session): why the layer megakernel's device time is ~3x the five fused
+  # kernels' (gpu-h100-2026-12-07j: polls, prefetch, blocks an SM and warps a block ruled out). Likely: one kernel
+  # takes the registers of its largest phase, so its GEMV phases run with fewer warps (and loads) in flight than
+  # the GEMV kernels alone. Nsight Compute on one step at 128 tokens, fused then megakernel: each kernel's time,
+  # DRAM bytes, registers a thread, achieved occupancy and the occupancy its registers allow. ~3 minutes.
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1 || true)
+  for v in X=0 PENSIEVE_GPU_MEGA=1; do
+    env $v timeout 120 "$NCU" --clock-control none --cache-control none --print-units base --csv --profile-from-start off \
+      --metrics gpu__time_duration.sum,dram__bytes_read.sum,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active,launch__occupancy_limit_registers,launch__grid_size,launch__block_size \
+      bun dist/bench/gpu/step-profile.js "$MODEL" 128 > "$OUT/ncu-mega-${v%%=*}.csv" 2> "$OUT/ncu-mega-${v%%=*}.err" || true
+    { echo "== $v"; bun dist/bench/gpu/ncu-summary.js "$OUT/ncu-mega-${v%%=*}.csv" --top 12; } 2>&1 | tee -a "$OUT/ncu-mega.md"
+  done
   ;;
 kprof|kprof-step)
   # Issue 11, 2026-12-07: why the fused layer kernels run slower in a step than the plain GEMV of the same weight
