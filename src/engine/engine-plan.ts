@@ -134,7 +134,12 @@ export function schedulerOptions(
     kvBits: plan.kvBits,
     // A draft model asks for it.
     speculative: config.speculative ?? (device === "cpu" || gpuLookup || Boolean(config.draftModel)),
-    lookupTuning: gpuLookup ? gpuLookupTuning(verifyTokens - 1) : cpuLookupTuning(),
+    // (A GPU without that path looks up only beside a draft model, with the adaptive default.)
+    ...(gpuLookup
+      ? { lookupTuning: gpuLookupTuning(verifyTokens - 1) }
+      : device === "cpu"
+        ? { lookupTuning: cpuLookupTuning() }
+        : {}),
   };
 }
 
