@@ -134,10 +134,11 @@ export function schedulerOptions(
     kvBits: plan.kvBits,
     // A draft model asks for it.
     speculative: config.speculative ?? (device === "cpu" || gpuLookup || Boolean(config.draftModel)),
-    // (A GPU without that path looks up only beside a draft model, with the adaptive default.)
+    // The CPU's cost per draft was measured for lookup alone; beside a draft model (and on a GPU without the
+    // fused path, which looks up only then) the adaptive default, as measured with one.
     ...(gpuLookup
       ? { lookupTuning: gpuLookupTuning(verifyTokens - 1) }
-      : device === "cpu"
+      : device === "cpu" && !config.draftModel
         ? { lookupTuning: cpuLookupTuning() }
         : {}),
   };

@@ -29,6 +29,8 @@ test("a GPU with the fused verify path drafts by cost, at most its length less o
   expect(cpu.lookupTuning?.policy).toBe("cost");
   expect(cpu.lookupTuning?.rowCost).toBe(CPU_ROW_COST);
   expect(cpu.lookupTuning?.maxContext).toBeUndefined();
+  // Beside a draft model, the adaptive default (the cost per draft was measured for lookup alone).
+  expect(schedulerOptions({ model: PHI3, draftModel: PHI3 }, plan, "cpu").lookupTuning).toBeUndefined();
 });
 
 test("at the GPU's cost per draft, well-copied text drafts the most the path takes and chance matches draft nothing", () => {
