@@ -36,6 +36,7 @@
 #   bash bench/gpu/device.sh latency       # each fused kernel's launch shapes alone under ncu, the step's kernels, one stream (~6 min)
 #   bash bench/gpu/device.sh kprof         # the fused layer kernels at one row of x beside the plain GEMV, ncu of a step (~4 min)
 #   bash bench/gpu/device.sh kprof-mega    # ncu of a step, fused against the layer megakernel: registers, occupancy (~3 min)
+#   bash bench/gpu/device.sh verify-ab     # the 9-token verify pass with tensor cores under MLX graph sizes 25/100/1000, rows profile (~3 min)
 #   bash bench/gpu/device.sh mma-tests     # the fused path's GPU tests with the GEMV's tensor-core body, verify to 16 tokens (~4 min)
 #   bash bench/gpu/device.sh mma-load      # 32 streams: default against fused 32 rows with tensor cores (~4 min)
 #   bash bench/gpu/device.sh mma           # the tensor-core body against the scalar one: products, verify, steps, one stream (~6 min)
@@ -485,6 +486,18 @@ final)
   timeout 120 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve,mlx-lm --python $PY \
     --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat ${FINAL_REPEAT:-1} \
     --out-dir "$OUT/single" 2>&1 | grep -E '^\| (pensieve|mlx)' || true
+  ;;
+verify-ab)
+  # Issue 13, after 2026-12-07 (eleventh session): a 9-token verify pass with tensor cores for every product took
+  # 7.95 ms (1.96x a step) against 6.50 ms (1.35x) on 2026-12-07f. Since then MLX's graphs hold 25 ops instead of
+  # 100 (mlx-env.ts) and RoPE reads a table: spec-verify-cost at 512 tokens under graph sizes 25 / 100 / 1000,
+  # then the rows profile of the pass. ~3 minutes.
+  for v in MLX_MAX_OPS_PER_BUFFER=25 MLX_MAX_OPS_PER_BUFFER=100 "MLX_MAX_OPS_PER_BUFFER=1000 MLX_MAX_MB_PER_BUFFER=1000000"; do
+    echo "== $v"
+    env $v PENSIEVE_GEMV_MMA=1 PENSIEVE_GPU_FUSED_MAX_ROWS=16 timeout 100 bun dist/bench/run.js spec-verify-cost --device gpu \
+      --model "$MODEL" --prompt 512 --ks 1,2,4,8 --n 15 2>&1 | grep -E '^\| [0-9]|One-token|rror' | tee -a "$OUT/verify-ab.md" || true
+  done
+  PENSIEVE_GEMV_MMA=1 PENSIEVE_GPU_FUSED_MAX_ROWS=16 ROWS_TIMEOUT=100 bash "$0" rows || true
   ;;
 kprof-mega)
   # Issue 11, after 2026-12-07 (eleventh session): why the layer megakernel's device time is ~3x the five fused
