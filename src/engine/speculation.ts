@@ -70,7 +70,8 @@ export const DEFAULT_LOOKUP: LookupTuning = {
  * The CPU's prompt lookup (engine-plan.ts): k chosen per draft by cost at CPU_ROW_COST. Against the adaptive
  * DEFAULT_LOOKUP in the same runs (bench/results/spec-cpu-2026-12-07T22-19-14.md, …T22-23-16.md, …T22-50-38.md):
  * edits 1.94x / 1.88x / 1.94x against 1.83x / 1.81x / 1.87x; tool calls 1.64x / 1.48x against 1.58x / 1.52x; the
- * story 1.08x / 0.86x against 1.09x / 0.94x (noise of this shared host); outputs identical.
+ * story 1.08x / 0.86x against 1.09x / 0.94x, and over 4 repeats 1.03x against 1.01x (…T23-21-24.md: the 0.86x was
+ * this shared host's noise); outputs identical.
  */
 export function cpuLookupTuning(): LookupTuning {
   return { ...DEFAULT_LOOKUP, policy: "cost", rowCost: CPU_ROW_COST };
