@@ -50,24 +50,39 @@ function countCalls<T>(fn: () => T): { result: T; calls: Map<string, number> } {
   }
 }
 
+// PENSIEVE_STEP_TOKENS=L (2..16): a speculative verify pass of L tokens instead (logits of every position; the
+// cache is cut back to one new token after each, so every pass sees the same context).
+const L = Number(process.env.PENSIEVE_STEP_TOKENS ?? 1);
 let buildMs = 0;
 const step = () => {
   const t0 = performance.now();
-  const next = mx.tidy(() => mx.argmax(model.forward(mx.int32([token], [1, 1]), cache), -1));
+  const start = cache.offset;
+  cache.growFor(L);
+  const inputs = mx.int32(Array(L).fill(token), [1, L]);
+  const next = mx.tidy(() =>
+    mx.argmax(mx.reshape(model.forward(inputs, cache, { logits: L > 1 ? "all" : "last" }), [L, -1]), -1),
+  );
+  inputs.dispose();
   buildMs += performance.now() - t0;
   mx.evaluate(next);
-  token = next.item() as number;
+  token = (next.read() as Int32Array)[L - 1] as number;
   next.dispose();
+  if (L > 1) cache.truncate(start + 1);
 };
 for (let i = 0; i < 4; i++) step();
 {
   const launches = fusedLaunchCount();
+  const start = cache.offset;
+  cache.growFor(L);
   const { result, calls } = countCalls(() =>
-    mx.tidy(() => mx.argmax(model.forward(mx.int32([token], [1, 1]), cache), -1)),
+    mx.tidy(() =>
+      mx.argmax(model.forward(mx.int32(Array(L).fill(token), [1, L]), cache, { logits: L > 1 ? "all" : "last" }), -1),
+    ),
   );
   mx.evaluate(result);
-  token = result.item() as number;
+  token = (mx.reshape(result, [-1]).read() as Int32Array)[L - 1] as number;
   result.dispose();
+  if (L > 1) cache.truncate(start + 1);
   const total = [...calls.values()].reduce((a, b) => a + b, 0);
   const top = [...calls.entries()].sort((a, b) => b[1] - a[1]).map(([n, c]) => `${n.replace(/^pv_/, "")} ${c}`);
   console.error(

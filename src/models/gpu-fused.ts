@@ -148,13 +148,24 @@ export function fusedLaunchCount(): number {
   return launches;
 }
 
+// PENSIEVE_GPU_VERIFY_MMA=1: verify passes take gemvConfig's choice (tensor cores from PENSIEVE_GEMV_MMA's rows)
+// while one-token steps keep the scalar body. A pass then sums otherwise than its steps (fp32 against fp16
+// partials of 8 products), as its attention already does: greedy exactness rests on the tie margin
+// (speculative-verify.ts), which must exceed the drift (bench/gpu/verify-drift.ts).
+let verifyTensorCores = process.env.PENSIEVE_GPU_VERIFY_MMA === "1";
+
+/** Whether verify passes built from now on may take tensor cores while one-token steps keep the scalar body. */
+export function setVerifyTensorCores(on: boolean | null): void {
+  verifyTensorCores = on === null ? process.env.PENSIEVE_GPU_VERIFY_MMA === "1" : on;
+}
+
 /**
  * The most rows of x a forward of `tokensPerRow` tokens a row may give the fused kernels: a row of 2+ tokens
  * sums with the scalar GEMV (FusedStep's #config), built for at most GEMV_MAX_ROWS, unless every step takes
  * tensor cores. (A 17-token forward under PENSIEVE_GPU_FUSED_MAX_ROWS=32 failed there on the H100.)
  */
 export function fusedRowsFor(tokensPerRow: number, limit: number, mmaFromRows: number): number {
-  return tokensPerRow > 1 && mmaFromRows > 1 ? Math.min(limit, GEMV_MAX_ROWS) : limit;
+  return tokensPerRow > 1 && mmaFromRows > 1 && !verifyTensorCores ? Math.min(limit, GEMV_MAX_ROWS) : limit;
 }
 
 /** Whether a forward of `rows` rows of x (B * L, L tokens a row) takes the fused path at all. */
@@ -294,7 +305,7 @@ export class FusedStep {
    * pass sums as the step it stands for. Decode steps (L = 1): gemvConfig's choice (undefined).
    */
   #config(q: mx.QuantizedWeight, rows: number, paired: boolean): GemvConfig | undefined {
-    if (this.L === 1 || gemvMmaFromRows() <= 1) return undefined;
+    if (this.L === 1 || gemvMmaFromRows() <= 1 || verifyTensorCores) return undefined;
     const n = q.weight.dim(0);
     const k = (q.weight.dim(1) * 32) / q.bits;
     return paired ? pairedConfig(n, rows, k, false) : gemvConfig(n, rows, k, false);
