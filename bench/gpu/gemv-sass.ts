@@ -12,6 +12,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { mmaSpec } from "../../src/mlx/kernels-gemv";
+import { mmaBucket } from "../../src/mlx/kernels-gemv-mma";
 import { GEMV_RESIDUAL_KERNEL } from "../../src/mlx/kernels-gemv-fused";
 import { type CudaType, nvrtcAvailable, nvrtcCompile, ptxasResources } from "../../test/gpu/nvrtc";
 
@@ -36,9 +37,22 @@ for (const [m, rows] of shapes as Array<[number, number]>) {
   const spec = mmaWarpsArg ? mmaSpec(GEMV_RESIDUAL_KERNEL) : GEMV_RESIDUAL_KERNEL;
   const r = nvrtcCompile({
     ...spec,
-    inputs: ["x", "w", "scales", "biases", "res"].map((name) => ({ name, type: name === "w" ? "uint32_t" : H })),
+    // x's shape and ndim, as MLX passes them to a source that reads them (the tensor-core body's rows at run time).
+    inputs: ["x", "w", "scales", "biases", "res"].map((name) => ({
+      name,
+      type: name === "w" ? "uint32_t" : H,
+      ...(name === "x" && mmaWarpsArg ? { shape: true, ndim: true } : {}),
+    })),
     outputs: [{ name: "y", type: H }],
-    template: { T: "__half", M: m, N: 3072, K, ROWS: rows, WARPS: mmaWarpsArg || 4, GROUP: 64 },
+    template: {
+      T: "__half",
+      M: mmaWarpsArg ? mmaBucket(m) : m,
+      N: 3072,
+      K,
+      ROWS: rows,
+      WARPS: mmaWarpsArg || 4,
+      GROUP: 64,
+    },
   });
   if (!r.ok || !r.cubin) throw new Error(r.log);
   const file = join(dir, `m${m}-r${rows}.cubin`);
@@ -52,6 +66,14 @@ for (const [m, rows] of shapes as Array<[number, number]>) {
     n++;
   }
   const per = (n / m / rows / CHUNK_ROUNDS).toFixed(0);
+  if (process.env.SASS_OPS)
+    console.error(
+      Object.entries(ops)
+        .sort((a, b) => b[1] - a[1])
+        .slice(0, 24)
+        .map(([o, c]) => `${o} ${c}`)
+        .join(", "),
+    );
   const regs = ptxasResources(r.log)?.registers ?? "?";
   console.log(
     `| ${m} | ${rows} | ${n} | ${per} | ${regs} | ${ops.HFMA2 ?? 0} | ${ops.HADD2 ?? 0} | ${ops.PRMT ?? 0} | ${ops.FADD ?? 0} |`,
