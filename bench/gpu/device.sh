@@ -521,6 +521,22 @@ verify-mma)
       bun dist/bench/gpu/step-profile.js "$MODEL" 512 > "$OUT/ncu-pass-$L.csv" 2> "$OUT/ncu-pass-$L.err" || true
     { echo "== $L tokens"; bun dist/bench/gpu/ncu-summary.js "$OUT/ncu-pass-$L.csv" --top 14; grep step-profile "$OUT/ncu-pass-$L.err"; } 2>&1 | tee -a "$OUT/ncu-pass.md"
   done
+  # Why a 9-row tensor-core product is slower than a one-row scalar one: the first layer's products under Nsight
+  # Compute's sections (throughputs, occupancy, warp states), then the stall reasons as metrics.
+  if [ -n "$NCU" ]; then
+    PENSIEVE_STEP_TOKENS=9 PENSIEVE_GPU_VERIFY_MMA=1 timeout 120 "$NCU" --clock-control none --cache-control none --print-units base --csv \
+      --profile-from-start off -k regex:pv_gemv --launch-count 5 --section SpeedOfLight --section Occupancy --section LaunchStats \
+      --section WarpStateStats --section MemoryWorkloadAnalysis bun dist/bench/gpu/step-profile.js "$MODEL" 512 \
+      > "$OUT/ncu-mma9-sections.csv" 2> "$OUT/ncu-mma9-sections.err" || true
+    bun dist/bench/gpu/ncu-summary.js "$OUT/ncu-mma9-sections.csv" --metrics > "$OUT/ncu-mma9-sections.md" 2>&1 || true
+    stalls=$(for r in long_scoreboard short_scoreboard lg_throttle mio_throttle math_pipe_throttle wait barrier not_selected selected no_instruction dispatch_stall imc_miss branch_resolving; do
+      printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' $r; done)
+    PENSIEVE_STEP_TOKENS=9 PENSIEVE_GPU_VERIFY_MMA=1 timeout 120 "$NCU" --clock-control none --cache-control none --print-units base --csv \
+      --profile-from-start off -k regex:pv_gemv --launch-count 5 --metrics "${stalls}smsp__inst_executed.sum,gpu__time_duration.sum" \
+      bun dist/bench/gpu/step-profile.js "$MODEL" 512 > "$OUT/ncu-mma9-stalls.csv" 2> "$OUT/ncu-mma9-stalls.err" || true
+    bun dist/bench/gpu/ncu-summary.js "$OUT/ncu-mma9-stalls.csv" --metrics > "$OUT/ncu-mma9-stalls.md" 2>&1 || true
+    tail -3 "$OUT/ncu-mma9-stalls.err" "$OUT/ncu-mma9-sections.err"
+  fi
   PENSIEVE_GPU_VERIFY_MMA=1 timeout 150 bun test --timeout 140000 ./dist/test-gpu/verify-logits.test.js 2>&1 |
     grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -20 | tee "$OUT/verify-mma-tests.txt" || true
   ;;

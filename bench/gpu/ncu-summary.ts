@@ -34,6 +34,8 @@ export interface KernelRun {
   block: string;
   ns: number;
   bytes: number;
+  /** Every metric by name (--metrics prints their medians). */
+  metrics: Record<string, number>;
 }
 
 export function readNcuCsv(text: string): KernelRun[] {
@@ -57,11 +59,20 @@ export function readNcuCsv(text: string): KernelRun[] {
     const id = f[cId] as string;
     let r = runs.get(id);
     if (!r) {
-      r = { id, name: f[cName] as string, grid: f[cGrid] as string, block: f[cBlock] as string, ns: 0, bytes: 0 };
+      r = {
+        id,
+        name: f[cName] as string,
+        grid: f[cGrid] as string,
+        block: f[cBlock] as string,
+        ns: 0,
+        bytes: 0,
+        metrics: {},
+      };
       runs.set(id, r);
     }
     const value = Number((f[cValue] as string).replace(/,/g, ""));
     const metric = f[cMetric] as string;
+    r.metrics[metric] = value;
     if (metric === "gpu__time_duration.sum") r.ns = value;
     else if (metric.startsWith("dram__bytes_")) r.bytes += value;
   }
@@ -102,9 +113,25 @@ export function summarize(runs: KernelRun[], top = 25): string {
   ].join("\n");
 }
 
+/** Per kernel (name + grid), the median of every metric the CSV holds, one line a metric. */
+export function metricTable(runs: KernelRun[]): string {
+  const groups = new Map<string, KernelRun[]>();
+  for (const r of runs) {
+    const key = `${r.name.replace(/\(.*$/, "").replace(/<.*>/, "<…>").slice(0, 60)} grid ${r.grid}`;
+    groups.set(key, [...(groups.get(key) ?? []), r]);
+  }
+  const lines = ["| kernel | metric | median |", "|---|---|---:|"];
+  for (const [key, rs] of groups) {
+    const names = Object.keys(rs[0]?.metrics ?? {}).sort();
+    for (const m of names) lines.push(`| ${key} | ${m} | ${median(rs.map((r) => r.metrics[m] ?? Number.NaN))} |`);
+  }
+  return lines.join("\n");
+}
+
 if (import.meta.main) {
   const [file, ...rest] = process.argv.slice(2);
-  if (!file) throw new Error("usage: ncu-summary.ts FILE.csv [--top N]");
-  const top = rest[0] === "--top" ? Number(rest[1]) : 25;
-  console.log(summarize(readNcuCsv(readFileSync(file, "utf8")), top));
+  if (!file) throw new Error("usage: ncu-summary.ts FILE.csv [--top N] [--metrics]");
+  const top = rest.includes("--top") ? Number(rest[rest.indexOf("--top") + 1]) : 25;
+  const runs = readNcuCsv(readFileSync(file, "utf8"));
+  console.log(rest.includes("--metrics") ? metricTable(runs) : summarize(runs, top));
 }
