@@ -36,7 +36,8 @@
 #   bash bench/gpu/device.sh latency       # each fused kernel's launch shapes alone under ncu, the step's kernels, one stream (~6 min)
 #   bash bench/gpu/device.sh kprof         # the fused layer kernels at one row of x beside the plain GEMV, ncu of a step (~4 min)
 #   bash bench/gpu/device.sh kprof-mega    # ncu of a step, fused against the layer megakernel: registers, occupancy (~3 min)
-#   bash bench/gpu/device.sh verify-mma    # issue 13: fused verify passes on tensor cores (steps scalar): cost, drift, ncu, tests (~5 min)
+#   bash bench/gpu/device.sh verify-mma    # issue 13: fused verify passes on tensor cores (steps scalar): cost, preload A/B, drift, ncu (~4.5 min)
+#   bash bench/gpu/device.sh verify-mma2   # then the 9-row products' stall reasons under ncu, the verify-logits GPU tests (~4 min)
 #   bash bench/gpu/device.sh mma-tests     # the fused path's GPU tests with the GEMV's tensor-core body, verify to 16 tokens (~4 min)
 #   bash bench/gpu/device.sh mma-load      # 32 streams: default against fused 32 rows with tensor cores (~4 min)
 #   bash bench/gpu/device.sh mma           # the tensor-core body against the scalar one: products, verify, steps, one stream (~6 min)
@@ -490,54 +491,62 @@ final)
 verify-mma)
   # Issue 13, 2026-12-08: gpu-h100-2026-12-07j's "8 drafts 7.95 ms, 1.96x" ran without PENSIEVE_GPU_FUSED_VERIFY=1,
   # so passes past 4 tokens took MLX's ops (its 5-token pass jumped to 7.07 ms from 4.14 at 3). Here every pass is
-  # fused: tensor cores for verify passes only (PENSIEVE_GPU_VERIFY_MMA=1: one-token steps keep the scalar body,
-  # exactness rests on the tie margin) and for everything (PENSIEVE_GEMV_MMA=1, as 07f); the drift such a pass
-  # has against its steps (Phi-3, SmolLM2 when staged); Nsight Compute of a 9-token pass against a step; the
-  # verify-logits GPU tests under VERIFY_MMA. ~5 minutes.
-  export PENSIEVE_GPU_FUSED_VERIFY=1
-  for v in PENSIEVE_GPU_VERIFY_MMA=1 PENSIEVE_GEMV_MMA=1; do
-    for p in 512 4096; do
-      echo "== $v, prompt $p" | tee -a "$OUT/verify-mma.md"
-      env $v timeout 100 bun dist/bench/run.js spec-verify-cost --device gpu --model "$MODEL" --prompt $p \
-        --ks 1,2,3,4,6,8,15 --n 15 --out-dir "$OUT/verify-cost" 2>&1 | grep -E '^\| [0-9]|One-token|rror' | tee -a "$OUT/verify-mma.md" || true
-      [ "$v" = PENSIEVE_GEMV_MMA=1 ] && break
+  # fused, with tensor cores for verify passes only (PENSIEVE_GPU_VERIFY_MMA=1: one-token steps keep the scalar
+  # body, exactness rests on the tie margin): the cost after 512 and 4,096 tokens; the tensor-core body's first
+  # weights loaded before or after the RMSNorm prologue (PENSIEVE_GEMV_MMA_PRELOAD, alternating); the drift of
+  # such a pass against its steps (Phi-3, and SmolLM2 when staged); Nsight Compute of a 9-token pass against a
+  # step. ~4.5 minutes. verify-mma2: the products' stall reasons and the GPU tests.
+  export PENSIEVE_GPU_FUSED_VERIFY=1 PENSIEVE_GPU_VERIFY_MMA=1
+  for p in 512 4096; do
+    echo "== prompt $p" | tee -a "$OUT/verify-mma.md"
+    timeout 100 bun dist/bench/run.js spec-verify-cost --device gpu --model "$MODEL" --prompt $p \
+      --ks 1,2,3,4,6,8,15 --n 15 --out-dir "$OUT/verify-cost" 2>&1 | grep -E '^\| [0-9]|One-token|rror' | tee -a "$OUT/verify-mma.md" || true
+  done
+  for r in 1 2; do
+    for v in PENSIEVE_GEMV_MMA_PRELOAD=0 PENSIEVE_GEMV_MMA_PRELOAD=1; do
+      echo "== round $r, $v, prompt 512" | tee -a "$OUT/preload-ab.md"
+      env $v timeout 60 bun dist/bench/run.js spec-verify-cost --device gpu --model "$MODEL" --prompt 512 --ks 8,15 --n 15 \
+        2>&1 | grep -E '^\| [0-9]|One-token|rror' | tee -a "$OUT/preload-ab.md" || true
     done
   done
-  for L in 9 4; do
-    echo "== drift, Phi-3, passes of $L, PENSIEVE_GPU_VERIFY_MMA=1" | tee -a "$OUT/verify-drift.md"
-    PENSIEVE_GPU_VERIFY_MMA=1 timeout 60 bun dist/bench/gpu/verify-drift.js "$MODEL" --L $L --tokens 128 2>&1 | tee -a "$OUT/verify-drift.md" || true
-  done
+  echo "== drift, Phi-3, passes of 9" | tee -a "$OUT/verify-drift.md"
+  timeout 60 bun dist/bench/gpu/verify-drift.js "$MODEL" --L 9 --tokens 128 2>&1 | tee -a "$OUT/verify-drift.md" || true
   if [ -f "$W/smollm2.gguf" ]; then
     for p in py-rename control-story; do
-      echo "== drift, SmolLM2 $p, passes of 9, PENSIEVE_GPU_VERIFY_MMA=1" | tee -a "$OUT/verify-drift.md"
-      PENSIEVE_GPU_VERIFY_MMA=1 timeout 60 bun dist/bench/gpu/verify-drift.js "$W/smollm2.gguf" --L 9 --tokens 256 --prompt $p 2>&1 | tee -a "$OUT/verify-drift.md" || true
+      echo "== drift, SmolLM2 $p, passes of 9" | tee -a "$OUT/verify-drift.md"
+      timeout 60 bun dist/bench/gpu/verify-drift.js "$W/smollm2.gguf" --L 9 --tokens 256 --prompt $p 2>&1 | tee -a "$OUT/verify-drift.md" || true
     done
   fi
   NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1 || true)
   for L in 1 9; do
     [ -n "$NCU" ] || break
-    PENSIEVE_STEP_TOKENS=$L PENSIEVE_GPU_VERIFY_MMA=1 timeout 100 "$NCU" --clock-control none --cache-control none --print-units base --csv \
-      --profile-from-start off --metrics gpu__time_duration.sum,dram__bytes_read.sum,launch__grid_size,launch__block_size \
+    PENSIEVE_STEP_TOKENS=$L timeout 100 "$NCU" --clock-control none --cache-control none --print-units base --csv \
+      --profile-from-start off --metrics gpu__time_duration.sum,dram__bytes_read.sum \
       bun dist/bench/gpu/step-profile.js "$MODEL" 512 > "$OUT/ncu-pass-$L.csv" 2> "$OUT/ncu-pass-$L.err" || true
     { echo "== $L tokens"; bun dist/bench/gpu/ncu-summary.js "$OUT/ncu-pass-$L.csv" --top 14; grep step-profile "$OUT/ncu-pass-$L.err"; } 2>&1 | tee -a "$OUT/ncu-pass.md"
   done
-  # Why a 9-row tensor-core product is slower than a one-row scalar one: the first layer's products under Nsight
-  # Compute's sections (throughputs, occupancy, warp states), then the stall reasons as metrics.
+  ;;
+verify-mma2)
+  # After verify-mma: why a 9-row tensor-core product is slower than a one-row scalar one (the first layer's
+  # products under Nsight Compute's sections, then the stall reasons), and the verify-logits GPU tests under
+  # PENSIEVE_GPU_VERIFY_MMA=1. ~4 minutes.
+  export PENSIEVE_GPU_FUSED_VERIFY=1 PENSIEVE_GPU_VERIFY_MMA=1
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1 || true)
   if [ -n "$NCU" ]; then
-    PENSIEVE_STEP_TOKENS=9 PENSIEVE_GPU_VERIFY_MMA=1 timeout 120 "$NCU" --clock-control none --cache-control none --print-units base --csv \
+    PENSIEVE_STEP_TOKENS=9 timeout 120 "$NCU" --clock-control none --cache-control none --print-units base --csv \
       --profile-from-start off -k regex:pv_gemv --launch-count 5 --section SpeedOfLight --section Occupancy --section LaunchStats \
       --section WarpStateStats --section MemoryWorkloadAnalysis bun dist/bench/gpu/step-profile.js "$MODEL" 512 \
       > "$OUT/ncu-mma9-sections.csv" 2> "$OUT/ncu-mma9-sections.err" || true
     bun dist/bench/gpu/ncu-summary.js "$OUT/ncu-mma9-sections.csv" --metrics > "$OUT/ncu-mma9-sections.md" 2>&1 || true
     stalls=$(for r in long_scoreboard short_scoreboard lg_throttle mio_throttle math_pipe_throttle wait barrier not_selected selected no_instruction dispatch_stall imc_miss branch_resolving; do
       printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' $r; done)
-    PENSIEVE_STEP_TOKENS=9 PENSIEVE_GPU_VERIFY_MMA=1 timeout 120 "$NCU" --clock-control none --cache-control none --print-units base --csv \
+    PENSIEVE_STEP_TOKENS=9 timeout 120 "$NCU" --clock-control none --cache-control none --print-units base --csv \
       --profile-from-start off -k regex:pv_gemv --launch-count 5 --metrics "${stalls}smsp__inst_executed.sum,gpu__time_duration.sum" \
       bun dist/bench/gpu/step-profile.js "$MODEL" 512 > "$OUT/ncu-mma9-stalls.csv" 2> "$OUT/ncu-mma9-stalls.err" || true
     bun dist/bench/gpu/ncu-summary.js "$OUT/ncu-mma9-stalls.csv" --metrics > "$OUT/ncu-mma9-stalls.md" 2>&1 || true
     tail -3 "$OUT/ncu-mma9-stalls.err" "$OUT/ncu-mma9-sections.err"
   fi
-  PENSIEVE_GPU_VERIFY_MMA=1 timeout 150 bun test --timeout 140000 ./dist/test-gpu/verify-logits.test.js 2>&1 |
+  timeout 150 bun test --timeout 140000 ./dist/test-gpu/verify-logits.test.js 2>&1 |
     grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -20 | tee "$OUT/verify-mma-tests.txt" || true
   ;;
 kprof-mega)

@@ -56,7 +56,6 @@ export const GEMV_MMA_SOURCE = `
   const int t = lane & 3;
   // Rows of x at run time (M is the kernel's bucket: mmaBucket): rows MR..M-1 are zero and not written.
   const int MR = [&] { int r = 1; for (int i = 0; i + 1 < x_ndim; ++i) r *= x_shape[i]; return r; }();
-/*PROLOGUE*/
   // The tile rows this lane loads: tile row g and g + 8, through the variant's row order.
   int trow[2];
 #pragma unroll
@@ -69,15 +68,11 @@ export const GEMV_MMA_SOURCE = `
     for (int r = 1; r < ROWS; ++r)
       if (tr % ROWS == r) trow[h] = rowi[r];
   }
-  float mac[NT][4];
-#pragma unroll
-  for (int n = 0; n < NT; ++n)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) mac[n][i] = 0.f;
   const uint4* wbase = reinterpret_cast<const uint4*>(w);
-  for (int kb0 = wib; kb0 < KB; kb0 += WARPS * U) {
-    uint4 wv[U][2];
-    T2 sv[U][2], bv[U][2];
+  uint4 wv[U][2];
+  T2 sv[U][2], bv[U][2];
+  // One round: U k-blocks of this lane's two tile rows, with their scales and biases.
+  auto load_round = [&](int kb0) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int c = (kb0 + u * WARPS) * 4 + t;
@@ -95,6 +90,18 @@ export const GEMV_MMA_SOURCE = `
         }
       }
     }
+  };
+  // The first round is asked for before the prologue (the norm variants' pass over every row of x), so its
+  // DRAM latency overlaps that pass (PENSIEVE_GEMV_MMA_PRELOAD=0: after it, as before 2026-12-08).
+  load_round(wib);
+/*PROLOGUE*/
+  float mac[NT][4];
+#pragma unroll
+  for (int n = 0; n < NT; ++n)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) mac[n][i] = 0.f;
+  for (int kb0 = wib; kb0 < KB; kb0 += WARPS * U) {
+    if (kb0 != wib) load_round(kb0);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int c = (kb0 + u * WARPS) * 4 + t;

@@ -180,7 +180,11 @@ export type GemvBody = "scalar" | "split" | "mma";
  * constants SPLIT and LOADS besides) or tensor cores (1..32 rows of x).
  */
 export function gemvSource(variant: GemvVariant = {}, kind: GemvBody = "scalar"): string {
-  const source = kind === "split" ? GEMV_SPLIT_SOURCE : kind === "mma" ? GEMV_MMA_SOURCE : SOURCE;
+  const mmaSource =
+    process.env.PENSIEVE_GEMV_MMA_PRELOAD === "0"
+      ? GEMV_MMA_SOURCE.replace("  load_round(wib);\n/*PROLOGUE*/", "/*PROLOGUE*/\n  load_round(wib);")
+      : GEMV_MMA_SOURCE;
+  const source = kind === "split" ? GEMV_SPLIT_SOURCE : kind === "mma" ? mmaSource : SOURCE;
   const bound = kind === "mma" ? boundRows : (hook: string) => hook;
   return source
     .replace("/*PROLOGUE*/", variant.norm ? bound(NORM_PROLOGUE) : "")
