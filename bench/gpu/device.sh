@@ -499,18 +499,18 @@ verify-mma)
   export PENSIEVE_GPU_FUSED_VERIFY=1 PENSIEVE_GPU_VERIFY_MMA=1
   for p in 512 4096; do
     echo "== prompt $p" | tee -a "$OUT/verify-mma.md"
-    timeout 100 bun dist/bench/run.js spec-verify-cost --device gpu --model "$MODEL" --prompt $p \
+    timeout 70 bun dist/bench/run.js spec-verify-cost --device gpu --model "$MODEL" --prompt $p \
       --ks 1,2,3,4,6,8,15 --n 15 --out-dir "$OUT/verify-cost" 2>&1 | grep -E '^\| [0-9]|One-token|rror' | tee -a "$OUT/verify-mma.md" || true
   done
-  for r in 1 2; do
+  for r in ${AB_ROUNDS:-1 2}; do
     for v in PENSIEVE_GEMV_MMA_PRELOAD=0 PENSIEVE_GEMV_MMA_PRELOAD=1; do
       echo "== round $r, $v, prompt 512" | tee -a "$OUT/preload-ab.md"
-      env $v timeout 60 bun dist/bench/run.js spec-verify-cost --device gpu --model "$MODEL" --prompt 512 --ks 8,15 --n 15 \
+      env $v timeout 45 bun dist/bench/run.js spec-verify-cost --device gpu --model "$MODEL" --prompt 512 --ks 8,15 --n 15 \
         2>&1 | grep -E '^\| [0-9]|One-token|rror' | tee -a "$OUT/preload-ab.md" || true
     done
   done
   echo "== drift, Phi-3, passes of 9" | tee -a "$OUT/verify-drift.md"
-  timeout 60 bun dist/bench/gpu/verify-drift.js "$MODEL" --L 9 --tokens 128 2>&1 | tee -a "$OUT/verify-drift.md" || true
+  timeout 45 bun dist/bench/gpu/verify-drift.js "$MODEL" --L 9 --tokens 128 2>&1 | tee -a "$OUT/verify-drift.md" || true
   if [ -f "$W/smollm2.gguf" ]; then
     for p in py-rename control-story; do
       echo "== drift, SmolLM2 $p, passes of 9" | tee -a "$OUT/verify-drift.md"
@@ -520,7 +520,7 @@ verify-mma)
   NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1 || true)
   for L in 1 9; do
     [ -n "$NCU" ] || break
-    PENSIEVE_STEP_TOKENS=$L timeout 100 "$NCU" --clock-control none --cache-control none --print-units base --csv \
+    PENSIEVE_STEP_TOKENS=$L timeout 60 "$NCU" --clock-control none --cache-control none --print-units base --csv \
       --profile-from-start off --metrics gpu__time_duration.sum,dram__bytes_read.sum \
       bun dist/bench/gpu/step-profile.js "$MODEL" 512 > "$OUT/ncu-pass-$L.csv" 2> "$OUT/ncu-pass-$L.err" || true
     { echo "== $L tokens"; bun dist/bench/gpu/ncu-summary.js "$OUT/ncu-pass-$L.csv" --top 14; grep step-profile "$OUT/ncu-pass-$L.err"; } 2>&1 | tee -a "$OUT/ncu-pass.md"
