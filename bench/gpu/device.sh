@@ -495,9 +495,9 @@ verify-mma)
   # body, exactness rests on the tie margin): the cost after 512 and 4,096 tokens; the tensor-core body's first
   # weights loaded before or after the RMSNorm prologue (PENSIEVE_GEMV_MMA_PRELOAD, alternating); the drift of
   # such a pass against its steps (Phi-3, and SmolLM2 when staged); Nsight Compute of a 9-token pass against a
-  # step. ~4.5 minutes. verify-mma2: the products' stall reasons and the GPU tests.
+  # step. ~4.5 minutes (VERIFY_PROMPTS=512 AB_ROUNDS=1 NCU_PASSES=9: ~3). verify-mma2: the products' stall reasons and the GPU tests.
   export PENSIEVE_GPU_FUSED_VERIFY=1 PENSIEVE_GPU_VERIFY_MMA=1
-  for p in 512 4096; do
+  for p in ${VERIFY_PROMPTS:-512 4096}; do
     echo "== prompt $p" | tee -a "$OUT/verify-mma.md"
     timeout 70 bun dist/bench/run.js spec-verify-cost --device gpu --model "$MODEL" --prompt $p \
       --ks 1,2,3,4,6,8,15 --n 15 --out-dir "$OUT/verify-cost" 2>&1 | grep -E '^\| [0-9]|One-token|rror' | tee -a "$OUT/verify-mma.md" || true
@@ -518,7 +518,7 @@ verify-mma)
     done
   fi
   NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1 || true)
-  for L in 1 9; do
+  for L in ${NCU_PASSES:-1 9}; do
     [ -n "$NCU" ] || break
     PENSIEVE_STEP_TOKENS=$L timeout 60 "$NCU" --clock-control none --cache-control none --print-units base --csv \
       --profile-from-start off --metrics gpu__time_duration.sum,dram__bytes_read.sum \
