@@ -502,7 +502,7 @@ verify-mma)
     timeout 70 bun dist/bench/run.js spec-verify-cost --device gpu --model "$MODEL" --prompt $p \
       --ks 1,2,3,4,6,8,15 --n 15 --out-dir "$OUT/verify-cost" 2>&1 | grep -E '^\| [0-9]|One-token|rror' | tee -a "$OUT/verify-mma.md" || true
   done
-  for r in ${AB_ROUNDS:-1 2}; do
+  for r in ${AB_ROUNDS-1 2}; do
     for v in PENSIEVE_GEMV_MMA_PRELOAD=0 PENSIEVE_GEMV_MMA_PRELOAD=1; do
       echo "== round $r, $v, prompt 512" | tee -a "$OUT/preload-ab.md"
       env $v timeout 45 bun dist/bench/run.js spec-verify-cost --device gpu --model "$MODEL" --prompt 512 --ks 8,15 --n 15 \
@@ -518,7 +518,7 @@ verify-mma)
     done
   fi
   NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1 || true)
-  for L in ${NCU_PASSES:-1 9}; do
+  for L in ${NCU_PASSES-1 9}; do
     [ -n "$NCU" ] || break
     PENSIEVE_STEP_TOKENS=$L timeout 60 "$NCU" --clock-control none --cache-control none --print-units base --csv \
       --profile-from-start off --metrics gpu__time_duration.sum,dram__bytes_read.sum \
