@@ -52,7 +52,17 @@ export function machine(): Record<string, unknown> {
     platform: `${process.platform}/${process.arch}`,
     kernel: os.release(),
     bun: Bun.version,
+    // The knobs a run was given (PENSIEVE_*, MLX_*): a results file then says which path it measured.
+    environment: knobs(),
   };
+}
+
+/** The PENSIEVE_* and MLX_* variables of this process, as `NAME=value` (empty: defaults). */
+export function knobs(): string[] {
+  return Object.entries(process.env)
+    .filter(([k]) => /^(PENSIEVE|MLX)_/.test(k))
+    .map(([k, v]) => `${k}=${v}`)
+    .sort();
 }
 
 /** The GPU's name, memory and driver from nvidia-smi (every GPU result records its card), or null without one. */

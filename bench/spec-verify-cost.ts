@@ -23,7 +23,7 @@ import { resolveLocalModel } from "../src/hub/resolve";
 import * as mx from "../src/mlx";
 import { loadModel } from "../src/models/loader";
 import type { LanguageModel } from "../src/models/types";
-import { BENCH_DIR, machine } from "./peers";
+import { BENCH_DIR, knobs, machine } from "./peers";
 
 function option(argv: string[], name: string): string | undefined {
   const i = argv.indexOf(`--${name}`);
@@ -127,7 +127,7 @@ export async function benchSpecVerifyCost(argv: string[]): Promise<void> {
     `# Verify pass vs one-token step, ${device}, ${report.date.slice(0, 10)}`,
     "",
     `Model ${modelPath}${denseCopies ? " (with dense copies, as the engine on a GPU)" : ""}, after a ${promptTokens}-token prompt; median of ${n} alternating samples. One-token step: ${f(stepMs)} ms.`,
-    `Load average ${report.loadAverage.map((x) => x.toFixed(1)).join(", ")}.${report.cpuAttention ? ` CPU attention: ${report.cpuAttention}.` : ""} Command: \`${report.command}\`.`,
+    `Load average ${report.loadAverage.map((x) => x.toFixed(1)).join(", ")}.${report.cpuAttention ? ` CPU attention: ${report.cpuAttention}.` : ""} Command: \`${report.command}\`${knobs().length ? ` with ${knobs().join(" ")}` : ""}.`,
     "Implied speedup = tokens per pass at acceptance a, (1 - a^(k+1)) / (1 - a), over the cost ratio (draft cost left out).",
     "",
     "| k drafts | tokens in pass | verify ms | cost / step | speedup at 50% | at 70% | at 90% |",

@@ -91,8 +91,10 @@ export const GEMV_MMA_SOURCE = `
       }
     }
   };
-  // The first round is asked for before the prologue (the norm variants' pass over every row of x), so its
-  // DRAM latency overlaps that pass (PENSIEVE_GEMV_MMA_PRELOAD=0: after it, as before 2026-12-08).
+  // PENSIEVE_GEMV_MMA_PRELOAD=1: the first round is asked for before the prologue (the norm variants' pass over
+  // every row of x), so its DRAM latency overlaps that pass; by default (gemvSource) after it, as GPU-tested.
+  // Same registers either way (NVRTC, sm_90a); on a GPU only the 9-token verify cost has run with it
+  // (bench/results/gpu-h100-2026-12-08), no A/B yet (bench/gpu/device.sh verify-mma).
   load_round(wib);
 /*PROLOGUE*/
   float mac[NT][4];

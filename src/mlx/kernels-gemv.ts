@@ -181,9 +181,9 @@ export type GemvBody = "scalar" | "split" | "mma";
  */
 export function gemvSource(variant: GemvVariant = {}, kind: GemvBody = "scalar"): string {
   const mmaSource =
-    process.env.PENSIEVE_GEMV_MMA_PRELOAD === "0"
-      ? GEMV_MMA_SOURCE.replace("  load_round(wib);\n/*PROLOGUE*/", "/*PROLOGUE*/\n  load_round(wib);")
-      : GEMV_MMA_SOURCE;
+    process.env.PENSIEVE_GEMV_MMA_PRELOAD === "1"
+      ? GEMV_MMA_SOURCE
+      : GEMV_MMA_SOURCE.replace("  load_round(wib);\n/*PROLOGUE*/", "/*PROLOGUE*/\n  load_round(wib);");
   const source = kind === "split" ? GEMV_SPLIT_SOURCE : kind === "mma" ? mmaSource : SOURCE;
   const bound = kind === "mma" ? boundRows : (hook: string) => hook;
   return source

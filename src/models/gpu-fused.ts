@@ -151,7 +151,10 @@ export function fusedLaunchCount(): number {
 // PENSIEVE_GPU_VERIFY_MMA=1: verify passes take gemvConfig's choice (tensor cores from PENSIEVE_GEMV_MMA's rows)
 // while one-token steps keep the scalar body. A pass then sums otherwise than its steps (fp32 against fp16
 // partials of 8 products), as its attention already does: greedy exactness rests on the tie margin
-// (speculative-verify.ts), which must exceed the drift (bench/gpu/verify-drift.ts).
+// (speculative-verify.ts), which must exceed the drift (bench/gpu/verify-drift.ts; not yet measured with it, so
+// off by default). H100, with PENSIEVE_GPU_FUSED_VERIFY=1 (bench/results/gpu-h100-2026-12-08): passes of 1, 2,
+// 4 and 8 drafts 1.09x / 1.22x / 1.36x / 1.72x a 3.46 ms one-token step, against 3.0-3.5x for 8 drafts on the
+// scalar body.
 let verifyTensorCores = process.env.PENSIEVE_GPU_VERIFY_MMA === "1";
 
 /** Whether verify passes built from now on may take tensor cores while one-token steps keep the scalar body. */
@@ -428,8 +431,8 @@ export class FusedStep {
 // By default passes of up to FUSED_VERIFY_DEFAULT_TOKENS tokens take it, where a pass cost
 // 1.14x a step on an H100 and 1.34x on an H200 (k = 2; bench/results/gpu-h100-2026-12-07b, -h200-2026-12-06f): the GPU's
 // prompt lookup drafts at most that many (engine-plan.ts). PENSIEVE_GPU_FUSED_VERIFY=1: up to
-// 16 tokens; =0: never. A pass keeps the scalar GEMV (FusedStep's #config: it must sum as the one-token step
-// does); with tensor cores for every product (PENSIEVE_GEMV_MMA=1, one-token steps 4.39 ms against 3.78) a pass
+// 16 tokens; =0: never. A pass keeps the scalar GEMV (FusedStep's #config: it sums as the one-token step
+// does) unless PENSIEVE_GPU_VERIFY_MMA=1 (above); with tensor cores for every product (PENSIEVE_GEMV_MMA=1, one-token steps 4.39 ms against 3.78) a pass
 // of 9 tokens took 5.70 ms and of 16 8.14 ms, against the scalar GEMV's 10.79 and 26.81
 // (bench/results/gpu-h100-2026-12-07f).
 export const FUSED_VERIFY_MAX_ROWS = VERIFY_MAX_TOKENS;
