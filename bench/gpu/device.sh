@@ -36,8 +36,9 @@
 #   bash bench/gpu/device.sh latency       # each fused kernel's launch shapes alone under ncu, the step's kernels, one stream (~6 min)
 #   bash bench/gpu/device.sh kprof         # the fused layer kernels at one row of x beside the plain GEMV, ncu of a step (~4 min)
 #   bash bench/gpu/device.sh kprof-mega    # ncu of a step, fused against the layer megakernel: registers, occupancy (~3 min)
-#   bash bench/gpu/device.sh verify-mma    # issue 13: fused verify passes on tensor cores (steps scalar): cost, preload A/B, drift, ncu (~4.5 min)
+#   bash bench/gpu/device.sh verify-mma    # issue 13: fused verify passes on tensor cores (steps scalar): cost, drift, ncu (~3.5 min)
 #   bash bench/gpu/device.sh verify-mma2   # then the 9-row products' stall reasons under ncu, the verify-logits GPU tests (~4 min)
+#   bash bench/gpu/device.sh mma-ab        # tensor-core body knobs (tiles a block, prenormed x, preload) against the default (~8 min)
 #   bash bench/gpu/device.sh mma-tests     # the fused path's GPU tests with the GEMV's tensor-core body, verify to 16 tokens (~4 min)
 #   bash bench/gpu/device.sh mma-load      # 32 streams: default against fused 32 rows with tensor cores (~4 min)
 #   bash bench/gpu/device.sh mma           # the tensor-core body against the scalar one: products, verify, steps, one stream (~6 min)
@@ -492,22 +493,15 @@ verify-mma)
   # Issue 13, 2026-12-08: gpu-h100-2026-12-07j's "8 drafts 7.95 ms, 1.96x" ran without PENSIEVE_GPU_FUSED_VERIFY=1,
   # so passes past 4 tokens took MLX's ops (its 5-token pass jumped to 7.07 ms from 4.14 at 3). Here every pass is
   # fused, with tensor cores for verify passes only (PENSIEVE_GPU_VERIFY_MMA=1: one-token steps keep the scalar
-  # body, exactness rests on the tie margin): the cost after 512 and 4,096 tokens; the tensor-core body's first
-  # weights loaded before or after the RMSNorm prologue (PENSIEVE_GEMV_MMA_PRELOAD, alternating); the drift of
-  # such a pass against its steps (Phi-3, and SmolLM2 when staged); Nsight Compute of a 9-token pass against a
-  # step. ~4.5 minutes (VERIFY_PROMPTS=512 AB_ROUNDS=1 NCU_PASSES=9: ~3). verify-mma2: the products' stall reasons and the GPU tests.
+  # body, exactness rests on the tie margin): the cost after 512 and 4,096 tokens (8 drafts: 1.72x a step after
+  # 512 on 2026-12-08); the drift of such a pass against its steps (Phi-3, and SmolLM2 when staged); Nsight
+  # Compute of a 9-token pass against a step. ~3.5 minutes (VERIFY_PROMPTS=512 NCU_PASSES=9: ~2). Then mma-ab
+  # (the tensor-core body's knobs) and verify-mma2 (the products' stall reasons, the GPU tests).
   export PENSIEVE_GPU_FUSED_VERIFY=1 PENSIEVE_GPU_VERIFY_MMA=1
   for p in ${VERIFY_PROMPTS:-512 4096}; do
     echo "== prompt $p" | tee -a "$OUT/verify-mma.md"
     timeout 70 bun dist/bench/run.js spec-verify-cost --device gpu --model "$MODEL" --prompt $p \
       --ks 1,2,3,4,6,8,15 --n 15 --out-dir "$OUT/verify-cost" 2>&1 | grep -E '^\| [0-9]|One-token|rror' | tee -a "$OUT/verify-mma.md" || true
-  done
-  for r in ${AB_ROUNDS-1 2}; do
-    for v in PENSIEVE_GEMV_MMA_PRELOAD=0 PENSIEVE_GEMV_MMA_PRELOAD=1; do
-      echo "== round $r, $v, prompt 512" | tee -a "$OUT/preload-ab.md"
-      env $v timeout 45 bun dist/bench/run.js spec-verify-cost --device gpu --model "$MODEL" --prompt 512 --ks 8,15 --n 15 \
-        2>&1 | grep -E '^\| [0-9]|One-token|rror' | tee -a "$OUT/preload-ab.md" || true
-    done
   done
   echo "== drift, Phi-3, passes of 9" | tee -a "$OUT/verify-drift.md"
   timeout 45 bun dist/bench/gpu/verify-drift.js "$MODEL" --L 9 --tokens 128 2>&1 | tee -a "$OUT/verify-drift.md" || true
@@ -548,6 +542,30 @@ verify-mma2)
   fi
   timeout 150 bun test --timeout 140000 ./dist/test-gpu/verify-logits.test.js 2>&1 |
     grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -20 | tee "$OUT/verify-mma-tests.txt" || true
+  ;;
+mma-ab)
+  # Issues 11 and 13, 2026-12-08: the tensor-core body's knobs, none yet measured on a GPU, alternating against
+  # the default: PENSIEVE_GEMV_MMA_TILES=2 (two tiles of 16 rows a block: x unpacked once for both),
+  # PENSIEVE_GEMV_MMA_PRENORM=1 (x normed by MLX's rms_norm before the norm variants, no per-block prologue), both,
+  # and PENSIEVE_GEMV_MMA_PRELOAD=1 (first weights before the prologue). The verify pass after 512 tokens (steps
+  # scalar) and, in round 1, steps of 8 and 32 rows fused on tensor cores; then the fused GPU tests at 3 rows
+  # and ragged batches with TILES=2 and PRENORM=1. ~8 minutes (AB_ROUNDS=1: ~5).
+  export PENSIEVE_GPU_FUSED_VERIFY=1 PENSIEVE_GPU_VERIFY_MMA=1
+  for r in ${AB_ROUNDS-1 2}; do
+    for v in X=0 PENSIEVE_GEMV_MMA_TILES=2 PENSIEVE_GEMV_MMA_PRENORM=1 "PENSIEVE_GEMV_MMA_TILES=2 PENSIEVE_GEMV_MMA_PRENORM=1" PENSIEVE_GEMV_MMA_PRELOAD=1; do
+      echo "== round $r, $v" | tee -a "$OUT/mma-ab.md"
+      env $v timeout 60 bun dist/bench/run.js spec-verify-cost --device gpu --model "$MODEL" --prompt 512 --ks 2,4,8,15 --n 15 \
+        2>&1 | grep -E '^\| [0-9]|One-token|rror' | tee -a "$OUT/mma-ab.md" || true
+      if [ "$r" = 1 ]; then
+        echo "== $v" >> "$OUT/mma-ab-rows.md"
+        env $v PENSIEVE_GPU_FUSED_MAX_ROWS=32 timeout 90 bun dist/bench/gpu/rows-profile.js "$MODEL" --rows 1,8,32 --verify 9 --chunk 0 \
+          2>&1 | tee -a "$OUT/mma-ab-rows.md" | grep -E '^\| (1|8|32|9) ' || true
+      fi
+    done
+  done
+  PENSIEVE_GEMV_MMA=2 PENSIEVE_GEMV_MMA_TILES=2 PENSIEVE_GEMV_MMA_PRENORM=1 timeout 150 bun test --timeout 140000 \
+    ./dist/test-gpu/fused.test.js -t "M=3:|ragged batch" 2>&1 |
+    grep -E '^\((pass|fail)\)| pass$| fail$|error:|Expected|Received' | head -30 | tee "$OUT/mma-ab-tests.txt" || true
   ;;
 kprof-mega)
   # Issue 11, after 2026-12-07 (eleventh session): why the layer megakernel's device time is ~3x the five fused

@@ -4,7 +4,7 @@
 // is fully unrolled, so the count is the work of one warp: per row of x, output row and
 // 16-byte chunk it says how ALU-bound a shape is (issue 13: verify passes at 9-16 rows).
 //   bun bench/gpu/gemv-sass.ts [--nvdisasm PATH] [--shapes 1:4,4:2,9:1,9:2,16:2]   (M:rows per warp)
-// --mma W: the tensor-core body (kernels-gemv-mma.ts) at W warps a tile instead; "per ..." is then per
+// --mma W [--tiles T]: the tensor-core body (kernels-gemv-mma.ts) at W warps a block (T tiles) instead; "per ..." is then per
 // warp and 16-byte chunk of one tile row (a lane loads two rows' chunks per k-block).
 // nvdisasm: the nvidia-cuda-nvdisasm wheel (pip download nvidia-cuda-nvdisasm; unzip), default
 // /tmp/gv-disasm/nvidia/cu13/bin/nvdisasm.
@@ -13,7 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { mmaSpec } from "../../src/mlx/kernels-gemv";
 import { mmaBucket } from "../../src/mlx/kernels-gemv-mma";
-import { GEMV_RESIDUAL_KERNEL } from "../../src/mlx/kernels-gemv-fused";
+import { GEMV_NORM_SWIGLU_KERNEL, GEMV_RESIDUAL_KERNEL, prenormedSpec } from "../../src/mlx/kernels-gemv-fused";
 import { type CudaType, nvrtcAvailable, nvrtcCompile, ptxasResources } from "../../test/gpu/nvrtc";
 
 const args = process.argv.slice(2);
@@ -31,14 +31,25 @@ const H = "__half" as CudaType;
 const K = 3072;
 const CHUNK_ROUNDS = K / 32 / 32; // 16-byte chunks per lane
 const mmaWarpsArg = Number(flag("--mma", "0"));
+// --tiles T: tiles of 16 output rows a tensor-core block (PENSIEVE_GEMV_MMA_TILES).
+const mmaTiles = Number(flag("--tiles", "1"));
+// --swiglu: the RMSNorm + gate|up + SwiGLU kernel (its prologue reads every row of x) instead of down + residual.
+const swiglu = args.includes("--swiglu");
+// --prenormed (with --swiglu): that kernel without its RMSNorm (PENSIEVE_GEMV_MMA_PRENORM: x arrives normed).
+const prenormed = args.includes("--prenormed");
 console.log("| M | rows/warp | SASS | per row of x, output row and chunk | registers | HFMA2 | HADD2 | PRMT | FADD |");
 console.log("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
 for (const [m, rows] of shapes as Array<[number, number]>) {
-  const spec = mmaWarpsArg ? mmaSpec(GEMV_RESIDUAL_KERNEL) : GEMV_RESIDUAL_KERNEL;
+  const base = swiglu
+    ? prenormed
+      ? prenormedSpec(GEMV_NORM_SWIGLU_KERNEL)
+      : GEMV_NORM_SWIGLU_KERNEL
+    : GEMV_RESIDUAL_KERNEL;
+  const spec = mmaWarpsArg ? mmaSpec(base, mmaTiles) : base;
   const r = nvrtcCompile({
     ...spec,
     // x's shape and ndim, as MLX passes them to a source that reads them (the tensor-core body's rows at run time).
-    inputs: ["x", "w", "scales", "biases", "res"].map((name) => ({
+    inputs: ["x", "w", "scales", "biases", swiglu ? "norm" : "res"].map((name) => ({
       name,
       type: name === "w" ? "uint32_t" : H,
       ...(name === "x" && mmaWarpsArg ? { shape: true, ndim: true } : {}),
@@ -52,6 +63,7 @@ for (const [m, rows] of shapes as Array<[number, number]>) {
       ROWS: rows,
       WARPS: mmaWarpsArg || 4,
       GROUP: 64,
+      ...(swiglu ? { EPS_BITS: 0 } : {}),
     },
   });
   if (!r.ok || !r.cubin) throw new Error(r.log);

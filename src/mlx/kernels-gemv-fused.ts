@@ -127,6 +127,30 @@ export const GEMV_NORM_ROPE_QKV_KERNEL: GemvSpec = {
   outputs: ["q", "k", "v"],
 };
 
+/**
+ * PENSIEVE_GEMV_MMA_PRENORM=1: launches on the tensor-core body take x already normed (MLX's rms_norm, one
+ * node before them) instead of each block summing every row of x's squares and scaling each load: at 9 rows
+ * of x the RMSNorm + gate|up kernel compiles to 3.4x the SASS of down + residual (bench/gpu/gemv-sass.ts
+ * --swiglu). Not yet measured on a GPU; off by default.
+ */
+export const mmaPrenorm = process.env.PENSIEVE_GEMV_MMA_PRENORM === "1";
+
+const prenormedSpecs = new Map<string, GemvSpec>();
+/** A norm variant without its RMSNorm (x arrives normed); its norm input and EPS_BITS go unused. */
+export function prenormedSpec(spec: GemvSpec): GemvSpec {
+  let s = prenormedSpecs.get(spec.name);
+  if (!s) {
+    if (!spec.variant?.norm) throw new Error(`${spec.name}: not a norm variant`);
+    const variant = { ...spec.variant, norm: false };
+    s = { ...spec, name: `${spec.name}_prenormed`, source: gemvSource(variant), variant };
+    prenormedSpecs.set(spec.name, s);
+  }
+  return s;
+}
+
+/** The spec a norm variant's launch takes: prenormed where x arrives normed. */
+const normSpec = (spec: GemvSpec, prenormed: boolean) => (prenormed ? prenormedSpec(spec) : spec);
+
 // One thread per (row, pair): the angle as MLX's rope computes it, then precise cosf / sinf.
 export const ROPE_TABLE_KERNEL = {
   name: "pv_rope_table",
@@ -212,13 +236,20 @@ export const fusedPlans = {
   residual: (xShape: readonly number[], dtype: Dtype, q: QuantizedWeight, config?: GemvConfig): KernelPlan =>
     gemvPlan(GEMV_RESIDUAL_KERNEL, xShape, dtype, q, {}, config),
   /** Inputs + norm; output [..., N/2]. */
-  normSwiglu: (xShape: readonly number[], dtype: Dtype, q: QuantizedWeight, eps: number, config?: GemvConfig) => {
+  normSwiglu: (
+    xShape: readonly number[],
+    dtype: Dtype,
+    q: QuantizedWeight,
+    eps: number,
+    config?: GemvConfig,
+    prenormed = false,
+  ) => {
     const n = q.weight.dim(0);
     if (n % 2 !== 0) throw new Error("quantizedGemvNormSwiglu: the weight needs an even row count");
     const shapes = [[...xShape.slice(0, -1), n / 2]];
     const template = { EPS_BITS: floatBits(eps) };
     return gemvPlan(
-      GEMV_NORM_SWIGLU_KERNEL,
+      normSpec(GEMV_NORM_SWIGLU_KERNEL, prenormed),
       xShape,
       dtype,
       q,
@@ -235,13 +266,14 @@ export const fusedPlans = {
     eps: number,
     rope: Omit<FusedRope, "invFreq">,
     config?: GemvConfig,
+    prenormed = false,
   ) => {
     const n = q.weight.dim(0);
     const hd = rope.headDim;
     if (hd % 2 !== 0 || n % hd !== 0 || rope.rotated % hd !== 0 || rope.rotated > n)
       throw new Error(`quantizedGemvNormRope: ${n} rows are not whole heads of ${hd}`);
     const config2 = config ?? pairedConfig(n, rowsOf(xShape), xShape.at(-1));
-    return gemvPlan(GEMV_NORM_ROPE_KERNEL, xShape, dtype, q, ropeTemplate(eps, rope), config2);
+    return gemvPlan(normSpec(GEMV_NORM_ROPE_KERNEL, prenormed), xShape, dtype, q, ropeTemplate(eps, rope), config2);
   },
   /** Inputs + norm, rope_cs (ropeTable); outputs q [B, 1, QS], k and v [B, Hkv, 1, HD]. */
   normRopeQkv: (
@@ -252,6 +284,7 @@ export const fusedPlans = {
     rope: Omit<FusedRope, "invFreq">,
     kvHeads: number,
     config?: GemvConfig,
+    prenormed = false,
   ) => {
     const n = q.weight.dim(0);
     const k = (q.weight.dim(1) * 32) / q.bits;
@@ -267,7 +300,7 @@ export const fusedPlans = {
     ];
     const template = { ...ropeTemplate(eps, rope), QS: qs, KVS: kvs };
     return gemvPlan(
-      GEMV_NORM_ROPE_QKV_KERNEL,
+      normSpec(GEMV_NORM_ROPE_QKV_KERNEL, prenormed),
       [rows, 1, k],
       dtype,
       q,
@@ -277,8 +310,14 @@ export const fusedPlans = {
     );
   },
   /** Inputs + norm (GEMV_RMS_NORM_KERNEL). */
-  norm: (xShape: readonly number[], dtype: Dtype, q: QuantizedWeight, eps: number, config?: GemvConfig) =>
-    gemvPlan(GEMV_RMS_NORM_KERNEL, xShape, dtype, q, { EPS_BITS: floatBits(eps) }, config),
+  norm: (
+    xShape: readonly number[],
+    dtype: Dtype,
+    q: QuantizedWeight,
+    eps: number,
+    config?: GemvConfig,
+    prenormed = false,
+  ) => gemvPlan(normSpec(GEMV_RMS_NORM_KERNEL, prenormed), xShape, dtype, q, { EPS_BITS: floatBits(eps) }, config),
 };
 
 const qInputs = (x: MxArray, q: QuantizedWeight) => [x, q.weight, q.scales, q.biases as MxArray];

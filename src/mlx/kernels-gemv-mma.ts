@@ -6,8 +6,10 @@
 // weight is dequantized once (s*q + b in 16 bits, as MLX's dequantize) and every row
 // of x takes it through mma.sync m16n8k16 with float accumulation.
 //
-// - A block owns one tile of 16 output rows; its WARPS warps split the row's K in
-//   k-blocks of 128 (warp i takes k-blocks i, i + WARPS, ...), U k-blocks in flight.
+// - A block owns TILES tiles of 16 output rows (1 by default; PENSIEVE_GEMV_MMA_TILES=2 or 4: each
+//   x pair a lane unpacks then serves 2-4 tiles' weights); its WARPS warps split the row's K in
+//   k-blocks of 128 (warp i takes k-blocks i, i + WARPS, ...), U k-blocks in flight (4 / TILES).
+//   Each row sums in the same order at any TILES (the k-blocks of a warp, then the warps in order).
 // - Lane (g = lane/4, t = lane%4) loads 16 bytes (32 consecutive k) of tile rows g and
 //   g + 8 at k-offset 32 t of a k-block; the mma's k order is free as long as A and B
 //   agree: logical k (2t, 2t+1 | 2t+8, 2t+9) are the nibbles (0,4 | 1,5) or (2,6 | 3,7)
@@ -47,8 +49,10 @@ export const GEMV_MMA_SOURCE = `
   constexpr int CHUNKS = K / 32;             // 16-byte weight chunks per row
   constexpr int KB = (CHUNKS + 3) / 4;       // k-blocks of 128
   constexpr int PER = (KB + WARPS - 1) / WARPS;
-  constexpr int U = PER < 4 ? PER : 4;       // k-blocks in flight per warp
-  constexpr int VW = 16 / ROWS;              // virtual warps per tile
+  constexpr int TILES = /*TILES*/1;         // tiles of 16 output rows a block (gemvSource's tiles)
+  constexpr int UMAX = 4 / TILES < 1 ? 1 : 4 / TILES;
+  constexpr int U = PER < UMAX ? PER : UMAX; // k-blocks in flight per warp (and tile)
+  constexpr int VW = 16 * TILES / ROWS;      // virtual warps per block
   constexpr int GROUPS = K / GROUP;
   const int lane = threadIdx.x & 31;
   const int wib = threadIdx.x >> 5;
@@ -56,39 +60,43 @@ export const GEMV_MMA_SOURCE = `
   const int t = lane & 3;
   // Rows of x at run time (M is the kernel's bucket: mmaBucket): rows MR..M-1 are zero and not written.
   const int MR = [&] { int r = 1; for (int i = 0; i + 1 < x_ndim; ++i) r *= x_shape[i]; return r; }();
-  // The tile rows this lane loads: tile row g and g + 8, through the variant's row order.
-  int trow[2];
+  // The rows this lane loads: rows g and g + 8 of each of the block's TILES tiles, through the variant's row order.
+  int trow[TILES][2];
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int tr = g + 8 * h;
-    const int warp = blockIdx.x * VW + tr / ROWS;
-    /*ROW_SLOTS*/
-    trow[h] = rowi[0];
+  for (int ti = 0; ti < TILES; ++ti)
 #pragma unroll
-    for (int r = 1; r < ROWS; ++r)
-      if (tr % ROWS == r) trow[h] = rowi[r];
-  }
+    for (int h = 0; h < 2; ++h) {
+      const int tr = 16 * ti + g + 8 * h;
+      const int warp = blockIdx.x * VW + tr / ROWS;
+      /*ROW_SLOTS*/
+      trow[ti][h] = rowi[0];
+#pragma unroll
+      for (int r = 1; r < ROWS; ++r)
+        if (tr % ROWS == r) trow[ti][h] = rowi[r];
+    }
   const uint4* wbase = reinterpret_cast<const uint4*>(w);
-  uint4 wv[U][2];
-  T2 sv[U][2], bv[U][2];
-  // One round: U k-blocks of this lane's two tile rows, with their scales and biases.
+  uint4 wv[U][TILES][2];
+  T2 sv[U][TILES][2], bv[U][TILES][2];
+  // One round: U k-blocks of this lane's rows, with their scales and biases.
   auto load_round = [&](int kb0) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int c = (kb0 + u * WARPS) * 4 + t;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        if (kb0 + u * WARPS < KB && c < CHUNKS) {
-          wv[u][h] = pv_load_stream(wbase + (size_t)trow[h] * CHUNKS + c);
-          const size_t gi = (size_t)trow[h] * GROUPS + (c * 32) / GROUP;
-          sv[u][h] = Ops::splat(Ops::to_float(scales[gi]));
-          bv[u][h] = Ops::splat(Ops::to_float(biases[gi]));
-        } else {
-          wv[u][h] = make_uint4(0u, 0u, 0u, 0u);
-          sv[u][h] = Ops::splat(0.f);
-          bv[u][h] = Ops::splat(0.f);
+      for (int ti = 0; ti < TILES; ++ti)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          if (kb0 + u * WARPS < KB && c < CHUNKS) {
+            wv[u][ti][h] = pv_load_stream(wbase + (size_t)trow[ti][h] * CHUNKS + c);
+            const size_t gi = (size_t)trow[ti][h] * GROUPS + (c * 32) / GROUP;
+            sv[u][ti][h] = Ops::splat(Ops::to_float(scales[gi]));
+            bv[u][ti][h] = Ops::splat(Ops::to_float(biases[gi]));
+          } else {
+            wv[u][ti][h] = make_uint4(0u, 0u, 0u, 0u);
+            sv[u][ti][h] = Ops::splat(0.f);
+            bv[u][ti][h] = Ops::splat(0.f);
+          }
         }
-      }
     }
   };
   // PENSIEVE_GEMV_MMA_PRELOAD=1: the first round is asked for before the prologue (the norm variants' pass over
@@ -97,11 +105,13 @@ export const GEMV_MMA_SOURCE = `
   // (bench/results/gpu-h100-2026-12-08), no A/B yet (bench/gpu/device.sh verify-mma).
   load_round(wib);
 /*PROLOGUE*/
-  float mac[NT][4];
+  float mac[TILES][NT][4];
 #pragma unroll
-  for (int n = 0; n < NT; ++n)
+  for (int ti = 0; ti < TILES; ++ti)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) mac[n][i] = 0.f;
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) mac[ti][n][i] = 0.f;
   for (int kb0 = wib; kb0 < KB; kb0 += WARPS * U) {
     if (kb0 != wib) load_round(kb0);
 #pragma unroll
@@ -127,29 +137,38 @@ export const GEMV_MMA_SOURCE = `
             bx[n][0] = bx[n][1] = bx[n][2] = bx[n][3] = 0u;
           }
         }
-        const uint32_t w0 = j == 0 ? wv[u][0].x : j == 1 ? wv[u][0].y : j == 2 ? wv[u][0].z : wv[u][0].w;
-        const uint32_t w1 = j == 0 ? wv[u][1].x : j == 1 ? wv[u][1].y : j == 2 ? wv[u][1].z : wv[u][1].w;
-        const uint32_t lo[4] = {pv_deq2<T>(w0, 0, sv[u][0], bv[u][0]), pv_deq2<T>(w1, 0, sv[u][1], bv[u][1]),
-                                pv_deq2<T>(w0, 4, sv[u][0], bv[u][0]), pv_deq2<T>(w1, 4, sv[u][1], bv[u][1])};
-        const uint32_t hi[4] = {pv_deq2<T>(w0, 8, sv[u][0], bv[u][0]), pv_deq2<T>(w1, 8, sv[u][1], bv[u][1]),
-                                pv_deq2<T>(w0, 12, sv[u][0], bv[u][0]), pv_deq2<T>(w1, 12, sv[u][1], bv[u][1])};
+        // x's pairs serve every tile of the block (TILES > 1 divides x's loads and unpacking per weight).
 #pragma unroll
-        for (int n = 0; n < NT; ++n) {
-          pv_mma<T>(mac[n], lo, bx[n][0], bx[n][1]);
-          pv_mma<T>(mac[n], hi, bx[n][2], bx[n][3]);
+        for (int ti = 0; ti < TILES; ++ti) {
+          const uint4& a0 = wv[u][ti][0];
+          const uint4& a1 = wv[u][ti][1];
+          const uint32_t w0 = j == 0 ? a0.x : j == 1 ? a0.y : j == 2 ? a0.z : a0.w;
+          const uint32_t w1 = j == 0 ? a1.x : j == 1 ? a1.y : j == 2 ? a1.z : a1.w;
+          const T2 s0 = sv[u][ti][0], s1 = sv[u][ti][1], b0 = bv[u][ti][0], b1 = bv[u][ti][1];
+          const uint32_t lo[4] = {pv_deq2<T>(w0, 0, s0, b0), pv_deq2<T>(w1, 0, s1, b1), pv_deq2<T>(w0, 4, s0, b0),
+                                  pv_deq2<T>(w1, 4, s1, b1)};
+          const uint32_t hi[4] = {pv_deq2<T>(w0, 8, s0, b0), pv_deq2<T>(w1, 8, s1, b1), pv_deq2<T>(w0, 12, s0, b0),
+                                  pv_deq2<T>(w1, 12, s1, b1)};
+#pragma unroll
+          for (int n = 0; n < NT; ++n) {
+            pv_mma<T>(mac[ti][n], lo, bx[n][0], bx[n][1]);
+            pv_mma<T>(mac[ti][n], hi, bx[n][2], bx[n][3]);
+          }
         }
       }
     }
   }
-  // Each warp's 16 x (NT*8) partial tile, then the block's first warp adds them in warp order.
-  __shared__ float pv_tile[WARPS][16][NT * 8];
+  // Each warp's (16 * TILES) x (NT*8) partial sums, then the block's first warp adds them in warp order.
+  __shared__ float pv_tile[WARPS][16 * TILES][NT * 8];
 #pragma unroll
-  for (int n = 0; n < NT; ++n) {
-    pv_tile[wib][g][n * 8 + 2 * t] = mac[n][0];
-    pv_tile[wib][g][n * 8 + 2 * t + 1] = mac[n][1];
-    pv_tile[wib][g + 8][n * 8 + 2 * t] = mac[n][2];
-    pv_tile[wib][g + 8][n * 8 + 2 * t + 1] = mac[n][3];
-  }
+  for (int ti = 0; ti < TILES; ++ti)
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      pv_tile[wib][16 * ti + g][n * 8 + 2 * t] = mac[ti][n][0];
+      pv_tile[wib][16 * ti + g][n * 8 + 2 * t + 1] = mac[ti][n][1];
+      pv_tile[wib][16 * ti + g + 8][n * 8 + 2 * t] = mac[ti][n][2];
+      pv_tile[wib][16 * ti + g + 8][n * 8 + 2 * t + 1] = mac[ti][n][3];
+    }
   __syncthreads();
   if (wib == 0 && lane < VW) {
     const int warp = blockIdx.x * VW + lane;

@@ -179,12 +179,13 @@ export type GemvBody = "scalar" | "split" | "mma";
  * The GEMV's kernel body for a variant (see GemvVariant); `kind`: split-K (template
  * constants SPLIT and LOADS besides) or tensor cores (1..32 rows of x).
  */
-export function gemvSource(variant: GemvVariant = {}, kind: GemvBody = "scalar"): string {
+export function gemvSource(variant: GemvVariant = {}, kind: GemvBody = "scalar", tiles = 1): string {
   const mmaSource =
     process.env.PENSIEVE_GEMV_MMA_PRELOAD === "1"
       ? GEMV_MMA_SOURCE
       : GEMV_MMA_SOURCE.replace("  load_round(wib);\n/*PROLOGUE*/", "/*PROLOGUE*/\n  load_round(wib);");
-  const source = kind === "split" ? GEMV_SPLIT_SOURCE : kind === "mma" ? mmaSource : SOURCE;
+  const source =
+    kind === "split" ? GEMV_SPLIT_SOURCE : kind === "mma" ? mmaSource.replace("/*TILES*/1", String(tiles)) : SOURCE;
   const bound = kind === "mma" ? boundRows : (hook: string) => hook;
   return source
     .replace("/*PROLOGUE*/", variant.norm ? bound(NORM_PROLOGUE) : "")
@@ -293,6 +294,8 @@ export interface GemvConfig {
    * on one tile of 16 output rows (K split between the warps); `rows` is then the hooks' rows per virtual warp.
    */
   mma?: boolean;
+  /** With mma: tiles of 16 output rows a block (1 by default; N divisible by 16 * tiles). */
+  tiles?: number;
 }
 
 /**
@@ -341,9 +344,20 @@ export function oneRowConfig(n: number): GemvConfig {
 const VERIFY_ROWS = Number(process.env.PENSIEVE_GEMV_VERIFY_ROWS ?? 2);
 const VERIFY_WARPS = Number(process.env.PENSIEVE_GEMV_VERIFY_WARPS ?? 4);
 
+/**
+ * Tiles of 16 output rows a tensor-core block takes: PENSIEVE_GEMV_MMA_TILES (1, 2 or 4; 1 by default, as
+ * GPU-measured) where N divides into them. More tiles a block unpack each row of x once for more weights (the
+ * x side of the body grows with the rows of x: gate|up took 35 us at 9 rows and 92 at 32 for the same weights,
+ * bench/results/gpu-h100-2026-12-07f/mma-kernels); not yet measured on a GPU.
+ */
+export function mmaTilesFor(n: number, env: Record<string, string | undefined> = process.env): number {
+  const t = Number(env.PENSIEVE_GEMV_MMA_TILES ?? 1);
+  return [2, 4].includes(t) && n % (16 * t) === 0 ? t : 1;
+}
+
 export function gemvConfig(n: number, m = 1, k?: number, tensorCores = true): GemvConfig {
   if (tensorCores && m >= mmaFrom && k !== undefined && n % 16 === 0 && m <= GEMV_MMA_MAX_ROWS)
-    return { rows: 2, warps: mmaWarps(n, k), mma: true };
+    return { rows: 2, warps: mmaWarps(n / mmaTilesFor(n), k), mma: true, tiles: mmaTilesFor(n) };
   // One row of x and K known: PENSIEVE_GEMV_ONE_ROW may set a shape's launch, PENSIEVE_GEMV_SPLITK split K
   // (kernels-gemv-split.ts; both off by default).
   if (m <= 1 && k !== undefined) {
@@ -433,17 +447,18 @@ export interface GemvSpec {
 
 const mmaSpecs = new Map<string, GemvSpec>();
 /** A spec's tensor-core kernel (its own name and header). */
-export function mmaSpec(spec: GemvSpec): GemvSpec {
-  let s = mmaSpecs.get(spec.name);
+export function mmaSpec(spec: GemvSpec, tiles = 1): GemvSpec {
+  const name = tiles === 1 ? `${spec.name}_mma` : `${spec.name}_mma_t${tiles}`;
+  let s = mmaSpecs.get(name);
   if (!s) {
     if (!spec.variant) throw new Error(`${spec.name}: no variant to make a tensor-core kernel from`);
     s = {
       ...spec,
-      name: `${spec.name}_mma`,
+      name,
       header: spec.header + GEMV_MMA_HEADER,
-      source: gemvSource(spec.variant, "mma"),
+      source: gemvSource(spec.variant, "mma", tiles),
     };
-    mmaSpecs.set(spec.name, s);
+    mmaSpecs.set(name, s);
   }
   return s;
 }
@@ -511,27 +526,29 @@ export function gemvPlan(
   const m = xShape.reduce((a, b) => a * b, 1) / k;
   if (xShape[xShape.length - 1] !== k)
     throw new Error(`${spec.name}: x has ${xShape.at(-1)} features, the weight ${k}`);
-  const { rows, warps, poison, split = 1, loads = 8, mma = false } = config ?? gemvConfig(n, m, k);
+  const { rows, warps, poison, split = 1, loads = 8, mma = false, tiles = 1 } = config ?? gemvConfig(n, m, k);
   const maxRows = mma ? GEMV_MMA_MAX_ROWS : GEMV_MAX_ROWS;
   if (!Number.isInteger(m) || m < 1 || m > maxRows) throw new Error(`${spec.name}: ${m} rows (1..${maxRows})`);
   if (dtype !== q.scales.dtype) throw new Error(`${spec.name}: x must have the scales' dtype`);
   if (!q.biases) throw new Error(`${spec.name}: the weight has no biases`);
   if (n % rows !== 0) throw new Error(`${spec.name}: ${n} outputs is not a multiple of ${rows} rows per warp`);
-  if (mma && (n % 16 !== 0 || 16 % rows !== 0 || split > 1))
-    throw new Error(`${spec.name}: the tensor-core body takes tiles of 16 rows (${n}), ${rows} rows a virtual warp`);
+  if (mma && (n % (16 * tiles) !== 0 || 16 % rows !== 0 || split > 1 || ![1, 2, 4].includes(tiles)))
+    throw new Error(
+      `${spec.name}: the tensor-core body takes ${tiles} tile(s) of 16 rows (${n}), ${rows} rows a virtual warp`,
+    );
   if (split > 1 && warps % split !== 0) throw new Error(`${spec.name}: ${warps} warps is not row groups of ${split}`);
   const shapes = outShapes ?? [[...xShape.slice(0, -1), n]];
   const extraKey = Object.values(extraTemplate).join(",");
-  const key = `${spec.name}|${xShape.join("x")}|${n}|${shapes.join(";")}|${dtype}|${q.groupSize}|${rows}|${warps}|${split}|${loads}|${mma ? 1 : 0}|${poison ? 1 : 0}|${extraKey}`;
+  const key = `${spec.name}|${xShape.join("x")}|${n}|${shapes.join(";")}|${dtype}|${q.groupSize}|${rows}|${warps}|${split}|${loads}|${mma ? tiles : 0}|${poison ? 1 : 0}|${extraKey}`;
   let plan = plans.get(key);
   if (!plan) {
-    const kspec = mma ? mmaSpec(spec) : split > 1 ? splitSpec(spec) : spec;
+    const kspec = mma ? mmaSpec(spec, tiles) : split > 1 ? splitSpec(spec) : spec;
     let kernel = kernels.get(kspec.name);
     if (!kernel) {
       kernel = new CustomKernel({ ...kspec, outputs: kspec.outputs ?? ["y"] });
       kernels.set(kspec.name, kernel);
     }
-    const blocks = mma ? n / 16 : Math.ceil(n / rows / (warps / split));
+    const blocks = mma ? n / 16 / tiles : Math.ceil(n / rows / (warps / split));
     plan = kernel.plan({
       outputs: shapes.map((shape) => ({ shape, dtype })),
       grid: [blocks * warps * 32, 1, 1],

@@ -30,7 +30,7 @@ import {
 import { VERIFY_MAX_TOKENS, VerifyAttention, verifyAttentionSupports } from "../mlx/kernels-attention-verify";
 import { GEMV_MAX_ROWS, type GemvConfig, gemvConfig, gemvMmaFromRows, gemvSupports } from "../mlx/kernels-gemv";
 import { GEMV_MMA_MAX_ROWS, mmaBucket } from "../mlx/kernels-gemv-mma";
-import { type FusedRope, fusedPlans, pairedConfig, ropeTable } from "../mlx/kernels-gemv-fused";
+import { type FusedRope, fusedPlans, mmaPrenorm, pairedConfig, ropeTable } from "../mlx/kernels-gemv-fused";
 import type { Rope } from "./rope";
 import type { AttentionBatch, ForwardView } from "./types";
 import type { LinearWeight } from "./weights";
@@ -314,16 +314,36 @@ export class FusedStep {
     return paired ? pairedConfig(n, rows, k, false) : gemvConfig(n, rows, k, false);
   }
 
+  /**
+   * Whether a norm variant's launch of `rows` rows of x takes x normed by MLX's rms_norm first
+   * (PENSIEVE_GEMV_MMA_PRENORM=1, where the launch takes the tensor-core body; kernels-gemv-fused.ts).
+   */
+  #prenormed(q: mx.QuantizedWeight, rows: number, paired: boolean): boolean {
+    if (!mmaPrenorm) return false;
+    const n = q.weight.dim(0);
+    const k = (q.weight.dim(1) * 32) / q.bits;
+    const c = this.#config(q, rows, paired) ?? (paired ? pairedConfig(n, rows, k) : gemvConfig(n, rows, k));
+    return c.mma === true;
+  }
+
   /** norm -> q|k|v (-> RoPE when `rope`) in one kernel: [B, L, N]. */
   normedQkv(h: MxArray, norm: Norm, q: mx.QuantizedWeight, rope: FusedRope | null): MxArray {
     launches++;
     const slot = (rope ? QKV : NORMED) * SLOTS + this.#shape;
+    const rows = this.B * this.L;
+    const pre = this.#prenormed(q, rows, rope !== null);
     const plan = planFor(q, slot, () =>
       rope
-        ? fusedPlans.normRope(this.#xShape(q), this.dtype, q, norm.eps, rope, this.#config(q, this.B * this.L, true))
-        : fusedPlans.norm(this.#xShape(q), this.dtype, q, norm.eps, this.#config(q, this.B * this.L, false)),
+        ? fusedPlans.normRope(this.#xShape(q), this.dtype, q, norm.eps, rope, this.#config(q, rows, true), pre)
+        : fusedPlans.norm(this.#xShape(q), this.dtype, q, norm.eps, this.#config(q, rows, false), pre),
     );
-    const inputs = [h, q.weight, q.scales, q.biases as MxArray, norm.weight];
+    const inputs = [
+      pre ? mx.rmsNorm(h, norm.weight, norm.eps) : h,
+      q.weight,
+      q.scales,
+      q.biases as MxArray,
+      norm.weight,
+    ];
     if (rope) inputs.push(this.ropeTableFor(rope));
     return plan.run(inputs)[0] as MxArray;
   }
@@ -337,10 +357,12 @@ export class FusedStep {
     kvHeads: number,
   ): [MxArray, MxArray, MxArray] {
     launches++;
+    const pre = this.#prenormed(q, this.B, true);
     const plan = planFor(q, QKV_DECODE * SLOTS + this.#shape, () =>
-      fusedPlans.normRopeQkv(this.B, this.dtype, q, norm.eps, rope, kvHeads),
+      fusedPlans.normRopeQkv(this.B, this.dtype, q, norm.eps, rope, kvHeads, undefined, pre),
     );
-    const inputs = [h, q.weight, q.scales, q.biases as MxArray, norm.weight, this.ropeTableFor(rope)];
+    const x = pre ? mx.rmsNorm(h, norm.weight, norm.eps) : h;
+    const inputs = [x, q.weight, q.scales, q.biases as MxArray, norm.weight, this.ropeTableFor(rope)];
     return plan.run(inputs) as [MxArray, MxArray, MxArray];
   }
 
@@ -356,15 +378,18 @@ export class FusedStep {
   /** norm -> gate|up -> silu(gate) * up in one kernel. */
   normedSwiglu(h: MxArray, norm: Norm, q: mx.QuantizedWeight): MxArray {
     launches++;
+    const pre = this.#prenormed(q, this.B * this.L, true);
     const plan = planFor(q, SWIGLU * SLOTS + this.#shape, () =>
-      fusedPlans.normSwiglu(this.#xShape(q), this.dtype, q, norm.eps, this.#config(q, this.B * this.L, true)),
+      fusedPlans.normSwiglu(this.#xShape(q), this.dtype, q, norm.eps, this.#config(q, this.B * this.L, true), pre),
     );
-    return plan.run([h, q.weight, q.scales, q.biases as MxArray, norm.weight])[0] as MxArray;
+    const x = pre ? mx.rmsNorm(h, norm.weight, norm.eps) : h;
+    return plan.run([x, q.weight, q.scales, q.biases as MxArray, norm.weight])[0] as MxArray;
   }
 
   /** norm -> product (the final norm -> lm_head, x [B, rows, K]) in one kernel. */
   normedProduct(h: MxArray, norm: Norm, q: mx.QuantizedWeight, rows: number): MxArray {
     launches++;
+    const pre = this.#prenormed(q, this.B * rows, false);
     const plan = planFor(q, NORMED * SLOTS + this.B * 32 + rows, () =>
       fusedPlans.norm(
         [this.B, rows, (q.weight.dim(1) * 32) / q.bits],
@@ -372,9 +397,11 @@ export class FusedStep {
         q,
         norm.eps,
         this.#config(q, this.B * rows, false),
+        pre,
       ),
     );
-    return plan.run([h, q.weight, q.scales, q.biases as MxArray, norm.weight])[0] as MxArray;
+    const x = pre ? mx.rmsNorm(h, norm.weight, norm.eps) : h;
+    return plan.run([x, q.weight, q.scales, q.biases as MxArray, norm.weight])[0] as MxArray;
   }
 
   /** The attention kernel for these heads and scale, or null where it does not apply (PENSIEVE_GPU_FUSED_ATTENTION=0: never). */

@@ -14,7 +14,7 @@ import { GEMV_MMA_HEADER, mmaBucket } from "../../src/mlx/kernels-gemv-mma";
 import { EMULATION_HEADER, emulationCompiler, ropeTableCode, runEmulated } from "./emulate";
 
 const EPS_BITS = new Int32Array(Float32Array.of(1e-5).buffer)[0];
-type Body = { kind: "scalar"; rows: number } | { kind: "mma"; warps: number };
+type Body = { kind: "scalar"; rows: number } | { kind: "mma"; warps: number; tiles?: number };
 
 interface Case {
   variant: "swiglu" | "rope";
@@ -45,11 +45,11 @@ void ${name}(const __half* x, const uint32_t* w, const __half* scales, const __h
   const int x_shape[2] = {${m}, ${c.k}};
   constexpr int x_ndim = 2;
   (void)x_shape; (void)HD; (void)ROTATED; (void)POS_SCALE_BITS; (void)TRADITIONAL; (void)pos; (void)inv_freq; (void)rope_cs;
-${gemvSource(variant, body.kind === "mma" ? "mma" : "scalar")}
+${body.kind === "mma" ? gemvSource(variant, "mma", body.tiles ?? 1) : gemvSource(variant, "scalar")}
 }`;
   const launch = (name: string, body: Body, xOff: string, posOff: string, yOff: string) =>
     body.kind === "mma"
-      ? `emu_launch(N / 16 * ${body.warps} * 32, ${body.warps} * 32, [&] { ${name}(x.data() + ${xOff}, w.data(), s.data(), b.data(), g.data(), pos.data() + ${posOff}, inv_freq.data(), rope_cs.data() + (${posOff}) * 32, ${yOff}); });`
+      ? `emu_launch(N / 16 / ${body.tiles ?? 1} * ${body.warps} * 32, ${body.warps} * 32, [&] { ${name}(x.data() + ${xOff}, w.data(), s.data(), b.data(), g.data(), pos.data() + ${posOff}, inv_freq.data(), rope_cs.data() + (${posOff}) * 32, ${yOff}); });`
       : `emu_launch((N / ${body.rows} + 3) / 4 * 128, 128, [&] { ${name}(x.data() + ${xOff}, w.data(), s.data(), b.data(), g.data(), pos.data() + ${posOff}, inv_freq.data(), rope_cs.data() + (${posOff}) * 32, ${yOff}); });`;
   return `#include "${EMULATION_HEADER}"
 #include <cstdio>
@@ -115,6 +115,21 @@ describe.skipIf(!emulationCompiler)("a GEMV body sums each row of x as it does a
         expect(r.differ).toBe(0);
       }, 120_000);
     }
+  }
+  // Tiles a block (PENSIEVE_GEMV_MMA_TILES): each row still sums its warps' k-blocks in the same order.
+  for (const [variant, n, tiles] of [
+    ["swiglu", 64, 2],
+    ["swiglu", 64, 4],
+    ["rope", 96, 2],
+  ] as const) {
+    test(`tensor-core body, ${variant}: 9 rows at ${tiles} tiles a block equal each row alone at one`, () => {
+      const one: Body = { kind: "mma", warps: 2 };
+      const many: Body = { kind: "mma", warps: 2, tiles };
+      const k = variant === "swiglu" ? 1088 : 512;
+      const r = run({ variant, n, k, m: 9, one, many }, `mma-${variant}-9-t${tiles}`);
+      expect(r.total).toBe(9 * (variant === "swiglu" ? n / 2 : n));
+      expect(r.differ).toBe(0);
+    }, 120_000);
   }
   test("the two bodies do not agree bit for bit (so a verify pass keeps the one-token step's body)", () => {
     const r = run(
