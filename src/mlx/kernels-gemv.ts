@@ -356,8 +356,11 @@ export function mmaTilesFor(n: number, env: Record<string, string | undefined> =
 }
 
 export function gemvConfig(n: number, m = 1, k?: number, tensorCores = true): GemvConfig {
-  if (tensorCores && m >= mmaFrom && k !== undefined && n % 16 === 0 && m <= GEMV_MMA_MAX_ROWS)
-    return { rows: 2, warps: mmaWarps(n / mmaTilesFor(n), k), mma: true, tiles: mmaTilesFor(n) };
+  if (tensorCores && m >= mmaFrom && k !== undefined && n % 16 === 0 && m <= GEMV_MMA_MAX_ROWS) {
+    // The block's partial sums (warps x 16 tiles x 32 floats at most) stay within 48 KB of shared memory.
+    const tiles = mmaTilesFor(n);
+    return { rows: 2, warps: Math.min(mmaWarps(n / tiles, k), 16 / tiles), mma: true, tiles };
+  }
   // One row of x and K known: PENSIEVE_GEMV_ONE_ROW may set a shape's launch, PENSIEVE_GEMV_SPLITK split K
   // (kernels-gemv-split.ts; both off by default).
   if (m <= 1 && k !== undefined) {
