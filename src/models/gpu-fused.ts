@@ -165,7 +165,8 @@ export function setVerifyTensorCores(on: boolean | null): void {
 /**
  * The most rows of x a forward of `tokensPerRow` tokens a row may give the fused kernels: a row of 2+ tokens
  * sums with the scalar GEMV (FusedStep's #config), built for at most GEMV_MAX_ROWS, unless every step takes
- * tensor cores. (A 17-token forward under PENSIEVE_GPU_FUSED_MAX_ROWS=32 failed there on the H100.)
+ * tensor cores or verify passes may (PENSIEVE_GPU_VERIFY_MMA=1). (A 17-token forward under
+ * PENSIEVE_GPU_FUSED_MAX_ROWS=32 failed there on the H100.)
  */
 export function fusedRowsFor(tokensPerRow: number, limit: number, mmaFromRows: number): number {
   return tokensPerRow > 1 && mmaFromRows > 1 && !verifyTensorCores ? Math.min(limit, GEMV_MAX_ROWS) : limit;
@@ -305,7 +306,8 @@ export class FusedStep {
    * A verify pass's launch (one row of L > 1 tokens): the scalar GEMV unless one-token steps take tensor cores
    * too (PENSIEVE_GEMV_MMA=1). The scalar kernel sums each output row the same way at any rows of x, and so does
    * the tensor-core one, but not like each other: greedy speculation stays exactly plain decoding only if a
-   * pass sums as the step it stands for. Decode steps (L = 1): gemvConfig's choice (undefined).
+   * pass sums as the step it stands for (PENSIEVE_GPU_VERIFY_MMA=1 gives that up for the tie margin: gemvConfig's
+   * choice). Decode steps (L = 1): gemvConfig's choice (undefined).
    */
   #config(q: mx.QuantizedWeight, rows: number, paired: boolean): GemvConfig | undefined {
     if (this.L === 1 || gemvMmaFromRows() <= 1 || verifyTensorCores) return undefined;
