@@ -226,6 +226,16 @@ const ropeTemplate = (eps: number, rope: Omit<FusedRope, "invFreq">) => ({
   TRADITIONAL: rope.traditional,
 });
 
+/** A norm variant's plan arguments: x's shape and dtype, the weight, RMSNorm's eps, the launch, x already normed. */
+type NormPlanArgs = [
+  xShape: readonly number[],
+  dtype: Dtype,
+  q: QuantizedWeight,
+  eps: number,
+  config?: GemvConfig,
+  prenormed?: boolean,
+];
+
 /**
  * Launch plans of the fused variants for x of a given shape and dtype. A decoder
  * keeps them per weight and rows, so a step only runs them (no key, no checks):
@@ -236,14 +246,7 @@ export const fusedPlans = {
   residual: (xShape: readonly number[], dtype: Dtype, q: QuantizedWeight, config?: GemvConfig): KernelPlan =>
     gemvPlan(GEMV_RESIDUAL_KERNEL, xShape, dtype, q, {}, config),
   /** Inputs + norm; output [..., N/2]. */
-  normSwiglu: (
-    xShape: readonly number[],
-    dtype: Dtype,
-    q: QuantizedWeight,
-    eps: number,
-    config?: GemvConfig,
-    prenormed = false,
-  ) => {
+  normSwiglu: (...[xShape, dtype, q, eps, config, prenormed = false]: NormPlanArgs) => {
     const n = q.weight.dim(0);
     if (n % 2 !== 0) throw new Error("quantizedGemvNormSwiglu: the weight needs an even row count");
     const shapes = [[...xShape.slice(0, -1), n / 2]];
@@ -310,14 +313,8 @@ export const fusedPlans = {
     );
   },
   /** Inputs + norm (GEMV_RMS_NORM_KERNEL). */
-  norm: (
-    xShape: readonly number[],
-    dtype: Dtype,
-    q: QuantizedWeight,
-    eps: number,
-    config?: GemvConfig,
-    prenormed = false,
-  ) => gemvPlan(normSpec(GEMV_RMS_NORM_KERNEL, prenormed), xShape, dtype, q, { EPS_BITS: floatBits(eps) }, config),
+  norm: (...[xShape, dtype, q, eps, config, prenormed = false]: NormPlanArgs) =>
+    gemvPlan(normSpec(GEMV_RMS_NORM_KERNEL, prenormed), xShape, dtype, q, { EPS_BITS: floatBits(eps) }, config),
 };
 
 const qInputs = (x: MxArray, q: QuantizedWeight) => [x, q.weight, q.scales, q.biases as MxArray];
