@@ -23,6 +23,12 @@ namespace mx = mlx::core;
 
 namespace pensieve {
 
+// With automatic threads, products under this many multiply-adds stay on the calling thread. It was 4e6 (every
+// SmolLM2 decode product on one thread) when waking the second thread went through the kernel for each run; with
+// the spin below, on a 2-core Intel Sapphire Rapids VM, 2e5 (each product split) took a SmolLM2 decode step from
+// 23.9-24.0 ms to 19.2-19.9 (bench/results/cpu-fused-2026-12-08.md). Not re-measured on the AMD EPYC host.
+constexpr double kAutoParallelMin = 2e5;
+
 // ---- a small persistent pool: the calling thread plus (cores - 1) workers ----
 // Each run gets its own counters, so a worker that wakes late for an old run
 // finds nothing left to do there instead of taking parts of the next one.
@@ -49,8 +55,14 @@ class Pool {
     automatic_.store(n <= 0);
   }
 
-  /** No thread count was set: small products run on the calling thread alone (see parallel_min_work). */
+  /** No thread count was set: small products run on the calling thread alone (see min_parallel_work). */
   bool automatic() const { return automatic_.load(std::memory_order_relaxed); }
+
+  /**
+   * Multiply-adds under which a product runs on the calling thread alone: 2e5 with a set thread count; with
+   * automatic threads PENSIEVE_PARALLEL_MIN_WORK, else kAutoParallelMin.
+   */
+  double min_parallel_work() const { return automatic() ? auto_min_work_ : 2e5; }
 
   // Runs fn(part, parts) for part in [0, parts) across the pool and waits.
   void run(int parts, const std::function<void(int, int)>& fn) {
@@ -106,6 +118,8 @@ class Pool {
   Pool() {
     const char* spin = std::getenv("PENSIEVE_POOL_SPIN_US");
     spin_us_ = spin != nullptr ? std::atoi(spin) : 50;
+    const char* min_work = std::getenv("PENSIEVE_PARALLEL_MIN_WORK");
+    if (min_work != nullptr && std::atof(min_work) > 0) auto_min_work_ = std::atof(min_work);
     unsigned n = std::thread::hardware_concurrency();
     workers_ = static_cast<int>(std::min(8u, n == 0 ? 1u : n)) - 1;
     // PENSIEVE_THREADS: the engine passes the configured count this way.
@@ -156,6 +170,7 @@ class Pool {
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> sleepers_{0};
   int spin_us_ = 50;
+  double auto_min_work_ = kAutoParallelMin;
 };
 
 
@@ -191,5 +206,12 @@ inline bool cpu_kernels_enabled() {
   }();
   return on;
 }
+
+// Row loops shared by the norm/SwiGLU primitives and the fused packed product (cpu_norm.cpp): one code, one result.
+/** y[r] = x[r] * rsqrt(mean(x[r]^2) + eps) * w (w may be null), rows of `cols` floats, x rows `x_stride` apart. */
+void rms_norm_rows(const float* x, int64_t x_stride, const float* w, float* y, int64_t rows, int64_t cols, float eps);
+/** y[r] = g[r] * sigmoid(g[r]) * u[r], rows of `cols` floats. */
+void swiglu_rows(const float* g, int64_t g_stride, const float* u, int64_t u_stride, float* y, int64_t rows,
+                 int64_t cols);
 
 }  // namespace pensieve

@@ -49,6 +49,35 @@ static void run_rows(int64_t rows, int64_t cols, const std::function<void(int64_
   pool.run(parts, [&](int p, int total) { fn(rows * p / total, rows * (p + 1) / total); });
 }
 
+void rms_norm_rows(const float* x, int64_t x_stride, const float* w, float* y, int64_t rows, int64_t cols, float eps) {
+  run_rows(rows, cols, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xi = x + r * x_stride;
+      float* yi = y + r * cols;
+      float ss = 0.f;
+      for (int64_t i = 0; i < cols; ++i) ss += xi[i] * xi[i];
+      const float scale = 1.0f / std::sqrt(ss / static_cast<float>(cols) + eps);
+      if (w) {
+        for (int64_t i = 0; i < cols; ++i) yi[i] = xi[i] * scale * w[i];
+      } else {
+        for (int64_t i = 0; i < cols; ++i) yi[i] = xi[i] * scale;
+      }
+    }
+  });
+}
+
+void swiglu_rows(const float* g, int64_t g_stride, const float* u, int64_t u_stride, float* y, int64_t rows,
+                 int64_t cols) {
+  run_rows(rows, cols, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* gi = g + r * g_stride;
+      const float* ui = u + r * u_stride;
+      float* yi = y + r * cols;
+      for (int64_t i = 0; i < cols; ++i) yi[i] = gi[i] * (1.0f / (1.0f + std::exp(-gi[i]))) * ui[i];
+    }
+  });
+}
+
 class CpuRmsNorm : public mx::UnaryPrimitive {
  public:
   CpuRmsNorm(mx::Stream stream, float eps, bool has_weight) : UnaryPrimitive(stream), eps_(eps), has_weight_(has_weight) {}
@@ -67,20 +96,7 @@ class CpuRmsNorm : public mx::UnaryPrimitive {
       const Rows xr = view ? *view : Rows{row_major(x, xs), cols};
       const float* w = has_weight ? row_major(inputs[1], ws) : nullptr;
       float* y = out.data<float>();
-      run_rows(rows, cols, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const float* xi = xr.data + r * xr.stride;
-          float* yi = y + r * cols;
-          float ss = 0.f;
-          for (int64_t i = 0; i < cols; ++i) ss += xi[i] * xi[i];
-          const float scale = 1.0f / std::sqrt(ss / static_cast<float>(cols) + eps);
-          if (w) {
-            for (int64_t i = 0; i < cols; ++i) yi[i] = xi[i] * scale * w[i];
-          } else {
-            for (int64_t i = 0; i < cols; ++i) yi[i] = xi[i] * scale;
-          }
-        }
-      });
+      rms_norm_rows(xr.data, xr.stride, w, y, rows, cols, eps);
     });
   }
 
@@ -116,14 +132,7 @@ class CpuSwiglu : public mx::UnaryPrimitive {
       const Rows gr = gv ? *gv : Rows{row_major(g, gs), cols};
       const Rows ur = uv ? *uv : Rows{row_major(u, us), cols};
       float* y = out.data<float>();
-      run_rows(rows, cols, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const float* gi = gr.data + r * gr.stride;
-          const float* ui = ur.data + r * ur.stride;
-          float* yi = y + r * cols;
-          for (int64_t i = 0; i < cols; ++i) yi[i] = gi[i] * (1.0f / (1.0f + std::exp(-gi[i]))) * ui[i];
-        }
-      });
+      swiglu_rows(gr.data, gr.stride, ur.data, ur.stride, y, rows, cols);
     });
   }
 

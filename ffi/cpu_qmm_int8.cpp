@@ -266,13 +266,10 @@ void qmm_int8_cpu(const float* x, const uint32_t* w, const float* scales, const 
     signed_correction = s.bits == 8;
   }
 #endif
-  // Split the output features, in multiples of 4 rows (the widest tile).
-  // With automatic threads, products under kAutoParallelMin multiply-adds
-  // stay on this thread: on this project's 2-core machine, waking a second
-  // thread cost SmolLM2's decode steps more than it saved (bench/results).
-  constexpr double kAutoParallelMin = 4e6;
+  // Split the output features, in multiples of 4 rows (the widest tile); small products stay on this thread
+  // (Pool::min_parallel_work).
   const double work = static_cast<double>(s.M) * s.N * s.K;
-  const double min_work = pool.automatic() ? kAutoParallelMin : 2e5;
+  const double min_work = pool.min_parallel_work();
   const int parts = work < min_work ? 1 : std::min(pool.size() * 4, std::max(1, s.N / 64));
   pool.run(parts, [&](int p, int total) {
     const int n0 = static_cast<int>(static_cast<int64_t>(s.N / 4) * p / total) * 4;

@@ -24,6 +24,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -264,48 +265,87 @@ namespace rows16_vnni {
 #pragma GCC pop_options
 #endif
 
+// What a packed product does around the product itself, each step the very code of the separate op it replaces
+// (so the result is bit-equal): RMSNorm of x first (cpu_norm.cpp's rows), SwiGLU of the product's two halves
+// after it (gate | up), then + a residual. Each fused step is one graph node and one CPU-stream task fewer.
+struct PackedFusion {
+  bool norm = false;
+  float eps = 0.f;
+  bool swiglu = false;
+  bool residual = false;
+
+  bool operator==(const PackedFusion& o) const {
+    return norm == o.norm && eps == o.eps && swiglu == o.swiglu && residual == o.residual;
+  }
+};
+
+// y [M, N] = x [M, K] @ dequantize(packed)^T.
+static void packed_product(const float* xp, const mx::array& packed, float* y, int M) {
+  const PackHeader* h = header_of(packed);
+  const int K = static_cast<int>(h->K), bits = static_cast<int>(h->bits);
+  QShape s{M, static_cast<int>(h->N), K, static_cast<int>(h->group), bits};
+  ActQ a;
+#ifdef PV_X86
+  if (h->layout == kLayoutRows16) {
+    rows16_vnni::Rows16 pk{packed.data<uint8_t>() + kHeaderBytes,
+                           s.N,
+                           K,
+                           s.group,
+                           K / s.group,
+                           static_cast<size_t>(h->chunk_bytes) * (K / s.group),
+                           h->chunk_bytes,
+                           h->scale_kind == kBfloat16,
+                           h->symmetric != 0};
+    rows16_vnni::product(xp, pk, y, s);
+    return;
+  }
+#endif
+  quantize_activations(xp, a, s, kIsaVnni);
+#ifdef PV_X86
+  packed_vnni::Packed pk{packed.data<uint8_t>() + kHeaderBytes,
+                         static_cast<int>(h->chunk_bytes),
+                         static_cast<int>(h->scale_bytes),
+                         static_cast<int>(h->tail_blocks),
+                         static_cast<size_t>(K / 256) * h->chunk_bytes + h->tail_bytes,
+                         h->scale_kind == kBfloat16,
+                         h->symmetric != 0};
+  (bits == 4 ? packed_vnni::product<4> : packed_vnni::product<8>)(a, pk, y, s);
+#endif
+}
+
+// Inputs: x, packed, then the norm's weight (fusion.norm), then the residual (fusion.residual).
 class CpuQuantizedMatmulPacked : public mx::UnaryPrimitive {
  public:
-  explicit CpuQuantizedMatmulPacked(mx::Stream stream) : UnaryPrimitive(stream) {}
+  CpuQuantizedMatmulPacked(mx::Stream stream, PackedFusion fusion) : UnaryPrimitive(stream), fusion_(fusion) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     out.set_data(mx::allocator::malloc(out.nbytes()));
     auto& encoder = mx::cpu::get_command_encoder(stream());
     for (const auto& in : inputs) encoder.set_input_array(in);
     encoder.set_output_array(out);
-    encoder.dispatch([x = inputs[0], packed = inputs[1], out]() mutable {
+    encoder.dispatch([inputs, out, f = fusion_]() mutable {
+      const auto& x = inputs[0];
+      const auto& packed = inputs[1];
       const PackHeader* h = header_of(packed);
-      const int K = static_cast<int>(h->K), bits = static_cast<int>(h->bits);
-      QShape s{static_cast<int>(x.size() / K), static_cast<int>(h->N), K, static_cast<int>(h->group), bits};
-      std::vector<float> xs;
+      const int K = static_cast<int>(h->K), N = static_cast<int>(h->N);
+      const int M = static_cast<int>(x.size() / K);
+      std::vector<float> xs, ws, normed, halves, rs;
       const float* xp = row_major(x, xs);
-      ActQ a;
-#ifdef PV_X86
-      if (h->layout == kLayoutRows16) {
-        rows16_vnni::Rows16 pk{packed.data<uint8_t>() + kHeaderBytes,
-                               s.N,
-                               K,
-                               s.group,
-                               K / s.group,
-                               static_cast<size_t>(h->chunk_bytes) * (K / s.group),
-                               h->chunk_bytes,
-                               h->scale_kind == kBfloat16,
-                               h->symmetric != 0};
-        rows16_vnni::product(xp, pk, out.data<float>(), s);
-        return;
+      if (f.norm) {
+        normed.resize(static_cast<size_t>(M) * K);
+        rms_norm_rows(xp, K, row_major(inputs[2], ws), normed.data(), M, K, f.eps);
+        xp = normed.data();
       }
-#endif
-      quantize_activations(xp, a, s, kIsaVnni);
-#ifdef PV_X86
-      packed_vnni::Packed pk{packed.data<uint8_t>() + kHeaderBytes,
-                             static_cast<int>(h->chunk_bytes),
-                             static_cast<int>(h->scale_bytes),
-                             static_cast<int>(h->tail_blocks),
-                             static_cast<size_t>(K / 256) * h->chunk_bytes + h->tail_bytes,
-                             h->scale_kind == kBfloat16,
-                             h->symmetric != 0};
-      (bits == 4 ? packed_vnni::product<4> : packed_vnni::product<8>)(a, pk, out.data<float>(), s);
-#endif
+      float* y = out.data<float>();
+      if (f.swiglu) halves.resize(static_cast<size_t>(M) * N);
+      packed_product(xp, packed, f.swiglu ? halves.data() : y, M);
+      const int width = f.swiglu ? N / 2 : N;
+      if (f.swiglu) swiglu_rows(halves.data(), N, halves.data() + width, N, y, M, width);
+      if (f.residual) {
+        const float* r = row_major(inputs.back(), rs);
+        const size_t n = static_cast<size_t>(M) * width;
+        for (size_t i = 0; i < n; ++i) y[i] = r[i] + y[i];
+      }
     });
   }
 
@@ -316,8 +356,12 @@ class CpuQuantizedMatmulPacked : public mx::UnaryPrimitive {
   const char* name() const override { return "PensieveCpuQuantizedMatmulPacked"; }
 
   bool is_equivalent(const mx::Primitive& other) const override {
-    return dynamic_cast<const CpuQuantizedMatmulPacked*>(&other) != nullptr;
+    const auto* o = dynamic_cast<const CpuQuantizedMatmulPacked*>(&other);
+    return o != nullptr && o->fusion_ == fusion_;
   }
+
+ private:
+  PackedFusion fusion_;
 };
 
 // The plain arrays of a 16-row packed weight, rebuilt from it (lazily; exact,
@@ -405,22 +449,50 @@ bool cpu_drop_plain(mx::array& w, mx::array& scales, mx::array& biases, const mx
   return true;
 }
 
-/** x [..., K] @ dequantize(w)^T from cpu_pack's packed weight (VNNI path only). */
-mx::array cpu_quantized_matmul_packed(const mx::array& x_in, const mx::array& packed) {
+/**
+ * x [..., K] @ dequantize(w)^T from cpu_pack's packed weight (VNNI path only); with `norm_weight`, x goes through
+ * RMSNorm first; with `swiglu`, the result is silu(gate) * up of its halves [..., N/2]; with `residual` (the
+ * result's shape), that is added. Each as the separate float32 op computes it.
+ */
+mx::array cpu_quantized_matmul_packed_fused(const mx::array& x_in, const mx::array& packed,
+                                            const std::optional<mx::array>& norm_weight, float eps,
+                                            const std::optional<mx::array>& residual, bool swiglu) {
   if (!cpu_isa_supported(kIsaVnni)) throw std::invalid_argument("cpu packed qmm: this CPU lacks AVX-512 VNNI");
   mx::eval({packed});
   const PackHeader* h = header_of(packed);
   if (h == nullptr) throw std::invalid_argument("cpu packed qmm: not a packed weight (see cpu_pack)");
-  const int K = static_cast<int>(h->K);
+  const int K = static_cast<int>(h->K), N = static_cast<int>(h->N);
   if (x_in.ndim() < 1 || x_in.shape(-1) != K) {
     throw std::invalid_argument("cpu packed qmm: x has " + std::to_string(x_in.ndim() ? x_in.shape(-1) : 0) +
                                 " features, the weight expects " + std::to_string(K));
   }
+  if (swiglu && N % 2 != 0) throw std::invalid_argument("cpu packed qmm: swiglu needs an even output width");
   auto cpu = mx::default_stream(mx::Device::cpu);
   mx::Shape out_shape(x_in.shape().begin(), x_in.shape().end() - 1);
-  out_shape.push_back(static_cast<int>(h->N));
+  out_shape.push_back(swiglu ? N / 2 : N);
+  PackedFusion fusion;
+  fusion.swiglu = swiglu;
   auto x = x_in.dtype() == mx::float32 ? x_in : mx::astype(x_in, mx::float32, cpu);
-  return mx::array(out_shape, mx::float32, std::make_shared<CpuQuantizedMatmulPacked>(cpu), {x, packed});
+  std::vector<mx::array> inputs{x, packed};
+  if (norm_weight) {
+    if (x_in.dtype() != mx::float32 || norm_weight->dtype() != mx::float32 || norm_weight->ndim() != 1 ||
+        norm_weight->shape(0) != K)
+      throw std::invalid_argument("cpu packed qmm: the norm takes float32 x and a float32 weight [K]");
+    fusion.norm = true;
+    fusion.eps = eps;
+    inputs.push_back(*norm_weight);
+  }
+  if (residual) {
+    if (residual->shape() != out_shape || residual->dtype() != mx::float32)
+      throw std::invalid_argument("cpu packed qmm: the residual must be float32 in the result's shape");
+    fusion.residual = true;
+    inputs.push_back(*residual);
+  }
+  return mx::array(out_shape, mx::float32, std::make_shared<CpuQuantizedMatmulPacked>(cpu, fusion), inputs);
+}
+
+mx::array cpu_quantized_matmul_packed(const mx::array& x, const mx::array& packed) {
+  return cpu_quantized_matmul_packed_fused(x, packed, std::nullopt, 0.f, std::nullopt, false);
 }
 
 }  // namespace pensieve

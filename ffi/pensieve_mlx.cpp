@@ -7,11 +7,14 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <unordered_set>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "mlx/mlx.h"
+#include "mlx/primitives.h"
 
 namespace mx = mlx::core;
 
@@ -23,6 +26,9 @@ mx::array cpu_quantized_matmul_int8(const mx::array& x, const mx::array& w, cons
                                     const mx::array& biases, int group, int bits);
 mx::array cpu_pack(const mx::array& w, const mx::array& scales, const mx::array& biases, int group, int bits);
 mx::array cpu_quantized_matmul_packed(const mx::array& x, const mx::array& packed);
+mx::array cpu_quantized_matmul_packed_fused(const mx::array& x, const mx::array& packed,
+                                            const std::optional<mx::array>& norm_weight, float eps,
+                                            const std::optional<mx::array>& residual, bool swiglu);
 bool cpu_drop_plain(mx::array& w, mx::array& scales, mx::array& biases, const mx::array& packed);
 bool cpu_set_isa(int isa);
 int cpu_isa_in_use();
@@ -42,7 +48,7 @@ namespace {
 thread_local std::string last_error;
 std::atomic<int64_t> live_handles{0};
 
-constexpr int kAbiVersion = 3;
+constexpr int kAbiVersion = 4;
 
 pv_array wrap(mx::array a) {
   live_handles.fetch_add(1, std::memory_order_relaxed);
@@ -247,6 +253,33 @@ int pv_async_eval(pv_array* arrays, int n) {
 }
 int pv_synchronize(void) {
   return guard_status([&] { mx::synchronize(); });
+}
+int pv_graph_summary(pv_array* arrays, int n, char* out, int64_t cap) {
+  return guarded(
+      [&]() -> int {
+        std::unordered_set<std::uintptr_t> seen;
+        std::map<std::string, int> counts;
+        std::vector<mx::array> stack = arrays_of(arrays, n);
+        int nodes = 0;
+        while (!stack.empty()) {
+          mx::array a = std::move(stack.back());
+          stack.pop_back();
+          if (!a.has_primitive() || a.is_available()) continue;
+          if (!seen.insert(a.primitive_id()).second) continue;
+          counts[a.primitive().name()]++;
+          ++nodes;
+          for (const auto& in : a.inputs()) stack.push_back(in);
+        }
+        std::string text;
+        for (const auto& [name, count] : counts) text += name + " " + std::to_string(count) + "\n";
+        if (out != nullptr && cap > 0) {
+          size_t len = std::min<size_t>(text.size(), static_cast<size_t>(cap - 1));
+          std::memcpy(out, text.data(), len);
+          out[len] = '\0';
+        }
+        return nodes;
+      },
+      -1);
 }
 
 // ---- elementwise ----
@@ -496,6 +529,13 @@ int pv_cpu_drop_plain(pv_array w, pv_array scales, pv_array biases, pv_array pac
 }
 pv_array pv_quantized_matmul_cpu_packed(pv_array x, pv_array packed) {
   return guard_array([&] { return pensieve::cpu_quantized_matmul_packed(unwrap(x), unwrap(packed)); });
+}
+pv_array pv_cpu_packed_product(pv_array x, pv_array packed, pv_array norm_weight, float eps, pv_array residual,
+                               int swiglu) {
+  return guard_array([&] {
+    return pensieve::cpu_quantized_matmul_packed_fused(unwrap(x), unwrap(packed), optional_of(norm_weight), eps,
+                                                       optional_of(residual), swiglu != 0);
+  });
 }
 int pv_cpu_set_isa(int isa) {
   return guard_status([&] {

@@ -81,6 +81,9 @@ PV_API int pv_read(pv_array a, void* out, int64_t nbytes);
 PV_API int pv_eval(pv_array* arrays, int n);
 PV_API int pv_async_eval(pv_array* arrays, int n);
 PV_API int pv_synchronize(void);
+/* The unevaluated graph behind `arrays`: how many primitives (one per node, siblings counted once) it would run,
+   and "<name> <count>\n" per primitive name into out (truncated to cap bytes, NUL-terminated). -1 on error. */
+PV_API int pv_graph_summary(pv_array* arrays, int n, char* out, int64_t cap);
 
 /* ---- elementwise ---- */
 PV_API pv_array pv_unary(int op, pv_array a);
@@ -137,6 +140,11 @@ PV_API pv_array pv_quantized_matmul_cpu_int8(pv_array x, pv_array w, pv_array sc
 PV_API pv_array pv_cpu_pack(pv_array w, pv_array scales, pv_array biases, int group_size, int bits);
 /* x @ dequantize(w)^T from a packed weight: the int8 kernel's sums (AVX-512 VNNI only). */
 PV_API pv_array pv_quantized_matmul_cpu_packed(pv_array x, pv_array packed);
+/* The packed product with its neighbours folded in, each bit-equal to the separate float32 op: RMSNorm of x by
+   norm_weight (nullable) first, silu(gate) * up of the result's halves when swiglu, + residual (nullable, the
+   result's shape) last. */
+PV_API pv_array pv_cpu_packed_product(pv_array x, pv_array packed, pv_array norm_weight /*nullable*/, float eps,
+                                      pv_array residual /*nullable*/, int swiglu);
 /* A 4-bit weight's plain arrays replaced, in place, by lazy rebuilds from its packed copy: 1, or 0 when the layout has none; -1 on error. */
 PV_API int pv_cpu_drop_plain(pv_array w, pv_array scales, pv_array biases, pv_array packed);
 /* Instruction set of the int8 kernel: 0 auto (best available), 1 scalar, 2 AVX2,

@@ -36,6 +36,7 @@ const symbols = {
   pv_eval: { args: [P, i32], returns: i32 },
   pv_async_eval: { args: [P, i32], returns: i32 },
   pv_synchronize: { args: [], returns: i32 },
+  pv_graph_summary: { args: [P, i32, P, i64_fast], returns: i32 },
   pv_unary: { args: [i32, P], returns: P },
   pv_binary: { args: [i32, P, P], returns: P },
   pv_where: { args: [P, P, P], returns: P },
@@ -73,6 +74,7 @@ const symbols = {
   pv_quantized_matmul_cpu_int8: { args: [P, P, P, P, i32, i32], returns: P },
   pv_cpu_pack: { args: [P, P, P, i32, i32], returns: P },
   pv_quantized_matmul_cpu_packed: { args: [P, P], returns: P },
+  pv_cpu_packed_product: { args: [P, P, P, f32, P, i32], returns: P },
   pv_cpu_drop_plain: { args: [P, P, P, P], returns: i32 },
   pv_cpu_set_isa: { args: [i32], returns: i32 },
   pv_cpu_isa: { args: [], returns: i32 },
@@ -122,7 +124,7 @@ const symbols = {
   pv_device_free_memory: { args: [], returns: i64_fast },
 } as const;
 
-const ABI_VERSION = 3;
+const ABI_VERSION = 4;
 
 /**
  * Where the shim is: PENSIEVE_SHIM, else (compiled binary) the embedded runtime

@@ -138,6 +138,20 @@ export function synchronize(): void {
   checkStatus(lib.pv_synchronize(), "synchronize");
 }
 
+/** The unevaluated graph behind `arrays`: its node count and nodes per primitive name (a profiling aid). */
+export function graphSummary(...arrays: MxArray[]): { nodes: number; byPrimitive: Record<string, number> } {
+  const text = new Uint8Array(16384);
+  const nodes = lib.pv_graph_summary(handleList(arrays), arrays.length, text, text.length);
+  if (nodes < 0) throw new MlxError("graph_summary", lastError());
+  const end = text.indexOf(0);
+  const byPrimitive: Record<string, number> = {};
+  for (const line of new TextDecoder().decode(text.subarray(0, end < 0 ? text.length : end)).split("\n")) {
+    const [name, count] = line.split(" ");
+    if (name && count) byPrimitive[name] = Number(count);
+  }
+  return { nodes, byPrimitive };
+}
+
 // ---- elementwise ----
 
 function unary(op: Unary, a: MxArray, name: string): MxArray {
@@ -442,6 +456,12 @@ export function quantizedMatmulCpu(x: MxArray, q: QuantizedWeight): MxArray {
   return packed ? quantizedMatmulCpuPacked(x, packed) : quantizedMatmulCpuInt8(x, q);
 }
 
+/** The packed copy quantizedMatmulCpu reads for this weight, or null where it takes another kernel. */
+export function cpuProductPacked(q: QuantizedWeight): MxArray | null {
+  if (q.weight.ndim !== 2 || cpuMatmulMode !== "int8" || !INT8_GROUPS.has(q.groupSize)) return null;
+  return cpuPackedWeight(q);
+}
+
 // Each 4- or 8-bit weight's packed copy (see cpuPack), made on its first product;
 // null: it cannot be packed exactly. Keyed by the weight array, so a weight
 // that goes is unpacked with it (the copy is kept, hence freed by the finalizer).
@@ -504,6 +524,31 @@ export function cpuPackDroppingPlain(q: QuantizedWeight): number {
 /** x @ dequantize(w).T from a packed weight (cpuPack): the int8 kernel's sums. */
 export function quantizedMatmulCpuPacked(x: MxArray, packed: MxArray): MxArray {
   return new MxArray(lib.pv_quantized_matmul_cpu_packed(x.handle, packed.handle), "quantized_matmul (cpu packed)");
+}
+
+/** What a packed product (cpuProductPacked) folds in: each step equal to the separate float32 op. */
+export interface PackedFusion {
+  /** RMSNorm of x first (float32 x and weight). */
+  norm?: { weight: MxArray; eps: number };
+  /** silu(gate) * up of the product's halves (gate | up): [..., N/2]. */
+  swiglu?: boolean;
+  /** Added last (float32, the result's shape). */
+  residual?: MxArray;
+}
+
+/** x @ dequantize(w).T from a packed weight with its neighbours folded in: one graph node (ffi/cpu_qmm_packed.cpp). */
+export function cpuPackedProduct(x: MxArray, packed: MxArray, f: PackedFusion): MxArray {
+  return new MxArray(
+    lib.pv_cpu_packed_product(
+      x.handle,
+      packed.handle,
+      f.norm?.weight.handle ?? null,
+      f.norm?.eps ?? 0,
+      f.residual?.handle ?? null,
+      f.swiglu ? 1 : 0,
+    ),
+    "quantized_matmul (cpu packed, fused)",
+  );
 }
 
 /** The float kernel (ffi/cpu_qmm.cpp): the same sums as mx.quantized_matmul, to float rounding. */

@@ -9,6 +9,7 @@
 import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
 import type { ModelConfig, MoeConfig } from "./config";
+import { cpuFusedLayer, cpuFuseApplies } from "./cpu-fused";
 import * as fused from "./gpu-fused";
 import { megaLayer } from "./gpu-mega";
 import type { Rope } from "./rope";
@@ -155,6 +156,10 @@ export class DecoderModel implements LanguageModel {
       !this.#weights.residual
         ? new fused.FusedStep(B, L, this.dtype, fused.fusedPositions(view.ropeOffset, B, L))
         : null;
+    // On the CPU, each packed product with its norm / SwiGLU / residual folded in (cpu-fused.ts).
+    const cpuFuse = !step && this.reducePartial === null && cpuFuseApplies(!this.#weights.residual);
+    const qSize = this.config.numHeads * this.config.headDim;
+    const qkvSplit: [number, number] = [qSize, qSize + this.config.numKvHeads * this.config.headDim];
     let h = embed(tokens, this.#weights.embedding, this.dtype);
     if (this.#weights.embedScale !== undefined)
       h = mx.multiply(h, mx.astype(mx.scalar(this.#weights.embedScale), this.dtype));
@@ -167,6 +172,10 @@ export class DecoderModel implements LanguageModel {
       // so MLX frees each once used (else a forward holds every layer's activations).
       h = mx.tidy(() => {
         if (step) return this.#fusedLayer(step, i, layer, input, batch, view.ropeOffset, mask, regimes, cached);
+        if (cpuFuse)
+          return cpuFusedLayer(layer, input, qkvSplit, (q, k, v) =>
+            this.#attend(i, layer, q, k, v, false, batch, view.ropeOffset, mask, regimes),
+          );
         let a = reduce(this.#attention(i, layer, layer.inputNorm(input), batch, view.ropeOffset, mask, regimes));
         if (layer.attentionOutputNorm) a = layer.attentionOutputNorm(a);
         const mid = residual(input, a);
