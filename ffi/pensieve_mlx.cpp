@@ -234,8 +234,15 @@ int64_t pv_nbytes(pv_array a) {
 }
 int pv_read(pv_array a, void* out, int64_t nbytes) {
   return guard_status([&] {
-    auto c = mx::contiguous(unwrap(a));
+    // Evaluate the array itself first: a contiguous() node made up front would be queued behind everything
+    // already queued on its stream (a pipelined decode's next step), so reading step n's token waited for
+    // step n+1. A copy only when the evaluated array is not row-contiguous.
+    auto c = unwrap(a);
     mx::eval(c);
+    if (!c.flags().row_contiguous) {
+      c = mx::contiguous(c);
+      mx::eval(c);
+    }
     if (static_cast<int64_t>(c.nbytes()) != nbytes) {
       throw std::invalid_argument("read: expected " + std::to_string(c.nbytes()) + " bytes, buffer has " +
                                   std::to_string(nbytes));
