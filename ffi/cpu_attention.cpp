@@ -16,6 +16,7 @@
 
 #include <array>
 #include <cmath>
+#include <cstring>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -168,6 +169,96 @@ class CpuRope : public mx::UnaryPrimitive {
   RopeParams p_;
 };
 
+// A 4-D float32 view: data, shape and strides in elements.
+struct View4 {
+  const float* data;
+  std::array<int, 4> shape;
+  std::array<int64_t, 4> strides;
+};
+
+View4 view_of(const mx::array& a) {
+  return {a.data<float>(),
+          {a.shape(0), a.shape(1), a.shape(2), a.shape(3)},
+          {a.strides()[0], a.strides()[1], a.strides()[2], a.strides()[3]}};
+}
+
+void sdpa_compute(const View4& q, const View4& k, const View4& v, const mx::array* mask, float* op, float scale,
+                int mode) {
+  const int B = q.shape[0], Hq = q.shape[1], L = q.shape[2], D = q.shape[3];
+  const int Hkv = k.shape[1], S = k.shape[2], Dv = v.shape[3];
+  const int group = Hq / Hkv;
+  const auto &qs = q.strides, &ks = k.strides, &vs = v.strides;
+  const float* qp = q.data;
+  const float* kp = k.data;
+  const float* vp = v.data;
+  const bool* mp = nullptr;
+  std::vector<int64_t> ms;
+  if (mode == 2) {
+    mp = mask->data<bool>();
+    ms = broadcast_strides(*mask, {B, Hq, L, S});
+  }
+  if (tiled::applies(qs[3], ks[3], vs[3], D, Dv, group * L) && !per_row_forced()) {
+    tiled::Problem p{};
+    p.q = qp, p.k = kp, p.v = vp, p.mask = mp, p.out = op;
+    for (int d = 0; d < 4; ++d) {
+      p.qs[d] = qs[d], p.ks[d] = ks[d], p.vs[d] = vs[d];
+      p.ms[d] = mode == 2 ? ms[d] : 0;
+    }
+    p.B = B, p.Hq = Hq, p.Hkv = Hkv, p.L = L, p.S = S, p.D = D, p.Dv = Dv, p.group = group, p.mode = mode;
+    p.scale = scale;
+    tiled::compute(p);
+    return;
+  }
+  const int64_t tasks = static_cast<int64_t>(B) * Hq;
+  const int parts = static_cast<double>(tasks) * L * S * D < 2e5 ? 1 : Pool::get().size() * 2;
+  Pool::get().run(parts, [&](int part, int total) {
+    std::vector<float> scores(S);
+    std::vector<float> acc(Dv);
+    for (int64_t t = tasks * part / total; t < tasks * (part + 1) / total; ++t) {
+      const int b = static_cast<int>(t / Hq), h = static_cast<int>(t % Hq), hk = h / group;
+      for (int i = 0; i < L; ++i) {
+        const float* qrow = qp + b * qs[0] + h * qs[1] + i * qs[2];
+        const int last = mode == 1 ? S - L + i : S - 1;  // causal: bottom-right aligned
+        float mx_score = -INFINITY;
+        for (int j = 0; j <= last; ++j) {
+          if (mode == 2 && !mp[b * ms[0] + h * ms[1] + i * ms[2] + j * ms[3]]) {
+            scores[j] = -INFINITY;
+            continue;
+          }
+          const float* krow = kp + b * ks[0] + hk * ks[1] + j * ks[2];
+          float qk = 0.f;
+          if (qs[3] == 1 && ks[3] == 1) {
+            qk = dot(qrow, krow, D);
+          } else {
+            for (int d = 0; d < D; ++d) qk += qrow[d * qs[3]] * krow[d * ks[3]];
+          }
+          scores[j] = qk * scale;
+          mx_score = std::max(mx_score, scores[j]);
+        }
+        std::fill(acc.begin(), acc.end(), 0.f);
+        float total_weight = 0.f;
+        if (mx_score != -INFINITY) {
+          for (int j = 0; j <= last; ++j) {
+            if (scores[j] == -INFINITY) continue;
+            const float p = std::exp(scores[j] - mx_score);
+            total_weight += p;
+            const float* vrow = vp + b * vs[0] + hk * vs[1] + j * vs[2];
+            if (vs[3] == 1) {
+              axpy(acc.data(), p, vrow, Dv);
+            } else {
+              for (int d = 0; d < Dv; ++d) acc[d] += p * vrow[d * vs[3]];
+            }
+          }
+        }
+        float* orow = op + ((static_cast<int64_t>(b) * Hq + h) * L + i) * Dv;
+        const float inv = total_weight > 0.f ? 1.f / total_weight : 0.f;
+        for (int d = 0; d < Dv; ++d) orow[d] = acc[d] * inv;
+      }
+    }
+  });
+}
+
+
 class CpuSdpa : public mx::UnaryPrimitive {
  public:
   CpuSdpa(mx::Stream s, float scale, int mask_mode) : UnaryPrimitive(s), scale_(scale), mask_mode_(mask_mode) {}
@@ -177,7 +268,10 @@ class CpuSdpa : public mx::UnaryPrimitive {
     auto& encoder = mx::cpu::get_command_encoder(stream());
     for (const auto& in : inputs) encoder.set_input_array(in);
     encoder.set_output_array(out);
-    encoder.dispatch([inputs, out, scale = scale_, mode = mask_mode_]() mutable { compute(inputs, out, scale, mode); });
+    encoder.dispatch([inputs, out, scale = scale_, mode = mask_mode_]() mutable {
+      sdpa_compute(view_of(inputs[0]), view_of(inputs[1]), view_of(inputs[2]), mode == 2 ? &inputs[3] : nullptr,
+                   out.data<float>(), scale, mode);
+    });
   }
 
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
@@ -186,88 +280,63 @@ class CpuSdpa : public mx::UnaryPrimitive {
   const char* name() const override { return "PensieveCpuSdpa"; }
 
  private:
-  static void compute(const std::vector<mx::array>& inputs, mx::array& out, float scale, int mode) {
-    const auto& q = inputs[0];
-    const auto& k = inputs[1];
-    const auto& v = inputs[2];
-    const int B = q.shape(0), Hq = q.shape(1), L = q.shape(2), D = q.shape(3);
-    const int Hkv = k.shape(1), S = k.shape(2), Dv = v.shape(3);
-    const int group = Hq / Hkv;
-    const auto qs = q.strides(), ks = k.strides(), vs = v.strides();
-    const float* qp = q.data<float>();
-    const float* kp = k.data<float>();
-    const float* vp = v.data<float>();
-    const bool* mp = nullptr;
-    std::vector<int64_t> ms;
-    if (mode == 2) {
-      const auto& m = inputs[3];
-      mp = m.data<bool>();
-      ms = broadcast_strides(m, {B, Hq, L, S});
-    }
-    float* op = out.data<float>();
-    if (tiled::applies(qs[3], ks[3], vs[3], D, Dv, group * L) && !per_row_forced()) {
-      tiled::Problem p{};
-      p.q = qp, p.k = kp, p.v = vp, p.mask = mp, p.out = op;
-      for (int d = 0; d < 4; ++d) {
-        p.qs[d] = qs[d], p.ks[d] = ks[d], p.vs[d] = vs[d];
-        p.ms[d] = mode == 2 ? ms[d] : 0;
-      }
-      p.B = B, p.Hq = Hq, p.Hkv = Hkv, p.L = L, p.S = S, p.D = D, p.Dv = Dv, p.group = group, p.mode = mode;
-      p.scale = scale;
-      tiled::compute(p);
-      return;
-    }
-    const int64_t tasks = static_cast<int64_t>(B) * Hq;
-    const int parts = static_cast<double>(tasks) * L * S * D < 2e5 ? 1 : Pool::get().size() * 2;
-    Pool::get().run(parts, [&](int part, int total) {
-      std::vector<float> scores(S);
-      std::vector<float> acc(Dv);
-      for (int64_t t = tasks * part / total; t < tasks * (part + 1) / total; ++t) {
-        const int b = static_cast<int>(t / Hq), h = static_cast<int>(t % Hq), hk = h / group;
-        for (int i = 0; i < L; ++i) {
-          const float* qrow = qp + b * qs[0] + h * qs[1] + i * qs[2];
-          const int last = mode == 1 ? S - L + i : S - 1;  // causal: bottom-right aligned
-          float mx_score = -INFINITY;
-          for (int j = 0; j <= last; ++j) {
-            if (mode == 2 && !mp[b * ms[0] + h * ms[1] + i * ms[2] + j * ms[3]]) {
-              scores[j] = -INFINITY;
-              continue;
-            }
-            const float* krow = kp + b * ks[0] + hk * ks[1] + j * ks[2];
-            float qk = 0.f;
-            if (qs[3] == 1 && ks[3] == 1) {
-              qk = dot(qrow, krow, D);
-            } else {
-              for (int d = 0; d < D; ++d) qk += qrow[d * qs[3]] * krow[d * ks[3]];
-            }
-            scores[j] = qk * scale;
-            mx_score = std::max(mx_score, scores[j]);
-          }
-          std::fill(acc.begin(), acc.end(), 0.f);
-          float total_weight = 0.f;
-          if (mx_score != -INFINITY) {
-            for (int j = 0; j <= last; ++j) {
-              if (scores[j] == -INFINITY) continue;
-              const float p = std::exp(scores[j] - mx_score);
-              total_weight += p;
-              const float* vrow = vp + b * vs[0] + hk * vs[1] + j * vs[2];
-              if (vs[3] == 1) {
-                axpy(acc.data(), p, vrow, Dv);
-              } else {
-                for (int d = 0; d < Dv; ++d) acc[d] += p * vrow[d * vs[3]];
-              }
-            }
-          }
-          float* orow = op + ((static_cast<int64_t>(b) * Hq + h) * L + i) * Dv;
-          const float inv = total_weight > 0.f ? 1.f / total_weight : 0.f;
-          for (int d = 0; d < Dv; ++d) orow[d] = acc[d] * inv;
-        }
-      }
+  float scale_;
+  int mask_mode_;
+};
+
+// The new keys/values [B, Hkv, L, D] stored into a KV cache's whole buffers kc, vc [B, Hkv, capacity, D] at
+// columns offset..offset+L-1, then attention over columns 0..S-1 of them: what the cache's slice updates and
+// CpuSdpa over their first S columns computed (same views, same strides), in one task. Outputs: the attention
+// [B, Hq, L, Dv], then kc and vc again, sharing their buffers (the writes land there, as a donated slice update's
+// would): the cache keeps those, so whatever reads the cache later depends on the write. Inputs: q, k, v, kc, vc,
+// then the mask (mode 2).
+class CpuCacheSdpa : public mx::Primitive {
+ public:
+  CpuCacheSdpa(mx::Stream s, float scale, int mask_mode, int offset, int keys)
+      : Primitive(s), scale_(scale), mask_mode_(mask_mode), offset_(offset), keys_(keys) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto& out = outputs[0];
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    outputs[1].copy_shared_buffer(inputs[3]);
+    outputs[2].copy_shared_buffer(inputs[4]);
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (const auto& in : inputs) encoder.set_input_array(in);
+    for (auto& o : outputs) encoder.set_output_array(o);
+    encoder.dispatch([inputs, out, kc = outputs[1], vc = outputs[2], scale = scale_, mode = mask_mode_,
+                      offset = offset_, S = keys_]() mutable {
+      store(inputs[1], kc, offset);
+      store(inputs[2], vc, offset);
+      View4 kv = view_of(kc), vv = view_of(vc);
+      kv.shape[2] = S;
+      vv.shape[2] = S;
+      sdpa_compute(view_of(inputs[0]), kv, vv, mode == 2 ? &inputs[5] : nullptr, out.data<float>(), scale, mode);
     });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("PensieveCpuCacheSdpa runs on the CPU only");
+  }
+  const char* name() const override { return "PensieveCpuCacheSdpa"; }
+
+ private:
+  // Rows of x [B, H, L, W] into buf [B, H, capacity, W] (row-contiguous) from column `offset`.
+  static void store(const mx::array& x, mx::array& buf, int offset) {
+    std::vector<float> scratch;
+    const float* src = row_major(x, scratch);
+    const int B = x.shape(0), H = x.shape(1), L = x.shape(2), W = x.shape(3);
+    const int64_t cap = buf.shape(2);
+    float* dst = buf.data<float>();
+    for (int b = 0; b < B; ++b)
+      for (int h = 0; h < H; ++h)
+        std::memcpy(dst + ((static_cast<int64_t>(b) * H + h) * cap + offset) * W,
+                    src + (static_cast<int64_t>(b) * H + h) * L * W, sizeof(float) * L * W);
   }
 
   float scale_;
   int mask_mode_;
+  int offset_;
+  int keys_;
 };
 
 }  // namespace
@@ -303,6 +372,28 @@ mx::array cpu_sdpa(const mx::array& q, const mx::array& k, const mx::array& v, f
   if (mask_mode == 2) inputs.push_back(*mask);
   mx::Shape shape{q.shape(0), q.shape(1), q.shape(2), v.shape(3)};
   return mx::array(shape, mx::float32, std::make_shared<CpuSdpa>(cpu, scale, mask_mode), std::move(inputs));
+}
+
+std::vector<mx::array> cpu_cache_sdpa(const mx::array& q, const mx::array& k, const mx::array& v, const mx::array& kc,
+                         const mx::array& vc, int offset, int keys, float scale, int mask_mode,
+                         const std::optional<mx::array>& mask) {
+  if (q.ndim() != 4 || k.ndim() != 4 || v.ndim() != 4 || kc.ndim() != 4 || vc.ndim() != 4)
+    throw std::invalid_argument("cache sdpa: q, k, v and the buffers must be 4-D");
+  const int L = k.shape(2);
+  if (q.shape(1) % k.shape(1) != 0) throw std::invalid_argument("cache sdpa: query heads must be a multiple of key heads");
+  if (v.shape(2) != L || q.shape(3) != k.shape(3) || kc.shape(3) != k.shape(3) || vc.shape(3) != v.shape(3) ||
+      kc.shape(0) != k.shape(0) || kc.shape(1) != k.shape(1) || vc.shape(0) != v.shape(0) || vc.shape(1) != v.shape(1))
+    throw std::invalid_argument("cache sdpa: shapes do not match");
+  if (offset < 0 || keys != offset + L || keys > kc.shape(2) || keys > vc.shape(2))
+    throw std::invalid_argument("cache sdpa: the new columns do not fit the buffers");
+  for (const auto& a : {q, k, v, kc, vc})
+    if (a.dtype() != mx::float32) throw std::invalid_argument("cache sdpa: float32 only");
+  auto cpu = mx::default_stream(mx::Device::cpu);
+  std::vector<mx::array> inputs{q, k, v, kc, vc};
+  if (mask_mode == 2) inputs.push_back(*mask);
+  mx::Shape shape{q.shape(0), q.shape(1), q.shape(2), v.shape(3)};
+  return mx::array::make_arrays({shape, kc.shape(), vc.shape()}, {mx::float32, mx::float32, mx::float32},
+                                std::make_shared<CpuCacheSdpa>(cpu, scale, mask_mode, offset, keys), inputs);
 }
 
 }  // namespace pensieve

@@ -37,6 +37,9 @@ void cpu_set_threads(int threads);
 int cpu_threads();
 mx::array cpu_rms_norm(const mx::array& x, const std::optional<mx::array>& weight, float eps);
 mx::array cpu_swiglu(const mx::array& gate, const mx::array& up);
+std::vector<mx::array> cpu_cache_sdpa(const mx::array& q, const mx::array& k, const mx::array& v, const mx::array& kc,
+                         const mx::array& vc, int offset, int keys, float scale, int mask_mode,
+                         const std::optional<mx::array>& mask);
 mx::array cpu_rope(const mx::array& x, int dims, bool traditional, std::optional<float> base, float scale, int offset,
                    const std::optional<mx::array>& offset_array, const std::optional<mx::array>& freqs);
 mx::array cpu_sdpa(const mx::array& q, const mx::array& k, const mx::array& v, float scale, int mask_mode,
@@ -616,6 +619,18 @@ pv_array pv_sdpa(pv_array q, pv_array k, pv_array v, float scale, int mask_mode,
       return pensieve::cpu_sdpa(unwrap(q), unwrap(k), unwrap(v), scale, mask_mode, m);
     }
     return mx::fast::scaled_dot_product_attention(unwrap(q), unwrap(k), unwrap(v), scale, mode, m);
+  });
+}
+
+int pv_cpu_cache_sdpa(pv_array q, pv_array k, pv_array v, pv_array kc, pv_array vc, int offset, int keys, float scale,
+                      int mask_mode, pv_array mask, pv_array* out) {
+  return guard_status([&] {
+    if (mask_mode == 2 && (mask == nullptr || unwrap(mask).dtype() != mx::bool_))
+      throw std::invalid_argument("cache sdpa: array mask mode needs a boolean mask");
+    if (mask_mode < 0 || mask_mode > 2) throw std::invalid_argument("cache sdpa: unknown mask mode");
+    auto results = pensieve::cpu_cache_sdpa(unwrap(q), unwrap(k), unwrap(v), unwrap(kc), unwrap(vc), offset, keys,
+                                            scale, mask_mode, mask_mode == 2 ? optional_of(mask) : std::nullopt);
+    for (int i = 0; i < 3; ++i) out[i] = wrap(results[i]);
   });
 }
 

@@ -173,6 +173,12 @@ PV_API pv_array pv_layer_norm(pv_array x, pv_array weight /*nullable*/, pv_array
 PV_API pv_array pv_rope(pv_array x, int dims, int traditional, float base, int has_base, float scale,
                  int offset, pv_array offset_arr, pv_array freqs);
 /* mask_mode: 0 none, 1 causal, 2 array (mask non-NULL: bool keep-mask or additive float). */
+/* CPU, float32: stores k, v [B, Hkv, L, D] into the cache buffers kc, vc [B, Hkv, capacity, D] in place at columns
+   offset..offset+L-1 (keys = offset + L), then sdpa of q over their first `keys` columns (mask modes as pv_sdpa,
+   a boolean mask only). Writes 3 handles into out: the attention, then kc and vc as written (sharing their
+   buffers: keep these as the cache). 0 on success, -1 on error. */
+PV_API int pv_cpu_cache_sdpa(pv_array q, pv_array k, pv_array v, pv_array kc, pv_array vc, int offset, int keys,
+                             float scale, int mask_mode, pv_array mask /*nullable*/, pv_array* out);
 PV_API pv_array pv_sdpa(pv_array q, pv_array k, pv_array v, float scale, int mask_mode, pv_array mask);
 
 /* silu(gate) * up. fused != 0: one compiled kernel (mx::compile, shapeless);

@@ -181,9 +181,29 @@ export class KVCache implements AttentionBatch {
   attention(layer: number, q: MxArray, keys: MxArray, values: MxArray, scale: number, mask: ForwardView["mask"]) {
     const [B, H, L] = q.shape as [number, number, number];
     const S = this.#offset + L;
-    const parts = this.#store(layer, keys, values).map((p) => mx.sliceAxis(p, 2, 0, S));
     const fused = this.scoreBound.fused && (this.shape.kvBits === 0 || this.quantizedAttention === "dequantize");
     const step = fused ? L : queryChunk(B, H, S, this.scoreBound.bytes);
+    // On the CPU: the new columns written and attended in one task (equal to the slice updates and sdpa below).
+    if (
+      step >= L &&
+      this.shape.kvBits === 0 &&
+      !this.#writtenOut(q, S) &&
+      mx.cpuCacheSdpaApplies([q, keys, values], mask)
+    ) {
+      const whole = this.reserveWhole(layer, mx.Dtype.float32);
+      if (whole) {
+        const [out, kc, vc] = mx.cpuCacheSdpa(q, keys, values, whole[0], whole[1], this.#offset, scale, mask);
+        // The written buffers (same memory) become the layer's parts: later reads of the cache depend on the write.
+        this.#parts[layer] = [kc, vc].map((part, i) => {
+          const kept = mx.keep(part);
+          this.#owned.add(kept);
+          whole[i]?.dispose();
+          return kept;
+        });
+        return out;
+      }
+    }
+    const parts = this.#store(layer, keys, values).map((p) => mx.sliceAxis(p, 2, 0, S));
     if (step >= L) return mx.tidy(() => this.#attend(q, parts, scale, mask));
     const visible = (end: number) => parts.map((p) => mx.sliceAxis(p, 2, 0, end));
     const m = (a: number, b: number, end: number) =>

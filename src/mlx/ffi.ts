@@ -90,6 +90,7 @@ const symbols = {
   pv_layer_norm: { args: [P, P, P, f32], returns: P },
   pv_rope: { args: [P, i32, i32, f32, i32, f32, i32, P, P], returns: P },
   pv_sdpa: { args: [P, P, P, f32, i32, P], returns: P },
+  pv_cpu_cache_sdpa: { args: [P, P, P, P, P, i32, i32, f32, i32, P, P], returns: i32 },
   pv_swiglu: { args: [P, P, i32], returns: P },
   pv_random_key: { args: [u64], returns: P },
   pv_random_split: { args: [P, i32, P], returns: i32 },

@@ -712,6 +712,59 @@ export function sdpa(q: MxArray, k: MxArray, v: MxArray, scale: number, mask: "c
   return new MxArray(lib.pv_sdpa(q.handle, k.handle, v.handle, scale, mode, m), "scaled_dot_product_attention");
 }
 
+// PENSIEVE_CPU_FUSE=0 turns the CPU folds off: the packed products' norm / SwiGLU / residual (src/models/cpu-fused.ts)
+// and the KV write in the cache's attention (cpuCacheSdpa).
+const cpuFoldsDefault = () => process.env.PENSIEVE_CPU_FUSE !== "0";
+let cpuFolds = cpuFoldsDefault();
+
+/** Turns the CPU folds on or off for graphs built from now on (null: the default). */
+export function setCpuFolds(on: boolean | null): void {
+  cpuFolds = on ?? cpuFoldsDefault();
+}
+
+export function cpuFoldsEnabled(): boolean {
+  return cpuFolds;
+}
+
+/** Whether cpuCacheSdpa takes these arrays: folds on, the CPU, Pensieve's CPU kernels, float32, a boolean mask. */
+export function cpuCacheSdpaApplies(arrays: MxArray[], mask: "causal" | MxArray | null): boolean {
+  return (
+    cpuFolds &&
+    process.env.PENSIEVE_CPU_KERNEL !== "0" &&
+    getDevice() === "cpu" &&
+    arrays.every((a) => a.dtype === Dtype.float32) &&
+    (!(mask instanceof MxArray) || mask.dtype === Dtype.bool)
+  );
+}
+
+/**
+ * k, v [B, Hkv, L, D] stored into the cache buffers kc, vc [B, Hkv, capacity, D] in place at columns
+ * offset..offset+L-1, then sdpa of q over their first offset + L columns: the cache's slice updates and sdpa over
+ * its slices in one CPU task, equal to them (ffi/cpu_attention.cpp). Returns the attention and the buffers as
+ * written (sharing kc's and vc's memory): the cache keeps those, so later reads depend on the write. The buffers
+ * must be the cache's own.
+ */
+export function cpuCacheSdpa(
+  q: MxArray,
+  k: MxArray,
+  v: MxArray,
+  kc: MxArray,
+  vc: MxArray,
+  offset: number,
+  scale: number,
+  mask: "causal" | MxArray | null,
+): [MxArray, MxArray, MxArray] {
+  const mode = mask === null ? 0 : mask === "causal" ? 1 : 2;
+  const m = mask instanceof MxArray ? mask.handle : null;
+  const keys = offset + k.dim(2);
+  const out = new Uint32Array(6);
+  checkStatus(
+    lib.pv_cpu_cache_sdpa(q.handle, k.handle, v.handle, kc.handle, vc.handle, offset, keys, scale, mode, m, out),
+    "cache attention (cpu)",
+  );
+  return handlesFrom(out, 3, "cache attention (cpu)") as [MxArray, MxArray, MxArray];
+}
+
 // ---- attention over a quantized KV cache ----
 
 /** Most negative finite value of a float dtype (masked scores, as mlx-lm's finfo(dtype).min). */

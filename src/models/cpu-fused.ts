@@ -8,23 +8,16 @@
 // thread as a task, and its eval lets at most ~100 tasks queue, so a step of ~420 tasks made the engine thread
 // wait on the stream thread instead of building the next step; this takes 150 tasks and 210 graph nodes off a
 // SmolLM2 step (bench/results/cpu-fused-2026-12-08.md). A piece that does not fit (no packed copy, biases,
-// post norms, another dtype) takes the plain ops. PENSIEVE_CPU_FUSE=0 turns it off.
+// post norms, another dtype) takes the plain ops. PENSIEVE_CPU_FUSE=0 (mx.setCpuFolds) turns it off, and the KV
+// cache's fold (mx.cpuCacheSdpa) with it.
 import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
 import type { DecoderLayerWeights, Norm } from "./decoder";
 import { type LinearWeight, linear } from "./weights";
 
-const fuseDefault = () => process.env.PENSIEVE_CPU_FUSE !== "0";
-let enabled = fuseDefault();
-
-/** Turns the folds on or off for forwards built from now on (null: the default). */
-export function setCpuFuse(on: boolean | null): void {
-  enabled = on ?? fuseDefault();
-}
-
 /** The packed copy `linear` would read for w on the CPU, or null (another kernel, a bias, a dense copy). */
 function packedFor(w: LinearWeight | undefined): MxArray | null {
-  if (!enabled || w?.kind !== "quantized" || !w.cpuKernel || w.bias || w.dense) return null;
+  if (!mx.cpuFoldsEnabled() || w?.kind !== "quantized" || !w.cpuKernel || w.bias || w.dense) return null;
   return mx.cpuProductPacked(w.q);
 }
 
@@ -36,7 +29,7 @@ function foldableNorm(norm: Norm, x: MxArray): { weight: MxArray; eps: number } 
 
 /** Whether the CPU layer may fold anything: on, on the CPU, and the model's residual is the plain sum. */
 export function cpuFuseApplies(plainResidual: boolean): boolean {
-  return enabled && plainResidual && mx.getDevice() === "cpu";
+  return mx.cpuFoldsEnabled() && plainResidual && mx.getDevice() === "cpu";
 }
 
 /**

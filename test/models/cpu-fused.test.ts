@@ -6,7 +6,6 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { cacheFor, prefill } from "../../src/engine/one-sequence";
 import * as mx from "../../src/mlx";
-import { setCpuFuse } from "../../src/models/cpu-fused";
 import { loadModel } from "../../src/models/loader";
 import { EMBEDDED_MODEL, tinyModel } from "../support/models";
 
@@ -14,11 +13,11 @@ const vnni = mx.cpuIsaSupported("vnni");
 const PROMPT = [1, 504, 3458, 314, 253, 3575, 282, 4649, 47, 10612, 30, 2, 17, 99, 1000, 42];
 const STEPS = [12, 907, 5, 311];
 
-afterAll(() => setCpuFuse(null));
+afterAll(() => mx.setCpuFolds(null));
 
 /** Prefill logits, then each decode step's logits and its graph's node count, with the folds on or off. */
 function run(path: string, fold: boolean) {
-  setCpuFuse(fold);
+  mx.setCpuFolds(fold);
   const { model } = loadModel(path);
   try {
     return mx.tidy(() => {
@@ -34,7 +33,7 @@ function run(path: string, fold: boolean) {
     });
   } finally {
     model.dispose();
-    setCpuFuse(null);
+    mx.setCpuFolds(null);
   }
 }
 
@@ -64,4 +63,19 @@ describe("CPU folds", () => {
       else expect(on.nodes).toBe(off.nodes);
     });
   }
+});
+
+test("chunked prefill: each chunk's keys reach the cache with the KV fold (logits bit-equal on and off)", () => {
+  const prompt = Array.from({ length: 150 }, (_, i) => 5 + ((i * 37) % 900));
+  const lastLogits = (fold: boolean) => {
+    mx.setCpuFolds(fold);
+    const { model } = loadModel(tinyModel("tiny-llama"));
+    try {
+      return mx.tidy(() => prefill(model, cacheFor(model), prompt, { chunk: 64 }).read() as Float32Array);
+    } finally {
+      model.dispose();
+      mx.setCpuFolds(null);
+    }
+  };
+  expectBitEqual([lastLogits(true)], [lastLogits(false)]);
 });
