@@ -1,5 +1,5 @@
 // The decoder's layer on the CPU with each packed product's neighbours folded into it (ffi/cpu_qmm_packed.cpp):
-//   RMSNorm -> q|k|v product           one node
+//   RMSNorm -> q|k|v product           one node (then RoPE of q|k together, one node, without q/k norms)
 //   o product + residual               one node
 //   RMSNorm -> gate|up product -> SwiGLU one node
 //   down product + residual            one node
@@ -40,16 +40,22 @@ export function cpuFusedLayer(
   layer: DecoderLayerWeights,
   input: MxArray,
   qkvSplit: [number, number],
-  attend: (q: MxArray, k: MxArray, v: MxArray) => MxArray,
+  attend: (q: MxArray, k: MxArray | null, v: MxArray) => MxArray,
 ): MxArray {
   const w = layer.attention;
   const inNorm = foldableNorm(layer.inputNorm, input);
   const qkvPacked = inNorm ? packedFor(w.qkv.product) : null;
-  const [q, k, v] =
-    qkvPacked && inNorm
-      ? (mx.split(mx.cpuPackedProduct(input, qkvPacked, { norm: inNorm }), qkvSplit, -1) as [MxArray, MxArray, MxArray])
-      : w.qkv(layer.inputNorm(input));
-  const merged = attend(q, k, v);
+  let merged: MxArray;
+  if (qkvPacked && inNorm) {
+    const y = mx.cpuPackedProduct(input, qkvPacked, { norm: inNorm });
+    // Without q/k norms, q|k stay side by side: one RoPE node for both (attend's k = null).
+    const together = w.qNorm === undefined && w.kNorm === undefined;
+    const [q, k, v] = mx.split(y, together ? [qkvSplit[1]] : qkvSplit, -1) as MxArray[];
+    merged = together ? attend(q as MxArray, null, k as MxArray) : attend(q as MxArray, k as MxArray, v as MxArray);
+  } else {
+    const [q, k, v] = w.qkv(layer.inputNorm(input));
+    merged = attend(q, k, v);
+  }
   const outPacked = layer.attentionOutputNorm || input.dtype !== mx.Dtype.float32 ? null : packedFor(w.out);
   let mid: MxArray;
   if (outPacked) mid = mx.cpuPackedProduct(merged, outPacked, { residual: input });

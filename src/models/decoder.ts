@@ -307,7 +307,7 @@ export class DecoderModel implements LanguageModel {
     index: number,
     layer: DecoderLayerWeights,
     q0: MxArray,
-    k0: MxArray,
+    k0: MxArray | null,
     v0: MxArray,
     roped: boolean,
     batch: AttentionBatch,
@@ -327,8 +327,11 @@ export class DecoderModel implements LanguageModel {
       return mx.transpose(norm ? norm(split) : split, [0, 2, 1, 3]);
     };
     const rotate = (t: MxArray) => (roped ? t : rope.apply(t, ropeOffset, regimes));
-    const q = rotate(heads(q0, c.numHeads, w.qNorm));
-    const k = rotate(heads(k0, c.numKvHeads, w.kNorm));
+    // k0 null: q0 holds q|k side by side (no q/k norms), rotated in one node and split into heads after.
+    const [q, k] =
+      k0 === null
+        ? (mx.split(rotate(heads(q0, c.numHeads + c.numKvHeads)), [c.numHeads], 1) as [MxArray, MxArray])
+        : [rotate(heads(q0, c.numHeads, w.qNorm)), rotate(heads(k0, c.numKvHeads, w.kNorm))];
     const attn = batch.attention(index, q, k, heads(v0, c.numKvHeads), rope.scoreScale * this.#baseScale, mask);
     const width = c.numHeads * c.headDim;
     return L === 1 ? mx.reshape(attn, [B, 1, width]) : mx.reshape(mx.transpose(attn, [0, 2, 1, 3]), [B, L, width]);
