@@ -240,7 +240,12 @@ int pv_read(pv_array a, void* out, int64_t nbytes) {
     // Evaluate the array itself first: a contiguous() node made up front would be queued behind everything
     // already queued on its stream (a pipelined decode's next step), so reading step n's token waited for
     // step n+1. A copy only when the evaluated array is not row-contiguous.
-    auto c = unwrap(a);
+    // PENSIEVE_READ_VIA_COPY=1: the old order (contiguous() first), kept to A/B it on a GPU.
+    static const bool via_copy = [] {
+      const char* v = std::getenv("PENSIEVE_READ_VIA_COPY");
+      return v != nullptr && std::string(v) == "1";
+    }();
+    auto c = via_copy ? mx::contiguous(unwrap(a)) : unwrap(a);
     mx::eval(c);
     if (!c.flags().row_contiguous) {
       c = mx::contiguous(c);

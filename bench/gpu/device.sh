@@ -697,6 +697,25 @@ rows)
   # MLX's product alone at M rows (bench/gpu/rows-profile.ts; ~1 minute). After prepare; carry dist.
   timeout "${ROWS_TIMEOUT:-150}" bun dist/bench/gpu/rows-profile.js "$MODEL" 2>&1 | tee "$OUT/rows-profile.md" || true
   ;;
+read-ab)
+  # 2026-12-08 (thirteenth session, no GPU lent): pv_read used to evaluate contiguous(token), a node queued behind the
+  # step already queued, so reading step n's token waited for step n+1 and the host built step n+2 with the GPU idle
+  # (on the CPU: 20.8 -> 17.4 ms a token once fixed). PENSIEVE_READ_VIA_COPY=1 restores the old order. Pipelined
+  # step split and one stream against mlx-lm, old/new alternating; then 32 streams over HTTP (new). ~6 minutes.
+  for round in 1 2; do
+    for v in "PENSIEVE_READ_VIA_COPY=1" "PENSIEVE_READ_VIA_COPY=0"; do
+      echo "== round $round, $v" | tee -a "$OUT/read-ab.md"
+      env $v timeout 60 bun dist/bench/gpu/step-split.js "$MODEL" --steps 48 2>&1 | grep -E '^\| pipelined|rror' |
+        tee -a "$OUT/read-ab.md" || true
+    done
+  done
+  for v in "PENSIEVE_READ_VIA_COPY=1" "PENSIEVE_READ_VIA_COPY=0"; do
+    env $v timeout 120 bun dist/bench/run.js generate --model "$MODEL" --device gpu --engines pensieve,mlx-lm \
+      --python $PY --pensieve-engine dist/bench/engines/pensieve-generate.js --prompt 128 --gen 256 --repeat 2 \
+      --out-dir "$OUT/single-${v#*=}" 2>&1 | grep -E '^\| (pensieve|mlx)' | tee -a "$OUT/read-ab.md" || true
+  done
+  LEVELS=32 REQUESTS=2 timeout 150 bash "$0" load || true
+  ;;
 single)
   # 4,096 sits on Phi-3's RoPE boundary (original_max_position_embeddings): its first decode step recomputes the
   # cache with the long factors (~270 ms on an H100, counted in decode). Kept for the prefill history; decode at
