@@ -17,6 +17,7 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <memory>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -125,18 +126,34 @@ void rope_compute(const RopeParams& p, const std::vector<mx::array>& inputs, mx:
   std::vector<float> scratch;
   const float* src = row_major(x, scratch);
   float* dst = out.data<float>();
-  const int parts = rows * D < 65536 ? 1 : Pool::get().size();
-  Pool::get().run(parts, [&](int part, int total) {
+  auto& pool = Pool::get();
+  // cos and sin once per (batch entry, position), not once per head: the same theta, so the same values.
+  const int64_t positions = std::max<int64_t>(1, batch) * L;
+  std::unique_ptr<float[]> table(new float[static_cast<size_t>(positions) * half * 2]);
+  pool.run(positions * half < 16384 ? 1 : pool.size(), [&](int part, int total) {
+    for (int64_t bl = positions * part / total; bl < positions * (part + 1) / total; ++bl) {
+      const int64_t b = bl / L;
+      const int l = static_cast<int>(bl % L);
+      const int64_t start = p.offset_array ? offsets[offsets.size() == 1 ? 0 : b] : p.offset;
+      const float pos = static_cast<float>(start + l);
+      float* cs = table.get() + bl * half * 2;
+      for (int i = 0; i < half; ++i) {
+        const float theta = p.scale * pos * inv_freq[i];
+        cs[2 * i] = std::cos(theta);
+        cs[2 * i + 1] = std::sin(theta);
+      }
+    }
+  });
+  const int parts = rows * D < 65536 ? 1 : pool.size();
+  pool.run(parts, [&](int part, int total) {
     for (int64_t r = rows * part / total; r < rows * (part + 1) / total; ++r) {
       const int64_t b = r / per_batch;
       const int l = static_cast<int>(r % L);
-      const int64_t start = p.offset_array ? offsets[offsets.size() == 1 ? 0 : b] : p.offset;
-      const float pos = static_cast<float>(start + l);
+      const float* cs = table.get() + (b * L + l) * half * 2;
       const float* in = src + r * D;
       float* o = dst + r * D;
       for (int i = 0; i < half; ++i) {
-        const float theta = p.scale * pos * inv_freq[i];
-        const float c = std::cos(theta), sn = std::sin(theta);
+        const float c = cs[2 * i], sn = cs[2 * i + 1];
         const int a = p.traditional ? 2 * i : i;
         const int bi = p.traditional ? 2 * i + 1 : i + half;
         const float x1 = in[a], x2 = in[bi];

@@ -12,6 +12,7 @@
 #include <string>
 #include <memory>
 #include <mutex>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -185,11 +186,17 @@ const T* row_major(const mx::array& a, std::vector<T>& scratch) {
   const auto& strides = a.strides();
   const int nd = static_cast<int>(a.ndim());
   std::vector<int64_t> index(nd, 0);
-  for (size_t i = 0; i < a.size(); ++i) {
+  // Rows contiguous along the last axis (heads split from a product, a transposed view of them): one copy a row.
+  const int64_t run = nd > 0 && strides[nd - 1] == 1 ? shape[nd - 1] : 1;
+  const int outer = run > 1 ? nd - 1 : nd;
+  for (size_t i = 0; i < a.size(); i += run) {
     int64_t offset = 0;
-    for (int d = 0; d < nd; ++d) offset += index[d] * strides[d];
-    scratch[i] = src[offset];
-    for (int d = nd - 1; d >= 0; --d) {
+    for (int d = 0; d < outer; ++d) offset += index[d] * strides[d];
+    if (run > 1)
+      std::memcpy(scratch.data() + i, src + offset, sizeof(T) * run);
+    else
+      scratch[i] = src[offset];
+    for (int d = outer - 1; d >= 0; --d) {
       if (++index[d] < shape[d]) break;
       index[d] = 0;
     }

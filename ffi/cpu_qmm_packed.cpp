@@ -24,6 +24,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -329,18 +330,20 @@ class CpuQuantizedMatmulPacked : public mx::UnaryPrimitive {
       const PackHeader* h = header_of(packed);
       const int K = static_cast<int>(h->K), N = static_cast<int>(h->N);
       const int M = static_cast<int>(x.size() / K);
-      std::vector<float> xs, ws, normed, halves, rs;
+      std::vector<float> xs, ws, rs;
+      // Scratch left uninitialized (every element is written before it is read): zeroing MBs cost prefill ~3%.
+      std::unique_ptr<float[]> normed, halves;
       const float* xp = row_major(x, xs);
       if (f.norm) {
-        normed.resize(static_cast<size_t>(M) * K);
-        rms_norm_rows(xp, K, row_major(inputs[2], ws), normed.data(), M, K, f.eps);
-        xp = normed.data();
+        normed.reset(new float[static_cast<size_t>(M) * K]);
+        rms_norm_rows(xp, K, row_major(inputs[2], ws), normed.get(), M, K, f.eps);
+        xp = normed.get();
       }
       float* y = out.data<float>();
-      if (f.swiglu) halves.resize(static_cast<size_t>(M) * N);
-      packed_product(xp, packed, f.swiglu ? halves.data() : y, M);
+      if (f.swiglu) halves.reset(new float[static_cast<size_t>(M) * N]);
+      packed_product(xp, packed, f.swiglu ? halves.get() : y, M);
       const int width = f.swiglu ? N / 2 : N;
-      if (f.swiglu) swiglu_rows(halves.data(), N, halves.data() + width, N, y, M, width);
+      if (f.swiglu) swiglu_rows(halves.get(), N, halves.get() + width, N, y, M, width);
       if (f.residual) {
         const float* r = row_major(inputs.back(), rs);
         const size_t n = static_cast<size_t>(M) * width;
