@@ -6,10 +6,11 @@
 // Each fold runs the very code of the op it replaces (cpu_norm.cpp's rows, a float32 add), so the logits are
 // bit-equal to the plain layer's (test/models/cpu-fused.test.ts). Why: MLX hands every CPU node to its stream
 // thread as a task, and its eval lets at most ~100 tasks queue, so a step of ~420 tasks made the engine thread
-// wait on the stream thread instead of building the next step; this takes 150 tasks and 210 graph nodes off a
-// SmolLM2 step (bench/results/cpu-fused-2026-12-08.md). A piece that does not fit (no packed copy, biases,
-// post norms, another dtype) takes the plain ops. PENSIEVE_CPU_FUSE=0 (mx.setCpuFolds) turns it off, and the KV
-// cache's fold (mx.cpuCacheSdpa) with it.
+// wait on the stream thread instead of building the next step. With the KV cache's fold (its write and the
+// attention in one node) a SmolLM2 step went from 700 nodes and ~420 tasks to 370 and ~180, decode on a 2-vCPU
+// Sapphire Rapids VM from ~22 to ~17 ms a token (bench/results/cpu-fused-2026-12-08.md). A piece that does not
+// fit (no packed copy, biases, post norms, another dtype) takes the plain ops. PENSIEVE_CPU_FUSE=0
+// (mx.setCpuFolds) turns it off, and the KV cache's fold (mx.cpuCacheSdpa) with it.
 import type { MxArray } from "../mlx";
 import * as mx from "../mlx";
 import type { DecoderLayerWeights, Norm } from "./decoder";
