@@ -313,6 +313,9 @@ class CpuCacheSdpa : public mx::Primitive {
       : Primitive(s), scale_(scale), mask_mode_(mask_mode), offset_(offset), keys_(keys) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    // The writes assume whole row-contiguous buffers (the cache's own: KVCache.reserveWhole).
+    if (!inputs[3].flags().row_contiguous || !inputs[4].flags().row_contiguous)
+      throw std::invalid_argument("cache sdpa: the cache buffers must be row-contiguous");
     auto& out = outputs[0];
     out.set_data(mx::allocator::malloc(out.nbytes()));
     outputs[1].copy_shared_buffer(inputs[3]);

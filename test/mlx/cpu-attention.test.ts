@@ -225,3 +225,50 @@ describe("CPU attention, multi-query (verify) shapes", () => {
     expect(out[1]).toBeLessThan(1e-5);
   });
 });
+
+describe("the cache's attention with its write folded in (mx.cpuCacheSdpa)", () => {
+  const rand = (shape: number[], seed: number) => mx.randomNormal(shape, mx.Dtype.float32, 0, 1, mx.randomKey(seed));
+
+  test("equals the slice updates then sdpa over the written columns, bit for bit, and returns the written buffers", () => {
+    mx.tidy(() => {
+      const [B, Hkv, cap, D, offset] = [2, 2, 16, 32, 5];
+      for (const [L, mask] of [
+        [1, null],
+        [3, "causal"],
+      ] as const) {
+        const q = rand([B, 4, L, D], 1);
+        const k = rand([B, Hkv, L, D], 2);
+        const v = rand([B, Hkv, L, D], 3);
+        const past = [rand([B, Hkv, cap, D], 4), rand([B, Hkv, cap, D], 5)];
+        mx.evaluate(q, k, v, ...past);
+        const stop = [B, Hkv, offset + L, D];
+        const expectedK = mx.sliceUpdate(past[0] as MxArray, k, [0, 0, offset, 0], stop);
+        const expectedV = mx.sliceUpdate(past[1] as MxArray, v, [0, 0, offset, 0], stop);
+        const expected = mx.sdpa(
+          q,
+          mx.sliceAxis(expectedK, 2, 0, offset + L),
+          mx.sliceAxis(expectedV, 2, 0, offset + L),
+          0.125,
+          mask,
+        );
+        mx.evaluate(expected, expectedK, expectedV);
+        const kc = mx.contiguous(past[0] as MxArray);
+        const vc = mx.contiguous(past[1] as MxArray);
+        const [out, kw, vw] = mx.cpuCacheSdpa(q, k, v, kc, vc, offset, 0.125, mask);
+        expect([...(out.read() as Float32Array)]).toEqual([...(expected.read() as Float32Array)]);
+        expect([...(kw.read() as Float32Array)]).toEqual([...(expectedK.read() as Float32Array)]);
+        expect([...(vw.read() as Float32Array)]).toEqual([...(expectedV.read() as Float32Array)]);
+      }
+    });
+  });
+
+  test("columns past the buffers and mismatched heads are clear errors", () => {
+    mx.tidy(() => {
+      const q = rand([1, 2, 1, 8], 1);
+      const k = rand([1, 1, 1, 8], 2);
+      const buf = () => mx.zeros([1, 1, 4, 8]);
+      expect(() => mx.cpuCacheSdpa(q, k, k, buf(), buf(), 4, 1, null)).toThrow(/do not fit/);
+      expect(() => mx.cpuCacheSdpa(q, k, k, mx.zeros([1, 2, 4, 8]), buf(), 0, 1, null)).toThrow(/shapes do not match/);
+    });
+  });
+});
